@@ -1,0 +1,283 @@
+//! Types shared by the kernel program (`gate-ebpf`) and user space
+//! (`gate-user`). Every map key and value is `#[repr(C)]` with explicit
+//! padding fields, so the layout the verifier sees and the bytes user space
+//! writes are the same and `bpftool map dump` prints named fields.
+#![cfg_attr(not(test), no_std)]
+
+/// Names of the maps, as declared in the eBPF object and pinned in the pin
+/// directory.
+pub mod map_names {
+    pub const GRANTS_V4: &str = "grants_v4";
+    pub const GRANTS_V6: &str = "grants_v6";
+    pub const EXEMPT_V4: &str = "exempt_v4";
+    pub const EXEMPT_V6: &str = "exempt_v6";
+    pub const SETTINGS: &str = "settings";
+    pub const STATS: &str = "stats";
+    pub const LOG_BUCKETS: &str = "log_buckets";
+    /// aya-log's ring buffer, pinned under this name so that a daemon that
+    /// adopts an existing attachment can read the program's log.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    pub const XDP: &str = "smtp_gate_xdp";
+    pub const TC: &str = "smtp_gate_tc";
+    /// An XDP program that passes everything (benchmark baseline).
+    pub const XDP_PASS: &str = "smtp_gate_xdp_pass";
+}
+
+/// Default capacity of each grants map (IPv4 and IPv6 separately).
+pub const DEFAULT_GRANT_CAPACITY: u32 = 262_144;
+/// Capacity of each exempt LPM trie.
+pub const EXEMPT_CAPACITY: u32 = 4096;
+/// How many destination ports the gate can watch at once.
+pub const MAX_PORTS: usize = 8;
+/// Default grant window: 15 minutes.
+pub const DEFAULT_WINDOW_NS: u64 = 900 * 1_000_000_000;
+
+/// Key of `grants_v4`: an IPv4 source address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GrantKeyV4 {
+    pub addr: [u8; 4],
+}
+
+/// Key of `grants_v6`: an IPv6 source address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GrantKeyV6 {
+    pub addr: [u8; 16],
+}
+
+/// Value of both grants maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// CLOCK_BOOTTIME of the grant (`bpf_ktime_get_boot_ns` in the program).
+    pub granted_at_ns: u64,
+    /// How long this grant lasts; 0 means "the window in `settings`", so that
+    /// changing the window applies to grants already written.
+    pub lifetime_ns: u64,
+}
+
+impl Grant {
+    /// True if the grant is younger than its lifetime at `now_ns`. A stamp in
+    /// the future (written by a confused client) counts as expired rather
+    /// than as an everlasting grant.
+    #[inline(always)]
+    pub fn is_fresh(&self, now_ns: u64, window_ns: u64) -> bool {
+        let lifetime = if self.lifetime_ns == 0 {
+            window_ns
+        } else {
+            self.lifetime_ns
+        };
+        now_ns >= self.granted_at_ns && now_ns - self.granted_at_ns < lifetime
+    }
+}
+
+/// Value of the exempt LPM tries (the key is aya's `Key<[u8; 4|16]>`).
+/// Kept as a struct rather than a bare byte so the pinned map dumps with a
+/// field name and can grow without a layout change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exempt {
+    pub enabled: u32,
+}
+
+/// What the program does with a gated SYN that has neither exemption nor
+/// fresh grant.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyMode {
+    /// Drop the SYN; the client retransmits until it times out.
+    Drop = 0,
+    /// Answer with a TCP RST+ACK so the client fails at once.
+    Reset = 1,
+    /// Count what would be denied but let everything pass.
+    Monitor = 2,
+}
+
+impl DenyMode {
+    pub const fn from_u32(raw: u32) -> Option<Self> {
+        match raw {
+            0 => Some(Self::Drop),
+            1 => Some(Self::Reset),
+            2 => Some(Self::Monitor),
+            _ => None,
+        }
+    }
+}
+
+/// The one entry of the `settings` array. The program reads it on every
+/// gated packet, so changing it takes effect without a reload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Grants younger than this are fresh.
+    pub window_ns: u64,
+    /// Destination ports that are gated, host byte order; the first
+    /// `port_count` entries are used.
+    pub ports: [u16; MAX_PORTS],
+    pub port_count: u32,
+    /// A `DenyMode` as u32.
+    pub deny_mode: u32,
+    /// Denial log lines allowed per second per CPU (0: no log).
+    pub log_rate_per_sec: u32,
+    /// Burst size of the log token bucket.
+    pub log_burst: u32,
+}
+
+impl Settings {
+    /// Settings of a gate that has never been configured: nothing is gated.
+    /// A zeroed map entry means the same, so a half-set-up gate passes all.
+    pub const UNCONFIGURED: Self = Self {
+        window_ns: 0,
+        ports: [0; MAX_PORTS],
+        port_count: 0,
+        deny_mode: DenyMode::Drop as u32,
+        log_rate_per_sec: 0,
+        log_burst: 0,
+    };
+
+    #[inline(always)]
+    pub fn gates_port(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if (i as u32) < self.port_count && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Per-CPU token bucket that limits denial log lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogBucket {
+    /// Tokens in units of 1/1000 of a line, so refill needs no division by
+    /// a run-time value per packet.
+    pub milli_tokens: u64,
+    pub refilled_at_ns: u64,
+    /// Lines suppressed since the last line that was written.
+    pub suppressed: u64,
+}
+
+/// Indices into the per-CPU `stats` array: one counter per outcome.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not a SYN to a gated port (other traffic, non-TCP, later fragments).
+    NotGated = 0,
+    /// Gated SYN from an exempt network.
+    Exempt = 1,
+    /// Gated SYN with a fresh grant.
+    Granted = 2,
+    /// Gated SYN dropped.
+    DeniedDrop = 3,
+    /// Gated SYN answered with a RST.
+    DeniedReset = 4,
+    /// Gated SYN that would have been denied, passed in monitor mode.
+    Monitored = 5,
+    /// Packet that could not be parsed; passed.
+    Malformed = 6,
+}
+
+impl Outcome {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [Outcome; Self::COUNT as usize] = [
+        Self::NotGated,
+        Self::Exempt,
+        Self::Granted,
+        Self::DeniedDrop,
+        Self::DeniedReset,
+        Self::Monitored,
+        Self::Malformed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::NotGated => "not_gated",
+            Self::Exempt => "exempt",
+            Self::Granted => "granted",
+            Self::DeniedDrop => "denied_drop",
+            Self::DeniedReset => "denied_reset",
+            Self::Monitored => "monitored",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), contain only integers and have no
+    // implicit padding (checked by the layout tests below).
+    unsafe impl aya::Pod for GrantKeyV4 {}
+    unsafe impl aya::Pod for GrantKeyV6 {}
+    unsafe impl aya::Pod for Grant {}
+    unsafe impl aya::Pod for Exempt {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for LogBucket {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// The sum of the field sizes equals the struct size: no hidden padding
+    /// the kernel could see as uninitialised bytes.
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<GrantKeyV4>(), 4);
+        assert_eq!(size_of::<GrantKeyV6>(), 16);
+        assert_eq!(size_of::<Grant>(), 8 + 8);
+        assert_eq!(size_of::<Exempt>(), 4);
+        assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 4 * 4);
+        assert_eq!(size_of::<LogBucket>(), 3 * 8);
+        assert_eq!(align_of::<Settings>(), 8);
+        assert_eq!(align_of::<Grant>(), 8);
+    }
+
+    #[test]
+    fn grant_freshness() {
+        let window = 10;
+        let g = Grant {
+            granted_at_ns: 100,
+            lifetime_ns: 0,
+        };
+        assert!(g.is_fresh(100, window));
+        assert!(g.is_fresh(109, window));
+        assert!(!g.is_fresh(110, window));
+        assert!(!g.is_fresh(99, window), "a stamp in the future is not fresh");
+        let long = Grant {
+            granted_at_ns: 100,
+            lifetime_ns: 50,
+        };
+        assert!(long.is_fresh(149, window));
+        assert!(!long.is_fresh(150, window));
+    }
+
+    #[test]
+    fn ports_only_count_up_to_port_count() {
+        let mut s = Settings::UNCONFIGURED;
+        assert!(!s.gates_port(0), "unconfigured gate gates nothing");
+        s.ports[0] = 25;
+        s.ports[1] = 587;
+        s.port_count = 1;
+        assert!(s.gates_port(25));
+        assert!(!s.gates_port(587));
+        s.port_count = 2;
+        assert!(s.gates_port(587));
+    }
+
+    #[test]
+    fn outcome_indices_are_dense() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The verdict for one packet, shared by the XDP and TC entries.
+
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_ktime_get_boot_ns, EbpfContext};
+use gate_common::{DenyMode, GrantKeyV4, GrantKeyV6, Outcome};
+
+use crate::{
+    log::log_denial,
+    maps::{exempt_v4, exempt_v6, grants_v4, grants_v6, settings, stats},
+    parse::{parse, Addr, Parsed, Syn},
+};
+
+pub enum Action {
+    Pass,
+    Drop,
+    /// Answer the SYN with a RST+ACK out of the same interface.
+    Reset(Syn),
+}
+
+#[inline(always)]
+pub fn count(outcome: Outcome) {
+    if let Some(counter) = stats.get_ptr_mut(outcome as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Order of judgement for a gated SYN: exempt network, then fresh grant,
+/// then the deny mode. Everything that is not a gated SYN passes.
+#[inline(always)]
+pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize) -> Action {
+    let syn = match parse(start, end) {
+        Parsed::Syn(syn) => syn,
+        Parsed::NotGated => {
+            count(Outcome::NotGated);
+            return Action::Pass;
+        }
+        Parsed::Malformed => {
+            count(Outcome::Malformed);
+            return Action::Pass;
+        }
+    };
+    let Some(config) = settings.get(0) else {
+        count(Outcome::NotGated);
+        return Action::Pass;
+    };
+    if !config.gates_port(syn.dst_port) {
+        count(Outcome::NotGated);
+        return Action::Pass;
+    }
+    if is_exempt(&syn.src) {
+        count(Outcome::Exempt);
+        return Action::Pass;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if has_fresh_grant(&syn.src, now, config.window_ns) {
+        count(Outcome::Granted);
+        return Action::Pass;
+    }
+    let (outcome, action) = match DenyMode::from_u32(config.deny_mode) {
+        Some(DenyMode::Monitor) => (Outcome::Monitored, Action::Pass),
+        Some(DenyMode::Reset) => (Outcome::DeniedReset, Action::Reset(syn)),
+        _ => (Outcome::DeniedDrop, Action::Drop),
+    };
+    count(outcome);
+    log_denial(ctx, &syn, outcome, now, config);
+    action
+}
+
+#[inline(always)]
+fn is_exempt(src: &Addr) -> bool {
+    match src {
+        Addr::V4(addr) => exempt_v4.get(&Key::new(32, *addr)).is_some(),
+        Addr::V6(addr) => exempt_v6.get(&Key::new(128, *addr)).is_some(),
+    }
+}
+
+#[inline(always)]
+fn has_fresh_grant(src: &Addr, now: u64, window_ns: u64) -> bool {
+    let grant = match src {
+        Addr::V4(addr) => grants_v4.get_ptr(GrantKeyV4 { addr: *addr }),
+        Addr::V6(addr) => grants_v6.get_ptr(GrantKeyV6 { addr: *addr }),
+    };
+    match grant {
+        // SAFETY: read once, right away; the program writes no grants, so
+        // the only race is user space replacing the value, which at worst
+        // gives the old or the new stamp.
+        Some(grant) => unsafe { (*grant).is_fresh(now, window_ns) },
+        None => false,
+    }
+}

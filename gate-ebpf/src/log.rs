@@ -1,0 +1,75 @@
+//! Denial log lines through aya-log, limited per CPU by a token bucket so a
+//! SYN flood costs one map lookup and a few arithmetic operations per
+//! packet and cannot flood the log.
+
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::warn;
+use core::net::{Ipv4Addr, Ipv6Addr};
+use gate_common::{Outcome, Settings};
+
+use crate::{
+    maps::log_buckets,
+    parse::{Addr, Syn},
+};
+
+const MILLI: u64 = 1000;
+/// Refill is computed over at most this much idle time, which keeps the
+/// multiplication far from overflow.
+const MAX_REFILL_NS: u64 = 60_000_000_000;
+
+#[inline(always)]
+pub fn log_denial<C: EbpfContext>(
+    ctx: &C,
+    syn: &Syn,
+    outcome: Outcome,
+    now: u64,
+    config: &Settings,
+) {
+    if config.log_rate_per_sec == 0 {
+        return;
+    }
+    let Some(bucket) = log_buckets.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU touches it while we run.
+    let bucket = unsafe { &mut *bucket };
+    let mut elapsed = now.wrapping_sub(bucket.refilled_at_ns);
+    if elapsed > MAX_REFILL_NS {
+        elapsed = MAX_REFILL_NS;
+    }
+    let capacity = config.log_burst.max(1) as u64 * MILLI;
+    let refill = elapsed * config.log_rate_per_sec as u64 / 1_000_000;
+    bucket.milli_tokens = (bucket.milli_tokens + refill).min(capacity);
+    bucket.refilled_at_ns = now;
+    if bucket.milli_tokens < MILLI {
+        bucket.suppressed += 1;
+        return;
+    }
+    bucket.milli_tokens -= MILLI;
+    let suppressed = bucket.suppressed;
+    bucket.suppressed = 0;
+
+    let verdict = match outcome {
+        Outcome::DeniedReset => "reset",
+        Outcome::Monitored => "monitor",
+        _ => "drop",
+    };
+    match syn.src {
+        Addr::V4(addr) => warn!(
+            ctx,
+            "denied SYN from {} to port {}: {} ({} more suppressed)",
+            Ipv4Addr::from(addr),
+            syn.dst_port,
+            verdict,
+            suppressed
+        ),
+        Addr::V6(addr) => warn!(
+            ctx,
+            "denied SYN from {} to port {}: {} ({} more suppressed)",
+            Ipv6Addr::from(addr),
+            syn.dst_port,
+            verdict,
+            suppressed
+        ),
+    }
+}

@@ -1,0 +1,151 @@
+//! Addresses and networks as operators type them. IPv4-mapped IPv6
+//! (`::ffff:a.b.c.d`), as a dual-stack socket reports IPv4 peers, is the
+//! same host as `a.b.c.d` and is turned into it everywhere.
+
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use anyhow::{bail, Context, Result};
+use ipnet::{IpNet, Ipv4Net};
+
+/// Turns an IPv4-mapped IPv6 address into the IPv4 address it carries.
+pub fn normalize(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Parses an IPv4 or IPv6 address (brackets allowed around IPv6) and
+/// normalises it.
+pub fn parse_addr(text: &str) -> Result<IpAddr> {
+    let trimmed = text.trim();
+    let bare = trimmed
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(trimmed);
+    let addr = IpAddr::from_str(bare)
+        .with_context(|| format!("`{text}` is not an IPv4 or IPv6 address"))?;
+    Ok(normalize(addr))
+}
+
+/// A network in CIDR notation. A bare address is a host network (/32 or
+/// /128). Host bits must be zero, as in `ip route`: `10.1.2.3/8` is refused
+/// rather than silently widened. `::ffff:a.b.c.d/N` with N >= 96 is the IPv4
+/// network `a.b.c.d/(N-96)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr(IpNet);
+
+impl Cidr {
+    pub fn net(&self) -> IpNet {
+        self.0
+    }
+}
+
+impl From<IpNet> for Cidr {
+    fn from(net: IpNet) -> Self {
+        Self(net)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let trimmed = text.trim();
+        let net = if trimmed.contains('/') {
+            IpNet::from_str(trimmed).map_err(|_| {
+                anyhow::anyhow!("bad CIDR `{text}`: expected ADDRESS/PREFIX, e.g. 192.0.2.0/24")
+            })?
+        } else {
+            IpNet::from(parse_addr(trimmed).with_context(|| format!("bad CIDR `{text}`"))?)
+        };
+        if net.addr() != net.network() {
+            bail!(
+                "bad CIDR `{text}`: host bits are set (did you mean {}?)",
+                net.trunc()
+            );
+        }
+        Ok(Self(normalize_net(net)))
+    }
+}
+
+fn normalize_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                // The prefix is at most 128, so this cannot fail.
+                return IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).unwrap());
+            }
+        }
+    }
+    net
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_become_ipv4() {
+        assert_eq!(
+            parse_addr("::ffff:192.0.2.7").unwrap(),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_addr("[::ffff:c000:207]").unwrap(),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_addr("2001:db8::1").unwrap(),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_addr(" 10.0.0.1 ").unwrap(),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        // IPv4-compatible (deprecated ::a.b.c.d) is not mapped: left alone.
+        assert!(parse_addr("::192.0.2.7").unwrap().is_ipv6());
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_by_name() {
+        let err = parse_addr("300.1.1.1").unwrap_err().to_string();
+        assert!(err.contains("300.1.1.1"), "{err}");
+        assert!(parse_addr("").is_err());
+        assert!(parse_addr("mail.example.com").is_err());
+    }
+
+    #[test]
+    fn cidrs_parse_and_normalise() {
+        let c: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(c.to_string(), "192.0.2.0/24");
+        let c: Cidr = "2001:db8::/32".parse().unwrap();
+        assert_eq!(c.to_string(), "2001:db8::/32");
+        let c: Cidr = "10.9.8.7".parse().unwrap();
+        assert_eq!(c.to_string(), "10.9.8.7/32");
+        let c: Cidr = "2001:db8::5".parse().unwrap();
+        assert_eq!(c.to_string(), "2001:db8::5/128");
+        let c: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        let c: Cidr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(c.to_string(), "10.1.2.3/32");
+    }
+
+    #[test]
+    fn bad_cidrs_are_refused_with_a_reason() {
+        for bad in ["10.0.0.0/33", "2001:db8::/129", "10.0.0/8", "x/8", "/8", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
+        }
+        let err = "10.1.2.3/8".parse::<Cidr>().unwrap_err().to_string();
+        assert!(err.contains("host bits") && err.contains("10.0.0.0/8"), "{err}");
+    }
+}

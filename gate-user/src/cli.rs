@@ -1,0 +1,195 @@
+//! The command line, as clap reads it.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gate_common::DenyMode;
+
+use smtp_gate::{
+    addr::{parse_addr, Cidr},
+    duration::parse_duration,
+    gate::{pins::DEFAULT_PIN_DIR, AttachMode},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "smtp-gate",
+    version,
+    about = "POP-before-SMTP enforced in the kernel: an XDP/TC gate that drops SMTP \
+             connection attempts from addresses that have not logged in to POP3 recently"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PinDirArg {
+    /// bpffs directory holding the gate's maps and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR, global = true)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the gate to an interface (or update its settings if attached)
+    /// and exit; the gate stays until `detach`.
+    Attach(AttachArgs),
+    /// Remove the gate from an interface, with its pins.
+    Detach(DetachArgs),
+    /// Let an address through, from now on, for the window (or --for).
+    Grant(GrantArgs),
+    /// Take an address's grant away.
+    Revoke(RevokeArgs),
+    /// Show the grants: address, age, time left.
+    List(ListArgs),
+    /// Show the per-verdict packet counters.
+    Stats(StatsArgs),
+    /// Manage the networks that are always let through.
+    Exempt(ExemptArgs),
+    /// Show or change window, ports and deny mode of the running gate.
+    Settings(SettingsArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DenyArg {
+    /// Drop the SYN silently.
+    Drop,
+    /// Answer with a TCP RST: the client sees "connection refused" at once.
+    Reset,
+    /// Let everything through but count what would be denied.
+    Monitor,
+}
+
+impl From<DenyArg> for DenyMode {
+    fn from(arg: DenyArg) -> Self {
+        match arg {
+            DenyArg::Drop => DenyMode::Drop,
+            DenyArg::Reset => DenyMode::Reset,
+            DenyArg::Monitor => DenyMode::Monitor,
+        }
+    }
+}
+
+/// Gate settings shared by `attach` and `settings`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GateSettingsArgs {
+    /// How long a grant lasts (e.g. 900, 15m, 1h). Default 15m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub window: Option<Duration>,
+    /// Destination ports to gate, comma separated, up to 8. Default 25.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', num_args = 1..)]
+    pub ports: Option<Vec<u16>>,
+    /// What to do with a SYN that has no grant. Default drop.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub deny: Option<DenyArg>,
+    /// Denial log lines per second per CPU (0 turns the log off). Default 5.
+    #[arg(long, value_name = "N")]
+    pub log_rate: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Interface to gate (the one mail clients come in on).
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Where to attach: native XDP, generic XDP, or TC ingress.
+    #[arg(long, value_enum, default_value_t = AttachMode::Xdp)]
+    pub mode: AttachMode,
+    #[command(flatten)]
+    pub settings: GateSettingsArgs,
+    /// A network always let through (repeatable). Given at all, the list
+    /// replaces the exempt set; not given, the set is left as it is.
+    #[arg(long, value_name = "CIDR")]
+    pub exempt: Vec<Cidr>,
+    /// Grants each map (IPv4, IPv6) holds without evicting any. Only used
+    /// when the grant maps are created. Default 262144.
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<u32>,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    #[arg(long, value_name = "IF")]
+    pub iface: String,
+    /// Keep the grant maps pinned, so a later attach carries on with them.
+    #[arg(long)]
+    pub keep_grants: bool,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantArgs {
+    /// IPv4 or IPv6 address (::ffff:a.b.c.d counts as a.b.c.d).
+    #[arg(value_parser = parse_addr)]
+    pub addr: std::net::IpAddr,
+    /// Lifetime of this grant instead of the window (e.g. 1h).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub lifetime: Option<Duration>,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    #[arg(value_parser = parse_addr)]
+    pub addr: std::net::IpAddr,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Include expired grants (marked as such).
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ExemptArgs {
+    #[command(subcommand)]
+    pub action: ExemptAction,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExemptAction {
+    /// Always let this network through.
+    Add { cidr: Cidr },
+    /// Stop exempting this network.
+    Del { cidr: Cidr },
+    /// Show the exempt networks.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    pub settings: GateSettingsArgs,
+    /// Print JSON instead of text (when only showing).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}

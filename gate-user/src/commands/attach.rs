@@ -1,0 +1,44 @@
+use anyhow::Result;
+use smtp_gate::gate::{self, AttachReport, AttachRequest, PinDir};
+
+use crate::cli::{AttachArgs, DetachArgs, GateSettingsArgs};
+
+pub fn request(iface: &str, settings: &GateSettingsArgs) -> AttachRequest {
+    AttachRequest {
+        iface: iface.to_string(),
+        window: settings.window,
+        ports: settings.ports.clone(),
+        deny: settings.deny.map(Into::into),
+        log_rate_per_sec: settings.log_rate,
+        ..AttachRequest::default()
+    }
+}
+
+pub fn attach(args: AttachArgs) -> Result<()> {
+    let dir = PinDir::new(&args.pins.pin_dir);
+    let mut req = request(&args.iface, &args.settings);
+    req.mode = Some(args.mode);
+    req.exempt = (!args.exempt.is_empty()).then_some(args.exempt);
+    req.capacity = args.capacity;
+    let report = gate::attach(&dir, &req)?;
+    let pins = dir.path().display();
+    match report {
+        AttachReport::Attached { mode } => {
+            println!("attached to {} ({mode}), pinned in {pins}", args.iface)
+        }
+        AttachReport::Updated { mode } => {
+            println!("already attached to {} ({mode}): settings updated", args.iface)
+        }
+        AttachReport::Replaced { old, new } => {
+            println!("attached to {} ({new}, replacing {old}), pinned in {pins}", args.iface)
+        }
+    }
+    Ok(())
+}
+
+pub fn detach(args: DetachArgs) -> Result<()> {
+    let dir = PinDir::new(&args.pins.pin_dir);
+    gate::detach(&dir, &args.iface, args.keep_grants)?;
+    println!("detached from {}", args.iface);
+    Ok(())
+}

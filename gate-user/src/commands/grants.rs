@@ -1,0 +1,67 @@
+use anyhow::Result;
+use serde_json::json;
+use smtp_gate::{
+    duration::format_duration,
+    gate::{GateMaps, PinDir},
+};
+
+use crate::cli::{GrantArgs, ListArgs, RevokeArgs};
+
+pub fn grant(args: GrantArgs) -> Result<()> {
+    let mut maps = GateMaps::open(&PinDir::new(&args.pins.pin_dir))?;
+    maps.grant(args.addr, args.lifetime)?;
+    match args.lifetime {
+        Some(lifetime) => println!("granted {} for {}", args.addr, format_duration(lifetime)),
+        None => println!("granted {}", args.addr),
+    }
+    Ok(())
+}
+
+pub fn revoke(args: RevokeArgs) -> Result<()> {
+    let mut maps = GateMaps::open(&PinDir::new(&args.pins.pin_dir))?;
+    if maps.revoke(args.addr)? {
+        println!("revoked {}", args.addr);
+        Ok(())
+    } else {
+        anyhow::bail!("{} has no grant", args.addr)
+    }
+}
+
+pub fn list(args: ListArgs) -> Result<()> {
+    let maps = GateMaps::open(&PinDir::new(&args.pins.pin_dir))?;
+    let grants: Vec<_> = maps
+        .grants()?
+        .into_iter()
+        .filter(|g| args.all || g.is_fresh())
+        .collect();
+    if args.json {
+        let rows: Vec<_> = grants
+            .iter()
+            .map(|g| {
+                json!({
+                    "address": g.addr.to_string(),
+                    "age_secs": g.age.as_secs_f64(),
+                    "left_secs": g.time_left().as_secs_f64(),
+                    "lifetime_secs": g.lifetime.as_secs_f64(),
+                    "expired": !g.is_fresh(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if grants.is_empty() {
+        println!("no grants");
+        return Ok(());
+    }
+    println!("{:<40} {:>12} {:>12}", "ADDRESS", "AGE", "LEFT");
+    for g in &grants {
+        let left = if g.is_fresh() {
+            format_duration(g.time_left())
+        } else {
+            "expired".to_string()
+        };
+        println!("{:<40} {:>12} {:>12}", g.addr, format_duration(g.age), left);
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Typed access to the gate's maps, opened either from the pin directory
+//! (CLI, daemon) or from a freshly loaded object (tests, benchmarks).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, Map, MapData, MapError, PerCpuArray,
+    },
+    Ebpf,
+};
+use gate_common::{
+    map_names::{EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, SETTINGS, STATS},
+    Exempt, Grant, GrantKeyV4, GrantKeyV6, Outcome, Settings,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::{clock, pins::PinDir};
+use crate::addr::{normalize, Cidr};
+
+pub struct GateMaps {
+    grants_v4: HashMap<MapData, GrantKeyV4, Grant>,
+    grants_v6: HashMap<MapData, GrantKeyV6, Grant>,
+    exempt_v4: LpmTrie<MapData, [u8; 4], Exempt>,
+    exempt_v6: LpmTrie<MapData, [u8; 16], Exempt>,
+    settings: Array<MapData, Settings>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// One grant as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantEntry {
+    pub addr: IpAddr,
+    pub age: Duration,
+    pub lifetime: Duration,
+    /// True if the grant came with its own lifetime (`grant --for`).
+    pub own_lifetime: bool,
+}
+
+impl GrantEntry {
+    pub fn is_fresh(&self) -> bool {
+        self.age < self.lifetime
+    }
+
+    pub fn time_left(&self) -> Duration {
+        self.lifetime.saturating_sub(self.age)
+    }
+}
+
+fn typed<T>(map: Map, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn map_error(name: &str, err: MapError) -> anyhow::Error {
+    if let MapError::SyscallError(ref sys) = err {
+        match sys.io_error.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOSPC) => {
+                return anyhow!("map {name} is full");
+            }
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                return anyhow!("permission denied on map {name}: run as root");
+            }
+            _ => {}
+        }
+    }
+    anyhow::Error::new(err).context(format!("map {name}"))
+}
+
+impl GateMaps {
+    pub fn open(dir: &PinDir) -> Result<Self> {
+        dir.require_gate()?;
+        let open = |name: &str| -> Result<Map> {
+            let path = dir.map(name);
+            let data = MapData::from_pin(&path).map_err(|e| map_error(name, e))?;
+            Map::from_map_data(data).map_err(|e| map_error(name, e))
+        };
+        Ok(Self {
+            grants_v4: typed(open(GRANTS_V4)?, GRANTS_V4)?,
+            grants_v6: typed(open(GRANTS_V6)?, GRANTS_V6)?,
+            exempt_v4: typed(open(EXEMPT_V4)?, EXEMPT_V4)?,
+            exempt_v6: typed(open(EXEMPT_V6)?, EXEMPT_V6)?,
+            settings: typed(open(SETTINGS)?, SETTINGS)?,
+            stats: typed(open(STATS)?, STATS)?,
+        })
+    }
+
+    /// Takes the maps out of a loaded object. Its programs keep using them.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| -> Result<Map> {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+        };
+        Ok(Self {
+            grants_v4: typed(take(GRANTS_V4)?, GRANTS_V4)?,
+            grants_v6: typed(take(GRANTS_V6)?, GRANTS_V6)?,
+            exempt_v4: typed(take(EXEMPT_V4)?, EXEMPT_V4)?,
+            exempt_v6: typed(take(EXEMPT_V6)?, EXEMPT_V6)?,
+            settings: typed(take(SETTINGS)?, SETTINGS)?,
+            stats: typed(take(STATS)?, STATS)?,
+        })
+    }
+
+    /// Grants `addr` as of now: with the configured window, or for
+    /// `lifetime` if given. A later grant of the same address refreshes it.
+    pub fn grant(&mut self, addr: IpAddr, lifetime: Option<Duration>) -> Result<()> {
+        self.grant_at(addr, clock::boottime_ns(), lifetime)
+    }
+
+    /// Grants with an explicit CLOCK_BOOTTIME stamp (tests use stamps in
+    /// the past to make expired grants).
+    pub fn grant_at(
+        &mut self,
+        addr: IpAddr,
+        granted_at_ns: u64,
+        lifetime: Option<Duration>,
+    ) -> Result<()> {
+        let value = Grant {
+            granted_at_ns,
+            lifetime_ns: lifetime.map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64),
+        };
+        match normalize(addr) {
+            IpAddr::V4(v4) => self
+                .grants_v4
+                .insert(GrantKeyV4 { addr: v4.octets() }, value, 0)
+                .map_err(|e| map_error(GRANTS_V4, e)),
+            IpAddr::V6(v6) => self
+                .grants_v6
+                .insert(GrantKeyV6 { addr: v6.octets() }, value, 0)
+                .map_err(|e| map_error(GRANTS_V6, e)),
+        }
+    }
+
+    /// Removes a grant; false if there was none.
+    pub fn revoke(&mut self, addr: IpAddr) -> Result<bool> {
+        let result = match normalize(addr) {
+            IpAddr::V4(v4) => self.grants_v4.remove(&GrantKeyV4 { addr: v4.octets() }),
+            IpAddr::V6(v6) => self.grants_v6.remove(&GrantKeyV6 { addr: v6.octets() }),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(ref s))
+                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(map_error("grants", e)),
+        }
+    }
+
+    /// Every grant in the maps, fresh or not, oldest first.
+    pub fn grants(&self) -> Result<Vec<GrantEntry>> {
+        let now = clock::boottime_ns();
+        let window = self.settings()?.window_ns;
+        let entry = |addr: IpAddr, grant: Grant| GrantEntry {
+            addr,
+            age: Duration::from_nanos(now.saturating_sub(grant.granted_at_ns)),
+            lifetime: Duration::from_nanos(if grant.lifetime_ns == 0 {
+                window
+            } else {
+                grant.lifetime_ns
+            }),
+            own_lifetime: grant.lifetime_ns != 0,
+        };
+        let mut out = Vec::new();
+        for item in self.grants_v4.iter() {
+            let (key, grant) = item.map_err(|e| map_error(GRANTS_V4, e))?;
+            out.push(entry(IpAddr::V4(Ipv4Addr::from(key.addr)), grant));
+        }
+        for item in self.grants_v6.iter() {
+            let (key, grant) = item.map_err(|e| map_error(GRANTS_V6, e))?;
+            out.push(entry(IpAddr::V6(Ipv6Addr::from(key.addr)), grant));
+        }
+        out.sort_by(|a, b| b.age.cmp(&a.age).then(a.addr.cmp(&b.addr)));
+        Ok(out)
+    }
+
+    /// Number of entries in the grant maps (a full walk: for tests and
+    /// capacity checks).
+    pub fn grant_count(&self) -> usize {
+        self.grants_v4.keys().count() + self.grants_v6.keys().count()
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        self.settings
+            .get(&0, 0)
+            .map_err(|e| map_error(SETTINGS, e))
+    }
+
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        self.settings
+            .set(0, settings, 0)
+            .map_err(|e| map_error(SETTINGS, e))
+    }
+
+    pub fn exempt_add(&mut self, cidr: Cidr) -> Result<()> {
+        let value = Exempt { enabled: 1 };
+        match cidr.net() {
+            IpNet::V4(net) => self
+                .exempt_v4
+                .insert(&Key::new(net.prefix_len() as u32, net.addr().octets()), value, 0)
+                .map_err(|e| map_error(EXEMPT_V4, e)),
+            IpNet::V6(net) => self
+                .exempt_v6
+                .insert(&Key::new(net.prefix_len() as u32, net.addr().octets()), value, 0)
+                .map_err(|e| map_error(EXEMPT_V6, e)),
+        }
+    }
+
+    /// Removes an exempt network; false if it was not there.
+    pub fn exempt_del(&mut self, cidr: Cidr) -> Result<bool> {
+        let result = match cidr.net() {
+            IpNet::V4(net) => self
+                .exempt_v4
+                .remove(&Key::new(net.prefix_len() as u32, net.addr().octets())),
+            IpNet::V6(net) => self
+                .exempt_v6
+                .remove(&Key::new(net.prefix_len() as u32, net.addr().octets())),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(ref s))
+                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(map_error("exempt", e)),
+        }
+    }
+
+    pub fn exempt_list(&self) -> Result<Vec<Cidr>> {
+        let mut out = Vec::new();
+        for key in self.exempt_v4.keys() {
+            let key = key.map_err(|e| map_error(EXEMPT_V4, e))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)?;
+            out.push(Cidr::from(IpNet::V4(net)));
+        }
+        for key in self.exempt_v6.keys() {
+            let key = key.map_err(|e| map_error(EXEMPT_V6, e))?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)?;
+            out.push(Cidr::from(IpNet::V6(net)));
+        }
+        out.sort_by_key(|c| c.net());
+        Ok(out)
+    }
+
+    /// Replaces the exempt set with `cidrs`.
+    pub fn exempt_replace(&mut self, cidrs: &[Cidr]) -> Result<()> {
+        for old in self.exempt_list()? {
+            if !cidrs.contains(&old) {
+                self.exempt_del(old)?;
+            }
+        }
+        for cidr in cidrs {
+            self.exempt_add(*cidr)?;
+        }
+        Ok(())
+    }
+
+    /// Counters summed over CPUs, in `Outcome` order.
+    pub fn stats(&self) -> Result<[u64; Outcome::COUNT as usize]> {
+        let mut totals = [0u64; Outcome::COUNT as usize];
+        for outcome in Outcome::ALL {
+            let per_cpu = self
+                .stats
+                .get(&(outcome as u32), 0)
+                .map_err(|e| map_error(STATS, e))?;
+            totals[outcome as usize] = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+}

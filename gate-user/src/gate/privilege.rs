@@ -1,0 +1,11 @@
+//! A clear error before any BPF syscall fails with a bare EPERM.
+
+use anyhow::{bail, Result};
+
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (the BPF maps and programs are only open to root)");
+    }
+    Ok(())
+}

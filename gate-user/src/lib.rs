@@ -1,0 +1,7 @@
+//! smtp-gate user space: the loader, the pinned-map access and the parsing
+//! of what operators type. The `smtp-gate` binary (main.rs) is a thin CLI
+//! over this library; the integration tests use it too.
+
+pub mod addr;
+pub mod duration;
+pub mod gate;

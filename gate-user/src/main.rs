@@ -1,0 +1,19 @@
+//! `smtp-gate`: the command line over the pinned gate.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("smtp-gate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
