@@ -17,8 +17,16 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-    for watched in ["gate-ebpf/src", "gate-ebpf/Cargo.toml", "gate-common/src", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    for watched in [
+        "gate-ebpf/src",
+        "gate-ebpf/Cargo.toml",
+        "gate-common/src",
+        "Cargo.lock",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
 
     check_toolchain();
@@ -29,13 +37,23 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args(["build", "--package", "gate-ebpf", "--release", "--target", BPF_TARGET])
+        .args([
+            "build",
+            "--package",
+            "gate-ebpf",
+            "--release",
+            "--target",
+            BPF_TARGET,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTC", BPF_RUSTC)
         // aya-ebpf enables feature(asm_experimental_arch) on the BPF target.
         .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
     // Settings of the outer build that must not leak into the BPF build
     // (clippy's driver, coverage flags, a host target).
     for key in [
@@ -54,18 +72,22 @@ fn main() {
     if !status.success() {
         panic!("building gate-ebpf for {BPF_TARGET} failed (see the errors above)");
     }
-    let object = target_dir.join(BPF_TARGET).join("release").join("gate-ebpf");
+    let object = target_dir
+        .join(BPF_TARGET)
+        .join("release")
+        .join("gate-ebpf");
     std::fs::copy(&object, out_dir.join("gate-ebpf.o"))
         .unwrap_or_else(|e| panic!("cannot copy {}: {e}", object.display()));
 }
 
 fn check_toolchain() {
-    let core_present = std::fs::read_dir(Path::new("/usr/lib/rustlib").join(BPF_TARGET).join("lib"))
-        .map(|dir| {
-            dir.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
-        })
-        .unwrap_or(false);
+    let core_present =
+        std::fs::read_dir(Path::new("/usr/lib/rustlib").join(BPF_TARGET).join("lib"))
+            .map(|dir| {
+                dir.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+            })
+            .unwrap_or(false);
     let linker_present = env::split_paths(&env::var_os("PATH").unwrap_or_default())
         .chain(env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
         .any(|dir| dir.join("bpf-linker").is_file());

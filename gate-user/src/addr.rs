@@ -146,6 +146,9 @@ mod tests {
             assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
         }
         let err = "10.1.2.3/8".parse::<Cidr>().unwrap_err().to_string();
-        assert!(err.contains("host bits") && err.contains("10.0.0.0/8"), "{err}");
+        assert!(
+            err.contains("host bits") && err.contains("10.0.0.0/8"),
+            "{err}"
+        );
     }
 }

@@ -54,7 +54,16 @@ mod tests {
 
     #[test]
     fn refuses_nonsense_naming_it() {
-        for bad in ["", "0", "0s", "-5s", "15 minutes ago", "abc", "5x", "99999999999999999999"] {
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "-5s",
+            "15 minutes ago",
+            "abc",
+            "5x",
+            "99999999999999999999",
+        ] {
             let err = parse_duration(bad).unwrap_err().to_string();
             assert!(err.contains("bad duration"), "{bad}: {err}");
         }

@@ -27,10 +27,16 @@ pub fn attach(args: AttachArgs) -> Result<()> {
             println!("attached to {} ({mode}), pinned in {pins}", args.iface)
         }
         AttachReport::Updated { mode } => {
-            println!("already attached to {} ({mode}): settings updated", args.iface)
+            println!(
+                "already attached to {} ({mode}): settings updated",
+                args.iface
+            )
         }
         AttachReport::Replaced { old, new } => {
-            println!("attached to {} ({new}, replacing {old}), pinned in {pins}", args.iface)
+            println!(
+                "attached to {} ({new}, replacing {old}), pinned in {pins}",
+                args.iface
+            )
         }
     }
     Ok(())

@@ -24,7 +24,8 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
     let mut maps = GateMaps::open(&dir)?;
     let s = &args.settings;
-    let changing = s.window.is_some() || s.ports.is_some() || s.deny.is_some() || s.log_rate.is_some();
+    let changing =
+        s.window.is_some() || s.ports.is_some() || s.deny.is_some() || s.log_rate.is_some();
     if changing {
         let merged = merge_settings(maps.settings()?, &request("", s))?;
         maps.set_settings(&merged)?;

@@ -86,11 +86,18 @@ pub struct AttachRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttachReport {
-    Attached { mode: AttachMode },
+    Attached {
+        mode: AttachMode,
+    },
     /// The interface already had the gate in this mode: only settings changed.
-    Updated { mode: AttachMode },
+    Updated {
+        mode: AttachMode,
+    },
     /// The interface had the gate in another mode, which was replaced.
-    Replaced { old: AttachMode, new: AttachMode },
+    Replaced {
+        old: AttachMode,
+        new: AttachMode,
+    },
 }
 
 fn default_settings() -> Settings {
@@ -175,6 +182,9 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
         bail!("--capacity must be at least 1");
     }
     let entries = object::lru_max_entries(capacity);
+    if req.capacity.is_some() {
+        check_existing_capacity(dir, entries, capacity)?;
+    }
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(GRANTS_V4, entries)
@@ -249,6 +259,27 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
     })
 }
 
+/// `--capacity` only applies when the grant maps are created; refuse to
+/// pretend otherwise when they are already pinned with another size.
+fn check_existing_capacity(dir: &PinDir, entries: u32, capacity: u32) -> Result<()> {
+    let path = dir.map(GRANTS_V4);
+    if !path.exists() {
+        return Ok(());
+    }
+    let existing = aya::maps::MapData::from_pin(&path)
+        .and_then(|m| m.info())
+        .with_context(|| format!("reading {}", path.display()))?
+        .max_entries();
+    if existing != entries {
+        bail!(
+            "--capacity {capacity}: the grant maps in {} already exist with another size \
+             ({existing} slots); detach without --keep-grants to resize them",
+            dir.path().display()
+        );
+    }
+    Ok(())
+}
+
 fn configure(dir: &PinDir, req: &AttachRequest) -> Result<()> {
     configure_with(dir, req, false)
 }
@@ -271,7 +302,10 @@ fn configure_with(dir: &PinDir, req: &AttachRequest, first_attach: bool) -> Resu
 fn remove_link(path: &std::path::Path) -> Result<()> {
     match PinnedLink::from_pin(path) {
         // Dropping the last reference to the link detaches the program.
-        Ok(link) => drop(link.unpin().with_context(|| format!("unpinning {}", path.display()))?),
+        Ok(link) => drop(
+            link.unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?,
+        ),
         Err(_) => match fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -190,9 +190,7 @@ impl GateMaps {
     }
 
     pub fn settings(&self) -> Result<Settings> {
-        self.settings
-            .get(&0, 0)
-            .map_err(|e| map_error(SETTINGS, e))
+        self.settings.get(&0, 0).map_err(|e| map_error(SETTINGS, e))
     }
 
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
@@ -206,11 +204,19 @@ impl GateMaps {
         match cidr.net() {
             IpNet::V4(net) => self
                 .exempt_v4
-                .insert(&Key::new(net.prefix_len() as u32, net.addr().octets()), value, 0)
+                .insert(
+                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
+                    value,
+                    0,
+                )
                 .map_err(|e| map_error(EXEMPT_V4, e)),
             IpNet::V6(net) => self
                 .exempt_v6
-                .insert(&Key::new(net.prefix_len() as u32, net.addr().octets()), value, 0)
+                .insert(
+                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
+                    value,
+                    0,
+                )
                 .map_err(|e| map_error(EXEMPT_V6, e)),
         }
     }
