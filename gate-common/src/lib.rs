@@ -252,7 +252,10 @@ mod tests {
         assert!(g.is_fresh(100, window));
         assert!(g.is_fresh(109, window));
         assert!(!g.is_fresh(110, window));
-        assert!(!g.is_fresh(99, window), "a stamp in the future is not fresh");
+        assert!(
+            !g.is_fresh(99, window),
+            "a stamp in the future is not fresh"
+        );
         let long = Grant {
             granted_at_ns: 100,
             lifetime_ns: 50,

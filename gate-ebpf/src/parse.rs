@@ -307,6 +307,13 @@ fn parse_tcp(
     if header_len < TCP_HDR_LEN as u32 {
         return Parsed::Malformed;
     }
+    // The TCP header (options included) must lie inside the segment the IP
+    // header announces, and that segment inside the frame: a SYN cut short
+    // is not judged (and never answered with a RST acknowledging octets
+    // that are not there).
+    if header_len > l4_len || l4_offset + l4_len as usize > end - start {
+        return Parsed::Malformed;
+    }
     if tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
         return Parsed::NotGated;
     }

@@ -1,0 +1,1644 @@
+//! The verdict table of the smtp-gate kernel program, driven through
+//! BPF_PROG_TEST_RUN: no interface, no namespace, no attachment.
+//!
+//! Each test loads its own copy of the object (`load_unpinned`), so tests
+//! share no maps and may run in parallel threads. Within a test, rows run
+//! one after the other and every row checks the exact change of the
+//! per-outcome counters it caused: one in its outcome, zero elsewhere.
+//!
+//! The tests need root and a kernel with BPF. They fail, loudly, without
+//! either: a verdict table that skips itself proves nothing.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::{
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use gate_common::{program_names, DenyMode, Outcome, Settings, MAX_PORTS};
+use gate_tests::packets::{
+    tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN},
+    Ipv6Ext, PacketBuilder, ParsedIp, TcpFrame, VlanTag, ETH_HDR_LEN, ETH_MIN_FRAME_LEN,
+    IPV4_HDR_LEN, IPV4_OPTION_NOP, IPV4_OPTION_ROUTER_ALERT, IPV6_HDR_LEN, LINUX_SYN_OPTIONS,
+    TCP_HDR_LEN,
+};
+use smtp_gate::{
+    addr::Cidr,
+    gate::{clock, object, privilege, GateMaps},
+};
+
+// Return codes (include/uapi/linux/bpf.h, include/uapi/linux/pkt_cls.h).
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Grant capacity of the test objects: small, the tests hold a handful.
+const CAPACITY: u32 = 1024;
+
+/// The grant window of the test settings. Expired grants are stamped up
+/// to twice this long ago, so the host must have been up that long.
+const WINDOW: Duration = Duration::from_secs(30);
+const SMTP: u16 = 25;
+const SUBMISSION: u16 = 587;
+/// A port the settings list after `port_count`, so it is not gated.
+const SUBMISSIONS: u16 = 465;
+const CLIENT_PORT: u16 = 40_000;
+const SEQ: u32 = 0x1234_5678;
+
+const SERVER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 25);
+/// No exemption, no grant: denied.
+const STRANGER4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const EXEMPT_NET4: &str = "192.0.2.0/24";
+const EXEMPT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+/// Just outside EXEMPT_NET4.
+const BESIDE_EXEMPT4: Ipv4Addr = Ipv4Addr::new(192, 0, 3, 77);
+/// Granted now, with the window of the settings.
+const GRANTED4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// Granted longer ago than the window.
+const EXPIRED4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// Granted two windows ago with its own lifetime of an hour: fresh.
+const OWN_FRESH4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+/// Granted 10 s ago with its own lifetime of 5 s: expired, though younger
+/// than the window.
+const OWN_EXPIRED4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 4);
+/// Stamped an hour in the future: not fresh.
+const FUTURE4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
+
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
+const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 7);
+const EXEMPT_NET6: &str = "2001:db8:e:1::/64";
+const EXEMPT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xe, 1, 0xffff, 0xffff, 0xffff, 0xfffe);
+const BESIDE_EXEMPT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xe, 2, 0, 0, 0, 1);
+const GRANTED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+const EXPIRED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 2);
+const OWN_FRESH6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 3);
+const OWN_EXPIRED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 4);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
+/// What the program does with a packet, independent of the hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
+    /// Answer with a RST+ACK out of the same interface.
+    Reset,
+}
+
+impl Verdict {
+    fn code(self, hook: Hook) -> u32 {
+        match (hook, self) {
+            (Hook::Xdp, Self::Pass) => XDP_PASS,
+            (Hook::Xdp, Self::Drop) => XDP_DROP,
+            (Hook::Xdp, Self::Reset) => XDP_TX,
+            (Hook::Tc, Self::Pass) => TC_ACT_OK,
+            (Hook::Tc, Self::Drop) => TC_ACT_SHOT,
+            (Hook::Tc, Self::Reset) => TC_ACT_REDIRECT,
+        }
+    }
+}
+
+fn code_name(hook: Hook, code: u32) -> String {
+    let name = match (hook, code) {
+        (Hook::Xdp, XDP_DROP) => "XDP_DROP",
+        (Hook::Xdp, XDP_PASS) => "XDP_PASS",
+        (Hook::Xdp, XDP_TX) => "XDP_TX",
+        (Hook::Tc, TC_ACT_OK) => "TC_ACT_OK",
+        (Hook::Tc, TC_ACT_SHOT) => "TC_ACT_SHOT",
+        (Hook::Tc, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
+        _ => "unexpected",
+    };
+    format!("{name} ({code})")
+}
+
+type Counters = [u64; Outcome::COUNT as usize];
+
+fn describe_deltas(deltas: &Counters) -> String {
+    let moved: Vec<String> = Outcome::ALL
+        .iter()
+        .filter(|o| deltas[**o as usize] != 0)
+        .map(|o| format!("{} +{}", o.name(), deltas[*o as usize]))
+        .collect();
+    if moved.is_empty() {
+        "no counter moved".to_string()
+    } else {
+        moved.join(", ")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|line| {
+            line.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n    ")
+}
+
+/// What one BPF_PROG_TEST_RUN gave back.
+struct RunResult {
+    code: u32,
+    /// The packet as the program left it (`data_out`, `data_size_out` long).
+    out: Vec<u8>,
+}
+
+/// One loaded copy of the object: both programs and the maps.
+struct Gate {
+    ebpf: Ebpf,
+    maps: GateMaps,
+}
+
+impl Gate {
+    /// Loads the object and both programs. Panics without root or BPF.
+    fn load() -> Self {
+        privilege::require_root("the BPF_PROG_TEST_RUN verdict tests")
+            .expect("these tests must run as root; they do not skip");
+        let mut ebpf = object::load_unpinned(CAPACITY)
+            .expect("loading the smtp-gate object failed: is BPF available to root here?");
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program_names::XDP)
+            .expect("the object has no XDP program")
+            .try_into()
+            .expect("the XDP program is not of type Xdp");
+        xdp.load().expect("the verifier refused the XDP program");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(program_names::TC)
+            .expect("the object has no TC program")
+            .try_into()
+            .expect("the TC program is not of type SchedClassifier");
+        tc.load().expect("the verifier refused the TC program");
+        let maps = GateMaps::from_ebpf(&mut ebpf).expect("taking the maps out of the object");
+        Self { ebpf, maps }
+    }
+
+    /// A gate with the exempt networks and grants every table uses.
+    fn with_fixture() -> Self {
+        let mut gate = Self::load();
+        for net in [EXEMPT_NET4, EXEMPT_NET6] {
+            let cidr: Cidr = net.parse().expect("fixture CIDR parses");
+            gate.maps
+                .exempt_add(cidr)
+                .expect("adding an exempt network");
+        }
+        let now = clock::boottime_ns();
+        let ago = |d: Duration| {
+            now.checked_sub(d.as_nanos() as u64).expect(
+                "the host has been up for less than two grant windows: \
+                 cannot stamp expired grants",
+            )
+        };
+        let hour = Duration::from_secs(3600);
+        let grants: [(IpAddr, u64, Option<Duration>); 9] = [
+            (GRANTED4.into(), now, None),
+            (EXPIRED4.into(), ago(WINDOW + Duration::from_secs(5)), None),
+            (OWN_FRESH4.into(), ago(2 * WINDOW), Some(hour)),
+            (
+                OWN_EXPIRED4.into(),
+                ago(Duration::from_secs(10)),
+                Some(Duration::from_secs(5)),
+            ),
+            (FUTURE4.into(), now + hour.as_nanos() as u64, None),
+            (GRANTED6.into(), now, None),
+            (EXPIRED6.into(), ago(WINDOW + Duration::from_secs(5)), None),
+            (OWN_FRESH6.into(), ago(2 * WINDOW), Some(hour)),
+            (
+                OWN_EXPIRED6.into(),
+                ago(Duration::from_secs(10)),
+                Some(Duration::from_secs(5)),
+            ),
+        ];
+        for (addr, stamp, lifetime) in grants {
+            gate.maps
+                .grant_at(addr, stamp, lifetime)
+                .unwrap_or_else(|e| panic!("granting {addr}: {e:#}"));
+        }
+        gate
+    }
+
+    fn stats(&self) -> Counters {
+        self.maps.stats().expect("reading the stats map")
+    }
+
+    fn set_settings(&mut self, settings: &Settings) {
+        self.maps
+            .set_settings(settings)
+            .expect("writing the settings map");
+    }
+
+    /// Runs `packet` through the program of `hook` once.
+    fn try_run(&self, hook: Hook, packet: &[u8]) -> Result<RunResult, ProgramError> {
+        // Room for any reply: the program never grows a packet.
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        };
+        let result = match hook {
+            Hook::Xdp => {
+                let p: &Xdp = self
+                    .ebpf
+                    .program(program_names::XDP)
+                    .expect("the object has no XDP program")
+                    .try_into()
+                    .expect("the XDP program is not of type Xdp");
+                p.test_run(opts)?
+            }
+            Hook::Tc => {
+                let p: &SchedClassifier = self
+                    .ebpf
+                    .program(program_names::TC)
+                    .expect("the object has no TC program")
+                    .try_into()
+                    .expect("the TC program is not of type SchedClassifier");
+                p.test_run(opts)?
+            }
+        };
+        out.truncate(result.data_size_out as usize);
+        Ok(RunResult {
+            code: result.return_value,
+            out,
+        })
+    }
+
+    /// Runs `row` and checks its verdict, its counter and, for a pass, that
+    /// the packet is untouched, for a reset, the reply.
+    fn check(&mut self, hook: Hook, row: &Row) {
+        self.set_settings(&row.settings);
+        let before = self.stats();
+        let run = self
+            .try_run(hook, &row.packet)
+            .unwrap_or_else(|e| panic!("[{hook:?}] {}: BPF_PROG_TEST_RUN failed: {e:?}", row.name));
+        let after = self.stats();
+        let mut deltas = [0u64; Outcome::COUNT as usize];
+        for (i, d) in deltas.iter_mut().enumerate() {
+            *d = after[i] - before[i];
+        }
+        let mut wanted = [0u64; Outcome::COUNT as usize];
+        wanted[row.outcome as usize] = 1;
+        let want_code = row.expect.code(hook);
+        assert!(
+            run.code == want_code && deltas == wanted,
+            "[{hook:?}] row `{}`: got {} with {}; expected {} with {} +1\n  packet ({} octets):\n    {}",
+            row.name,
+            code_name(hook, run.code),
+            describe_deltas(&deltas),
+            code_name(hook, want_code),
+            row.outcome.name(),
+            row.packet.len(),
+            hex(&row.packet),
+        );
+        match row.expect {
+            Verdict::Pass => assert!(
+                run.out == row.packet,
+                "[{hook:?}] row `{}`: passed, but the packet was changed to\n    {}",
+                row.name,
+                hex(&run.out)
+            ),
+            Verdict::Drop => {}
+            Verdict::Reset => check_reset_reply(
+                &format!("[{hook:?}] row `{}`", row.name),
+                &row.packet,
+                &run.out,
+            ),
+        }
+    }
+}
+
+/// One row of a verdict table.
+struct Row {
+    name: String,
+    packet: Vec<u8>,
+    settings: Settings,
+    expect: Verdict,
+    /// The one counter the packet must increase.
+    outcome: Outcome,
+}
+
+/// Settings of the tables: window WINDOW, ports 25 and 587 (465 listed
+/// after `port_count`), no log.
+fn settings(mode: DenyMode) -> Settings {
+    let mut ports = [0u16; MAX_PORTS];
+    ports[0] = SMTP;
+    ports[1] = SUBMISSION;
+    ports[2] = SUBMISSIONS;
+    Settings {
+        window_ns: WINDOW.as_nanos() as u64,
+        ports,
+        port_count: 2,
+        deny_mode: mode as u32,
+        log_rate_per_sec: 0,
+        log_burst: 0,
+    }
+}
+
+/// The same settings with the denial log on.
+fn logging(mut s: Settings) -> Settings {
+    s.log_rate_per_sec = 5;
+    s.log_burst = 2;
+    s
+}
+
+fn row(name: &str, packet: impl Into<Vec<u8>>, expect: Verdict, outcome: Outcome) -> Row {
+    Row {
+        name: name.to_string(),
+        packet: packet.into(),
+        settings: settings(DenyMode::Drop),
+        expect,
+        outcome,
+    }
+}
+
+impl Row {
+    fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    fn mode(self, mode: DenyMode) -> Self {
+        self.settings(settings(mode))
+    }
+}
+
+/// A SYN from `src` (port CLIENT_PORT, sequence SEQ) to SERVER4:`port`.
+fn syn4(src: Ipv4Addr, port: u16) -> PacketBuilder {
+    PacketBuilder::ipv4(src, SERVER4)
+        .tcp(CLIENT_PORT, port, SYN)
+        .seq(SEQ)
+}
+
+/// A SYN from `src` (port CLIENT_PORT, sequence SEQ) to SERVER6:`port`.
+fn syn6(src: Ipv6Addr, port: u16) -> PacketBuilder {
+    PacketBuilder::ipv6(src, SERVER6)
+        .tcp(CLIENT_PORT, port, SYN)
+        .seq(SEQ)
+}
+
+/// Hop-by-hop, AH (12-octet ICV, so 24 octets: counted in 4-octet units
+/// it lands elsewhere than in 8-octet units) and destination options.
+fn hop_ah_dst() -> [Ipv6Ext; 3] {
+    [
+        Ipv6Ext::HopByHop { len: 1 },
+        Ipv6Ext::AH,
+        Ipv6Ext::DEST_OPTS,
+    ]
+}
+
+/// `n` destination options headers.
+fn dest_opts_chain(n: usize) -> Vec<Ipv6Ext> {
+    vec![Ipv6Ext::DEST_OPTS; n]
+}
+
+/// IPv4 options: Router Alert and NOPs, 12 octets (IHL 8).
+fn some_ipv4_options() -> Vec<u8> {
+    let mut o = IPV4_OPTION_ROUTER_ALERT.to_vec();
+    o.extend([IPV4_OPTION_NOP; 8]);
+    o
+}
+
+use DenyMode::{Monitor, Reset as ResetMode};
+use Outcome::{DeniedDrop, DeniedReset, Exempt, Granted, Malformed, Monitored, NotGated};
+use Verdict::{Drop, Pass, Reset};
+
+/// The verdict table in drop and monitor mode (reset mode has its own
+/// table because its rows also check the reply).
+fn verdict_rows() -> Vec<Row> {
+    let s = STRANGER4;
+    let s6 = STRANGER6;
+    vec![
+        // Shapes of a gated SYN from a stranger: all dropped.
+        row("IPv4 SYN to 25", syn4(s, SMTP).build(), Drop, DeniedDrop),
+        row(
+            "IPv4 with options (IHL 8) SYN to 25",
+            syn4(s, SMTP).ipv4_options(&some_ipv4_options()).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 with 40 octets of options (IHL 15) SYN to 25",
+            syn4(s, SMTP).ipv4_options(&[IPV4_OPTION_NOP; 40]).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 SYN with Linux TCP options",
+            syn4(s, SMTP).tcp_options(&LINUX_SYN_OPTIONS).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 SYN with TFO payload",
+            syn4(s, SMTP)
+                .tcp_options(&LINUX_SYN_OPTIONS)
+                .payload(b"EHLO client.example\r\n")
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 SYN padded to 60 octets",
+            syn4(s, SMTP).pad_to(ETH_MIN_FRAME_LEN).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row("IPv6 SYN to 25", syn6(s6, SMTP).build(), Drop, DeniedDrop),
+        row(
+            "IPv6 hop-by-hop + AH + destination options before TCP",
+            syn6(s6, SMTP).exts(hop_ah_dst()).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 hop-by-hop + routing + destination options before TCP",
+            syn6(s6, SMTP)
+                .exts([
+                    Ipv6Ext::HOP_BY_HOP,
+                    Ipv6Ext::Routing { len: 2 },
+                    Ipv6Ext::DestOpts { len: 3 },
+                ])
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 AH directly before TCP",
+            syn6(s6, SMTP).ext(Ipv6Ext::AH).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 AH of odd 4-octet length (12 octets) before TCP",
+            syn6(s6, SMTP).ext(Ipv6Ext::Ah { len: 1 }).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 fragment header offset 0 with M (first fragment)",
+            syn6(s6, SMTP).ext(Ipv6Ext::first_fragment(7)).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 fragment header offset 0 without M (atomic fragment)",
+            syn6(s6, SMTP)
+                .ext(Ipv6Ext::Fragment {
+                    offset: 0,
+                    more: false,
+                    id: 7,
+                })
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 hop-by-hop + fragment offset 0 + AH + destination options",
+            syn6(s6, SMTP)
+                .exts([
+                    Ipv6Ext::HOP_BY_HOP,
+                    Ipv6Ext::first_fragment(8),
+                    Ipv6Ext::AH,
+                    Ipv6Ext::DEST_OPTS,
+                ])
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 fragment header offset 1 (not first): not gated",
+            syn6(s6, SMTP)
+                .ext(Ipv6Ext::Fragment {
+                    offset: 1,
+                    more: true,
+                    id: 7,
+                })
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 fragment header offset 185, last fragment: not gated",
+            syn6(s6, SMTP)
+                .ext(Ipv6Ext::Fragment {
+                    offset: 185,
+                    more: false,
+                    id: 7,
+                })
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 exactly 8 extension headers before TCP",
+            syn6(s6, SMTP).exts(dest_opts_chain(8)).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 one 802.1Q tag",
+            syn4(s, SMTP).vlan(VlanTag::dot1q(100)).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 802.1ad + 802.1Q tags (QinQ)",
+            syn4(s, SMTP).qinq(100, 200).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 two 802.1Q tags",
+            syn4(s, SMTP)
+                .vlan(VlanTag::dot1q(100))
+                .vlan(VlanTag::dot1q(200))
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 one 802.1Q tag",
+            syn6(s6, SMTP).vlan(VlanTag::dot1q(100)).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 QinQ with extension headers",
+            syn6(s6, SMTP).qinq(100, 200).exts(hop_ah_dst()).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "three VLAN tags are deeper than the walk: not gated",
+            syn4(s, SMTP)
+                .vlan(VlanTag::dot1ad(1))
+                .vlan(VlanTag::dot1q(2))
+                .vlan(VlanTag::dot1q(3))
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        // TCP flags: only SYN without ACK is judged.
+        row(
+            "SYN+ACK to 25: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, SYN | ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ACK to 25: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "RST to 25: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, RST)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "RST+ACK to 25: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, RST | ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "PSH+ACK with data to 25: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, PSH | ACK)
+                .payload(b"MAIL FROM:<a@b>\r\n")
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "FIN+ACK to 25: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, FIN | ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 SYN+ACK to 25: not gated",
+            PacketBuilder::ipv6(s6, SERVER6)
+                .tcp(CLIENT_PORT, SMTP, SYN | ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 ACK to 25: not gated",
+            PacketBuilder::ipv6(s6, SERVER6)
+                .tcp(CLIENT_PORT, SMTP, ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ECN-setup SYN (SYN+ECE+CWR) is a SYN",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, SYN | ECE | CWR)
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "SYN+FIN without ACK is a SYN",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, SYN | FIN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        // Ports.
+        row(
+            "IPv4 SYN to the second port 587",
+            syn4(s, SUBMISSION).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 SYN to the second port 587",
+            syn6(s6, SUBMISSION).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 SYN to port 80: not gated",
+            syn4(s, 80).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 SYN to port 143: not gated",
+            syn6(s6, 143).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "SYN to 465, listed after port_count: not gated",
+            syn4(s, SUBMISSIONS).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "SYN from port 25 to a high port: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(SMTP, CLIENT_PORT, SYN)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "unconfigured gate (port_count 0): not gated",
+            syn4(s, SMTP).build(),
+            Pass,
+            NotGated,
+        )
+        .settings(Settings::UNCONFIGURED),
+        // Exempt networks.
+        row(
+            "IPv4 source in the exempt /24",
+            syn4(EXEMPT4, SMTP).build(),
+            Pass,
+            Exempt,
+        ),
+        row(
+            "IPv4 first address of the exempt /24",
+            syn4(Ipv4Addr::new(192, 0, 2, 0), SUBMISSION).build(),
+            Pass,
+            Exempt,
+        ),
+        row(
+            "IPv4 source just outside the exempt /24",
+            syn4(BESIDE_EXEMPT4, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 source in the exempt /64",
+            syn6(EXEMPT6, SMTP).build(),
+            Pass,
+            Exempt,
+        ),
+        row(
+            "IPv6 source in the exempt /64 behind extension headers and VLAN",
+            syn6(EXEMPT6, SMTP)
+                .vlan(VlanTag::dot1q(5))
+                .exts(hop_ah_dst())
+                .build(),
+            Pass,
+            Exempt,
+        ),
+        row(
+            "IPv6 source just outside the exempt /64",
+            syn6(BESIDE_EXEMPT6, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "exempt destination does not exempt the source",
+            PacketBuilder::ipv4(s, EXEMPT4)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        // Grants.
+        row(
+            "IPv4 fresh grant",
+            syn4(GRANTED4, SMTP).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "IPv4 fresh grant to port 587 behind QinQ",
+            syn4(GRANTED4, SUBMISSION).qinq(1, 2).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "IPv4 grant older than the window",
+            syn4(EXPIRED4, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 grant with own lifetime, older than the window: fresh",
+            syn4(OWN_FRESH4, SMTP).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "IPv4 grant with own lifetime expired, younger than the window",
+            syn4(OWN_EXPIRED4, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 grant stamped in the future",
+            syn4(FUTURE4, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "a grant of the destination does not grant the source",
+            PacketBuilder::ipv4(s, GRANTED4)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 fresh grant",
+            syn6(GRANTED6, SMTP).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "IPv6 fresh grant behind extension headers",
+            syn6(GRANTED6, SMTP).exts(hop_ah_dst()).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "IPv6 grant older than the window",
+            syn6(EXPIRED6, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 grant with own lifetime, older than the window: fresh",
+            syn6(OWN_FRESH6, SMTP).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "IPv6 grant with own lifetime expired, younger than the window",
+            syn6(OWN_EXPIRED6, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 address granted as IPv4 does not grant its IPv6 twin",
+            syn6(
+                Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0xc633, 0x6401),
+                SMTP,
+            )
+            .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        // Deny modes.
+        row(
+            "monitor mode: IPv4 stranger passes",
+            syn4(s, SMTP).build(),
+            Pass,
+            Monitored,
+        )
+        .mode(Monitor),
+        row(
+            "monitor mode: IPv6 stranger behind extension headers passes",
+            syn6(s6, SMTP).exts(hop_ah_dst()).build(),
+            Pass,
+            Monitored,
+        )
+        .mode(Monitor),
+        row(
+            "monitor mode: expired grant passes",
+            syn4(EXPIRED4, SUBMISSION).build(),
+            Pass,
+            Monitored,
+        )
+        .mode(Monitor),
+        row(
+            "monitor mode with the log on",
+            syn4(s, SMTP).build(),
+            Pass,
+            Monitored,
+        )
+        .settings(logging(settings(Monitor))),
+        row(
+            "monitor mode: fresh grant still counts as granted",
+            syn4(GRANTED4, SMTP).build(),
+            Pass,
+            Granted,
+        )
+        .mode(Monitor),
+        row(
+            "monitor mode: exempt still counts as exempt",
+            syn6(EXEMPT6, SMTP).build(),
+            Pass,
+            Exempt,
+        )
+        .mode(Monitor),
+        row(
+            "monitor mode: SYN+ACK still not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, SYN | ACK)
+                .build(),
+            Pass,
+            NotGated,
+        )
+        .mode(Monitor),
+        row(
+            "drop mode with the log on",
+            syn6(s6, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .settings(logging(settings(DenyMode::Drop))),
+        row(
+            "unknown deny mode 7 falls back to drop",
+            syn4(s, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .settings(Settings {
+            deny_mode: 7,
+            ..settings(DenyMode::Drop)
+        }),
+        // IPv4 fragments.
+        row(
+            "IPv4 non-first fragment (offset 185) that looks like a SYN: not gated",
+            syn4(s, SMTP).ipv4_fragment(185, false).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv4 non-first fragment (offset 1, MF): not gated",
+            syn4(s, SMTP).ipv4_fragment(1, true).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv4 first fragment (offset 0, MF) carries the SYN",
+            syn4(s, SMTP).ipv4_fragment(0, true).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        // Not TCP.
+        row(
+            "IPv4 UDP to port 25: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .udp(CLIENT_PORT, SMTP)
+                .payload(b"x")
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 UDP to port 25: not gated",
+            PacketBuilder::ipv6(s6, SERVER6)
+                .udp(CLIENT_PORT, SMTP)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 UDP behind hop-by-hop: not gated",
+            PacketBuilder::ipv6(s6, SERVER6)
+                .ext(Ipv6Ext::HOP_BY_HOP)
+                .udp(CLIENT_PORT, SMTP)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ICMP echo: not gated",
+            PacketBuilder::ipv4(s, SERVER4).icmp_echo(1, 1).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ICMPv6 echo: not gated",
+            PacketBuilder::ipv6(s6, SERVER6).icmp_echo(1, 1).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 no next header: not gated",
+            PacketBuilder::ipv6(s6, SERVER6).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 unknown extension header (135) before TCP: not gated",
+            syn6(s6, SMTP)
+                .ext(Ipv6Ext::Raw {
+                    kind: 135,
+                    bytes: vec![0; 8],
+                })
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ARP request: not gated",
+            PacketBuilder::arp_request(s, SERVER4).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ARP request behind an 802.1Q tag: not gated",
+            PacketBuilder::arp_request(s, SERVER4)
+                .vlan(VlanTag::dot1q(7))
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "LLDP frame: not gated",
+            PacketBuilder::ethernet(0x88cc).payload(&[0; 46]).build(),
+            Pass,
+            NotGated,
+        ),
+        // Malformed headers: all pass.
+        row(
+            "IPv4 IHL 4",
+            syn4(s, SMTP).ipv4_ihl(4).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv4 IHL 0",
+            syn4(s, SMTP).ipv4_ihl(0).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv4 total length 19 < header length 20",
+            syn4(s, SMTP).ipv4_total_len(19).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv4 total length 0",
+            syn4(s, SMTP).ipv4_total_len(0).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv4 with options, total length 23 < header length 24",
+            syn4(s, SMTP)
+                .ipv4_options(&IPV4_OPTION_ROUTER_ALERT)
+                .ipv4_total_len(23)
+                .build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv4 EtherType with IP version 6",
+            syn4(s, SMTP).ip_version(6).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 EtherType with IP version 4",
+            syn6(s6, SMTP).ip_version(4).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "TCP data offset 4",
+            syn4(s, SMTP).tcp_data_offset(4).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "TCP data offset 0",
+            syn4(s, SMTP).tcp_data_offset(0).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 TCP data offset 4 behind extension headers",
+            syn6(s6, SMTP).exts(hop_ah_dst()).tcp_data_offset(4).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 9 extension headers (chain longer than 8)",
+            syn6(s6, SMTP).exts(dest_opts_chain(9)).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 16 extension headers",
+            syn6(s6, SMTP).exts(dest_opts_chain(16)).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 payload length shorter than the extension headers",
+            syn6(s6, SMTP)
+                .exts(hop_ah_dst())
+                .ipv6_payload_len(16)
+                .build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 hop-by-hop of 2048 octets puts TCP beyond 1024",
+            syn6(s6, SMTP).ext(Ipv6Ext::HopByHop { len: 255 }).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 AH length 255 claims 1028 octets",
+            syn6(s6, SMTP).ext(Ipv6Ext::Ah { len: 255 }).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 ext header length runs past the frame",
+            syn6(s6, SMTP).ext(Ipv6Ext::DestOpts { len: 20 }).build()[..14 + 40 + 60].to_vec(),
+            Pass,
+            Malformed,
+        ),
+    ]
+}
+
+/// Reset mode: every denied SYN is answered, and what is not denied passes
+/// as in the other modes.
+fn reset_rows() -> Vec<Row> {
+    let s = STRANGER4;
+    let s6 = STRANGER6;
+    let rows = vec![
+        row("reset IPv4", syn4(s, SMTP).build(), Reset, DeniedReset),
+        row(
+            "reset IPv4 with options (IHL 8)",
+            syn4(s, SMTP).ipv4_options(&some_ipv4_options()).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 with 40 octets of options (IHL 15)",
+            syn4(s, SMTP).ipv4_options(&[IPV4_OPTION_NOP; 40]).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 to port 587",
+            syn4(s, SUBMISSION).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 with Linux TCP options",
+            syn4(s, SMTP).tcp_options(&LINUX_SYN_OPTIONS).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 TFO SYN acknowledges the payload",
+            syn4(s, SMTP)
+                .tcp_options(&LINUX_SYN_OPTIONS)
+                .payload(b"EHLO client.example\r\n")
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 sequence number wraps",
+            syn4(s, SMTP).seq(u32::MAX).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 SYN padded to 60 octets: padding is not payload",
+            syn4(s, SMTP).pad_to(ETH_MIN_FRAME_LEN).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 expired grant",
+            syn4(EXPIRED4, SMTP).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 one 802.1Q tag with priority",
+            syn4(s, SMTP)
+                .vlan(VlanTag::dot1q(100).with_priority(5))
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 QinQ with options",
+            syn4(s, SMTP)
+                .qinq(100, 200)
+                .ipv4_options(&some_ipv4_options())
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
+        row("reset IPv6", syn6(s6, SMTP).build(), Reset, DeniedReset),
+        row(
+            "reset IPv6 hop-by-hop + AH + destination options",
+            syn6(s6, SMTP).exts(hop_ah_dst()).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv6 hop-by-hop + routing + atomic fragment + AH + destination options",
+            syn6(s6, SMTP)
+                .exts([
+                    Ipv6Ext::HOP_BY_HOP,
+                    Ipv6Ext::Routing { len: 2 },
+                    Ipv6Ext::Fragment {
+                        offset: 0,
+                        more: false,
+                        id: 3,
+                    },
+                    Ipv6Ext::AH,
+                    Ipv6Ext::DestOpts { len: 1 },
+                ])
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv6 AH directly before TCP",
+            syn6(s6, SMTP).ext(Ipv6Ext::AH).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv6 TFO SYN behind extension headers acknowledges the payload",
+            syn6(s6, SMTP)
+                .exts(hop_ah_dst())
+                .tcp_options(&LINUX_SYN_OPTIONS)
+                .payload(&[0x5a; 100])
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv6 one 802.1Q tag",
+            syn6(s6, SMTP).vlan(VlanTag::dot1q(9)).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv6 QinQ with extension headers",
+            syn6(s6, SMTP).qinq(100, 200).exts(hop_ah_dst()).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv6 two 802.1Q tags",
+            syn6(s6, SUBMISSION)
+                .vlan(VlanTag::dot1q(1))
+                .vlan(VlanTag::dot1q(2))
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 with the log on",
+            syn4(s, SMTP).build(),
+            Reset,
+            DeniedReset,
+        )
+        .settings(logging(settings(ResetMode))),
+        row(
+            "reset IPv6 with the log on",
+            syn6(s6, SMTP).exts(hop_ah_dst()).build(),
+            Reset,
+            DeniedReset,
+        )
+        .settings(logging(settings(ResetMode))),
+        // Not denied: passes untouched in reset mode too.
+        row(
+            "reset mode: exempt IPv4 passes",
+            syn4(EXEMPT4, SMTP).build(),
+            Pass,
+            Exempt,
+        ),
+        row(
+            "reset mode: granted IPv6 passes",
+            syn6(GRANTED6, SMTP).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "reset mode: SYN+ACK passes",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, SYN | ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "reset mode: other port passes",
+            syn6(s6, 80).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "reset mode: malformed passes",
+            syn4(s, SMTP).tcp_data_offset(2).build(),
+            Pass,
+            Malformed,
+        ),
+    ];
+    rows.into_iter()
+        .map(|r| {
+            if r.settings.deny_mode == DenyMode::Drop as u32 {
+                r.mode(ResetMode)
+            } else {
+                r
+            }
+        })
+        .collect()
+}
+
+/// Checks that `reply` is the RST+ACK the gate owes the sender of `syn`
+/// (RFC 9293 3.10.7.1: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>), with
+/// checksums verified by the test's own code.
+fn check_reset_reply(what: &str, syn: &[u8], reply: &[u8]) {
+    let syn = TcpFrame::parse(syn)
+        .unwrap_or_else(|e| panic!("{what}: the test's SYN does not parse: {e}"));
+    let rst = TcpFrame::parse(reply).unwrap_or_else(|e| {
+        panic!(
+            "{what}: the reply is not a valid TCP frame: {e}\n  reply ({} octets):\n    {}",
+            reply.len(),
+            hex(reply)
+        )
+    });
+    let fail = |msg: String| -> ! {
+        panic!(
+            "{what}: {msg}\n  reply ({} octets):\n    {}",
+            reply.len(),
+            hex(reply)
+        )
+    };
+
+    if rst.dst_mac != syn.src_mac || rst.src_mac != syn.dst_mac {
+        fail(format!(
+            "MACs not swapped: reply {:02x?} -> {:02x?}, SYN {:02x?} -> {:02x?}",
+            rst.src_mac, rst.dst_mac, syn.src_mac, syn.dst_mac
+        ));
+    }
+    if rst.vlans != syn.vlans {
+        fail(format!(
+            "VLAN tags changed: {:?}, SYN had {:?}",
+            rst.vlans, syn.vlans
+        ));
+    }
+    if rst.ip.src() != syn.ip.dst() || rst.ip.dst() != syn.ip.src() {
+        fail(format!(
+            "addresses not swapped: reply {} -> {}, SYN {} -> {}",
+            rst.ip.src(),
+            rst.ip.dst(),
+            syn.ip.src(),
+            syn.ip.dst()
+        ));
+    }
+    let ip_len = match (&rst.ip, &syn.ip) {
+        (ParsedIp::V4(ip), ParsedIp::V4(_)) => {
+            if ip.header_len != IPV4_HDR_LEN || ip.total_len as usize != IPV4_HDR_LEN + TCP_HDR_LEN
+            {
+                fail(format!(
+                    "IPv4 header length {} / total length {}, expected 20 / 40",
+                    ip.header_len, ip.total_len
+                ));
+            }
+            if ip.ttl == 0 {
+                fail("IPv4 TTL 0".into());
+            }
+            IPV4_HDR_LEN
+        }
+        (ParsedIp::V6(ip), ParsedIp::V6(_)) => {
+            if !ip.ext_kinds.is_empty() || ip.payload_len as usize != TCP_HDR_LEN {
+                fail(format!(
+                    "IPv6 extension headers {:?} / payload length {}, expected none / 20",
+                    ip.ext_kinds, ip.payload_len
+                ));
+            }
+            if ip.hop_limit == 0 {
+                fail("IPv6 hop limit 0".into());
+            }
+            IPV6_HDR_LEN
+        }
+        _ => fail("the reply is of another IP version than the SYN".into()),
+    };
+    let expected_len = syn.l3_offset + ip_len + TCP_HDR_LEN;
+    if reply.len() != expected_len || rst.trailer_len != 0 {
+        fail(format!(
+            "reply is {} octets ({} after the datagram), expected exactly {expected_len}",
+            reply.len(),
+            rst.trailer_len
+        ));
+    }
+    let tcp = &rst.tcp;
+    if tcp.src_port != syn.tcp.dst_port || tcp.dst_port != syn.tcp.src_port {
+        fail(format!(
+            "ports not swapped: reply {} -> {}, SYN {} -> {}",
+            tcp.src_port, tcp.dst_port, syn.tcp.src_port, syn.tcp.dst_port
+        ));
+    }
+    if tcp.flags != RST | ACK {
+        fail(format!(
+            "TCP flags {:#04x}, expected RST|ACK (0x14)",
+            tcp.flags
+        ));
+    }
+    if tcp.seq != 0 {
+        fail(format!("sequence number {}, expected 0", tcp.seq));
+    }
+    let want_ack = syn
+        .tcp
+        .seq
+        .wrapping_add(1)
+        .wrapping_add(syn.payload.len() as u32);
+    if tcp.ack != want_ack {
+        fail(format!(
+            "acknowledgment {} ({:#x}), expected SYN seq {:#x} + 1 + {} payload octets = {want_ack:#x}",
+            tcp.ack,
+            tcp.ack,
+            syn.tcp.seq,
+            syn.payload.len()
+        ));
+    }
+    if tcp.data_offset != 5 || !rst.payload.is_empty() {
+        fail(format!(
+            "TCP data offset {} with {} payload octets, expected 5 and none",
+            tcp.data_offset,
+            rst.payload.len()
+        ));
+    }
+}
+
+fn run_table(hook: Hook, rows: &[Row]) {
+    let mut gate = Gate::with_fixture();
+    for row in rows {
+        gate.check(hook, row);
+    }
+}
+
+#[test]
+fn table_row_names_are_unique() {
+    let mut names: Vec<String> = verdict_rows()
+        .into_iter()
+        .chain(reset_rows())
+        .map(|r| r.name)
+        .collect();
+    let total = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), total, "two table rows share a name");
+}
+
+#[test]
+fn verdict_table_xdp() {
+    run_table(Hook::Xdp, &verdict_rows());
+}
+
+#[test]
+fn verdict_table_tc() {
+    run_table(Hook::Tc, &verdict_rows());
+}
+
+#[test]
+fn reset_table_xdp() {
+    run_table(Hook::Xdp, &reset_rows());
+}
+
+#[test]
+fn reset_table_tc() {
+    run_table(Hook::Tc, &reset_rows());
+}
+
+/// Gated SYNs from a stranger, in the shapes the truncation test cuts.
+/// None carries TCP options or payload, so every proper prefix cuts a
+/// header the program has to read.
+fn truncation_shapes() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("IPv4", syn4(STRANGER4, SMTP).build()),
+        (
+            "IPv4 with options",
+            syn4(STRANGER4, SMTP)
+                .ipv4_options(&some_ipv4_options())
+                .build(),
+        ),
+        (
+            "IPv6 with hop-by-hop + AH + destination options",
+            syn6(STRANGER6, SMTP).exts(hop_ah_dst()).build(),
+        ),
+        (
+            "IPv6 with a fragment header",
+            syn6(STRANGER6, SMTP)
+                .ext(Ipv6Ext::first_fragment(1))
+                .build(),
+        ),
+        ("IPv4 QinQ", syn4(STRANGER4, SMTP).qinq(10, 20).build()),
+        (
+            "IPv6 QinQ with extension headers",
+            syn6(STRANGER6, SMTP)
+                .qinq(10, 20)
+                .exts([Ipv6Ext::HOP_BY_HOP, Ipv6Ext::first_fragment(2), Ipv6Ext::AH])
+                .build(),
+        ),
+    ]
+}
+
+/// True if BPF_PROG_TEST_RUN may refuse `frame` with EINVAL before the
+/// program runs (net/bpf/test_run.c): `bpf_test_init` wants at least an
+/// Ethernet header (ETH_HLEN, 14 octets) for XDP and sched_cls alike, and
+/// `bpf_prog_test_run_skb` of recent kernels (6.18 here) also wants the
+/// whole fixed IP header when the EtherType right after the MACs is IPv4
+/// (14 + 20) or IPv6 (14 + 40). Such frames cannot reach the program
+/// through BPF_PROG_TEST_RUN at all.
+fn kernel_may_refuse(hook: Hook, frame: &[u8]) -> bool {
+    if frame.len() < ETH_HDR_LEN {
+        return true;
+    }
+    let outer_type = u16::from_be_bytes([frame[12], frame[13]]);
+    hook == Hook::Tc
+        && match outer_type {
+            0x0800 => frame.len() < ETH_HDR_LEN + IPV4_HDR_LEN,
+            0x86dd => frame.len() < ETH_HDR_LEN + IPV6_HDR_LEN,
+            _ => false,
+        }
+}
+
+/// Every prefix of every shape, from 0 octets to one short of the whole,
+/// passes and counts `malformed`. The whole shape is checked first, so a
+/// prefix that passes does so because it was cut.
+///
+/// Prefixes the kernel refuses to run (see `kernel_may_refuse`) must fail
+/// with EINVAL and are counted as refused; if a kernel runs them anyway,
+/// they must pass as malformed like the others. Any other prefix must run.
+fn check_truncations(hook: Hook) {
+    let mut gate = Gate::with_fixture();
+    let (mut ran, mut refused) = (0, 0);
+    for (shape, packet) in truncation_shapes() {
+        gate.check(
+            hook,
+            &row(&format!("whole {shape}"), packet.clone(), Drop, DeniedDrop),
+        );
+        for len in 0..packet.len() {
+            let prefix = &packet[..len];
+            let name = format!("{shape} cut to {len} of {} octets", packet.len());
+            if kernel_may_refuse(hook, prefix) {
+                match gate.try_run(hook, prefix) {
+                    Err(ProgramError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        refused += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("[{hook:?}] {name}: unexpected error {e:?}"),
+                    Ok(_) => {}
+                }
+            }
+            gate.check(hook, &row(&name, prefix, Pass, Malformed));
+            ran += 1;
+        }
+    }
+    assert!(
+        ran > 250,
+        "[{hook:?}] only {ran} prefixes reached the program ({refused} refused by the kernel)"
+    );
+}
+
+#[test]
+fn truncated_syns_pass_as_malformed_xdp() {
+    check_truncations(Hook::Xdp);
+}
+
+#[test]
+fn truncated_syns_pass_as_malformed_tc() {
+    check_truncations(Hook::Tc);
+}
+
+// Regressions: SYNs whose TCP header does not fit in the datagram or the
+// frame once passed the fixed-size read and were judged.
+
+/// A SYN with TCP options (as every real client sends) cut inside its
+/// options, or inside its TFO payload, must pass as malformed, not be
+/// judged (dropped, or answered with a RST that acknowledges octets that
+/// are not there).
+#[test]
+fn syn_cut_inside_tcp_options_is_malformed() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut gate = Gate::with_fixture();
+        let packet = syn4(STRANGER4, SMTP)
+            .tcp_options(&LINUX_SYN_OPTIONS)
+            .payload(b"EHLO")
+            .build();
+        let l4 = TcpFrame::parse(&packet).expect("SYN parses").l4_offset;
+        for len in l4 + TCP_HDR_LEN..packet.len() {
+            let name = format!("IPv4 SYN with options cut to {len} of {}", packet.len());
+            gate.check(hook, &row(&name, &packet[..len], Pass, Malformed));
+        }
+    }
+}
+
+/// Headers that cannot be: the IP lengths leave no room for the TCP header
+/// the program reads (it reads it from the Ethernet padding or beyond the
+/// datagram), or the TCP data offset claims more octets than the datagram
+/// has. The program checks `total length >= IHL * 4` but not that the TCP
+/// header fits in the datagram, and `saturating_sub` hides the negative
+/// payload length.
+#[test]
+fn tcp_header_outside_the_datagram_is_malformed() {
+    let rows = [
+        row(
+            "IPv4 total length 20: TCP header outside the datagram",
+            syn4(STRANGER4, SMTP).ipv4_total_len(20).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv4 total length 30: TCP header half outside the datagram",
+            syn4(STRANGER4, SMTP).ipv4_total_len(30).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "IPv6 payload length 0: TCP header outside the datagram",
+            syn6(STRANGER6, SMTP).ipv6_payload_len(0).build(),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "TCP data offset 15 in a 20-octet segment",
+            syn4(STRANGER4, SMTP).tcp_data_offset(15).build(),
+            Pass,
+            Malformed,
+        ),
+    ];
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut gate = Gate::with_fixture();
+        for r in &rows {
+            gate.check(hook, r);
+        }
+    }
+}
