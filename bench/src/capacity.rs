@@ -17,7 +17,6 @@ use smtp_gate::gate::{clock, object};
 pub struct CapacityResult {
     pub capacity: u32,
     pub max_entries: u32,
-    pub written: u32,
     pub kept: u32,
 }
 
@@ -38,7 +37,7 @@ fn fill(capacity: u32, max_entries: u32) -> Result<CapacityResult> {
         .load(object::GATE_EBPF)
         .context("loading the object")?;
     let map = ebpf.take_map(GRANTS_V4).context("no grants_v4")?;
-    let mut grants: HashMap<MapData, GrantKeyV4, Grant> = HashMap::try_from(map)?;
+    let grants: HashMap<MapData, GrantKeyV4, Grant> = HashMap::try_from(map)?;
     let now = clock::boottime_ns();
     let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
     // One writer thread per CPU, interleaved addresses, all at once: the
@@ -89,7 +88,6 @@ fn fill(capacity: u32, max_entries: u32) -> Result<CapacityResult> {
     Ok(CapacityResult {
         capacity,
         max_entries,
-        written: capacity,
         kept,
     })
 }

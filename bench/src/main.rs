@@ -1,8 +1,29 @@
+//! `cargo xtask bench SUITE [--quick]`: smtp-gate measured beside a
+//! baseline in the same run, reported under target/bench/.
+
 mod capacity;
-fn main() -> anyhow::Result<()> {
-    for cap in [1024u32, 65536, 262_144] {
-        let (bare, sized) = capacity::measure(cap)?;
-        println!("{bare:?}\n{sized:?}");
+mod kernel;
+mod report;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "gate-bench")]
+struct Args {
+    /// kernel: BPF_PROG_TEST_RUN timings beside an empty XDP program, and
+    /// the grant capacity check.
+    #[arg(default_value = "kernel")]
+    suite: String,
+    /// Fewer repetitions, for a first look.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.suite.as_str() {
+        "kernel" | "all" => kernel::run(args.quick),
+        other => bail!("unknown suite `{other}` (this build knows: kernel, all)"),
     }
-    Ok(())
 }

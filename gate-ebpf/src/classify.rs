@@ -51,9 +51,7 @@ pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize) -> Action {
         count(Outcome::Exempt);
         return Action::Pass;
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if has_fresh_grant(&syn.src, now, config.window_ns) {
+    if has_fresh_grant(&syn.src, config.window_ns) {
         count(Outcome::Granted);
         return Action::Pass;
     }
@@ -63,7 +61,7 @@ pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize) -> Action {
         _ => (Outcome::DeniedDrop, Action::Drop),
     };
     count(outcome);
-    log_denial(ctx, &syn, outcome, now, config);
+    log_denial(ctx, &syn, outcome, config);
     action
 }
 
@@ -75,8 +73,11 @@ fn is_exempt(src: &Addr) -> bool {
     }
 }
 
+/// The clock is read only when there is a grant to compare it with: the
+/// read costs about as much as the hash lookup, and a flood of strangers
+/// has no grants.
 #[inline(always)]
-fn has_fresh_grant(src: &Addr, now: u64, window_ns: u64) -> bool {
+fn has_fresh_grant(src: &Addr, window_ns: u64) -> bool {
     let grant = match src {
         Addr::V4(addr) => grants_v4.get_ptr(GrantKeyV4 { addr: *addr }),
         Addr::V6(addr) => grants_v6.get_ptr(GrantKeyV6 { addr: *addr }),
@@ -85,7 +86,7 @@ fn has_fresh_grant(src: &Addr, now: u64, window_ns: u64) -> bool {
         // SAFETY: read once, right away; the program writes no grants, so
         // the only race is user space replacing the value, which at worst
         // gives the old or the new stamp.
-        Some(grant) => unsafe { (*grant).is_fresh(now, window_ns) },
+        Some(grant) => unsafe { (*grant).is_fresh(bpf_ktime_get_boot_ns(), window_ns) },
         None => false,
     }
 }

@@ -50,7 +50,11 @@ pub fn smtp_gate_tc(ctx: TcContext) -> i32 {
     // direct packet access cannot see them. Pulling is only done when it is
     // needed, because it may also unclone the skb.
     let linear = (ctx.data_end() - ctx.data()) as u32;
-    let wanted = if ctx.len() < TC_PULL_LEN { ctx.len() } else { TC_PULL_LEN };
+    let wanted = if ctx.len() < TC_PULL_LEN {
+        ctx.len()
+    } else {
+        TC_PULL_LEN
+    };
     if linear < wanted && ctx.pull_data(wanted).is_err() {
         classify::count(Outcome::Malformed);
         return TC_ACT_OK as i32;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gate_common::{
-    Exempt, Grant, GrantKeyV4, GrantKeyV6, LogBucket, Settings, DEFAULT_GRANT_CAPACITY,
-    EXEMPT_CAPACITY, Outcome,
+    Exempt, Grant, GrantKeyV4, GrantKeyV6, LogBucket, Outcome, Settings, DEFAULT_GRANT_CAPACITY,
+    EXEMPT_CAPACITY,
 };
 
 const GRANTS: usize = DEFAULT_GRANT_CAPACITY as usize;

@@ -87,8 +87,26 @@ fn ipv4_reply(syn: &Syn, src: [u8; 4], dst: [u8; 4]) -> ([u8; IPV4_HDR_LEN], [u8
     let total = ((IPV4_HDR_LEN + TCP_HDR_LEN) as u16).to_be_bytes();
     // The reply goes back to the sender: its source is the SYN's destination.
     let mut ip = [
-        0x45, 0, total[0], total[1], 0, 0, 0x40, 0, REPLY_TTL, IPPROTO_TCP, 0, 0, dst[0], dst[1],
-        dst[2], dst[3], src[0], src[1], src[2], src[3],
+        0x45,
+        0,
+        total[0],
+        total[1],
+        0,
+        0,
+        0x40,
+        0,
+        REPLY_TTL,
+        IPPROTO_TCP,
+        0,
+        0,
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+        src[0],
+        src[1],
+        src[2],
+        src[3],
     ];
     let ip_check = finish(sum_words(0, &ip)).to_be_bytes();
     ip[10] = ip_check[0];
@@ -106,11 +124,7 @@ fn ipv4_reply(syn: &Syn, src: [u8; 4], dst: [u8; 4]) -> ([u8; IPV4_HDR_LEN], [u8
 
 /// The IPv6 header and TCP header of the reply, checksum filled in.
 #[inline(always)]
-fn ipv6_reply(
-    syn: &Syn,
-    src: [u8; 16],
-    dst: [u8; 16],
-) -> ([u8; IPV6_HDR_LEN], [u8; TCP_HDR_LEN]) {
+fn ipv6_reply(syn: &Syn, src: [u8; 16], dst: [u8; 16]) -> ([u8; IPV6_HDR_LEN], [u8; TCP_HDR_LEN]) {
     let mut ip = [0u8; IPV6_HDR_LEN];
     ip[0] = 0x60;
     ip[5] = TCP_HDR_LEN as u8;

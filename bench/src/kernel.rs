@@ -1,0 +1,295 @@
+//! The cost of the gate per packet, from BPF_PROG_TEST_RUN (the kernel
+//! runs the program `repeat` times on one packet and reports the mean),
+//! beside an empty XDP program measured in the same run, alternately.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Context, Result};
+use aya::{
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use gate_common::{program_names, DenyMode, Settings, DEFAULT_GRANT_CAPACITY, DEFAULT_WINDOW_NS};
+use gate_tests::packets::{tcp_flags, Ipv6Ext, PacketBuilder};
+use serde_json::json;
+use smtp_gate::{
+    addr::Cidr,
+    gate::{clock, object, GateMaps},
+};
+
+use crate::{
+    capacity,
+    report::{self, Figure, Machine},
+};
+
+const RUNS: usize = 3;
+/// The goal of the issue: a gated SYN costs at most this much more than
+/// the empty program.
+const GOAL_EXTRA_NS: f64 = 40.0;
+const LARGE_GRANT_COUNT: u32 = 200_000;
+
+const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const EXEMPT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+const SERVER_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 25);
+const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+const EXEMPT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 9);
+const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 25);
+
+struct Case {
+    name: &'static str,
+    /// Judged as a gated SYN (the goal applies).
+    gated: bool,
+    packet: Vec<u8>,
+}
+
+fn syn(src: IpAddr, dst: IpAddr, port: u16) -> Vec<u8> {
+    PacketBuilder::ip(src, dst)
+        .tcp(40_000, port, tcp_flags::SYN)
+        .build()
+}
+
+fn cases() -> Vec<Case> {
+    let (c4, s4, e4) = (CLIENT_V4.into(), SERVER_V4.into(), EXEMPT_V4.into());
+    let (c6, s6, e6) = (CLIENT_V6.into(), SERVER_V6.into(), EXEMPT_V6.into());
+    let stranger4: IpAddr = Ipv4Addr::new(198, 51, 100, 200).into();
+    let stranger6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 200).into();
+    vec![
+        Case {
+            name: "non-TCP (UDP/IPv4)",
+            gated: false,
+            packet: PacketBuilder::ipv4(CLIENT_V4, SERVER_V4)
+                .udp(5353, 53)
+                .build(),
+        },
+        Case {
+            name: "TCP SYN, other port (IPv4)",
+            gated: false,
+            packet: syn(c4, s4, 443),
+        },
+        Case {
+            name: "gated SYN, granted (IPv4)",
+            gated: true,
+            packet: syn(c4, s4, 25),
+        },
+        Case {
+            name: "gated SYN, ungranted: drop (IPv4)",
+            gated: true,
+            packet: syn(stranger4, s4, 25),
+        },
+        Case {
+            name: "gated SYN, exempt (IPv4)",
+            gated: true,
+            packet: syn(e4, s4, 25),
+        },
+        Case {
+            name: "gated SYN, granted (IPv6)",
+            gated: true,
+            packet: syn(c6, s6, 25),
+        },
+        Case {
+            name: "gated SYN, ungranted: drop (IPv6)",
+            gated: true,
+            packet: syn(stranger6, s6, 25),
+        },
+        Case {
+            name: "gated SYN, exempt (IPv6)",
+            gated: true,
+            packet: syn(e6, s6, 25),
+        },
+        Case {
+            name: "gated SYN, granted (IPv6, HBH+AH+DST ext.)",
+            gated: true,
+            packet: PacketBuilder::ipv6(CLIENT_V6, SERVER_V6)
+                .exts([Ipv6Ext::HOP_BY_HOP, Ipv6Ext::AH, Ipv6Ext::DEST_OPTS])
+                .tcp(40_000, 25, tcp_flags::SYN)
+                .build(),
+        },
+    ]
+}
+
+fn mean_ns<
+    P: TestRun<Opts<'static> = TestRunOptions<'static>, Result = aya::programs::TestRunResult>,
+>(
+    program: &P,
+    packet: &'static [u8],
+    repeat: u32,
+) -> Result<f64> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(result.duration.as_nanos() as f64)
+}
+
+struct Loaded {
+    ebpf: Ebpf,
+    maps: GateMaps,
+}
+
+fn load(grant_count: u32) -> Result<Loaded> {
+    let mut ebpf = object::load_unpinned(DEFAULT_GRANT_CAPACITY)?;
+    for name in [program_names::XDP, program_names::XDP_PASS] {
+        let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+        program.load()?;
+    }
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(program_names::TC)
+        .context("tc")?
+        .try_into()?;
+    tc.load()?;
+    let mut maps = GateMaps::from_ebpf(&mut ebpf)?;
+    let mut settings = Settings::UNCONFIGURED;
+    settings.window_ns = DEFAULT_WINDOW_NS;
+    settings.ports[0] = 25;
+    settings.port_count = 1;
+    settings.deny_mode = DenyMode::Drop as u32;
+    settings.log_rate_per_sec = 5;
+    settings.log_burst = 10;
+    maps.set_settings(&settings)?;
+    maps.exempt_add("192.0.2.0/24".parse::<Cidr>()?)?;
+    maps.exempt_add("2001:db8:2::/64".parse::<Cidr>()?)?;
+    let now = clock::boottime_ns();
+    maps.grant_at(CLIENT_V4.into(), now, None)?;
+    maps.grant_at(CLIENT_V6.into(), now, None)?;
+    // Fillers in other ranges (10.0.0.0/8, 2001:db8:ffff::/48): the hash
+    // table gets its real load, the measured sources keep their verdicts.
+    for i in 1..grant_count {
+        let v4 = Ipv4Addr::from(0x0a00_0000u32 + i);
+        let mut v6 = [0u8; 16];
+        v6[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff]);
+        v6[12..].copy_from_slice(&i.to_be_bytes());
+        maps.grant_at(v4.into(), now, None)?;
+        maps.grant_at(Ipv6Addr::from(v6).into(), now, None)?;
+    }
+    Ok(Loaded { ebpf, maps })
+}
+
+struct Row {
+    case: &'static str,
+    program: &'static str,
+    grants: u32,
+    gated: bool,
+    gate: Figure,
+    baseline: Figure,
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let repeat: u32 = if quick { 100_000 } else { 1_000_000 };
+    let machine = Machine::describe();
+    let cases: Vec<(Case, &'static [u8])> = cases()
+        .into_iter()
+        .map(|c| {
+            let leaked: &'static [u8] = Box::leak(c.packet.clone().into_boxed_slice());
+            (c, leaked)
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for grants in [1, LARGE_GRANT_COUNT] {
+        eprintln!("kernel bench: {grants} grant(s) per family, {repeat} repetitions x {RUNS} runs");
+        let loaded = load(grants)?;
+        let xdp: &Xdp = loaded
+            .ebpf
+            .program(program_names::XDP)
+            .context("xdp")?
+            .try_into()?;
+        let pass: &Xdp = loaded
+            .ebpf
+            .program(program_names::XDP_PASS)
+            .context("pass")?
+            .try_into()?;
+        let tc: &SchedClassifier = loaded
+            .ebpf
+            .program(program_names::TC)
+            .context("tc")?
+            .try_into()?;
+        for (case, packet) in &cases {
+            let (mut base, mut gate_xdp, mut gate_tc) = (Vec::new(), Vec::new(), Vec::new());
+            // Alternating within each run, so drift hits all three alike.
+            for _ in 0..RUNS {
+                base.push(mean_ns(pass, packet, repeat)?);
+                gate_xdp.push(mean_ns(xdp, packet, repeat)?);
+                gate_tc.push(mean_ns(tc, packet, repeat)?);
+            }
+            let baseline = Figure::of(&base);
+            for (program, samples) in [("xdp", gate_xdp), ("tc", gate_tc)] {
+                rows.push(Row {
+                    case: case.name,
+                    program,
+                    grants,
+                    gated: case.gated,
+                    gate: Figure::of(&samples),
+                    baseline,
+                });
+            }
+        }
+        drop(loaded.maps);
+    }
+
+    eprintln!("kernel bench: capacity check ({DEFAULT_GRANT_CAPACITY} grants)");
+    let (bare, sized) = capacity::measure(DEFAULT_GRANT_CAPACITY)?;
+
+    let mut md = String::from("# smtp-gate kernel benchmark\n\n");
+    md += &machine.markdown();
+    md += &format!(
+        "\nCommand: `cargo xtask bench kernel{}`. BPF_PROG_TEST_RUN, {repeat} repetitions per \
+         measurement, median (min–max) of {RUNS} runs, in ns per packet. The baseline is an XDP \
+         program that returns XDP_PASS, measured alternately with the gate on the same packet. \
+         Goal: a gated SYN costs at most {GOAL_EXTRA_NS} ns more than the baseline.\n\n",
+        if quick { " --quick" } else { "" }
+    );
+    md += "| case | program | grants | gate ns | empty ns | extra ns | ratio | goal |\n";
+    md += "|---|---|---:|---:|---:|---:|---:|---|\n";
+    let mut json_rows = Vec::new();
+    for row in &rows {
+        let extra = row.gate.median - row.baseline.median;
+        let ratio = row.gate.median / row.baseline.median.max(1.0);
+        let goal = if !row.gated {
+            "-"
+        } else if extra <= GOAL_EXTRA_NS {
+            "met"
+        } else {
+            "MISSED"
+        };
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {:.1} | {:.2} | {} |\n",
+            row.case,
+            row.program,
+            row.grants,
+            row.gate.cell(1),
+            row.baseline.cell(1),
+            extra,
+            ratio,
+            goal
+        );
+        json_rows.push(json!({
+            "case": row.case, "program": row.program, "grants": row.grants,
+            "gated": row.gated, "gate_ns": row.gate, "baseline_ns": row.baseline,
+            "extra_ns": extra, "ratio": ratio,
+        }));
+    }
+    md += &format!(
+        "\n## Grant capacity\n\nWrote {} distinct fresh grants from one writer thread per CPU, \
+         then refreshed every one of them (an LRU update takes a new slot before it frees the \
+         old), then counted the map.\n\n| max_entries | kept |\n|---:|---:|\n| {} (exactly the \
+         capacity) | {} |\n| {} (as shipped: capacity + 256 per CPU) | {} |\n",
+        bare.capacity, bare.max_entries, bare.kept, sized.max_entries, sized.kept
+    );
+    let json = json!({
+        "machine": machine, "repeat": repeat, "runs": RUNS, "rows": json_rows,
+        "capacity": {"bare": bare, "shipped": sized},
+    });
+    let path = report::write("kernel", &md, &json)?;
+    println!("{md}");
+    eprintln!("report written to {}", path.display());
+    if sized.kept != sized.capacity {
+        anyhow::bail!(
+            "capacity check failed: {} of {} grants kept",
+            sized.kept,
+            sized.capacity
+        );
+    }
+    Ok(())
+}
