@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use anyhow::Result;
 use serde_json::json;
 use smtp_gate::{
@@ -57,7 +59,11 @@ pub fn list(args: ListArgs) -> Result<()> {
     println!("{:<40} {:>12} {:>12}", "ADDRESS", "AGE", "LEFT");
     for g in &grants {
         let left = if g.is_fresh() {
-            format_duration(g.time_left())
+            // Rounded up: a grant made a moment ago shows its whole window.
+            let left = g.time_left();
+            format_duration(Duration::from_secs(
+                left.as_secs() + u64::from(left.subsec_nanos() > 0),
+            ))
         } else {
             "expired".to_string()
         };

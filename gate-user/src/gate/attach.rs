@@ -20,7 +20,11 @@ use gate_common::{
     program_names, DenyMode, Settings, DEFAULT_GRANT_CAPACITY, DEFAULT_WINDOW_NS, MAX_PORTS,
 };
 
-use super::{maps::GateMaps, object, pins::PinDir};
+use super::{
+    maps::GateMaps,
+    object,
+    pins::{PinDir, PinnedLinkEntry},
+};
 use crate::addr::Cidr;
 
 /// Maps that go away with the last detach unless grants are kept.
@@ -165,6 +169,16 @@ pub fn ifindex(iface: &str) -> Result<u32> {
 /// after this process exits.
 pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
     ifindex(&req.iface)?;
+    // Everything that can be checked is checked before anything is pinned.
+    merge_settings(default_settings(), req)?;
+    let capacity = req.capacity.unwrap_or(DEFAULT_GRANT_CAPACITY);
+    if capacity == 0 {
+        bail!("--capacity must be at least 1");
+    }
+    let entries = object::lru_max_entries(capacity);
+    if req.capacity.is_some() {
+        check_existing_capacity(dir, entries, capacity)?;
+    }
     let mode = req.mode.unwrap_or(AttachMode::Xdp);
     let existing = dir.link_for(&req.iface)?;
 
@@ -175,16 +189,39 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
         }
     }
 
-    dir.prepare()?;
     let first_attach = !dir.map(SETTINGS).exists();
-    let capacity = req.capacity.unwrap_or(DEFAULT_GRANT_CAPACITY);
-    if capacity == 0 {
-        bail!("--capacity must be at least 1");
+    let result = load_and_attach(dir, req, mode, entries, first_attach, existing.as_ref());
+    if result.is_err() && first_attach && dir.links()?.is_empty() {
+        // Leave no gate half-made: pins without a link would make every
+        // command believe a gate exists that nothing can detach.
+        remove_maps(dir, false)?;
     }
-    let entries = object::lru_max_entries(capacity);
-    if req.capacity.is_some() {
-        check_existing_capacity(dir, entries, capacity)?;
+    let fd_link = result?;
+    let link_path = dir.link(&req.iface, mode);
+    fd_link
+        .pin(&link_path)
+        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
+    if !first_attach {
+        configure(dir, req)?;
     }
+    Ok(match existing {
+        Some(old) => AttachReport::Replaced {
+            old: old.mode,
+            new: mode,
+        },
+        None => AttachReport::Attached { mode },
+    })
+}
+
+fn load_and_attach(
+    dir: &PinDir,
+    req: &AttachRequest,
+    mode: AttachMode,
+    entries: u32,
+    first_attach: bool,
+    existing: Option<&PinnedLinkEntry>,
+) -> Result<FdLink> {
+    dir.prepare()?;
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(GRANTS_V4, entries)
@@ -201,10 +238,13 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
         .load(object::GATE_EBPF)
         .context("loading the smtp-gate eBPF object")?;
 
-    // Settings first, so the program never runs unconfigured on a new gate.
-    configure_with(dir, req, first_attach)?;
+    // A new gate is configured before its program runs, so it never runs
+    // unconfigured; a running gate keeps its settings until this attach
+    // has succeeded.
+    if first_attach {
+        configure_with(dir, req, true)?;
+    }
 
-    let link_path = dir.link(&req.iface, mode);
     let fd_link: FdLink = match mode {
         AttachMode::Xdp | AttachMode::XdpSkb => {
             let program: &mut Xdp = ebpf
@@ -213,7 +253,7 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
                 .try_into()?;
             program.load().map_err(explain_load)?;
             // The old attachment goes first: an interface holds one XDP link.
-            if let Some(old) = &existing {
+            if let Some(old) = existing {
                 remove_link(old.path.as_path())?;
             }
             let xdp_mode = if mode == AttachMode::Xdp {
@@ -241,22 +281,13 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
                 .map_err(|e| explain_attach(e, &req.iface))?;
             // tcx links stack, so the new one is in place before the old
             // one goes: no moment without a gate.
-            if let Some(old) = &existing {
+            if let Some(old) = existing {
                 remove_link(old.path.as_path())?;
             }
             program.take_link(id)?.try_into()?
         }
     };
-    fd_link
-        .pin(&link_path)
-        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
-    Ok(match existing {
-        Some(old) => AttachReport::Replaced {
-            old: old.mode,
-            new: mode,
-        },
-        None => AttachReport::Attached { mode },
-    })
+    Ok(fd_link)
 }
 
 /// `--capacity` only applies when the grant maps are created; refuse to
@@ -326,19 +357,26 @@ pub fn detach(dir: &PinDir, iface: &str, keep_grants: bool) -> Result<()> {
     };
     remove_link(&link.path)?;
     if dir.links()?.is_empty() {
-        let mut doomed: Vec<&str> = SHARED_MAPS.to_vec();
-        if !keep_grants {
-            doomed.extend(GRANT_MAPS);
-        }
-        for name in doomed {
-            match fs::remove_file(dir.map(name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing pin {name}")),
-            }
-        }
-        dir.remove_if_empty();
+        remove_maps(dir, keep_grants)?;
     }
+    Ok(())
+}
+
+/// Unpins the maps (the grants too unless `keep_grants`) and removes the
+/// directory if nothing else is in it.
+fn remove_maps(dir: &PinDir, keep_grants: bool) -> Result<()> {
+    let mut doomed: Vec<&str> = SHARED_MAPS.to_vec();
+    if !keep_grants {
+        doomed.extend(GRANT_MAPS);
+    }
+    for name in doomed {
+        match fs::remove_file(dir.map(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing pin {name}")),
+        }
+    }
+    dir.remove_if_empty();
     Ok(())
 }
 

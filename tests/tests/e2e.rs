@@ -1,0 +1,920 @@
+//! End to end: the real `smtp-gate` binary on veths between network
+//! namespaces, real TCP connections from a client namespace to an SMTP
+//! listener in the server namespace. Each test builds its own lab.
+//!
+//! Needs root and a built binary (`cargo build`); panics otherwise.
+
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use gate_tests::lab::{
+    ConnectResult, Lab, LabOptions, Link, BANNER, DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT,
+};
+
+/// Timeout of one attempt while polling for a grant to expire: shorter than
+/// the first SYN retransmission (1 s), so each attempt sends one SYN.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn lab_with(options: LabOptions) -> Lab {
+    Lab::with_options(options)
+}
+
+#[track_caller]
+fn assert_timed_out(result: ConnectResult, what: &str) {
+    assert_eq!(
+        result,
+        ConnectResult::TimedOut,
+        "{what}: expected the SYN to be dropped (connect timed out), got: {result}"
+    );
+}
+
+#[track_caller]
+fn assert_connected(result: ConnectResult, what: &str) {
+    match result {
+        ConnectResult::Connected(banner) => {
+            assert_eq!(banner, BANNER, "{what}: connected but got another banner")
+        }
+        other => panic!("{what}: expected to connect and read the banner, got: {other}"),
+    }
+}
+
+/// Connects with a timeout well above 1 s and checks the attempt was refused
+/// in under 1 s (a RST, not a timeout).
+#[track_caller]
+fn assert_refused_at_once(attempt: impl FnOnce(Duration) -> ConnectResult, what: &str) {
+    let started = Instant::now();
+    let result = attempt(PASS_TIMEOUT);
+    let took = started.elapsed();
+    assert_eq!(
+        result,
+        ConnectResult::Refused,
+        "{what}: expected \"connection refused\" (a RST), got: {result} after {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "{what}: refused, but only after {took:?}"
+    );
+}
+
+fn v4(link: &Link) -> String {
+    link.client_v4.to_string()
+}
+
+fn v6(link: &Link) -> String {
+    link.client_v6.to_string()
+}
+
+/// Polls with fresh connections until the client is denied again and
+/// returns how long after `before_grant` the first denied attempt started.
+/// Bounded: panics if the grant still works `window + 4 s` after it was
+/// given, or if an attempt ends in anything but connected/timed out.
+fn wait_until_denied(link: &Link, before_grant: Instant, window: Duration) -> Duration {
+    let deadline = before_grant + window + Duration::from_secs(4);
+    let mut attempts = 0;
+    loop {
+        let started = Instant::now();
+        attempts += 1;
+        match link.connect_v4(SMTP_PORT, POLL_TIMEOUT) {
+            ConnectResult::Connected(_) => {}
+            ConnectResult::TimedOut => return started - before_grant,
+            other => panic!("while waiting for the grant to expire: {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the grant still lets {} in {:?} after it was given ({attempts} attempts); \
+             window {window:?}",
+            link.client_v4,
+            before_grant.elapsed()
+        );
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
+/// Checks an expiry time measured by `wait_until_denied`: a SYN sent at
+/// `started` is at most ~100 ms later on the wire, and the grant stamp is
+/// taken after `before_grant`, so the expiry cannot be earlier than this.
+#[track_caller]
+fn assert_expired_not_early(denied_after: Duration, window: Duration) {
+    assert!(
+        denied_after + Duration::from_millis(100) >= window,
+        "the grant expired after {denied_after:?}, before its window of {window:?}"
+    );
+}
+
+#[test]
+fn drop_mode_denies_until_granted() {
+    let lab = Lab::new();
+    let out = lab.attach(&[]);
+    assert!(out.contains("attached to"), "attach said: {out}");
+    let client = &lab.client;
+
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "before any grant",
+    );
+    let accepted_before = lab.accepted();
+
+    let out = lab.gate_ok(&["grant", &v4(client)]);
+    assert!(
+        out.contains(&format!("granted {}", client.client_v4)),
+        "grant said: {out}"
+    );
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "after the grant",
+    );
+    assert_eq!(
+        lab.accepted(),
+        accepted_before + 1,
+        "the listener saw the connection"
+    );
+}
+
+#[test]
+fn grant_expires_after_the_window() {
+    let window = Duration::from_secs(2);
+    let lab = Lab::new();
+    lab.attach(&["--window", "2s"]);
+    let client = &lab.client;
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "before any grant",
+    );
+
+    let before_grant = Instant::now();
+    lab.gate_ok(&["grant", &v4(client)]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "inside the window",
+    );
+
+    let denied_after = wait_until_denied(client, before_grant, window);
+    assert_expired_not_early(denied_after, window);
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "after the window",
+    );
+
+    assert!(
+        lab.list(&[]).is_empty(),
+        "list shows an expired grant as current"
+    );
+    let all = lab.list(&["--all"]);
+    assert_eq!(all.len(), 1, "list --all: {all:?}");
+    assert_eq!(all[0]["address"], v4(client));
+    assert_eq!(all[0]["expired"], true, "list --all: {all:?}");
+}
+
+#[test]
+fn established_connection_survives_expiry() {
+    let window = Duration::from_secs(2);
+    let lab = Lab::new();
+    lab.attach(&["--window", "2s"]);
+    let client = &lab.client;
+
+    let before_grant = Instant::now();
+    lab.gate_ok(&["grant", &v4(client)]);
+    let mut session = client
+        .session_v4(SMTP_PORT, PASS_TIMEOUT)
+        .unwrap_or_else(|r| panic!("connecting inside the window: {r}"));
+    assert_eq!(session.banner, BANNER);
+    assert_eq!(
+        session.exchange("NOOP").expect("NOOP inside the window"),
+        "250 OK NOOP"
+    );
+
+    let denied_after = wait_until_denied(client, before_grant, window);
+    assert_expired_not_early(denied_after, window);
+
+    let reply = session
+        .exchange("EHLO after-expiry")
+        .unwrap_or_else(|e| panic!("the established connection broke after expiry: {e}"));
+    assert_eq!(reply, "250 OK EHLO after-expiry");
+    assert_eq!(session.exchange("QUIT").expect("QUIT"), "221 bye");
+}
+
+#[test]
+fn attach_exempt_networks_always_pass() {
+    let lab = lab_with(LabOptions {
+        exempt_client: true,
+        ..LabOptions::default()
+    });
+    let exempt = lab.exempt();
+    lab.attach(&["--exempt", &exempt.net_v4, "--exempt", &exempt.net_v6]);
+
+    assert_connected(
+        exempt.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "exempt client, IPv4",
+    );
+    assert_connected(
+        exempt.connect_v6(SMTP_PORT, PASS_TIMEOUT),
+        "exempt client, IPv6",
+    );
+    assert_timed_out(
+        lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "the other client, not exempt",
+    );
+    assert_eq!(lab.stat("exempt"), 2, "stats: {}", lab.stats());
+
+    let listed: Vec<String> =
+        serde_json::from_str(&lab.gate_ok(&["exempt", "list", "--json"])).expect("JSON list");
+    assert_eq!(listed, vec![exempt.net_v4.clone(), exempt.net_v6.clone()]);
+}
+
+#[test]
+fn exempt_add_and_del_apply_at_once() {
+    let lab = lab_with(LabOptions {
+        exempt_client: true,
+        ..LabOptions::default()
+    });
+    let exempt = lab.exempt();
+    lab.attach(&[]);
+    assert_timed_out(exempt.connect_v4(SMTP_PORT, DENY_TIMEOUT), "not yet exempt");
+
+    let out = lab.gate_ok(&["exempt", "add", &v4(exempt)]);
+    assert!(
+        out.contains(&format!("{}/32", exempt.client_v4)),
+        "exempt add said: {out}"
+    );
+    lab.gate_ok(&["exempt", "add", &exempt.net_v6]);
+    assert_connected(
+        exempt.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "after exempt add (v4 host)",
+    );
+    assert_connected(
+        exempt.connect_v6(SMTP_PORT, PASS_TIMEOUT),
+        "after exempt add (v6 net)",
+    );
+
+    lab.gate_ok(&["exempt", "del", &format!("{}/32", exempt.client_v4)]);
+    assert_timed_out(
+        exempt.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "after exempt del",
+    );
+}
+
+fn check_reset_mode(mode: &str, xdp_pass_on_clients: bool) {
+    let lab = lab_with(LabOptions {
+        xdp_pass_on_clients,
+        ..LabOptions::default()
+    });
+    lab.attach(&["--mode", mode, "--deny", "reset"]);
+    let client = &lab.client;
+    assert_refused_at_once(
+        |t| client.connect_v4(SMTP_PORT, t),
+        &format!("--mode {mode} --deny reset, IPv4"),
+    );
+    assert_refused_at_once(
+        |t| client.connect_v6(SMTP_PORT, t),
+        &format!("--mode {mode} --deny reset, IPv6"),
+    );
+    let stats = lab.stats();
+    assert_eq!(stats["denied_reset"], 2, "stats: {stats}");
+    assert_eq!(stats["denied_drop"], 0, "stats: {stats}");
+
+    lab.gate_ok(&["grant", &v4(client)]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        &format!("--mode {mode}, granted"),
+    );
+}
+
+#[test]
+fn reset_mode_refuses_at_once_native_xdp() {
+    check_reset_mode("xdp", true);
+}
+
+#[test]
+fn reset_mode_refuses_at_once_generic_xdp() {
+    check_reset_mode("xdp-skb", false);
+}
+
+#[test]
+fn reset_mode_refuses_at_once_tc() {
+    check_reset_mode("tc", false);
+}
+
+#[test]
+fn tc_mode_denies_grants_and_revokes() {
+    let lab = Lab::new();
+    let out = lab.attach(&["--mode", "tc"]);
+    assert!(out.contains("(tc)"), "attach said: {out}");
+    let iface = &lab.client.server_iface;
+    assert!(
+        lab.xdp_prog_ids(iface).is_empty(),
+        "tc mode left an XDP program"
+    );
+    assert_eq!(lab.attached_ifaces(), vec![iface.clone()]);
+    assert!(
+        lab.pins().contains(&format!("link_tc_{iface}")),
+        "pins: {:?}",
+        lab.pins()
+    );
+
+    let client = &lab.client;
+    assert_timed_out(client.connect_v4(SMTP_PORT, DENY_TIMEOUT), "tc, no grant");
+    lab.gate_ok(&["grant", &v4(client)]);
+    assert_connected(client.connect_v4(SMTP_PORT, PASS_TIMEOUT), "tc, granted");
+
+    let out = lab.gate_ok(&["revoke", &v4(client)]);
+    assert!(out.contains("revoked"), "revoke said: {out}");
+    assert_timed_out(client.connect_v4(SMTP_PORT, DENY_TIMEOUT), "tc, revoked");
+    let err = lab.gate_err(&["revoke", &v4(client)]);
+    assert!(err.contains("has no grant"), "second revoke said: {err}");
+}
+
+#[test]
+fn gate_outlives_attach_and_detach_removes_it() {
+    let lab = Lab::new();
+    let iface = lab.client.server_iface.clone();
+    // `attach` has exited by the time `Lab::attach` returns.
+    lab.attach(&[]);
+    let pins = lab.pins();
+    for wanted in [
+        format!("link_xdp_{iface}"),
+        "settings".into(),
+        "grants_v4".into(),
+    ] {
+        assert!(pins.contains(&wanted), "{wanted} not pinned: {pins:?}");
+    }
+    assert_eq!(
+        lab.xdp_prog_ids(&iface).len(),
+        1,
+        "{}",
+        lab.server_link_show(&iface)
+    );
+    assert_timed_out(
+        lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "after the attaching process exited",
+    );
+
+    let out = lab.detach();
+    assert!(
+        out.contains(&format!("detached from {iface}")),
+        "detach said: {out}"
+    );
+    assert!(
+        lab.pins().is_empty(),
+        "pins left after detach: {:?}",
+        lab.pins()
+    );
+    assert!(
+        lab.xdp_prog_ids(&iface).is_empty(),
+        "an XDP program is left after detach: {}",
+        lab.server_link_show(&iface)
+    );
+    assert_connected(
+        lab.client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "after detach, without a grant",
+    );
+    let err = lab.gate_err(&["list"]);
+    assert!(
+        err.contains("nothing attached"),
+        "list after detach said: {err}"
+    );
+}
+
+#[test]
+fn ipv6_denied_then_granted() {
+    let lab = Lab::new();
+    lab.attach(&[]);
+    let client = &lab.client;
+    assert_timed_out(client.connect_v6(SMTP_PORT, DENY_TIMEOUT), "IPv6, no grant");
+
+    lab.gate_ok(&["grant", &v6(client)]);
+    assert_connected(client.connect_v6(SMTP_PORT, PASS_TIMEOUT), "IPv6, granted");
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "IPv4 of the same host: the IPv6 grant must not cover it",
+    );
+    let grants = lab.list(&[]);
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["address"], v6(client));
+}
+
+#[test]
+fn mapped_ipv6_grant_lets_the_ipv4_client_in() {
+    let lab = Lab::new();
+    lab.attach(&[]);
+    let client = &lab.client;
+    assert_timed_out(client.connect_v4(SMTP_PORT, DENY_TIMEOUT), "no grant");
+
+    let mapped = format!("::ffff:{}", client.client_v4);
+    lab.gate_ok(&["grant", &mapped]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        &format!("after `grant {mapped}`"),
+    );
+    let grants = lab.list(&[]);
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(
+        grants[0]["address"],
+        v4(client),
+        "the grant is listed as IPv4"
+    );
+}
+
+#[test]
+fn reattach_updates_settings_without_stacking() {
+    let lab = lab_with(LabOptions {
+        smtp_ports: vec![25, 587],
+        ..LabOptions::default()
+    });
+    let iface = lab.client.server_iface.clone();
+    let client = &lab.client;
+    lab.attach(&[]);
+    let ids = lab.xdp_prog_ids(&iface);
+    assert_eq!(ids.len(), 1, "{}", lab.server_link_show(&iface));
+    assert_timed_out(client.connect_v4(25, DENY_TIMEOUT), "port 25 gated");
+    assert_connected(
+        client.connect_v4(587, PASS_TIMEOUT),
+        "port 587 not gated yet",
+    );
+
+    let out = lab.attach(&["--ports", "587"]);
+    assert!(
+        out.contains("settings updated"),
+        "second attach said: {out}"
+    );
+    assert_eq!(
+        lab.xdp_prog_ids(&iface),
+        ids,
+        "the second attach changed or stacked the XDP program: {}",
+        lab.server_link_show(&iface)
+    );
+    assert_eq!(lab.attached_ifaces(), vec![iface.clone()]);
+    assert_connected(
+        client.connect_v4(25, PASS_TIMEOUT),
+        "port 25 no longer gated",
+    );
+    assert_timed_out(client.connect_v4(587, DENY_TIMEOUT), "port 587 gated now");
+
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(settings["ports"], serde_json::json!([587]), "{settings}");
+    assert_eq!(settings["deny"], "drop", "{settings}");
+}
+
+#[test]
+fn switching_mode_replaces_the_attachment() {
+    let lab = Lab::new();
+    let iface = lab.client.server_iface.clone();
+    lab.attach(&["--window", "7m"]);
+    assert_eq!(lab.xdp_prog_ids(&iface).len(), 1);
+
+    let out = lab.attach(&["--mode", "tc"]);
+    assert!(
+        out.contains("replacing xdp"),
+        "attach --mode tc said: {out}"
+    );
+    assert!(
+        lab.xdp_prog_ids(&iface).is_empty(),
+        "the XDP program stayed after switching to tc: {}",
+        lab.server_link_show(&iface)
+    );
+    assert_eq!(
+        lab.pins().iter().filter(|p| p.starts_with("link_")).count(),
+        1,
+        "{:?}",
+        lab.pins()
+    );
+    assert!(
+        lab.pins().contains(&format!("link_tc_{iface}")),
+        "{:?}",
+        lab.pins()
+    );
+
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(
+        settings["window_secs"], 420.0,
+        "the window was lost: {settings}"
+    );
+
+    let client = &lab.client;
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "tc after switching",
+    );
+    lab.gate_ok(&["grant", &v4(client)]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "tc after switching, granted",
+    );
+}
+
+#[test]
+fn stats_count_denials_and_grants() {
+    let lab = Lab::new();
+    lab.attach(&[]);
+    let client = &lab.client;
+    for i in 0..3 {
+        assert_timed_out(
+            client.connect_v4(SMTP_PORT, POLL_TIMEOUT),
+            &format!("denied attempt {i}"),
+        );
+    }
+    let stats = lab.stats();
+    assert_eq!(
+        stats["denied_drop"], 3,
+        "one dropped SYN per attempt: {stats}"
+    );
+    assert_eq!(stats["granted"], 0, "{stats}");
+
+    lab.gate_ok(&["grant", &v4(client)]);
+    assert_connected(client.connect_v4(SMTP_PORT, PASS_TIMEOUT), "granted");
+    let stats = lab.stats();
+    assert_eq!(stats["granted"], 1, "{stats}");
+    assert_eq!(stats["denied_drop"], 3, "{stats}");
+    assert!(
+        stats["not_gated"].as_u64().unwrap_or(0) > 0,
+        "the handshake's ACKs are not gated: {stats}"
+    );
+
+    let table = lab.gate_ok(&["stats"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("denied_drop"))
+        .unwrap_or_else(|| panic!("no denied_drop line: {table}"));
+    assert_eq!(line.split_whitespace().last(), Some("3"), "{table}");
+}
+
+#[test]
+fn list_shows_grants() {
+    let lab = Lab::new();
+    lab.attach(&["--window", "10m"]);
+    let client = &lab.client;
+    assert_eq!(lab.gate_ok(&["list"]).trim(), "no grants");
+
+    lab.gate_ok(&["grant", &v4(client)]);
+    let out = lab.gate_ok(&["grant", &v6(client), "--for", "1h"]);
+    assert!(out.contains("for 1h"), "grant --for said: {out}");
+
+    let grants = lab.list(&[]);
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    let find = |addr: &str| {
+        grants
+            .iter()
+            .find(|g| g["address"] == addr)
+            .unwrap_or_else(|| panic!("{addr} not listed: {grants:?}"))
+    };
+    let g4 = find(&v4(client));
+    assert_eq!(g4["lifetime_secs"], 600.0, "{g4}");
+    assert_eq!(g4["expired"], false, "{g4}");
+    let left = g4["left_secs"].as_f64().expect("left_secs");
+    assert!((590.0..=600.0).contains(&left), "left_secs {left}");
+    assert!(g4["age_secs"].as_f64().expect("age_secs") < 10.0, "{g4}");
+    let g6 = find(&v6(client));
+    assert_eq!(g6["lifetime_secs"], 3600.0, "{g6}");
+
+    let table = lab.gate_ok(&["list"]);
+    assert!(
+        table.contains(&v4(client)) && table.contains(&v6(client)),
+        "list table: {table}"
+    );
+}
+
+#[test]
+fn grant_for_overrides_the_window() {
+    let lab = Lab::new();
+    lab.attach(&[]); // the default window: 15 minutes
+    let client = &lab.client;
+    let before_grant = Instant::now();
+    lab.gate_ok(&["grant", &v4(client), "--for", "2s"]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "inside --for 2s",
+    );
+    let denied_after = wait_until_denied(client, before_grant, Duration::from_secs(2));
+    assert_expired_not_early(denied_after, Duration::from_secs(2));
+}
+
+#[test]
+fn settings_change_the_running_gate() {
+    let lab = Lab::new();
+    lab.attach(&["--mode", "xdp-skb"]);
+    let client = &lab.client;
+    assert_timed_out(client.connect_v4(SMTP_PORT, DENY_TIMEOUT), "drop");
+
+    lab.gate_ok(&["settings", "--deny", "reset"]);
+    assert_refused_at_once(
+        |t| client.connect_v4(SMTP_PORT, t),
+        "after settings --deny reset",
+    );
+
+    lab.gate_ok(&["settings", "--deny", "monitor"]);
+    assert_connected(client.connect_v4(SMTP_PORT, PASS_TIMEOUT), "monitor mode");
+    let stats = lab.stats();
+    assert_eq!(stats["monitored"], 1, "{stats}");
+    assert_eq!(stats["denied_reset"], 1, "{stats}");
+
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(settings["deny"], "monitor", "{settings}");
+    assert_eq!(
+        settings["attached"],
+        serde_json::json!([{"iface": client.server_iface, "mode": "xdp-skb"}]),
+        "{settings}"
+    );
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let lab = Lab::new();
+    let iface = lab.client.server_iface.clone();
+
+    let err = lab.gate_err(&["list"]);
+    assert!(
+        err.contains("nothing attached"),
+        "list on an empty pin dir: {err}"
+    );
+
+    let out = lab.gate_in_server(&["attach", "--iface", "nosuchif0"]);
+    assert!(
+        !out.status.success(),
+        "attach to a missing interface succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nosuchif0"), "attach --iface nosuchif0: {err}");
+
+    let err = lab.gate_err(&["grant", "300.1.1.1"]);
+    assert!(err.contains("300.1.1.1"), "grant 300.1.1.1: {err}");
+
+    let out = lab.gate_in_server(&["attach", "--iface", &iface, "--window", "5x"]);
+    assert!(!out.status.success(), "attach --window 5x succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad duration"), "attach --window 5x: {err}");
+    let err = lab.gate_err(&["grant", "10.231.1.2", "--for", "5x"]);
+    assert!(err.contains("bad duration"), "grant --for 5x: {err}");
+
+    let err = lab.gate_err(&["exempt", "add", "10.0.0.1/8"]);
+    assert!(err.contains("host bits"), "exempt add 10.0.0.1/8: {err}");
+
+    let err = lab.gate_err(&["detach", "--iface", &iface]);
+    assert!(
+        err.contains("nothing attached"),
+        "detach with no gate: {err}"
+    );
+
+    assert!(
+        lab.pins().is_empty(),
+        "failed commands left pins: {:?}",
+        lab.pins()
+    );
+    assert!(
+        lab.xdp_prog_ids(&iface).is_empty(),
+        "a failed attach left a program"
+    );
+    // No gate: the client gets through without a grant.
+    assert_connected(
+        lab.client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "no gate attached",
+    );
+}
+
+#[test]
+fn two_interfaces_share_one_gate() {
+    let lab = lab_with(LabOptions {
+        exempt_client: true,
+        ..LabOptions::default()
+    });
+    // Here the second client is just another gated client, on its own veth.
+    let (first, second) = (&lab.client, lab.exempt());
+    lab.attach(&[]);
+    assert_eq!(lab.attached_ifaces().len(), 2, "{:?}", lab.pins());
+    assert_timed_out(
+        second.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "second veth, no grant",
+    );
+    lab.gate_ok(&["grant", &v4(first)]);
+    assert_connected(
+        first.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "first veth, granted",
+    );
+
+    let out = lab.gate_in_server(&["detach", "--iface", &second.server_iface]);
+    assert!(
+        out.status.success(),
+        "detach one of two: {}",
+        gate_tests::lab::describe(&out)
+    );
+    assert_connected(
+        second.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "second veth after its detach",
+    );
+    assert!(
+        lab.pins().contains(&"settings".to_string()),
+        "maps went with the first detach"
+    );
+    assert_eq!(
+        lab.list(&[]).len(),
+        1,
+        "the grant went with the first detach"
+    );
+    assert_connected(
+        first.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "first veth, still granted",
+    );
+    lab.gate_ok(&["revoke", &v4(first)]);
+    assert_timed_out(
+        first.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "first veth still gated after the other was detached",
+    );
+
+    lab.detach();
+    assert!(
+        lab.pins().is_empty(),
+        "pins after the last detach: {:?}",
+        lab.pins()
+    );
+}
+
+#[test]
+fn detach_keep_grants_carries_grants_over() {
+    let lab = Lab::new();
+    let client = &lab.client;
+    lab.attach(&[]);
+    lab.gate_ok(&["grant", &v4(client)]);
+    let out = lab.gate_in_server(&["detach", "--iface", &client.server_iface, "--keep-grants"]);
+    assert!(
+        out.status.success(),
+        "detach --keep-grants: {}",
+        gate_tests::lab::describe(&out)
+    );
+    assert_eq!(
+        lab.pins(),
+        vec!["grants_v4".to_string(), "grants_v6".to_string()]
+    );
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "no gate attached",
+    );
+
+    lab.attach(&[]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "the kept grant after attaching again",
+    );
+    let grants = lab.list(&[]);
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0]["address"], v4(client));
+}
+
+#[test]
+fn window_changes_apply_to_existing_grants() {
+    let lab = Lab::new();
+    lab.attach(&["--window", "10m"]);
+    let client = &lab.client;
+    lab.gate_ok(&["grant", &v4(client)]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "granted for 10m",
+    );
+    // Grants without their own lifetime follow the window: shrinking it
+    // below the grant's age expires the grant at once.
+    thread::sleep(Duration::from_millis(1100));
+    lab.gate_ok(&["settings", "--window", "1s"]);
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "after settings --window 1s",
+    );
+    lab.gate_ok(&["settings", "--window", "10m"]);
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "window back to 10m",
+    );
+}
+
+#[test]
+fn regrant_refreshes_the_window() {
+    let window = Duration::from_secs(2);
+    let lab = Lab::new();
+    lab.attach(&["--window", "2s"]);
+    let client = &lab.client;
+    let first = Instant::now();
+    lab.gate_ok(&["grant", &v4(client)]);
+    thread::sleep(Duration::from_millis(1300));
+    let second = Instant::now();
+    lab.gate_ok(&["grant", &v4(client)]);
+    // Past the first grant's window, inside the second's.
+    let now = Instant::now();
+    if now < first + window + Duration::from_millis(200) {
+        thread::sleep(first + window + Duration::from_millis(200) - now);
+    }
+    let started = Instant::now();
+    let result = client.connect_v4(SMTP_PORT, PASS_TIMEOUT);
+    assert!(
+        started < second + window - Duration::from_millis(300),
+        "the machine is too slow for this test: the check ran {:?} after the second grant",
+        started - second
+    );
+    assert_connected(result, "after the first window, inside the refreshed one");
+    let denied_after = wait_until_denied(client, second, window);
+    assert_expired_not_early(denied_after, window);
+}
+
+// A failed first attach (bad --ports, or an interface that already runs
+// another XDP program) must leave no pins: maps without a link would make
+// `list` answer "no grants" and `detach` refuse to remove them.
+
+#[test]
+fn failed_first_attach_with_bad_ports_leaves_no_pins() {
+    let lab = Lab::new();
+    let iface = lab.client.server_iface.clone();
+    let out = lab.gate_in_server(&["attach", "--iface", &iface, "--ports", "0"]);
+    assert!(!out.status.success(), "attach --ports 0 succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a port"), "attach --ports 0: {err}");
+    assert!(
+        lab.pins().is_empty(),
+        "attach --ports 0 failed but left pins: {:?}",
+        lab.pins()
+    );
+    let err = lab.gate_err(&["list"]);
+    assert!(
+        err.contains("nothing attached"),
+        "list after the failed attach: {err}"
+    );
+}
+
+#[test]
+fn failed_attach_over_a_foreign_xdp_program_leaves_no_pins() {
+    let mut lab = Lab::new();
+    let (ns, iface) = (lab.server_ns.clone(), lab.client.server_iface.clone());
+    lab.load_xdp_pass(&ns, &iface);
+    let out = lab.gate_in_server(&["attach", "--iface", &iface]);
+    assert!(
+        !out.status.success(),
+        "attach over a foreign XDP program succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not smtp-gate's"),
+        "attach over a foreign program: {err}"
+    );
+    assert!(
+        lab.pins().is_empty(),
+        "attach over a foreign XDP program failed but left pins: {:?}",
+        lab.pins()
+    );
+}
+
+/// The lab itself: dropping it, also while a test panics, leaves no
+/// namespace, mount or gate behind.
+#[test]
+fn lab_teardown_leaves_nothing_behind() {
+    fn footprint(lab: &Lab) -> (Vec<String>, PathBuf) {
+        let mut names = vec![lab.server_ns.clone()];
+        names.extend(lab.links().iter().map(|l| l.client_ns.clone()));
+        let mount = lab
+            .pin_dir()
+            .parent()
+            .expect("the pin dir is inside the mount")
+            .to_path_buf();
+        (names, mount)
+    }
+    fn assert_gone(names: &[String], mount: &Path) {
+        for ns in names {
+            assert!(
+                !Path::new("/run/netns").join(ns).exists(),
+                "namespace {ns} survived the lab"
+            );
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let mount_text = mount.to_string_lossy();
+        assert!(
+            !mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&*mount_text)),
+            "{mount_text} is still mounted"
+        );
+        assert!(!mount.exists(), "{} survived the lab", mount.display());
+    }
+
+    let lab = lab_with(LabOptions {
+        exempt_client: true,
+        xdp_pass_on_clients: true,
+        ..LabOptions::default()
+    });
+    lab.attach(&[]);
+    let (names, mount) = footprint(&lab);
+    for ns in &names {
+        assert!(Path::new("/run/netns").join(ns).exists(), "{ns} missing");
+    }
+    drop(lab);
+    assert_gone(&names, &mount);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let panicked = std::panic::catch_unwind(move || {
+        let lab = Lab::new();
+        lab.attach(&["--mode", "tc"]);
+        tx.send(footprint(&lab)).expect("send");
+        panic!("a test failing with a lab alive");
+    });
+    assert!(panicked.is_err());
+    let (names, mount) = rx.recv().expect("the footprint of the panicking lab");
+    assert_gone(&names, &mount);
+}
