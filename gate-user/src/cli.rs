@@ -49,6 +49,9 @@ pub enum Command {
     Exempt(ExemptArgs),
     /// Show or change window, ports and deny mode of the running gate.
     Settings(SettingsArgs),
+    /// Run the daemon: attach (or adopt) the gate and serve POP3; every
+    /// successful login opens the gate for the client's address.
+    Serve(ServeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -192,4 +195,54 @@ pub struct SettingsArgs {
     pub json: bool,
     #[command(flatten)]
     pub pins: PinDirArg,
+}
+
+/// Every flag is also a key of the `--config` file (with `_` for `-`);
+/// flags win.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML file with the settings below as keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve POP3 on (repeatable). Default [::]:110 (dual stack).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Dovecot-style passwd-file: user:{SCHEME}secret[:...]. Mode 600.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Directory holding one Maildir per user: <mail-root>/<user>/{cur,new,tmp}.
+    #[arg(long, value_name = "DIR")]
+    pub mail_root: Option<PathBuf>,
+    /// Host name in the APOP timestamp of the greeting. Default: the system's.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Interface to gate.
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    /// Attach mode; default: keep an existing attachment, else xdp.
+    #[arg(long, value_enum)]
+    pub mode: Option<AttachMode>,
+    #[command(flatten)]
+    pub settings: GateSettingsArgs,
+    /// A network always let through (repeatable); replaces the exempt set.
+    #[arg(long, value_name = "CIDR")]
+    pub exempt: Vec<Cidr>,
+    /// Grant map capacity per address family (when the maps are created).
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<u32>,
+    /// bpffs directory of the gate. Default /sys/fs/bpf/smtp-gate.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Close a connection idle this long (at least 10m, RFC 1939). Default 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Connections served at once; more are refused with -ERR [SYS/TEMP]. Default 1024.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Delay before each failed login is answered. Default 2s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub login_failure_delay: Option<Duration>,
+    /// On SIGTERM, how long sessions may finish. Default 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
 }

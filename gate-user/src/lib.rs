@@ -5,3 +5,4 @@
 pub mod addr;
 pub mod duration;
 pub mod gate;
+pub mod serve;

@@ -109,19 +109,14 @@ fn main() -> Result<()> {
     }
 }
 
-/// The README's test command, and what CI runs.
+/// The README's test command, and what CI runs. The workspace's default
+/// members are everything but gate-ebpf, which only builds for the BPF
+/// target (gate-user's build script compiles it, so it is checked too).
 fn test() -> Result<()> {
     setup::setup()?;
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The end-to-end tests run the smtp-gate binary, so build it first.
-    cargo(&["build", "--workspace"])?;
-    cargo(&["test", "--workspace", "--", "--test-threads=4"])
+    cargo(&["build"])?;
+    cargo(&["test", "--", "--test-threads=4"])
 }

@@ -30,6 +30,8 @@ const BASE_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "python3",
+    // Real POP3 clients for the end-to-end tests (poplib is in python3).
+    "curl",
 ];
 
 pub fn setup() -> Result<()> {

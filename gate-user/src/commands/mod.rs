@@ -3,6 +3,7 @@
 mod attach;
 mod exempt;
 mod grants;
+mod serve;
 mod settings;
 mod stats;
 
@@ -22,5 +23,6 @@ pub fn run(command: Command) -> Result<()> {
         Command::Stats(args) => stats::stats(args),
         Command::Exempt(args) => exempt::exempt(args),
         Command::Settings(args) => settings::settings(args),
+        Command::Serve(args) => serve::serve(args),
     }
 }

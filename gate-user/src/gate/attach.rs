@@ -179,8 +179,13 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
     if req.capacity.is_some() {
         check_existing_capacity(dir, entries, capacity)?;
     }
-    let mode = req.mode.unwrap_or(AttachMode::Xdp);
     let existing = dir.link_for(&req.iface)?;
+    // No mode asked for: keep the attachment there is (a daemon adopting
+    // it), or native XDP on a new one.
+    let mode = req
+        .mode
+        .or(existing.as_ref().map(|l| l.mode))
+        .unwrap_or(AttachMode::Xdp);
 
     if let Some(link) = &existing {
         if link.mode == mode && PinnedLink::from_pin(&link.path).is_ok() {

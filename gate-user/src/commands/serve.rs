@@ -1,0 +1,32 @@
+use anyhow::Result;
+use smtp_gate::serve::{self, ServeSettings};
+
+use crate::cli::ServeArgs;
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let file = match &args.config {
+        Some(path) => ServeSettings::from_file(path)?,
+        None => ServeSettings::default(),
+    };
+    let flags = ServeSettings {
+        listen: (!args.listen.is_empty()).then_some(args.listen),
+        users: args.users,
+        mail_root: args.mail_root,
+        hostname: args.hostname,
+        pin_dir: args.pin_dir,
+        iface: args.iface,
+        mode: args.mode,
+        ports: args.settings.ports,
+        window: args.settings.window,
+        exempt: (!args.exempt.is_empty()).then_some(args.exempt),
+        deny: args.settings.deny.map(Into::into),
+        capacity: args.capacity,
+        log_rate: args.settings.log_rate,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+        login_failure_delay: args.login_failure_delay,
+        shutdown_grace: args.shutdown_grace,
+    };
+    serve::run(flags.over(file).resolve()?)
+}

@@ -1,0 +1,91 @@
+//! `smtp-gate serve`: the daemon. It attaches the gate (or adopts the one
+//! that is there), serves POP3, and grants every successful login in the
+//! gate's map before answering `+OK`. The gate is pinned, so it keeps
+//! enforcing, with its grants, while the daemon restarts.
+
+pub mod config;
+mod gate_log;
+mod grant_sink;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+use pop3::{
+    auth::users_file::UsersFile,
+    maildrop::maildir::MaildirStore,
+    server::{Backends, Server, ServerConfig},
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ServeConfig, ServeSettings};
+pub use grant_sink::GateGrantSink;
+
+use crate::gate::{self, AttachReport, GateMaps, PinDir};
+
+pub fn run(config: ServeConfig) -> Result<()> {
+    // Everything that can be refused is refused before the gate changes.
+    let users = UsersFile::load(&config.users).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("smtp-gate")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, users))
+}
+
+async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
+    let dir = PinDir::new(&config.pin_dir);
+    let iface = config.attach.iface.clone();
+    match gate::attach(&dir, &config.attach)? {
+        AttachReport::Attached { mode } => info!("gate attached to {iface} ({mode})"),
+        AttachReport::Updated { mode } => {
+            info!("gate on {iface} ({mode}) adopted, settings applied")
+        }
+        AttachReport::Replaced { old, new } => {
+            info!("gate on {iface} moved from {old} to {new}")
+        }
+    }
+    let grants = Arc::new(GateGrantSink::new(GateMaps::open(&dir)?));
+    if let Err(e) = gate_log::forward(&dir, &iface) {
+        warn!("the gate's denial log is not forwarded: {e:#}");
+    }
+    info!(
+        "{} users loaded from {}",
+        users.len(),
+        config.users.display()
+    );
+    let backends = Backends {
+        auth: Arc::new(users),
+        store: Arc::new(MaildirStore::new(config.mail_root.clone())),
+        grants,
+    };
+    let server_config = ServerConfig {
+        listen: config.listen.clone(),
+        hostname: config.hostname.clone(),
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+        failed_login_delay: config.login_failure_delay,
+        max_login_failures: 3,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let server = Server::bind(server_config, backends).await?;
+    for addr in server.local_addrs() {
+        info!("POP3 listening on {addr}");
+    }
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        trigger.cancel();
+    });
+    server.run(shutdown).await;
+    info!("stopped; the gate stays attached to {iface} with its grants");
+    Ok(())
+}

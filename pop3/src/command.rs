@@ -1,0 +1,286 @@
+//! POP3 commands parsed from one line of bytes; no I/O here.
+//!
+//! RFC 1939 section 3: "Commands in the POP3 consist of a case-insensitive
+//! keyword, possibly followed by one or more arguments. All commands are
+//! terminated by a CRLF pair. Keywords and arguments consist of printable
+//! ASCII characters. Keywords and arguments are each separated by a single
+//! SPACE character."
+
+use std::fmt;
+
+/// A message number as the client wrote it: 1-based. 0 is kept (not
+/// mapped to 1) so the session can refuse it like any missing message.
+pub type MessageNumber = u32;
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Command {
+    User(String),
+    /// The whole rest of the line: RFC 1939 section 7 allows spaces in the
+    /// password ("a POP3 server may treat spaces in the argument as part of
+    /// the password").
+    Pass(String),
+    Apop {
+        user: String,
+        digest: String,
+    },
+    Capa,
+    Quit,
+    Stat,
+    List(Option<MessageNumber>),
+    Retr(MessageNumber),
+    Dele(MessageNumber),
+    Noop,
+    Rset,
+    Top(MessageNumber, u32),
+    Uidl(Option<MessageNumber>),
+}
+
+impl Command {
+    /// The keyword, for logs and for the state check.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Self::User(_) => "USER",
+            Self::Pass(_) => "PASS",
+            Self::Apop { .. } => "APOP",
+            Self::Capa => "CAPA",
+            Self::Quit => "QUIT",
+            Self::Stat => "STAT",
+            Self::List(_) => "LIST",
+            Self::Retr(_) => "RETR",
+            Self::Dele(_) => "DELE",
+            Self::Noop => "NOOP",
+            Self::Rset => "RSET",
+            Self::Top(..) => "TOP",
+            Self::Uidl(_) => "UIDL",
+        }
+    }
+}
+
+/// Never prints a password.
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pass(_) => f.write_str("Pass(<redacted>)"),
+            Self::Apop { user, .. } => write!(f, "Apop({user:?}, <digest>)"),
+            Self::User(u) => write!(f, "User({u:?})"),
+            Self::List(n) => write!(f, "List({n:?})"),
+            Self::Retr(n) => write!(f, "Retr({n})"),
+            Self::Dele(n) => write!(f, "Dele({n})"),
+            Self::Top(n, m) => write!(f, "Top({n}, {m})"),
+            Self::Uidl(n) => write!(f, "Uidl({n:?})"),
+            other => f.write_str(other.keyword()),
+        }
+    }
+}
+
+/// Why a line is not a command; the text goes into the `-ERR` reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    Empty,
+    Unknown(String),
+    /// Keyword known, arguments wrong.
+    Syntax(&'static str),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("empty command"),
+            Self::Unknown(keyword) => write!(f, "unknown command {keyword}"),
+            Self::Syntax(usage) => write!(f, "syntax: {usage}"),
+        }
+    }
+}
+
+/// RFC 1939 section 3: arguments "may be up to 40 characters long".
+const MAX_ARG_LEN: usize = 40;
+
+/// Parses one command line, without its line ending.
+pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
+    let line = std::str::from_utf8(line).map_err(|_| ParseError::Syntax("commands are ASCII"))?;
+    if line.trim().is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let (keyword, rest) = match line.split_once(' ') {
+        Some((k, r)) => (k, Some(r)),
+        None => (line, None),
+    };
+    if keyword.len() > 4 || !keyword.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(ParseError::Unknown(printable(keyword)));
+    }
+    let keyword = keyword.to_ascii_uppercase();
+    // PASS keeps its argument whole; every other command splits on single
+    // spaces. Tolerate a trailing space, as clients send one.
+    if keyword == "PASS" {
+        return match rest {
+            Some(password) if !password.is_empty() => Ok(Command::Pass(password.to_string())),
+            _ => Err(ParseError::Syntax("PASS password")),
+        };
+    }
+    let args: Vec<&str> = match rest.map(|r| r.trim_end_matches(' ')) {
+        None | Some("") => Vec::new(),
+        Some(r) => r.split(' ').collect(),
+    };
+    if args.iter().any(|a| a.is_empty() || a.len() > MAX_ARG_LEN) {
+        return Err(ParseError::Syntax(usage(&keyword)));
+    }
+    let syntax = || ParseError::Syntax(usage(&keyword));
+    let number = |s: &str| parse_number(s).ok_or_else(syntax);
+    let command = match (keyword.as_str(), args.as_slice()) {
+        ("USER", [user]) => Command::User(user.to_string()),
+        ("APOP", [user, digest]) => Command::Apop {
+            user: user.to_string(),
+            digest: digest.to_string(),
+        },
+        ("CAPA", []) => Command::Capa,
+        ("QUIT", []) => Command::Quit,
+        ("STAT", []) => Command::Stat,
+        ("LIST", []) => Command::List(None),
+        ("LIST", [n]) => Command::List(Some(number(n)?)),
+        ("RETR", [n]) => Command::Retr(number(n)?),
+        ("DELE", [n]) => Command::Dele(number(n)?),
+        ("NOOP", []) => Command::Noop,
+        ("RSET", []) => Command::Rset,
+        ("TOP", [n, lines]) => Command::Top(number(n)?, number(lines)?),
+        ("UIDL", []) => Command::Uidl(None),
+        ("UIDL", [n]) => Command::Uidl(Some(number(n)?)),
+        (
+            "USER" | "APOP" | "CAPA" | "QUIT" | "STAT" | "LIST" | "RETR" | "DELE" | "NOOP" | "RSET"
+            | "TOP" | "UIDL",
+            _,
+        ) => return Err(syntax()),
+        _ => return Err(ParseError::Unknown(printable(&keyword))),
+    };
+    Ok(command)
+}
+
+/// A decimal number without sign; out of range for u32 is a syntax error.
+fn parse_number(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn usage(keyword: &str) -> &'static str {
+    match keyword {
+        "USER" => "USER name",
+        "APOP" => "APOP name digest",
+        "LIST" => "LIST [msg]",
+        "RETR" => "RETR msg",
+        "DELE" => "DELE msg",
+        "TOP" => "TOP msg lines",
+        "UIDL" => "UIDL [msg]",
+        "CAPA" => "CAPA",
+        "QUIT" => "QUIT",
+        "STAT" => "STAT",
+        "NOOP" => "NOOP",
+        "RSET" => "RSET",
+        _ => "unknown",
+    }
+}
+
+/// Echoing client bytes into a reply: printable ASCII only, bounded.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(16)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> Command {
+        parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive() {
+        assert_eq!(ok("stat"), Command::Stat);
+        assert_eq!(ok("StAt"), Command::Stat);
+        assert_eq!(ok("list 3"), Command::List(Some(3)));
+        assert_eq!(ok("uidl"), Command::Uidl(None));
+        assert_eq!(ok("top 1 0"), Command::Top(1, 0));
+        assert_eq!(ok("capa"), Command::Capa);
+    }
+
+    #[test]
+    fn pass_keeps_spaces_and_case() {
+        assert_eq!(
+            ok("PASS my Secret pw"),
+            Command::Pass("my Secret pw".into())
+        );
+        assert_eq!(ok("pass  lead"), Command::Pass(" lead".into()));
+        assert!(parse(b"PASS").is_err());
+        assert!(parse(b"PASS ").is_err());
+    }
+
+    #[test]
+    fn apop_takes_user_and_digest() {
+        assert_eq!(
+            ok("APOP mrose c4c9334bac560ecc979e58001b3e22fb"),
+            Command::Apop {
+                user: "mrose".into(),
+                digest: "c4c9334bac560ecc979e58001b3e22fb".into()
+            }
+        );
+        assert!(parse(b"APOP mrose").is_err());
+    }
+
+    #[test]
+    fn message_zero_parses_so_the_session_can_refuse_it() {
+        assert_eq!(ok("RETR 0"), Command::Retr(0));
+    }
+
+    #[test]
+    fn bad_arguments_are_syntax_errors() {
+        for bad in [
+            "RETR",
+            "RETR x",
+            "RETR -1",
+            "RETR +1",
+            "RETR 1 2",
+            "LIST 1 2",
+            "TOP 1",
+            "TOP 1 x",
+            "DELE 99999999999",
+            "STAT 1",
+            "USER",
+            "USER a b",
+            "NOOP x",
+            "QUIT now",
+            "RETR  1",
+        ] {
+            match parse(bad.as_bytes()) {
+                Err(ParseError::Syntax(_)) => {}
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_and_empty() {
+        assert_eq!(parse(b""), Err(ParseError::Empty));
+        assert_eq!(parse(b"   "), Err(ParseError::Empty));
+        assert!(matches!(parse(b"AUTH PLAIN"), Err(ParseError::Unknown(_))));
+        assert!(matches!(parse(b"STLS"), Err(ParseError::Unknown(_))));
+        assert!(matches!(parse(b"HELLOWORLD"), Err(ParseError::Unknown(_))));
+        assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Syntax(_))));
+        let arg = "x".repeat(41);
+        assert!(parse(format!("USER {arg}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn trailing_space_is_tolerated() {
+        assert_eq!(ok("STAT "), Command::Stat);
+        assert_eq!(ok("USER bob "), Command::User("bob".into()));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let shown = format!("{:?}", ok("PASS hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,269 @@
+//! The mail a session serves: a Maildir, locked for one session at a time.
+//!
+//! The session only sees the traits here, so the protocol code and its tests
+//! do not depend on a file system layout; [`maildir`] is the real store.
+
+pub mod maildir;
+
+use std::fmt;
+use std::io::{self, Read};
+
+/// One message as the session lists it, fixed at login.
+///
+/// RFC 1939 section 4 lets a session work on a snapshot: messages arriving
+/// later are not seen until the next login, and message numbers stay valid
+/// for the whole session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Octets on the wire: CRLF line ends, before dot-stuffing. RFC 1939
+    /// section 11: a server storing single-character line ends "simply counts
+    /// each occurrence of this character in a message as two octets", and
+    /// lines starting with the termination octet "need not (and must not) be
+    /// counted twice".
+    pub size: u64,
+    /// The UIDL unique-id: 1..=70 characters in 0x21..=0x7E, stable across
+    /// sessions (RFC 1939 section 7, UIDL).
+    pub uid: String,
+}
+
+/// Why a maildrop could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another session holds the maildrop; the session answers
+    /// `-ERR [IN-USE]` (RFC 1939 section 4 wants an exclusive-access lock,
+    /// RFC 2449 section 8.1.2 names the response code).
+    InUse,
+    /// The user name cannot name a maildrop (empty, a path separator, a dot
+    /// name, ...); the string says why, without any secret.
+    Invalid(String),
+    /// The file system failed; the message names the path involved.
+    Io(io::Error),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::InUse => f.write_str("maildrop is in use by another session"),
+            OpenError::Invalid(why) => write!(f, "invalid maildrop: {why}"),
+            OpenError::Io(e) => write!(f, "maildrop I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}
+
+/// A maildrop opened and locked for one session. All methods block (file
+/// I/O); the server calls them from `spawn_blocking`.
+pub trait Maildrop: Send {
+    /// The messages fixed at login, in maildrop order: index `i` is message
+    /// number `i + 1` in the protocol.
+    fn messages(&self) -> &[MessageInfo];
+
+    /// The message with index `index` (0-based) as wire bytes: every line
+    /// ending in CRLF (a bare LF becomes CRLF; a final line without newline
+    /// gets CRLF), NOT dot-stuffed, without the terminating ".\r\n".
+    fn read(&mut self, index: usize) -> io::Result<Vec<u8>>;
+
+    /// Applies the deletions (0-based indices) and releases the lock. Only
+    /// called from the UPDATE state (QUIT). Dropping a Maildrop without
+    /// commit deletes nothing and releases the lock (RFC 1939 section 6: a
+    /// session that ends without QUIT must not remove messages).
+    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()>;
+}
+
+/// Opens maildrops by user name; shared by all sessions of a server.
+pub trait MaildropStore: Send + Sync + 'static {
+    /// Opens and locks `user`'s maildrop. The user is already
+    /// authenticated: the name comes from the users file.
+    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError>;
+}
+
+/// True if `uid` is a valid RFC 1939 unique-id: "one to 70 characters in the
+/// range 0x21 to 0x7E" (section 7, UIDL).
+pub fn is_valid_uid(uid: &[u8]) -> bool {
+    (1..=70).contains(&uid.len()) && uid.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Converts a stored message to its wire form: every line ends in CRLF.
+///
+/// A bare LF becomes CRLF, an existing CRLF stays, a bare CR inside a line is
+/// left alone (it is not a line end), and a final line without newline gets
+/// CRLF so the terminating "." always starts a line. [`wire_size`] counts
+/// exactly the bytes this returns, so LIST and RETR agree.
+pub fn to_wire(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !raw.is_empty() && prev != b'\n' {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The length of [`to_wire`]`(raw)`, without building it.
+pub fn wire_size(raw: &[u8]) -> u64 {
+    let mut counter = WireSizeCounter::default();
+    counter.update(raw);
+    counter.finish()
+}
+
+/// Computes the wire size of a message read from `reader` in chunks, so a
+/// large message is sized at login without holding it in memory.
+pub fn wire_size_of(mut reader: impl Read) -> io::Result<u64> {
+    let mut counter = WireSizeCounter::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(counter.finish()),
+            Ok(n) => counter.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Streaming form of [`wire_size`]: remembers the last byte across chunks,
+/// because a CRLF may be split between two reads.
+#[derive(Default)]
+struct WireSizeCounter {
+    len: u64,
+    extra: u64,
+    last: Option<u8>,
+}
+
+impl WireSizeCounter {
+    fn update(&mut self, chunk: &[u8]) {
+        let mut prev = self.last.unwrap_or(0);
+        for &b in chunk {
+            if b == b'\n' && prev != b'\r' {
+                self.extra += 1;
+            }
+            prev = b;
+        }
+        self.len += chunk.len() as u64;
+        if let Some(&b) = chunk.last() {
+            self.last = Some(b);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let unterminated = match self.last {
+            Some(b) => b != b'\n',
+            None => false,
+        };
+        self.len + self.extra + if unterminated { 2 } else { 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_wire_converts_line_ends() {
+        assert_eq!(to_wire(b""), b"");
+        assert_eq!(to_wire(b"a\nb\n"), b"a\r\nb\r\n");
+        assert_eq!(to_wire(b"a\r\nb\r\n"), b"a\r\nb\r\n");
+        assert_eq!(to_wire(b"a\r\nb\nc\r\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(to_wire(b"\n\n"), b"\r\n\r\n");
+        assert_eq!(to_wire(b"last line"), b"last line\r\n");
+        assert_eq!(to_wire(b"a\nlast"), b"a\r\nlast\r\n");
+        // A bare CR is not a line end; the final CR still needs its CRLF.
+        assert_eq!(to_wire(b"a\rb\n"), b"a\rb\r\n");
+        assert_eq!(to_wire(b"a\r"), b"a\r\r\n");
+        // Dot-stuffing is the reply writer's job, not ours.
+        assert_eq!(to_wire(b".\n..x\n"), b".\r\n..x\r\n");
+    }
+
+    #[test]
+    fn wire_size_matches_to_wire() {
+        let samples: &[&[u8]] = &[
+            b"",
+            b"\n",
+            b"\r",
+            b"\r\n",
+            b"\n\r",
+            b"x",
+            b"a\nb",
+            b"a\r\nb\r\n",
+            b"a\n\r\n\n",
+            b"no newline at all",
+            b"mixed\r\nends\nand\rcr\r",
+        ];
+        for s in samples {
+            assert_eq!(wire_size(s), to_wire(s).len() as u64, "{s:?}");
+            assert_eq!(wire_size_of(*s).unwrap(), wire_size(s), "{s:?}");
+        }
+    }
+
+    /// A reader that hands out one byte per call, so every CR/LF pair is
+    /// split across reads.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.split_first() {
+                Some((&b, rest)) if !buf.is_empty() => {
+                    buf[0] = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn wire_size_of_handles_crlf_split_across_reads() {
+        let raw = b"a\r\nb\nc\r\n\r\nend";
+        assert_eq!(
+            wire_size_of(OneByte(raw)).unwrap(),
+            to_wire(raw).len() as u64
+        );
+    }
+
+    #[test]
+    fn uid_validity() {
+        assert!(is_valid_uid(b"1"));
+        assert!(is_valid_uid(b"!~"));
+        assert!(is_valid_uid(&[b'a'; 70]));
+        assert!(!is_valid_uid(b""));
+        assert!(!is_valid_uid(&[b'a'; 71]));
+        assert!(!is_valid_uid(b"has space"));
+        assert!(!is_valid_uid(b"tab\t"));
+        assert!(!is_valid_uid(b"del\x7f"));
+        assert!(!is_valid_uid("é".as_bytes()));
+    }
+
+    #[test]
+    fn open_error_display() {
+        assert_eq!(
+            OpenError::InUse.to_string(),
+            "maildrop is in use by another session"
+        );
+        assert!(OpenError::Invalid("user name is empty".into())
+            .to_string()
+            .contains("user name is empty"));
+        let e = OpenError::from(io::Error::other("disk on fire"));
+        assert!(e.to_string().contains("disk on fire"));
+    }
+}

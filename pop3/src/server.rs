@@ -1,0 +1,286 @@
+//! The tokio service: listeners, the connection limit, per-connection
+//! timers and delays, and graceful shutdown.
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use log::{debug, info, warn};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::Semaphore,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::maildrop::MaildropStore;
+use crate::{
+    auth::apop::TimestampSource,
+    framing::LineBuffer,
+    normalize_addr,
+    reply::{ReplyBuffer, RespCode},
+    session::{Flow, Session, SessionContext},
+    Authenticator, GrantSink,
+};
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Name in the APOP timestamp of the greeting.
+    pub hostname: String,
+    /// RFC 1939 section 3: "An autologout timer MUST be of at least 10
+    /// minutes' duration."
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    /// Every failed login is answered after this long.
+    pub failed_login_delay: Duration,
+    pub max_login_failures: u32,
+    /// How long running sessions may go on after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["[::]:110".parse().expect("valid address")],
+            hostname: "localhost".into(),
+            idle_timeout: Duration::from_secs(600),
+            max_connections: 1024,
+            failed_login_delay: Duration::from_secs(2),
+            max_login_failures: 3,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The service's dependencies.
+#[derive(Clone)]
+pub struct Backends {
+    pub auth: Arc<dyn Authenticator>,
+    pub store: Arc<dyn MaildropStore>,
+    pub grants: Arc<dyn GrantSink>,
+}
+
+pub struct Server {
+    config: ServerConfig,
+    backends: Backends,
+    listeners: Vec<TcpListener>,
+}
+
+const READ_CHUNK: usize = 4096;
+
+impl Server {
+    /// Binds every listen address; fails naming the one that cannot be had.
+    pub async fn bind(config: ServerConfig, backends: Backends) -> io::Result<Self> {
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let listener = listen(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(listener);
+        }
+        Ok(Self {
+            config,
+            backends,
+            listeners,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// sessions finish within the grace period and cuts the rest (a cut
+    /// session never enters UPDATE, so it deletes nothing; a QUIT already
+    /// applying its deletions runs to its end on the blocking pool).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let timestamps = Arc::new(TimestampSource::new(&self.config.hostname));
+        let config = Arc::new(self.config);
+        let mut accept_loops = Vec::new();
+        for listener in self.listeners {
+            let shared = Shared {
+                config: Arc::clone(&config),
+                backends: self.backends.clone(),
+                limit: Arc::clone(&limit),
+                tracker: tracker.clone(),
+                hard_stop: hard_stop.clone(),
+                timestamps: Arc::clone(&timestamps),
+            };
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener,
+                shared,
+                shutdown.clone(),
+            )));
+        }
+        shutdown.cancelled().await;
+        for handle in accept_loops {
+            let _ = handle.await;
+        }
+        tracker.close();
+        let open = tracker.len();
+        if open > 0 {
+            info!(
+                "shutting down: waiting up to {:?} for {open} session(s)",
+                config.shutdown_grace
+            );
+        }
+        if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "shutdown grace over: closing {} session(s) without applying their deletions",
+                tracker.len()
+            );
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+    }
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+#[derive(Clone)]
+struct Shared {
+    config: Arc<ServerConfig>,
+    backends: Backends,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    hard_stop: CancellationToken,
+    timestamps: Arc<TimestampSource>,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        match Arc::clone(&shared.limit).try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                shared.tracker.clone().spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = serve_connection(stream, peer, &shared).await {
+                        debug!("connection from {peer} ended: {e}");
+                    }
+                });
+            }
+            Err(_) => {
+                shared.tracker.spawn(async move {
+                    let mut stream = stream;
+                    let mut reply = ReplyBuffer::new();
+                    reply.err(
+                        Some(RespCode::SysTemp),
+                        "too many connections, try again later",
+                    );
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        stream.write_all(reply.as_bytes()),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> io::Result<()> {
+    let config = &shared.config;
+    let ctx = SessionContext {
+        auth: Arc::clone(&shared.backends.auth),
+        store: Arc::clone(&shared.backends.store),
+        grants: Arc::clone(&shared.backends.grants),
+        peer: normalize_addr(peer.ip()),
+        max_login_failures: config.max_login_failures,
+    };
+    let mut session = Session::new(ctx, shared.timestamps.next());
+    let mut out = ReplyBuffer::new();
+    session.greeting(&mut out);
+    let mut lines = LineBuffer::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        // Answer every complete line that has arrived, in order
+        // (RFC 2449 PIPELINING), then send the replies in one write.
+        while let Some(line) = lines.next_line() {
+            match session.handle(line, &mut out).await {
+                Flow::Continue => {}
+                Flow::Close => {
+                    send(&mut stream, &mut out, config.idle_timeout).await?;
+                    return Ok(());
+                }
+                flow @ (Flow::LoginFailed | Flow::LoginFailedClose) => {
+                    // The delay holds only this connection's task.
+                    tokio::select! {
+                        _ = tokio::time::sleep(config.failed_login_delay) => {}
+                        _ = shared.hard_stop.cancelled() => return Ok(()),
+                    }
+                    send(&mut stream, &mut out, config.idle_timeout).await?;
+                    if flow == Flow::LoginFailedClose {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            send(&mut stream, &mut out, config.idle_timeout).await?;
+        }
+        let read = tokio::select! {
+            _ = shared.hard_stop.cancelled() => {
+                out.err(Some(RespCode::SysTemp), "server shutting down");
+                let _ = send(&mut stream, &mut out, Duration::from_secs(1)).await;
+                return Ok(());
+            }
+            read = tokio::time::timeout(config.idle_timeout, stream.read(&mut chunk)) => read,
+        };
+        match read {
+            Err(_) => {
+                out.err(None, "disconnected for inactivity");
+                let _ = send(&mut stream, &mut out, Duration::from_secs(1)).await;
+                return Ok(());
+            }
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(n)) => lines.extend(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// Writes the pending replies; a client that does not read for the idle
+/// timeout is gone.
+async fn send(stream: &mut TcpStream, out: &mut ReplyBuffer, timeout: Duration) -> io::Result<()> {
+    let result = tokio::time::timeout(timeout, stream.write_all(out.as_bytes())).await;
+    out.clear();
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client stopped reading",
+        )),
+    }
+}

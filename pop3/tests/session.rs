@@ -1,0 +1,372 @@
+//! The session state machine against fakes: a script replayed at every
+//! chunk size from 1 to 512 octets must give the same transcript, and that
+//! transcript is checked line by line against RFC 1939.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use pop3::{
+    framing::LineBuffer,
+    maildrop::{Maildrop, MaildropStore, MessageInfo, OpenError},
+    reply::ReplyBuffer,
+    session::{Flow, Session, SessionContext},
+    ApopSecret, Authenticator, GrantSink,
+};
+
+const TIMESTAMP: &str = "<1896.697170952@dbc.mtview.ca.us>";
+
+#[derive(Default)]
+struct FakeStore {
+    mail: Mutex<HashMap<String, Vec<Vec<u8>>>>,
+    locked: Mutex<HashSet<String>>,
+    commits: Mutex<Vec<(String, Vec<usize>)>>,
+}
+
+struct FakeMaildrop {
+    store: Arc<FakeStore>,
+    user: String,
+    bodies: Vec<Vec<u8>>,
+    info: Vec<MessageInfo>,
+}
+
+impl Drop for FakeMaildrop {
+    fn drop(&mut self) {
+        self.store.locked.lock().unwrap().remove(&self.user);
+    }
+}
+
+impl Maildrop for FakeMaildrop {
+    fn messages(&self) -> &[MessageInfo] {
+        &self.info
+    }
+    fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
+        Ok(self.bodies[index].clone())
+    }
+    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+        self.store
+            .commits
+            .lock()
+            .unwrap()
+            .push((self.user.clone(), deleted.to_vec()));
+        Ok(())
+    }
+}
+
+struct StoreHandle(Arc<FakeStore>);
+
+impl MaildropStore for StoreHandle {
+    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+        if !self.0.locked.lock().unwrap().insert(user.to_string()) {
+            return Err(OpenError::InUse);
+        }
+        let bodies = self
+            .0
+            .mail
+            .lock()
+            .unwrap()
+            .get(user)
+            .cloned()
+            .unwrap_or_default();
+        let info = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| MessageInfo {
+                size: b.len() as u64,
+                uid: format!("uid-{user}-{i}"),
+            })
+            .collect();
+        Ok(Box::new(FakeMaildrop {
+            store: Arc::clone(&self.0),
+            user: user.to_string(),
+            bodies,
+            info,
+        }))
+    }
+}
+
+struct FakeAuth;
+
+impl Authenticator for FakeAuth {
+    fn verify_password(&self, user: &str, password: &str) -> bool {
+        matches!(
+            (user, password),
+            ("alice", "open sesame") | ("hashed", "pw")
+        )
+    }
+    fn apop_secret(&self, user: &str) -> ApopSecret {
+        match user {
+            "mrose" => ApopSecret::Secret("tanstaaf".into()),
+            "alice" => ApopSecret::Secret("open sesame".into()),
+            "hashed" => ApopSecret::NotPlaintext,
+            _ => ApopSecret::NoSuchUser,
+        }
+    }
+}
+
+#[derive(Default)]
+struct RecordingSink(Mutex<Vec<IpAddr>>);
+
+struct SinkHandle(Arc<RecordingSink>);
+
+impl GrantSink for SinkHandle {
+    fn grant(&self, addr: IpAddr) -> Result<(), String> {
+        self.0 .0.lock().unwrap().push(addr);
+        Ok(())
+    }
+}
+
+struct Fixture {
+    store: Arc<FakeStore>,
+    grants: Arc<RecordingSink>,
+    ctx: SessionContext,
+}
+
+fn fixture() -> Fixture {
+    let store = Arc::new(FakeStore::default());
+    store.mail.lock().unwrap().insert(
+        "alice".into(),
+        vec![
+            b"Subject: one\r\n\r\nfirst body\r\n.dotted line\r\n".to_vec(),
+            b"Subject: two\r\nFrom: b@example.org\r\n\r\nl1\r\nl2\r\nl3\r\n".to_vec(),
+            b"Subject: three\r\n\r\nthird\r\n".to_vec(),
+        ],
+    );
+    store
+        .mail
+        .lock()
+        .unwrap()
+        .insert("mrose".into(), vec![b"Subject: x\r\n\r\ny\r\n".to_vec()]);
+    let grants = Arc::new(RecordingSink::default());
+    let ctx = SessionContext {
+        auth: Arc::new(FakeAuth),
+        store: Arc::new(StoreHandle(Arc::clone(&store))),
+        grants: Arc::new(SinkHandle(Arc::clone(&grants))),
+        peer: "192.0.2.7".parse().unwrap(),
+        max_login_failures: 3,
+    };
+    Fixture { store, grants, ctx }
+}
+
+/// Feeds `input` in pieces of `chunk` octets; returns the transcript and
+/// the flow of the last line.
+async fn run(ctx: SessionContext, input: &[u8], chunk: usize) -> (String, Vec<Flow>) {
+    let mut session = Session::new(ctx, TIMESTAMP.to_string());
+    let mut out = ReplyBuffer::new();
+    session.greeting(&mut out);
+    let mut transcript = out.as_bytes().to_vec();
+    out.clear();
+    let mut lines = LineBuffer::new();
+    let mut flows = Vec::new();
+    'feed: for piece in input.chunks(chunk) {
+        lines.extend(piece);
+        while let Some(line) = lines.next_line() {
+            let flow = session.handle(line, &mut out).await;
+            transcript.extend_from_slice(out.as_bytes());
+            out.clear();
+            flows.push(flow);
+            if matches!(flow, Flow::Close | Flow::LoginFailedClose) {
+                break 'feed;
+            }
+        }
+    }
+    (String::from_utf8(transcript).unwrap(), flows)
+}
+
+const SCRIPT: &[u8] = b"CAPA\r\nSTAT\r\nUSER alice\r\nPASS open sesame\r\nSTAT\r\nLIST\r\nUIDL\r\n\
+RETR 1\r\nTOP 2 0\r\nTOP 2 1\r\nDELE 1\r\nDELE 1\r\nLIST\r\nSTAT\r\nUIDL\r\nLIST 1\r\nUIDL 1\r\n\
+RETR 1\r\nRETR 0\r\nLIST 4\r\nTOP 0 1\r\nNOOP\r\nRSET\r\nSTAT\r\nDELE 3\r\nUSER bob\r\nQUIT\r\n";
+
+const EXPECTED: &str = "+OK smtp-gate POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n\
++OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION smtp-gate\r\n.\r\n\
+-ERR STAT is not valid in this state\r\n\
++OK send PASS\r\n\
++OK alice has 3 messages (116 octets)\r\n\
++OK 3 116\r\n\
++OK 3 messages (116 octets)\r\n1 42\r\n2 49\r\n3 25\r\n.\r\n\
++OK unique-id listing follows\r\n1 uid-alice-0\r\n2 uid-alice-1\r\n3 uid-alice-2\r\n.\r\n\
++OK 42 octets\r\nSubject: one\r\n\r\nfirst body\r\n..dotted line\r\n.\r\n\
++OK top of message follows\r\nSubject: two\r\nFrom: b@example.org\r\n\r\n.\r\n\
++OK top of message follows\r\nSubject: two\r\nFrom: b@example.org\r\n\r\nl1\r\n.\r\n\
++OK message 1 deleted\r\n\
+-ERR no such message\r\n\
++OK 2 messages (74 octets)\r\n2 49\r\n3 25\r\n.\r\n\
++OK 2 74\r\n\
++OK unique-id listing follows\r\n2 uid-alice-1\r\n3 uid-alice-2\r\n.\r\n\
+-ERR no such message\r\n\
+-ERR no such message\r\n\
+-ERR no such message\r\n\
+-ERR no such message\r\n\
+-ERR no such message\r\n\
+-ERR no such message\r\n\
++OK\r\n\
++OK maildrop has 3 messages (116 octets)\r\n\
++OK 3 116\r\n\
++OK message 3 deleted\r\n\
+-ERR USER is not valid in this state\r\n\
++OK smtp-gate POP3 server signing off (1 messages deleted)\r\n";
+
+#[tokio::test]
+async fn script_gives_the_same_transcript_at_every_chunk_size() {
+    for chunk in 1..=512 {
+        let f = fixture();
+        let (transcript, flows) = run(f.ctx.clone(), SCRIPT, chunk).await;
+        assert_eq!(transcript, EXPECTED, "chunk size {chunk}");
+        assert_eq!(flows.last(), Some(&Flow::Close), "chunk size {chunk}");
+        assert_eq!(
+            *f.store.commits.lock().unwrap(),
+            vec![("alice".to_string(), vec![2])],
+            "only message 3 is deleted: DELE 1 was undone by RSET (chunk {chunk})"
+        );
+        assert_eq!(
+            *f.grants.0.lock().unwrap(),
+            vec!["192.0.2.7".parse::<IpAddr>().unwrap()],
+            "one grant per login (chunk {chunk})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn apop_rfc1939_example_logs_in_and_grants() {
+    let f = fixture();
+    let (transcript, _) = run(
+        f.ctx.clone(),
+        b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\nSTAT\r\n",
+        512,
+    )
+    .await;
+    assert!(
+        transcript.contains("+OK mrose has 1 messages"),
+        "{transcript}"
+    );
+    assert_eq!(f.grants.0.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn apop_wrong_digest_and_hash_only_user_are_refused_clearly() {
+    let f = fixture();
+    let (transcript, flows) = run(
+        f.ctx.clone(),
+        b"APOP mrose 00000000000000000000000000000000\r\nAPOP hashed c4c9334bac560ecc979e58001b3e22fb\r\nUSER hashed\r\nPASS pw\r\n",
+        7,
+    )
+    .await;
+    let lines: Vec<&str> = transcript.lines().collect();
+    assert_eq!(lines[1], "-ERR [AUTH] invalid user name or digest");
+    assert!(
+        lines[2].starts_with("-ERR [AUTH] APOP is not available"),
+        "{transcript}"
+    );
+    assert_eq!(lines[3], "+OK send PASS");
+    assert!(
+        lines[4].starts_with("+OK hashed has 0 messages"),
+        "{transcript}"
+    );
+    assert_eq!(flows[..2], [Flow::LoginFailed, Flow::LoginFailed]);
+    assert_eq!(
+        f.grants.0.lock().unwrap().len(),
+        1,
+        "only the good login grants"
+    );
+}
+
+#[tokio::test]
+async fn third_failure_closes_and_nothing_is_granted() {
+    let f = fixture();
+    let (transcript, flows) = run(
+        f.ctx.clone(),
+        b"USER alice\r\nPASS no\r\nUSER alice\r\nPASS no\r\nPASS no\r\nUSER alice\r\nPASS no\r\nSTAT\r\n",
+        3,
+    )
+    .await;
+    assert_eq!(
+        flows,
+        [
+            Flow::Continue,
+            Flow::LoginFailed,
+            Flow::Continue,
+            Flow::LoginFailed,
+            Flow::Continue, // PASS without USER: not a login attempt
+            Flow::Continue,
+            Flow::LoginFailedClose
+        ]
+    );
+    assert!(transcript.contains("-ERR USER first"), "{transcript}");
+    assert_eq!(transcript.matches("-ERR [AUTH]").count(), 3);
+    assert!(f.grants.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn second_session_gets_in_use_and_no_grant() {
+    let f = fixture();
+    let mut first = Session::new(f.ctx.clone(), TIMESTAMP.into());
+    let mut out = ReplyBuffer::new();
+    let feed = |s: &str| pop3::framing::Line::Command(s.as_bytes().to_vec());
+    first.handle(feed("USER alice"), &mut out).await;
+    first.handle(feed("PASS open sesame"), &mut out).await;
+    out.clear();
+    let (transcript, _) = run(f.ctx.clone(), b"USER alice\r\nPASS open sesame\r\n", 512).await;
+    assert!(
+        transcript.contains("-ERR [IN-USE] maildrop is locked by another session"),
+        "{transcript}"
+    );
+    assert_eq!(
+        f.grants.0.lock().unwrap().len(),
+        1,
+        "the locked-out login does not grant"
+    );
+    drop(first);
+    let (transcript, _) = run(f.ctx.clone(), b"USER alice\r\nPASS open sesame\r\n", 512).await;
+    assert!(
+        transcript.contains("+OK alice has 3"),
+        "lock released: {transcript}"
+    );
+}
+
+#[tokio::test]
+async fn session_cut_without_quit_deletes_nothing() {
+    let f = fixture();
+    let (_, flows) = run(
+        f.ctx.clone(),
+        b"USER alice\r\nPASS open sesame\r\nDELE 1\r\nDELE 2\r\n",
+        512,
+    )
+    .await;
+    assert_eq!(flows.last(), Some(&Flow::Continue));
+    assert!(f.store.commits.lock().unwrap().is_empty());
+    assert!(
+        f.store.locked.lock().unwrap().is_empty(),
+        "lock released on drop"
+    );
+}
+
+#[tokio::test]
+async fn overlong_and_garbage_lines_get_err_and_the_session_goes_on() {
+    let f = fixture();
+    let mut input = b"USER alice\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 1000));
+    input.extend_from_slice(b"\r\n\xff\xfe\r\n\r\nFOO\r\nPASS open sesame\r\nQUIT\r\n");
+    let (transcript, flows) = run(f.ctx.clone(), &input, 13).await;
+    let lines: Vec<&str> = transcript.lines().collect();
+    assert!(lines[2].starts_with("-ERR line too long"), "{transcript}");
+    assert!(lines[3].starts_with("-ERR"), "{transcript}");
+    assert_eq!(lines[4], "-ERR empty command");
+    assert_eq!(lines[5], "-ERR unknown command FOO");
+    assert!(
+        lines[6].starts_with("+OK alice has"),
+        "USER survived the junk: {transcript}"
+    );
+    assert_eq!(flows.last(), Some(&Flow::Close));
+}
+
+#[tokio::test]
+async fn quit_in_authorization_closes_without_commit() {
+    let f = fixture();
+    let (transcript, flows) = run(f.ctx.clone(), b"QUIT\r\nSTAT\r\n", 512).await;
+    assert!(transcript.ends_with("+OK smtp-gate POP3 server signing off\r\n"));
+    assert_eq!(flows, [Flow::Close]);
+    assert!(f.store.commits.lock().unwrap().is_empty());
+}
