@@ -1,0 +1,254 @@
+//! The tokio service on loopback: pipelining, the connection limit, the
+//! failed-login delay, the idle timeout and graceful shutdown.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use pop3::{
+    auth::users_file::UsersFile,
+    maildrop::maildir::MaildirStore,
+    server::{Backends, Server, ServerConfig},
+    NoGrant,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+    mail: std::path::PathBuf,
+}
+
+async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Running {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mail = dir.path().join("mail");
+    for user in ["alice", "bob"] {
+        let cur = mail.join(user).join("cur");
+        fs::create_dir_all(&cur).unwrap();
+        fs::create_dir_all(mail.join(user).join("new")).unwrap();
+        fs::create_dir_all(mail.join(user).join("tmp")).unwrap();
+        fs::write(cur.join("1700000000.M1P1.test:2,"), "Subject: a\n\nbody\n").unwrap();
+    }
+    let users = UsersFile::parse("alice:{PLAIN}pw-a\nbob:{PLAIN}pw-b\n").expect("users");
+    let mut config = ServerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        hostname: "test".into(),
+        failed_login_delay: Duration::from_millis(50),
+        ..ServerConfig::default()
+    };
+    tune(&mut config);
+    let backends = Backends {
+        auth: Arc::new(users),
+        store: Arc::new(MaildirStore::new(mail.clone())),
+        grants: Arc::new(NoGrant),
+    };
+    let server = Server::bind(config, backends).await.expect("bind");
+    let addr = server.local_addrs()[0];
+    let shutdown = CancellationToken::new();
+    let done = tokio::spawn(server.run(shutdown.clone()));
+    Running {
+        addr,
+        shutdown,
+        done,
+        _dir: dir,
+        mail,
+    }
+}
+
+struct Client {
+    read: BufReader<OwnedReadHalf>,
+    write: OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> (Self, String) {
+        let (read, write) = TcpStream::connect(addr)
+            .await
+            .expect("connect")
+            .into_split();
+        let mut client = Self {
+            read: BufReader::new(read),
+            write,
+        };
+        let greeting = client.line().await;
+        (client, greeting)
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.write.write_all(text.as_bytes()).await.expect("write");
+    }
+
+    /// One line, or "" at end of stream; bounded so a hang fails the test.
+    async fn line(&mut self) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(5), self.read.read_line(&mut line))
+            .await
+            .expect("reply within 5 s")
+            .expect("read");
+        line
+    }
+}
+
+fn messages_in(mail: &Path, user: &str) -> usize {
+    fs::read_dir(mail.join(user).join("cur")).unwrap().count()
+}
+
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order() {
+    let server = start(|_| {}).await;
+    let (mut c, greeting) = Client::connect(server.addr).await;
+    assert!(
+        greeting.starts_with("+OK") && greeting.contains('<'),
+        "{greeting}"
+    );
+    c.send("USER alice\r\nPASS pw-a\r\nSTAT\r\nNOOP\r\nUIDL 1\r\nQUIT\r\n")
+        .await;
+    let replies = [
+        c.line().await,
+        c.line().await,
+        c.line().await,
+        c.line().await,
+        c.line().await,
+        c.line().await,
+    ];
+    assert_eq!(replies[0], "+OK send PASS\r\n");
+    assert!(
+        replies[1].starts_with("+OK alice has 1 messages"),
+        "{replies:?}"
+    );
+    assert_eq!(
+        replies[2], "+OK 1 20\r\n",
+        "17 octets on disk, 20 with CRLF"
+    );
+    assert_eq!(replies[3], "+OK\r\n");
+    assert_eq!(replies[4], "+OK 1 1700000000.M1P1.test\r\n");
+    assert!(replies[5].starts_with("+OK"), "{replies:?}");
+    assert_eq!(c.line().await, "", "closed after QUIT");
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_sys_temp() {
+    let server = start(|c| c.max_connections = 2).await;
+    let (_a, _) = Client::connect(server.addr).await;
+    let (_b, _) = Client::connect(server.addr).await;
+    let (mut third, greeting) = Client::connect(server.addr).await;
+    assert_eq!(
+        greeting,
+        "-ERR [SYS/TEMP] too many connections, try again later\r\n"
+    );
+    assert_eq!(third.line().await, "", "closed");
+}
+
+#[tokio::test]
+async fn a_failed_login_is_delayed_without_blocking_others() {
+    let delay = Duration::from_millis(600);
+    let server = start(|c| c.failed_login_delay = delay).await;
+    let (mut slow, _) = Client::connect(server.addr).await;
+    slow.send("USER alice\r\n").await;
+    slow.line().await;
+    let failed_at = Instant::now();
+    slow.send("PASS wrong\r\n").await;
+    // Meanwhile another client logs in at once.
+    let (mut fast, _) = Client::connect(server.addr).await;
+    let started = Instant::now();
+    fast.send("USER bob\r\nPASS pw-b\r\n").await;
+    fast.line().await;
+    let ok = fast.line().await;
+    assert!(ok.starts_with("+OK bob has"), "{ok}");
+    assert!(
+        started.elapsed() < delay / 2,
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = slow.line().await;
+    assert_eq!(err, "-ERR [AUTH] invalid user name or password\r\n");
+    assert!(
+        failed_at.elapsed() >= delay,
+        "answered after {:?}",
+        failed_at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn three_failures_close_the_connection() {
+    let server = start(|_| {}).await;
+    let (mut c, _) = Client::connect(server.addr).await;
+    for _ in 0..3 {
+        c.send("USER alice\r\nPASS nope\r\n").await;
+        assert_eq!(c.line().await, "+OK send PASS\r\n");
+        assert!(c.line().await.starts_with("-ERR [AUTH]"));
+    }
+    assert_eq!(c.line().await, "", "closed after the third failure");
+}
+
+#[tokio::test]
+async fn idle_connections_are_logged_out() {
+    let server = start(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let (mut c, _) = Client::connect(server.addr).await;
+    c.send("USER alice\r\nPASS pw-a\r\nDELE 1\r\n").await;
+    for _ in 0..3 {
+        c.line().await;
+    }
+    assert_eq!(c.line().await, "-ERR disconnected for inactivity\r\n");
+    assert_eq!(c.line().await, "");
+    assert_eq!(
+        messages_in(&server.mail, "alice"),
+        1,
+        "no UPDATE without QUIT"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_quit_finish_and_cuts_idle_sessions_without_deleting() {
+    let server = start(|c| c.shutdown_grace = Duration::from_millis(400)).await;
+    let (mut idle, _) = Client::connect(server.addr).await;
+    idle.send("USER alice\r\nPASS pw-a\r\nDELE 1\r\n").await;
+    for _ in 0..3 {
+        idle.line().await;
+    }
+    let (mut quitter, _) = Client::connect(server.addr).await;
+    quitter.send("USER bob\r\nPASS pw-b\r\nDELE 1\r\n").await;
+    for _ in 0..3 {
+        quitter.line().await;
+    }
+    server.shutdown.cancel();
+    // New connections are no longer accepted once shutdown began.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "listener closed on shutdown"
+    );
+    quitter.send("QUIT\r\n").await;
+    assert!(quitter.line().await.contains("1 messages deleted"));
+    assert_eq!(
+        idle.line().await,
+        "-ERR [SYS/TEMP] server shutting down\r\n"
+    );
+    tokio::time::timeout(Duration::from_secs(3), server.done)
+        .await
+        .expect("server stops after the grace period")
+        .unwrap();
+    assert_eq!(
+        messages_in(&server.mail, "alice"),
+        1,
+        "cut session deleted nothing"
+    );
+    assert_eq!(
+        messages_in(&server.mail, "bob"),
+        0,
+        "QUIT applied its deletion"
+    );
+}
