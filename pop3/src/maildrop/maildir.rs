@@ -26,11 +26,11 @@ use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Name of the lock file inside each Maildir.
@@ -45,6 +45,44 @@ pub const LOCK_FILE: &str = "smtp-gate-pop3.lock";
 #[derive(Clone, Debug)]
 pub struct MaildirStore {
     root: PathBuf,
+    sizes: Arc<SizeCache>,
+}
+
+/// Wire sizes of message files already read, keyed by inode, length and
+/// mtime: Maildir files never change in place, so a hit is the size. Like
+/// Dovecot's index, it spares reading every message at every login when the
+/// file names carry no `,W=` size.
+#[derive(Debug, Default)]
+struct SizeCache(Mutex<HashMap<FileStamp, u64>>);
+
+/// Enough entries for a large mail host; past it the cache starts over.
+const SIZE_CACHE_LIMIT: usize = 500_000;
+
+impl SizeCache {
+    fn get(&self, stamp: &FileStamp) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(stamp)
+            .copied()
+    }
+
+    fn put(&self, stamp: FileStamp, size: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SIZE_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(stamp, size);
+    }
+}
+
+/// What identifies one version of a message file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: SystemTime,
 }
 
 impl MaildirStore {
@@ -52,7 +90,10 @@ impl MaildirStore {
     /// missing root is a configuration mistake that creating it would hide;
     /// the per-user Maildirs below it are created on first login.
     pub fn new(root: PathBuf) -> Self {
-        MaildirStore { root }
+        MaildirStore {
+            root,
+            sizes: Arc::default(),
+        }
     }
 
     /// The directory holding the users' Maildirs.
@@ -85,7 +126,7 @@ impl MaildropStore for MaildirStore {
         let dir = self.maildir_path(user)?;
         ensure_maildir(&dir)?;
         let lock = lock_maildir(&dir)?;
-        Ok(Box::new(OpenMaildir::scan(dir, lock)?))
+        Ok(Box::new(OpenMaildir::scan(dir, lock, &self.sizes)?))
     }
 }
 
@@ -128,23 +169,23 @@ struct OpenMaildir {
 struct Found {
     sub: Sub,
     name: OsString,
-    mtime: SystemTime,
+    stamp: FileStamp,
 }
 
 impl OpenMaildir {
     /// Moves new mail to `cur/`, lists the messages and fixes the list for
     /// the session (RFC 1939 section 4: the maildrop is a snapshot).
-    fn scan(dir: PathBuf, lock: File) -> Result<Self, OpenError> {
+    fn scan(dir: PathBuf, lock: File, sizes: &SizeCache) -> Result<Self, OpenError> {
         let stuck = move_new_to_cur(&dir)?;
         let mut found = Vec::new();
         list_sub(&dir, Sub::Cur, &mut found)?;
         for name in stuck {
             let path = dir.join(Sub::New.name()).join(&name);
-            if let Some(mtime) = regular_file_mtime(&path)? {
+            if let Some(stamp) = regular_file_stamp(&path)? {
                 found.push(Found {
                     sub: Sub::New,
                     name,
-                    mtime,
+                    stamp,
                 });
             }
         }
@@ -152,8 +193,9 @@ impl OpenMaildir {
         // delivery and renames keep it; the name breaks ties (Postfix and
         // Dovecot names start with the delivery time).
         found.sort_by(|a, b| {
-            a.mtime
-                .cmp(&b.mtime)
+            a.stamp
+                .mtime
+                .cmp(&b.stamp.mtime)
                 .then_with(|| a.name.as_bytes().cmp(b.name.as_bytes()))
         });
 
@@ -194,12 +236,15 @@ impl OpenMaildir {
                 }
             }
             let base = base_of(name.as_bytes()).to_vec();
-            let size = match virtual_size(&base) {
+            let size = match virtual_size(&base).or_else(|| sizes.get(&f.stamp)) {
                 Some(size) => size,
                 None => {
                     let path = dir.join(f.sub.name()).join(&name);
                     match File::open(&path).and_then(wire_size_of) {
-                        Ok(size) => size,
+                        Ok(size) => {
+                            sizes.put(f.stamp, size);
+                            size
+                        }
                         // Deleted or renamed by another agent since the
                         // listing: it shows up again at the next login.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -463,18 +508,23 @@ fn list_sub(dir: &Path, sub: Sub, found: &mut Vec<Found>) -> Result<(), OpenErro
         if name.as_bytes().starts_with(b".") {
             continue;
         }
-        if let Some(mtime) = regular_file_mtime(&path.join(&name))? {
-            found.push(Found { sub, name, mtime });
+        if let Some(stamp) = regular_file_stamp(&path.join(&name))? {
+            found.push(Found { sub, name, stamp });
         }
     }
     Ok(())
 }
 
-/// The mtime of a regular file; None if it is gone (another agent deleted
-/// it since the listing) or is not a regular file.
-fn regular_file_mtime(path: &Path) -> Result<Option<SystemTime>, OpenError> {
+/// The identity of a regular file; None if it is gone (another agent
+/// deleted it since the listing) or is not a regular file.
+fn regular_file_stamp(path: &Path) -> Result<Option<FileStamp>, OpenError> {
     match fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(Some(m.modified().unwrap_or(UNIX_EPOCH))),
+        Ok(m) if m.is_file() => Ok(Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: m.modified().unwrap_or(UNIX_EPOCH),
+        })),
         Ok(_) => Ok(None),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(at(e, "stat", path).into()),
@@ -588,6 +638,25 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
     use tempfile::TempDir;
+
+    #[test]
+    fn sizes_are_cached_per_file_version() {
+        let tmp = TempDir::new().unwrap();
+        let store = MaildirStore::new(tmp.path().to_path_buf());
+        let cur = tmp.path().join("u").join("cur");
+        fs::create_dir_all(&cur).unwrap();
+        fs::create_dir_all(tmp.path().join("u/new")).unwrap();
+        fs::create_dir_all(tmp.path().join("u/tmp")).unwrap();
+        let file = cur.join("1.M1P1.h:2,");
+        fs::write(&file, "a\nb\n").unwrap();
+        let sizes = |store: &MaildirStore| store.open("u").unwrap().messages()[0].size;
+        assert_eq!(sizes(&store), 6);
+        assert_eq!(sizes(&store), 6, "served from the cache");
+        // A file rewritten in place (not Maildir practice, but possible)
+        // is another version: its size is read again.
+        fs::write(&file, "a\nb\nc\n").unwrap();
+        assert_eq!(sizes(&store), 9);
+    }
 
     fn store() -> (TempDir, MaildirStore) {
         let tmp = tempfile::tempdir().unwrap();
