@@ -370,3 +370,20 @@ async fn quit_in_authorization_closes_without_commit() {
     assert_eq!(flows, [Flow::Close]);
     assert!(f.store.commits.lock().unwrap().is_empty());
 }
+
+struct FailingSink;
+
+impl GrantSink for FailingSink {
+    fn grant(&self, _addr: IpAddr) -> Result<(), String> {
+        Err("map grants_v4: permission denied".into())
+    }
+}
+
+#[tokio::test]
+async fn a_grant_that_cannot_be_written_does_not_fail_the_login() {
+    let mut f = fixture();
+    f.ctx.grants = Arc::new(FailingSink);
+    let (transcript, _) = run(f.ctx, b"USER alice\r\nPASS open sesame\r\nSTAT\r\n", 512).await;
+    assert!(transcript.contains("+OK alice has 3 messages"), "{transcript}");
+    assert!(transcript.ends_with("+OK 3 116\r\n"), "{transcript}");
+}
