@@ -918,3 +918,37 @@ fn lab_teardown_leaves_nothing_behind() {
     let (names, mount) = rx.recv().expect("the footprint of the panicking lab");
     assert_gone(&names, &mount);
 }
+
+/// The maps carry BTF: `bpftool map dump` prints keys and values as named
+/// fields, so an operator can read them without our CLI.
+#[test]
+fn bpftool_dumps_maps_with_named_fields() {
+    let lab = Lab::new();
+    lab.attach(&["--window", "7m"]);
+    lab.gate_ok(&["grant", &v4(&lab.client)]);
+    let dump = |map: &str| {
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(lab.pin_dir().join(map))
+            .output()
+            .expect("bpftool must be installed (cargo xtask setup installs it)");
+        assert!(out.status.success(), "bpftool failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let grants = dump("grants_v4");
+    for field in ["\"addr\"", "\"granted_at_ns\"", "\"lifetime_ns\""] {
+        assert!(
+            grants.contains(field),
+            "grants_v4 dump lacks {field}: {grants}"
+        );
+    }
+    let settings = dump("settings");
+    assert!(
+        settings.contains("\"window_ns\": 420000000000"),
+        "settings dump: {settings}"
+    );
+    assert!(
+        settings.contains("\"deny_mode\""),
+        "settings dump: {settings}"
+    );
+}
