@@ -70,17 +70,22 @@ const READ_CHUNK: usize = 4096;
 impl Server {
     /// Binds every listen address; fails naming the one that cannot be had.
     pub async fn bind(config: ServerConfig, backends: Backends) -> io::Result<Self> {
-        let mut listeners = Vec::new();
-        for addr in &config.listen {
-            let listener = listen(*addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            listeners.push(listener);
-        }
-        Ok(Self {
+        let listeners = bind_listeners(&config.listen)?;
+        Ok(Self::with_listeners(config, backends, listeners))
+    }
+
+    /// A server on listeners bound beforehand (the daemon binds first, so
+    /// that a port it cannot have stops it before it touches the gate).
+    pub fn with_listeners(
+        config: ServerConfig,
+        backends: Backends,
+        listeners: Vec<TcpListener>,
+    ) -> Self {
+        Self {
             config,
             backends,
             listeners,
-        })
+        }
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -142,14 +147,51 @@ impl Server {
     }
 }
 
+/// Binds the addresses; an error names the address that failed.
+pub fn bind_listeners(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            listen(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        })
+        .collect()
+}
+
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().is_unspecified() {
+            // `[::]` means both families, whatever net.ipv6.bindv6only
+            // says: IPv4 clients arrive as ::ffff:a.b.c.d.
+            set_v6_only(&socket, false)?;
+        }
+    }
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+fn set_v6_only(socket: &TcpSocket, only: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = only.into();
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[derive(Clone)]

@@ -384,6 +384,9 @@ async fn a_grant_that_cannot_be_written_does_not_fail_the_login() {
     let mut f = fixture();
     f.ctx.grants = Arc::new(FailingSink);
     let (transcript, _) = run(f.ctx, b"USER alice\r\nPASS open sesame\r\nSTAT\r\n", 512).await;
-    assert!(transcript.contains("+OK alice has 3 messages"), "{transcript}");
+    assert!(
+        transcript.contains("+OK alice has 3 messages"),
+        "{transcript}"
+    );
     assert!(transcript.ends_with("+OK 3 116\r\n"), "{transcript}");
 }

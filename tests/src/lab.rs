@@ -427,6 +427,12 @@ impl Session {
         read_line(&mut self.reader)
     }
 
+    /// Reads one more line from the server (CRLF removed), e.g. the rest of
+    /// a multi-line reply or what the server says before it closes.
+    pub fn read_line(&mut self) -> io::Result<String> {
+        read_line(&mut self.reader)
+    }
+
     /// The client's end of the connection.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.stream.local_addr()
@@ -1134,5 +1140,406 @@ impl Default for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.tear_down();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// POP3: the `smtp-gate serve` daemon, mail fixtures and real clients
+// ---------------------------------------------------------------------------
+
+/// The port `smtp-gate serve` listens on in the labs (its default).
+pub const POP3_PORT: u16 = 110;
+/// The POP3 client the labs run inside a client namespace: Python's poplib
+/// driven by a JSON plan (see the script's header and [`pop3_client`]).
+pub const POP3_CLIENT_PY: &str = include_str!("pop3_client.py");
+/// How long `smtp-gate serve` may take to listen, and a client to run.
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(15);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the Drop of a [`ServeDaemon`] waits after SIGTERM before SIGKILL.
+const SERVE_DROP_GRACE: Duration = Duration::from_secs(15);
+
+/// Panics unless `program ARGS` runs and exits 0; `package` is the Debian
+/// package to install. Never skips: a missing client is a broken setup.
+pub fn require_tool(program: &str, args: &[&str], package: &str) {
+    match Command::new(program).args(args).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "`{program} {}` failed (install the Debian package {package}): {}",
+            args.join(" "),
+            describe(&out)
+        ),
+        Err(e) => panic!(
+            "{program} is needed by the POP3 tests but cannot be run ({e}): \
+             install the Debian package {package} (cargo xtask setup does)"
+        ),
+    }
+}
+
+/// Panics unless python3 with poplib and curl with POP3 support are there.
+pub fn require_pop3_clients() {
+    require_tool("python3", &["-c", "import json, poplib, socket"], "python3");
+    require_tool("curl", &["--version"], "curl");
+    let version = run_ok("curl", &["--version"]);
+    assert!(
+        version
+            .lines()
+            .any(|l| l.starts_with("Protocols:") && l.split_whitespace().any(|p| p == "pop3")),
+        "this curl has no POP3 support: {version}"
+    );
+}
+
+/// Runs `command` to completion, but for at most `timeout`: past it the
+/// command is killed and the result is an error of kind `TimedOut`. Stdin
+/// is closed; stdout and stderr are collected.
+pub fn output_within(command: &mut Command, timeout: Duration) -> io::Result<Output> {
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = stdout.join();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!("{command:?} still running after {timeout:?}, killed; stderr: {err}"),
+            ));
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Runs the poplib client ([`POP3_CLIENT_PY`]) in namespace `ns` against
+/// `host` (an IPv4 or IPv6 address) with these steps (a JSON array of step
+/// objects) and returns one result object per step. Panics if the script
+/// fails, times out or prints something else than its JSON.
+pub fn pop3_client(ns: &str, host: IpAddr, steps: serde_json::Value) -> Vec<serde_json::Value> {
+    let plan = serde_json::json!({ "host": host.to_string(), "steps": steps });
+    let out = output_within(
+        netns_command(ns, "python3")
+            .args(["-c", POP3_CLIENT_PY])
+            .arg(plan.to_string()),
+        CLIENT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("the POP3 client in {ns} did not finish: {e}"));
+    if !out.status.success() {
+        panic!("the POP3 client in {ns} failed: {}", describe(&out));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the POP3 client printed no JSON list ({e}): {}",
+            describe(&out)
+        )
+    })
+}
+
+/// A `smtp-gate serve` daemon started by [`Lab::spawn_serve`]. Dropping it
+/// sends SIGTERM and waits (SIGKILL after 15 s); [`ServeDaemon::terminate`]
+/// does the same and reports how it went.
+pub struct ServeDaemon {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl ServeDaemon {
+    /// The daemon's process id (`ip netns exec` execs it: the same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// What the daemon has written so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the daemon has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        if self.status.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.status = Some(status);
+                    self.child = None;
+                }
+            }
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout`: returns the exit status and
+    /// how long the daemon took, or `None` (after a SIGKILL) if it did not
+    /// exit in time. An already exited daemon reports its status at once.
+    pub fn terminate(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+        let started = Instant::now();
+        if let Some(status) = self.exited() {
+            return (Some(status), Duration::ZERO);
+        }
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill has no memory effects; pid is our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        let status = self.wait_exit(timeout);
+        let took = started.elapsed();
+        if status.is_none() {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        (status, took)
+    }
+}
+
+impl Drop for ServeDaemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let (status, took) = self.terminate(SERVE_DROP_GRACE);
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => eprintln!("smtp-gate serve exited with {s} after SIGTERM ({took:?})"),
+                None => eprintln!("smtp-gate serve ignored SIGTERM for {took:?}: killed"),
+            }
+        }
+        if thread::panicking() {
+            eprintln!("--- smtp-gate serve log ---\n{}---", self.log());
+        }
+    }
+}
+
+impl Lab {
+    /// Starts `ip netns exec <server ns> smtp-gate serve ARGS` (exactly these
+    /// arguments: pass `--pin-dir` yourself, see [`Lab::serve`]), with its
+    /// output going to the file `log`. Returns at once.
+    pub fn spawn_serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
+        let file = fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let err_file = file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
+        let child = netns_command(&self.server_ns, smtp_gate_bin())
+            .arg("serve")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(err_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start smtp-gate serve: {e}"));
+        ServeDaemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+            status: None,
+        }
+    }
+
+    /// Waits (at most 15 s) until the client reaches `daemon`'s POP3 port
+    /// on the server's IPv4 and IPv6 address and reads a greeting. Panics,
+    /// showing the daemon's log, if it exits or never listens.
+    pub fn wait_pop3(&self, daemon: &mut ServeDaemon) {
+        let deadline = Instant::now() + SERVE_START_TIMEOUT;
+        for addr in [
+            IpAddr::from(self.client.server_v4),
+            IpAddr::from(self.client.server_v6),
+        ] {
+            loop {
+                if let Some(status) = daemon.exited() {
+                    panic!(
+                        "smtp-gate serve exited ({status}) before listening:\n{}",
+                        daemon.log()
+                    );
+                }
+                let result = connect(&self.client.client_ns, addr, POP3_PORT, DENY_TIMEOUT);
+                match &result {
+                    ConnectResult::Connected(greeting) if greeting.starts_with("+OK") => break,
+                    _ if Instant::now() > deadline => panic!(
+                        "smtp-gate serve does not answer on {addr}:{POP3_PORT} after \
+                         {SERVE_START_TIMEOUT:?} (last attempt: {result}); its log:\n{}",
+                        daemon.log()
+                    ),
+                    _ => thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+
+    /// `smtp-gate serve --pin-dir <lab pin dir> ARGS`, started and answering
+    /// POP3 (see [`Lab::spawn_serve`] and [`Lab::wait_pop3`]).
+    pub fn serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
+        let pin = self.pin_dir_str();
+        let mut all = args.to_vec();
+        all.extend(["--pin-dir", pin.as_str()]);
+        let mut daemon = self.spawn_serve(&all, log);
+        self.wait_pop3(&mut daemon);
+        daemon
+    }
+}
+
+/// A temporary directory with a users file (Dovecot passwd-file, mode 0600)
+/// and a mail root of Maildirs (`mail/<user>/{cur,new,tmp}`), removed on
+/// drop.
+pub struct MailFixture {
+    dir: PathBuf,
+    users: Vec<(String, String)>,
+    delivered: u64,
+}
+
+static FIXTURE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl MailFixture {
+    /// An empty fixture under the system's temporary directory.
+    pub fn new() -> Self {
+        let n = FIXTURE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("smtp-gate-mail-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("mail"))
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let fixture = Self {
+            dir,
+            users: Vec::new(),
+            delivered: 0,
+        };
+        fixture.write_users();
+        fixture
+    }
+
+    /// The fixture's directory (for config files, logs, ...).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn mail_root(&self) -> PathBuf {
+        self.dir.join("mail")
+    }
+
+    pub fn users_file(&self) -> PathBuf {
+        self.dir.join("users")
+    }
+
+    /// The Maildir of `user`.
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.mail_root().join(user)
+    }
+
+    /// Adds `user:SECRET` (e.g. `{PLAIN}secret`) to the users file and
+    /// creates the user's Maildir.
+    pub fn add_user(&mut self, user: &str, secret: &str) {
+        self.users.push((user.to_string(), secret.to_string()));
+        self.write_users();
+        for sub in ["cur", "new", "tmp"] {
+            let path = self.maildir(user).join(sub);
+            fs::create_dir_all(&path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        }
+    }
+
+    fn write_users(&self) {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = self.users_file();
+        let text: String = self
+            .users
+            .iter()
+            .map(|(user, secret)| format!("{user}:{secret}\n"))
+            .collect();
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        file.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+    }
+
+    /// Sets the users file's permission bits (e.g. 0o644 to see it refused).
+    pub fn chmod_users(&self, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.users_file();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+    }
+
+    /// Delivers a message into `user`'s `new/` under the Maildir file name
+    /// `name` (e.g. `1700000000.M1P1.lab`). Each delivery gets an mtime one
+    /// second after the previous one, so the maildrop order (by mtime) is
+    /// the delivery order.
+    pub fn deliver(&mut self, user: &str, name: &str, content: &[u8]) -> PathBuf {
+        let path = self.maildir(user).join("new").join(name);
+        fs::write(&path, content)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        self.delivered += 1;
+        let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + self.delivered);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(mtime))
+            .unwrap_or_else(|e| panic!("cannot set the mtime of {}: {e}", path.display()));
+        path
+    }
+
+    /// File names in `user`'s Maildir subdirectory `sub` (`cur` or `new`),
+    /// sorted.
+    pub fn files(&self, user: &str, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.maildir(user).join(sub))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+impl Default for MailFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MailFixture {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }

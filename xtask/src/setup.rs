@@ -32,6 +32,8 @@ const BASE_PACKAGES: &[&str] = &[
     "python3",
     // Real POP3 clients for the end-to-end tests (poplib is in python3).
     "curl",
+    // systemd-analyze, to verify the unit in deploy/.
+    "systemd",
 ];
 
 pub fn setup() -> Result<()> {

@@ -14,7 +14,7 @@ use log::{info, warn};
 use pop3::{
     auth::users_file::UsersFile,
     maildrop::maildir::MaildirStore,
-    server::{Backends, Server, ServerConfig},
+    server::{bind_listeners, Backends, Server, ServerConfig},
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,9 @@ pub fn run(config: ServeConfig) -> Result<()> {
 }
 
 async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
+    // The ports first: a daemon that cannot listen must not leave behind a
+    // gate that nobody can get a grant from.
+    let listeners = bind_listeners(&config.listen)?;
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
     match gate::attach(&dir, &config.attach)? {
@@ -70,7 +73,7 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         max_login_failures: 3,
         shutdown_grace: config.shutdown_grace,
     };
-    let server = Server::bind(server_config, backends).await?;
+    let server = Server::with_listeners(server_config, backends, listeners);
     for addr in server.local_addrs() {
         info!("POP3 listening on {addr}");
     }

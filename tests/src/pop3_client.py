@@ -1,0 +1,148 @@
+# A real POP3 client (Python's poplib) for the smtp-gate labs, run inside a
+# client network namespace:
+#
+#     python3 -c "$(cat pop3_client.py)" '{"host": "10.231.1.1", "steps": [...]}'
+#
+# It carries out the steps in order, in this one process, and prints one JSON
+# list with a result object per step. A POP3 error reply (poplib.error_proto)
+# is recorded as {"error": "-ERR ..."} and the plan goes on; anything else
+# unexpected ends the script with a traceback and a non-zero status.
+#
+# Steps ("conn" names a POP3 connection, "a" by default; "timeout" in s):
+#   {"op": "connect"}                       open a connection, read the greeting
+#   {"op": "login", "user", "password", "retry_in_use": s}   USER + PASS
+#   {"op": "apop", "user", "secret"}        APOP with the greeting's timestamp
+#   {"op": "stat"} {"op": "list"} {"op": "uidl"}
+#   {"op": "retr", "n"}                     poplib's RETR: unstuffed lines
+#   {"op": "raw_retr", "n"}                 RETR, the reply bytes as sent
+#   {"op": "dele", "n"} {"op": "quit"}
+#   {"op": "cut"}                           close the socket without QUIT
+#   {"op": "noop"}
+#   {"op": "smtp", "port": 25, "timeout"}   TCP connect + banner, no POP3
+#   {"op": "sleep", "seconds"}
+#   {"op": "kill", "pid", "signal"}         e.g. SIGTERM the daemon mid-session
+#
+# An OSError in a POP3 step (a connection the server closed) is recorded as
+# {"oserror": "..."} and the plan goes on.
+#
+# Bytes are passed as latin-1 strings so that every octet survives JSON.
+
+import json
+import os
+import poplib
+import socket
+import sys
+import time
+
+plan = json.loads(sys.argv[1])
+host = plan["host"]
+pop_port = plan.get("port", 110)
+conns = {}
+results = []
+
+
+def text(value):
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def smtp(port, timeout):
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError:
+        return {"smtp": "refused"}
+    except (socket.timeout, TimeoutError):
+        return {"smtp": "timeout"}
+    except OSError as e:
+        return {"smtp": "error", "detail": str(e)}
+    try:
+        sock.settimeout(3)
+        banner = sock.makefile("rb").readline()
+        return {"smtp": "connected", "banner": text(banner).rstrip("\r\n")}
+    except OSError as e:
+        return {"smtp": "error", "detail": "connected but no banner: %s" % e}
+    finally:
+        sock.close()
+
+
+def login(p, step):
+    deadline = time.monotonic() + float(step.get("retry_in_use", 0))
+    while True:
+        try:
+            p.user(step["user"])
+            return p.pass_(step["password"])
+        except poplib.error_proto as e:
+            if b"[IN-USE]" in e.args[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise
+
+
+def raw_retr(p, n):
+    p._putcmd("RETR %d" % n)
+    data = b""
+    for _ in range(100000):
+        line = p.file.readline(poplib._MAXLINE + 2)
+        if not line:
+            break
+        data += line
+        if data.startswith(b"-ERR") or line == b".\r\n":
+            break
+    return data
+
+
+for step in plan["steps"]:
+    op = step["op"]
+    name = step.get("conn", "a")
+    result = {"op": op}
+    started = time.monotonic()
+    try:
+        if op == "connect":
+            p = poplib.POP3(host, pop_port, timeout=float(step.get("timeout", 10)))
+            conns[name] = p
+            result["welcome"] = text(p.getwelcome())
+        elif op == "login":
+            result["reply"] = text(login(conns[name], step))
+        elif op == "apop":
+            result["reply"] = text(conns[name].apop(step["user"], step["secret"]))
+        elif op == "stat":
+            count, size = conns[name].stat()
+            result["count"], result["size"] = count, size
+        elif op in ("list", "uidl"):
+            reply, lines, _ = getattr(conns[name], op)()
+            result["reply"] = text(reply)
+            result["lines"] = [text(l) for l in lines]
+        elif op == "retr":
+            reply, lines, octets = conns[name].retr(int(step["n"]))
+            result["reply"] = text(reply)
+            result["lines"] = [text(l) for l in lines]
+            result["octets"] = octets
+        elif op == "raw_retr":
+            result["raw"] = text(raw_retr(conns[name], int(step["n"])))
+        elif op == "dele":
+            result["reply"] = text(conns[name].dele(int(step["n"])))
+        elif op == "quit":
+            result["reply"] = text(conns.pop(name).quit())
+        elif op == "noop":
+            result["reply"] = text(conns[name].noop())
+        elif op == "sleep":
+            time.sleep(float(step["seconds"]))
+        elif op == "kill":
+            os.kill(int(step["pid"]), int(step.get("signal", 15)))
+        elif op == "cut":
+            conns.pop(name).close()
+        elif op == "smtp":
+            result.update(smtp(int(step.get("port", 25)), float(step.get("timeout", 1))))
+        else:
+            raise ValueError("unknown step %r" % op)
+    except poplib.error_proto as e:
+        result["error"] = text(e.args[0])
+    except OSError as e:
+        result["oserror"] = "%s: %s" % (type(e).__name__, e)
+    result["elapsed"] = time.monotonic() - started
+    results.append(result)
+
+for p in conns.values():
+    p.close()
+print(json.dumps(results))

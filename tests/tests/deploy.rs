@@ -1,0 +1,301 @@
+//! The files in deploy/: the systemd unit passes `systemd-analyze verify`
+//! (and its offline security review), the example config documents every
+//! key with the real defaults and parses, the example users file loads with
+//! the passwords it names, and the unit and the config agree on the paths.
+//!
+//! Needs systemd-analyze (Debian package `systemd`) and a built binary
+//! (`cargo build`); panics otherwise, never skips. No root needed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use gate_tests::lab::{describe, output_within, smtp_gate_bin};
+use pop3::auth::users_file::UsersFile;
+use smtp_gate::serve::ServeSettings;
+
+/// Every key `smtp-gate serve --config` knows (gate-user/src/serve/config.rs).
+const KEYS: [&str; 17] = [
+    "listen",
+    "users",
+    "mail_root",
+    "hostname",
+    "pin_dir",
+    "iface",
+    "mode",
+    "ports",
+    "window",
+    "exempt",
+    "deny",
+    "capacity",
+    "log_rate",
+    "idle_timeout",
+    "max_connections",
+    "login_failure_delay",
+    "shutdown_grace",
+];
+const UNIT_EXEC: &str = "/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn read_deploy(name: &str) -> String {
+    let path = deploy_dir().join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("smtp-gate-deploy-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn systemd_analyze(args: &[&str]) -> std::process::Output {
+    output_within(
+        Command::new("systemd-analyze").args(args),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "systemd-analyze cannot be run ({e}): install the Debian package `systemd` \
+             (apt-get install systemd), which provides /usr/bin/systemd-analyze"
+        )
+    })
+}
+
+/// The unit with ExecStart pointing at `binary` instead of
+/// /usr/local/sbin/smtp-gate, written as `<dir>/smtp-gate.service`.
+fn unit_copy(dir: &Path, binary: &Path) -> PathBuf {
+    let unit = read_deploy("smtp-gate.service");
+    let exec_lines: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect();
+    assert_eq!(
+        exec_lines,
+        vec![format!("ExecStart={UNIT_EXEC}").as_str()],
+        "the unit must start exactly `{UNIT_EXEC}`"
+    );
+    let rewritten = unit.replace(
+        "ExecStart=/usr/local/sbin/smtp-gate ",
+        &format!("ExecStart={} ", binary.display()),
+    );
+    let path = dir.join("smtp-gate.service");
+    fs::write(&path, rewritten).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+#[test]
+fn unit_passes_systemd_analyze_verify() {
+    let scratch = Scratch::new("verify");
+    let unit = unit_copy(&scratch.0, &smtp_gate_bin());
+    let unit_str = unit.to_string_lossy();
+    let out = systemd_analyze(&["verify", &unit_str]);
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "systemd-analyze verify {unit_str} is not clean: {}",
+        describe(&out)
+    );
+
+    // The check bites: the same unit with a binary that is not there fails.
+    let missing = Scratch::new("verify-missing");
+    let broken = unit_copy(&missing.0, &missing.0.join("no-such-smtp-gate"));
+    let out = systemd_analyze(&["verify", &broken.to_string_lossy()]);
+    assert!(
+        !out.status.success(),
+        "systemd-analyze verify accepted a unit whose binary is missing: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn unit_security_exposure_is_low() {
+    let scratch = Scratch::new("security");
+    let unit = unit_copy(&scratch.0, &smtp_gate_bin());
+    let unit_str = unit.to_string_lossy();
+    // The exposure is reported as 0.0 to 10.0; the threshold counts tenths.
+    let out = systemd_analyze(&["security", "--offline=yes", "--threshold=30", &unit_str]);
+    assert!(
+        out.status.success(),
+        "systemd-analyze security rates the unit above 3.0: {}",
+        describe(&out)
+    );
+}
+
+/// The value of `key=` in the unit's [Service] section (last one wins).
+fn unit_setting(unit: &str, key: &str) -> String {
+    unit.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("the unit has no {key}="))
+        .to_string()
+}
+
+#[test]
+fn unit_and_example_config_agree() {
+    let unit = read_deploy("smtp-gate.service");
+    let file = ServeSettings::from_toml(&read_deploy("smtp-gate.toml"))
+        .unwrap_or_else(|e| panic!("deploy/smtp-gate.toml: {e:#}"));
+    let writable: Vec<String> = unit_setting(&unit, "ReadWritePaths")
+        .split_whitespace()
+        .map(|p| p.trim_start_matches('-').to_string())
+        .collect();
+    let mail_root = file.mail_root.expect("the example sets mail_root");
+    assert!(
+        writable.contains(&mail_root.to_string_lossy().into_owned()),
+        "ReadWritePaths={writable:?} does not include the example's mail_root {}",
+        mail_root.display()
+    );
+    assert!(
+        writable.iter().any(|p| p == "/sys/fs/bpf"),
+        "ReadWritePaths={writable:?} must include /sys/fs/bpf (pins)"
+    );
+    let bounding: Vec<String> = unit_setting(&unit, "CapabilityBoundingSet")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for needed in [
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_NET_ADMIN",
+        "CAP_NET_BIND_SERVICE",
+    ] {
+        assert!(
+            bounding.iter().any(|c| c == needed),
+            "CapabilityBoundingSet lacks {needed}, which the daemon needs (deploy/README.md)"
+        );
+    }
+    assert!(
+        !bounding.iter().any(|c| c == "CAP_SYS_ADMIN"),
+        "CapabilityBoundingSet has CAP_SYS_ADMIN: deploy/README.md explains why not"
+    );
+}
+
+/// Uncomments every `# key = value` line of the example config.
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest
+                    .split_once(" = ")
+                    .is_some_and(|(key, _)| KEYS.contains(&key)) =>
+            {
+                rest.to_string()
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn example_config_documents_every_key_with_its_default() {
+    let text = read_deploy("smtp-gate.toml");
+    let as_is = ServeSettings::from_toml(&text)
+        .unwrap_or_else(|e| panic!("deploy/smtp-gate.toml does not parse: {e:#}"));
+    assert_eq!(as_is.iface.as_deref(), Some("eth0"));
+    assert!(as_is.users.is_some() && as_is.mail_root.is_some());
+    assert!(
+        as_is.window.is_none() && as_is.listen.is_none(),
+        "optional keys are meant to be commented out"
+    );
+
+    let all = uncommented(&text);
+    for key in KEYS {
+        assert!(
+            all.lines().any(|l| l.starts_with(&format!("{key} = "))),
+            "deploy/smtp-gate.toml does not document the key `{key}`"
+        );
+    }
+    let full = ServeSettings::from_toml(&all)
+        .unwrap_or_else(|e| panic!("deploy/smtp-gate.toml with every key uncommented: {e:#}"));
+
+    // The commented-out values are the defaults the code applies.
+    let scratch = Scratch::new("config");
+    let with_root = |s: ServeSettings| ServeSettings {
+        mail_root: Some(scratch.0.clone()),
+        ..s
+    };
+    let defaults = with_root(as_is).resolve().expect("resolving the example");
+    let documented = with_root(full.clone())
+        .resolve()
+        .expect("resolving the example with every key");
+    assert_eq!(documented.listen, defaults.listen, "listen");
+    assert_eq!(documented.pin_dir, defaults.pin_dir, "pin_dir");
+    assert_eq!(
+        documented.idle_timeout, defaults.idle_timeout,
+        "idle_timeout"
+    );
+    assert_eq!(
+        documented.max_connections, defaults.max_connections,
+        "max_connections"
+    );
+    assert_eq!(
+        documented.login_failure_delay, defaults.login_failure_delay,
+        "login_failure_delay"
+    );
+    assert_eq!(
+        documented.shutdown_grace, defaults.shutdown_grace,
+        "shutdown_grace"
+    );
+    let attach = documented.attach;
+    assert_eq!(
+        attach.window,
+        Some(Duration::from_nanos(gate_common::DEFAULT_WINDOW_NS)),
+        "window"
+    );
+    assert_eq!(attach.ports, Some(vec![25]), "ports");
+    assert_eq!(attach.deny, Some(gate_common::DenyMode::Drop), "deny");
+    assert_eq!(
+        attach.capacity,
+        Some(gate_common::DEFAULT_GRANT_CAPACITY),
+        "capacity"
+    );
+    assert_eq!(
+        attach.log_rate_per_sec,
+        Some(smtp_gate::gate::attach::DEFAULT_LOG_RATE_PER_SEC),
+        "log_rate"
+    );
+    assert_eq!(attach.mode, Some(smtp_gate::gate::AttachMode::Xdp), "mode");
+}
+
+#[test]
+fn example_users_file_loads_with_the_documented_passwords() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("users");
+    let path = scratch.0.join("users");
+    fs::write(&path, read_deploy("users.example")).expect("copying users.example");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    let users = UsersFile::load(&path).unwrap_or_else(|e| panic!("deploy/users.example: {e}"));
+    assert_eq!(users.len(), 2);
+    let alice = users.get("alice").expect("alice");
+    assert_eq!(alice.scheme(), "PLAIN");
+    assert!(alice.verify_password(b"wonderland-example"));
+    assert_eq!(alice.apop_secret(), Some("wonderland-example"));
+    let bob = users.get("bob").expect("bob");
+    assert_eq!(bob.scheme(), "SHA512-CRYPT");
+    assert!(bob.verify_password(b"builder-example"));
+    assert!(!bob.verify_password(b"builder"));
+    assert_eq!(bob.apop_secret(), None, "a crypt hash cannot serve APOP");
+
+    // As shipped by git (mode 0644) it must be refused: install it 0600.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod 644");
+    assert!(UsersFile::load(&path).is_err(), "a 0644 users file loaded");
+}

@@ -1,0 +1,1074 @@
+//! End to end with the POP3 service: the real `smtp-gate serve` daemon in
+//! the server namespace of a lab, real POP3 clients (Python's poplib, curl)
+//! in the client namespace, and the gate in front of the lab's SMTP
+//! listener. A successful login must open port 25 for the client's address
+//! before the `+OK` reaches it; nothing else may.
+//!
+//! Needs root, a built binary (`cargo build`), python3 and curl; panics
+//! otherwise (never skips). Each test builds its own lab.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use gate_tests::lab::{
+    output_within, pop3_client, require_pop3_clients, ConnectResult, Lab, LabOptions, Link,
+    MailFixture, ServeDaemon, BANNER, DENY_TIMEOUT, PASS_TIMEOUT, POP3_PORT, SMTP_PORT,
+};
+use serde_json::{json, Value};
+
+const WINDOW: Duration = Duration::from_secs(3);
+/// `--shutdown-grace` of the daemons here: how long SIGTERM may take.
+const GRACE: Duration = Duration::from_secs(2);
+const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(200);
+/// Timeout of one attempt while polling for a grant to expire: shorter than
+/// the first SYN retransmission (1 s), so each attempt sends one SYN.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
+const ALICE: &str = "alice";
+const ALICE_SECRET: &str = "wonderland";
+const BOB: &str = "bob";
+const BOB_PASSWORD: &str = "builder";
+/// `openssl passwd -6 -salt smtpgate0lab1 builder`
+const BOB_HASH: &str = "$6$smtpgate0lab1$FsSm4oLGuTwkq.yIzOR2sX6mYGk6r77BwQTscWCvlC0cOmwvqhvXoiQbE78ag6vDca.e56Nl9DJrvpMDEZjbR0";
+
+/// Alice's messages, in delivery order: (Maildir name, stored content).
+/// The second has lines that need dot-stuffing (one is a lone dot); the
+/// third is stored with CRLF already; the others with LF.
+const ALICE_MAIL: [(&str, &str); 3] = [
+    (
+        "1700000001.M1P1.lab",
+        "From: carol@example.org\nTo: alice@lab.test\nSubject: First message\n\nHello Alice.\n",
+    ),
+    (
+        "1700000002.M2P1.lab",
+        "From: dave@example.org\nSubject: Dots\n\n.a line starting with a dot\n..two dots\n.\nend\n",
+    ),
+    (
+        "1700000003.M3P1.lab",
+        "From: erin@example.org\r\nSubject: Third\r\n\r\nStored with CRLF.\r\n",
+    ),
+];
+const BOB_MAIL: (&str, &str) = (
+    "1700000004.M4P1.lab",
+    "From: carol@example.org\nSubject: For Bob\n\nHi.\n",
+);
+
+/// A lab with the daemon serving alice and bob. Fields drop in order: the
+/// daemon (SIGTERM) before the mail and the lab.
+struct Pop3Lab {
+    daemon: ServeDaemon,
+    mail: MailFixture,
+    lab: Lab,
+}
+
+fn mail_fixture() -> MailFixture {
+    let mut mail = MailFixture::new();
+    mail.add_user(ALICE, &format!("{{PLAIN}}{ALICE_SECRET}"));
+    mail.add_user(BOB, &format!("{{SHA512-CRYPT}}{BOB_HASH}"));
+    for (name, content) in ALICE_MAIL {
+        mail.deliver(ALICE, name, content.as_bytes());
+    }
+    mail.deliver(BOB, BOB_MAIL.0, BOB_MAIL.1.as_bytes());
+    mail
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// The usual flags: every server-side setting the tests rely on.
+fn serve_flags(lab: &Lab, mail: &MailFixture, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--iface",
+        &lab.client.server_iface,
+        "--listen",
+        "[::]:110",
+        "--users",
+        &path_str(&mail.users_file()),
+        "--mail-root",
+        &path_str(&mail.mail_root()),
+        "--hostname",
+        "lab.test",
+        "--login-failure-delay",
+        "200ms",
+        "--shutdown-grace",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    if !extra.contains(&"--window") {
+        args.extend(["--window".to_string(), "3s".to_string()]);
+    }
+    args
+}
+
+impl Pop3Lab {
+    fn new() -> Self {
+        Self::with(LabOptions::default(), |_| Vec::new())
+    }
+
+    /// A lab as `options` say; `prepare` runs on it (e.g. an attach) and
+    /// returns more flags for the daemon, which starts with the usual ones
+    /// and those.
+    fn with(options: LabOptions, prepare: impl FnOnce(&Lab) -> Vec<String>) -> Self {
+        require_pop3_clients();
+        let lab = Lab::with_options(options);
+        let mail = mail_fixture();
+        let extra = prepare(&lab);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let args = serve_flags(&lab, &mail, &extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = lab.serve(&args, &mail.dir().join("serve.log"));
+        Self { daemon, mail, lab }
+    }
+
+    /// Like [`Pop3Lab::new`] with more flags for the daemon.
+    fn with_flags(flags: &[&str]) -> Self {
+        let flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        Self::with(LabOptions::default(), |_| flags)
+    }
+
+    fn client(&self) -> &Link {
+        &self.lab.client
+    }
+
+    fn pop_v4(&self, steps: Value) -> Vec<Value> {
+        pop3_client(
+            &self.client().client_ns,
+            self.client().server_v4.into(),
+            steps,
+        )
+    }
+
+    /// SIGTERM; the daemon must exit 0 within the grace period (and a
+    /// little more for the process to go).
+    fn stop(&mut self) -> Duration {
+        let (status, took) = self.daemon.terminate(GRACE + Duration::from_secs(3));
+        match status {
+            Some(s) if s.success() => took,
+            Some(s) => panic!(
+                "smtp-gate serve exited with {s} after SIGTERM; log:\n{}",
+                self.daemon.log()
+            ),
+            None => panic!(
+                "smtp-gate serve did not exit within {took:?} of SIGTERM (grace {GRACE:?}); log:\n{}",
+                self.daemon.log()
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Assertions on client results
+// ---------------------------------------------------------------------------
+
+/// The result of step `i`, which must be the operation `op` and not an
+/// error reply.
+#[track_caller]
+fn ok_step<'a>(results: &'a [Value], i: usize, op: &str) -> &'a Value {
+    let step = &results[i];
+    assert_eq!(step["op"], op, "step {i} is not {op}: {results:#?}");
+    assert!(
+        step.get("error").is_none() && step.get("oserror").is_none(),
+        "step {i} ({op}) failed: {step}\nall steps: {results:#?}"
+    );
+    step
+}
+
+/// True if step `i` found its connection closed by the server.
+fn closed_by_server(results: &[Value], i: usize) -> bool {
+    results[i].get("oserror").is_some() || results[i]["error"] == "-ERR EOF"
+}
+
+/// The error reply of step `i`, which must have failed.
+#[track_caller]
+fn err_step(results: &[Value], i: usize, op: &str) -> String {
+    let step = &results[i];
+    assert_eq!(step["op"], op, "step {i} is not {op}: {results:#?}");
+    step["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("step {i} ({op}) should have failed: {results:#?}"))
+        .to_string()
+}
+
+#[track_caller]
+fn assert_smtp_connected(results: &[Value], i: usize, what: &str) {
+    let step = ok_step(results, i, "smtp");
+    assert_eq!(
+        step["smtp"], "connected",
+        "{what}: the client's connect to port 25 should have succeeded: {step}"
+    );
+    assert_eq!(step["banner"], BANNER, "{what}: {step}");
+}
+
+#[track_caller]
+fn assert_smtp_denied(results: &[Value], i: usize, what: &str) {
+    let step = ok_step(results, i, "smtp");
+    assert_eq!(
+        step["smtp"], "timeout",
+        "{what}: the gate should have dropped the SYN (connect timed out): {step}"
+    );
+}
+
+#[track_caller]
+fn assert_timed_out(result: ConnectResult, what: &str) {
+    assert_eq!(
+        result,
+        ConnectResult::TimedOut,
+        "{what}: expected the SYN to be dropped (connect timed out), got: {result}"
+    );
+}
+
+#[track_caller]
+fn assert_connected(result: ConnectResult, what: &str) {
+    match result {
+        ConnectResult::Connected(banner) => assert_eq!(banner, BANNER, "{what}"),
+        other => panic!("{what}: expected to connect and read the banner, got: {other}"),
+    }
+}
+
+/// Grants as `smtp-gate list --json` shows them: (address, expired).
+fn grants(lab: &Lab, all: bool) -> Vec<(String, bool)> {
+    let extra: &[&str] = if all { &["--all"] } else { &[] };
+    lab.list(extra)
+        .iter()
+        .map(|g| {
+            (
+                g["address"].as_str().unwrap_or_default().to_string(),
+                g["expired"].as_bool().unwrap_or(true),
+            )
+        })
+        .collect()
+}
+
+/// The message as a POP3 server must send it: every line ending in CRLF.
+fn wire(content: &str) -> String {
+    let mut out = String::new();
+    for line in content.split_inclusive('\n') {
+        out.push_str(
+            line.strip_suffix('\n')
+                .unwrap_or(line)
+                .trim_end_matches('\r'),
+        );
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// The RETR reply body on the wire: CRLF lines, dot-stuffed, then ".".
+fn stuffed(content: &str) -> String {
+    let mut out = String::new();
+    for line in wire(content).split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+    }
+    out.push_str(".\r\n");
+    out
+}
+
+/// Polls with fresh connections until `link` is denied again; returns how
+/// long after `before_grant` the first denied attempt started. Bounded by
+/// the window and 4 s more.
+fn wait_until_denied(link: &Link, addr: IpAddr, before_grant: Instant) -> Duration {
+    let deadline = before_grant + WINDOW + Duration::from_secs(4);
+    loop {
+        let started = Instant::now();
+        match gate_tests::lab::connect(&link.client_ns, addr, SMTP_PORT, POLL_TIMEOUT) {
+            ConnectResult::Connected(_) => {}
+            ConnectResult::TimedOut => return started - before_grant,
+            other => panic!("while waiting for the grant to expire: {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the login's grant still lets {addr} in {:?} after it; window {WINDOW:?}",
+            before_grant.elapsed()
+        );
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+/// The core promise: denied before, let in the moment login returns (same
+/// process, no sleep), listed, and denied again once the window is over.
+#[test]
+fn login_opens_smtp_at_once_until_the_window_ends() {
+    let mut fx = Pop3Lab::new();
+    let client = fx.client().clone();
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "before any POP3 login",
+    );
+    assert!(grants(&fx.lab, true).is_empty(), "a grant before any login");
+
+    let before_login = Instant::now();
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "smtp", "timeout": 1.0},
+        {"op": "stat"},
+        {"op": "quit"},
+    ]));
+    let welcome = ok_step(&r, 0, "connect")["welcome"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        welcome.starts_with("+OK") && welcome.contains("@lab.test>"),
+        "greeting without the APOP timestamp for --hostname lab.test: {welcome}"
+    );
+    let reply = ok_step(&r, 1, "login")["reply"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reply.starts_with("+OK"), "login: {reply}");
+    assert_smtp_connected(&r, 2, "right after poplib's login returned");
+    assert_eq!(ok_step(&r, 3, "stat")["count"], 3, "{r:#?}");
+
+    let listed = grants(&fx.lab, false);
+    assert_eq!(
+        listed,
+        vec![(client.client_v4.to_string(), false)],
+        "smtp-gate list --json after the IPv4 login (a dual-stack listener must \
+         grant the IPv4 address, not ::ffff:...)"
+    );
+    assert!(fx.lab.stat("granted") >= 1, "stats: {}", fx.lab.stats());
+
+    let denied_after = wait_until_denied(&client, client.server_v4.into(), before_login);
+    assert!(
+        denied_after + Duration::from_millis(100) >= WINDOW,
+        "the grant expired after {denied_after:?}, before its window of {WINDOW:?}"
+    );
+    assert!(
+        grants(&fx.lab, false).is_empty(),
+        "list still shows a fresh grant after the window"
+    );
+    fx.stop();
+}
+
+/// APOP and USER/PASS over IPv6: the IPv6 address is granted, and only it.
+#[test]
+fn ipv6_login_grants_the_ipv6_address() {
+    let mut fx = Pop3Lab::new();
+    let client = fx.client().clone();
+    let r = pop3_client(
+        &client.client_ns,
+        client.server_v6.into(),
+        json!([
+            {"op": "smtp", "timeout": 1.0},
+            {"op": "connect"},
+            {"op": "apop", "user": ALICE, "secret": ALICE_SECRET},
+            {"op": "smtp", "timeout": 1.0},
+            {"op": "quit"},
+        ]),
+    );
+    assert_smtp_denied(&r, 0, "IPv6, before the login");
+    ok_step(&r, 2, "apop");
+    assert_smtp_connected(&r, 3, "IPv6, right after the APOP login over IPv6");
+    assert_eq!(
+        grants(&fx.lab, false),
+        vec![(client.client_v6.to_string(), false)],
+        "list --json after the IPv6 login"
+    );
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "IPv4 of the same host: the IPv6 login must not open it",
+    );
+    fx.stop();
+}
+
+/// An exempt network passes without any login; the gate is on its veth too
+/// (attached before the daemon, which adopts the client's veth and sets the
+/// exempt set from --exempt).
+#[test]
+fn exempt_network_always_passes() {
+    let options = LabOptions {
+        exempt_client: true,
+        ..LabOptions::default()
+    };
+    let mut fx = Pop3Lab::with(options, |lab| {
+        lab.attach(&[]);
+        let exempt = lab.exempt();
+        ["--exempt", &exempt.net_v4, "--exempt", &exempt.net_v6]
+            .map(String::from)
+            .to_vec()
+    });
+    let exempt = fx.lab.exempt().clone();
+    for (what, result) in [
+        (
+            "exempt client, IPv4",
+            exempt.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        ),
+        (
+            "exempt client, IPv6",
+            exempt.connect_v6(SMTP_PORT, PASS_TIMEOUT),
+        ),
+    ] {
+        assert_connected(result, what);
+    }
+    assert_timed_out(
+        fx.client().connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "the other client, not exempt, no login",
+    );
+    let stats = fx.lab.stats();
+    assert_eq!(stats["exempt"], 2, "stats: {stats}");
+    assert!(
+        grants(&fx.lab, true).is_empty(),
+        "exempt passes made grants"
+    );
+    fx.stop();
+}
+
+/// A wrong password or digest: `-ERR [AUTH]` after the failure delay and no
+/// grant; bob's SHA512-CRYPT password then works.
+#[test]
+fn wrong_password_is_refused_and_grants_nothing() {
+    let mut fx = Pop3Lab::new();
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": BOB, "password": "bulldozer"},
+        {"op": "smtp", "timeout": 1.0},
+        {"op": "apop", "user": ALICE, "secret": "looking-glass"},
+        {"op": "login", "user": "mallory", "password": "x"},
+        {"op": "noop"},
+        {"op": "cut"},
+    ]));
+    for (i, op) in [(1, "login"), (3, "apop"), (4, "login")] {
+        let error = err_step(&r, i, op);
+        assert!(
+            error.starts_with("-ERR [AUTH]"),
+            "step {i} ({op}): expected -ERR [AUTH], got: {error}"
+        );
+        let elapsed = r[i]["elapsed"].as_f64().unwrap_or_default();
+        assert!(
+            elapsed >= LOGIN_FAILURE_DELAY.as_secs_f64() * 0.9,
+            "step {i} ({op}) failed after {elapsed} s, before the failure delay"
+        );
+    }
+    assert_smtp_denied(&r, 2, "after a wrong password");
+    assert!(
+        closed_by_server(&r, 5),
+        "the connection is still open after 3 failed logins: {}",
+        r[5]
+    );
+    assert!(
+        grants(&fx.lab, true).is_empty(),
+        "a failed login made a grant"
+    );
+    assert_eq!(fx.lab.stat("granted"), 0, "stats: {}", fx.lab.stats());
+
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": BOB, "password": BOB_PASSWORD},
+        {"op": "smtp", "timeout": 1.0},
+        {"op": "stat"},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 1, "login");
+    assert_smtp_connected(&r, 2, "after bob's SHA512-CRYPT login");
+    assert_eq!(ok_step(&r, 3, "stat")["count"], 1, "{r:#?}");
+    fx.stop();
+}
+
+/// STAT, LIST, UIDL and RETR against the files: CRLF on the wire, sizes
+/// in wire octets, dot-stuffing that poplib undoes; new/ moved to cur/.
+#[test]
+fn retr_matches_the_files_and_dot_stuffing_round_trips() {
+    let mut fx = Pop3Lab::new();
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "apop", "user": ALICE, "secret": ALICE_SECRET},
+        {"op": "stat"},
+        {"op": "list"},
+        {"op": "uidl"},
+        {"op": "retr", "n": 1},
+        {"op": "retr", "n": 2},
+        {"op": "retr", "n": 3},
+        {"op": "raw_retr", "n": 2},
+        {"op": "raw_retr", "n": 3},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 1, "apop");
+    let sizes: Vec<usize> = ALICE_MAIL.iter().map(|(_, c)| wire(c).len()).collect();
+    let stat = ok_step(&r, 2, "stat");
+    assert_eq!(stat["count"], 3);
+    assert_eq!(stat["size"], sizes.iter().sum::<usize>(), "STAT size");
+    let list = ok_step(&r, 3, "list")["lines"].clone();
+    let expected: Vec<String> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{} {s}", i + 1))
+        .collect();
+    assert_eq!(list, json!(expected), "LIST (sizes in CRLF octets)");
+    let uidl = ok_step(&r, 4, "uidl")["lines"].clone();
+    let expected: Vec<String> = ALICE_MAIL
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!("{} {name}", i + 1))
+        .collect();
+    assert_eq!(uidl, json!(expected), "UIDL (the Maildir base names)");
+
+    for (k, (name, content)) in ALICE_MAIL.iter().enumerate() {
+        let step = ok_step(&r, 5 + k, "retr");
+        let lines: Vec<String> = wire(content)
+            .split_terminator("\r\n")
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            step["lines"],
+            json!(lines),
+            "poplib's RETR {} of {name} (dot-stuffing undone)",
+            k + 1
+        );
+    }
+    for (i, k) in [(8, 1), (9, 2)] {
+        let raw = ok_step(&r, i, "raw_retr")["raw"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let (status, body) = raw
+            .split_once("\r\n")
+            .unwrap_or_else(|| panic!("RETR {}: no status line: {raw:?}", k + 1));
+        assert!(status.starts_with("+OK"), "RETR {}: {status}", k + 1);
+        assert_eq!(
+            body,
+            stuffed(ALICE_MAIL[k].1),
+            "RETR {} on the wire (CRLF, dot-stuffed, terminated)",
+            k + 1
+        );
+    }
+    let reply = ok_step(&r, 10, "quit")["reply"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reply.starts_with("+OK"), "QUIT: {reply}");
+
+    assert!(
+        fx.mail.files(ALICE, "new").is_empty(),
+        "new/ still has {:?} after a login",
+        fx.mail.files(ALICE, "new")
+    );
+    let cur = fx.mail.files(ALICE, "cur");
+    assert_eq!(cur.len(), 3, "cur/: {cur:?}");
+    for (name, _) in ALICE_MAIL {
+        assert!(
+            cur.iter().any(|f| f.split(':').next() == Some(name)),
+            "{name} not in cur/: {cur:?}"
+        );
+    }
+    fx.stop();
+}
+
+/// curl's POP3 client: the listing and a message (curl chooses APOP, since
+/// the greeting has a timestamp).
+#[test]
+fn curl_lists_and_retrieves() {
+    let mut fx = Pop3Lab::new();
+    let client = fx.client().clone();
+    let curl = |url: &str| -> String {
+        let out = output_within(
+            gate_tests::lab::netns_command(&client.client_ns, "curl")
+                .args(["-sS", "--max-time", "10", "-u"])
+                .arg(format!("{ALICE}:{ALICE_SECRET}"))
+                .arg(url),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("curl {url}: {e}"));
+        assert!(
+            out.status.success(),
+            "curl {url} failed: {}",
+            gate_tests::lab::describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = format!("pop3://{}", client.server_v4);
+    let listing = curl(&format!("{base}/"));
+    let expected: String = ALICE_MAIL
+        .iter()
+        .enumerate()
+        .map(|(i, (_, c))| format!("{} {}\r\n", i + 1, wire(c).len()))
+        .collect();
+    assert_eq!(listing, expected, "curl's listing");
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "after curl's login",
+    );
+    let message = curl(&format!("{base}/2"));
+    assert_eq!(message, wire(ALICE_MAIL[1].1), "curl's RETR 2");
+    let message = curl(&format!("pop3://[{}]/1", client.server_v6));
+    assert_eq!(message, wire(ALICE_MAIL[0].1), "curl's RETR 1 over IPv6");
+    fx.stop();
+}
+
+/// RFC 1939: a session that ends without QUIT deletes nothing; DELE and
+/// QUIT remove the file from cur/.
+#[test]
+fn deletions_apply_only_on_quit() {
+    let mut fx = Pop3Lab::new();
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "dele", "n": 1},
+        {"op": "dele", "n": 2},
+        {"op": "stat"},
+        {"op": "cut"},
+        // The server notices the cut connection a moment later.
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET, "retry_in_use": 3},
+        {"op": "stat"},
+        {"op": "uidl"},
+        {"op": "dele", "n": 1},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 2, "dele");
+    ok_step(&r, 3, "dele");
+    assert_eq!(ok_step(&r, 4, "stat")["count"], 1, "STAT after two DELEs");
+    let relogin = ok_step(&r, 7, "login")["elapsed"]
+        .as_f64()
+        .unwrap_or_default();
+    assert!(
+        relogin < 1.0,
+        "the cut session kept the maildrop locked: the next login took {relogin} s"
+    );
+    assert_eq!(
+        ok_step(&r, 8, "stat")["count"],
+        3,
+        "messages deleted in a session cut without QUIT are gone"
+    );
+    assert_eq!(
+        ok_step(&r, 9, "uidl")["lines"].as_array().map(Vec::len),
+        Some(3)
+    );
+    ok_step(&r, 10, "dele");
+    let reply = ok_step(&r, 11, "quit")["reply"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reply.starts_with("+OK"), "QUIT: {reply}");
+
+    let cur = fx.mail.files(ALICE, "cur");
+    let first = ALICE_MAIL[0].0;
+    assert!(
+        !cur.iter().any(|f| f.starts_with(first)),
+        "{first} is still in cur/ after DELE + QUIT: {cur:?}"
+    );
+    assert_eq!(cur.len(), 2, "cur/ after DELE 1 + QUIT: {cur:?}");
+    assert!(fx.mail.files(ALICE, "new").is_empty());
+
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET, "retry_in_use": 3},
+        {"op": "uidl"},
+        {"op": "quit"},
+    ]));
+    let expected: Vec<String> = ALICE_MAIL[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!("{} {name}", i + 1))
+        .collect();
+    assert_eq!(
+        ok_step(&r, 2, "uidl")["lines"],
+        json!(expected),
+        "UIDL after the QUIT"
+    );
+    fx.stop();
+}
+
+/// One session per maildrop: a second login of the same user gets
+/// `-ERR [IN-USE]` until the first one quits.
+#[test]
+fn second_session_of_a_user_is_in_use() {
+    let mut fx = Pop3Lab::new();
+    let r = fx.pop_v4(json!([
+        {"op": "connect", "conn": "a"},
+        {"op": "login", "conn": "a", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "connect", "conn": "b"},
+        {"op": "login", "conn": "b", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "stat", "conn": "a"},
+        {"op": "quit", "conn": "a"},
+        {"op": "login", "conn": "b", "user": ALICE, "password": ALICE_SECRET, "retry_in_use": 3},
+        {"op": "stat", "conn": "b"},
+        {"op": "quit", "conn": "b"},
+    ]));
+    ok_step(&r, 1, "login");
+    let error = err_step(&r, 3, "login");
+    assert!(
+        error.starts_with("-ERR [IN-USE]"),
+        "second concurrent session: expected -ERR [IN-USE], got: {error}"
+    );
+    assert_eq!(
+        ok_step(&r, 4, "stat")["count"],
+        3,
+        "the first session goes on"
+    );
+    ok_step(&r, 5, "quit");
+    ok_step(&r, 6, "login");
+    assert_eq!(ok_step(&r, 7, "stat")["count"], 3);
+    ok_step(&r, 8, "quit");
+    fx.stop();
+}
+
+/// SIGTERM: the daemon exits 0 within its grace period although a session
+/// is open, and the gate stays with its grants: the granted address still
+/// gets in, an ungranted one still does not.
+#[test]
+fn sigterm_exits_cleanly_and_the_gate_stays() {
+    let mut fx = Pop3Lab::with_flags(&["--window", "60s"]);
+    let client = fx.client().clone();
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": BOB, "password": BOB_PASSWORD},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 1, "login");
+    let mut idle = client
+        .session_v4(POP3_PORT, PASS_TIMEOUT)
+        .unwrap_or_else(|e| panic!("an idle POP3 connection: {e}"));
+    assert!(idle.banner.starts_with("+OK"), "greeting: {}", idle.banner);
+    let reply = idle
+        .exchange("CAPA")
+        .unwrap_or_else(|e| panic!("CAPA: {e}"));
+    assert!(reply.starts_with("+OK"), "CAPA: {reply}");
+    while idle.read_line().map(|l| l != ".").unwrap_or(false) {}
+
+    let took = fx.stop();
+    assert!(
+        took <= GRACE + Duration::from_secs(1),
+        "SIGTERM took {took:?} with a grace of {GRACE:?}"
+    );
+    // The session still open when the grace ran out was told why it ends.
+    match idle.read_line() {
+        Ok(line) => assert!(
+            line.starts_with("-ERR"),
+            "the open session got {line:?} at shutdown"
+        ),
+        Err(e) => eprintln!("the open session was closed without a reply at shutdown: {e}"),
+    }
+    let log = fx.daemon.log();
+    assert!(
+        log.contains("SIGTERM"),
+        "the log does not mention SIGTERM:\n{log}"
+    );
+
+    assert_eq!(
+        fx.lab.attached_ifaces(),
+        vec![client.server_iface.clone()],
+        "the gate is gone with the daemon; pins: {:?}",
+        fx.lab.pins()
+    );
+    assert!(
+        matches!(
+            client.connect_v4(POP3_PORT, DENY_TIMEOUT),
+            ConnectResult::Refused
+        ),
+        "port 110 still answers after the daemon exited"
+    );
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "the granted IPv4 address, after the daemon exited",
+    );
+    assert_timed_out(
+        client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "the ungranted IPv6 address, after the daemon exited",
+    );
+    assert_eq!(
+        grants(&fx.lab, false),
+        vec![(client.client_v4.to_string(), false)],
+        "the grant outlives the daemon"
+    );
+
+    // A new daemon adopts the gate and its grants, and grants again.
+    let args = serve_flags(&fx.lab, &fx.mail, &["--window", "60s"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fx.daemon = fx.lab.serve(&args, &fx.mail.dir().join("serve2.log"));
+    assert!(
+        fx.daemon.log().contains("adopted"),
+        "the restarted daemon did not adopt the gate:\n{}",
+        fx.daemon.log()
+    );
+    let r = pop3_client(
+        &client.client_ns,
+        client.server_v6.into(),
+        json!([
+            {"op": "connect"},
+            {"op": "login", "user": BOB, "password": BOB_PASSWORD},
+            {"op": "smtp", "timeout": 1.0},
+            {"op": "quit"},
+        ]),
+    );
+    assert_smtp_connected(&r, 2, "IPv6, after a login to the restarted daemon");
+    let mut listed = grants(&fx.lab, false);
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            (client.client_v4.to_string(), false),
+            (client.client_v6.to_string(), false)
+        ],
+        "the old grant and the new one"
+    );
+    fx.stop();
+}
+
+fn write_config(mail: &MailFixture, lab: &Lab, extra: &str) -> PathBuf {
+    let path = mail.dir().join("smtp-gate.toml");
+    let text = format!(
+        "# written by pop3_e2e\n\
+         listen = [\"[::]:110\"]\n\
+         users = \"{}\"\n\
+         mail_root = \"{}\"\n\
+         hostname = \"lab.test\"\n\
+         iface = \"{}\"\n\
+         pin_dir = \"{}\"\n\
+         deny = \"drop\"\n\
+         login_failure_delay = \"200ms\"\n\
+         shutdown_grace = \"2s\"\n\
+         {extra}",
+        mail.users_file().display(),
+        mail.mail_root().display(),
+        lab.client.server_iface,
+        lab.pin_dir().display(),
+    );
+    fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// Everything from a TOML file, no flags: the settings reach the gate and
+/// the POP3 service.
+#[test]
+fn config_file_instead_of_flags() {
+    require_pop3_clients();
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    let config = write_config(&mail, &lab, "window = \"3s\"\nports = [25]\n");
+    let mut daemon = lab.spawn_serve(
+        &["--config", &path_str(&config)],
+        &mail.dir().join("serve.log"),
+    );
+    lab.wait_pop3(&mut daemon);
+
+    let settings: Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings --json");
+    assert_eq!(settings["window_secs"], 3.0, "settings: {settings}");
+    assert_eq!(settings["deny"], "drop", "settings: {settings}");
+    assert_eq!(
+        settings["attached"][0]["iface"], lab.client.server_iface,
+        "settings: {settings}"
+    );
+
+    let client = &lab.client;
+    let r = pop3_client(
+        &client.client_ns,
+        client.server_v4.into(),
+        json!([
+            {"op": "connect"},
+            {"op": "login", "user": ALICE, "password": "wrong"},
+            {"op": "smtp", "timeout": 1.0},
+            {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+            {"op": "smtp", "timeout": 1.0},
+            {"op": "quit"},
+        ]),
+    );
+    let welcome = ok_step(&r, 0, "connect")["welcome"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        welcome.contains("@lab.test>"),
+        "hostname from the file: {welcome}"
+    );
+    assert!(err_step(&r, 1, "login").starts_with("-ERR [AUTH]"));
+    let elapsed = r[1]["elapsed"].as_f64().unwrap_or_default();
+    assert!(
+        (0.18..1.5).contains(&elapsed),
+        "the failed login took {elapsed} s: login_failure_delay = \"200ms\" not applied"
+    );
+    assert_smtp_denied(&r, 2, "after a failed login");
+    ok_step(&r, 3, "login");
+    assert_smtp_connected(&r, 4, "after the login");
+
+    let (status, took) = daemon.terminate(GRACE + Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "serve --config: SIGTERM gave {status:?} after {took:?}; log:\n{}",
+        daemon.log()
+    );
+}
+
+/// Starts a daemon that must refuse to start; returns its output.
+fn refused_start(lab: &Lab, args: &[&str], log: &Path) -> String {
+    let mut daemon = lab.spawn_serve(args, log);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    let output = daemon.log();
+    match status {
+        Some(s) if !s.success() => {}
+        Some(s) => panic!("serve {args:?} exited with {s} instead of refusing: {output}"),
+        None => panic!("serve {args:?} is running although it should have refused: {output}"),
+    }
+    assert!(
+        lab.pins().is_empty(),
+        "serve {args:?} refused to start but left pins: {:?}",
+        lab.pins()
+    );
+    output
+}
+
+/// A bad value or an unknown key stops the daemon before anything starts,
+/// with a message naming the key.
+#[test]
+fn bad_config_is_refused_naming_the_key() {
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    let log = mail.dir().join("serve.log");
+    for (extra, key) in [
+        ("window = \"5x\"\n", "window"),
+        ("liste = [\"[::]:110\"]\n", "liste"),
+        ("ports = [25, 70000]\n", "ports"),
+    ] {
+        let config = write_config(&mail, &lab, extra);
+        let output = refused_start(&lab, &["--config", &path_str(&config)], &log);
+        assert!(
+            output.contains(&format!("`{key}`")),
+            "config with {extra:?}: the message does not name `{key}`: {output}"
+        );
+        assert!(
+            output.contains(&path_str(&config)),
+            "config with {extra:?}: the message does not name the file: {output}"
+        );
+    }
+}
+
+/// A users file that others may read is refused, naming file and mode.
+#[test]
+fn users_file_readable_by_others_is_refused() {
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    mail.chmod_users(0o644);
+    let args = serve_flags(&lab, &mail, &["--pin-dir", &lab.pin_dir_str()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = refused_start(&lab, &args, &mail.dir().join("serve.log"));
+    let users = path_str(&mail.users_file());
+    assert!(
+        output.contains(&users),
+        "the refusal does not name {users}: {output}"
+    );
+    assert!(
+        output.contains("644"),
+        "the refusal does not name the mode 0644: {output}"
+    );
+}
+
+/// `--listen [::]:110` is documented as dual stack; it must stay so on a
+/// host with `net.ipv6.bindv6only = 1` (set here in the server namespace).
+#[test]
+fn default_listener_is_dual_stack_even_with_bindv6only() {
+    let mut fx = Pop3Lab::with(LabOptions::default(), |lab| {
+        let out = output_within(
+            gate_tests::lab::netns_command(&lab.server_ns, "sysctl").args([
+                "-q",
+                "-w",
+                "net.ipv6.bindv6only=1",
+            ]),
+            Duration::from_secs(5),
+        )
+        .expect("sysctl");
+        assert!(out.status.success(), "{}", gate_tests::lab::describe(&out));
+        Vec::new()
+    });
+    fx.stop();
+}
+
+/// SIGTERM while a session is open: no new connections, but the session
+/// may still QUIT within the grace period, and its deletions apply.
+#[test]
+fn quit_within_the_shutdown_grace_applies_deletions() {
+    let mut fx = Pop3Lab::new();
+    let pid = fx.daemon.pid().expect("the daemon runs");
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "dele", "n": 1},
+        {"op": "kill", "pid": pid, "signal": 15},
+        {"op": "sleep", "seconds": 0.3},
+        {"op": "connect", "conn": "late"},
+        {"op": "stat"},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 2, "dele");
+    assert!(
+        r[5].get("oserror").is_some(),
+        "a new connection was accepted after SIGTERM: {}",
+        r[5]
+    );
+    assert_eq!(ok_step(&r, 6, "stat")["count"], 2, "the session goes on");
+    let reply = ok_step(&r, 7, "quit")["reply"].as_str().unwrap_or_default();
+    assert!(
+        reply.starts_with("+OK"),
+        "QUIT during the grace period: {reply}"
+    );
+    let (status, took) = fx.daemon.terminate(GRACE + Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "after SIGTERM and the last QUIT: {status:?} after {took:?}; log:\n{}",
+        fx.daemon.log()
+    );
+    let cur = fx.mail.files(ALICE, "cur");
+    assert_eq!(
+        cur.len(),
+        2,
+        "cur/ after DELE 1 + QUIT during shutdown: {cur:?}"
+    );
+    assert!(
+        !cur.iter().any(|f| f.starts_with(ALICE_MAIL[0].0)),
+        "{cur:?}"
+    );
+}
+
+/// `--max-connections`: one more connection is told `-ERR [SYS/TEMP]`.
+#[test]
+fn connections_over_the_limit_get_sys_temp() {
+    let mut fx = Pop3Lab::with_flags(&["--max-connections", "1"]);
+    let r = fx.pop_v4(json!([
+        {"op": "connect", "conn": "a"},
+        {"op": "connect", "conn": "b"},
+        {"op": "login", "conn": "a", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "quit", "conn": "a"},
+        {"op": "sleep", "seconds": 0.5},
+        {"op": "connect", "conn": "c"},
+        {"op": "quit", "conn": "c"},
+    ]));
+    let error = err_step(&r, 1, "connect");
+    assert!(
+        error.starts_with("-ERR [SYS/TEMP]"),
+        "the second connection with --max-connections 1: {error}"
+    );
+    ok_step(&r, 2, "login");
+    ok_step(&r, 5, "connect");
+    fx.stop();
+}
+
+/// A daemon that cannot listen (the port is taken, or no
+/// CAP_NET_BIND_SERVICE) must fail before it changes the gate: `serve`
+/// promises that everything that can be refused is refused first, and a
+/// fresh gate without a POP3 service locks every client out of SMTP.
+#[test]
+fn listen_failure_leaves_no_gate_behind() {
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    let _taken = gate_tests::lab::in_netns(&lab.server_ns, || {
+        std::net::TcpListener::bind("[::]:110").expect("binding [::]:110 in the server namespace")
+    });
+    let args = serve_flags(&lab, &mail, &["--pin-dir", &lab.pin_dir_str()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = refused_start(&lab, &args, &mail.dir().join("serve.log"));
+    assert!(
+        output.contains("110"),
+        "the refusal does not name the port: {output}"
+    );
+}
