@@ -183,10 +183,13 @@ pub enum Outcome {
     Monitored = 5,
     /// Packet that could not be parsed; passed.
     Malformed = 6,
+    /// IPv6 packet whose extension header chain is too long to walk to its
+    /// upper layer: dropped, since a SYN may hide behind it.
+    DeniedUnwalkable = 7,
 }
 
 impl Outcome {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Self::NotGated,
         Self::Exempt,
@@ -195,6 +198,7 @@ impl Outcome {
         Self::DeniedReset,
         Self::Monitored,
         Self::Malformed,
+        Self::DeniedUnwalkable,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -206,6 +210,7 @@ impl Outcome {
             Self::DeniedReset => "denied_reset",
             Self::Monitored => "monitored",
             Self::Malformed => "malformed",
+            Self::DeniedUnwalkable => "denied_unwalkable",
         }
     }
 }

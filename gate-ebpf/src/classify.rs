@@ -27,9 +27,10 @@ pub fn count(outcome: Outcome) {
 /// Order of judgement for a gated SYN: exempt network, then fresh grant,
 /// then the deny mode. Everything that is not a gated SYN passes.
 #[inline(always)]
-pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize) -> Action {
-    let syn = match parse(start, end) {
-        Parsed::Syn(syn) => syn,
+pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize, packet_len: usize) -> Action {
+    let (src, dst_port, syn) = match parse(start, end, packet_len) {
+        Parsed::Syn(syn) => (syn.src, syn.dst_port, Some(syn)),
+        Parsed::TinyFragment { src, dst_port } => (src, dst_port, None),
         Parsed::NotGated => {
             count(Outcome::NotGated);
             return Action::Pass;
@@ -38,31 +39,54 @@ pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize) -> Action {
             count(Outcome::Malformed);
             return Action::Pass;
         }
+        Parsed::Unwalkable => return deny_unwalkable(),
     };
     let Some(config) = settings.get(0) else {
         count(Outcome::NotGated);
         return Action::Pass;
     };
-    if !config.gates_port(syn.dst_port) {
+    if !config.gates_port(dst_port) {
         count(Outcome::NotGated);
         return Action::Pass;
     }
-    if is_exempt(&syn.src) {
+    if is_exempt(&src) {
         count(Outcome::Exempt);
         return Action::Pass;
     }
-    if has_fresh_grant(&syn.src, config.window_ns) {
+    if has_fresh_grant(&src, config.window_ns) {
         count(Outcome::Granted);
         return Action::Pass;
     }
-    let (outcome, action) = match DenyMode::from_u32(config.deny_mode) {
-        Some(DenyMode::Monitor) => (Outcome::Monitored, Action::Pass),
-        Some(DenyMode::Reset) => (Outcome::DeniedReset, Action::Reset(syn)),
+    let (outcome, action) = match (DenyMode::from_u32(config.deny_mode), syn) {
+        (Some(DenyMode::Monitor), _) => (Outcome::Monitored, Action::Pass),
+        (Some(DenyMode::Reset), Some(syn)) => (Outcome::DeniedReset, Action::Reset(syn)),
+        // A fragment cannot be answered: there is no whole segment.
         _ => (Outcome::DeniedDrop, Action::Drop),
     };
     count(outcome);
-    log_denial(ctx, &syn, outcome, config);
+    log_denial(ctx, &src, dst_port, outcome, config);
     action
+}
+
+/// An IPv6 chain the walk cannot finish: its port is unknown, so it is
+/// dropped wherever it goes (monitor mode passes and counts it). No mail
+/// client sends one.
+#[inline(always)]
+fn deny_unwalkable() -> Action {
+    let monitor = settings
+        .get(0)
+        .is_some_and(|c| c.port_count != 0 && c.deny_mode == DenyMode::Monitor as u32);
+    if monitor {
+        count(Outcome::Monitored);
+        return Action::Pass;
+    }
+    let configured = settings.get(0).is_some_and(|c| c.port_count != 0);
+    if !configured {
+        count(Outcome::Malformed);
+        return Action::Pass;
+    }
+    count(Outcome::DeniedUnwalkable);
+    Action::Drop
 }
 
 #[inline(always)]

@@ -7,10 +7,7 @@ use aya_log_ebpf::warn;
 use core::net::{Ipv4Addr, Ipv6Addr};
 use gate_common::{Outcome, Settings};
 
-use crate::{
-    maps::log_buckets,
-    parse::{Addr, Syn},
-};
+use crate::{maps::log_buckets, parse::Addr};
 
 const MILLI: u64 = 1000;
 /// Refill is computed over at most this much idle time, which keeps the
@@ -18,7 +15,13 @@ const MILLI: u64 = 1000;
 const MAX_REFILL_NS: u64 = 60_000_000_000;
 
 #[inline(always)]
-pub fn log_denial<C: EbpfContext>(ctx: &C, syn: &Syn, outcome: Outcome, config: &Settings) {
+pub fn log_denial<C: EbpfContext>(
+    ctx: &C,
+    src: &Addr,
+    dst_port: u16,
+    outcome: Outcome,
+    config: &Settings,
+) {
     if config.log_rate_per_sec == 0 {
         return;
     }
@@ -52,12 +55,12 @@ pub fn log_denial<C: EbpfContext>(ctx: &C, syn: &Syn, outcome: Outcome, config: 
         Outcome::Monitored => "monitor",
         _ => "drop",
     };
-    match syn.src {
+    match *src {
         Addr::V4(addr) => warn!(
             ctx,
             "denied SYN from {} to port {}: {} ({} more suppressed)",
             Ipv4Addr::from(addr),
-            syn.dst_port,
+            dst_port,
             verdict,
             suppressed
         ),
@@ -65,7 +68,7 @@ pub fn log_denial<C: EbpfContext>(ctx: &C, syn: &Syn, outcome: Outcome, config: 
             ctx,
             "denied SYN from {} to port {}: {} ({} more suppressed)",
             Ipv6Addr::from(addr),
-            syn.dst_port,
+            dst_port,
             verdict,
             suppressed
         ),

@@ -11,7 +11,7 @@ mod parse;
 mod reset;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -22,7 +22,8 @@ use gate_common::Outcome;
 
 #[xdp]
 pub fn smtp_gate_xdp(ctx: XdpContext) -> u32 {
-    match classify(&ctx, ctx.data(), ctx.data_end()) {
+    let len = ctx.data_end() - ctx.data();
+    match classify(&ctx, ctx.data(), ctx.data_end(), len) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Reset(syn) => {
@@ -57,10 +58,12 @@ pub fn smtp_gate_tc(ctx: TcContext) -> i32 {
     };
     if linear < wanted && ctx.pull_data(wanted).is_err() {
         classify::count(Outcome::Malformed);
-        return TC_ACT_OK as i32;
+        return TC_ACT_UNSPEC;
     }
-    match classify(&ctx, ctx.data(), ctx.data_end()) {
-        Action::Pass => TC_ACT_OK as i32,
+    match classify(&ctx, ctx.data(), ctx.data_end(), ctx.len() as usize) {
+        // UNSPEC, not OK: with tcx, OK ends the chain, and a program
+        // attached after the gate would never see the packet.
+        Action::Pass => TC_ACT_UNSPEC,
         Action::Drop => TC_ACT_SHOT as i32,
         Action::Reset(syn) => {
             let len = reset::reply_len(&syn) as u32;

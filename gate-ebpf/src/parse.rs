@@ -26,7 +26,9 @@ const MAX_IPV6_EXT_HEADERS: usize = 8;
 /// verifier's view of every offset small.
 const MAX_L4_OFFSET: usize = 1024;
 
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 
 pub const ETH_HDR_LEN: usize = 14;
@@ -137,6 +139,18 @@ pub enum Parsed {
     /// Cut short or impossible headers.
     Malformed,
     Syn(Syn),
+    /// An IPv4 first fragment too short to hold the whole TCP header: its
+    /// flags are unknown, but the ports are there, and the host reassembles
+    /// it into whatever the later fragments make of it (RFC 1858's "tiny
+    /// fragment" attack). Judged by source and port like a SYN, never
+    /// answered with a RST.
+    TinyFragment {
+        src: Addr,
+        dst_port: u16,
+    },
+    /// An IPv6 extension header chain longer than the walk allows: TCP may
+    /// lie behind it, so it cannot be let past unjudged.
+    Unwalkable,
 }
 
 /// Bounds-checked pointer to a `T` at `offset` from `start`.
@@ -171,9 +185,11 @@ macro_rules! or_malformed {
     };
 }
 
-/// Walks the packet between `start` and `end`.
+/// Walks the packet whose first `end - start` octets are readable between
+/// `start` and `end` (the linear part of an skb in TC) and that is
+/// `packet_len` octets long in all.
 #[inline(always)]
-pub fn parse(start: usize, end: usize) -> Parsed {
+pub fn parse(start: usize, end: usize, packet_len: usize) -> Parsed {
     let eth: EthHdr = or_malformed!(read(start, end, 0));
     let mut ethertype = u16::from_be_bytes(eth.ethertype);
     let mut offset = ETH_HDR_LEN;
@@ -189,14 +205,14 @@ pub fn parse(start: usize, end: usize) -> Parsed {
     }
 
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(start, end, offset),
-        ETH_P_IPV6 => parse_ipv6(start, end, offset),
+        ETH_P_IPV4 => parse_ipv4(start, end, packet_len, offset),
+        ETH_P_IPV6 => parse_ipv6(start, end, packet_len, offset),
         _ => Parsed::NotGated,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(start: usize, end: usize, l3_offset: usize) -> Parsed {
+fn parse_ipv4(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> Parsed {
     let ip: Ipv4Hdr = or_malformed!(read(start, end, l3_offset));
     if ip.version_ihl >> 4 != 4 {
         return Parsed::Malformed;
@@ -212,25 +228,32 @@ fn parse_ipv4(start: usize, end: usize, l3_offset: usize) -> Parsed {
     if ip.protocol != IPPROTO_TCP {
         return Parsed::NotGated;
     }
-    // Only the first fragment (offset 0) carries the TCP header.
-    let fragment_offset = u16::from_be_bytes(ip.frag) & 0x1fff;
-    if fragment_offset != 0 {
+    // Only the first fragment (offset 0) carries the TCP header. Later
+    // ones cannot rewrite it: Linux drops overlapping fragments.
+    let frag = u16::from_be_bytes(ip.frag);
+    if frag & 0x1fff != 0 {
         return Parsed::NotGated;
     }
     let l4_offset = l3_offset + header_len;
+    let l4_len = (total_len - header_len) as u32;
+    let more_fragments = frag & 0x2000 != 0;
+    if more_fragments && l4_len < TCP_HDR_LEN as u32 {
+        return tiny_fragment(start, end, l4_offset, l4_len, Addr::V4(ip.src));
+    }
     parse_tcp(
         start,
         end,
+        packet_len,
         l3_offset,
         l4_offset,
         Addr::V4(ip.src),
         Addr::V4(ip.dst),
-        (total_len - header_len) as u32,
+        l4_len,
     )
 }
 
 #[inline(always)]
-fn parse_ipv6(start: usize, end: usize, l3_offset: usize) -> Parsed {
+fn parse_ipv6(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> Parsed {
     let ip: Ipv6Hdr = or_malformed!(read(start, end, l3_offset));
     if ip.version_class_flow[0] >> 4 != 6 {
         return Parsed::Malformed;
@@ -264,14 +287,19 @@ fn parse_ipv6(start: usize, end: usize, l3_offset: usize) -> Parsed {
             }
             _ => return Parsed::NotGated,
         }
-        if offset > MAX_L4_OFFSET {
+        // A chain that claims more than the packet holds is broken; one
+        // that is whole but longer than the walk may hide a SYN.
+        if offset >= packet_len {
             return Parsed::Malformed;
+        }
+        if offset > MAX_L4_OFFSET {
+            return Parsed::Unwalkable;
         }
     }
     // The walk ran out of steps before reaching TCP: a chain no mail
-    // client sends.
+    // client sends, and the host would still walk it to a TCP SYN.
     if next != IPPROTO_TCP {
-        return Parsed::Malformed;
+        return Parsed::Unwalkable;
     }
     let ext_len = offset - l3_offset - IPV6_HDR_LEN;
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
@@ -281,6 +309,7 @@ fn parse_ipv6(start: usize, end: usize, l3_offset: usize) -> Parsed {
     parse_tcp(
         start,
         end,
+        packet_len,
         l3_offset,
         offset,
         Addr::V6(ip.src),
@@ -289,10 +318,27 @@ fn parse_ipv6(start: usize, end: usize, l3_offset: usize) -> Parsed {
     )
 }
 
+/// The ports of a first fragment that stops inside the TCP header. A
+/// fragment's payload is a multiple of 8 octets, so the ports are there;
+/// a first fragment without them is impossible.
 #[inline(always)]
+fn tiny_fragment(start: usize, end: usize, l4_offset: usize, l4_len: u32, src: Addr) -> Parsed {
+    if l4_len < 4 || l4_offset > MAX_L4_OFFSET {
+        return Parsed::Malformed;
+    }
+    let ports: [u8; 4] = or_malformed!(read(start, end, l4_offset));
+    Parsed::TinyFragment {
+        src,
+        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn parse_tcp(
     start: usize,
     end: usize,
+    packet_len: usize,
     l3_offset: usize,
     l4_offset: usize,
     src: Addr,
@@ -311,10 +357,16 @@ fn parse_tcp(
     // header announces, and that segment inside the frame: a SYN cut short
     // is not judged (and never answered with a RST acknowledging octets
     // that are not there).
-    if header_len > l4_len || l4_offset + l4_len as usize > end - start {
+    // The length is checked against the whole packet, not the readable
+    // part: in TC a SYN's payload may lie outside the linear area.
+    if header_len > l4_len || l4_offset + l4_len as usize > packet_len {
         return Parsed::Malformed;
     }
-    if tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+    // A connection opens only with SYN alone: the host discards SYN+RST and
+    // SYN+FIN (RFC 9293 section 3.10.7.2 for RST), so those pass, and are
+    // never answered.
+    let opening = TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN;
+    if tcp.flags & opening != TCP_FLAG_SYN {
         return Parsed::NotGated;
     }
     Parsed::Syn(Syn {

@@ -34,7 +34,8 @@ use smtp_gate::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1): "no verdict, go on", so tcx runs later programs.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -101,7 +102,7 @@ impl Verdict {
             (Hook::Xdp, Self::Pass) => XDP_PASS,
             (Hook::Xdp, Self::Drop) => XDP_DROP,
             (Hook::Xdp, Self::Reset) => XDP_TX,
-            (Hook::Tc, Self::Pass) => TC_ACT_OK,
+            (Hook::Tc, Self::Pass) => TC_ACT_UNSPEC,
             (Hook::Tc, Self::Drop) => TC_ACT_SHOT,
             (Hook::Tc, Self::Reset) => TC_ACT_REDIRECT,
         }
@@ -113,7 +114,7 @@ fn code_name(hook: Hook, code: u32) -> String {
         (Hook::Xdp, XDP_DROP) => "XDP_DROP",
         (Hook::Xdp, XDP_PASS) => "XDP_PASS",
         (Hook::Xdp, XDP_TX) => "XDP_TX",
-        (Hook::Tc, TC_ACT_OK) => "TC_ACT_OK",
+        (Hook::Tc, TC_ACT_UNSPEC) => "TC_ACT_UNSPEC",
         (Hook::Tc, TC_ACT_SHOT) => "TC_ACT_SHOT",
         (Hook::Tc, TC_ACT_REDIRECT) => "TC_ACT_REDIRECT",
         _ => "unexpected",
@@ -412,7 +413,9 @@ fn some_ipv4_options() -> Vec<u8> {
 }
 
 use DenyMode::{Monitor, Reset as ResetMode};
-use Outcome::{DeniedDrop, DeniedReset, Exempt, Granted, Malformed, Monitored, NotGated};
+use Outcome::{
+    DeniedDrop, DeniedReset, DeniedUnwalkable, Exempt, Granted, Malformed, Monitored, NotGated,
+};
 use Verdict::{Drop, Pass, Reset};
 
 /// The verdict table in drop and monitor mode (reset mode has its own
@@ -666,12 +669,20 @@ fn verdict_rows() -> Vec<Row> {
             DeniedDrop,
         ),
         row(
-            "SYN+FIN without ACK is a SYN",
+            "SYN+FIN: the host discards it, not gated",
             PacketBuilder::ipv4(s, SERVER4)
                 .tcp(CLIENT_PORT, SMTP, SYN | FIN)
                 .build(),
-            Drop,
-            DeniedDrop,
+            Pass,
+            NotGated,
+        ),
+        row(
+            "SYN+RST: the host discards it, not gated (and never answered)",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, SYN | RST)
+                .build(),
+            Pass,
+            NotGated,
         ),
         // Ports.
         row(
@@ -923,6 +934,31 @@ fn verdict_rows() -> Vec<Row> {
         }),
         // IPv4 fragments.
         row(
+            "IPv4 tiny first fragment (8 octets of TCP, MF) to 25: judged by port, dropped",
+            tiny_first_fragment(s, SMTP),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 tiny first fragment to another port: not gated",
+            tiny_first_fragment(s, 80),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv4 tiny first fragment from a granted source passes",
+            tiny_first_fragment(GRANTED4, SMTP),
+            Pass,
+            Granted,
+        ),
+        row(
+            "reset mode: a tiny first fragment is dropped, never answered",
+            tiny_first_fragment(s, SMTP),
+            Drop,
+            DeniedDrop,
+        )
+        .mode(DenyMode::Reset),
+        row(
             "IPv4 non-first fragment (offset 185) that looks like a SYN: not gated",
             syn4(s, SMTP).ipv4_fragment(185, false).build(),
             Pass,
@@ -1081,17 +1117,24 @@ fn verdict_rows() -> Vec<Row> {
             Malformed,
         ),
         row(
-            "IPv6 9 extension headers (chain longer than 8)",
+            "IPv6 9 extension headers (chain longer than 8): dropped, a SYN may hide behind",
             syn6(s6, SMTP).exts(dest_opts_chain(9)).build(),
-            Pass,
-            Malformed,
+            Drop,
+            DeniedUnwalkable,
         ),
         row(
-            "IPv6 16 extension headers",
+            "IPv6 16 extension headers: dropped",
             syn6(s6, SMTP).exts(dest_opts_chain(16)).build(),
-            Pass,
-            Malformed,
+            Drop,
+            DeniedUnwalkable,
         ),
+        row(
+            "monitor mode: IPv6 chain too long to walk passes, counted",
+            syn6(s6, SMTP).exts(dest_opts_chain(9)).build(),
+            Pass,
+            Monitored,
+        )
+        .mode(Monitor),
         row(
             "IPv6 payload length shorter than the extension headers",
             syn6(s6, SMTP)
@@ -1102,14 +1145,20 @@ fn verdict_rows() -> Vec<Row> {
             Malformed,
         ),
         row(
-            "IPv6 hop-by-hop of 2048 octets puts TCP beyond 1024",
+            "IPv6 hop-by-hop of 2048 octets puts TCP beyond 1024: dropped",
             syn6(s6, SMTP).ext(Ipv6Ext::HopByHop { len: 255 }).build(),
-            Pass,
-            Malformed,
+            Drop,
+            DeniedUnwalkable,
         ),
         row(
-            "IPv6 AH length 255 claims 1028 octets",
+            "IPv6 AH of 1028 octets puts TCP beyond 1024: dropped",
             syn6(s6, SMTP).ext(Ipv6Ext::Ah { len: 255 }).build(),
+            Drop,
+            DeniedUnwalkable,
+        ),
+        row(
+            "IPv6 AH claiming 1028 octets in a short packet",
+            syn6(s6, SMTP).ext(Ipv6Ext::Ah { len: 255 }).build()[..200].to_vec(),
             Pass,
             Malformed,
         ),
@@ -1473,6 +1522,20 @@ fn reset_table_xdp() {
 #[test]
 fn reset_table_tc() {
     run_table(Hook::Tc, &reset_rows());
+}
+
+/// The first fragment of a SYN split after 8 octets of TCP (RFC 1858's
+/// tiny fragment): ports and sequence number, no flags.
+fn tiny_first_fragment(src: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&CLIENT_PORT.to_be_bytes());
+    tcp.extend_from_slice(&port.to_be_bytes());
+    tcp.extend_from_slice(&SEQ.to_be_bytes());
+    PacketBuilder::ipv4(src, SERVER4)
+        .ipv4_fragment(0, true)
+        .raw_transport(gate_tests::packets::ip_proto::TCP)
+        .payload(&tcp)
+        .build()
 }
 
 /// Gated SYNs from a stranger, in the shapes the truncation test cuts.
