@@ -118,5 +118,5 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The end-to-end tests run the smtp-gate binary, so build it first.
     cargo(&["build"])?;
-    cargo(&["test", "--", "--test-threads=4"])
+    cmd::cargo_test(&["test", "--", "--test-threads=4"])
 }
