@@ -96,9 +96,10 @@ pub struct AttachArgs {
     /// Interface to gate (the one mail clients come in on).
     #[arg(long, value_name = "IF")]
     pub iface: String,
-    /// Where to attach: native XDP, generic XDP, or TC ingress.
-    #[arg(long, value_enum, default_value_t = AttachMode::Xdp)]
-    pub mode: AttachMode,
+    /// Where to attach: native XDP, generic XDP, or TC ingress. Default:
+    /// the mode the interface already has, else xdp.
+    #[arg(long, value_enum)]
+    pub mode: Option<AttachMode>,
     #[command(flatten)]
     pub settings: GateSettingsArgs,
     /// A network always let through (repeatable). Given at all, the list
@@ -239,6 +240,9 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused with -ERR [SYS/TEMP]. Default 1024.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Connections from one address at once. Default 50.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
     /// Delay before each failed login is answered. Default 2s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub login_failure_delay: Option<Duration>,

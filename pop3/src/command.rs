@@ -92,9 +92,6 @@ impl fmt::Display for ParseError {
     }
 }
 
-/// RFC 1939 section 3: arguments "may be up to 40 characters long".
-const MAX_ARG_LEN: usize = 40;
-
 /// Parses one command line, without its line ending.
 pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let line = std::str::from_utf8(line).map_err(|_| ParseError::Syntax("commands are ASCII"))?;
@@ -121,7 +118,10 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         None | Some("") => Vec::new(),
         Some(r) => r.split(' ').collect(),
     };
-    if args.iter().any(|a| a.is_empty() || a.len() > MAX_ARG_LEN) {
+    // RFC 1939 section 3 caps arguments at 40 characters, but RFC 2449
+    // section 4 lifts that for servers that offer CAPA: only the 255-octet
+    // line limit (framing.rs) applies, so long user names work.
+    if args.iter().any(|a| a.is_empty()) {
         return Err(ParseError::Syntax(usage(&keyword)));
     }
     let syntax = || ParseError::Syntax(usage(&keyword));
@@ -268,8 +268,8 @@ mod tests {
         assert!(matches!(parse(b"STLS"), Err(ParseError::Unknown(_))));
         assert!(matches!(parse(b"HELLOWORLD"), Err(ParseError::Unknown(_))));
         assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Syntax(_))));
-        let arg = "x".repeat(41);
-        assert!(parse(format!("USER {arg}").as_bytes()).is_err());
+        let long = "firstname.lastname@mail.example-company.com";
+        assert_eq!(ok(&format!("USER {long}")), Command::User(long.into()));
     }
 
     #[test]

@@ -111,6 +111,10 @@ impl ReplyBuffer {
         self.bytes.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }

@@ -1,7 +1,13 @@
 //! The tokio service: listeners, the connection limit, per-connection
 //! timers and delays, and graceful shutdown.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use log::{debug, info, warn};
 use tokio::{
@@ -30,6 +36,9 @@ pub struct ServerConfig {
     /// minutes' duration."
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Connections from one address at once: one host cannot take every
+    /// slot and lock everybody else out of POP3 (and so out of SMTP).
+    pub max_connections_per_ip: usize,
     /// Every failed login is answered after this long.
     pub failed_login_delay: Duration,
     pub max_login_failures: u32,
@@ -44,6 +53,7 @@ impl Default for ServerConfig {
             hostname: "localhost".into(),
             idle_timeout: Duration::from_secs(600),
             max_connections: 1024,
+            max_connections_per_ip: 50,
             failed_login_delay: Duration::from_secs(2),
             max_login_failures: 3,
             shutdown_grace: Duration::from_secs(10),
@@ -66,6 +76,10 @@ pub struct Server {
 }
 
 const READ_CHUNK: usize = 4096;
+/// Replies are sent once this much is pending, even inside a pipelined
+/// batch: a client that pipelines RETRs and never reads must not make the
+/// server hold all the messages at once.
+const FLUSH_AT: usize = 64 * 1024;
 
 impl Server {
     /// Binds every listen address; fails naming the one that cannot be had.
@@ -101,6 +115,7 @@ impl Server {
     /// applying its deletions runs to its end on the blocking pool).
     pub async fn run(self, shutdown: CancellationToken) {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let per_ip = Arc::new(PerIpCount::default());
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let timestamps = Arc::new(TimestampSource::new(&self.config.hostname));
@@ -111,6 +126,7 @@ impl Server {
                 config: Arc::clone(&config),
                 backends: self.backends.clone(),
                 limit: Arc::clone(&limit),
+                per_ip: Arc::clone(&per_ip),
                 tracker: tracker.clone(),
                 hard_stop: hard_stop.clone(),
                 timestamps: Arc::clone(&timestamps),
@@ -199,6 +215,7 @@ struct Shared {
     config: Arc<ServerConfig>,
     backends: Backends,
     limit: Arc<Semaphore>,
+    per_ip: Arc<PerIpCount>,
     tracker: TaskTracker,
     hard_stop: CancellationToken,
     timestamps: Arc<TimestampSource>,
@@ -219,24 +236,32 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
             },
         };
         let _ = stream.set_nodelay(true);
-        match Arc::clone(&shared.limit).try_acquire_owned() {
-            Ok(permit) => {
+        let ip = normalize_addr(peer.ip());
+        let slot = shared
+            .per_ip
+            .enter(ip, shared.config.max_connections_per_ip);
+        let permit = Arc::clone(&shared.limit).try_acquire_owned();
+        match (slot, permit) {
+            (Some(slot), Ok(permit)) => {
                 let shared = shared.clone();
                 shared.tracker.clone().spawn(async move {
-                    let _permit = permit;
+                    let _held = (permit, slot);
                     if let Err(e) = serve_connection(stream, peer, &shared).await {
                         debug!("connection from {peer} ended: {e}");
                     }
                 });
             }
-            Err(_) => {
+            (slot, _) => {
+                let text = if slot.is_none() {
+                    "too many connections from your address, try again later"
+                } else {
+                    "too many connections, try again later"
+                };
+                drop(slot);
                 shared.tracker.spawn(async move {
                     let mut stream = stream;
                     let mut reply = ReplyBuffer::new();
-                    reply.err(
-                        Some(RespCode::SysTemp),
-                        "too many connections, try again later",
-                    );
+                    reply.err(Some(RespCode::SysTemp), text);
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
                         stream.write_all(reply.as_bytes()),
@@ -254,6 +279,7 @@ async fn serve_connection(
     shared: &Shared,
 ) -> io::Result<()> {
     let config = &shared.config;
+    let stop = &shared.hard_stop;
     let ctx = SessionContext {
         auth: Arc::clone(&shared.backends.auth),
         store: Arc::clone(&shared.backends.store),
@@ -271,9 +297,13 @@ async fn serve_connection(
         // (RFC 2449 PIPELINING), then send the replies in one write.
         while let Some(line) = lines.next_line() {
             match session.handle(line, &mut out).await {
-                Flow::Continue => {}
+                Flow::Continue => {
+                    if out.len() >= FLUSH_AT {
+                        send(&mut stream, &mut out, config.idle_timeout, stop).await?;
+                    }
+                }
                 Flow::Close => {
-                    send(&mut stream, &mut out, config.idle_timeout).await?;
+                    send(&mut stream, &mut out, config.idle_timeout, stop).await?;
                     return Ok(());
                 }
                 flow @ (Flow::LoginFailed | Flow::LoginFailedClose) => {
@@ -282,7 +312,7 @@ async fn serve_connection(
                         _ = tokio::time::sleep(config.failed_login_delay) => {}
                         _ = shared.hard_stop.cancelled() => return Ok(()),
                     }
-                    send(&mut stream, &mut out, config.idle_timeout).await?;
+                    send(&mut stream, &mut out, config.idle_timeout, stop).await?;
                     if flow == Flow::LoginFailedClose {
                         return Ok(());
                     }
@@ -290,12 +320,12 @@ async fn serve_connection(
             }
         }
         if !out.is_empty() {
-            send(&mut stream, &mut out, config.idle_timeout).await?;
+            send(&mut stream, &mut out, config.idle_timeout, stop).await?;
         }
         let read = tokio::select! {
             _ = shared.hard_stop.cancelled() => {
                 out.err(Some(RespCode::SysTemp), "server shutting down");
-                let _ = send(&mut stream, &mut out, Duration::from_secs(1)).await;
+                let _ = send(&mut stream, &mut out, Duration::from_secs(1), &CancellationToken::new()).await;
                 return Ok(());
             }
             read = tokio::time::timeout(config.idle_timeout, stream.read(&mut chunk)) => read,
@@ -303,7 +333,13 @@ async fn serve_connection(
         match read {
             Err(_) => {
                 out.err(None, "disconnected for inactivity");
-                let _ = send(&mut stream, &mut out, Duration::from_secs(1)).await;
+                let _ = send(
+                    &mut stream,
+                    &mut out,
+                    Duration::from_secs(1),
+                    &CancellationToken::new(),
+                )
+                .await;
                 return Ok(());
             }
             Ok(Ok(0)) => return Ok(()),
@@ -314,9 +350,20 @@ async fn serve_connection(
 }
 
 /// Writes the pending replies; a client that does not read for the idle
-/// timeout is gone.
-async fn send(stream: &mut TcpStream, out: &mut ReplyBuffer, timeout: Duration) -> io::Result<()> {
-    let result = tokio::time::timeout(timeout, stream.write_all(out.as_bytes())).await;
+/// timeout is gone, and so is one still not reading when the shutdown
+/// grace is over.
+async fn send(
+    stream: &mut TcpStream,
+    out: &mut ReplyBuffer,
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> io::Result<()> {
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, stream.write_all(out.as_bytes())) => r,
+        _ = stop.cancelled() => {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"));
+        }
+    };
     out.clear();
     match result {
         Ok(r) => r,
@@ -324,5 +371,42 @@ async fn send(stream: &mut TcpStream, out: &mut ReplyBuffer, timeout: Duration) 
             io::ErrorKind::TimedOut,
             "client stopped reading",
         )),
+    }
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerIpCount(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in `PerIpCount`; dropping it frees the place.
+struct IpSlot {
+    count: Arc<PerIpCount>,
+    ip: IpAddr,
+}
+
+impl PerIpCount {
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            count: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.count.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }

@@ -252,3 +252,60 @@ async fn shutdown_lets_quit_finish_and_cuts_idle_sessions_without_deleting() {
         "QUIT applied its deletion"
     );
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_slot() {
+    let server = start(|c| c.max_connections_per_ip = 2).await;
+    let (_a, _) = Client::connect(server.addr).await;
+    let (_b, _) = Client::connect(server.addr).await;
+    let (_, greeting) = Client::connect(server.addr).await;
+    assert_eq!(
+        greeting,
+        "-ERR [SYS/TEMP] too many connections from your address, try again later\r\n"
+    );
+    drop(_a);
+    // The slot comes back once the connection is gone.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_c, greeting) = Client::connect(server.addr).await;
+        if greeting.starts_with("+OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed: {greeting}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_cuts_a_client_that_stopped_reading() {
+    let server = start(|c| {
+        c.shutdown_grace = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    // A message far larger than the socket buffers.
+    let big = "x".repeat(1000) + "\n";
+    fs::write(
+        server.mail.join("alice/cur/1700000001.M2P1.test:2,"),
+        big.repeat(8000),
+    )
+    .unwrap();
+    let (mut c, _) = Client::connect(server.addr).await;
+    c.send("USER alice\r\nPASS pw-a\r\n").await;
+    c.line().await;
+    c.line().await;
+    c.send("RETR 2\r\nRETR 2\r\nRETR 2\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    server.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server.done)
+        .await
+        .expect("the stuck writer is cut at the end of the grace period")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(c);
+}

@@ -952,3 +952,19 @@ fn bpftool_dumps_maps_with_named_fields() {
         "settings dump: {settings}"
     );
 }
+
+/// An attach that only changes settings keeps the mode the interface has:
+/// it must never take a TC gate away to try XDP.
+#[test]
+fn settings_only_attach_keeps_the_attach_mode() {
+    let lab = Lab::new();
+    lab.attach(&["--mode", "tc"]);
+    let out = lab.attach(&["--window", "30m"]);
+    assert!(
+        out.contains("already attached") && out.contains("(tc)"),
+        "re-attach said: {out}"
+    );
+    let settings = lab.gate_ok(&["settings", "--json"]);
+    assert!(settings.contains("\"mode\": \"tc\""), "{settings}");
+    assert!(settings.contains("1800"), "window applied: {settings}");
+}

@@ -17,7 +17,7 @@ pub fn request(iface: &str, settings: &GateSettingsArgs) -> AttachRequest {
 pub fn attach(args: AttachArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
     let mut req = request(&args.iface, &args.settings);
-    req.mode = Some(args.mode);
+    req.mode = args.mode;
     req.exempt = (!args.exempt.is_empty()).then_some(args.exempt);
     req.capacity = args.capacity;
     let report = gate::attach(&dir, &req)?;

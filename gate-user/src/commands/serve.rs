@@ -25,6 +25,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         log_rate: args.settings.log_rate,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         login_failure_delay: args.login_failure_delay,
         shutdown_grace: args.shutdown_grace,
     };

@@ -257,8 +257,10 @@ fn load_and_attach(
                 .ok_or_else(|| anyhow!("the object has no XDP program"))?
                 .try_into()?;
             program.load().map_err(explain_load)?;
-            // The old attachment goes first: an interface holds one XDP link.
-            if let Some(old) = existing {
+            // An interface holds one XDP link, so an old XDP attachment
+            // must go first; an old TC one stays until the new gate is in.
+            let old_xdp = existing.filter(|old| old.mode != AttachMode::Tc);
+            if let Some(old) = old_xdp {
                 remove_link(old.path.as_path())?;
             }
             let xdp_mode = if mode == AttachMode::Xdp {
@@ -269,6 +271,9 @@ fn load_and_attach(
             let id = program
                 .attach(&req.iface, xdp_mode)
                 .map_err(|e| explain_attach(e, &req.iface))?;
+            if let Some(old) = existing.filter(|old| old.mode == AttachMode::Tc) {
+                remove_link(old.path.as_path())?;
+            }
             program.take_link(id)?.try_into()?
         }
         AttachMode::Tc => {

@@ -30,6 +30,7 @@ pub struct ServeConfig {
     pub attach: AttachRequest,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub login_failure_delay: Duration,
     pub shutdown_grace: Duration,
 }
@@ -52,6 +53,7 @@ pub struct ServeSettings {
     pub log_rate: Option<u32>,
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub login_failure_delay: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
 }
@@ -72,6 +74,7 @@ const KEYS: &[&str] = &[
     "log_rate",
     "idle_timeout",
     "max_connections",
+    "max_connections_per_ip",
     "login_failure_delay",
     "shutdown_grace",
 ];
@@ -112,6 +115,7 @@ impl ServeSettings {
             log_rate: file.integer("log_rate")?,
             idle_timeout: file.parsed("idle_timeout", parse_duration)?,
             max_connections: file.integer("max_connections")?,
+            max_connections_per_ip: file.integer("max_connections_per_ip")?,
             login_failure_delay: file.parsed("login_failure_delay", parse_duration)?,
             shutdown_grace: file.parsed("shutdown_grace", parse_duration)?,
         })
@@ -135,6 +139,7 @@ impl ServeSettings {
             log_rate: self.log_rate.or(file.log_rate),
             idle_timeout: self.idle_timeout.or(file.idle_timeout),
             max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
             login_failure_delay: self.login_failure_delay.or(file.login_failure_delay),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
         }
@@ -168,6 +173,10 @@ impl ServeSettings {
         if max_connections == 0 {
             bail!("`max_connections` must be at least 1");
         }
+        let max_connections_per_ip = self.max_connections_per_ip.unwrap_or(50);
+        if max_connections_per_ip == 0 {
+            bail!("`max_connections_per_ip` must be at least 1");
+        }
         let hostname = match self.hostname {
             Some(h) if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c == '>') => {
                 bail!("`hostname`: `{h}` cannot go into an APOP timestamp")
@@ -195,6 +204,7 @@ impl ServeSettings {
             },
             idle_timeout,
             max_connections,
+            max_connections_per_ip,
             login_failure_delay: self.login_failure_delay.unwrap_or(Duration::from_secs(2)),
             shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(10)),
         })

@@ -28,7 +28,16 @@ pub fn forward(dir: &PinDir, iface: &str) -> Result<()> {
         loop {
             match fd.readable_mut().await {
                 Ok(mut guard) => {
-                    guard.get_inner_mut().flush();
+                    // aya-log unwraps a record it cannot parse (a program
+                    // from another release, say). The panic drops that
+                    // record; the rest of the log goes on.
+                    let logger = guard.get_inner_mut();
+                    let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        logger.flush();
+                    }));
+                    if flushed.is_err() {
+                        warn!("skipped a log record of the gate that could not be read");
+                    }
                     guard.clear_ready();
                 }
                 Err(e) => {

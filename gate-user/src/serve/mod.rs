@@ -69,6 +69,7 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         hostname: config.hostname.clone(),
         idle_timeout: config.idle_timeout,
         max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
         failed_login_delay: config.login_failure_delay,
         max_login_failures: 3,
         shutdown_grace: config.shutdown_grace,

@@ -410,19 +410,34 @@ fn ensure_maildir(dir: &Path) -> io::Result<()> {
     let mut builder = DirBuilder::new();
     builder.mode(0o700);
     match builder.create(dir) {
-        Ok(()) => log::info!("created maildir {}", dir.display()),
+        Ok(()) => {
+            // The daemon runs as root; the delivery agent (Postfix's
+            // virtual, Dovecot's LDA) usually as the owner of the mail root.
+            // A Maildir made here must stay writable for it.
+            if let Some(root) = dir.parent() {
+                take_owner_of(dir, root)?;
+            }
+            log::info!("created maildir {}", dir.display());
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(at(e, "create maildir", dir)),
     }
     for sub in ["cur", "new", "tmp"] {
         let path = dir.join(sub);
         match builder.create(&path) {
-            Ok(()) => {}
+            Ok(()) => take_owner_of(&path, dir)?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(at(e, "create maildir", &path)),
         }
     }
     Ok(())
+}
+
+/// Gives `path` the owner and group of `like`.
+fn take_owner_of(path: &Path, like: &Path) -> io::Result<()> {
+    let meta = fs::metadata(like).map_err(|e| at(e, "stat", like))?;
+    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))
+        .map_err(|e| at(e, "chown", path))
 }
 
 /// Takes the session lock: `flock(LOCK_EX|LOCK_NB)` on [`LOCK_FILE`].
@@ -638,6 +653,19 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
     use tempfile::TempDir;
+
+    #[test]
+    fn a_created_maildir_belongs_to_the_owner_of_the_root() {
+        let tmp = TempDir::new().unwrap();
+        // A root owned by someone else, as /var/vmail is owned by vmail.
+        std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).unwrap();
+        let store = MaildirStore::new(tmp.path().to_path_buf());
+        drop(store.open("newbie").unwrap());
+        for path in ["newbie", "newbie/cur", "newbie/new", "newbie/tmp"] {
+            let meta = fs::metadata(tmp.path().join(path)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path}");
+        }
+    }
 
     #[test]
     fn sizes_are_cached_per_file_version() {
