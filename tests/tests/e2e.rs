@@ -968,3 +968,45 @@ fn settings_only_attach_keeps_the_attach_mode() {
     assert!(settings.contains("\"mode\": \"tc\""), "{settings}");
     assert!(settings.contains("1800"), "window applied: {settings}");
 }
+
+/// When an interface is deleted and made again, the kernel detaches its
+/// link but the pin stays: attach must see that and attach anew, not
+/// report a gate that enforces nothing.
+#[test]
+fn a_recreated_interface_is_attached_anew() {
+    let lab = Lab::new();
+    let ip = |args: &[&str]| {
+        let out = gate_tests::lab::netns_command(&lab.server_ns, "ip")
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    // A veth pair inside the server namespace: this kernel has no dummy.
+    let make = || {
+        ip(&[
+            "link", "add", "sgdummy0", "type", "veth", "peer", "name", "sgdummy1",
+        ])
+    };
+    make();
+    ip(&["link", "set", "sgdummy0", "up"]);
+    let first = lab.gate_in_server(&["attach", "--iface", "sgdummy0", "--mode", "xdp-skb"]);
+    assert!(first.status.success(), "{first:?}");
+    ip(&["link", "del", "sgdummy0"]);
+    make();
+    let again = lab.gate_in_server(&["attach", "--iface", "sgdummy0", "--mode", "xdp-skb"]);
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{again:?}");
+    assert!(
+        said.contains("attached to sgdummy0") && !said.contains("already attached"),
+        "a stale link was taken for a live one: {said}"
+    );
+    assert_eq!(
+        lab.xdp_prog_ids("sgdummy0").len(),
+        1,
+        "the new link holds a program"
+    );
+    let detached = lab.gate_in_server(&["detach", "--iface", "sgdummy0"]);
+    assert!(detached.status.success(), "{detached:?}");
+    ip(&["link", "del", "sgdummy0"]);
+}

@@ -21,6 +21,7 @@ use gate_common::{
 };
 
 use super::{
+    link_info,
     maps::GateMaps,
     object,
     pins::{PinDir, PinnedLinkEntry},
@@ -168,7 +169,7 @@ pub fn ifindex(iface: &str) -> Result<u32> {
 /// already attached there. Returns once the link is pinned: the gate stays
 /// after this process exits.
 pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
-    ifindex(&req.iface)?;
+    let ifindex = ifindex(&req.iface)?;
     // Everything that can be checked is checked before anything is pinned.
     merge_settings(default_settings(), req)?;
     let capacity = req.capacity.unwrap_or(DEFAULT_GRANT_CAPACITY);
@@ -188,7 +189,8 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
         .unwrap_or(AttachMode::Xdp);
 
     if let Some(link) = &existing {
-        if link.mode == mode && PinnedLink::from_pin(&link.path).is_ok() {
+        let live = link_info::pinned_link_ifindex(&link.path).ok() == Some(ifindex);
+        if link.mode == mode && live {
             configure(dir, req)?;
             return Ok(AttachReport::Updated { mode });
         }

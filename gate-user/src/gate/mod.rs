@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod clock;
+pub mod link_info;
 pub mod maps;
 pub mod object;
 pub mod pins;
