@@ -16,7 +16,7 @@ pub fn stats(args: StatsArgs) -> Result<()> {
         return Ok(());
     }
     for outcome in Outcome::ALL {
-        println!("{:<14} {:>14}", outcome.name(), counters[outcome as usize]);
+        println!("{:<18} {:>14}", outcome.name(), counters[outcome as usize]);
     }
     Ok(())
 }
