@@ -194,10 +194,9 @@ impl Session {
         let user = user.clone();
         let auth = Arc::clone(&self.ctx.auth);
         let check_user = user.clone();
-        let verified =
-            tokio::task::spawn_blocking(move || auth.verify_password(&check_user, &password))
-                .await
-                .unwrap_or(false);
+        let verified = off_runtime(move || auth.verify_password(&check_user, &password))
+            .await
+            .unwrap_or(false);
         if verified {
             self.login(user, Method::UserPass, out).await
         } else {
@@ -256,9 +255,9 @@ impl Session {
     async fn login(&mut self, user: String, method: Method, out: &mut ReplyBuffer) -> Flow {
         let store = Arc::clone(&self.ctx.store);
         let open_user = user.clone();
-        let opened = tokio::task::spawn_blocking(move || store.open(&open_user))
+        let opened = off_runtime(move || store.open(&open_user))
             .await
-            .unwrap_or_else(|e| Err(OpenError::Io(io::Error::other(e))));
+            .unwrap_or_else(|e| Err(OpenError::Io(e)));
         let peer = self.ctx.peer;
         let maildrop = match opened {
             Ok(maildrop) => maildrop,
@@ -345,9 +344,9 @@ impl Session {
             .filter_map(|(i, d)| d.then_some(i))
             .collect();
         let count = doomed.len();
-        let result = tokio::task::spawn_blocking(move || maildrop.commit(&doomed))
+        let result = off_runtime(move || maildrop.commit(&doomed))
             .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            .unwrap_or_else(Err);
         match result {
             Ok(()) => out.ok(&format!(
                 "smtp-gate POP3 server signing off ({count} messages deleted)"
@@ -436,20 +435,39 @@ impl Session {
     }
 }
 
-/// Reads a message off the async worker threads, handing the maildrop to
-/// the blocking pool and back.
+/// Reads a message off the async worker threads, handing the maildrop
+/// over and back.
 async fn read(slot: &mut Option<Box<dyn Maildrop>>, index: usize) -> io::Result<Vec<u8>> {
     let mut maildrop = slot
         .take()
         .ok_or_else(|| io::Error::other("maildrop busy"))?;
-    let (maildrop, result) = tokio::task::spawn_blocking(move || {
+    let (maildrop, result) = off_runtime(move || {
         let result = maildrop.read(index);
         (maildrop, result)
     })
-    .await
-    .map_err(io::Error::other)?;
+    .await?;
     *slot = Some(maildrop);
     result
+}
+
+/// Runs blocking work (files, password hashing) without stalling other
+/// sessions. On the multi-threaded runtime (the daemon) the worker hands
+/// its other tasks to its peers and runs `work` itself, which spares a
+/// thread switch per RETR; elsewhere (a current-thread runtime) it goes to
+/// the blocking pool. Either way, once started it runs to its end, even if
+/// the session is dropped meanwhile: a QUIT's deletions are never cut in
+/// half.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        Ok(tokio::task::block_in_place(work))
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(io::Error::other)
+    }
 }
 
 fn read_failed(out: &mut ReplyBuffer, n: MessageNumber, e: io::Error) {

@@ -106,7 +106,7 @@ fn messages_in(mail: &Path, user: &str) -> usize {
     fs::read_dir(mail.join(user).join("cur")).unwrap().count()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_commands_are_answered_in_order() {
     let server = start(|_| {}).await;
     let (mut c, greeting) = Client::connect(server.addr).await;
@@ -139,7 +139,7 @@ async fn pipelined_commands_are_answered_in_order() {
     assert_eq!(c.line().await, "", "closed after QUIT");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_get_sys_temp() {
     let server = start(|c| c.max_connections = 2).await;
     let (_a, _) = Client::connect(server.addr).await;
@@ -152,7 +152,7 @@ async fn connections_over_the_limit_get_sys_temp() {
     assert_eq!(third.line().await, "", "closed");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_login_is_delayed_without_blocking_others() {
     let delay = Duration::from_millis(600);
     let server = start(|c| c.failed_login_delay = delay).await;
@@ -182,7 +182,7 @@ async fn a_failed_login_is_delayed_without_blocking_others() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_failures_close_the_connection() {
     let server = start(|_| {}).await;
     let (mut c, _) = Client::connect(server.addr).await;
@@ -194,7 +194,7 @@ async fn three_failures_close_the_connection() {
     assert_eq!(c.line().await, "", "closed after the third failure");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_logged_out() {
     let server = start(|c| c.idle_timeout = Duration::from_millis(300)).await;
     let (mut c, _) = Client::connect(server.addr).await;
@@ -211,7 +211,7 @@ async fn idle_connections_are_logged_out() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_quit_finish_and_cuts_idle_sessions_without_deleting() {
     let server = start(|c| c.shutdown_grace = Duration::from_millis(400)).await;
     let (mut idle, _) = Client::connect(server.addr).await;
@@ -253,7 +253,7 @@ async fn shutdown_lets_quit_finish_and_cuts_idle_sessions_without_deleting() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_slot() {
     let server = start(|c| c.max_connections_per_ip = 2).await;
     let (_a, _) = Client::connect(server.addr).await;
@@ -276,7 +276,7 @@ async fn one_address_cannot_take_every_slot() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_a_client_that_stopped_reading() {
     let server = start(|c| {
         c.shutdown_grace = Duration::from_millis(300);
