@@ -2,7 +2,10 @@
 //! baseline in the same run, reported under target/bench/.
 
 mod capacity;
+mod dovecot;
+mod flood;
 mod kernel;
+mod packages;
 mod pop3;
 mod report;
 
@@ -13,8 +16,10 @@ use clap::Parser;
 #[command(name = "gate-bench")]
 struct Args {
     /// kernel: BPF_PROG_TEST_RUN timings beside an empty XDP program and
-    /// the grant capacity check; pop3: the POP3 service on loopback; all.
-    #[arg(default_value = "kernel")]
+    /// the grant capacity check; flood: a SYN flood between namespaces
+    /// against Postfix's table check, nftables and the gate; pop3: the POP3
+    /// service beside Dovecot; all: the three.
+    #[arg(default_value = "all")]
     suite: String,
     /// Fewer repetitions, for a first look.
     #[arg(long)]
@@ -26,10 +31,12 @@ fn main() -> Result<()> {
     match args.suite.as_str() {
         "kernel" => kernel::run(args.quick),
         "pop3" => pop3::run(args.quick),
+        "flood" => flood::run(args.quick),
         "all" => {
             kernel::run(args.quick)?;
+            flood::run(args.quick)?;
             pop3::run(args.quick)
         }
-        other => bail!("unknown suite `{other}` (this build knows: kernel, pop3, all)"),
+        other => bail!("unknown suite `{other}` (this build knows: kernel, flood, pop3, all)"),
     }
 }

@@ -43,8 +43,8 @@ enum Command {
     Demo,
     /// Benchmarks (not part of the test suite).
     Bench {
-        /// Which suite: kernel (BPF_PROG_TEST_RUN timings and capacity).
-        #[arg(default_value = "kernel")]
+        /// Which suite: kernel, flood, pop3 or all.
+        #[arg(default_value = "all")]
         suite: String,
         /// Fewer repetitions, for a first look.
         #[arg(long)]

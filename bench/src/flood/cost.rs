@@ -1,0 +1,84 @@
+//! The gate's own cost of one dropped SYN: BPF_PROG_TEST_RUN of the XDP
+//! and TC programs on an ungranted SYN to port 25 (deny drop, one grant
+//! for someone else), mean ns per run as the kernel reports it.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use gate_common::{program_names, DenyMode, Settings, DEFAULT_WINDOW_NS};
+use gate_tests::packets::{tcp_flags, PacketBuilder, LINUX_SYN_OPTIONS};
+use smtp_gate::gate::{clock, object, GateMaps};
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct TestRunCost {
+    pub xdp_drop_ns: f64,
+    pub tc_drop_ns: f64,
+    pub repeat: u32,
+}
+
+fn mean_ns<P>(program: &P, packet: &'static [u8], repeat: u32) -> Result<f64>
+where
+    P: TestRun<Opts<'static> = TestRunOptions<'static>, Result = aya::programs::TestRunResult>,
+{
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(result.duration.as_nanos() as f64)
+}
+
+/// Median of `runs` measurements of `repeat` repetitions each.
+pub fn measure(repeat: u32, runs: usize) -> Result<TestRunCost> {
+    let mut ebpf = object::load_unpinned(1024)?;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program_names::XDP)
+        .context("xdp")?
+        .try_into()?;
+    xdp.load()?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(program_names::TC)
+        .context("tc")?
+        .try_into()?;
+    tc.load()?;
+    let mut maps = GateMaps::from_ebpf(&mut ebpf)?;
+    let mut settings = Settings::UNCONFIGURED;
+    settings.window_ns = DEFAULT_WINDOW_NS;
+    settings.ports[0] = 25;
+    settings.port_count = 1;
+    settings.deny_mode = DenyMode::Drop as u32;
+    settings.log_rate_per_sec = 5;
+    settings.log_burst = 10;
+    maps.set_settings(&settings)?;
+    maps.grant_at(
+        Ipv4Addr::new(10, 231, 1, 2).into(),
+        clock::boottime_ns(),
+        None,
+    )?;
+    let packet: &'static [u8] = Box::leak(
+        PacketBuilder::ipv4(Ipv4Addr::new(198, 18, 7, 9), Ipv4Addr::new(10, 231, 1, 1))
+            .tcp(40_000, 25, tcp_flags::SYN)
+            .tcp_options(&LINUX_SYN_OPTIONS)
+            .build()
+            .into_boxed_slice(),
+    );
+    let xdp: &Xdp = ebpf
+        .program(program_names::XDP)
+        .context("xdp")?
+        .try_into()?;
+    let tc: &SchedClassifier = ebpf.program(program_names::TC).context("tc")?.try_into()?;
+    let (mut x, mut t) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        x.push(mean_ns(xdp, packet, repeat)?);
+        t.push(mean_ns(tc, packet, repeat)?);
+    }
+    drop(maps);
+    Ok(TestRunCost {
+        xdp_drop_ns: crate::report::Figure::of(&x).median,
+        tc_drop_ns: crate::report::Figure::of(&t).median,
+        repeat,
+    })
+}

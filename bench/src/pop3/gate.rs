@@ -1,0 +1,104 @@
+//! smtp-gate's POP3 service in a process of its own (the `pop3-server`
+//! binary of this crate), so that its memory and CPU are measured apart
+//! from the load generator's.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::fixture::Fixture;
+
+pub struct GateProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub addr: SocketAddr,
+}
+
+/// Builds the `pop3-server` binary beside this one (`cargo run` builds
+/// only the harness) and returns its path.
+fn server_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe
+        .parent()
+        .context("the harness binary has no directory")?
+        .join("pop3-server");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "gate-bench",
+            "--bin",
+            "pop3-server",
+        ]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let status = build.status().context("running cargo build")?;
+    if !status.success() || !binary.exists() {
+        bail!(
+            "building the pop3-server binary failed ({status}); expected it at {}",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+impl GateProcess {
+    pub fn start(fixture: &Fixture) -> Result<Self> {
+        let binary = server_binary()?;
+        let mut child = Command::new(&binary)
+            .arg(&fixture.users_file)
+            .arg(fixture.mail_root())
+            .arg(fixture.dir.join("pop3-server.log"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        // It prints its address or exits (closing stdout).
+        let read = BufReader::new(stdout).read_line(&mut line);
+        let mut process = Self {
+            child,
+            stdin,
+            addr: ([127, 0, 0, 1], 0).into(),
+        };
+        read?;
+        process.addr = line
+            .trim()
+            .parse()
+            .with_context(|| format!("pop3-server printed {line:?} instead of its address"))?;
+        Ok(process)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for GateProcess {
+    fn drop(&mut self) {
+        // Closing stdin is its signal to stop.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
