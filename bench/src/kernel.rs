@@ -9,12 +9,12 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use gate_common::{program_names, DenyMode, Settings, DEFAULT_GRANT_CAPACITY, DEFAULT_WINDOW_NS};
+use gate_common::{program_names, DEFAULT_GRANT_CAPACITY};
 use gate_tests::packets::{tcp_flags, Ipv6Ext, PacketBuilder};
 use serde_json::json;
 use smtp_gate::{
     addr::Cidr,
-    gate::{clock, object, GateMaps},
+    gate::{attach::default_settings, clock, object, GateMaps},
 };
 
 use crate::{
@@ -107,7 +107,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn mean_ns<
+pub fn mean_ns<
     P: TestRun<Opts<'static> = TestRunOptions<'static>, Result = aya::programs::TestRunResult>,
 >(
     program: &P,
@@ -129,8 +129,11 @@ struct Loaded {
     maps: GateMaps,
 }
 
-fn load(grant_count: u32) -> Result<Loaded> {
-    let mut ebpf = object::load_unpinned(DEFAULT_GRANT_CAPACITY)?;
+/// The object with its XDP, XDP_PASS and TC programs loaded (not
+/// attached) and the default settings of a new gate: what every
+/// BPF_PROG_TEST_RUN measurement starts from.
+pub fn load_programs(capacity: u32) -> Result<(Ebpf, GateMaps)> {
+    let mut ebpf = object::load_unpinned(capacity)?;
     for name in [program_names::XDP, program_names::XDP_PASS] {
         let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
         program.load()?;
@@ -141,14 +144,12 @@ fn load(grant_count: u32) -> Result<Loaded> {
         .try_into()?;
     tc.load()?;
     let mut maps = GateMaps::from_ebpf(&mut ebpf)?;
-    let mut settings = Settings::UNCONFIGURED;
-    settings.window_ns = DEFAULT_WINDOW_NS;
-    settings.ports[0] = 25;
-    settings.port_count = 1;
-    settings.deny_mode = DenyMode::Drop as u32;
-    settings.log_rate_per_sec = 5;
-    settings.log_burst = 10;
-    maps.set_settings(&settings)?;
+    maps.set_settings(&default_settings())?;
+    Ok((ebpf, maps))
+}
+
+fn load(grant_count: u32) -> Result<Loaded> {
+    let (ebpf, mut maps) = load_programs(DEFAULT_GRANT_CAPACITY)?;
     maps.exempt_add("192.0.2.0/24".parse::<Cidr>()?)?;
     maps.exempt_add("2001:db8:2::/64".parse::<Cidr>()?)?;
     let now = clock::boottime_ns();

@@ -5,10 +5,12 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use gate_common::{program_names, DenyMode, Settings, DEFAULT_WINDOW_NS};
+use aya::programs::{SchedClassifier, Xdp};
+use gate_common::program_names;
 use gate_tests::packets::{tcp_flags, PacketBuilder, LINUX_SYN_OPTIONS};
-use smtp_gate::gate::{clock, object, GateMaps};
+use smtp_gate::gate::clock;
+
+use crate::kernel::{load_programs, mean_ns};
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct TestRunCost {
@@ -17,42 +19,9 @@ pub struct TestRunCost {
     pub repeat: u32,
 }
 
-fn mean_ns<P>(program: &P, packet: &'static [u8], repeat: u32) -> Result<f64>
-where
-    P: TestRun<Opts<'static> = TestRunOptions<'static>, Result = aya::programs::TestRunResult>,
-{
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            repeat,
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    Ok(result.duration.as_nanos() as f64)
-}
-
 /// Median of `runs` measurements of `repeat` repetitions each.
 pub fn measure(repeat: u32, runs: usize) -> Result<TestRunCost> {
-    let mut ebpf = object::load_unpinned(1024)?;
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program_names::XDP)
-        .context("xdp")?
-        .try_into()?;
-    xdp.load()?;
-    let tc: &mut SchedClassifier = ebpf
-        .program_mut(program_names::TC)
-        .context("tc")?
-        .try_into()?;
-    tc.load()?;
-    let mut maps = GateMaps::from_ebpf(&mut ebpf)?;
-    let mut settings = Settings::UNCONFIGURED;
-    settings.window_ns = DEFAULT_WINDOW_NS;
-    settings.ports[0] = 25;
-    settings.port_count = 1;
-    settings.deny_mode = DenyMode::Drop as u32;
-    settings.log_rate_per_sec = 5;
-    settings.log_burst = 10;
-    maps.set_settings(&settings)?;
+    let (ebpf, mut maps) = load_programs(1024)?;
     maps.grant_at(
         Ipv4Addr::new(10, 231, 1, 2).into(),
         clock::boottime_ns(),

@@ -105,7 +105,8 @@ pub enum AttachReport {
     },
 }
 
-fn default_settings() -> Settings {
+/// The settings of a new gate: window 15m, port 25, drop, 5 log lines/s.
+pub fn default_settings() -> Settings {
     let mut settings = Settings::UNCONFIGURED;
     settings.window_ns = DEFAULT_WINDOW_NS;
     settings.ports[0] = 25;
