@@ -27,6 +27,17 @@ pub mod program_names {
     pub const XDP_PASS: &str = "smtp_gate_xdp_pass";
 }
 
+/// A dual-stack socket reports IPv4 peers as `::ffff:a.b.c.d`; the gate
+/// judges them by their IPv4 address, so every address is turned into that
+/// form before it is granted, revoked or looked up.
+pub fn normalize_addr(addr: core::net::IpAddr) -> core::net::IpAddr {
+    use core::net::IpAddr;
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Default capacity of each grants map (IPv4 and IPv6 separately).
 pub const DEFAULT_GRANT_CAPACITY: u32 = 262_144;
 /// Capacity of each exempt LPM trie.

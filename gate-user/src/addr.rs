@@ -8,15 +8,7 @@ use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 
 /// Turns an IPv4-mapped IPv6 address into the IPv4 address it carries.
-pub fn normalize(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
+pub use gate_common::normalize_addr as normalize;
 
 /// Parses an IPv4 or IPv6 address (brackets allowed around IPv6) and
 /// normalises it.

@@ -96,12 +96,21 @@ pub struct AttachArgs {
     /// Interface to gate (the one mail clients come in on).
     #[arg(long, value_name = "IF")]
     pub iface: String,
+    #[command(flatten)]
+    pub attachment: AttachmentArgs,
+    #[command(flatten)]
+    pub settings: GateSettingsArgs,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+/// How the gate is attached, shared by `attach` and `serve`.
+#[derive(Args, Debug)]
+pub struct AttachmentArgs {
     /// Where to attach: native XDP, generic XDP, or TC ingress. Default:
     /// the mode the interface already has, else xdp.
     #[arg(long, value_enum)]
     pub mode: Option<AttachMode>,
-    #[command(flatten)]
-    pub settings: GateSettingsArgs,
     /// A network always let through (repeatable). Given at all, the list
     /// replaces the exempt set; not given, the set is left as it is.
     #[arg(long, value_name = "CIDR")]
@@ -110,8 +119,13 @@ pub struct AttachArgs {
     /// when the grant maps are created. Default 262144.
     #[arg(long, value_name = "N")]
     pub capacity: Option<u32>,
-    #[command(flatten)]
-    pub pins: PinDirArg,
+}
+
+impl AttachmentArgs {
+    /// The exempt list if one was given.
+    pub fn exempt(&self) -> Option<Vec<Cidr>> {
+        (!self.exempt.is_empty()).then(|| self.exempt.clone())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -220,17 +234,10 @@ pub struct ServeArgs {
     /// Interface to gate.
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
-    /// Attach mode; default: keep an existing attachment, else xdp.
-    #[arg(long, value_enum)]
-    pub mode: Option<AttachMode>,
+    #[command(flatten)]
+    pub attachment: AttachmentArgs,
     #[command(flatten)]
     pub settings: GateSettingsArgs,
-    /// A network always let through (repeatable); replaces the exempt set.
-    #[arg(long, value_name = "CIDR")]
-    pub exempt: Vec<Cidr>,
-    /// Grant map capacity per address family (when the maps are created).
-    #[arg(long, value_name = "N")]
-    pub capacity: Option<u32>,
     /// bpffs directory of the gate. Default /sys/fs/bpf/smtp-gate.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,

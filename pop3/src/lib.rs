@@ -52,11 +52,4 @@ pub trait Authenticator: Send + Sync + 'static {
     fn apop_secret(&self, user: &str) -> ApopSecret;
 }
 
-/// A dual-stack socket reports IPv4 peers as `::ffff:a.b.c.d`; the gate
-/// judges them by their IPv4 address.
-pub fn normalize_addr(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
+pub use gate_common::normalize_addr;

@@ -1016,16 +1016,7 @@ impl Lab {
 
     /// Names of the files in the pin directory (empty if it is gone).
     pub fn pins(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.pin_dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+        sorted_names(&self.pin_dir)
     }
 
     /// Interfaces with a pinned link (`link_<mode>_<iface>`) in the pin
@@ -1519,16 +1510,7 @@ impl MailFixture {
     /// File names in `user`'s Maildir subdirectory `sub` (`cur` or `new`),
     /// sorted.
     pub fn files(&self, user: &str, sub: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.maildir(user).join(sub))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+        sorted_names(&self.maildir(user).join(sub))
     }
 }
 
@@ -1541,5 +1523,40 @@ impl Default for MailFixture {
 impl Drop for MailFixture {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Names of the entries of `dir`, sorted; empty if it is gone.
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Asserts that a connect timed out: the gate dropped the SYN.
+#[track_caller]
+pub fn assert_timed_out(result: ConnectResult, what: &str) {
+    assert_eq!(
+        result,
+        ConnectResult::TimedOut,
+        "{what}: expected the SYN to be dropped (connect timed out), got: {result}"
+    );
+}
+
+/// Asserts that a connect got through and read the lab's SMTP banner.
+#[track_caller]
+pub fn assert_connected(result: ConnectResult, what: &str) {
+    match result {
+        ConnectResult::Connected(banner) => {
+            assert_eq!(banner, BANNER, "{what}: connected but got another banner")
+        }
+        other => panic!("{what}: expected to connect and read the banner, got: {other}"),
     }
 }

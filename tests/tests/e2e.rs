@@ -11,7 +11,8 @@ use std::{
 };
 
 use gate_tests::lab::{
-    ConnectResult, Lab, LabOptions, Link, BANNER, DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT,
+    assert_connected, assert_timed_out, ConnectResult, Lab, LabOptions, Link, BANNER, DENY_TIMEOUT,
+    PASS_TIMEOUT, SMTP_PORT,
 };
 
 /// Timeout of one attempt while polling for a grant to expire: shorter than
@@ -20,25 +21,6 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn lab_with(options: LabOptions) -> Lab {
     Lab::with_options(options)
-}
-
-#[track_caller]
-fn assert_timed_out(result: ConnectResult, what: &str) {
-    assert_eq!(
-        result,
-        ConnectResult::TimedOut,
-        "{what}: expected the SYN to be dropped (connect timed out), got: {result}"
-    );
-}
-
-#[track_caller]
-fn assert_connected(result: ConnectResult, what: &str) {
-    match result {
-        ConnectResult::Connected(banner) => {
-            assert_eq!(banner, BANNER, "{what}: connected but got another banner")
-        }
-        other => panic!("{what}: expected to connect and read the banner, got: {other}"),
-    }
 }
 
 /// Connects with a timeout well above 1 s and checks the attempt was refused

@@ -16,8 +16,9 @@ use std::{
 };
 
 use gate_tests::lab::{
-    output_within, pop3_client, require_pop3_clients, ConnectResult, Lab, LabOptions, Link,
-    MailFixture, ServeDaemon, BANNER, DENY_TIMEOUT, PASS_TIMEOUT, POP3_PORT, SMTP_PORT,
+    assert_connected, assert_timed_out, output_within, pop3_client, require_pop3_clients,
+    ConnectResult, Lab, LabOptions, Link, MailFixture, ServeDaemon, BANNER, DENY_TIMEOUT,
+    PASS_TIMEOUT, POP3_PORT, SMTP_PORT,
 };
 use serde_json::{json, Value};
 
@@ -215,23 +216,6 @@ fn assert_smtp_denied(results: &[Value], i: usize, what: &str) {
         step["smtp"], "timeout",
         "{what}: the gate should have dropped the SYN (connect timed out): {step}"
     );
-}
-
-#[track_caller]
-fn assert_timed_out(result: ConnectResult, what: &str) {
-    assert_eq!(
-        result,
-        ConnectResult::TimedOut,
-        "{what}: expected the SYN to be dropped (connect timed out), got: {result}"
-    );
-}
-
-#[track_caller]
-fn assert_connected(result: ConnectResult, what: &str) {
-    match result {
-        ConnectResult::Connected(banner) => assert_eq!(banner, BANNER, "{what}"),
-        other => panic!("{what}: expected to connect and read the banner, got: {other}"),
-    }
 }
 
 /// Grants as `smtp-gate list --json` shows them: (address, expired).

@@ -17,9 +17,9 @@ pub fn request(iface: &str, settings: &GateSettingsArgs) -> AttachRequest {
 pub fn attach(args: AttachArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
     let mut req = request(&args.iface, &args.settings);
-    req.mode = args.mode;
-    req.exempt = (!args.exempt.is_empty()).then_some(args.exempt);
-    req.capacity = args.capacity;
+    req.mode = args.attachment.mode;
+    req.exempt = args.attachment.exempt();
+    req.capacity = args.attachment.capacity;
     let report = gate::attach(&dir, &req)?;
     let pins = dir.path().display();
     match report {

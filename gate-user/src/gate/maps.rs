@@ -74,6 +74,18 @@ fn map_error(name: &str, err: MapError) -> anyhow::Error {
     anyhow::Error::new(err).context(format!("map {name}"))
 }
 
+/// The result of a map removal: true if the key was there.
+fn removed(name: &str, result: Result<(), MapError>) -> Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(ref s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(map_error(name, e)),
+    }
+}
+
 impl GateMaps {
     pub fn open(dir: &PinDir) -> Result<Self> {
         dir.require_gate()?;
@@ -144,16 +156,7 @@ impl GateMaps {
             IpAddr::V4(v4) => self.grants_v4.remove(&GrantKeyV4 { addr: v4.octets() }),
             IpAddr::V6(v6) => self.grants_v6.remove(&GrantKeyV6 { addr: v6.octets() }),
         };
-        match result {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(ref s))
-                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(map_error("grants", e)),
-        }
+        removed("grants", result)
     }
 
     /// Every grant in the maps, fresh or not, oldest first.
@@ -231,16 +234,7 @@ impl GateMaps {
                 .exempt_v6
                 .remove(&Key::new(net.prefix_len() as u32, net.addr().octets())),
         };
-        match result {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(MapError::SyscallError(ref s))
-                if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(map_error("exempt", e)),
-        }
+        removed("exempt", result)
     }
 
     pub fn exempt_list(&self) -> Result<Vec<Cidr>> {
