@@ -65,8 +65,9 @@ impl From<io::Error> for OpenError {
     }
 }
 
-/// A maildrop opened and locked for one session. All methods block (file
-/// I/O); the server calls them from `spawn_blocking`.
+/// A maildrop opened and locked for one session. The methods block (file
+/// I/O), so the server runs them off its async threads, except
+/// [`Maildrop::read_if_cached`], which never waits for a disk.
 pub trait Maildrop: Send {
     /// The messages fixed at login, in maildrop order: index `i` is message
     /// number `i + 1` in the protocol.
@@ -76,6 +77,15 @@ pub trait Maildrop: Send {
     /// ending in CRLF (a bare LF becomes CRLF; a final line without newline
     /// gets CRLF), NOT dot-stuffed, without the terminating ".\r\n".
     fn read(&mut self, index: usize) -> io::Result<Vec<u8>>;
+
+    /// What [`Maildrop::read`] gives, but only if the message can be had
+    /// without waiting for a disk (it is in the page cache); `None` means
+    /// "call `read`", which also reports any error. A freshly delivered or
+    /// just listed message usually is cached, and reading it in place
+    /// spares a thread hand-off per RETR.
+    fn read_if_cached(&mut self, _index: usize) -> Option<Vec<u8>> {
+        None
+    }
 
     /// Applies the deletions (0-based indices) and releases the lock. Only
     /// called from the UPDATE state (QUIT). Dropping a Maildrop without
