@@ -85,10 +85,30 @@ impl System {
     }
 }
 
+/// Where the load generator and the server run during a measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Placement {
+    /// Wherever the scheduler puts them, on every CPU.
+    Anywhere,
+    /// Both on one CPU. One client is a chain of round trips, each waking
+    /// the other side; on a VM, waking an idle vCPU goes through the
+    /// hypervisor and can cost more than the POP3 command itself, so that
+    /// the figure would measure the VM's wake-ups more than the server.
+    /// On one CPU a wake-up is a task switch there.
+    SharedCpu,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Workload {
-    Login { apop: bool, clients: usize },
-    Session { clients: usize },
+    Login {
+        apop: bool,
+        clients: usize,
+        placement: Placement,
+    },
+    Session {
+        clients: usize,
+        placement: Placement,
+    },
     Idle,
 }
 
@@ -106,31 +126,51 @@ impl Workload {
 
     fn clients(self) -> usize {
         match self {
-            Workload::Login { clients, .. } | Workload::Session { clients } => clients,
+            Workload::Login { clients, .. } | Workload::Session { clients, .. } => clients,
             Workload::Idle => IDLE_CONNECTIONS,
+        }
+    }
+
+    fn placement(self) -> Placement {
+        match self {
+            Workload::Login { placement, .. } | Workload::Session { placement, .. } => placement,
+            Workload::Idle => Placement::Anywhere,
+        }
+    }
+
+    /// The number of clients, and for one client where it ran.
+    fn clients_label(self) -> String {
+        let clients = clients_text(self.clients());
+        match (self.clients(), self.placement()) {
+            (1, Placement::SharedCpu) => format!("{clients}, one CPU shared with the server"),
+            (1, Placement::Anywhere) => format!("{clients}, on any CPU"),
+            _ => clients,
         }
     }
 }
 
-const WORKLOADS: [Workload; 7] = [
+const fn login_workload(apop: bool, clients: usize, placement: Placement) -> Workload {
     Workload::Login {
-        apop: false,
-        clients: 1,
-    },
-    Workload::Login {
-        apop: false,
-        clients: 16,
-    },
-    Workload::Login {
-        apop: true,
-        clients: 1,
-    },
-    Workload::Login {
-        apop: true,
-        clients: 16,
-    },
-    Workload::Session { clients: 1 },
-    Workload::Session { clients: 16 },
+        apop,
+        clients,
+        placement,
+    }
+}
+
+const fn session_workload(clients: usize, placement: Placement) -> Workload {
+    Workload::Session { clients, placement }
+}
+
+const WORKLOADS: [Workload; 10] = [
+    login_workload(false, 1, Placement::SharedCpu),
+    login_workload(false, 1, Placement::Anywhere),
+    login_workload(false, 16, Placement::Anywhere),
+    login_workload(true, 1, Placement::SharedCpu),
+    login_workload(true, 1, Placement::Anywhere),
+    login_workload(true, 16, Placement::Anywhere),
+    session_workload(1, Placement::SharedCpu),
+    session_workload(1, Placement::Anywhere),
+    session_workload(16, Placement::Anywhere),
     Workload::Idle,
 ];
 
@@ -171,6 +211,7 @@ impl Measured {
         json!({
             "workload": self.workload.name(),
             "clients": self.workload.clients(),
+            "placement": format!("{:?}", self.workload.placement()),
             "system": self.system.label(),
             "phase": self.phase.label(),
             "run": self.run,
@@ -215,20 +256,33 @@ async fn warm_up(addr: SocketAddr, users: usize) -> Result<()> {
     Ok(())
 }
 
+/// Puts the load generator (this process) and the server's processes on
+/// the CPUs the workload's placement says.
+fn place(target: &Target, workload: Workload) {
+    let cores = procs::online_cpus();
+    let cpus = match workload.placement() {
+        Placement::SharedCpu => cores - 1..cores,
+        Placement::Anywhere => 0..cores,
+    };
+    procs::pin(&[std::process::id()], cpus.clone());
+    procs::pin(&procs::tree(target.root), cpus);
+}
+
 async fn measure(target: &Target, workload: Workload, span: Duration) -> Result<Sample> {
+    place(target, workload);
     let addr = target.addr;
     let server0 = procs::tree_cpu_seconds(target.root);
     let machine0 = procs::machine_busy_seconds();
     let gen0 = procs::self_cpu_seconds();
     let started = Instant::now();
     let result = match workload {
-        Workload::Login { apop, clients } => {
+        Workload::Login { apop, clients, .. } => {
             load(clients, span, move |c| {
                 session(addr, c % HEAVY_USERS, apop, false)
             })
             .await?
         }
-        Workload::Session { clients } => {
+        Workload::Session { clients, .. } => {
             load(clients, span, move |c| {
                 session(addr, c % HEAVY_USERS, false, true)
             })
@@ -326,7 +380,7 @@ async fn measure_phase(
         progress(&format!(
             "  {}, {}",
             workload.name(),
-            clients_text(workload.clients())
+            workload.clients_label()
         ));
         for run in 0..runs {
             // Alternate which system goes first.
@@ -338,7 +392,7 @@ async fn measure_phase(
                         "{}: {}, {}",
                         target.system.label(),
                         workload.name(),
-                        clients_text(workload.clients())
+                        workload.clients_label()
                     )
                 })?;
                 records.push(Measured {
@@ -710,7 +764,7 @@ fn tables(
                         "{}, {}, {}: {} {target}× Dovecot service_count=0 (is {})",
                         workload.name(),
                         metric.unit(),
-                        clients_text(workload.clients()),
+                        workload.clients_label(),
                         if at_least { "≥" } else { "≤" },
                         format_ratio(r),
                     );
@@ -726,7 +780,7 @@ fn tables(
             md += &format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 workload.name(),
-                workload.clients(),
+                workload.clients_label(),
                 metric.unit(),
                 cells[0],
                 cells[1],
@@ -738,6 +792,7 @@ fn tables(
             rows.push(json!({
                 "workload": workload.name(),
                 "clients": workload.clients(),
+                "placement": format!("{:?}", workload.placement()),
                 "figure": metric.unit(),
                 "systems": json_systems,
                 "ratio_vs_service_count_0": r_reuse,

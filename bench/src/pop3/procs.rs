@@ -163,6 +163,34 @@ pub fn raise_nofile() -> u64 {
     }
 }
 
+/// CPUs online; unlike `available_parallelism`, not narrowed by [`pin`].
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Restricts every thread of `pids` to the CPUs in `cpus`; a process's
+/// later children and threads inherit it. Threads that end meanwhile are
+/// skipped.
+pub fn pin(pids: &[u32], cpus: std::ops::Range<usize>) {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in cpus {
+        // SAFETY: CPU_SET ignores numbers past the set's size.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    for pid in pids {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for tid in tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            // SAFETY: a valid set of the size passed.
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
