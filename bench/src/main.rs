@@ -1,6 +1,7 @@
 //! `cargo xtask bench SUITE [--quick]`: smtp-gate measured beside a
 //! baseline in the same run, reported under target/bench/.
 
+mod bpf_asm;
 mod capacity;
 mod dovecot;
 mod flood;

@@ -26,58 +26,16 @@ use super::{
     gen::{GenConfig, GenResult},
     sys,
 };
+use crate::bpf_asm::{
+    self, bpf, insn, load_xdp as load, put_u32, Insn, ProgFd, ADD64_IMM, ADD64_REG, AND64_IMM,
+    BPF_LINK_CREATE, BPF_XDP, CALL, EXIT, JGT_REG, JNE_IMM, LDX_H, LDX_W, MOV64_IMM, MOV64_REG,
+    OR64_IMM, RSH64_IMM, STX_H, ST_B, ST_H, ST_W, XDP_DROP, XDP_PASS, XDP_TX, XOR64_IMM,
+};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_XDP: u32 = 37;
-const XDP_DROP: i32 = 1;
-const XDP_PASS: i32 = 2;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-const XDP_TX: i32 = 3;
 /// Generator CPU time one BPF_PROG_TEST_RUN call is sized to.
 const CALL_CPU_SECONDS: f64 = 0.1;
 const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
-
-/// One eBPF instruction.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: dst | (src << 4),
-        off,
-        imm,
-    }
-}
-
-// Opcodes (BPF_CLASS | BPF_OP | BPF_SRC, BPF_CLASS | BPF_SIZE | BPF_MEM).
-const MOV64_REG: u8 = 0xbf;
-const MOV64_IMM: u8 = 0xb7;
-const ADD64_IMM: u8 = 0x07;
-const ADD64_REG: u8 = 0x0f;
-const AND64_IMM: u8 = 0x57;
-const OR64_IMM: u8 = 0x47;
-const RSH64_IMM: u8 = 0x77;
-const XOR64_IMM: u8 = 0xa7;
-const LDX_W: u8 = 0x61;
-const LDX_H: u8 = 0x69;
-const STX_H: u8 = 0x6b;
-const ST_W: u8 = 0x62;
-const ST_H: u8 = 0x6a;
-const ST_B: u8 = 0x72;
-const JGT_REG: u8 = 0x2d;
-const JNE_IMM: u8 = 0x55;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
 
 /// Offsets in an untagged Ethernet + IPv4 (no options) + TCP frame.
 const IP_CSUM: i16 = 14 + 10;
@@ -167,62 +125,6 @@ fn program(template: &[u8]) -> Vec<Insn> {
     p
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
-    // SAFETY: attr is a zero-padded bpf_attr of 128 bytes.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
-fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
-    attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
-    attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-}
-
-struct ProgFd(i32);
-
-impl Drop for ProgFd {
-    fn drop(&mut self) {
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-fn load(insns: &[Insn], name: &str, attach_type: u32) -> io::Result<ProgFd> {
-    let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-    put_u32(&mut attr, 4, insns.len() as u32);
-    put_u64(&mut attr, 8, insns.as_ptr() as u64);
-    put_u64(&mut attr, 16, license.as_ptr() as u64);
-    put_u32(&mut attr, 24, 1); // log_level
-    put_u32(&mut attr, 28, log.len() as u32);
-    put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
-    let name = &name.as_bytes()[..name.len().min(15)];
-    attr[48..48 + name.len()].copy_from_slice(name);
-    put_u32(&mut attr, 68, attach_type); // expected_attach_type
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => Ok(ProgFd(fd as i32)),
-        Err(e) => {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "loading the XDP program {}: {e}\n{}",
-                    String::from_utf8_lossy(name),
-                    String::from_utf8_lossy(&log[..end])
-                ),
-            ))
-        }
-    }
-}
-
 /// The client veth's guard: drops every IPv4 frame addressed to
 /// 198.18.0.0/15 (the server's answers to spoofed sources: SYN-ACKs,
 /// RSTs) before it costs the client namespace anything, passes the rest.
@@ -275,16 +177,13 @@ fn test_run(prog: &ProgFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Resul
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
     // rx_queue_index, egress_ifindex.
     let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, prog.0 as u32);
-    put_u32(&mut attr, 8, frame.len() as u32);
-    put_u64(&mut attr, 16, frame.as_ptr() as u64);
-    put_u32(&mut attr, 32, repeat);
-    put_u32(&mut attr, 40, std::mem::size_of_val(&ctx) as u32);
-    put_u64(&mut attr, 48, ctx.as_ptr() as u64);
-    put_u32(&mut attr, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
-    put_u32(&mut attr, 72, 64); // batch_size
-    bpf(BPF_PROG_TEST_RUN, &mut attr).map(|_| ())
+    bpf_asm::test_run(
+        prog,
+        frame,
+        repeat,
+        Some((BPF_F_TEST_XDP_LIVE_FRAMES, &ctx)),
+    )
+    .map(|_| ())
 }
 
 /// Runs the generator on the calling thread, which it moves into the
@@ -337,6 +236,7 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> io::Result<GenResult> {
 mod tests {
     //! The hand-assembled programs, run with BPF_PROG_TEST_RUN (root).
     use super::*;
+    use crate::bpf_asm::{put_u64, BPF_PROG_TEST_RUN};
 
     /// Runs `prog` once on `frame` (not live): (verdict, frame after).
     fn run_once(prog: &ProgFd, frame: &[u8]) -> (i32, Vec<u8>) {
