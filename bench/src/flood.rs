@@ -103,17 +103,32 @@ enum Generator {
     /// AF_PACKET + sendmmsg: every SYN is a socket buffer before the
     /// server sees it (its XDP program runs on a copy of it).
     Packet,
+    /// The same at [`PACED_RATE`]: a flood the filters can keep up with
+    /// and an unfiltered server cannot, so that what the legitimate client
+    /// sees is the filter's doing, not the lab's one receive ring
+    /// overflowing.
+    PacketPaced,
     /// XDP live frames, XDP_TX on the client veth: the server veth gets raw
     /// frames, as a driver gets DMA buffers from a NIC.
     XdpFrames,
 }
 
+/// Twice what the server drains here with no filter at all (about 0.15
+/// Mpps in the full run of 2026-11-28), far below what either generator
+/// reaches.
+const PACED_RATE: f64 = 300_000.0;
+
 impl Generator {
-    const ALL: [Generator; 2] = [Generator::Packet, Generator::XdpFrames];
+    const ALL: [Generator; 3] = [
+        Generator::Packet,
+        Generator::PacketPaced,
+        Generator::XdpFrames,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Generator::Packet => "AF_PACKET sendmmsg (socket buffers)",
+            Generator::PacketPaced => "AF_PACKET sendmmsg paced at 0.3 Mpps (socket buffers)",
             Generator::XdpFrames => "XDP live frames (raw frames, as from a NIC)",
         }
     }
@@ -121,8 +136,13 @@ impl Generator {
     fn key(self) -> &'static str {
         match self {
             Generator::Packet => "af_packet",
+            Generator::PacketPaced => "af_packet_paced",
             Generator::XdpFrames => "xdp_frames",
         }
+    }
+
+    fn rate_pps(self) -> Option<f64> {
+        (self == Generator::PacketPaced).then_some(PACED_RATE)
     }
 }
 
@@ -382,6 +402,7 @@ fn gen_config(net: &FloodNet, p: &Params) -> GenConfig {
         duration: p.flood,
         max_packets: p.max_packets,
         cpu: CLIENT_CPU,
+        rate_pps: None,
     }
 }
 
@@ -531,9 +552,10 @@ fn phase(
     let (legit, generator) = thread::scope(|scope| {
         let legit = scope.spawn(|| clients::run_legit(&legit_cfg, &stop));
         let generator = generator.map(|kind| {
+            gen_cfg.rate_pps = kind.rate_pps();
             let (cfg, stop) = (&gen_cfg, &stop);
             scope.spawn(move || match kind {
-                Generator::Packet => gen::run(cfg, frames, stop),
+                Generator::Packet | Generator::PacketPaced => gen::run(cfg, frames, stop),
                 Generator::XdpFrames => xdpgen::run(cfg, stop),
             })
         });
