@@ -6,14 +6,15 @@ use gate_common::{DenyMode, GrantKeyV4, GrantKeyV6, Outcome};
 use crate::{
     log::log_denial,
     maps::{exempt_v4, exempt_v6, grants_v4, grants_v6, settings, stats},
-    parse::{parse, Addr, Parsed, Syn},
+    parse::{parse, AddrAt, Parsed},
+    reset::Reply,
 };
 
 pub enum Action {
     Pass,
     Drop,
     /// Answer the SYN with a RST+ACK out of the same interface.
-    Reset(Syn),
+    Reset(Reply),
 }
 
 #[inline(always)]
@@ -59,12 +60,14 @@ pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize, packet_len: u
     }
     let (outcome, action) = match (DenyMode::from_u32(config.deny_mode), syn) {
         (Some(DenyMode::Monitor), _) => (Outcome::Monitored, Action::Pass),
-        (Some(DenyMode::Reset), Some(syn)) => (Outcome::DeniedReset, Action::Reset(syn)),
+        (Some(DenyMode::Reset), Some(syn)) => {
+            (Outcome::DeniedReset, Action::Reset(Reply::of(&syn)))
+        }
         // A fragment cannot be answered: there is no whole segment.
         _ => (Outcome::DeniedDrop, Action::Drop),
     };
     count(outcome);
-    log_denial(ctx, &src, dst_port, outcome, config);
+    log_denial(ctx, src, dst_port, outcome, config);
     action
 }
 
@@ -90,10 +93,12 @@ fn deny_unwalkable() -> Action {
 }
 
 #[inline(always)]
-fn is_exempt(src: &Addr) -> bool {
-    match src {
-        Addr::V4(addr) => exempt_v4.get(&Key::new(32, *addr)).is_some(),
-        Addr::V6(addr) => exempt_v6.get(&Key::new(128, *addr)).is_some(),
+fn is_exempt(src: &AddrAt) -> bool {
+    // SAFETY (both arms): a pointer the parser made into the unchanged
+    // packet; [u8; N] has alignment 1.
+    match *src {
+        AddrAt::V4(addr) => exempt_v4.get(&Key::new(32, unsafe { *addr })).is_some(),
+        AddrAt::V6(addr) => exempt_v6.get(&Key::new(128, unsafe { *addr })).is_some(),
     }
 }
 
@@ -101,10 +106,13 @@ fn is_exempt(src: &Addr) -> bool {
 /// read costs about as much as the hash lookup, and a flood of strangers
 /// has no grants.
 #[inline(always)]
-fn has_fresh_grant(src: &Addr, window_ns: u64) -> bool {
-    let grant = match src {
-        Addr::V4(addr) => grants_v4.get_ptr(GrantKeyV4 { addr: *addr }),
-        Addr::V6(addr) => grants_v6.get_ptr(GrantKeyV6 { addr: *addr }),
+fn has_fresh_grant(src: &AddrAt, window_ns: u64) -> bool {
+    // SAFETY: the keys are the address octets in the unchanged packet: the
+    // key types are `#[repr(C)]` wrappers of exactly those arrays
+    // (alignment 1), and the helper may read packet memory.
+    let grant = match *src {
+        AddrAt::V4(addr) => grants_v4.get_ptr(unsafe { &*(addr as *const GrantKeyV4) }),
+        AddrAt::V6(addr) => grants_v6.get_ptr(unsafe { &*(addr as *const GrantKeyV6) }),
     };
     match grant {
         // SAFETY: read once, right away; the program writes no grants, so

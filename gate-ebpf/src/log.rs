@@ -7,7 +7,10 @@ use aya_log_ebpf::warn;
 use core::net::{Ipv4Addr, Ipv6Addr};
 use gate_common::{Outcome, Settings};
 
-use crate::{maps::log_buckets, parse::Addr};
+use crate::{
+    maps::log_buckets,
+    parse::{Addr, AddrAt},
+};
 
 const MILLI: u64 = 1000;
 /// Refill is computed over at most this much idle time, which keeps the
@@ -17,7 +20,7 @@ const MAX_REFILL_NS: u64 = 60_000_000_000;
 #[inline(always)]
 pub fn log_denial<C: EbpfContext>(
     ctx: &C,
-    src: &Addr,
+    src: AddrAt,
     dst_port: u16,
     outcome: Outcome,
     config: &Settings,
@@ -55,7 +58,7 @@ pub fn log_denial<C: EbpfContext>(
         Outcome::Monitored => "monitor",
         _ => "drop",
     };
-    match *src {
+    match src.read() {
         Addr::V4(addr) => warn!(
             ctx,
             "denied SYN from {} to port {}: {} ({} more suppressed)",

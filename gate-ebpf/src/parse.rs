@@ -110,18 +110,43 @@ struct TcpHdr {
     urgent: [u8; 2],
 }
 
-/// Source or destination address of a parsed packet.
+/// Source or destination address of a parsed packet, copied out of it.
 #[derive(Clone, Copy)]
 pub enum Addr {
     V4([u8; 4]),
     V6([u8; 16]),
 }
 
+/// Where an address lies in the packet. The map lookups take their keys
+/// straight from there: copying an IPv6 address octet by octet (the BPF
+/// backend has no unaligned loads) costs more than the parse around it.
+/// Valid until the packet changes: the reset reply copies the addresses
+/// before it resizes the packet, and the verifier refuses a stale pointer.
+#[derive(Clone, Copy)]
+pub enum AddrAt {
+    V4(*const [u8; 4]),
+    V6(*const [u8; 16]),
+}
+
+impl AddrAt {
+    #[inline(always)]
+    pub fn read(self) -> Addr {
+        // SAFETY: made by the parser from bounds-checked headers, used
+        // before the packet changes; [u8; N] has alignment 1.
+        unsafe {
+            match self {
+                AddrAt::V4(p) => Addr::V4(*p),
+                AddrAt::V6(p) => Addr::V6(*p),
+            }
+        }
+    }
+}
+
 /// A TCP SYN without ACK: the only kind of packet the gate judges.
 #[derive(Clone, Copy)]
 pub struct Syn {
-    pub src: Addr,
-    pub dst: Addr,
+    pub src: AddrAt,
+    pub dst: AddrAt,
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
@@ -145,7 +170,7 @@ pub enum Parsed {
     /// fragment" attack). Judged by source and port like a SYN, never
     /// answered with a RST.
     TinyFragment {
-        src: Addr,
+        src: AddrAt,
         dst_port: u16,
     },
     /// An IPv6 extension header chain longer than the walk allows: TCP may
@@ -162,12 +187,15 @@ fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// Reads a `T` at `offset`; `None` if it does not fit in the packet.
+/// The `T` at `offset`, in place; `None` if it does not fit in the
+/// packet. Only the fields used are loaded (a copy of a whole header costs
+/// one load per octet).
 #[inline(always)]
-fn read<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
-    // SAFETY: ptr_at checked that the whole T lies inside the packet, and
-    // every header type is made of byte arrays (alignment 1).
-    ptr_at::<T>(start, end, offset).map(|p| unsafe { *p })
+fn view<'packet, T: Copy>(start: usize, end: usize, offset: usize) -> Option<&'packet T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet, which
+    // stays readable and unchanged while the parse runs; every header type
+    // is made of bytes and byte arrays (alignment 1, any value valid).
+    ptr_at::<T>(start, end, offset).map(|p| unsafe { &*p })
 }
 
 /// Mutable, bounds-checked pointer, for writing the reset reply.
@@ -190,7 +218,7 @@ macro_rules! or_malformed {
 /// `packet_len` octets long in all.
 #[inline(always)]
 pub fn parse(start: usize, end: usize, packet_len: usize) -> Parsed {
-    let eth: EthHdr = or_malformed!(read(start, end, 0));
+    let eth: &EthHdr = or_malformed!(view(start, end, 0));
     let mut ethertype = u16::from_be_bytes(eth.ethertype);
     let mut offset = ETH_HDR_LEN;
 
@@ -199,7 +227,7 @@ pub fn parse(start: usize, end: usize, packet_len: usize) -> Parsed {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let vlan: VlanHdr = or_malformed!(read(start, end, offset));
+        let vlan: &VlanHdr = or_malformed!(view(start, end, offset));
         ethertype = u16::from_be_bytes(vlan.ethertype);
         offset += VLAN_HDR_LEN;
     }
@@ -213,7 +241,7 @@ pub fn parse(start: usize, end: usize, packet_len: usize) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> Parsed {
-    let ip: Ipv4Hdr = or_malformed!(read(start, end, l3_offset));
+    let ip: &Ipv4Hdr = or_malformed!(view(start, end, l3_offset));
     if ip.version_ihl >> 4 != 4 {
         return Parsed::Malformed;
     }
@@ -238,7 +266,7 @@ fn parse_ipv4(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> 
     let l4_len = (total_len - header_len) as u32;
     let more_fragments = frag & 0x2000 != 0;
     if more_fragments && l4_len < TCP_HDR_LEN as u32 {
-        return tiny_fragment(start, end, l4_offset, l4_len, Addr::V4(ip.src));
+        return tiny_fragment(start, end, l4_offset, l4_len, AddrAt::V4(&ip.src));
     }
     parse_tcp(
         start,
@@ -246,15 +274,15 @@ fn parse_ipv4(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> 
         packet_len,
         l3_offset,
         l4_offset,
-        Addr::V4(ip.src),
-        Addr::V4(ip.dst),
+        AddrAt::V4(&ip.src),
+        AddrAt::V4(&ip.dst),
         l4_len,
     )
 }
 
 #[inline(always)]
 fn parse_ipv6(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> Parsed {
-    let ip: Ipv6Hdr = or_malformed!(read(start, end, l3_offset));
+    let ip: &Ipv6Hdr = or_malformed!(view(start, end, l3_offset));
     if ip.version_class_flow[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
@@ -268,17 +296,17 @@ fn parse_ipv6(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> 
         match next {
             IPPROTO_TCP => break,
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext: Ipv6ExtHdr = or_malformed!(read(start, end, offset));
+                let ext: &Ipv6ExtHdr = or_malformed!(view(start, end, offset));
                 next = ext.next_header;
                 offset += (ext.len as usize + 1) * 8;
             }
             IPV6_AH => {
-                let ext: Ipv6ExtHdr = or_malformed!(read(start, end, offset));
+                let ext: &Ipv6ExtHdr = or_malformed!(view(start, end, offset));
                 next = ext.next_header;
                 offset += (ext.len as usize + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let frag: Ipv6FragHdr = or_malformed!(read(start, end, offset));
+                let frag: &Ipv6FragHdr = or_malformed!(view(start, end, offset));
                 if u16::from_be_bytes(frag.offset_flags) & 0xfff8 != 0 {
                     return Parsed::NotGated;
                 }
@@ -312,8 +340,8 @@ fn parse_ipv6(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> 
         packet_len,
         l3_offset,
         offset,
-        Addr::V6(ip.src),
-        Addr::V6(ip.dst),
+        AddrAt::V6(&ip.src),
+        AddrAt::V6(&ip.dst),
         (payload_len - ext_len) as u32,
     )
 }
@@ -322,11 +350,11 @@ fn parse_ipv6(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> 
 /// fragment's payload is a multiple of 8 octets, so the ports are there;
 /// a first fragment without them is impossible.
 #[inline(always)]
-fn tiny_fragment(start: usize, end: usize, l4_offset: usize, l4_len: u32, src: Addr) -> Parsed {
+fn tiny_fragment(start: usize, end: usize, l4_offset: usize, l4_len: u32, src: AddrAt) -> Parsed {
     if l4_len < 4 || l4_offset > MAX_L4_OFFSET {
         return Parsed::Malformed;
     }
-    let ports: [u8; 4] = or_malformed!(read(start, end, l4_offset));
+    let ports: &[u8; 4] = or_malformed!(view(start, end, l4_offset));
     Parsed::TinyFragment {
         src,
         dst_port: u16::from_be_bytes([ports[2], ports[3]]),
@@ -341,14 +369,14 @@ fn parse_tcp(
     packet_len: usize,
     l3_offset: usize,
     l4_offset: usize,
-    src: Addr,
-    dst: Addr,
+    src: AddrAt,
+    dst: AddrAt,
     l4_len: u32,
 ) -> Parsed {
     if l4_offset > MAX_L4_OFFSET {
         return Parsed::Malformed;
     }
-    let tcp: TcpHdr = or_malformed!(read(start, end, l4_offset));
+    let tcp: &TcpHdr = or_malformed!(view(start, end, l4_offset));
     let header_len = ((tcp.data_offset >> 4) as u32) * 4;
     if header_len < TCP_HDR_LEN as u32 {
         return Parsed::Malformed;

@@ -14,18 +14,47 @@ use crate::parse::{
     ptr_at_mut, Addr, EthHdr, Syn, ETH_HDR_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN,
 };
 
+/// What the reply needs from the SYN, copied out of the packet: the reply
+/// is written after the packet is resized, when pointers into the SYN are
+/// no longer valid.
+#[derive(Clone, Copy)]
+pub struct Reply {
+    src: Addr,
+    dst: Addr,
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    payload_len: u32,
+    l3_offset: usize,
+}
+
+impl Reply {
+    #[inline(always)]
+    pub fn of(syn: &Syn) -> Self {
+        Self {
+            src: syn.src.read(),
+            dst: syn.dst.read(),
+            src_port: syn.src_port,
+            dst_port: syn.dst_port,
+            seq: syn.seq,
+            payload_len: syn.payload_len,
+            l3_offset: syn.l3_offset,
+        }
+    }
+}
+
 const TCP_FLAGS_RST_ACK: u8 = 0x14;
 const IPPROTO_TCP: u8 = 6;
 const REPLY_TTL: u8 = 64;
 
 /// Length of the reply frame for this SYN.
 #[inline(always)]
-pub fn reply_len(syn: &Syn) -> usize {
+pub fn reply_len(syn: &Reply) -> usize {
     syn.l3_offset + ip_header_len(syn) + TCP_HDR_LEN
 }
 
 #[inline(always)]
-fn ip_header_len(syn: &Syn) -> usize {
+fn ip_header_len(syn: &Reply) -> usize {
     match syn.src {
         Addr::V4(_) => IPV4_HDR_LEN,
         Addr::V6(_) => IPV6_HDR_LEN,
@@ -52,7 +81,7 @@ fn finish(mut sum: u32) -> u16 {
 }
 
 #[inline(always)]
-fn tcp_header(syn: &Syn) -> [u8; TCP_HDR_LEN] {
+fn tcp_header(syn: &Reply) -> [u8; TCP_HDR_LEN] {
     let ack = syn.seq.wrapping_add(1).wrapping_add(syn.payload_len);
     let sport = syn.dst_port.to_be_bytes();
     let dport = syn.src_port.to_be_bytes();
@@ -83,7 +112,7 @@ fn tcp_header(syn: &Syn) -> [u8; TCP_HDR_LEN] {
 
 /// The IPv4 header and TCP header of the reply, checksums filled in.
 #[inline(always)]
-fn ipv4_reply(syn: &Syn, src: [u8; 4], dst: [u8; 4]) -> ([u8; IPV4_HDR_LEN], [u8; TCP_HDR_LEN]) {
+fn ipv4_reply(syn: &Reply, src: [u8; 4], dst: [u8; 4]) -> ([u8; IPV4_HDR_LEN], [u8; TCP_HDR_LEN]) {
     let total = ((IPV4_HDR_LEN + TCP_HDR_LEN) as u16).to_be_bytes();
     // The reply goes back to the sender: its source is the SYN's destination.
     let mut ip = [
@@ -124,7 +153,11 @@ fn ipv4_reply(syn: &Syn, src: [u8; 4], dst: [u8; 4]) -> ([u8; IPV4_HDR_LEN], [u8
 
 /// The IPv6 header and TCP header of the reply, checksum filled in.
 #[inline(always)]
-fn ipv6_reply(syn: &Syn, src: [u8; 16], dst: [u8; 16]) -> ([u8; IPV6_HDR_LEN], [u8; TCP_HDR_LEN]) {
+fn ipv6_reply(
+    syn: &Reply,
+    src: [u8; 16],
+    dst: [u8; 16],
+) -> ([u8; IPV6_HDR_LEN], [u8; TCP_HDR_LEN]) {
     let mut ip = [0u8; IPV6_HDR_LEN];
     ip[0] = 0x60;
     ip[5] = TCP_HDR_LEN as u8;
@@ -158,7 +191,7 @@ fn write_at<T>(start: usize, end: usize, offset: usize, value: T) -> Option<()> 
 /// Rewrites the packet between `start` and `end`, which must already be
 /// exactly `reply_len(syn)` octets long, into the RST+ACK reply.
 #[inline(always)]
-pub fn write_reply(start: usize, end: usize, syn: &Syn) -> Option<()> {
+pub fn write_reply(start: usize, end: usize, syn: &Reply) -> Option<()> {
     let eth = ptr_at_mut::<EthHdr>(start, end, 0)?;
     // SAFETY: bounds checked; EthHdr is made of byte arrays.
     unsafe {
