@@ -258,18 +258,19 @@ async fn warm_up(addr: SocketAddr, users: usize) -> Result<()> {
 
 /// Puts the load generator (this process) and the server's processes on
 /// the CPUs the workload's placement says.
-fn place(target: &Target, workload: Workload) {
+fn place(target: &Target, workload: Workload) -> Result<()> {
     let cores = procs::online_cpus();
     let cpus = match workload.placement() {
         Placement::SharedCpu => cores - 1..cores,
         Placement::Anywhere => 0..cores,
     };
-    procs::pin(&[std::process::id()], cpus.clone());
-    procs::pin(&procs::tree(target.root), cpus);
+    procs::pin(&[std::process::id()], cpus.clone()).context("placing the load generator")?;
+    procs::pin(&procs::tree(target.root), cpus).context("placing the server")?;
+    Ok(())
 }
 
 async fn measure(target: &Target, workload: Workload, span: Duration) -> Result<Sample> {
-    place(target, workload);
+    place(target, workload)?;
     let addr = target.addr;
     let server0 = procs::tree_cpu_seconds(target.root);
     let machine0 = procs::machine_busy_seconds();

@@ -190,11 +190,16 @@ fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
 /// The `T` at `offset`, in place; `None` if it does not fit in the
 /// packet. Only the fields used are loaded (a copy of a whole header costs
 /// one load per octet).
+///
+/// # Safety
+/// `start..end` must be the readable packet, and the reference must not
+/// outlive the parse: nothing changes the packet while it runs. Every
+/// header type is made of bytes and byte arrays (alignment 1, any value
+/// valid).
 #[inline(always)]
-fn view<'packet, T: Copy>(start: usize, end: usize, offset: usize) -> Option<&'packet T> {
-    // SAFETY: ptr_at checked that the whole T lies inside the packet, which
-    // stays readable and unchanged while the parse runs; every header type
-    // is made of bytes and byte arrays (alignment 1, any value valid).
+unsafe fn view<'packet, T: Copy>(start: usize, end: usize, offset: usize) -> Option<&'packet T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet; the
+    // rest is the caller's promise.
     ptr_at::<T>(start, end, offset).map(|p| unsafe { &*p })
 }
 
@@ -215,10 +220,11 @@ macro_rules! or_malformed {
 
 /// Walks the packet whose first `end - start` octets are readable between
 /// `start` and `end` (the linear part of an skb in TC) and that is
-/// `packet_len` octets long in all.
+/// `packet_len` octets long in all. (The `unsafe` blocks below rest on
+/// that: `view`'s promise.)
 #[inline(always)]
 pub fn parse(start: usize, end: usize, packet_len: usize) -> Parsed {
-    let eth: &EthHdr = or_malformed!(view(start, end, 0));
+    let eth: &EthHdr = or_malformed!(unsafe { view(start, end, 0) });
     let mut ethertype = u16::from_be_bytes(eth.ethertype);
     let mut offset = ETH_HDR_LEN;
 
@@ -227,7 +233,7 @@ pub fn parse(start: usize, end: usize, packet_len: usize) -> Parsed {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let vlan: &VlanHdr = or_malformed!(view(start, end, offset));
+        let vlan: &VlanHdr = or_malformed!(unsafe { view(start, end, offset) });
         ethertype = u16::from_be_bytes(vlan.ethertype);
         offset += VLAN_HDR_LEN;
     }
@@ -241,7 +247,7 @@ pub fn parse(start: usize, end: usize, packet_len: usize) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> Parsed {
-    let ip: &Ipv4Hdr = or_malformed!(view(start, end, l3_offset));
+    let ip: &Ipv4Hdr = or_malformed!(unsafe { view(start, end, l3_offset) });
     if ip.version_ihl >> 4 != 4 {
         return Parsed::Malformed;
     }
@@ -282,7 +288,7 @@ fn parse_ipv4(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> 
 
 #[inline(always)]
 fn parse_ipv6(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> Parsed {
-    let ip: &Ipv6Hdr = or_malformed!(view(start, end, l3_offset));
+    let ip: &Ipv6Hdr = or_malformed!(unsafe { view(start, end, l3_offset) });
     if ip.version_class_flow[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
@@ -296,17 +302,17 @@ fn parse_ipv6(start: usize, end: usize, packet_len: usize, l3_offset: usize) -> 
         match next {
             IPPROTO_TCP => break,
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext: &Ipv6ExtHdr = or_malformed!(view(start, end, offset));
+                let ext: &Ipv6ExtHdr = or_malformed!(unsafe { view(start, end, offset) });
                 next = ext.next_header;
                 offset += (ext.len as usize + 1) * 8;
             }
             IPV6_AH => {
-                let ext: &Ipv6ExtHdr = or_malformed!(view(start, end, offset));
+                let ext: &Ipv6ExtHdr = or_malformed!(unsafe { view(start, end, offset) });
                 next = ext.next_header;
                 offset += (ext.len as usize + 2) * 4;
             }
             IPV6_FRAGMENT => {
-                let frag: &Ipv6FragHdr = or_malformed!(view(start, end, offset));
+                let frag: &Ipv6FragHdr = or_malformed!(unsafe { view(start, end, offset) });
                 if u16::from_be_bytes(frag.offset_flags) & 0xfff8 != 0 {
                     return Parsed::NotGated;
                 }
@@ -354,7 +360,7 @@ fn tiny_fragment(start: usize, end: usize, l4_offset: usize, l4_len: u32, src: A
     if l4_len < 4 || l4_offset > MAX_L4_OFFSET {
         return Parsed::Malformed;
     }
-    let ports: &[u8; 4] = or_malformed!(view(start, end, l4_offset));
+    let ports: &[u8; 4] = or_malformed!(unsafe { view(start, end, l4_offset) });
     Parsed::TinyFragment {
         src,
         dst_port: u16::from_be_bytes([ports[2], ports[3]]),
@@ -376,7 +382,7 @@ fn parse_tcp(
     if l4_offset > MAX_L4_OFFSET {
         return Parsed::Malformed;
     }
-    let tcp: &TcpHdr = or_malformed!(view(start, end, l4_offset));
+    let tcp: &TcpHdr = or_malformed!(unsafe { view(start, end, l4_offset) });
     let header_len = ((tcp.data_offset >> 4) as u32) * 4;
     if header_len < TCP_HDR_LEN as u32 {
         return Parsed::Malformed;

@@ -364,9 +364,9 @@ fn method(p: &Params, by_gen: &[(Generator, Vec<Row>)]) -> String {
          and sequence numbers, Linux's SYN options) sent round robin by sendmmsg, 64 per call: \
          every SYN is a socket buffer, and on a veth the server's XDP program runs on a copy of \
          it; (1b) the same, paced: each batch of 64 is sent when it is due (sleep, then spin), \
-         {paced} Mpps, twice what this server drains with no filter, far below what the filters \
-         drain: the ring does not overflow, and what the legitimate client sees is each \
-         configuration's doing; (2) XDP live \
+         {paced} Mpps, twice what this server drains with no filter, well below what the filters \
+         drain, so that they have CPU to spare (where the server cannot drain it, with no filter \
+         or Postfix's table, the veth takes only what it drains); (2) XDP live \
          frames (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES on the client veth, an \
          XDP program, assembled by the suite, that writes the SYN template anew (recycled pages \
          keep what the server did to them, e.g. the gate's in-place RST), randomizes the source \

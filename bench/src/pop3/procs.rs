@@ -172,8 +172,9 @@ pub fn online_cpus() -> usize {
 
 /// Restricts every thread of `pids` to the CPUs in `cpus`; a process's
 /// later children and threads inherit it. Threads that end meanwhile are
-/// skipped.
-pub fn pin(pids: &[u32], cpus: std::ops::Range<usize>) {
+/// skipped; any other failure is an error (the figure would be labelled
+/// with a placement it did not have).
+pub fn pin(pids: &[u32], cpus: std::ops::Range<usize>) -> std::io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for cpu in cpus {
@@ -186,9 +187,19 @@ pub fn pin(pids: &[u32], cpus: std::ops::Range<usize>) {
         };
         for tid in tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
             // SAFETY: a valid set of the size passed.
-            unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+            let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("sched_setaffinity of thread {tid} of {pid}: {e}"),
+                    ));
+                }
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub struct MaildirStore {
 #[derive(Debug, Default)]
 struct SizeCache(Mutex<HashMap<FileStamp, u64>>);
 
+/// Messages up to this size (on the wire) are read in place when cached.
+const IN_PLACE_MAX: usize = 256 * 1024;
 /// Enough entries for a large mail host; past it the cache starts over.
 const SIZE_CACHE_LIMIT: usize = 500_000;
 
@@ -348,11 +350,18 @@ impl Maildrop for OpenMaildir {
 
     fn read_if_cached(&mut self, index: usize) -> Option<Vec<u8>> {
         let wire_size = self.infos.get(index)?.size;
+        // Larger messages go off the async threads even when cached: the
+        // copy and the line-end conversion would hold up the other
+        // sessions of this worker.
+        if wire_size > IN_PLACE_MAX as u64 {
+            return None;
+        }
         let file = File::open(self.path_of(index)).ok()?;
         // A stored message is never longer than its wire form (LF counts
         // as CRLF there): one buffer of that size, plus the octet that
-        // shows end of file, holds it unless the file changed since login.
-        let raw = read_to_end_nowait(&file, wire_size as usize + 1)?;
+        // shows end of file, holds it unless the file changed since login
+        // (or its name's W= size lies, which the limit also catches).
+        let raw = read_to_end_nowait(&file, wire_size as usize + 1, IN_PLACE_MAX)?;
         Some(to_wire(&raw))
     }
 
@@ -546,10 +555,14 @@ fn list_sub(dir: &Path, sub: Sub, found: &mut Vec<Found>) -> Result<(), OpenErro
 /// falls back to an ordinary read, which also reports errors. A short read
 /// is not the end under RWF_NOWAIT (the rest may be uncached): only a read
 /// of 0 octets is.
-fn read_to_end_nowait(file: &File, capacity: usize) -> Option<Vec<u8>> {
+/// `None` too if the file holds more than `limit` octets.
+fn read_to_end_nowait(file: &File, capacity: usize, limit: usize) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(capacity);
+    let mut buf: Vec<u8> = Vec::with_capacity(capacity.min(limit + 1));
     loop {
+        if buf.len() > limit {
+            return None;
+        }
         if buf.len() == buf.capacity() {
             buf.reserve(8192);
         }
@@ -919,6 +932,24 @@ mod tests {
         fs::remove_file(store.root().join("u/cur/1:2,")).unwrap();
         assert!(md.read_if_cached(0).is_none(), "gone: read reports it");
         assert_eq!(md.read(0).unwrap_err().kind(), io::ErrorKind::NotFound);
+        drop(md);
+
+        // Over the in-place limit: read off the async threads instead.
+        let huge = "z".repeat(IN_PLACE_MAX + 1);
+        put(&store, "u", "cur", "3:2,", huge.as_bytes(), 3);
+        // Names whose W= size lies (far too large, far too small).
+        put(&store, "u", "cur", "4,W=999999999999999:2,", b"a\n", 4);
+        put(&store, "u", "cur", "5,W=2:2,", huge.as_bytes(), 5);
+        let mut md = store.open("u").unwrap();
+        let names: Vec<&str> = md.messages().iter().map(|m| m.uid.as_str()).collect();
+        assert_eq!(
+            names,
+            ["2:2,", "3", "4,W=999999999999999", "5,W=2"].map(|n| n.split(':').next().unwrap())
+        );
+        for index in 1..4 {
+            md.read(index).unwrap();
+            assert!(md.read_if_cached(index).is_none(), "index {index}");
+        }
     }
 
     #[test]

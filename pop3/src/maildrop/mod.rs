@@ -67,7 +67,8 @@ impl From<io::Error> for OpenError {
 
 /// A maildrop opened and locked for one session. The methods block (file
 /// I/O), so the server runs them off its async threads, except
-/// [`Maildrop::read_if_cached`], which never waits for a disk.
+/// [`Maildrop::read_if_cached`], which does not wait for the disk to read
+/// a message (opening the file still looks its name up).
 pub trait Maildrop: Send {
     /// The messages fixed at login, in maildrop order: index `i` is message
     /// number `i + 1` in the protocol.
@@ -78,9 +79,9 @@ pub trait Maildrop: Send {
     /// gets CRLF), NOT dot-stuffed, without the terminating ".\r\n".
     fn read(&mut self, index: usize) -> io::Result<Vec<u8>>;
 
-    /// What [`Maildrop::read`] gives, but only if the message can be had
-    /// without waiting for a disk (it is in the page cache); `None` means
-    /// "call `read`", which also reports any error. A freshly delivered or
+    /// What [`Maildrop::read`] gives, but only if the message is small
+    /// and can be had without waiting for the disk (it is in the page
+    /// cache); `None` means "call `read`", which also reports any error. A freshly delivered or
     /// just listed message usually is cached, and reading it in place
     /// spares a thread hand-off per RETR.
     fn read_if_cached(&mut self, _index: usize) -> Option<Vec<u8>> {
