@@ -267,7 +267,7 @@ impl Dovecot {
         let Some(mut master) = self.master.take() else {
             return Ok(());
         };
-        let before = crate::pop3::procs::tree(master.id());
+        let before = crate::procs::tree(master.id());
         let _ = Command::new("doveadm")
             .arg("-c")
             .arg(&self.conf)
@@ -326,7 +326,7 @@ impl Dovecot {
     }
 
     fn stray_pids(&self) -> Vec<u32> {
-        crate::pop3::procs::all_pids()
+        crate::procs::all_pids()
             .into_iter()
             .filter(|&pid| self.is_ours(pid))
             .collect()

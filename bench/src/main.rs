@@ -8,6 +8,7 @@ mod flood;
 mod kernel;
 mod packages;
 mod pop3;
+mod procs;
 mod report;
 
 use anyhow::{bail, Result};

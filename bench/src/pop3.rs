@@ -23,7 +23,6 @@
 mod client;
 mod fixture;
 mod gate;
-pub(crate) mod procs;
 
 use std::{
     collections::HashMap,
@@ -50,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     dovecot::{self, Dovecot, LoginMode},
+    procs,
     report::{self, Figure, Machine},
 };
 use client::{for_each, load, Client, OP_TIMEOUT};

@@ -76,16 +76,12 @@ pub fn classify<C: EbpfContext>(ctx: &C, start: usize, end: usize, packet_len: u
 /// client sends one.
 #[inline(always)]
 fn deny_unwalkable() -> Action {
-    let monitor = settings
-        .get(0)
-        .is_some_and(|c| c.port_count != 0 && c.deny_mode == DenyMode::Monitor as u32);
-    if monitor {
-        count(Outcome::Monitored);
-        return Action::Pass;
-    }
-    let configured = settings.get(0).is_some_and(|c| c.port_count != 0);
-    if !configured {
+    let Some(config) = settings.get(0).filter(|c| c.port_count != 0) else {
         count(Outcome::Malformed);
+        return Action::Pass;
+    };
+    if config.deny_mode == DenyMode::Monitor as u32 {
+        count(Outcome::Monitored);
         return Action::Pass;
     }
     count(Outcome::DeniedUnwalkable);

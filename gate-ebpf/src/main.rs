@@ -27,7 +27,6 @@ pub fn smtp_gate_xdp(ctx: XdpContext) -> u32 {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Reset(syn) => {
-            let len = ctx.data_end() - ctx.data();
             let delta = reset::reply_len(&syn) as i32 - len as i32;
             // SAFETY: a plain helper call on this program's context.
             if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {

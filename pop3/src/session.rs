@@ -443,13 +443,11 @@ impl Session {
 /// Reads a message: in place if it is in the page cache, otherwise off the
 /// async worker threads, handing the maildrop over and back.
 async fn read(slot: &mut Option<Box<dyn Maildrop>>, index: usize) -> io::Result<Vec<u8>> {
-    let mut maildrop = slot
-        .take()
-        .ok_or_else(|| io::Error::other("maildrop busy"))?;
-    if let Some(body) = maildrop.read_if_cached(index) {
-        *slot = Some(maildrop);
+    let busy = || io::Error::other("maildrop busy");
+    if let Some(body) = slot.as_mut().ok_or_else(busy)?.read_if_cached(index) {
         return Ok(body);
     }
+    let mut maildrop = slot.take().ok_or_else(busy)?;
     let (maildrop, result) = off_runtime(move || {
         let result = maildrop.read(index);
         (maildrop, result)

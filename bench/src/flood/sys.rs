@@ -45,16 +45,7 @@ pub fn check_interrupted() -> Result<()> {
 
 /// Moves task `tid` (0: the calling thread) to CPU `cpu`.
 pub fn set_affinity(tid: i32, cpu: usize) -> io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds for cpu < 1024.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::procs::set_affinity(tid, cpu..cpu + 1)
 }
 
 /// Makes task `tid` (0: the calling thread) SCHED_FIFO at `priority`.
@@ -78,16 +69,6 @@ pub fn thread_cpu_time() -> Duration {
     // SAFETY: ts is a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
 }
 
 /// One CPU's line of /proc/stat, in seconds.
@@ -116,7 +97,7 @@ impl CpuTimes {
             .map(|x| x.parse::<f64>().unwrap_or(0.0))
             .collect();
         let get = |i: usize| v.get(i).copied().unwrap_or(0.0);
-        let hz = clk_tck();
+        let hz = crate::procs::clock_ticks_per_sec();
         // user nice system idle iowait irq softirq steal
         Ok(Self {
             busy: (get(0) + get(1) + get(2) + get(5) + get(6)) / hz,
@@ -157,18 +138,18 @@ pub fn ppid_and_children_cpu(pid: i32) -> Option<(i32, f64)> {
     let ppid = f.get(1)?.parse().ok()?;
     let cutime: f64 = f.get(13)?.parse().ok()?;
     let cstime: f64 = f.get(14)?.parse().ok()?;
-    Some((ppid, (cutime + cstime) / clk_tck()))
+    Some((
+        ppid,
+        (cutime + cstime) / crate::procs::clock_ticks_per_sec(),
+    ))
 }
 
 /// Every process id in /proc.
 pub fn all_pids() -> Vec<i32> {
-    fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::procs::all_pids()
+        .into_iter()
+        .map(|pid| pid as i32)
+        .collect()
 }
 
 /// Process ids whose /proc/PID/comm starts with `prefix` (kernel threads

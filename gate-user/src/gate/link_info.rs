@@ -33,18 +33,8 @@ pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; the size is ours.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &get as *const ObjGetAttr,
-            std::mem::size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &get) }?;
     // SAFETY: the kernel just returned this fd to us; we own it.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
     let mut info = [0u64; 32];
@@ -54,16 +44,27 @@ pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
         info: info.as_mut_ptr() as u64,
     };
     // SAFETY: info is writable for info_len bytes.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
+    Ok(info[2] as u32)
+}
+
+/// bpf(2) with `attr` as the attribute prefix the command reads.
+///
+/// # Safety
+/// `attr` must be a valid `bpf_attr` prefix for `cmd`, and every buffer it
+/// points to must be valid for what the command does with it.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &A) -> io::Result<libc::c_long> {
+    // SAFETY: the caller's promise; the size is that of `attr`.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoByFdAttr,
-            std::mem::size_of::<InfoByFdAttr>(),
+            cmd,
+            attr as *const A,
+            std::mem::size_of::<A>(),
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(info[2] as u32)
+    Ok(rc)
 }

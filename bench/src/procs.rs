@@ -1,5 +1,6 @@
 //! What /proc and getrusage tell about the systems under test and the load
-//! generator: process trees, memory (Pss/Rss from smaps_rollup) and CPU.
+//! generator: process trees, memory (Pss/Rss from smaps_rollup) and CPU;
+//! and where threads run. Shared by the suites.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -80,7 +81,7 @@ pub fn memory_kib(pids: &[u32]) -> (u64, u64) {
     (pss, rss)
 }
 
-fn clock_ticks_per_sec() -> f64 {
+pub fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 {
@@ -170,32 +171,39 @@ pub fn online_cpus() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
-/// Restricts every thread of `pids` to the CPUs in `cpus`; a process's
-/// later children and threads inherit it. Threads that end meanwhile are
-/// skipped; any other failure is an error (the figure would be labelled
-/// with a placement it did not have).
-pub fn pin(pids: &[u32], cpus: std::ops::Range<usize>) -> std::io::Result<()> {
+/// Moves task `tid` (0: the calling thread) to the CPUs in `cpus`.
+pub fn set_affinity(tid: i32, cpus: std::ops::Range<usize>) -> std::io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for cpu in cpus {
         // SAFETY: CPU_SET ignores numbers past the set's size.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
+    // SAFETY: a valid set of the size passed.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restricts every thread of `pids` to the CPUs in `cpus`; a process's
+/// later children and threads inherit it. Threads that end meanwhile are
+/// skipped; any other failure is an error (the figure would be labelled
+/// with a placement it did not have).
+pub fn pin(pids: &[u32], cpus: std::ops::Range<usize>) -> std::io::Result<()> {
     for pid in pids {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for tid in tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-            // SAFETY: a valid set of the size passed.
-            let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::ESRCH) {
+            match set_affinity(tid, cpus.clone()) {
+                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
                     return Err(std::io::Error::new(
                         e.kind(),
                         format!("sched_setaffinity of thread {tid} of {pid}: {e}"),
                     ));
                 }
+                _ => {}
             }
         }
     }
