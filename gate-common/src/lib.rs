@@ -17,6 +17,14 @@ pub mod map_names {
     /// aya-log's ring buffer, pinned under this name so that a daemon that
     /// adopts an existing attachment can read the program's log.
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// The host's own unicast addresses: reset mode answers only SYNs sent
+    /// to one of them.
+    pub const LOCAL_V4: &str = "local_v4";
+    pub const LOCAL_V6: &str = "local_v6";
+    /// Destination networks the gate is scoped to (`--dest`), used only
+    /// when `Settings::dest_scoped` is set.
+    pub const SCOPE_V4: &str = "scope_v4";
+    pub const SCOPE_V6: &str = "scope_v6";
 }
 
 /// Names of the programs in the eBPF object.
@@ -42,6 +50,10 @@ pub fn normalize_addr(addr: core::net::IpAddr) -> core::net::IpAddr {
 pub const DEFAULT_GRANT_CAPACITY: u32 = 262_144;
 /// Capacity of each exempt LPM trie.
 pub const EXEMPT_CAPACITY: u32 = 4096;
+/// Capacity of each destination-scope LPM trie.
+pub const SCOPE_CAPACITY: u32 = 1024;
+/// Capacity of each local-address map.
+pub const LOCAL_CAPACITY: u32 = 4096;
 /// How many destination ports the gate can watch at once.
 pub const MAX_PORTS: usize = 8;
 /// Default grant window: 15 minutes.
@@ -85,6 +97,13 @@ impl Grant {
         };
         now_ns >= self.granted_at_ns && now_ns - self.granted_at_ns < lifetime
     }
+}
+
+/// Value of the local-address maps (keyed by the address octets).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local {
+    pub ifindex: u32,
 }
 
 /// Value of the exempt LPM tries (the key is aya's `Key<[u8; 4|16]>`).
@@ -137,6 +156,11 @@ pub struct Settings {
     pub log_rate_per_sec: u32,
     /// Burst size of the log token bucket.
     pub log_burst: u32,
+    /// Non-zero: only SYNs to a destination in the scope tries are gated
+    /// (`--dest`); zero: every destination is.
+    pub dest_scoped: u32,
+    /// Explicit padding, always zero.
+    pub reserved: u32,
 }
 
 impl Settings {
@@ -149,6 +173,8 @@ impl Settings {
         deny_mode: DenyMode::Drop as u32,
         log_rate_per_sec: 0,
         log_burst: 0,
+        dest_scoped: 0,
+        reserved: 0,
     };
 
     #[inline(always)]
@@ -176,11 +202,14 @@ pub struct LogBucket {
     pub suppressed: u64,
 }
 
-/// Indices into the per-CPU `stats` array: one counter per outcome.
+/// Indices into the per-CPU `stats` array. Every packet moves exactly one
+/// of the outcomes (0 to 7); a packet judged without a whole SYN, or a reset
+/// that was not sent, also moves one of the reasons (8 and up).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Not a SYN to a gated port (other traffic, non-TCP, later fragments).
+    /// Provably not a SYN to a gated port (other traffic, non-TCP, later
+    /// fragments, established sessions).
     NotGated = 0,
     /// Gated SYN from an exempt network.
     Exempt = 1,
@@ -192,15 +221,31 @@ pub enum Outcome {
     DeniedReset = 4,
     /// Gated SYN that would have been denied, passed in monitor mode.
     Monitored = 5,
-    /// Packet that could not be parsed; passed.
+    /// Packet the Linux stack discards itself (headers cut short or
+    /// impossible); passed untouched.
     Malformed = 6,
-    /// IPv6 packet whose extension header chain is too long to walk to its
-    /// upper layer: dropped, since a SYN may hide behind it.
+    /// Headers too deep to find the source (more VLAN tags than the walk):
+    /// dropped, since a SYN may hide behind them.
     DeniedUnwalkable = 7,
+    /// Reason: a first fragment (IPv4 or IPv6) whose TCP header or
+    /// extension header chain continues in a later fragment, judged by
+    /// what it shows as a SYN to a gated port.
+    JudgedFragment = 8,
+    /// Reason: an IPv6 extension header chain longer than the walk, judged
+    /// by its source as a SYN to a gated port.
+    JudgedUnwalkable = 9,
+    /// Reason: reset mode could not answer (the SYN was not sent to a
+    /// unicast address of this host from a unicast MAC, or the reply could
+    /// not be built): dropped instead.
+    ResetSkipped = 10,
 }
 
+/// Slots of the `stats` map: room for counters added later without
+/// changing the pinned map's size.
+pub const STATS_SLOTS: u32 = 16;
+
 impl Outcome {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Self::NotGated,
         Self::Exempt,
@@ -210,6 +255,9 @@ impl Outcome {
         Self::Monitored,
         Self::Malformed,
         Self::DeniedUnwalkable,
+        Self::JudgedFragment,
+        Self::JudgedUnwalkable,
+        Self::ResetSkipped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -222,7 +270,15 @@ impl Outcome {
             Self::Monitored => "monitored",
             Self::Malformed => "malformed",
             Self::DeniedUnwalkable => "denied_unwalkable",
+            Self::JudgedFragment => "judged_fragment",
+            Self::JudgedUnwalkable => "judged_unwalkable",
+            Self::ResetSkipped => "reset_skipped",
         }
+    }
+
+    /// True for the reasons, which count beside an outcome.
+    pub const fn is_reason(self) -> bool {
+        self as u32 >= Self::JudgedFragment as u32
     }
 }
 
@@ -235,6 +291,7 @@ mod pod {
     unsafe impl aya::Pod for GrantKeyV6 {}
     unsafe impl aya::Pod for Grant {}
     unsafe impl aya::Pod for Exempt {}
+    unsafe impl aya::Pod for Local {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for LogBucket {}
 }
@@ -252,7 +309,8 @@ mod tests {
         assert_eq!(size_of::<GrantKeyV6>(), 16);
         assert_eq!(size_of::<Grant>(), 8 + 8);
         assert_eq!(size_of::<Exempt>(), 4);
-        assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 4 * 4);
+        assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 6 * 4);
+        assert_eq!(size_of::<Local>(), 4);
         assert_eq!(size_of::<LogBucket>(), 3 * 8);
         assert_eq!(align_of::<Settings>(), 8);
         assert_eq!(align_of::<Grant>(), 8);
@@ -298,5 +356,6 @@ mod tests {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
         }
+        assert!(Outcome::COUNT <= STATS_SLOTS);
     }
 }

@@ -6,14 +6,17 @@ use aya_ebpf::{
     btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
+use aya_ebpf::btf_maps::HashMap;
 use gate_common::{
-    Exempt, Grant, GrantKeyV4, GrantKeyV6, LogBucket, Outcome, Settings, DEFAULT_GRANT_CAPACITY,
-    EXEMPT_CAPACITY,
+    Exempt, Grant, GrantKeyV4, GrantKeyV6, Local, LogBucket, Settings, DEFAULT_GRANT_CAPACITY,
+    EXEMPT_CAPACITY, LOCAL_CAPACITY, SCOPE_CAPACITY, STATS_SLOTS,
 };
 
 const GRANTS: usize = DEFAULT_GRANT_CAPACITY as usize;
 const EXEMPTS: usize = EXEMPT_CAPACITY as usize;
-const OUTCOMES: usize = Outcome::COUNT as usize;
+const SCOPES: usize = SCOPE_CAPACITY as usize;
+const LOCALS: usize = LOCAL_CAPACITY as usize;
+const SLOTS: usize = STATS_SLOTS as usize;
 
 #[btf_map]
 pub static grants_v4: LruHashMap<GrantKeyV4, Grant, GRANTS> = LruHashMap::new();
@@ -31,7 +34,19 @@ pub static exempt_v6: LpmTrie<[u8; 16], Exempt, EXEMPTS> = LpmTrie::new();
 pub static settings: Array<Settings, 1> = Array::new();
 
 #[btf_map]
-pub static stats: PerCpuArray<u64, OUTCOMES> = PerCpuArray::new();
+pub static stats: PerCpuArray<u64, SLOTS> = PerCpuArray::new();
 
 #[btf_map]
 pub static log_buckets: PerCpuArray<LogBucket, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static scope_v4: LpmTrie<[u8; 4], Exempt, SCOPES> = LpmTrie::new();
+
+#[btf_map]
+pub static scope_v6: LpmTrie<[u8; 16], Exempt, SCOPES> = LpmTrie::new();
+
+#[btf_map]
+pub static local_v4: HashMap<[u8; 4], Local, LOCALS> = HashMap::new();
+
+#[btf_map]
+pub static local_v6: HashMap<[u8; 16], Local, LOCALS> = HashMap::new();

@@ -345,6 +345,8 @@ fn settings(mode: DenyMode) -> Settings {
         deny_mode: mode as u32,
         log_rate_per_sec: 0,
         log_burst: 0,
+        dest_scoped: 0,
+        reserved: 0,
     }
 }
 

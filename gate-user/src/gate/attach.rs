@@ -15,7 +15,8 @@ use aya::{
 };
 use gate_common::{
     map_names::{
-        AYA_LOGS, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, LOG_BUCKETS, SETTINGS, STATS,
+        AYA_LOGS, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, LOCAL_V4, LOCAL_V6, LOG_BUCKETS,
+        SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
     },
     program_names, DenyMode, Settings, DEFAULT_GRANT_CAPACITY, DEFAULT_WINDOW_NS, MAX_PORTS,
 };
@@ -29,7 +30,10 @@ use super::{
 use crate::addr::Cidr;
 
 /// Maps that go away with the last detach unless grants are kept.
-const SHARED_MAPS: [&str; 6] = [EXEMPT_V4, EXEMPT_V6, SETTINGS, STATS, LOG_BUCKETS, AYA_LOGS];
+const SHARED_MAPS: [&str; 10] = [
+    EXEMPT_V4, EXEMPT_V6, SETTINGS, STATS, LOG_BUCKETS, AYA_LOGS, SCOPE_V4, SCOPE_V6, LOCAL_V4,
+    LOCAL_V6,
+];
 const GRANT_MAPS: [&str; 2] = [GRANTS_V4, GRANTS_V6];
 
 pub const DEFAULT_LOG_RATE_PER_SEC: u32 = 5;
