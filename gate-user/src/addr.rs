@@ -70,6 +70,44 @@ impl FromStr for Cidr {
     }
 }
 
+/// A `--dest` value: a network the gate is scoped to, or `all` (every
+/// destination, the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    All,
+    Net(Cidr),
+}
+
+impl FromStr for Dest {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        if text.trim().eq_ignore_ascii_case("all") {
+            return Ok(Self::All);
+        }
+        Ok(Self::Net(text.parse()?))
+    }
+}
+
+/// The destination scope a list of `--dest` values asks for: the networks,
+/// or no network at all (every destination) for `all`, which cannot be
+/// mixed with networks.
+pub fn dest_scope(values: &[Dest]) -> Result<Vec<Cidr>> {
+    if values.contains(&Dest::All) {
+        if values.len() > 1 {
+            bail!("`all` (every destination) cannot be combined with networks");
+        }
+        return Ok(Vec::new());
+    }
+    Ok(values
+        .iter()
+        .filter_map(|d| match d {
+            Dest::Net(net) => Some(*net),
+            Dest::All => None,
+        })
+        .collect())
+}
+
 fn normalize_net(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net {
         if let Some(v4) = v6.addr().to_ipv4_mapped() {
@@ -130,6 +168,21 @@ mod tests {
         assert_eq!(c.to_string(), "10.0.0.0/8");
         let c: Cidr = "::ffff:10.1.2.3".parse().unwrap();
         assert_eq!(c.to_string(), "10.1.2.3/32");
+    }
+
+    #[test]
+    fn dest_values_are_networks_or_all() {
+        let parse = |items: &[&str]| {
+            let values: Vec<Dest> = items.iter().map(|s| s.parse().unwrap()).collect();
+            dest_scope(&values)
+        };
+        assert_eq!(parse(&["all"]).unwrap(), Vec::<Cidr>::new());
+        assert_eq!(parse(&["ALL"]).unwrap(), Vec::<Cidr>::new());
+        let nets = parse(&["192.0.2.25", "2001:db8::/64"]).unwrap();
+        assert_eq!(nets.len(), 2);
+        assert_eq!(nets[0].to_string(), "192.0.2.25/32");
+        assert!(parse(&["all", "192.0.2.0/24"]).is_err());
+        assert!("10.1.2.3/8".parse::<Dest>().is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use gate_common::DenyMode;
 
 use smtp_gate::{
-    addr::{parse_addr, Cidr},
+    addr::{dest_scope, parse_addr, Cidr, Dest},
     duration::parse_duration,
     gate::{pins::DEFAULT_PIN_DIR, AttachMode},
 };
@@ -47,7 +47,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Manage the networks that are always let through.
     Exempt(ExemptArgs),
-    /// Show or change window, ports and deny mode of the running gate.
+    /// Show or change window, ports, deny mode and destination scope of the
+    /// running gate.
     Settings(SettingsArgs),
     /// Run the daemon: attach (or adopt) the gate and serve POP3; every
     /// successful login opens the gate for the client's address.
@@ -89,6 +90,23 @@ pub struct GateSettingsArgs {
     /// Denial log lines per second per CPU (0 turns the log off). Default 5.
     #[arg(long, value_name = "N")]
     pub log_rate: Option<u32>,
+    /// Gate only SYNs to this destination network (repeatable), e.g. the
+    /// submission address, so that an MX address on the same host keeps
+    /// receiving mail. Given at all, the list replaces the set; `all`
+    /// gates every destination again (the default).
+    #[arg(long, value_name = "CIDR|all")]
+    pub dest: Vec<Dest>,
+}
+
+impl GateSettingsArgs {
+    /// The destination scope if `--dest` was given (empty: every
+    /// destination).
+    pub fn dest(&self) -> anyhow::Result<Option<Vec<Cidr>>> {
+        if self.dest.is_empty() {
+            return Ok(None);
+        }
+        dest_scope(&self.dest).map(Some)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +137,11 @@ pub struct AttachmentArgs {
     /// when the grant maps are created. Default 262144.
     #[arg(long, value_name = "N")]
     pub capacity: Option<u32>,
+    /// Pin even on a bpffs that only this process's mount namespace has
+    /// (it would have to mount one under `ip netns exec`, say): the gate
+    /// then ends with the process. Refused without this flag.
+    #[arg(long)]
+    pub allow_private_bpffs: bool,
 }
 
 impl AttachmentArgs {

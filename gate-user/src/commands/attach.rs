@@ -3,23 +3,25 @@ use smtp_gate::gate::{self, AttachReport, AttachRequest, PinDir};
 
 use crate::cli::{AttachArgs, DetachArgs, GateSettingsArgs};
 
-pub fn request(iface: &str, settings: &GateSettingsArgs) -> AttachRequest {
-    AttachRequest {
+pub fn request(iface: &str, settings: &GateSettingsArgs) -> Result<AttachRequest> {
+    Ok(AttachRequest {
         iface: iface.to_string(),
         window: settings.window,
         ports: settings.ports.clone(),
         deny: settings.deny.map(Into::into),
         log_rate_per_sec: settings.log_rate,
+        dest: settings.dest()?,
         ..AttachRequest::default()
-    }
+    })
 }
 
 pub fn attach(args: AttachArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
-    let mut req = request(&args.iface, &args.settings);
+    let mut req = request(&args.iface, &args.settings)?;
     req.mode = args.attachment.mode;
     req.exempt = args.attachment.exempt();
     req.capacity = args.attachment.capacity;
+    req.allow_private_bpffs = args.attachment.allow_private_bpffs;
     let report = gate::attach(&dir, &req)?;
     let pins = dir.path().display();
     match report {
@@ -37,6 +39,21 @@ pub fn attach(args: AttachArgs) -> Result<()> {
                 "attached to {} ({new}, replacing {old}), pinned in {pins}",
                 args.iface
             )
+        }
+        AttachReport::Upgraded {
+            mode,
+            replaced,
+            warnings,
+        } => {
+            println!(
+                "upgraded the gate on {} ({mode}): it was pinned by an older smtp-gate; \
+                 replaced the maps {} (settings carried over, grants kept), pinned in {pins}",
+                args.iface,
+                replaced.join(", ")
+            );
+            for warning in warnings {
+                eprintln!("smtp-gate: warning: {warning}");
+            }
         }
     }
     Ok(())

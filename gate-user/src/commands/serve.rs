@@ -9,6 +9,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         Some(path) => ServeSettings::from_file(path)?,
         None => ServeSettings::default(),
     };
+    let dest = args.settings.dest()?;
     let flags = ServeSettings {
         listen: (!args.listen.is_empty()).then_some(args.listen),
         users: args.users,
@@ -20,9 +21,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         ports: args.settings.ports,
         window: args.settings.window,
         exempt: args.attachment.exempt(),
+        dest,
         deny: args.settings.deny.map(Into::into),
         capacity: args.attachment.capacity,
         log_rate: args.settings.log_rate,
+        allow_private_bpffs: args.attachment.allow_private_bpffs.then_some(true),
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,

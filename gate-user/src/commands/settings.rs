@@ -5,7 +5,7 @@ use gate_common::DenyMode;
 use serde_json::json;
 use smtp_gate::{
     duration::format_duration,
-    gate::{attach::merge_settings, GateMaps, PinDir},
+    gate::{attach::merge_settings, link_state::LinkState, local_addrs, GateMaps, PinDir},
 };
 
 use super::attach::request;
@@ -24,26 +24,68 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
     let mut maps = GateMaps::open(&dir)?;
     let s = &args.settings;
-    let changing =
-        s.window.is_some() || s.ports.is_some() || s.deny.is_some() || s.log_rate.is_some();
+    let req = request("", s)?;
+    let changing = s.window.is_some()
+        || s.ports.is_some()
+        || s.deny.is_some()
+        || s.log_rate.is_some()
+        || req.dest.is_some();
+    let links: Vec<_> = dir
+        .links()?
+        .into_iter()
+        .map(|l| {
+            let state = LinkState::of(&l);
+            (l, state)
+        })
+        .collect();
     if changing {
-        let merged = merge_settings(maps.settings()?, &request("", s))?;
+        let merged = merge_settings(maps.settings()?, &req)?;
         maps.set_settings(&merged)?;
+        if let Some(dest) = &req.dest {
+            maps.set_scope(dest)?;
+        }
+        // The host's addresses are those of the gated interfaces' network
+        // namespace: refresh them only from inside it.
+        if links
+            .iter()
+            .any(|(_, state)| matches!(state, LinkState::Live { .. }))
+        {
+            maps.local_replace(&local_addrs::host_addresses()?)?;
+        } else {
+            eprintln!(
+                "smtp-gate: note: the gated interfaces are not in this network namespace: \
+                 the host addresses the reset mode answers for are left as they are"
+            );
+        }
     }
     let current = maps.settings()?;
     let ports = &current.ports[..current.port_count as usize];
     let window = Duration::from_nanos(current.window_ns);
-    let links = dir.links()?;
+    let scope = maps.scope_list()?;
+    let dest: Vec<String> = if current.dest_scoped != 0 {
+        scope.iter().map(ToString::to_string).collect()
+    } else {
+        Vec::new()
+    };
     if args.json {
         let attached: Vec<_> = links
             .iter()
-            .map(|l| json!({"iface": l.iface, "mode": l.mode.to_string()}))
+            .map(|(l, state)| {
+                json!({
+                    "iface": l.iface,
+                    "mode": l.mode.to_string(),
+                    "state": state.word(),
+                    "detail": state.to_string(),
+                })
+            })
             .collect();
         let value = json!({
             "window_secs": window.as_secs_f64(),
             "ports": ports,
             "deny": deny_name(current.deny_mode),
             "log_rate_per_sec": current.log_rate_per_sec,
+            "dest_scoped": current.dest_scoped != 0,
+            "dest": dest,
             "attached": attached,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -54,8 +96,13 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
     println!("ports     {}", ports.join(","));
     println!("deny      {}", deny_name(current.deny_mode));
     println!("log rate  {}/s per CPU", current.log_rate_per_sec);
-    for link in links {
-        println!("attached  {} ({})", link.iface, link.mode);
+    if dest.is_empty() {
+        println!("dest      all");
+    } else {
+        println!("dest      {}", dest.join(", "));
+    }
+    for (link, state) in links {
+        println!("attached  {} ({}): {state}", link.iface, link.mode);
     }
     Ok(())
 }

@@ -1,17 +1,20 @@
 //! Loading the program, attaching it to an interface with a pinned link,
 //! and taking it away again.
 
-use std::{fmt, fs, io, time::Duration};
+use std::{
+    fmt, fs, io,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
-        links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
-        xdp::XdpMode,
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::FdLink, tc::TcAttachOptions, xdp::XdpMode, LinkOrder, ProgramError, SchedClassifier,
+        TcAttachType, Xdp,
     },
-    EbpfLoader,
+    Ebpf, EbpfLoader,
 };
 use gate_common::{
     map_names::{
@@ -20,21 +23,48 @@ use gate_common::{
     },
     program_names, DenyMode, Settings, DEFAULT_GRANT_CAPACITY, DEFAULT_WINDOW_NS, MAX_PORTS,
 };
+use log::warn;
 
 use super::{
-    link_info,
+    layout,
+    link_fd::{self, LinkFd},
+    local_addrs,
     maps::GateMaps,
     object,
     pins::{PinDir, PinnedLinkEntry},
+    upgrade::Upgrade,
 };
 use crate::addr::Cidr;
 
 /// Maps that go away with the last detach unless grants are kept.
 const SHARED_MAPS: [&str; 10] = [
-    EXEMPT_V4, EXEMPT_V6, SETTINGS, STATS, LOG_BUCKETS, AYA_LOGS, SCOPE_V4, SCOPE_V6, LOCAL_V4,
+    EXEMPT_V4,
+    EXEMPT_V6,
+    SETTINGS,
+    STATS,
+    LOG_BUCKETS,
+    AYA_LOGS,
+    SCOPE_V4,
+    SCOPE_V6,
+    LOCAL_V4,
     LOCAL_V6,
 ];
 const GRANT_MAPS: [&str; 2] = [GRANTS_V4, GRANTS_V6];
+/// Every map of the gate, each pinned under its name.
+pub const ALL_MAPS: [&str; 12] = [
+    EXEMPT_V4,
+    EXEMPT_V6,
+    SETTINGS,
+    STATS,
+    LOG_BUCKETS,
+    AYA_LOGS,
+    SCOPE_V4,
+    SCOPE_V6,
+    LOCAL_V4,
+    LOCAL_V6,
+    GRANTS_V4,
+    GRANTS_V6,
+];
 
 pub const DEFAULT_LOG_RATE_PER_SEC: u32 = 5;
 pub const DEFAULT_LOG_BURST: u32 = 10;
@@ -91,6 +121,11 @@ pub struct AttachRequest {
     pub exempt: Option<Vec<Cidr>>,
     pub capacity: Option<u32>,
     pub log_rate_per_sec: Option<u32>,
+    /// The destination networks to gate (`--dest`); empty: every
+    /// destination; `None`: keep the set there is.
+    pub dest: Option<Vec<Cidr>>,
+    /// Pin on a bpffs that vanishes with this process (see bpffs.rs).
+    pub allow_private_bpffs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +142,24 @@ pub enum AttachReport {
         old: AttachMode,
         new: AttachMode,
     },
+    /// The gate was pinned by an older smtp-gate: the maps of an older
+    /// layout were replaced (settings carried over, grants kept) and the
+    /// new program runs on every interface (or `warnings` say where not).
+    Upgraded {
+        mode: AttachMode,
+        replaced: Vec<&'static str>,
+        warnings: Vec<String>,
+    },
+}
+
+impl AttachReport {
+    /// The mode the interface is gated in now.
+    pub fn mode(&self) -> AttachMode {
+        match self {
+            Self::Attached { mode } | Self::Updated { mode } | Self::Upgraded { mode, .. } => *mode,
+            Self::Replaced { new, .. } => *new,
+        }
+    }
 }
 
 /// The settings of a new gate: window 15m, port 25, drop, 5 log lines/s.
@@ -170,10 +223,22 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// An attachment made or adopted, with this process's own fd on its link:
+/// a daemon holds it so that the gate cannot end while it runs.
+pub struct Attachment {
+    pub report: AttachReport,
+    pub link: LinkFd,
+}
+
 /// Attaches the gate to `req.iface`, or updates its settings if it is
 /// already attached there. Returns once the link is pinned: the gate stays
 /// after this process exits.
 pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
+    Ok(attach_holding(dir, req)?.report)
+}
+
+/// [`attach`], keeping an fd on the link.
+pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
     let ifindex = ifindex(&req.iface)?;
     // Everything that can be checked is checked before anything is pinned.
     merge_settings(default_settings(), req)?;
@@ -182,10 +247,15 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
         bail!("--capacity must be at least 1");
     }
     let entries = object::lru_max_entries(capacity);
+    dir.prepare(req.allow_private_bpffs)?;
+    let _lock = dir.lock()?;
     if req.capacity.is_some() {
         check_existing_capacity(dir, entries, capacity)?;
     }
     let existing = dir.link_for(&req.iface)?;
+    let live = existing
+        .as_ref()
+        .is_some_and(|l| link_fd::pinned_link_ifindex(&l.path).ok() == Some(ifindex));
     // No mode asked for: keep the attachment there is (a daemon adopting
     // it), or native XDP on a new one.
     let mode = req
@@ -193,118 +263,288 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
         .or(existing.as_ref().map(|l| l.mode))
         .unwrap_or(AttachMode::Xdp);
 
-    if let Some(link) = &existing {
-        let live = link_info::pinned_link_ifindex(&link.path).ok() == Some(ifindex);
-        if link.mode == mode && live {
-            configure(dir, req)?;
-            return Ok(AttachReport::Updated { mode });
+    let outdated = layout::outdated_pins(dir)?;
+    if outdated.is_empty() {
+        if let Some(link) = existing.as_ref().filter(|l| live && l.mode == mode) {
+            configure(dir, req, None)?;
+            let link = LinkFd::open_pinned(&link.path)
+                .with_context(|| format!("opening {}", link.path.display()))?;
+            return Ok(Attachment {
+                report: AttachReport::Updated { mode },
+                link,
+            });
         }
     }
 
+    let upgrade = Upgrade::begin(dir, &outdated)?;
     let first_attach = !dir.map(SETTINGS).exists();
-    let result = load_and_attach(dir, req, mode, entries, first_attach, existing.as_ref());
-    if result.is_err() && first_attach && dir.links()?.is_empty() {
-        // Leave no gate half-made: pins without a link would make every
-        // command believe a gate exists that nothing can detach.
-        remove_maps(dir, false)?;
-    }
-    let fd_link = result?;
-    let link_path = dir.link(&req.iface, mode);
-    fd_link
-        .pin(&link_path)
-        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
-    if !first_attach {
-        configure(dir, req)?;
-    }
-    Ok(match existing {
-        Some(old) => AttachReport::Replaced {
-            old: old.mode,
+    let existing = existing.map(|link| Existing { link, live });
+    let result = install(
+        dir,
+        req,
+        mode,
+        entries,
+        first_attach,
+        existing.as_ref(),
+        upgrade.as_ref(),
+    );
+    let (link, upgrade_warnings) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(upgrade) = &upgrade {
+                upgrade.roll_back(dir);
+            } else if first_attach && dir.links()?.is_empty() {
+                // Leave no gate half-made: pins without a link would make
+                // every command believe a gate exists that nothing can
+                // detach.
+                remove_maps(dir, false)?;
+            }
+            return Err(e);
+        }
+    };
+    let report = match (&upgrade, &existing) {
+        (Some(upgrade), _) => AttachReport::Upgraded {
+            mode,
+            replaced: upgrade.replaced(),
+            warnings: upgrade_warnings,
+        },
+        (None, Some(old)) if old.live => AttachReport::Replaced {
+            old: old.link.mode,
             new: mode,
         },
-        None => AttachReport::Attached { mode },
-    })
+        _ => AttachReport::Attached { mode },
+    };
+    Ok(Attachment { report, link })
 }
 
-fn load_and_attach(
+/// The link pinned for the interface before this attach, and whether it
+/// still gates it (false once its interface was deleted).
+struct Existing {
+    link: PinnedLinkEntry,
+    live: bool,
+}
+
+/// Loads the program over the pinned maps, configures a new gate before
+/// its program runs, and puts the program on the interface. Returns the
+/// new link and what went wrong upgrading the links of other interfaces.
+fn install(
     dir: &PinDir,
     req: &AttachRequest,
     mode: AttachMode,
     entries: u32,
     first_attach: bool,
-    existing: Option<&PinnedLinkEntry>,
-) -> Result<FdLink> {
-    dir.prepare()?;
+    existing: Option<&Existing>,
+    upgrade: Option<&Upgrade>,
+) -> Result<(LinkFd, Vec<String>)> {
+    let mut ebpf = load_pinned(dir, entries)?;
+    // A new gate (or the new maps of an upgraded one) is configured before
+    // its program runs, so it never runs unconfigured; a running gate
+    // keeps its settings until this attach has succeeded.
+    if first_attach {
+        let base = upgrade
+            .and_then(|u| u.carried)
+            .filter(|s| s.port_count > 0)
+            .unwrap_or_else(default_settings);
+        configure(dir, req, Some(base))?;
+    }
+    let link = put_on_interface(&mut ebpf, dir, &req.iface, mode, existing)?;
+    let mut warnings = Vec::new();
+    if upgrade.is_some() {
+        warnings = upgrade_other_links(&mut ebpf, dir, &req.iface);
+    }
+    if !first_attach {
+        configure(dir, req, None)?;
+    }
+    Ok((link, warnings))
+}
+
+fn load_pinned(dir: &PinDir, entries: u32) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(GRANTS_V4, entries)
         .map_max_entries(GRANTS_V6, entries);
-    let pin_paths: Vec<(&str, std::path::PathBuf)> = SHARED_MAPS
-        .iter()
-        .chain(GRANT_MAPS.iter())
-        .map(|name| (*name, dir.map(name)))
-        .collect();
+    let pin_paths: Vec<(&str, PathBuf)> =
+        ALL_MAPS.iter().map(|name| (*name, dir.map(name))).collect();
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
+    loader
         .load(object::GATE_EBPF)
-        .context("loading the smtp-gate eBPF object")?;
+        .context("loading the smtp-gate eBPF object")
+}
 
-    // A new gate is configured before its program runs, so it never runs
-    // unconfigured; a running gate keeps its settings until this attach
-    // has succeeded.
-    if first_attach {
-        configure_with(dir, req, true)?;
+/// The object's XDP program, loaded into the kernel on first use.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let program: &mut Xdp = ebpf
+        .program_mut(program_names::XDP)
+        .ok_or_else(|| anyhow!("the object has no XDP program"))?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load().map_err(explain_load)?;
     }
+    Ok(program)
+}
 
+/// The object's TC program, loaded into the kernel on first use.
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(program_names::TC)
+        .ok_or_else(|| anyhow!("the object has no TC program"))?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load().map_err(explain_load)?;
+    }
+    Ok(program)
+}
+
+/// The fd of the loaded program that runs in `mode`.
+fn program_fd(ebpf: &mut Ebpf, mode: AttachMode) -> Result<OwnedFd> {
+    let fd = match mode {
+        AttachMode::Xdp | AttachMode::XdpSkb => xdp_program(ebpf)?.fd()?.as_fd(),
+        AttachMode::Tc => tc_program(ebpf)?.fd()?.as_fd(),
+    }
+    .try_clone_to_owned()
+    .context("duplicating the program's fd")?;
+    Ok(fd)
+}
+
+/// Attaches the loaded program to `iface` in `mode` with a new link and
+/// pins it. The interface may hold another attachment meanwhile.
+fn attach_new(ebpf: &mut Ebpf, dir: &PinDir, iface: &str, mode: AttachMode) -> Result<LinkFd> {
     let fd_link: FdLink = match mode {
         AttachMode::Xdp | AttachMode::XdpSkb => {
-            let program: &mut Xdp = ebpf
-                .program_mut(program_names::XDP)
-                .ok_or_else(|| anyhow!("the object has no XDP program"))?
-                .try_into()?;
-            program.load().map_err(explain_load)?;
-            // An interface holds one XDP link, so an old XDP attachment
-            // must go first; an old TC one stays until the new gate is in.
-            let old_xdp = existing.filter(|old| old.mode != AttachMode::Tc);
-            if let Some(old) = old_xdp {
-                remove_link(old.path.as_path())?;
-            }
+            let program = xdp_program(ebpf)?;
             let xdp_mode = if mode == AttachMode::Xdp {
                 XdpMode::Default
             } else {
                 XdpMode::Skb
             };
             let id = program
-                .attach(&req.iface, xdp_mode)
-                .map_err(|e| explain_attach(e, &req.iface))?;
-            if let Some(old) = existing.filter(|old| old.mode == AttachMode::Tc) {
-                remove_link(old.path.as_path())?;
-            }
+                .attach(iface, xdp_mode)
+                .map_err(|e| explain_attach(e, iface, mode))?;
             program.take_link(id)?.try_into()?
         }
         AttachMode::Tc => {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(program_names::TC)
-                .ok_or_else(|| anyhow!("the object has no TC program"))?
-                .try_into()?;
-            program.load().map_err(explain_load)?;
+            let program = tc_program(ebpf)?;
             let id = program
                 .attach_with_options(
-                    &req.iface,
+                    iface,
                     TcAttachType::Ingress,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
-                .map_err(|e| explain_attach(e, &req.iface))?;
-            // tcx links stack, so the new one is in place before the old
-            // one goes: no moment without a gate.
-            if let Some(old) = existing {
-                remove_link(old.path.as_path())?;
-            }
+                .map_err(|e| explain_attach(e, iface, mode))?;
             program.take_link(id)?.try_into()?
         }
     };
-    Ok(fd_link)
+    let path = dir.link(iface, mode);
+    // If pinning fails, the link drops here and the attachment with it.
+    let pinned = fd_link
+        .pin(&path)
+        .with_context(|| format!("pinning the link at {}", path.display()))?;
+    let link = LinkFd::open_pinned(&path).with_context(|| format!("opening {}", path.display()));
+    drop(pinned);
+    link
+}
+
+/// Puts the loaded program on `iface` in `mode`, in place of `existing`,
+/// never leaving the interface ungated where that can be helped:
+///
+/// - the same mode (an upgrade): the program under the old link is
+///   swapped in place, atomically;
+/// - TC for XDP or XDP for TC: both can be attached at once, so the new
+///   link is in place before the old one goes; if the new one is refused
+///   the old one simply stays;
+/// - native XDP for generic XDP or back: an interface holds one XDP
+///   program, so the old link must go first; if the new mode is then
+///   refused (a driver without native XDP, say), the loaded program is
+///   put back in the old mode and pinned again, and the error says so.
+fn put_on_interface(
+    ebpf: &mut Ebpf,
+    dir: &PinDir,
+    iface: &str,
+    mode: AttachMode,
+    existing: Option<&Existing>,
+) -> Result<LinkFd> {
+    let Some(Existing { link: old, live }) = existing else {
+        return attach_new(ebpf, dir, iface, mode);
+    };
+    if !live {
+        // Its interface was deleted: the old link gates nothing.
+        remove_link(&old.path)?;
+        return attach_new(ebpf, dir, iface, mode);
+    }
+    if old.mode == mode {
+        let program = program_fd(ebpf, mode)?;
+        let link = LinkFd::open_pinned(&old.path)
+            .with_context(|| format!("opening {}", old.path.display()))?;
+        match link.update_program(program.as_fd()) {
+            Ok(()) => return Ok(link),
+            Err(e) => warn!(
+                "{iface}: the kernel refused to swap the program under the link in place \
+                 ({e}); replacing the link instead"
+            ),
+        }
+    }
+    let both_at_once = (old.mode == AttachMode::Tc) != (mode == AttachMode::Tc);
+    if both_at_once {
+        let link = attach_new(ebpf, dir, iface, mode).map_err(|e| {
+            e.context(format!(
+                "attaching to {iface} in {mode} mode failed; the gate stays on {iface} in \
+                 {} mode",
+                old.mode
+            ))
+        })?;
+        remove_link(&old.path)?;
+        return Ok(link);
+    }
+    remove_link(&old.path)?;
+    match attach_new(ebpf, dir, iface, mode) {
+        Ok(link) => Ok(link),
+        Err(refused) => match attach_new(ebpf, dir, iface, old.mode) {
+            Ok(_) => Err(refused.context(format!(
+                "attaching to {iface} in {mode} mode failed; the gate is back on {iface} in \
+                 {} mode (the program loaded again, same maps and grants)",
+                old.mode
+            ))),
+            Err(restore) => Err(refused.context(format!(
+                "attaching to {iface} in {mode} mode failed, and putting the gate back in {} \
+                 mode failed too ({restore:#}): {iface} IS NOT GATED",
+                old.mode
+            ))),
+        },
+    }
+}
+
+/// After an upgrade, the links of the other interfaces still run the old
+/// program (with the old maps): swap the new program in under each. What
+/// cannot be swapped stays gated by the old program; it is reported.
+fn upgrade_other_links(ebpf: &mut Ebpf, dir: &PinDir, iface: &str) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let links = match dir.links() {
+        Ok(links) => links,
+        Err(e) => return vec![format!("listing the other links: {e:#}")],
+    };
+    for other in links.into_iter().filter(|l| l.iface != iface) {
+        let swapped = LinkFd::open_pinned(&other.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|link| {
+                if link.info()?.ifindex == 0 {
+                    return Ok(false);
+                }
+                let program = program_fd(ebpf, other.mode)?;
+                link.update_program(program.as_fd())?;
+                Ok(true)
+            });
+        match swapped {
+            Ok(_) => {}
+            Err(e) => warnings.push(format!(
+                "{} ({}) still runs the old program with the old settings: {e:#}; run \
+                 `smtp-gate attach --iface {}` to retry",
+                other.iface, other.mode, other.iface
+            )),
+        }
+    }
+    warnings
 }
 
 /// `--capacity` only applies when the grant maps are created; refuse to
@@ -328,44 +568,53 @@ fn check_existing_capacity(dir: &PinDir, entries: u32, capacity: u32) -> Result<
     Ok(())
 }
 
-fn configure(dir: &PinDir, req: &AttachRequest) -> Result<()> {
-    configure_with(dir, req, false)
-}
-
-fn configure_with(dir: &PinDir, req: &AttachRequest, first_attach: bool) -> Result<()> {
+/// Writes the settings `req` asks for on top of `base` (the pinned
+/// settings if `None`), the exempt and destination sets if given, and the
+/// host's addresses.
+fn configure(dir: &PinDir, req: &AttachRequest, base: Option<Settings>) -> Result<()> {
     let mut maps = GateMaps::open(dir)?;
-    let current = maps.settings()?;
-    let base = if first_attach || current.port_count == 0 {
-        default_settings()
-    } else {
-        current
+    let base = match base {
+        Some(base) => base,
+        None => {
+            let current = maps.settings()?;
+            if current.port_count == 0 {
+                default_settings()
+            } else {
+                current
+            }
+        }
     };
     maps.set_settings(&merge_settings(base, req)?)?;
     if let Some(exempt) = &req.exempt {
         maps.exempt_replace(exempt)?;
     }
+    if let Some(dest) = &req.dest {
+        maps.set_scope(dest)?;
+    }
+    maps.local_replace(&local_addrs::host_addresses()?)?;
     Ok(())
 }
 
-fn remove_link(path: &std::path::Path) -> Result<()> {
-    match PinnedLink::from_pin(path) {
-        // Dropping the last reference to the link detaches the program.
-        Ok(link) => drop(
-            link.unpin()
-                .with_context(|| format!("unpinning {}", path.display()))?,
-        ),
-        Err(_) => match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-        },
+/// Detaches the link pinned at `path` and removes the pin. The link is
+/// detached for every holder, a daemon's fd included: removing only the
+/// pin would leave it attached for as long as someone holds it.
+fn remove_link(path: &Path) -> Result<()> {
+    if let Ok(link) = LinkFd::open_pinned(path) {
+        if let Err(e) = link.detach() {
+            warn!("detaching {}: {e}; removing its pin only", path.display());
+        }
     }
-    Ok(())
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
 }
 
 /// Detaches the gate from `iface`. When no interface is left, the maps go
 /// too, except the grants with `keep_grants`.
 pub fn detach(dir: &PinDir, iface: &str, keep_grants: bool) -> Result<()> {
+    let _lock = dir.lock()?;
     let Some(link) = dir.link_for(iface)? else {
         bail!(
             "nothing attached to {iface} (no link in {})",
@@ -407,7 +656,7 @@ fn explain_load(err: ProgramError) -> anyhow::Error {
     }
 }
 
-fn explain_attach(err: ProgramError, iface: &str) -> anyhow::Error {
+fn explain_attach(err: ProgramError, iface: &str, mode: AttachMode) -> anyhow::Error {
     let text = format!("{err:#}");
     if let ProgramError::SyscallError(sys) = &err {
         if sys.io_error.raw_os_error() == Some(libc::EBUSY)
@@ -419,5 +668,5 @@ fn explain_attach(err: ProgramError, iface: &str) -> anyhow::Error {
             );
         }
     }
-    anyhow::Error::new(err).context(format!("attaching to {iface}"))
+    anyhow::Error::new(err).context(format!("attaching to {iface} in {mode} mode"))
 }

@@ -15,21 +15,43 @@ use aya::{
     Ebpf,
 };
 use gate_common::{
-    map_names::{EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, SETTINGS, STATS},
-    Exempt, Grant, GrantKeyV4, GrantKeyV6, Outcome, Settings,
+    map_names::{
+        EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, LOCAL_V4, LOCAL_V6, SCOPE_V4, SCOPE_V6,
+        SETTINGS, STATS,
+    },
+    Exempt, Grant, GrantKeyV4, GrantKeyV6, Local, Outcome, Settings,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{clock, pins::PinDir};
+use super::{clock, layout, local_addrs::LocalAddr, pins::PinDir};
 use crate::addr::{normalize, Cidr};
 
 pub struct GateMaps {
     grants_v4: HashMap<MapData, GrantKeyV4, Grant>,
     grants_v6: HashMap<MapData, GrantKeyV6, Grant>,
-    exempt_v4: LpmTrie<MapData, [u8; 4], Exempt>,
-    exempt_v6: LpmTrie<MapData, [u8; 16], Exempt>,
+    exempt: CidrSet,
+    scope: CidrSet,
+    local_v4: HashMap<MapData, [u8; 4], Local>,
+    local_v6: HashMap<MapData, [u8; 16], Local>,
     settings: Array<MapData, Settings>,
     stats: PerCpuArray<MapData, u64>,
+}
+
+/// Which half of a set replacement comes first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// For sets that let packets through (exempt sources).
+    RemoveFirst,
+    /// For sets that make packets judged (gated destinations).
+    AddFirst,
+}
+
+/// A set of networks kept in an IPv4 and an IPv6 LPM trie: the exempt
+/// sources, the gated destinations.
+struct CidrSet {
+    v4: LpmTrie<MapData, [u8; 4], Exempt>,
+    v6: LpmTrie<MapData, [u8; 16], Exempt>,
+    names: [&'static str; 2],
 }
 
 /// One grant as `list` shows it.
@@ -87,36 +109,45 @@ fn removed(name: &str, result: Result<(), MapError>) -> Result<bool> {
 }
 
 impl GateMaps {
+    /// Opens the pinned maps. A gate pinned by an older smtp-gate, whose
+    /// maps have another layout, is refused with a clear word on how to
+    /// upgrade it.
     pub fn open(dir: &PinDir) -> Result<Self> {
         dir.require_gate()?;
-        let open = |name: &str| -> Result<Map> {
+        layout::require_current(dir)?;
+        Self::build(|name| {
             let path = dir.map(name);
             let data = MapData::from_pin(&path).map_err(|e| map_error(name, e))?;
             Map::from_map_data(data).map_err(|e| map_error(name, e))
-        };
-        Ok(Self {
-            grants_v4: typed(open(GRANTS_V4)?, GRANTS_V4)?,
-            grants_v6: typed(open(GRANTS_V6)?, GRANTS_V6)?,
-            exempt_v4: typed(open(EXEMPT_V4)?, EXEMPT_V4)?,
-            exempt_v6: typed(open(EXEMPT_V6)?, EXEMPT_V6)?,
-            settings: typed(open(SETTINGS)?, SETTINGS)?,
-            stats: typed(open(STATS)?, STATS)?,
         })
     }
 
     /// Takes the maps out of a loaded object. Its programs keep using them.
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name: &str| -> Result<Map> {
+        Self::build(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
-        };
+        })
+    }
+
+    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            grants_v4: typed(take(GRANTS_V4)?, GRANTS_V4)?,
-            grants_v6: typed(take(GRANTS_V6)?, GRANTS_V6)?,
-            exempt_v4: typed(take(EXEMPT_V4)?, EXEMPT_V4)?,
-            exempt_v6: typed(take(EXEMPT_V6)?, EXEMPT_V6)?,
-            settings: typed(take(SETTINGS)?, SETTINGS)?,
-            stats: typed(take(STATS)?, STATS)?,
+            grants_v4: typed(get(GRANTS_V4)?, GRANTS_V4)?,
+            grants_v6: typed(get(GRANTS_V6)?, GRANTS_V6)?,
+            exempt: CidrSet {
+                v4: typed(get(EXEMPT_V4)?, EXEMPT_V4)?,
+                v6: typed(get(EXEMPT_V6)?, EXEMPT_V6)?,
+                names: [EXEMPT_V4, EXEMPT_V6],
+            },
+            scope: CidrSet {
+                v4: typed(get(SCOPE_V4)?, SCOPE_V4)?,
+                v6: typed(get(SCOPE_V6)?, SCOPE_V6)?,
+                names: [SCOPE_V4, SCOPE_V6],
+            },
+            local_v4: typed(get(LOCAL_V4)?, LOCAL_V4)?,
+            local_v6: typed(get(LOCAL_V6)?, LOCAL_V6)?,
+            settings: typed(get(SETTINGS)?, SETTINGS)?,
+            stats: typed(get(STATS)?, STATS)?,
         })
     }
 
@@ -203,65 +234,97 @@ impl GateMaps {
     }
 
     pub fn exempt_add(&mut self, cidr: Cidr) -> Result<()> {
-        let value = Exempt { enabled: 1 };
-        match cidr.net() {
-            IpNet::V4(net) => self
-                .exempt_v4
-                .insert(
-                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
-                    value,
-                    0,
-                )
-                .map_err(|e| map_error(EXEMPT_V4, e)),
-            IpNet::V6(net) => self
-                .exempt_v6
-                .insert(
-                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
-                    value,
-                    0,
-                )
-                .map_err(|e| map_error(EXEMPT_V6, e)),
-        }
+        self.exempt.add(cidr)
     }
 
     /// Removes an exempt network; false if it was not there.
     pub fn exempt_del(&mut self, cidr: Cidr) -> Result<bool> {
-        let result = match cidr.net() {
-            IpNet::V4(net) => self
-                .exempt_v4
-                .remove(&Key::new(net.prefix_len() as u32, net.addr().octets())),
-            IpNet::V6(net) => self
-                .exempt_v6
-                .remove(&Key::new(net.prefix_len() as u32, net.addr().octets())),
-        };
-        removed("exempt", result)
+        self.exempt.del(cidr)
     }
 
     pub fn exempt_list(&self) -> Result<Vec<Cidr>> {
+        self.exempt.list()
+    }
+
+    /// Replaces the exempt set with `cidrs`. Old networks go before new
+    /// ones come in: while it changes, the set never exempts more than
+    /// either.
+    pub fn exempt_replace(&mut self, cidrs: &[Cidr]) -> Result<()> {
+        self.exempt.replace(cidrs, Order::RemoveFirst)
+    }
+
+    /// The destination networks the gate is scoped to (`--dest`); they
+    /// only apply while `Settings::dest_scoped` is set.
+    pub fn scope_list(&self) -> Result<Vec<Cidr>> {
+        self.scope.list()
+    }
+
+    /// Makes `cidrs` the destination scope, and the gate scoped to it (or
+    /// to every destination when `cidrs` is empty). Each step leaves the
+    /// gate judging at least what it judged before or what it will judge
+    /// after: the new networks go in before the old ones go out, and the
+    /// flag is cleared before the set is emptied.
+    pub fn set_scope(&mut self, cidrs: &[Cidr]) -> Result<()> {
+        let mut settings = self.settings()?;
+        if cidrs.is_empty() {
+            settings.dest_scoped = 0;
+            self.set_settings(&settings)?;
+            self.scope.replace(&[], Order::AddFirst)
+        } else {
+            self.scope.replace(cidrs, Order::AddFirst)?;
+            settings.dest_scoped = 1;
+            self.set_settings(&settings)
+        }
+    }
+
+    /// The host's addresses as the reset mode sees them.
+    pub fn local_list(&self) -> Result<Vec<LocalAddr>> {
         let mut out = Vec::new();
-        for key in self.exempt_v4.keys() {
-            let key = key.map_err(|e| map_error(EXEMPT_V4, e))?;
-            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)?;
-            out.push(Cidr::from(IpNet::V4(net)));
+        for item in self.local_v4.iter() {
+            let (key, value) = item.map_err(|e| map_error(LOCAL_V4, e))?;
+            out.push(LocalAddr {
+                addr: IpAddr::V4(Ipv4Addr::from(key)),
+                ifindex: value.ifindex,
+            });
         }
-        for key in self.exempt_v6.keys() {
-            let key = key.map_err(|e| map_error(EXEMPT_V6, e))?;
-            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)?;
-            out.push(Cidr::from(IpNet::V6(net)));
+        for item in self.local_v6.iter() {
+            let (key, value) = item.map_err(|e| map_error(LOCAL_V6, e))?;
+            out.push(LocalAddr {
+                addr: IpAddr::V6(Ipv6Addr::from(key)),
+                ifindex: value.ifindex,
+            });
         }
-        out.sort_by_key(|c| c.net());
+        out.sort_by_key(|l| l.addr);
         Ok(out)
     }
 
-    /// Replaces the exempt set with `cidrs`.
-    pub fn exempt_replace(&mut self, cidrs: &[Cidr]) -> Result<()> {
-        for old in self.exempt_list()? {
-            if !cidrs.contains(&old) {
-                self.exempt_del(old)?;
+    /// Makes `addrs` the host's addresses: new ones are added before the
+    /// ones that are gone are removed.
+    pub fn local_replace(&mut self, addrs: &[LocalAddr]) -> Result<()> {
+        for local in addrs {
+            let value = Local {
+                ifindex: local.ifindex,
+            };
+            match local.addr {
+                IpAddr::V4(v4) => self
+                    .local_v4
+                    .insert(v4.octets(), value, 0)
+                    .map_err(|e| map_error(LOCAL_V4, e))?,
+                IpAddr::V6(v6) => self
+                    .local_v6
+                    .insert(v6.octets(), value, 0)
+                    .map_err(|e| map_error(LOCAL_V6, e))?,
             }
         }
-        for cidr in cidrs {
-            self.exempt_add(*cidr)?;
+        for old in self.local_list()? {
+            if addrs.iter().any(|l| l.addr == old.addr) {
+                continue;
+            }
+            let result = match old.addr {
+                IpAddr::V4(v4) => self.local_v4.remove(&v4.octets()),
+                IpAddr::V6(v6) => self.local_v6.remove(&v6.octets()),
+            };
+            removed("local addresses", result)?;
         }
         Ok(())
     }
@@ -277,5 +340,82 @@ impl GateMaps {
             totals[outcome as usize] = per_cpu.iter().sum();
         }
         Ok(totals)
+    }
+}
+
+impl CidrSet {
+    fn add(&mut self, cidr: Cidr) -> Result<()> {
+        let value = Exempt { enabled: 1 };
+        match cidr.net() {
+            IpNet::V4(net) => self
+                .v4
+                .insert(
+                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
+                    value,
+                    0,
+                )
+                .map_err(|e| map_error(self.names[0], e)),
+            IpNet::V6(net) => self
+                .v6
+                .insert(
+                    &Key::new(net.prefix_len() as u32, net.addr().octets()),
+                    value,
+                    0,
+                )
+                .map_err(|e| map_error(self.names[1], e)),
+        }
+    }
+
+    fn del(&mut self, cidr: Cidr) -> Result<bool> {
+        let (name, result) = match cidr.net() {
+            IpNet::V4(net) => (
+                self.names[0],
+                self.v4
+                    .remove(&Key::new(net.prefix_len() as u32, net.addr().octets())),
+            ),
+            IpNet::V6(net) => (
+                self.names[1],
+                self.v6
+                    .remove(&Key::new(net.prefix_len() as u32, net.addr().octets())),
+            ),
+        };
+        removed(name, result)
+    }
+
+    fn list(&self) -> Result<Vec<Cidr>> {
+        let mut out = Vec::new();
+        for key in self.v4.keys() {
+            let key = key.map_err(|e| map_error(self.names[0], e))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)?;
+            out.push(Cidr::from(IpNet::V4(net)));
+        }
+        for key in self.v6.keys() {
+            let key = key.map_err(|e| map_error(self.names[1], e))?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)?;
+            out.push(Cidr::from(IpNet::V6(net)));
+        }
+        out.sort_by_key(|c| c.net());
+        Ok(out)
+    }
+
+    /// Makes the set `cidrs`, in the order that keeps the gate judging
+    /// at least as much as before or after while it changes.
+    fn replace(&mut self, cidrs: &[Cidr], order: Order) -> Result<()> {
+        if order == Order::AddFirst {
+            for cidr in cidrs {
+                self.add(*cidr)?;
+            }
+        }
+        for old in self.list()? {
+            if !cidrs.contains(&old) {
+                self.del(old)?;
+            }
+        }
+        if order == Order::RemoveFirst {
+            for cidr in cidrs {
+                self.add(*cidr)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -2,13 +2,21 @@
 //! directory, the pinned maps, attaching and detaching.
 
 pub mod attach;
+pub mod bpffs;
 pub mod clock;
-pub mod link_info;
+pub mod held;
+pub mod layout;
+pub mod link_fd;
+pub mod link_state;
+pub mod local_addrs;
 pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod privilege;
+pub mod upgrade;
 
-pub use attach::{attach, detach, AttachMode, AttachReport, AttachRequest};
+pub use attach::{
+    attach, attach_holding, detach, AttachMode, AttachReport, AttachRequest, Attachment,
+};
 pub use maps::{GateMaps, GrantEntry};
 pub use pins::PinDir;

@@ -3,18 +3,19 @@
 //! attached it and every CLI command can find it.
 
 use std::{
-    ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 
-use super::attach::AttachMode;
+use super::{
+    attach::AttachMode,
+    bpffs::{self, is_bpffs},
+};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/smtp-gate";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINK_PREFIX: &str = "link_";
 
 #[derive(Clone, Debug)]
@@ -95,16 +96,19 @@ impl PinDir {
         Ok(())
     }
 
-    /// Makes sure the directory exists on a bpffs. bpffs is not mounted at
-    /// boot on every distribution; like `bpftool`, mount it where it is
-    /// expected: on /sys/fs/bpf for the default location, or on the pin
-    /// directory itself elsewhere.
-    pub fn prepare(&self) -> Result<()> {
+    /// Makes sure the directory exists on a bpffs that outlives this
+    /// process. bpffs is not mounted at boot on every distribution; like
+    /// `bpftool`, mount it where it is expected: on /sys/fs/bpf for the
+    /// default location, or on the pin directory itself elsewhere. A bpffs
+    /// that only this process's mount namespace would have is refused
+    /// unless `allow_private` (see bpffs.rs).
+    pub fn prepare(&self, allow_private: bool) -> Result<()> {
         let parent = self.path.parent().unwrap_or(Path::new("/"));
         if self.path.exists() && is_bpffs(&self.path)? {
-            return Ok(());
+            return self.check_lasting(&self.path, allow_private);
         }
         if parent.exists() && is_bpffs(parent)? {
+            self.check_lasting(parent, allow_private)?;
             fs::create_dir_all(&self.path)
                 .with_context(|| format!("creating pin directory {}", self.path.display()))?;
             return Ok(());
@@ -114,47 +118,59 @@ impl PinDir {
         } else {
             self.path.clone()
         };
+        if !allow_private && bpffs::own_mounts_are_private() {
+            bail!(
+                "{} is not on a bpffs, and this process does not run in the host's mount \
+                 namespace (as under `ip netns exec`, which gives a command a fresh /sys, or \
+                 in a sandboxed service): a bpffs mounted on {} now would be private to this \
+                 process, and the gate would vanish with it. Mount a bpffs in the host's mount \
+                 namespace (e.g. `mount -t bpf bpf /run/smtp-gate`, outside `ip netns exec`) \
+                 and pass `--pin-dir /run/smtp-gate/gate`, or pass --allow-private-bpffs if a \
+                 gate that ends with this process is what you want",
+                self.path.display(),
+                mount_point.display()
+            );
+        }
         fs::create_dir_all(&mount_point)
             .with_context(|| format!("creating {}", mount_point.display()))?;
-        mount_bpffs(&mount_point)?;
+        bpffs::mount_bpffs(&mount_point)?;
         fs::create_dir_all(&self.path)
             .with_context(|| format!("creating pin directory {}", self.path.display()))?;
         Ok(())
+    }
+
+    /// Refuses a bpffs (holding `at`) that the host does not see, unless
+    /// `allow_private`.
+    fn check_lasting(&self, at: &Path, allow_private: bool) -> Result<()> {
+        if allow_private || bpffs::bpffs_seen_by_host(at) != Some(false) {
+            return Ok(());
+        }
+        bail!(
+            "the bpffs holding {} is mounted only in this process's mount namespace, not in \
+             the host's: pins there vanish with the last process of this namespace, and the \
+             gate with them. Pass a --pin-dir on a bpffs mounted in the host's mount \
+             namespace, or --allow-private-bpffs if that is what you want",
+            self.path.display()
+        )
+    }
+
+    /// Takes the pin directory's lock (flock), so that an `attach`, a
+    /// `detach` and a daemon repairing the gate do not work on the same
+    /// links at once. `None` if the directory does not exist.
+    pub fn lock(&self) -> Result<Option<Flock<fs::File>>> {
+        let dir = match fs::File::open(&self.path) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
+        };
+        Flock::lock(dir, FlockArg::LockExclusive)
+            .map(Some)
+            .map_err(|(_, errno)| anyhow::Error::new(errno))
+            .with_context(|| format!("locking {}", self.path.display()))
     }
 
     /// Removes the directory if nothing is left in it.
     pub fn remove_if_empty(&self) {
         let _ = fs::remove_dir(&self.path);
     }
-}
-
-fn is_bpffs(path: &Path) -> Result<bool> {
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: zeroed statfs is a valid out-parameter.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is NUL-terminated, stat is writable.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("statfs {}", path.display()));
-    }
-    Ok(stat.f_type as i64 == BPF_FS_MAGIC)
-}
-
-fn mount_bpffs(at: &Path) -> Result<()> {
-    let target = CString::new(at.as_os_str().as_bytes())?;
-    // SAFETY: all strings are NUL-terminated and outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            c"mode=0700".as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs on {}", at.display()));
-    }
-    Ok(())
 }

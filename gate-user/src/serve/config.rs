@@ -14,7 +14,7 @@ use gate_common::DenyMode;
 use toml::{Table, Value};
 
 use crate::{
-    addr::Cidr,
+    addr::{dest_scope, Cidr, Dest},
     duration::parse_duration,
     gate::{pins::DEFAULT_PIN_DIR, AttachMode, AttachRequest},
 };
@@ -48,9 +48,12 @@ pub struct ServeSettings {
     pub ports: Option<Vec<u16>>,
     pub window: Option<Duration>,
     pub exempt: Option<Vec<Cidr>>,
+    /// The destination scope; empty: every destination.
+    pub dest: Option<Vec<Cidr>>,
     pub deny: Option<DenyMode>,
     pub capacity: Option<u32>,
     pub log_rate: Option<u32>,
+    pub allow_private_bpffs: Option<bool>,
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
@@ -69,9 +72,11 @@ const KEYS: &[&str] = &[
     "ports",
     "window",
     "exempt",
+    "dest",
     "deny",
     "capacity",
     "log_rate",
+    "allow_private_bpffs",
     "idle_timeout",
     "max_connections",
     "max_connections_per_ip",
@@ -110,9 +115,14 @@ impl ServeSettings {
             ports: file.ports()?,
             window: file.parsed("window", parse_duration)?,
             exempt: file.list("exempt", |s| s.parse::<Cidr>())?,
+            dest: file
+                .list("dest", |s| s.parse::<Dest>())?
+                .map(|values| dest_scope(&values).context("key `dest`"))
+                .transpose()?,
             deny: file.parsed("deny", parse_deny)?,
             capacity: file.integer("capacity")?,
             log_rate: file.integer("log_rate")?,
+            allow_private_bpffs: file.boolean("allow_private_bpffs")?,
             idle_timeout: file.parsed("idle_timeout", parse_duration)?,
             max_connections: file.integer("max_connections")?,
             max_connections_per_ip: file.integer("max_connections_per_ip")?,
@@ -134,9 +144,11 @@ impl ServeSettings {
             ports: self.ports.or(file.ports),
             window: self.window.or(file.window),
             exempt: self.exempt.or(file.exempt),
+            dest: self.dest.or(file.dest),
             deny: self.deny.or(file.deny),
             capacity: self.capacity.or(file.capacity),
             log_rate: self.log_rate.or(file.log_rate),
+            allow_private_bpffs: self.allow_private_bpffs.or(file.allow_private_bpffs),
             idle_timeout: self.idle_timeout.or(file.idle_timeout),
             max_connections: self.max_connections.or(file.max_connections),
             max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
@@ -201,6 +213,8 @@ impl ServeSettings {
                 exempt: self.exempt,
                 capacity: self.capacity,
                 log_rate_per_sec: self.log_rate,
+                dest: self.dest,
+                allow_private_bpffs: self.allow_private_bpffs.unwrap_or(false),
             },
             idle_timeout,
             max_connections,
@@ -249,6 +263,17 @@ impl File<'_> {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(other) => bail!("key `{key}`: expected a string, found {}", other.type_str()),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Boolean(b)) => Ok(Some(*b)),
+            Some(other) => bail!(
+                "key `{key}`: expected true or false, found {}",
+                other.type_str()
+            ),
         }
     }
 
@@ -328,9 +353,11 @@ mod tests {
             ports = [25, 587]
             window = "15m"
             exempt = ["192.0.2.0/24", "2001:db8::/32"]
+            dest = ["198.51.100.25/32", "2001:db8:25::/64"]
             deny = "reset"
             capacity = 1000
             log_rate = 3
+            allow_private_bpffs = true
             idle_timeout = "20m"
             max_connections = 50
             login_failure_delay = "1s"
@@ -344,7 +371,11 @@ mod tests {
         assert_eq!(s.window, Some(Duration::from_secs(900)));
         assert_eq!(s.deny, Some(DenyMode::Reset));
         assert_eq!(s.exempt.unwrap().len(), 2);
+        assert_eq!(s.dest.unwrap().len(), 2);
+        assert_eq!(s.allow_private_bpffs, Some(true));
         assert_eq!(s.max_connections, Some(50));
+        let all = ServeSettings::from_toml("dest = [\"all\"]").unwrap();
+        assert_eq!(all.dest, Some(Vec::new()), "all: every destination");
     }
 
     #[test]
@@ -354,6 +385,9 @@ mod tests {
         assert!(err("ports = [25, 70000]").contains("key `ports`"));
         assert!(err("listen = [\"localhost\"]").contains("key `listen`"));
         assert!(err("exempt = [\"10.1.2.3/8\"]").contains("key `exempt`"));
+        assert!(err("dest = [\"10.1.2.3/8\"]").contains("key `dest`"));
+        assert!(err("dest = [\"all\", \"10.0.0.0/8\"]").contains("key `dest`"));
+        assert!(err("allow_private_bpffs = 1").contains("key `allow_private_bpffs`"));
         assert!(err("deny = \"maybe\"").contains("key `deny`"));
         assert!(err("max_connections = -1").contains("key `max_connections`"));
         assert!(err("liste = []").contains("unknown key `liste`"));

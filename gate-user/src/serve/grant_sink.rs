@@ -3,6 +3,7 @@
 use std::{net::IpAddr, sync::Mutex};
 
 use pop3::GrantSink;
+use tokio::sync::Notify;
 
 use crate::gate::GateMaps;
 
@@ -10,19 +11,35 @@ pub struct GateGrantSink {
     // aya's map handles need &mut to insert; one bpf() call is
     // microseconds, so a plain mutex is no bottleneck.
     maps: Mutex<GateMaps>,
+    /// Woken when a grant fails: the gate may be gone, check it now.
+    trouble: std::sync::Arc<Notify>,
 }
 
 impl GateGrantSink {
     pub fn new(maps: GateMaps) -> Self {
         Self {
             maps: Mutex::new(maps),
+            trouble: std::sync::Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified after every failed grant.
+    pub fn trouble(&self) -> std::sync::Arc<Notify> {
+        std::sync::Arc::clone(&self.trouble)
+    }
+
+    /// Grants go to these maps from now on (the gate was replaced).
+    pub fn replace_maps(&self, maps: GateMaps) {
+        *self.maps.lock().unwrap_or_else(|p| p.into_inner()) = maps;
     }
 }
 
 impl GrantSink for GateGrantSink {
     fn grant(&self, addr: IpAddr) -> Result<(), String> {
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        maps.grant(addr, None).map_err(|e| format!("{e:#}"))
+        maps.grant(addr, None).map_err(|e| {
+            self.trouble.notify_one();
+            format!("{e:#}")
+        })
     }
 }

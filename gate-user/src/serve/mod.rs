@@ -1,11 +1,13 @@
 //! `smtp-gate serve`: the daemon. It attaches the gate (or adopts the one
 //! that is there), serves POP3, and grants every successful login in the
 //! gate's map before answering `+OK`. The gate is pinned, so it keeps
-//! enforcing, with its grants, while the daemon restarts.
+//! enforcing, with its grants, while the daemon restarts; while the daemon
+//! runs it also holds the gate itself and watches it (watch.rs).
 
 pub mod config;
 mod gate_log;
 mod grant_sink;
+mod watch;
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ServeConfig, ServeSettings};
 pub use grant_sink::GateGrantSink;
 
-use crate::gate::{self, AttachReport, GateMaps, PinDir};
+use crate::gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir};
 
 pub fn run(config: ServeConfig) -> Result<()> {
     // Everything that can be refused is refused before the gate changes.
@@ -41,7 +43,9 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
     let listeners = bind_listeners(&config.listen)?;
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
-    match gate::attach(&dir, &config.attach)? {
+    let attachment = gate::attach_holding(&dir, &config.attach)?;
+    let mode = attachment.report.mode();
+    match &attachment.report {
         AttachReport::Attached { mode } => info!("gate attached to {iface} ({mode})"),
         AttachReport::Updated { mode } => {
             info!("gate on {iface} ({mode}) adopted, settings applied")
@@ -49,8 +53,31 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         AttachReport::Replaced { old, new } => {
             info!("gate on {iface} moved from {old} to {new}")
         }
+        AttachReport::Upgraded {
+            mode,
+            replaced,
+            warnings,
+        } => {
+            info!(
+                "gate on {iface} ({mode}) upgraded: it was pinned by an older smtp-gate; \
+                 replaced the maps {} (settings carried over, grants kept)",
+                replaced.join(", ")
+            );
+            for warning in warnings {
+                warn!("upgrade: {warning}");
+            }
+        }
     }
+    let held = HeldGate::new(&dir, &iface, mode, attachment.link)?;
     let grants = Arc::new(GateGrantSink::new(GateMaps::open(&dir)?));
+    let trouble = grants.trouble();
+    let watch = watch::Watch::new(
+        held,
+        config.attach.clone(),
+        dir.clone(),
+        Arc::clone(&grants),
+        GateMaps::open(&dir)?,
+    );
     if let Err(e) = gate_log::forward(&dir, &iface) {
         warn!("the gate's denial log is not forwarded: {e:#}");
     }
@@ -62,7 +89,7 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
     let backends = Backends {
         auth: Arc::new(users),
         store: Arc::new(MaildirStore::new(config.mail_root.clone())),
-        grants,
+        grants: grants.clone(),
     };
     let server_config = ServerConfig {
         listen: config.listen.clone(),
@@ -89,7 +116,13 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         }
         trigger.cancel();
     });
+    let watch_stop = CancellationToken::new();
+    let watching = tokio::spawn(watch.run(Arc::clone(&trouble), watch_stop.clone()));
     server.run(shutdown).await;
-    info!("stopped; the gate stays attached to {iface} with its grants");
+    watch_stop.cancel();
+    match watching.await {
+        Ok(watch) => watch.farewell(&iface),
+        Err(e) => log::error!("the gate's watch failed: {e}; the gate may be gone"),
+    }
     Ok(())
 }

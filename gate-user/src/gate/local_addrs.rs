@@ -1,0 +1,87 @@
+//! The host's own unicast addresses, for the reset mode: the program
+//! answers a denied SYN with a RST only when the SYN was sent to one of
+//! them (looked up in `local_v4`/`local_v6`), so that the gate never
+//! forges replies for addresses that are not this host's. User space
+//! keeps the maps equal to the addresses of every interface of the network
+//! namespace. A gate whose maps are empty still drops denied SYNs; it just
+//! cannot answer them.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::{Context, Result};
+use nix::{ifaddrs::getifaddrs, net::if_::if_nametoindex};
+
+/// One address of the host and the interface that holds it
+/// (informational: the program only asks whether an address is there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalAddr {
+    pub addr: IpAddr,
+    pub ifindex: u32,
+}
+
+/// Every unicast address of every interface of this network namespace,
+/// each once, sorted.
+pub fn host_addresses() -> Result<Vec<LocalAddr>> {
+    let mut found: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    for entry in getifaddrs().context("listing the host's addresses (getifaddrs)")? {
+        let Some(storage) = entry.address else {
+            continue;
+        };
+        let addr = if let Some(v4) = storage.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = storage.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if !is_unicast(addr) {
+            continue;
+        }
+        // An interface that went away between the two calls has index 0;
+        // its address is still listed, the index is informational.
+        let ifindex = if_nametoindex(entry.interface_name.as_str()).unwrap_or(0);
+        found.entry(addr).or_insert(ifindex);
+    }
+    Ok(found
+        .into_iter()
+        .map(|(addr, ifindex)| LocalAddr { addr, ifindex })
+        .collect())
+}
+
+/// An address a SYN can be sent to as this host: not unspecified, not
+/// multicast, not the IPv4 limited broadcast.
+fn is_unicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && v4 != Ipv4Addr::BROADCAST,
+        IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unicast_addresses_count() {
+        for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1"] {
+            assert!(!is_unicast(bad.parse().unwrap()), "{bad}");
+        }
+        for good in ["127.0.0.1", "192.0.2.7", "::1", "fe80::1", "2001:db8::7"] {
+            assert!(is_unicast(good.parse().unwrap()), "{good}");
+        }
+    }
+
+    #[test]
+    fn loopback_is_among_the_host_addresses() {
+        let addrs = host_addresses().expect("getifaddrs");
+        assert!(
+            addrs
+                .iter()
+                .any(|l| l.addr == IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Upgrading a gate pinned by an older smtp-gate. Its maps of an older
+//! layout are unpinned (the old program keeps its own references, so the
+//! interface stays gated by it until its link runs the new program), the
+//! new program is loaded with new maps pinned in their place, and the old
+//! settings are carried over. Maps whose layout did not change (the
+//! grants, the exempt networks) are kept as they are. If the upgrade fails
+//! before the new gate is in place, the old maps are pinned back.
+
+use std::{fs, io, os::fd::AsFd};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, Map, MapData};
+use gate_common::{map_names::SETTINGS, Settings, MAX_PORTS};
+use log::warn;
+
+use super::pins::PinDir;
+
+/// An upgrade under way: the outdated maps, still held.
+pub struct Upgrade {
+    old: Vec<(&'static str, MapData)>,
+    /// The old gate's settings, when its settings map is among the
+    /// replaced ones (otherwise the pinned settings map is kept).
+    pub carried: Option<Settings>,
+}
+
+impl Upgrade {
+    /// Holds and unpins the `outdated` maps of `dir`; `None` if there are
+    /// none.
+    pub fn begin(dir: &PinDir, outdated: &[&'static str]) -> Result<Option<Self>> {
+        if outdated.is_empty() {
+            return Ok(None);
+        }
+        let mut old = Vec::new();
+        for name in outdated {
+            let path = dir.map(name);
+            let data =
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            old.push((*name, data));
+        }
+        let carried = match old.iter().find(|(name, _)| *name == SETTINGS) {
+            Some((_, data)) => Some(read_old_settings(data)?),
+            None => None,
+        };
+        let upgrade = Self { old, carried };
+        for (name, _) in &upgrade.old {
+            if let Err(e) = remove_pin(dir, name) {
+                upgrade.roll_back(dir);
+                return Err(e);
+            }
+        }
+        Ok(Some(upgrade))
+    }
+
+    /// The names of the maps that were replaced.
+    pub fn replaced(&self) -> Vec<&'static str> {
+        self.old.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Puts the old maps back under their names, in place of whatever a
+    /// failed upgrade pinned there.
+    pub fn roll_back(&self, dir: &PinDir) {
+        for (name, data) in &self.old {
+            if let Err(e) = remove_pin(dir, name) {
+                warn!("rolling back the upgrade: {e:#}");
+            }
+            if let Err(e) = data.pin(dir.map(name)) {
+                warn!("rolling back the upgrade: pinning the old {name} again: {e}");
+            }
+        }
+    }
+}
+
+fn remove_pin(dir: &PinDir, name: &str) -> Result<()> {
+    match fs::remove_file(dir.map(name)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("unpinning {name}")),
+    }
+}
+
+/// Size of the settings value before `dest_scoped` and `reserved` came.
+const OLD_SETTINGS_SIZE: usize = 40;
+
+/// Reads the settings of an older gate by the layout it was written in:
+/// window_ns (u64), ports ([u16; 8]), port_count, deny_mode,
+/// log_rate_per_sec, log_burst (u32 each), in the host's byte order. Any
+/// other size is not a layout this build knows: the new gate starts from
+/// its defaults then.
+fn read_old_settings(data: &MapData) -> Result<Settings> {
+    let info = data.info().context("reading the old settings map")?;
+    if info.value_size() as usize != OLD_SETTINGS_SIZE {
+        warn!(
+            "the old settings map has {}-octet values, a layout this build does not know: \
+             the upgraded gate starts from the default settings",
+            info.value_size()
+        );
+        return Ok(Settings::UNCONFIGURED);
+    }
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating the old settings map's fd")?;
+    let map = Map::from_map_data(MapData::from_fd(fd)?)?;
+    let array: Array<MapData, [u8; OLD_SETTINGS_SIZE]> =
+        Array::try_from(map).context("the old settings map is not an array")?;
+    let raw = array.get(&0, 0).context("reading the old settings")?;
+    Ok(parse_old_settings(&raw))
+}
+
+fn parse_old_settings(raw: &[u8; OLD_SETTINGS_SIZE]) -> Settings {
+    let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().unwrap());
+    let mut settings = Settings::UNCONFIGURED;
+    settings.window_ns = u64::from_ne_bytes(raw[0..8].try_into().unwrap());
+    for (i, port) in settings.ports.iter_mut().enumerate() {
+        let at = 8 + 2 * i;
+        *port = u16::from_ne_bytes([raw[at], raw[at + 1]]);
+    }
+    settings.port_count = u32_at(8 + 2 * MAX_PORTS).min(MAX_PORTS as u32);
+    settings.deny_mode = u32_at(28);
+    settings.log_rate_per_sec = u32_at(32);
+    settings.log_burst = u32_at(36);
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_settings_layout_is_read_field_by_field() {
+        let mut raw = [0u8; OLD_SETTINGS_SIZE];
+        raw[0..8].copy_from_slice(&(420u64 * 1_000_000_000).to_ne_bytes());
+        raw[8..10].copy_from_slice(&25u16.to_ne_bytes());
+        raw[10..12].copy_from_slice(&587u16.to_ne_bytes());
+        raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
+        raw[28..32].copy_from_slice(&1u32.to_ne_bytes());
+        raw[32..36].copy_from_slice(&7u32.to_ne_bytes());
+        raw[36..40].copy_from_slice(&14u32.to_ne_bytes());
+        let s = parse_old_settings(&raw);
+        assert_eq!(s.window_ns, 420_000_000_000);
+        assert_eq!(&s.ports[..2], &[25, 587]);
+        assert_eq!(s.port_count, 2);
+        assert_eq!(s.deny_mode, 1);
+        assert_eq!(s.log_rate_per_sec, 7);
+        assert_eq!(s.log_burst, 14);
+        assert_eq!(s.dest_scoped, 0);
+    }
+}

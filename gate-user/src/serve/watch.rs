@@ -1,0 +1,133 @@
+//! The daemon's watch over its gate: every few seconds (and at once after
+//! a failed grant) it checks that the gate is whole and repairs what it
+//! can (gate/held.rs), logs every problem as an error when it appears and
+//! counts it, and keeps the host's addresses for the reset mode current.
+
+use std::{sync::Arc, time::Duration};
+
+use log::{error, info, warn};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::grant_sink::GateGrantSink;
+use crate::gate::{
+    held::HeldGate, local_addrs, local_addrs::LocalAddr, AttachRequest, GateMaps, PinDir,
+};
+
+/// How often the gate is checked and the host's addresses read.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct Watch {
+    held: HeldGate,
+    req: AttachRequest,
+    dir: PinDir,
+    grants: Arc<GateGrantSink>,
+    maps: GateMaps,
+    /// The problems of the last check: the same ones are not logged again
+    /// every few seconds, nor counted again.
+    last_problems: Vec<String>,
+    incidents: u64,
+    last_addrs: Vec<LocalAddr>,
+}
+
+impl Watch {
+    pub fn new(
+        held: HeldGate,
+        req: AttachRequest,
+        dir: PinDir,
+        grants: Arc<GateGrantSink>,
+        maps: GateMaps,
+    ) -> Self {
+        Self {
+            held,
+            req,
+            dir,
+            grants,
+            maps,
+            last_problems: Vec::new(),
+            incidents: 0,
+            last_addrs: Vec::new(),
+        }
+    }
+
+    /// Checks until `stop`, then hands the watch back for the last word.
+    pub async fn run(mut self, trouble: Arc<Notify>, stop: CancellationToken) -> Self {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK_INTERVAL) => {}
+                _ = trouble.notified() => {}
+                _ = stop.cancelled() => return self,
+            }
+            self.check_once();
+        }
+    }
+
+    pub fn check_once(&mut self) {
+        let check = self.held.check(&self.req);
+        if !check.problems.is_empty() && check.problems != self.last_problems {
+            self.incidents += 1;
+            for problem in &check.problems {
+                error!("gate incident {}: {problem}", self.incidents);
+            }
+        }
+        self.last_problems = check.problems;
+        for repair in &check.repairs {
+            warn!("gate: {repair}");
+        }
+        if check.maps_changed {
+            match (GateMaps::open(&self.dir), GateMaps::open(&self.dir)) {
+                (Ok(for_grants), Ok(for_watch)) => {
+                    self.grants.replace_maps(for_grants);
+                    self.maps = for_watch;
+                    info!("gate: logins are granted in the gate's new maps");
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    error!("gate: opening the gate's new maps: {e:#}");
+                }
+            }
+        }
+        self.refresh_addresses();
+    }
+
+    /// The host's unicast addresses into the maps the reset mode reads.
+    fn refresh_addresses(&mut self) {
+        let addrs = match local_addrs::host_addresses() {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                warn!("gate: reading the host's addresses: {e:#}");
+                return;
+            }
+        };
+        if let Err(e) = self.maps.local_replace(&addrs) {
+            warn!("gate: writing the host's addresses: {e:#}");
+            return;
+        }
+        if addrs != self.last_addrs {
+            let list: Vec<String> = addrs.iter().map(|a| a.addr.to_string()).collect();
+            info!("gate: the reset mode answers for {}", list.join(", "));
+            self.last_addrs = addrs;
+        }
+    }
+
+    /// The shutdown line: one last repair, then what is true: the gate
+    /// stays, or it ends with this daemon.
+    pub fn farewell(mut self, iface: &str) {
+        self.check_once();
+        let incidents = match self.incidents {
+            0 => String::new(),
+            n => format!(" ({n} gate incident(s) while running, see above)"),
+        };
+        if self.held.outlives_daemon() {
+            info!(
+                "stopped; the gate stays attached to {iface} ({}) with its grants{incidents}",
+                self.held.mode()
+            );
+        } else {
+            error!(
+                "stopped; the gate on {iface} ENDS with this daemon: its pins in {} are not \
+                 whole and could not be made again{incidents}",
+                self.dir.path().display()
+            );
+        }
+    }
+}
