@@ -353,6 +353,96 @@ fn mount_bpffs(at: &Path) {
     }
 }
 
+/// A bpffs whose mounts and unmounts in the root mount namespace reach the
+/// copies that `ip netns exec` made of it, as systemd's shared /sys/fs/bpf
+/// reaches a sandboxed service: a tmpfs made a shared mount, with the bpffs
+/// mounted inside it. The lab's own bpffs does not do that (the root
+/// mount is private on these machines). Unmounted and removed on drop.
+pub struct SharedBpffs {
+    holder: PathBuf,
+}
+
+impl SharedBpffs {
+    /// Under [`RUN_ROOT`], named after `lab` (swept with it if the test
+    /// process is killed).
+    pub fn new(lab: &Lab) -> Self {
+        let holder = Path::new(RUN_ROOT).join(format!("{}-shared", lab.id));
+        fs::create_dir_all(&holder)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", holder.display()));
+        let c_holder = CString::new(holder.as_os_str().as_bytes()).expect("path with NUL");
+        // SAFETY: NUL-terminated strings that outlive the calls.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                c_holder.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"mode=0700".as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mounting a tmpfs on {}: {}",
+            holder.display(),
+            io::Error::last_os_error()
+        );
+        // SAFETY: as above; MS_SHARED changes only the propagation type.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c_holder.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "making {} shared: {}",
+            holder.display(),
+            io::Error::last_os_error()
+        );
+        let shared = Self { holder };
+        fs::create_dir(shared.mount_point()).expect("creating the bpffs mount point");
+        shared.mount();
+        shared
+    }
+
+    fn mount_point(&self) -> PathBuf {
+        self.holder.join("bpf")
+    }
+
+    /// The pin directory to pass as `--pin-dir`.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.mount_point().join("gate")
+    }
+
+    /// Mounts a new, empty bpffs (after [`SharedBpffs::unmount`]).
+    pub fn mount(&self) {
+        mount_bpffs(&self.mount_point());
+    }
+
+    /// Unmounts the bpffs here, and so in every copy of the mount.
+    pub fn unmount(&self) {
+        unmount_all(&self.mount_point());
+    }
+
+    /// Names in the pin directory, as this namespace sees them.
+    pub fn pins(&self) -> Vec<String> {
+        sorted_names(&self.pin_dir())
+    }
+}
+
+impl Drop for SharedBpffs {
+    fn drop(&mut self) {
+        unmount_all(&self.mount_point());
+        unmount_all(&self.holder);
+        let _ = fs::remove_dir(&self.holder);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Connections
 // ---------------------------------------------------------------------------
@@ -597,6 +687,56 @@ fn spawn_smtp_server(
 // The lab
 // ---------------------------------------------------------------------------
 
+/// Creates `link`'s veth pair between `server` and the client namespace,
+/// with its addresses, up.
+fn make_link(server: &str, link: &Link) {
+    run_ok(
+        "ip",
+        &[
+            "-n",
+            server,
+            "link",
+            "add",
+            &link.server_iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.client_iface,
+            "netns",
+            &link.client_ns,
+        ],
+    );
+    for (ns, iface, v4, v6) in [
+        (server, &link.server_iface, link.server_v4, link.server_v6),
+        (
+            link.client_ns.as_str(),
+            &link.client_iface,
+            link.client_v4,
+            link.client_v6,
+        ),
+    ] {
+        run_ok(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", iface],
+        );
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                iface,
+                "nodad",
+            ],
+        );
+        run_ok("ip", &["-n", ns, "link", "set", iface, "up"]);
+    }
+}
+
 /// One client's veth pair, addresses and namespace.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -764,51 +904,7 @@ impl Lab {
             run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
         for link in &links {
-            run_ok(
-                "ip",
-                &[
-                    "-n",
-                    &server,
-                    "link",
-                    "add",
-                    &link.server_iface,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &link.client_iface,
-                    "netns",
-                    &link.client_ns,
-                ],
-            );
-            for (ns, iface, v4, v6) in [
-                (&server, &link.server_iface, link.server_v4, link.server_v6),
-                (
-                    &link.client_ns,
-                    &link.client_iface,
-                    link.client_v4,
-                    link.client_v6,
-                ),
-            ] {
-                run_ok(
-                    "ip",
-                    &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", iface],
-                );
-                run_ok(
-                    "ip",
-                    &[
-                        "-n",
-                        ns,
-                        "addr",
-                        "add",
-                        &format!("{v6}/64"),
-                        "dev",
-                        iface,
-                        "nodad",
-                    ],
-                );
-                run_ok("ip", &["-n", ns, "link", "set", iface, "up"]);
-            }
+            make_link(&server, link);
         }
         for ns in &all_ns {
             let routes = run_ok("ip", &["-n", ns, "route", "show", "default"])
@@ -885,6 +981,49 @@ impl Lab {
     /// The lab's pin directory (on its private bpffs).
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// Where the lab's bpffs is mounted (the pin directory's parent).
+    pub fn bpffs_mount_point(&self) -> &Path {
+        &self.mount_point
+    }
+
+    /// Unmounts the lab's bpffs in this (the root) mount namespace, as an
+    /// operator's `umount` would; the directory stays. Processes started
+    /// by `ip netns exec` before keep their own copy of the mount.
+    pub fn unmount_bpffs(&self) {
+        unmount_all(&self.mount_point);
+        assert!(
+            !is_mount_point(&self.mount_point),
+            "{} is still mounted",
+            self.mount_point.display()
+        );
+    }
+
+    /// `ip -n NS ARGS`; panics unless it succeeds. Returns its stdout.
+    pub fn ip(&self, ns: &str, args: &[&str]) -> String {
+        let mut all = vec!["-n", ns];
+        all.extend_from_slice(args);
+        run_ok("ip", &all)
+    }
+
+    /// Deletes `link`'s veth pair and makes it again, with the same names
+    /// and addresses (as a VLAN or bond recreated by networkd would be):
+    /// the kernel detaches whatever was attached to the old interfaces.
+    /// Waits until the client reaches the listener again.
+    pub fn recreate_link(&self, link: &Link) {
+        run_ok(
+            "ip",
+            &["-n", &self.server_ns, "link", "del", &link.server_iface],
+        );
+        make_link(&self.server_ns, link);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !link.connect_v4(SMTP_PORT, DENY_TIMEOUT).is_connected()
+            && !link.connect_v4(POP3_PORT, DENY_TIMEOUT).is_connected()
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The pin directory as a string, for command lines.

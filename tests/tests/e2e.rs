@@ -596,11 +596,15 @@ fn settings_change_the_running_gate() {
     let settings: serde_json::Value =
         serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
     assert_eq!(settings["deny"], "monitor", "{settings}");
+    let attached = settings["attached"].as_array().expect("attached list");
+    assert_eq!(attached.len(), 1, "{settings}");
     assert_eq!(
-        settings["attached"],
-        serde_json::json!([{"iface": client.server_iface, "mode": "xdp-skb"}]),
+        attached[0]["iface"],
+        client.server_iface.as_str(),
         "{settings}"
     );
+    assert_eq!(attached[0]["mode"], "xdp-skb", "{settings}");
+    assert_eq!(attached[0]["state"], "attached", "{settings}");
 }
 
 #[test]
@@ -991,4 +995,704 @@ fn a_recreated_interface_is_attached_anew() {
     let detached = lab.gate_in_server(&["detach", "--iface", "sgdummy0"]);
     assert!(detached.status.success(), "{detached:?}");
     ip(&["link", "del", "sgdummy0"]);
+}
+
+// ---------------------------------------------------------------------------
+// The gate never fails open because of our own operations
+// ---------------------------------------------------------------------------
+
+/// Polls `ok` every 100 ms for up to `within`; panics with `what` and
+/// `context()` if it never holds.
+#[track_caller]
+fn wait_for(
+    within: Duration,
+    what: &str,
+    mut ok: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not so after {within:?}\n{}",
+            context()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Native XDP is refused on a veth whose peer's MTU is larger than a page
+/// can hold (the kernel answers ERANGE): a way to make a switch to native
+/// XDP fail on this kernel.
+fn refuse_native_xdp(lab: &Lab) {
+    lab.ip(
+        &lab.client.client_ns,
+        &["link", "set", &lab.client.client_iface, "mtu", "9000"],
+    );
+}
+
+#[test]
+fn failed_switch_from_generic_to_native_xdp_keeps_the_generic_gate() {
+    let lab = Lab::new();
+    refuse_native_xdp(&lab);
+    let iface = lab.client.server_iface.clone();
+    lab.attach(&["--mode", "xdp-skb", "--window", "7m"]);
+    let before = lab.xdp_prog_ids(&iface);
+    assert_eq!(before.len(), 1, "{}", lab.server_link_show(&iface));
+
+    let out = lab.gate_in_server(&["attach", "--iface", &iface, "--mode", "xdp"]);
+    assert!(
+        !out.status.success(),
+        "native XDP was expected to be refused here: {}",
+        gate_tests::lab::describe(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the gate is back on {iface} in xdp-skb mode")),
+        "the error does not say the gate is back: {err}"
+    );
+    assert_eq!(
+        lab.xdp_prog_ids(&iface).len(),
+        1,
+        "no XDP program after the failed switch: {}",
+        lab.server_link_show(&iface)
+    );
+    assert!(
+        lab.pins().contains(&format!("link_xdpskb_{iface}")),
+        "the old mode's link is not pinned again: {:?}",
+        lab.pins()
+    );
+    assert_timed_out(
+        lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "after the failed switch, no grant",
+    );
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(settings["window_secs"], 420.0, "{settings}");
+    lab.gate_ok(&["grant", &v4(&lab.client)]);
+    assert_connected(
+        lab.client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "after the failed switch, granted",
+    );
+}
+
+#[test]
+fn failed_switch_from_tc_to_native_xdp_keeps_the_tc_gate() {
+    let lab = Lab::new();
+    refuse_native_xdp(&lab);
+    let iface = lab.client.server_iface.clone();
+    lab.attach(&["--mode", "tc"]);
+    let out = lab.gate_in_server(&["attach", "--iface", &iface, "--mode", "xdp"]);
+    assert!(
+        !out.status.success(),
+        "native XDP was expected to be refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the gate stays on {iface} in tc mode")),
+        "the error does not say the gate stays: {err}"
+    );
+    assert_eq!(lab.tc_ingress_programs(&iface).len(), 1);
+    assert!(lab.xdp_prog_ids(&iface).is_empty());
+    assert_timed_out(
+        lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "tc after the failed switch",
+    );
+}
+
+/// Under `ip netns exec`, /sys/fs/bpf is an empty directory of a fresh
+/// sysfs: a bpffs mounted there would be the process's own, and the gate
+/// would vanish when it exits.
+#[test]
+fn attach_refuses_a_bpffs_that_would_vanish_with_it() {
+    let lab = Lab::new();
+    let iface = lab.client.server_iface.clone();
+    // No --pin-dir: the default /sys/fs/bpf/smtp-gate, inside the server
+    // namespace's private mount namespace.
+    let out = gate_tests::lab::smtp_gate_in(&lab.server_ns, &["attach", "--iface", &iface]);
+    assert!(
+        !out.status.success(),
+        "attach pinned on a private bpffs: {}",
+        gate_tests::lab::describe(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mount namespace") && err.contains("--allow-private-bpffs"),
+        "the refusal does not say why or what to do: {err}"
+    );
+    assert!(lab.xdp_prog_ids(&iface).is_empty());
+
+    // Told so, it does it: and the gate is gone with the process.
+    let out = gate_tests::lab::smtp_gate_in(
+        &lab.server_ns,
+        &["attach", "--iface", &iface, "--allow-private-bpffs"],
+    );
+    assert!(out.status.success(), "{}", gate_tests::lab::describe(&out));
+    assert!(
+        lab.xdp_prog_ids(&iface).is_empty(),
+        "a private bpffs outlived its process?"
+    );
+}
+
+/// The daemon started as `ip netns exec ... smtp-gate serve` with the
+/// default pin directory is refused the same way.
+#[test]
+fn serve_refuses_a_bpffs_that_would_vanish_with_it() {
+    let lab = Lab::new();
+    let mail = gate_tests::lab::MailFixture::new();
+    let log = mail.dir().join("serve.log");
+    let args = serve_args(&lab, &mail, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = lab.spawn_serve(&args, &log);
+    let status = daemon
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("serve did not refuse:\n{}", daemon.log()));
+    assert!(!status.success(), "serve started:\n{}", daemon.log());
+    assert!(
+        daemon.log().contains("--allow-private-bpffs"),
+        "serve's refusal: {}",
+        daemon.log()
+    );
+    assert!(lab.xdp_prog_ids(&lab.client.server_iface).is_empty());
+}
+
+/// The flags of a `serve` on the lab's client veth (no `--pin-dir`).
+fn serve_args(lab: &Lab, mail: &gate_tests::lab::MailFixture, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--iface",
+        &lab.client.server_iface,
+        "--users",
+        &mail.users_file().to_string_lossy(),
+        "--mail-root",
+        &mail.mail_root().to_string_lossy(),
+        "--shutdown-grace",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `serve` on the lab's pin directory, answering POP3.
+fn start_daemon(
+    lab: &Lab,
+    mail: &gate_tests::lab::MailFixture,
+    extra: &[&str],
+) -> gate_tests::lab::ServeDaemon {
+    let args = serve_args(lab, mail, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.serve(&args, &mail.dir().join("serve.log"))
+}
+
+/// SIGTERM; the daemon must exit 0. Returns its log.
+fn stop_daemon(daemon: &mut gate_tests::lab::ServeDaemon) -> String {
+    let (status, _) = daemon.terminate(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "serve did not exit cleanly: {status:?}\n{}",
+        daemon.log()
+    );
+    daemon.log()
+}
+
+#[test]
+fn daemon_keeps_the_gate_when_its_pins_are_removed() {
+    let lab = Lab::new();
+    let mail = gate_tests::lab::MailFixture::new();
+    let mut daemon = start_daemon(&lab, &mail, &[]);
+    let client = &lab.client;
+    lab.gate_ok(&["grant", &v4(client)]);
+
+    // Every pin goes: the maps, the link, the directory.
+    std::fs::remove_dir_all(lab.pin_dir()).expect("removing the pin directory");
+    assert_timed_out(
+        client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "the ungranted IPv6 address, with the pins gone",
+    );
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "the granted IPv4 address, with the pins gone",
+    );
+
+    let iface = client.server_iface.clone();
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon pins the gate again",
+        || {
+            let pins = lab.pins();
+            pins.contains(&format!("link_xdp_{iface}")) && pins.contains(&"settings".into())
+        },
+        || format!("pins: {:?}\n{}", lab.pins(), daemon.log()),
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("ERROR") && log.contains("gate incident 1") && log.contains("pins"),
+        "the daemon did not report the lost pins as an error:\n{log}"
+    );
+    let grants = lab.list(&[]);
+    assert_eq!(grants.len(), 1, "the grant survived: {grants:?}");
+    assert_timed_out(
+        client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "still gated after the repair",
+    );
+
+    let log = stop_daemon(&mut daemon);
+    assert!(
+        log.contains(&format!("the gate stays attached to {iface}")),
+        "shutdown line:\n{log}"
+    );
+    assert_timed_out(
+        client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "gated after the daemon exited",
+    );
+}
+
+/// The host's bpffs is unmounted (the unmount reaches the daemon's mount
+/// namespace, as it does a systemd service's), and later mounted again.
+#[test]
+fn daemon_keeps_the_gate_when_the_bpffs_is_unmounted() {
+    let lab = Lab::new();
+    let shared = gate_tests::lab::SharedBpffs::new(&lab);
+    let pin_dir = shared.pin_dir().to_string_lossy().into_owned();
+    let mail = gate_tests::lab::MailFixture::new();
+    let args = serve_args(&lab, &mail, &["--pin-dir", &pin_dir]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = lab.spawn_serve(&args, &mail.dir().join("serve.log"));
+    lab.wait_pop3(&mut daemon);
+    let client = &lab.client;
+    let iface = client.server_iface.clone();
+    let grant = gate_tests::lab::smtp_gate(&["grant", &v4(client), "--pin-dir", &pin_dir]);
+    assert!(
+        grant.status.success(),
+        "{}",
+        gate_tests::lab::describe(&grant)
+    );
+
+    shared.unmount();
+    assert_timed_out(
+        client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "the ungranted IPv6 address, bpffs unmounted",
+    );
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "the granted IPv4 address, bpffs unmounted",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon reports the lost pins",
+        || daemon.log().contains("gate incident 1"),
+        || daemon.log(),
+    );
+    // It does not mount a bpffs of its own (one only it would see); once
+    // the host has one again, it pins the gate there.
+    shared.mount();
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon pins the gate on the new bpffs",
+        || {
+            let pins = shared.pins();
+            pins.contains(&format!("link_xdp_{iface}")) && pins.contains(&"grants_v4".into())
+        },
+        || format!("pins: {:?}\n{}", shared.pins(), daemon.log()),
+    );
+    let list = gate_tests::lab::smtp_gate(&["list", "--json", "--pin-dir", &pin_dir]);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains(&v4(client)),
+        "the grant is in the re-pinned map: {}",
+        gate_tests::lab::describe(&list)
+    );
+    let log = stop_daemon(&mut daemon);
+    assert!(
+        log.contains(&format!("the gate stays attached to {iface}")),
+        "shutdown line:\n{log}"
+    );
+    assert_timed_out(
+        client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "gated after the daemon exited",
+    );
+    let detach = gate_tests::lab::smtp_gate_in(
+        &lab.server_ns,
+        &["detach", "--iface", &iface, "--pin-dir", &pin_dir],
+    );
+    assert!(
+        detach.status.success(),
+        "{}",
+        gate_tests::lab::describe(&detach)
+    );
+}
+
+#[test]
+fn daemon_says_so_when_the_gate_ends_with_it() {
+    let lab = Lab::new();
+    let mail = gate_tests::lab::MailFixture::new();
+    let mut daemon = start_daemon(&lab, &mail, &[]);
+    let pid = daemon.pid().expect("the daemon runs").to_string();
+    let mount_point = lab.bpffs_mount_point().to_string_lossy().into_owned();
+    lab.unmount_bpffs();
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-m", "umount", &mount_point])
+        .output()
+        .expect("nsenter (util-linux) must be installed");
+    assert!(out.status.success(), "{}", gate_tests::lab::describe(&out));
+    assert_timed_out(
+        lab.client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "gated while the daemon holds it",
+    );
+    let log = stop_daemon(&mut daemon);
+    assert!(
+        log.contains("ENDS with this daemon") && !log.contains("the gate stays attached"),
+        "the shutdown line does not tell the truth:\n{log}"
+    );
+}
+
+#[test]
+fn recreated_interface_is_stale_and_the_daemon_attaches_again() {
+    let lab = Lab::new();
+    let client = &lab.client;
+    let iface = client.server_iface.clone();
+    lab.attach(&[]);
+    lab.recreate_link(client);
+    // The defect: the new interface is not gated, and only `attach` knew.
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "the re-created interface (nothing gates it)",
+    );
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(settings["attached"][0]["state"], "stale", "{settings}");
+    let text = lab.gate_ok(&["settings"]);
+    assert!(text.contains("STALE"), "settings: {text}");
+    let stats = lab.stats();
+    assert_eq!(
+        stats["stale_links"][0]["iface"],
+        iface.as_str(),
+        "stats: {stats}"
+    );
+    let text = lab.gate_ok(&["stats"]);
+    assert!(text.contains("stale link"), "stats: {text}");
+
+    // A daemon attaches anew at its start, and again each time the
+    // interface is re-created under it.
+    let mail = gate_tests::lab::MailFixture::new();
+    let mut daemon = start_daemon(&lab, &mail, &[]);
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "gated by the daemon's attach",
+    );
+    lab.recreate_link(client);
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon attaches to the re-created interface",
+        || daemon.log().contains(&format!("attached again to {iface}")),
+        || daemon.log(),
+    );
+    assert_timed_out(
+        client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "the re-created interface, gated again",
+    );
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(settings["attached"][0]["state"], "attached", "{settings}");
+    stop_daemon(&mut daemon);
+}
+
+// ---------------------------------------------------------------------------
+// Upgrades, host addresses, destination scope
+// ---------------------------------------------------------------------------
+
+/// The shapes that `attach` compares pinned maps with (read from the
+/// object) are the ones the map commands check for (from gate-common).
+#[test]
+fn declared_map_layout_is_what_the_map_commands_expect() {
+    smtp_gate::gate::privilege::require_root("this test").expect("run as root");
+    let declared = smtp_gate::gate::layout::declared().expect("loading the object");
+    for name in smtp_gate::gate::attach::ALL_MAPS {
+        assert!(declared.contains_key(name), "the object has no map {name}");
+    }
+    assert_eq!(
+        declared["settings"].value_size as usize,
+        std::mem::size_of::<gate_common::Settings>()
+    );
+    assert_eq!(declared["stats"].max_entries, gate_common::STATS_SLOTS);
+}
+
+/// Pins maps the way an older smtp-gate did (settings of 40 octets, 8
+/// stats slots, no scope or local-address maps) and a link running a
+/// program of its own, with a grant and settings in those maps.
+fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr) {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    let pin = lab.pin_dir().to_path_buf();
+    let create = |name: &str, kind: &str, key: &str, value: &str, entries: &str, flags: &[&str]| {
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(pin.join(name))
+            .args(["type", kind, "key", key, "value", value, "entries", entries])
+            .args(["name", name])
+            .args(flags)
+            .output()
+            .expect("bpftool must be installed (cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "bpftool map create {name}: {}",
+            gate_tests::lab::describe(&out)
+        );
+    };
+    create("settings", "array", "4", "40", "1", &[]);
+    create("stats", "percpu_array", "4", "8", "8", &[]);
+    create("log_buckets", "percpu_array", "4", "24", "1", &[]);
+    create("exempt_v4", "lpm_trie", "8", "4", "4096", &["flags", "1"]);
+    create("exempt_v6", "lpm_trie", "20", "4", "4096", &["flags", "1"]);
+    create("grants_v4", "lru_hash", "4", "16", "4096", &[]);
+    create("grants_v6", "lru_hash", "16", "16", "4096", &[]);
+    let open = |name: &str| {
+        Map::from_map_data(MapData::from_pin(pin.join(name)).expect("opening a pinned map"))
+            .expect("a map")
+    };
+    let mut old_settings: Array<MapData, [u8; 40]> =
+        Array::try_from(open("settings")).expect("40-octet array");
+    old_settings
+        .set(0, settings, 0)
+        .expect("writing the old settings");
+    let mut grants: HashMap<MapData, gate_common::GrantKeyV4, gate_common::Grant> =
+        HashMap::try_from(open("grants_v4")).expect("grants map");
+    grants
+        .insert(
+            gate_common::GrantKeyV4 {
+                addr: granted.octets(),
+            },
+            gate_common::Grant {
+                granted_at_ns: smtp_gate::gate::clock::boottime_ns(),
+                lifetime_ns: 0,
+            },
+            0,
+        )
+        .expect("writing a grant");
+    let iface = lab.client.server_iface.clone();
+    let link_path = pin.join(format!("link_xdp_{iface}"));
+    gate_tests::lab::in_netns(&lab.server_ns, || {
+        use aya::programs::{links::FdLink, Xdp, XdpMode};
+        let mut ebpf = smtp_gate::gate::object::load_unpinned(16).expect("loading the object");
+        let program: &mut Xdp = ebpf
+            .program_mut(gate_common::program_names::XDP_PASS)
+            .expect("the pass-all program")
+            .try_into()
+            .expect("an XDP program");
+        program.load().expect("loading the pass-all program");
+        let id = program
+            .attach(&iface, XdpMode::default())
+            .expect("attaching the old gate's program");
+        let link: FdLink = program
+            .take_link(id)
+            .expect("the link")
+            .try_into()
+            .expect("an fd link");
+        link.pin(&link_path).expect("pinning the old gate's link");
+    });
+}
+
+#[test]
+fn attach_upgrades_a_gate_pinned_by_an_older_build() {
+    let lab = Lab::new();
+    let client = &lab.client;
+    let iface = client.server_iface.clone();
+    // window 7m, ports 25 and 587, deny drop, 3 log lines/s (burst 6).
+    let mut old = [0u8; 40];
+    old[0..8].copy_from_slice(&(420u64 * 1_000_000_000).to_ne_bytes());
+    old[8..10].copy_from_slice(&25u16.to_ne_bytes());
+    old[10..12].copy_from_slice(&587u16.to_ne_bytes());
+    old[24..28].copy_from_slice(&2u32.to_ne_bytes());
+    old[32..36].copy_from_slice(&3u32.to_ne_bytes());
+    old[36..40].copy_from_slice(&6u32.to_ne_bytes());
+    pin_an_old_gate(&lab, &old, client.client_v4);
+    let old_program = lab.xdp_prog_ids(&iface);
+    assert_eq!(old_program.len(), 1);
+
+    let err = lab.gate_err(&["list"]);
+    assert!(
+        err.contains(&format!(
+            "pinned by an older smtp-gate; run `smtp-gate attach --iface {iface}` to upgrade it"
+        )),
+        "list on an old gate: {err}"
+    );
+
+    let out = lab.attach(&[]);
+    assert!(
+        out.contains(&format!("upgraded the gate on {iface}")),
+        "attach said: {out}"
+    );
+    let now = lab.xdp_prog_ids(&iface);
+    assert_eq!(now.len(), 1, "{}", lab.server_link_show(&iface));
+    assert_ne!(now, old_program, "the link still runs the old program");
+    assert!(lab.pins().contains(&format!("link_xdp_{iface}")));
+    for new_map in ["scope_v4", "scope_v6", "local_v4", "local_v6"] {
+        assert!(
+            lab.pins().contains(&new_map.to_string()),
+            "{:?}",
+            lab.pins()
+        );
+    }
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(settings["window_secs"], 420.0, "{settings}");
+    assert_eq!(
+        settings["ports"],
+        serde_json::json!([25, 587]),
+        "{settings}"
+    );
+    assert_eq!(settings["deny"], "drop", "{settings}");
+    assert_eq!(settings["log_rate_per_sec"], 3, "{settings}");
+    let grants = lab.list(&[]);
+    assert_eq!(grants.len(), 1, "the grant was kept: {grants:?}");
+    assert_connected(
+        client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "the address granted before the upgrade",
+    );
+    assert_timed_out(
+        client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "an ungranted address after the upgrade",
+    );
+    assert_eq!(lab.stat("denied_drop"), 1, "{}", lab.stats());
+}
+
+#[test]
+fn host_addresses_are_kept_for_the_reset_mode() {
+    use smtp_gate::gate::{GateMaps, PinDir};
+    let lab = Lab::new();
+    let server = lab.server_ns.clone();
+    let iface = lab.client.server_iface.clone();
+    lab.attach(&[]);
+    let dir = PinDir::new(lab.pin_dir());
+    let locals = || -> Vec<std::net::IpAddr> {
+        GateMaps::open(&dir)
+            .expect("opening the maps")
+            .local_list()
+            .expect("listing the host addresses")
+            .iter()
+            .map(|l| l.addr)
+            .collect()
+    };
+    let now = locals();
+    for wanted in [
+        std::net::IpAddr::from(lab.client.server_v4),
+        lab.client.server_v6.into(),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    ] {
+        assert!(now.contains(&wanted), "{wanted} missing from {now:?}");
+    }
+    for unwanted in [
+        std::net::IpAddr::from(lab.client.client_v4),
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+    ] {
+        assert!(!now.contains(&unwanted), "{unwanted} in {now:?}");
+    }
+    let ifindex = GateMaps::open(&dir)
+        .unwrap()
+        .local_list()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.addr == std::net::IpAddr::from(lab.client.server_v4))
+        .map(|l| l.ifindex);
+    let real = gate_tests::lab::in_netns(&server, || {
+        smtp_gate::gate::attach::ifindex(&iface).expect("ifindex")
+    });
+    assert_eq!(
+        ifindex,
+        Some(real),
+        "the ifindex of the interface holding it"
+    );
+
+    let extra: std::net::IpAddr = "10.231.9.1".parse().unwrap();
+    lab.ip(&server, &["addr", "add", "10.231.9.1/32", "dev", "lo"]);
+    let out = lab.gate_in_server(&["settings", "--window", "10m"]);
+    assert!(out.status.success(), "{}", gate_tests::lab::describe(&out));
+    assert!(locals().contains(&extra), "settings did not add it");
+    lab.ip(&server, &["addr", "del", "10.231.9.1/32", "dev", "lo"]);
+    lab.attach(&[]);
+    assert!(!locals().contains(&extra), "attach did not remove it");
+
+    // The daemon keeps them current by itself.
+    let mail = gate_tests::lab::MailFixture::new();
+    let mut daemon = start_daemon(&lab, &mail, &[]);
+    let added: std::net::IpAddr = "fd00:231:9::1".parse().unwrap();
+    lab.ip(
+        &server,
+        &["addr", "add", "fd00:231:9::1/128", "dev", "lo", "nodad"],
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon adds a new host address",
+        || locals().contains(&added),
+        || format!("{:?}\n{}", locals(), daemon.log()),
+    );
+    lab.ip(&server, &["addr", "del", "fd00:231:9::1/128", "dev", "lo"]);
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon removes a host address that is gone",
+        || !locals().contains(&added),
+        || format!("{:?}\n{}", locals(), daemon.log()),
+    );
+    stop_daemon(&mut daemon);
+}
+
+#[test]
+fn dest_scope_is_written_to_the_maps() {
+    use smtp_gate::gate::{GateMaps, PinDir};
+    let lab = Lab::new();
+    let dir = PinDir::new(lab.pin_dir());
+    let scope = || -> (Vec<String>, u32) {
+        let maps = GateMaps::open(&dir).expect("opening the maps");
+        let list = maps
+            .scope_list()
+            .expect("scope")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        (list, maps.settings().expect("settings").dest_scoped)
+    };
+    lab.attach(&[]);
+    assert_eq!(scope(), (Vec::new(), 0), "no --dest: every destination");
+
+    lab.attach(&["--dest", "10.231.1.1", "--dest", "fd00:231:1::1/128"]);
+    assert_eq!(
+        scope(),
+        (vec!["10.231.1.1/32".into(), "fd00:231:1::1/128".into()], 1)
+    );
+    let settings: serde_json::Value =
+        serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
+    assert_eq!(settings["dest_scoped"], true, "{settings}");
+    assert_eq!(
+        settings["dest"],
+        serde_json::json!(["10.231.1.1/32", "fd00:231:1::1/128"]),
+        "{settings}"
+    );
+    let text = lab.gate_ok(&["settings"]);
+    assert!(
+        text.contains("dest      10.231.1.1/32, fd00:231:1::1/128"),
+        "{text}"
+    );
+
+    lab.gate_ok(&["settings", "--dest", "10.231.1.0/24"]);
+    assert_eq!(scope(), (vec!["10.231.1.0/24".into()], 1), "replaced");
+    let dump = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(lab.pin_dir().join("scope_v4"))
+        .output()
+        .expect("bpftool");
+    assert!(
+        dump.status.success(),
+        "{}",
+        gate_tests::lab::describe(&dump)
+    );
+
+    lab.gate_ok(&["settings", "--dest", "all"]);
+    assert_eq!(scope(), (Vec::new(), 0), "--dest all clears the scope");
+    let text = lab.gate_ok(&["settings"]);
+    assert!(text.contains("dest      all"), "{text}");
+
+    let err = lab.gate_err(&["settings", "--dest", "all", "--dest", "10.0.0.0/8"]);
+    assert!(err.contains("cannot be combined"), "{err}");
+    let err = lab.gate_err(&["settings", "--dest", "10.0.0.1/8"]);
+    assert!(err.contains("host bits"), "{err}");
 }
