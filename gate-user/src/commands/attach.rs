@@ -45,11 +45,11 @@ pub fn attach(args: AttachArgs) -> Result<()> {
             replaced,
             warnings,
         } => {
+            let maps = gate::attach::upgrade_summary(&replaced);
             println!(
                 "upgraded the gate on {} ({mode}): it was pinned by an older smtp-gate; \
-                 replaced the maps {} (settings carried over, grants kept), pinned in {pins}",
-                args.iface,
-                replaced.join(", ")
+                 {maps}; pinned in {pins}",
+                args.iface
             );
             for warning in warnings {
                 eprintln!("smtp-gate: warning: {warning}");

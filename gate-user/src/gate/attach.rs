@@ -152,6 +152,18 @@ pub enum AttachReport {
     },
 }
 
+/// What an upgrade did to the maps, for messages.
+pub fn upgrade_summary(replaced: &[&str]) -> String {
+    if replaced.is_empty() {
+        "added the maps new in this build".to_string()
+    } else {
+        format!(
+            "replaced the maps {} (settings carried over, grants kept)",
+            replaced.join(", ")
+        )
+    }
+}
+
 impl AttachReport {
     /// The mode the interface is gated in now.
     pub fn mode(&self) -> AttachMode {
@@ -264,7 +276,11 @@ pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
         .unwrap_or(AttachMode::Xdp);
 
     let outdated = layout::outdated_pins(dir)?;
-    if outdated.is_empty() {
+    // A gate of a build that had fewer maps: its program must be replaced
+    // too, or it would never read the new ones.
+    let gate_exists = dir.map(SETTINGS).exists();
+    let maps_missing = gate_exists && ALL_MAPS.iter().any(|name| !dir.map(name).exists());
+    if outdated.is_empty() && !maps_missing {
         if let Some(link) = existing.as_ref().filter(|l| live && l.mode == mode) {
             configure(dir, req, None)?;
             let link = LinkFd::open_pinned(&link.path)
@@ -276,7 +292,7 @@ pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
         }
     }
 
-    let upgrade = Upgrade::begin(dir, &outdated)?;
+    let upgrade = Upgrade::begin(dir, &outdated, maps_missing)?;
     let first_attach = !dir.map(SETTINGS).exists();
     let existing = existing.map(|link| Existing { link, live });
     let result = install(
@@ -485,7 +501,8 @@ fn put_on_interface(
             ),
         }
     }
-    let both_at_once = (old.mode == AttachMode::Tc) != (mode == AttachMode::Tc);
+    // tcx links stack, on their own and beside an XDP program.
+    let both_at_once = old.mode == AttachMode::Tc || mode == AttachMode::Tc;
     if both_at_once {
         let link = attach_new(ebpf, dir, iface, mode).map_err(|e| {
             e.context(format!(

@@ -91,6 +91,18 @@ impl HeldGate {
             return check;
         }
         self.restore_pins(req.allow_private_bpffs, &mut check);
+        let replaced = self.maps.iter().any(|(name, data)| {
+            let pinned = pinned_map_id(&self.dir.map(name));
+            pinned.is_some() && pinned != map_id(data)
+        });
+        if replaced {
+            check.repairs.push(format!(
+                "the maps in {} were replaced by another smtp-gate command (an upgrade?); the \
+                 daemon uses the new ones",
+                self.dir.path().display()
+            ));
+            self.reopen_maps(&mut check);
+        }
         check
     }
 

@@ -24,10 +24,10 @@ pub struct Upgrade {
 }
 
 impl Upgrade {
-    /// Holds and unpins the `outdated` maps of `dir`; `None` if there are
-    /// none.
-    pub fn begin(dir: &PinDir, outdated: &[&'static str]) -> Result<Option<Self>> {
-        if outdated.is_empty() {
+    /// Holds and unpins the `outdated` maps of `dir`. `None` if there are
+    /// none and no map is `missing` either (nothing to upgrade).
+    pub fn begin(dir: &PinDir, outdated: &[&'static str], missing: bool) -> Result<Option<Self>> {
+        if outdated.is_empty() && !missing {
             return Ok(None);
         }
         let mut old = Vec::new();

@@ -59,9 +59,8 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
             warnings,
         } => {
             info!(
-                "gate on {iface} ({mode}) upgraded: it was pinned by an older smtp-gate; \
-                 replaced the maps {} (settings carried over, grants kept)",
-                replaced.join(", ")
+                "gate on {iface} ({mode}) upgraded: it was pinned by an older smtp-gate; {}",
+                gate::attach::upgrade_summary(replaced)
             );
             for warning in warnings {
                 warn!("upgrade: {warning}");
