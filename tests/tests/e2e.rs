@@ -1696,3 +1696,51 @@ fn dest_scope_is_written_to_the_maps() {
     let err = lab.gate_err(&["settings", "--dest", "10.0.0.1/8"]);
     assert!(err.contains("host bits"), "{err}");
 }
+
+/// A mode switch by the CLI while the daemon holds the old link: the old
+/// link is detached for every holder (not only unpinned, which would leave
+/// it attached through the daemon's fd and block the single XDP slot), and
+/// the daemon follows the new one.
+#[test]
+fn daemon_follows_a_mode_switch_made_by_the_cli() {
+    let lab = Lab::new();
+    let mail = gate_tests::lab::MailFixture::new();
+    let iface = lab.client.server_iface.clone();
+    let mut daemon = start_daemon(&lab, &mail, &["--mode", "xdp"]);
+    let before = lab.xdp_prog_ids(&iface);
+    assert_eq!(before.len(), 1);
+
+    let out = lab.attach(&["--mode", "xdp-skb"]);
+    assert!(out.contains("replacing xdp"), "attach said: {out}");
+    let show = lab.server_link_show(&iface);
+    assert!(show.contains("xdpgeneric"), "not in generic mode: {show}");
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon follows the new attachment",
+        || {
+            daemon
+                .log()
+                .contains("replaced by another smtp-gate command (xdp-skb)")
+        },
+        || daemon.log(),
+    );
+    assert_timed_out(
+        lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "gated in the new mode",
+    );
+    let log = stop_daemon(&mut daemon);
+    assert!(
+        log.contains(&format!("the gate stays attached to {iface} (xdp-skb)")),
+        "shutdown line:\n{log}"
+    );
+    assert!(
+        !log.contains("gate incident"),
+        "a switch is no incident:\n{log}"
+    );
+    assert_eq!(
+        lab.xdp_prog_ids(&iface).len(),
+        1,
+        "{}",
+        lab.server_link_show(&iface)
+    );
+}
