@@ -1421,7 +1421,7 @@ fn declared_map_layout_is_what_the_map_commands_expect() {
 /// Pins maps the way an older smtp-gate did (settings of 40 octets, 8
 /// stats slots, no scope or local-address maps) and a link running a
 /// program of its own, with a grant and settings in those maps.
-fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr) {
+fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr, tc: bool) {
     use aya::maps::{Array, HashMap, Map, MapData};
     let pin = lab.pin_dir().to_path_buf();
     let create = |name: &str, kind: &str, key: &str, value: &str, entries: &str, flags: &[&str]| {
@@ -1470,10 +1470,37 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr) 
         )
         .expect("writing a grant");
     let iface = lab.client.server_iface.clone();
-    let link_path = pin.join(format!("link_xdp_{iface}"));
+    let link_path = pin.join(format!("link_{}_{iface}", if tc { "tc" } else { "xdp" }));
     gate_tests::lab::in_netns(&lab.server_ns, || {
-        use aya::programs::{links::FdLink, Xdp, XdpMode};
+        use aya::programs::{
+            links::FdLink, tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+            XdpMode,
+        };
         let mut ebpf = smtp_gate::gate::object::load_unpinned(16).expect("loading the object");
+        if tc {
+            // This build's TC program over maps of its own (unconfigured:
+            // it passes everything) stands in for an older build's.
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(gate_common::program_names::TC)
+                .expect("the TC program")
+                .try_into()
+                .expect("a TC program");
+            program.load().expect("loading the TC program");
+            let id = program
+                .attach_with_options(
+                    &iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .expect("attaching the old gate's TC program");
+            let link: FdLink = program
+                .take_link(id)
+                .expect("the link")
+                .try_into()
+                .expect("an fd link");
+            link.pin(&link_path).expect("pinning the old gate's link");
+            return;
+        }
         let program: &mut Xdp = ebpf
             .program_mut(gate_common::program_names::XDP_PASS)
             .expect("the pass-all program")
@@ -1493,7 +1520,16 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr) 
 }
 
 #[test]
-fn attach_upgrades_a_gate_pinned_by_an_older_build() {
+fn attach_upgrades_a_gate_pinned_by_an_older_build_xdp() {
+    check_upgrade(false);
+}
+
+#[test]
+fn attach_upgrades_a_gate_pinned_by_an_older_build_tc() {
+    check_upgrade(true);
+}
+
+fn check_upgrade(tc: bool) {
     let lab = Lab::new();
     let client = &lab.client;
     let iface = client.server_iface.clone();
@@ -1505,8 +1541,18 @@ fn attach_upgrades_a_gate_pinned_by_an_older_build() {
     old[24..28].copy_from_slice(&2u32.to_ne_bytes());
     old[32..36].copy_from_slice(&3u32.to_ne_bytes());
     old[36..40].copy_from_slice(&6u32.to_ne_bytes());
-    pin_an_old_gate(&lab, &old, client.client_v4);
-    let old_program = lab.xdp_prog_ids(&iface);
+    pin_an_old_gate(&lab, &old, client.client_v4, tc);
+    let programs = || -> Vec<u32> {
+        if tc {
+            lab.tc_ingress_programs(&iface)
+                .iter()
+                .map(|(id, _)| *id)
+                .collect()
+        } else {
+            lab.xdp_prog_ids(&iface)
+        }
+    };
+    let old_program = programs();
     assert_eq!(old_program.len(), 1);
 
     let err = lab.gate_err(&["list"]);
@@ -1522,10 +1568,15 @@ fn attach_upgrades_a_gate_pinned_by_an_older_build() {
         out.contains(&format!("upgraded the gate on {iface}")),
         "attach said: {out}"
     );
-    let now = lab.xdp_prog_ids(&iface);
+    assert!(
+        out.contains(if tc { "(tc)" } else { "(xdp)" }),
+        "attach said: {out}"
+    );
+    let now = programs();
     assert_eq!(now.len(), 1, "{}", lab.server_link_show(&iface));
     assert_ne!(now, old_program, "the link still runs the old program");
-    assert!(lab.pins().contains(&format!("link_xdp_{iface}")));
+    let link = format!("link_{}_{iface}", if tc { "tc" } else { "xdp" });
+    assert!(lab.pins().contains(&link), "{:?}", lab.pins());
     for new_map in ["scope_v4", "scope_v6", "local_v4", "local_v6"] {
         assert!(
             lab.pins().contains(&new_map.to_string()),
