@@ -13,6 +13,7 @@ pub mod maps;
 pub mod object;
 pub mod pins;
 pub mod privilege;
+mod swap;
 pub mod upgrade;
 
 pub use attach::{
