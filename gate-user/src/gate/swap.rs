@@ -257,12 +257,22 @@ fn explain_load(err: ProgramError) -> anyhow::Error {
 fn explain_attach(err: ProgramError, iface: &str, mode: AttachMode) -> anyhow::Error {
     let text = format!("{err:#}");
     if let ProgramError::SyscallError(sys) = &err {
-        if sys.io_error.raw_os_error() == Some(libc::EBUSY)
-            || sys.io_error.raw_os_error() == Some(libc::EEXIST)
-        {
+        let errno = sys.io_error.raw_os_error();
+        if errno == Some(libc::EBUSY) || errno == Some(libc::EEXIST) {
             return anyhow!(
                 "{iface} already has an XDP program that is not smtp-gate's \
                  (see `ip link show {iface}`): {text}"
+            );
+        }
+        if mode == AttachMode::Xdp
+            && matches!(
+                errno,
+                Some(libc::ERANGE) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+            )
+        {
+            return anyhow!(
+                "the driver of {iface} refused native XDP ({text}; on a veth, the peer's MTU \
+                 may be too large); --mode xdp-skb works on every interface"
             );
         }
     }
