@@ -20,6 +20,7 @@ fn main() {
     for watched in [
         "gate-ebpf/src",
         "gate-ebpf/Cargo.toml",
+        "gate-packet/src",
         "gate-common/src",
         "Cargo.lock",
     ] {

@@ -13,7 +13,7 @@ use aya::{
     Ebpf,
 };
 use gate_common::{map_names, program_names, DEFAULT_GRANT_CAPACITY};
-use gate_tests::packets::{tcp_flags, Ipv6Ext, PacketBuilder};
+use gate_tests::packets::{tcp_flags, Ipv6Ext, PacketBuilder, VlanTag};
 use serde_json::json;
 use smtp_gate::{
     addr::Cidr,
@@ -100,6 +100,37 @@ fn cases() -> Vec<Case> {
             name: "gated SYN, exempt (IPv6)",
             gated: true,
             packet: syn(e6, s6, 25),
+        },
+        Case {
+            name: "TCP data segment (ACK) to port 25 (IPv4)",
+            gated: false,
+            packet: PacketBuilder::ipv4(CLIENT_V4, SERVER_V4)
+                .tcp(40_000, 25, tcp_flags::ACK | tcp_flags::PSH)
+                .payload(&[0x2e; 512])
+                .build(),
+        },
+        Case {
+            name: "first fragment of a split SYN, ungranted (IPv4)",
+            gated: true,
+            packet: {
+                // The first 24 octets of a 60-octet TCP header.
+                let mut frame = PacketBuilder::ipv4(Ipv4Addr::new(198, 51, 100, 200), SERVER_V4)
+                    .tcp(40_000, 25, tcp_flags::SYN)
+                    .tcp_options(&[1; 40])
+                    .ipv4_fragment(0, true)
+                    .build();
+                frame.truncate(14 + 20 + 24);
+                frame[16..18].copy_from_slice(&44u16.to_be_bytes());
+                frame
+            },
+        },
+        Case {
+            name: "gated SYN, ungranted, behind a VLAN tag (IPv4)",
+            gated: true,
+            packet: PacketBuilder::ip(stranger4, s4)
+                .vlan(VlanTag::dot1q(7))
+                .tcp(40_000, 25, tcp_flags::SYN)
+                .build(),
         },
         Case {
             name: "gated SYN, granted (IPv6, HBH+AH+DST ext.)",

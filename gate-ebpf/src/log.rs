@@ -5,12 +5,10 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, EbpfContext};
 use aya_log_ebpf::warn;
 use core::net::{Ipv4Addr, Ipv6Addr};
-use gate_common::{Outcome, Settings};
+use gate_common::Outcome;
+use gate_packet::{AddrRef, Denial, GateState};
 
-use crate::{
-    maps::log_buckets,
-    parse::{Addr, AddrAt},
-};
+use crate::{maps::log_buckets, state::Maps};
 
 const MILLI: u64 = 1000;
 /// Refill is computed over at most this much idle time, which keeps the
@@ -18,13 +16,10 @@ const MILLI: u64 = 1000;
 const MAX_REFILL_NS: u64 = 60_000_000_000;
 
 #[inline(always)]
-pub fn log_denial<C: EbpfContext>(
-    ctx: &C,
-    src: AddrAt,
-    dst_port: u16,
-    outcome: Outcome,
-    config: &Settings,
-) {
+pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome) {
+    let Some(config) = Maps.settings() else {
+        return;
+    };
     if config.log_rate_per_sec == 0 {
         return;
     }
@@ -58,19 +53,28 @@ pub fn log_denial<C: EbpfContext>(
         Outcome::Monitored => "monitor",
         _ => "drop",
     };
-    match src.read() {
-        Addr::V4(addr) => warn!(
+    let dst_port = denial.dst_port;
+    // Straight from the packet: an intermediate `Option<Addr>` copy is
+    // lowered to a byte-wise memmove loop the verifier walks per path.
+    match denial.src {
+        None => warn!(
+            ctx,
+            "denied a packet whose headers are too deep to walk: {} ({} more suppressed)",
+            verdict,
+            suppressed
+        ),
+        Some(AddrRef::V4(addr)) => warn!(
             ctx,
             "denied SYN from {} to port {}: {} ({} more suppressed)",
-            Ipv4Addr::from(addr),
+            Ipv4Addr::from(*addr),
             dst_port,
             verdict,
             suppressed
         ),
-        Addr::V6(addr) => warn!(
+        Some(AddrRef::V6(addr)) => warn!(
             ctx,
             "denied SYN from {} to port {}: {} ({} more suppressed)",
-            Ipv6Addr::from(addr),
+            Ipv6Addr::from(*addr),
             dst_port,
             verdict,
             suppressed

@@ -1,85 +1,160 @@
-//! The smtp-gate kernel program: one classify function behind an XDP entry
-//! and a TC (clsact ingress) entry.
+//! The smtp-gate kernel program: thin XDP and TC (clsact ingress) entries
+//! around the parser and verdict of gate-packet, with the maps as its
+//! state. Counting happens here, after the action was carried out, so a
+//! reset that could not be sent is never counted as one.
 #![no_std]
 #![no_main]
 #![allow(non_upper_case_globals)]
 
-mod classify;
 mod log;
 mod maps;
-mod parse;
-mod reset;
+mod state;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_tail},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
-
-use classify::{classify, Action};
 use gate_common::Outcome;
+use gate_packet::{judge, parse, Action, Packet, PacketMut, Parsed, Verdict, MAX_WALK};
+
+use state::{count, Maps};
+
+/// Counts the verdict's outcome and its reason.
+#[inline(always)]
+fn count_verdict(verdict: &Verdict<'_>) {
+    count(verdict.outcome);
+    if let Some(reason) = verdict.reason {
+        count(reason);
+    }
+}
+
+#[inline(always)]
+fn log_denial<C: EbpfContext>(ctx: &C, verdict: &Verdict<'_>) {
+    if let Some(denial) = verdict.denial {
+        log::log_denial(ctx, &denial, verdict.outcome);
+    }
+}
+
+/// A reset that could not be sent: the SYN is dropped and counted so.
+#[inline(always)]
+fn reset_skipped() {
+    count(Outcome::DeniedDrop);
+    count(Outcome::ResetSkipped);
+}
 
 #[xdp]
 pub fn smtp_gate_xdp(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end() - ctx.data();
-    match classify(&ctx, ctx.data(), ctx.data_end(), len) {
-        Action::Pass => xdp_action::XDP_PASS,
-        Action::Drop => xdp_action::XDP_DROP,
-        Action::Reset(syn) => {
-            let delta = reset::reply_len(&syn) as i32 - len as i32;
-            // SAFETY: a plain helper call on this program's context.
-            if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-                return xdp_action::XDP_DROP;
-            }
-            match reset::write_reply(ctx.data(), ctx.data_end(), &syn) {
-                Some(()) => xdp_action::XDP_TX,
-                None => xdp_action::XDP_DROP,
-            }
+    // Opaque to the optimiser: if LLVM knew that `len` is `data_end -
+    // data`, it would drop the cursor's pointer check against data_end as
+    // redundant after a length check, and the verifier, which follows
+    // pointers but not that arithmetic, would refuse the program.
+    let len = core::hint::black_box(ctx.data_end() - ctx.data());
+    // SAFETY: data..data_end is the frame, which nothing changes until the
+    // verdict is taken; the whole frame is readable in place.
+    let packet = unsafe { Packet::new(ctx.data(), ctx.data_end(), len) };
+    let verdict = judge(&Maps, parse(&packet, &Maps), &packet);
+    // Logged before the packet changes: the denial points into it.
+    log_denial(&ctx, &verdict);
+    let reply = match verdict.action {
+        Action::Pass => {
+            count_verdict(&verdict);
+            return xdp_action::XDP_PASS;
+        }
+        Action::Drop => {
+            count_verdict(&verdict);
+            return xdp_action::XDP_DROP;
+        }
+        Action::Reset(reply) => reply,
+    };
+    let delta = reply.len() as i32 - len as i32;
+    // SAFETY: a plain helper call on this program's context.
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        reset_skipped();
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: the resized frame, ours alone until we return.
+    let mut frame = unsafe { PacketMut::new(ctx.data(), ctx.data_end()) };
+    match reply.write(&mut frame) {
+        Some(()) => {
+            count(Outcome::DeniedReset);
+            xdp_action::XDP_TX
+        }
+        None => {
+            reset_skipped();
+            xdp_action::XDP_DROP
         }
     }
 }
 
-/// Headers the classifier may need in the linear part of an skb: Ethernet,
-/// two VLAN tags, IPv6 with a few extension headers, TCP.
-const TC_PULL_LEN: u32 = 256;
+/// The furthest octet the parser reads: a header may start at MAX_WALK,
+/// and none it reads is longer than an IPv4 header with options.
+const TC_PULL_LEN: u32 = (MAX_WALK + 60) as u32;
 
 #[classifier]
 pub fn smtp_gate_tc(ctx: TcContext) -> i32 {
-    // A GRO'd or paged skb may keep headers outside the linear area, where
-    // direct packet access cannot see them. Pulling is only done when it is
-    // needed, because it may also unclone the skb.
+    // A GRO'd or paged skb may keep headers outside the linear part, where
+    // direct access cannot see them. Everything the walk may read is
+    // pulled in first, so the verdict never depends on how the skb was
+    // laid out. (Pulling after a first walk that came up short would do
+    // it only when needed, but verifying two walks costs twice: too close
+    // to the verifier's limit.) Pulling copies, and may unclone the skb,
+    // so it is done only when the linear part is short.
     let linear = (ctx.data_end() - ctx.data()) as u32;
     let wanted = if ctx.len() < TC_PULL_LEN {
         ctx.len()
     } else {
         TC_PULL_LEN
     };
-    if linear < wanted && ctx.pull_data(wanted).is_err() {
-        classify::count(Outcome::Malformed);
-        return TC_ACT_UNSPEC;
+    // A failed pull leaves the walk short: it ends in NeedsPull, which is
+    // judged as unwalkable (fail closed).
+    if linear < wanted {
+        let _ = ctx.pull_data(wanted);
     }
-    match classify(&ctx, ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    let len = ctx.len() as usize;
+    // SAFETY: data..data_end is the linear part of the skb, unchanged until
+    // the verdict is taken.
+    let packet = unsafe { Packet::new(ctx.data(), ctx.data_end(), len) };
+    let verdict = judge(&Maps, parse(&packet, &Maps), &packet);
+    tc_act(&ctx, &verdict)
+}
+
+#[inline(always)]
+fn tc_act(ctx: &TcContext, verdict: &Verdict<'_>) -> i32 {
+    log_denial(ctx, verdict);
+    let reply = match verdict.action {
         // UNSPEC, not OK: with tcx, OK ends the chain, and a program
         // attached after the gate would never see the packet.
-        Action::Pass => TC_ACT_UNSPEC,
-        Action::Drop => TC_ACT_SHOT as i32,
-        Action::Reset(syn) => {
-            let len = reset::reply_len(&syn) as u32;
-            // SAFETY: plain helper calls on this program's skb.
-            if unsafe { bpf_skb_change_tail(ctx.skb.skb, len, 0) } != 0 {
-                return TC_ACT_SHOT as i32;
-            }
-            if reset::write_reply(ctx.data(), ctx.data_end(), &syn).is_none() {
-                return TC_ACT_SHOT as i32;
-            }
-            // SAFETY: reading the ifindex of this program's own skb.
-            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            // Out of the interface the SYN came in on.
-            unsafe { bpf_redirect(ifindex, 0) as i32 };
-            TC_ACT_REDIRECT as i32
+        Action::Pass => {
+            count_verdict(verdict);
+            return TC_ACT_UNSPEC;
         }
+        Action::Drop => {
+            count_verdict(verdict);
+            return TC_ACT_SHOT as i32;
+        }
+        Action::Reset(reply) => reply,
+    };
+    // SAFETY: plain helper calls on this program's skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, reply.padded_len() as u32, 0) } != 0 {
+        reset_skipped();
+        return TC_ACT_SHOT as i32;
     }
+    // SAFETY: the resized linear part, ours alone until we return.
+    let mut frame = unsafe { PacketMut::new(ctx.data(), ctx.data_end()) };
+    if reply.write(&mut frame).is_none() {
+        reset_skipped();
+        return TC_ACT_SHOT as i32;
+    }
+    // SAFETY: reading the ifindex of this program's own skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // Out of the interface the SYN came in on.
+    // SAFETY: a plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) };
+    count(Outcome::DeniedReset);
+    TC_ACT_REDIRECT as i32
 }
 
 /// Passes everything: the baseline the benchmarks measure the gate

@@ -2,11 +2,11 @@
 //! space pins each under its own name in the pin directory and sets the
 //! grant capacity at load time; the sizes here are the defaults.
 
+use aya_ebpf::btf_maps::HashMap;
 use aya_ebpf::{
     btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use aya_ebpf::btf_maps::HashMap;
 use gate_common::{
     Exempt, Grant, GrantKeyV4, GrantKeyV6, Local, LogBucket, Settings, DEFAULT_GRANT_CAPACITY,
     EXEMPT_CAPACITY, LOCAL_CAPACITY, SCOPE_CAPACITY, STATS_SLOTS,
@@ -50,3 +50,8 @@ pub static local_v4: HashMap<[u8; 4], Local, LOCALS> = HashMap::new();
 
 #[btf_map]
 pub static local_v6: HashMap<[u8; 16], Local, LOCALS> = HashMap::new();
+
+/// One per-CPU scratch slot: a value written and read back through it is
+/// unknown to the verifier (see `GateState::forget`).
+#[btf_map]
+pub static scratch: PerCpuArray<u64, 1> = PerCpuArray::new();

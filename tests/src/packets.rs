@@ -1160,7 +1160,14 @@ impl TcpFrame {
                 }
                 let vcf = be32(header, 0);
                 let payload_len = be16(header, 4);
-                let datagram_end = l3_offset + IPV6_HDR_LEN + usize::from(payload_len);
+                // Payload length 0 before a hop-by-hop header: Linux takes
+                // the length from the frame (RFC 2675 without a jumbo
+                // option).
+                let datagram_end = if payload_len == 0 && header[6] == ip_proto::HOP_BY_HOP {
+                    frame.len()
+                } else {
+                    l3_offset + IPV6_HDR_LEN + usize::from(payload_len)
+                };
                 if datagram_end > frame.len() {
                     bail!(
                         "IPv6 payload length {payload_len} runs past the frame end ({} octets of payload)",

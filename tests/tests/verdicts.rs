@@ -15,15 +15,18 @@ use std::{
 };
 
 use aya::{
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use gate_common::{program_names, DenyMode, Outcome, Settings, MAX_PORTS};
+use gate_common::{
+    map_names, program_names, DenyMode, Exempt as ExemptValue, Local, Outcome, Settings, MAX_PORTS,
+};
 use gate_tests::packets::{
     tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN},
-    Ipv6Ext, PacketBuilder, ParsedIp, TcpFrame, VlanTag, ETH_HDR_LEN, ETH_MIN_FRAME_LEN,
-    IPV4_HDR_LEN, IPV4_OPTION_NOP, IPV4_OPTION_ROUTER_ALERT, IPV6_HDR_LEN, LINUX_SYN_OPTIONS,
-    TCP_HDR_LEN,
+    Ipv6Ext, PacketBuilder, ParsedIp, TcpFrame, VlanTag, DEFAULT_DST_MAC, DEFAULT_SRC_MAC,
+    ETH_HDR_LEN, ETH_MIN_FRAME_LEN, IPV4_HDR_LEN, IPV4_OPTION_NOP, IPV4_OPTION_ROUTER_ALERT,
+    IPV6_HDR_LEN, LINUX_SYN_OPTIONS, TCP_HDR_LEN,
 };
 use smtp_gate::{
     addr::Cidr,
@@ -165,7 +168,10 @@ struct Gate {
 
 impl Gate {
     /// Loads the object and both programs. Panics without root or BPF.
-    fn load() -> Self {
+    /// Like `load`, with the gate scoped to the destination networks
+    /// `scope` (written into the scope tries; the tables' settings say
+    /// whether they apply).
+    fn load_scoped(scope: &[&str]) -> Self {
         privilege::require_root("the BPF_PROG_TEST_RUN verdict tests")
             .expect("these tests must run as root; they do not skip");
         let mut ebpf = object::load_unpinned(CAPACITY)
@@ -182,13 +188,20 @@ impl Gate {
             .try_into()
             .expect("the TC program is not of type SchedClassifier");
         tc.load().expect("the verifier refused the TC program");
+        write_local_addresses(&mut ebpf);
+        write_scope(&mut ebpf, scope);
         let maps = GateMaps::from_ebpf(&mut ebpf).expect("taking the maps out of the object");
         Self { ebpf, maps }
     }
 
     /// A gate with the exempt networks and grants every table uses.
     fn with_fixture() -> Self {
-        let mut gate = Self::load();
+        Self::with_fixture_scoped(&[])
+    }
+
+    /// The same, with destination scope networks written.
+    fn with_fixture_scoped(scope: &[&str]) -> Self {
+        let mut gate = Self::load_scoped(scope);
         for net in [EXEMPT_NET4, EXEMPT_NET6] {
             let cidr: Cidr = net.parse().expect("fixture CIDR parses");
             gate.maps
@@ -292,15 +305,18 @@ impl Gate {
         }
         let mut wanted = [0u64; Outcome::COUNT as usize];
         wanted[row.outcome as usize] = 1;
+        if let Some(reason) = row.reason {
+            wanted[reason as usize] = 1;
+        }
         let want_code = row.expect.code(hook);
         assert!(
             run.code == want_code && deltas == wanted,
-            "[{hook:?}] row `{}`: got {} with {}; expected {} with {} +1\n  packet ({} octets):\n    {}",
+            "[{hook:?}] row `{}`: got {} with {}; expected {} with {}\n  packet ({} octets):\n    {}",
             row.name,
             code_name(hook, run.code),
             describe_deltas(&deltas),
             code_name(hook, want_code),
-            row.outcome.name(),
+            describe_deltas(&wanted),
             row.packet.len(),
             hex(&row.packet),
         );
@@ -313,10 +329,59 @@ impl Gate {
             ),
             Verdict::Drop => {}
             Verdict::Reset => check_reset_reply(
+                hook,
                 &format!("[{hook:?}] row `{}`", row.name),
                 &row.packet,
                 &run.out,
             ),
+        }
+    }
+}
+
+/// The server's addresses are the host's own: reset mode answers SYNs to
+/// them and to nothing else.
+fn write_local_addresses(ebpf: &mut Ebpf) {
+    let local = Local { ifindex: 1 };
+    let mut v4: HashMap<_, [u8; 4], Local> = ebpf
+        .map_mut(map_names::LOCAL_V4)
+        .expect("the object has no local_v4 map")
+        .try_into()
+        .expect("local_v4 is a hash map");
+    v4.insert(SERVER4.octets(), local, 0)
+        .expect("writing local_v4");
+    let mut v6: HashMap<_, [u8; 16], Local> = ebpf
+        .map_mut(map_names::LOCAL_V6)
+        .expect("the object has no local_v6 map")
+        .try_into()
+        .expect("local_v6 is a hash map");
+    v6.insert(SERVER6.octets(), local, 0)
+        .expect("writing local_v6");
+}
+
+fn write_scope(ebpf: &mut Ebpf, scope: &[&str]) {
+    for net in scope {
+        let cidr: Cidr = net.parse().expect("scope CIDR parses");
+        let (addr, prefix) = (cidr.net().addr(), cidr.net().prefix_len());
+        let on = ExemptValue { enabled: 1 };
+        match addr {
+            IpAddr::V4(a) => {
+                let mut trie: LpmTrie<_, [u8; 4], ExemptValue> = ebpf
+                    .map_mut(map_names::SCOPE_V4)
+                    .expect("the object has no scope_v4 map")
+                    .try_into()
+                    .expect("scope_v4 is an LPM trie");
+                trie.insert(&Key::new(u32::from(prefix), a.octets()), on, 0)
+                    .expect("writing scope_v4");
+            }
+            IpAddr::V6(a) => {
+                let mut trie: LpmTrie<_, [u8; 16], ExemptValue> = ebpf
+                    .map_mut(map_names::SCOPE_V6)
+                    .expect("the object has no scope_v6 map")
+                    .try_into()
+                    .expect("scope_v6 is an LPM trie");
+                trie.insert(&Key::new(u32::from(prefix), a.octets()), on, 0)
+                    .expect("writing scope_v6");
+            }
         }
     }
 }
@@ -327,8 +392,10 @@ struct Row {
     packet: Vec<u8>,
     settings: Settings,
     expect: Verdict,
-    /// The one counter the packet must increase.
+    /// The one outcome counter the packet must increase.
     outcome: Outcome,
+    /// The reason counter it must increase too, if any.
+    reason: Option<Outcome>,
 }
 
 /// Settings of the tables: window WINDOW, ports 25 and 587 (465 listed
@@ -364,10 +431,16 @@ fn row(name: &str, packet: impl Into<Vec<u8>>, expect: Verdict, outcome: Outcome
         settings: settings(DenyMode::Drop),
         expect,
         outcome,
+        reason: None,
     }
 }
 
 impl Row {
+    fn reason(mut self, reason: Outcome) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
     fn settings(mut self, settings: Settings) -> Self {
         self.settings = settings;
         self
@@ -416,7 +489,8 @@ fn some_ipv4_options() -> Vec<u8> {
 
 use DenyMode::{Monitor, Reset as ResetMode};
 use Outcome::{
-    DeniedDrop, DeniedReset, DeniedUnwalkable, Exempt, Granted, Malformed, Monitored, NotGated,
+    DeniedDrop, DeniedReset, DeniedUnwalkable, Exempt, Granted, JudgedFragment, JudgedUnwalkable,
+    Malformed, Monitored, NotGated, ResetSkipped,
 };
 use Verdict::{Drop, Pass, Reset};
 
@@ -497,7 +571,8 @@ fn verdict_rows() -> Vec<Row> {
             syn6(s6, SMTP).ext(Ipv6Ext::first_fragment(7)).build(),
             Drop,
             DeniedDrop,
-        ),
+        )
+        .reason(JudgedFragment),
         row(
             "IPv6 fragment header offset 0 without M (atomic fragment)",
             syn6(s6, SMTP)
@@ -522,7 +597,8 @@ fn verdict_rows() -> Vec<Row> {
                 .build(),
             Drop,
             DeniedDrop,
-        ),
+        )
+        .reason(JudgedFragment),
         row(
             "IPv6 fragment header offset 1 (not first): not gated",
             syn6(s6, SMTP)
@@ -587,14 +663,14 @@ fn verdict_rows() -> Vec<Row> {
             DeniedDrop,
         ),
         row(
-            "three VLAN tags are deeper than the walk: not gated",
+            "three VLAN tags (802.1ad + two 802.1Q) are walked",
             syn4(s, SMTP)
                 .vlan(VlanTag::dot1ad(1))
                 .vlan(VlanTag::dot1q(2))
                 .vlan(VlanTag::dot1q(3))
                 .build(),
-            Pass,
-            NotGated,
+            Drop,
+            DeniedDrop,
         ),
         // TCP flags: only SYN without ACK is judged.
         row(
@@ -940,7 +1016,8 @@ fn verdict_rows() -> Vec<Row> {
             tiny_first_fragment(s, SMTP),
             Drop,
             DeniedDrop,
-        ),
+        )
+        .reason(JudgedFragment),
         row(
             "IPv4 tiny first fragment to another port: not gated",
             tiny_first_fragment(s, 80),
@@ -952,13 +1029,15 @@ fn verdict_rows() -> Vec<Row> {
             tiny_first_fragment(GRANTED4, SMTP),
             Pass,
             Granted,
-        ),
+        )
+        .reason(JudgedFragment),
         row(
             "reset mode: a tiny first fragment is dropped, never answered",
             tiny_first_fragment(s, SMTP),
             Drop,
             DeniedDrop,
         )
+        .reason(JudgedFragment)
         .mode(DenyMode::Reset),
         row(
             "IPv4 non-first fragment (offset 185) that looks like a SYN: not gated",
@@ -977,7 +1056,8 @@ fn verdict_rows() -> Vec<Row> {
             syn4(s, SMTP).ipv4_fragment(0, true).build(),
             Drop,
             DeniedDrop,
-        ),
+        )
+        .reason(JudgedFragment),
         // Not TCP.
         row(
             "IPv4 UDP to port 25: not gated",
@@ -1119,23 +1199,40 @@ fn verdict_rows() -> Vec<Row> {
             Malformed,
         ),
         row(
-            "IPv6 9 extension headers (chain longer than 8): dropped, a SYN may hide behind",
+            "IPv6 9 extension headers (chain longer than 8): judged by source, dropped",
             syn6(s6, SMTP).exts(dest_opts_chain(9)).build(),
             Drop,
-            DeniedUnwalkable,
-        ),
+            DeniedDrop,
+        )
+        .reason(JudgedUnwalkable),
         row(
             "IPv6 16 extension headers: dropped",
             syn6(s6, SMTP).exts(dest_opts_chain(16)).build(),
             Drop,
-            DeniedUnwalkable,
-        ),
+            DeniedDrop,
+        )
+        .reason(JudgedUnwalkable),
+        row(
+            "IPv6 chain too long to walk from a granted source passes",
+            syn6(GRANTED6, SMTP).exts(dest_opts_chain(9)).build(),
+            Pass,
+            Granted,
+        )
+        .reason(JudgedUnwalkable),
+        row(
+            "IPv6 chain too long to walk from an exempt source passes",
+            syn6(EXEMPT6, 443).exts(dest_opts_chain(12)).build(),
+            Pass,
+            Exempt,
+        )
+        .reason(JudgedUnwalkable),
         row(
             "monitor mode: IPv6 chain too long to walk passes, counted",
             syn6(s6, SMTP).exts(dest_opts_chain(9)).build(),
             Pass,
             Monitored,
         )
+        .reason(JudgedUnwalkable)
         .mode(Monitor),
         row(
             "IPv6 payload length shorter than the extension headers",
@@ -1150,14 +1247,16 @@ fn verdict_rows() -> Vec<Row> {
             "IPv6 hop-by-hop of 2048 octets puts TCP beyond 1024: dropped",
             syn6(s6, SMTP).ext(Ipv6Ext::HopByHop { len: 255 }).build(),
             Drop,
-            DeniedUnwalkable,
-        ),
+            DeniedDrop,
+        )
+        .reason(JudgedUnwalkable),
         row(
             "IPv6 AH of 1028 octets puts TCP beyond 1024: dropped",
             syn6(s6, SMTP).ext(Ipv6Ext::Ah { len: 255 }).build(),
             Drop,
-            DeniedUnwalkable,
-        ),
+            DeniedDrop,
+        )
+        .reason(JudgedUnwalkable),
         row(
             "IPv6 AH claiming 1028 octets in a short packet",
             syn6(s6, SMTP).ext(Ipv6Ext::Ah { len: 255 }).build()[..200].to_vec(),
@@ -1357,6 +1456,107 @@ fn reset_rows() -> Vec<Row> {
             Pass,
             Malformed,
         ),
+        row(
+            "reset mode: a SYN to a broadcast MAC is dropped, never answered",
+            syn4(s, SMTP).macs(DEFAULT_SRC_MAC, [0xff; 6]).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN from a multicast MAC is dropped, never answered",
+            syn4(s, SMTP)
+                .macs([0x01, 0x00, 0x5e, 0, 0, 1], DEFAULT_DST_MAC)
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN to an address that is not the host's is dropped, never answered",
+            PacketBuilder::ipv4(s, Ipv4Addr::new(10, 0, 0, 99))
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: IPv6 to an address that is not the host's",
+            PacketBuilder::ipv6(s6, Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x99))
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN to the limited broadcast address",
+            PacketBuilder::ipv4(s, Ipv4Addr::BROADCAST)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN from a multicast source address",
+            syn4(Ipv4Addr::new(224, 0, 0, 9), SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN from an IPv6 multicast source",
+            syn6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN from an IPv4-mapped IPv6 source",
+            syn6(Ipv4Addr::new(203, 0, 113, 9).to_ipv6_mapped(), SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a split SYN is dropped, never answered",
+            ipv4_first_fragment(
+                &syn4(s, SMTP)
+                    .tcp_options(&FORTY_OCTETS_OF_TCP_OPTIONS)
+                    .ipv4_fragment(0, true),
+                24,
+            ),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "reset IPv6 behind a 248-octet destination options header",
+            syn6(s6, SMTP).ext(Ipv6Ext::DestOpts { len: 30 }).build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv6 with payload length 0 and hop-by-hop",
+            syn6(s6, SMTP)
+                .ext(Ipv6Ext::HOP_BY_HOP)
+                .ipv6_payload_len(0)
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
+        row(
+            "reset IPv4 behind three VLAN priority tags",
+            syn4(s, SMTP)
+                .vlan(VlanTag::dot1q(0))
+                .vlan(VlanTag::dot1q(0))
+                .vlan(VlanTag::dot1q(0))
+                .build(),
+            Reset,
+            DeniedReset,
+        ),
     ];
     rows.into_iter()
         .map(|r| {
@@ -1372,7 +1572,7 @@ fn reset_rows() -> Vec<Row> {
 /// Checks that `reply` is the RST+ACK the gate owes the sender of `syn`
 /// (RFC 9293 3.10.7.1: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>), with
 /// checksums verified by the test's own code.
-fn check_reset_reply(what: &str, syn: &[u8], reply: &[u8]) {
+fn check_reset_reply(hook: Hook, what: &str, syn: &[u8], reply: &[u8]) {
     let syn = TcpFrame::parse(syn)
         .unwrap_or_else(|e| panic!("{what}: the test's SYN does not parse: {e}"));
     let rst = TcpFrame::parse(reply).unwrap_or_else(|e| {
@@ -1439,12 +1639,21 @@ fn check_reset_reply(what: &str, syn: &[u8], reply: &[u8]) {
         }
         _ => fail("the reply is of another IP version than the SYN".into()),
     };
-    let expected_len = syn.l3_offset + ip_len + TCP_HDR_LEN;
-    if reply.len() != expected_len || rst.trailer_len != 0 {
+    let exact_len = syn.l3_offset + ip_len + TCP_HDR_LEN;
+    // TC cannot cut a socket buffer before its transport header: a SYN
+    // with IP options or extension headers is answered in a frame padded
+    // up to the end of its fixed TCP header (the receiver trims the
+    // padding by the IP length).
+    let expected_len = match hook {
+        Hook::Xdp => exact_len,
+        Hook::Tc => exact_len.max(syn.l4_offset + TCP_HDR_LEN),
+    };
+    if reply.len() != expected_len || rst.trailer_len != expected_len - exact_len {
         fail(format!(
-            "reply is {} octets ({} after the datagram), expected exactly {expected_len}",
+            "reply is {} octets ({} after the datagram), expected {expected_len} ({} after it)",
             reply.len(),
-            rst.trailer_len
+            rst.trailer_len,
+            expected_len - exact_len
         ));
     }
     let tcp = &rst.tcp;
@@ -1564,7 +1773,7 @@ fn truncation_shapes() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("IPv4 QinQ", syn4(STRANGER4, SMTP).qinq(10, 20).build()),
         (
-            "IPv6 QinQ with extension headers",
+            "IPv6 QinQ with extension headers and a fragment header",
             syn6(STRANGER6, SMTP)
                 .qinq(10, 20)
                 .exts([Ipv6Ext::HOP_BY_HOP, Ipv6Ext::first_fragment(2), Ipv6Ext::AH])
@@ -1604,10 +1813,14 @@ fn check_truncations(hook: Hook) {
     let mut gate = Gate::with_fixture();
     let (mut ran, mut refused) = (0, 0);
     for (shape, packet) in truncation_shapes() {
-        gate.check(
-            hook,
-            &row(&format!("whole {shape}"), packet.clone(), Drop, DeniedDrop),
-        );
+        // A first fragment (M set) is judged without being a whole SYN.
+        let whole = row(&format!("whole {shape}"), packet.clone(), Drop, DeniedDrop);
+        let whole = if shape.contains("fragment") {
+            whole.reason(JudgedFragment)
+        } else {
+            whole
+        };
+        gate.check(hook, &whole);
         for len in 0..packet.len() {
             let prefix = &packet[..len];
             let name = format!("{shape} cut to {len} of {} octets", packet.len());
@@ -1702,6 +1915,420 @@ fn tcp_header_outside_the_datagram_is_malformed() {
     ];
     for hook in [Hook::Xdp, Hook::Tc] {
         let mut gate = Gate::with_fixture();
+        for r in &rows {
+            gate.check(hook, r);
+        }
+    }
+}
+
+// The bypasses of the gate: frames the Linux stack turns into a SYN to a
+// gated port that the walk once passed as `malformed` or `not_gated`.
+
+/// `syn` (built with `ipv4_fragment(0, true)`) cut to its first
+/// fragment: the IP header and `tcp_octets` octets of the segment.
+fn ipv4_first_fragment(syn: &PacketBuilder, tcp_octets: usize) -> Vec<u8> {
+    let frame = syn.build();
+    let (l3, l4) = (syn.l3_offset(), syn.l4_offset());
+    let mut out = frame[..l4 + tcp_octets].to_vec();
+    let total = (l4 - l3 + tcp_octets) as u16;
+    out[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut out, l3, l4);
+    out
+}
+
+/// The rest of the same datagram: `syn`'s segment from octet `from` (a
+/// multiple of 8) on, as the last fragment.
+fn ipv4_last_fragment(syn: &PacketBuilder, from: usize) -> Vec<u8> {
+    let frame = syn.build();
+    let (l3, l4) = (syn.l3_offset(), syn.l4_offset());
+    let mut out = frame[..l4].to_vec();
+    out.extend_from_slice(&frame[l4 + from..]);
+    let total = (out.len() - l3) as u16;
+    out[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+    let frag = (from / 8) as u16; // MF clear, DF clear
+    out[l3 + 6..l3 + 8].copy_from_slice(&frag.to_be_bytes());
+    fix_ipv4_checksum(&mut out, l3, l4);
+    out
+}
+
+fn fix_ipv4_checksum(frame: &mut [u8], l3: usize, l4: usize) {
+    frame[l3 + 10] = 0;
+    frame[l3 + 11] = 0;
+    let sum = gate_tests::packets::internet_checksum(&[&frame[l3..l4]]);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// An IPv6 frame cut to its first `len` octets with the payload length
+/// made to match: a first fragment when the chain holds a fragment
+/// header with M set.
+fn ipv6_cut(frame: &[u8], l3: usize, len: usize) -> Vec<u8> {
+    let mut out = frame[..len].to_vec();
+    let payload = (len - l3 - IPV6_HDR_LEN) as u16;
+    out[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+/// Forty octets of TCP options (a 60-octet header): NOP padding.
+const FORTY_OCTETS_OF_TCP_OPTIONS: [u8; 40] = [1; 40];
+
+fn bypass_rows() -> Vec<Row> {
+    let s = STRANGER4;
+    let s6 = STRANGER6;
+    let big4 = syn4(s, SMTP)
+        .tcp_options(&FORTY_OCTETS_OF_TCP_OPTIONS)
+        .ipv4_fragment(0, true);
+    let big4_ip_options = big4.clone().ipv4_options(&[IPV4_OPTION_NOP; 40]);
+    let frag6 = |src: Ipv6Addr, exts: Vec<Ipv6Ext>| {
+        syn6(src, SMTP)
+            .exts(exts)
+            .tcp_options(&FORTY_OCTETS_OF_TCP_OPTIONS)
+    };
+    let first6 = |b: PacketBuilder, tcp_octets: usize| {
+        ipv6_cut(&b.build(), b.l3_offset(), b.l4_offset() + tcp_octets)
+    };
+    let cut_chain = {
+        // Fragment + destination options in the first fragment; the next
+        // destination options header and the SYN in the second.
+        let b = syn6(s6, SMTP).exts([
+            Ipv6Ext::first_fragment(9),
+            Ipv6Ext::DEST_OPTS,
+            Ipv6Ext::DestOpts { len: 1 },
+        ]);
+        ipv6_cut(&b.build(), b.l3_offset(), b.l3_offset() + IPV6_HDR_LEN + 16)
+    };
+    let chain_ends_at_fragment_end = {
+        let b = syn6(s6, SMTP).exts([Ipv6Ext::first_fragment(10), Ipv6Ext::DEST_OPTS]);
+        ipv6_cut(&b.build(), b.l3_offset(), b.l4_offset())
+    };
+    let jumbo_hbh = |src: Ipv6Addr| {
+        syn6(src, SMTP)
+            .ext(Ipv6Ext::HOP_BY_HOP)
+            .ipv6_payload_len(0)
+            .build()
+    };
+    let tags = |n: usize, b: PacketBuilder| (0..n).fold(b, |b, _| b.vlan(VlanTag::dot1q(0)));
+    let first_fragment_with = |flags: u8, tcp_octets: usize| {
+        let b = PacketBuilder::ipv4(s, SERVER4)
+            .tcp(CLIENT_PORT, SMTP, flags)
+            .payload(&[0x55; 64])
+            .ipv4_fragment(0, true);
+        ipv4_first_fragment(&b, tcp_octets)
+    };
+    vec![
+        // IPv4: the TCP header does not fit in the first fragment.
+        row(
+            "IPv4 SYN with a 60-octet TCP header, first fragment carries 24 octets of it",
+            ipv4_first_fragment(&big4, 24),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "IPv4 SYN with a 60-octet TCP header, first fragment carries 32 octets of it",
+            ipv4_first_fragment(&big4, 32),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "IPv4 with 40 octets of IP options, SYN header split after 24 octets",
+            ipv4_first_fragment(&big4_ip_options, 24),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "the later fragment of that SYN alone: not gated (the first decides)",
+            ipv4_last_fragment(&big4, 24),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv4 split SYN from a granted source passes",
+            ipv4_first_fragment(
+                &syn4(GRANTED4, SMTP)
+                    .tcp_options(&FORTY_OCTETS_OF_TCP_OPTIONS)
+                    .ipv4_fragment(0, true),
+                24,
+            ),
+            Pass,
+            Granted,
+        )
+        .reason(JudgedFragment),
+        row(
+            "IPv4 split SYN to a port that is not gated: not gated",
+            ipv4_first_fragment(
+                &syn4(s, 80)
+                    .tcp_options(&FORTY_OCTETS_OF_TCP_OPTIONS)
+                    .ipv4_fragment(0, true),
+                24,
+            ),
+            Pass,
+            NotGated,
+        ),
+        // What reassembly keeps of a first fragment: whole 8-octet units.
+        row(
+            "first fragment of 20 TCP octets showing ACK (flags kept): not gated",
+            first_fragment_with(ACK | PSH, 20),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "first fragment of 14 TCP octets showing ACK: reassembly trims it to 8, judged by port",
+            first_fragment_with(ACK, 14),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "first fragment with fewer than 8 TCP octets: the stack discards it",
+            first_fragment_with(SYN, 6),
+            Pass,
+            Malformed,
+        ),
+        row(
+            "first fragment of a large UDP datagram: not gated",
+            {
+                let b = PacketBuilder::ipv4(s, SERVER4)
+                    .udp(CLIENT_PORT, SMTP)
+                    .payload(&[7; 200])
+                    .ipv4_fragment(0, true);
+                ipv4_first_fragment(&b, 104)
+            },
+            Pass,
+            NotGated,
+        ),
+        // IPv6: the same with a fragment header.
+        row(
+            "IPv6 SYN with a 60-octet TCP header, first fragment carries 24 octets of it",
+            first6(frag6(s6, vec![Ipv6Ext::first_fragment(3)]), 24),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "IPv6 split SYN behind hop-by-hop and fragment headers, 32 octets",
+            first6(
+                frag6(s6, vec![Ipv6Ext::HOP_BY_HOP, Ipv6Ext::first_fragment(4)]),
+                32,
+            ),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "IPv6 split SYN from a granted source passes",
+            first6(frag6(GRANTED6, vec![Ipv6Ext::first_fragment(5)]), 24),
+            Pass,
+            Granted,
+        )
+        .reason(JudgedFragment),
+        row(
+            "IPv6 first fragment showing ACK: not gated",
+            {
+                let b = PacketBuilder::ipv6(s6, SERVER6)
+                    .ext(Ipv6Ext::first_fragment(6))
+                    .tcp(CLIENT_PORT, SMTP, ACK)
+                    .payload(&[1; 100]);
+                ipv6_cut(&b.build(), b.l3_offset(), b.l4_offset() + 40)
+            },
+            Pass,
+            NotGated,
+        ),
+        row(
+            "IPv6 extension chain cut by the fragment boundary: port unknown, judged",
+            cut_chain,
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        row(
+            "IPv6 first fragment ends where the TCP header would start: judged",
+            chain_ends_at_fragment_end,
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedFragment),
+        // IPv6 payload length 0 with hop-by-hop: Linux takes the frame's length.
+        row(
+            "IPv6 payload length 0 with hop-by-hop (no jumbo option) before a SYN",
+            jumbo_hbh(s6),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv6 payload length 0 with hop-by-hop from a granted source passes",
+            jumbo_hbh(GRANTED6),
+            Pass,
+            Granted,
+        ),
+        // VLAN priority tags: Linux strips every VID-0 tag.
+        row(
+            "three VLAN priority tags (VID 0)",
+            tags(3, syn4(s, SMTP)).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "four VLAN priority tags (VID 0), IPv6",
+            tags(4, syn6(s6, SMTP)).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "eight VLAN tags: the walk's limit",
+            tags(8, syn4(s, SMTP)).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "eight VLAN tags from a granted source pass",
+            tags(8, syn4(GRANTED4, SMTP)).build(),
+            Pass,
+            Granted,
+        ),
+        row(
+            "eight VLAN tags to a port that is not gated: not gated",
+            tags(8, syn4(s, 80)).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "nine VLAN tags: deeper than the walk, source unknown, dropped",
+            tags(9, syn4(GRANTED4, SMTP)).build(),
+            Drop,
+            DeniedUnwalkable,
+        ),
+        row(
+            "monitor mode: nine VLAN tags pass, counted",
+            tags(9, syn4(s, SMTP)).build(),
+            Pass,
+            Monitored,
+        )
+        .mode(Monitor),
+        row(
+            "unconfigured gate: nine VLAN tags pass",
+            tags(9, syn4(s, SMTP)).build(),
+            Pass,
+            NotGated,
+        )
+        .settings(Settings::UNCONFIGURED),
+        row(
+            "a SYN behind a 248-octet destination options header",
+            syn6(s6, SMTP).ext(Ipv6Ext::DestOpts { len: 30 }).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "a SYN whose TCP header starts at 1022, the deepest the walk reaches",
+            syn6(s6, SMTP).ext(Ipv6Ext::DestOpts { len: 120 }).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "a SYN whose TCP header starts at 1030, past the walk's 1024",
+            syn6(s6, SMTP)
+                .exts([Ipv6Ext::DestOpts { len: 120 }, Ipv6Ext::DEST_OPTS])
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedUnwalkable),
+    ]
+}
+
+#[test]
+fn bypass_table_xdp() {
+    run_table(Hook::Xdp, &bypass_rows());
+}
+
+#[test]
+fn bypass_table_tc() {
+    run_table(Hook::Tc, &bypass_rows());
+}
+
+/// `--dest`: only SYNs to a destination in the scope are gated; the rest
+/// pass as not gated, and the scope is ignored while it is off.
+#[test]
+fn destination_scope() {
+    let scoped = Settings {
+        dest_scoped: 1,
+        ..settings(DenyMode::Drop)
+    };
+    let relay6 = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x99);
+    let rows = [
+        row(
+            "in scope: IPv4 SYN",
+            syn4(STRANGER4, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .settings(scoped),
+        row(
+            "out of scope: a SYN to the MX address passes",
+            PacketBuilder::ipv4(STRANGER4, Ipv4Addr::new(10, 0, 0, 26))
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Pass,
+            NotGated,
+        )
+        .settings(scoped),
+        row(
+            "in scope: IPv6 SYN",
+            syn6(STRANGER6, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .settings(scoped),
+        row(
+            "out of scope: IPv6",
+            PacketBuilder::ipv6(STRANGER6, relay6)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Pass,
+            NotGated,
+        )
+        .settings(scoped),
+        row(
+            "out of scope: a split SYN passes too",
+            ipv4_first_fragment(
+                &PacketBuilder::ipv4(STRANGER4, Ipv4Addr::new(10, 0, 0, 26))
+                    .tcp(CLIENT_PORT, SMTP, SYN)
+                    .tcp_options(&FORTY_OCTETS_OF_TCP_OPTIONS)
+                    .ipv4_fragment(0, true),
+                24,
+            ),
+            Pass,
+            NotGated,
+        )
+        .settings(scoped),
+        row(
+            "scope off: every destination is gated",
+            PacketBuilder::ipv4(STRANGER4, Ipv4Addr::new(10, 0, 0, 26))
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "scoped, but headers too deep to find the destination: dropped",
+            (0..9)
+                .fold(
+                    PacketBuilder::ipv4(STRANGER4, Ipv4Addr::new(10, 0, 0, 26)).tcp(
+                        CLIENT_PORT,
+                        SMTP,
+                        SYN,
+                    ),
+                    |b, _| b.vlan(VlanTag::dot1q(0)),
+                )
+                .build(),
+            Drop,
+            DeniedUnwalkable,
+        )
+        .settings(scoped),
+    ];
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut gate = Gate::with_fixture_scoped(&["10.0.0.24/31", "2001:db8:25::/122"]);
         for r in &rows {
             gate.check(hook, r);
         }

@@ -10,14 +10,16 @@
 //! carries a minimal IP header (no options, no extension headers) and a
 //! 20-octet TCP header, so it is never longer than the SYN it replaces.
 
-use crate::parse::{
-    ptr_at_mut, Addr, EthHdr, Syn, ETH_HDR_LEN, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN,
+use crate::{
+    cursor::PacketMut,
+    headers::{EthHdr, ETH_HDR_LEN, IPPROTO_TCP, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN},
+    parse::{Addr, Syn, MAX_VLAN_TAGS},
 };
 
 /// What the reply needs from the SYN, copied out of the packet: the reply
-/// is written after the packet is resized, when pointers into the SYN are
-/// no longer valid.
-#[derive(Clone, Copy)]
+/// is written after the packet is resized, when references into the SYN
+/// are no longer valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reply {
     src: Addr,
     dst: Addr,
@@ -26,11 +28,15 @@ pub struct Reply {
     seq: u32,
     payload_len: u32,
     l3_offset: usize,
+    l4_offset: usize,
 }
+
+const TCP_FLAGS_RST_ACK: u8 = 0x14;
+const REPLY_TTL: u8 = 64;
 
 impl Reply {
     #[inline(always)]
-    pub fn of(syn: &Syn) -> Self {
+    pub fn of(syn: &Syn<'_>) -> Self {
         Self {
             src: syn.src.read(),
             dst: syn.dst.read(),
@@ -39,25 +45,69 @@ impl Reply {
             seq: syn.seq,
             payload_len: syn.payload_len,
             l3_offset: syn.l3_offset,
+            l4_offset: syn.l4_offset,
         }
     }
-}
 
-const TCP_FLAGS_RST_ACK: u8 = 0x14;
-const IPPROTO_TCP: u8 = 6;
-const REPLY_TTL: u8 = 64;
+    /// Length of the reply frame.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.l3_offset + self.ip_header_len() + TCP_HDR_LEN
+    }
 
-/// Length of the reply frame for this SYN.
-#[inline(always)]
-pub fn reply_len(syn: &Reply) -> usize {
-    syn.l3_offset + ip_header_len(syn) + TCP_HDR_LEN
-}
+    /// The reply never is empty; for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
 
-#[inline(always)]
-fn ip_header_len(syn: &Reply) -> usize {
-    match syn.src {
-        Addr::V4(_) => IPV4_HDR_LEN,
-        Addr::V6(_) => IPV6_HDR_LEN,
+    /// A frame length that keeps the SYN's TCP header start: TC cannot cut
+    /// a socket buffer before its transport header (`bpf_skb_change_tail`
+    /// refuses), so a SYN with IP options or extension headers is answered
+    /// in a frame that ends with padding past the reply's datagram, which
+    /// the receiver trims by the IP length.
+    #[inline(always)]
+    pub fn padded_len(&self) -> usize {
+        let len = self.len();
+        let keep = self.l4_offset + TCP_HDR_LEN;
+        if keep > len {
+            keep
+        } else {
+            len
+        }
+    }
+
+    #[inline(always)]
+    fn ip_header_len(&self) -> usize {
+        match self.src {
+            Addr::V4(_) => IPV4_HDR_LEN,
+            Addr::V6(_) => IPV6_HDR_LEN,
+        }
+    }
+
+    /// Rewrites `frame`, at least `self.len()` octets long, into the
+    /// RST+ACK reply; octets past the reply stay as they are.
+    #[inline(always)]
+    pub fn write(&self, frame: &mut PacketMut<'_>) -> Option<()> {
+        let eth: EthHdr = frame.read(0)?;
+        frame.write(0, eth.src)?;
+        frame.write(6, eth.dst)?;
+        let l3 = self.l3_offset;
+        if l3 > ETH_HDR_LEN + MAX_VLAN_TAGS * 4 {
+            return None;
+        }
+        match (self.src, self.dst) {
+            (Addr::V4(src), Addr::V4(dst)) => {
+                let (ip, tcp) = ipv4_reply(self, src, dst);
+                frame.write(l3, ip)?;
+                frame.write(l3 + IPV4_HDR_LEN, tcp)
+            }
+            (Addr::V6(src), Addr::V6(dst)) => {
+                let (ip, tcp) = ipv6_reply(self, src, dst);
+                frame.write(l3, ip)?;
+                frame.write(l3 + IPV6_HDR_LEN, tcp)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -177,43 +227,4 @@ fn ipv6_reply(
     tcp[16] = tcp_check[0];
     tcp[17] = tcp_check[1];
     (ip, tcp)
-}
-
-/// Writes `value` at `offset`, if it fits.
-#[inline(always)]
-fn write_at<T>(start: usize, end: usize, offset: usize, value: T) -> Option<()> {
-    let p = ptr_at_mut::<T>(start, end, offset)?;
-    // SAFETY: bounds checked by ptr_at_mut; T is a byte array.
-    unsafe { p.write(value) };
-    Some(())
-}
-
-/// Rewrites the packet between `start` and `end`, which must already be
-/// exactly `reply_len(syn)` octets long, into the RST+ACK reply.
-#[inline(always)]
-pub fn write_reply(start: usize, end: usize, syn: &Reply) -> Option<()> {
-    let eth = ptr_at_mut::<EthHdr>(start, end, 0)?;
-    // SAFETY: bounds checked; EthHdr is made of byte arrays.
-    unsafe {
-        let old = *eth;
-        (*eth).dst = old.src;
-        (*eth).src = old.dst;
-    }
-    let l3 = syn.l3_offset;
-    if l3 > ETH_HDR_LEN + 8 {
-        return None;
-    }
-    match (syn.src, syn.dst) {
-        (Addr::V4(src), Addr::V4(dst)) => {
-            let (ip, tcp) = ipv4_reply(syn, src, dst);
-            write_at(start, end, l3, ip)?;
-            write_at(start, end, l3 + IPV4_HDR_LEN, tcp)
-        }
-        (Addr::V6(src), Addr::V6(dst)) => {
-            let (ip, tcp) = ipv6_reply(syn, src, dst);
-            write_at(start, end, l3, ip)?;
-            write_at(start, end, l3 + IPV6_HDR_LEN, tcp)
-        }
-        _ => None,
-    }
 }

@@ -1,0 +1,196 @@
+//! The verdict for one parsed packet: the gate's policy, apart from where
+//! its state lives (BPF maps in the kernel program, plain tables in tests).
+
+use gate_common::{DenyMode, Outcome, Settings};
+
+use crate::{
+    cursor::Packet,
+    headers::EthHdr,
+    parse::{AddrRef, Parsed, Syn},
+    reset::Reply,
+};
+
+/// What the gate knows besides the packet.
+pub trait GateState {
+    /// The settings, read once per packet; `None` if there are none.
+    fn settings(&self) -> Option<&Settings>;
+    /// True if `src` lies in an exempt network.
+    fn is_exempt(&self, src: AddrRef<'_>) -> bool;
+    /// True if `src` has a grant younger than its lifetime (or `window_ns`).
+    fn has_fresh_grant(&self, src: AddrRef<'_>, window_ns: u64) -> bool;
+    /// True if `dst` lies in the destination scope (`--dest`).
+    fn in_scope(&self, dst: AddrRef<'_>) -> bool;
+    /// True if `dst` is one of the host's own unicast addresses.
+    fn is_local(&self, dst: AddrRef<'_>) -> bool;
+
+    /// `value` itself, but for the BPF verifier an unknown number: it
+    /// follows every constant through registers and the stack, and would
+    /// verify the walk after each constant offset apart (the kernel
+    /// program passes the value through a per-CPU map slot). Elsewhere
+    /// there is nothing to forget.
+    #[inline(always)]
+    fn forget(&self, value: usize) -> usize {
+        value
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Drop,
+    /// Answer the SYN with a RST+ACK out of the same interface.
+    Reset(Reply),
+}
+
+/// A denial worth a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denial<'a> {
+    /// `None` when the headers were too deep to find it.
+    pub src: Option<AddrRef<'a>>,
+    /// 0 when the packet does not show it.
+    pub dst_port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict<'a> {
+    pub action: Action,
+    /// The one outcome counter this packet moves.
+    pub outcome: Outcome,
+    /// The reason counter it also moves, if any.
+    pub reason: Option<Outcome>,
+    pub denial: Option<Denial<'a>>,
+}
+
+impl Verdict<'_> {
+    const fn pass(outcome: Outcome) -> Self {
+        Self {
+            action: Action::Pass,
+            outcome,
+            reason: None,
+            denial: None,
+        }
+    }
+}
+
+/// Order of judgement for a gated packet: destination scope, exempt
+/// network, fresh grant, then the deny mode. Everything else passes.
+#[inline(always)]
+pub fn judge<'a, S: GateState>(state: &S, parsed: Parsed<'a>, packet: &Packet<'a>) -> Verdict<'a> {
+    let (src, dst, dst_port, reason, whole) = match parsed {
+        Parsed::NotGated => return Verdict::pass(Outcome::NotGated),
+        Parsed::Malformed => return Verdict::pass(Outcome::Malformed),
+        Parsed::Syn(syn) => (syn.src, syn.dst, Some(syn.dst_port), None, Some(syn)),
+        Parsed::Partial(p) => (p.src, p.dst, p.dst_port, Some(p.reason.counter()), None),
+        // A packet whose headers could not be pulled in (TC) or walked
+        // (VLAN tags) is judged without a source.
+        Parsed::NeedsPull | Parsed::Unwalkable => return judge_unwalkable(state),
+    };
+    let Some(config) = state.settings() else {
+        return Verdict::pass(Outcome::NotGated);
+    };
+    let gated = match dst_port {
+        Some(port) => config.gates_port(port),
+        None => config.port_count != 0,
+    };
+    if !gated || (config.dest_scoped != 0 && !state.in_scope(dst)) {
+        return Verdict::pass(Outcome::NotGated);
+    }
+    let admitted = |outcome| Verdict {
+        action: Action::Pass,
+        outcome,
+        reason,
+        denial: None,
+    };
+    if state.is_exempt(src) {
+        return admitted(Outcome::Exempt);
+    }
+    if state.has_fresh_grant(src, config.window_ns) {
+        return admitted(Outcome::Granted);
+    }
+    let denial = Some(Denial {
+        src: Some(src),
+        dst_port: dst_port.unwrap_or(0),
+    });
+    let (action, outcome, reason) = match DenyMode::from_u32(config.deny_mode) {
+        Some(DenyMode::Monitor) => (Action::Pass, Outcome::Monitored, reason),
+        Some(DenyMode::Reset) => match whole {
+            Some(syn) if answerable(state, &syn, packet) => {
+                (Action::Reset(Reply::of(&syn)), Outcome::DeniedReset, None)
+            }
+            Some(_) => (
+                Action::Drop,
+                Outcome::DeniedDrop,
+                Some(Outcome::ResetSkipped),
+            ),
+            // A fragment cannot be answered: there is no whole segment.
+            None => (Action::Drop, Outcome::DeniedDrop, reason),
+        },
+        _ => (Action::Drop, Outcome::DeniedDrop, reason),
+    };
+    Verdict {
+        action,
+        outcome,
+        reason,
+        denial,
+    }
+}
+
+/// A packet whose source is unknown: denied wherever it goes (monitor mode
+/// passes and counts it). No mail client sends one.
+#[inline(always)]
+fn judge_unwalkable<'a, S: GateState>(state: &S) -> Verdict<'a> {
+    let Some(config) = state.settings().filter(|c| c.port_count != 0) else {
+        return Verdict::pass(Outcome::NotGated);
+    };
+    let denial = Some(Denial {
+        src: None,
+        dst_port: 0,
+    });
+    if config.deny_mode == DenyMode::Monitor as u32 {
+        return Verdict {
+            action: Action::Pass,
+            outcome: Outcome::Monitored,
+            reason: None,
+            denial,
+        };
+    }
+    Verdict {
+        action: Action::Drop,
+        outcome: Outcome::DeniedUnwalkable,
+        reason: None,
+        denial,
+    }
+}
+
+/// Reset mode answers only what the host's own stack would: a SYN sent to
+/// one of the host's unicast addresses, from a unicast MAC and a unicast
+/// source address (the stack drops the rest before TCP sees it; a reply
+/// to them would spoof a neighbour or hit a group).
+#[inline(always)]
+fn answerable<S: GateState>(state: &S, syn: &Syn<'_>, packet: &Packet<'_>) -> bool {
+    let Ok(eth) = packet.view::<EthHdr>(0) else {
+        return false;
+    };
+    let group_mac = |mac: &[u8; 6]| mac[0] & 1 != 0;
+    !group_mac(&eth.src)
+        && !group_mac(&eth.dst)
+        && unicast_source(syn.src)
+        && state.is_local(syn.dst)
+}
+
+/// Not a source the stack accepts from the wire: unspecified, loopback,
+/// multicast, broadcast or class E (IPv4); unspecified, loopback,
+/// multicast or IPv4-mapped (IPv6, ip6_rcv_core).
+#[inline(always)]
+fn unicast_source(src: AddrRef<'_>) -> bool {
+    match src {
+        AddrRef::V4(a) => a[0] != 0 && a[0] != 127 && a[0] < 224,
+        AddrRef::V6(a) => {
+            let head_zero = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] == 0;
+            let mid_zero = a[8] | a[9] | a[10] | a[11] == 0;
+            let mapped = head_zero && a[8] | a[9] == 0 && a[10] == 0xff && a[11] == 0xff;
+            let low_is_0_or_1 = a[12] | a[13] | a[14] == 0 && a[15] <= 1;
+            a[0] != 0xff && !mapped && !(head_zero && mid_zero && low_is_0_or_1)
+        }
+    }
+}

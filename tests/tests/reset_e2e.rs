@@ -1,0 +1,212 @@
+//! Reset mode end to end with SYNs that carry IP options or IPv6
+//! extension headers, sent by real client sockets: the kernel sets the
+//! socket buffer's transport header behind them, and TC cannot cut a
+//! buffer before it, so a reply that shrinks the frame below it was once
+//! counted as `denied_reset` but never sent. Needs root; runs in the lab's
+//! namespaces.
+
+use std::{
+    io,
+    mem::size_of,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use gate_tests::lab::{in_netns, Lab, LabOptions, SMTP_PORT};
+
+/// What a connect attempt from a socket with extra IP headers ended in.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Refused,
+    Connected,
+    TimedOut,
+    Other(String),
+}
+
+/// 40 octets of IPv4 options: NOPs then End of List.
+const IPV4_OPTIONS: [u8; 40] = {
+    let mut o = [1u8; 40];
+    o[39] = 0;
+    o
+};
+
+/// A destination options header of 24 octets (length field 2): the next
+/// header octet (filled in by the kernel), the length, then one PadN
+/// option over the other 22 octets.
+const IPV6_DSTOPTS: [u8; 24] = {
+    let mut h = [0u8; 24];
+    h[1] = 2;
+    h[2] = 1; // PadN
+    h[3] = 20;
+    h
+};
+
+fn setsockopt(fd: &OwnedFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    // SAFETY: value is valid for its length for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Connects from namespace `ns` to `to` with the extra headers set on the
+/// socket, waiting at most `timeout`.
+fn connect_with_headers(ns: &str, to: SocketAddr, timeout: Duration) -> Outcome {
+    in_netns(ns, || {
+        let family = if to.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: a plain socket(2) call; the fd is owned right away.
+        let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(raw >= 0, "socket: {}", io::Error::last_os_error());
+        // SAFETY: the kernel just returned this fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        match to {
+            SocketAddr::V4(_) => setsockopt(&fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &IPV4_OPTIONS)
+                .expect("setsockopt IP_OPTIONS"),
+            SocketAddr::V6(_) => {
+                setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &IPV6_DSTOPTS)
+                    .expect("setsockopt IPV6_DSTOPTS (needs CAP_NET_RAW)")
+            }
+        }
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: tv is a valid timeval for the call.
+        let tv_bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&tv as *const libc::timeval).cast::<u8>(),
+                size_of::<libc::timeval>(),
+            )
+        };
+        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, tv_bytes).expect("SO_SNDTIMEO");
+        let (storage, len) = sockaddr(to);
+        // SAFETY: storage holds a sockaddr of `len` octets.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&storage as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        };
+        if rc == 0 {
+            return Outcome::Connected;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ECONNREFUSED) => Outcome::Refused,
+            Some(libc::EINPROGRESS) | Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => {
+                Outcome::TimedOut
+            }
+            _ => Outcome::Other(err.to_string()),
+        }
+    })
+}
+
+fn sockaddr(to: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn check(mode: &str, xdp_pass_on_clients: bool) {
+    let lab = Lab::with_options(LabOptions {
+        xdp_pass_on_clients,
+        ..LabOptions::default()
+    });
+    lab.attach(&["--mode", mode, "--deny", "reset"]);
+    let link = &lab.client;
+    for (what, server) in [
+        (
+            "IPv4 with 40 octets of options",
+            IpAddr::from(link.server_v4),
+        ),
+        (
+            "IPv6 with a 24-octet destination options header",
+            IpAddr::from(link.server_v6),
+        ),
+    ] {
+        let started = Instant::now();
+        let outcome = connect_with_headers(
+            &link.client_ns,
+            SocketAddr::new(server, SMTP_PORT),
+            Duration::from_secs(3),
+        );
+        let took = started.elapsed();
+        let stats = lab.stats();
+        assert_eq!(
+            outcome,
+            Outcome::Refused,
+            "--mode {mode}, {what}: expected \"connection refused\" after {took:?}; stats {stats}"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "--mode {mode}, {what}: refused only after {took:?}"
+        );
+    }
+    let stats = lab.stats();
+    assert_eq!(stats["denied_reset"], 2, "--mode {mode}: stats {stats}");
+    assert_eq!(stats["reset_skipped"], 0, "--mode {mode}: stats {stats}");
+    assert_eq!(
+        lab.accepted(),
+        0,
+        "--mode {mode}: the listener accepted a connection"
+    );
+}
+
+#[test]
+fn reset_answers_syns_with_ip_options_tc() {
+    check("tc", false);
+}
+
+#[test]
+fn reset_answers_syns_with_ip_options_generic_xdp() {
+    check("xdp-skb", false);
+}
+
+#[test]
+fn reset_answers_syns_with_ip_options_native_xdp() {
+    check("xdp", true);
+}
