@@ -137,8 +137,18 @@ fn tc_act(ctx: &TcContext, verdict: &Verdict<'_>) -> i32 {
         }
         Action::Reset(reply) => reply,
     };
+    // TC cannot cut a socket buffer before its transport header, and a
+    // reply padded up to it, or with the headers removed by
+    // bpf_skb_adjust_room, was lost at a veth receiver (the SYN's pending
+    // checksum offload still pointed past the reply). A SYN with IP options
+    // or extension headers is therefore dropped, counted as not answered;
+    // the XDP modes answer it.
+    if reply.extra_headers_len() != 0 {
+        reset_skipped();
+        return TC_ACT_SHOT as i32;
+    }
     // SAFETY: plain helper calls on this program's skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, reply.padded_len() as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, reply.len() as u32, 0) } != 0 {
         reset_skipped();
         return TC_ACT_SHOT as i32;
     }

@@ -60,20 +60,12 @@ impl Reply {
         false
     }
 
-    /// A frame length that keeps the SYN's TCP header start: TC cannot cut
-    /// a socket buffer before its transport header (`bpf_skb_change_tail`
-    /// refuses), so a SYN with IP options or extension headers is answered
-    /// in a frame that ends with padding past the reply's datagram, which
-    /// the receiver trims by the IP length.
+    /// Octets of IP options or IPv6 extension headers between the SYN's
+    /// fixed IP header and its TCP header (TC cannot answer such a SYN:
+    /// see the TC entry).
     #[inline(always)]
-    pub fn padded_len(&self) -> usize {
-        let len = self.len();
-        let keep = self.l4_offset + TCP_HDR_LEN;
-        if keep > len {
-            keep
-        } else {
-            len
-        }
+    pub fn extra_headers_len(&self) -> usize {
+        self.l4_offset - self.l3_offset - self.ip_header_len()
     }
 
     #[inline(always)]
