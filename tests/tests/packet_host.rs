@@ -101,9 +101,21 @@ fn the_host_library_judges_like_the_kernel_program() {
     let syn4 = |src| PacketBuilder::ipv4(src, SERVER4).tcp(40000, 25, SYN);
     let syn6 = |src| PacketBuilder::ipv6(src, SERVER6).tcp(40000, 25, SYN);
     let cases: Vec<(&str, Vec<u8>, (u8, Outcome, Option<Outcome>))> = vec![
-        ("IPv4 SYN", syn4(STRANGER4).build(), (1, Outcome::DeniedDrop, None)),
-        ("IPv4 SYN granted", syn4(GRANTED4).build(), (0, Outcome::Granted, None)),
-        ("IPv6 SYN", syn6(STRANGER6).build(), (1, Outcome::DeniedDrop, None)),
+        (
+            "IPv4 SYN",
+            syn4(STRANGER4).build(),
+            (1, Outcome::DeniedDrop, None),
+        ),
+        (
+            "IPv4 SYN granted",
+            syn4(GRANTED4).build(),
+            (0, Outcome::Granted, None),
+        ),
+        (
+            "IPv6 SYN",
+            syn6(STRANGER6).build(),
+            (1, Outcome::DeniedDrop, None),
+        ),
         (
             "ACK",
             PacketBuilder::ipv4(STRANGER4, SERVER4)
@@ -241,7 +253,10 @@ fn seeds() -> Vec<Vec<u8>> {
             .exts([Ipv6Ext::HOP_BY_HOP, Ipv6Ext::first_fragment(1), Ipv6Ext::AH])
             .build(),
         syn6().exts(vec![Ipv6Ext::DEST_OPTS; 7]).build(),
-        syn6().vlan(VlanTag::dot1q(0)).ext(Ipv6Ext::HOP_BY_HOP).build(),
+        syn6()
+            .vlan(VlanTag::dot1q(0))
+            .ext(Ipv6Ext::HOP_BY_HOP)
+            .build(),
     ]
 }
 
