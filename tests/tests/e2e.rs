@@ -1796,3 +1796,93 @@ fn daemon_follows_a_mode_switch_made_by_the_cli() {
         lab.server_link_show(&iface)
     );
 }
+
+/// MX safety: with `--dest`, only SYNs to the scoped addresses are judged;
+/// the host's other addresses (an MX) take mail from anyone.
+#[test]
+fn dest_scope_gates_only_the_scoped_addresses() {
+    let lab = Lab::new();
+    let client = &lab.client;
+    let server = lab.server_ns.clone();
+    lab.ip(
+        &server,
+        &["addr", "add", "10.231.1.25/24", "dev", &client.server_iface],
+    );
+    lab.ip(
+        &server,
+        &[
+            "addr",
+            "add",
+            "fd00:231:1::25/64",
+            "dev",
+            &client.server_iface,
+            "nodad",
+        ],
+    );
+    let submission_v4: std::net::IpAddr = "10.231.1.25".parse().unwrap();
+    let submission_v6: std::net::IpAddr = "fd00:231:1::25".parse().unwrap();
+    let to = |addr: std::net::IpAddr, timeout: Duration| {
+        gate_tests::lab::connect(&client.client_ns, addr, SMTP_PORT, timeout)
+    };
+    lab.attach(&["--dest", "10.231.1.25", "--dest", "fd00:231:1::25"]);
+    assert_timed_out(to(submission_v4, DENY_TIMEOUT), "scoped IPv4 address");
+    assert_timed_out(to(submission_v6, DENY_TIMEOUT), "scoped IPv6 address");
+    assert_connected(
+        to(client.server_v4.into(), PASS_TIMEOUT),
+        "the MX's IPv4 address, outside the scope",
+    );
+    assert_connected(
+        to(client.server_v6.into(), PASS_TIMEOUT),
+        "the MX's IPv6 address, outside the scope",
+    );
+
+    lab.gate_ok(&["settings", "--dest", "all"]);
+    assert_timed_out(
+        to(client.server_v4.into(), DENY_TIMEOUT),
+        "every destination gated again",
+    );
+    lab.gate_ok(&["settings", "--dest", "10.231.1.1"]);
+    assert_timed_out(to(client.server_v4.into(), DENY_TIMEOUT), "scoped now");
+    assert_connected(to(submission_v4, PASS_TIMEOUT), "out of the scope now");
+}
+
+/// The reset mode answers only for the host's own addresses, as the maps
+/// know them: an address added after `attach` is dropped unanswered until
+/// `settings` (in the gate's namespace) or the daemon writes it.
+#[test]
+fn reset_mode_answers_for_host_addresses_once_the_maps_know_them() {
+    let lab = Lab::new();
+    let client = &lab.client;
+    let server = lab.server_ns.clone();
+    let iface = client.server_iface.clone();
+    lab.attach(&["--mode", "xdp-skb", "--deny", "reset"]);
+    lab.ip(&server, &["addr", "add", "10.231.1.77/24", "dev", &iface]);
+    let late_v4: std::net::IpAddr = "10.231.1.77".parse().unwrap();
+    let to = |addr: std::net::IpAddr, timeout: Duration| {
+        gate_tests::lab::connect(&client.client_ns, addr, SMTP_PORT, timeout)
+    };
+    assert_timed_out(
+        to(late_v4, POLL_TIMEOUT),
+        "an address the maps do not know yet: dropped, not answered",
+    );
+    assert_eq!(lab.stat("reset_skipped"), 1, "{}", lab.stats());
+
+    let out = lab.gate_in_server(&["settings", "--deny", "reset"]);
+    assert!(out.status.success(), "{}", gate_tests::lab::describe(&out));
+    assert_refused_at_once(|t| to(late_v4, t), "after settings wrote the address");
+
+    let mail = gate_tests::lab::MailFixture::new();
+    let mut daemon = start_daemon(&lab, &mail, &[]);
+    lab.ip(
+        &server,
+        &["addr", "add", "fd00:231:1::77/64", "dev", &iface, "nodad"],
+    );
+    let late_v6: std::net::IpAddr = "fd00:231:1::77".parse().unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the daemon writes the new address and the gate answers for it",
+        || to(late_v6, POLL_TIMEOUT) == ConnectResult::Refused,
+        || daemon.log(),
+    );
+    stop_daemon(&mut daemon);
+}
