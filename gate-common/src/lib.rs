@@ -356,6 +356,6 @@ mod tests {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(*o as usize, i);
         }
-        assert!(Outcome::COUNT <= STATS_SLOTS);
+        const { assert!(Outcome::COUNT <= STATS_SLOTS) };
     }
 }
