@@ -18,7 +18,7 @@ use pop3::auth::users_file::UsersFile;
 use smtp_gate::serve::ServeSettings;
 
 /// Every key `smtp-gate serve --config` knows (gate-user/src/serve/config.rs).
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 20] = [
     "listen",
     "users",
     "mail_root",
@@ -29,13 +29,16 @@ const KEYS: [&str; 17] = [
     "ports",
     "window",
     "exempt",
+    "dest",
     "deny",
     "capacity",
     "log_rate",
     "idle_timeout",
     "max_connections",
+    "max_connections_per_ip",
     "login_failure_delay",
     "shutdown_grace",
+    "allow_private_bpffs",
 ];
 const UNIT_EXEC: &str = "/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml";
 
