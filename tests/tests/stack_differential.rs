@@ -47,14 +47,11 @@ fn env_number(name: &str) -> Option<u64> {
 
 fn differential(mode: Mode) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let config = Config {
+    let config = Config::bounded(
         mode,
-        seed: env_number("GATE_DIFF_SEED").unwrap_or(DEFAULT_SEED),
-        cases: env_number("GATE_DIFF_CASES").map_or(DEFAULT_CASES, |n| n as usize),
-        regressions: true,
-        round: usize::MAX,
-        legit: true,
-    };
+        env_number("GATE_DIFF_SEED").unwrap_or(DEFAULT_SEED),
+        env_number("GATE_DIFF_CASES").map_or(DEFAULT_CASES, |n| n as usize),
+    );
     let report = runner::run(&config, |line| eprintln!("{line}"));
     let thresholds = Thresholds::default();
     eprintln!("{}", report.summary());

@@ -54,8 +54,11 @@ use crate::packets::{
 /// Frames shorter than this are padded with zeros, as a NIC pads them.
 pub const MIN_FRAME: usize = 60;
 /// Frames at least this long leave an AF_PACKET socket as paged socket
-/// buffers (packet_snd: `len >= PAGE_SIZE - reserve`), so the receiving
+/// buffers (packet_snd: `reserve + len >= PAGE_SIZE`), so the receiving
 /// side sees only the Ethernet header in the linear area.
+pub const PAGED_FRAME: usize = 4096;
+/// The shortest frame of the `nonlinear` category (some room above
+/// [`PAGED_FRAME`]).
 pub const NONLINEAR_FRAME: usize = 4160;
 
 /// Features left out of [`Case::shape_key`]: they do not change how a
@@ -328,6 +331,9 @@ pub fn build(env: &Env, recipe: Recipe, ids: Ids, dst_port: u16) -> Case {
             Recipe::Regression(k) => ctx.regression(k),
         };
         if frames.iter().all(|f| f.len() <= env.max_frame) {
+            if frames.iter().any(|f| f.len() >= PAGED_FRAME) {
+                ctx.shape("paged");
+            }
             return Case {
                 recipe,
                 category,
@@ -1516,11 +1522,15 @@ impl Ctx<'_> {
             let ext_len: usize = exts.iter().map(Ext::len).sum();
             let opt_len = self.tcp_opt_len(30);
             let fixed = 14 + 4 * tags.len() + 40 + ext_len + 20 + opt_len;
-            let l4_end = fixed;
-            self.shape(if l4_end > 256 {
-                "tcp-end-past-256"
+            // Where the fixed TCP header and its options end, against the
+            // 256 octets a TC program commonly pulls into the linear area.
+            let base_end = fixed - opt_len;
+            self.shape(if base_end > 256 {
+                "tcp-header-past-256"
+            } else if fixed > 256 {
+                "tcp-options-past-256"
             } else {
-                "tcp-end-within-256"
+                "tcp-header-within-256"
             });
             let fill = target.saturating_sub(fixed);
             if self.rng.chance(60) {
@@ -1711,7 +1721,7 @@ impl Ctx<'_> {
             }
             "nonlinear-v6-dst-224" => {
                 self.shape("paged");
-                self.shape("tcp-end-past-256");
+                self.shape("tcp-header-past-256");
                 let net = self.base();
                 let exts = vec![Ext::options(
                     ip_proto::DEST_OPTS,

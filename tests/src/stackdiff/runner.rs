@@ -102,13 +102,40 @@ impl Mode {
 pub struct Config {
     pub mode: Mode,
     pub seed: u64,
-    /// Random cases; the regression shapes come on top when `regressions`.
+    /// Random cases at most; the regression shapes come on top when
+    /// `regressions`.
     pub cases: usize,
     pub regressions: bool,
     /// Cases per round of the four passes.
     pub round: usize,
+    /// Stop after the round in which this many frames were sent in drop
+    /// mode.
+    pub frames: Option<usize>,
+    /// Stop after the round that ends past this.
+    pub time_limit: Option<Duration>,
+    /// Keep the frames of every case (else only of bypasses and refused
+    /// cases: long runs would hold them all).
+    pub keep_frames: bool,
     /// Run the ordinary-traffic checks.
     pub legit: bool,
+}
+
+impl Config {
+    /// The bounded run of the test suite: `cases` random cases and the
+    /// regressions in one round, every frame kept, ordinary traffic checked.
+    pub fn bounded(mode: Mode, seed: u64, cases: usize) -> Self {
+        Self {
+            mode,
+            seed,
+            cases,
+            regressions: true,
+            round: usize::MAX,
+            frames: None,
+            time_limit: None,
+            keep_frames: true,
+            legit: true,
+        }
+    }
 }
 
 /// The lab of one differential run.
@@ -937,15 +964,32 @@ pub fn run(config: &Config, mut progress: impl FnMut(&str)) -> ModeReport {
     let mut dl = DiffLab::new(config.mode, config.seed);
     let mut report = ModeReport::new(config.mode, config.seed, dl.mtu, dl.env.max_frame);
     report.notes.append(&mut dl.notes);
-    let mut recipes: Vec<Recipe> = if config.regressions {
+    let mut pending: Vec<Recipe> = if config.regressions {
         gen::regression_recipes(&dl.env)
     } else {
         Vec::new()
     };
-    recipes.extend((0..config.cases).map(|n| gen::random_recipe(&dl.env, config.seed, n)));
     let round = config.round.max(1);
-    for (k, chunk) in recipes.chunks(round).enumerate() {
-        dl.round(chunk, &mut report);
+    let mut next_random = 0;
+    for k in 0.. {
+        while pending.len() < round && next_random < config.cases {
+            pending.push(gen::random_recipe(&dl.env, config.seed, next_random));
+            next_random += 1;
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let take = pending.len().min(round);
+        let chunk: Vec<Recipe> = pending.drain(..take).collect();
+        let first = report.outcomes.len();
+        dl.round(&chunk, &mut report);
+        if !config.keep_frames {
+            for o in &mut report.outcomes[first..] {
+                if o.bypass.is_none() && o.granted != Some(false) && o.control != Some(false) {
+                    o.case.frames = Vec::new();
+                }
+            }
+        }
         progress(&format!(
             "{}: round {} done: {} cases, {} frames in drop mode, {} bypasses, {} accepted \
              in monitor mode ({:.1?})",
@@ -957,6 +1001,11 @@ pub fn run(config: &Config, mut progress: impl FnMut(&str)) -> ModeReport {
             report.monitor_count(),
             started.elapsed()
         ));
+        if config.frames.is_some_and(|n| report.frames.drop >= n)
+            || config.time_limit.is_some_and(|t| started.elapsed() >= t)
+        {
+            break;
+        }
     }
     if config.legit {
         report.checks = dl.legit_checks();
