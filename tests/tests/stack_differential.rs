@@ -56,6 +56,8 @@ fn differential(mode: Mode) {
     let thresholds = Thresholds::default();
     eprintln!("{}", report.summary());
     if let Some(dir) = std::env::var_os("GATE_DIFF_DUMP") {
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.to_string_lossy()));
         let path = std::path::Path::new(&dir).join(format!("{}.txt", mode.arg()));
         std::fs::write(&path, report.dump() + &report.render(&thresholds, None))
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
