@@ -25,7 +25,7 @@
 use std::sync::Mutex;
 
 use gate_tests::stackdiff::{
-    report::Thresholds,
+    report::{Detail, Thresholds},
     runner::{self, Config, Mode},
 };
 
@@ -59,12 +59,28 @@ fn differential(mode: Mode) {
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("creating {}: {e}", dir.to_string_lossy()));
         let path = std::path::Path::new(&dir).join(format!("{}.txt", mode.arg()));
-        std::fs::write(&path, report.dump() + &report.render(&thresholds, None))
-            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::write(
+            &path,
+            report.dump() + &report.render(&thresholds, Detail::ALL),
+        )
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         eprintln!("every case: {}", path.display());
     }
     if !report.failures(&thresholds).is_empty() {
-        panic!("{}", report.render(&thresholds, None));
+        // Everything (every bypass in hex) to a file; the message shows the
+        // counts and a few of each shape.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("stack-differential");
+        let path = dir.join(format!("{}-{:#x}.txt", mode.arg(), config.seed));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, report.render(&thresholds, Detail::ALL)));
+        panic!(
+            "{}\n{}",
+            report.render(&thresholds, Detail::BRIEF),
+            match written {
+                Ok(()) => format!("every bypass, in hex: {}", path.display()),
+                Err(e) => format!("could not write {}: {e}", path.display()),
+            }
+        );
     }
 }
 

@@ -27,7 +27,7 @@ use std::{
 };
 
 use gate_tests::stackdiff::{
-    report::Thresholds,
+    report::{Detail, Thresholds},
     runner::{self, Config, Mode},
 };
 
@@ -140,12 +140,13 @@ fn main() -> ExitCode {
         let path = args
             .out
             .join(format!("gate-fuzz-{}-{:#x}.txt", mode.arg(), args.seed));
-        let full = report.render(&thresholds, None) + "\n==== every case ====\n" + &report.dump();
+        let full =
+            report.render(&thresholds, Detail::ALL) + "\n==== every case ====\n" + &report.dump();
         match std::fs::write(&path, full) {
             Ok(()) => {}
             Err(e) => eprintln!("gate-fuzz: cannot write {}: {e}", path.display()),
         }
-        println!("{}", report.render(&thresholds, Some(3)));
+        println!("{}", report.render(&thresholds, Detail::BRIEF));
         println!("full report: {}", path.display());
         totals.push(format!(
             "--mode {}: {} frames tried in drop mode ({} cases), {} cases accepted by the stack \

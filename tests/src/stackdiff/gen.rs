@@ -206,6 +206,12 @@ impl Case {
 
     /// Label, description and every frame in hex.
     pub fn describe(&self) -> String {
+        self.describe_within(None)
+    }
+
+    /// Like [`Case::describe`], the hex of each frame cut after
+    /// `hex_octets` octets if given.
+    pub fn describe_within(&self, hex_octets: Option<usize>) -> String {
         let mut s = format!(
             "{} [{}] {}, source port {}, fragment id {:#x}{}\n",
             self.category.name(),
@@ -219,34 +225,18 @@ impl Case {
             let _ = writeln!(s, "    {line}");
         }
         for (i, frame) in self.frames.iter().enumerate() {
+            let shown = hex_octets.unwrap_or(usize::MAX).min(frame.len());
             let _ = writeln!(
                 s,
-                "    frame {}/{} ({} octets): {}",
+                "    frame {}/{} ({} octets): {}{}",
                 i + 1,
                 self.frames.len(),
                 frame.len(),
-                wire::hex(frame)
+                wire::hex(&frame[..shown]),
+                if shown < frame.len() { " ..." } else { "" }
             );
         }
         s
-    }
-
-    pub fn is_v6(&self) -> bool {
-        self.frames
-            .first()
-            .is_some_and(|f| ether_type_after_tags(f) == Some(ETHERTYPE_IPV6))
-    }
-}
-
-fn ether_type_after_tags(frame: &[u8]) -> Option<u16> {
-    let mut at = 12;
-    loop {
-        let t = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
-        if t == TPID_8021Q || t == TPID_8021AD {
-            at += 4;
-        } else {
-            return Some(t);
-        }
     }
 }
 

@@ -58,6 +58,33 @@ pub struct CaseOutcome {
     pub control: Option<bool>,
 }
 
+/// How much of the bypasses and refused cases a report describes in full.
+#[derive(Clone, Copy, Debug)]
+pub struct Detail {
+    /// Cases described per shape group.
+    pub per_shape: usize,
+    /// Cases described in all.
+    pub total: usize,
+    /// Octets of each frame shown in hex.
+    pub hex_octets: usize,
+}
+
+impl Detail {
+    /// Everything.
+    pub const ALL: Self = Self {
+        per_shape: usize::MAX,
+        total: usize::MAX,
+        hex_octets: usize::MAX,
+    };
+
+    /// A few of each shape, short frames in full: for a terminal.
+    pub const BRIEF: Self = Self {
+        per_shape: 2,
+        total: 40,
+        hex_octets: 400,
+    };
+}
+
 /// How much the monitor pass must accept for the run to prove anything.
 #[derive(Clone, Copy, Debug)]
 pub struct Thresholds {
@@ -316,9 +343,9 @@ impl ModeReport {
         f
     }
 
-    /// Every bypass grouped by category and shape, with counts; at most
-    /// `limit` described in full per group (all when `None`).
-    pub fn bypass_report(&self, limit: Option<usize>) -> String {
+    /// Every bypass grouped by category and shape, with counts; as many
+    /// described in full as `detail` says.
+    pub fn bypass_report(&self, detail: Detail) -> String {
         let mut s = String::new();
         let bypasses: Vec<&CaseOutcome> = self
             .outcomes
@@ -361,11 +388,14 @@ impl ModeReport {
                 }
             }
         }
-        for ((_, key), items) in &groups {
-            let shown = limit.unwrap_or(usize::MAX).min(items.len());
+        let mut budget = detail.total;
+        for ((category, key), items) in &groups {
+            let shown = detail.per_shape.min(items.len()).min(budget);
+            budget -= shown;
             let _ = writeln!(
                 s,
-                "--- [{key}]: {} bypasses{} ---",
+                "--- {} [{key}]: {} bypassed{} ---",
+                category.name(),
                 items.len(),
                 if shown < items.len() {
                     format!(", {shown} shown")
@@ -374,18 +404,18 @@ impl ModeReport {
                 }
             );
             for o in items.iter().take(shown) {
-                s.push_str(&self.describe_outcome(o));
+                s.push_str(&self.describe_outcome(o, detail.hex_octets));
             }
         }
         s
     }
 
-    fn describe_outcome(&self, o: &CaseOutcome) -> String {
+    fn describe_outcome(&self, o: &CaseOutcome, hex_octets: usize) -> String {
         let mut s = format!(
             "BYPASS --mode {} --seed {:#x}: {}",
             self.mode.arg(),
             self.seed,
-            o.case.describe()
+            o.case.describe_within(Some(hex_octets))
         );
         if let Some(r) = &o.bypass {
             let matches = r.ack == o.case.seq.wrapping_add(1);
@@ -409,7 +439,7 @@ impl ModeReport {
     }
 
     /// Plausible cases refused when granted or on the non-gated port.
-    pub fn refusal_report(&self, limit: Option<usize>) -> String {
+    pub fn refusal_report(&self, detail: Detail) -> String {
         let mut s = String::new();
         let refused: Vec<&CaseOutcome> = self
             .outcomes
@@ -426,7 +456,7 @@ impl ModeReport {
             self.mode.arg(),
             refused.len()
         );
-        for o in refused.iter().take(limit.unwrap_or(usize::MAX)) {
+        for o in refused.iter().take(detail.total) {
             let _ = write!(
                 s,
                 "REFUSED ({}{}) --seed {:#x}: {}",
@@ -441,7 +471,7 @@ impl ModeReport {
                     ""
                 },
                 self.seed,
-                o.case.describe()
+                o.case.describe_within(Some(detail.hex_octets))
             );
         }
         s
@@ -476,7 +506,7 @@ impl ModeReport {
     }
 
     /// Summary, failures, bypasses and refusals.
-    pub fn render(&self, t: &Thresholds, limit: Option<usize>) -> String {
+    pub fn render(&self, t: &Thresholds, detail: Detail) -> String {
         let mut s = self.summary();
         let failures = self.failures(t);
         if !failures.is_empty() {
@@ -485,8 +515,8 @@ impl ModeReport {
                 let _ = writeln!(s, "  - {f}");
             }
         }
-        s.push_str(&self.bypass_report(limit));
-        s.push_str(&self.refusal_report(limit));
+        s.push_str(&self.bypass_report(detail));
+        s.push_str(&self.refusal_report(detail));
         s
     }
 }
