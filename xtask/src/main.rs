@@ -48,15 +48,19 @@ enum Command {
         /// What to fuzz.
         #[arg(value_enum)]
         target: FuzzTarget,
-        /// Frames to send in drop mode, per attach mode.
-        #[arg(long)]
-        frames: u64,
+        /// Frames to send in drop mode, per attach mode (required unless
+        /// --case).
+        #[arg(long, required_unless_present = "case")]
+        frames: Option<u64>,
         /// Seed (decimal or 0x-hex); a new one is drawn and printed if none.
         #[arg(long)]
         seed: Option<String>,
         /// One attach mode instead of all three.
         #[arg(long, value_parser = ["xdp", "xdp-skb", "tc"])]
         mode: Option<String>,
+        /// Only this random case of the seed, described with its frames.
+        #[arg(long)]
+        case: Option<u64>,
     },
     /// Benchmarks (not part of the test suite).
     Bench {
@@ -119,6 +123,7 @@ fn main() -> Result<()> {
             frames,
             seed,
             mode,
+            case,
         } => {
             setup::setup()?;
             cargo(&[
@@ -129,7 +134,7 @@ fn main() -> Result<()> {
                 "--package",
                 "gate-tests",
             ])?;
-            let frames = frames.to_string();
+            let frames = frames.map(|n| n.to_string());
             let mut args = vec![
                 "run",
                 "--release",
@@ -139,14 +144,19 @@ fn main() -> Result<()> {
                 "--bin",
                 "gate-fuzz",
                 "--",
-                "--frames",
-                frames.as_str(),
             ];
+            if let Some(frames) = frames.as_deref() {
+                args.extend(["--frames", frames]);
+            }
             if let Some(seed) = seed.as_deref() {
                 args.extend(["--seed", seed]);
             }
             if let Some(mode) = mode.as_deref() {
                 args.extend(["--mode", mode]);
+            }
+            let case = case.map(|n| n.to_string());
+            if let Some(case) = case.as_deref() {
+                args.extend(["--case", case]);
             }
             cargo(&args)
         }

@@ -7,13 +7,15 @@
 //! or in each.
 //!
 //!     gate-fuzz --frames N [--seed S] [--mode xdp|xdp-skb|tc]
-//!               [--round CASES] [--minutes M] [--out DIR]
+//!               [--round CASES] [--minutes M] [--out DIR] [--case N]
 //!
 //! Prints, per mode, the frames tried, the cases the stack accepted in
 //! monitor mode and the bypasses found (grouped by category and shape, a
 //! few described in full); writes every bypass and every case to
 //! `DIR/gate-fuzz-<mode>-<seed>.txt` (default `target/gate-fuzz`). The
-//! same seed and mode send the same cases again. Exit status 1 if anything
+//! same seed and mode send the same cases again; `--case N` (no `--frames`
+//! needed) sends only random case N of the seed and prints it with what
+//! each pass saw. Exit status 1 if anything
 //! failed (a bypass, a refused legitimate SYN, broken ordinary traffic, or
 //! a monitor pass that proves nothing), 2 on bad arguments.
 //!
@@ -32,7 +34,7 @@ use gate_tests::stackdiff::{
 };
 
 const USAGE: &str = "usage: gate-fuzz --frames N [--seed S] [--mode xdp|xdp-skb|tc] \
-                     [--round CASES] [--minutes M] [--out DIR]";
+                     [--round CASES] [--minutes M] [--out DIR] [--case N]";
 
 struct Args {
     frames: usize,
@@ -41,6 +43,7 @@ struct Args {
     round: usize,
     minutes: u64,
     out: PathBuf,
+    case: Option<usize>,
 }
 
 fn number(flag: &str, text: &str) -> Result<u64, String> {
@@ -58,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
     let mut round = 500;
     let mut minutes = 120;
     let mut out = PathBuf::from("target/gate-fuzz");
+    let mut case = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -77,10 +81,15 @@ fn parse_args() -> Result<Args, String> {
             "--round" => round = number(&flag, &value)?.max(1) as usize,
             "--minutes" => minutes = number(&flag, &value)?.max(1),
             "--out" => out = PathBuf::from(value),
+            "--case" => case = Some(number(&flag, &value)? as usize),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
-    let frames = frames.ok_or_else(|| format!("--frames is required\n{USAGE}"))?;
+    let frames = match (frames, case) {
+        (Some(n), _) => n,
+        (None, Some(_)) => 1,
+        (None, None) => return Err(format!("--frames is required\n{USAGE}")),
+    };
     // No seed given: a new one, printed, so the run can be repeated.
     let seed = seed.unwrap_or_else(|| {
         let now = SystemTime::now()
@@ -95,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
         round,
         minutes,
         out,
+        case,
     })
 }
 
@@ -120,7 +130,15 @@ fn main() -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let thresholds = Thresholds::default();
+    // One case replayed proves nothing about the share the stack accepts.
+    let thresholds = if args.case.is_some() {
+        Thresholds {
+            monitor_share: 0.0,
+            category_share: 0.0,
+        }
+    } else {
+        Thresholds::default()
+    };
     let mut failed = false;
     let mut totals = Vec::new();
     for mode in &args.modes {
@@ -132,8 +150,9 @@ fn main() -> ExitCode {
             round: args.round,
             frames: Some(args.frames),
             time_limit: Some(Duration::from_secs(60 * args.minutes)),
-            keep_frames: false,
-            legit: true,
+            keep_frames: args.case.is_some(),
+            legit: args.case.is_none(),
+            only: args.case,
         };
         let report = runner::run(&config, |line| println!("{line}"));
         let failures = report.failures(&thresholds);
@@ -147,6 +166,22 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("gate-fuzz: cannot write {}: {e}", path.display()),
         }
         println!("{}", report.render(&thresholds, Detail::BRIEF));
+        if args.case.is_some() {
+            for o in &report.outcomes {
+                println!(
+                    "{}drop: {}, monitor: {}, granted: {:?}, non-gated port: {:?}",
+                    o.case.describe(),
+                    if o.bypass.is_some() {
+                        "SYN-ACK (bypass)"
+                    } else {
+                        "no SYN-ACK"
+                    },
+                    if o.monitor { "SYN-ACK" } else { "no SYN-ACK" },
+                    o.granted,
+                    o.control
+                );
+            }
+        }
         println!("full report: {}", path.display());
         totals.push(format!(
             "--mode {}: {} frames tried in drop mode ({} cases), {} cases accepted by the stack \
@@ -165,14 +200,15 @@ fn main() -> ExitCode {
         println!("{line}");
     }
     println!(
-        "repeat with: cargo xtask fuzz gate --frames {} --seed {:#x}{}",
+        "repeat with: cargo xtask fuzz gate --frames {} --seed {:#x}{}{}",
         args.frames,
         args.seed,
         if args.modes.len() == 1 {
             format!(" --mode {}", args.modes[0].arg())
         } else {
             String::new()
-        }
+        },
+        args.case.map_or(String::new(), |n| format!(" --case {n}"))
     );
     if failed {
         ExitCode::from(1)

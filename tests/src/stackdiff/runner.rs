@@ -118,6 +118,8 @@ pub struct Config {
     pub keep_frames: bool,
     /// Run the ordinary-traffic checks.
     pub legit: bool,
+    /// Only this random case (to replay one printed by an earlier run).
+    pub only: Option<usize>,
 }
 
 impl Config {
@@ -134,6 +136,7 @@ impl Config {
             time_limit: None,
             keep_frames: true,
             legit: true,
+            only: None,
         }
     }
 }
@@ -964,15 +967,18 @@ pub fn run(config: &Config, mut progress: impl FnMut(&str)) -> ModeReport {
     let mut dl = DiffLab::new(config.mode, config.seed);
     let mut report = ModeReport::new(config.mode, config.seed, dl.mtu, dl.env.max_frame);
     report.notes.append(&mut dl.notes);
-    let mut pending: Vec<Recipe> = if config.regressions {
+    let mut pending: Vec<Recipe> = if config.regressions && config.only.is_none() {
         gen::regression_recipes(&dl.env)
     } else {
         Vec::new()
     };
     let round = config.round.max(1);
-    let mut next_random = 0;
+    let (mut next_random, last_random) = match config.only {
+        Some(n) => (n, n.saturating_add(1)),
+        None => (0, config.cases),
+    };
     for k in 0.. {
-        while pending.len() < round && next_random < config.cases {
+        while pending.len() < round && next_random < last_random {
             pending.push(gen::random_recipe(&dl.env, config.seed, next_random));
             next_random += 1;
         }
