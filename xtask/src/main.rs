@@ -41,6 +41,27 @@ enum Command {
     /// The demo lab: network namespaces, the gate, a client refused,
     /// granted, accepted, expired.
     Demo,
+    /// Long differential runs of the gate against the Linux stack (the
+    /// bounded run is part of the test suite): crafted SYN frame sequences
+    /// from a client namespace, any SYN-ACK without a grant is a bypass.
+    Fuzz {
+        /// What to fuzz.
+        #[arg(value_enum)]
+        target: FuzzTarget,
+        /// Frames to send in drop mode, per attach mode (required unless
+        /// --case).
+        #[arg(long, required_unless_present = "case")]
+        frames: Option<u64>,
+        /// Seed (decimal or 0x-hex); a new one is drawn and printed if none.
+        #[arg(long)]
+        seed: Option<String>,
+        /// One attach mode instead of all three.
+        #[arg(long, value_parser = ["xdp", "xdp-skb", "tc"])]
+        mode: Option<String>,
+        /// Only this random case of the seed, described with its frames.
+        #[arg(long)]
+        case: Option<u64>,
+    },
     /// Benchmarks (not part of the test suite).
     Bench {
         /// Which suite: kernel, flood, pop3 or all.
@@ -50,6 +71,12 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FuzzTarget {
+    /// The kernel program, against the Linux stack (tests/src/stackdiff).
+    Gate,
 }
 
 fn main() -> Result<()> {
@@ -90,6 +117,48 @@ fn main() -> Result<()> {
                 "--bin",
                 "smtp-gate-demo",
             ])
+        }
+        Command::Fuzz {
+            target: FuzzTarget::Gate,
+            frames,
+            seed,
+            mode,
+            case,
+        } => {
+            setup::setup()?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "gate-user",
+                "--package",
+                "gate-tests",
+            ])?;
+            let frames = frames.map(|n| n.to_string());
+            let mut args = vec![
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "gate-tests",
+                "--bin",
+                "gate-fuzz",
+                "--",
+            ];
+            if let Some(frames) = frames.as_deref() {
+                args.extend(["--frames", frames]);
+            }
+            if let Some(seed) = seed.as_deref() {
+                args.extend(["--seed", seed]);
+            }
+            if let Some(mode) = mode.as_deref() {
+                args.extend(["--mode", mode]);
+            }
+            let case = case.map(|n| n.to_string());
+            if let Some(case) = case.as_deref() {
+                args.extend(["--case", case]);
+            }
+            cargo(&args)
         }
         Command::Bench { suite, quick } => {
             setup::setup()?;
