@@ -255,6 +255,12 @@ fn parse_ipv6<'a>(packet: &Packet<'a>, l3: usize) -> Parsed<'a> {
     if datagram_end > packet.len() {
         return Parsed::Malformed;
     }
+    // The common case, no extension headers: the chain walk below would
+    // stop at once with the same result.
+    if next == IPPROTO_TCP {
+        let l4 = l3 + IPV6_HDR_LEN;
+        return parse_tcp(packet, l3, l4, datagram_end - l4, src, dst);
+    }
     // What the reassembled datagram takes from this packet, as far as the
     // walk can look; a first fragment contributes only up to its end.
     // Capped just past the deepest view (the cap changes no comparison
