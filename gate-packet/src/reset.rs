@@ -152,6 +152,24 @@ fn tcp_header(syn: &Reply) -> [u8; TCP_HDR_LEN] {
     ]
 }
 
+/// The reply's TCP header with its checksum over the pseudo-header of the
+/// reply (source and destination swapped back: the sum does not care).
+#[inline(always)]
+fn tcp_with_checksum<const N: usize>(
+    syn: &Reply,
+    src: &[u8; N],
+    dst: &[u8; N],
+) -> [u8; TCP_HDR_LEN] {
+    let mut tcp = tcp_header(syn);
+    let mut pseudo = sum_words(0, src);
+    pseudo = sum_words(pseudo, dst);
+    pseudo += IPPROTO_TCP as u32 + TCP_HDR_LEN as u32;
+    let tcp_check = finish(sum_words(pseudo, &tcp)).to_be_bytes();
+    tcp[16] = tcp_check[0];
+    tcp[17] = tcp_check[1];
+    tcp
+}
+
 /// The IPv4 header and TCP header of the reply, checksums filled in.
 #[inline(always)]
 fn ipv4_reply(syn: &Reply, src: [u8; 4], dst: [u8; 4]) -> ([u8; IPV4_HDR_LEN], [u8; TCP_HDR_LEN]) {
@@ -183,14 +201,7 @@ fn ipv4_reply(syn: &Reply, src: [u8; 4], dst: [u8; 4]) -> ([u8; IPV4_HDR_LEN], [
     ip[10] = ip_check[0];
     ip[11] = ip_check[1];
 
-    let mut tcp = tcp_header(syn);
-    let mut pseudo = sum_words(0, &src);
-    pseudo = sum_words(pseudo, &dst);
-    pseudo += IPPROTO_TCP as u32 + TCP_HDR_LEN as u32;
-    let tcp_check = finish(sum_words(pseudo, &tcp)).to_be_bytes();
-    tcp[16] = tcp_check[0];
-    tcp[17] = tcp_check[1];
-    (ip, tcp)
+    (ip, tcp_with_checksum(syn, &src, &dst))
 }
 
 /// The IPv6 header and TCP header of the reply, checksum filled in.
@@ -211,12 +222,5 @@ fn ipv6_reply(
         ip[24 + i] = src[i];
         i += 1;
     }
-    let mut tcp = tcp_header(syn);
-    let mut pseudo = sum_words(0, &src);
-    pseudo = sum_words(pseudo, &dst);
-    pseudo += IPPROTO_TCP as u32 + TCP_HDR_LEN as u32;
-    let tcp_check = finish(sum_words(pseudo, &tcp)).to_be_bytes();
-    tcp[16] = tcp_check[0];
-    tcp[17] = tcp_check[1];
-    (ip, tcp)
+    (ip, tcp_with_checksum(syn, &src, &dst))
 }

@@ -24,21 +24,8 @@ use super::{
 };
 use crate::addr::Cidr;
 
-/// Maps that go away with the last detach unless grants are kept.
-const SHARED_MAPS: [&str; 10] = [
-    EXEMPT_V4,
-    EXEMPT_V6,
-    SETTINGS,
-    STATS,
-    LOG_BUCKETS,
-    AYA_LOGS,
-    SCOPE_V4,
-    SCOPE_V6,
-    LOCAL_V4,
-    LOCAL_V6,
-];
-const GRANT_MAPS: [&str; 2] = [GRANTS_V4, GRANTS_V6];
-/// Every map of the gate, each pinned under its name.
+/// Every map of the gate, each pinned under its name: the shared maps,
+/// then the grants.
 pub const ALL_MAPS: [&str; 12] = [
     EXEMPT_V4,
     EXEMPT_V6,
@@ -53,6 +40,9 @@ pub const ALL_MAPS: [&str; 12] = [
     GRANTS_V4,
     GRANTS_V6,
 ];
+/// Maps that go away with the last detach unless grants are kept.
+const SHARED_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).0;
+const GRANT_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).1;
 
 pub const DEFAULT_LOG_RATE_PER_SEC: u32 = 5;
 pub const DEFAULT_LOG_BURST: u32 = 10;

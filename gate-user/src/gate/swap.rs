@@ -135,9 +135,10 @@ fn attach_new(ebpf: &mut Ebpf, dir: &PinDir, iface: &str, mode: AttachMode) -> R
 ///   link is in place before the old one goes; if the new one is refused
 ///   the old one simply stays;
 /// - native XDP for generic XDP or back: an interface holds one XDP
-///   program, so the old link must go first; if the new mode is then
-///   refused (a driver without native XDP, say), the loaded program is
-///   put back in the old mode and pinned again, and the error says so.
+///   program, so the old link must go first, while a tcx link of the same
+///   program holds the gate; if the new mode is then refused (a driver
+///   without native XDP, say), the loaded program is put back in the old
+///   mode and pinned again, and the error says so.
 pub fn put_on_interface(
     ebpf: &mut Ebpf,
     dir: &PinDir,
@@ -178,8 +179,20 @@ pub fn put_on_interface(
         remove_link(&old.path)?;
         return Ok(link);
     }
+    // Native XDP for generic or back: an interface holds one XDP program.
+    // A tcx link of the same program gates the interface while the XDP
+    // link is replaced (everything is loaded, and so verified, first);
+    // only a kernel without tcx leaves a gap of one detach and attach.
+    xdp_program(ebpf)?;
+    let bridge = match attach_new(ebpf, dir, iface, AttachMode::Tc) {
+        Ok(_) => Some(dir.link(iface, AttachMode::Tc)),
+        Err(e) => {
+            warn!("{iface}: no tc link to bridge the mode switch ({e:#}); a short gap follows");
+            None
+        }
+    };
     remove_link(&old.path)?;
-    match attach_new(ebpf, dir, iface, mode) {
+    let result = match attach_new(ebpf, dir, iface, mode) {
         Ok(link) => Ok(link),
         Err(refused) => match attach_new(ebpf, dir, iface, old.mode) {
             Ok(_) => Err(refused.context(format!(
@@ -187,13 +200,25 @@ pub fn put_on_interface(
                  {} mode (the program loaded again, same maps and grants)",
                 old.mode
             ))),
+            Err(restore) if bridge.is_some() => {
+                // The bridge stays: the interface keeps a gate, in tc mode.
+                return Err(refused.context(format!(
+                    "attaching to {iface} in {mode} mode failed, and putting it back in {} \
+                     mode failed too ({restore:#}); the gate stays on {iface} in tc mode",
+                    old.mode
+                )));
+            }
             Err(restore) => Err(refused.context(format!(
                 "attaching to {iface} in {mode} mode failed, and putting the gate back in {} \
                  mode failed too ({restore:#}): {iface} IS NOT GATED",
                 old.mode
             ))),
         },
+    };
+    if let Some(bridge) = bridge {
+        remove_link(&bridge)?;
     }
+    result
 }
 
 /// After an upgrade, the links of the other interfaces still run the old

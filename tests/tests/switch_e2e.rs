@@ -1,0 +1,66 @@
+//! A mode switch between native and generic XDP never opens the gate:
+//! ungranted connection attempts run all through the switches, and not one
+//! may reach the listener. (An interface holds one XDP program, so the old
+//! link must go before the new one comes; once that left the interface
+//! ungated for the ~0.4 s the new program took to load and verify.)
+//! Needs root; runs in the lab's namespaces.
+
+use std::{
+    net::IpAddr,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use gate_tests::lab::{connect, ConnectResult, Lab, SMTP_PORT};
+
+#[test]
+fn switching_between_native_and_generic_xdp_never_opens_the_gate() {
+    let lab = Lab::new();
+    lab.attach(&["--mode", "xdp-skb"]);
+    let accepted_before = lab.accepted();
+    let (ns, server) = (
+        lab.client.client_ns.clone(),
+        IpAddr::from(lab.client.server_v4),
+    );
+    let stop = AtomicBool::new(false);
+    let (attempts, connected) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            // Bounded in count and time: at most 20,000 attempts, 60 s.
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed)
+                && attempts.load(Ordering::Relaxed) < 20_000
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                if let ConnectResult::Connected(_) =
+                    connect(&ns, server, SMTP_PORT, Duration::from_millis(20))
+                {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+                attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        for mode in ["xdp", "xdp-skb", "xdp", "xdp-skb"] {
+            lab.attach(&["--mode", mode]);
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let attempts = attempts.load(Ordering::Relaxed);
+    let connected = connected.load(Ordering::Relaxed);
+    let accepted = lab.accepted() - accepted_before;
+    let stats = lab.stats();
+    assert!(
+        attempts >= 20,
+        "only {attempts} connection attempts ran during the switches: the test proves nothing"
+    );
+    assert_eq!(
+        (connected, accepted),
+        (0, 0),
+        "ungranted connections got through during the mode switches ({attempts} attempts); stats {stats}"
+    );
+    assert!(
+        stats["denied_drop"].as_u64().unwrap_or(0) > 0,
+        "no SYN was judged during the switches: {stats}"
+    );
+}
