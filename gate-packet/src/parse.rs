@@ -198,7 +198,13 @@ fn parse_ipv4<'a>(packet: &Packet<'a>, l3: usize) -> Parsed<'a> {
         return Parsed::Malformed;
     }
     let header_len = ((ip.version_ihl & 0x0f) as usize) * 4;
-    let total_len = be16(ip.total_len) as usize;
+    // Total length 0: since 6.3 Linux takes the length of a GSO TCP packet
+    // from the buffer (iph_totlen, BIG TCP), and a program cannot tell
+    // whether the packet is one; the frame's length counts.
+    let total_len = match be16(ip.total_len) as usize {
+        0 => packet.len() - l3,
+        stated => stated,
+    };
     // ip_rcv_core drops these: IHL < 5, a total length shorter than the
     // header or longer than the frame.
     if header_len < IPV4_HDR_LEN || total_len < header_len || l3 + total_len > packet.len() {
@@ -247,7 +253,10 @@ fn parse_ipv6<'a>(packet: &Packet<'a>, l3: usize) -> Parsed<'a> {
     // then takes the length from the frame (ipv6_rcv trims only when the
     // payload length is non-zero or the next header is not hop-by-hop)
     // and drops the packet only if a jumbo option is there and wrong.
-    let datagram_end = if payload_len == 0 && next == IPV6_HOPOPTS {
+    // Likewise payload length 0 without hop-by-hop (GSO packets of BIG
+    // TCP): the frame's length counts, whether or not this kernel accepts
+    // such a packet.
+    let datagram_end = if payload_len == 0 {
         packet.len()
     } else {
         l3 + IPV6_HDR_LEN + payload_len

@@ -1175,10 +1175,25 @@ fn verdict_rows() -> Vec<Row> {
             Malformed,
         ),
         row(
-            "IPv4 total length 0",
+            "IPv4 total length 0: the frame's length counts (GSO, Linux >= 6.3)",
             syn4(s, SMTP).ipv4_total_len(0).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        row(
+            "IPv4 total length 0 from a granted source passes",
+            syn4(GRANTED4, SMTP).ipv4_total_len(0).build(),
             Pass,
-            Malformed,
+            Granted,
+        ),
+        row(
+            "IPv4 total length 0, ACK: not gated",
+            PacketBuilder::ipv4(s, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, ACK)
+                .ipv4_total_len(0)
+                .build(),
+            Pass,
+            NotGated,
         ),
         row(
             "IPv4 with options, total length 23 < header length 24",
@@ -1924,12 +1939,6 @@ fn tcp_header_outside_the_datagram_is_malformed() {
             Malformed,
         ),
         row(
-            "IPv6 payload length 0: TCP header outside the datagram",
-            syn6(STRANGER6, SMTP).ipv6_payload_len(0).build(),
-            Pass,
-            Malformed,
-        ),
-        row(
             "TCP data offset 15 in a 20-octet segment",
             syn4(STRANGER4, SMTP).tcp_data_offset(15).build(),
             Pass,
@@ -2173,6 +2182,12 @@ fn bypass_rows() -> Vec<Row> {
         )
         .reason(JudgedFragment),
         // IPv6 payload length 0 with hop-by-hop: Linux takes the frame's length.
+        row(
+            "IPv6 payload length 0 without hop-by-hop: the frame's length counts (GSO)",
+            syn6(s6, SMTP).ipv6_payload_len(0).build(),
+            Drop,
+            DeniedDrop,
+        ),
         row(
             "IPv6 payload length 0 with hop-by-hop (no jumbo option) before a SYN",
             jumbo_hbh(s6),
