@@ -163,9 +163,10 @@ fn judge_unwalkable<'a, S: GateState>(state: &S) -> Verdict<'a> {
 }
 
 /// Reset mode answers only what the host's own stack would: a SYN sent to
-/// one of the host's unicast addresses, from a unicast MAC and a unicast
-/// source address (the stack drops the rest before TCP sees it; a reply
-/// to them would spoof a neighbour or hit a group).
+/// one of the host's unicast addresses (never loopback), from a unicast
+/// MAC and a unicast source address that is not the host's own (the stack
+/// drops the rest as martians before TCP sees it; a reply to them would
+/// spoof a neighbour, hit a group or talk to itself).
 #[inline(always)]
 fn answerable<S: GateState>(state: &S, syn: &Syn<'_>, packet: &Packet<'_>) -> bool {
     let Ok(eth) = packet.view::<EthHdr>(0) else {
@@ -175,7 +176,22 @@ fn answerable<S: GateState>(state: &S, syn: &Syn<'_>, packet: &Packet<'_>) -> bo
     !group_mac(&eth.src)
         && !group_mac(&eth.dst)
         && unicast_source(syn.src)
+        && !loopback(syn.dst)
         && state.is_local(syn.dst)
+        && !state.is_local(syn.src)
+}
+
+/// 127/8 or ::1: the stack drops a packet from the wire sent there.
+#[inline(always)]
+fn loopback(addr: AddrRef<'_>) -> bool {
+    match addr {
+        AddrRef::V4(a) => a[0] == 127,
+        AddrRef::V6(a) => {
+            a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] == 0
+                && a[8] | a[9] | a[10] | a[11] | a[12] | a[13] | a[14] == 0
+                && a[15] == 1
+        }
+    }
 }
 
 /// Not a source the stack accepts from the wire: unspecified, loopback,

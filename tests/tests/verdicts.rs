@@ -358,15 +358,21 @@ fn write_local_addresses(ebpf: &mut Ebpf) {
         .expect("the object has no local_v4 map")
         .try_into()
         .expect("local_v4 is a hash map");
-    v4.insert(SERVER4.octets(), local, 0)
-        .expect("writing local_v4");
+    // Loopback too, as a careless map would hold it: the program must
+    // still never answer a SYN from the wire sent there.
+    for addr in [SERVER4, Ipv4Addr::LOCALHOST] {
+        v4.insert(addr.octets(), local, 0)
+            .expect("writing local_v4");
+    }
     let mut v6: HashMap<_, [u8; 16], Local> = ebpf
         .map_mut(map_names::LOCAL_V6)
         .expect("the object has no local_v6 map")
         .try_into()
         .expect("local_v6 is a hash map");
-    v6.insert(SERVER6.octets(), local, 0)
-        .expect("writing local_v6");
+    for addr in [SERVER6, Ipv6Addr::LOCALHOST] {
+        v6.insert(addr.octets(), local, 0)
+            .expect("writing local_v6");
+    }
 }
 
 fn write_scope(ebpf: &mut Ebpf, scope: &[&str]) {
@@ -1561,6 +1567,42 @@ fn reset_rows() -> Vec<Row> {
         row(
             "reset mode: a SYN from an IPv4-mapped IPv6 source",
             syn6(Ipv4Addr::new(203, 0, 113, 9).to_ipv6_mapped(), SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN from the host's own address is dropped, never answered",
+            PacketBuilder::ipv4(SERVER4, SERVER4)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: IPv6 from the host's own address",
+            PacketBuilder::ipv6(SERVER6, SERVER6)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN from the wire to 127.0.0.1 is dropped, never answered",
+            PacketBuilder::ipv4(s, Ipv4Addr::LOCALHOST)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN from the wire to ::1",
+            PacketBuilder::ipv6(s6, Ipv6Addr::LOCALHOST)
+                .tcp(CLIENT_PORT, SMTP, SYN)
+                .build(),
             Drop,
             DeniedDrop,
         )

@@ -51,12 +51,19 @@ pub fn host_addresses() -> Result<Vec<LocalAddr>> {
         .collect())
 }
 
-/// An address a SYN can be sent to as this host: not unspecified, not
-/// multicast, not the IPv4 limited broadcast.
+/// An address a SYN from the wire can be sent to as this host: not
+/// unspecified, not multicast, not the IPv4 limited broadcast, not
+/// loopback (Linux drops a packet from the wire to 127/8 or ::1 as a
+/// martian, so the gate must not answer one either).
 fn is_unicast(addr: IpAddr) -> bool {
     match addr {
-        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_multicast() && v4 != Ipv4Addr::BROADCAST,
-        IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast(),
+        IpAddr::V4(v4) => {
+            !v4.is_unspecified()
+                && !v4.is_multicast()
+                && !v4.is_loopback()
+                && v4 != Ipv4Addr::BROADCAST
+        }
+        IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast() && !v6.is_loopback(),
     }
 }
 
@@ -66,22 +73,26 @@ mod tests {
 
     #[test]
     fn only_unicast_addresses_count() {
-        for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1"] {
+        for bad in [
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "ff02::1",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+        ] {
             assert!(!is_unicast(bad.parse().unwrap()), "{bad}");
         }
-        for good in ["127.0.0.1", "192.0.2.7", "::1", "fe80::1", "2001:db8::7"] {
+        for good in ["192.0.2.7", "fe80::1", "2001:db8::7"] {
             assert!(is_unicast(good.parse().unwrap()), "{good}");
         }
     }
 
     #[test]
-    fn loopback_is_among_the_host_addresses() {
+    fn loopback_is_not_among_the_host_addresses() {
         let addrs = host_addresses().expect("getifaddrs");
-        assert!(
-            addrs
-                .iter()
-                .any(|l| l.addr == IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            "{addrs:?}"
-        );
+        assert!(!addrs.iter().any(|l| l.addr.is_loopback()), "{addrs:?}");
     }
 }
