@@ -24,6 +24,21 @@ pub fn attach(args: AttachArgs) -> Result<()> {
     req.allow_private_bpffs = args.attachment.allow_private_bpffs;
     let report = gate::attach(&dir, &req)?;
     let pins = dir.path().display();
+    let mode = match &report {
+        AttachReport::Attached { mode }
+        | AttachReport::Updated { mode }
+        | AttachReport::Upgraded { mode, .. } => *mode,
+        AttachReport::Replaced { new, .. } => *new,
+    };
+    if mode == gate::AttachMode::XdpSkb {
+        eprintln!(
+            "smtp-gate: warning: generic XDP does not see packets redirected into {} \
+             (tc mirred, bpf_redirect): where anyone who can redirect traffic into it \
+             (a container's root on the other end of a veth) must be gated, use --mode tc \
+             or native --mode xdp",
+            args.iface
+        );
+    }
     match report {
         AttachReport::Attached { mode } => {
             println!("attached to {} ({mode}), pinned in {pins}", args.iface)
