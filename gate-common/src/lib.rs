@@ -25,6 +25,9 @@ pub mod map_names {
     /// when `Settings::dest_scoped` is set.
     pub const SCOPE_V4: &str = "scope_v4";
     pub const SCOPE_V6: &str = "scope_v6";
+    /// The MAC of each of the host's interfaces, by ifindex: reset mode
+    /// answers only frames sent to the receiving interface's own MAC.
+    pub const IFACE_MACS: &str = "iface_macs";
 }
 
 /// Names of the programs in the eBPF object.
@@ -54,6 +57,8 @@ pub const EXEMPT_CAPACITY: u32 = 4096;
 pub const SCOPE_CAPACITY: u32 = 1024;
 /// Capacity of each local-address map.
 pub const LOCAL_CAPACITY: u32 = 4096;
+/// Capacity of the interface MAC map.
+pub const IFACE_CAPACITY: u32 = 1024;
 /// How many destination ports the gate can watch at once.
 pub const MAX_PORTS: usize = 8;
 /// Default grant window: 15 minutes.
@@ -104,6 +109,15 @@ impl Grant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Local {
     pub ifindex: u32,
+}
+
+/// Value of `iface_macs` (keyed by ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceMac {
+    pub mac: [u8; 6],
+    /// Explicit padding, always zero.
+    pub reserved: [u8; 2],
 }
 
 /// Value of the exempt LPM tries (the key is aya's `Key<[u8; 4|16]>`).
@@ -292,6 +306,7 @@ mod pod {
     unsafe impl aya::Pod for Grant {}
     unsafe impl aya::Pod for Exempt {}
     unsafe impl aya::Pod for Local {}
+    unsafe impl aya::Pod for IfaceMac {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for LogBucket {}
 }
@@ -311,6 +326,7 @@ mod tests {
         assert_eq!(size_of::<Exempt>(), 4);
         assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 6 * 4);
         assert_eq!(size_of::<Local>(), 4);
+        assert_eq!(size_of::<IfaceMac>(), 8);
         assert_eq!(size_of::<LogBucket>(), 3 * 8);
         assert_eq!(align_of::<Settings>(), 8);
         assert_eq!(align_of::<Grant>(), 8);

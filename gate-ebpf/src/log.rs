@@ -6,9 +6,9 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, EbpfContext};
 use aya_log_ebpf::warn;
 use core::net::{Ipv4Addr, Ipv6Addr};
 use gate_common::Outcome;
-use gate_packet::{AddrRef, Denial, GateState};
+use gate_packet::{AddrRef, Denial};
 
-use crate::{maps::log_buckets, state::Maps};
+use crate::maps::{log_buckets, settings};
 
 const MILLI: u64 = 1000;
 /// Refill is computed over at most this much idle time, which keeps the
@@ -17,7 +17,7 @@ const MAX_REFILL_NS: u64 = 60_000_000_000;
 
 #[inline(always)]
 pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome) {
-    let Some(config) = Maps.settings() else {
+    let Some(config) = settings.get(0) else {
         return;
     };
     if config.log_rate_per_sec == 0 {

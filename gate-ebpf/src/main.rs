@@ -55,7 +55,10 @@ pub fn smtp_gate_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: data..data_end is the frame, which nothing changes until the
     // verdict is taken; the whole frame is readable in place.
     let packet = unsafe { Packet::new(ctx.data(), ctx.data_end(), len) };
-    let verdict = judge(&Maps, parse(&packet, &Maps), &packet);
+    let maps = Maps {
+        ifindex: ctx.ingress_ifindex() as u32,
+    };
+    let verdict = judge(&maps, parse(&packet, &maps), &packet);
     // Logged before the packet changes: the denial points into it.
     log_denial(&ctx, &verdict);
     let reply = match verdict.action {
@@ -117,7 +120,11 @@ pub fn smtp_gate_tc(ctx: TcContext) -> i32 {
     // SAFETY: data..data_end is the linear part of the skb, unchanged until
     // the verdict is taken.
     let packet = unsafe { Packet::new(ctx.data(), ctx.data_end(), len) };
-    let verdict = judge(&Maps, parse(&packet, &Maps), &packet);
+    // SAFETY: reading a field of this program's own skb.
+    let maps = Maps {
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+    };
+    let verdict = judge(&maps, parse(&packet, &maps), &packet);
     tc_act(&ctx, &verdict)
 }
 

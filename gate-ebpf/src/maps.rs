@@ -8,8 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gate_common::{
-    Exempt, Grant, GrantKeyV4, GrantKeyV6, Local, LogBucket, Settings, DEFAULT_GRANT_CAPACITY,
-    EXEMPT_CAPACITY, LOCAL_CAPACITY, SCOPE_CAPACITY, STATS_SLOTS,
+    Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, LogBucket, Settings,
+    DEFAULT_GRANT_CAPACITY, EXEMPT_CAPACITY, IFACE_CAPACITY, LOCAL_CAPACITY, SCOPE_CAPACITY,
+    STATS_SLOTS,
 };
 
 const GRANTS: usize = DEFAULT_GRANT_CAPACITY as usize;
@@ -55,3 +56,6 @@ pub static local_v6: HashMap<[u8; 16], Local, LOCALS> = HashMap::new();
 /// unknown to the verifier (see `GateState::forget`).
 #[btf_map]
 pub static scratch: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static iface_macs: HashMap<u32, IfaceMac, { IFACE_CAPACITY as usize }> = HashMap::new();

@@ -5,11 +5,14 @@ use gate_common::{GrantKeyV4, GrantKeyV6, Outcome, Settings};
 use gate_packet::{AddrRef, GateState};
 
 use crate::maps::{
-    exempt_v4, exempt_v6, grants_v4, grants_v6, local_v4, local_v6, scope_v4, scope_v6, scratch,
-    settings, stats,
+    exempt_v4, exempt_v6, grants_v4, grants_v6, iface_macs, local_v4, local_v6, scope_v4, scope_v6,
+    scratch, settings, stats,
 };
 
-pub struct Maps;
+/// The maps, for a packet that came in on interface `ifindex`.
+pub struct Maps {
+    pub ifindex: u32,
+}
 
 #[inline(always)]
 pub fn count(outcome: Outcome) {
@@ -76,6 +79,17 @@ impl GateState for Maps {
     }
 
     #[inline(always)]
+    fn is_own_mac(&self, mac: &[u8; 6]) -> bool {
+        // SAFETY: read once, right away; user space replaces whole values.
+        match unsafe { iface_macs.get(&self.ifindex) } {
+            // As integers: an array comparison becomes a bcmp call whose
+            // byte loop the verifier walks again on every path.
+            Some(own) => mac_bits(&own.mac) == mac_bits(mac),
+            None => false,
+        }
+    }
+
+    #[inline(always)]
     fn forget(&self, value: usize) -> usize {
         match scratch.get_ptr_mut(0) {
             // SAFETY: this CPU's slot, touched by nobody else while we run.
@@ -88,4 +102,15 @@ impl GateState for Maps {
             None => usize::MAX,
         }
     }
+}
+
+#[inline(always)]
+fn mac_bits(mac: &[u8; 6]) -> u64 {
+    let mut bits = 0u64;
+    let mut i = 0;
+    while i < 6 {
+        bits = bits << 8 | mac[i] as u64;
+        i += 1;
+    }
+    bits
 }

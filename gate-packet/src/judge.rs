@@ -22,6 +22,8 @@ pub trait GateState {
     fn in_scope(&self, dst: AddrRef<'_>) -> bool;
     /// True if `dst` is one of the host's own unicast addresses.
     fn is_local(&self, dst: AddrRef<'_>) -> bool;
+    /// True if `mac` is the MAC of the interface the packet came in on.
+    fn is_own_mac(&self, mac: &[u8; 6]) -> bool;
 
     /// `value` itself, but for the BPF verifier an unknown number: it
     /// follows every constant through registers and the stack, and would
@@ -163,10 +165,11 @@ fn judge_unwalkable<'a, S: GateState>(state: &S) -> Verdict<'a> {
 }
 
 /// Reset mode answers only what the host's own stack would: a SYN sent to
-/// one of the host's unicast addresses (never loopback), from a unicast
-/// MAC and a unicast source address that is not the host's own (the stack
-/// drops the rest as martians before TCP sees it; a reply to them would
-/// spoof a neighbour, hit a group or talk to itself).
+/// the receiving interface's own MAC and one of the host's unicast
+/// addresses (never loopback), from a unicast MAC and a unicast source
+/// address that is not the host's own (the stack drops the rest before
+/// TCP sees it; a reply to them would spoof a neighbour, hit a group or
+/// talk to itself).
 #[inline(always)]
 fn answerable<S: GateState>(state: &S, syn: &Syn<'_>, packet: &Packet<'_>) -> bool {
     let Ok(eth) = packet.view::<EthHdr>(0) else {
@@ -175,6 +178,7 @@ fn answerable<S: GateState>(state: &S, syn: &Syn<'_>, packet: &Packet<'_>) -> bo
     let group_mac = |mac: &[u8; 6]| mac[0] & 1 != 0;
     !group_mac(&eth.src)
         && !group_mac(&eth.dst)
+        && state.is_own_mac(&eth.dst)
         && unicast_source(syn.src)
         && !loopback(syn.dst)
         && state.is_local(syn.dst)

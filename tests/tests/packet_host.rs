@@ -16,7 +16,7 @@ use gate_common::{DenyMode, Outcome, Settings, MAX_PORTS};
 use gate_packet::{judge, parse, Action, AddrRef, GateState, Packet, Parsed, MAX_WALK};
 use gate_tests::packets::{
     tcp_flags::{ACK, FIN, RST, SYN},
-    Ipv6Ext, PacketBuilder, TcpFrame, VlanTag,
+    Ipv6Ext, PacketBuilder, TcpFrame, VlanTag, DEFAULT_DST_MAC,
 };
 
 const SERVER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 25);
@@ -56,6 +56,9 @@ impl GateState for Tables {
     }
     fn is_local(&self, dst: AddrRef<'_>) -> bool {
         self.local.contains(&ip(dst))
+    }
+    fn is_own_mac(&self, mac: &[u8; 6]) -> bool {
+        *mac == DEFAULT_DST_MAC
     }
 }
 

@@ -20,7 +20,8 @@ use aya::{
     Ebpf,
 };
 use gate_common::{
-    map_names, program_names, DenyMode, Exempt as ExemptValue, Local, Outcome, Settings, MAX_PORTS,
+    map_names, program_names, DenyMode, Exempt as ExemptValue, IfaceMac, Local, Outcome, Settings,
+    MAX_PORTS,
 };
 use gate_tests::packets::{
     tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN},
@@ -189,6 +190,7 @@ impl Gate {
             .expect("the TC program is not of type SchedClassifier");
         tc.load().expect("the verifier refused the TC program");
         write_local_addresses(&mut ebpf);
+        write_interface_mac(&mut ebpf);
         write_scope(&mut ebpf, scope);
         let maps = GateMaps::from_ebpf(&mut ebpf).expect("taking the maps out of the object");
         Self { ebpf, maps }
@@ -373,6 +375,23 @@ fn write_local_addresses(ebpf: &mut Ebpf) {
         v6.insert(addr.octets(), local, 0)
             .expect("writing local_v6");
     }
+}
+
+/// BPF_PROG_TEST_RUN runs both programs as if the frame came in on the
+/// loopback device: its MAC, for the reset mode, is the test frames'
+/// destination MAC.
+fn write_interface_mac(ebpf: &mut Ebpf) {
+    let lo = smtp_gate::gate::attach::ifindex("lo").expect("the loopback device's index");
+    let mut macs: HashMap<_, u32, IfaceMac> = ebpf
+        .map_mut(map_names::IFACE_MACS)
+        .expect("the object has no iface_macs map")
+        .try_into()
+        .expect("iface_macs is a hash map");
+    let own = IfaceMac {
+        mac: DEFAULT_DST_MAC,
+        reserved: [0; 2],
+    };
+    macs.insert(lo, own, 0).expect("writing iface_macs");
 }
 
 fn write_scope(ebpf: &mut Ebpf, scope: &[&str]) {
@@ -1510,6 +1529,15 @@ fn reset_rows() -> Vec<Row> {
         row(
             "reset mode: a SYN to a broadcast MAC is dropped, never answered",
             syn4(s, SMTP).macs(DEFAULT_SRC_MAC, [0xff; 6]).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: a SYN sent to another host's MAC is dropped, never answered",
+            syn4(s, SMTP)
+                .macs(DEFAULT_SRC_MAC, [0x02, 0, 0, 0, 0, 0x99])
+                .build(),
             Drop,
             DeniedDrop,
         )

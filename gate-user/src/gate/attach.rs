@@ -6,8 +6,8 @@ use std::{fmt, fs, io, time::Duration};
 use anyhow::{anyhow, bail, Context, Result};
 use gate_common::{
     map_names::{
-        AYA_LOGS, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, LOCAL_V4, LOCAL_V6, LOG_BUCKETS,
-        SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
+        AYA_LOGS, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6,
+        LOG_BUCKETS, SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
     },
     DenyMode, Settings, DEFAULT_GRANT_CAPACITY, DEFAULT_WINDOW_NS, MAX_PORTS,
 };
@@ -26,7 +26,7 @@ use crate::addr::Cidr;
 
 /// Every map of the gate, each pinned under its name: the shared maps,
 /// then the grants.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     EXEMPT_V4,
     EXEMPT_V6,
     SETTINGS,
@@ -37,6 +37,7 @@ pub const ALL_MAPS: [&str; 12] = [
     SCOPE_V6,
     LOCAL_V4,
     LOCAL_V6,
+    IFACE_MACS,
     GRANTS_V4,
     GRANTS_V6,
 ];

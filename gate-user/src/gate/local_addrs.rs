@@ -22,14 +22,31 @@ pub struct LocalAddr {
     pub ifindex: u32,
 }
 
-/// Every unicast address of every interface of this network namespace,
-/// each once, sorted.
-pub fn host_addresses() -> Result<Vec<LocalAddr>> {
+/// What the reset mode needs to know of the host: its unicast addresses
+/// and the MAC of each interface (it answers only frames sent to the
+/// receiving interface's own MAC).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostAddresses {
+    /// Every unicast address, each once, sorted.
+    pub ips: Vec<LocalAddr>,
+    /// (ifindex, MAC) of every interface that has one, sorted.
+    pub macs: Vec<(u32, [u8; 6])>,
+}
+
+/// The addresses and MACs of every interface of this network namespace.
+pub fn host_addresses() -> Result<HostAddresses> {
     let mut found: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    let mut macs: BTreeMap<u32, [u8; 6]> = BTreeMap::new();
     for entry in getifaddrs().context("listing the host's addresses (getifaddrs)")? {
         let Some(storage) = entry.address else {
             continue;
         };
+        if let Some(link) = storage.as_link_addr() {
+            if let Some(mac) = link.addr().filter(|m| *m != [0; 6]) {
+                macs.insert(link.ifindex() as u32, mac);
+            }
+            continue;
+        }
         let addr = if let Some(v4) = storage.as_sockaddr_in() {
             IpAddr::V4(v4.ip())
         } else if let Some(v6) = storage.as_sockaddr_in6() {
@@ -45,10 +62,13 @@ pub fn host_addresses() -> Result<Vec<LocalAddr>> {
         let ifindex = if_nametoindex(entry.interface_name.as_str()).unwrap_or(0);
         found.entry(addr).or_insert(ifindex);
     }
-    Ok(found
-        .into_iter()
-        .map(|(addr, ifindex)| LocalAddr { addr, ifindex })
-        .collect())
+    Ok(HostAddresses {
+        ips: found
+            .into_iter()
+            .map(|(addr, ifindex)| LocalAddr { addr, ifindex })
+            .collect(),
+        macs: macs.into_iter().collect(),
+    })
 }
 
 /// An address a SYN from the wire can be sent to as this host: not
@@ -93,6 +113,7 @@ mod tests {
     #[test]
     fn loopback_is_not_among_the_host_addresses() {
         let addrs = host_addresses().expect("getifaddrs");
-        assert!(!addrs.iter().any(|l| l.addr.is_loopback()), "{addrs:?}");
+        assert!(!addrs.ips.iter().any(|l| l.addr.is_loopback()), "{addrs:?}");
+        assert!(!addrs.macs.is_empty(), "no interface MAC found: {addrs:?}");
     }
 }

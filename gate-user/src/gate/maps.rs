@@ -16,14 +16,18 @@ use aya::{
 };
 use gate_common::{
     map_names::{
-        EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, LOCAL_V4, LOCAL_V6, SCOPE_V4, SCOPE_V6,
-        SETTINGS, STATS,
+        EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6, SCOPE_V4,
+        SCOPE_V6, SETTINGS, STATS,
     },
-    Exempt, Grant, GrantKeyV4, GrantKeyV6, Local, Outcome, Settings,
+    Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, Outcome, Settings,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{clock, layout, local_addrs::LocalAddr, pins::PinDir};
+use super::{
+    clock, layout,
+    local_addrs::{HostAddresses, LocalAddr},
+    pins::PinDir,
+};
 use crate::addr::{normalize, Cidr};
 
 pub struct GateMaps {
@@ -33,6 +37,7 @@ pub struct GateMaps {
     scope: CidrSet,
     local_v4: HashMap<MapData, [u8; 4], Local>,
     local_v6: HashMap<MapData, [u8; 16], Local>,
+    iface_macs: HashMap<MapData, u32, IfaceMac>,
     settings: Array<MapData, Settings>,
     stats: PerCpuArray<MapData, u64>,
 }
@@ -146,6 +151,7 @@ impl GateMaps {
             },
             local_v4: typed(get(LOCAL_V4)?, LOCAL_V4)?,
             local_v6: typed(get(LOCAL_V6)?, LOCAL_V6)?,
+            iface_macs: typed(get(IFACE_MACS)?, IFACE_MACS)?,
             settings: typed(get(SETTINGS)?, SETTINGS)?,
             stats: typed(get(STATS)?, STATS)?,
         })
@@ -298,9 +304,28 @@ impl GateMaps {
         Ok(out)
     }
 
-    /// Makes `addrs` the host's addresses: new ones are added before the
-    /// ones that are gone are removed.
-    pub fn local_replace(&mut self, addrs: &[LocalAddr]) -> Result<()> {
+    /// Makes `host` the host's addresses and interface MACs: new ones are
+    /// added before the ones that are gone are removed.
+    pub fn local_replace(&mut self, host: &HostAddresses) -> Result<()> {
+        for (ifindex, mac) in &host.macs {
+            let value = IfaceMac {
+                mac: *mac,
+                reserved: [0; 2],
+            };
+            self.iface_macs
+                .insert(ifindex, value, 0)
+                .map_err(|e| map_error(IFACE_MACS, e))?;
+        }
+        let gone: Vec<u32> = self
+            .iface_macs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| !host.macs.iter().any(|(i, _)| i == ifindex))
+            .collect();
+        for ifindex in gone {
+            removed("interface MACs", self.iface_macs.remove(&ifindex))?;
+        }
+        let addrs = &host.ips;
         for local in addrs {
             let value = Local {
                 ifindex: local.ifindex,

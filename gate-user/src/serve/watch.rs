@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::grant_sink::GateGrantSink;
 use crate::gate::{
-    held::HeldGate, local_addrs, local_addrs::LocalAddr, AttachRequest, GateMaps, PinDir,
+    held::HeldGate, local_addrs, local_addrs::HostAddresses, AttachRequest, GateMaps, PinDir,
 };
 
 /// How often the gate is checked and the host's addresses read.
@@ -27,7 +27,7 @@ pub struct Watch {
     /// every few seconds, nor counted again.
     last_problems: Vec<String>,
     incidents: u64,
-    last_addrs: Vec<LocalAddr>,
+    last_addrs: HostAddresses,
 }
 
 impl Watch {
@@ -46,7 +46,7 @@ impl Watch {
             maps,
             last_problems: Vec::new(),
             incidents: 0,
-            last_addrs: Vec::new(),
+            last_addrs: HostAddresses::default(),
         }
     }
 
@@ -103,7 +103,7 @@ impl Watch {
             return;
         }
         if addrs != self.last_addrs {
-            let list: Vec<String> = addrs.iter().map(|a| a.addr.to_string()).collect();
+            let list: Vec<String> = addrs.ips.iter().map(|a| a.addr.to_string()).collect();
             info!("gate: the reset mode answers for {}", list.join(", "));
             self.last_addrs = addrs;
         }
