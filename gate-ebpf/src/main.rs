@@ -144,6 +144,14 @@ fn tc_act(ctx: &TcContext, verdict: &Verdict<'_>) -> i32 {
         }
         Action::Reset(reply) => reply,
     };
+    // A VLAN tag the kernel already moved into the skb's metadata: the
+    // SYN came tagged, and the reply would go out in that VLAN (see
+    // judge's `answerable` for tags still in the frame).
+    // SAFETY: reading a field of this program's own skb.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        reset_skipped();
+        return TC_ACT_SHOT as i32;
+    }
     // TC cannot cut a socket buffer before its transport header, and a
     // reply padded up to it, or with the headers removed by
     // bpf_skb_adjust_room, was lost at a veth receiver (the SYN's pending

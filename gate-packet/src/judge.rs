@@ -5,7 +5,7 @@ use gate_common::{DenyMode, Outcome, Settings};
 
 use crate::{
     cursor::Packet,
-    headers::EthHdr,
+    headers::{EthHdr, ETH_HDR_LEN},
     parse::{AddrRef, Parsed, Syn},
     reset::Reply,
 };
@@ -164,8 +164,8 @@ fn judge_unwalkable<'a, S: GateState>(state: &S) -> Verdict<'a> {
     }
 }
 
-/// Reset mode answers only what the host's own stack would: a SYN sent to
-/// the receiving interface's own MAC and one of the host's unicast
+/// Reset mode answers only what the host's own stack would: an untagged
+/// SYN sent to the receiving interface's own MAC and one of the host's unicast
 /// addresses (never loopback), from a unicast MAC and a unicast source
 /// address that is not the host's own (the stack drops the rest before
 /// TCP sees it; a reply to them would spoof a neighbour, hit a group or
@@ -176,7 +176,11 @@ fn answerable<S: GateState>(state: &S, syn: &Syn<'_>, packet: &Packet<'_>) -> bo
         return false;
     };
     let group_mac = |mac: &[u8; 6]| mac[0] & 1 != 0;
-    !group_mac(&eth.src)
+    // Untagged only: the reply would keep the SYN's VLAN tags, and the
+    // host answers in a VLAN only if it has a device there (which the
+    // program cannot see); a gate on the VLAN device answers there.
+    syn.l3_offset == ETH_HDR_LEN
+        && !group_mac(&eth.src)
         && !group_mac(&eth.dst)
         && state.is_own_mac(&eth.dst)
         && unicast_source(syn.src)

@@ -1394,23 +1394,24 @@ fn reset_rows() -> Vec<Row> {
             DeniedReset,
         ),
         row(
-            "reset IPv4 one 802.1Q tag with priority",
+            "reset mode: a SYN with one 802.1Q tag is dropped, not answered",
             syn4(s, SMTP)
                 .vlan(VlanTag::dot1q(100).with_priority(5))
                 .build(),
-            Reset,
-            DeniedReset,
-        ),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
         row(
-            "reset IPv4 QinQ with options",
+            "reset mode: a QinQ SYN with options is dropped, not answered",
             syn4(s, SMTP)
                 .qinq(100, 200)
                 .ipv4_options(&some_ipv4_options())
                 .build(),
-            Reset,
-            DeniedReset,
+            Drop,
+            DeniedDrop,
         )
-        .tc_unanswered(),
+        .reason(ResetSkipped),
         row("reset IPv6", syn6(s6, SMTP).build(), Reset, DeniedReset),
         row(
             "reset IPv6 hop-by-hop + AH + destination options",
@@ -1457,27 +1458,29 @@ fn reset_rows() -> Vec<Row> {
         )
         .tc_unanswered(),
         row(
-            "reset IPv6 one 802.1Q tag",
+            "reset mode: an IPv6 SYN with one 802.1Q tag is dropped, not answered",
             syn6(s6, SMTP).vlan(VlanTag::dot1q(9)).build(),
-            Reset,
-            DeniedReset,
-        ),
-        row(
-            "reset IPv6 QinQ with extension headers",
-            syn6(s6, SMTP).qinq(100, 200).exts(hop_ah_dst()).build(),
-            Reset,
-            DeniedReset,
+            Drop,
+            DeniedDrop,
         )
-        .tc_unanswered(),
+        .reason(ResetSkipped),
         row(
-            "reset IPv6 two 802.1Q tags",
+            "reset mode: an IPv6 QinQ SYN is dropped, not answered",
+            syn6(s6, SMTP).qinq(100, 200).exts(hop_ah_dst()).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
+        row(
+            "reset mode: an IPv6 SYN with two 802.1Q tags is dropped, not answered",
             syn6(s6, SUBMISSION)
                 .vlan(VlanTag::dot1q(1))
                 .vlan(VlanTag::dot1q(2))
                 .build(),
-            Reset,
-            DeniedReset,
-        ),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
         row(
             "reset IPv4 with the log on",
             syn4(s, SMTP).build(),
@@ -1665,15 +1668,16 @@ fn reset_rows() -> Vec<Row> {
         )
         .tc_unanswered(),
         row(
-            "reset IPv4 behind three VLAN priority tags",
+            "reset mode: a SYN behind three priority tags is dropped, not answered",
             syn4(s, SMTP)
                 .vlan(VlanTag::dot1q(0))
                 .vlan(VlanTag::dot1q(0))
                 .vlan(VlanTag::dot1q(0))
                 .build(),
-            Reset,
-            DeniedReset,
-        ),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(ResetSkipped),
     ];
     rows.into_iter()
         .map(|r| {

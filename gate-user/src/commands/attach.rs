@@ -34,8 +34,7 @@ pub fn attach(args: AttachArgs) -> Result<()> {
         eprintln!(
             "smtp-gate: warning: generic XDP does not see packets redirected into {} \
              (tc mirred, bpf_redirect): where anyone who can redirect traffic into it \
-             (a container's root on the other end of a veth) must be gated, use --mode tc \
-             or native --mode xdp",
+             (a container's root on the other end of a veth) must be gated, use --mode tc",
             args.iface
         );
     }
