@@ -98,26 +98,7 @@ fn main() -> Result<()> {
             run("target/release/smtp-gate", &args)
         }
         Command::Test => test(),
-        Command::Demo => {
-            setup::setup()?;
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "gate-user",
-                "--package",
-                "gate-tests",
-            ])?;
-            cargo(&[
-                "run",
-                "--release",
-                "--quiet",
-                "--package",
-                "gate-tests",
-                "--bin",
-                "smtp-gate-demo",
-            ])
-        }
+        Command::Demo => run_lab_binary("smtp-gate-demo", &[]),
         Command::Fuzz {
             target: FuzzTarget::Gate,
             frames,
@@ -125,40 +106,20 @@ fn main() -> Result<()> {
             mode,
             case,
         } => {
-            setup::setup()?;
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "gate-user",
-                "--package",
-                "gate-tests",
-            ])?;
-            let frames = frames.map(|n| n.to_string());
-            let mut args = vec![
-                "run",
-                "--release",
-                "--quiet",
-                "--package",
-                "gate-tests",
-                "--bin",
-                "gate-fuzz",
-                "--",
-            ];
-            if let Some(frames) = frames.as_deref() {
-                args.extend(["--frames", frames]);
+            let mut args = Vec::new();
+            let numbers = [("--frames", frames), ("--case", case)];
+            for (flag, value) in numbers {
+                if let Some(value) = value {
+                    args.extend([flag.to_string(), value.to_string()]);
+                }
             }
-            if let Some(seed) = seed.as_deref() {
-                args.extend(["--seed", seed]);
+            for (flag, value) in [("--seed", seed), ("--mode", mode)] {
+                if let Some(value) = value {
+                    args.extend([flag.to_string(), value]);
+                }
             }
-            if let Some(mode) = mode.as_deref() {
-                args.extend(["--mode", mode]);
-            }
-            let case = case.map(|n| n.to_string());
-            if let Some(case) = case.as_deref() {
-                args.extend(["--case", case]);
-            }
-            cargo(&args)
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_lab_binary("gate-fuzz", &args)
         }
         Command::Bench { suite, quick } => {
             setup::setup()?;
@@ -176,6 +137,32 @@ fn main() -> Result<()> {
             cargo(&args)
         }
     }
+}
+
+/// Builds the smtp-gate binary and the lab's binaries (release), then runs
+/// the lab binary `bin` with `args`: the demo and the long fuzz runs.
+fn run_lab_binary(bin: &str, args: &[&str]) -> Result<()> {
+    setup::setup()?;
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "gate-user",
+        "--package",
+        "gate-tests",
+    ])?;
+    let mut run = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "gate-tests",
+        "--bin",
+        bin,
+        "--",
+    ];
+    run.extend_from_slice(args);
+    cargo(&run)
 }
 
 /// The README's test command, and what CI runs. The workspace's default
