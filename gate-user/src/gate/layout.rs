@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, MapInfo};
 use gate_common::{
-    map_names::{GRANTS_V4, GRANTS_V6, LOCAL_V4, LOCAL_V6, SCOPE_V4, SCOPE_V6, SETTINGS, STATS},
+    map_names::{GRANTS_V4, GRANTS_V6, SETTINGS, STATS},
     Settings, STATS_SLOTS,
 };
 
@@ -110,9 +110,9 @@ pub fn require_current(dir: &PinDir) -> Result<()> {
     let settings_ok =
         info(SETTINGS).is_some_and(|i| i.value_size() as usize == size_of::<Settings>());
     let stats_ok = info(STATS).is_some_and(|i| i.max_entries() >= STATS_SLOTS);
-    let new_maps_ok = [SCOPE_V4, SCOPE_V6, LOCAL_V4, LOCAL_V6]
-        .iter()
-        .all(|name| dir.map(name).exists());
+    // Every map of this build is pinned (a gate of an older build lacks
+    // the maps added since).
+    let new_maps_ok = ALL_MAPS.iter().all(|name| dir.map(name).exists());
     if settings_ok && stats_ok && new_maps_ok {
         return Ok(());
     }
