@@ -8,7 +8,7 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 use gate_common::Outcome;
 use gate_packet::{AddrRef, Denial};
 
-use crate::maps::{log_buckets, settings};
+use crate::maps::log_buckets;
 
 const MILLI: u64 = 1000;
 /// Refill is computed over at most this much idle time, which keeps the
@@ -17,10 +17,7 @@ const MAX_REFILL_NS: u64 = 60_000_000_000;
 
 #[inline(always)]
 pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome) {
-    let Some(config) = settings.get(0) else {
-        return;
-    };
-    if config.log_rate_per_sec == 0 {
+    if denial.log_rate_per_sec == 0 {
         return;
     }
     // A coarse clock (tick resolution) is plenty for a rate limit and much
@@ -36,8 +33,8 @@ pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome
     if elapsed > MAX_REFILL_NS {
         elapsed = MAX_REFILL_NS;
     }
-    let capacity = config.log_burst.max(1) as u64 * MILLI;
-    let refill = elapsed * config.log_rate_per_sec as u64 / 1_000_000;
+    let capacity = denial.log_burst.max(1) as u64 * MILLI;
+    let refill = elapsed * denial.log_rate_per_sec as u64 / 1_000_000;
     bucket.milli_tokens = (bucket.milli_tokens + refill).min(capacity);
     bucket.refilled_at_ns = now;
     if bucket.milli_tokens < MILLI {

@@ -51,6 +51,10 @@ pub struct Denial<'a> {
     pub src: Option<AddrRef<'a>>,
     /// 0 when the packet does not show it.
     pub dst_port: u16,
+    /// The log limit of the settings the verdict was made with, so the
+    /// log does not read them a second time.
+    pub log_rate_per_sec: u32,
+    pub log_burst: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +116,8 @@ pub fn judge<'a, S: GateState>(state: &S, parsed: Parsed<'a>, packet: &Packet<'a
     let denial = Some(Denial {
         src: Some(src),
         dst_port: dst_port.unwrap_or(0),
+        log_rate_per_sec: config.log_rate_per_sec,
+        log_burst: config.log_burst,
     });
     let (action, outcome, reason) = match DenyMode::from_u32(config.deny_mode) {
         Some(DenyMode::Monitor) => (Action::Pass, Outcome::Monitored, reason),
@@ -147,6 +153,8 @@ fn judge_unwalkable<'a, S: GateState>(state: &S) -> Verdict<'a> {
     let denial = Some(Denial {
         src: None,
         dst_port: 0,
+        log_rate_per_sec: config.log_rate_per_sec,
+        log_burst: config.log_burst,
     });
     if config.deny_mode == DenyMode::Monitor as u32 {
         return Verdict {

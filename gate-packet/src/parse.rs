@@ -284,25 +284,25 @@ fn parse_ipv6<'a>(packet: &Packet<'a>, l3: usize) -> Parsed<'a> {
     let mut offset = l3 + IPV6_HDR_LEN;
     let deep = || unknown_port(src, dst, Reason::Unwalkable);
     let cut_by_fragment = || unknown_port(src, dst, Reason::Fragment);
+    // A header cut short: in a first fragment it continues in the next
+    // one; anywhere else the stack discards the packet.
+    let cut = |fragment: bool| {
+        if fragment {
+            cut_by_fragment()
+        } else {
+            Parsed::Malformed
+        }
+    };
     // RFC 8200 section 4: each extension header names the type of the one
     // after it. The length of a header comes from its OWN type (AH counts
     // 4-octet units, RFC 4302 section 2.2; the others 8-octet units), never
     // from the type of the header that follows it.
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        // A header cut short: in a first fragment it continues in the
-        // next one; anywhere else the stack discards the packet.
-        let cut = move || {
-            if fragment {
-                cut_by_fragment()
-            } else {
-                Parsed::Malformed
-            }
-        };
         match next {
             IPPROTO_TCP => break,
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH => {
                 let ext: &Ipv6ExtHdr =
-                    view!(view_within(packet, offset, limit), cut => cut(), deep => deep());
+                    view!(view_within(packet, offset, limit), cut => cut(fragment), deep => deep());
                 offset += if next == IPV6_AH {
                     (ext.len as usize + 2) * 4
                 } else {
@@ -312,7 +312,7 @@ fn parse_ipv6<'a>(packet: &Packet<'a>, l3: usize) -> Parsed<'a> {
             }
             IPV6_FRAGMENT => {
                 let frag: &Ipv6FragHdr =
-                    view!(view_within(packet, offset, limit), cut => cut(), deep => deep());
+                    view!(view_within(packet, offset, limit), cut => cut(fragment), deep => deep());
                 let offset_flags = be16(frag.offset_flags);
                 // A later fragment: the first one carries the chain and
                 // the TCP header, and Linux discards overlapping fragments
@@ -341,11 +341,7 @@ fn parse_ipv6<'a>(packet: &Packet<'a>, l3: usize) -> Parsed<'a> {
             return deep();
         }
         if offset > limit {
-            return if fragment {
-                cut_by_fragment()
-            } else {
-                Parsed::Malformed
-            };
+            return cut(fragment);
         }
     }
     // The walk ran out of steps before reaching TCP: the host would still

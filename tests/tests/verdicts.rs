@@ -15,14 +15,10 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use gate_common::{
-    map_names, program_names, DenyMode, Exempt as ExemptValue, IfaceMac, Local, Outcome, Settings,
-    MAX_PORTS,
-};
+use gate_common::{program_names, DenyMode, Outcome, Settings, MAX_PORTS};
 use gate_tests::packets::{
     tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN},
     Ipv6Ext, PacketBuilder, ParsedIp, TcpFrame, VlanTag, DEFAULT_DST_MAC, DEFAULT_SRC_MAC,
@@ -31,7 +27,11 @@ use gate_tests::packets::{
 };
 use smtp_gate::{
     addr::Cidr,
-    gate::{clock, object, privilege, GateMaps},
+    gate::{
+        clock,
+        local_addrs::{HostAddresses, LocalAddr},
+        object, privilege, GateMaps,
+    },
 };
 
 // Return codes (include/uapi/linux/bpf.h, include/uapi/linux/pkt_cls.h).
@@ -168,11 +168,10 @@ struct Gate {
 }
 
 impl Gate {
-    /// Loads the object and both programs. Panics without root or BPF.
-    /// Like `load`, with the gate scoped to the destination networks
-    /// `scope` (written into the scope tries; the tables' settings say
-    /// whether they apply).
-    fn load_scoped(scope: &[&str]) -> Self {
+    /// Loads the object and both programs, and writes the host's
+    /// addresses and MAC the reset mode answers for. Panics without root
+    /// or BPF.
+    fn load() -> Self {
         privilege::require_root("the BPF_PROG_TEST_RUN verdict tests")
             .expect("these tests must run as root; they do not skip");
         let mut ebpf = object::load_unpinned(CAPACITY)
@@ -189,10 +188,9 @@ impl Gate {
             .try_into()
             .expect("the TC program is not of type SchedClassifier");
         tc.load().expect("the verifier refused the TC program");
-        write_local_addresses(&mut ebpf);
-        write_interface_mac(&mut ebpf);
-        write_scope(&mut ebpf, scope);
-        let maps = GateMaps::from_ebpf(&mut ebpf).expect("taking the maps out of the object");
+        let mut maps = GateMaps::from_ebpf(&mut ebpf).expect("taking the maps out of the object");
+        maps.local_replace(&host_addresses())
+            .expect("writing the host's addresses");
         Self { ebpf, maps }
     }
 
@@ -201,9 +199,15 @@ impl Gate {
         Self::with_fixture_scoped(&[])
     }
 
-    /// The same, with destination scope networks written.
+    /// The same, with destination scope networks written (the tables'
+    /// settings say whether they apply).
     fn with_fixture_scoped(scope: &[&str]) -> Self {
-        let mut gate = Self::load_scoped(scope);
+        let mut gate = Self::load();
+        let scope: Vec<Cidr> = scope
+            .iter()
+            .map(|net| net.parse().expect("scope CIDR parses"))
+            .collect();
+        gate.maps.set_scope(&scope).expect("writing the scope");
         for net in [EXEMPT_NET4, EXEMPT_NET6] {
             let cidr: Cidr = net.parse().expect("fixture CIDR parses");
             gate.maps
@@ -351,74 +355,25 @@ impl Gate {
     }
 }
 
-/// The server's addresses are the host's own: reset mode answers SYNs to
-/// them and to nothing else.
-fn write_local_addresses(ebpf: &mut Ebpf) {
-    let local = Local { ifindex: 1 };
-    let mut v4: HashMap<_, [u8; 4], Local> = ebpf
-        .map_mut(map_names::LOCAL_V4)
-        .expect("the object has no local_v4 map")
-        .try_into()
-        .expect("local_v4 is a hash map");
-    // Loopback too, as a careless map would hold it: the program must
-    // still never answer a SYN from the wire sent there.
-    for addr in [SERVER4, Ipv4Addr::LOCALHOST] {
-        v4.insert(addr.octets(), local, 0)
-            .expect("writing local_v4");
-    }
-    let mut v6: HashMap<_, [u8; 16], Local> = ebpf
-        .map_mut(map_names::LOCAL_V6)
-        .expect("the object has no local_v6 map")
-        .try_into()
-        .expect("local_v6 is a hash map");
-    for addr in [SERVER6, Ipv6Addr::LOCALHOST] {
-        v6.insert(addr.octets(), local, 0)
-            .expect("writing local_v6");
-    }
-}
-
-/// BPF_PROG_TEST_RUN runs both programs as if the frame came in on the
-/// loopback device: its MAC, for the reset mode, is the test frames'
-/// destination MAC.
-fn write_interface_mac(ebpf: &mut Ebpf) {
+/// The host as the reset mode sees it: the server's addresses, and
+/// loopback too, as a careless map would hold it (the program must still
+/// never answer a SYN from the wire sent there). BPF_PROG_TEST_RUN runs
+/// both programs as if the frame came in on the loopback device: its MAC
+/// is the test frames' destination MAC.
+fn host_addresses() -> HostAddresses {
     let lo = smtp_gate::gate::attach::ifindex("lo").expect("the loopback device's index");
-    let mut macs: HashMap<_, u32, IfaceMac> = ebpf
-        .map_mut(map_names::IFACE_MACS)
-        .expect("the object has no iface_macs map")
-        .try_into()
-        .expect("iface_macs is a hash map");
-    let own = IfaceMac {
-        mac: DEFAULT_DST_MAC,
-        reserved: [0; 2],
-    };
-    macs.insert(lo, own, 0).expect("writing iface_macs");
-}
-
-fn write_scope(ebpf: &mut Ebpf, scope: &[&str]) {
-    for net in scope {
-        let cidr: Cidr = net.parse().expect("scope CIDR parses");
-        let (addr, prefix) = (cidr.net().addr(), cidr.net().prefix_len());
-        let on = ExemptValue { enabled: 1 };
-        match addr {
-            IpAddr::V4(a) => {
-                let mut trie: LpmTrie<_, [u8; 4], ExemptValue> = ebpf
-                    .map_mut(map_names::SCOPE_V4)
-                    .expect("the object has no scope_v4 map")
-                    .try_into()
-                    .expect("scope_v4 is an LPM trie");
-                trie.insert(&Key::new(u32::from(prefix), a.octets()), on, 0)
-                    .expect("writing scope_v4");
-            }
-            IpAddr::V6(a) => {
-                let mut trie: LpmTrie<_, [u8; 16], ExemptValue> = ebpf
-                    .map_mut(map_names::SCOPE_V6)
-                    .expect("the object has no scope_v6 map")
-                    .try_into()
-                    .expect("scope_v6 is an LPM trie");
-                trie.insert(&Key::new(u32::from(prefix), a.octets()), on, 0)
-                    .expect("writing scope_v6");
-            }
-        }
+    let ips = [
+        IpAddr::from(SERVER4),
+        Ipv4Addr::LOCALHOST.into(),
+        SERVER6.into(),
+        Ipv6Addr::LOCALHOST.into(),
+    ]
+    .into_iter()
+    .map(|addr| LocalAddr { addr, ifindex: lo })
+    .collect();
+    HostAddresses {
+        ips,
+        macs: vec![(lo, DEFAULT_DST_MAC)],
     }
 }
 

@@ -114,6 +114,21 @@ pub struct Net {
     pub server_v6: Ipv6Addr,
 }
 
+impl Net {
+    /// The lab's subnet `k`: 10.231.k.0/24 and fd00:231:k::/64, the
+    /// server at .1 / ::1, the client at .2 / ::2.
+    pub fn numbered(name: &str, path: Vec<Tag>, k: u8) -> Self {
+        Self {
+            name: name.to_string(),
+            path,
+            client_v4: Ipv4Addr::new(10, 231, k, 2),
+            server_v4: Ipv4Addr::new(10, 231, k, 1),
+            client_v6: Ipv6Addr::new(0xfd00, 0x231, u16::from(k), 0, 0, 0, 0, 2),
+            server_v6: Ipv6Addr::new(0xfd00, 0x231, u16::from(k), 0, 0, 0, 0, 1),
+        }
+    }
+}
+
 /// What the generator needs to know about the lab.
 #[derive(Clone, Debug)]
 pub struct Env {
@@ -1735,14 +1750,7 @@ mod tests {
     use crate::packets::TcpFrame;
 
     fn env(max_frame: usize) -> Env {
-        let net = |name: &str, path: Vec<Tag>, k: u8| Net {
-            name: name.to_string(),
-            path,
-            client_v4: Ipv4Addr::new(10, 231, k, 2),
-            server_v4: Ipv4Addr::new(10, 231, k, 1),
-            client_v6: Ipv6Addr::new(0xfd00, 0x231, u16::from(k), 0, 0, 0, 0, 2),
-            server_v6: Ipv6Addr::new(0xfd00, 0x231, u16::from(k), 0, 0, 0, 0, 1),
-        };
+        let net = Net::numbered;
         Env {
             client_mac: [2, 0, 0, 0, 0, 1],
             server_mac: [2, 0, 0, 0, 0, 2],

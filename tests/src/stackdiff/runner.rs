@@ -366,14 +366,7 @@ impl DiffLab {
                 });
             }
             path.push(Tag { tpid, tci: vid });
-            nets.push(Net {
-                name: name.to_string(),
-                path,
-                client_v4: Ipv4Addr::new(10, 231, k, 2),
-                server_v4: Ipv4Addr::new(10, 231, k, 1),
-                client_v6: Ipv6Addr::new(0xfd00, 0x231, u16::from(k), 0, 0, 0, 0, 2),
-                server_v6: Ipv6Addr::new(0xfd00, 0x231, u16::from(k), 0, 0, 0, 0, 1),
-            });
+            nets.push(Net::numbered(name, path, k));
         }
         for ns in [&server_ns, &link.client_ns] {
             let routes = ip(&["-n", ns, "route", "show", "default"])
