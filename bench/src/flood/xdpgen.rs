@@ -164,7 +164,8 @@ pub fn attach_guard(ifindex: u32) -> io::Result<XdpLink> {
     put_u32(&mut attr, 0, prog.0 as u32);
     put_u32(&mut attr, 4, ifindex);
     put_u32(&mut attr, 8, BPF_XDP);
-    let link = bpf(BPF_LINK_CREATE, &mut attr)
+    // SAFETY: this bpf_attr holds no pointers.
+    let link = unsafe { bpf(BPF_LINK_CREATE, &mut attr) }
         .map_err(|e| io::Error::new(e.kind(), format!("attaching the XDP guard: {e}")))?;
     Ok(XdpLink {
         _link: ProgFd(link as i32),
@@ -236,23 +237,15 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> io::Result<GenResult> {
 mod tests {
     //! The hand-assembled programs, run with BPF_PROG_TEST_RUN (root).
     use super::*;
-    use crate::bpf_asm::{put_u64, BPF_PROG_TEST_RUN};
+    use crate::bpf_asm::run_once_into;
 
     /// Runs `prog` once on `frame` (not live): (verdict, frame after).
     fn run_once(prog: &ProgFd, frame: &[u8]) -> (i32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 256];
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, prog.0 as u32);
-        put_u32(&mut attr, 8, frame.len() as u32);
-        put_u32(&mut attr, 12, out.len() as u32);
-        put_u64(&mut attr, 16, frame.as_ptr() as u64);
-        put_u64(&mut attr, 24, out.as_mut_ptr() as u64);
-        put_u32(&mut attr, 32, 1);
-        bpf(BPF_PROG_TEST_RUN, &mut attr).expect("BPF_PROG_TEST_RUN (run as root)");
-        let retval = i32::from_ne_bytes(attr[4..8].try_into().unwrap());
-        let len = u32::from_ne_bytes(attr[12..16].try_into().unwrap()) as usize;
+        let (retval, len) =
+            run_once_into(prog, frame, &mut out).expect("BPF_PROG_TEST_RUN (run as root)");
         out.truncate(len);
-        (retval, out)
+        (retval as i32, out)
     }
 
     fn ones_complement_sum(chunks: &[&[u8]]) -> u16 {

@@ -2,6 +2,7 @@
 //! directory, the pinned maps, attaching and detaching.
 
 pub mod attach;
+pub mod bpf_asm;
 pub mod bpffs;
 pub mod clock;
 pub mod held;
