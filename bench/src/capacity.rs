@@ -38,7 +38,7 @@ fn fill(capacity: u32, max_entries: u32) -> Result<CapacityResult> {
         .context("loading the object")?;
     let map = ebpf.take_map(GRANTS_V4).context("no grants_v4")?;
     let grants: HashMap<MapData, GrantKeyV4, Grant> = HashMap::try_from(map)?;
-    let now = clock::boottime_ns();
+    let now = clock::GateClock::open()?.now_ns()?;
     let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
     // One writer thread per CPU, interleaved addresses, all at once: the
     // way a multi-threaded daemon writes grants.

@@ -26,16 +26,20 @@ struct Args {
     /// Fewer repetitions, for a first look.
     #[arg(long)]
     quick: bool,
+    /// kernel: only the cases whose name contains this, with one grant
+    /// count and no floor or capacity check (for working on the program).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     match args.suite.as_str() {
-        "kernel" => kernel::run(args.quick),
+        "kernel" => kernel::run(args.quick, args.only.as_deref()),
         "pop3" => pop3::run(args.quick),
         "flood" => flood::run(args.quick),
         "all" => {
-            kernel::run(args.quick)?;
+            kernel::run(args.quick, None)?;
             flood::run(args.quick)?;
             pop3::run(args.quick)
         }

@@ -36,6 +36,8 @@ pub mod program_names {
     pub const TC: &str = "smtp_gate_tc";
     /// An XDP program that passes everything (benchmark baseline).
     pub const XDP_PASS: &str = "smtp_gate_xdp_pass";
+    /// A TC classifier that passes everything (benchmark baseline).
+    pub const TC_PASS: &str = "smtp_gate_tc_pass";
 }
 
 /// A dual-stack socket reports IPv4 peers as `::ffff:a.b.c.d`; the gate
@@ -82,7 +84,10 @@ pub struct GrantKeyV6 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
-    /// CLOCK_BOOTTIME of the grant (`bpf_ktime_get_boot_ns` in the program).
+    /// When the grant was made, on the gate's clock: the kernel's jiffies
+    /// times the length of a tick (`Settings::tick_ns`), in nanoseconds.
+    /// It advances a tick at a time and, like CLOCK_MONOTONIC, not while
+    /// the host is suspended.
     pub granted_at_ns: u64,
     /// How long this grant lasts; 0 means "the window in `settings`", so that
     /// changing the window applies to grants already written.
@@ -173,9 +178,24 @@ pub struct Settings {
     /// Non-zero: only SYNs to a destination in the scope tries are gated
     /// (`--dest`); zero: every destination is.
     pub dest_scoped: u32,
+    /// Nanoseconds per jiffy (the kernel's tick, `TICK_NSEC`): the gate's
+    /// clock is jiffies times this. Zero (a gate whose user space never
+    /// wrote it) makes no grant fresh.
+    pub tick_ns: u32,
+    /// `EXEMPT_V4_IN_USE` and `EXEMPT_V6_IN_USE`: which exempt trie has
+    /// networks. The program looks only into those; a bit set over an
+    /// empty trie costs a lookup, a bit missing over a full one exempts
+    /// nothing, so user space sets a bit after the first network went in
+    /// and clears it before the last one goes out.
+    pub exempt_in_use: u32,
     /// Explicit padding, always zero.
     pub reserved: u32,
 }
+
+/// Bit of `Settings::exempt_in_use`: `exempt_v4` has networks.
+pub const EXEMPT_V4_IN_USE: u32 = 1;
+/// Bit of `Settings::exempt_in_use`: `exempt_v6` has networks.
+pub const EXEMPT_V6_IN_USE: u32 = 2;
 
 impl Settings {
     /// Settings of a gate that has never been configured: nothing is gated.
@@ -188,20 +208,35 @@ impl Settings {
         log_rate_per_sec: 0,
         log_burst: 0,
         dest_scoped: 0,
+        tick_ns: 0,
+        exempt_in_use: 0,
         reserved: 0,
     };
 
+    /// Looks at the first `port_count` slots only, and stops there: with
+    /// the usual one or two ports, a SYN to another port costs as many
+    /// comparisons.
     #[inline(always)]
     pub fn gates_port(&self, port: u16) -> bool {
+        let count = self.port_count as usize;
         let mut i = 0;
-        while i < MAX_PORTS {
-            if (i as u32) < self.port_count && self.ports[i] == port {
+        while i < MAX_PORTS && i < count {
+            if self.ports[i] == port {
                 return true;
             }
             i += 1;
         }
         false
     }
+}
+
+/// The one per-CPU value of the `stats` map: a counter per `Outcome`
+/// slot, side by side in one per-CPU allocation (two or three cache
+/// lines), so that a packet's outcome and reason take one map lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub slots: [u64; STATS_SLOTS as usize],
 }
 
 /// Per-CPU token bucket that limits denial log lines.
@@ -211,6 +246,7 @@ pub struct LogBucket {
     /// Tokens in units of 1/1000 of a line, so refill needs no division by
     /// a run-time value per packet.
     pub milli_tokens: u64,
+    /// On the gate's clock (see `Grant`).
     pub refilled_at_ns: u64,
     /// Lines suppressed since the last line that was written.
     pub suppressed: u64,
@@ -309,6 +345,7 @@ mod pod {
     unsafe impl aya::Pod for IfaceMac {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for LogBucket {}
+    unsafe impl aya::Pod for Counters {}
 }
 
 #[cfg(test)]
@@ -324,7 +361,8 @@ mod tests {
         assert_eq!(size_of::<GrantKeyV6>(), 16);
         assert_eq!(size_of::<Grant>(), 8 + 8);
         assert_eq!(size_of::<Exempt>(), 4);
-        assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 6 * 4);
+        assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 8 * 4);
+        assert_eq!(size_of::<Counters>(), 8 * STATS_SLOTS as usize);
         assert_eq!(size_of::<Local>(), 4);
         assert_eq!(size_of::<IfaceMac>(), 8);
         assert_eq!(size_of::<LogBucket>(), 3 * 8);

@@ -2,13 +2,13 @@
 //! SYN flood costs one map lookup and a few arithmetic operations per
 //! packet and cannot flood the log.
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, EbpfContext};
+use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use core::net::{Ipv4Addr, Ipv6Addr};
 use gate_common::Outcome;
 use gate_packet::{AddrRef, Denial};
 
-use crate::maps::log_buckets;
+use crate::{maps::log_buckets, state::clock_ns};
 
 const MILLI: u64 = 1000;
 /// Refill is computed over at most this much idle time, which keeps the
@@ -20,23 +20,26 @@ pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome
     if denial.log_rate_per_sec == 0 {
         return;
     }
-    // A coarse clock (tick resolution) is plenty for a rate limit and much
-    // cheaper than the precise one grants are judged by.
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The gate's clock, a tick at a time: plenty for a rate limit, and a
+    // single load.
+    let now = clock_ns(denial.tick_ns);
     let Some(bucket) = log_buckets.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU slot, only this CPU touches it while we run.
     let bucket = unsafe { &mut *bucket };
-    let mut elapsed = now.wrapping_sub(bucket.refilled_at_ns);
-    if elapsed > MAX_REFILL_NS {
-        elapsed = MAX_REFILL_NS;
+    // The clock moves a tick at a time: within one, there is nothing to
+    // refill (a flood's packets mostly arrive so).
+    if now != bucket.refilled_at_ns {
+        let mut elapsed = now.wrapping_sub(bucket.refilled_at_ns);
+        if elapsed > MAX_REFILL_NS {
+            elapsed = MAX_REFILL_NS;
+        }
+        let capacity = denial.log_burst.max(1) as u64 * MILLI;
+        let refill = elapsed * denial.log_rate_per_sec as u64 / 1_000_000;
+        bucket.milli_tokens = (bucket.milli_tokens + refill).min(capacity);
+        bucket.refilled_at_ns = now;
     }
-    let capacity = denial.log_burst.max(1) as u64 * MILLI;
-    let refill = elapsed * denial.log_rate_per_sec as u64 / 1_000_000;
-    bucket.milli_tokens = (bucket.milli_tokens + refill).min(capacity);
-    bucket.refilled_at_ns = now;
     if bucket.milli_tokens < MILLI {
         bucket.suppressed += 1;
         return;
@@ -50,31 +53,45 @@ pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome
         Outcome::Monitored => "monitor",
         _ => "drop",
     };
-    let dst_port = denial.dst_port;
     // Straight from the packet: an intermediate `Option<Addr>` copy is
     // lowered to a byte-wise memmove loop the verifier walks per path.
     match denial.src {
-        None => warn!(
-            ctx,
-            "denied a packet whose headers are too deep to walk: {} ({} more suppressed)",
-            verdict,
-            suppressed
-        ),
-        Some(AddrRef::V4(addr)) => warn!(
-            ctx,
-            "denied SYN from {} to port {}: {} ({} more suppressed)",
-            Ipv4Addr::from(*addr),
-            dst_port,
-            verdict,
-            suppressed
-        ),
-        Some(AddrRef::V6(addr)) => warn!(
-            ctx,
-            "denied SYN from {} to port {}: {} ({} more suppressed)",
-            Ipv6Addr::from(*addr),
-            dst_port,
-            verdict,
-            suppressed
-        ),
+        None => line_unwalkable(ctx, verdict, suppressed),
+        Some(AddrRef::V4(addr)) => line_v4(ctx, addr, denial.dst_port, verdict, suppressed),
+        Some(AddrRef::V6(addr)) => line_v6(ctx, addr, denial.dst_port, verdict, suppressed),
     }
+}
+
+#[inline(always)]
+fn line_unwalkable<C: EbpfContext>(ctx: &C, verdict: &str, suppressed: u64) {
+    warn!(
+        ctx,
+        "denied a packet whose headers are too deep to walk: {} ({} more suppressed)",
+        verdict,
+        suppressed
+    )
+}
+
+#[inline(always)]
+fn line_v4<C: EbpfContext>(ctx: &C, addr: &[u8; 4], port: u16, verdict: &str, suppressed: u64) {
+    warn!(
+        ctx,
+        "denied SYN from {} to port {}: {} ({} more suppressed)",
+        Ipv4Addr::from(*addr),
+        port,
+        verdict,
+        suppressed
+    )
+}
+
+#[inline(always)]
+fn line_v6<C: EbpfContext>(ctx: &C, addr: &[u8; 16], port: u16, verdict: &str, suppressed: u64) {
+    warn!(
+        ctx,
+        "denied SYN from {} to port {}: {} ({} more suppressed)",
+        Ipv6Addr::from(*addr),
+        port,
+        verdict,
+        suppressed
+    )
 }

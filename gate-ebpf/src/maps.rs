@@ -8,16 +8,14 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gate_common::{
-    Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, LogBucket, Settings,
+    Counters, Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, LogBucket, Settings,
     DEFAULT_GRANT_CAPACITY, EXEMPT_CAPACITY, IFACE_CAPACITY, LOCAL_CAPACITY, SCOPE_CAPACITY,
-    STATS_SLOTS,
 };
 
 const GRANTS: usize = DEFAULT_GRANT_CAPACITY as usize;
 const EXEMPTS: usize = EXEMPT_CAPACITY as usize;
 const SCOPES: usize = SCOPE_CAPACITY as usize;
 const LOCALS: usize = LOCAL_CAPACITY as usize;
-const SLOTS: usize = STATS_SLOTS as usize;
 
 #[btf_map]
 pub static grants_v4: LruHashMap<GrantKeyV4, Grant, GRANTS> = LruHashMap::new();
@@ -35,7 +33,7 @@ pub static exempt_v6: LpmTrie<[u8; 16], Exempt, EXEMPTS> = LpmTrie::new();
 pub static settings: Array<Settings, 1> = Array::new();
 
 #[btf_map]
-pub static stats: PerCpuArray<u64, SLOTS> = PerCpuArray::new();
+pub static stats: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static log_buckets: PerCpuArray<LogBucket, 1> = PerCpuArray::new();

@@ -1,6 +1,6 @@
 //! The gate's state as the verdict sees it: the pinned maps.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_ktime_get_boot_ns};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_jiffies64};
 use gate_common::{GrantKeyV4, GrantKeyV6, Outcome, Settings};
 use gate_packet::{AddrRef, GateState};
 
@@ -9,20 +9,36 @@ use crate::maps::{
     scratch, settings, stats,
 };
 
-/// The maps, for a packet that came in on interface `ifindex`.
-pub struct Maps {
-    pub ifindex: u32,
+/// The maps, for a packet that came in on the interface `ifindex` returns
+/// (asked only in reset mode: reading it costs a chain of loads).
+pub struct Maps<I: Fn() -> u32> {
+    pub ifindex: I,
 }
 
+/// Moves the counter of `outcome`, and of `reason` if there is one, with
+/// one lookup of this CPU's counters.
 #[inline(always)]
-pub fn count(outcome: Outcome) {
-    if let Some(counter) = stats.get_ptr_mut(outcome as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { *counter += 1 };
+pub fn count(outcome: Outcome, reason: Option<Outcome>) {
+    if let Some(counters) = stats.get_ptr_mut(0) {
+        // SAFETY: this CPU's value, only this CPU writes it while we run.
+        let slots = unsafe { &mut (*counters).slots };
+        slots[outcome as usize] += 1;
+        if let Some(reason) = reason {
+            slots[reason as usize] += 1;
+        }
     }
 }
 
-impl GateState for Maps {
+/// The gate's clock (see `gate_common::Grant`). `bpf_jiffies64` is a
+/// single load once the verifier has inlined it on a 64-bit JIT: the
+/// nanosecond clocks cost as much as the grant lookup.
+#[inline(always)]
+pub fn clock_ns(tick_ns: u32) -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_jiffies64() }.wrapping_mul(tick_ns as u64)
+}
+
+impl<I: Fn() -> u32> GateState for Maps<I> {
     #[inline(always)]
     fn settings(&self) -> Option<&Settings> {
         settings.get(0)
@@ -31,16 +47,14 @@ impl GateState for Maps {
     #[inline(always)]
     fn is_exempt(&self, src: AddrRef<'_>) -> bool {
         match src {
-            AddrRef::V4(addr) => exempt_v4.get(&Key::new(32, *addr)).is_some(),
-            AddrRef::V6(addr) => exempt_v6.get(&Key::new(128, *addr)).is_some(),
+            AddrRef::V4(addr) => exempt_v4.get(&lpm_key_v4(addr)).is_some(),
+            AddrRef::V6(addr) => exempt_v6.get(&lpm_key_v6(addr)).is_some(),
         }
     }
 
-    /// The clock is read only when there is a grant to compare it with: the
-    /// read costs about as much as the hash lookup, and a flood of strangers
-    /// has no grants.
+    /// The clock is read only when there is a grant to compare it with.
     #[inline(always)]
-    fn has_fresh_grant(&self, src: AddrRef<'_>, window_ns: u64) -> bool {
+    fn has_fresh_grant(&self, src: AddrRef<'_>, config: &Settings) -> bool {
         // SAFETY: the key types are `#[repr(C)]` wrappers of exactly these
         // arrays (alignment 1), and the helper may read packet memory.
         let grant = match src {
@@ -55,7 +69,9 @@ impl GateState for Maps {
             // SAFETY: read once, right away; the program writes no grants,
             // so the only race is user space replacing the value, which at
             // worst gives the old or the new stamp.
-            Some(grant) => unsafe { (*grant).is_fresh(bpf_ktime_get_boot_ns(), window_ns) },
+            // A gate whose clock was never set up has no fresh grants.
+            Some(_) if config.tick_ns == 0 => false,
+            Some(grant) => unsafe { (*grant).is_fresh(clock_ns(config.tick_ns), config.window_ns) },
             None => false,
         }
     }
@@ -63,8 +79,8 @@ impl GateState for Maps {
     #[inline(always)]
     fn in_scope(&self, dst: AddrRef<'_>) -> bool {
         match dst {
-            AddrRef::V4(addr) => scope_v4.get(&Key::new(32, *addr)).is_some(),
-            AddrRef::V6(addr) => scope_v6.get(&Key::new(128, *addr)).is_some(),
+            AddrRef::V4(addr) => scope_v4.get(&lpm_key_v4(addr)).is_some(),
+            AddrRef::V6(addr) => scope_v6.get(&lpm_key_v6(addr)).is_some(),
         }
     }
 
@@ -81,7 +97,7 @@ impl GateState for Maps {
     #[inline(always)]
     fn is_own_mac(&self, mac: &[u8; 6]) -> bool {
         // SAFETY: read once, right away; user space replaces whole values.
-        match unsafe { iface_macs.get(&self.ifindex) } {
+        match unsafe { iface_macs.get(&(self.ifindex)()) } {
             // As integers: an array comparison becomes a bcmp call whose
             // byte loop the verifier walks again on every path.
             Some(own) => mac_bits(&own.mac) == mac_bits(mac),
@@ -102,6 +118,57 @@ impl GateState for Maps {
             None => usize::MAX,
         }
     }
+}
+
+/// Four octets of the packet at `octets`, as they lie, in one load. LLVM
+/// splits any load it cannot prove aligned into single octets (packets
+/// promise no alignment); the kernel, whose verifier checks the bounds
+/// of every packet access, loads unaligned words on the architectures
+/// the gate runs on.
+///
+/// # Safety
+/// The four octets are inside the packet's bounds, as checked by a view.
+#[inline(always)]
+unsafe fn packet_word(octets: *const u8) -> u32 {
+    let word: u64;
+    // SAFETY: the caller's promise; the load writes no memory.
+    unsafe {
+        core::arch::asm!(
+            "{word} = *(u32 *)({octets} + 0)",
+            word = out(reg) word,
+            octets = in(reg) octets,
+            options(readonly, nostack, preserves_flags)
+        );
+    }
+    word as u32
+}
+
+/// The LPM key of a whole IPv4 address, loaded as one word.
+#[inline(always)]
+fn lpm_key_v4(addr: &[u8; 4]) -> Key<[u8; 4]> {
+    // SAFETY: the address is a view into the packet.
+    let word = unsafe { packet_word(addr.as_ptr()) };
+    Key::new(32, word.to_ne_bytes())
+}
+
+/// The LPM key of a whole IPv6 address, loaded as four words (`*addr`
+/// would become a call to a byte-wise memmove, a loop of sixteen rounds).
+#[inline(always)]
+fn lpm_key_v6(addr: &[u8; 16]) -> Key<[u8; 16]> {
+    let at = addr.as_ptr();
+    // SAFETY: the address is a view into the packet, sixteen octets long.
+    let words: [u32; 4] = unsafe {
+        [
+            packet_word(at),
+            packet_word(at.add(4)),
+            packet_word(at.add(8)),
+            packet_word(at.add(12)),
+        ]
+    };
+    // SAFETY: same size, and every bit pattern is a valid [u8; 16].
+    Key::new(128, unsafe {
+        core::mem::transmute::<[u32; 4], [u8; 16]>(words)
+    })
 }
 
 #[inline(always)]

@@ -12,9 +12,11 @@ pub mod cursor;
 pub mod headers;
 pub mod judge;
 pub mod parse;
+pub mod plain;
 pub mod reset;
 
 pub use cursor::{Cut, Packet, PacketMut, MAX_WALK};
 pub use judge::{judge, Action, Denial, GateState, Verdict};
 pub use parse::{parse, Addr, AddrRef, Parsed, Partial, Reason, Syn};
+pub use plain::{plain, Plain};
 pub use reset::Reply;

@@ -57,8 +57,10 @@ impl AddrRef<'_> {
 pub struct Syn<'a> {
     pub src: AddrRef<'a>,
     pub dst: AddrRef<'a>,
-    pub src_port: u16,
     pub dst_port: u16,
+    /// Copied, though only a reply needs them: a packet pointer kept until
+    /// the verdict would make the verifier walk twice as much.
+    pub src_port: u16,
     pub seq: u32,
     /// Octets of TCP payload the SYN carries (TCP Fast Open); the RST must
     /// acknowledge them too.
@@ -119,7 +121,7 @@ pub enum Parsed<'a> {
 /// A connection opens only with SYN alone: the host discards SYN+RST and
 /// SYN+FIN (RFC 9293 section 3.10.7.2; `tcp_rcv_state_process` in LISTEN),
 /// and SYN+ACK opens nothing.
-const OPENING: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN;
+pub(crate) const OPENING: u8 = TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN;
 
 /// The view of a `T` at `offset` that must also end by `limit` (the end of
 /// the datagram or of what a fragment contributes to it).
@@ -148,7 +150,7 @@ macro_rules! view {
 }
 
 #[inline(always)]
-fn be16(octets: [u8; 2]) -> u16 {
+pub(crate) fn be16(octets: [u8; 2]) -> u16 {
     u16::from_be_bytes(octets)
 }
 

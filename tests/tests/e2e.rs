@@ -1415,13 +1415,19 @@ fn declared_map_layout_is_what_the_map_commands_expect() {
         declared["settings"].value_size as usize,
         std::mem::size_of::<gate_common::Settings>()
     );
-    assert_eq!(declared["stats"].max_entries, gate_common::STATS_SLOTS);
+    assert_eq!(declared["stats"].max_entries, 1);
+    assert_eq!(
+        declared["stats"].value_size as usize,
+        std::mem::size_of::<gate_common::Counters>()
+    );
 }
 
-/// Pins maps the way an older smtp-gate did (settings of 40 octets, 8
-/// stats slots, no scope or local-address maps) and a link running a
-/// program of its own, with a grant and settings in those maps.
-fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr, tc: bool) {
+/// Pins maps the way an older smtp-gate did and a link running a program
+/// of its own, with a grant stamped on CLOCK_BOOTTIME and settings in
+/// those maps: the first layout (settings of 40 octets, 8 stats slots, no
+/// scope or local-address maps), or with `settings` of 48 octets the one
+/// before the gate's clock (16 stats slots, one counter each).
+fn pin_an_old_gate(lab: &Lab, settings: &[u8], granted: std::net::Ipv4Addr, tc: bool) {
     use aya::maps::{Array, HashMap, Map, MapData};
     let pin = lab.pin_dir().to_path_buf();
     let create = |name: &str, kind: &str, key: &str, value: &str, entries: &str, flags: &[&str]| {
@@ -1439,8 +1445,10 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr, 
             gate_tests::lab::describe(&out)
         );
     };
-    create("settings", "array", "4", "40", "1", &[]);
-    create("stats", "percpu_array", "4", "8", "8", &[]);
+    let settings_size = settings.len().to_string();
+    let stats_slots = if settings.len() == 40 { "8" } else { "16" };
+    create("settings", "array", "4", &settings_size, "1", &[]);
+    create("stats", "percpu_array", "4", "8", stats_slots, &[]);
     create("log_buckets", "percpu_array", "4", "24", "1", &[]);
     create("exempt_v4", "lpm_trie", "8", "4", "4096", &["flags", "1"]);
     create("exempt_v6", "lpm_trie", "20", "4", "4096", &["flags", "1"]);
@@ -1450,11 +1458,16 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr, 
         Map::from_map_data(MapData::from_pin(pin.join(name)).expect("opening a pinned map"))
             .expect("a map")
     };
-    let mut old_settings: Array<MapData, [u8; 40]> =
-        Array::try_from(open("settings")).expect("40-octet array");
-    old_settings
-        .set(0, settings, 0)
-        .expect("writing the old settings");
+    if let Ok(settings) = <&[u8; 40]>::try_from(settings) {
+        let mut old: Array<MapData, [u8; 40]> =
+            Array::try_from(open("settings")).expect("40-octet array");
+        old.set(0, settings, 0).expect("writing the old settings");
+    } else {
+        let settings: &[u8; 48] = settings.try_into().expect("40 or 48 octets");
+        let mut old: Array<MapData, [u8; 48]> =
+            Array::try_from(open("settings")).expect("48-octet array");
+        old.set(0, settings, 0).expect("writing the old settings");
+    }
     let mut grants: HashMap<MapData, gate_common::GrantKeyV4, gate_common::Grant> =
         HashMap::try_from(open("grants_v4")).expect("grants map");
     grants
@@ -1463,7 +1476,8 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr, 
                 addr: granted.octets(),
             },
             gate_common::Grant {
-                granted_at_ns: smtp_gate::gate::clock::boottime_ns(),
+                // Ten seconds ago, on the clock of the old builds.
+                granted_at_ns: smtp_gate::gate::clock::boottime_ns() - 10_000_000_000,
                 lifetime_ns: 0,
             },
             0,
@@ -1521,20 +1535,27 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8; 40], granted: std::net::Ipv4Addr, 
 
 #[test]
 fn attach_upgrades_a_gate_pinned_by_an_older_build_xdp() {
-    check_upgrade(false);
+    check_upgrade(false, 40);
 }
 
 #[test]
 fn attach_upgrades_a_gate_pinned_by_an_older_build_tc() {
-    check_upgrade(true);
+    check_upgrade(true, 40);
 }
 
-fn check_upgrade(tc: bool) {
+/// The layout of the build before the gate's clock: its grants were
+/// stamped on CLOCK_BOOTTIME and must keep their age.
+#[test]
+fn attach_upgrades_a_gate_of_the_boottime_clock() {
+    check_upgrade(false, 48);
+}
+
+fn check_upgrade(tc: bool, settings_size: usize) {
     let lab = Lab::new();
     let client = &lab.client;
     let iface = client.server_iface.clone();
     // window 7m, ports 25 and 587, deny drop, 3 log lines/s (burst 6).
-    let mut old = [0u8; 40];
+    let mut old = vec![0u8; settings_size];
     old[0..8].copy_from_slice(&(420u64 * 1_000_000_000).to_ne_bytes());
     old[8..10].copy_from_slice(&25u16.to_ne_bytes());
     old[10..12].copy_from_slice(&587u16.to_ne_bytes());
@@ -1596,6 +1617,13 @@ fn check_upgrade(tc: bool) {
     assert_eq!(settings["log_rate_per_sec"], 3, "{settings}");
     let grants = lab.list(&[]);
     assert_eq!(grants.len(), 1, "the grant was kept: {grants:?}");
+    // Restamped on the gate's clock with its age: ten seconds and what the
+    // upgrade took, not the distance between the two clocks.
+    let age = grants[0]["age_secs"].as_f64().expect("age_secs");
+    assert!(
+        (10.0..60.0).contains(&age),
+        "age after the upgrade: {grants:?}"
+    );
     assert_connected(
         client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
         "the address granted before the upgrade",

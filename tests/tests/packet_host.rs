@@ -4,16 +4,19 @@
 //!
 //! The kernel program is checked against the same shapes by the verdict
 //! table (verdicts.rs); these tests add what only the host can do cheaply:
-//! every readable-prefix layout of a frame, and a seeded fuzz over
-//! hundreds of thousands of mutated frames.
+//! every readable-prefix layout of a frame, a seeded fuzz over hundreds of
+//! thousands of mutated frames, and that the plain shapes' shortcut
+//! (`plain`) decides everything it decides exactly as the walk does.
 
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use gate_common::{DenyMode, Outcome, Settings, MAX_PORTS};
-use gate_packet::{judge, parse, Action, AddrRef, GateState, Packet, Parsed, MAX_WALK};
+use gate_common::{DenyMode, Outcome, Settings, EXEMPT_V4_IN_USE, EXEMPT_V6_IN_USE, MAX_PORTS};
+use gate_packet::{
+    judge, parse, plain, Action, AddrRef, GateState, Packet, Parsed, Plain, Verdict, MAX_WALK,
+};
 use gate_tests::packets::{
     tcp_flags::{ACK, FIN, RST, SYN},
     Ipv6Ext, PacketBuilder, TcpFrame, VlanTag, DEFAULT_DST_MAC,
@@ -48,7 +51,7 @@ impl GateState for Tables {
     fn is_exempt(&self, src: AddrRef<'_>) -> bool {
         self.exempt.contains(&ip(src))
     }
-    fn has_fresh_grant(&self, src: AddrRef<'_>, _window_ns: u64) -> bool {
+    fn has_fresh_grant(&self, src: AddrRef<'_>, _config: &Settings) -> bool {
         self.granted.contains(&ip(src))
     }
     fn in_scope(&self, _dst: AddrRef<'_>) -> bool {
@@ -72,6 +75,7 @@ fn tables(mode: DenyMode) -> Tables {
             ports,
             port_count: 2,
             deny_mode: mode as u32,
+            exempt_in_use: EXEMPT_V4_IN_USE | EXEMPT_V6_IN_USE,
             ..Settings::UNCONFIGURED
         },
         exempt: HashSet::new(),
@@ -86,9 +90,43 @@ fn tables(mode: DenyMode) -> Tables {
 /// pass, 1 drop, 2 reset), the outcome and the reason counter.
 type Summary = (u8, Outcome, Option<Outcome>);
 
+/// The verdict as the kernel program's entries reach it: the plain shapes
+/// first, the walk for the rest.
+fn entry_verdict<'a>(state: &Tables, packet: &Packet<'a>) -> Verdict<'a> {
+    match plain(packet, state) {
+        Plain::NotGated => Verdict {
+            action: Action::Pass,
+            outcome: Outcome::NotGated,
+            reason: None,
+            denial: None,
+        },
+        Plain::Syn(syn, config) => judge(state, Parsed::Syn(syn), packet, Some(config)),
+        Plain::Walk => judge(state, parse(packet, state), packet, None),
+    }
+}
+
+/// The verdict by the walk alone.
+fn walk_verdict<'a>(state: &Tables, packet: &Packet<'a>) -> Verdict<'a> {
+    judge(state, parse(packet, state), packet, None)
+}
+
+/// The shortcut changes no verdict: action (the reply included), outcome,
+/// reason and denial are the walk's.
+fn check_plain_agrees(state: &Tables, frame: &[u8], readable: usize, what: &str) {
+    let packet = Packet::from_prefix(&frame[..readable], frame.len());
+    assert_eq!(
+        entry_verdict(state, &packet),
+        walk_verdict(state, &packet),
+        "{what}: the plain shortcut and the walk disagree on {readable} of {} octets readable \
+         (plain says {:?})\n{frame:02x?}",
+        frame.len(),
+        plain(&packet, state),
+    );
+}
+
 fn summary(state: &Tables, frame: &[u8], readable: usize) -> Summary {
     let packet = Packet::from_prefix(&frame[..readable], frame.len());
-    let verdict = judge(state, parse(&packet, state), &packet);
+    let verdict = entry_verdict(state, &packet);
     let action = match verdict.action {
         Action::Pass => 0,
         Action::Drop => 1,
@@ -175,6 +213,7 @@ fn check_layouts(state: &Tables, frame: &[u8]) {
     let want = whole(state, frame);
     let pulled = frame.len().min(MAX_WALK + 64);
     for readable in 0..frame.len() {
+        check_plain_agrees(state, frame, readable, "layouts");
         let packet = Packet::from_prefix(&frame[..readable], frame.len());
         let parsed = parse(&packet, state);
         if readable >= pulled {
@@ -245,7 +284,136 @@ impl Rng {
     }
 }
 
-/// Seeds: SYN shapes around the gate's decisions.
+/// Settings and tables under which the shortcut must agree with the walk:
+/// each deny mode, a gate with no ports, one whose ports do not include
+/// the seeds', with the denial log on, and with the stranger exempt.
+fn settings_variants() -> Vec<(&'static str, Tables)> {
+    let mut out = Vec::new();
+    for (name, mode) in [
+        ("drop", DenyMode::Drop),
+        ("reset", DenyMode::Reset),
+        ("monitor", DenyMode::Monitor),
+    ] {
+        out.push((name, tables(mode)));
+    }
+    let mut unconfigured = tables(DenyMode::Drop);
+    unconfigured.settings.port_count = 0;
+    out.push(("no ports", unconfigured));
+    let mut other_ports = tables(DenyMode::Drop);
+    other_ports.settings.ports[0] = 443;
+    other_ports.settings.port_count = 1;
+    out.push(("port 443 only", other_ports));
+    let mut logging = tables(DenyMode::Reset);
+    logging.settings.log_rate_per_sec = 5;
+    logging.settings.log_burst = 2;
+    logging.settings.tick_ns = 4_000_000;
+    out.push(("reset, logging", logging));
+    let mut exempt = tables(DenyMode::Drop);
+    exempt.exempt.insert(STRANGER4.into());
+    exempt.exempt.insert(STRANGER6.into());
+    out.push(("stranger exempt", exempt));
+    out
+}
+
+/// The shapes the shortcut exists for are decided by it, not handed to
+/// the walk (which would keep every verdict and silently lose the speed).
+#[test]
+fn the_plain_shapes_take_the_shortcut() {
+    let state = tables(DenyMode::Drop);
+    let decided = |frame: &[u8]| {
+        let packet = Packet::from_slice(frame);
+        match plain(&packet, &state) {
+            Plain::NotGated => "not gated",
+            Plain::Syn(..) => "syn",
+            Plain::Walk => "walk",
+        }
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "UDP over IPv4",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .udp(5353, 53)
+                .build(),
+            "not gated",
+        ),
+        (
+            "UDP over IPv6",
+            PacketBuilder::ipv6(STRANGER6, SERVER6)
+                .udp(5353, 53)
+                .build(),
+            "not gated",
+        ),
+        (
+            "ACK with data",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .tcp(40000, 25, ACK)
+                .payload(&[7; 100])
+                .build(),
+            "not gated",
+        ),
+        (
+            "SYN to port 443",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .tcp(40000, 443, SYN)
+                .build(),
+            "not gated",
+        ),
+        (
+            "SYN to port 25 with Linux's options",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .tcp(40000, 25, SYN)
+                .tcp_options(&gate_tests::packets::LINUX_SYN_OPTIONS)
+                .build(),
+            "syn",
+        ),
+        (
+            "IPv6 SYN to port 587",
+            PacketBuilder::ipv6(STRANGER6, SERVER6)
+                .tcp(40000, 587, SYN)
+                .build(),
+            "syn",
+        ),
+        (
+            "IPv4 options",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .tcp(40000, 25, SYN)
+                .ipv4_options(&[1; 4])
+                .build(),
+            "walk",
+        ),
+        (
+            "VLAN tag",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .vlan(VlanTag::dot1q(7))
+                .tcp(40000, 25, ACK)
+                .build(),
+            "walk",
+        ),
+        (
+            "IPv6 hop-by-hop",
+            PacketBuilder::ipv6(STRANGER6, SERVER6)
+                .ext(Ipv6Ext::HOP_BY_HOP)
+                .udp(5, 6)
+                .build(),
+            "walk",
+        ),
+        (
+            "first fragment",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .tcp(40000, 25, SYN)
+                .ipv4_fragment(0, true)
+                .build(),
+            "walk",
+        ),
+    ];
+    for (what, frame, want) in cases {
+        assert_eq!(decided(&frame), want, "{what}");
+        check_plain_agrees(&state, &frame, frame.len(), what);
+    }
+}
+
+/// Seeds: SYN shapes around the gate's decisions, and the everyday traffic
+/// the shortcut decides.
 fn seeds() -> Vec<Vec<u8>> {
     let syn4 = || PacketBuilder::ipv4(STRANGER4, SERVER4).tcp(40000, 25, SYN);
     let syn6 = || PacketBuilder::ipv6(STRANGER6, SERVER6).tcp(40000, 25, SYN);
@@ -263,6 +431,21 @@ fn seeds() -> Vec<Vec<u8>> {
             .vlan(VlanTag::dot1q(0))
             .ext(Ipv6Ext::HOP_BY_HOP)
             .build(),
+        PacketBuilder::ipv4(STRANGER4, SERVER4)
+            .udp(5353, 53)
+            .payload(&[1; 20])
+            .build(),
+        PacketBuilder::ipv6(STRANGER6, SERVER6)
+            .udp(5353, 53)
+            .build(),
+        PacketBuilder::ipv4(STRANGER4, SERVER4)
+            .tcp(40000, 25, ACK)
+            .payload(&[2; 30])
+            .build(),
+        PacketBuilder::ipv4(GRANTED4, SERVER4)
+            .tcp(40000, 25, SYN)
+            .tcp_options(&gate_tests::packets::LINUX_SYN_OPTIONS)
+            .build(),
     ]
 }
 
@@ -274,6 +457,7 @@ fn seeds() -> Vec<Vec<u8>> {
 #[test]
 fn fuzzed_frames_keep_the_contracts() {
     let state = tables(DenyMode::Drop);
+    let variants = settings_variants();
     let seeds = seeds();
     let mut rng = Rng(0x5eed_0f9a_7e00);
     let iterations = 200_000;
@@ -294,6 +478,14 @@ fn fuzzed_frames_keep_the_contracts() {
                 }
                 _ => {}
             }
+        }
+        for (name, variant) in &variants {
+            check_plain_agrees(
+                variant,
+                &frame,
+                frame.len(),
+                &format!("fuzz case {i}, {name}"),
+            );
         }
         let verdict = whole(&state, &frame);
         if verdict.1 != Outcome::NotGated && verdict.1 != Outcome::Malformed {

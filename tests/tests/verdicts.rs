@@ -28,7 +28,6 @@ use gate_tests::packets::{
 use smtp_gate::{
     addr::Cidr,
     gate::{
-        clock,
         local_addrs::{HostAddresses, LocalAddr},
         object, privilege, GateMaps,
     },
@@ -61,6 +60,8 @@ const SERVER4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 25);
 const STRANGER4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const EXEMPT_NET4: &str = "192.0.2.0/24";
 const EXEMPT4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+/// In the exempt /24 and granted too: the grant is looked up first.
+const EXEMPT_AND_GRANTED4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 78);
 /// Just outside EXEMPT_NET4.
 const BESIDE_EXEMPT4: Ipv4Addr = Ipv4Addr::new(192, 0, 3, 77);
 /// Granted now, with the window of the settings.
@@ -214,7 +215,7 @@ impl Gate {
                 .exempt_add(cidr)
                 .expect("adding an exempt network");
         }
-        let now = clock::boottime_ns();
+        let now = gate.maps.now_ns().expect("reading the gate's clock");
         let ago = |d: Duration| {
             now.checked_sub(d.as_nanos() as u64).expect(
                 "the host has been up for less than two grant windows: \
@@ -222,7 +223,8 @@ impl Gate {
             )
         };
         let hour = Duration::from_secs(3600);
-        let grants: [(IpAddr, u64, Option<Duration>); 9] = [
+        let grants: [(IpAddr, u64, Option<Duration>); 10] = [
+            (EXEMPT_AND_GRANTED4.into(), now, None),
             (GRANTED4.into(), now, None),
             (EXPIRED4.into(), ago(WINDOW + Duration::from_secs(5)), None),
             (OWN_FRESH4.into(), ago(2 * WINDOW), Some(hour)),
@@ -408,6 +410,9 @@ fn settings(mode: DenyMode) -> Settings {
         log_rate_per_sec: 0,
         log_burst: 0,
         dest_scoped: 0,
+        // Filled in by GateMaps::set_settings.
+        tick_ns: 0,
+        exempt_in_use: 0,
         reserved: 0,
     }
 }
@@ -827,6 +832,12 @@ fn verdict_rows() -> Vec<Row> {
             syn4(BESIDE_EXEMPT4, SMTP).build(),
             Drop,
             DeniedDrop,
+        ),
+        row(
+            "IPv4 source exempt and granted: counted as granted (grant looked up first)",
+            syn4(EXEMPT_AND_GRANTED4, SMTP).build(),
+            Pass,
+            Granted,
         ),
         row(
             "IPv6 source in the exempt /64",

@@ -70,6 +70,10 @@ enum Command {
         /// Fewer repetitions, for a first look.
         #[arg(long)]
         quick: bool,
+        /// kernel: only the cases whose name contains this (one grant
+        /// count, no floor or capacity check).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -121,7 +125,7 @@ fn main() -> Result<()> {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             run_lab_binary("gate-fuzz", &args)
         }
-        Command::Bench { suite, quick } => {
+        Command::Bench { suite, quick, only } => {
             setup::setup()?;
             let mut args = vec![
                 "run",
@@ -133,6 +137,9 @@ fn main() -> Result<()> {
             ];
             if quick {
                 args.push("--quick");
+            }
+            if let Some(only) = &only {
+                args.extend(["--only", only.as_str()]);
             }
             cargo(&args)
         }

@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, Xdp};
 use gate_common::program_names;
 use gate_tests::packets::{tcp_flags, PacketBuilder, LINUX_SYN_OPTIONS};
-use smtp_gate::gate::clock;
 
 use crate::kernel::{load_programs, mean_ns};
 
@@ -22,11 +21,7 @@ pub struct TestRunCost {
 /// Median of `runs` measurements of `repeat` repetitions each.
 pub fn measure(repeat: u32, runs: usize) -> Result<TestRunCost> {
     let (ebpf, mut maps) = load_programs(1024)?;
-    maps.grant_at(
-        Ipv4Addr::new(10, 231, 1, 2).into(),
-        clock::boottime_ns(),
-        None,
-    )?;
+    maps.grant(Ipv4Addr::new(10, 231, 1, 2).into(), None)?;
     let packet: &'static [u8] = Box::leak(
         PacketBuilder::ipv4(Ipv4Addr::new(198, 18, 7, 9), Ipv4Addr::new(10, 231, 1, 1))
             .tcp(40_000, 25, tcp_flags::SYN)

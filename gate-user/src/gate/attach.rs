@@ -335,6 +335,20 @@ fn install(
             .unwrap_or_else(default_settings);
         configure(dir, req, Some(base))?;
     }
+    // The kept grants of a gate that stamped on CLOCK_BOOTTIME move to the
+    // gate's clock just before the new program replaces the old one: in
+    // between, either program finds them stamped on the other's clock and
+    // denies (a SYN retransmitted a second later finds them converted).
+    if let Some(upgrade) = upgrade.filter(|u| u.stamps_on_boottime) {
+        let moved = GateMaps::open(dir)?.restamp_from_boottime()?;
+        if moved > 0 {
+            log::info!(
+                "moved {moved} grant(s) from CLOCK_BOOTTIME stamps to the gate's clock \
+                 (replaced maps: {})",
+                upgrade.replaced().join(", ")
+            );
+        }
+    }
     let link = swap::put_on_interface(&mut ebpf, dir, &req.iface, mode, existing)?;
     let mut warnings = Vec::new();
     if upgrade.is_some() {

@@ -1,10 +1,57 @@
-//! The clock of grant stamps. CLOCK_BOOTTIME in user space is the clock of
-//! `bpf_ktime_get_boot_ns()` in the program, and unlike CLOCK_MONOTONIC it
-//! keeps counting across suspend, so a grant cannot outlive its window on
-//! a host that slept.
+//! The gate's clock: the kernel's jiffies times the length of a tick, in
+//! nanoseconds. The program reads it with `bpf_jiffies64`, which the
+//! verifier inlines into one load (the nanosecond clocks cost as much as
+//! the grant lookup itself), so grant stamps are written on it too.
+//!
+//! User space cannot read jiffies directly. Rather than deriving them from
+//! another clock (jiffies follow CLOCK_MONOTONIC at a fixed but unknown
+//! offset, and a stamp computed a tick ahead of the kernel would read as a
+//! stamp in the future, which is never fresh), a probe program of a few
+//! instructions is run with BPF_PROG_TEST_RUN and returns the very value
+//! the gate reads. The tick length is the resolution of the coarse clocks
+//! (`clock_getres(CLOCK_MONOTONIC_COARSE)` is TICK_NSEC by definition).
+//!
+//! Like CLOCK_MONOTONIC, jiffies stand still while the host is suspended:
+//! a grant lasts its window of time awake. Expiry is exact to one tick.
 
-use std::time::Duration;
+use std::io;
 
+use anyhow::{Context, Result};
+
+use super::bpf_asm::{
+    insn, load_xdp, run_once_into, Insn, ProgFd, ADD64_IMM, CALL, EXIT, JGT_REG, LDX_W, MOV64_IMM,
+    MOV64_REG, STX_DW, XDP_PASS,
+};
+
+const BPF_FUNC_JIFFIES64: i32 = 118;
+/// The attach type of an XDP program loaded for test runs only.
+const BPF_XDP: u32 = 37;
+/// The probe's frame: an Ethernet header's worth, which XDP test runs ask
+/// for at least.
+const PROBE_FRAME_LEN: usize = 64;
+
+/// Nanoseconds per jiffy on this kernel.
+pub fn tick_ns() -> Result<u32> {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: res is a valid timespec.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error())
+            .context("clock_getres(CLOCK_MONOTONIC_COARSE) for the kernel's tick length");
+    }
+    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    // HZ is at least 24 on every architecture: a tick is under 42 ms.
+    match u32::try_from(ns) {
+        Ok(ns) if (1..=50_000_000).contains(&ns) => Ok(ns),
+        _ => anyhow::bail!("the kernel reports an implausible tick length of {ns} ns"),
+    }
+}
+
+/// CLOCK_BOOTTIME, the clock of grant stamps before the gate's clock
+/// (upgrades convert such stamps).
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -16,6 +63,110 @@ pub fn boottime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub fn boottime() -> Duration {
-    Duration::from_nanos(boottime_ns())
+/// Reads the gate's clock: the loaded probe and the tick length.
+pub struct GateClock {
+    probe: ProgFd,
+    tick_ns: u32,
+}
+
+/// The probe: writes `bpf_jiffies64()` into the first 8 octets of the
+/// frame and passes it.
+fn probe_program() -> [Insn; 9] {
+    [
+        insn(LDX_W, 6, 1, 0, 0), // r6 = ctx->data
+        insn(LDX_W, 7, 1, 4, 0), // r7 = ctx->data_end
+        insn(MOV64_REG, 8, 6, 0, 0),
+        insn(ADD64_IMM, 8, 0, 0, 8),
+        insn(JGT_REG, 8, 7, 2, 0), // frame shorter than 8: skip the write
+        insn(CALL, 0, 0, 0, BPF_FUNC_JIFFIES64),
+        insn(STX_DW, 6, 0, 0, 0), // *(u64 *)data = r0
+        insn(MOV64_IMM, 0, 0, 0, XDP_PASS),
+        insn(EXIT, 0, 0, 0, 0),
+    ]
+}
+
+impl GateClock {
+    /// Loads the probe (root, or CAP_BPF with CAP_NET_ADMIN).
+    pub fn open() -> Result<Self> {
+        let probe = load_xdp(&probe_program(), "smtp_gate_clock", BPF_XDP)
+            .context("loading the gate clock's probe program")?;
+        Ok(Self {
+            probe,
+            tick_ns: tick_ns()?,
+        })
+    }
+
+    pub fn tick_ns(&self) -> u32 {
+        self.tick_ns
+    }
+
+    /// The kernel's jiffies now.
+    pub fn jiffies(&self) -> Result<u64> {
+        let frame = [0u8; PROBE_FRAME_LEN];
+        let mut out = [0u8; PROBE_FRAME_LEN];
+        let (verdict, len) = run_once_into(&self.probe, &frame, &mut out)
+            .context("running the gate clock's probe")?;
+        if verdict != XDP_PASS as u32 || len < 8 {
+            anyhow::bail!("the gate clock's probe returned {verdict} with {len} octets");
+        }
+        Ok(u64::from_ne_bytes(out[..8].try_into().expect("8 octets")))
+    }
+
+    /// The gate's clock now, in nanoseconds.
+    pub fn now_ns(&self) -> Result<u64> {
+        Ok(self.jiffies()?.wrapping_mul(self.tick_ns as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CONFIG_HZ, from the kernel's own config where the distribution
+    /// installs it.
+    fn config_hz() -> Option<u64> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// The probe reads jiffies: they advance at one per tick.
+    #[test]
+    fn probe_reads_jiffies() {
+        crate::gate::privilege::require_root("the gate clock's probe")
+            .expect("this test must run as root; it does not skip");
+        let clock = GateClock::open().expect("loading the probe");
+        let tick = clock.tick_ns() as u64;
+        let started = std::time::Instant::now();
+        let before = clock.jiffies().expect("jiffies");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let after = clock.jiffies().expect("jiffies");
+        let elapsed = started.elapsed().as_nanos() as u64;
+        let ticks = after - before;
+        // Within two ticks of the elapsed time (one at each end), and
+        // never ahead of it by more.
+        assert!(
+            ticks * tick <= elapsed + 2 * tick && ticks * tick + 2 * tick >= 200_000_000,
+            "{ticks} ticks of {tick} ns in {elapsed} ns"
+        );
+        let now = clock.now_ns().expect("now");
+        assert!(now >= after * tick, "now_ns is jiffies times the tick");
+    }
+
+    #[test]
+    fn tick_length_is_a_kernel_tick() {
+        let tick = tick_ns().expect("tick length") as u64;
+        let hz = 1_000_000_000 / tick;
+        assert!(
+            [24, 32, 48, 64, 100, 128, 200, 250, 256, 300, 500, 512, 1000, 1024, 1200]
+                .contains(&hz),
+            "{tick} ns per tick is no CONFIG_HZ"
+        );
+        if let Some(config) = config_hz() {
+            assert_eq!(hz, config, "tick length against the kernel's config");
+        }
+    }
 }

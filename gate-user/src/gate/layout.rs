@@ -1,9 +1,10 @@
 //! The shape of each pinned map (type, key and value size, entries),
 //! compared with what this build expects. A gate pinned by an older
 //! smtp-gate may have maps of another layout (the settings value grew from
-//! 40 to 48 octets, the stats array from 8 to 16 slots, the scope and
-//! local-address maps are new): loading this build's program over them
-//! would fail in the verifier, and typed access would read garbage.
+//! 40 to 48 to 56 octets, the stats array from 8 to 16 slots and then to
+//! one per-CPU value of 16 counters, the scope and local-address maps are
+//! new): loading this build's program over them would fail in the
+//! verifier, and typed access would read garbage.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, MapInfo};
 use gate_common::{
     map_names::{GRANTS_V4, GRANTS_V6, SETTINGS, STATS},
-    Settings, STATS_SLOTS,
+    Counters, Settings,
 };
 
 use super::{attach::ALL_MAPS, object, pins::PinDir};
@@ -109,7 +110,7 @@ pub fn require_current(dir: &PinDir) -> Result<()> {
     let info = |name: &str| MapInfo::from_pin(dir.map(name)).ok();
     let settings_ok =
         info(SETTINGS).is_some_and(|i| i.value_size() as usize == size_of::<Settings>());
-    let stats_ok = info(STATS).is_some_and(|i| i.max_entries() >= STATS_SLOTS);
+    let stats_ok = info(STATS).is_some_and(|i| i.value_size() as usize == size_of::<Counters>());
     // Every map of this build is pinned (a gate of an older build lacks
     // the maps added since).
     let new_maps_ok = ALL_MAPS.iter().all(|name| dir.map(name).exists());

@@ -2,6 +2,7 @@
 //! (CLI, daemon) or from a freshly loaded object (tests, benchmarks).
 
 use std::{
+    cell::OnceCell,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
@@ -19,12 +20,14 @@ use gate_common::{
         EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6, SCOPE_V4,
         SCOPE_V6, SETTINGS, STATS,
     },
-    Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, Outcome, Settings,
+    Counters, Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, Outcome, Settings,
+    EXEMPT_V4_IN_USE, EXEMPT_V6_IN_USE,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
-    clock, layout,
+    clock::{self, GateClock},
+    layout,
     local_addrs::{HostAddresses, LocalAddr},
     pins::PinDir,
 };
@@ -39,7 +42,9 @@ pub struct GateMaps {
     local_v6: HashMap<MapData, [u8; 16], Local>,
     iface_macs: HashMap<MapData, u32, IfaceMac>,
     settings: Array<MapData, Settings>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Counters>,
+    /// Loaded when a stamp is first needed.
+    clock: OnceCell<GateClock>,
 }
 
 /// Which half of a set replacement comes first.
@@ -154,17 +159,32 @@ impl GateMaps {
             iface_macs: typed(get(IFACE_MACS)?, IFACE_MACS)?,
             settings: typed(get(SETTINGS)?, SETTINGS)?,
             stats: typed(get(STATS)?, STATS)?,
+            clock: OnceCell::new(),
         })
+    }
+
+    fn clock(&self) -> Result<&GateClock> {
+        if let Some(clock) = self.clock.get() {
+            return Ok(clock);
+        }
+        let clock = GateClock::open()?;
+        Ok(self.clock.get_or_init(|| clock))
+    }
+
+    /// The gate's clock now (see `gate_common::Grant`), in nanoseconds.
+    pub fn now_ns(&self) -> Result<u64> {
+        self.clock()?.now_ns()
     }
 
     /// Grants `addr` as of now: with the configured window, or for
     /// `lifetime` if given. A later grant of the same address refreshes it.
     pub fn grant(&mut self, addr: IpAddr, lifetime: Option<Duration>) -> Result<()> {
-        self.grant_at(addr, clock::boottime_ns(), lifetime)
+        let now = self.now_ns()?;
+        self.grant_at(addr, now, lifetime)
     }
 
-    /// Grants with an explicit CLOCK_BOOTTIME stamp (tests use stamps in
-    /// the past to make expired grants).
+    /// Grants with an explicit stamp on the gate's clock (tests use stamps
+    /// in the past to make expired grants).
     pub fn grant_at(
         &mut self,
         addr: IpAddr,
@@ -198,7 +218,7 @@ impl GateMaps {
 
     /// Every grant in the maps, fresh or not, oldest first.
     pub fn grants(&self) -> Result<Vec<GrantEntry>> {
-        let now = clock::boottime_ns();
+        let now = self.now_ns()?;
         let window = self.settings()?.window_ns;
         let entry = |addr: IpAddr, grant: Grant| GrantEntry {
             addr,
@@ -233,19 +253,37 @@ impl GateMaps {
         self.settings.get(&0, 0).map_err(|e| map_error(SETTINGS, e))
     }
 
+    /// Writes `settings`, with the fields that describe the host and the
+    /// maps rather than the operator's wishes filled in here: the tick
+    /// length of the gate's clock and which exempt tries are in use.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        let mut settings = *settings;
+        settings.tick_ns = clock::tick_ns()?;
+        settings.exempt_in_use = self.exempt.in_use()?;
+        settings.reserved = 0;
         self.settings
             .set(0, settings, 0)
             .map_err(|e| map_error(SETTINGS, e))
     }
 
+    /// Tells the program which exempt tries to look into: after networks
+    /// went in (until then they are not exempt yet), and after the last
+    /// one of a family went out (the lookups find nothing meanwhile).
+    fn note_exempt_change(&mut self) -> Result<()> {
+        let settings = self.settings()?;
+        self.set_settings(&settings)
+    }
+
     pub fn exempt_add(&mut self, cidr: Cidr) -> Result<()> {
-        self.exempt.add(cidr)
+        self.exempt.add(cidr)?;
+        self.note_exempt_change()
     }
 
     /// Removes an exempt network; false if it was not there.
     pub fn exempt_del(&mut self, cidr: Cidr) -> Result<bool> {
-        self.exempt.del(cidr)
+        let removed = self.exempt.del(cidr)?;
+        self.note_exempt_change()?;
+        Ok(removed)
     }
 
     pub fn exempt_list(&self) -> Result<Vec<Cidr>> {
@@ -256,7 +294,8 @@ impl GateMaps {
     /// ones come in: while it changes, the set never exempts more than
     /// either.
     pub fn exempt_replace(&mut self, cidrs: &[Cidr]) -> Result<()> {
-        self.exempt.replace(cidrs, Order::RemoveFirst)
+        self.exempt.replace(cidrs, Order::RemoveFirst)?;
+        self.note_exempt_change()
     }
 
     /// The destination networks the gate is scoped to (`--dest`); they
@@ -357,18 +396,63 @@ impl GateMaps {
     /// Counters summed over CPUs, in `Outcome` order.
     pub fn stats(&self) -> Result<[u64; Outcome::COUNT as usize]> {
         let mut totals = [0u64; Outcome::COUNT as usize];
-        for outcome in Outcome::ALL {
-            let per_cpu = self
-                .stats
-                .get(&(outcome as u32), 0)
-                .map_err(|e| map_error(STATS, e))?;
-            totals[outcome as usize] = per_cpu.iter().sum();
+        let per_cpu = self.stats.get(&0, 0).map_err(|e| map_error(STATS, e))?;
+        for counters in per_cpu.iter() {
+            for (total, count) in totals.iter_mut().zip(counters.slots) {
+                *total += count;
+            }
         }
         Ok(totals)
+    }
+
+    /// Moves the stamps of grants written on CLOCK_BOOTTIME (by an
+    /// smtp-gate before the gate's clock) to the gate's clock, each
+    /// keeping its age. Returns how many there were.
+    pub fn restamp_from_boottime(&mut self) -> Result<usize> {
+        let now = self.now_ns()?;
+        let boot_now = clock::boottime_ns();
+        let restamp = |grant: Grant| Grant {
+            granted_at_ns: if grant.granted_at_ns <= boot_now {
+                now.saturating_sub(boot_now - grant.granted_at_ns)
+            } else {
+                // A stamp in the future stays one (never fresh).
+                now.saturating_add(grant.granted_at_ns - boot_now)
+            },
+            lifetime_ns: grant.lifetime_ns,
+        };
+        let v4: Vec<(GrantKeyV4, Grant)> = self.grants_v4.iter().filter_map(Result::ok).collect();
+        let v6: Vec<(GrantKeyV6, Grant)> = self.grants_v6.iter().filter_map(Result::ok).collect();
+        let count = v4.len() + v6.len();
+        for (key, grant) in v4 {
+            self.grants_v4
+                .insert(key, restamp(grant), 0)
+                .map_err(|e| map_error(GRANTS_V4, e))?;
+        }
+        for (key, grant) in v6 {
+            self.grants_v6
+                .insert(key, restamp(grant), 0)
+                .map_err(|e| map_error(GRANTS_V6, e))?;
+        }
+        Ok(count)
     }
 }
 
 impl CidrSet {
+    /// `EXEMPT_V4_IN_USE` and `EXEMPT_V6_IN_USE` for the tries that hold
+    /// networks.
+    fn in_use(&self) -> Result<u32> {
+        let mut bits = 0;
+        if let Some(key) = self.v4.keys().next() {
+            key.map_err(|e| map_error(self.names[0], e))?;
+            bits |= EXEMPT_V4_IN_USE;
+        }
+        if let Some(key) = self.v6.keys().next() {
+            key.map_err(|e| map_error(self.names[1], e))?;
+            bits |= EXEMPT_V6_IN_USE;
+        }
+        Ok(bits)
+    }
+
     fn add(&mut self, cidr: Cidr) -> Result<()> {
         let value = Exempt { enabled: 1 };
         match cidr.net() {

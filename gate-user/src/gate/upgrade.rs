@@ -21,6 +21,9 @@ pub struct Upgrade {
     /// The old gate's settings, when its settings map is among the
     /// replaced ones (otherwise the pinned settings map is kept).
     pub carried: Option<Settings>,
+    /// The old gate stamped its grants on CLOCK_BOOTTIME (a settings
+    /// value without a tick length): the kept grants need new stamps.
+    pub stamps_on_boottime: bool,
 }
 
 impl Upgrade {
@@ -37,11 +40,18 @@ impl Upgrade {
                 MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             old.push((*name, data));
         }
-        let carried = match old.iter().find(|(name, _)| *name == SETTINGS) {
-            Some((_, data)) => Some(read_old_settings(data)?),
-            None => None,
+        let (carried, stamps_on_boottime) = match old.iter().find(|(name, _)| *name == SETTINGS) {
+            Some((_, data)) => {
+                let (settings, boottime) = read_old_settings(data)?;
+                (Some(settings), boottime)
+            }
+            None => (None, false),
         };
-        let upgrade = Self { old, carried };
+        let upgrade = Self {
+            old,
+            carried,
+            stamps_on_boottime,
+        };
         for (name, _) in &upgrade.old {
             if let Err(e) = remove_pin(dir, name) {
                 upgrade.roll_back(dir);
@@ -79,22 +89,27 @@ fn remove_pin(dir: &PinDir, name: &str) -> Result<()> {
 }
 
 /// Size of the settings value before `dest_scoped` and `reserved` came.
-const OLD_SETTINGS_SIZE: usize = 40;
+const FIRST_SETTINGS_SIZE: usize = 40;
+/// Size of the settings value before the gate's clock (`tick_ns`) came;
+/// grants were stamped on CLOCK_BOOTTIME until then.
+const BOOTTIME_SETTINGS_SIZE: usize = 48;
 
 /// Reads the settings of an older gate by the layout it was written in:
 /// window_ns (u64), ports ([u16; 8]), port_count, deny_mode,
-/// log_rate_per_sec, log_burst (u32 each), in the host's byte order. Any
+/// log_rate_per_sec, log_burst (u32 each), then in the second layout
+/// dest_scoped and padding (u32 each), in the host's byte order; and
+/// whether its grants were stamped on CLOCK_BOOTTIME (both did). Any
 /// other size is not a layout this build knows: the new gate starts from
 /// its defaults then.
-fn read_old_settings(data: &MapData) -> Result<Settings> {
+fn read_old_settings(data: &MapData) -> Result<(Settings, bool)> {
     let info = data.info().context("reading the old settings map")?;
-    if info.value_size() as usize != OLD_SETTINGS_SIZE {
+    let size = info.value_size() as usize;
+    if size != FIRST_SETTINGS_SIZE && size != BOOTTIME_SETTINGS_SIZE {
         warn!(
-            "the old settings map has {}-octet values, a layout this build does not know: \
-             the upgraded gate starts from the default settings",
-            info.value_size()
+            "the old settings map has {size}-octet values, a layout this build does not know: \
+             the upgraded gate starts from the default settings"
         );
-        return Ok(Settings::UNCONFIGURED);
+        return Ok((Settings::UNCONFIGURED, false));
     }
     let fd = data
         .fd()
@@ -102,13 +117,23 @@ fn read_old_settings(data: &MapData) -> Result<Settings> {
         .try_clone_to_owned()
         .context("duplicating the old settings map's fd")?;
     let map = Map::from_map_data(MapData::from_fd(fd)?)?;
-    let array: Array<MapData, [u8; OLD_SETTINGS_SIZE]> =
-        Array::try_from(map).context("the old settings map is not an array")?;
-    let raw = array.get(&0, 0).context("reading the old settings")?;
-    Ok(parse_old_settings(&raw))
+    let raw = if size == FIRST_SETTINGS_SIZE {
+        read_value::<FIRST_SETTINGS_SIZE>(map)?.to_vec()
+    } else {
+        read_value::<BOOTTIME_SETTINGS_SIZE>(map)?.to_vec()
+    };
+    Ok((parse_old_settings(&raw), true))
 }
 
-fn parse_old_settings(raw: &[u8; OLD_SETTINGS_SIZE]) -> Settings {
+/// The one value of an array map of `N`-octet values.
+fn read_value<const N: usize>(map: Map) -> Result<[u8; N]> {
+    let array: Array<MapData, [u8; N]> =
+        Array::try_from(map).context("the old settings map is not an array")?;
+    array.get(&0, 0).context("reading the old settings")
+}
+
+/// Either old layout: the second one only added fields at the end.
+fn parse_old_settings(raw: &[u8]) -> Settings {
     let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().unwrap());
     let mut settings = Settings::UNCONFIGURED;
     settings.window_ns = u64::from_ne_bytes(raw[0..8].try_into().unwrap());
@@ -120,6 +145,9 @@ fn parse_old_settings(raw: &[u8; OLD_SETTINGS_SIZE]) -> Settings {
     settings.deny_mode = u32_at(28);
     settings.log_rate_per_sec = u32_at(32);
     settings.log_burst = u32_at(36);
+    if raw.len() >= BOOTTIME_SETTINGS_SIZE {
+        settings.dest_scoped = u32_at(40);
+    }
     settings
 }
 
@@ -129,7 +157,7 @@ mod tests {
 
     #[test]
     fn old_settings_layout_is_read_field_by_field() {
-        let mut raw = [0u8; OLD_SETTINGS_SIZE];
+        let mut raw = [0u8; FIRST_SETTINGS_SIZE];
         raw[0..8].copy_from_slice(&(420u64 * 1_000_000_000).to_ne_bytes());
         raw[8..10].copy_from_slice(&25u16.to_ne_bytes());
         raw[10..12].copy_from_slice(&587u16.to_ne_bytes());
@@ -145,5 +173,16 @@ mod tests {
         assert_eq!(s.log_rate_per_sec, 7);
         assert_eq!(s.log_burst, 14);
         assert_eq!(s.dest_scoped, 0);
+
+        let mut second = [0u8; BOOTTIME_SETTINGS_SIZE];
+        second[..FIRST_SETTINGS_SIZE].copy_from_slice(&raw);
+        second[40..44].copy_from_slice(&1u32.to_ne_bytes());
+        let s = parse_old_settings(&second);
+        assert_eq!(s.window_ns, 420_000_000_000);
+        assert_eq!(s.log_burst, 14);
+        assert_eq!(
+            s.dest_scoped, 1,
+            "the second layout's scope flag is carried"
+        );
     }
 }

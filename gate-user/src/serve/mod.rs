@@ -68,7 +68,13 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         }
     }
     let held = HeldGate::new(&dir, &iface, mode, attachment.link)?;
-    let grants = Arc::new(GateGrantSink::new(GateMaps::open(&dir)?));
+    let grant_maps = GateMaps::open(&dir)?;
+    // The clock's probe is loaded now, so that a host where it cannot be
+    // fails at start and not at the first login.
+    grant_maps
+        .now_ns()
+        .context("reading the gate's clock (jiffies, through a probe program)")?;
+    let grants = Arc::new(GateGrantSink::new(grant_maps));
     let trouble = grants.trouble();
     let watch = watch::Watch::new(
         held,
