@@ -4,7 +4,15 @@ use smtp_gate::gate::{GateMaps, PinDir};
 use crate::cli::{ExemptAction, ExemptArgs};
 
 pub fn exempt(args: ExemptArgs) -> Result<()> {
-    let mut maps = GateMaps::open(&PinDir::new(&args.pins.pin_dir))?;
+    let dir = PinDir::new(&args.pins.pin_dir);
+    // A change of the exempt networks rewrites the settings value (its
+    // `exempt_in_use` bits): under the pin directory's lock, like every
+    // other writer of the settings, so that no change undoes another.
+    let _lock = match args.action {
+        ExemptAction::List { .. } => None,
+        _ => dir.lock()?,
+    };
+    let mut maps = GateMaps::open(&dir)?;
     match args.action {
         ExemptAction::Add { cidr } => {
             maps.exempt_add(cidr)?;

@@ -38,6 +38,9 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
             (l, state)
         })
         .collect();
+    // Read, merged and written under the pin directory's lock, which every
+    // writer of the settings takes (attach, exempt, settings).
+    let _lock = if changing { dir.lock()? } else { None };
     if changing {
         let merged = merge_settings(maps.settings()?, &req)?;
         maps.set_settings(&merged)?;

@@ -335,24 +335,35 @@ fn install(
             .unwrap_or_else(default_settings);
         configure(dir, req, Some(base))?;
     }
+    let link = swap::put_on_interface(&mut ebpf, dir, &req.iface, mode, existing)?;
+    let mut warnings = Vec::new();
     // The kept grants of a gate that stamped on CLOCK_BOOTTIME move to the
-    // gate's clock just before the new program replaces the old one: in
-    // between, either program finds them stamped on the other's clock and
-    // denies (a SYN retransmitted a second later finds them converted).
+    // gate's clock once the new program is in place, and only then: a
+    // failed attach rolls back to the old program, which needs the old
+    // stamps, and a retry must not move them twice. Until they are moved
+    // (a fraction of a second) the new program finds them stamped on
+    // another clock and denies; a SYN retransmitted a second later finds
+    // them moved. A failure here leaves grants unmoved, never fresh.
     if let Some(upgrade) = upgrade.filter(|u| u.stamps_on_boottime) {
-        let moved = GateMaps::open(dir)?.restamp_from_boottime()?;
-        if moved > 0 {
-            log::info!(
+        match GateMaps::open(dir).and_then(|mut maps| maps.restamp_from_boottime()) {
+            Ok(moved) => log::info!(
                 "moved {moved} grant(s) from CLOCK_BOOTTIME stamps to the gate's clock \
                  (replaced maps: {})",
                 upgrade.replaced().join(", ")
-            );
+            ),
+            Err(e) => warnings.push(format!(
+                "the grants kept from the old gate could not be moved to the gate's clock \
+                 and count as expired: {e:#}"
+            )),
         }
+        warnings.push(
+            "if an smtp-gate serve of an older build is still running, restart it with this \
+             build: it stamps grants on CLOCK_BOOTTIME, which this gate reads as long expired"
+                .to_string(),
+        );
     }
-    let link = swap::put_on_interface(&mut ebpf, dir, &req.iface, mode, existing)?;
-    let mut warnings = Vec::new();
     if upgrade.is_some() {
-        warnings = swap::upgrade_other_links(&mut ebpf, dir, &req.iface);
+        warnings.extend(swap::upgrade_other_links(&mut ebpf, dir, &req.iface));
     }
     if !first_attach {
         configure(dir, req, None)?;

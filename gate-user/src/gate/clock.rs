@@ -24,6 +24,7 @@ use super::bpf_asm::{
 };
 
 const BPF_FUNC_JIFFIES64: i32 = 118;
+const BPF_FUNC_KTIME_GET_BOOT_NS: i32 = 125;
 /// The attach type of an XDP program loaded for test runs only.
 const BPF_XDP: u32 = 37;
 /// The probe's frame: an Ethernet header's worth, which XDP test runs ask
@@ -50,8 +51,9 @@ pub fn tick_ns() -> Result<u32> {
     }
 }
 
-/// CLOCK_BOOTTIME, the clock of grant stamps before the gate's clock
-/// (upgrades convert such stamps).
+/// CLOCK_BOOTTIME of this process (a time namespace may offset it): the
+/// clock older builds stamped grants on. Upgrades read the kernel's own
+/// through the probe (`GateClock::boot_ns`).
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -70,16 +72,18 @@ pub struct GateClock {
 }
 
 /// The probe: writes `bpf_jiffies64()` into the first 8 octets of the
-/// frame and passes it.
-fn probe_program() -> [Insn; 9] {
+/// frame and `bpf_ktime_get_boot_ns()` into the next 8, and passes it.
+fn probe_program() -> [Insn; 11] {
     [
         insn(LDX_W, 6, 1, 0, 0), // r6 = ctx->data
         insn(LDX_W, 7, 1, 4, 0), // r7 = ctx->data_end
         insn(MOV64_REG, 8, 6, 0, 0),
-        insn(ADD64_IMM, 8, 0, 0, 8),
-        insn(JGT_REG, 8, 7, 2, 0), // frame shorter than 8: skip the write
+        insn(ADD64_IMM, 8, 0, 0, 16),
+        insn(JGT_REG, 8, 7, 4, 0), // frame shorter than 16: skip the writes
         insn(CALL, 0, 0, 0, BPF_FUNC_JIFFIES64),
         insn(STX_DW, 6, 0, 0, 0), // *(u64 *)data = r0
+        insn(CALL, 0, 0, 0, BPF_FUNC_KTIME_GET_BOOT_NS),
+        insn(STX_DW, 6, 0, 8, 0), // *(u64 *)(data + 8) = r0
         insn(MOV64_IMM, 0, 0, 0, XDP_PASS),
         insn(EXIT, 0, 0, 0, 0),
     ]
@@ -100,16 +104,30 @@ impl GateClock {
         self.tick_ns
     }
 
-    /// The kernel's jiffies now.
-    pub fn jiffies(&self) -> Result<u64> {
+    /// The kernel's jiffies and CLOCK_BOOTTIME (the kernel's, which no
+    /// time namespace offsets), read together.
+    fn probe(&self) -> Result<(u64, u64)> {
         let frame = [0u8; PROBE_FRAME_LEN];
         let mut out = [0u8; PROBE_FRAME_LEN];
         let (verdict, len) = run_once_into(&self.probe, &frame, &mut out)
             .context("running the gate clock's probe")?;
-        if verdict != XDP_PASS as u32 || len < 8 {
+        if verdict != XDP_PASS as u32 || len < 16 {
             anyhow::bail!("the gate clock's probe returned {verdict} with {len} octets");
         }
-        Ok(u64::from_ne_bytes(out[..8].try_into().expect("8 octets")))
+        let word = |at: usize| u64::from_ne_bytes(out[at..at + 8].try_into().expect("8 octets"));
+        Ok((word(0), word(8)))
+    }
+
+    /// The kernel's jiffies now.
+    pub fn jiffies(&self) -> Result<u64> {
+        Ok(self.probe()?.0)
+    }
+
+    /// The gate's clock and the kernel's CLOCK_BOOTTIME now, in
+    /// nanoseconds.
+    pub fn now_and_boot_ns(&self) -> Result<(u64, u64)> {
+        let (jiffies, boot) = self.probe()?;
+        Ok((jiffies.wrapping_mul(self.tick_ns as u64), boot))
     }
 
     /// The gate's clock now, in nanoseconds.
@@ -154,6 +172,14 @@ mod tests {
         );
         let now = clock.now_ns().expect("now");
         assert!(now >= after * tick, "now_ns is jiffies times the tick");
+        // The kernel's boot clock, read beside jiffies, is this process's
+        // (no time namespace here).
+        let (_, boot) = clock.now_and_boot_ns().expect("boot clock");
+        let own = boottime_ns();
+        assert!(
+            boot <= own && own - boot < 1_000_000_000,
+            "probe boot clock {boot} against CLOCK_BOOTTIME {own}"
+        );
     }
 
     #[test]

@@ -407,10 +407,11 @@ impl GateMaps {
 
     /// Moves the stamps of grants written on CLOCK_BOOTTIME (by an
     /// smtp-gate before the gate's clock) to the gate's clock, each
-    /// keeping its age. Returns how many there were.
+    /// keeping its age. Returns how many were moved. A grant that changed
+    /// meanwhile (granted anew, on the gate's clock) is left alone, and
+    /// one revoked meanwhile is not brought back.
     pub fn restamp_from_boottime(&mut self) -> Result<usize> {
-        let now = self.now_ns()?;
-        let boot_now = clock::boottime_ns();
+        let (now, boot_now) = self.clock()?.now_and_boot_ns()?;
         let restamp = |grant: Grant| Grant {
             granted_at_ns: if grant.granted_at_ns <= boot_now {
                 now.saturating_sub(boot_now - grant.granted_at_ns)
@@ -422,18 +423,39 @@ impl GateMaps {
         };
         let v4: Vec<(GrantKeyV4, Grant)> = self.grants_v4.iter().filter_map(Result::ok).collect();
         let v6: Vec<(GrantKeyV6, Grant)> = self.grants_v6.iter().filter_map(Result::ok).collect();
-        let count = v4.len() + v6.len();
+        let mut moved = 0;
         for (key, grant) in v4 {
-            self.grants_v4
-                .insert(key, restamp(grant), 0)
-                .map_err(|e| map_error(GRANTS_V4, e))?;
+            moved += restamp_one(&mut self.grants_v4, GRANTS_V4, key, grant, restamp)? as usize;
         }
         for (key, grant) in v6 {
-            self.grants_v6
-                .insert(key, restamp(grant), 0)
-                .map_err(|e| map_error(GRANTS_V6, e))?;
+            moved += restamp_one(&mut self.grants_v6, GRANTS_V6, key, grant, restamp)? as usize;
         }
-        Ok(count)
+        Ok(moved)
+    }
+}
+
+/// BPF_EXIST: update an entry only if it is there.
+const UPDATE_EXISTING: u64 = 2;
+
+/// Replaces `old` under `key` with `restamp(old)` if it is still `old`;
+/// false if it changed or went meanwhile.
+fn restamp_one<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, Grant>,
+    name: &str,
+    key: K,
+    old: Grant,
+    restamp: impl Fn(Grant) -> Grant,
+) -> Result<bool> {
+    match map.get(&key, 0) {
+        Ok(current) if current == old => {}
+        _ => return Ok(false),
+    }
+    match map.insert(key, restamp(old), UPDATE_EXISTING) {
+        Ok(()) => Ok(true),
+        Err(MapError::SyscallError(ref s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(map_error(name, e)),
     }
 }
 
