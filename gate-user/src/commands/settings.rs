@@ -22,7 +22,6 @@ fn deny_name(raw: u32) -> &'static str {
 
 pub fn settings(args: SettingsArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
-    let mut maps = GateMaps::open(&dir)?;
     let s = &args.settings;
     let req = request("", s)?;
     let changing = s.window.is_some()
@@ -30,6 +29,12 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
         || s.deny.is_some()
         || s.log_rate.is_some()
         || req.dest.is_some();
+    // A change is read, merged and written under the pin directory's lock,
+    // which every writer of the settings takes (attach, exempt, settings),
+    // and into the maps pinned while it is held (not ones a detach and
+    // attach in between replaced).
+    let _lock = if changing { dir.lock()? } else { None };
+    let mut maps = GateMaps::open(&dir)?;
     let links: Vec<_> = dir
         .links()?
         .into_iter()
@@ -38,9 +43,6 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
             (l, state)
         })
         .collect();
-    // Read, merged and written under the pin directory's lock, which every
-    // writer of the settings takes (attach, exempt, settings).
-    let _lock = if changing { dir.lock()? } else { None };
     if changing {
         let merged = merge_settings(maps.settings()?, &req)?;
         maps.set_settings(&merged)?;
