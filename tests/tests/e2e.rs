@@ -1376,11 +1376,14 @@ fn recreated_interface_is_stale_and_the_daemon_attaches_again() {
     // A daemon attaches anew at its start, and again each time the
     // interface is re-created under it.
     let mail = gate_tests::lab::MailFixture::new();
-    let mut daemon = start_daemon(&lab, &mail, &[]);
+    let mut daemon = start_daemon(&lab, &mail, &["--window", "30m"]);
     assert_timed_out(
         client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
         "gated by the daemon's attach",
     );
+    // An operator's change after the daemon started outlives the link: the
+    // daemon attaches again with the pinned settings, not its own flags.
+    lab.gate_ok(&["settings", "--window", "7m"]);
     lab.recreate_link(client);
     wait_for(
         Duration::from_secs(10),
@@ -1395,6 +1398,10 @@ fn recreated_interface_is_stale_and_the_daemon_attaches_again() {
     let settings: serde_json::Value =
         serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings JSON");
     assert_eq!(settings["attached"][0]["state"], "attached", "{settings}");
+    assert_eq!(
+        settings["window_secs"], 420.0,
+        "the operator's window after the daemon attached again: {settings}"
+    );
     stop_daemon(&mut daemon);
 }
 

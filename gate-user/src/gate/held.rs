@@ -146,7 +146,20 @@ impl HeldGate {
         // The maps first, so that the new link runs with the same grants
         // and settings if their pins were gone too.
         self.restore_map_pins(req.allow_private_bpffs, check);
-        let mut req = req.clone();
+        // Maps that are pinned (still, or again) hold the settings, exempt
+        // networks and scope as they are now, changes since the daemon
+        // started included: the link comes back with them. The daemon's
+        // own settings only make a gate whose maps are gone.
+        let maps_kept = self.dir.map(gate_common::map_names::SETTINGS).exists();
+        let mut req = if maps_kept {
+            AttachRequest {
+                iface: req.iface.clone(),
+                allow_private_bpffs: req.allow_private_bpffs,
+                ..AttachRequest::default()
+            }
+        } else {
+            req.clone()
+        };
         req.mode = Some(self.mode);
         match attach::attach_holding(&self.dir, &req) {
             Ok(attachment) => {
