@@ -185,8 +185,9 @@ pub struct Settings {
     /// `EXEMPT_V4_IN_USE` and `EXEMPT_V6_IN_USE`: which exempt trie has
     /// networks. The program looks only into those; a bit set over an
     /// empty trie costs a lookup, a bit missing over a full one exempts
-    /// nothing, so user space sets a bit after the first network went in
-    /// and clears it before the last one goes out.
+    /// nothing (fails closed), so user space writes the bits after each
+    /// change of the tries: set after the first network went in, cleared
+    /// after the last one went out.
     pub exempt_in_use: u32,
     /// Explicit padding, always zero.
     pub reserved: u32,
