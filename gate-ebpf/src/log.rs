@@ -55,43 +55,29 @@ pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome
     };
     // Straight from the packet: an intermediate `Option<Addr>` copy is
     // lowered to a byte-wise memmove loop the verifier walks per path.
+    let dst_port = denial.dst_port;
     match denial.src {
-        None => line_unwalkable(ctx, verdict, suppressed),
-        Some(AddrRef::V4(addr)) => line_v4(ctx, addr, denial.dst_port, verdict, suppressed),
-        Some(AddrRef::V6(addr)) => line_v6(ctx, addr, denial.dst_port, verdict, suppressed),
+        None => warn!(
+            ctx,
+            "denied a packet whose headers are too deep to walk: {} ({} more suppressed)",
+            verdict,
+            suppressed
+        ),
+        Some(AddrRef::V4(addr)) => warn!(
+            ctx,
+            "denied SYN from {} to port {}: {} ({} more suppressed)",
+            Ipv4Addr::from(*addr),
+            dst_port,
+            verdict,
+            suppressed
+        ),
+        Some(AddrRef::V6(addr)) => warn!(
+            ctx,
+            "denied SYN from {} to port {}: {} ({} more suppressed)",
+            Ipv6Addr::from(*addr),
+            dst_port,
+            verdict,
+            suppressed
+        ),
     }
-}
-
-#[inline(always)]
-fn line_unwalkable<C: EbpfContext>(ctx: &C, verdict: &str, suppressed: u64) {
-    warn!(
-        ctx,
-        "denied a packet whose headers are too deep to walk: {} ({} more suppressed)",
-        verdict,
-        suppressed
-    )
-}
-
-#[inline(always)]
-fn line_v4<C: EbpfContext>(ctx: &C, addr: &[u8; 4], port: u16, verdict: &str, suppressed: u64) {
-    warn!(
-        ctx,
-        "denied SYN from {} to port {}: {} ({} more suppressed)",
-        Ipv4Addr::from(*addr),
-        port,
-        verdict,
-        suppressed
-    )
-}
-
-#[inline(always)]
-fn line_v6<C: EbpfContext>(ctx: &C, addr: &[u8; 16], port: u16, verdict: &str, suppressed: u64) {
-    warn!(
-        ctx,
-        "denied SYN from {} to port {}: {} ({} more suppressed)",
-        Ipv6Addr::from(*addr),
-        port,
-        verdict,
-        suppressed
-    )
 }

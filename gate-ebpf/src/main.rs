@@ -20,9 +20,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use gate_common::Outcome;
-use gate_packet::{
-    judge, parse, plain, Action, Packet, PacketMut, Parsed, Plain, Reply, Verdict, MAX_WALK,
-};
+use gate_packet::{decide, Action, Decision, Packet, PacketMut, Reply, Verdict, MAX_WALK};
 
 use state::{count, Maps};
 
@@ -58,16 +56,13 @@ pub fn smtp_gate_xdp(ctx: XdpContext) -> u32 {
     let maps = Maps {
         ifindex: || ctx.ingress_ifindex() as u32,
     };
-    let verdict = match plain(&packet, &maps) {
-        // Most packets: nothing more to do than count them.
-        Plain::NotGated => {
+    match decide(&maps, &packet) {
+        Decision::NotGated => {
             count(Outcome::NotGated, None);
-            return xdp_action::XDP_PASS;
+            xdp_action::XDP_PASS
         }
-        Plain::Syn(syn, config) => judge(&maps, Parsed::Syn(syn), &packet, Some(config)),
-        Plain::Walk => judge(&maps, parse(&packet, &maps), &packet, None),
-    };
-    xdp_act(&ctx, len, verdict)
+        Decision::Judged(verdict) => xdp_act(&ctx, len, verdict),
+    }
 }
 
 #[inline(always)]
@@ -143,15 +138,13 @@ pub fn smtp_gate_tc(ctx: TcContext) -> i32 {
         // SAFETY: reading a field of this program's own skb.
         ifindex: || unsafe { (*ctx.skb.skb).ifindex },
     };
-    let verdict = match plain(&packet, &maps) {
-        Plain::NotGated => {
+    match decide(&maps, &packet) {
+        Decision::NotGated => {
             count(Outcome::NotGated, None);
-            return TC_ACT_UNSPEC;
+            TC_ACT_UNSPEC
         }
-        Plain::Syn(syn, config) => judge(&maps, Parsed::Syn(syn), &packet, Some(config)),
-        Plain::Walk => judge(&maps, parse(&packet, &maps), &packet, None),
-    };
-    tc_act(&ctx, &verdict)
+        Decision::Judged(verdict) => tc_act(&ctx, &verdict),
+    }
 }
 
 #[inline(always)]

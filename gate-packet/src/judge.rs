@@ -6,7 +6,8 @@ use gate_common::{DenyMode, Outcome, Settings, EXEMPT_V4_IN_USE, EXEMPT_V6_IN_US
 use crate::{
     cursor::Packet,
     headers::{EthHdr, ETH_HDR_LEN},
-    parse::{AddrRef, Parsed, Syn},
+    parse::{parse, AddrRef, Parsed, Syn},
+    plain::{plain, Plain},
     reset::Reply,
 };
 
@@ -78,6 +79,38 @@ impl Verdict<'_> {
             reason: None,
             denial: None,
         }
+    }
+}
+
+/// What becomes of a packet, as the kernel program's entries take it: the
+/// plain shapes first (`plain`), the general walk for the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Passed and counted `not_gated`, with nothing else to do: most
+    /// packets, which the entries count and pass at once rather than
+    /// carrying a whole verdict along.
+    NotGated,
+    Judged(Verdict<'a>),
+}
+
+impl<'a> Decision<'a> {
+    /// The verdict this decision amounts to.
+    pub fn verdict(self) -> Verdict<'a> {
+        match self {
+            Decision::NotGated => Verdict::pass(Outcome::NotGated),
+            Decision::Judged(verdict) => verdict,
+        }
+    }
+}
+
+#[inline(always)]
+pub fn decide<'a, S: GateState>(state: &S, packet: &Packet<'a>) -> Decision<'a> {
+    match plain(packet, state) {
+        Plain::NotGated => Decision::NotGated,
+        Plain::Syn(syn, config) => {
+            Decision::Judged(judge(state, Parsed::Syn(syn), packet, Some(config)))
+        }
+        Plain::Walk => Decision::Judged(judge(state, parse(packet, state), packet, None)),
     }
 }
 

@@ -15,7 +15,8 @@ use std::{
 
 use gate_common::{DenyMode, Outcome, Settings, EXEMPT_V4_IN_USE, EXEMPT_V6_IN_USE, MAX_PORTS};
 use gate_packet::{
-    judge, parse, plain, Action, AddrRef, GateState, Packet, Parsed, Plain, Verdict, MAX_WALK,
+    decide, judge, parse, plain, Action, AddrRef, GateState, Packet, Parsed, Plain, Verdict,
+    MAX_WALK,
 };
 use gate_tests::packets::{
     tcp_flags::{ACK, FIN, RST, SYN},
@@ -93,16 +94,7 @@ type Summary = (u8, Outcome, Option<Outcome>);
 /// The verdict as the kernel program's entries reach it: the plain shapes
 /// first, the walk for the rest.
 fn entry_verdict<'a>(state: &Tables, packet: &Packet<'a>) -> Verdict<'a> {
-    match plain(packet, state) {
-        Plain::NotGated => Verdict {
-            action: Action::Pass,
-            outcome: Outcome::NotGated,
-            reason: None,
-            denial: None,
-        },
-        Plain::Syn(syn, config) => judge(state, Parsed::Syn(syn), packet, Some(config)),
-        Plain::Walk => judge(state, parse(packet, state), packet, None),
-    }
+    decide(state, packet).verdict()
 }
 
 /// The verdict by the walk alone.
