@@ -17,7 +17,7 @@ use gate_tests::packets::{tcp_flags, Ipv6Ext, PacketBuilder, VlanTag};
 use serde_json::json;
 use smtp_gate::{
     addr::Cidr,
-    gate::{attach::default_settings, object, GateMaps},
+    gate::{object, settings::default_settings, GateMaps},
 };
 
 use crate::{

@@ -260,20 +260,24 @@ fn example_config_documents_every_key_with_its_default() {
     );
     let attach = documented.attach;
     assert_eq!(
-        attach.window,
+        attach.settings.window,
         Some(Duration::from_nanos(gate_common::DEFAULT_WINDOW_NS)),
         "window"
     );
-    assert_eq!(attach.ports, Some(vec![25]), "ports");
-    assert_eq!(attach.deny, Some(gate_common::DenyMode::Drop), "deny");
+    assert_eq!(attach.settings.ports, Some(vec![25]), "ports");
+    assert_eq!(
+        attach.settings.deny,
+        Some(gate_common::DenyMode::Drop),
+        "deny"
+    );
     assert_eq!(
         attach.capacity,
         Some(gate_common::DEFAULT_GRANT_CAPACITY),
         "capacity"
     );
     assert_eq!(
-        attach.log_rate_per_sec,
-        Some(smtp_gate::gate::attach::DEFAULT_LOG_RATE_PER_SEC),
+        attach.settings.log_rate_per_sec,
+        Some(smtp_gate::gate::settings::DEFAULT_LOG_RATE_PER_SEC),
         "log_rate"
     );
     assert_eq!(attach.mode, Some(smtp_gate::gate::AttachMode::Xdp), "mode");

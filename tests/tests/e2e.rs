@@ -1415,7 +1415,7 @@ fn recreated_interface_is_stale_and_the_daemon_attaches_again() {
 fn declared_map_layout_is_what_the_map_commands_expect() {
     smtp_gate::gate::privilege::require_root("this test").expect("run as root");
     let declared = smtp_gate::gate::layout::declared().expect("loading the object");
-    for name in smtp_gate::gate::attach::ALL_MAPS {
+    for name in smtp_gate::gate::pins::ALL_MAPS {
         assert!(declared.contains_key(name), "the object has no map {name}");
     }
     assert_eq!(
@@ -1685,7 +1685,7 @@ fn host_addresses_are_kept_for_the_reset_mode() {
         .find(|l| l.addr == std::net::IpAddr::from(lab.client.server_v4))
         .map(|l| l.ifindex);
     let real = gate_tests::lab::in_netns(&server, || {
-        smtp_gate::gate::attach::ifindex(&iface).expect("ifindex")
+        smtp_gate::gate::iface::ifindex(&iface).expect("ifindex")
     });
     assert_eq!(
         ifindex,

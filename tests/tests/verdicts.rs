@@ -363,7 +363,7 @@ impl Gate {
 /// both programs as if the frame came in on the loopback device: its MAC
 /// is the test frames' destination MAC.
 fn host_addresses() -> HostAddresses {
-    let lo = smtp_gate::gate::attach::ifindex("lo").expect("the loopback device's index");
+    let lo = smtp_gate::gate::iface::ifindex("lo").expect("the loopback device's index");
     let ips = [
         IpAddr::from(SERVER4),
         Ipv4Addr::LOCALHOST.into(),

@@ -5,7 +5,7 @@ use gate_common::DenyMode;
 use serde_json::json;
 use smtp_gate::{
     duration::format_duration,
-    gate::{attach::merge_settings, link_state::LinkState, local_addrs, GateMaps, PinDir},
+    gate::{link_state::LinkState, local_addrs, GateMaps, PinDir},
 };
 
 use super::attach::request;
@@ -44,7 +44,7 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
         })
         .collect();
     if changing {
-        let merged = merge_settings(maps.settings()?, &req)?;
+        let merged = req.settings.apply(maps.settings()?)?;
         maps.set_settings(&merged)?;
         if let Some(dest) = &req.dest {
             maps.set_scope(dest)?;

@@ -1,92 +1,27 @@
 //! Loading the program, attaching it to an interface with a pinned link,
 //! and taking it away again.
 
-use std::{fmt, fs, io, time::Duration};
+use std::{fs, io};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use gate_common::{
-    map_names::{
-        AYA_LOGS, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6,
-        LOG_BUCKETS, SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
-    },
-    DenyMode, Settings, DEFAULT_GRANT_CAPACITY, DEFAULT_WINDOW_NS, MAX_PORTS,
+    map_names::{GRANTS_V4, SETTINGS},
+    Settings, DEFAULT_GRANT_CAPACITY,
 };
 
 use super::{
-    layout,
+    iface, layout,
     link_fd::{self, LinkFd},
     local_addrs,
     maps::GateMaps,
+    mode::AttachMode,
     object,
-    pins::PinDir,
+    pins::{PinDir, ALL_MAPS, GRANT_MAPS, SHARED_MAPS},
+    settings::{default_settings, SettingsChange},
     swap::{self, Existing},
     upgrade::Upgrade,
 };
 use crate::addr::Cidr;
-
-/// Every map of the gate, each pinned under its name: the shared maps,
-/// then the grants.
-pub const ALL_MAPS: [&str; 13] = [
-    EXEMPT_V4,
-    EXEMPT_V6,
-    SETTINGS,
-    STATS,
-    LOG_BUCKETS,
-    AYA_LOGS,
-    SCOPE_V4,
-    SCOPE_V6,
-    LOCAL_V4,
-    LOCAL_V6,
-    IFACE_MACS,
-    GRANTS_V4,
-    GRANTS_V6,
-];
-/// Maps that go away with the last detach unless grants are kept.
-const SHARED_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).0;
-const GRANT_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).1;
-
-pub const DEFAULT_LOG_RATE_PER_SEC: u32 = 5;
-pub const DEFAULT_LOG_BURST: u32 = 10;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// Native XDP in the driver (falls back to generic XDP where the driver
-    /// has no XDP support).
-    Xdp,
-    /// Generic (skb) XDP: works on every interface, a little slower.
-    XdpSkb,
-    /// A TC classifier on clsact ingress (tcx).
-    Tc,
-}
-
-impl AttachMode {
-    pub fn pin_tag(self) -> &'static str {
-        match self {
-            Self::Xdp => "xdp",
-            Self::XdpSkb => "xdpskb",
-            Self::Tc => "tc",
-        }
-    }
-
-    pub fn from_pin_tag(tag: &str) -> Option<Self> {
-        match tag {
-            "xdp" => Some(Self::Xdp),
-            "xdpskb" => Some(Self::XdpSkb),
-            "tc" => Some(Self::Tc),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Xdp => "xdp",
-            Self::XdpSkb => "xdp-skb",
-            Self::Tc => "tc",
-        })
-    }
-}
 
 /// What `attach` was asked for. `None` means "keep what is there" on an
 /// interface that is already attached, and "the default" on a new one.
@@ -94,12 +29,9 @@ impl fmt::Display for AttachMode {
 pub struct AttachRequest {
     pub iface: String,
     pub mode: Option<AttachMode>,
-    pub window: Option<Duration>,
-    pub ports: Option<Vec<u16>>,
-    pub deny: Option<DenyMode>,
+    pub settings: SettingsChange,
     pub exempt: Option<Vec<Cidr>>,
     pub capacity: Option<u32>,
-    pub log_rate_per_sec: Option<u32>,
     /// The destination networks to gate (`--dest`); empty: every
     /// destination; `None`: keep the set there is.
     pub dest: Option<Vec<Cidr>>,
@@ -153,67 +85,6 @@ impl AttachReport {
     }
 }
 
-/// The settings of a new gate: window 15m, port 25, drop, 5 log lines/s.
-pub fn default_settings() -> Settings {
-    let mut settings = Settings::UNCONFIGURED;
-    settings.window_ns = DEFAULT_WINDOW_NS;
-    settings.ports[0] = 25;
-    settings.port_count = 1;
-    settings.deny_mode = DenyMode::Drop as u32;
-    settings.log_rate_per_sec = DEFAULT_LOG_RATE_PER_SEC;
-    settings.log_burst = DEFAULT_LOG_BURST;
-    settings
-}
-
-/// Checks a port list: 1 to MAX_PORTS distinct ports, none of them 0.
-pub fn validate_ports(ports: &[u16]) -> Result<()> {
-    if ports.is_empty() || ports.len() > MAX_PORTS {
-        bail!("--ports takes 1 to {MAX_PORTS} ports, got {}", ports.len());
-    }
-    if ports.contains(&0) {
-        bail!("--ports: 0 is not a port");
-    }
-    let mut sorted = ports.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.len() != ports.len() {
-        bail!("--ports: a port is listed twice");
-    }
-    Ok(())
-}
-
-/// Applies the parts of `req` that are set on top of `base`.
-pub fn merge_settings(base: Settings, req: &AttachRequest) -> Result<Settings> {
-    let mut settings = base;
-    if let Some(window) = req.window {
-        settings.window_ns = window.as_nanos().min(u64::MAX as u128) as u64;
-    }
-    if let Some(ports) = &req.ports {
-        validate_ports(ports)?;
-        settings.ports = [0; MAX_PORTS];
-        settings.ports[..ports.len()].copy_from_slice(ports);
-        settings.port_count = ports.len() as u32;
-    }
-    if let Some(deny) = req.deny {
-        settings.deny_mode = deny as u32;
-    }
-    if let Some(rate) = req.log_rate_per_sec {
-        settings.log_rate_per_sec = rate;
-        settings.log_burst = rate.saturating_mul(2);
-    }
-    Ok(settings)
-}
-
-pub fn ifindex(iface: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(iface).map_err(|_| anyhow!("bad interface name"))?;
-    // SAFETY: name is NUL-terminated.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no such interface: {iface}");
-    }
-    Ok(index)
-}
-
 /// An attachment made or adopted, with this process's own fd on its link:
 /// a daemon holds it so that the gate cannot end while it runs.
 pub struct Attachment {
@@ -230,9 +101,9 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
 
 /// [`attach`], keeping an fd on the link.
 pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
-    let ifindex = ifindex(&req.iface)?;
+    let ifindex = iface::ifindex(&req.iface)?;
     // Everything that can be checked is checked before anything is pinned.
-    merge_settings(default_settings(), req)?;
+    req.settings.apply(default_settings())?;
     let capacity = req.capacity.unwrap_or(DEFAULT_GRANT_CAPACITY);
     if capacity == 0 {
         bail!("--capacity must be at least 1");
@@ -408,7 +279,7 @@ fn configure(dir: &PinDir, req: &AttachRequest, base: Option<Settings>) -> Resul
             }
         }
     };
-    maps.set_settings(&merge_settings(base, req)?)?;
+    maps.set_settings(&req.settings.apply(base)?)?;
     if let Some(exempt) = &req.exempt {
         maps.exempt_replace(exempt)?;
     }

@@ -13,10 +13,11 @@ use anyhow::{Context, Result};
 use aya::maps::MapData;
 
 use super::{
-    attach::{self, AttachMode, AttachRequest, ALL_MAPS},
-    layout,
+    attach::{self, AttachRequest},
+    iface, layout,
     link_fd::LinkFd,
-    pins::PinDir,
+    mode::AttachMode,
+    pins::{PinDir, ALL_MAPS},
 };
 
 pub struct HeldGate {
@@ -85,7 +86,7 @@ impl HeldGate {
                 return check;
             }
         }
-        let current_ifindex = attach::ifindex(&self.iface).ok();
+        let current_ifindex = iface::ifindex(&self.iface).ok();
         if held.ifindex == 0 || Some(held.ifindex) != current_ifindex {
             self.attach_again(req, current_ifindex, &mut check);
             return check;

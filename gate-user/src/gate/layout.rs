@@ -15,7 +15,10 @@ use gate_common::{
     Counters, Settings,
 };
 
-use super::{attach::ALL_MAPS, object, pins::PinDir};
+use super::{
+    object,
+    pins::{PinDir, ALL_MAPS},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapShape {

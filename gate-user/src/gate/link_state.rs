@@ -32,7 +32,7 @@ impl LinkState {
         if info.ifindex == 0 {
             return Self::Gone;
         }
-        match super::attach::ifindex(&entry.iface) {
+        match super::iface::ifindex(&entry.iface) {
             Ok(named) if named == info.ifindex => Self::Live {
                 ifindex: info.ifindex,
             },

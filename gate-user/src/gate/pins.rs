@@ -10,10 +10,36 @@ use std::{
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
-use super::{
-    attach::AttachMode,
-    bpffs::{self, is_bpffs},
+use gate_common::map_names::{
+    AYA_LOGS, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6,
+    LOG_BUCKETS, SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
 };
+
+use super::{
+    bpffs::{self, is_bpffs},
+    mode::AttachMode,
+};
+
+/// Every map of the gate, each pinned under its name: the shared maps,
+/// then the grants.
+pub const ALL_MAPS: [&str; 13] = [
+    EXEMPT_V4,
+    EXEMPT_V6,
+    SETTINGS,
+    STATS,
+    LOG_BUCKETS,
+    AYA_LOGS,
+    SCOPE_V4,
+    SCOPE_V6,
+    LOCAL_V4,
+    LOCAL_V6,
+    IFACE_MACS,
+    GRANTS_V4,
+    GRANTS_V6,
+];
+/// Maps that go away with the last detach unless grants are kept.
+pub(super) const SHARED_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).0;
+pub(super) const GRANT_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).1;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/smtp-gate";
 const LINK_PREFIX: &str = "link_";

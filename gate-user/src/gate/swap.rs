@@ -23,10 +23,10 @@ use gate_common::{
 use log::warn;
 
 use super::{
-    attach::{AttachMode, ALL_MAPS},
     link_fd::LinkFd,
+    mode::AttachMode,
     object,
-    pins::{PinDir, PinnedLinkEntry},
+    pins::{PinDir, PinnedLinkEntry, ALL_MAPS},
 };
 
 /// The link pinned for the interface before this attach, and whether it

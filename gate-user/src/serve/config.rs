@@ -16,7 +16,7 @@ use toml::{Table, Value};
 use crate::{
     addr::{dest_scope, Cidr, Dest},
     duration::parse_duration,
-    gate::{pins::DEFAULT_PIN_DIR, AttachMode, AttachRequest},
+    gate::{pins::DEFAULT_PIN_DIR, settings::SettingsChange, AttachMode, AttachRequest},
 };
 
 /// Everything `serve` needs, resolved.
@@ -207,12 +207,14 @@ impl ServeSettings {
             attach: AttachRequest {
                 iface,
                 mode: self.mode,
-                window: self.window,
-                ports: self.ports,
-                deny: self.deny,
+                settings: SettingsChange {
+                    window: self.window,
+                    ports: self.ports,
+                    deny: self.deny,
+                    log_rate_per_sec: self.log_rate,
+                },
                 exempt: self.exempt,
                 capacity: self.capacity,
-                log_rate_per_sec: self.log_rate,
                 dest: self.dest,
                 allow_private_bpffs: self.allow_private_bpffs.unwrap_or(false),
             },
