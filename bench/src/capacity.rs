@@ -34,7 +34,7 @@ fn pin_to_cpu(cpu: usize) {
 fn fill(capacity: u32, max_entries: u32) -> Result<CapacityResult> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(GRANTS_V4, max_entries)
-        .load(object::GATE_EBPF)
+        .load(object::embedded()?)
         .context("loading the object")?;
     let map = ebpf.take_map(GRANTS_V4).context("no grants_v4")?;
     let grants: HashMap<MapData, GrantKeyV4, Grant> = HashMap::try_from(map)?;

@@ -35,8 +35,9 @@ use std::{
 use anyhow::{Context, Result};
 use pop3::{
     auth::users_file::UsersFile,
+    config::ServerConfig,
     maildrop::maildir::MaildirStore,
-    server::{Backends, Server, ServerConfig},
+    server::{Backends, Server},
     GrantSink, NoGrant,
 };
 use serde::Serialize;

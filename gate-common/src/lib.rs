@@ -138,6 +138,11 @@ pub struct Exempt {
 /// fresh grant.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum DenyMode {
     /// Drop the SYN; the client retransmits until it times out.
     Drop = 0,

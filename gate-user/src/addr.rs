@@ -6,6 +6,7 @@ use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{bail, Context, Result};
 use ipnet::{IpNet, Ipv4Net};
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
 
 /// Turns an IPv4-mapped IPv6 address into the IPv4 address it carries.
 pub use gate_common::normalize_addr as normalize;
@@ -70,6 +71,22 @@ impl FromStr for Cidr {
     }
 }
 
+/// As the operator typed it: the config file and the flags carry the same
+/// text.
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(|e: anyhow::Error| D::Error::custom(format!("{e:#}")))
+    }
+}
+
 /// A `--dest` value: a network the gate is scoped to, or `all` (every
 /// destination, the default).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +104,35 @@ impl FromStr for Dest {
         }
         Ok(Self::Net(text.parse()?))
     }
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Net(net) => net.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Dest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The destination scope of a config list of `--dest` values (see
+/// [`dest_scope`]); absent, `None`: keep the scope there is.
+pub fn deserialize_dest_scope<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Cidr>>, D::Error> {
+    let values = Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| text.parse::<Dest>())
+        .collect::<Result<Vec<Dest>>>()
+        .and_then(|values| dest_scope(&values))
+        .map_err(|e| D::Error::custom(format!("{e:#}")))?;
+    Ok(Some(values))
 }
 
 /// The destination scope a list of `--dest` values asks for: the networks,

@@ -1,13 +1,16 @@
-//! The command line, as clap reads it.
+//! The command line, as clap reads it. `smtp-gate serve`'s flags are the
+//! keys of its config file (serve/config.rs), each under the key's name
+//! with `-` for `_`.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gate_common::DenyMode;
+use pop3::duration::{self, parse_duration};
+use serde::Serialize;
 
-use smtp_gate::{
+use crate::{
     addr::{dest_scope, parse_addr, Cidr, Dest},
-    duration::parse_duration,
     gate::{pins::DEFAULT_PIN_DIR, AttachMode},
 };
 
@@ -55,7 +58,8 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DenyArg {
     /// Drop the SYN silently.
     Drop,
@@ -75,11 +79,12 @@ impl From<DenyArg> for DenyMode {
     }
 }
 
-/// Gate settings shared by `attach` and `settings`.
-#[derive(Args, Debug, Clone, Default)]
+/// Gate settings shared by `attach`, `settings` and `serve`.
+#[derive(Args, Debug, Clone, Default, Serialize)]
 pub struct GateSettingsArgs {
     /// How long a grant lasts (e.g. 900, 15m, 1h). Default 15m.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
     pub window: Option<Duration>,
     /// Destination ports to gate, comma separated, up to 8. Default 25.
     #[arg(long, value_name = "PORTS", value_delimiter = ',', num_args = 1..)]
@@ -123,7 +128,7 @@ pub struct AttachArgs {
 }
 
 /// How the gate is attached, shared by `attach` and `serve`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize)]
 pub struct AttachmentArgs {
     /// Where to attach: native XDP, generic XDP, or TC ingress. Default:
     /// the mode the interface already has, else xdp.
@@ -236,11 +241,14 @@ pub struct SettingsArgs {
 }
 
 /// Every flag is also a key of the `--config` file (with `_` for `-`);
-/// flags win.
-#[derive(Args, Debug)]
+/// flags win. A flag not given, and only that, is absent from the
+/// serialised form (`None`, `false`, an empty list), which serve/config.rs
+/// lays over the file.
+#[derive(Args, Debug, Serialize)]
 pub struct ServeArgs {
     /// TOML file with the settings below as keys.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to serve POP3 on (repeatable). Default [::]:110 (dual stack).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -258,14 +266,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub attachment: AttachmentArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub settings: GateSettingsArgs,
     /// bpffs directory of the gate. Default /sys/fs/bpf/smtp-gate.
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
     /// Close a connection idle this long (at least 10m, RFC 1939). Default 10m.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
     pub idle_timeout: Option<Duration>,
     /// Connections served at once; more are refused with -ERR [SYS/TEMP]. Default 1024.
     #[arg(long, value_name = "N")]
@@ -275,8 +286,19 @@ pub struct ServeArgs {
     pub max_connections_per_ip: Option<usize>,
     /// Delay before each failed login is answered. Default 2s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
     pub login_failure_delay: Option<Duration>,
     /// On SIGTERM, how long sessions may finish. Default 10s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
     pub shutdown_grace: Option<Duration>,
+}
+
+/// The keys of `smtp-gate serve --config`: its flags' names, but `config`.
+pub fn serve_keys() -> Vec<String> {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .filter(|id| id != "config")
+        .collect()
 }

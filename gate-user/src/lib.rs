@@ -3,6 +3,6 @@
 //! over this library; the integration tests use it too.
 
 pub mod addr;
-pub mod duration;
+pub mod cli;
 pub mod gate;
 pub mod serve;

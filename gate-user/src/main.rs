@@ -1,11 +1,11 @@
 //! `smtp-gate`: the command line over the pinned gate.
 
-mod cli;
 mod commands;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use smtp_gate::cli;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -10,6 +10,8 @@
 
 pub mod auth;
 pub mod command;
+pub mod config;
+pub mod duration;
 pub mod framing;
 pub mod maildrop;
 pub mod reply;

@@ -20,46 +20,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::maildrop::MaildropStore;
 use crate::{
     auth::apop::TimestampSource,
+    config::ServerConfig,
     framing::LineBuffer,
     normalize_addr,
     reply::{ReplyBuffer, RespCode},
     session::{Flow, Session, SessionContext},
     Authenticator, GrantSink,
 };
-
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub listen: Vec<SocketAddr>,
-    /// Name in the APOP timestamp of the greeting.
-    pub hostname: String,
-    /// RFC 1939 section 3: "An autologout timer MUST be of at least 10
-    /// minutes' duration."
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-    /// Connections from one address at once: one host cannot take every
-    /// slot and lock everybody else out of POP3 (and so out of SMTP).
-    pub max_connections_per_ip: usize,
-    /// Every failed login is answered after this long.
-    pub failed_login_delay: Duration,
-    pub max_login_failures: u32,
-    /// How long running sessions may go on after shutdown begins.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: vec!["[::]:110".parse().expect("valid address")],
-            hostname: "localhost".into(),
-            idle_timeout: Duration::from_secs(600),
-            max_connections: 1024,
-            max_connections_per_ip: 50,
-            failed_login_delay: Duration::from_secs(2),
-            max_login_failures: 3,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
 
 /// The service's dependencies.
 #[derive(Clone)]
@@ -309,7 +276,7 @@ async fn serve_connection(
                 flow @ (Flow::LoginFailed | Flow::LoginFailedClose) => {
                     // The delay holds only this connection's task.
                     tokio::select! {
-                        _ = tokio::time::sleep(config.failed_login_delay) => {}
+                        _ = tokio::time::sleep(config.login_failure_delay) => {}
                         _ = shared.hard_stop.cancelled() => return Ok(()),
                     }
                     send(&mut stream, &mut out, config.idle_timeout, stop).await?;

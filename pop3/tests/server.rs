@@ -11,8 +11,9 @@ use std::{
 
 use pop3::{
     auth::users_file::UsersFile,
+    config::ServerConfig,
     maildrop::maildir::MaildirStore,
-    server::{Backends, Server, ServerConfig},
+    server::{Backends, Server},
     NoGrant,
 };
 use tokio::{
@@ -46,7 +47,7 @@ async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Running {
     let mut config = ServerConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         hostname: "test".into(),
-        failed_login_delay: Duration::from_millis(50),
+        login_failure_delay: Duration::from_millis(50),
         ..ServerConfig::default()
     };
     tune(&mut config);
@@ -155,7 +156,7 @@ async fn connections_over_the_limit_get_sys_temp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_login_is_delayed_without_blocking_others() {
     let delay = Duration::from_millis(600);
-    let server = start(|c| c.failed_login_delay = delay).await;
+    let server = start(|c| c.login_failure_delay = delay).await;
     let (mut slow, _) = Client::connect(server.addr).await;
     slow.send("USER alice\r\n").await;
     slow.line().await;

@@ -15,31 +15,8 @@ use std::{
 
 use gate_tests::lab::{describe, output_within, smtp_gate_bin};
 use pop3::auth::users_file::UsersFile;
-use smtp_gate::serve::ServeSettings;
+use smtp_gate::{cli::serve_keys, serve::ServeConfig};
 
-/// Every key `smtp-gate serve --config` knows (gate-user/src/serve/config.rs).
-const KEYS: [&str; 20] = [
-    "listen",
-    "users",
-    "mail_root",
-    "hostname",
-    "pin_dir",
-    "iface",
-    "mode",
-    "ports",
-    "window",
-    "exempt",
-    "dest",
-    "deny",
-    "capacity",
-    "log_rate",
-    "idle_timeout",
-    "max_connections",
-    "max_connections_per_ip",
-    "login_failure_delay",
-    "shutdown_grace",
-    "allow_private_bpffs",
-];
 const UNIT_EXEC: &str = "/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml";
 
 fn deploy_dir() -> PathBuf {
@@ -154,13 +131,17 @@ fn unit_setting(unit: &str, key: &str) -> String {
 #[test]
 fn unit_and_example_config_agree() {
     let unit = read_deploy("smtp-gate.service");
-    let file = ServeSettings::from_toml(&read_deploy("smtp-gate.toml"))
+    let file = ServeConfig::from_toml(&read_deploy("smtp-gate.toml"))
         .unwrap_or_else(|e| panic!("deploy/smtp-gate.toml: {e:#}"));
     let writable: Vec<String> = unit_setting(&unit, "ReadWritePaths")
         .split_whitespace()
         .map(|p| p.trim_start_matches('-').to_string())
         .collect();
-    let mail_root = file.mail_root.expect("the example sets mail_root");
+    let mail_root = file.mail_root;
+    assert!(
+        !mail_root.as_os_str().is_empty(),
+        "the example sets mail_root"
+    );
     assert!(
         writable.contains(&mail_root.to_string_lossy().into_owned()),
         "ReadWritePaths={writable:?} does not include the example's mail_root {}",
@@ -193,12 +174,13 @@ fn unit_and_example_config_agree() {
 
 /// Uncomments every `# key = value` line of the example config.
 fn uncommented(text: &str) -> String {
+    let keys = serve_keys();
     text.lines()
         .map(|line| match line.strip_prefix("# ") {
             Some(rest)
                 if rest
                     .split_once(" = ")
-                    .is_some_and(|(key, _)| KEYS.contains(&key)) =>
+                    .is_some_and(|(key, _)| keys.iter().any(|k| k == key)) =>
             {
                 rest.to_string()
             }
@@ -211,72 +193,73 @@ fn uncommented(text: &str) -> String {
 #[test]
 fn example_config_documents_every_key_with_its_default() {
     let text = read_deploy("smtp-gate.toml");
-    let as_is = ServeSettings::from_toml(&text)
+    let as_is = ServeConfig::from_toml(&text)
         .unwrap_or_else(|e| panic!("deploy/smtp-gate.toml does not parse: {e:#}"));
-    assert_eq!(as_is.iface.as_deref(), Some("eth0"));
-    assert!(as_is.users.is_some() && as_is.mail_root.is_some());
+    let given: toml::Table = text.parse().expect("the example is TOML");
+    assert_eq!(as_is.attach.iface, "eth0");
+    assert!(given.contains_key("users") && given.contains_key("mail_root"));
     assert!(
-        as_is.window.is_none() && as_is.listen.is_none(),
+        !given.contains_key("window") && !given.contains_key("listen"),
         "optional keys are meant to be commented out"
     );
 
     let all = uncommented(&text);
-    for key in KEYS {
+    for key in serve_keys() {
         assert!(
             all.lines().any(|l| l.starts_with(&format!("{key} = "))),
             "deploy/smtp-gate.toml does not document the key `{key}`"
         );
     }
-    let full = ServeSettings::from_toml(&all)
+    let full = ServeConfig::from_toml(&all)
         .unwrap_or_else(|e| panic!("deploy/smtp-gate.toml with every key uncommented: {e:#}"));
 
     // The commented-out values are the defaults the code applies.
     let scratch = Scratch::new("config");
-    let with_root = |s: ServeSettings| ServeSettings {
-        mail_root: Some(scratch.0.clone()),
-        ..s
+    let with_root = |mut config: ServeConfig| {
+        config.mail_root = scratch.0.clone();
+        config.check().expect("checking the example");
+        config
     };
-    let defaults = with_root(as_is).resolve().expect("resolving the example");
-    let documented = with_root(full.clone())
-        .resolve()
-        .expect("resolving the example with every key");
-    assert_eq!(documented.listen, defaults.listen, "listen");
+    let defaults = with_root(as_is);
+    let documented = with_root(full);
+    let (documented_pop3, default_pop3) = (&documented.pop3, &defaults.pop3);
+    assert_eq!(documented_pop3.listen, default_pop3.listen, "listen");
     assert_eq!(documented.pin_dir, defaults.pin_dir, "pin_dir");
     assert_eq!(
-        documented.idle_timeout, defaults.idle_timeout,
+        documented_pop3.idle_timeout, default_pop3.idle_timeout,
         "idle_timeout"
     );
     assert_eq!(
-        documented.max_connections, defaults.max_connections,
+        documented_pop3.max_connections, default_pop3.max_connections,
         "max_connections"
     );
     assert_eq!(
-        documented.login_failure_delay, defaults.login_failure_delay,
+        documented_pop3.max_connections_per_ip, default_pop3.max_connections_per_ip,
+        "max_connections_per_ip"
+    );
+    assert_eq!(
+        documented_pop3.login_failure_delay, default_pop3.login_failure_delay,
         "login_failure_delay"
     );
     assert_eq!(
-        documented.shutdown_grace, defaults.shutdown_grace,
+        documented_pop3.shutdown_grace, default_pop3.shutdown_grace,
         "shutdown_grace"
     );
     let attach = documented.attach;
     assert_eq!(
-        attach.settings.window,
+        attach.window,
         Some(Duration::from_nanos(gate_common::DEFAULT_WINDOW_NS)),
         "window"
     );
-    assert_eq!(attach.settings.ports, Some(vec![25]), "ports");
-    assert_eq!(
-        attach.settings.deny,
-        Some(gate_common::DenyMode::Drop),
-        "deny"
-    );
+    assert_eq!(attach.ports, Some(vec![25]), "ports");
+    assert_eq!(attach.deny, Some(gate_common::DenyMode::Drop), "deny");
     assert_eq!(
         attach.capacity,
         Some(gate_common::DEFAULT_GRANT_CAPACITY),
         "capacity"
     );
     assert_eq!(
-        attach.settings.log_rate_per_sec,
+        attach.log_rate_per_sec,
         Some(smtp_gate::gate::settings::DEFAULT_LOG_RATE_PER_SEC),
         "log_rate"
     );

@@ -13,7 +13,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::{output, run};
 
-const BPF_RUSTC: &str = "/usr/bin/rustc";
+/// The rustc for the BPF target: Debian's, which setup installs, unless
+/// this variable names another (gate-user's build script reads it too).
+const BPF_RUSTC_VAR: &str = "SMTP_GATE_BPF_RUSTC";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+
+fn bpf_rustc() -> String {
+    std::env::var(BPF_RUSTC_VAR).unwrap_or_else(|_| DEBIAN_RUSTC.to_string())
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13 has features for.
 const BPF_LINKER_LLVMS: [u32; 3] = [21, 22, 23];
@@ -45,8 +52,9 @@ pub fn setup() -> Result<()> {
     let llvm = rustc_llvm_major()?;
     if !BPF_LINKER_LLVMS.contains(&llvm) {
         bail!(
-            "{BPF_RUSTC} uses LLVM {llvm}, which bpf-linker {BPF_LINKER_VERSION} does not \
-             support (it knows {BPF_LINKER_LLVMS:?})"
+            "{} uses LLVM {llvm}, which bpf-linker {BPF_LINKER_VERSION} does not \
+             support (it knows {BPF_LINKER_LLVMS:?})",
+            bpf_rustc()
         );
     }
     apt.ensure(&[
@@ -100,11 +108,12 @@ fn installed(package: &str) -> bool {
 }
 
 fn rustc_llvm_major() -> Result<u32> {
-    let version = output(BPF_RUSTC, &["-vV"])?;
+    let rustc = bpf_rustc();
+    let version = output(&rustc, &["-vV"])?;
     let line = version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
-        .context("`/usr/bin/rustc -vV` prints no LLVM version")?;
+        .with_context(|| format!("`{rustc} -vV` prints no LLVM version"))?;
     line.split('.')
         .next()
         .and_then(|major| major.trim().parse().ok())

@@ -14,8 +14,9 @@ use std::{io::BufRead, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context, Result};
 use pop3::{
     auth::users_file::UsersFile,
+    config::ServerConfig,
     maildrop::maildir::MaildirStore,
-    server::{Backends, Server, ServerConfig},
+    server::{Backends, Server},
     NoGrant,
 };
 use tokio_util::sync::CancellationToken;

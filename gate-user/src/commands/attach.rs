@@ -1,17 +1,15 @@
 use anyhow::Result;
-use smtp_gate::gate::{self, settings::SettingsChange, AttachReport, AttachRequest, PinDir};
+use smtp_gate::gate::{self, AttachReport, AttachRequest, PinDir};
 
-use crate::cli::{AttachArgs, DetachArgs, GateSettingsArgs};
+use smtp_gate::cli::{AttachArgs, DetachArgs, GateSettingsArgs};
 
 pub fn request(iface: &str, settings: &GateSettingsArgs) -> Result<AttachRequest> {
     Ok(AttachRequest {
         iface: iface.to_string(),
-        settings: SettingsChange {
-            window: settings.window,
-            ports: settings.ports.clone(),
-            deny: settings.deny.map(Into::into),
-            log_rate_per_sec: settings.log_rate,
-        },
+        window: settings.window,
+        ports: settings.ports.clone(),
+        deny: settings.deny.map(Into::into),
+        log_rate_per_sec: settings.log_rate,
         dest: settings.dest()?,
         ..AttachRequest::default()
     })

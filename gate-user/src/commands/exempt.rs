@@ -1,7 +1,7 @@
 use anyhow::{bail, Result};
 use smtp_gate::gate::{GateMaps, PinDir};
 
-use crate::cli::{ExemptAction, ExemptArgs};
+use smtp_gate::cli::{ExemptAction, ExemptArgs};
 
 pub fn exempt(args: ExemptArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);

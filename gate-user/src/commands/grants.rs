@@ -1,13 +1,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use pop3::duration::format_duration;
 use serde_json::json;
-use smtp_gate::{
-    duration::format_duration,
-    gate::{GateMaps, PinDir},
-};
+use smtp_gate::gate::{GateMaps, PinDir};
 
-use crate::cli::{GrantArgs, ListArgs, RevokeArgs};
+use smtp_gate::cli::{GrantArgs, ListArgs, RevokeArgs};
 
 pub fn grant(args: GrantArgs) -> Result<()> {
     let mut maps = GateMaps::open(&PinDir::new(&args.pins.pin_dir))?;

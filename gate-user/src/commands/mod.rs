@@ -10,7 +10,7 @@ mod stats;
 use anyhow::Result;
 use smtp_gate::gate::privilege::require_root;
 
-use crate::cli::Command;
+use smtp_gate::cli::Command;
 
 pub fn run(command: Command) -> Result<()> {
     require_root("smtp-gate")?;

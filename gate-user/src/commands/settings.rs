@@ -2,14 +2,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 use gate_common::DenyMode;
+use pop3::duration::format_duration;
 use serde_json::json;
-use smtp_gate::{
-    duration::format_duration,
-    gate::{link_state::LinkState, local_addrs, GateMaps, PinDir},
-};
+use smtp_gate::gate::{link_state::LinkState, local_addrs, GateMaps, PinDir};
 
 use super::attach::request;
-use crate::cli::SettingsArgs;
+use smtp_gate::cli::SettingsArgs;
 
 fn deny_name(raw: u32) -> &'static str {
     match DenyMode::from_u32(raw) {
@@ -22,13 +20,8 @@ fn deny_name(raw: u32) -> &'static str {
 
 pub fn settings(args: SettingsArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
-    let s = &args.settings;
-    let req = request("", s)?;
-    let changing = s.window.is_some()
-        || s.ports.is_some()
-        || s.deny.is_some()
-        || s.log_rate.is_some()
-        || req.dest.is_some();
+    let req = request("", &args.settings)?;
+    let changing = req.changes_settings() || req.dest.is_some();
     // A change is read, merged and written under the pin directory's lock,
     // which every writer of the settings takes (attach, exempt, settings),
     // and into the maps pinned while it is held (not ones a detach and
@@ -44,7 +37,7 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
         })
         .collect();
     if changing {
-        let merged = req.settings.apply(maps.settings()?)?;
+        let merged = req.apply_settings(maps.settings()?)?;
         maps.set_settings(&merged)?;
         if let Some(dest) = &req.dest {
             maps.set_scope(dest)?;

@@ -3,7 +3,7 @@ use gate_common::Outcome;
 use serde_json::json;
 use smtp_gate::gate::{link_state::LinkState, GateMaps, PinDir};
 
-use crate::cli::StatsArgs;
+use smtp_gate::cli::StatsArgs;
 
 pub fn stats(args: StatsArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);

@@ -1,13 +1,15 @@
 //! Loading the program, attaching it to an interface with a pinned link,
 //! and taking it away again.
 
-use std::{fs, io};
+use std::{fs, io, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use gate_common::{
     map_names::{GRANTS_V4, SETTINGS},
-    Settings, DEFAULT_GRANT_CAPACITY,
+    DenyMode, Settings, DEFAULT_GRANT_CAPACITY, MAX_PORTS,
 };
+use pop3::duration;
+use serde::Deserialize;
 
 use super::{
     iface, layout,
@@ -17,26 +19,76 @@ use super::{
     mode::AttachMode,
     object,
     pins::{PinDir, ALL_MAPS, GRANT_MAPS, SHARED_MAPS},
-    settings::{default_settings, SettingsChange},
+    settings::{default_settings, validate_ports},
     swap::{self, Existing},
     upgrade::Upgrade,
 };
-use crate::addr::Cidr;
+use crate::addr::{deserialize_dest_scope, Cidr};
 
 /// What `attach` was asked for. `None` means "keep what is there" on an
 /// interface that is already attached, and "the default" on a new one.
-#[derive(Clone, Debug, Default)]
+/// The fields' names are the config file's keys (`smtp-gate serve`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct AttachRequest {
+    /// The interface mail clients come in on (required).
     pub iface: String,
+    /// Default: the mode the interface is gated in, else native XDP.
     pub mode: Option<AttachMode>,
-    pub settings: SettingsChange,
+    /// How long a grant lasts.
+    #[serde(with = "duration::optional_text")]
+    pub window: Option<Duration>,
+    /// The gated destination ports: 1 to 8.
+    pub ports: Option<Vec<u16>>,
+    /// What becomes of a SYN without a grant.
+    pub deny: Option<DenyMode>,
+    /// Denial log lines per second per CPU (0: none); the burst follows
+    /// (twice the rate).
+    #[serde(rename = "log_rate")]
+    pub log_rate_per_sec: Option<u32>,
+    /// The networks always let through; `None`: keep the set there is.
     pub exempt: Option<Vec<Cidr>>,
+    /// Grants each map holds; only used when the grant maps are made.
     pub capacity: Option<u32>,
     /// The destination networks to gate (`--dest`); empty: every
     /// destination; `None`: keep the set there is.
+    #[serde(deserialize_with = "deserialize_dest_scope")]
     pub dest: Option<Vec<Cidr>>,
     /// Pin on a bpffs that vanishes with this process (see bpffs.rs).
     pub allow_private_bpffs: bool,
+}
+
+impl AttachRequest {
+    /// True if the request changes any of the settings.
+    pub fn changes_settings(&self) -> bool {
+        self.window.is_some()
+            || self.ports.is_some()
+            || self.deny.is_some()
+            || self.log_rate_per_sec.is_some()
+    }
+
+    /// `base` with the settings this request gives laid over it; refused
+    /// if a value is not one the gate can take.
+    pub fn apply_settings(&self, base: Settings) -> Result<Settings> {
+        let mut settings = base;
+        if let Some(window) = self.window {
+            settings.window_ns = window.as_nanos().min(u64::MAX as u128) as u64;
+        }
+        if let Some(ports) = &self.ports {
+            validate_ports(ports).map_err(|why| anyhow!("--ports: {why}"))?;
+            settings.ports = [0; MAX_PORTS];
+            settings.ports[..ports.len()].copy_from_slice(ports);
+            settings.port_count = ports.len() as u32;
+        }
+        if let Some(deny) = self.deny {
+            settings.deny_mode = deny as u32;
+        }
+        if let Some(rate) = self.log_rate_per_sec {
+            settings.log_rate_per_sec = rate;
+            settings.log_burst = rate.saturating_mul(2);
+        }
+        Ok(settings)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +155,7 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
 pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
     let ifindex = iface::ifindex(&req.iface)?;
     // Everything that can be checked is checked before anything is pinned.
-    req.settings.apply(default_settings())?;
+    req.apply_settings(default_settings())?;
     let capacity = req.capacity.unwrap_or(DEFAULT_GRANT_CAPACITY);
     if capacity == 0 {
         bail!("--capacity must be at least 1");
@@ -279,7 +331,7 @@ fn configure(dir: &PinDir, req: &AttachRequest, base: Option<Settings>) -> Resul
             }
         }
     };
-    maps.set_settings(&req.settings.apply(base)?)?;
+    maps.set_settings(&req.apply_settings(base)?)?;
     if let Some(exempt) = &req.exempt {
         maps.exempt_replace(exempt)?;
     }

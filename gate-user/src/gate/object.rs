@@ -1,10 +1,23 @@
 //! The compiled kernel program, embedded at build time by build.rs.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::{Ebpf, EbpfLoader};
 use gate_common::map_names::{GRANTS_V4, GRANTS_V6};
 
-pub static GATE_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gate-ebpf.o"));
+static GATE_EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gate-ebpf.o"));
+
+/// The kernel program's object file, or why this binary has none: built
+/// without the eBPF toolchain, it holds an empty one (build.rs).
+pub fn embedded() -> Result<&'static [u8]> {
+    if GATE_EBPF.is_empty() {
+        bail!(
+            "this smtp-gate was built without its kernel program ({}); run `cargo xtask \
+             setup` (it installs the eBPF toolchain), then build again",
+            env!("SMTP_GATE_EBPF_MISSING")
+        );
+    }
+    Ok(GATE_EBPF)
+}
 
 /// The kernel's LRU hash hands out free slots through per-CPU lists of 128
 /// (LOCAL_FREE_TARGET in kernel/bpf/bpf_lru_list.c). Slots parked on one
@@ -23,6 +36,6 @@ pub fn load_unpinned(capacity: u32) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries(GRANTS_V4, entries)
         .map_max_entries(GRANTS_V6, entries)
-        .load(GATE_EBPF)
+        .load(embedded()?)
         .context("loading the smtp-gate eBPF object")
 }

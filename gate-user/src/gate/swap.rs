@@ -49,7 +49,7 @@ pub fn load_pinned(dir: &PinDir, entries: u32) -> Result<Ebpf> {
         loader.map_pin_path(name, path.as_path());
     }
     loader
-        .load(object::GATE_EBPF)
+        .load(object::embedded()?)
         .context("loading the smtp-gate eBPF object")
 }
 

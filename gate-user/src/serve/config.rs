@@ -1,383 +1,304 @@
-//! `smtp-gate serve` settings: a TOML file (`--config`) whose keys are the
-//! flags' names with `_` for `-`, and the flags, which win. Every value is
-//! checked before anything starts; an error names the key (or flag) and
-//! the file.
+//! `smtp-gate serve`'s configuration: a TOML file (`--config`) and the
+//! flags, which win. A setting is written once, as a field with its doc
+//! comment and default: the keys are the fields of `ServeConfig` and of
+//! the structures it embeds (the gate's `AttachRequest`, the POP3
+//! service's `ServerConfig`), and each has a
+//! flag of the same name with `-` for `_` (cli.rs `ServeArgs`, checked
+//! against the keys by the tests below). Every value is checked before
+//! anything starts; an error names the key and the file, or the flag.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use gate_common::DenyMode;
+use anyhow::{anyhow, Context, Result};
+use pop3::config::ServerConfig;
+use serde::Deserialize;
 use toml::{Table, Value};
 
 use crate::{
-    addr::{dest_scope, Cidr, Dest},
-    duration::parse_duration,
-    gate::{pins::DEFAULT_PIN_DIR, settings::SettingsChange, AttachMode, AttachRequest},
+    cli::{serve_keys, ServeArgs},
+    gate::{pins::DEFAULT_PIN_DIR, settings::validate_ports, AttachRequest},
 };
 
-/// Everything `serve` needs, resolved.
-#[derive(Clone, Debug)]
+/// Everything `serve` needs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeConfig {
-    pub listen: Vec<SocketAddr>,
+    /// Dovecot-style passwd-file (required).
+    #[serde(default)]
     pub users: PathBuf,
+    /// One Maildir per user below it (required, must exist).
+    #[serde(default)]
     pub mail_root: PathBuf,
-    pub hostname: String,
+    /// bpffs directory holding the gate's maps and links.
+    #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// The gate: interface, mode and settings.
+    #[serde(flatten)]
     pub attach: AttachRequest,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub login_failure_delay: Duration,
-    pub shutdown_grace: Duration,
+    /// The POP3 service.
+    #[serde(flatten)]
+    pub pop3: ServerConfig,
 }
 
-/// The same settings as they come from flags or the file: all optional.
-#[derive(Clone, Debug, Default)]
-pub struct ServeSettings {
-    pub listen: Option<Vec<SocketAddr>>,
-    pub users: Option<PathBuf>,
-    pub mail_root: Option<PathBuf>,
-    pub hostname: Option<String>,
-    pub pin_dir: Option<PathBuf>,
-    pub iface: Option<String>,
-    pub mode: Option<AttachMode>,
-    pub ports: Option<Vec<u16>>,
-    pub window: Option<Duration>,
-    pub exempt: Option<Vec<Cidr>>,
-    /// The destination scope; empty: every destination.
-    pub dest: Option<Vec<Cidr>>,
-    pub deny: Option<DenyMode>,
-    pub capacity: Option<u32>,
-    pub log_rate: Option<u32>,
-    pub allow_private_bpffs: Option<bool>,
-    pub idle_timeout: Option<Duration>,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_ip: Option<usize>,
-    pub login_failure_delay: Option<Duration>,
-    pub shutdown_grace: Option<Duration>,
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
 }
 
-const KEYS: &[&str] = &[
-    "listen",
-    "users",
-    "mail_root",
-    "hostname",
-    "pin_dir",
-    "iface",
-    "mode",
-    "ports",
-    "window",
-    "exempt",
-    "dest",
-    "deny",
-    "capacity",
-    "log_rate",
-    "allow_private_bpffs",
-    "idle_timeout",
-    "max_connections",
-    "max_connections_per_ip",
-    "login_failure_delay",
-    "shutdown_grace",
-];
+/// A value `serve` cannot take, and the key it came under (none when the
+/// file as a whole is wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: Option<String>,
+    pub problem: String,
+}
 
-/// RFC 1939 section 3: the autologout timer is at least 10 minutes.
-const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-
-impl ServeSettings {
-    /// Reads a config file; an error names the file and the key.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("config file {}", path.display()))
-    }
-
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let table: Table = text.parse().map_err(|e| anyhow!("not valid TOML: {e}"))?;
-        if let Some(unknown) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            bail!("unknown key `{unknown}` (known keys: {})", KEYS.join(", "));
-        }
-        let file = File(&table);
-        Ok(Self {
-            listen: file.list("listen", |s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|_| anyhow!("`{s}` is not ADDRESS:PORT (e.g. \"[::]:110\")"))
-            })?,
-            users: file.string("users")?.map(PathBuf::from),
-            mail_root: file.string("mail_root")?.map(PathBuf::from),
-            hostname: file.string("hostname")?,
-            pin_dir: file.string("pin_dir")?.map(PathBuf::from),
-            iface: file.string("iface")?,
-            mode: file.parsed("mode", parse_mode)?,
-            ports: file.ports()?,
-            window: file.parsed("window", parse_duration)?,
-            exempt: file.list("exempt", |s| s.parse::<Cidr>())?,
-            dest: file
-                .list("dest", |s| s.parse::<Dest>())?
-                .map(|values| dest_scope(&values).context("key `dest`"))
-                .transpose()?,
-            deny: file.parsed("deny", parse_deny)?,
-            capacity: file.integer("capacity")?,
-            log_rate: file.integer("log_rate")?,
-            allow_private_bpffs: file.boolean("allow_private_bpffs")?,
-            idle_timeout: file.parsed("idle_timeout", parse_duration)?,
-            max_connections: file.integer("max_connections")?,
-            max_connections_per_ip: file.integer("max_connections_per_ip")?,
-            login_failure_delay: file.parsed("login_failure_delay", parse_duration)?,
-            shutdown_grace: file.parsed("shutdown_grace", parse_duration)?,
-        })
-    }
-
-    /// `self` (the flags) wins over `file`.
-    pub fn over(self, file: ServeSettings) -> ServeSettings {
-        ServeSettings {
-            listen: self.listen.or(file.listen),
-            users: self.users.or(file.users),
-            mail_root: self.mail_root.or(file.mail_root),
-            hostname: self.hostname.or(file.hostname),
-            pin_dir: self.pin_dir.or(file.pin_dir),
-            iface: self.iface.or(file.iface),
-            mode: self.mode.or(file.mode),
-            ports: self.ports.or(file.ports),
-            window: self.window.or(file.window),
-            exempt: self.exempt.or(file.exempt),
-            dest: self.dest.or(file.dest),
-            deny: self.deny.or(file.deny),
-            capacity: self.capacity.or(file.capacity),
-            log_rate: self.log_rate.or(file.log_rate),
-            allow_private_bpffs: self.allow_private_bpffs.or(file.allow_private_bpffs),
-            idle_timeout: self.idle_timeout.or(file.idle_timeout),
-            max_connections: self.max_connections.or(file.max_connections),
-            max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
-            login_failure_delay: self.login_failure_delay.or(file.login_failure_delay),
-            shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
+impl ConfigError {
+    fn of(key: &str, problem: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.to_string()),
+            problem: problem.into(),
         }
     }
+}
 
-    /// Fills in defaults and checks what must be there.
-    pub fn resolve(self) -> Result<ServeConfig> {
-        let iface = self
-            .iface
-            .ok_or_else(|| anyhow!("`iface` is required (--iface IF or iface = \"IF\")"))?;
-        let users = self
-            .users
-            .ok_or_else(|| anyhow!("`users` is required (--users FILE or users = \"FILE\")"))?;
-        let mail_root = self.mail_root.ok_or_else(|| {
-            anyhow!("`mail_root` is required (--mail-root DIR or mail_root = \"DIR\")")
-        })?;
-        if !mail_root.is_dir() {
-            bail!("`mail_root`: {} is not a directory", mail_root.display());
-        }
-        let listen = self
-            .listen
-            .unwrap_or_else(|| vec!["[::]:110".parse().expect("valid default")]);
-        if listen.is_empty() {
-            bail!("`listen`: at least one address is needed");
-        }
-        let idle_timeout = self.idle_timeout.unwrap_or(MIN_IDLE_TIMEOUT);
-        if idle_timeout < MIN_IDLE_TIMEOUT {
-            bail!("`idle_timeout`: RFC 1939 requires at least 10 minutes");
-        }
-        let max_connections = self.max_connections.unwrap_or(1024);
-        if max_connections == 0 {
-            bail!("`max_connections` must be at least 1");
-        }
-        let max_connections_per_ip = self.max_connections_per_ip.unwrap_or(50);
-        if max_connections_per_ip == 0 {
-            bail!("`max_connections_per_ip` must be at least 1");
-        }
-        let hostname = match self.hostname {
-            Some(h) if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c == '>') => {
-                bail!("`hostname`: `{h}` cannot go into an APOP timestamp")
+impl ServeConfig {
+    /// The config file (if any) with the flags laid over it, checked.
+    pub fn load(file: Option<&Path>, flags: &ServeArgs) -> Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                parse_table(&text).map_err(|e| described(e, &[], file))?
             }
-            Some(h) => h,
-            None => system_hostname(),
+            None => Table::new(),
         };
-        Ok(ServeConfig {
-            listen,
-            users,
-            mail_root,
-            hostname,
-            pin_dir: self
-                .pin_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
-            attach: AttachRequest {
-                iface,
-                mode: self.mode,
-                settings: SettingsChange {
-                    window: self.window,
-                    ports: self.ports,
-                    deny: self.deny,
-                    log_rate_per_sec: self.log_rate,
-                },
-                exempt: self.exempt,
-                capacity: self.capacity,
-                dest: self.dest,
-                allow_private_bpffs: self.allow_private_bpffs.unwrap_or(false),
-            },
-            idle_timeout,
-            max_connections,
-            max_connections_per_ip,
-            login_failure_delay: self.login_failure_delay.unwrap_or(Duration::from_secs(2)),
-            shutdown_grace: self.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+        let flags = flag_table(flags)?;
+        let from_flags: Vec<String> = flags.keys().cloned().collect();
+        table.extend(flags);
+        Self::from_table(table)
+            .and_then(|config| config.check().map(|()| config))
+            .map_err(|e| described(e, &from_flags, file))
+    }
+
+    /// A config file's text, read but not checked (`check`).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        parse_table(text)
+            .and_then(Self::from_table)
+            .map_err(|e| described(e, &[], None))
+    }
+
+    fn from_table(table: Table) -> Result<Self, ConfigError> {
+        let keys = serve_keys();
+        if let Some(unknown) = table.keys().find(|key| !keys.contains(key)) {
+            return Err(ConfigError {
+                key: None,
+                problem: format!("unknown key `{unknown}` (known keys: {})", keys.join(", ")),
+            });
+        }
+        let whole = match Value::Table(table.clone()).try_into::<Self>() {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        // Serde loses the key of a field inside an embedded structure;
+        // every key can be read alone, so the one that fails alone is it.
+        for (key, value) in table {
+            let alone = Table::from_iter([(key.clone(), value)]);
+            if let Err(e) = Value::Table(alone).try_into::<Self>() {
+                return Err(ConfigError::of(&key, reworded(e.message())));
+            }
+        }
+        Err(ConfigError {
+            key: None,
+            problem: reworded(whole.message()),
         })
     }
+
+    /// Refuses what `serve` cannot run with: the required keys, the mail
+    /// root, and the values each part checks itself.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let required = [
+            ("iface", self.attach.iface.is_empty(), "IF"),
+            ("users", self.users.as_os_str().is_empty(), "FILE"),
+            ("mail_root", self.mail_root.as_os_str().is_empty(), "DIR"),
+        ];
+        for (key, missing, value) in required {
+            if missing {
+                return Err(ConfigError::of(
+                    key,
+                    format!(
+                        "missing (--{} {value}, or {key} = \"{value}\" in the config file)",
+                        key.replace('_', "-")
+                    ),
+                ));
+            }
+        }
+        if !self.mail_root.is_dir() {
+            return Err(ConfigError::of(
+                "mail_root",
+                format!("{} is not a directory", self.mail_root.display()),
+            ));
+        }
+        if let Some(ports) = &self.attach.ports {
+            validate_ports(ports).map_err(|why| ConfigError::of("ports", why))?;
+        }
+        if self.attach.capacity == Some(0) {
+            return Err(ConfigError::of("capacity", "must be at least 1"));
+        }
+        self.pop3
+            .check()
+            .map_err(|bad| ConfigError::of(bad.key, bad.problem))
+    }
 }
 
-pub fn parse_mode(text: &str) -> Result<AttachMode> {
-    match text {
-        "xdp" => Ok(AttachMode::Xdp),
-        "xdp-skb" => Ok(AttachMode::XdpSkb),
-        "tc" => Ok(AttachMode::Tc),
-        other => bail!("`{other}` is not a mode (xdp, xdp-skb, tc)"),
-    }
+fn parse_table(text: &str) -> Result<Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| ConfigError {
+        key: None,
+        problem: format!("not valid TOML: {e}"),
+    })
 }
 
-pub fn parse_deny(text: &str) -> Result<DenyMode> {
-    match text {
-        "drop" => Ok(DenyMode::Drop),
-        "reset" => Ok(DenyMode::Reset),
-        "monitor" => Ok(DenyMode::Monitor),
-        other => bail!("`{other}` is not a deny mode (drop, reset, monitor)"),
+/// The flags that were given, as config keys: clap leaves the others
+/// `None`, `false` or empty, and so they are left out.
+fn flag_table(flags: &ServeArgs) -> Result<Table> {
+    let given = match serde_json::to_value(flags).context("reading the flags")? {
+        serde_json::Value::Object(given) => given,
+        other => return Err(anyhow!("the flags read as {other}, not as keys")),
+    };
+    let mut table = Table::new();
+    for (key, value) in given {
+        let flag = || format!("--{}", key.replace('_', "-"));
+        if let Some(value) = given_value(value).with_context(flag)? {
+            table.insert(key, value);
+        }
     }
+    Ok(table)
 }
 
-fn system_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is writable for its length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..end]) {
-        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
-        _ => "localhost".to_string(),
-    }
+/// A flag's value as a config value; `None` if the flag was not given.
+fn given_value(json: serde_json::Value) -> Result<Option<Value>> {
+    use serde_json::Value as Json;
+    Ok(Some(match json {
+        Json::Null | Json::Bool(false) => return Ok(None),
+        Json::Array(items) if items.is_empty() => return Ok(None),
+        Json::Bool(b) => Value::Boolean(b),
+        Json::Number(n) => {
+            Value::Integer(n.as_i64().ok_or_else(|| anyhow!("{n} is out of range"))?)
+        }
+        Json::String(s) => Value::String(s),
+        Json::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .filter_map(|item| given_value(item).transpose())
+                .collect::<Result<_>>()?,
+        ),
+        Json::Object(_) => return Err(anyhow!("not a value a key can take")),
+    }))
 }
 
-/// Typed access to the TOML table; every error names its key.
-struct File<'a>(&'a Table);
+/// Serde says "invalid type: integer `5`, expected a string"; an operator
+/// reads "expected a string, found integer `5`" more easily.
+fn reworded(message: &str) -> String {
+    message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+        .map(|(found, expected)| format!("expected {expected}, found {found}"))
+        .unwrap_or_else(|| message.to_string())
+}
 
-impl File<'_> {
-    fn string(&self, key: &str) -> Result<Option<String>> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => bail!("key `{key}`: expected a string, found {}", other.type_str()),
+/// The error as the operator should read it: the flag if the value came
+/// from one, else the key and the file.
+fn described(e: ConfigError, from_flags: &[String], file: Option<&Path>) -> anyhow::Error {
+    let what = match &e.key {
+        Some(key) if from_flags.contains(key) => {
+            format!("--{}: {}", key.replace('_', "-"), e.problem)
         }
-    }
-
-    fn boolean(&self, key: &str) -> Result<Option<bool>> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::Boolean(b)) => Ok(Some(*b)),
-            Some(other) => bail!(
-                "key `{key}`: expected true or false, found {}",
-                other.type_str()
-            ),
+        Some(key) => format!("key `{key}`: {}", e.problem),
+        None => e.problem,
+    };
+    match file {
+        Some(path) if !e.key.as_ref().is_some_and(|k| from_flags.contains(k)) => {
+            anyhow!("config file {}: {what}", path.display())
         }
-    }
-
-    fn parsed<T>(&self, key: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Option<T>> {
-        match self.string(key)? {
-            None => Ok(None),
-            Some(s) => parse(&s).map(Some).with_context(|| format!("key `{key}`")),
-        }
-    }
-
-    fn integer<T: TryFrom<i64>>(&self, key: &str) -> Result<Option<T>> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::Integer(n)) => T::try_from(*n)
-                .map(Some)
-                .map_err(|_| anyhow!("key `{key}`: {n} is out of range")),
-            Some(other) => bail!(
-                "key `{key}`: expected an integer, found {}",
-                other.type_str()
-            ),
-        }
-    }
-
-    fn list<T>(&self, key: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Option<Vec<T>>> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    Value::String(s) => parse(s).with_context(|| format!("key `{key}`")),
-                    other => bail!("key `{key}`: expected strings, found {}", other.type_str()),
-                })
-                .collect::<Result<Vec<T>>>()
-                .map(Some),
-            Some(other) => bail!("key `{key}`: expected an array, found {}", other.type_str()),
-        }
-    }
-
-    fn ports(&self) -> Result<Option<Vec<u16>>> {
-        match self.0.get("ports") {
-            None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    Value::Integer(n) => u16::try_from(*n)
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| anyhow!("key `ports`: {n} is not a port")),
-                    other => bail!("key `ports`: expected integers, found {}", other.type_str()),
-                })
-                .collect::<Result<Vec<u16>>>()
-                .map(Some),
-            Some(other) => bail!("key `ports`: expected an array, found {}", other.type_str()),
-        }
+        _ => anyhow!(what),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{net::SocketAddr, time::Duration};
+
+    use clap::Parser;
+    use gate_common::DenyMode;
+
     use super::*;
+    use crate::{cli::Cli, gate::AttachMode};
 
     fn err(text: &str) -> String {
-        format!("{:#}", ServeSettings::from_toml(text).unwrap_err())
+        format!("{:#}", ServeConfig::from_toml(text).unwrap_err())
     }
+
+    const EVERY_KEY: &str = r#"
+        listen = ["[::]:110", "127.0.0.1:1110"]
+        users = "/etc/smtp-gate/users"
+        mail_root = "/var/mail"
+        hostname = "mail.example.org"
+        pin_dir = "/sys/fs/bpf/x"
+        iface = "eth0"
+        mode = "tc"
+        ports = [25, 587]
+        window = "15m"
+        exempt = ["192.0.2.0/24", "2001:db8::/32"]
+        dest = ["198.51.100.25/32", "2001:db8:25::/64"]
+        deny = "reset"
+        capacity = 1000
+        log_rate = 3
+        allow_private_bpffs = true
+        idle_timeout = "20m"
+        max_connections = 50
+        max_connections_per_ip = 5
+        login_failure_delay = "1s"
+        shutdown_grace = "5s"
+    "#;
 
     #[test]
     fn reads_every_key() {
-        let s = ServeSettings::from_toml(
-            r#"
-            listen = ["[::]:110", "127.0.0.1:1110"]
-            users = "/etc/smtp-gate/users"
-            mail_root = "/var/mail"
-            hostname = "mail.example.org"
-            pin_dir = "/sys/fs/bpf/x"
-            iface = "eth0"
-            mode = "tc"
-            ports = [25, 587]
-            window = "15m"
-            exempt = ["192.0.2.0/24", "2001:db8::/32"]
-            dest = ["198.51.100.25/32", "2001:db8:25::/64"]
-            deny = "reset"
-            capacity = 1000
-            log_rate = 3
-            allow_private_bpffs = true
-            idle_timeout = "20m"
-            max_connections = 50
-            login_failure_delay = "1s"
-            shutdown_grace = "5s"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(s.listen.unwrap().len(), 2);
-        assert_eq!(s.mode, Some(AttachMode::Tc));
-        assert_eq!(s.ports, Some(vec![25, 587]));
-        assert_eq!(s.window, Some(Duration::from_secs(900)));
-        assert_eq!(s.deny, Some(DenyMode::Reset));
-        assert_eq!(s.exempt.unwrap().len(), 2);
-        assert_eq!(s.dest.unwrap().len(), 2);
-        assert_eq!(s.allow_private_bpffs, Some(true));
-        assert_eq!(s.max_connections, Some(50));
-        let all = ServeSettings::from_toml("dest = [\"all\"]").unwrap();
-        assert_eq!(all.dest, Some(Vec::new()), "all: every destination");
+        let s = ServeConfig::from_toml(EVERY_KEY).unwrap();
+        assert_eq!(s.pop3.listen.len(), 2);
+        assert_eq!(s.attach.mode, Some(AttachMode::Tc));
+        assert_eq!(s.attach.ports, Some(vec![25, 587]));
+        assert_eq!(s.attach.window, Some(Duration::from_secs(900)));
+        assert_eq!(s.attach.deny, Some(DenyMode::Reset));
+        assert_eq!(s.attach.log_rate_per_sec, Some(3));
+        assert_eq!(s.attach.exempt.unwrap().len(), 2);
+        assert_eq!(s.attach.dest.unwrap().len(), 2);
+        assert!(s.attach.allow_private_bpffs);
+        assert_eq!(s.pop3.max_connections, 50);
+        assert_eq!(s.pop3.login_failure_delay, Duration::from_secs(1));
+        let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
+        assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
+    }
+
+    /// The flag layer and the keys are one set: every flag is a key, and
+    /// every key (all of them are in EVERY_KEY) has a flag.
+    #[test]
+    fn every_flag_is_a_key_and_every_key_a_flag() {
+        let keys = serve_keys();
+        let every: Table = EVERY_KEY.parse().unwrap();
+        let mut in_file: Vec<&String> = every.keys().collect();
+        in_file.sort();
+        let mut flags: Vec<&String> = keys.iter().collect();
+        flags.sort();
+        assert_eq!(flags, in_file);
+        for key in &keys {
+            // A value no key takes: the error must be about the value.
+            let alone = Table::from_iter([(key.clone(), Value::Table(Table::new()))]);
+            let e = Value::Table(alone).try_into::<ServeConfig>().unwrap_err();
+            assert!(
+                !e.message().contains("unknown field"),
+                "the flag --{key} is not a key: {}",
+                e.message()
+            );
+        }
     }
 
     #[test]
@@ -392,52 +313,79 @@ mod tests {
         assert!(err("allow_private_bpffs = 1").contains("key `allow_private_bpffs`"));
         assert!(err("deny = \"maybe\"").contains("key `deny`"));
         assert!(err("max_connections = -1").contains("key `max_connections`"));
+        assert!(err("idle_timeout = \"10m\"\nlisten = [\"x\"]").contains("key `listen`"));
         assert!(err("liste = []").contains("unknown key `liste`"));
         assert!(err("this is not toml").contains("not valid TOML"));
     }
 
+    fn serve_args(argv: &[&str]) -> ServeArgs {
+        let mut full = vec!["smtp-gate", "serve"];
+        full.extend(argv);
+        match Cli::parse_from(full).command {
+            crate::cli::Command::Serve(args) => args,
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
     #[test]
     fn flags_win_over_the_file() {
-        let file = ServeSettings {
-            iface: Some("eth0".into()),
-            window: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
-        let flags = ServeSettings {
-            window: Some(Duration::from_secs(5)),
-            ..Default::default()
-        };
-        let merged = flags.over(file);
-        assert_eq!(merged.iface.as_deref(), Some("eth0"));
-        assert_eq!(merged.window, Some(Duration::from_secs(5)));
+        let dir = tempdir();
+        let file = dir.join("smtp-gate.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "iface = \"eth0\"\nwindow = \"60s\"\nusers = \"/u\"\nmail_root = \"{}\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let flags = serve_args(&["--window", "5s", "--max-connections", "7"]);
+        let merged = ServeConfig::load(Some(&file), &flags).unwrap();
+        assert_eq!(merged.attach.iface, "eth0");
+        assert_eq!(merged.attach.window, Some(Duration::from_secs(5)));
+        assert_eq!(merged.pop3.max_connections, 7);
+        let bad = serve_args(&["--idle-timeout", "1m"]);
+        let e = format!("{:#}", ServeConfig::load(Some(&file), &bad).unwrap_err());
+        assert!(e.contains("--idle-timeout: RFC 1939"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "smtp-gate-config-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
     fn resolve_requires_and_checks() {
         let dir = std::env::temp_dir();
-        let base = ServeSettings {
-            iface: Some("eth0".into()),
-            users: Some("/nonexistent/users".into()),
-            mail_root: Some(dir.clone()),
-            ..Default::default()
+        let base = || {
+            let mut config =
+                ServeConfig::from_toml("iface = \"eth0\"\nusers = \"/nonexistent/users\"").unwrap();
+            config.mail_root = dir.clone();
+            config
         };
-        let ok = base.clone().resolve().unwrap();
-        assert_eq!(ok.listen, vec!["[::]:110".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(ok.idle_timeout, Duration::from_secs(600));
-        let missing = ServeSettings {
-            iface: None,
-            ..base.clone()
-        };
-        assert!(format!("{:#}", missing.resolve().unwrap_err()).contains("`iface`"));
-        let short = ServeSettings {
-            idle_timeout: Some(Duration::from_secs(60)),
-            ..base.clone()
-        };
-        assert!(format!("{:#}", short.resolve().unwrap_err()).contains("`idle_timeout`"));
-        let no_root = ServeSettings {
-            mail_root: Some("/nonexistent/mail".into()),
-            ..base
-        };
-        assert!(format!("{:#}", no_root.resolve().unwrap_err()).contains("`mail_root`"));
+        let ok = base();
+        ok.check().unwrap();
+        assert_eq!(
+            ok.pop3.listen,
+            vec!["[::]:110".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(ok.pop3.idle_timeout, Duration::from_secs(600));
+        let mut missing = base();
+        missing.attach.iface.clear();
+        assert!(missing.check().unwrap_err().key.as_deref() == Some("iface"));
+        let mut short = base();
+        short.pop3.idle_timeout = Duration::from_secs(60);
+        assert!(short.check().unwrap_err().key.as_deref() == Some("idle_timeout"));
+        let mut no_root = base();
+        no_root.mail_root = "/nonexistent/mail".into();
+        assert!(no_root.check().unwrap_err().key.as_deref() == Some("mail_root"));
     }
 }

@@ -16,12 +16,12 @@ use log::{info, warn};
 use pop3::{
     auth::users_file::UsersFile,
     maildrop::maildir::MaildirStore,
-    server::{bind_listeners, Backends, Server, ServerConfig},
+    server::{bind_listeners, Backends, Server},
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ServeConfig, ServeSettings};
+pub use config::ServeConfig;
 pub use grant_sink::GateGrantSink;
 
 use crate::gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir};
@@ -40,7 +40,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
 async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
     // The ports first: a daemon that cannot listen must not leave behind a
     // gate that nobody can get a grant from.
-    let listeners = bind_listeners(&config.listen)?;
+    let listeners = bind_listeners(&config.pop3.listen)?;
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
     let attachment = gate::attach_holding(&dir, &config.attach)?;
@@ -96,17 +96,7 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         store: Arc::new(MaildirStore::new(config.mail_root.clone())),
         grants: grants.clone(),
     };
-    let server_config = ServerConfig {
-        listen: config.listen.clone(),
-        hostname: config.hostname.clone(),
-        idle_timeout: config.idle_timeout,
-        max_connections: config.max_connections,
-        max_connections_per_ip: config.max_connections_per_ip,
-        failed_login_delay: config.login_failure_delay,
-        max_login_failures: 3,
-        shutdown_grace: config.shutdown_grace,
-    };
-    let server = Server::with_listeners(server_config, backends, listeners);
+    let server = Server::with_listeners(config.pop3.clone(), backends, listeners);
     for addr in server.local_addrs() {
         info!("POP3 listening on {addr}");
     }

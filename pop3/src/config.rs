@@ -1,0 +1,137 @@
+//! The POP3 service's settings, each with its default: the one place a
+//! setting of the service is written. `smtp-gate serve` reads them from
+//! its config file, whose keys are these fields' names, and from its flags
+//! of the same names; it refuses to start on one that `check` refuses.
+
+use std::{fmt, net::SocketAddr, sync::OnceLock, time::Duration};
+
+use serde::{de::Error as _, Deserialize, Deserializer};
+
+use crate::duration;
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Addresses to serve POP3 on. `[::]:110`, the default, is IPv4 and
+    /// IPv6 on one socket (IPV6_V6ONLY is cleared on `[::]`).
+    #[serde(deserialize_with = "listen_addresses")]
+    pub listen: Vec<SocketAddr>,
+    /// Name in the APOP timestamp of the greeting. Default: the system's
+    /// host name.
+    pub hostname: String,
+    /// RFC 1939 section 3: "An autologout timer MUST be of at least 10
+    /// minutes' duration." Default and least: 10 minutes.
+    #[serde(with = "duration::text")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are answered `-ERR [SYS/TEMP]`.
+    pub max_connections: usize,
+    /// Connections from one address at once: one host cannot take every
+    /// slot and lock everybody else out of POP3 (and so out of SMTP).
+    pub max_connections_per_ip: usize,
+    /// Every failed login is answered after this long.
+    #[serde(with = "duration::text")]
+    pub login_failure_delay: Duration,
+    /// Failed logins after which the connection is closed. Not a key of
+    /// the config file.
+    #[serde(skip)]
+    pub max_login_failures: u32,
+    /// How long running sessions may go on after shutdown begins.
+    #[serde(with = "duration::text")]
+    pub shutdown_grace: Duration,
+}
+
+/// RFC 1939 section 3 (see `ServerConfig::idle_timeout`).
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 110))],
+            hostname: system_host_name().to_string(),
+            idle_timeout: MIN_IDLE_TIMEOUT,
+            max_connections: 1024,
+            max_connections_per_ip: 50,
+            login_failure_delay: Duration::from_secs(2),
+            max_login_failures: 3,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A setting the service cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadSetting {
+    /// The key (the field's name).
+    pub key: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for BadSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for BadSetting {}
+
+impl ServerConfig {
+    /// Refuses what the service cannot run with, naming the key.
+    pub fn check(&self) -> Result<(), BadSetting> {
+        let bad = |key, problem: &str| {
+            Err(BadSetting {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        if self.listen.is_empty() {
+            return bad("listen", "at least one address is needed");
+        }
+        let hostname = &self.hostname;
+        if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c == '>') {
+            return bad(
+                "hostname",
+                &format!("`{hostname}` cannot go into an APOP timestamp"),
+            );
+        }
+        if self.idle_timeout < MIN_IDLE_TIMEOUT {
+            return bad("idle_timeout", "RFC 1939 requires at least 10 minutes");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.max_connections_per_ip == 0 {
+            return bad("max_connections_per_ip", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Socket addresses, with a hint for the usual mistake (a name or a bare
+/// address instead of ADDRESS:PORT).
+fn listen_addresses<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                D::Error::custom(format!("`{text}` is not ADDRESS:PORT (e.g. \"[::]:110\")"))
+            })
+        })
+        .collect()
+}
+
+/// The system's host name (`localhost` if it has none): the default APOP
+/// timestamp host, and the host part of new Maildir file names.
+pub fn system_host_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let uname = rustix::system::uname();
+        let name = uname.nodename().to_string_lossy();
+        if name.is_empty() {
+            "localhost".to_string()
+        } else {
+            name.into_owned()
+        }
+    })
+}
