@@ -5,12 +5,11 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gate_common::DenyMode;
 use pop3::duration::{self, parse_duration};
 use serde::Serialize;
 
 use crate::{
-    addr::{dest_scope, parse_addr, Cidr, Dest},
+    addr::{parse_addr, Cidr, Dest},
     gate::{pins::DEFAULT_PIN_DIR, AttachMode},
 };
 
@@ -69,16 +68,6 @@ pub enum DenyArg {
     Monitor,
 }
 
-impl From<DenyArg> for DenyMode {
-    fn from(arg: DenyArg) -> Self {
-        match arg {
-            DenyArg::Drop => DenyMode::Drop,
-            DenyArg::Reset => DenyMode::Reset,
-            DenyArg::Monitor => DenyMode::Monitor,
-        }
-    }
-}
-
 /// Gate settings shared by `attach`, `settings` and `serve`.
 #[derive(Args, Debug, Clone, Default, Serialize)]
 pub struct GateSettingsArgs {
@@ -103,27 +92,20 @@ pub struct GateSettingsArgs {
     pub dest: Vec<Dest>,
 }
 
-impl GateSettingsArgs {
-    /// The destination scope if `--dest` was given (empty: every
-    /// destination).
-    pub fn dest(&self) -> anyhow::Result<Option<Vec<Cidr>>> {
-        if self.dest.is_empty() {
-            return Ok(None);
-        }
-        dest_scope(&self.dest).map(Some)
-    }
-}
-
-#[derive(Args, Debug)]
+/// The flags, but the pin directory, are the keys of an `AttachRequest`.
+#[derive(Args, Debug, Serialize)]
 pub struct AttachArgs {
     /// Interface to gate (the one mail clients come in on).
     #[arg(long, value_name = "IF")]
     pub iface: String,
     #[command(flatten)]
+    #[serde(flatten)]
     pub attachment: AttachmentArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub settings: GateSettingsArgs,
     #[command(flatten)]
+    #[serde(skip)]
     pub pins: PinDirArg,
 }
 
@@ -147,13 +129,6 @@ pub struct AttachmentArgs {
     /// then ends with the process. Refused without this flag.
     #[arg(long)]
     pub allow_private_bpffs: bool,
-}
-
-impl AttachmentArgs {
-    /// The exempt list if one was given.
-    pub fn exempt(&self) -> Option<Vec<Cidr>> {
-        (!self.exempt.is_empty()).then(|| self.exempt.clone())
-    }
 }
 
 #[derive(Args, Debug)]

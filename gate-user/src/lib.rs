@@ -5,4 +5,5 @@
 pub mod addr;
 pub mod cli;
 pub mod gate;
+pub mod keys;
 pub mod serve;

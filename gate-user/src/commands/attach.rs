@@ -1,27 +1,20 @@
 use anyhow::Result;
-use smtp_gate::gate::{self, AttachReport, AttachRequest, PinDir};
+use serde::Serialize;
+use smtp_gate::{
+    cli::{AttachArgs, DetachArgs},
+    gate::{self, AttachReport, AttachRequest, PinDir},
+    keys,
+};
 
-use smtp_gate::cli::{AttachArgs, DetachArgs, GateSettingsArgs};
-
-pub fn request(iface: &str, settings: &GateSettingsArgs) -> Result<AttachRequest> {
-    Ok(AttachRequest {
-        iface: iface.to_string(),
-        window: settings.window,
-        ports: settings.ports.clone(),
-        deny: settings.deny.map(Into::into),
-        log_rate_per_sec: settings.log_rate,
-        dest: settings.dest()?,
-        ..AttachRequest::default()
-    })
+/// What the given flags ask of the gate: the flags are the keys of an
+/// `AttachRequest`, as in serve's config file.
+pub fn request(flags: &impl Serialize) -> Result<AttachRequest> {
+    keys::read(keys::given_flags(flags)?).map_err(|e| e.as_flag())
 }
 
 pub fn attach(args: AttachArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
-    let mut req = request(&args.iface, &args.settings)?;
-    req.mode = args.attachment.mode;
-    req.exempt = args.attachment.exempt();
-    req.capacity = args.attachment.capacity;
-    req.allow_private_bpffs = args.attachment.allow_private_bpffs;
+    let req = request(&args)?;
     let report = gate::attach(&dir, &req)?;
     let pins = dir.path().display();
     let mode = match &report {

@@ -20,7 +20,7 @@ fn deny_name(raw: u32) -> &'static str {
 
 pub fn settings(args: SettingsArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
-    let req = request("", &args.settings)?;
+    let req = request(&args.settings)?;
     let changing = req.changes_settings() || req.dest.is_some();
     // A change is read, merged and written under the pin directory's lock,
     // which every writer of the settings takes (attach, exempt, settings),

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use pop3::config::ServerConfig;
 use serde::Deserialize;
-use toml::{Table, Value};
+use toml::Table;
 
 use crate::{
     cli::{serve_keys, ServeArgs},
     gate::{pins::DEFAULT_PIN_DIR, settings::validate_ports, AttachRequest},
+    keys::{self, KeyError},
 };
 
 /// Everything `serve` needs.
@@ -44,23 +45,6 @@ fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
 
-/// A value `serve` cannot take, and the key it came under (none when the
-/// file as a whole is wrong).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub key: Option<String>,
-    pub problem: String,
-}
-
-impl ConfigError {
-    fn of(key: &str, problem: impl Into<String>) -> Self {
-        Self {
-            key: Some(key.to_string()),
-            problem: problem.into(),
-        }
-    }
-}
-
 impl ServeConfig {
     /// The config file (if any) with the flags laid over it, checked.
     pub fn load(file: Option<&Path>, flags: &ServeArgs) -> Result<Self> {
@@ -68,11 +52,11 @@ impl ServeConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                parse_table(&text).map_err(|e| described(e, &[], file))?
+                keys::parse_table(&text).map_err(|e| described(e, &[], file))?
             }
             None => Table::new(),
         };
-        let flags = flag_table(flags)?;
+        let flags = keys::given_flags(flags)?;
         let from_flags: Vec<String> = flags.keys().cloned().collect();
         table.extend(flags);
         Self::from_table(table)
@@ -82,40 +66,25 @@ impl ServeConfig {
 
     /// A config file's text, read but not checked (`check`).
     pub fn from_toml(text: &str) -> Result<Self> {
-        parse_table(text)
+        keys::parse_table(text)
             .and_then(Self::from_table)
             .map_err(|e| described(e, &[], None))
     }
 
-    fn from_table(table: Table) -> Result<Self, ConfigError> {
+    fn from_table(table: Table) -> Result<Self, KeyError> {
         let keys = serve_keys();
         if let Some(unknown) = table.keys().find(|key| !keys.contains(key)) {
-            return Err(ConfigError {
-                key: None,
-                problem: format!("unknown key `{unknown}` (known keys: {})", keys.join(", ")),
-            });
+            return Err(KeyError::whole(format!(
+                "unknown key `{unknown}` (known keys: {})",
+                keys.join(", ")
+            )));
         }
-        let whole = match Value::Table(table.clone()).try_into::<Self>() {
-            Ok(config) => return Ok(config),
-            Err(e) => e,
-        };
-        // Serde loses the key of a field inside an embedded structure;
-        // every key can be read alone, so the one that fails alone is it.
-        for (key, value) in table {
-            let alone = Table::from_iter([(key.clone(), value)]);
-            if let Err(e) = Value::Table(alone).try_into::<Self>() {
-                return Err(ConfigError::of(&key, reworded(e.message())));
-            }
-        }
-        Err(ConfigError {
-            key: None,
-            problem: reworded(whole.message()),
-        })
+        keys::read(table)
     }
 
     /// Refuses what `serve` cannot run with: the required keys, the mail
     /// root, and the values each part checks itself.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub fn check(&self) -> Result<(), KeyError> {
         let required = [
             ("iface", self.attach.iface.is_empty(), "IF"),
             ("users", self.users.as_os_str().is_empty(), "FILE"),
@@ -123,7 +92,7 @@ impl ServeConfig {
         ];
         for (key, missing, value) in required {
             if missing {
-                return Err(ConfigError::of(
+                return Err(KeyError::of(
                     key,
                     format!(
                         "missing (--{} {value}, or {key} = \"{value}\" in the config file)",
@@ -133,81 +102,26 @@ impl ServeConfig {
             }
         }
         if !self.mail_root.is_dir() {
-            return Err(ConfigError::of(
+            return Err(KeyError::of(
                 "mail_root",
                 format!("{} is not a directory", self.mail_root.display()),
             ));
         }
         if let Some(ports) = &self.attach.ports {
-            validate_ports(ports).map_err(|why| ConfigError::of("ports", why))?;
+            validate_ports(ports).map_err(|why| KeyError::of("ports", why))?;
         }
         if self.attach.capacity == Some(0) {
-            return Err(ConfigError::of("capacity", "must be at least 1"));
+            return Err(KeyError::of("capacity", "must be at least 1"));
         }
         self.pop3
             .check()
-            .map_err(|bad| ConfigError::of(bad.key, bad.problem))
+            .map_err(|bad| KeyError::of(bad.key, bad.problem))
     }
-}
-
-fn parse_table(text: &str) -> Result<Table, ConfigError> {
-    text.parse().map_err(|e: toml::de::Error| ConfigError {
-        key: None,
-        problem: format!("not valid TOML: {e}"),
-    })
-}
-
-/// The flags that were given, as config keys: clap leaves the others
-/// `None`, `false` or empty, and so they are left out.
-fn flag_table(flags: &ServeArgs) -> Result<Table> {
-    let given = match serde_json::to_value(flags).context("reading the flags")? {
-        serde_json::Value::Object(given) => given,
-        other => return Err(anyhow!("the flags read as {other}, not as keys")),
-    };
-    let mut table = Table::new();
-    for (key, value) in given {
-        let flag = || format!("--{}", key.replace('_', "-"));
-        if let Some(value) = given_value(value).with_context(flag)? {
-            table.insert(key, value);
-        }
-    }
-    Ok(table)
-}
-
-/// A flag's value as a config value; `None` if the flag was not given.
-fn given_value(json: serde_json::Value) -> Result<Option<Value>> {
-    use serde_json::Value as Json;
-    Ok(Some(match json {
-        Json::Null | Json::Bool(false) => return Ok(None),
-        Json::Array(items) if items.is_empty() => return Ok(None),
-        Json::Bool(b) => Value::Boolean(b),
-        Json::Number(n) => {
-            Value::Integer(n.as_i64().ok_or_else(|| anyhow!("{n} is out of range"))?)
-        }
-        Json::String(s) => Value::String(s),
-        Json::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .filter_map(|item| given_value(item).transpose())
-                .collect::<Result<_>>()?,
-        ),
-        Json::Object(_) => return Err(anyhow!("not a value a key can take")),
-    }))
-}
-
-/// Serde says "invalid type: integer `5`, expected a string"; an operator
-/// reads "expected a string, found integer `5`" more easily.
-fn reworded(message: &str) -> String {
-    message
-        .strip_prefix("invalid type: ")
-        .and_then(|rest| rest.split_once(", expected "))
-        .map(|(found, expected)| format!("expected {expected}, found {found}"))
-        .unwrap_or_else(|| message.to_string())
 }
 
 /// The error as the operator should read it: the flag if the value came
 /// from one, else the key and the file.
-fn described(e: ConfigError, from_flags: &[String], file: Option<&Path>) -> anyhow::Error {
+fn described(e: KeyError, from_flags: &[String], file: Option<&Path>) -> anyhow::Error {
     let what = match &e.key {
         Some(key) if from_flags.contains(key) => {
             format!("--{}: {}", key.replace('_', "-"), e.problem)
@@ -229,6 +143,7 @@ mod tests {
 
     use clap::Parser;
     use gate_common::DenyMode;
+    use toml::Value;
 
     use super::*;
     use crate::{cli::Cli, gate::AttachMode};

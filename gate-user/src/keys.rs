@@ -1,0 +1,115 @@
+//! Settings as keys: a config file's table, or the flags given on a command
+//! line (each under its key, the flag's name with `_` for `-`), read into
+//! the structures that hold them by serde, with errors that name the key.
+
+use anyhow::{anyhow, Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+use toml::{Table, Value};
+
+/// A value that cannot be taken, and the key it came under (none when the
+/// whole is wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: Option<String>,
+    pub problem: String,
+}
+
+impl KeyError {
+    pub fn of(key: &str, problem: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.to_string()),
+            problem: problem.into(),
+        }
+    }
+
+    pub fn whole(problem: impl Into<String>) -> Self {
+        Self {
+            key: None,
+            problem: problem.into(),
+        }
+    }
+
+    /// As a flag's error: `--key-name: problem`.
+    pub fn as_flag(&self) -> anyhow::Error {
+        match &self.key {
+            Some(key) => anyhow!("{}: {}", flag_name(key), self.problem),
+            None => anyhow!("{}", self.problem),
+        }
+    }
+}
+
+/// `--the-flag` of `the_key`.
+pub fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+/// The text of a config file as a table of keys.
+pub fn parse_table(text: &str) -> Result<Table, KeyError> {
+    text.parse()
+        .map_err(|e: toml::de::Error| KeyError::whole(format!("not valid TOML: {e}")))
+}
+
+/// Reads `table` into `T`. Serde loses the key of a field inside a
+/// flattened structure; every key can be read alone, so the one that
+/// fails alone is named.
+pub fn read<T: DeserializeOwned>(table: Table) -> Result<T, KeyError> {
+    let whole = match Value::Table(table.clone()).try_into::<T>() {
+        Ok(read) => return Ok(read),
+        Err(e) => e,
+    };
+    for (key, value) in table {
+        let alone = Table::from_iter([(key.clone(), value)]);
+        if let Err(e) = Value::Table(alone).try_into::<T>() {
+            return Err(KeyError::of(&key, reworded(e.message())));
+        }
+    }
+    Err(KeyError::whole(reworded(whole.message())))
+}
+
+/// The flags that were given, under their keys. clap leaves a flag that
+/// was not given `None`, `false` or empty, and so it is left out: no flag
+/// can be given as any of these.
+pub fn given_flags(flags: &impl Serialize) -> Result<Table> {
+    let given = match serde_json::to_value(flags).context("reading the flags")? {
+        serde_json::Value::Object(given) => given,
+        other => return Err(anyhow!("the flags read as {other}, not as keys")),
+    };
+    let mut table = Table::new();
+    for (key, value) in given {
+        if let Some(value) = given_value(value).with_context(|| flag_name(&key))? {
+            table.insert(key, value);
+        }
+    }
+    Ok(table)
+}
+
+/// A flag's value as a key's; `None` if the flag was not given.
+fn given_value(json: serde_json::Value) -> Result<Option<Value>> {
+    use serde_json::Value as Json;
+    Ok(Some(match json {
+        Json::Null | Json::Bool(false) => return Ok(None),
+        Json::Array(items) if items.is_empty() => return Ok(None),
+        Json::Bool(b) => Value::Boolean(b),
+        Json::Number(n) => {
+            Value::Integer(n.as_i64().ok_or_else(|| anyhow!("{n} is out of range"))?)
+        }
+        Json::String(s) => Value::String(s),
+        Json::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .filter_map(|item| given_value(item).transpose())
+                .collect::<Result<_>>()?,
+        ),
+        Json::Object(_) => return Err(anyhow!("not a value a key can take")),
+    }))
+}
+
+/// Serde says "invalid type: integer `5`, expected a string"; an operator
+/// reads "expected a string, found integer `5`" more easily.
+fn reworded(message: &str) -> String {
+    message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+        .map(|(found, expected)| format!("expected {expected}, found {found}"))
+        .unwrap_or_else(|| message.to_string())
+}
