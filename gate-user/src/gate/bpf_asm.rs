@@ -62,15 +62,26 @@ pub const JNE_IMM: u8 = 0x55;
 pub const CALL: u8 = 0x85;
 pub const EXIT: u8 = 0x95;
 
-/// bpf(2) with `attr` as its zero-padded bpf_attr.
+/// bpf(2) with `attr` as its bpf_attr: a `#[repr(C)]` prefix of the
+/// kernel's union for `cmd`, or a zero-padded byte image of it. The kernel
+/// may write into `attr` (it reports lengths back).
 ///
 /// # Safety
-/// Every pointer `attr` holds for `cmd` must be valid, for the length
-/// `attr` gives it, for reading or (where the kernel writes back) for
-/// writing, until the call returns.
-pub unsafe fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
-    // SAFETY: attr is 128 bytes; its pointers are the caller's promise.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+/// `attr` must be laid out as the kernel reads it for `cmd`, and every
+/// pointer it holds must be valid, for the length `attr` gives it, for
+/// reading or (where the kernel writes back) for writing, until the call
+/// returns.
+pub unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<i64> {
+    // SAFETY: attr is valid for its size; its layout and pointers are the
+    // caller's promise.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut A,
+            std::mem::size_of::<A>() as u32,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

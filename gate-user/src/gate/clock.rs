@@ -14,9 +14,10 @@
 //! Like CLOCK_MONOTONIC, jiffies stand still while the host is suspended:
 //! a grant lasts its window of time awake. Expiry is exact to one tick.
 
-use std::io;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use nix::time::{clock_getres, clock_gettime, ClockId};
 
 use super::bpf_asm::{
     insn, load_xdp, run_once_into, Insn, ProgFd, ADD64_IMM, CALL, EXIT, JGT_REG, LDX_W, MOV64_IMM,
@@ -33,17 +34,9 @@ const PROBE_FRAME_LEN: usize = 64;
 
 /// Nanoseconds per jiffy on this kernel.
 pub fn tick_ns() -> Result<u32> {
-    let mut res = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: res is a valid timespec.
-    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .context("clock_getres(CLOCK_MONOTONIC_COARSE) for the kernel's tick length");
-    }
-    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    let res = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
+        .context("clock_getres(CLOCK_MONOTONIC_COARSE) for the kernel's tick length")?;
+    let ns = Duration::from(res).as_nanos();
     // HZ is at least 24 on every architecture: a tick is under 42 ms.
     match u32::try_from(ns) {
         Ok(ns) if (1..=50_000_000).contains(&ns) => Ok(ns),
@@ -55,14 +48,9 @@ pub fn tick_ns() -> Result<u32> {
 /// clock older builds stamped grants on. Upgrades read the kernel's own
 /// through the probe (`GateClock::boot_ns`).
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec; CLOCK_BOOTTIME always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_BOOTTIME always exists on Linux.
+    let now = clock_gettime(ClockId::CLOCK_BOOTTIME).expect("clock_gettime(CLOCK_BOOTTIME) failed");
+    Duration::from(now).as_nanos() as u64
 }
 
 /// Reads the gate's clock: the loaded probe and the tick length.

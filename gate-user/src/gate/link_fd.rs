@@ -15,6 +15,8 @@ use std::{
     path::Path,
 };
 
+use super::bpf_asm::bpf;
+
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -69,14 +71,14 @@ impl LinkFd {
     /// Opens the link pinned at `path`.
     pub fn open_pinned(path: &Path) -> io::Result<Self> {
         let c_path = CString::new(path.as_os_str().as_bytes())?;
-        let get = ObjAttr {
+        let mut get = ObjAttr {
             pathname: c_path.as_ptr() as u64,
             bpf_fd: 0,
             file_flags: 0,
         };
         // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; c_path outlives
         // the call.
-        let fd = unsafe { bpf(BPF_OBJ_GET, &get) }?;
+        let fd = unsafe { bpf(BPF_OBJ_GET, &mut get) }?;
         // SAFETY: the kernel just returned this fd to us; we own it.
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
     }
@@ -86,13 +88,13 @@ impl LinkFd {
         // 8-aligned union whose xdp and tcx members both start with the
         // ifindex, at offset 16.
         let mut info = [0u32; 64];
-        let attr = InfoByFdAttr {
+        let mut attr = InfoByFdAttr {
             bpf_fd: self.0.as_raw_fd() as u32,
             info_len: std::mem::size_of_val(&info) as u32,
             info: info.as_mut_ptr() as u64,
         };
         // SAFETY: info is writable for info_len bytes.
-        unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }?;
+        unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
         Ok(LinkInfo {
             id: info[1],
             prog_id: info[2],
@@ -103,13 +105,13 @@ impl LinkFd {
     /// Pins the link at `path` (which must not exist, on a bpffs).
     pub fn pin(&self, path: &Path) -> io::Result<()> {
         let c_path = CString::new(path.as_os_str().as_bytes())?;
-        let pin = ObjAttr {
+        let mut pin = ObjAttr {
             pathname: c_path.as_ptr() as u64,
             bpf_fd: self.0.as_raw_fd() as u32,
             file_flags: 0,
         };
         // SAFETY: a valid bpf_attr prefix for BPF_OBJ_PIN.
-        unsafe { bpf(BPF_OBJ_PIN, &pin) }?;
+        unsafe { bpf(BPF_OBJ_PIN, &mut pin) }?;
         Ok(())
     }
 
@@ -117,25 +119,25 @@ impl LinkFd {
     /// daemon's fd), not only for this fd: what `detach` and a mode switch
     /// mean. The link object stays, defunct, until its last fd closes.
     pub fn detach(&self) -> io::Result<()> {
-        let attr = LinkDetachAttr {
+        let mut attr = LinkDetachAttr {
             link_fd: self.0.as_raw_fd() as u32,
         };
         // SAFETY: a valid bpf_attr prefix for BPF_LINK_DETACH.
-        unsafe { bpf(BPF_LINK_DETACH, &attr) }?;
+        unsafe { bpf(BPF_LINK_DETACH, &mut attr) }?;
         Ok(())
     }
 
     /// Runs `program` under this link from now on, atomically: the
     /// interface is never without a program (an upgrade in place).
     pub fn update_program(&self, program: BorrowedFd<'_>) -> io::Result<()> {
-        let attr = LinkUpdateAttr {
+        let mut attr = LinkUpdateAttr {
             link_fd: self.0.as_raw_fd() as u32,
             new_prog_fd: program.as_raw_fd() as u32,
             flags: 0,
             old_prog_fd: 0,
         };
         // SAFETY: a valid bpf_attr prefix for BPF_LINK_UPDATE.
-        unsafe { bpf(BPF_LINK_UPDATE, &attr) }?;
+        unsafe { bpf(BPF_LINK_UPDATE, &mut attr) }?;
         Ok(())
     }
 }
@@ -149,25 +151,4 @@ impl AsFd for LinkFd {
 /// The ifindex of the link pinned at `path`: 0 if its interface is gone.
 pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
     Ok(LinkFd::open_pinned(path)?.info()?.ifindex)
-}
-
-/// bpf(2) with `attr` as the attribute prefix the command reads.
-///
-/// # Safety
-/// `attr` must be a valid `bpf_attr` prefix for `cmd`, and every buffer it
-/// points to must be valid for what the command does with it.
-unsafe fn bpf<A>(cmd: libc::c_long, attr: &A) -> io::Result<libc::c_long> {
-    // SAFETY: the caller's promise; the size is that of `attr`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const A,
-            std::mem::size_of::<A>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
 }

@@ -3,8 +3,7 @@
 use anyhow::{bail, Result};
 
 pub fn require_root(what: &str) -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("{what} needs root (the BPF maps and programs are only open to root)");
     }
     Ok(())
