@@ -1,0 +1,208 @@
+//! The AUTHORIZATION state (RFC 1939 section 4): USER and PASS, or APOP.
+//! A login locks the maildrop and grants the client's address before the
+//! `+OK`, and the session enters TRANSACTION.
+
+use std::sync::Arc;
+
+use log::{error, info, warn};
+
+use super::{off_runtime, transaction::Transaction, Flow, SessionContext, State};
+use crate::{
+    auth::apop,
+    maildrop::OpenError,
+    reply::{ReplyBuffer, RespCode},
+    ApopSecret,
+};
+
+/// What the session knows before a login.
+#[derive(Default)]
+pub(super) struct Authorization {
+    /// The name given by USER, waiting for its PASS.
+    user: Option<String>,
+    /// Failed logins so far in this session.
+    failures: u32,
+}
+
+enum Method {
+    UserPass,
+    Apop,
+}
+
+impl Method {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::UserPass => "USER/PASS",
+            Self::Apop => "APOP",
+        }
+    }
+}
+
+impl Authorization {
+    pub(super) fn user(self, user: String, out: &mut ReplyBuffer) -> (State, Flow) {
+        // RFC 1939 allows -ERR for an unknown name; answering +OK
+        // either way does not tell a prober which names exist.
+        out.ok("send PASS");
+        let next = Self {
+            user: Some(user),
+            ..self
+        };
+        (State::Authorization(next), Flow::Continue)
+    }
+
+    pub(super) async fn pass(
+        self,
+        ctx: &SessionContext,
+        password: String,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        let Some(user) = self.user.clone() else {
+            out.err(None, "USER first");
+            return (State::Authorization(self), Flow::Continue);
+        };
+        let auth = Arc::clone(&ctx.auth);
+        let check_user = user.clone();
+        let verified = off_runtime(move || auth.verify_password(&check_user, &password))
+            .await
+            .unwrap_or(false);
+        if verified {
+            self.login(ctx, user, Method::UserPass, out).await
+        } else {
+            self.fail(
+                ctx,
+                &user,
+                Method::UserPass,
+                "invalid user name or password",
+                out,
+            )
+        }
+    }
+
+    pub(super) async fn apop(
+        self,
+        ctx: &SessionContext,
+        timestamp: &str,
+        user: String,
+        digest: String,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        match ctx.auth.apop_secret(&user) {
+            ApopSecret::Secret(secret) => {
+                if apop::verify(timestamp, &secret, &digest) {
+                    self.login(ctx, user, Method::Apop, out).await
+                } else {
+                    self.fail(ctx, &user, Method::Apop, "invalid user name or digest", out)
+                }
+            }
+            ApopSecret::NotPlaintext => self.fail(
+                ctx,
+                &user,
+                Method::Apop,
+                "APOP is not available for this user (no plaintext-equivalent secret); use USER/PASS",
+                out,
+            ),
+            ApopSecret::NoSuchUser => {
+                self.fail(ctx, &user, Method::Apop, "invalid user name or digest", out)
+            }
+        }
+    }
+
+    fn fail(
+        self,
+        ctx: &SessionContext,
+        user: &str,
+        method: Method,
+        reason: &str,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        let failures = self.failures + 1;
+        info!(
+            "login user={user} addr={} method={} result=failed",
+            ctx.peer,
+            method.name()
+        );
+        out.err(Some(RespCode::Auth), reason);
+        if failures >= ctx.max_login_failures {
+            return (State::Closed, Flow::LoginFailedClose);
+        }
+        // RFC 1939 section 7: after a failed PASS the session starts over
+        // with USER.
+        let next = Self {
+            user: None,
+            failures,
+        };
+        (State::Authorization(next), Flow::LoginFailed)
+    }
+
+    /// Authentication succeeded: lock the maildrop, grant, then answer.
+    async fn login(
+        self,
+        ctx: &SessionContext,
+        user: String,
+        method: Method,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        let store = Arc::clone(&ctx.store);
+        let open_user = user.clone();
+        let opened = off_runtime(move || store.open(&open_user))
+            .await
+            .unwrap_or_else(|e| Err(OpenError::Io(e)));
+        let peer = ctx.peer;
+        let maildrop = match opened {
+            Ok(maildrop) => maildrop,
+            Err(OpenError::InUse) => {
+                info!(
+                    "login user={user} addr={peer} method={} result=in-use",
+                    method.name()
+                );
+                out.err(
+                    Some(RespCode::InUse),
+                    "maildrop is locked by another session",
+                );
+                return self.start_over();
+            }
+            Err(OpenError::Invalid(reason)) => {
+                warn!(
+                    "login user={user} addr={peer} method={} result=invalid-maildrop ({reason})",
+                    method.name()
+                );
+                out.err(Some(RespCode::SysPerm), "cannot open this maildrop");
+                return self.start_over();
+            }
+            Err(OpenError::Io(e)) => {
+                error!(
+                    "login user={user} addr={peer} method={} result=maildrop-error ({e})",
+                    method.name()
+                );
+                out.err(
+                    Some(RespCode::SysTemp),
+                    "cannot open the maildrop, try again later",
+                );
+                return self.start_over();
+            }
+        };
+        // The grant must be in the kernel before the client hears +OK: a
+        // client may open its SMTP connection the moment login returns.
+        match ctx.grants.grant(peer) {
+            Ok(()) => info!("grant addr={peer} user={user}"),
+            Err(e) => error!("grant addr={peer} user={user} failed: {e} (login goes on)"),
+        }
+        info!(
+            "login user={user} addr={peer} method={} result=ok",
+            method.name()
+        );
+        let transaction = Transaction::begin(user, maildrop);
+        let (count, size) = transaction.totals();
+        out.ok(&format!(
+            "{} has {count} messages ({size} octets)",
+            transaction.user()
+        ));
+        (State::Transaction(transaction), Flow::Continue)
+    }
+
+    /// Back to waiting for USER (or APOP), the failures kept: the login
+    /// was right but its maildrop could not be had.
+    fn start_over(self) -> (State, Flow) {
+        let next = Self { user: None, ..self };
+        (State::Authorization(next), Flow::Continue)
+    }
+}

@@ -1,0 +1,221 @@
+//! One POP3 session as a state machine: lines in, replies out. The server
+//! owns the socket, the timers and the delays; this owns the protocol.
+//!
+//! RFC 1939 section 3: the session goes through AUTHORIZATION, then
+//! TRANSACTION once the client has identified itself and the maildrop is
+//! locked, then UPDATE when the client sends QUIT. Deletions are applied in
+//! UPDATE only: "If a session terminates for some reason other than a
+//! client-issued QUIT command, the POP3 session does NOT enter the UPDATE
+//! state and MUST not remove any messages from the maildrop."
+//!
+//! [`Session::handle`] decides, in one match, what a command does in the
+//! current state; the handlers of each state live in `authorization` and
+//! `transaction` and get that state's data, not the session.
+
+mod authorization;
+mod transaction;
+
+use std::{io, net::IpAddr, sync::Arc};
+
+use crate::{
+    command::{self, Command},
+    framing::Line,
+    maildrop::MaildropStore,
+    reply::ReplyBuffer,
+    Authenticator, GrantSink,
+};
+use authorization::Authorization;
+use transaction::Transaction;
+
+/// What the session's dependencies and settings are.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub auth: Arc<dyn Authenticator>,
+    pub store: Arc<dyn MaildropStore>,
+    pub grants: Arc<dyn GrantSink>,
+    /// The client's address, normalised (IPv4-mapped IPv6 is IPv4).
+    pub peer: IpAddr,
+    /// Failed logins before the connection is closed.
+    pub max_login_failures: u32,
+}
+
+/// What the server does after the replies of one line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// A login failed: send the replies only after the failure delay.
+    LoginFailed,
+    /// Too many failures: delay, send, close.
+    LoginFailedClose,
+    /// Send the replies and close.
+    Close,
+}
+
+enum State {
+    Authorization(Authorization),
+    Transaction(Transaction),
+    Closed,
+}
+
+pub struct Session {
+    ctx: SessionContext,
+    /// The APOP timestamp of this session's greeting.
+    timestamp: String,
+    state: State,
+}
+
+const CAPABILITIES: [&str; 7] = [
+    "TOP",
+    "UIDL",
+    "USER",
+    "RESP-CODES",
+    "AUTH-RESP-CODE",
+    "PIPELINING",
+    "IMPLEMENTATION smtp-gate",
+];
+
+impl Session {
+    pub fn new(ctx: SessionContext, timestamp: String) -> Self {
+        Self {
+            ctx,
+            timestamp,
+            state: State::Authorization(Authorization::default()),
+        }
+    }
+
+    /// The greeting, with the APOP timestamp (RFC 1939 section 7).
+    pub fn greeting(&self, out: &mut ReplyBuffer) {
+        out.ok(&format!("smtp-gate POP3 server ready {}", self.timestamp));
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Handles one line and appends its reply to `out`.
+    pub async fn handle(&mut self, line: Line, out: &mut ReplyBuffer) -> Flow {
+        let bytes = match line {
+            Line::Command(bytes) => bytes,
+            Line::TooLong => {
+                out.err(None, "line too long (RFC 2449: at most 255 octets)");
+                return Flow::Continue;
+            }
+        };
+        let command = match command::parse(&bytes) {
+            Ok(command) => command,
+            Err(e) => {
+                out.err(None, &e.to_string());
+                return Flow::Continue;
+            }
+        };
+        // The handlers take the state and give back the next one. A step
+        // whose future is dropped (the server cut the session) leaves the
+        // session Closed, which it then is.
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        let (state, flow) = step(&self.ctx, &self.timestamp, state, command, out).await;
+        self.state = state;
+        flow
+    }
+}
+
+/// The one check of each command against the state, and its dispatch.
+///
+/// RFC 1939 section 3: "A server MUST respond to a command issued when
+/// the session is in an incorrect state by responding with a negative
+/// status indicator." RFC 2449 section 5, of CAPA: "It is available in
+/// both the AUTHORIZATION and TRANSACTION states."
+///
+/// `timestamp` is the session's APOP timestamp.
+async fn step(
+    ctx: &SessionContext,
+    timestamp: &str,
+    state: State,
+    command: Command,
+    out: &mut ReplyBuffer,
+) -> (State, Flow) {
+    use Command as C;
+    use State as S;
+    match (state, command) {
+        (state @ (S::Authorization(_) | S::Transaction(_)), C::Capa) => {
+            out.ok_lines("capability list follows", CAPABILITIES);
+            (state, Flow::Continue)
+        }
+        (S::Authorization(auth), C::User(user)) => auth.user(user, out),
+        (S::Authorization(auth), C::Pass(password)) => auth.pass(ctx, password, out).await,
+        (S::Authorization(auth), C::Apop { user, digest }) => {
+            auth.apop(ctx, timestamp, user, digest, out).await
+        }
+        (S::Authorization(_), C::Quit) => {
+            // RFC 1939 section 6: "if the client issues the QUIT command
+            // from the AUTHORIZATION state, the POP3 session terminates
+            // but does NOT enter the UPDATE state."
+            out.ok("smtp-gate POP3 server signing off");
+            (S::Closed, Flow::Close)
+        }
+        (S::Transaction(txn), C::Quit) => (S::Closed, txn.quit(out).await),
+        (S::Transaction(txn), C::Stat) => {
+            txn.stat(out);
+            stay(txn)
+        }
+        (S::Transaction(txn), C::List(n)) => {
+            txn.list(n, out);
+            stay(txn)
+        }
+        (S::Transaction(txn), C::Uidl(n)) => {
+            txn.uidl(n, out);
+            stay(txn)
+        }
+        (S::Transaction(mut txn), C::Retr(n)) => {
+            txn.retr(n, out).await;
+            stay(txn)
+        }
+        (S::Transaction(mut txn), C::Top(n, lines)) => {
+            txn.top(n, lines, out).await;
+            stay(txn)
+        }
+        (S::Transaction(mut txn), C::Dele(n)) => {
+            txn.dele(n, out);
+            stay(txn)
+        }
+        (S::Transaction(mut txn), C::Rset) => {
+            txn.rset(out);
+            stay(txn)
+        }
+        (S::Transaction(txn), C::Noop) => {
+            out.ok("");
+            stay(txn)
+        }
+        (state, command) => {
+            out.err(
+                None,
+                &format!("{} is not valid in this state", command.keyword()),
+            );
+            (state, Flow::Continue)
+        }
+    }
+}
+
+/// A TRANSACTION command answered: the session stays in TRANSACTION.
+fn stay(txn: Transaction) -> (State, Flow) {
+    (State::Transaction(txn), Flow::Continue)
+}
+
+/// Runs blocking work (files, password hashing) without stalling other
+/// sessions. On the multi-threaded runtime (the daemon) the worker hands
+/// its other tasks to its peers and runs `work` itself, which spares a
+/// thread switch per RETR; elsewhere (a current-thread runtime) it goes to
+/// the blocking pool. Either way, once started it runs to its end, even if
+/// the session is dropped meanwhile: a QUIT's deletions are never cut in
+/// half.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        Ok(tokio::task::block_in_place(work))
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(io::Error::other)
+    }
+}
