@@ -18,21 +18,48 @@ pub mod reply;
 pub mod server;
 pub mod session;
 
-use std::net::IpAddr;
+use std::{error::Error, fmt, net::IpAddr};
 
 /// Where a successful login is reported: the SMTP gate's grant map in the
 /// daemon, a fake in tests.
 pub trait GrantSink: Send + Sync + 'static {
     /// Grants `addr` (already normalised: IPv4-mapped IPv6 is IPv4).
     /// An error is logged by the caller; the login still succeeds.
-    fn grant(&self, addr: IpAddr) -> Result<(), String>;
+    fn grant(&self, addr: IpAddr) -> Result<(), GrantError>;
+}
+
+/// Why a [`GrantSink`] could not grant: the sink's own error, whatever its
+/// type, with its chain of causes.
+///
+/// It stands in for that error: its text is the error's text and its
+/// source the error's source, so a chain is written once, not twice.
+#[derive(Debug)]
+pub struct GrantError(Box<dyn Error + Send + Sync + 'static>);
+
+impl GrantError {
+    /// From an error (an `anyhow::Error` too) or from a message.
+    pub fn new(cause: impl Into<Box<dyn Error + Send + Sync + 'static>>) -> Self {
+        GrantError(cause.into())
+    }
+}
+
+impl fmt::Display for GrantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Error for GrantError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// A sink that grants nothing (benchmarks measure against it).
 pub struct NoGrant;
 
 impl GrantSink for NoGrant {
-    fn grant(&self, _addr: IpAddr) -> Result<(), String> {
+    fn grant(&self, _addr: IpAddr) -> Result<(), GrantError> {
         Ok(())
     }
 }
@@ -55,3 +82,41 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 pub use gate_common::normalize_addr;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    /// An error with a cause, as `anyhow`'s context makes them.
+    #[derive(Debug)]
+    struct WritingMap(io::Error);
+
+    impl fmt::Display for WritingMap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("writing grants_v4")
+        }
+    }
+
+    impl Error for WritingMap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn grant_error_stands_in_for_its_cause() {
+        let e = GrantError::new(WritingMap(io::Error::from_raw_os_error(1)));
+        assert_eq!(e.to_string(), "writing grants_v4");
+        let cause = e.source().expect("the cause's cause");
+        assert_eq!(
+            cause.to_string(),
+            io::Error::from_raw_os_error(1).to_string()
+        );
+        assert!(cause.source().is_none());
+
+        let e = GrantError::new("no grant map");
+        assert_eq!(e.to_string(), "no grant map");
+        assert!(e.source().is_none());
+    }
+}

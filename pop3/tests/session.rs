@@ -14,7 +14,7 @@ use pop3::{
     maildrop::{Maildrop, MaildropStore, MessageInfo, OpenError},
     reply::ReplyBuffer,
     session::{Flow, Session, SessionContext},
-    ApopSecret, Authenticator, GrantSink,
+    ApopSecret, Authenticator, GrantError, GrantSink,
 };
 
 const TIMESTAMP: &str = "<1896.697170952@dbc.mtview.ca.us>";
@@ -113,7 +113,7 @@ struct RecordingSink(Mutex<Vec<IpAddr>>);
 struct SinkHandle(Arc<RecordingSink>);
 
 impl GrantSink for SinkHandle {
-    fn grant(&self, addr: IpAddr) -> Result<(), String> {
+    fn grant(&self, addr: IpAddr) -> Result<(), GrantError> {
         self.0 .0.lock().unwrap().push(addr);
         Ok(())
     }
@@ -374,8 +374,8 @@ async fn quit_in_authorization_closes_without_commit() {
 struct FailingSink;
 
 impl GrantSink for FailingSink {
-    fn grant(&self, _addr: IpAddr) -> Result<(), String> {
-        Err("map grants_v4: permission denied".into())
+    fn grant(&self, _addr: IpAddr) -> Result<(), GrantError> {
+        Err(GrantError::new("map grants_v4: permission denied"))
     }
 }
 

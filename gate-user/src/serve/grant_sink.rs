@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, sync::Mutex};
 
-use pop3::GrantSink;
+use pop3::{GrantError, GrantSink};
 use tokio::sync::Notify;
 
 use crate::gate::GateMaps;
@@ -35,11 +35,11 @@ impl GateGrantSink {
 }
 
 impl GrantSink for GateGrantSink {
-    fn grant(&self, addr: IpAddr) -> Result<(), String> {
+    fn grant(&self, addr: IpAddr) -> Result<(), GrantError> {
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         maps.grant(addr, None).map_err(|e| {
             self.trouble.notify_one();
-            format!("{e:#}")
+            GrantError::new(e)
         })
     }
 }

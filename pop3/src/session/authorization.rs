@@ -2,7 +2,7 @@
 //! A login locks the maildrop and grants the client's address before the
 //! `+OK`, and the session enters TRANSACTION.
 
-use std::sync::Arc;
+use std::{error::Error, sync::Arc};
 
 use log::{error, info, warn};
 
@@ -184,7 +184,10 @@ impl Authorization {
         // client may open its SMTP connection the moment login returns.
         match ctx.grants.grant(peer) {
             Ok(()) => info!("grant addr={peer} user={user}"),
-            Err(e) => error!("grant addr={peer} user={user} failed: {e} (login goes on)"),
+            Err(e) => error!(
+                "grant addr={peer} user={user} failed: {} (login goes on)",
+                with_causes(&e)
+            ),
         }
         info!(
             "login user={user} addr={peer} method={} result=ok",
@@ -204,5 +207,45 @@ impl Authorization {
     fn start_over(self) -> (State, Flow) {
         let next = Self { user: None, ..self };
         (State::Authorization(next), Flow::Continue)
+    }
+}
+
+/// An error and its causes, joined by ": " as `anyhow` writes them with
+/// `{:#}`: the log line is all anyone sees of a failed grant.
+fn with_causes(e: &(dyn Error + 'static)) -> String {
+    std::iter::successors(Some(e), |&e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GrantError;
+    use std::{fmt, io};
+
+    #[derive(Debug)]
+    struct WritingMap(io::Error);
+
+    impl fmt::Display for WritingMap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("writing grants_v4")
+        }
+    }
+
+    impl Error for WritingMap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_failed_grant_is_logged_with_its_causes() {
+        let denied = io::Error::from_raw_os_error(1);
+        let expected = format!("writing grants_v4: {denied}");
+        let e = GrantError::new(WritingMap(denied));
+        assert_eq!(with_causes(&e), expected);
+        assert_eq!(with_causes(&GrantError::new("no map")), "no map");
     }
 }
