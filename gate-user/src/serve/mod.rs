@@ -28,7 +28,7 @@ use crate::gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir};
 
 pub fn run(config: ServeConfig) -> Result<()> {
     // Everything that can be refused is refused before the gate changes.
-    let users = UsersFile::load(&config.users).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let users = UsersFile::load(&config.users)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("smtp-gate")

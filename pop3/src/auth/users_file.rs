@@ -160,14 +160,10 @@ impl fmt::Display for UsersFileError {
     }
 }
 
-impl std::error::Error for UsersFileError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            UsersFileError::Io { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
+/// The text already ends with the I/O error's, so the error names no
+/// source: a chain printer (`anyhow`'s `{:#}`, which the daemon's errors go
+/// through) would write that cause twice.
+impl std::error::Error for UsersFileError {}
 
 /// Schemes Dovecot knows but we do not verify. Only these names are echoed
 /// in errors: an unknown "scheme" may be a password typed between braces.
@@ -655,6 +651,15 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let e = UsersFile::load(&fifo).unwrap_err();
         assert!(e.to_string().contains("(it is a FIFO)"), "{e}");
+    }
+
+    #[test]
+    fn the_error_boxes_as_a_thread_safe_error_that_says_its_cause_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = UsersFile::load(&tmp.path().join("nope")).unwrap_err();
+        let boxed: Box<dyn std::error::Error + Send + Sync + 'static> = Box::new(e);
+        assert!(boxed.to_string().contains("(os error 2)"), "{boxed}");
+        assert!(boxed.source().is_none(), "the cause is in the text already");
     }
 
     #[test]
