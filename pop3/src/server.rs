@@ -151,30 +151,11 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
         if v6.ip().is_unspecified() {
             // `[::]` means both families, whatever net.ipv6.bindv6only
             // says: IPv4 clients arrive as ::ffff:a.b.c.d.
-            set_v6_only(&socket, false)?;
+            socket2::SockRef::from(&socket).set_only_v6(false)?;
         }
     }
     socket.bind(addr)?;
     socket.listen(1024)
-}
-
-fn set_v6_only(socket: &TcpSocket, only: bool) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value: libc::c_int = only.into();
-    // SAFETY: a valid socket fd and a c_int option value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_V6ONLY,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[derive(Clone)]
