@@ -14,6 +14,7 @@
 //! Everything else is refused at load time, every bad line at once, so the
 //! daemon never starts with users who silently cannot log in.
 
+use rustix::fs::OFlags;
 use sha_crypt::{PasswordHashRef, PasswordVerifier, ShaCrypt};
 use std::collections::HashMap;
 use std::fmt;
@@ -251,7 +252,7 @@ impl UsersFile {
         // refused below as not a regular file.
         let mut file: File = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
             .open(path)
             .map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
@@ -432,6 +433,7 @@ fn sha512_crypt(hash: &str) -> Result<Secret, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::fs::Mode;
     use std::os::unix::fs::PermissionsExt;
 
     /// Drepper's SHA-crypt test vector ("Hello world!", salt "saltstring",
@@ -646,9 +648,8 @@ mod tests {
 
         // A FIFO must be refused without blocking on open.
         let fifo = tmp.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path for the call.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let made = rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, Mode::from_raw_mode(0o600));
+        assert_eq!(made, Ok(()));
         let e = UsersFile::load(&fifo).unwrap_err();
         assert!(e.to_string().contains("(it is a FIFO)"), "{e}");
     }

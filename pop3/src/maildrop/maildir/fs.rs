@@ -9,12 +9,13 @@ use super::names::{cur_name, fresh_name};
 use super::size_cache::FileStamp;
 use super::{Sub, LOCK_FILE};
 use crate::maildrop::OpenError;
+use rustix::fs::{flock, FlockOperation, OFlags};
+use rustix::io::{preadv2, Errno, ReadWriteFlags};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 /// A file found while listing, before it becomes a listed message.
@@ -74,21 +75,15 @@ pub(super) fn lock_maildir(dir: &Path) -> Result<File, OpenError> {
         .mode(0o600)
         // A symlink planted as the lock file must not make us create or
         // lock some other file.
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
         .open(&path)
         .map_err(|e| at(e, "open lock file", &path))?;
     loop {
-        // SAFETY: flock only takes the descriptor, which `file` owns and
-        // keeps open for the duration of the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(file);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Err(OpenError::InUse),
-            _ => return Err(at(e, "lock", &path).into()),
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) => return Err(OpenError::InUse),
+            Err(e) => return Err(at(e.into(), "lock", &path).into()),
         }
     }
 }
@@ -152,37 +147,29 @@ pub(super) fn list_sub(dir: &Path, sub: Sub, found: &mut Vec<Found>) -> Result<(
 /// is not the end under RWF_NOWAIT (the rest may be uncached): only a read
 /// of 0 octets is.
 /// `None` too if the file holds more than `limit` octets.
+///
+/// The buffer is zeroed first, as the safe call wants initialised memory:
+/// one more pass over at most `limit` octets, beside the kernel's copy and
+/// the CRLF conversion that follows.
 pub(super) fn read_to_end_nowait(file: &File, capacity: usize, limit: usize) -> Option<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    let mut buf: Vec<u8> = Vec::with_capacity(capacity.min(limit + 1));
+    let mut buf = vec![0u8; capacity.min(limit + 1)];
+    let mut filled = 0;
     loop {
-        if buf.len() > limit {
+        if filled > limit {
             return None;
         }
-        if buf.len() == buf.capacity() {
-            buf.reserve(8192);
+        if filled == buf.len() {
+            // Grown as `Vec::reserve(8192)` grows a full vector.
+            buf.resize((2 * filled).max(filled + 8192), 0);
         }
-        let spare = buf.spare_capacity_mut();
-        let iov = libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: spare.len(),
-        };
-        // SAFETY: one iovec over the vector's spare capacity, which the
-        // kernel fills with at most iov_len octets; the fd is open.
-        let n = unsafe {
-            libc::preadv2(
-                file.as_raw_fd(),
-                &iov,
-                1,
-                buf.len() as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        match n {
-            0 => return Some(buf),
-            // SAFETY: the kernel wrote n (<= spare.len()) octets.
-            n if n > 0 => unsafe { buf.set_len(buf.len() + n as usize) },
-            _ => return None,
+        let mut iov = [IoSliceMut::new(&mut buf[filled..])];
+        match preadv2(file, &mut iov, filled as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) => {
+                buf.truncate(filled);
+                return Some(buf);
+            }
+            Ok(n) => filled += n,
+            Err(_) => return None,
         }
     }
 }
@@ -315,9 +302,8 @@ mod tests {
         let (_tmp, store) = store();
         store.open("u").unwrap();
         let other = File::open(store.root().join("u").join(LOCK_FILE)).unwrap();
-        // SAFETY: flock on a descriptor owned by `other`.
-        let rc = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(rc, 0);
+        let rc = flock(&other, FlockOperation::NonBlockingLockExclusive);
+        assert_eq!(rc, Ok(()));
         assert!(matches!(store.open("u"), Err(OpenError::InUse)));
         drop(other);
         store.open("u").unwrap();

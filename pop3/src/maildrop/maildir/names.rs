@@ -2,6 +2,7 @@
 //! is the message's identity (and its UIDL), the info part carries flags
 //! that other agents change by renaming.
 
+use crate::config::system_host_name;
 use crate::maildrop::is_valid_uid;
 use md5::{Digest, Md5};
 use std::ffi::{OsStr, OsString};
@@ -88,18 +89,10 @@ pub(super) fn fresh_name(name: &OsStr) -> OsString {
 fn hostname() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and
-        // gethostname writes at most that many.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        let raw: &[u8] = if rc == 0 {
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-            &buf[..end]
-        } else {
-            b""
-        };
         let mut host = String::new();
-        for &b in raw {
+        // Octets outside 0x21..=0x7E are left out, so the lossy UTF-8 of
+        // the system's name gives what its raw octets would.
+        for &b in system_host_name().as_bytes() {
             match b {
                 b'/' => host.push_str("\\057"),
                 b':' => host.push_str("\\072"),
