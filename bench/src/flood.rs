@@ -6,7 +6,7 @@
 //! rejected sender in Postfix beside one dropped SYN in the gate.
 //!
 //! Network safety: everything runs between two namespaces that this suite
-//! creates (gate-tests' lab) and deletes, joined by one veth pair, with no
+//! creates (testkit's lab) and deletes, joined by one veth pair, with no
 //! default route in either (asserted); spoofed sources are in
 //! 198.18.0.0/15, routed by the server back to the client veth only, where
 //! an nftables rule drops them; every loop is bounded in count and time;

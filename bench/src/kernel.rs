@@ -13,12 +13,12 @@ use aya::{
     Ebpf,
 };
 use gate_common::{map_names, program_names, DEFAULT_GRANT_CAPACITY};
-use gate_tests::packets::{tcp_flags, Ipv6Ext, PacketBuilder, VlanTag};
 use serde_json::json;
 use smtp_gate::{
     addr::Cidr,
     gate::{object, settings::default_settings, GateMaps},
 };
+use testkit::packets::{tcp_flags, Ipv6Ext, PacketBuilder, VlanTag};
 
 use crate::{
     capacity,

@@ -1,6 +1,5 @@
-//! Shared helpers of the privileged tests, the demo and the benchmarks:
-//! crafted packets for BPF_PROG_TEST_RUN and network-namespace labs.
+//! The differential test of the gate against the Linux stack, shared by
+//! the test suite (tests/stack_differential.rs) and `cargo xtask fuzz`
+//! (src/bin/gate-fuzz.rs). The labs and packets are testkit's.
 
-pub mod lab;
-pub mod packets;
 pub mod stackdiff;

@@ -13,9 +13,9 @@ use std::{
     time::Duration,
 };
 
-use gate_tests::lab::{describe, output_within, smtp_gate_bin};
 use pop3::auth::users_file::UsersFile;
 use smtp_gate::{cli::serve_keys, serve::ServeConfig};
+use testkit::lab::{describe, output_within, smtp_gate_bin};
 
 const UNIT_EXEC: &str = "/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml";
 

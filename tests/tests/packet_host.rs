@@ -18,7 +18,7 @@ use gate_packet::{
     decide, judge, parse, plain, Action, AddrRef, GateState, Packet, Parsed, Plain, Verdict,
     MAX_WALK,
 };
-use gate_tests::packets::{
+use testkit::packets::{
     tcp_flags::{ACK, FIN, RST, SYN},
     Ipv6Ext, PacketBuilder, TcpFrame, VlanTag, DEFAULT_DST_MAC,
 };
@@ -354,7 +354,7 @@ fn the_plain_shapes_take_the_shortcut() {
             "SYN to port 25 with Linux's options",
             PacketBuilder::ipv4(STRANGER4, SERVER4)
                 .tcp(40000, 25, SYN)
-                .tcp_options(&gate_tests::packets::LINUX_SYN_OPTIONS)
+                .tcp_options(&testkit::packets::LINUX_SYN_OPTIONS)
                 .build(),
             "syn",
         ),
@@ -436,7 +436,7 @@ fn seeds() -> Vec<Vec<u8>> {
             .build(),
         PacketBuilder::ipv4(GRANTED4, SERVER4)
             .tcp(40000, 25, SYN)
-            .tcp_options(&gate_tests::packets::LINUX_SYN_OPTIONS)
+            .tcp_options(&testkit::packets::LINUX_SYN_OPTIONS)
             .build(),
     ]
 }

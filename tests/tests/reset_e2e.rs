@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gate_tests::lab::{in_netns, Lab, LabOptions, SMTP_PORT};
+use testkit::lab::{in_netns, Lab, LabOptions, SMTP_PORT};
 
 /// What a connect attempt from a socket with extra IP headers ended in.
 #[derive(Debug, PartialEq, Eq)]

@@ -19,18 +19,18 @@ use aya::{
     Ebpf,
 };
 use gate_common::{program_names, DenyMode, Outcome, Settings, MAX_PORTS};
-use gate_tests::packets::{
-    tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN},
-    Ipv6Ext, PacketBuilder, ParsedIp, TcpFrame, VlanTag, DEFAULT_DST_MAC, DEFAULT_SRC_MAC,
-    ETH_HDR_LEN, ETH_MIN_FRAME_LEN, IPV4_HDR_LEN, IPV4_OPTION_NOP, IPV4_OPTION_ROUTER_ALERT,
-    IPV6_HDR_LEN, LINUX_SYN_OPTIONS, TCP_HDR_LEN,
-};
 use smtp_gate::{
     addr::Cidr,
     gate::{
         local_addrs::{HostAddresses, LocalAddr},
         object, privilege, GateMaps,
     },
+};
+use testkit::packets::{
+    tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN},
+    Ipv6Ext, PacketBuilder, ParsedIp, TcpFrame, VlanTag, DEFAULT_DST_MAC, DEFAULT_SRC_MAC,
+    ETH_HDR_LEN, ETH_MIN_FRAME_LEN, IPV4_HDR_LEN, IPV4_OPTION_NOP, IPV4_OPTION_ROUTER_ALERT,
+    IPV6_HDR_LEN, LINUX_SYN_OPTIONS, TCP_HDR_LEN,
 };
 
 // Return codes (include/uapi/linux/bpf.h, include/uapi/linux/pkt_cls.h).
@@ -1822,7 +1822,7 @@ fn tiny_first_fragment(src: Ipv4Addr, port: u16) -> Vec<u8> {
     tcp.extend_from_slice(&SEQ.to_be_bytes());
     PacketBuilder::ipv4(src, SERVER4)
         .ipv4_fragment(0, true)
-        .raw_transport(gate_tests::packets::ip_proto::TCP)
+        .raw_transport(testkit::packets::ip_proto::TCP)
         .payload(&tcp)
         .build()
 }
@@ -2026,7 +2026,7 @@ fn ipv4_last_fragment(syn: &PacketBuilder, from: usize) -> Vec<u8> {
 fn fix_ipv4_checksum(frame: &mut [u8], l3: usize, l4: usize) {
     frame[l3 + 10] = 0;
     frame[l3 + 11] = 0;
-    let sum = gate_tests::packets::internet_checksum(&[&frame[l3..l4]]);
+    let sum = testkit::packets::internet_checksum(&[&frame[l3..l4]]);
     frame[l3 + 10..l3 + 12].copy_from_slice(&sum.to_be_bytes());
 }
 

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, Xdp};
 use gate_common::program_names;
-use gate_tests::packets::{tcp_flags, PacketBuilder, LINUX_SYN_OPTIONS};
+use testkit::packets::{tcp_flags, PacketBuilder, LINUX_SYN_OPTIONS};
 
 use crate::kernel::{load_programs, mean_ns};
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gate_tests::packets::{tcp_flags, PacketBuilder, LINUX_SYN_OPTIONS};
+use testkit::packets::{tcp_flags, PacketBuilder, LINUX_SYN_OPTIONS};
 
 use super::{
     net::{SPOOF_BASE, SPOOF_HOST_MASK},
@@ -112,7 +112,7 @@ fn last_err() -> io::Error {
 /// client namespace and onto `cfg.cpu` (call it on a thread of its own).
 /// Stops at the deadline, after `max_packets`, or when `stop` is set.
 pub fn run(cfg: &GenConfig, frames: &[Vec<u8>], stop: &AtomicBool) -> io::Result<GenResult> {
-    gate_tests::lab::enter_netns(&cfg.ns)?;
+    testkit::lab::enter_netns(&cfg.ns)?;
     sys::set_affinity(0, cfg.cpu)?;
     let name = std::ffi::CString::new(cfg.iface.clone()).expect("interface name with NUL");
     // SAFETY: name is NUL-terminated.

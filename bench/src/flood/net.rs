@@ -1,4 +1,4 @@
-//! The flood's network: gate-tests' lab (a server and a client namespace
+//! The flood's network: testkit's lab (a server and a client namespace
 //! joined by a veth pair, no default route anywhere, a private bpffs for
 //! the gate's pins), set up so that the flood can neither leave nor be
 //! answered outside, and so that the server's whole receive path runs on
@@ -33,7 +33,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use gate_tests::lab::{netns_command, Lab, LabOptions};
+use testkit::lab::{netns_command, Lab, LabOptions};
 
 use super::{
     sys::{self, run_ok, run_with_input},
@@ -188,7 +188,7 @@ impl FloodNet {
         // Answers to spoofed sources are dropped on arrival, in XDP; a
         // veth delivers the gate's XDP_TX RSTs only to a peer that runs
         // XDP, and the program gives the client veth its NAPI.
-        let guard = gate_tests::lab::in_netns(&cli, || -> Result<XdpLink> {
+        let guard = testkit::lab::in_netns(&cli, || -> Result<XdpLink> {
             let name = std::ffi::CString::new(c_if.clone())?;
             // SAFETY: name is NUL-terminated.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };

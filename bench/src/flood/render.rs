@@ -353,7 +353,7 @@ fn method(p: &Params, by_gen: &[(Generator, Vec<Row>)]) -> String {
     }
     format!(
         "\n## Method\n\n\
-         - Network: two namespaces made by the suite (gate-tests' lab) joined by one veth pair, \
+         - Network: two namespaces made by the suite (testkit's lab) joined by one veth pair, \
          no default route in either (asserted before any flood). Spoofed sources are random \
          addresses of 198.18.0.0/15 (RFC 2544). The server routes that range to the client veth \
          only, so its SYN-ACKs and RSTs go where a real server's would, and the client namespace \

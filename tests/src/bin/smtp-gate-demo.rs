@@ -1,5 +1,5 @@
 //! `smtp-gate-demo`: POP-before-SMTP told in seven steps, in a throwaway
-//! lab of network namespaces (see `gate_tests::lab`): the real `smtp-gate
+//! lab of network namespaces (see `testkit::lab`): the real `smtp-gate
 //! serve` daemon in the server namespace, a real POP3 client (Python's
 //! poplib) and SMTP connection attempts in the client namespace. Needs
 //! root, python3 and a built `smtp-gate` (`cargo build`); `cargo xtask
@@ -17,11 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gate_tests::lab::{
+use serde_json::{json, Value};
+use testkit::lab::{
     pop3_client, require_pop3_clients, ConnectResult, Lab, MailFixture, ServeDaemon, BANNER,
     DENY_TIMEOUT, PASS_TIMEOUT, POP3_PORT, SMTP_PORT,
 };
-use serde_json::{json, Value};
 
 const WINDOW: Duration = Duration::from_secs(20);
 const STEPS: usize = 7;

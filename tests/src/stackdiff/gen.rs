@@ -46,7 +46,7 @@ use super::{
         TPID_8021Q, V4,
     },
 };
-use crate::packets::{
+use testkit::packets::{
     ip_proto,
     tcp_flags::{ACK, CWR, ECE, FIN, PSH, RST, SYN, URG},
 };
@@ -1747,7 +1747,7 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packets::TcpFrame;
+    use testkit::packets::TcpFrame;
 
     fn env(max_frame: usize) -> Env {
         let net = Net::numbered;
@@ -1896,7 +1896,7 @@ mod tests {
                 }
             }
             let seg: Vec<u8> = data[..end].iter().map(|b| b.expect("hole")).collect();
-            let sum = crate::packets::transport_checksum(
+            let sum = testkit::packets::transport_checksum(
                 env.nets[0].client_v4.into(),
                 env.nets[0].server_v4.into(),
                 ip_proto::TCP,

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::lab::{enter_netns, in_netns};
+use testkit::lab::{enter_netns, in_netns};
 
 /// linux/if_packet.h
 const PACKET_OUTGOING: u8 = 4;
@@ -362,7 +362,7 @@ impl Drop for Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packets::{tcp_flags, PacketBuilder, VlanTag};
+    use testkit::packets::{tcp_flags, PacketBuilder, VlanTag};
 
     #[test]
     fn synacks_are_recognised() {

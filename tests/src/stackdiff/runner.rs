@@ -41,7 +41,7 @@ use super::{
     rng::mix,
     wire::{Tag, TPID_8021AD, TPID_8021Q},
 };
-use crate::{
+use testkit::{
     lab::{
         connect, describe, in_netns, ConnectResult, Lab, BANNER, DENY_TIMEOUT, PASS_TIMEOUT,
         SMTP_PORT,

@@ -1,16 +1,16 @@
 //! Byte-level encoders for the differential test: Ethernet with any VLAN
 //! stack, IPv4 headers with any option bytes and fragment fields, IPv6
 //! headers and extension headers whose option areas Linux accepts, and TCP
-//! segments. Unlike [`crate::packets::PacketBuilder`], nothing here is
+//! segments. Unlike [`testkit::packets::PacketBuilder`], nothing here is
 //! "one whole packet": the generator cuts datagrams into fragments and
 //! writes length fields as it likes. Checksums come from
-//! [`crate::packets`] (RFC 1071), computed over the whole segment before
+//! [`testkit::packets`] (RFC 1071), computed over the whole segment before
 //! any cutting.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::rng::Rng;
-use crate::packets::{internet_checksum, ip_proto, tcp_flags, transport_checksum};
+use testkit::packets::{internet_checksum, ip_proto, tcp_flags, transport_checksum};
 
 pub const TPID_8021Q: u16 = 0x8100;
 pub const TPID_8021AD: u16 = 0x88a8;

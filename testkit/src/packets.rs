@@ -9,7 +9,7 @@
 //! purpose to make a malformed packet.
 //!
 //! ```
-//! use gate_tests::packets::{tcp_flags, PacketBuilder, TcpFrame, VlanTag};
+//! use testkit::packets::{tcp_flags, PacketBuilder, TcpFrame, VlanTag};
 //! let frame = PacketBuilder::ipv4([203, 0, 113, 7].into(), [10, 0, 0, 25].into())
 //!     .vlan(VlanTag::dot1ad(100))
 //!     .vlan(VlanTag::dot1q(200))
