@@ -2,5 +2,14 @@
 //! (gate-bench) share: network-namespace labs with the real `smtp-gate`
 //! binary in them, and crafted packets with an independent parser.
 
+pub mod bpffs;
+mod dirs;
+pub mod gate_binary;
 pub mod lab;
+pub mod mail;
+pub mod netns;
 pub mod packets;
+pub mod pop3_client;
+pub mod process;
+pub mod serve;
+pub mod smtp;

@@ -15,7 +15,10 @@ use std::{
 
 use pop3::auth::users_file::UsersFile;
 use smtp_gate::{cli::serve_keys, serve::ServeConfig};
-use testkit::lab::{describe, output_within, smtp_gate_bin};
+use testkit::{
+    gate_binary::smtp_gate_bin,
+    process::{describe, output_within},
+};
 
 const UNIT_EXEC: &str = "/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml";
 

@@ -10,9 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::lab::{
-    assert_connected, assert_timed_out, ConnectResult, Lab, LabOptions, Link, BANNER, DENY_TIMEOUT,
-    PASS_TIMEOUT, SMTP_PORT,
+use testkit::{
+    lab::{Lab, LabOptions, Link},
+    smtp::{
+        assert_connected, assert_timed_out, ConnectResult, BANNER, DENY_TIMEOUT, PASS_TIMEOUT,
+        SMTP_PORT,
+    },
 };
 
 /// Timeout of one attempt while polling for a grant to expire: shorter than
@@ -685,7 +688,7 @@ fn two_interfaces_share_one_gate() {
     assert!(
         out.status.success(),
         "detach one of two: {}",
-        testkit::lab::describe(&out)
+        testkit::process::describe(&out)
     );
     assert_connected(
         second.connect_v4(SMTP_PORT, PASS_TIMEOUT),
@@ -728,7 +731,7 @@ fn detach_keep_grants_carries_grants_over() {
     assert!(
         out.status.success(),
         "detach --keep-grants: {}",
-        testkit::lab::describe(&out)
+        testkit::process::describe(&out)
     );
     assert_eq!(
         lab.pins(),
@@ -962,7 +965,7 @@ fn settings_only_attach_keeps_the_attach_mode() {
 fn a_recreated_interface_is_attached_anew() {
     let lab = Lab::new();
     let ip = |args: &[&str]| {
-        let out = testkit::lab::netns_command(&lab.server_ns, "ip")
+        let out = testkit::netns::netns_command(&lab.server_ns, "ip")
             .args(args)
             .output()
             .expect("ip");
@@ -1044,7 +1047,7 @@ fn failed_switch_from_generic_to_native_xdp_keeps_the_generic_gate() {
     assert!(
         !out.status.success(),
         "native XDP was expected to be refused here: {}",
-        testkit::lab::describe(&out)
+        testkit::process::describe(&out)
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1109,11 +1112,11 @@ fn attach_refuses_a_bpffs_that_would_vanish_with_it() {
     let iface = lab.client.server_iface.clone();
     // No --pin-dir: the default /sys/fs/bpf/smtp-gate, inside the server
     // namespace's private mount namespace.
-    let out = testkit::lab::smtp_gate_in(&lab.server_ns, &["attach", "--iface", &iface]);
+    let out = testkit::gate_binary::smtp_gate_in(&lab.server_ns, &["attach", "--iface", &iface]);
     assert!(
         !out.status.success(),
         "attach pinned on a private bpffs: {}",
-        testkit::lab::describe(&out)
+        testkit::process::describe(&out)
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1123,11 +1126,11 @@ fn attach_refuses_a_bpffs_that_would_vanish_with_it() {
     assert!(lab.xdp_prog_ids(&iface).is_empty());
 
     // Told so, it does it: and the gate is gone with the process.
-    let out = testkit::lab::smtp_gate_in(
+    let out = testkit::gate_binary::smtp_gate_in(
         &lab.server_ns,
         &["attach", "--iface", &iface, "--allow-private-bpffs"],
     );
-    assert!(out.status.success(), "{}", testkit::lab::describe(&out));
+    assert!(out.status.success(), "{}", testkit::process::describe(&out));
     assert!(
         lab.xdp_prog_ids(&iface).is_empty(),
         "a private bpffs outlived its process?"
@@ -1139,7 +1142,7 @@ fn attach_refuses_a_bpffs_that_would_vanish_with_it() {
 #[test]
 fn serve_refuses_a_bpffs_that_would_vanish_with_it() {
     let lab = Lab::new();
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let log = mail.dir().join("serve.log");
     let args = serve_args(&lab, &mail, &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1157,7 +1160,7 @@ fn serve_refuses_a_bpffs_that_would_vanish_with_it() {
 }
 
 /// The flags of a `serve` on the lab's client veth (no `--pin-dir`).
-fn serve_args(lab: &Lab, mail: &testkit::lab::MailFixture, extra: &[&str]) -> Vec<String> {
+fn serve_args(lab: &Lab, mail: &testkit::mail::MailFixture, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--iface",
         &lab.client.server_iface,
@@ -1178,16 +1181,16 @@ fn serve_args(lab: &Lab, mail: &testkit::lab::MailFixture, extra: &[&str]) -> Ve
 /// `serve` on the lab's pin directory, answering POP3.
 fn start_daemon(
     lab: &Lab,
-    mail: &testkit::lab::MailFixture,
+    mail: &testkit::mail::MailFixture,
     extra: &[&str],
-) -> testkit::lab::ServeDaemon {
+) -> testkit::serve::ServeDaemon {
     let args = serve_args(lab, mail, extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     lab.serve(&args, &mail.dir().join("serve.log"))
 }
 
 /// SIGTERM; the daemon must exit 0. Returns its log.
-fn stop_daemon(daemon: &mut testkit::lab::ServeDaemon) -> String {
+fn stop_daemon(daemon: &mut testkit::serve::ServeDaemon) -> String {
     let (status, _) = daemon.terminate(Duration::from_secs(10));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -1200,7 +1203,7 @@ fn stop_daemon(daemon: &mut testkit::lab::ServeDaemon) -> String {
 #[test]
 fn daemon_keeps_the_gate_when_its_pins_are_removed() {
     let lab = Lab::new();
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let mut daemon = start_daemon(&lab, &mail, &[]);
     let client = &lab.client;
     lab.gate_ok(&["grant", &v4(client)]);
@@ -1254,17 +1257,21 @@ fn daemon_keeps_the_gate_when_its_pins_are_removed() {
 #[test]
 fn daemon_keeps_the_gate_when_the_bpffs_is_unmounted() {
     let lab = Lab::new();
-    let shared = testkit::lab::SharedBpffs::new(&lab);
+    let shared = testkit::bpffs::SharedBpffs::new(&lab);
     let pin_dir = shared.pin_dir().to_string_lossy().into_owned();
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let args = serve_args(&lab, &mail, &["--pin-dir", &pin_dir]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut daemon = lab.spawn_serve(&args, &mail.dir().join("serve.log"));
     lab.wait_pop3(&mut daemon);
     let client = &lab.client;
     let iface = client.server_iface.clone();
-    let grant = testkit::lab::smtp_gate(&["grant", &v4(client), "--pin-dir", &pin_dir]);
-    assert!(grant.status.success(), "{}", testkit::lab::describe(&grant));
+    let grant = testkit::gate_binary::smtp_gate(&["grant", &v4(client), "--pin-dir", &pin_dir]);
+    assert!(
+        grant.status.success(),
+        "{}",
+        testkit::process::describe(&grant)
+    );
 
     shared.unmount();
     assert_timed_out(
@@ -1293,11 +1300,11 @@ fn daemon_keeps_the_gate_when_the_bpffs_is_unmounted() {
         },
         || format!("pins: {:?}\n{}", shared.pins(), daemon.log()),
     );
-    let list = testkit::lab::smtp_gate(&["list", "--json", "--pin-dir", &pin_dir]);
+    let list = testkit::gate_binary::smtp_gate(&["list", "--json", "--pin-dir", &pin_dir]);
     assert!(
         String::from_utf8_lossy(&list.stdout).contains(&v4(client)),
         "the grant is in the re-pinned map: {}",
-        testkit::lab::describe(&list)
+        testkit::process::describe(&list)
     );
     let log = stop_daemon(&mut daemon);
     assert!(
@@ -1308,21 +1315,21 @@ fn daemon_keeps_the_gate_when_the_bpffs_is_unmounted() {
         client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
         "gated after the daemon exited",
     );
-    let detach = testkit::lab::smtp_gate_in(
+    let detach = testkit::gate_binary::smtp_gate_in(
         &lab.server_ns,
         &["detach", "--iface", &iface, "--pin-dir", &pin_dir],
     );
     assert!(
         detach.status.success(),
         "{}",
-        testkit::lab::describe(&detach)
+        testkit::process::describe(&detach)
     );
 }
 
 #[test]
 fn daemon_says_so_when_the_gate_ends_with_it() {
     let lab = Lab::new();
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let mut daemon = start_daemon(&lab, &mail, &[]);
     let pid = daemon.pid().expect("the daemon runs").to_string();
     let mount_point = lab.bpffs_mount_point().to_string_lossy().into_owned();
@@ -1331,7 +1338,7 @@ fn daemon_says_so_when_the_gate_ends_with_it() {
         .args(["-t", &pid, "-m", "umount", &mount_point])
         .output()
         .expect("nsenter (util-linux) must be installed");
-    assert!(out.status.success(), "{}", testkit::lab::describe(&out));
+    assert!(out.status.success(), "{}", testkit::process::describe(&out));
     assert_timed_out(
         lab.client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
         "gated while the daemon holds it",
@@ -1371,7 +1378,7 @@ fn recreated_interface_is_stale_and_the_daemon_attaches_again() {
 
     // A daemon attaches anew at its start, and again each time the
     // interface is re-created under it.
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let mut daemon = start_daemon(&lab, &mail, &["--window", "30m"]);
     assert_timed_out(
         client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
@@ -1445,7 +1452,7 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8], granted: std::net::Ipv4Addr, tc: 
         assert!(
             out.status.success(),
             "bpftool map create {name}: {}",
-            testkit::lab::describe(&out)
+            testkit::process::describe(&out)
         );
     };
     let settings_size = settings.len().to_string();
@@ -1488,7 +1495,7 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8], granted: std::net::Ipv4Addr, tc: 
         .expect("writing a grant");
     let iface = lab.client.server_iface.clone();
     let link_path = pin.join(format!("link_{}_{iface}", if tc { "tc" } else { "xdp" }));
-    testkit::lab::in_netns(&lab.server_ns, || {
+    testkit::netns::in_netns(&lab.server_ns, || {
         use aya::programs::{
             links::FdLink, tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType, Xdp,
             XdpMode,
@@ -1680,7 +1687,7 @@ fn host_addresses_are_kept_for_the_reset_mode() {
         .into_iter()
         .find(|l| l.addr == std::net::IpAddr::from(lab.client.server_v4))
         .map(|l| l.ifindex);
-    let real = testkit::lab::in_netns(&server, || {
+    let real = testkit::netns::in_netns(&server, || {
         smtp_gate::gate::iface::ifindex(&iface).expect("ifindex")
     });
     assert_eq!(
@@ -1692,14 +1699,14 @@ fn host_addresses_are_kept_for_the_reset_mode() {
     let extra: std::net::IpAddr = "10.231.9.1".parse().unwrap();
     lab.ip(&server, &["addr", "add", "10.231.9.1/32", "dev", "lo"]);
     let out = lab.gate_in_server(&["settings", "--window", "10m"]);
-    assert!(out.status.success(), "{}", testkit::lab::describe(&out));
+    assert!(out.status.success(), "{}", testkit::process::describe(&out));
     assert!(locals().contains(&extra), "settings did not add it");
     lab.ip(&server, &["addr", "del", "10.231.9.1/32", "dev", "lo"]);
     lab.attach(&[]);
     assert!(!locals().contains(&extra), "attach did not remove it");
 
     // The daemon keeps them current by itself.
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let mut daemon = start_daemon(&lab, &mail, &[]);
     let added: std::net::IpAddr = "fd00:231:9::1".parse().unwrap();
     lab.ip(
@@ -1766,7 +1773,11 @@ fn dest_scope_is_written_to_the_maps() {
         .arg(lab.pin_dir().join("scope_v4"))
         .output()
         .expect("bpftool");
-    assert!(dump.status.success(), "{}", testkit::lab::describe(&dump));
+    assert!(
+        dump.status.success(),
+        "{}",
+        testkit::process::describe(&dump)
+    );
 
     lab.gate_ok(&["settings", "--dest", "all"]);
     assert_eq!(scope(), (Vec::new(), 0), "--dest all clears the scope");
@@ -1786,7 +1797,7 @@ fn dest_scope_is_written_to_the_maps() {
 #[test]
 fn daemon_follows_a_mode_switch_made_by_the_cli() {
     let lab = Lab::new();
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let iface = lab.client.server_iface.clone();
     let mut daemon = start_daemon(&lab, &mail, &["--mode", "xdp"]);
     let before = lab.xdp_prog_ids(&iface);
@@ -1852,7 +1863,7 @@ fn dest_scope_gates_only_the_scoped_addresses() {
     let submission_v4: std::net::IpAddr = "10.231.1.25".parse().unwrap();
     let submission_v6: std::net::IpAddr = "fd00:231:1::25".parse().unwrap();
     let to = |addr: std::net::IpAddr, timeout: Duration| {
-        testkit::lab::connect(&client.client_ns, addr, SMTP_PORT, timeout)
+        testkit::smtp::connect(&client.client_ns, addr, SMTP_PORT, timeout)
     };
     lab.attach(&["--dest", "10.231.1.25", "--dest", "fd00:231:1::25"]);
     assert_timed_out(to(submission_v4, DENY_TIMEOUT), "scoped IPv4 address");
@@ -1889,7 +1900,7 @@ fn reset_mode_answers_for_host_addresses_once_the_maps_know_them() {
     lab.ip(&server, &["addr", "add", "10.231.1.77/24", "dev", &iface]);
     let late_v4: std::net::IpAddr = "10.231.1.77".parse().unwrap();
     let to = |addr: std::net::IpAddr, timeout: Duration| {
-        testkit::lab::connect(&client.client_ns, addr, SMTP_PORT, timeout)
+        testkit::smtp::connect(&client.client_ns, addr, SMTP_PORT, timeout)
     };
     assert_timed_out(
         to(late_v4, POLL_TIMEOUT),
@@ -1898,10 +1909,10 @@ fn reset_mode_answers_for_host_addresses_once_the_maps_know_them() {
     assert_eq!(lab.stat("reset_skipped"), 1, "{}", lab.stats());
 
     let out = lab.gate_in_server(&["settings", "--deny", "reset"]);
-    assert!(out.status.success(), "{}", testkit::lab::describe(&out));
+    assert!(out.status.success(), "{}", testkit::process::describe(&out));
     assert_refused_at_once(|t| to(late_v4, t), "after settings wrote the address");
 
-    let mail = testkit::lab::MailFixture::new();
+    let mail = testkit::mail::MailFixture::new();
     let mut daemon = start_daemon(&lab, &mail, &[]);
     lab.ip(
         &server,

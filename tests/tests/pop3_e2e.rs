@@ -16,10 +16,16 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use testkit::lab::{
-    assert_connected, assert_timed_out, output_within, pop3_client, require_pop3_clients,
-    ConnectResult, Lab, LabOptions, Link, MailFixture, ServeDaemon, BANNER, DENY_TIMEOUT,
-    PASS_TIMEOUT, POP3_PORT, SMTP_PORT,
+use testkit::{
+    lab::{Lab, LabOptions, Link},
+    mail::MailFixture,
+    pop3_client::{pop3_client, require_pop3_clients},
+    process::output_within,
+    serve::{ServeDaemon, POP3_PORT},
+    smtp::{
+        assert_connected, assert_timed_out, ConnectResult, BANNER, DENY_TIMEOUT, PASS_TIMEOUT,
+        SMTP_PORT,
+    },
 };
 
 const WINDOW: Duration = Duration::from_secs(3);
@@ -266,7 +272,7 @@ fn wait_until_denied(link: &Link, addr: IpAddr, before_grant: Instant) -> Durati
     let deadline = before_grant + WINDOW + Duration::from_secs(4);
     loop {
         let started = Instant::now();
-        match testkit::lab::connect(&link.client_ns, addr, SMTP_PORT, POLL_TIMEOUT) {
+        match testkit::smtp::connect(&link.client_ns, addr, SMTP_PORT, POLL_TIMEOUT) {
             ConnectResult::Connected(_) => {}
             ConnectResult::TimedOut => return started - before_grant,
             other => panic!("while waiting for the grant to expire: {other}"),
@@ -559,7 +565,7 @@ fn curl_lists_and_retrieves() {
     let client = fx.client().clone();
     let curl = |url: &str| -> String {
         let out = output_within(
-            testkit::lab::netns_command(&client.client_ns, "curl")
+            testkit::netns::netns_command(&client.client_ns, "curl")
                 .args(["-sS", "--max-time", "10", "-u"])
                 .arg(format!("{ALICE}:{ALICE_SECRET}"))
                 .arg(url),
@@ -569,7 +575,7 @@ fn curl_lists_and_retrieves() {
         assert!(
             out.status.success(),
             "curl {url} failed: {}",
-            testkit::lab::describe(&out)
+            testkit::process::describe(&out)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -954,7 +960,7 @@ fn users_file_readable_by_others_is_refused() {
 fn default_listener_is_dual_stack_even_with_bindv6only() {
     let mut fx = Pop3Lab::with(LabOptions::default(), |lab| {
         let out = output_within(
-            testkit::lab::netns_command(&lab.server_ns, "sysctl").args([
+            testkit::netns::netns_command(&lab.server_ns, "sysctl").args([
                 "-q",
                 "-w",
                 "net.ipv6.bindv6only=1",
@@ -962,7 +968,7 @@ fn default_listener_is_dual_stack_even_with_bindv6only() {
             Duration::from_secs(5),
         )
         .expect("sysctl");
-        assert!(out.status.success(), "{}", testkit::lab::describe(&out));
+        assert!(out.status.success(), "{}", testkit::process::describe(&out));
         Vec::new()
     });
     fx.stop();
@@ -1045,7 +1051,7 @@ fn connections_over_the_limit_get_sys_temp() {
 fn listen_failure_leaves_no_gate_behind() {
     let lab = Lab::new();
     let mail = mail_fixture();
-    let _taken = testkit::lab::in_netns(&lab.server_ns, || {
+    let _taken = testkit::netns::in_netns(&lab.server_ns, || {
         std::net::TcpListener::bind("[::]:110").expect("binding [::]:110 in the server namespace")
     });
     let args = serve_flags(&lab, &mail, &["--pin-dir", &lab.pin_dir_str()]);

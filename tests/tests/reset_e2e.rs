@@ -14,7 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::lab::{in_netns, Lab, LabOptions, SMTP_PORT};
+use testkit::{
+    lab::{Lab, LabOptions},
+    netns::in_netns,
+    smtp::SMTP_PORT,
+};
 
 /// What a connect attempt from a socket with extra IP headers ended in.
 #[derive(Debug, PartialEq, Eq)]

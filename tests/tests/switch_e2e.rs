@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::lab::{connect, ConnectResult, Lab, SMTP_PORT};
+use testkit::{
+    lab::Lab,
+    smtp::{connect, ConnectResult, SMTP_PORT},
+};
 
 #[test]
 fn switching_between_native_and_generic_xdp_never_opens_the_gate() {

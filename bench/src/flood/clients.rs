@@ -148,7 +148,7 @@ impl LegitResult {
 }
 
 fn client_thread_setup(ns: &str, cpu: usize) -> io::Result<()> {
-    testkit::lab::enter_netns(ns)?;
+    testkit::netns::enter_netns(ns)?;
     sys::set_affinity(0, cpu)?;
     // The client is another machine in real life: the generator's busy
     // loop on the same CPU must not delay it. Best effort.
@@ -285,5 +285,5 @@ pub fn probe_rcpt(ns: &str, src: Ipv4Addr, dst: SocketAddrV4) -> Result<String, 
         max_duration: Duration::from_secs(10),
         cpu: 0,
     };
-    testkit::lab::in_netns(ns, || reject_attempt(&cfg))
+    testkit::netns::in_netns(ns, || reject_attempt(&cfg))
 }

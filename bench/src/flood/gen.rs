@@ -112,7 +112,7 @@ fn last_err() -> io::Error {
 /// client namespace and onto `cfg.cpu` (call it on a thread of its own).
 /// Stops at the deadline, after `max_packets`, or when `stop` is set.
 pub fn run(cfg: &GenConfig, frames: &[Vec<u8>], stop: &AtomicBool) -> io::Result<GenResult> {
-    testkit::lab::enter_netns(&cfg.ns)?;
+    testkit::netns::enter_netns(&cfg.ns)?;
     sys::set_affinity(0, cfg.cpu)?;
     let name = std::ffi::CString::new(cfg.iface.clone()).expect("interface name with NUL");
     // SAFETY: name is NUL-terminated.

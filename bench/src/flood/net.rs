@@ -33,7 +33,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use testkit::lab::{netns_command, Lab, LabOptions};
+use testkit::{
+    lab::{Lab, LabOptions},
+    netns::netns_command,
+};
 
 use super::{
     sys::{self, run_ok, run_with_input},
@@ -188,7 +191,7 @@ impl FloodNet {
         // Answers to spoofed sources are dropped on arrival, in XDP; a
         // veth delivers the gate's XDP_TX RSTs only to a peer that runs
         // XDP, and the program gives the client veth its NAPI.
-        let guard = testkit::lab::in_netns(&cli, || -> Result<XdpLink> {
+        let guard = testkit::netns::in_netns(&cli, || -> Result<XdpLink> {
             let name = std::ffi::CString::new(c_if.clone())?;
             // SAFETY: name is NUL-terminated.
             let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use testkit::lab::netns_command;
+use testkit::netns::netns_command;
 
 use super::{
     net::{in_spoof_net, SERVER_CPU},
@@ -52,7 +52,7 @@ pub fn sweep_stale() {
             "flood: stopping a stale Postfix instance in {}",
             conf.display()
         );
-        let _ = testkit::lab::output_within(
+        let _ = testkit::process::output_within(
             Command::new("postfix").arg("-c").arg(&conf).arg("stop"),
             CMD_TIMEOUT,
         );

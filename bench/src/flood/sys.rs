@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use testkit::lab::{describe, output_within};
+use testkit::process::{describe, output_within};
 
 /// Set by SIGINT/SIGTERM: every loop of the suite checks it, stops early,
 /// and the guards tear everything down on the way out.

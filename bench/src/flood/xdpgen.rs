@@ -190,7 +190,7 @@ fn test_run(prog: &ProgFd, frame: &[u8], ifindex: u32, repeat: u32) -> io::Resul
 /// Runs the generator on the calling thread, which it moves into the
 /// client namespace and onto `cfg.cpu` (call it on a thread of its own).
 pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> io::Result<GenResult> {
-    testkit::lab::enter_netns(&cfg.ns)?;
+    testkit::netns::enter_netns(&cfg.ns)?;
     sys::set_affinity(0, cfg.cpu)?;
     let name = std::ffi::CString::new(cfg.iface.clone()).expect("interface name with NUL");
     // SAFETY: name is NUL-terminated.

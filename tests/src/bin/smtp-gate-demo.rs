@@ -18,9 +18,12 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use testkit::lab::{
-    pop3_client, require_pop3_clients, ConnectResult, Lab, MailFixture, ServeDaemon, BANNER,
-    DENY_TIMEOUT, PASS_TIMEOUT, POP3_PORT, SMTP_PORT,
+use testkit::{
+    lab::Lab,
+    mail::MailFixture,
+    pop3_client::{pop3_client, require_pop3_clients},
+    serve::{ServeDaemon, POP3_PORT},
+    smtp::{ConnectResult, BANNER, DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
 };
 
 const WINDOW: Duration = Duration::from_secs(20);

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::lab::{enter_netns, in_netns};
+use testkit::netns::{enter_netns, in_netns};
 
 /// linux/if_packet.h
 const PACKET_OUTGOING: u8 = 4;

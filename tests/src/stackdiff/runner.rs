@@ -42,13 +42,13 @@ use super::{
     wire::{Tag, TPID_8021AD, TPID_8021Q},
 };
 use testkit::{
-    lab::{
-        connect, describe, in_netns, ConnectResult, Lab, BANNER, DENY_TIMEOUT, PASS_TIMEOUT,
-        SMTP_PORT,
-    },
+    lab::Lab,
+    netns::in_netns,
     packets::{
         tcp_flags, Ipv6Ext, PacketBuilder, VlanTag, IPV4_OPTION_ROUTER_ALERT, LINUX_SYN_OPTIONS,
     },
+    process::describe,
+    smtp::{connect, ConnectResult, BANNER, DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
 };
 
 /// A port the lab serves but the gate does not gate.

@@ -1,0 +1,180 @@
+//! The `smtp-gate serve` daemon in a lab's server namespace: started,
+//! waited for until it answers POP3, stopped with SIGTERM.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    gate_binary::smtp_gate_bin,
+    lab::Lab,
+    netns::netns_command,
+    smtp::{connect, ConnectResult, DENY_TIMEOUT},
+};
+
+/// The port `smtp-gate serve` listens on in the labs (its default).
+pub const POP3_PORT: u16 = 110;
+
+/// How long `smtp-gate serve` may take to listen.
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the Drop of a [`ServeDaemon`] waits after SIGTERM before SIGKILL.
+const SERVE_DROP_GRACE: Duration = Duration::from_secs(15);
+
+/// A `smtp-gate serve` daemon started by [`Lab::spawn_serve`]. Dropping it
+/// sends SIGTERM and waits (SIGKILL after 15 s); [`ServeDaemon::terminate`]
+/// does the same and reports how it went.
+pub struct ServeDaemon {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl ServeDaemon {
+    /// The daemon's process id (`ip netns exec` execs it: the same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// What the daemon has written so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the daemon has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        if self.status.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.status = Some(status);
+                    self.child = None;
+                }
+            }
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout`: returns the exit status and
+    /// how long the daemon took, or `None` (after a SIGKILL) if it did not
+    /// exit in time. An already exited daemon reports its status at once.
+    pub fn terminate(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+        let started = Instant::now();
+        if let Some(status) = self.exited() {
+            return (Some(status), Duration::ZERO);
+        }
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill has no memory effects; pid is our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        let status = self.wait_exit(timeout);
+        let took = started.elapsed();
+        if status.is_none() {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        (status, took)
+    }
+}
+
+impl Drop for ServeDaemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let (status, took) = self.terminate(SERVE_DROP_GRACE);
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => eprintln!("smtp-gate serve exited with {s} after SIGTERM ({took:?})"),
+                None => eprintln!("smtp-gate serve ignored SIGTERM for {took:?}: killed"),
+            }
+        }
+        if thread::panicking() {
+            eprintln!("--- smtp-gate serve log ---\n{}---", self.log());
+        }
+    }
+}
+
+impl Lab {
+    /// Starts `ip netns exec <server ns> smtp-gate serve ARGS` (exactly these
+    /// arguments: pass `--pin-dir` yourself, see [`Lab::serve`]), with its
+    /// output going to the file `log`. Returns at once.
+    pub fn spawn_serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
+        let file = fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let err_file = file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
+        let child = netns_command(&self.server_ns, smtp_gate_bin())
+            .arg("serve")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(err_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start smtp-gate serve: {e}"));
+        ServeDaemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+            status: None,
+        }
+    }
+
+    /// Waits (at most 15 s) until the client reaches `daemon`'s POP3 port
+    /// on the server's IPv4 and IPv6 address and reads a greeting. Panics,
+    /// showing the daemon's log, if it exits or never listens.
+    pub fn wait_pop3(&self, daemon: &mut ServeDaemon) {
+        let deadline = Instant::now() + SERVE_START_TIMEOUT;
+        for addr in [
+            IpAddr::from(self.client.server_v4),
+            IpAddr::from(self.client.server_v6),
+        ] {
+            loop {
+                if let Some(status) = daemon.exited() {
+                    panic!(
+                        "smtp-gate serve exited ({status}) before listening:\n{}",
+                        daemon.log()
+                    );
+                }
+                let result = connect(&self.client.client_ns, addr, POP3_PORT, DENY_TIMEOUT);
+                match &result {
+                    ConnectResult::Connected(greeting) if greeting.starts_with("+OK") => break,
+                    _ if Instant::now() > deadline => panic!(
+                        "smtp-gate serve does not answer on {addr}:{POP3_PORT} after \
+                         {SERVE_START_TIMEOUT:?} (last attempt: {result}); its log:\n{}",
+                        daemon.log()
+                    ),
+                    _ => thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+
+    /// `smtp-gate serve --pin-dir <lab pin dir> ARGS`, started and answering
+    /// POP3 (see [`Lab::spawn_serve`] and [`Lab::wait_pop3`]).
+    pub fn serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
+        let pin = self.pin_dir_str();
+        let mut all = args.to_vec();
+        all.extend(["--pin-dir", pin.as_str()]);
+        let mut daemon = self.spawn_serve(&all, log);
+        self.wait_pop3(&mut daemon);
+        daemon
+    }
+}
