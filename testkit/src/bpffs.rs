@@ -2,7 +2,7 @@
 //! one whose unmount reaches the copies `ip netns exec` made.
 
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     fs, io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
@@ -49,20 +49,27 @@ pub(crate) fn unmount_all(path: &Path) {
 
 /// Mounts a new bpffs on `at` (mode 0700); panics if it cannot.
 pub(crate) fn mount_bpffs(at: &Path) {
+    mount_new(c"bpf", at);
+}
+
+/// Mounts a new, empty filesystem of type `fstype` (`bpf`, `tmpfs`) on
+/// `at`, readable by root only; panics if it cannot.
+fn mount_new(fstype: &CStr, at: &Path) {
     let target = CString::new(at.as_os_str().as_bytes()).expect("path with NUL");
     // SAFETY: all strings are NUL-terminated and outlive the call.
     let rc = unsafe {
         libc::mount(
-            c"bpf".as_ptr(),
+            fstype.as_ptr(),
             target.as_ptr(),
-            c"bpf".as_ptr(),
+            fstype.as_ptr(),
             0,
             c"mode=0700".as_ptr().cast(),
         )
     };
     if rc != 0 {
         panic!(
-            "cannot mount a bpffs on {}: {}",
+            "cannot mount a {} on {}: {}",
+            fstype.to_string_lossy(),
             at.display(),
             io::Error::last_os_error()
         );
@@ -85,25 +92,10 @@ impl SharedBpffs {
         let holder = Path::new(RUN_ROOT).join(format!("{}-shared", lab.id));
         fs::create_dir_all(&holder)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", holder.display()));
+        mount_new(c"tmpfs", &holder);
         let c_holder = CString::new(holder.as_os_str().as_bytes()).expect("path with NUL");
-        // SAFETY: NUL-terminated strings that outlive the calls.
-        let rc = unsafe {
-            libc::mount(
-                c"tmpfs".as_ptr(),
-                c_holder.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                c"mode=0700".as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mounting a tmpfs on {}: {}",
-            holder.display(),
-            io::Error::last_os_error()
-        );
-        // SAFETY: as above; MS_SHARED changes only the propagation type.
+        // SAFETY: a NUL-terminated path that outlives the call; MS_SHARED
+        // changes only the propagation type.
         let rc = unsafe {
             libc::mount(
                 std::ptr::null(),

@@ -55,8 +55,11 @@ use crate::{
     bpffs::{is_mount_point, mount_bpffs, unmount_all},
     dirs::sorted_names,
     gate_binary::{smtp_gate, smtp_gate_bin, smtp_gate_in},
-    netns::{add_netns, delete_netns, in_netns, netns_sysctl},
-    process::{describe, run_ok},
+    netns::{
+        add_netns, assert_no_default_route, bring_up_with_addresses, delete_netns, in_netns, ip,
+        netns_sysctl,
+    },
+    process::describe,
     serve::POP3_PORT,
     smtp::{
         connect, open_session, spawn_smtp_server, ConnectResult, Session, DENY_TIMEOUT, SMTP_PORT,
@@ -139,11 +142,9 @@ fn sweep_stale() {
 /// Creates `link`'s veth pair between `server` and the client namespace,
 /// with its addresses, up.
 fn make_link(server: &str, link: &Link) {
-    run_ok(
-        "ip",
+    ip(
+        server,
         &[
-            "-n",
-            server,
             "link",
             "add",
             &link.server_iface,
@@ -156,34 +157,13 @@ fn make_link(server: &str, link: &Link) {
             &link.client_ns,
         ],
     );
-    for (ns, iface, v4, v6) in [
-        (server, &link.server_iface, link.server_v4, link.server_v6),
-        (
-            link.client_ns.as_str(),
-            &link.client_iface,
-            link.client_v4,
-            link.client_v6,
-        ),
-    ] {
-        run_ok(
-            "ip",
-            &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", iface],
-        );
-        run_ok(
-            "ip",
-            &[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                iface,
-                "nodad",
-            ],
-        );
-        run_ok("ip", &["-n", ns, "link", "set", iface, "up"]);
-    }
+    bring_up_with_addresses(server, &link.server_iface, link.server_v4, link.server_v6);
+    bring_up_with_addresses(
+        &link.client_ns,
+        &link.client_iface,
+        link.client_v4,
+        link.client_v6,
+    );
 }
 
 /// One client's veth pair, addresses and namespace.
@@ -347,18 +327,13 @@ impl Lab {
             // No duplicate address detection: addresses are usable at once.
             netns_sysctl(ns, "net/ipv6/conf/all/accept_dad", "0");
             netns_sysctl(ns, "net/ipv6/conf/default/accept_dad", "0");
-            run_ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            ip(ns, &["link", "set", "lo", "up"]);
         }
         for link in &links {
             make_link(&server, link);
         }
         for ns in &all_ns {
-            let routes = run_ok("ip", &["-n", ns, "route", "show", "default"])
-                + &run_ok("ip", &["-n", ns, "-6", "route", "show", "default"]);
-            assert!(
-                routes.trim().is_empty(),
-                "namespace {ns} has a default route: {routes}"
-            );
+            assert_no_default_route(ns);
         }
 
         fs::create_dir_all(&self.mount_point)
@@ -448,9 +423,7 @@ impl Lab {
 
     /// `ip -n NS ARGS`; panics unless it succeeds. Returns its stdout.
     pub fn ip(&self, ns: &str, args: &[&str]) -> String {
-        let mut all = vec!["-n", ns];
-        all.extend_from_slice(args);
-        run_ok("ip", &all)
+        ip(ns, args)
     }
 
     /// Deletes `link`'s veth pair and makes it again, with the same names
@@ -458,10 +431,7 @@ impl Lab {
     /// the kernel detaches whatever was attached to the old interfaces.
     /// Waits until the client reaches the listener again.
     pub fn recreate_link(&self, link: &Link) {
-        run_ok(
-            "ip",
-            &["-n", &self.server_ns, "link", "del", &link.server_iface],
-        );
+        ip(&self.server_ns, &["link", "del", &link.server_iface]);
         make_link(&self.server_ns, link);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !link.connect_v4(SMTP_PORT, DENY_TIMEOUT).is_connected()
@@ -617,10 +587,7 @@ impl Lab {
 
     /// `ip -d link show dev IFACE` in the server namespace.
     pub fn server_link_show(&self, iface: &str) -> String {
-        run_ok(
-            "ip",
-            &["-n", &self.server_ns, "-d", "link", "show", "dev", iface],
-        )
+        ip(&self.server_ns, &["-d", "link", "show", "dev", iface])
     }
 
     /// Ids of the XDP programs attached to a server-side interface, as

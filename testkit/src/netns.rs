@@ -1,7 +1,15 @@
 //! Network namespaces by name (under /run/netns, as `ip netns` keeps
 //! them): making and deleting them, running commands and threads inside.
 
-use std::{fs, io, os::fd::AsRawFd, path::Path, process::Command, sync::Mutex, thread};
+use std::{
+    fs, io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    path::Path,
+    process::Command,
+    sync::Mutex,
+    thread,
+};
 
 use crate::process::{run_ok, run_quiet};
 
@@ -54,7 +62,7 @@ where
 }
 
 /// Writes a sysctl of namespace `ns` (`key` as in `net/ipv6/conf/all/...`).
-pub(crate) fn netns_sysctl(ns: &str, key: &str, value: &str) {
+pub fn netns_sysctl(ns: &str, key: &str, value: &str) {
     in_netns(ns, || {
         let path = Path::new("/proc/sys").join(key);
         fs::write(&path, value)
@@ -73,4 +81,34 @@ pub(crate) fn add_netns(ns: &str) {
 pub(crate) fn delete_netns(ns: &str) {
     let _guard = NETNS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     run_quiet("ip", &["netns", "del", ns]);
+}
+
+/// `ip -n NS ARGS`; panics unless it succeeds. Returns its stdout.
+pub fn ip(ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run_ok("ip", &all)
+}
+
+/// Gives `iface` in `ns` the lab's address pair, `v4`/24 and `v6`/64, and
+/// brings it up. The IPv6 address skips duplicate address detection, so
+/// both are usable at once.
+pub fn bring_up_with_addresses(ns: &str, iface: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+    ip(ns, &["addr", "add", &format!("{v4}/24"), "dev", iface]);
+    ip(
+        ns,
+        &["addr", "add", &format!("{v6}/64"), "dev", iface, "nodad"],
+    );
+    ip(ns, &["link", "set", "dev", iface, "up"]);
+}
+
+/// Panics if `ns` has an IPv4 or IPv6 default route: the network-safety
+/// rule of every lab, checked after each change to its links.
+pub fn assert_no_default_route(ns: &str) {
+    let routes =
+        ip(ns, &["route", "show", "default"]) + &ip(ns, &["-6", "route", "show", "default"]);
+    assert!(
+        routes.trim().is_empty(),
+        "namespace {ns} has a default route: {routes}"
+    );
 }

@@ -43,7 +43,7 @@ use super::{
 };
 use testkit::{
     lab::Lab,
-    netns::in_netns,
+    netns::{assert_no_default_route, bring_up_with_addresses, in_netns, ip, netns_sysctl},
     packets::{
         tcp_flags, Ipv6Ext, PacketBuilder, VlanTag, IPV4_OPTION_ROUTER_ALERT, LINUX_SYN_OPTIONS,
     },
@@ -155,19 +155,8 @@ pub struct DiffLab {
     pub notes: Vec<String>,
 }
 
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
-    if !out.status.success() {
-        panic!("`ip {}` failed: {}", args.join(" "), describe(&out));
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
-    let text = ip(&["-n", ns, "-o", "link", "show", "dev", iface]);
+    let text = ip(ns, &["-o", "link", "show", "dev", iface]);
     let words: Vec<&str> = text.split_whitespace().collect();
     let at = words
         .iter()
@@ -180,14 +169,6 @@ fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
     mac
 }
 
-fn sysctl(ns: &str, key: &str, value: &str) {
-    in_netns(ns, || {
-        let path = std::path::Path::new("/proc/sys").join(key);
-        std::fs::write(&path, value)
-            .unwrap_or_else(|e| panic!("cannot set {} in {ns}: {e}", path.display()));
-    });
-}
-
 /// Whether `ip link add ... type vlan` works (the kernel may have no
 /// 802.1Q support at all); the probe device is deleted again.
 fn vlan_devices_supported(ns: &str, lower: &str) -> bool {
@@ -198,7 +179,7 @@ fn vlan_devices_supported(ns: &str, lower: &str) -> bool {
         .output()
         .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
     if out.status.success() {
-        ip(&["-n", ns, "link", "del", "dev", "vprobe"]);
+        ip(ns, &["link", "del", "dev", "vprobe"]);
         return true;
     }
     let err = String::from_utf8_lossy(&out.stderr);
@@ -231,16 +212,7 @@ impl DiffLab {
         ];
         let set_mtu = |mtu: u32| {
             for (ns, iface) in &ends {
-                ip(&[
-                    "-n",
-                    ns,
-                    "link",
-                    "set",
-                    "dev",
-                    iface,
-                    "mtu",
-                    &mtu.to_string(),
-                ]);
+                ip(ns, &["link", "set", "dev", iface, "mtu", &mtu.to_string()]);
             }
         };
         let attach = |lab: &Lab| {
@@ -327,36 +299,26 @@ impl DiffLab {
                 } else {
                     "802.1Q"
                 };
-                ip(&[
-                    "-n",
+                ip(
                     ns,
-                    "link",
-                    "add",
-                    "link",
-                    lower,
-                    "name",
-                    dev,
-                    "type",
-                    "vlan",
-                    "protocol",
-                    proto,
-                    "id",
-                    &vid.to_string(),
-                ]);
+                    &[
+                        "link",
+                        "add",
+                        "link",
+                        lower,
+                        "name",
+                        dev,
+                        "type",
+                        "vlan",
+                        "protocol",
+                        proto,
+                        "id",
+                        &vid.to_string(),
+                    ],
+                );
                 let v4 = Ipv4Addr::new(10, 231, k, host);
                 let v6 = Ipv6Addr::new(0xfd00, 0x231, u16::from(k), 0, 0, 0, 0, u16::from(host));
-                ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
-                ip(&[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{v6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-                ip(&["-n", ns, "link", "set", "dev", dev, "up"]);
+                bring_up_with_addresses(ns, dev, v4, v6);
             }
             let mut path: Vec<Tag> = Vec::new();
             if !parent.is_empty() {
@@ -369,12 +331,7 @@ impl DiffLab {
             nets.push(Net::numbered(name, path, k));
         }
         for ns in [&server_ns, &link.client_ns] {
-            let routes = ip(&["-n", ns, "route", "show", "default"])
-                + &ip(&["-n", ns, "-6", "route", "show", "default"]);
-            assert!(
-                routes.trim().is_empty(),
-                "namespace {ns} has a default route: {routes}"
-            );
+            assert_no_default_route(ns);
         }
         // Room for thousands of half-reassembled datagrams (the gate drops
         // one fragment, the others wait), and a shorter wait for them.
@@ -387,7 +344,7 @@ impl DiffLab {
             ("net/ipv6/ip6frag_time", "15"),
             ("net/ipv4/tcp_syncookies", "1"),
         ] {
-            sysctl(&server_ns, key, value);
+            netns_sysctl(&server_ns, key, value);
         }
 
         let env = Env {
