@@ -1,5 +1,6 @@
 //! What every benchmark report carries: the machine, figures as median of
-//! several runs with min and max, and files under target/bench/.
+//! several runs with min and max, percentiles of latency samples, and
+//! files under target/bench/.
 
 use std::{fs, path::PathBuf};
 
@@ -43,6 +44,27 @@ impl Figure {
             d = decimals
         )
     }
+}
+
+/// The `percent` percentile of `samples` by the nearest-rank method: the
+/// smallest sample that at least `percent`% of the samples are less than
+/// or equal to, i.e. the ⌈percent/100 · n⌉-th smallest (the smallest for
+/// 0). Always one of the samples, never an interpolation; NaN when there
+/// are none.
+pub fn percentile(samples: &[f64], percent: f64) -> f64 {
+    assert!(
+        (0.0..=100.0).contains(&percent),
+        "a percentile is between 0 and 100, not {percent}"
+    );
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    // percent · n before the division: exact for whole percents, so a
+    // rank that is a whole number is not pushed up by rounding.
+    let rank = (percent * sorted.len() as f64 / 100.0).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -99,7 +121,7 @@ pub fn write(name: &str, markdown: &str, json: &serde_json::Value) -> Result<Pat
 
 #[cfg(test)]
 mod tests {
-    use super::Figure;
+    use super::{percentile, Figure};
 
     #[test]
     fn median_of_odd_and_even_counts() {
@@ -107,5 +129,22 @@ mod tests {
         assert_eq!((f.median, f.min, f.max, f.runs), (2.0, 1.0, 3.0, 3));
         let f = Figure::of(&[4.0, 1.0, 2.0, 3.0]);
         assert_eq!(f.median, 2.5);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_ranks() {
+        let hundred: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 50.0), 50.0);
+        assert_eq!(percentile(&hundred, 99.0), 99.0);
+        assert_eq!(percentile(&hundred, 100.0), 100.0);
+        assert_eq!(percentile(&hundred, 0.0), 1.0);
+        // Four samples: p50 is the 2nd, p75 the 3rd, p76 and p99 the 4th.
+        let four = [40.0, 10.0, 30.0, 20.0];
+        assert_eq!(percentile(&four, 50.0), 20.0);
+        assert_eq!(percentile(&four, 75.0), 30.0);
+        assert_eq!(percentile(&four, 76.0), 40.0);
+        assert_eq!(percentile(&four, 99.0), 40.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert!(percentile(&[], 50.0).is_nan());
     }
 }

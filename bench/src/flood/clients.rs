@@ -14,6 +14,7 @@ use std::{
 };
 
 use super::sys;
+use crate::report;
 
 /// A connection from `src` (bound first) to `dst` within `timeout`.
 pub fn connect_from(src: Ipv4Addr, dst: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
@@ -136,14 +137,10 @@ impl LegitResult {
         100.0 * self.ok as f64 / self.attempts as f64
     }
 
-    pub fn percentile(&self, p: f64) -> f64 {
-        if self.latencies_ms.is_empty() {
-            return f64::NAN;
-        }
-        let mut v = self.latencies_ms.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-        v[rank.clamp(1, v.len()) - 1]
+    /// The `percent` percentile of the latencies, in ms (see
+    /// [`report::percentile`]).
+    pub fn percentile(&self, percent: f64) -> f64 {
+        report::percentile(&self.latencies_ms, percent)
     }
 }
 

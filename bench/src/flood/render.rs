@@ -394,7 +394,8 @@ fn method(p: &Params, by_gen: &[(Generator, Vec<Row>)]) -> String {
          - Legitimate client: 10.231.1.2 (granted by the gate, in the nftables set, OK in the \
          Postfix table), a thread in the client namespace on CPU {cli}, SCHED_FIFO (it stands \
          for another machine: the generator's busy loop must not delay it), one SMTP connection \
-         every {interval} ms (connect, 220 banner, QUIT); latency = connect + banner; an attempt \
+         every {interval} ms (connect, 220 banner, QUIT); latency = connect + banner (p50 and \
+         p99 by nearest rank); an attempt \
          fails after {timeout} s. It shares the veth and its ring with the flood, as a real \
          client shares the NIC. The calm phase, right before, in the same configuration, gives \
          the \"no-flood figure\".\n\
