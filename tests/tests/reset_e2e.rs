@@ -47,15 +47,23 @@ const IPV6_DSTOPTS: [u8; 24] = {
     h
 };
 
-fn setsockopt(fd: &OwnedFd, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
-    // SAFETY: value is valid for its length for the duration of the call.
+/// setsockopt(2) with `value` as the option's value.
+///
+/// # Safety
+/// `T` must be what the kernel expects for `level` and `name`, holding no
+/// pointer the kernel follows (SO_ATTACH_FILTER's `sock_fprog` holds
+/// one): the kernel reads `size_of::<T>()` octets at `value` and acts on
+/// whatever they say.
+unsafe fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: value is valid for its size for the duration of the call;
+    // what it means is the caller's promise.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -78,26 +86,25 @@ fn connect_with_headers(ns: &str, to: SocketAddr, timeout: Duration) -> Outcome 
         assert!(raw >= 0, "socket: {}", io::Error::last_os_error());
         // SAFETY: the kernel just returned this fd.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        match to {
-            SocketAddr::V4(_) => setsockopt(&fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &IPV4_OPTIONS)
-                .expect("setsockopt IP_OPTIONS"),
-            SocketAddr::V6(_) => {
-                setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &IPV6_DSTOPTS)
-                    .expect("setsockopt IPV6_DSTOPTS (needs CAP_NET_RAW)")
-            }
-        }
         let tv = libc::timeval {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        // SAFETY: tv is a valid timeval for the call.
-        let tv_bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&tv as *const libc::timeval).cast::<u8>(),
-                size_of::<libc::timeval>(),
-            )
-        };
-        setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, tv_bytes).expect("SO_SNDTIMEO");
+        // SAFETY: IP_OPTIONS and IPV6_DSTOPTS take the option octets as
+        // they go on the wire, SO_SNDTIMEO a timeval; none holds a pointer.
+        unsafe {
+            match to {
+                SocketAddr::V4(_) => {
+                    setsockopt(&fd, libc::IPPROTO_IP, libc::IP_OPTIONS, &IPV4_OPTIONS)
+                        .expect("setsockopt IP_OPTIONS")
+                }
+                SocketAddr::V6(_) => {
+                    setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_DSTOPTS, &IPV6_DSTOPTS)
+                        .expect("setsockopt IPV6_DSTOPTS (needs CAP_NET_RAW)")
+                }
+            }
+            setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv).expect("SO_SNDTIMEO");
+        }
         let (storage, len) = sockaddr(to);
         // SAFETY: storage holds a sockaddr of `len` octets.
         let rc = unsafe {
