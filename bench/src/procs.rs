@@ -171,12 +171,19 @@ pub fn online_cpus() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
-/// Moves task `tid` (0: the calling thread) to the CPUs in `cpus`.
+/// Moves task `tid` (0: the calling thread) to the CPUs in `cpus`; EINVAL
+/// for a CPU past what a `cpu_set_t` holds. Allocates nothing, so a
+/// `pre_exec` hook may call it.
 pub fn set_affinity(tid: i32, cpus: std::ops::Range<usize>) -> std::io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // libc's CPU_SET indexes the set's words with a bounds check: past the
+    // end it would panic, which must not happen between fork and exec.
+    if cpus.end > 8 * std::mem::size_of_val(&set) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     for cpu in cpus {
-        // SAFETY: CPU_SET ignores numbers past the set's size.
+        // SAFETY: cpu is within the set (checked above).
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
     // SAFETY: a valid set of the size passed.
