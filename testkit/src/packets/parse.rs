@@ -190,17 +190,9 @@ impl TcpFrame {
                         frame.len() - l3_offset
                     );
                 }
-                let verify = internet_checksum(&[header]);
-                if verify != 0 {
-                    let mut zeroed = header.to_vec();
-                    zeroed[10] = 0;
-                    zeroed[11] = 0;
-                    bail!(
-                        "IPv4 header checksum is {:#06x}, should be {:#06x}",
-                        be16(header, 10),
-                        internet_checksum(&[&zeroed])
-                    );
-                }
+                verify_checksum("IPv4 header checksum", header, 10, |h| {
+                    internet_checksum(&[h])
+                })?;
                 let flags_frag = be16(header, 6);
                 if flags_frag & 0x3fff != 0 {
                     bail!(
@@ -317,16 +309,9 @@ impl TcpFrame {
                 segment.len()
             );
         }
-        if transport_checksum(ip.src(), ip.dst(), ip_proto::TCP, segment) != 0 {
-            let mut zeroed = segment.to_vec();
-            zeroed[16] = 0;
-            zeroed[17] = 0;
-            bail!(
-                "TCP checksum is {:#06x}, should be {:#06x}",
-                be16(segment, 16),
-                transport_checksum(ip.src(), ip.dst(), ip_proto::TCP, &zeroed)
-            );
-        }
+        verify_checksum("TCP checksum", segment, 16, |s| {
+            transport_checksum(ip.src(), ip.dst(), ip_proto::TCP, s)
+        })?;
         let tcp = ParsedTcp {
             src_port: be16(segment, 0),
             dst_port: be16(segment, 2),
@@ -351,6 +336,28 @@ impl TcpFrame {
             trailer_len: frame.len() - datagram_end,
         })
     }
+}
+
+/// Checks the 16-bit checksum field at `at` of `data`: `checksum` over
+/// `data` as it is must give 0. Else the error names `what`, the value in
+/// the field and the one it should hold (`checksum` over `data` with the
+/// field zeroed).
+fn verify_checksum(
+    what: &str,
+    data: &[u8],
+    at: usize,
+    checksum: impl Fn(&[u8]) -> u16,
+) -> Result<(), ParseError> {
+    if checksum(data) == 0 {
+        return Ok(());
+    }
+    let mut zeroed = data.to_vec();
+    zeroed[at..at + 2].fill(0);
+    Err(ParseError(format!(
+        "{what} is {:#06x}, should be {:#06x}",
+        u16::from_be_bytes([data[at], data[at + 1]]),
+        checksum(&zeroed)
+    )))
 }
 
 #[cfg(test)]
