@@ -22,15 +22,6 @@ pub struct CapacityResult {
 
 /// Moves the calling thread to `cpu`: inserts from several CPUs are what
 /// makes the kernel's LRU evict early (a multi-threaded daemon does that).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds for cpu < 1024.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 fn fill(capacity: u32, max_entries: u32) -> Result<CapacityResult> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(GRANTS_V4, max_entries)
@@ -48,7 +39,8 @@ fn fill(capacity: u32, max_entries: u32) -> Result<CapacityResult> {
             let grants = &grants;
             let n = cpus.len() as u32;
             scope.spawn(move || {
-                pin_to_cpu(*cpu as usize);
+                let cpu = *cpu as usize;
+                crate::procs::set_affinity(0, cpu..cpu + 1).expect("pinning a writer to its CPU");
                 let mut i = t as u32;
                 while i < capacity {
                     // 10.0.0.0/8 and up: distinct addresses.

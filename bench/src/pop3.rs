@@ -810,7 +810,7 @@ async fn start(
     grants: Arc<dyn GrantSink>,
     shutdown: &CancellationToken,
 ) -> Result<SocketAddr> {
-    let users = UsersFile::load(&fixture.users_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let users = UsersFile::load(&fixture.users_file)?;
     let config = ServerConfig {
         listen: vec!["127.0.0.1:0".parse()?],
         hostname: "bench.test".into(),

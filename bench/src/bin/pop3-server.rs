@@ -33,7 +33,7 @@ fn main() -> Result<()> {
         .parse_filters("info")
         .target(env_logger::Target::Pipe(Box::new(log)))
         .init();
-    let users = UsersFile::load(&users_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let users = UsersFile::load(&users_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -161,14 +161,15 @@ pub struct XdpLink {
 pub fn attach_guard(ifindex: u32) -> io::Result<XdpLink> {
     let prog = load(&guard_program(), "flood_guard", BPF_XDP)?;
     let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, prog.0 as u32);
+    put_u32(&mut attr, 0, prog.raw());
     put_u32(&mut attr, 4, ifindex);
     put_u32(&mut attr, 8, BPF_XDP);
     // SAFETY: this bpf_attr holds no pointers.
     let link = unsafe { bpf(BPF_LINK_CREATE, &mut attr) }
         .map_err(|e| io::Error::new(e.kind(), format!("attaching the XDP guard: {e}")))?;
     Ok(XdpLink {
-        _link: ProgFd(link as i32),
+        // SAFETY: a descriptor the kernel just gave us.
+        _link: unsafe { ProgFd::from_raw(link) },
         _prog: prog,
     })
 }

@@ -3,7 +3,10 @@
 //! generator, guard and floor programs) and to run them with
 //! BPF_PROG_TEST_RUN, without an object file.
 
-use std::io;
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -97,12 +100,21 @@ pub fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
 }
 
 /// A program or link descriptor, closed when dropped.
-pub struct ProgFd(pub i32);
+pub struct ProgFd(OwnedFd);
 
-impl Drop for ProgFd {
-    fn drop(&mut self) {
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(self.0) };
+impl ProgFd {
+    /// Takes ownership of a descriptor bpf(2) returned.
+    ///
+    /// # Safety
+    /// `fd` is open and owned by nothing else.
+    pub unsafe fn from_raw(fd: i64) -> Self {
+        // SAFETY: the caller's promise.
+        Self(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// The descriptor, as a bpf_attr field holds it.
+    pub fn raw(&self) -> u32 {
+        self.0.as_raw_fd() as u32
     }
 }
 
@@ -124,7 +136,8 @@ pub fn load_xdp(insns: &[Insn], name: &str, attach_type: u32) -> io::Result<Prog
                                          // SAFETY: insns, license, log and name outlive the call, with the
                                          // lengths given.
     match unsafe { bpf(BPF_PROG_LOAD, &mut attr) } {
-        Ok(fd) => Ok(ProgFd(fd as i32)),
+        // SAFETY: a descriptor the kernel just gave us.
+        Ok(fd) => Ok(unsafe { ProgFd::from_raw(fd) }),
         Err(e) => {
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             Err(io::Error::new(
@@ -155,7 +168,7 @@ pub fn test_run(
     live: Option<(u32, &[u32; 6])>,
 ) -> io::Result<TestRun> {
     let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, prog.0 as u32);
+    put_u32(&mut attr, 0, prog.raw());
     put_u32(&mut attr, 8, frame.len() as u32);
     put_u64(&mut attr, 16, frame.as_ptr() as u64);
     put_u32(&mut attr, 32, repeat);
@@ -180,7 +193,7 @@ pub fn test_run(
 /// length of the frame after.
 pub fn run_once_into(prog: &ProgFd, frame: &[u8], out: &mut [u8]) -> io::Result<(u32, usize)> {
     let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, prog.0 as u32);
+    put_u32(&mut attr, 0, prog.raw());
     put_u32(&mut attr, 8, frame.len() as u32);
     put_u32(&mut attr, 12, out.len() as u32); // data_size_out
     put_u64(&mut attr, 16, frame.as_ptr() as u64);
