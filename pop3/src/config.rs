@@ -3,11 +3,11 @@
 //! its config file, whose keys are these fields' names, and from its flags
 //! of the same names; it refuses to start on one that `check` refuses.
 
-use std::{fmt, net::SocketAddr, sync::OnceLock, time::Duration};
+use std::{fmt, net::SocketAddr, time::Duration};
 
 use serde::{de::Error as _, Deserialize, Deserializer};
 
-use crate::duration;
+use crate::{duration, host::system_host_name};
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -119,19 +119,4 @@ fn listen_addresses<'de, D: Deserializer<'de>>(
             })
         })
         .collect()
-}
-
-/// The system's host name (`localhost` if it has none): the default APOP
-/// timestamp host, and the host part of new Maildir file names.
-pub fn system_host_name() -> &'static str {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let uname = rustix::system::uname();
-        let name = uname.nodename().to_string_lossy();
-        if name.is_empty() {
-            "localhost".to_string()
-        } else {
-            name.into_owned()
-        }
-    })
 }

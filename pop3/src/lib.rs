@@ -13,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod duration;
 pub mod framing;
+pub mod host;
 pub mod maildrop;
 pub mod reply;
 pub mod server;

@@ -2,7 +2,7 @@
 //! is the message's identity (and its UIDL), the info part carries flags
 //! that other agents change by renaming.
 
-use crate::config::system_host_name;
+use crate::host::system_host_name;
 use crate::maildrop::is_valid_uid;
 use md5::{Digest, Md5};
 use std::ffi::{OsStr, OsString};
