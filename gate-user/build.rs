@@ -9,17 +9,13 @@
 //! machine; the binary built so refuses to load the gate and says how to
 //! set the toolchain up (gate/object.rs).
 
-use std::{
-    env,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{env, path::PathBuf, process::Command};
 
-const BPF_TARGET: &str = "bpfel-unknown-none";
-/// Names the rustc for the BPF target, where PATH would find another.
-const BPF_RUSTC_VAR: &str = "SMTP_GATE_BPF_RUSTC";
-/// Where Debian's rustc-web puts it (what `cargo xtask setup` installs).
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+// The search for the BPF rustc, the same one `cargo xtask setup` uses.
+include!("../xtask/src/bpf_toolchain.rs");
+
+/// Changes whenever a Debian package is installed.
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 /// Tells gate/object.rs why the embedded object is empty.
 const MISSING_VAR: &str = "SMTP_GATE_EBPF_MISSING";
 
@@ -34,6 +30,7 @@ fn main() {
         "gate-packet/src",
         "gate-common/src",
         "Cargo.lock",
+        "xtask/src/bpf_toolchain.rs",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -41,7 +38,6 @@ fn main() {
         );
     }
     println!("cargo:rerun-if-env-changed={BPF_RUSTC_VAR}");
-    println!("cargo:rerun-if-env-changed=PATH");
 
     let toolchain = match find_toolchain() {
         Ok(rustc) => rustc,
@@ -51,12 +47,16 @@ fn main() {
                  without its kernel program; run `cargo xtask setup` to build the real one"
             );
             println!("cargo:rustc-env={MISSING_VAR}={missing}");
-            // Checked again on every build until it is there: the
-            // toolchain's files are not ones cargo can watch.
-            println!(
-                "cargo:rerun-if-changed={}",
-                out_dir.join("recheck").display()
-            );
+            // Looked for again once something is installed: Debian's
+            // packages (rustc-web and its BPF `core`) or a cargo binary
+            // (bpf-linker).
+            for installs in [Some(PathBuf::from(DPKG_STATUS)), cargo_bin()]
+                .into_iter()
+                .flatten()
+                .filter(|path| path.exists())
+            {
+                println!("cargo:rerun-if-changed={}", installs.display());
+            }
             std::fs::write(&object_out, b"")
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", object_out.display()));
             return;
@@ -113,53 +113,24 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot copy {}: {e}", object.display()));
 }
 
-/// The rustc to build the BPF target with, or what is missing. The rustc
-/// is the one `SMTP_GATE_BPF_RUSTC` names, else the first on PATH, else
-/// Debian's, whose sysroot has a `core` for the target (rustup's do not);
-/// bpf-linker is found on PATH or in ~/.cargo/bin, as cargo finds it.
+/// The rustc to build the BPF target with (see bpf_toolchain.rs), and
+/// bpf-linker found on PATH or in ~/.cargo/bin, as cargo finds it; or
+/// what is missing.
 fn find_toolchain() -> Result<PathBuf, String> {
-    let path_dirs: Vec<PathBuf> = env::split_paths(&env::var_os("PATH").unwrap_or_default())
-        .chain(env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
-        .collect();
-    let candidates: Vec<PathBuf> = match env::var_os(BPF_RUSTC_VAR) {
-        Some(named) => vec![PathBuf::from(named)],
-        None => path_dirs
-            .iter()
-            .map(|dir| dir.join("rustc"))
-            .chain([PathBuf::from(DEBIAN_RUSTC)])
-            .filter(|rustc| rustc.is_file())
-            .collect(),
-    };
-    let rustc = candidates
-        .into_iter()
-        .find(|rustc| has_bpf_core(rustc))
-        .ok_or_else(|| match env::var_os(BPF_RUSTC_VAR) {
-            Some(named) => format!(
-                "{BPF_RUSTC_VAR}={} has no `core` for {BPF_TARGET}",
-                Path::new(&named).display()
-            ),
-            None => format!("no rustc with a `core` for {BPF_TARGET}"),
-        })?;
-    if !path_dirs.iter().any(|dir| dir.join("bpf-linker").is_file()) {
+    let rustc = bpf_rustc()?;
+    let linker_found = env::split_paths(&env::var_os("PATH").unwrap_or_default())
+        .chain(cargo_bin())
+        .any(|dir| dir.join("bpf-linker").is_file());
+    if !linker_found {
         return Err("no bpf-linker on PATH or in ~/.cargo/bin".to_string());
     }
     Ok(rustc)
 }
 
-/// True if `rustc`'s sysroot holds a prebuilt `core` for the BPF target.
-fn has_bpf_core(rustc: &Path) -> bool {
-    let Ok(out) = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .output()
-    else {
-        return false;
-    };
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    std::fs::read_dir(sysroot.join("lib/rustlib").join(BPF_TARGET).join("lib"))
-        .map(|dir| {
-            dir.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
-        })
-        .unwrap_or(false)
+/// Where `cargo install` (and so `cargo xtask setup`) puts bpf-linker.
+fn cargo_bin() -> Option<PathBuf> {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .map(|home| home.join("bin"))
 }

@@ -70,7 +70,19 @@ pub fn read<T: DeserializeOwned>(table: Table) -> Result<T, KeyError> {
 /// was not given `None`, `false` or empty, and so it is left out: no flag
 /// can be given as any of these.
 pub fn given_flags(flags: &impl Serialize) -> Result<Table> {
-    let given = match serde_json::to_value(flags).context("reading the flags")? {
+    // A flag that cannot be a key (a path that is not UTF-8, which a TOML
+    // file cannot hold either) is named.
+    let given =
+        serde_path_to_error::serialize(flags, serde_json::value::Serializer).map_err(|e| {
+            let key = e
+                .path()
+                .iter()
+                .next()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            anyhow!("{}: {}", flag_name(&key), e.inner())
+        })?;
+    let given = match given {
         serde_json::Value::Object(given) => given,
         other => return Err(anyhow!("the flags read as {other}, not as keys")),
     };

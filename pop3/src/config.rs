@@ -88,9 +88,14 @@ impl ServerConfig {
         }
         let hostname = &self.hostname;
         if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c == '>') {
+            let whose = if hostname == system_host_name() {
+                "the system's host name "
+            } else {
+                ""
+            };
             return bad(
                 "hostname",
-                &format!("`{hostname}` cannot go into an APOP timestamp"),
+                &format!("{whose}`{hostname}` cannot go into an APOP timestamp"),
             );
         }
         if self.idle_timeout < MIN_IDLE_TIMEOUT {
@@ -98,6 +103,12 @@ impl ServerConfig {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return bad(
+                "max_connections",
+                &format!("at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            );
         }
         if self.max_connections_per_ip == 0 {
             return bad("max_connections_per_ip", "must be at least 1");
@@ -119,4 +130,30 @@ fn listen_addresses<'de, D: Deserializer<'de>>(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_and_bounds_are_named() {
+        ServerConfig::default().check().unwrap();
+        let key = |config: ServerConfig| config.check().unwrap_err().key;
+        let with = |change: fn(&mut ServerConfig)| {
+            let mut config = ServerConfig::default();
+            change(&mut config);
+            config
+        };
+        assert_eq!(
+            key(with(|c| c.max_connections = usize::MAX >> 2)),
+            "max_connections"
+        );
+        assert_eq!(
+            key(with(|c| c.idle_timeout = Duration::from_secs(599))),
+            "idle_timeout"
+        );
+        assert_eq!(key(with(|c| c.hostname = "a b".into())), "hostname");
+        assert_eq!(key(with(|c| c.listen.clear())), "listen");
+    }
 }

@@ -2,6 +2,8 @@
 //! that needs the eBPF toolchain, so it builds on a fresh machine and can
 //! install that toolchain.
 
+/// Which rustc builds the BPF target (shared with gate-user's build script).
+mod bpf_toolchain;
 mod cmd;
 mod setup;
 

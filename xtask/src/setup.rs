@@ -13,13 +13,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::{output, run};
 
-/// The rustc for the BPF target: Debian's, which setup installs, unless
-/// this variable names another (gate-user's build script reads it too).
-const BPF_RUSTC_VAR: &str = "SMTP_GATE_BPF_RUSTC";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+use crate::bpf_toolchain;
 
-fn bpf_rustc() -> String {
-    std::env::var(BPF_RUSTC_VAR).unwrap_or_else(|_| DEBIAN_RUSTC.to_string())
+/// The rustc the build will use for the BPF target (the packages above
+/// provide one), as a command.
+fn bpf_rustc() -> Result<String> {
+    let rustc = bpf_toolchain::bpf_rustc().map_err(|why| anyhow::anyhow!("{why}"))?;
+    Ok(rustc.to_string_lossy().into_owned())
 }
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13 has features for.
@@ -54,7 +54,7 @@ pub fn setup() -> Result<()> {
         bail!(
             "{} uses LLVM {llvm}, which bpf-linker {BPF_LINKER_VERSION} does not \
              support (it knows {BPF_LINKER_LLVMS:?})",
-            bpf_rustc()
+            bpf_rustc()?
         );
     }
     apt.ensure(&[
@@ -108,7 +108,7 @@ fn installed(package: &str) -> bool {
 }
 
 fn rustc_llvm_major() -> Result<u32> {
-    let rustc = bpf_rustc();
+    let rustc = bpf_rustc()?;
     let version = output(&rustc, &["-vV"])?;
     let line = version
         .lines()

@@ -52,7 +52,11 @@ impl ServeConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                keys::parse_table(&text).map_err(|e| described(e, &[], file))?
+                let table = keys::parse_table(&text).map_err(|e| described(e, &[], file))?;
+                // The file is checked as it is, so that a bad value in it
+                // is found even while a flag stands in for it.
+                Self::from_table(table.clone()).map_err(|e| described(e, &[], file))?;
+                table
             }
             None => Table::new(),
         };
@@ -263,6 +267,36 @@ mod tests {
         let e = format!("{:#}", ServeConfig::load(Some(&file), &bad).unwrap_err());
         assert!(e.contains("--idle-timeout: RFC 1939"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A flag stands in for a key, but the file's value is still checked:
+    /// the daemon must not start on a file that fails once the flag goes.
+    #[test]
+    fn a_bad_file_value_is_found_under_a_flag() {
+        let dir = tempdir();
+        let file = dir.join("smtp-gate.toml");
+        std::fs::write(&file, "iface = \"lo\"\nwindow = 5\n").unwrap();
+        let flags = serve_args(&["--window", "5s"]);
+        let e = format!("{:#}", ServeConfig::load(Some(&file), &flags).unwrap_err());
+        assert!(e.contains("key `window`: expected a string"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A path flag a config key cannot hold (not UTF-8) is refused by name.
+    #[test]
+    fn a_flag_that_cannot_be_a_key_is_named() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"/tmp/m\xff");
+        let argv: Vec<&std::ffi::OsStr> = ["smtp-gate", "serve", "--mail-root"]
+            .iter()
+            .map(std::ffi::OsStr::new)
+            .chain([odd])
+            .collect();
+        let crate::cli::Command::Serve(flags) = Cli::parse_from(argv).command else {
+            unreachable!("parsed as serve")
+        };
+        let e = format!("{:#}", ServeConfig::load(None, &flags).unwrap_err());
+        assert!(e.starts_with("--mail-root: "), "{e}");
     }
 
     fn tempdir() -> PathBuf {

@@ -6,7 +6,7 @@ use std::{error::Error, sync::Arc};
 
 use log::{error, info, warn};
 
-use super::{off_runtime, transaction::Transaction, Flow, SessionContext, State};
+use super::{off_runtime, transaction::Transaction, Flow, SessionContext, State, LOG_TARGET};
 use crate::{
     auth::apop,
     maildrop::OpenError,
@@ -115,8 +115,7 @@ impl Authorization {
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         let failures = self.failures + 1;
-        info!(
-            "login user={user} addr={} method={} result=failed",
+        info!(target: LOG_TARGET, "login user={user} addr={} method={} result=failed",
             ctx.peer,
             method.name()
         );
@@ -150,8 +149,7 @@ impl Authorization {
         let maildrop = match opened {
             Ok(maildrop) => maildrop,
             Err(OpenError::InUse) => {
-                info!(
-                    "login user={user} addr={peer} method={} result=in-use",
+                info!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=in-use",
                     method.name()
                 );
                 out.err(
@@ -161,16 +159,14 @@ impl Authorization {
                 return self.start_over();
             }
             Err(OpenError::Invalid(reason)) => {
-                warn!(
-                    "login user={user} addr={peer} method={} result=invalid-maildrop ({reason})",
+                warn!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=invalid-maildrop ({reason})",
                     method.name()
                 );
                 out.err(Some(RespCode::SysPerm), "cannot open this maildrop");
                 return self.start_over();
             }
             Err(OpenError::Io(e)) => {
-                error!(
-                    "login user={user} addr={peer} method={} result=maildrop-error ({e})",
+                error!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=maildrop-error ({e})",
                     method.name()
                 );
                 out.err(
@@ -183,14 +179,14 @@ impl Authorization {
         // The grant must be in the kernel before the client hears +OK: a
         // client may open its SMTP connection the moment login returns.
         match ctx.grants.grant(peer) {
-            Ok(()) => info!("grant addr={peer} user={user}"),
-            Err(e) => error!(
-                "grant addr={peer} user={user} failed: {} (login goes on)",
-                with_causes(&e)
-            ),
+            Ok(()) => info!(target: LOG_TARGET, "grant addr={peer} user={user}"),
+            Err(e) => {
+                error!(target: LOG_TARGET, "grant addr={peer} user={user} failed: {} (login goes on)",
+                    with_causes(&e)
+                )
+            }
         }
-        info!(
-            "login user={user} addr={peer} method={} result=ok",
+        info!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=ok",
             method.name()
         );
         let transaction = Transaction::begin(user, maildrop);

@@ -17,6 +17,10 @@ mod transaction;
 
 use std::{io, net::IpAddr, sync::Arc};
 
+/// The log target of the session's lines (logins, grants), the same in
+/// every file of it: operators' log filters (fail2ban) match it.
+const LOG_TARGET: &str = "pop3::session";
+
 use crate::{
     command::{self, Command},
     framing::Line,

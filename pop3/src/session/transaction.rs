@@ -6,7 +6,7 @@ use std::io;
 
 use log::error;
 
-use super::{off_runtime, Flow};
+use super::{off_runtime, Flow, LOG_TARGET};
 use crate::{
     command::MessageNumber,
     maildrop::{Maildrop, MessageInfo},
@@ -141,7 +141,7 @@ impl Transaction {
                 "smtp-gate POP3 server signing off ({count} messages deleted)"
             )),
             Err(e) => {
-                error!("user={}: applying {count} deletions failed: {e}", self.user);
+                error!(target: LOG_TARGET, "user={}: applying {count} deletions failed: {e}", self.user);
                 out.err(Some(RespCode::SysTemp), "some deleted messages not removed");
             }
         }
@@ -185,7 +185,7 @@ fn read_failed(out: &mut ReplyBuffer, n: MessageNumber, e: io::Error) {
     if e.kind() == io::ErrorKind::NotFound {
         out.err(None, &format!("message {n} was removed by another client"));
     } else {
-        error!("reading message {n} failed: {e}");
+        error!(target: LOG_TARGET, "reading message {n} failed: {e}");
         out.err(Some(RespCode::SysTemp), "cannot read the message now");
     }
 }

@@ -7,7 +7,7 @@
 
 use super::names::{cur_name, fresh_name};
 use super::size_cache::FileStamp;
-use super::{Sub, LOCK_FILE};
+use super::{Sub, LOCK_FILE, LOG_TARGET};
 use crate::maildrop::OpenError;
 use rustix::fs::{flock, FlockOperation, OFlags};
 use rustix::io::{preadv2, Errno, ReadWriteFlags};
@@ -38,7 +38,7 @@ pub(super) fn ensure_maildir(dir: &Path) -> io::Result<()> {
             if let Some(root) = dir.parent() {
                 take_owner_of(dir, root)?;
             }
-            log::info!("created maildir {}", dir.display());
+            log::info!(target: LOG_TARGET, "created maildir {}", dir.display());
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(at(e, "create maildir", dir)),
@@ -111,8 +111,7 @@ pub(super) fn move_new_to_cur(dir: &Path) -> Result<Vec<OsString>, OpenError> {
             // finds it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                log::warn!(
-                    "maildir {}: cannot move new/{} to cur/: {e}; serving it from new/",
+                log::warn!(target: LOG_TARGET, "maildir {}: cannot move new/{} to cur/: {e}; serving it from new/",
                     dir.display(),
                     name.to_string_lossy()
                 );

@@ -23,6 +23,10 @@ mod names;
 mod size_cache;
 
 use super::{to_wire, wire_size_of, Maildrop, MaildropStore, MessageInfo, OpenError};
+
+/// The log target of this module's lines, the same in every file of it
+/// (operators' log filters match it).
+const LOG_TARGET: &str = "pop3::maildrop::maildir";
 use fs::{
     at, ensure_maildir, list_sub, lock_maildir, move_new_to_cur, read_to_end_nowait,
     regular_file_stamp, rename_fresh, Found,
@@ -174,8 +178,7 @@ impl OpenMaildir {
                 // the rename makes the fix stable for later sessions.
                 match rename_fresh(&dir, f.sub, &name) {
                     Ok(fresh) => {
-                        log::warn!(
-                            "maildir {}: renamed {}/{} to {}/{}: its base name was empty or not unique",
+                        log::warn!(target: LOG_TARGET, "maildir {}: renamed {}/{} to {}/{}: its base name was empty or not unique",
                             dir.display(),
                             f.sub.name(),
                             name.to_string_lossy(),
@@ -188,8 +191,7 @@ impl OpenMaildir {
                     Err(e) => {
                         // Hiding it for one session beats locking the user
                         // out or breaking UIDL for every message.
-                        log::warn!(
-                            "maildir {}: not listing {}/{}: its base name is empty or not unique, and renaming it failed: {e}",
+                        log::warn!(target: LOG_TARGET, "maildir {}: not listing {}/{}: its base name is empty or not unique, and renaming it failed: {e}",
                             dir.display(),
                             f.sub.name(),
                             name.to_string_lossy()
@@ -361,7 +363,7 @@ impl Maildrop for OpenMaildir {
                 Err(e) => {
                     // Go on with the others: a partial QUIT is reported as
                     // "-ERR some deleted messages not removed".
-                    log::warn!("maildir: cannot delete {}: {e}", path.display());
+                    log::warn!(target: LOG_TARGET, "maildir: cannot delete {}: {e}", path.display());
                     first_error.get_or_insert(at(e, "unlink", &path));
                 }
             }
