@@ -411,6 +411,25 @@ mod tests {
         assert!(s.gates_port(587));
     }
 
+    /// Every one of the eight slots is looked at (a planted bug that read
+    /// only the first two passed the whole suite before this test).
+    #[test]
+    fn every_port_slot_is_gated() {
+        let mut s = Settings::UNCONFIGURED;
+        let ports: [u16; MAX_PORTS] = [25, 26, 465, 587, 2525, 10025, 10026, 65535];
+        s.ports = ports;
+        s.port_count = MAX_PORTS as u32;
+        for port in ports {
+            assert!(s.gates_port(port), "slot of port {port}");
+        }
+        for other in [0, 24, 27, 110, 588, 65534] {
+            assert!(!s.gates_port(other), "port {other} is not gated");
+        }
+        s.port_count = 7;
+        assert!(!s.gates_port(65535), "the eighth slot is not counted");
+        assert!(s.gates_port(10026));
+    }
+
     #[test]
     fn outcome_indices_are_dense() {
         for (i, o) in Outcome::ALL.iter().enumerate() {

@@ -2,17 +2,20 @@
 //! failed-login delay, the idle timeout and graceful shutdown.
 
 use std::{
-    fs,
+    fs, io,
     net::SocketAddr,
     path::Path,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use pop3::{
     auth::users_file::UsersFile,
     config::ServerConfig,
-    maildrop::maildir::MaildirStore,
+    maildrop::{maildir::MaildirStore, Maildrop, MaildropStore, MessageInfo, OpenError},
     server::{Backends, Server},
     NoGrant,
 };
@@ -34,6 +37,14 @@ struct Running {
 }
 
 async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Running {
+    start_with(tune, |store| Arc::new(store)).await
+}
+
+/// [`start`], with the Maildir store seen through `store`.
+async fn start_with(
+    tune: impl FnOnce(&mut ServerConfig),
+    store: impl FnOnce(MaildirStore) -> Arc<dyn MaildropStore>,
+) -> Running {
     let dir = tempfile::tempdir().expect("temp dir");
     let mail = dir.path().join("mail");
     for user in ["alice", "bob"] {
@@ -53,7 +64,7 @@ async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Running {
     tune(&mut config);
     let backends = Backends {
         auth: Arc::new(users),
-        store: Arc::new(MaildirStore::new(mail.clone())),
+        store: store(MaildirStore::new(mail.clone())),
         grants: Arc::new(NoGrant),
     };
     let server = Server::bind(config, backends).await.expect("bind");
@@ -308,5 +319,104 @@ async fn shutdown_cuts_a_client_that_stopped_reading() {
         "{:?}",
         started.elapsed()
     );
+    drop(c);
+}
+
+/// A store whose maildrops count the messages they read.
+struct CountingStore {
+    inner: MaildirStore,
+    reads: Arc<AtomicUsize>,
+}
+
+impl MaildropStore for CountingStore {
+    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+        Ok(Box::new(CountingMaildrop {
+            inner: self.inner.open(user)?,
+            reads: Arc::clone(&self.reads),
+        }))
+    }
+}
+
+struct CountingMaildrop {
+    inner: Box<dyn Maildrop>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Maildrop for CountingMaildrop {
+    fn messages(&self) -> &[MessageInfo] {
+        self.inner.messages()
+    }
+
+    fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read(index)
+    }
+
+    fn read_if_cached(&mut self, index: usize) -> Option<Vec<u8>> {
+        let read = self.inner.read_if_cached(index);
+        if read.is_some() {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+        read
+    }
+
+    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+        self.inner.commit(deleted)
+    }
+}
+
+/// Replies go out every 64 KiB, even inside a pipelined batch: a client
+/// that pipelines RETRs and stops reading holds the server up after the
+/// few messages the socket buffers take, not after it read them all into
+/// memory. (A planted bug that sent only at the end of the batch passed
+/// the whole suite before this test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_batch_is_sent_as_it_grows() {
+    const PIPELINED: usize = 20;
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reads);
+    let server = start_with(
+        |c| c.shutdown_grace = Duration::from_millis(100),
+        move |inner| {
+            Arc::new(CountingStore {
+                inner,
+                reads: counted,
+            })
+        },
+    )
+    .await;
+    // One MB: a reply far over the flush threshold.
+    let line = "x".repeat(999) + "\n";
+    fs::write(
+        server.mail.join("alice/cur/1700000001.M2P1.test:2,"),
+        line.repeat(1000),
+    )
+    .unwrap();
+    let (mut c, _) = Client::connect(server.addr).await;
+    c.send("USER alice\r\nPASS pw-a\r\n").await;
+    c.line().await;
+    c.line().await;
+    c.send(&"RETR 2\r\n".repeat(PIPELINED)).await;
+    // Until the server stops reading messages (it waits for the client),
+    // at most 10 s; a slow machine can only make the count smaller.
+    let (mut last, mut still) = (usize::MAX, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while still < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = reads.load(Ordering::SeqCst);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    let read = reads.load(Ordering::SeqCst);
+    assert!(
+        (1..PIPELINED).contains(&read),
+        "the server read {read} of {PIPELINED} pipelined 1 MB messages for a client \
+         that reads nothing"
+    );
+    server.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server.done)
+        .await
+        .expect("the server stops")
+        .unwrap();
     drop(c);
 }

@@ -390,3 +390,30 @@ async fn a_grant_that_cannot_be_written_does_not_fail_the_login() {
     );
     assert!(transcript.ends_with("+OK 3 116\r\n"), "{transcript}");
 }
+
+/// The grant is written before the `+OK` of a login can leave: when the
+/// session hands back the reply to the PASS (the server writes replies
+/// only after `handle` returns), the sink already has the address. A
+/// grant made later, in a task of its own, would let a client that sends
+/// right after `+OK` reach SMTP before its grant.
+#[tokio::test]
+async fn the_grant_is_made_before_the_ok_is_handed_back() {
+    let f = fixture();
+    let mut session = Session::new(f.ctx, TIMESTAMP.to_string());
+    let mut out = ReplyBuffer::new();
+    let mut lines = LineBuffer::new();
+    lines.extend(b"USER alice\r\nPASS open sesame\r\n");
+    let user = lines.next_line().expect("USER line");
+    session.handle(user, &mut out).await;
+    assert!(f.grants.0.lock().unwrap().is_empty(), "granted on USER");
+    out.clear();
+    let pass = lines.next_line().expect("PASS line");
+    session.handle(pass, &mut out).await;
+    let reply = String::from_utf8_lossy(out.as_bytes()).into_owned();
+    assert!(reply.starts_with("+OK alice has 3 messages"), "{reply}");
+    assert_eq!(
+        *f.grants.0.lock().unwrap(),
+        vec!["192.0.2.7".parse::<IpAddr>().unwrap()],
+        "the +OK was handed back before the grant was made"
+    );
+}

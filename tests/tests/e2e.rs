@@ -207,6 +207,23 @@ fn attach_exempt_networks_always_pass() {
     let listed: Vec<String> =
         serde_json::from_str(&lab.gate_ok(&["exempt", "list", "--json"])).expect("JSON list");
     assert_eq!(listed, vec![exempt.net_v4.clone(), exempt.net_v6.clone()]);
+
+    // Given again, --exempt replaces the set: a network left out stops
+    // passing (a planted bug that added to the set passed the suite).
+    lab.attach(&["--exempt", "192.0.2.0/24"]);
+    let listed: Vec<String> =
+        serde_json::from_str(&lab.gate_ok(&["exempt", "list", "--json"])).expect("JSON list");
+    assert_eq!(listed, vec!["192.0.2.0/24".to_string()]);
+    let denied = lab.stat("denied_drop");
+    assert_timed_out(
+        exempt.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "the client whose network left the exempt set",
+    );
+    assert!(
+        lab.stat("denied_drop") > denied,
+        "the gate did not count the SYN it denied: {}",
+        lab.stats()
+    );
 }
 
 #[test]

@@ -15,10 +15,11 @@ use std::{
 };
 
 use aya::{
+    maps::PerCpuArray,
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use gate_common::{program_names, DenyMode, Outcome, Settings, MAX_PORTS};
+use gate_common::{program_names, DenyMode, LogBucket, Outcome, Settings, MAX_PORTS};
 use smtp_gate::{
     addr::Cidr,
     gate::{
@@ -2327,6 +2328,46 @@ fn bypass_table_tc() {
 
 /// `--dest`: only SYNs to a destination in the scope are gated; the rest
 /// pass as not gated, and the scope is ignored while it is off.
+/// The denial log is limited per CPU by its token bucket: a burst of
+/// denied SYNs writes at most the burst on each CPU the runs land on and
+/// counts the rest as suppressed. (With the bucket planted away, every
+/// denial was logged and the whole suite still passed.)
+#[test]
+fn denial_log_is_limited_by_its_bucket() {
+    const BURST: u32 = 3;
+    const SYNS: u64 = 40;
+    let mut gate = Gate::with_fixture();
+    gate.set_settings(&Settings {
+        // One token a second: nothing refills while the runs last.
+        log_rate_per_sec: 1,
+        log_burst: BURST,
+        ..settings(DenyMode::Drop)
+    });
+    let syn = syn4(STRANGER4, SMTP).build();
+    let started = std::time::Instant::now();
+    for _ in 0..SYNS {
+        let run = gate.try_run(Hook::Xdp, &syn).expect("a test run");
+        assert_eq!(run.code, XDP_DROP, "{}", code_name(Hook::Xdp, run.code));
+    }
+    let elapsed = started.elapsed();
+    let buckets: PerCpuArray<&aya::maps::MapData, LogBucket> = PerCpuArray::try_from(
+        gate.ebpf
+            .map(gate_common::map_names::LOG_BUCKETS)
+            .expect("the object has the log buckets"),
+    )
+    .expect("the log buckets are a per-CPU array");
+    let per_cpu = buckets.get(&0, 0).expect("reading the log buckets");
+    let cpus_used = per_cpu.iter().filter(|b| b.refilled_at_ns != 0).count() as u64;
+    let suppressed: u64 = per_cpu.iter().map(|b| b.suppressed).sum();
+    let logged = SYNS - suppressed;
+    assert!(cpus_used >= 1, "no CPU's bucket was touched");
+    assert!(
+        (1..=(BURST as u64 + elapsed.as_secs() + 1) * cpus_used).contains(&logged),
+        "{logged} of {SYNS} denials logged on {cpus_used} CPU(s) in {elapsed:?}, \
+         with a burst of {BURST} and 1 line/s"
+    );
+}
+
 #[test]
 fn destination_scope() {
     let scoped = Settings {
