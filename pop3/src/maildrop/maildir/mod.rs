@@ -653,19 +653,42 @@ mod tests {
     #[test]
     fn unmovable_new_mail_is_served_from_new() {
         // Needs permission checks, which root bypasses.
-        if rustix::process::geteuid().is_root() {
-            eprintln!("skipped: running as root");
-            return;
+        unprivileged(|| {
+            let (_tmp, store) = store();
+            put(&store, "u", "new", "1", b"one\n", 1);
+            let cur = store.root().join("u/cur");
+            fs::set_permissions(&cur, fs::Permissions::from_mode(0o500)).unwrap();
+            let mut md = store.open("u").unwrap();
+            fs::set_permissions(&cur, fs::Permissions::from_mode(0o700)).unwrap();
+            assert_eq!(uids(&*md), ["1"]);
+            assert_eq!(md.read(0).unwrap(), b"one\r\n");
+            md.commit(&[0]).unwrap();
+            assert!(names(&store, "u", "new").is_empty());
+        });
+    }
+
+    /// Runs `body` on a thread of its own that is not root: under root (as
+    /// in CI) the thread takes the credentials of `nobody` first. Linux
+    /// keeps credentials per thread, and rustix changes only this one's,
+    /// so the rest of the test run stays root.
+    fn unprivileged(body: impl FnOnce() + Send + 'static) {
+        use rustix::{
+            process::{geteuid, Gid, Uid},
+            thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid},
+        };
+        let outcome = std::thread::spawn(move || {
+            if geteuid().is_root() {
+                let (uid, gid) = (Uid::from_raw(65534), Gid::from_raw(65534));
+                set_thread_groups(&[]).expect("dropping the supplementary groups");
+                set_thread_res_gid(gid, gid, gid).expect("becoming group nogroup");
+                set_thread_res_uid(uid, uid, uid).expect("becoming user nobody");
+                assert!(!geteuid().is_root(), "still root");
+            }
+            body();
+        })
+        .join();
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
         }
-        let (_tmp, store) = store();
-        put(&store, "u", "new", "1", b"one\n", 1);
-        let cur = store.root().join("u/cur");
-        fs::set_permissions(&cur, fs::Permissions::from_mode(0o500)).unwrap();
-        let mut md = store.open("u").unwrap();
-        fs::set_permissions(&cur, fs::Permissions::from_mode(0o700)).unwrap();
-        assert_eq!(uids(&*md), ["1"]);
-        assert_eq!(md.read(0).unwrap(), b"one\r\n");
-        md.commit(&[0]).unwrap();
-        assert!(names(&store, "u", "new").is_empty());
     }
 }
