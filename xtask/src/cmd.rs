@@ -23,6 +23,18 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> Result<()> {
     Ok(())
 }
 
+/// Runs cargo and says whether it succeeded (a failure is an answer, not
+/// an error).
+pub fn cargo_status(args: &[&str]) -> Result<bool> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    eprintln!("+ {cargo} {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    Ok(status.success())
+}
+
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     run(&cargo, args)

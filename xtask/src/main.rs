@@ -5,6 +5,7 @@
 /// Which rustc builds the BPF target (shared with gate-user's build script).
 mod bpf_toolchain;
 mod cmd;
+mod mutants;
 mod setup;
 
 use anyhow::Result;
@@ -64,6 +65,18 @@ enum Command {
         #[arg(long)]
         case: Option<u64>,
     },
+    /// Mutation testing (not part of the test suite: it takes long):
+    /// cargo-mutants over the host-side crates, or with --bpf the
+    /// hand-written mutations of the kernel program.
+    Mutants {
+        /// One crate instead of all: gate-common, pop3 or gate-user.
+        #[arg(long = "crate", value_name = "CRATE", conflicts_with = "bpf")]
+        krate: Option<String>,
+        /// The kernel program's mutations instead (the object is rebuilt
+        /// for each; the packet tests must fail).
+        #[arg(long)]
+        bpf: bool,
+    },
     /// Benchmarks (not part of the test suite).
     Bench {
         /// Which suite: kernel, flood, pop3 or all.
@@ -104,6 +117,14 @@ fn main() -> Result<()> {
             run("target/release/smtp-gate", &args)
         }
         Command::Test => test(),
+        Command::Mutants { krate, bpf } => {
+            setup::setup()?;
+            if bpf {
+                mutants::bpf()
+            } else {
+                mutants::host(krate.as_deref())
+            }
+        }
         Command::Demo => run_lab_binary("smtp-gate-demo", &[]),
         Command::Fuzz {
             target: FuzzTarget::Gate,

@@ -1,0 +1,252 @@
+//! `cargo xtask mutants`: mutation testing. cargo-mutants mutates the
+//! host-side crates (its configuration, with what is left out and why, is
+//! .cargo/mutants.toml); the kernel program, which cargo-mutants cannot
+//! run, gets the hand-written mutations below, each applied alone, the
+//! object rebuilt, and the tests that judge packets run: every one must
+//! make them fail.
+
+use std::{fs, path::PathBuf, time::Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::{cargo, cargo_status};
+
+/// The crates cargo-mutants runs over, and what to test them with.
+pub const CRATES: [&str; 3] = ["gate-common", "pop3", "gate-user"];
+
+const CARGO_MUTANTS_VERSION: &str = "27.1.0";
+
+/// One planted bug in code the kernel program runs: `find` must occur
+/// exactly once in `file`, and becomes `replace`.
+struct Mutation {
+    name: &'static str,
+    file: &'static str,
+    find: &'static str,
+    replace: &'static str,
+}
+
+const BPF_MUTATIONS: &[Mutation] = &[
+    Mutation {
+        name: "gates_port compares the other way",
+        file: "gate-common/src/lib.rs",
+        find: "if self.ports[i] == port {",
+        replace: "if self.ports[i] != port {",
+    },
+    Mutation {
+        name: "gates_port looks at the first two slots only",
+        file: "gate-common/src/lib.rs",
+        find: "while i < MAX_PORTS && i < count {",
+        replace: "while i < 2 && i < count {",
+    },
+    Mutation {
+        name: "a grant is fresh one tick longer",
+        file: "gate-common/src/lib.rs",
+        find: "now_ns - self.granted_at_ns < lifetime",
+        replace: "now_ns - self.granted_at_ns <= lifetime",
+    },
+    Mutation {
+        name: "a stamp in the future counts as fresh",
+        file: "gate-common/src/lib.rs",
+        find: "now_ns >= self.granted_at_ns && now_ns - self.granted_at_ns < lifetime",
+        replace: "now_ns.wrapping_sub(self.granted_at_ns) < lifetime",
+    },
+    Mutation {
+        name: "the grant check is inverted",
+        file: "gate-packet/src/judge.rs",
+        find: "if state.has_fresh_grant(src, config) {",
+        replace: "if !state.has_fresh_grant(src, config) {",
+    },
+    Mutation {
+        name: "the exempt lookup is skipped",
+        file: "gate-packet/src/judge.rs",
+        find: "if exempt_in_use(config, src) && state.is_exempt(src) {",
+        replace: "if false && state.is_exempt(src) {",
+    },
+    Mutation {
+        name: "a SYN with ACK is judged as opening",
+        file: "gate-packet/src/plain.rs",
+        find: "if tcp.flags & OPENING != TCP_FLAG_SYN {",
+        replace: "if tcp.flags & TCP_FLAG_SYN == 0 {",
+    },
+    Mutation {
+        name: "later IPv4 fragments are judged by what they show",
+        file: "gate-packet/src/parse.rs",
+        find: "if frag & 0x1fff != 0 {",
+        replace: "if frag & 0x0fff != 0 {",
+    },
+    Mutation {
+        name: "the walk goes one octet deeper",
+        file: "gate-packet/src/cursor.rs",
+        find: "pub const MAX_WALK: usize = 1024;",
+        replace: "pub const MAX_WALK: usize = 1025;",
+    },
+    Mutation {
+        name: "reset mode answers a multicast source",
+        file: "gate-packet/src/judge.rs",
+        find: "AddrRef::V4(a) => a[0] != 0 && a[0] != 127 && a[0] < 224,",
+        replace: "AddrRef::V4(a) => a[0] != 0 && a[0] != 127,",
+    },
+    Mutation {
+        name: "reset mode answers a SYN from the host's own address",
+        file: "gate-packet/src/judge.rs",
+        find: "        && !state.is_local(syn.src)\n",
+        replace: "\n",
+    },
+    Mutation {
+        name: "an unwalkable packet passes when ports are gated",
+        file: "gate-packet/src/judge.rs",
+        find: "state.settings().filter(|c| c.port_count != 0)",
+        replace: "state.settings().filter(|c| c.port_count == 0)",
+    },
+    Mutation {
+        name: "the outcome counter does not move",
+        file: "gate-ebpf/src/state.rs",
+        find: "slots[outcome as usize] += 1;",
+        replace: "slots[outcome as usize] += 0;",
+    },
+    Mutation {
+        name: "the denial log's token bucket never runs dry",
+        file: "gate-ebpf/src/log.rs",
+        find: "if bucket.milli_tokens < MILLI {",
+        replace: "if false {",
+    },
+];
+
+/// The tests a kernel mutation must make fail: the packet tests on the
+/// host and through BPF_PROG_TEST_RUN.
+const BPF_TESTS: &[&str] = &[
+    "test",
+    "--no-fail-fast",
+    "-p",
+    "gate-common",
+    "-p",
+    "gate-packet",
+    "-p",
+    "gate-tests",
+    "--test",
+    "verdicts",
+    "--test",
+    "packet_host",
+];
+
+/// Runs cargo-mutants over `krate` (or every crate of [`CRATES`]).
+pub fn host(krate: Option<&str>) -> Result<()> {
+    ensure_cargo_mutants()?;
+    let crates: Vec<&str> = match krate {
+        Some(one) if CRATES.contains(&one) => vec![one],
+        Some(other) => bail!("cargo-mutants runs over {CRATES:?}, not {other}"),
+        None => CRATES.to_vec(),
+    };
+    for krate in crates {
+        let out = format!("target/mutants/{krate}");
+        let started = Instant::now();
+        // cargo-mutants exits non-zero when a mutant is missed: the report
+        // in `out` says which; every crate is run.
+        let status = cargo_status(&["mutants", "--package", krate, "--output", &out])?;
+        eprintln!(
+            "mutants: {krate}: {} in {:.0?} (report: {out}/mutants.out/outcomes.json)",
+            if status {
+                "every viable mutant caught"
+            } else {
+                "mutants missed"
+            },
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+/// Applies each kernel mutation alone, rebuilds and runs the packet
+/// tests; fails naming the mutations that survived.
+pub fn bpf() -> Result<()> {
+    let started = Instant::now();
+    let mut survived = Vec::new();
+    for mutation in BPF_MUTATIONS {
+        let planted = Planted::new(mutation)?;
+        eprintln!(
+            "mutants: planting \"{}\" in {}",
+            mutation.name, mutation.file
+        );
+        let caught = !cargo_status(&["build", "-p", "gate-user"])? || !cargo_status(BPF_TESTS)?;
+        drop(planted);
+        eprintln!(
+            "mutants: \"{}\": {}",
+            mutation.name,
+            if caught { "caught" } else { "SURVIVED" }
+        );
+        if !caught {
+            survived.push(mutation.name);
+        }
+    }
+    // The object as it is, for whatever runs next.
+    cargo(&["build", "-p", "gate-user"])?;
+    eprintln!(
+        "mutants: {} kernel mutations, {} caught, {} survived, in {:.0?}",
+        BPF_MUTATIONS.len(),
+        BPF_MUTATIONS.len() - survived.len(),
+        survived.len(),
+        started.elapsed()
+    );
+    if !survived.is_empty() {
+        bail!("kernel mutations the tests did not catch: {survived:?}");
+    }
+    Ok(())
+}
+
+/// A mutation in place, taken out again when dropped (also when the run
+/// fails or panics).
+struct Planted {
+    path: PathBuf,
+    original: String,
+}
+
+impl Planted {
+    fn new(mutation: &Mutation) -> Result<Self> {
+        let path = PathBuf::from(mutation.file);
+        let original =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        if original.matches(mutation.find).count() != 1 {
+            bail!(
+                "mutation \"{}\": `{}` is not in {} exactly once (the source moved on: update \
+                 xtask/src/mutants.rs)",
+                mutation.name,
+                mutation.find,
+                mutation.file
+            );
+        }
+        fs::write(&path, original.replacen(mutation.find, mutation.replace, 1))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { path, original })
+    }
+}
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.original) {
+            eprintln!(
+                "mutants: could not restore {}: {e}; `git checkout {}` does",
+                self.path.display(),
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// cargo-mutants of the pinned version, installed once.
+fn ensure_cargo_mutants() -> Result<()> {
+    let installed = std::process::Command::new("cargo")
+        .args(["mutants", "--version"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains(CARGO_MUTANTS_VERSION))
+        .unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    cargo(&[
+        "install",
+        "--locked",
+        "cargo-mutants",
+        "--version",
+        CARGO_MUTANTS_VERSION,
+    ])
+}
