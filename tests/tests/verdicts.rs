@@ -1064,6 +1064,14 @@ fn verdict_rows() -> Vec<Row> {
             Pass,
             NotGated,
         ),
+        // Every bit of the 13-bit offset counts (a mask that dropped the
+        // top one made this fragment a first one).
+        row(
+            "IPv4 non-first fragment at offset 4096 (32 KiB in) that looks like a SYN: not gated",
+            syn4(s, SMTP).ipv4_fragment(0x1000, false).build(),
+            Pass,
+            NotGated,
+        ),
         row(
             "IPv4 first fragment (offset 0, MF) carries the SYN",
             syn4(s, SMTP).ipv4_fragment(0, true).build(),
@@ -2304,6 +2312,16 @@ fn bypass_rows() -> Vec<Row> {
             Drop,
             DeniedDrop,
         ),
+        // 1026 is the shallowest start past 1024 a frame can have (header
+        // starts lie at 2 or 6 modulo 8): with 1022 above, it pins the
+        // limit.
+        row(
+            "a SYN whose TCP header starts at 1026 (one VLAN tag), past the walk's 1024",
+            tags(1, syn6(s6, SMTP).ext(Ipv6Ext::DestOpts { len: 120 })).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedUnwalkable),
         row(
             "a SYN whose TCP header starts at 1030, past the walk's 1024",
             syn6(s6, SMTP)

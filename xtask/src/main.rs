@@ -76,6 +76,9 @@ enum Command {
         /// for each; the packet tests must fail).
         #[arg(long)]
         bpf: bool,
+        /// With --bpf: only the mutations whose name contains this.
+        #[arg(long, requires = "bpf")]
+        only: Option<String>,
     },
     /// Benchmarks (not part of the test suite).
     Bench {
@@ -117,10 +120,10 @@ fn main() -> Result<()> {
             run("target/release/smtp-gate", &args)
         }
         Command::Test => test(),
-        Command::Mutants { krate, bpf } => {
+        Command::Mutants { krate, bpf, only } => {
             setup::setup()?;
             if bpf {
-                mutants::bpf()
+                mutants::bpf(only.as_deref())
             } else {
                 mutants::host(krate.as_deref())
             }
