@@ -430,6 +430,57 @@ mod tests {
         assert!(s.gates_port(10026));
     }
 
+    /// A corrupt port count past the slots (user space never writes one)
+    /// is read as all eight slots, never past them.
+    #[test]
+    fn a_port_count_past_the_slots_reads_eight() {
+        let mut s = Settings::UNCONFIGURED;
+        s.ports = [1, 2, 3, 4, 5, 6, 7, 8];
+        s.port_count = 9;
+        assert!(s.gates_port(8));
+        assert!(!s.gates_port(9));
+    }
+
+    #[test]
+    fn the_default_window_is_fifteen_minutes() {
+        assert_eq!(DEFAULT_WINDOW_NS, 15 * 60 * 1_000_000_000);
+    }
+
+    #[test]
+    fn deny_modes_round_trip_and_others_are_none() {
+        for mode in [DenyMode::Drop, DenyMode::Reset, DenyMode::Monitor] {
+            assert_eq!(DenyMode::from_u32(mode as u32), Some(mode));
+        }
+        assert_eq!(DenyMode::from_u32(3), None);
+        assert_eq!(DenyMode::from_u32(u32::MAX), None);
+    }
+
+    /// The names are what `stats --json` and the metrics print: fixed.
+    #[test]
+    fn outcome_names_and_reasons() {
+        let names: [&str; Outcome::COUNT as usize] = [
+            "not_gated",
+            "exempt",
+            "granted",
+            "denied_drop",
+            "denied_reset",
+            "monitored",
+            "malformed",
+            "denied_unwalkable",
+            "judged_fragment",
+            "judged_unwalkable",
+            "reset_skipped",
+        ];
+        for (outcome, name) in Outcome::ALL.iter().zip(names) {
+            assert_eq!(outcome.name(), name);
+            let reason = matches!(
+                outcome,
+                Outcome::JudgedFragment | Outcome::JudgedUnwalkable | Outcome::ResetSkipped
+            );
+            assert_eq!(outcome.is_reason(), reason, "{name}");
+        }
+    }
+
     #[test]
     fn outcome_indices_are_dense() {
         for (i, o) in Outcome::ALL.iter().enumerate() {

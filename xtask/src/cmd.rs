@@ -26,13 +26,18 @@ pub fn run<S: AsRef<std::ffi::OsStr>>(program: &str, args: &[S]) -> Result<()> {
 /// Runs cargo and says whether it succeeded (a failure is an answer, not
 /// an error).
 pub fn cargo_status(args: &[&str]) -> Result<bool> {
+    Ok(cargo_code(args)? == Some(0))
+}
+
+/// Runs cargo and gives its exit code (`None`: ended by a signal).
+pub fn cargo_code(args: &[&str]) -> Result<Option<i32>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!("+ {cargo} {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
         .status()
         .with_context(|| format!("cannot run {cargo}"))?;
-    Ok(status.success())
+    Ok(status.code())
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {

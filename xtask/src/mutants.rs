@@ -9,7 +9,7 @@ use std::{fs, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{cargo, cargo_status};
+use crate::cmd::{cargo, cargo_code, cargo_status};
 
 /// The crates cargo-mutants runs over, and what to test them with.
 pub const CRATES: [&str; 3] = ["gate-common", "pop3", "gate-user"];
@@ -145,23 +145,48 @@ pub fn host(krate: Option<&str>) -> Result<()> {
         Some(other) => bail!("cargo-mutants runs over {CRATES:?}, not {other}"),
         None => CRATES.to_vec(),
     };
+    let mut summaries = Vec::new();
     for krate in crates {
         let out = format!("target/mutants/{krate}");
+        fs::create_dir_all(&out).with_context(|| format!("making {out}"))?;
         let started = Instant::now();
-        // cargo-mutants exits non-zero when a mutant is missed: the report
-        // in `out` says which; every crate is run.
-        let status = cargo_status(&["mutants", "--package", krate, "--output", &out])?;
-        eprintln!(
-            "mutants: {krate}: {} in {:.0?} (report: {out}/mutants.out/outcomes.json)",
-            if status {
-                "every viable mutant caught"
-            } else {
-                "mutants missed"
-            },
+        // 2: mutants missed, 3: timeouts; the report in `out` says which.
+        // Anything else but 0 means the run itself failed.
+        let code = cargo_code(&["mutants", "--package", krate, "--output", &out])?;
+        if !matches!(code, Some(0 | 2 | 3)) {
+            bail!("cargo mutants over {krate} failed ({code:?}): see {out}/mutants.out/");
+        }
+        summaries.push(format!(
+            "{krate}: {} in {:.0?} (missed ones: {out}/mutants.out/missed.txt)",
+            summary(&format!("{out}/mutants.out/outcomes.json"))?,
             started.elapsed()
-        );
+        ));
+    }
+    for line in summaries {
+        eprintln!("mutants: {line}");
     }
     Ok(())
+}
+
+/// The counts of cargo-mutants' outcomes.json, and the share of viable
+/// mutants caught.
+fn summary(outcomes: &str) -> Result<String> {
+    let text = fs::read_to_string(outcomes).with_context(|| format!("reading {outcomes}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {outcomes}"))?;
+    let count = |key: &str| json[key].as_u64().unwrap_or(0);
+    let (total, caught, missed) = (count("total_mutants"), count("caught"), count("missed"));
+    let (timeout, unviable) = (count("timeout"), count("unviable"));
+    let viable = caught + missed + timeout;
+    let share = if viable == 0 {
+        100.0
+    } else {
+        100.0 * caught as f64 / viable as f64
+    };
+    Ok(format!(
+        "{total} mutants, {caught} caught, {missed} missed, {timeout} timeouts, {unviable} \
+         unviable: {share:.0}% of the viable ones caught"
+    ))
 }
 
 /// Applies each kernel mutation (or those whose name contains `only`)
