@@ -171,6 +171,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cidr_is_its_network() {
+        let cidr: Cidr = "192.0.2.0/24".parse().unwrap();
+        assert_eq!(cidr.net(), "192.0.2.0/24".parse::<IpNet>().unwrap());
+    }
+
+    #[test]
     fn mapped_addresses_become_ipv4() {
         assert_eq!(
             parse_addr("::ffff:192.0.2.7").unwrap(),

@@ -125,3 +125,40 @@ fn reworded(message: &str) -> String {
         .map(|(found, expected)| format!("expected {expected}, found {found}"))
         .unwrap_or_else(|| message.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize)]
+    struct Flags {
+        list: Vec<u16>,
+        empty: Vec<u16>,
+        unset: Option<u32>,
+        off: bool,
+        on: bool,
+        text: Option<String>,
+    }
+
+    /// What clap leaves for a flag not given (`None`, `false`, an empty
+    /// list) is no key; everything else is.
+    #[test]
+    fn only_given_flags_become_keys() {
+        let table = given_flags(&Flags {
+            list: vec![25, 587],
+            empty: Vec::new(),
+            unset: None,
+            off: false,
+            on: true,
+            text: Some("x".into()),
+        })
+        .unwrap();
+        let mut keys: Vec<&String> = table.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["list", "on", "text"]);
+        assert_eq!(
+            table["list"],
+            Value::Array(vec![Value::Integer(25), Value::Integer(587)])
+        );
+    }
+}

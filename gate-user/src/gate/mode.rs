@@ -46,3 +46,22 @@ impl fmt::Display for AttachMode {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pin tags name links already pinned by older runs: fixed, distinct,
+    /// and read back as the same mode.
+    #[test]
+    fn pin_tags_round_trip() {
+        let modes = [AttachMode::Xdp, AttachMode::XdpSkb, AttachMode::Tc];
+        let tags: Vec<&str> = modes.iter().map(|m| m.pin_tag()).collect();
+        assert_eq!(tags, ["xdp", "xdpskb", "tc"]);
+        for mode in modes {
+            assert_eq!(AttachMode::from_pin_tag(mode.pin_tag()), Some(mode));
+        }
+        assert_eq!(AttachMode::from_pin_tag("xdp-skb"), None);
+        assert_eq!(AttachMode::from_pin_tag(""), None);
+    }
+}

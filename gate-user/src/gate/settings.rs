@@ -35,3 +35,36 @@ pub fn validate_ports(ports: &[u16]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists_are_checked() {
+        assert_eq!(validate_ports(&[25]), Ok(()));
+        assert_eq!(validate_ports(&[1, 2, 3, 4, 5, 6, 7, 8]), Ok(()));
+        assert_eq!(
+            validate_ports(&[]),
+            Err("takes 1 to 8 ports, got 0".to_string())
+        );
+        assert_eq!(
+            validate_ports(&[1, 2, 3, 4, 5, 6, 7, 8, 9]),
+            Err("takes 1 to 8 ports, got 9".to_string())
+        );
+        assert_eq!(validate_ports(&[25, 0]), Err("0 is not a port".to_string()));
+        assert_eq!(
+            validate_ports(&[25, 587, 25]),
+            Err("a port is listed twice".to_string())
+        );
+    }
+
+    #[test]
+    fn a_new_gate_gates_port_25_for_15_minutes_and_drops() {
+        let s = default_settings();
+        assert!(s.gates_port(25) && !s.gates_port(587));
+        assert_eq!(s.window_ns, 15 * 60 * 1_000_000_000);
+        assert_eq!(DenyMode::from_u32(s.deny_mode), Some(DenyMode::Drop));
+        assert_eq!((s.log_rate_per_sec, s.log_burst), (5, 10));
+    }
+}

@@ -263,9 +263,30 @@ mod tests {
         assert_eq!(merged.attach.iface, "eth0");
         assert_eq!(merged.attach.window, Some(Duration::from_secs(5)));
         assert_eq!(merged.pop3.max_connections, 7);
+        assert_eq!(merged.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        // A flag's error names the flag, not the file it did not come from.
         let bad = serve_args(&["--idle-timeout", "1m"]);
         let e = format!("{:#}", ServeConfig::load(Some(&file), &bad).unwrap_err());
-        assert!(e.contains("--idle-timeout: RFC 1939"), "{e}");
+        assert!(e.starts_with("--idle-timeout: RFC 1939"), "{e}");
+        // A key's error names the key and the file.
+        let no_flags = serve_args(&[]);
+        std::fs::write(
+            &file,
+            format!(
+                "iface = \"eth0\"\nusers = \"/u\"\nmail_root = \"{}\"\nidle_timeout = \"1m\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            ServeConfig::load(Some(&file), &no_flags).unwrap_err()
+        );
+        let named = format!(
+            "config file {}: key `idle_timeout`: RFC 1939",
+            file.display()
+        );
+        assert!(e.starts_with(&named), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
