@@ -85,13 +85,14 @@ pub trait Authenticator: Send + Sync + 'static {
 pub use gate_common::normalize_addr;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io;
 
-    /// An error with a cause, as `anyhow`'s context makes them.
+    /// An error with a cause, as `anyhow`'s context makes them (the
+    /// session's tests use it too).
     #[derive(Debug)]
-    struct WritingMap(io::Error);
+    pub(crate) struct WritingMap(pub(crate) io::Error);
 
     impl fmt::Display for WritingMap {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

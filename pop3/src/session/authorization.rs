@@ -218,23 +218,8 @@ fn with_causes(e: &(dyn Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::GrantError;
-    use std::{fmt, io};
-
-    #[derive(Debug)]
-    struct WritingMap(io::Error);
-
-    impl fmt::Display for WritingMap {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("writing grants_v4")
-        }
-    }
-
-    impl Error for WritingMap {
-        fn source(&self) -> Option<&(dyn Error + 'static)> {
-            Some(&self.0)
-        }
-    }
+    use crate::{tests::WritingMap, GrantError};
+    use std::io;
 
     #[test]
     fn a_failed_grant_is_logged_with_its_causes() {
