@@ -196,6 +196,62 @@ mod tests {
         parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line:?}: {e}"))
     }
 
+    /// Debug output (what a log or a panic shows) never holds a
+    /// password or an APOP digest, and still says what the command was.
+    #[test]
+    fn debug_hides_secrets() {
+        let pass = format!("{:?}", ok("PASS hunter2"));
+        assert_eq!(pass, "Pass(<redacted>)");
+        let apop = format!("{:?}", ok("APOP mrose c4c9334bac560ecc979e58001b3e22fb"));
+        assert!(
+            apop.starts_with("Apop(\"mrose\"") && !apop.contains("c4c9"),
+            "{apop}"
+        );
+        assert_eq!(format!("{:?}", ok("RETR 2")), "Retr(2)");
+    }
+
+    /// A wrong argument list gets the command's usage (RFC 1939 names
+    /// the arguments; the -ERR text tells the client what was expected).
+    #[test]
+    fn wrong_arguments_get_the_usage() {
+        let cases = [
+            ("USER", "USER name"),
+            ("APOP x", "APOP name digest"),
+            ("LIST 1 2", "LIST [msg]"),
+            ("RETR", "RETR msg"),
+            ("DELE x", "DELE msg"),
+            ("TOP 1", "TOP msg lines"),
+            ("UIDL 1 2", "UIDL [msg]"),
+            ("CAPA x", "CAPA"),
+            ("QUIT x", "QUIT"),
+            ("STAT x", "STAT"),
+            ("NOOP x", "NOOP"),
+            ("RSET x", "RSET"),
+        ];
+        for (line, usage) in cases {
+            assert_eq!(
+                parse(line.as_bytes()),
+                Err(ParseError::Syntax(usage)),
+                "{line}"
+            );
+        }
+    }
+
+    /// A keyword that cannot be one (too long, or not all letters) is
+    /// named as the client sent it; a word of up to four letters is named
+    /// as the keyword it would be.
+    #[test]
+    fn unknown_keywords_are_named() {
+        for keyword in ["abcdef", "Us3r"] {
+            assert_eq!(
+                parse(keyword.as_bytes()),
+                Err(ParseError::Unknown(keyword.to_string())),
+                "{keyword}"
+            );
+        }
+        assert_eq!(parse(b"xyz"), Err(ParseError::Unknown("XYZ".to_string())));
+    }
+
     #[test]
     fn keywords_are_case_insensitive() {
         assert_eq!(ok("stat"), Command::Stat);
@@ -276,11 +332,5 @@ mod tests {
     fn trailing_space_is_tolerated() {
         assert_eq!(ok("STAT "), Command::Stat);
         assert_eq!(ok("USER bob "), Command::User("bob".into()));
-    }
-
-    #[test]
-    fn debug_hides_secrets() {
-        let shown = format!("{:?}", ok("PASS hunter2"));
-        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

@@ -154,6 +154,11 @@ mod tests {
             "idle_timeout"
         );
         assert_eq!(key(with(|c| c.hostname = "a b".into())), "hostname");
+        let spaced = with(|c| c.hostname = "a b".into()).check().unwrap_err();
+        assert!(
+            !spaced.problem.contains("system"),
+            "a name given in the configuration is not the system's: {spaced}"
+        );
         assert_eq!(key(with(|c| c.listen.clear())), "listen");
     }
 }
