@@ -2346,6 +2346,64 @@ fn bypass_table_tc() {
 
 /// `--dest`: only SYNs to a destination in the scope are gated; the rest
 /// pass as not gated, and the scope is ignored while it is off.
+/// Exempt networks of other lengths than the fixture's /24 and /64 (the
+/// trie matches by prefix, not by whole octets): a source just inside
+/// passes as exempt, one just outside is denied.
+#[test]
+fn exempt_prefixes_of_other_lengths() {
+    let v4 = |a: [u8; 4]| Ipv4Addr::from(a);
+    let v6 = |text: &str| text.parse::<Ipv6Addr>().expect("IPv6 address");
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut gate = Gate::load();
+        for net in [
+            "172.16.0.0/12",
+            "198.51.100.77/32",
+            "2001:db8:1000::/36",
+            "2001:db8:2::7/128",
+        ] {
+            gate.maps
+                .exempt_add(net.parse().expect("CIDR"))
+                .expect("adding an exempt network");
+        }
+        let inside = |name: &str, frame: Vec<u8>| row(name, frame, Pass, Exempt);
+        let outside = |name: &str, frame: Vec<u8>| row(name, frame, Drop, DeniedDrop);
+        for row in [
+            inside(
+                "/12, last address",
+                syn4(v4([172, 31, 255, 255]), SMTP).build(),
+            ),
+            outside("/12, next address", syn4(v4([172, 32, 0, 0]), SMTP).build()),
+            outside(
+                "/12, address before",
+                syn4(v4([172, 15, 255, 255]), SMTP).build(),
+            ),
+            inside(
+                "/32, the address",
+                syn4(v4([198, 51, 100, 77]), SMTP).build(),
+            ),
+            outside(
+                "/32, its neighbour",
+                syn4(v4([198, 51, 100, 76]), SMTP).build(),
+            ),
+            inside(
+                "/36, last address",
+                syn6(v6("2001:db8:1fff:ffff:ffff:ffff:ffff:ffff"), SMTP).build(),
+            ),
+            outside(
+                "/36, next address",
+                syn6(v6("2001:db8:2000::"), SMTP).build(),
+            ),
+            inside("/128, the address", syn6(v6("2001:db8:2::7"), SMTP).build()),
+            outside(
+                "/128, its neighbour",
+                syn6(v6("2001:db8:2::8"), SMTP).build(),
+            ),
+        ] {
+            gate.check(hook, &row);
+        }
+    }
+}
+
 /// The denial log is limited per CPU by its token bucket: a burst of
 /// denied SYNs writes at most the burst on each CPU the runs land on and
 /// counts the rest as suppressed. (With the bucket planted away, every
