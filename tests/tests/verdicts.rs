@@ -1653,6 +1653,26 @@ fn reset_rows() -> Vec<Row> {
             DeniedDrop,
         )
         .reason(ResetSkipped),
+        // A SYN whose chain is longer than the walk has no whole segment
+        // to answer: dropped, counted by the chain; one behind more tags
+        // than the walk follows has no source either.
+        row(
+            "reset mode: a SYN whose TCP header starts past the walk is dropped, not answered",
+            syn6(s6, SMTP)
+                .exts([Ipv6Ext::DestOpts { len: 120 }, Ipv6Ext::DEST_OPTS])
+                .build(),
+            Drop,
+            DeniedDrop,
+        )
+        .reason(JudgedUnwalkable),
+        row(
+            "reset mode: a SYN behind nine VLAN tags is dropped as unwalkable",
+            (0..9)
+                .fold(syn4(s, SMTP), |b, _| b.vlan(VlanTag::dot1q(0)))
+                .build(),
+            Drop,
+            DeniedUnwalkable,
+        ),
     ];
     rows.into_iter()
         .map(|r| {
