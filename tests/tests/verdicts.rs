@@ -487,6 +487,16 @@ fn dest_opts_chain(n: usize) -> Vec<Ipv6Ext> {
     vec![Ipv6Ext::DEST_OPTS; n]
 }
 
+/// `b` behind `n` priority tags (802.1Q, VID 0).
+fn tags(n: usize, b: PacketBuilder) -> PacketBuilder {
+    (0..n).fold(b, |b, _| b.vlan(VlanTag::dot1q(0)))
+}
+
+/// A SYN from `src` whose TCP header starts at 1030, past the walk's 1024.
+fn syn6_past_the_walk(src: Ipv6Addr) -> PacketBuilder {
+    syn6(src, SMTP).exts([Ipv6Ext::DestOpts { len: 120 }, Ipv6Ext::DEST_OPTS])
+}
+
 /// IPv4 options: Router Alert and NOPs, 12 octets (IHL 8).
 fn some_ipv4_options() -> Vec<u8> {
     let mut o = IPV4_OPTION_ROUTER_ALERT.to_vec();
@@ -1658,18 +1668,14 @@ fn reset_rows() -> Vec<Row> {
         // than the walk follows has no source either.
         row(
             "reset mode: a SYN whose TCP header starts past the walk is dropped, not answered",
-            syn6(s6, SMTP)
-                .exts([Ipv6Ext::DestOpts { len: 120 }, Ipv6Ext::DEST_OPTS])
-                .build(),
+            syn6_past_the_walk(s6).build(),
             Drop,
             DeniedDrop,
         )
         .reason(JudgedUnwalkable),
         row(
             "reset mode: a SYN behind nine VLAN tags is dropped as unwalkable",
-            (0..9)
-                .fold(syn4(s, SMTP), |b, _| b.vlan(VlanTag::dot1q(0)))
-                .build(),
+            tags(9, syn4(s, SMTP)).build(),
             Drop,
             DeniedUnwalkable,
         ),
@@ -2107,7 +2113,6 @@ fn bypass_rows() -> Vec<Row> {
             .ipv6_payload_len(0)
             .build()
     };
-    let tags = |n: usize, b: PacketBuilder| (0..n).fold(b, |b, _| b.vlan(VlanTag::dot1q(0)));
     let first_fragment_with = |flags: u8, tcp_octets: usize| {
         let b = PacketBuilder::ipv4(s, SERVER4)
             .tcp(CLIENT_PORT, SMTP, flags)
@@ -2344,9 +2349,7 @@ fn bypass_rows() -> Vec<Row> {
         .reason(JudgedUnwalkable),
         row(
             "a SYN whose TCP header starts at 1030, past the walk's 1024",
-            syn6(s6, SMTP)
-                .exts([Ipv6Ext::DestOpts { len: 120 }, Ipv6Ext::DEST_OPTS])
-                .build(),
+            syn6_past_the_walk(s6).build(),
             Drop,
             DeniedDrop,
         )
