@@ -19,6 +19,40 @@ use crate::{
 /// The port `smtp-gate serve` listens on in the labs (its default).
 pub const POP3_PORT: u16 = 110;
 
+/// A user other than root for a command, holding only `capabilities`
+/// (names as `setpriv` takes them: `bpf`, `net_admin`, ...).
+#[derive(Clone, Debug)]
+pub struct Unprivileged {
+    pub uid: u32,
+    pub gid: u32,
+    pub capabilities: Vec<&'static str>,
+}
+
+impl Unprivileged {
+    /// The user `nobody` (65534) with `capabilities`.
+    pub fn nobody(capabilities: &[&'static str]) -> Self {
+        Self {
+            uid: 65534,
+            gid: 65534,
+            capabilities: capabilities.to_vec(),
+        }
+    }
+
+    /// `setpriv` arguments that switch to this user, with its
+    /// capabilities inheritable and ambient and no others (ambient ones
+    /// survive the exec of a program without file capabilities).
+    pub fn setpriv_args(&self) -> Vec<String> {
+        let caps: String = self.capabilities.iter().map(|c| format!(",+{c}")).collect();
+        vec![
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.gid),
+            "--clear-groups".into(),
+            format!("--inh-caps=-all{caps}"),
+            format!("--ambient-caps=-all{caps}"),
+        ]
+    }
+}
+
 /// How long `smtp-gate serve` may take to listen.
 const SERVE_START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -117,12 +151,32 @@ impl Lab {
     /// arguments: pass `--pin-dir` yourself, see [`Lab::serve`]), with its
     /// output going to the file `log`. Returns at once.
     pub fn spawn_serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
+        self.spawn_serve_as(None, args, log)
+    }
+
+    /// [`Lab::spawn_serve`], as `user` if one is given: the daemon runs
+    /// under `setpriv` with that user's ids and only the capabilities of
+    /// `user`, ambient (as the systemd unit starts it).
+    pub fn spawn_serve_as(
+        &self,
+        user: Option<&Unprivileged>,
+        args: &[&str],
+        log: &Path,
+    ) -> ServeDaemon {
         let file = fs::File::create(log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let err_file = file
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
-        let child = netns_command(&self.server_ns, smtp_gate_bin())
+        let mut command = match user {
+            None => netns_command(&self.server_ns, smtp_gate_bin()),
+            Some(user) => {
+                let mut command = netns_command(&self.server_ns, "setpriv");
+                command.args(user.setpriv_args()).arg(smtp_gate_bin());
+                command
+            }
+        };
+        let child = command
             .arg("serve")
             .args(args)
             .stdin(std::process::Stdio::null())
@@ -170,10 +224,16 @@ impl Lab {
     /// `smtp-gate serve --pin-dir <lab pin dir> ARGS`, started and answering
     /// POP3 (see [`Lab::spawn_serve`] and [`Lab::wait_pop3`]).
     pub fn serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
+        self.serve_as(None, args, log)
+    }
+
+    /// [`Lab::serve`], as `user` if one is given (see
+    /// [`Lab::spawn_serve_as`]).
+    pub fn serve_as(&self, user: Option<&Unprivileged>, args: &[&str], log: &Path) -> ServeDaemon {
         let pin = self.pin_dir_str();
         let mut all = args.to_vec();
         all.extend(["--pin-dir", pin.as_str()]);
-        let mut daemon = self.spawn_serve(&all, log);
+        let mut daemon = self.spawn_serve_as(user, &all, log);
         self.wait_pop3(&mut daemon);
         daemon
     }

@@ -20,7 +20,8 @@ use testkit::{
     process::{describe, output_within},
 };
 
-const UNIT_EXEC: &str = "/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml";
+const UNIT_EXEC: &str =
+    "/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml --pin-dir /run/smtp-gate/pins";
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -150,25 +151,55 @@ fn unit_and_example_config_agree() {
         "ReadWritePaths={writable:?} does not include the example's mail_root {}",
         mail_root.display()
     );
+    // The pins: the daemon's --pin-dir is the host's pin directory, bound
+    // where the mail user can reach it, and made the mail user's first.
+    let user = unit_setting(&unit, "User");
+    let (host_dir, pin_dir) = unit_setting(&unit, "BindPaths")
+        .split_once(':')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .expect("BindPaths=HOST:SERVICE");
     assert!(
-        writable.iter().any(|p| p == "/sys/fs/bpf"),
-        "ReadWritePaths={writable:?} must include /sys/fs/bpf (pins)"
+        host_dir.starts_with("/sys/fs/bpf/"),
+        "BindPaths= must bind a directory of the host's bpffs, not {host_dir}"
     );
+    assert!(
+        UNIT_EXEC.ends_with(&format!("--pin-dir {pin_dir}")),
+        "ExecStart= does not pin where BindPaths= puts the host's directory ({pin_dir})"
+    );
+    let prepared: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStartPre=+"))
+        .collect();
+    assert!(
+        prepared
+            .iter()
+            .any(|c| c.contains(&format!("-o {user}")) && c.ends_with(&host_dir))
+            && prepared
+                .iter()
+                .any(|c| c.contains(&format!("chown -R -h {user}:")) && c.ends_with(&host_dir)),
+        "ExecStartPre=+ must make {host_dir} and give it to {user}: {prepared:?}"
+    );
+    assert_ne!(user, "root", "the daemon runs as the mail user");
     let bounding: Vec<String> = unit_setting(&unit, "CapabilityBoundingSet")
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    for needed in [
-        "CAP_BPF",
-        "CAP_PERFMON",
-        "CAP_NET_ADMIN",
-        "CAP_NET_BIND_SERVICE",
-    ] {
-        assert!(
-            bounding.iter().any(|c| c == needed),
-            "CapabilityBoundingSet lacks {needed}, which the daemon needs (deploy/README.md)"
-        );
-    }
+    assert_eq!(
+        bounding,
+        [
+            "CAP_BPF",
+            "CAP_PERFMON",
+            "CAP_NET_ADMIN",
+            "CAP_NET_BIND_SERVICE"
+        ],
+        "CapabilityBoundingSet must be exactly what the daemon needs (deploy/README.md; \
+         the unprivileged daemon test of pop3_e2e runs with these)"
+    );
+    assert_eq!(
+        unit_setting(&unit, "AmbientCapabilities"),
+        unit_setting(&unit, "CapabilityBoundingSet"),
+        "the daemon holds what it may hold"
+    );
     assert!(
         !bounding.iter().any(|c| c == "CAP_SYS_ADMIN"),
         "CapabilityBoundingSet has CAP_SYS_ADMIN: deploy/README.md explains why not"

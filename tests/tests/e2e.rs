@@ -1433,7 +1433,8 @@ fn recreated_interface_is_stale_and_the_daemon_attaches_again() {
 /// object) are the ones the map commands check for (from gate-common).
 #[test]
 fn declared_map_layout_is_what_the_map_commands_expect() {
-    smtp_gate::gate::privilege::require_root("this test").expect("run as root");
+    smtp_gate::gate::privilege::require("this test", smtp_gate::gate::privilege::CHANGE_GATE)
+        .expect("run as root");
     let declared = smtp_gate::gate::layout::declared().expect("loading the object");
     for name in smtp_gate::gate::pins::ALL_MAPS {
         assert!(declared.contains_key(name), "the object has no map {name}");

@@ -17,11 +17,12 @@ use std::{
 
 use serde_json::{json, Value};
 use testkit::{
+    gate_binary::smtp_gate_bin,
     lab::{Lab, LabOptions, Link},
     mail::MailFixture,
     pop3_client::{pop3_client, require_pop3_clients},
     process::output_within,
-    serve::{ServeDaemon, POP3_PORT},
+    serve::{ServeDaemon, Unprivileged, POP3_PORT},
     smtp::{
         assert_connected, assert_timed_out, ConnectResult, BANNER, DENY_TIMEOUT, PASS_TIMEOUT,
         SMTP_PORT,
@@ -1060,5 +1061,212 @@ fn listen_failure_leaves_no_gate_behind() {
     assert!(
         output.contains("110"),
         "the refusal does not name the port: {output}"
+    );
+}
+
+/// The capabilities the systemd unit gives the daemon, and nothing else.
+const UNIT_CAPABILITIES: [&str; 4] = ["bpf", "perfmon", "net_admin", "net_bind_service"];
+
+/// Makes `path` and everything under it `uid`'s.
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let status = std::process::Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}"), &path_str(path)])
+        .status()
+        .expect("running chown");
+    assert!(status.success(), "chown -R {} failed", path.display());
+}
+
+/// A line of /proc/PID/status, without its key.
+fn proc_status(pid: u32, key: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("reading its status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// The pin directory bound to a second path, as the systemd unit's
+/// `BindPaths=` does: the bpffs root is mode 0700 (systemd mounts it so,
+/// and so does the lab), which an unprivileged daemon cannot traverse.
+/// Unbound on drop, before the lab unmounts its bpffs.
+struct BoundPinDir(PathBuf);
+
+impl BoundPinDir {
+    fn new(lab: &Lab) -> Self {
+        let path = PathBuf::from(format!(
+            "{}-bound",
+            lab.pin_dir().parent().unwrap().display()
+        ));
+        fs::create_dir_all(&path).expect("making the bind mount point");
+        let status = std::process::Command::new("mount")
+            .args(["--bind", &lab.pin_dir_str(), &path_str(&path)])
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mount --bind {}", path.display());
+        Self(path)
+    }
+}
+
+impl Drop for BoundPinDir {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// The daemon needs no root: as `nobody` holding the unit's four
+/// capabilities (ambient), with the pin directory set up as the unit sets
+/// it up (made for it, bound to a path it can reach), it attaches the
+/// gate, grants a login before `+OK`, and serves and deletes mail that the
+/// user owns, with no other capability in its process.
+#[test]
+fn daemon_runs_unprivileged_with_the_units_capabilities() {
+    require_pop3_clients();
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    let user = Unprivileged::nobody(&UNIT_CAPABILITIES);
+    chown_tree(mail.dir(), user.uid, user.gid);
+    chown_tree(lab.pin_dir(), user.uid, user.gid);
+    let bound = BoundPinDir::new(&lab);
+    let mut args = serve_flags(&lab, &mail, &[]);
+    args.extend(["--pin-dir".to_string(), path_str(&bound.0)]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Port 110 without CAP_NET_BIND_SERVICE: refused, naming it, before
+    // the gate is touched.
+    let no_bind = Unprivileged::nobody(&UNIT_CAPABILITIES[..3]);
+    let mut refused = lab.spawn_serve_as(Some(&no_bind), &args, &mail.dir().join("refused.log"));
+    let status = refused.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| !s.success()) && refused.log().contains("CAP_NET_BIND_SERVICE"),
+        "serve on port 110 without CAP_NET_BIND_SERVICE: {status:?}\n{}",
+        refused.log()
+    );
+    assert!(
+        lab.pins().is_empty(),
+        "a refused daemon pinned {:?}",
+        lab.pins()
+    );
+
+    let mut daemon = lab.spawn_serve_as(Some(&user), &args, &mail.dir().join("serve.log"));
+    lab.wait_pop3(&mut daemon);
+
+    let pid = daemon.pid().expect("the daemon runs");
+    assert_eq!(
+        proc_status(pid, "Uid:"),
+        "65534\t65534\t65534\t65534",
+        "the daemon's user ids"
+    );
+    // CAP_NET_BIND_SERVICE 10, CAP_NET_ADMIN 12, CAP_PERFMON 38, CAP_BPF 39.
+    let expected: u64 = 1 << 10 | 1 << 12 | 1 << 38 | 1 << 39;
+    assert_eq!(
+        u64::from_str_radix(&proc_status(pid, "CapEff:"), 16).expect("CapEff is hex"),
+        expected,
+        "the daemon's effective capabilities"
+    );
+
+    let client = lab.client.clone();
+    let r = pop3_client(
+        &client.client_ns,
+        client.server_v4.into(),
+        json!([
+            {"op": "connect"},
+            {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+            {"op": "smtp", "timeout": 1.0},
+            {"op": "retr", "n": 1},
+            {"op": "dele", "n": 1},
+            {"op": "quit"},
+        ]),
+    );
+    ok_step(&r, 1, "login");
+    assert_smtp_connected(&r, 2, "after a login to the unprivileged daemon");
+    ok_step(&r, 3, "retr");
+    ok_step(&r, 5, "quit");
+    let cur = mail.files(ALICE, "cur");
+    assert_eq!(cur.len(), 2, "cur/ after DELE 1 + QUIT as nobody: {cur:?}");
+    // The counters need no capability at all, only the rights to the
+    // daemon's pins.
+    let stats = std::process::Command::new("setpriv")
+        .args(Unprivileged::nobody(&[]).setpriv_args())
+        .arg(smtp_gate_bin())
+        .args(["stats", "--json", "--pin-dir", &path_str(&bound.0)])
+        .output()
+        .expect("running setpriv");
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stats as nobody without capabilities: {e}: {}",
+            String::from_utf8_lossy(&stats.stderr)
+        )
+    });
+    assert!(stats["granted"].as_u64().is_some(), "stats: {stats}");
+    let pins = lab.pins();
+    assert!(
+        pins.contains(&"grants_v4".to_string()),
+        "the daemon's pins are not on the lab's bpffs: {pins:?}"
+    );
+    let (status, _) = daemon.terminate(GRACE + Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the unprivileged daemon did not stop cleanly; log:\n{}",
+        daemon.log()
+    );
+    drop(bound);
+}
+
+/// Without the capabilities, every command stops before its first bpf()
+/// call and names what is missing.
+#[test]
+fn commands_without_their_capabilities_name_the_missing_ones() {
+    let lab = Lab::new();
+    let pin = lab.pin_dir_str();
+    let cases: [(&[&str], &[&'static str], &[&str]); 3] = [
+        (
+            &["list", "--pin-dir", &pin],
+            &[],
+            &["CAP_BPF", "CAP_NET_ADMIN"],
+        ),
+        (
+            &["grant", "192.0.2.9", "--pin-dir", &pin],
+            &["bpf"],
+            &["CAP_NET_ADMIN"],
+        ),
+        (
+            &[
+                "attach",
+                "--iface",
+                &lab.client.server_iface,
+                "--pin-dir",
+                &pin,
+            ],
+            &["bpf", "net_admin"],
+            &["CAP_PERFMON"],
+        ),
+    ];
+    for (args, held, missing) in cases {
+        let user = Unprivileged::nobody(held);
+        let out = std::process::Command::new("setpriv")
+            .args(user.setpriv_args())
+            .arg(smtp_gate_bin())
+            .args(args)
+            .output()
+            .expect("running setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} with {held:?} succeeded");
+        for name in missing {
+            assert!(stderr.contains(name), "{args:?} with {held:?}: {stderr}");
+        }
+        for name in held {
+            let cap = format!("CAP_{}", name.to_uppercase());
+            assert!(
+                !stderr.contains(&cap),
+                "{args:?} named {cap}, which it holds: {stderr}"
+            );
+        }
+    }
+    assert!(
+        lab.pins().is_empty(),
+        "a refused command pinned something: {:?}",
+        lab.pins()
     );
 }

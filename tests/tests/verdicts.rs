@@ -174,8 +174,11 @@ impl Gate {
     /// addresses and MAC the reset mode answers for. Panics without root
     /// or BPF.
     fn load() -> Self {
-        privilege::require_root("the BPF_PROG_TEST_RUN verdict tests")
-            .expect("these tests must run as root; they do not skip");
+        privilege::require(
+            "the BPF_PROG_TEST_RUN verdict tests",
+            privilege::CHANGE_GATE,
+        )
+        .expect("these tests must run as root; they do not skip");
         let mut ebpf = object::load_unpinned(CAPACITY)
             .expect("loading the smtp-gate object failed: is BPF available to root here?");
         let xdp: &mut Xdp = ebpf

@@ -8,12 +8,23 @@ mod settings;
 mod stats;
 
 use anyhow::Result;
-use smtp_gate::gate::privilege::require_root;
+use smtp_gate::gate::privilege::{require, CHANGE_GATE, READ_CLOCK, USE_PINS};
 
 use smtp_gate::cli::Command;
 
 pub fn run(command: Command) -> Result<()> {
-    require_root("smtp-gate")?;
+    let (name, needs) = match &command {
+        Command::Attach(_) => ("smtp-gate attach", CHANGE_GATE),
+        Command::Detach(_) => ("smtp-gate detach", CHANGE_GATE),
+        Command::Serve(_) => ("smtp-gate serve", CHANGE_GATE),
+        Command::Grant(_) => ("smtp-gate grant", READ_CLOCK),
+        Command::List(_) => ("smtp-gate list", READ_CLOCK),
+        Command::Revoke(_) => ("smtp-gate revoke", USE_PINS),
+        Command::Stats(_) => ("smtp-gate stats", USE_PINS),
+        Command::Exempt(_) => ("smtp-gate exempt", USE_PINS),
+        Command::Settings(_) => ("smtp-gate settings", USE_PINS),
+    };
+    require(name, needs)?;
     match command {
         Command::Attach(args) => attach::attach(args),
         Command::Detach(args) => attach::detach(args),

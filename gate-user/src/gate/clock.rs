@@ -142,8 +142,11 @@ mod tests {
     /// The probe reads jiffies: they advance at one per tick.
     #[test]
     fn probe_reads_jiffies() {
-        crate::gate::privilege::require_root("the gate clock's probe")
-            .expect("this test must run as root; it does not skip");
+        crate::gate::privilege::require(
+            "the gate clock's probe",
+            crate::gate::privilege::READ_CLOCK,
+        )
+        .expect("this test must run as root; it does not skip");
         let clock = GateClock::open().expect("loading the probe");
         let tick = clock.tick_ns() as u64;
         let started = std::time::Instant::now();

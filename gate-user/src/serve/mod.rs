@@ -40,7 +40,16 @@ pub fn run(config: ServeConfig) -> Result<()> {
 async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
     // The ports first: a daemon that cannot listen must not leave behind a
     // gate that nobody can get a grant from.
-    let listeners = bind_listeners(&config.pop3.listen)?;
+    let listeners = bind_listeners(&config.pop3.listen).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::anyhow!(
+                "{e}: a port below net.ipv4.ip_unprivileged_port_start (1024 by default) \
+                 needs CAP_NET_BIND_SERVICE"
+            )
+        } else {
+            e.into()
+        }
+    })?;
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
     let attachment = gate::attach_holding(&dir, &config.attach)?;
