@@ -7,6 +7,8 @@ use std::{
     fs,
 };
 
+pub use testkit::cpus::set_affinity;
+
 /// Every pid in /proc.
 pub fn all_pids() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -169,28 +171,6 @@ pub fn online_cpus() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     usize::try_from(n).unwrap_or(1).max(1)
-}
-
-/// Moves task `tid` (0: the calling thread) to the CPUs in `cpus`; EINVAL
-/// for a CPU past what a `cpu_set_t` holds. Allocates nothing, so a
-/// `pre_exec` hook may call it.
-pub fn set_affinity(tid: i32, cpus: std::ops::Range<usize>) -> std::io::Result<()> {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // libc's CPU_SET indexes the set's words with a bounds check: past the
-    // end it would panic, which must not happen between fork and exec.
-    if cpus.end > 8 * std::mem::size_of_val(&set) {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    for cpu in cpus {
-        // SAFETY: cpu is within the set (checked above).
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: a valid set of the size passed.
-    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Restricts every thread of `pids` to the CPUs in `cpus`; a process's

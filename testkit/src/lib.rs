@@ -3,6 +3,7 @@
 //! binary in them, and crafted packets with an independent parser.
 
 pub mod bpffs;
+pub mod cpus;
 mod dirs;
 pub mod gate_binary;
 pub mod lab;

@@ -2,16 +2,28 @@
 //! namespaces, real TCP connections from a client namespace to an SMTP
 //! listener in the server namespace. Each test builds its own lab.
 //!
-//! Needs root and a built binary (`cargo build`); panics otherwise.
+//! Needs root and a built binary (`cargo build`), bpftool and python3 (the
+//! POP3 client of the daemon's tests); panics otherwise.
 
 use std::{
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
+use gate_common::{
+    map_names::{GRANTS_V4, GRANTS_V6},
+    DEFAULT_GRANT_CAPACITY,
+};
+use serde_json::json;
+use smtp_gate::gate::{object::lru_max_entries, GateMaps, PinDir};
 use testkit::{
+    cpus::{allowed_cpus, on_cpu},
     lab::{Lab, LabOptions, Link},
+    mail::MailFixture,
+    pop3_client::{pop3_client, require_pop3_clients},
     smtp::{
         assert_connected, assert_timed_out, ConnectResult, BANNER, DENY_TIMEOUT, PASS_TIMEOUT,
         SMTP_PORT,
@@ -1944,4 +1956,233 @@ fn reset_mode_answers_for_host_addresses_once_the_maps_know_them() {
         || daemon.log(),
     );
     stop_daemon(&mut daemon);
+}
+
+// ---------------------------------------------------------------------------
+// Grant capacity: `--capacity` sizes both grant maps when they are made; a
+// map keeps every one of its capacity's grants however often they are
+// granted again and from whichever CPU; when a flood of grants fills it,
+// the kernel's LRU evicts the oldest ones. The gate never fails open on the
+// way: an evicted or never granted address is denied, while a new grant at
+// the full map (`smtp-gate grant`, a POP3 login to the daemon) is written
+// without an error and lets its address in.
+// ---------------------------------------------------------------------------
+
+/// The capacity the tests ask for: small, so that a test can fill it, and
+/// prime. The kernel's LRU hash moves free slots to a CPU in batches (128,
+/// or fewer in a small map) and evicts to top up a short batch, so a map
+/// of exactly a multiple of the batch size would keep its capacity even
+/// without the headroom the gate adds; a prime capacity is never one.
+const CAPACITY: u32 = 1009;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+
+/// `max_entries` of a pinned map, as `bpftool map show` reports it.
+fn max_entries(lab: &Lab, map: &str) -> u32 {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "show", "pinned"])
+        .arg(lab.pin_dir().join(map))
+        .output()
+        .expect("bpftool must be installed (cargo xtask setup installs it)");
+    assert!(out.status.success(), "bpftool map show {map}: {out:?}");
+    let shown: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool --json prints JSON");
+    let entries = shown["max_entries"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("bpftool shows no max_entries for {map}: {shown}"));
+    u32::try_from(entries).expect("max_entries fits a u32")
+}
+
+/// Both grant maps are sized for [`CAPACITY`]: the capacity plus the
+/// headroom the kernel's per-CPU free lists need (gate/object.rs), nothing
+/// near the default's size.
+#[track_caller]
+fn assert_sized_for_the_capacity(lab: &Lab) -> u32 {
+    let expected = lru_max_entries(CAPACITY);
+    assert!(
+        (CAPACITY..lru_max_entries(DEFAULT_GRANT_CAPACITY)).contains(&expected),
+        "the sizing rule itself: {expected} slots for a capacity of {CAPACITY}"
+    );
+    for map in [GRANTS_V4, GRANTS_V6] {
+        assert_eq!(
+            max_entries(lab, map),
+            expected,
+            "{map} after --capacity {CAPACITY}"
+        );
+    }
+    expected
+}
+
+/// The addresses `smtp-gate list --json` shows, sorted.
+fn listed(lab: &Lab) -> Vec<String> {
+    let mut addrs: Vec<String> = lab
+        .list(&["--all"])
+        .iter()
+        .map(|g| g["address"].as_str().unwrap_or_default().to_string())
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// Distinct addresses, none of them the lab's.
+fn stranger(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i))
+}
+
+/// Grants `addrs` in order through the maps, as the daemon and the CLI
+/// write them, from a thread on `cpu`.
+fn grant_on_cpu(lab: &Lab, cpu: usize, addrs: &[IpAddr]) {
+    on_cpu(cpu, || {
+        let mut maps = GateMaps::open(&PinDir::new(lab.pin_dir())).expect("opening the maps");
+        for (i, addr) in addrs.iter().enumerate() {
+            maps.grant(*addr, None)
+                .unwrap_or_else(|e| panic!("grant {i} of {} ({addr}): {e:#}", addrs.len()));
+        }
+    })
+}
+
+/// A map keeps every one of its capacity's grants: written from one CPU,
+/// then all granted again from another (a grant takes a new slot before it
+/// frees the old one, and free slots wait in per-CPU lists).
+#[test]
+fn capacity_sizes_the_grant_maps_and_they_keep_that_many_grants() {
+    let lab = Lab::new();
+    lab.attach(&["--capacity", &CAPACITY.to_string()]);
+    assert_sized_for_the_capacity(&lab);
+
+    // The client's grant first: the one an early eviction would take.
+    let granted: Vec<IpAddr> = std::iter::once(IpAddr::V4(lab.client.client_v4))
+        .chain((1..CAPACITY).map(stranger))
+        .collect();
+    let cpus = allowed_cpus();
+    let (first, last) = (cpus[0], cpus[cpus.len() - 1]);
+    grant_on_cpu(&lab, first, &granted);
+    grant_on_cpu(&lab, last, &granted);
+
+    let mut expected: Vec<String> = granted.iter().map(IpAddr::to_string).collect();
+    expected.sort();
+    let kept = listed(&lab);
+    let lost: Vec<&String> = expected.iter().filter(|a| !kept.contains(a)).collect();
+    assert!(
+        lost.is_empty() && kept.len() == expected.len(),
+        "{} of {CAPACITY} grants kept (written on CPU {first}, again on CPU {last}); \
+         lost {} of them, the first {:?}",
+        kept.len(),
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let passed_before = lab.stat("granted");
+    assert_connected(
+        lab.client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        "the client, the oldest of the kept grants",
+    );
+    assert_eq!(
+        lab.stat("granted"),
+        passed_before + 1,
+        "the gate let the SYN in by its grant"
+    );
+}
+
+/// `serve --capacity`, a grant for the client, then a flood of more
+/// grants than the map has slots (written on one CPU, so that the kernel's
+/// LRU order is the order they were written in), then one more grant by
+/// the CLI and a POP3 login: the oldest grant is evicted and denied, the
+/// new ones work, and nothing reports an error.
+#[test]
+fn a_full_grant_map_evicts_its_oldest_grants_and_never_fails_open() {
+    require_pop3_clients();
+    let lab = Lab::new();
+    let mut mail = MailFixture::new();
+    mail.add_user(USER, &format!("{{PLAIN}}{PASSWORD}"));
+    let daemon = start_daemon(&lab, &mail, &["--capacity", &CAPACITY.to_string()]);
+    let slots = assert_sized_for_the_capacity(&lab);
+    let client = lab.client.client_v4;
+    let newest = "10.199.0.1";
+
+    let cpu = allowed_cpus()[0];
+    on_cpu(cpu, || lab.gate_ok(&["grant", &client.to_string()]));
+    // More grants than the map has slots: writes found it full, and the
+    // kernel evicted to make room.
+    let flood: Vec<IpAddr> = (0..slots).map(stranger).collect();
+    grant_on_cpu(&lab, cpu, &flood);
+    let cli = on_cpu(cpu, || lab.gate(&["grant", newest]));
+    assert!(
+        cli.status.success() && cli.stderr.is_empty(),
+        "`smtp-gate grant` at a full map: {cli:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout).trim(),
+        format!("granted {newest}")
+    );
+    let after = listed(&lab);
+    assert!(
+        (CAPACITY as usize..=slots as usize).contains(&after.len()),
+        "{} grants in a map of {slots} slots for a capacity of {CAPACITY}",
+        after.len()
+    );
+    assert!(
+        after.contains(&newest.to_string()),
+        "the newest grant was evicted"
+    );
+    assert!(
+        !after.contains(&client.to_string()),
+        "the oldest grant, the client's, was not evicted: {after:?}"
+    );
+
+    let (denied_before, passed_before) = (lab.stat("denied_drop"), lab.stat("granted"));
+    assert_timed_out(
+        lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        "the client, whose grant was evicted",
+    );
+    assert_timed_out(
+        lab.client.connect_v6(SMTP_PORT, DENY_TIMEOUT),
+        "the client's IPv6 address, never granted",
+    );
+    assert!(
+        lab.stat("denied_drop") >= denied_before + 2,
+        "the gate counted the two denials"
+    );
+    assert_eq!(lab.stat("granted"), passed_before, "nothing passed");
+
+    // A login at the full map: granted before the +OK, so its SYN passes.
+    let steps = pop3_client(
+        &lab.client.client_ns,
+        IpAddr::V4(lab.client.server_v4),
+        json!([
+            {"op": "connect"},
+            {"op": "login", "user": USER, "password": PASSWORD},
+            {"op": "smtp", "timeout": PASS_TIMEOUT.as_secs_f64()},
+            {"op": "quit"},
+        ]),
+    );
+    assert!(
+        steps[1]["reply"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("+OK")),
+        "the login at a full map: {steps:#?}"
+    );
+    assert_eq!(
+        steps[2]["smtp"], "connected",
+        "the client's SYN after its login at a full map: {steps:#?}"
+    );
+    assert_eq!(
+        lab.stat("granted"),
+        passed_before + 1,
+        "passed by its grant"
+    );
+    assert!(listed(&lab).contains(&client.to_string()));
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("grant addr={client} user={USER}")),
+        "the daemon logs the grant:\n{log}"
+    );
+    assert!(
+        !log.contains("ERROR")
+            && log
+                .lines()
+                .filter(|l| l.contains("grant addr="))
+                .all(|l| !l.contains("failed")),
+        "a full map is no error for the daemon:\n{log}"
+    );
 }
