@@ -13,16 +13,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{Map, MapData, PerCpuArray};
 use gate_common::{
-    map_names::{GRANTS_V4, GRANTS_V6},
-    DEFAULT_GRANT_CAPACITY,
+    map_names::{GRANTS_V4, GRANTS_V6, LOG_BUCKETS},
+    LogBucket, DEFAULT_GRANT_CAPACITY,
 };
+use gate_tests::stackdiff::raw::RawSender;
 use serde_json::json;
 use smtp_gate::gate::{object::lru_max_entries, GateMaps, PinDir};
 use testkit::{
     cpus::{allowed_cpus, on_cpu},
     lab::{Lab, LabOptions, Link},
     mail::MailFixture,
+    packets::{tcp_flags::SYN, PacketBuilder},
     pop3_client::{pop3_client, require_pop3_clients},
     smtp::{
         assert_connected, assert_timed_out, ConnectResult, BANNER, DENY_TIMEOUT, PASS_TIMEOUT,
@@ -2185,4 +2188,170 @@ fn a_full_grant_map_evicts_its_oldest_grants_and_never_fails_open() {
                 .all(|l| !l.contains("failed")),
         "a full map is no error for the daemon:\n{log}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The gate's denial lines in the daemon's log: the program writes them
+// through aya-log's ring buffer, rate limited per CPU by a token bucket
+// (`--log-rate`, a burst of twice the rate), and `serve` forwards them.
+// ---------------------------------------------------------------------------
+
+/// One denial line of the gate, as the daemon's log shows it.
+#[derive(Debug)]
+struct DenialLine {
+    from: IpAddr,
+    port: u16,
+    /// Denials left out since the line before on the same CPU.
+    suppressed: u64,
+}
+
+/// The gate's denial lines in a daemon's log, in order. Panics on one that
+/// does not read as the program writes them.
+fn denial_lines(log: &str) -> Vec<DenialLine> {
+    log.lines()
+        .filter_map(|line| {
+            line.split_once("denied SYN from ")
+                .map(|(_, rest)| (line, rest))
+        })
+        .map(|(line, rest)| {
+            let parsed = (|| {
+                let (from, rest) = rest.split_once(" to port ")?;
+                let (port, rest) = rest.split_once(": drop (")?;
+                let suppressed = rest.strip_suffix(" more suppressed)")?;
+                Some(DenialLine {
+                    from: from.parse().ok()?,
+                    port: port.parse().ok()?,
+                    suppressed: suppressed.parse().ok()?,
+                })
+            })();
+            parsed.unwrap_or_else(|| panic!("a denial line of another form: {line}"))
+        })
+        .collect()
+}
+
+/// The per-CPU log buckets of the pinned gate: (denials suppressed and not
+/// reported in a line yet, CPUs whose bucket has been used).
+fn pending_suppressed(lab: &Lab) -> (u64, u64) {
+    let path = lab.pin_dir().join(LOG_BUCKETS);
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let map = Map::from_map_data(data).expect("the log buckets");
+    let buckets: PerCpuArray<MapData, LogBucket> =
+        PerCpuArray::try_from(map).expect("the log buckets are a per-CPU array");
+    let per_cpu = buckets.get(&0, 0).expect("reading the log buckets");
+    let pending = per_cpu.iter().map(|b| b.suppressed).sum();
+    let used = per_cpu.iter().filter(|b| b.refilled_at_ns != 0).count() as u64;
+    (pending, used)
+}
+
+/// Waits (up to 30 s) until the daemon's log accounts for every SYN the
+/// gate denied: each one is a line, or counted in a later line's "N more
+/// suppressed", or still pending in its CPU's bucket. Returns the lines.
+fn wait_for_every_denial_accounted(
+    lab: &Lab,
+    daemon: &testkit::serve::ServeDaemon,
+) -> Vec<DenialLine> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let denied = lab.stat("denied_drop");
+        let lines = denial_lines(&daemon.log());
+        let reported: u64 = lines.iter().map(|l| l.suppressed).sum();
+        let (pending, _) = pending_suppressed(lab);
+        let accounted = lines.len() as u64 + reported + pending;
+        if accounted == denied && denied > 0 {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{denied} SYNs denied, {accounted} accounted for in the daemon's log after 30 s: \
+             {} lines, {reported} reported suppressed, {pending} pending\n{}",
+            lines.len(),
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A denied SYN of each family shows up in the daemon's log, naming its
+/// source and port. Then, at one line a second (a burst of two per CPU), a
+/// burst of 300 denied SYNs writes no more lines than the buckets allow
+/// while the burst lasts; the rest are counted as suppressed, and a later
+/// line says how many.
+#[test]
+fn denial_lines_reach_the_daemon_log_within_the_log_rate() {
+    const BURST_SYNS: u16 = 300;
+    let lab = Lab::new();
+    let mail = MailFixture::new();
+    let daemon = start_daemon(&lab, &mail, &[]);
+    let client = lab.client.clone();
+
+    assert_timed_out(client.connect_v4(SMTP_PORT, DENY_TIMEOUT), "ungranted IPv4");
+    assert_timed_out(client.connect_v6(SMTP_PORT, DENY_TIMEOUT), "ungranted IPv6");
+    let lines = wait_for_every_denial_accounted(&lab, &daemon);
+    for from in [IpAddr::V4(client.client_v4), IpAddr::V6(client.client_v6)] {
+        assert!(
+            lines.iter().any(|l| l.from == from && l.port == SMTP_PORT),
+            "no denial line for {from} to port {SMTP_PORT}: {lines:?}\n{}",
+            daemon.log()
+        );
+    }
+
+    lab.gate_ok(&["settings", "--log-rate", "1"]);
+    let sender = RawSender::open(&client.client_ns, &client.client_iface)
+        .unwrap_or_else(|e| panic!("a raw socket in the client namespace: {e}"));
+    let denied_before = lab.stat("denied_drop");
+    let burst_started = Instant::now();
+    for i in 0..BURST_SYNS {
+        let syn = PacketBuilder::ipv4(client.client_v4, client.server_v4)
+            .tcp(40_000 + i, SMTP_PORT, SYN)
+            .build();
+        sender.send(&syn).unwrap_or_else(|e| panic!("SYN {i}: {e}"));
+    }
+    let burst_took = burst_started.elapsed();
+    let all = wait_for_every_denial_accounted(&lab, &daemon);
+    assert_eq!(
+        lab.stat("denied_drop"),
+        denied_before + u64::from(BURST_SYNS),
+        "the gate denied every SYN of the burst"
+    );
+    let burst_lines = &all[lines.len()..];
+    let (_, cpus) = pending_suppressed(&lab);
+    // Per CPU: the bucket's two lines, and one more per second it refills.
+    let most = cpus * (2 + burst_took.as_secs() + 1);
+    assert!(
+        (1..=most).contains(&(burst_lines.len() as u64)),
+        "{} lines for a burst of {BURST_SYNS} denied SYNs in {burst_took:?} at 1 line/s \
+         (burst 2) on {cpus} CPU(s): at most {most}\n{}",
+        burst_lines.len(),
+        daemon.log()
+    );
+    assert!(
+        burst_lines
+            .iter()
+            .all(|l| l.from == IpAddr::V4(client.client_v4) && l.port == SMTP_PORT),
+        "{burst_lines:?}"
+    );
+
+    // Once a token is back, the next denial's line says how many were left
+    // out before it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut port = 50_000;
+    while !denial_lines(&daemon.log())
+        .iter()
+        .skip(all.len())
+        .any(|l| l.suppressed > 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no line reports the suppressed denials after 30 s:\n{}",
+            daemon.log()
+        );
+        let syn = PacketBuilder::ipv4(client.client_v4, client.server_v4)
+            .tcp(port, SMTP_PORT, SYN)
+            .build();
+        sender
+            .send(&syn)
+            .unwrap_or_else(|e| panic!("SYN from port {port}: {e}"));
+        port += 1;
+        thread::sleep(Duration::from_millis(500));
+    }
 }
