@@ -1,5 +1,6 @@
 //! The tokio service on loopback: pipelining, the connection limit, the
-//! failed-login delay, the idle timeout and graceful shutdown.
+//! failed-login delay, slow password hashes, the idle timeout and graceful
+//! shutdown.
 
 use std::{
     fs, io,
@@ -7,7 +8,7 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -17,8 +18,9 @@ use pop3::{
     config::ServerConfig,
     maildrop::{maildir::MaildirStore, Maildrop, MaildropStore, MessageInfo, OpenError},
     server::{Backends, Server},
-    NoGrant,
+    ApopSecret, Authenticator, NoGrant,
 };
+use sha_crypt::{password_hash::PasswordHasher, Algorithm, Params, ShaCrypt};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{
@@ -40,21 +42,36 @@ async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Running {
     start_with(tune, |store| Arc::new(store)).await
 }
 
+/// The users of [`start`] and [`start_with`].
+const ALICE_AND_BOB: &str = "alice:{PLAIN}pw-a\nbob:{PLAIN}pw-b\n";
+
 /// [`start`], with the Maildir store seen through `store`.
 async fn start_with(
     tune: impl FnOnce(&mut ServerConfig),
     store: impl FnOnce(MaildirStore) -> Arc<dyn MaildropStore>,
 ) -> Running {
+    launch(tune, ALICE_AND_BOB, |users| Arc::new(users), store).await
+}
+
+/// A server for the users of `users_file` (each with a Maildir holding
+/// one message), whose passwords `auth` checks and whose Maildirs `store`
+/// opens.
+async fn launch(
+    tune: impl FnOnce(&mut ServerConfig),
+    users_file: &str,
+    auth: impl FnOnce(UsersFile) -> Arc<dyn Authenticator>,
+    store: impl FnOnce(MaildirStore) -> Arc<dyn MaildropStore>,
+) -> Running {
     let dir = tempfile::tempdir().expect("temp dir");
     let mail = dir.path().join("mail");
-    for user in ["alice", "bob"] {
+    for (user, _) in users_file.lines().filter_map(|l| l.split_once(':')) {
         let cur = mail.join(user).join("cur");
         fs::create_dir_all(&cur).unwrap();
         fs::create_dir_all(mail.join(user).join("new")).unwrap();
         fs::create_dir_all(mail.join(user).join("tmp")).unwrap();
         fs::write(cur.join("1700000000.M1P1.test:2,"), "Subject: a\n\nbody\n").unwrap();
     }
-    let users = UsersFile::parse("alice:{PLAIN}pw-a\nbob:{PLAIN}pw-b\n").expect("users");
+    let users = UsersFile::parse(users_file).expect("users");
     let mut config = ServerConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         hostname: "test".into(),
@@ -63,7 +80,7 @@ async fn start_with(
     };
     tune(&mut config);
     let backends = Backends {
-        auth: Arc::new(users),
+        auth: auth(users),
         store: store(MaildirStore::new(mail.clone())),
         grants: Arc::new(NoGrant),
     };
@@ -87,10 +104,12 @@ struct Client {
 
 impl Client {
     async fn connect(addr: SocketAddr) -> (Self, String) {
-        let (read, write) = TcpStream::connect(addr)
-            .await
-            .expect("connect")
-            .into_split();
+        Self::greeted(TcpStream::connect(addr).await.expect("connect")).await
+    }
+
+    /// The client of `stream`, and the server's greeting.
+    async fn greeted(stream: TcpStream) -> (Self, String) {
+        let (read, write) = stream.into_split();
         let mut client = Self {
             read: BufReader::new(read),
             write,
@@ -105,10 +124,15 @@ impl Client {
 
     /// One line, or "" at end of stream; bounded so a hang fails the test.
     async fn line(&mut self) -> String {
+        self.line_within(Duration::from_secs(5)).await
+    }
+
+    /// [`Client::line`] with another bound.
+    async fn line_within(&mut self, bound: Duration) -> String {
         let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(5), self.read.read_line(&mut line))
+        tokio::time::timeout(bound, self.read.read_line(&mut line))
             .await
-            .expect("reply within 5 s")
+            .unwrap_or_else(|_| panic!("no reply within {bound:?}"))
             .expect("read");
         line
     }
@@ -419,4 +443,149 @@ async fn a_pipelined_batch_is_sent_as_it_grows() {
         .expect("the server stops")
         .unwrap();
     drop(c);
+}
+
+/// How many SHA512-CRYPT checks have begun and ended.
+#[derive(Default)]
+struct HashChecks {
+    started: AtomicUsize,
+    done: AtomicUsize,
+}
+
+/// The users file, its SHA512-CRYPT checks counted in `hashes`.
+struct WatchedChecks {
+    users: UsersFile,
+    hashes: Arc<HashChecks>,
+}
+
+impl Authenticator for WatchedChecks {
+    fn verify_password(&self, user: &str, password: &str) -> bool {
+        let hashed = self
+            .users
+            .get(user)
+            .is_some_and(|secret| secret.scheme() == "SHA512-CRYPT");
+        if hashed {
+            self.hashes.started.fetch_add(1, Ordering::SeqCst);
+        }
+        let verified = self.users.verify_password(user, password);
+        if hashed {
+            self.hashes.done.fetch_add(1, Ordering::SeqCst);
+        }
+        verified
+    }
+
+    fn apop_secret(&self, user: &str) -> ApopSecret {
+        self.users.apop_secret(user)
+    }
+}
+
+const SLOW_PASSWORD: &str = "slow-secret";
+
+/// A SHA512-CRYPT hash of [`SLOW_PASSWORD`] that takes about 1 s to check
+/// on this machine and build: its rounds are scaled from a timed hash of
+/// 5,000 rounds (the default). Made once per test binary.
+fn slow_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        const PROBE_ROUNDS: u32 = 5_000;
+        let hash = |rounds: u32| {
+            ShaCrypt::new(Algorithm::Sha512Crypt, Params::new(rounds).expect("rounds"))
+                .hash_password_with_salt(SLOW_PASSWORD.as_bytes(), b"smtpgateslow")
+                .expect("hashing")
+                .to_string()
+        };
+        let started = Instant::now();
+        hash(PROBE_ROUNDS);
+        let per_round = started.elapsed().as_nanos().max(1) / u128::from(PROBE_ROUNDS);
+        let rounds = (Duration::from_secs(1).as_nanos() / per_round.max(1))
+            .clamp(u128::from(PROBE_ROUNDS), u128::from(Params::ROUNDS_MAX));
+        hash(u32::try_from(rounds).expect("clamped to ROUNDS_MAX"))
+    })
+}
+
+/// While several logins wait for their SHA512-CRYPT hash to be checked, a
+/// session already open is answered and another user logs in: the hashing
+/// runs off the runtime's threads. Judged by order: every hash check has
+/// begun and none has ended when the other sessions are answered.
+async fn check_slow_hashes_hold_up_no_other_session() {
+    const SLOW_LOGINS: usize = 3;
+    let hashed = format!("{{SHA512-CRYPT}}{}", slow_hash());
+    let mut users_file = ALICE_AND_BOB.to_string();
+    for i in 0..SLOW_LOGINS {
+        users_file.push_str(&format!("slow{i}:{hashed}\n"));
+    }
+    let hashes = Arc::new(HashChecks::default());
+    let counted = Arc::clone(&hashes);
+    let server = launch(
+        |_| {},
+        &users_file,
+        move |users| {
+            Arc::new(WatchedChecks {
+                users,
+                hashes: counted,
+            })
+        },
+        |store| Arc::new(store),
+    )
+    .await;
+
+    let (mut open, _) = Client::connect(server.addr).await;
+    open.send("USER bob\r\nPASS pw-b\r\n").await;
+    open.line().await;
+    assert!(open.line().await.starts_with("+OK bob has"));
+
+    let mut slow = Vec::new();
+    for i in 0..SLOW_LOGINS {
+        let (mut client, _) = Client::connect(server.addr).await;
+        // USER answered first: a pipelined batch is answered as a whole.
+        client.send(&format!("USER slow{i}\r\n")).await;
+        assert_eq!(client.line().await, "+OK send PASS\r\n");
+        client.send(&format!("PASS {SLOW_PASSWORD}\r\n")).await;
+        slow.push(client);
+    }
+    // Every slow check under way (a bound for a hang only).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hashes.started.load(Ordering::SeqCst) < SLOW_LOGINS {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {SLOW_LOGINS} hash checks began within 30 s",
+            hashes.started.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done_before = hashes.done.load(Ordering::SeqCst);
+
+    open.send("NOOP\r\n").await;
+    assert_eq!(open.line().await, "+OK\r\n");
+    let (mut other, greeting) = Client::connect(server.addr).await;
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    other.send("USER alice\r\nPASS pw-a\r\n").await;
+    other.line().await;
+    let login = other.line().await;
+    assert!(login.starts_with("+OK alice has"), "{login}");
+    let done_after = hashes.done.load(Ordering::SeqCst);
+    assert_eq!(
+        (done_before, done_after),
+        (0, 0),
+        "hash checks that had ended (when all {SLOW_LOGINS} had begun; when the other \
+         sessions were answered): the others waited for the hashing"
+    );
+
+    for (i, client) in slow.iter_mut().enumerate() {
+        let reply = client.line_within(Duration::from_secs(120)).await;
+        assert!(reply.starts_with(&format!("+OK slow{i} has")), "{reply}");
+    }
+    assert_eq!(hashes.done.load(Ordering::SeqCst), SLOW_LOGINS);
+}
+
+/// The daemon's runtime: block_in_place hands the worker's other tasks on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_hashes_hold_up_no_other_session() {
+    check_slow_hashes_hold_up_no_other_session().await;
+}
+
+/// A current-thread runtime: the hashing goes to the blocking pool.
+#[tokio::test(flavor = "current_thread")]
+async fn slow_hashes_hold_up_no_other_session_on_one_thread() {
+    check_slow_hashes_hold_up_no_other_session().await;
 }
