@@ -136,6 +136,21 @@ fn listen_addresses<'de, D: Deserializer<'de>>(
 mod tests {
     use super::*;
 
+    /// The defaults are the limits the README and deploy/smtp-gate.toml
+    /// state (tests/deploy.rs holds the example file to these defaults;
+    /// pop3's server tests hit the per-address limit as shipped).
+    #[test]
+    fn defaults_are_the_documented_limits() {
+        let config = ServerConfig::default();
+        assert_eq!(config.listen, vec![SocketAddr::from(([0u16; 8], 110))]);
+        assert_eq!(config.idle_timeout, Duration::from_secs(10 * 60));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.max_connections_per_ip, 50);
+        assert_eq!(config.login_failure_delay, Duration::from_secs(2));
+        assert_eq!(config.max_login_failures, 3, "the third failure closes");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    }
+
     #[test]
     fn defaults_pass_and_bounds_are_named() {
         ServerConfig::default().check().unwrap();

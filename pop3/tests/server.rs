@@ -1,10 +1,10 @@
-//! The tokio service on loopback: pipelining, the connection limit, the
+//! The tokio service on loopback: pipelining, the connection limits, the
 //! failed-login delay, slow password hashes, the idle timeout and graceful
 //! shutdown.
 
 use std::{
     fs, io,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -25,7 +25,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
-        TcpStream,
+        TcpSocket, TcpStream,
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -105,6 +105,15 @@ struct Client {
 impl Client {
     async fn connect(addr: SocketAddr) -> (Self, String) {
         Self::greeted(TcpStream::connect(addr).await.expect("connect")).await
+    }
+
+    /// [`Client::connect`] from the loopback address `from`.
+    async fn connect_from(from: Ipv4Addr, addr: SocketAddr) -> (Self, String) {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((from, 0)))
+            .unwrap_or_else(|e| panic!("binding to {from}: {e}"));
+        Self::greeted(socket.connect(addr).await.expect("connect")).await
     }
 
     /// The client of `stream`, and the server's greeting.
@@ -310,6 +319,29 @@ async fn one_address_cannot_take_every_slot() {
         assert!(Instant::now() < deadline, "slot never freed: {greeting}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The limit per address as shipped (`start` leaves it at its default;
+/// the README and deploy/smtp-gate.toml say 50): the 51st connection from
+/// one address gets the documented refusal, while another address is
+/// still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_connections_from_one_address_by_default() {
+    let server = start(|_| {}).await;
+    let mut open = Vec::new();
+    for i in 1..=50 {
+        let (client, greeting) = Client::connect(server.addr).await;
+        assert!(greeting.starts_with("+OK"), "connection {i}: {greeting}");
+        open.push(client);
+    }
+    let (mut refused, greeting) = Client::connect(server.addr).await;
+    assert_eq!(
+        greeting, "-ERR [SYS/TEMP] too many connections from your address, try again later\r\n",
+        "the 51st connection from 127.0.0.1"
+    );
+    assert_eq!(refused.line().await, "", "closed");
+    let (_other, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
+    assert!(greeting.starts_with("+OK"), "from 127.0.0.2: {greeting}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
