@@ -175,5 +175,30 @@ mod tests {
             "a name given in the configuration is not the system's: {spaced}"
         );
         assert_eq!(key(with(|c| c.listen.clear())), "listen");
+        // The bound itself is allowed: tokio's semaphore holds that many.
+        with(|c| c.max_connections = tokio::sync::Semaphore::MAX_PERMITS)
+            .check()
+            .unwrap();
+        assert_eq!(
+            key(with(|c| c.max_connections = tokio::sync::Semaphore::MAX_PERMITS + 1)),
+            "max_connections"
+        );
+    }
+
+    #[test]
+    fn listen_addresses_are_read_as_given() {
+        let config: ServerConfig =
+            toml::from_str("listen = [\"127.0.0.1:1110\", \"[::1]:995\"]").unwrap();
+        assert_eq!(
+            config.listen,
+            vec![
+                SocketAddr::from(([127, 0, 0, 1], 1110)),
+                SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 995)),
+            ]
+        );
+        let err = toml::from_str::<ServerConfig>("listen = [\"mail.example.org\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not ADDRESS:PORT"), "{err}");
     }
 }

@@ -124,6 +124,39 @@ mod tests {
         }
     }
 
+    /// Stamps are u64 nanoseconds: a century is the longest duration, to
+    /// the second.
+    #[test]
+    fn a_century_is_the_limit() {
+        let century = Duration::from_secs(100 * 365 * 86_400);
+        assert_eq!(parse_duration("3153600000").unwrap(), century);
+        assert_eq!(parse_duration("36500days").unwrap(), century);
+        for longer in ["3153600001", "36500days 1s", "101y"] {
+            let err = parse_duration(longer).unwrap_err().to_string();
+            assert!(err.contains("longer than a century"), "{longer}: {err}");
+        }
+    }
+
+    #[test]
+    fn serde_optional_text_reads_a_duration_or_nothing() {
+        #[derive(serde::Deserialize, PartialEq, Debug)]
+        struct Holder {
+            #[serde(default, with = "optional_text")]
+            d: Option<Duration>,
+        }
+        assert_eq!(
+            toml::from_str::<Holder>("d = \"15m\"").unwrap(),
+            Holder {
+                d: Some(Duration::from_secs(900))
+            }
+        );
+        assert_eq!(toml::from_str::<Holder>("").unwrap(), Holder { d: None });
+        let err = toml::from_str::<Holder>("d = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("longer than zero"), "{err}");
+    }
+
     #[test]
     fn formats_round_trip() {
         assert_eq!(format_duration(Duration::from_secs(900)), "15m");

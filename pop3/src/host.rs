@@ -16,3 +16,19 @@ pub fn system_host_name() -> &'static str {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's own record of the name (what `hostname` prints).
+    #[test]
+    fn is_the_kernels_host_name() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let expected = match kernel.trim() {
+            "" => "localhost",
+            name => name,
+        };
+        assert_eq!(system_host_name(), expected);
+    }
+}
