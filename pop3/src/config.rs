@@ -180,7 +180,9 @@ mod tests {
             .check()
             .unwrap();
         assert_eq!(
-            key(with(|c| c.max_connections = tokio::sync::Semaphore::MAX_PERMITS + 1)),
+            key(with(
+                |c| c.max_connections = tokio::sync::Semaphore::MAX_PERMITS + 1
+            )),
             "max_connections"
         );
     }

@@ -20,6 +20,7 @@ use testkit::{
     gate_binary::smtp_gate_bin,
     lab::{Lab, LabOptions, Link},
     mail::MailFixture,
+    netns::in_netns,
     pop3_client::{pop3_client, require_pop3_clients},
     process::output_within,
     serve::{ServeDaemon, Unprivileged, POP3_PORT},
@@ -1269,4 +1270,61 @@ fn commands_without_their_capabilities_name_the_missing_ones() {
         "a refused command pinned something: {:?}",
         lab.pins()
     );
+}
+
+/// Waits (at most 30 s) until the daemon's log has a line containing
+/// `needle`, and returns the whole log.
+fn wait_for_log_line(daemon: &ServeDaemon, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = daemon.log();
+        if log.lines().any(|l| l.contains(needle)) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?} after 30 s:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A user name is the client's to choose: a TAB, a bare CR, U+0085 or a
+/// space-free "user=" in it must not end the log line or forge a field.
+#[test]
+fn user_names_are_escaped_in_the_log() {
+    let fx = Pop3Lab::new();
+    let client = fx.client().clone();
+    let hostile = "mallory\tuser=root\raddr=10.0.0.1\u{85}result=ok";
+    in_netns(&client.client_ns, || {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(client.server_v4.into(), POP3_PORT),
+            Duration::from_secs(10),
+        )
+        .expect("connecting to the daemon");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("greeting");
+        (&stream)
+            .write_all(format!("USER {hostile}\r\nPASS wrong\r\n").as_bytes())
+            .expect("sending the login");
+        for _ in 0..2 {
+            line.clear();
+            reader.read_line(&mut line).expect("a reply");
+        }
+        assert!(line.starts_with("-ERR"), "PASS for an unknown user: {line}");
+    });
+    let log = wait_for_log_line(&fx.daemon, "result=failed");
+    let escaped = "user=mallory\\tuser=root\\raddr=10.0.0.1\\u{0085}result=ok addr=";
+    assert!(
+        log.contains(escaped),
+        "the login line is not escaped:\n{log}"
+    );
+    for bad in ['\t', '\r', '\u{85}'] {
+        assert!(!log.contains(bad), "the log holds a raw {bad:?}:\n{log:?}");
+    }
 }

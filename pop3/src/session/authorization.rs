@@ -9,6 +9,7 @@ use log::{error, info, warn};
 use super::{off_runtime, transaction::Transaction, Flow, SessionContext, State, LOG_TARGET};
 use crate::{
     auth::apop,
+    log_text::LogText,
     maildrop::OpenError,
     reply::{ReplyBuffer, RespCode},
     ApopSecret,
@@ -115,7 +116,8 @@ impl Authorization {
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         let failures = self.failures + 1;
-        info!(target: LOG_TARGET, "login user={user} addr={} method={} result=failed",
+        info!(target: LOG_TARGET, "login user={} addr={} method={} result=failed",
+            LogText::of(user),
             ctx.peer,
             method.name()
         );
@@ -149,7 +151,8 @@ impl Authorization {
         let maildrop = match opened {
             Ok(maildrop) => maildrop,
             Err(OpenError::InUse) => {
-                info!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=in-use",
+                info!(target: LOG_TARGET, "login user={} addr={peer} method={} result=in-use",
+                    LogText::of(&user),
                     method.name()
                 );
                 out.err(
@@ -159,14 +162,16 @@ impl Authorization {
                 return self.start_over();
             }
             Err(OpenError::Invalid(reason)) => {
-                warn!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=invalid-maildrop ({reason})",
+                warn!(target: LOG_TARGET, "login user={} addr={peer} method={} result=invalid-maildrop ({reason})",
+                    LogText::of(&user),
                     method.name()
                 );
                 out.err(Some(RespCode::SysPerm), "cannot open this maildrop");
                 return self.start_over();
             }
             Err(OpenError::Io(e)) => {
-                error!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=maildrop-error ({e})",
+                error!(target: LOG_TARGET, "login user={} addr={peer} method={} result=maildrop-error ({e})",
+                    LogText::of(&user),
                     method.name()
                 );
                 out.err(
@@ -179,14 +184,16 @@ impl Authorization {
         // The grant must be in the kernel before the client hears +OK: a
         // client may open its SMTP connection the moment login returns.
         match ctx.grants.grant(peer) {
-            Ok(()) => info!(target: LOG_TARGET, "grant addr={peer} user={user}"),
+            Ok(()) => info!(target: LOG_TARGET, "grant addr={peer} user={}", LogText::of(&user)),
             Err(e) => {
-                error!(target: LOG_TARGET, "grant addr={peer} user={user} failed: {} (login goes on)",
+                error!(target: LOG_TARGET, "grant addr={peer} user={} failed: {} (login goes on)",
+                    LogText::of(&user),
                     with_causes(&e)
                 )
             }
         }
-        info!(target: LOG_TARGET, "login user={user} addr={peer} method={} result=ok",
+        info!(target: LOG_TARGET, "login user={} addr={peer} method={} result=ok",
+            LogText::of(&user),
             method.name()
         );
         let transaction = Transaction::begin(user, maildrop);

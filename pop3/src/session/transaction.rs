@@ -9,6 +9,7 @@ use log::error;
 use super::{off_runtime, Flow, LOG_TARGET};
 use crate::{
     command::MessageNumber,
+    log_text::LogText,
     maildrop::{Maildrop, MessageInfo},
     reply::{pair, top_of, ReplyBuffer, RespCode},
 };
@@ -141,7 +142,7 @@ impl Transaction {
                 "smtp-gate POP3 server signing off ({count} messages deleted)"
             )),
             Err(e) => {
-                error!(target: LOG_TARGET, "user={}: applying {count} deletions failed: {e}", self.user);
+                error!(target: LOG_TARGET, "user={}: applying {count} deletions failed: {e}", LogText::of(&self.user));
                 out.err(Some(RespCode::SysTemp), "some deleted messages not removed");
             }
         }
