@@ -124,6 +124,13 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     if args.iter().any(|a| a.is_empty()) {
         return Err(ParseError::Syntax(usage(&keyword)));
     }
+    // Section 3 again: arguments are printable. A control character (a
+    // TAB, a bare CR, NUL, U+0085) in a user name is refused here, as
+    // Dovecot refuses it; non-ASCII letters pass, as they do there (the
+    // log escapes them, log_text.rs).
+    if args.iter().any(|a| a.chars().any(char::is_control)) {
+        return Err(ParseError::Syntax(usage(&keyword)));
+    }
     let syntax = || ParseError::Syntax(usage(&keyword));
     let number = |s: &str| parse_number(s).ok_or_else(syntax);
     let command = match (keyword.as_str(), args.as_slice()) {
@@ -194,6 +201,30 @@ mod tests {
 
     fn ok(line: &str) -> Command {
         parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// RFC 1939 section 3: arguments are printable characters.
+    #[test]
+    fn control_characters_in_arguments_are_refused() {
+        for line in [
+            "USER a\tb",
+            "USER a\rb",
+            "USER a\0",
+            "USER \u{1b}[2J",
+            "USER a\u{85}b",
+            "APOP a\u{7f} c4c9334bac560ecc979e58001b3e22fb",
+        ] {
+            assert!(
+                matches!(parse(line.as_bytes()), Err(ParseError::Syntax(_))),
+                "{line:?} was accepted"
+            );
+        }
+        assert_eq!(ok("USER jos\u{e9}"), Command::User("jos\u{e9}".into()));
+        assert_eq!(
+            ok("PASS a\tb"),
+            Command::Pass("a\tb".into()),
+            "a password may hold a TAB"
+        );
     }
 
     /// Debug output (what a log or a panic shows) never holds a
