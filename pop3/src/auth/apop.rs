@@ -11,19 +11,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 
+/// Octets of randomness in a timestamp: 128 bits, so that two greetings
+/// never share one (RFC 1939 section 7 requires a new timestamp for every
+/// greeting) and none can be guessed before it is sent.
+const RANDOM_OCTETS: usize = 16;
+
 /// Hands out the greeting timestamps.
 ///
 /// RFC 1939 section 7: "The syntax of the timestamp corresponds to the
 /// 'msg-id' in [RFC822], and MUST be different each time the POP3 server
-/// issues a banner greeting", for example `<process-ID.clock@hostname>`.
-/// One server process greets many sessions, so the pid and clock alone can
-/// repeat (two greetings in the same clock tick); a counter makes every
-/// timestamp of this process unique, and the clock keeps them unique across
-/// restarts that reuse the pid (pid 1 in a container).
+/// issues a banner greeting". Its example, `<process-ID.clock@hostname>`,
+/// tells every client the server's PID, how many connections it has had
+/// and its clock to the nanosecond. A timestamp here is 128 random bits
+/// from the kernel's CSPRNG (getrandom), in hex: unique per greeting and
+/// telling nothing but the host name.
 #[derive(Debug)]
 pub struct TimestampSource {
     hostname: String,
-    pid: u32,
+    /// Greetings given: only for the fallback below.
     counter: AtomicU64,
 }
 
@@ -52,7 +57,6 @@ impl TimestampSource {
         }
         TimestampSource {
             hostname: clean,
-            pid: std::process::id(),
             counter: AtomicU64::new(0),
         }
     }
@@ -62,18 +66,40 @@ impl TimestampSource {
         &self.hostname
     }
 
-    /// A fresh timestamp, `<pid.counter.clock@hostname>`, with the clock in
-    /// nanoseconds since the Unix epoch. Safe to call from many tasks.
+    /// A fresh timestamp, `<32 hex digits@hostname>`. Safe to call from
+    /// many tasks.
     pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        // A clock before 1970 only loses the restart protection; the
-        // counter still keeps this process's timestamps unique.
-        let clock = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        format!("<{}.{n}.{clock}@{}>", self.pid, self.hostname)
+        let mut random = [0u8; RANDOM_OCTETS];
+        if let Err(e) = getrandom::fill(&mut random) {
+            // getrandom(2) does not fail once the kernel's pool is ready
+            // (it blocks until then); should it, the timestamp must still
+            // be unique and tell nothing: a digest of what makes it unique.
+            log::error!("no random octets for the APOP timestamp: {e}");
+            random = Md5::new()
+                .chain_update(std::process::id().to_le_bytes())
+                .chain_update(n.to_le_bytes())
+                .chain_update(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                        .to_le_bytes(),
+                )
+                .finalize()
+                .into();
+        }
+        format!("<{}@{}>", hex(&random), self.hostname)
     }
+}
+
+fn hex(octets: &[u8]) -> String {
+    let mut hex = String::with_capacity(octets.len() * 2);
+    for b in octets {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// The APOP digest: lowercase hex MD5 of the timestamp followed by the
@@ -86,12 +112,7 @@ impl TimestampSource {
 /// format, using lower-case ASCII characters."
 #[must_use]
 pub fn digest(timestamp: &str, secret: &str) -> String {
-    let mut hex = String::with_capacity(32);
-    for b in raw_digest(timestamp, secret) {
-        // Writing to a String cannot fail.
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
+    hex(&raw_digest(timestamp, secret))
 }
 
 /// True if `client_digest` (the APOP argument) is the digest of `timestamp`
@@ -185,15 +206,46 @@ mod tests {
             ts.starts_with('<') && ts.ends_with("@pop.example.org>"),
             "{ts}"
         );
-        let inner = &ts[1..ts.find('@').unwrap()];
-        let parts: Vec<&str> = inner.split('.').collect();
-        assert_eq!(parts.len(), 3, "{ts}");
-        assert_eq!(parts[0], std::process::id().to_string());
-        assert_eq!(parts[1], "0");
-        assert!(parts[2].parse::<u128>().unwrap() > 0);
-        assert!(src.next().contains(".1."));
+        let local = &ts[1..ts.find('@').unwrap()];
+        assert_eq!(local.len(), 32, "{ts}");
+        assert!(
+            local
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{ts}"
+        );
         // It round-trips through APOP.
         assert!(verify(&ts, SECRET, &digest(&ts, SECRET)));
+    }
+
+    /// The timestamp tells nothing: no field of it is the PID, a counter
+    /// or a clock. Any of those keeps digits fixed from one greeting to the
+    /// next (the PID all of them, a counter or a clock the leading ones);
+    /// random hex takes every value at every position. Over 2000 greetings
+    /// a position that takes fewer than 12 of the 16 digits is not random
+    /// (the chance of that for random digits is below 10^-1000).
+    #[test]
+    fn timestamps_reveal_no_pid_counter_or_clock() {
+        let src = TimestampSource::new("h");
+        let all: Vec<String> = (0..2000).map(|_| src.next()).collect();
+        let pid = std::process::id().to_string();
+        for ts in &all {
+            let local = &ts[1..ts.find('@').unwrap()];
+            assert!(
+                !local.split(['.', '-']).any(|field| field == pid),
+                "{ts} has the PID {pid} as a field"
+            );
+            assert!(!local.contains('.'), "{ts}: fields are a sign of structure");
+        }
+        for position in 0..32 {
+            let digits: HashSet<u8> = all.iter().map(|ts| ts.as_bytes()[1 + position]).collect();
+            assert!(
+                digits.len() >= 12,
+                "hex digit {position} took only {} values in 2000 timestamps: {:?}",
+                digits.len(),
+                &all[..3]
+            );
+        }
     }
 
     #[test]
