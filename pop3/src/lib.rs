@@ -19,6 +19,7 @@ pub mod maildrop;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod trusted_file;
 
 use std::{error::Error, fmt, net::IpAddr};
 

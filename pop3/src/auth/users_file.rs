@@ -14,15 +14,13 @@
 //! Everything else is refused at load time, every bad line at once, so the
 //! daemon never starts with users who silently cannot log in.
 
-use rustix::fs::OFlags;
 use sha_crypt::{PasswordHashRef, PasswordVerifier, ShaCrypt};
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
+
+use crate::trusted_file::{self, FileError};
 
 /// A user's secret as stored in the users file.
 ///
@@ -110,27 +108,9 @@ pub enum UsersFileError {
         /// Every bad line, in file order.
         errors: Vec<LineError>,
     },
-    /// The file is readable or writable by group or others.
-    Permissions {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits (`st_mode & 0o7777`).
-        mode: u32,
-    },
-    /// The path is not a regular file (a directory, a FIFO, ...).
-    NotRegularFile {
-        /// The path.
-        path: PathBuf,
-        /// What it is instead, in words.
-        kind: &'static str,
-    },
-    /// The file could not be opened or read.
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        error: io::Error,
-    },
+    /// The file itself was refused (its owner, its mode, not a regular
+    /// file) or could not be read.
+    File(FileError),
 }
 
 impl fmt::Display for UsersFileError {
@@ -142,21 +122,15 @@ impl fmt::Display for UsersFileError {
                         f.write_str("\n")?;
                     }
                     match path {
-                        Some(path) => write!(f, "{} line {}: {}", path.display(), e.line, e.reason)?,
+                        Some(path) => {
+                            write!(f, "{} line {}: {}", path.display(), e.line, e.reason)?
+                        }
                         None => write!(f, "line {}: {}", e.line, e.reason)?,
                     }
                 }
                 Ok(())
             }
-            UsersFileError::Permissions { path, mode } => write!(
-                f,
-                "{} is mode {mode:04o}: it holds passwords and must not be readable or writable by group or others (chmod 600)",
-                path.display()
-            ),
-            UsersFileError::NotRegularFile { path, kind } => {
-                write!(f, "{} is not a regular file (it is {kind})", path.display())
-            }
-            UsersFileError::Io { path, error } => write!(f, "cannot read {}: {error}", path.display()),
+            UsersFileError::File(e) => e.fmt(f),
         }
     }
 }
@@ -238,53 +212,13 @@ impl UsersFile {
 
     /// Reads and parses the users file at `path`.
     ///
-    /// Refuses a file that is not a regular file, or whose mode lets group
-    /// or others read or write it (`mode & 0o077 != 0`): it holds passwords,
-    /// plaintext ones for APOP, and Dovecot's documentation asks for the
-    /// same. The checks use the opened file, so the file checked is the
-    /// file read.
+    /// Refuses a file that is not a regular file, that root or the
+    /// daemon's user does not own, or whose mode lets group or others read
+    /// or write it (`mode & 0o077 != 0`): it holds passwords, plaintext
+    /// ones for APOP, and Dovecot's documentation asks for the same (see
+    /// trusted_file.rs).
     pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
-        let io_err = |error| UsersFileError::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        // O_NONBLOCK: opening a FIFO must not hang the daemon's start; it is
-        // refused below as not a regular file.
-        let mut file: File = OpenOptions::new()
-            .read(true)
-            .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
-            .open(path)
-            .map_err(io_err)?;
-        let meta = file.metadata().map_err(io_err)?;
-        let ft = meta.file_type();
-        if !ft.is_file() {
-            let kind = if ft.is_dir() {
-                "a directory"
-            } else if ft.is_fifo() {
-                "a FIFO"
-            } else if ft.is_socket() {
-                "a socket"
-            } else if ft.is_char_device() {
-                "a character device"
-            } else if ft.is_block_device() {
-                "a block device"
-            } else {
-                "not a file"
-            };
-            return Err(UsersFileError::NotRegularFile {
-                path: path.to_path_buf(),
-                kind,
-            });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(UsersFileError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(io_err)?;
+        let text = trusted_file::read(path, trusted_file::SECRETS).map_err(UsersFileError::File)?;
         UsersFile::parse(&text).map_err(|e| match e {
             UsersFileError::Lines { errors, .. } => UsersFileError::Lines {
                 path: Some(path.to_path_buf()),
@@ -433,7 +367,7 @@ fn sha512_crypt(hash: &str) -> Result<Secret, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustix::fs::Mode;
+    use crate::trusted_file::Refusal;
     use std::os::unix::fs::PermissionsExt;
 
     /// Drepper's SHA-crypt test vector ("Hello world!", salt "saltstring",
@@ -621,7 +555,16 @@ mod tests {
         for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o610, 0o601] {
             let path = write_file(tmp.path(), mode, "alice:{PLAIN}a\n");
             let e = UsersFile::load(&path).unwrap_err();
-            assert!(matches!(e, UsersFileError::Permissions { .. }), "{mode:o}");
+            assert!(
+                matches!(
+                    e,
+                    UsersFileError::File(FileError {
+                        refusal: Refusal::Permissions { .. },
+                        ..
+                    })
+                ),
+                "{mode:o}"
+            );
             let msg = e.to_string();
             assert!(msg.contains(&path.display().to_string()), "{msg}");
             assert!(msg.contains(&format!("mode {mode:04o}")), "{msg}");
@@ -638,20 +581,19 @@ mod tests {
     }
 
     #[test]
-    fn load_refuses_non_regular_files() {
+    fn load_refuses_a_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let e = UsersFile::load(tmp.path()).unwrap_err();
-        assert!(matches!(e, UsersFileError::NotRegularFile { .. }));
-        assert!(e
-            .to_string()
-            .contains("is not a regular file (it is a directory)"));
-
-        // A FIFO must be refused without blocking on open.
-        let fifo = tmp.path().join("fifo");
-        let made = rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, Mode::from_raw_mode(0o600));
-        assert_eq!(made, Ok(()));
-        let e = UsersFile::load(&fifo).unwrap_err();
-        assert!(e.to_string().contains("(it is a FIFO)"), "{e}");
+        assert!(
+            matches!(
+                e,
+                UsersFileError::File(FileError {
+                    refusal: Refusal::NotRegularFile(_),
+                    ..
+                })
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -668,7 +610,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("nope");
         let e = UsersFile::load(&missing).unwrap_err();
-        assert!(matches!(e, UsersFileError::Io { .. }));
+        assert!(matches!(
+            e,
+            UsersFileError::File(FileError {
+                refusal: Refusal::Io(_),
+                ..
+            })
+        ));
         assert!(e
             .to_string()
             .starts_with(&format!("cannot read {}", missing.display())));
