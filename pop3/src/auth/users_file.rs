@@ -178,7 +178,11 @@ const OTHER_DOVECOT_SCHEMES: &[&str] = &[
 impl UsersFile {
     /// Parses the text of a users file. Errors name lines as "line N"; use
     /// [`UsersFile::load`] to have them name the file too.
+    ///
+    /// A UTF-8 byte order mark at the start (Windows editors write one) is
+    /// not part of the first user's name.
     pub fn parse(text: &str) -> Result<UsersFile, UsersFileError> {
+        let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
         let mut users = HashMap::new();
         let mut first_line: HashMap<String, usize> = HashMap::new();
         let mut errors = Vec::new();
@@ -524,6 +528,26 @@ mod tests {
             format!("{:?}", users.get("bob").unwrap()),
             "Sha512Crypt(<redacted>)"
         );
+    }
+
+    /// Editors on Windows start a UTF-8 file with a byte order mark; it
+    /// is not part of the first user's name, who must be able to log in.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let users = UsersFile::parse("\u{FEFF}alice:{PLAIN}wonderland\nbob:{PLAIN}b\n").unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(
+            users.get("alice").is_some(),
+            "the first user is \"alice\", not \"\\u{{feff}}alice\""
+        );
+        assert!(users.get("alice").unwrap().verify_password(b"wonderland"));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = write_file(tmp.path(), 0o600, "\u{FEFF}alice:{PLAIN}a\n");
+        assert!(UsersFile::load(&path).unwrap().get("alice").is_some());
+        // Only at the start: elsewhere it is a character of a name, and
+        // not one a POP3 client can send by mistake.
+        let inner = UsersFile::parse("alice:{PLAIN}a\n\u{FEFF}bob:{PLAIN}b\n").unwrap();
+        assert!(inner.get("bob").is_none());
     }
 
     #[test]
