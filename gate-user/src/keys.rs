@@ -31,12 +31,23 @@ impl KeyError {
 
     /// As a flag's error: `--key-name: problem`.
     pub fn as_flag(&self) -> anyhow::Error {
+        anyhow::Error::new(self.clone())
+    }
+}
+
+/// Written as a flag's error (`--key-name: problem`), which is what every
+/// command but `serve` takes its settings from; `serve` names the key or
+/// the flag, as the value was given (serve/config.rs).
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.key {
-            Some(key) => anyhow!("{}: {}", flag_name(key), self.problem),
-            None => anyhow!("{}", self.problem),
+            Some(key) => write!(f, "{}: {}", flag_name(key), self.problem),
+            None => f.write_str(&self.problem),
         }
     }
 }
+
+impl std::error::Error for KeyError {}
 
 /// `--the-flag` of `the_key`.
 pub fn flag_name(key: &str) -> String {

@@ -43,6 +43,11 @@ pub struct ServerConfig {
 /// RFC 1939 section 3 (see `ServerConfig::idle_timeout`).
 pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The most connections the service takes at once, and from one address:
+/// what tokio's semaphore of connection places holds (2^61 - 1; the
+/// open-file limit is far lower in practice).
+pub const MAX_CONNECTIONS: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -101,17 +106,13 @@ impl ServerConfig {
         if self.idle_timeout < MIN_IDLE_TIMEOUT {
             return bad("idle_timeout", "RFC 1939 requires at least 10 minutes");
         }
-        if self.max_connections == 0 {
-            return bad("max_connections", "must be at least 1");
-        }
-        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
-            return bad(
-                "max_connections",
-                &format!("at most {}", tokio::sync::Semaphore::MAX_PERMITS),
-            );
-        }
-        if self.max_connections_per_ip == 0 {
-            return bad("max_connections_per_ip", "must be at least 1");
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+        ] {
+            if !(1..=MAX_CONNECTIONS).contains(&value) {
+                return bad(key, &format!("must be 1 to {MAX_CONNECTIONS}, not {value}"));
+            }
         }
         Ok(())
     }
@@ -164,6 +165,14 @@ mod tests {
             key(with(|c| c.max_connections = usize::MAX >> 2)),
             "max_connections"
         );
+        assert_eq!(key(with(|c| c.max_connections = 0)), "max_connections");
+        assert_eq!(
+            key(with(|c| c.max_connections_per_ip = usize::MAX)),
+            "max_connections_per_ip"
+        );
+        with(|c| c.max_connections = MAX_CONNECTIONS)
+            .check()
+            .unwrap();
         assert_eq!(
             key(with(|c| c.idle_timeout = Duration::from_secs(599))),
             "idle_timeout"

@@ -10,6 +10,7 @@
 use std::{
     fs,
     net::IpAddr,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -829,6 +830,10 @@ fn write_config(mail: &MailFixture, lab: &Lab, extra: &str) -> PathBuf {
         lab.pin_dir().display(),
     );
     fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    // The daemon refuses a config file that others may write: whatever
+    // the umask of the test run, this one is the owner's.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
     path
 }
 
@@ -934,6 +939,29 @@ fn bad_config_is_refused_naming_the_key() {
             "config with {extra:?}: the message does not name the file: {output}"
         );
     }
+}
+
+/// The gate finds a capacity that its pinned maps do not have only when it
+/// looks at them, after the config is read; the error still names the key
+/// and the file it came from, not a flag that was never given.
+#[test]
+fn capacity_the_pinned_maps_do_not_have_is_refused_naming_the_key() {
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    lab.attach(&["--capacity", "1009"]);
+    let config = write_config(&mail, &lab, "capacity = 2000\n");
+    let mut daemon = lab.spawn_serve(
+        &["--config", &path_str(&config)],
+        &mail.dir().join("serve.log"),
+    );
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    let output = daemon.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "serve with capacity = 2000 over maps of 1009: {status:?}\n{output}"
+    );
+    let named = format!("config file {}: key `capacity`: 2000", path_str(&config));
+    assert!(output.contains(&named), "expected {named:?} in:\n{output}");
 }
 
 /// A users file that others may read is refused, naming file and mode.

@@ -3,10 +3,10 @@
 
 use std::{fs, io, time::Duration};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use gate_common::{
     map_names::{GRANTS_V4, SETTINGS},
-    DenyMode, Settings, DEFAULT_GRANT_CAPACITY, MAX_PORTS,
+    DenyMode, Settings, DEFAULT_GRANT_CAPACITY, EXEMPT_CAPACITY, MAX_PORTS, SCOPE_CAPACITY,
 };
 use pop3::duration;
 use serde::Deserialize;
@@ -23,7 +23,20 @@ use super::{
     swap::{self, Existing},
     upgrade::Upgrade,
 };
-use crate::addr::{deserialize_dest_scope, Cidr};
+use crate::{
+    addr::{deserialize_dest_scope, Cidr},
+    keys::KeyError,
+};
+
+/// The most grants a map may be asked to hold: 16 Mi addresses, some GiB
+/// of kernel memory per map already. A larger `capacity` is refused before
+/// anything is made, not by the kernel halfway through an attach.
+pub const MAX_CAPACITY: u32 = 1 << 24;
+
+/// The most denial log lines per second per CPU. The program's token
+/// bucket multiplies the rate by up to 60 s of nanoseconds in 64 bits
+/// (gate-ebpf/src/log.rs), which a rate above about 300 million overflows.
+pub const MAX_LOG_RATE: u32 = 1_000_000;
 
 /// What `attach` was asked for. `None` means "keep what is there" on an
 /// interface that is already attached, and "the default" on a new one.
@@ -59,6 +72,47 @@ pub struct AttachRequest {
 }
 
 impl AttachRequest {
+    /// Refuses a value the gate cannot take, naming its key, before
+    /// anything changes.
+    pub fn check(&self) -> Result<(), KeyError> {
+        if let Some(ports) = &self.ports {
+            validate_ports(ports).map_err(|why| KeyError::of("ports", why))?;
+        }
+        if let Some(capacity) = self.capacity {
+            if !(1..=MAX_CAPACITY).contains(&capacity) {
+                return Err(KeyError::of(
+                    "capacity",
+                    format!("must be 1 to {MAX_CAPACITY}, not {capacity}"),
+                ));
+            }
+        }
+        if let Some(rate) = self.log_rate_per_sec {
+            if rate > MAX_LOG_RATE {
+                return Err(KeyError::of(
+                    "log_rate",
+                    format!("at most {MAX_LOG_RATE} lines per second, not {rate}"),
+                ));
+            }
+        }
+        // Each family's networks go into a trie of this many entries: a
+        // longer list would fail halfway through writing it.
+        for (key, list, room) in [
+            ("exempt", &self.exempt, EXEMPT_CAPACITY),
+            ("dest", &self.dest, SCOPE_CAPACITY),
+        ] {
+            let Some(list) = list else { continue };
+            let v4 = list.iter().filter(|c| c.net().addr().is_ipv4()).count();
+            let v6 = list.len() - v4;
+            if v4.max(v6) > room as usize {
+                return Err(KeyError::of(
+                    key,
+                    format!("at most {room} IPv4 and {room} IPv6 networks, not {v4} and {v6}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// True if the request changes any of the settings.
     pub fn changes_settings(&self) -> bool {
         self.window.is_some()
@@ -70,12 +124,12 @@ impl AttachRequest {
     /// `base` with the settings this request gives laid over it; refused
     /// if a value is not one the gate can take.
     pub fn apply_settings(&self, base: Settings) -> Result<Settings> {
+        self.check()?;
         let mut settings = base;
         if let Some(window) = self.window {
             settings.window_ns = window.as_nanos().min(u64::MAX as u128) as u64;
         }
         if let Some(ports) = &self.ports {
-            validate_ports(ports).map_err(|why| anyhow!("--ports: {why}"))?;
             settings.ports = [0; MAX_PORTS];
             settings.ports[..ports.len()].copy_from_slice(ports);
             settings.port_count = ports.len() as u32;
@@ -155,11 +209,8 @@ pub fn attach(dir: &PinDir, req: &AttachRequest) -> Result<AttachReport> {
 pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
     let ifindex = iface::ifindex(&req.iface)?;
     // Everything that can be checked is checked before anything is pinned.
-    req.apply_settings(default_settings())?;
+    req.check()?;
     let capacity = req.capacity.unwrap_or(DEFAULT_GRANT_CAPACITY);
-    if capacity == 0 {
-        bail!("--capacity must be at least 1");
-    }
     let entries = object::lru_max_entries(capacity);
     dir.prepare(req.allow_private_bpffs)?;
     let _lock = dir.lock()?;
@@ -306,11 +357,16 @@ fn check_existing_capacity(dir: &PinDir, entries: u32, capacity: u32) -> Result<
         .with_context(|| format!("reading {}", path.display()))?
         .max_entries();
     if existing != entries {
-        bail!(
-            "--capacity {capacity}: the grant maps in {} already exist with another size \
-             ({existing} slots); detach without --keep-grants to resize them",
-            dir.path().display()
-        );
+        // The key's error: `serve` names the key or the flag it came from.
+        return Err(KeyError::of(
+            "capacity",
+            format!(
+                "{capacity}: the grant maps in {} already exist with another size ({existing} \
+                 slots); detach without --keep-grants to resize them",
+                dir.path().display()
+            ),
+        )
+        .into());
     }
     Ok(())
 }
@@ -375,4 +431,76 @@ fn remove_maps(dir: &PinDir, keep_grants: bool) -> Result<()> {
     }
     dir.remove_if_empty();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn networks(count: u32, v4: bool) -> Vec<Cidr> {
+        (0..count)
+            .map(|i| {
+                let text = if v4 {
+                    format!("10.{}.{}.0/24", i >> 8, i & 0xff)
+                } else {
+                    format!("2001:db8:{i:x}::/48")
+                };
+                text.parse().unwrap()
+            })
+            .collect()
+    }
+
+    /// A list longer than its trie would fail halfway through writing it,
+    /// with part of the networks in place: refused before anything.
+    #[test]
+    fn network_lists_must_fit_their_tries() {
+        let fits = AttachRequest {
+            exempt: Some(networks(EXEMPT_CAPACITY, true)),
+            dest: Some(networks(SCOPE_CAPACITY, false)),
+            ..AttachRequest::default()
+        };
+        fits.check().unwrap();
+        let exempt = AttachRequest {
+            exempt: Some(networks(EXEMPT_CAPACITY + 1, false)),
+            ..AttachRequest::default()
+        };
+        assert_eq!(exempt.check().unwrap_err().key.as_deref(), Some("exempt"));
+        let dest = AttachRequest {
+            dest: Some(networks(SCOPE_CAPACITY + 1, true)),
+            ..AttachRequest::default()
+        };
+        let e = dest.check().unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("dest"));
+        assert_eq!(
+            e.to_string(),
+            "--dest: at most 1024 IPv4 and 1024 IPv6 networks, not 1025 and 0"
+        );
+    }
+
+    #[test]
+    fn capacity_and_log_rate_are_bounded() {
+        let req = |capacity, rate| AttachRequest {
+            capacity: Some(capacity),
+            log_rate_per_sec: Some(rate),
+            ..AttachRequest::default()
+        };
+        req(1, 0).check().unwrap();
+        req(MAX_CAPACITY, MAX_LOG_RATE).check().unwrap();
+        assert_eq!(
+            req(0, 5).check().unwrap_err().key.as_deref(),
+            Some("capacity")
+        );
+        assert_eq!(
+            req(MAX_CAPACITY + 1, 5).check().unwrap_err().key.as_deref(),
+            Some("capacity")
+        );
+        assert_eq!(
+            req(5, MAX_LOG_RATE + 1).check().unwrap_err().key.as_deref(),
+            Some("log_rate")
+        );
+        // The settings path refuses the same.
+        assert!(req(5, u32::MAX)
+            .apply_settings(super::default_settings())
+            .is_err());
+    }
 }

@@ -6,17 +6,18 @@
 //! flag of the same name with `-` for `_` (cli.rs `ServeArgs`, checked
 //! against the keys by the tests below). Every value is checked before
 //! anything starts; an error names the key and the file, or the flag.
+//! SIGHUP reads the file again under the same flags (reload.rs).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
-use pop3::config::ServerConfig;
+use anyhow::{anyhow, Result};
+use pop3::{config::ServerConfig, trusted_file};
 use serde::Deserialize;
 use toml::Table;
 
 use crate::{
     cli::{serve_keys, ServeArgs},
-    gate::{pins::DEFAULT_PIN_DIR, settings::validate_ports, AttachRequest},
+    gate::{pins::DEFAULT_PIN_DIR, AttachRequest},
     keys::{self, KeyError},
 };
 
@@ -39,40 +40,103 @@ pub struct ServeConfig {
     /// The POP3 service.
     #[serde(flatten)]
     pub pop3: ServerConfig,
+    /// Where the settings came from (not a key).
+    #[serde(skip)]
+    pub source: ConfigSource,
+    /// The keys as given, the flags laid over the file's (not a key).
+    #[serde(skip)]
+    pub given: Table,
 }
 
 fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
 
-impl ServeConfig {
+/// Where `serve`'s settings come from: the config file, if any, and the
+/// flags, which win. Kept, so that a reload reads the file again under the
+/// same flags, and errors found later (by the gate) name what was given.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    file: Option<PathBuf>,
+    /// The flags that were given, under their keys.
+    flags: Table,
+}
+
+impl ConfigSource {
+    pub fn new(file: Option<&Path>, flags: &ServeArgs) -> Result<Self> {
+        Ok(Self {
+            file: file.map(Path::to_path_buf),
+            flags: keys::given_flags(flags)?,
+        })
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
     /// The config file (if any) with the flags laid over it, checked.
-    pub fn load(file: Option<&Path>, flags: &ServeArgs) -> Result<Self> {
+    pub fn load(&self) -> Result<ServeConfig> {
+        let file = self.file.as_deref();
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                let table = keys::parse_table(&text).map_err(|e| described(e, &[], file))?;
+                let text = trusted_file::read(path, trusted_file::SETTINGS)?;
+                let table = keys::parse_table(&text).map_err(|e| self.named(e, false))?;
                 // The file is checked as it is, so that a bad value in it
                 // is found even while a flag stands in for it.
-                Self::from_table(table.clone()).map_err(|e| described(e, &[], file))?;
+                ServeConfig::from_table(table.clone()).map_err(|e| self.named(e, false))?;
                 table
             }
             None => Table::new(),
         };
-        let flags = keys::given_flags(flags)?;
-        let from_flags: Vec<String> = flags.keys().cloned().collect();
-        table.extend(flags);
-        Self::from_table(table)
+        table.extend(self.flags.clone());
+        let mut config = ServeConfig::from_table(table.clone())
             .and_then(|config| config.check().map(|()| config))
-            .map_err(|e| described(e, &from_flags, file))
+            .map_err(|e| self.described(e))?;
+        config.source = self.clone();
+        config.given = table;
+        Ok(config)
+    }
+
+    /// The error as the operator should read it: the flag if the value
+    /// came from one, else the key and the file.
+    pub fn described(&self, e: KeyError) -> anyhow::Error {
+        let from_flag = e.key.as_ref().is_some_and(|k| self.flags.contains_key(k));
+        self.named(e, from_flag)
+    }
+
+    fn named(&self, e: KeyError, from_flag: bool) -> anyhow::Error {
+        let what = match &e.key {
+            Some(key) if from_flag => format!("--{}: {}", key.replace('_', "-"), e.problem),
+            Some(key) => format!("key `{key}`: {}", e.problem),
+            None => e.problem,
+        };
+        match &self.file {
+            Some(path) if !from_flag => anyhow!("config file {}: {what}", path.display()),
+            _ => anyhow!(what),
+        }
+    }
+
+    /// An error that the gate or the service found later about one key
+    /// (a [`KeyError`] anywhere in it), named as [`Self::described`] does.
+    pub fn name_the_key(&self, e: anyhow::Error) -> anyhow::Error {
+        match e.downcast_ref::<KeyError>() {
+            Some(key_error) => self.described(key_error.clone()),
+            None => e,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The config file (if any) with the flags laid over it, checked.
+    pub fn load(file: Option<&Path>, flags: &ServeArgs) -> Result<Self> {
+        ConfigSource::new(file, flags)?.load()
     }
 
     /// A config file's text, read but not checked (`check`).
     pub fn from_toml(text: &str) -> Result<Self> {
         keys::parse_table(text)
             .and_then(Self::from_table)
-            .map_err(|e| described(e, &[], None))
+            .map_err(|e| ConfigSource::default().described(e))
     }
 
     fn from_table(table: Table) -> Result<Self, KeyError> {
@@ -111,33 +175,10 @@ impl ServeConfig {
                 format!("{} is not a directory", self.mail_root.display()),
             ));
         }
-        if let Some(ports) = &self.attach.ports {
-            validate_ports(ports).map_err(|why| KeyError::of("ports", why))?;
-        }
-        if self.attach.capacity == Some(0) {
-            return Err(KeyError::of("capacity", "must be at least 1"));
-        }
+        self.attach.check()?;
         self.pop3
             .check()
             .map_err(|bad| KeyError::of(bad.key, bad.problem))
-    }
-}
-
-/// The error as the operator should read it: the flag if the value came
-/// from one, else the key and the file.
-fn described(e: KeyError, from_flags: &[String], file: Option<&Path>) -> anyhow::Error {
-    let what = match &e.key {
-        Some(key) if from_flags.contains(key) => {
-            format!("--{}: {}", key.replace('_', "-"), e.problem)
-        }
-        Some(key) => format!("key `{key}`: {}", e.problem),
-        None => e.problem,
-    };
-    match file {
-        Some(path) if !e.key.as_ref().is_some_and(|k| from_flags.contains(k)) => {
-            anyhow!("config file {}: {what}", path.display())
-        }
-        _ => anyhow!(what),
     }
 }
 
@@ -250,14 +291,13 @@ mod tests {
     fn flags_win_over_the_file() {
         let dir = tempdir();
         let file = dir.join("smtp-gate.toml");
-        std::fs::write(
+        write_config(
             &file,
-            format!(
+            &format!(
                 "iface = \"eth0\"\nwindow = \"60s\"\nusers = \"/u\"\nmail_root = \"{}\"\n",
                 dir.display()
             ),
-        )
-        .unwrap();
+        );
         let flags = serve_args(&["--window", "5s", "--max-connections", "7"]);
         let merged = ServeConfig::load(Some(&file), &flags).unwrap();
         assert_eq!(merged.attach.iface, "eth0");
@@ -270,14 +310,13 @@ mod tests {
         assert!(e.starts_with("--idle-timeout: RFC 1939"), "{e}");
         // A key's error names the key and the file.
         let no_flags = serve_args(&[]);
-        std::fs::write(
+        write_config(
             &file,
-            format!(
+            &format!(
                 "iface = \"eth0\"\nusers = \"/u\"\nmail_root = \"{}\"\nidle_timeout = \"1m\"\n",
                 dir.display()
             ),
-        )
-        .unwrap();
+        );
         let e = format!(
             "{:#}",
             ServeConfig::load(Some(&file), &no_flags).unwrap_err()
@@ -296,7 +335,7 @@ mod tests {
     fn a_bad_file_value_is_found_under_a_flag() {
         let dir = tempdir();
         let file = dir.join("smtp-gate.toml");
-        std::fs::write(&file, "iface = \"lo\"\nwindow = 5\n").unwrap();
+        write_config(&file, "iface = \"lo\"\nwindow = 5\n");
         let flags = serve_args(&["--window", "5s"]);
         let e = format!("{:#}", ServeConfig::load(Some(&file), &flags).unwrap_err());
         assert!(e.contains("key `window`: expected a string"), "{e}");
@@ -318,6 +357,206 @@ mod tests {
         };
         let e = format!("{:#}", ServeConfig::load(None, &flags).unwrap_err());
         assert!(e.starts_with("--mail-root: "), "{e}");
+    }
+
+    /// A config file as the operator writes it: mode 0644, whatever the
+    /// umask of the test run.
+    fn write_config(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// A config file that passes, with `extra` appended; its path.
+    fn config_with(dir: &Path, extra: &str) -> PathBuf {
+        let file = dir.join("smtp-gate.toml");
+        write_config(
+            &file,
+            &format!(
+                "iface = \"eth0\"\nusers = \"/u\"\nmail_root = \"{}\"\n{extra}",
+                dir.display()
+            ),
+        );
+        file
+    }
+
+    /// No number a config file can hold gets past the check to panic or
+    /// overflow in the running daemon (tokio's timers, the semaphore of
+    /// connections, the kernel's map sizes, the log bucket's arithmetic):
+    /// every numeric key, and every duration, refuses huge values and
+    /// names the key and the file.
+    #[test]
+    fn huge_numbers_are_refused_naming_the_key() {
+        let dir = tempdir();
+        let no_flags = serve_args(&[]);
+        let every: Table = EVERY_KEY.parse().unwrap();
+        // Above every bound, and then just above each key's own.
+        let huge_integers = [i64::MAX, 1 << 62, 1 << 61];
+        let just_above = |key: &str| -> Vec<i64> {
+            match key {
+                "capacity" => vec![u32::MAX as i64 + 1, u32::MAX as i64, (1 << 24) + 1],
+                "log_rate" => vec![u32::MAX as i64, 1_000_001],
+                _ => Vec::new(),
+            }
+        };
+        let huge_durations = [
+            "18446744073709551615",
+            "18446744073709551615s",
+            "9223372036854775807ns 1s",
+            "584942417355y",
+            "101y",
+        ];
+        let mut tried = Vec::new();
+        for (key, example) in &every {
+            let values: Vec<Value> = match example {
+                Value::Integer(_) => huge_integers
+                    .into_iter()
+                    .chain(just_above(key))
+                    .map(Value::Integer)
+                    .collect(),
+                Value::String(s) if pop3::duration::parse_duration(s).is_ok() => huge_durations
+                    .map(|d| Value::String(d.to_string()))
+                    .to_vec(),
+                Value::Array(items) if items.iter().all(Value::is_integer) => {
+                    let ports = |list: &[i64]| {
+                        Value::Array(list.iter().map(|p| Value::Integer(*p)).collect())
+                    };
+                    vec![
+                        ports(&[25, i64::MAX]),
+                        ports(&[25, 65536]),
+                        ports(&[1, 2, 3, 4, 5, 6, 7, 8, 9]),
+                    ]
+                }
+                _ => continue,
+            };
+            tried.push(key.as_str());
+            for value in values {
+                let line = Table::from_iter([(key.clone(), value)]).to_string();
+                let file = config_with(&dir, &line);
+                let e = match ServeConfig::load(Some(&file), &no_flags) {
+                    Ok(config) => panic!("{line:?} was taken: {config:?}"),
+                    Err(e) => format!("{e:#}"),
+                };
+                let named = format!("config file {}: key `{key}`: ", file.display());
+                assert!(e.starts_with(&named), "{line:?}: {e}");
+            }
+        }
+        tried.sort();
+        assert_eq!(
+            tried,
+            [
+                "capacity",
+                "idle_timeout",
+                "log_rate",
+                "login_failure_delay",
+                "max_connections",
+                "max_connections_per_ip",
+                "ports",
+                "shutdown_grace",
+                "window"
+            ],
+            "the numeric keys"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Ports and capacity that the gate refuses name the key when they
+    /// are in the file and the flag when they are flags, also when the
+    /// gate finds the problem only once it looks at its pinned maps.
+    #[test]
+    fn the_gates_errors_name_the_key_or_the_flag() {
+        let dir = tempdir();
+        let no_flags = serve_args(&[]);
+        for (line, key) in [
+            ("ports = [25, 25]", "ports"),
+            ("ports = []", "ports"),
+            ("capacity = 0", "capacity"),
+            ("log_rate = 1000001", "log_rate"),
+        ] {
+            let file = config_with(&dir, line);
+            let e = format!(
+                "{:#}",
+                ServeConfig::load(Some(&file), &no_flags).unwrap_err()
+            );
+            let named = format!("config file {}: key `{key}`: ", file.display());
+            assert!(e.starts_with(&named), "{line}: {e}");
+        }
+        let flags = serve_args(&["--capacity", "0"]);
+        let e = format!(
+            "{:#}",
+            ServeConfig::load(Some(&config_with(&dir, "")), &flags).unwrap_err()
+        );
+        assert!(e.starts_with("--capacity: must be 1 to"), "{e}");
+
+        // What the gate says of the pinned maps (gate/attach.rs), named
+        // as given.
+        let later = || anyhow::Error::new(KeyError::of("capacity", "the maps differ"));
+        let in_file = config_with(
+            &dir,
+            "capacity = 5000
+",
+        );
+        let config = ServeConfig::load(Some(&in_file), &no_flags).unwrap();
+        assert_eq!(
+            format!("{:#}", config.source.name_the_key(later())),
+            format!(
+                "config file {}: key `capacity`: the maps differ",
+                in_file.display()
+            )
+        );
+        let by_flag = ServeConfig::load(Some(&in_file), &serve_args(&["--capacity", "9"])).unwrap();
+        assert_eq!(
+            format!("{:#}", by_flag.source.name_the_key(later())),
+            "--capacity: the maps differ"
+        );
+        let other = anyhow!("no such interface");
+        assert_eq!(
+            format!("{:#}", config.source.name_the_key(other)),
+            "no such interface"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The config file decides what the daemon does: one that group or
+    /// others may write is refused, naming the file and its mode.
+    #[test]
+    fn a_config_file_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir();
+        let file = config_with(&dir, "");
+        let no_flags = serve_args(&[]);
+        ServeConfig::load(Some(&file), &no_flags).unwrap();
+        for mode in [0o664, 0o646, 0o620] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = format!(
+                "{:#}",
+                ServeConfig::load(Some(&file), &no_flags).unwrap_err()
+            );
+            assert!(
+                e.starts_with(&format!("{} is mode {mode:04o}: ", file.display())),
+                "{e}"
+            );
+            assert!(e.contains("chmod go-w"), "{e}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Windows editors start a UTF-8 file with a byte order mark; the
+    /// TOML parser skips it (TOML 1.0 allows it), as it must stay.
+    #[test]
+    fn a_config_file_may_start_with_a_byte_order_mark() {
+        let dir = tempdir();
+        let file = dir.join("smtp-gate.toml");
+        write_config(
+            &file,
+            &format!(
+                "\u{FEFF}iface = \"eth0\"\nusers = \"/u\"\nmail_root = \"{}\"\n",
+                dir.display()
+            ),
+        );
+        let config = ServeConfig::load(Some(&file), &serve_args(&[])).unwrap();
+        assert_eq!(config.attach.iface, "eth0");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn tempdir() -> PathBuf {

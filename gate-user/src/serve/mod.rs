@@ -52,7 +52,8 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
     })?;
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
-    let attachment = gate::attach_holding(&dir, &config.attach)?;
+    let attachment =
+        gate::attach_holding(&dir, &config.attach).map_err(|e| config.source.name_the_key(e))?;
     let mode = attachment.report.mode();
     match &attachment.report {
         AttachReport::Attached { mode } => info!("gate attached to {iface} ({mode})"),
