@@ -14,19 +14,21 @@
 //! Everything else is refused at load time, every bad line at once, so the
 //! daemon never starts with users who silently cannot log in.
 
+use sha2::{Digest, Sha512};
 use sha_crypt::{PasswordHashRef, PasswordVerifier, ShaCrypt};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
+use super::decoy;
 use crate::trusted_file::{self, FileError};
 
 /// A user's secret as stored in the users file.
 ///
 /// `Debug` is written by hand and prints no secret (not even a hash), so a
 /// stray `{:?}` in a log line cannot leak one.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Secret {
     /// A plaintext password (`{PLAIN}`, `{CLEARTEXT}`, `{CLEAR}`).
     Plain(String),
@@ -44,21 +46,81 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// What checking a password against a secret costs: all that a login's
+/// timing can tell about the secret. Ordered from cheap to dear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cost {
+    /// Plaintext: a SHA-512 of each side, compared in constant time.
+    Plain,
+    /// SHA512-CRYPT with this many rounds and a salt this long.
+    Sha512Crypt { rounds: u32, salt_len: usize },
+}
+
+/// glibc's rounds when a `$6$` hash names none.
+const DEFAULT_SHA512_CRYPT_ROUNDS: u32 = 5000;
+
 impl Secret {
     /// True if `password` (the PASS argument) matches.
     ///
-    /// Plaintext is compared in constant time (subtle), so response timing
-    /// does not reveal how many leading bytes were right; only the length
-    /// can differ in timing, as with any such compare. A hash is verified
-    /// with SHA512-crypt, which is slow on purpose (5000 rounds by default):
-    /// the server runs this on `spawn_blocking`.
+    /// Plaintext is compared as SHA-512 digests, in constant time
+    /// (subtle): the time taken tells neither how many leading bytes were
+    /// right nor how long the secret is. A hash is verified with
+    /// SHA512-crypt, which is slow on purpose (5000 rounds by default): the
+    /// server runs this off its async threads.
     #[must_use]
     pub fn verify_password(&self, password: &[u8]) -> bool {
+        #[cfg(test)]
+        verified::record(self.cost());
         match self {
-            Secret::Plain(plain) => plain.as_bytes().ct_eq(password).into(),
+            Secret::Plain(plain) => {
+                let stored = Sha512::digest(plain.as_bytes());
+                let given = Sha512::digest(password);
+                stored.as_slice().ct_eq(given.as_slice()).into()
+            }
             Secret::Sha512Crypt(hash) => ShaCrypt::SHA512
                 .verify_password(password, hash.as_str())
                 .is_ok(),
+        }
+    }
+
+    /// What [`Secret::verify_password`] costs for this secret.
+    pub fn cost(&self) -> Cost {
+        match self {
+            Secret::Plain(_) => Cost::Plain,
+            Secret::Sha512Crypt(hash) => {
+                // The form was checked at load time (`sha512_crypt`):
+                // `$6$[rounds=N$]salt$digest`.
+                let fields: Vec<&str> = hash.split('$').skip(2).collect();
+                let (rounds, salt) = match fields[..] {
+                    [rounds, salt, _] => (
+                        rounds
+                            .strip_prefix("rounds=")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(DEFAULT_SHA512_CRYPT_ROUNDS),
+                        salt,
+                    ),
+                    [salt, ..] => (DEFAULT_SHA512_CRYPT_ROUNDS, salt),
+                    [] => (DEFAULT_SHA512_CRYPT_ROUNDS, ""),
+                };
+                Cost::Sha512Crypt {
+                    rounds,
+                    salt_len: salt.len(),
+                }
+            }
+        }
+    }
+
+    /// A secret that costs `cost` to check and that no password matches
+    /// (it is only checked for names that do not exist, and the answer is
+    /// "no" whatever it says).
+    pub(crate) fn decoy(cost: Cost) -> Secret {
+        match cost {
+            Cost::Plain => Secret::Plain("decoy: no such user".to_string()),
+            Cost::Sha512Crypt { rounds, salt_len } => Secret::Sha512Crypt(format!(
+                "$6$rounds={rounds}${}${}",
+                "s".repeat(salt_len),
+                ".".repeat(86)
+            )),
         }
     }
 
@@ -81,10 +143,19 @@ impl Secret {
     }
 }
 
-/// The users and their secrets, loaded once at startup.
-#[derive(Clone, Debug, Default)]
+/// The users and their secrets, as loaded (at start, and again on
+/// SIGHUP).
+#[derive(Clone, Debug)]
 pub struct UsersFile {
     users: HashMap<String, Secret>,
+    /// What a name that does not exist is checked against (decoy.rs).
+    decoy: Secret,
+}
+
+impl Default for UsersFile {
+    fn default() -> Self {
+        Self::from_users(HashMap::new())
+    }
 }
 
 /// One bad line of a users file.
@@ -208,7 +279,7 @@ impl UsersFile {
             }
         }
         if errors.is_empty() {
-            Ok(UsersFile { users })
+            Ok(UsersFile::from_users(users))
         } else {
             Err(UsersFileError::Lines { path: None, errors })
         }
@@ -230,6 +301,24 @@ impl UsersFile {
             },
             other => other,
         })
+    }
+
+    fn from_users(users: HashMap<String, Secret>) -> Self {
+        let decoy = Secret::decoy(decoy::common_cost(users.values()));
+        Self { users, decoy }
+    }
+
+    /// The secret a name that does not exist is checked against: it costs
+    /// what the file's most common secrets cost (see decoy.rs).
+    pub fn decoy(&self) -> &Secret {
+        &self.decoy
+    }
+
+    /// How many users have a secret that costs something else than the
+    /// decoy: a login's timing tells that these names exist.
+    pub fn users_unlike_the_decoy(&self) -> usize {
+        let cost = self.decoy.cost();
+        self.users.values().filter(|s| s.cost() != cost).count()
     }
 
     /// The secret of `user`; user names are case-sensitive, as in Dovecot's
@@ -366,6 +455,30 @@ fn sha512_crypt(hash: &str) -> Result<Secret, String> {
         );
     }
     Ok(Secret::Sha512Crypt(hash.to_owned()))
+}
+
+/// The test hook of [`Secret::verify_password`]: the costs of the checks
+/// made on this thread, so that tests can see which kind of secret a login
+/// was checked against.
+#[cfg(test)]
+pub(crate) mod verified {
+    use super::Cost;
+    use std::cell::RefCell;
+
+    thread_local! {
+        static COSTS: RefCell<Vec<Cost>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn record(cost: Cost) {
+        COSTS.with(|costs| costs.borrow_mut().push(cost));
+    }
+
+    /// The costs of the checks that `work` made.
+    pub(crate) fn during(work: impl FnOnce()) -> Vec<Cost> {
+        COSTS.with(|costs| costs.borrow_mut().clear());
+        work();
+        COSTS.with(|costs| costs.borrow_mut().drain(..).collect())
+    }
 }
 
 #[cfg(test)]
