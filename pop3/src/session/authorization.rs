@@ -24,6 +24,10 @@ pub(super) struct Authorization {
     failures: u32,
 }
 
+/// What APOP checks a digest against when there is no secret to check
+/// it against, so that every APOP costs one digest.
+const APOP_DECOY_SECRET: &str = "decoy: no plaintext-equivalent secret";
+
 enum Method {
     UserPass,
     Apop,
@@ -86,25 +90,29 @@ impl Authorization {
         digest: String,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
-        match ctx.auth.apop_secret(&user) {
-            ApopSecret::Secret(secret) => {
-                if apop::verify(timestamp, &secret, &digest) {
-                    self.login(ctx, user, Method::Apop, out).await
-                } else {
-                    self.fail(ctx, &user, Method::Apop, "invalid user name or digest", out)
-                }
+        // RFC 1939 section 13: the answer must not tell a name that
+        // exists from one that does not, nor a user without a
+        // plaintext-equivalent secret (only a hash, which APOP cannot use)
+        // from a wrong digest. Every case computes a digest and gets the
+        // same reply; the reason goes to the log.
+        let (secret, usable) = match ctx.auth.apop_secret(&user) {
+            ApopSecret::Secret(secret) => (secret, true),
+            ApopSecret::NotPlaintext => {
+                info!(target: LOG_TARGET, "login user={} addr={} method=APOP: the user has \
+                    only a password hash, which APOP cannot use (USER/PASS can); answered as a \
+                    wrong digest",
+                    LogText::of(&user),
+                    ctx.peer
+                );
+                (APOP_DECOY_SECRET.to_string(), false)
             }
-            ApopSecret::NotPlaintext => self.fail(
-                ctx,
-                &user,
-                Method::Apop,
-                "APOP is not available for this user (no plaintext-equivalent secret); use USER/PASS",
-                out,
-            ),
-            ApopSecret::NoSuchUser => {
-                self.fail(ctx, &user, Method::Apop, "invalid user name or digest", out)
-            }
+            ApopSecret::NoSuchUser => (APOP_DECOY_SECRET.to_string(), false),
+        };
+        // Not `&&`: the digest is computed in every case.
+        if apop::verify(timestamp, &secret, &digest) & usable {
+            return self.login(ctx, user, Method::Apop, out).await;
         }
+        self.fail(ctx, &user, Method::Apop, "invalid user name or digest", out)
     }
 
     fn fail(
