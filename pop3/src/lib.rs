@@ -14,6 +14,7 @@ pub mod config;
 pub mod duration;
 pub mod framing;
 pub mod host;
+pub mod live_config;
 pub mod log_text;
 pub mod maildrop;
 pub mod reply;

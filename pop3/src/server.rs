@@ -22,6 +22,7 @@ use crate::{
     auth::apop::TimestampSource,
     config::ServerConfig,
     framing::LineBuffer,
+    live_config::LiveConfig,
     normalize_addr,
     reply::{ReplyBuffer, RespCode},
     session::{Flow, Session, SessionContext},
@@ -37,7 +38,7 @@ pub struct Backends {
 }
 
 pub struct Server {
-    config: ServerConfig,
+    live: Arc<LiveConfig>,
     backends: Backends,
     listeners: Vec<TcpListener>,
 }
@@ -63,10 +64,15 @@ impl Server {
         listeners: Vec<TcpListener>,
     ) -> Self {
         Self {
-            config,
+            live: Arc::new(LiveConfig::new(config)),
             backends,
             listeners,
         }
+    }
+
+    /// The settings while it runs, which a reload replaces.
+    pub fn live_config(&self) -> Arc<LiveConfig> {
+        Arc::clone(&self.live)
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -81,16 +87,15 @@ impl Server {
     /// session never enters UPDATE, so it deletes nothing; a QUIT already
     /// applying its deletions runs to its end on the blocking pool).
     pub async fn run(self, shutdown: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let limit = self.live.connections();
         let per_ip = Arc::new(PerIpCount::default());
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
-        let timestamps = Arc::new(TimestampSource::new(&self.config.hostname));
-        let config = Arc::new(self.config);
+        let timestamps = Arc::new(TimestampSource::new(&self.live.current().hostname));
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             let shared = Shared {
-                config: Arc::clone(&config),
+                live: Arc::clone(&self.live),
                 backends: self.backends.clone(),
                 limit: Arc::clone(&limit),
                 per_ip: Arc::clone(&per_ip),
@@ -109,6 +114,7 @@ impl Server {
             let _ = handle.await;
         }
         tracker.close();
+        let config = self.live.current();
         let open = tracker.len();
         if open > 0 {
             info!(
@@ -160,7 +166,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 
 #[derive(Clone)]
 struct Shared {
-    config: Arc<ServerConfig>,
+    live: Arc<LiveConfig>,
     backends: Backends,
     limit: Arc<Semaphore>,
     per_ip: Arc<PerIpCount>,
@@ -187,7 +193,7 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
         let ip = normalize_addr(peer.ip());
         let slot = shared
             .per_ip
-            .enter(ip, shared.config.max_connections_per_ip);
+            .enter(ip, shared.live.current().max_connections_per_ip);
         let permit = Arc::clone(&shared.limit).try_acquire_owned();
         match (slot, permit) {
             (Some(slot), Ok(permit)) => {
@@ -226,7 +232,8 @@ async fn serve_connection(
     peer: SocketAddr,
     shared: &Shared,
 ) -> io::Result<()> {
-    let config = &shared.config;
+    // The settings in force now stay this connection's to its end.
+    let config = &*shared.live.current();
     let stop = &shared.hard_stop;
     let ctx = SessionContext {
         auth: Arc::clone(&shared.backends.auth),

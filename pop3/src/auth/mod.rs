@@ -2,6 +2,7 @@
 
 pub mod apop;
 mod decoy;
+pub mod live_users;
 pub mod users_file;
 
 use crate::{ApopSecret, Authenticator};

@@ -158,6 +158,21 @@ impl Default for UsersFile {
     }
 }
 
+/// What a new users file changes (see [`UsersFile::changes_to`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsersChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Users whose secret is another (a new password, another scheme).
+    pub changed: Vec<String>,
+}
+
+impl UsersChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
 /// One bad line of a users file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineError {
@@ -319,6 +334,40 @@ impl UsersFile {
     pub fn users_unlike_the_decoy(&self) -> usize {
         let cost = self.decoy.cost();
         self.users.values().filter(|s| s.cost() != cost).count()
+    }
+
+    /// What differs in `new`: the users added, removed, and those whose
+    /// secret changed, each sorted by name.
+    pub fn changes_to(&self, new: &UsersFile) -> UsersChanges {
+        let sorted = |mut names: Vec<String>| {
+            names.sort();
+            names
+        };
+        UsersChanges {
+            added: sorted(
+                new.users
+                    .keys()
+                    .filter(|name| !self.users.contains_key(*name))
+                    .cloned()
+                    .collect(),
+            ),
+            removed: sorted(
+                self.users
+                    .keys()
+                    .filter(|name| !new.users.contains_key(*name))
+                    .cloned()
+                    .collect(),
+            ),
+            changed: sorted(
+                new.users
+                    .iter()
+                    .filter(|(name, secret)| {
+                        self.users.get(*name).is_some_and(|old| old != *secret)
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            ),
+        }
     }
 
     /// The secret of `user`; user names are case-sensitive, as in Dovecot's
@@ -661,6 +710,24 @@ mod tests {
         // not one a POP3 client can send by mistake.
         let inner = UsersFile::parse("alice:{PLAIN}a\n\u{FEFF}bob:{PLAIN}b\n").unwrap();
         assert!(inner.get("bob").is_none());
+    }
+
+    #[test]
+    fn changes_name_the_users_added_removed_and_changed() {
+        let old = UsersFile::parse("alice:{PLAIN}a\nbob:{PLAIN}b\ncarol:{PLAIN}c\n").unwrap();
+        let new =
+            UsersFile::parse("bob:{PLAIN}b\ncarol:{PLAIN}new\nerin:{PLAIN}e\ndave:{PLAIN}d\n")
+                .unwrap();
+        let changes = old.changes_to(&new);
+        assert_eq!(
+            changes,
+            UsersChanges {
+                added: vec!["dave".into(), "erin".into()],
+                removed: vec!["alice".into()],
+                changed: vec!["carol".into()],
+            }
+        );
+        assert!(old.changes_to(&old.clone()).is_empty());
     }
 
     #[test]
