@@ -68,25 +68,25 @@ impl MailFixture {
         }
     }
 
+    /// Takes `user` out of the users file (the Maildir stays).
+    pub fn remove_user(&mut self, user: &str) {
+        self.users.retain(|(name, _)| name != user);
+        self.write_users();
+    }
+
+    /// Writes `text` as the users file (mode 0600), whatever it holds: a
+    /// file with bad lines, say. The users added so far are left out.
+    pub fn write_users_text(&self, text: &str) {
+        write_private(&self.users_file(), text);
+    }
+
     fn write_users(&self) {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let path = self.users_file();
         let text: String = self
             .users
             .iter()
             .map(|(user, secret)| format!("{user}:{secret}\n"))
             .collect();
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        file.write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+        write_private(&self.users_file(), &text);
     }
 
     /// Sets the users file's permission bits (e.g. 0o644 to see it refused).
@@ -120,6 +120,22 @@ impl MailFixture {
     pub fn files(&self, user: &str, sub: &str) -> Vec<String> {
         sorted_names(&self.maildir(user).join(sub))
     }
+}
+
+/// Writes `text` into `path` with mode 0600, as a users file must be.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    file.write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
 }
 
 impl Default for MailFixture {

@@ -106,6 +106,36 @@ impl ServeDaemon {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.pid().expect("the daemon is running");
+        // SAFETY: kill has no memory effects; pid is our own child.
+        let sent = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits up to `timeout` until the log holds `needle` at least `count`
+    /// times, and returns the log. Panics, showing the log, if the daemon
+    /// exits first or the time runs out.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            if let Some(status) = self.exited() {
+                panic!("smtp-gate serve exited ({status}) before logging {needle:?}:\n{log}");
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "smtp-gate serve did not log {needle:?} {count} time(s) in {timeout:?}:\n{log}"
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and waits up to `timeout`: returns the exit status and
     /// how long the daemon took, or `None` (after a SIGKILL) if it did not
     /// exit in time. An already exited daemon reports its status at once.

@@ -206,6 +206,15 @@ fn unit_and_example_config_agree() {
     );
 }
 
+/// `systemctl reload` sends the daemon SIGHUP, which reloads it (without
+/// ExecReload, systemd refuses the reload; a plain SIGHUP once ended the
+/// daemon).
+#[test]
+fn unit_reloads_with_sighup() {
+    let unit = read_deploy("smtp-gate.service");
+    assert_eq!(unit_setting(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
+}
+
 /// Uncomments every `# key = value` line of the example config.
 fn uncommented(text: &str) -> String {
     let keys = serve_keys();

@@ -1358,3 +1358,181 @@ fn user_names_are_escaped_in_the_log() {
         assert!(!log.contains(bad), "the log holds a raw {bad:?}:\n{log:?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// SIGHUP: the users file and the config file read again
+// ---------------------------------------------------------------------------
+
+/// The line the daemon ends every reload with.
+const RELOADED: &str = "reloaded on SIGHUP";
+/// Only a hang takes this long.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SIGHUP reloads the users file: a user added can log in, a user removed
+/// cannot, and a session opened before stays open. A users file with a
+/// bad line changes nothing: the users in force keep working and the log
+/// names the line.
+#[test]
+fn sighup_reloads_the_users_file_and_open_sessions_stay() {
+    let mut fx = Pop3Lab::new();
+    let client = fx.client().clone();
+    let mut open = client
+        .session_v4(POP3_PORT, PASS_TIMEOUT)
+        .unwrap_or_else(|e| panic!("a POP3 session: {e}"));
+    for (command, what) in [
+        (format!("USER {ALICE}"), "USER"),
+        (format!("PASS {ALICE_SECRET}"), "PASS"),
+    ] {
+        let reply = open
+            .exchange(&command)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(reply.starts_with("+OK"), "{what}: {reply}");
+    }
+
+    fx.mail.remove_user(ALICE);
+    fx.mail.add_user("carol", "{PLAIN}carol-secret");
+    fx.daemon.signal(libc::SIGHUP);
+    let log = fx.daemon.wait_for_log(RELOADED, 1, RELOAD_TIMEOUT);
+    assert!(
+        log.contains("reloaded on SIGHUP: users +carol -alice"),
+        "the reload's line says who came and went:\n{log}"
+    );
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "login", "user": "carol", "password": "carol-secret"},
+        {"op": "quit"},
+    ]));
+    assert!(
+        err_step(&r, 1, "login").starts_with("-ERR [AUTH]"),
+        "alice was removed: {r:#?}"
+    );
+    ok_step(&r, 2, "login");
+    let stat = open
+        .exchange("STAT")
+        .expect("STAT in the session opened before");
+    assert!(
+        stat.starts_with("+OK 3 "),
+        "alice's session goes on after the reload: {stat}"
+    );
+
+    // A bad file: nothing changes, and the log says where it is wrong.
+    fx.mail.write_users_text(&format!(
+        "carol:{{PLAIN}}carol-secret\nbroken line\n{BOB}:{{SHA512-CRYPT}}{BOB_HASH}\n"
+    ));
+    fx.daemon.signal(libc::SIGHUP);
+    let log = fx.daemon.wait_for_log(RELOADED, 2, RELOAD_TIMEOUT);
+    let named = format!(
+        "{} line 2: no ':' after the user name; the 2 users loaded before stay",
+        path_str(&fx.mail.users_file())
+    );
+    assert!(log.contains(&named), "expected {named:?} in:\n{log}");
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": "carol", "password": "carol-secret"},
+        {"op": "quit"},
+        {"op": "connect"},
+        {"op": "login", "user": BOB, "password": BOB_PASSWORD},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 1, "login");
+    ok_step(&r, 4, "login");
+    let quit = open.exchange("QUIT").expect("QUIT");
+    assert!(quit.starts_with("+OK"), "{quit}");
+    fx.stop();
+}
+
+fn gate_settings(lab: &Lab) -> Value {
+    serde_json::from_str(&lab.gate_ok(&["settings", "--json"])).expect("settings --json")
+}
+
+/// SIGHUP reads the config file again: the window and the deny mode reach
+/// the gate (as `smtp-gate settings` shows) and the connection limit the
+/// POP3 service, while a key only a restart applies (hostname) keeps its
+/// value with a warning. A config file with a bad value changes nothing
+/// and the log names the key.
+#[test]
+fn sighup_applies_the_config_file_to_the_gate_and_the_service() {
+    require_pop3_clients();
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    let config = write_config(&mail, &lab, "window = \"3s\"\nmax_connections = 1\n");
+    let mut daemon = lab.spawn_serve(
+        &["--config", &path_str(&config)],
+        &mail.dir().join("serve.log"),
+    );
+    lab.wait_pop3(&mut daemon);
+    let before = gate_settings(&lab);
+    assert_eq!(
+        (&before["window_secs"], &before["deny"]),
+        (&json!(3.0), &json!("drop")),
+        "{before}"
+    );
+    let client = &lab.client;
+    let two_at_once = || {
+        pop3_client(
+            &client.client_ns,
+            client.server_v4.into(),
+            json!([
+                {"op": "connect", "conn": "a"},
+                {"op": "connect", "conn": "b"},
+                {"op": "quit", "conn": "a"},
+            ]),
+        )
+    };
+    let r = two_at_once();
+    assert!(
+        err_step(&r, 1, "connect").starts_with("-ERR [SYS/TEMP]"),
+        "max_connections = 1: {r:#?}"
+    );
+
+    let text = fs::read_to_string(&config).expect("the config file");
+    let changed = text
+        .replace("window = \"3s\"", "window = \"10s\"")
+        .replace("deny = \"drop\"", "deny = \"reset\"")
+        .replace("max_connections = 1", "max_connections = 2")
+        .replace("hostname = \"lab.test\"", "hostname = \"other.test\"");
+    assert_ne!(text, changed);
+    fs::write(&config, &changed).expect("rewriting the config file");
+    daemon.signal(libc::SIGHUP);
+    let log = daemon.wait_for_log(RELOADED, 1, RELOAD_TIMEOUT);
+    let after = gate_settings(&lab);
+    assert_eq!(
+        (&after["window_secs"], &after["deny"]),
+        (&json!(10.0), &json!("reset")),
+        "the gate after the reload: {after}"
+    );
+    for said in [
+        "window 3s -> 10s",
+        "deny drop -> reset",
+        "max_connections 1 -> 2",
+        "`hostname` changed, but only a restart applies it; the daemon keeps \"lab.test\"",
+    ] {
+        assert!(log.contains(said), "expected {said:?} in:\n{log}");
+    }
+    let r = two_at_once();
+    ok_step(&r, 1, "connect");
+    let welcome = r[1]["welcome"].as_str().unwrap_or_default();
+    assert!(
+        welcome.ends_with("@lab.test>"),
+        "the host name needs a restart: {welcome}"
+    );
+
+    fs::write(
+        &config,
+        changed.replace("window = \"10s\"", "window = \"5x\""),
+    )
+    .expect("rewriting the config file");
+    daemon.signal(libc::SIGHUP);
+    let log = daemon.wait_for_log(RELOADED, 2, RELOAD_TIMEOUT);
+    let named = format!("config file {}: key `window`", path_str(&config));
+    assert!(log.contains(&named), "expected {named:?} in:\n{log}");
+    assert_eq!(gate_settings(&lab)["window_secs"], json!(10.0));
+
+    let (status, took) = daemon.terminate(GRACE + Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM after the reloads gave {status:?} after {took:?}; log:\n{}",
+        daemon.log()
+    );
+}

@@ -48,6 +48,21 @@ pub struct ServeConfig {
     pub given: Table,
 }
 
+/// The keys that a reload (SIGHUP) cannot apply, because what they set up
+/// is made once at start: the listeners, the greeting's host name, the
+/// attachment (interface, mode, pin directory, the grant maps' size) and
+/// the Maildir store. Every other key takes effect on reload.
+pub const RESTART_KEYS: [&str; 8] = [
+    "listen",
+    "hostname",
+    "iface",
+    "mode",
+    "capacity",
+    "allow_private_bpffs",
+    "pin_dir",
+    "mail_root",
+];
+
 fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
@@ -148,6 +163,59 @@ impl ServeConfig {
             )));
         }
         keys::read(table)
+    }
+
+    /// Keeps in `new` (a reloaded config) the values of the keys that
+    /// only a restart can change ([`RESTART_KEYS`]), and says which of them
+    /// `new` wanted changed.
+    pub fn keep_restart_only(&self, new: &mut ServeConfig) -> Vec<&'static str> {
+        fn keep<T: PartialEq + Clone>(
+            key: &'static str,
+            old: &T,
+            new: &mut T,
+            kept: &mut Vec<&'static str>,
+        ) {
+            if old != new {
+                new.clone_from(old);
+                kept.push(key);
+            }
+        }
+        let mut kept = Vec::new();
+        keep("listen", &self.pop3.listen, &mut new.pop3.listen, &mut kept);
+        keep(
+            "hostname",
+            &self.pop3.hostname,
+            &mut new.pop3.hostname,
+            &mut kept,
+        );
+        keep(
+            "iface",
+            &self.attach.iface,
+            &mut new.attach.iface,
+            &mut kept,
+        );
+        keep("mode", &self.attach.mode, &mut new.attach.mode, &mut kept);
+        keep(
+            "capacity",
+            &self.attach.capacity,
+            &mut new.attach.capacity,
+            &mut kept,
+        );
+        keep(
+            "allow_private_bpffs",
+            &self.attach.allow_private_bpffs,
+            &mut new.attach.allow_private_bpffs,
+            &mut kept,
+        );
+        keep("pin_dir", &self.pin_dir, &mut new.pin_dir, &mut kept);
+        keep("mail_root", &self.mail_root, &mut new.mail_root, &mut kept);
+        for key in RESTART_KEYS {
+            match self.given.get(key) {
+                Some(value) => new.given.insert(key.to_string(), value.clone()),
+                None => new.given.remove(key),
+            };
+        }
+        kept
     }
 
     /// Refuses what `serve` cannot run with: the required keys, the mail
@@ -557,6 +625,53 @@ mod tests {
         let config = ServeConfig::load(Some(&file), &serve_args(&[])).unwrap();
         assert_eq!(config.attach.iface, "eth0");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A reload keeps exactly the keys of RESTART_KEYS: changed alone in
+    /// a new config, each of them is kept at its old value and named, and
+    /// any other key is taken as it is. A key added to the settings must
+    /// land in one of the two kinds on purpose: for a new key this test
+    /// says which it is, through RESTART_KEYS.
+    #[test]
+    fn a_reload_keeps_exactly_the_restart_keys() {
+        let base = "iface = \"lo\"\nusers = \"/u\"\nmail_root = \"/m\"\n";
+        let every: Table = EVERY_KEY.parse().unwrap();
+        let whole = |c: &ServeConfig| {
+            format!(
+                "{:?} {:?} {:?} {:?} {:?}",
+                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3
+            )
+        };
+        for (key, value) in &every {
+            let old = ServeConfig::from_toml(base).unwrap();
+            let line = Table::from_iter([(key.clone(), value.clone())]).to_string();
+            let mut table: Table = base.parse().unwrap();
+            table.insert(key.clone(), value.clone());
+            let mut new = ServeConfig::from_table(table.clone()).unwrap();
+            new.given = table;
+            let wanted = whole(&new);
+            assert_ne!(
+                whole(&old),
+                wanted,
+                "{line:?} changes nothing: a useless try"
+            );
+            let kept = old.keep_restart_only(&mut new);
+            if RESTART_KEYS.contains(&key.as_str()) {
+                assert_eq!(kept, [key.as_str()], "{line:?}");
+                assert_eq!(whole(&new), whole(&old), "{line:?} kept");
+                assert_eq!(
+                    new.given.get(key),
+                    old.given.get(key),
+                    "{line:?}: the key as given"
+                );
+            } else {
+                assert!(kept.is_empty(), "{line:?} kept {kept:?}");
+                assert_eq!(whole(&new), wanted, "{line:?} taken");
+            }
+        }
+        for key in RESTART_KEYS {
+            assert!(every.contains_key(key), "{key} is no key");
+        }
     }
 
     fn tempdir() -> PathBuf {

@@ -7,6 +7,8 @@
 pub mod config;
 mod gate_log;
 mod grant_sink;
+mod reload;
+mod users;
 mod watch;
 
 use std::sync::Arc;
@@ -14,11 +16,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use log::{info, warn};
 use pop3::{
-    auth::users_file::UsersFile,
+    auth::{live_users::LiveUsers, users_file::UsersFile},
     maildrop::maildir::MaildirStore,
     server::{bind_listeners, Backends, Server},
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::watch as channel,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use config::ServeConfig;
@@ -27,17 +32,23 @@ pub use grant_sink::GateGrantSink;
 use crate::gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir};
 
 pub fn run(config: ServeConfig) -> Result<()> {
-    // Everything that can be refused is refused before the gate changes.
-    let users = UsersFile::load(&config.users)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("smtp-gate")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, users))
+    // SIGHUP's default action ends the process; from here on it is held
+    // for the reloader, which acts on one that came during the start.
+    let hangups = {
+        let _in_runtime = runtime.enter();
+        signal(SignalKind::hangup()).context("SIGHUP handler")?
+    };
+    // Everything that can be refused is refused before the gate changes.
+    let users = UsersFile::load(&config.users)?;
+    runtime.block_on(serve(config, users, hangups))
 }
 
-async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
+async fn serve(config: ServeConfig, users: UsersFile, hangups: Signal) -> Result<()> {
     // The ports first: a daemon that cannot listen must not leave behind a
     // gate that nobody can get a grant from.
     let listeners = bind_listeners(&config.pop3.listen).map_err(|e| {
@@ -86,9 +97,10 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         .context("reading the gate's clock (jiffies, through a probe program)")?;
     let grants = Arc::new(GateGrantSink::new(grant_maps));
     let trouble = grants.trouble();
+    let (requests, requested) = channel::channel(config.attach.clone());
     let watch = watch::Watch::new(
         held,
-        config.attach.clone(),
+        requested,
         dir.clone(),
         Arc::clone(&grants),
         GateMaps::open(&dir)?,
@@ -96,13 +108,10 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
     if let Err(e) = gate_log::forward(&dir, &iface) {
         warn!("the gate's denial log is not forwarded: {e:#}");
     }
-    info!(
-        "{} users loaded from {}",
-        users.len(),
-        config.users.display()
-    );
+    users::report(&users, &config.users);
+    let users = Arc::new(LiveUsers::new(users));
     let backends = Backends {
-        auth: Arc::new(users),
+        auth: Arc::clone(&users) as _,
         store: Arc::new(MaildirStore::new(config.mail_root.clone())),
         grants: grants.clone(),
     };
@@ -121,6 +130,8 @@ async fn serve(config: ServeConfig, users: UsersFile) -> Result<()> {
         }
         trigger.cancel();
     });
+    let reloader = reload::Reloader::new(config, users, server.live_config(), requests);
+    tokio::spawn(reloader.run(hangups, shutdown.clone()));
     let watch_stop = CancellationToken::new();
     let watching = tokio::spawn(watch.run(Arc::clone(&trouble), watch_stop.clone()));
     server.run(shutdown).await;

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use log::{error, info, warn};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::grant_sink::GateGrantSink;
@@ -19,7 +19,9 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Watch {
     held: HeldGate,
-    req: AttachRequest,
+    /// What to attach with when the gate must be attached again: the
+    /// daemon's settings, as the last reload left them.
+    requests: watch::Receiver<AttachRequest>,
     dir: PinDir,
     grants: Arc<GateGrantSink>,
     maps: GateMaps,
@@ -33,14 +35,14 @@ pub struct Watch {
 impl Watch {
     pub fn new(
         held: HeldGate,
-        req: AttachRequest,
+        requests: watch::Receiver<AttachRequest>,
         dir: PinDir,
         grants: Arc<GateGrantSink>,
         maps: GateMaps,
     ) -> Self {
         Self {
             held,
-            req,
+            requests,
             dir,
             grants,
             maps,
@@ -63,7 +65,8 @@ impl Watch {
     }
 
     pub fn check_once(&mut self) {
-        let check = self.held.check(&self.req);
+        let req = self.requests.borrow().clone();
+        let check = self.held.check(&req);
         if !check.problems.is_empty() && check.problems != self.last_problems {
             self.incidents += 1;
             for problem in &check.problems {

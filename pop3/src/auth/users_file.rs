@@ -56,6 +56,19 @@ pub enum Cost {
     Sha512Crypt { rounds: u32, salt_len: usize },
 }
 
+/// As an operator reads it: `PLAIN`, `SHA512-CRYPT (5000 rounds, 16-character salt)`.
+impl fmt::Display for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cost::Plain => f.write_str("PLAIN"),
+            Cost::Sha512Crypt { rounds, salt_len } => write!(
+                f,
+                "SHA512-CRYPT ({rounds} rounds, {salt_len}-character salt)"
+            ),
+        }
+    }
+}
+
 /// glibc's rounds when a `$6$` hash names none.
 const DEFAULT_SHA512_CRYPT_ROUNDS: u32 = 5000;
 
