@@ -1536,3 +1536,69 @@ fn sighup_applies_the_config_file_to_the_gate_and_the_service() {
         daemon.log()
     );
 }
+
+/// A users file without users starts the daemon (users may come with a
+/// reload), but not silently.
+#[test]
+fn an_empty_users_file_is_a_warning_at_start() {
+    let lab = Lab::new();
+    let mail = MailFixture::new();
+    let args = serve_flags(&lab, &mail, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = lab.serve(&args, &mail.dir().join("serve.log"));
+    let warning = format!(
+        "{} has no users: nobody can log in",
+        path_str(&mail.users_file())
+    );
+    daemon.wait_for_log(&warning, 1, RELOAD_TIMEOUT);
+    let (status, _) = daemon.terminate(GRACE + Duration::from_secs(3));
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
+}
+
+/// APOP tells a prober nothing: the greeting's timestamp holds neither
+/// the daemon's PID nor anything that repeats, and a user who has only a
+/// hash, a name that does not exist and a wrong digest get the same
+/// answer (RFC 1939 section 13); the log says why the hash-only user was
+/// refused.
+#[test]
+fn apop_tells_neither_the_pid_nor_which_users_have_only_a_hash() {
+    let mut fx = Pop3Lab::new();
+    let pid = fx.daemon.pid().expect("the daemon runs").to_string();
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "apop", "user": ALICE, "secret": "wrong"},
+        {"op": "apop", "user": BOB, "secret": BOB_PASSWORD},
+        {"op": "apop", "user": "nobody", "secret": "whatever"},
+        {"op": "connect", "conn": "b"},
+        {"op": "apop", "conn": "b", "user": ALICE, "secret": ALICE_SECRET},
+        {"op": "quit", "conn": "b"},
+    ]));
+    let wrong = err_step(&r, 1, "apop");
+    assert!(wrong.starts_with("-ERR [AUTH]"), "{wrong}");
+    assert_eq!(err_step(&r, 2, "apop"), wrong, "the user with only a hash");
+    assert_eq!(err_step(&r, 3, "apop"), wrong, "a name that does not exist");
+    ok_step(&r, 5, "apop");
+    let timestamps: Vec<String> = [0, 4]
+        .iter()
+        .map(|&i| {
+            let welcome = ok_step(&r, i, "connect")["welcome"]
+                .as_str()
+                .unwrap_or_default();
+            let start = welcome.find('<').expect("a timestamp");
+            welcome[start..].to_string()
+        })
+        .collect();
+    assert_ne!(timestamps[0], timestamps[1]);
+    for timestamp in &timestamps {
+        let local = &timestamp[1..timestamp.find('@').expect("msg-id")];
+        assert!(
+            !local.split(['.', '-']).any(|field| field == pid),
+            "{timestamp} shows the daemon's PID {pid}"
+        );
+    }
+    let log = fx
+        .daemon
+        .wait_for_log("the user has only a password hash", 1, RELOAD_TIMEOUT);
+    assert!(log.contains(&format!("user={BOB}")), "{log}");
+    fx.stop();
+}
