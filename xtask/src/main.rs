@@ -79,6 +79,10 @@ enum Command {
         /// With --bpf: only the mutations whose name contains this.
         #[arg(long, requires = "bpf")]
         only: Option<String>,
+        /// One share of the crate's mutants, K/N (cargo-mutants' --shard):
+        /// a sample, or one machine's part of the whole run.
+        #[arg(long, value_name = "K/N", conflicts_with = "bpf")]
+        shard: Option<String>,
     },
     /// Benchmarks (not part of the test suite).
     Bench {
@@ -120,12 +124,17 @@ fn main() -> Result<()> {
             run("target/release/smtp-gate", &args)
         }
         Command::Test => test(),
-        Command::Mutants { krate, bpf, only } => {
+        Command::Mutants {
+            krate,
+            bpf,
+            only,
+            shard,
+        } => {
             setup::setup()?;
             if bpf {
                 mutants::bpf(only.as_deref())
             } else {
-                mutants::host(krate.as_deref())
+                mutants::host(krate.as_deref(), shard.as_deref())
             }
         }
         Command::Demo => run_lab_binary("smtp-gate-demo", &[]),

@@ -9,7 +9,7 @@ use std::{fs, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{cargo, cargo_code, cargo_status};
+use crate::cmd::{cargo, cargo_status};
 
 /// The crates cargo-mutants runs over, and what to test them with.
 pub const CRATES: [&str; 3] = ["gate-common", "pop3", "gate-user"];
@@ -138,7 +138,12 @@ const BPF_TESTS: &[&str] = &[
 ];
 
 /// Runs cargo-mutants over `krate` (or every crate of [`CRATES`]).
-pub fn host(krate: Option<&str>) -> Result<()> {
+/// Property-test cases per test for each mutant: the suite's default
+/// (pop3's fuzz tests) would add a quarter of a minute to every mutant,
+/// and a mutant the properties catch is caught in the first few cases.
+const PROPTEST_CASES_PER_MUTANT: &str = "32";
+
+pub fn host(krate: Option<&str>, shard: Option<&str>) -> Result<()> {
     ensure_cargo_mutants()?;
     let crates: Vec<&str> = match krate {
         Some(one) if CRATES.contains(&one) => vec![one],
@@ -152,7 +157,18 @@ pub fn host(krate: Option<&str>) -> Result<()> {
         let started = Instant::now();
         // 2: mutants missed, 3: timeouts; the report in `out` says which.
         // Anything else but 0 means the run itself failed.
-        let code = cargo_code(&["mutants", "--package", krate, "--output", &out])?;
+        let mut args = vec!["mutants", "--package", krate, "--output", &out];
+        if let Some(shard) = shard {
+            args.extend(["--shard", shard]);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        eprintln!("+ PROPTEST_CASES={PROPTEST_CASES_PER_MUTANT} {cargo} {}", args.join(" "));
+        let code = std::process::Command::new(&cargo)
+            .args(&args)
+            .env("PROPTEST_CASES", PROPTEST_CASES_PER_MUTANT)
+            .status()
+            .with_context(|| format!("cannot run {cargo}"))?
+            .code();
         if !matches!(code, Some(0 | 2 | 3)) {
             bail!("cargo mutants over {krate} failed ({code:?}): see {out}/mutants.out/");
         }
