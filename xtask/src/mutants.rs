@@ -162,7 +162,10 @@ pub fn host(krate: Option<&str>, shard: Option<&str>) -> Result<()> {
             args.extend(["--shard", shard]);
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        eprintln!("+ PROPTEST_CASES={PROPTEST_CASES_PER_MUTANT} {cargo} {}", args.join(" "));
+        eprintln!(
+            "+ PROPTEST_CASES={PROPTEST_CASES_PER_MUTANT} {cargo} {}",
+            args.join(" ")
+        );
         let code = std::process::Command::new(&cargo)
             .args(&args)
             .env("PROPTEST_CASES", PROPTEST_CASES_PER_MUTANT)
