@@ -251,7 +251,14 @@ async fn serve_connection(
         // Answer every complete line that has arrived, in order
         // (RFC 2449 PIPELINING), then send the replies in one write.
         while let Some(line) = lines.next_line() {
-            match session.handle(line, &mut out).await {
+            // A command waiting on a file (in the blocking pool) is cut
+            // too when the grace is over; whatever file work it started
+            // ends on its own thread.
+            let flow = tokio::select! {
+                flow = session.handle(line, &mut out) => flow,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            match flow {
                 Flow::Continue => {
                     if out.len() >= FLUSH_AT {
                         send(&mut stream, &mut out, config.idle_timeout, stop).await?;

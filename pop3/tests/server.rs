@@ -621,3 +621,84 @@ async fn slow_hashes_hold_up_no_other_session() {
 async fn slow_hashes_hold_up_no_other_session_on_one_thread() {
     check_slow_hashes_hold_up_no_other_session().await;
 }
+
+/// Opens a FIFO's writing end and closes it again on drop, so that a
+/// server thread blocked opening it for reading (the defect) can go on
+/// and the test's runtime can end.
+struct UnblockFifo(std::path::PathBuf);
+
+impl Drop for UnblockFifo {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc_nonblock())
+            .open(&self.0);
+    }
+}
+
+fn libc_nonblock() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
+}
+
+/// Defect 2 of issue 10: a message replaced by a FIFO after login froze
+/// the whole server. Now RETR of it gets -ERR, the session goes on,
+/// another user is served meanwhile, QUIT does not unlink the FIFO, and
+/// the server shuts down.
+///
+/// The server runs on a runtime of its own: the defect froze its runtime,
+/// timers included, and the clients' timeouts must still fire to fail
+/// the test instead of hanging it.
+#[test]
+fn a_message_swapped_for_a_fifo_is_refused_without_stalling_anyone() {
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_runtime.block_on(start(|c| c.shutdown_grace = Duration::from_millis(300)));
+    let message = server.mail.join("alice/cur/1700000000.M1P1.test:2,");
+    // Dropped before the server's runtime: a thread blocked on the FIFO
+    // goes on.
+    let _unblock = UnblockFifo(message.clone());
+    let clients = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    clients.block_on(async {
+        let (mut alice, _) = Client::connect(server.addr).await;
+        alice.send("USER alice\r\nPASS pw-a\r\n").await;
+        alice.line().await;
+        assert!(alice.line().await.starts_with("+OK alice has 1 messages"));
+        fs::remove_file(&message).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &message,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+
+        alice.send("RETR 1\r\n").await;
+        let (mut bob, _) = Client::connect(server.addr).await;
+        bob.send("USER bob\r\nPASS pw-b\r\nRETR 1\r\n").await;
+        assert_eq!(bob.line().await, "+OK send PASS\r\n");
+        assert!(bob.line().await.starts_with("+OK bob has 1 messages"));
+        assert!(bob.line().await.starts_with("+OK 20 octets"));
+
+        let refused = alice.line().await;
+        assert!(refused.starts_with("-ERR"), "RETR of a FIFO: {refused}");
+        alice.send("DELE 1\r\nQUIT\r\n").await;
+        assert!(alice.line().await.starts_with("+OK"), "DELE");
+        assert!(alice.line().await.starts_with("+OK"), "QUIT");
+        let meta = fs::symlink_metadata(&message).expect("the FIFO is still there");
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+
+        server.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), server.done)
+            .await
+            .expect("the server shuts down")
+            .unwrap();
+    });
+    drop(_unblock);
+    server_runtime.shutdown_timeout(Duration::from_secs(5));
+}

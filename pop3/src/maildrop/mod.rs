@@ -36,6 +36,11 @@ pub enum OpenError {
     /// The user name cannot name a maildrop (empty, a path separator, a dot
     /// name, ...); the string says why, without any secret.
     Invalid(String),
+    /// The maildrop holds what the server will not follow: its directory,
+    /// `cur`, `new` or `tmp` is a symbolic link (or not a directory at
+    /// all), or its lock file is not a regular file. Answered
+    /// `-ERR [SYS/PERM]`; the string (paths escaped) is for the log.
+    Unsafe(String),
     /// The file system failed; the message names the path involved.
     Io(io::Error),
 }
@@ -45,6 +50,7 @@ impl fmt::Display for OpenError {
         match self {
             OpenError::InUse => f.write_str("maildrop is in use by another session"),
             OpenError::Invalid(why) => write!(f, "invalid maildrop: {why}"),
+            OpenError::Unsafe(why) => write!(f, "maildrop refused: {why}"),
             OpenError::Io(e) => write!(f, "maildrop I/O error: {e}"),
         }
     }
@@ -77,6 +83,10 @@ pub trait Maildrop: Send {
     /// The message with index `index` (0-based) as wire bytes: every line
     /// ending in CRLF (a bare LF becomes CRLF; a final line without newline
     /// gets CRLF), NOT dot-stuffed, without the terminating ".\r\n".
+    ///
+    /// Errors the session tells apart: `NotFound`, the message was removed
+    /// by another agent; `InvalidData`, it is no longer a message (its name
+    /// holds a FIFO, a link, ...: the store has logged what).
     fn read(&mut self, index: usize) -> io::Result<Vec<u8>>;
 
     /// What [`Maildrop::read`] gives, but only if the message is small

@@ -204,13 +204,11 @@ fn stay(txn: Transaction) -> (State, Flow) {
     (State::Transaction(txn), Flow::Continue)
 }
 
-/// Runs blocking work (files, password hashing) without stalling other
+/// Runs CPU-bound blocking work (password hashing) without stalling other
 /// sessions. On the multi-threaded runtime (the daemon) the worker hands
 /// its other tasks to its peers and runs `work` itself, which spares a
-/// thread switch per RETR; elsewhere (a current-thread runtime) it goes to
-/// the blocking pool. Either way, once started it runs to its end, even if
-/// the session is dropped meanwhile: a QUIT's deletions are never cut in
-/// half.
+/// thread switch; elsewhere (a current-thread runtime) it goes to the
+/// blocking pool.
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
@@ -222,4 +220,19 @@ async fn off_runtime<T: Send + 'static>(
             .await
             .map_err(io::Error::other)
     }
+}
+
+/// Runs file work on the blocking pool, never on an async worker thread.
+/// A file operation may wait for the disk, or for good on a file system
+/// that hangs; `block_in_place` would hold the session's task (and a
+/// worker) in it, out of reach of the shutdown. Here the session only
+/// awaits the work, so the server can still cut it; the work itself runs
+/// to its end on its own thread, so a QUIT's deletions are never cut in
+/// half.
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)
 }

@@ -6,7 +6,7 @@ use std::io;
 
 use log::error;
 
-use super::{off_runtime, Flow, LOG_TARGET};
+use super::{on_blocking_pool, Flow, LOG_TARGET};
 use crate::{
     command::MessageNumber,
     log_text::LogText,
@@ -133,7 +133,7 @@ impl Transaction {
             // Nothing to unlink or sync: releasing the lock is one close.
             maildrop.commit(&doomed)
         } else {
-            off_runtime(move || maildrop.commit(&doomed))
+            on_blocking_pool(move || maildrop.commit(&doomed))
                 .await
                 .unwrap_or_else(Err)
         };
@@ -172,7 +172,7 @@ impl Transaction {
             return Ok(body);
         }
         let mut maildrop = slot.take().ok_or_else(busy)?;
-        let (maildrop, result) = off_runtime(move || {
+        let (maildrop, result) = on_blocking_pool(move || {
             let result = maildrop.read(index);
             (maildrop, result)
         })
@@ -185,6 +185,10 @@ impl Transaction {
 fn read_failed(out: &mut ReplyBuffer, n: MessageNumber, e: io::Error) {
     if e.kind() == io::ErrorKind::NotFound {
         out.err(None, &format!("message {n} was removed by another client"));
+    } else if e.kind() == io::ErrorKind::InvalidData {
+        // Not a regular file any more (a FIFO, a link): the maildrop has
+        // logged what it is; the session goes on.
+        out.err(None, &format!("message {n} cannot be served"));
     } else {
         error!(target: LOG_TARGET, "reading message {n} failed: {e}");
         out.err(Some(RespCode::SysTemp), "cannot read the message now");

@@ -18,6 +18,8 @@
 //! Maildir is built for that: every change is a rename or unlink, and every
 //! operation here tolerates a file that moved or vanished.
 
+#[cfg(test)]
+mod escape_tests;
 mod fs;
 mod names;
 mod size_cache;
@@ -27,16 +29,19 @@ use super::{to_wire, wire_size_of, Maildrop, MaildropStore, MessageInfo, OpenErr
 /// The log target of this module's lines, the same in every file of it
 /// (operators' log filters match it).
 const LOG_TARGET: &str = "pop3::maildrop::maildir";
+use crate::log_text::LogText;
 use fs::{
-    at, ensure_maildir, list_sub, lock_maildir, move_new_to_cur, read_to_end_nowait,
-    regular_file_stamp, rename_fresh, Found,
+    at, list_sub, lock_maildir, move_new_to_cur, names_in, open_maildir, open_message,
+    open_message_cached, read_to_end_nowait, rename_fresh, unlink_message, MaildirFds, Opened,
+    Seen, Unlinked,
 };
 use names::{base_of, uid_for, virtual_size};
+use rustix::fs::FileType;
 use size_cache::SizeCache;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,9 +103,9 @@ impl MaildirStore {
 impl MaildropStore for MaildirStore {
     fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
         let dir = self.maildir_path(user)?;
-        ensure_maildir(&dir)?;
-        let lock = lock_maildir(&dir)?;
-        Ok(Box::new(OpenMaildir::scan(dir, lock, &self.sizes)?))
+        let fds = open_maildir(&self.root, user, &dir)?;
+        let lock = lock_maildir(&fds.maildir, &dir)?;
+        Ok(Box::new(OpenMaildir::scan(dir, fds, lock, &self.sizes)?))
     }
 }
 
@@ -131,7 +136,10 @@ struct Entry {
 
 /// A Maildir opened and locked for one session.
 struct OpenMaildir {
+    /// For log lines and errors only: every file operation goes through
+    /// `fds`.
     dir: PathBuf,
+    fds: MaildirFds,
     entries: Vec<Entry>,
     infos: Vec<MessageInfo>,
     /// Held only for its flock: closing the file releases the lock, so
@@ -142,20 +150,14 @@ struct OpenMaildir {
 impl OpenMaildir {
     /// Moves new mail to `cur/`, lists the messages and fixes the list for
     /// the session (RFC 1939 section 4: the maildrop is a snapshot).
-    fn scan(dir: PathBuf, lock: File, sizes: &SizeCache) -> Result<Self, OpenError> {
-        let stuck = move_new_to_cur(&dir)?;
-        let mut found = Vec::new();
-        list_sub(&dir, Sub::Cur, &mut found)?;
-        for name in stuck {
-            let path = dir.join(Sub::New.name()).join(&name);
-            if let Some(stamp) = regular_file_stamp(&path)? {
-                found.push(Found {
-                    sub: Sub::New,
-                    name,
-                    stamp,
-                });
-            }
-        }
+    fn scan(
+        dir: PathBuf,
+        fds: MaildirFds,
+        lock: File,
+        sizes: &SizeCache,
+    ) -> Result<Self, OpenError> {
+        let mut found = move_new_to_cur(&fds, &dir)?;
+        list_sub(&fds, Sub::Cur, &dir, &mut found)?;
         // Delivery order: Maildir has no sequence, but the mtime is set at
         // delivery and renames keep it; the name breaks ties (Postfix and
         // Dovecot names start with the delivery time).
@@ -172,18 +174,19 @@ impl OpenMaildir {
         for f in found {
             let mut name = f.name;
             let mut uid = uid_for(base_of(name.as_bytes()));
+            let sub_fd = fds.of(f.sub);
             if base_of(name.as_bytes()).is_empty() || seen.contains(&uid) {
                 // RFC 1939 section 7: the unique-id "uniquely identifies a
                 // message within a maildrop". Dovecot renames such files too;
                 // the rename makes the fix stable for later sessions.
-                match rename_fresh(&dir, f.sub, &name) {
+                match rename_fresh(sub_fd, &name) {
                     Ok(fresh) => {
                         log::warn!(target: LOG_TARGET, "maildir {}: renamed {}/{} to {}/{}: its base name was empty or not unique",
-                            dir.display(),
+                            LogText::of(dir.as_os_str().as_bytes()),
                             f.sub.name(),
-                            name.to_string_lossy(),
+                            LogText::of(name.as_bytes()),
                             f.sub.name(),
-                            fresh.to_string_lossy()
+                            LogText::of(fresh.as_bytes())
                         );
                         name = fresh;
                         uid = uid_for(base_of(name.as_bytes()));
@@ -192,9 +195,9 @@ impl OpenMaildir {
                         // Hiding it for one session beats locking the user
                         // out or breaking UIDL for every message.
                         log::warn!(target: LOG_TARGET, "maildir {}: not listing {}/{}: its base name is empty or not unique, and renaming it failed: {e}",
-                            dir.display(),
+                            LogText::of(dir.as_os_str().as_bytes()),
                             f.sub.name(),
-                            name.to_string_lossy()
+                            LogText::of(name.as_bytes())
                         );
                         continue;
                     }
@@ -205,15 +208,21 @@ impl OpenMaildir {
                 Some(size) => size,
                 None => {
                     let path = dir.join(f.sub.name()).join(&name);
-                    match File::open(&path).and_then(wire_size_of) {
-                        Ok(size) => {
+                    let opened = open_message(sub_fd, &name).map_err(|e| at(e, "open", &path))?;
+                    match opened {
+                        Opened::File(file) => {
+                            let size = wire_size_of(file).map_err(|e| at(e, "read", &path))?;
                             sizes.put(f.stamp, size);
                             size
                         }
                         // Deleted or renamed by another agent since the
                         // listing: it shows up again at the next login.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(at(e, "read", &path).into()),
+                        Opened::Gone => continue,
+                        // Swapped since the listing looked at it.
+                        Opened::Other(kind) => {
+                            warn_not_a_message(&dir, f.sub, &name, kind, "skipping");
+                            continue;
+                        }
                     }
                 }
             };
@@ -227,15 +236,11 @@ impl OpenMaildir {
         }
         Ok(OpenMaildir {
             dir,
+            fds,
             entries,
             infos,
             _lock: lock,
         })
-    }
-
-    fn path_of(&self, index: usize) -> PathBuf {
-        let e = &self.entries[index];
-        self.dir.join(e.sub.name()).join(&e.name)
     }
 
     fn check_index(&self, index: usize) -> io::Result<()> {
@@ -252,22 +257,67 @@ impl OpenMaildir {
         }
     }
 
+    /// Opens the listed message `index` where it was last seen, looking
+    /// it up again by base name if it was renamed (flags changed) since.
+    fn open_entry(&mut self, index: usize) -> io::Result<File> {
+        if let Some(file) = self.try_open(index)? {
+            return Ok(file);
+        }
+        self.refresh_names()?;
+        self.try_open(index)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "message {} (base name {}) is no longer in {}",
+                    index + 1,
+                    LogText::of(&self.entries[index].base),
+                    LogText::of(self.dir.as_os_str().as_bytes())
+                ),
+            )
+        })
+    }
+
+    /// The message's file, `None` if it is gone; an error of kind
+    /// `InvalidData` if it is not a regular file any more.
+    fn try_open(&self, index: usize) -> io::Result<Option<File>> {
+        let e = &self.entries[index];
+        let opened = open_message(self.fds.of(e.sub), &e.name)
+            .map_err(|err| at(err, "open", &self.dir.join(e.sub.name()).join(&e.name)))?;
+        match opened {
+            Opened::File(file) => Ok(Some(file)),
+            Opened::Gone => Ok(None),
+            Opened::Other(kind) => {
+                warn_not_a_message(&self.dir, e.sub, &e.name, kind, "not serving");
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("message {} is {kind} now, not a regular file", index + 1),
+                ))
+            }
+        }
+    }
+
     /// Re-reads `cur/` and `new/` and updates every entry whose file was
     /// renamed. All at once: an IMAP client marking everything as read
     /// renames every file, and re-scanning per message would be quadratic.
+    /// Only regular files count: a link or a FIFO that takes a message's
+    /// base name is not it.
     fn refresh_names(&mut self) -> io::Result<()> {
         let mut by_base: HashMap<Vec<u8>, (Sub, OsString)> = HashMap::new();
         for sub in [Sub::Cur, Sub::New] {
+            let fd = self.fds.of(sub);
             let path = self.dir.join(sub.name());
-            for entry in std::fs::read_dir(&path).map_err(|e| at(e, "read directory", &path))? {
-                let name = entry
-                    .map_err(|e| at(e, "read directory", &path))?
-                    .file_name();
-                if name.as_bytes().starts_with(b".") {
-                    continue;
+            for (name, kind) in names_in(fd).map_err(|e| at(e, "read directory", &path))? {
+                let regular = match kind {
+                    FileType::RegularFile => true,
+                    FileType::Unknown => {
+                        matches!(look_at_quietly(fd, &name), Some(Seen::Message(_)))
+                    }
+                    _ => false,
+                };
+                if regular {
+                    let base = base_of(name.as_bytes()).to_vec();
+                    by_base.entry(base).or_insert((sub, name));
                 }
-                let base = base_of(name.as_bytes()).to_vec();
-                by_base.entry(base).or_insert((sub, name));
             }
         }
         for e in &mut self.entries {
@@ -280,6 +330,20 @@ impl OpenMaildir {
     }
 }
 
+/// [`fs::look_at`], errors taken as "not a message".
+fn look_at_quietly(dir: &rustix::fd::OwnedFd, name: &std::ffi::OsStr) -> Option<Seen> {
+    fs::look_at(dir, name).ok()
+}
+
+/// Logs a listed message that is no longer a regular file.
+fn warn_not_a_message(dir: &Path, sub: Sub, name: &std::ffi::OsStr, kind: &str, doing: &str) {
+    log::warn!(target: LOG_TARGET, "maildir {}: {doing} {}/{}: it is {kind} now, not a regular file",
+        LogText::of(dir.as_os_str().as_bytes()),
+        sub.name(),
+        LogText::of(name.as_bytes())
+    );
+}
+
 impl Maildrop for OpenMaildir {
     fn messages(&self) -> &[MessageInfo] {
         &self.infos
@@ -287,28 +351,17 @@ impl Maildrop for OpenMaildir {
 
     fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
         self.check_index(index)?;
-        let path = self.path_of(index);
-        match std::fs::read(&path) {
-            Ok(raw) => return Ok(to_wire(&raw)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(at(e, "read", &path)),
-        }
-        // Renamed (flags changed) since login, or gone.
-        self.refresh_names()?;
-        let path = self.path_of(index);
-        match std::fs::read(&path) {
-            Ok(raw) => Ok(to_wire(&raw)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "message {} (base name {}) is no longer in {}",
-                    index + 1,
-                    String::from_utf8_lossy(&self.entries[index].base),
-                    self.dir.display()
-                ),
-            )),
-            Err(e) => Err(at(e, "read", &path)),
-        }
+        let mut file = self.open_entry(index)?;
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw).map_err(|e| {
+            let entry = &self.entries[index];
+            at(
+                e,
+                "read",
+                &self.dir.join(entry.sub.name()).join(&entry.name),
+            )
+        })?;
+        Ok(to_wire(&raw))
     }
 
     fn read_if_cached(&mut self, index: usize) -> Option<Vec<u8>> {
@@ -319,7 +372,8 @@ impl Maildrop for OpenMaildir {
         if wire_size > IN_PLACE_MAX as u64 {
             return None;
         }
-        let file = File::open(self.path_of(index)).ok()?;
+        let entry = &self.entries[index];
+        let file = open_message_cached(self.fds.of(entry.sub), &entry.name)?;
         // A stored message is never longer than its wire form (LF counts
         // as CRLF there): one buffer of that size, plus the octet that
         // shows end of file, holds it unless the file changed since login
@@ -341,30 +395,36 @@ impl Maildrop for OpenMaildir {
         let mut refreshed = false;
         let mut touched = HashSet::new();
         for index in indices {
-            let mut path = self.path_of(index);
-            let mut result = std::fs::remove_file(&path);
-            if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) && !refreshed {
+            let mut result = self.unlink_entry(index);
+            if matches!(result, Ok(Unlinked::Gone | Unlinked::Other(_))) && !refreshed {
                 // Renamed by another agent? Look it up by base name, once.
                 refreshed = true;
                 if let Err(e) = self.refresh_names() {
                     first_error.get_or_insert(e);
                 }
-                path = self.path_of(index);
-                result = std::fs::remove_file(&path);
+                result = self.unlink_entry(index);
             }
+            let entry = &self.entries[index];
             match result {
-                Ok(()) => {
-                    touched.insert(self.entries[index].sub);
+                Ok(Unlinked::Removed) => {
+                    touched.insert(entry.sub);
                 }
                 // Already gone: deleted by another agent, which is what we
                 // wanted (RFC 1939 section 6 only forbids removing
                 // messages that were not marked).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(Unlinked::Gone) => {}
+                // The message that was marked is gone from its name too;
+                // what took its place is not ours to remove.
+                Ok(Unlinked::Other(kind)) => {
+                    warn_not_a_message(&self.dir, entry.sub, &entry.name, kind, "not deleting");
+                }
                 Err(e) => {
                     // Go on with the others: a partial QUIT is reported as
                     // "-ERR some deleted messages not removed".
-                    log::warn!(target: LOG_TARGET, "maildir: cannot delete {}: {e}", path.display());
-                    first_error.get_or_insert(at(e, "unlink", &path));
+                    let path = self.dir.join(entry.sub.name()).join(&entry.name);
+                    let e = at(e, "unlink", &path);
+                    log::warn!(target: LOG_TARGET, "maildir: cannot delete: {e}");
+                    first_error.get_or_insert(e);
                 }
             }
         }
@@ -372,9 +432,8 @@ impl Maildrop for OpenMaildir {
         // session says +OK).
         for sub in [Sub::Cur, Sub::New] {
             if touched.contains(&sub) {
-                let path = self.dir.join(sub.name());
-                if let Err(e) = File::open(&path).and_then(|d| d.sync_all()) {
-                    first_error.get_or_insert(at(e, "fsync", &path));
+                if let Err(e) = rustix::fs::fsync(self.fds.of(sub)) {
+                    first_error.get_or_insert(at(e.into(), "fsync", &self.dir.join(sub.name())));
                 }
             }
         }
@@ -383,6 +442,13 @@ impl Maildrop for OpenMaildir {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+}
+
+impl OpenMaildir {
+    fn unlink_entry(&self, index: usize) -> io::Result<Unlinked> {
+        let entry = &self.entries[index];
+        unlink_message(self.fds.of(entry.sub), &entry.name)
     }
 }
 
