@@ -16,7 +16,9 @@ use std::{
 use pop3::{
     auth::users_file::UsersFile,
     config::ServerConfig,
-    maildrop::{maildir::MaildirStore, Maildrop, MaildropStore, MessageInfo, OpenError},
+    maildrop::{
+        maildir::MaildirStore, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
+    },
     server::{Backends, Server},
     ApopSecret, Authenticator, NoGrant,
 };
@@ -378,7 +380,7 @@ async fn shutdown_cuts_a_client_that_stopped_reading() {
     drop(c);
 }
 
-/// A store whose maildrops count the messages they read.
+/// A store whose maildrops count the messages they open for reading.
 struct CountingStore {
     inner: MaildirStore,
     reads: Arc<AtomicUsize>,
@@ -403,13 +405,13 @@ impl Maildrop for CountingMaildrop {
         self.inner.messages()
     }
 
-    fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read(index)
+        self.inner.open(index)
     }
 
-    fn read_if_cached(&mut self, index: usize) -> Option<Vec<u8>> {
-        let read = self.inner.read_if_cached(index);
+    fn open_if_cached(&mut self, index: usize) -> Option<Box<dyn MessageReader>> {
+        let read = self.inner.open_if_cached(index);
         if read.is_some() {
             self.reads.fetch_add(1, Ordering::SeqCst);
         }
@@ -701,4 +703,52 @@ fn a_message_swapped_for_a_fifo_is_refused_without_stalling_anyone() {
     });
     drop(_unblock);
     server_runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
+/// Defect 3 of issue 10: a client that stops reading in the middle of a
+/// RETR held its session (and the whole message in memory) until the
+/// idle timeout. It is cut after `send_timeout` without read progress:
+/// its maildrop lock is released then, so the user can log in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let server = start(|c| c.send_timeout = Duration::from_millis(500)).await;
+    // Far more than the socket buffers of both ends hold.
+    let line = "y".repeat(999) + "\n";
+    let big = line.repeat(16_000);
+    fs::write(server.mail.join("alice/cur/1700000001.M2P1.test:2,"), &big).unwrap();
+    let (mut stalled, _) = Client::connect(server.addr).await;
+    stalled.send("USER alice\r\nPASS pw-a\r\nRETR 2\r\n").await;
+
+    // Until the stalled session is cut, alice's maildrop is in use.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (mut again, _) = Client::connect(server.addr).await;
+        again.send("USER alice\r\nPASS pw-a\r\n").await;
+        again.line().await;
+        let reply = again.line().await;
+        if reply.starts_with("+OK alice has 2 messages") {
+            break;
+        }
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+        assert!(
+            Instant::now() < deadline,
+            "the client that reads nothing still holds its session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the cut session had sent ends early, without the final dot.
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled.read, &mut received),
+    )
+    .await
+    .expect("the cut connection ends")
+    .expect("reading what was sent");
+    assert!(
+        received.len() < big.len(),
+        "{} octets of {} arrived",
+        received.len(),
+        big.len()
+    );
 }

@@ -4,7 +4,7 @@
 //! Whoever can write a Maildir (its owner, a delivery agent gone wrong)
 //! must not reach a file outside it through the daemon, which runs as root.
 
-use super::tests::{names, put, store, uids};
+use super::tests::{names, put, read, store, uids};
 use super::*;
 use crate::log_text::LogText;
 use log::{Level, Log, Metadata, Record};
@@ -149,10 +149,6 @@ fn mknull(path: &Path) {
     .unwrap_or_else(|e| panic!("mknod {} (the tests run as root): {e}", path.display()));
 }
 
-fn read_message(md: &mut dyn Maildrop, index: usize) -> io::Result<Vec<u8>> {
-    md.read(index)
-}
-
 #[test]
 fn symlinked_messages_are_skipped_with_a_warning_and_never_unlinked_through() {
     let (_tmp, store) = store();
@@ -170,7 +166,7 @@ fn symlinked_messages_are_skipped_with_a_warning_and_never_unlinked_through() {
         assert_eq!(about.len(), 1, "one warning for {entry}: {lines:?}");
         assert!(about[0].contains(&dir.display().to_string()), "{about:?}");
     }
-    assert_eq!(read_message(&mut *md, 0).unwrap(), b"one\r\n");
+    assert_eq!(read(&mut *md, 0).unwrap(), b"one\r\n");
     md.commit(&[0]).unwrap();
     assert_eq!(fs::read(&secret).unwrap(), b"root:only\n");
     // The links stay where they were: not moved, not followed.
@@ -273,11 +269,7 @@ fn a_message_swapped_for_a_fifo_or_device_after_login_is_refused_and_not_unlinke
 
     let (md, reads, lines) = without_hanging("reading the swapped messages", move || {
         let mut md = md;
-        let (reads, lines) = logged(|| {
-            (0..3)
-                .map(|i| read_message(&mut *md, i))
-                .collect::<Vec<_>>()
-        });
+        let (reads, lines) = logged(|| (0..3).map(|i| read(&mut *md, i)).collect::<Vec<_>>());
         (md, reads, lines)
     });
     assert!(reads[0].is_err(), "a FIFO was served: {:?}", reads[0]);

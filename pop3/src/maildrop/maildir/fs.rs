@@ -1,6 +1,6 @@
 //! The file-system calls on a Maildir: creating it, the session lock,
-//! moving new mail to `cur/`, listing, opening, renaming and unlinking
-//! messages.
+//! moving new mail to `cur/`, listing, opening, reading (without waiting
+//! for the disk where it can), renaming and unlinking messages.
 //!
 //! Nothing here follows a symbolic link or waits on a file that is not a
 //! regular one. The Maildir and its `cur/`, `new/` and `tmp/` are opened
@@ -19,7 +19,7 @@ use super::names::{cur_name, fresh_name};
 use super::size_cache::FileStamp;
 use super::{Sub, LOCK_FILE, LOG_TARGET};
 use crate::log_text::LogText;
-use crate::maildrop::OpenError;
+use crate::maildrop::{MessageReader, OpenError};
 use rustix::fd::OwnedFd;
 use rustix::fs::{
     fchown, flock, fstat, mkdirat, openat, openat2, renameat, statat, unlinkat, AtFlags, Dir,
@@ -28,8 +28,9 @@ use rustix::fs::{
 use rustix::io::{preadv2, Errno, ReadWriteFlags};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSliceMut, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// A file found while listing, before it becomes a listed message.
@@ -386,37 +387,39 @@ pub(super) fn unlink_message(dir: &OwnedFd, name: &OsStr) -> io::Result<Unlinked
     }
 }
 
-/// The whole file, read with RWF_NOWAIT (preadv2(2)): only what is in the
-/// page cache. `None` if any part would need the disk (EAGAIN), or the file
-/// system cannot tell (EOPNOTSUPP), or anything else went wrong: the caller
-/// falls back to an ordinary read, which also reports errors. A short read
-/// is not the end under RWF_NOWAIT (the rest may be uncached): only a read
-/// of 0 octets is.
-/// `None` too if the file holds more than `limit` octets.
-///
-/// The buffer is zeroed first, as the safe call wants initialised memory:
-/// one more pass over at most `limit` octets, beside the kernel's copy and
-/// the CRLF conversion that follows.
-pub(super) fn read_to_end_nowait(file: &File, capacity: usize, limit: usize) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; capacity.min(limit + 1)];
-    let mut filled = 0;
-    loop {
-        if filled > limit {
-            return None;
-        }
-        if filled == buf.len() {
-            // Grown as `Vec::reserve(8192)` grows a full vector.
-            buf.resize((2 * filled).max(filled + 8192), 0);
-        }
-        let mut iov = [IoSliceMut::new(&mut buf[filled..])];
-        match preadv2(file, &mut iov, filled as u64, ReadWriteFlags::NOWAIT) {
-            Ok(0) => {
-                buf.truncate(filled);
-                return Some(buf);
-            }
-            Ok(n) => filled += n,
-            Err(_) => return None,
-        }
+/// A message being read: positioned reads (pread), so that the reads in
+/// place (RWF_NOWAIT) and on the blocking pool take turns on one offset.
+pub(super) struct MessageFile {
+    file: File,
+    offset: u64,
+}
+
+impl MessageFile {
+    pub(super) fn new(file: File) -> Self {
+        Self { file, offset: 0 }
+    }
+}
+
+impl Read for MessageFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+impl MessageReader for MessageFile {
+    /// preadv2(2) with RWF_NOWAIT: only what is in the page cache. `None`
+    /// if the next octets would need the disk (EAGAIN), or the file system
+    /// cannot tell (EOPNOTSUPP), or anything else went wrong: the caller
+    /// falls back to an ordinary read, which also reports errors. A short
+    /// read is not the end under RWF_NOWAIT (the rest may be uncached):
+    /// only a read of 0 octets is.
+    fn read_if_cached(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let n = preadv2(&self.file, &mut iov, self.offset, ReadWriteFlags::NOWAIT).ok()?;
+        self.offset += n as u64;
+        Some(n)
     }
 }
 

@@ -24,7 +24,7 @@ mod fs;
 mod names;
 mod size_cache;
 
-use super::{to_wire, wire_size_of, Maildrop, MaildropStore, MessageInfo, OpenError};
+use super::{wire_size_of, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError};
 
 /// The log target of this module's lines, the same in every file of it
 /// (operators' log filters match it).
@@ -32,8 +32,8 @@ const LOG_TARGET: &str = "pop3::maildrop::maildir";
 use crate::log_text::LogText;
 use fs::{
     at, list_sub, lock_maildir, move_new_to_cur, names_in, open_maildir, open_message,
-    open_message_cached, read_to_end_nowait, rename_fresh, unlink_message, MaildirFds, Opened,
-    Seen, Unlinked,
+    open_message_cached, rename_fresh, unlink_message, MaildirFds, MessageFile, Opened, Seen,
+    Unlinked,
 };
 use names::{base_of, uid_for, virtual_size};
 use rustix::fs::FileType;
@@ -41,7 +41,7 @@ use size_cache::SizeCache;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,9 +60,6 @@ pub struct MaildirStore {
     root: PathBuf,
     sizes: Arc<SizeCache>,
 }
-
-/// Messages up to this size (on the wire) are read in place when cached.
-const IN_PLACE_MAX: usize = 256 * 1024;
 
 impl MaildirStore {
     /// A store for the Maildirs under `root`. `root` itself must exist: a
@@ -349,37 +346,16 @@ impl Maildrop for OpenMaildir {
         &self.infos
     }
 
-    fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
         self.check_index(index)?;
-        let mut file = self.open_entry(index)?;
-        let mut raw = Vec::new();
-        file.read_to_end(&mut raw).map_err(|e| {
-            let entry = &self.entries[index];
-            at(
-                e,
-                "read",
-                &self.dir.join(entry.sub.name()).join(&entry.name),
-            )
-        })?;
-        Ok(to_wire(&raw))
+        let file = self.open_entry(index)?;
+        Ok(Box::new(MessageFile::new(file)))
     }
 
-    fn read_if_cached(&mut self, index: usize) -> Option<Vec<u8>> {
-        let wire_size = self.infos.get(index)?.size;
-        // Larger messages go off the async threads even when cached: the
-        // copy and the line-end conversion would hold up the other
-        // sessions of this worker.
-        if wire_size > IN_PLACE_MAX as u64 {
-            return None;
-        }
-        let entry = &self.entries[index];
+    fn open_if_cached(&mut self, index: usize) -> Option<Box<dyn MessageReader>> {
+        let entry = self.entries.get(index)?;
         let file = open_message_cached(self.fds.of(entry.sub), &entry.name)?;
-        // A stored message is never longer than its wire form (LF counts
-        // as CRLF there): one buffer of that size, plus the octet that
-        // shows end of file, holds it unless the file changed since login
-        // (or its name's W= size lies, which the limit also catches).
-        let raw = read_to_end_nowait(&file, wire_size as usize + 1, IN_PLACE_MAX)?;
-        Some(to_wire(&raw))
+        Some(Box::new(MessageFile::new(file)))
     }
 
     fn commit(mut self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
@@ -457,6 +433,7 @@ mod tests {
     use super::*;
     use crate::maildrop::is_valid_uid;
     use std::fs;
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, UNIX_EPOCH};
     use tempfile::TempDir;
@@ -499,6 +476,18 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// The message as stored, read whole through the blocking calls.
+    pub(super) fn stored(md: &mut dyn Maildrop, index: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        md.open(index)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// The message in its wire form (CRLF line ends), as LIST counts it.
+    pub(super) fn read(md: &mut dyn Maildrop, index: usize) -> io::Result<Vec<u8>> {
+        stored(md, index).map(|bytes| crate::maildrop::to_wire(&bytes))
     }
 
     pub(super) fn uids(md: &dyn Maildrop) -> Vec<String> {
@@ -563,57 +552,50 @@ mod tests {
     }
 
     #[test]
-    fn read_if_cached_gives_what_read_gives() {
+    fn in_place_opens_and_reads_give_what_the_blocking_ones_give() {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"Subject: x\n\n.line\nlast", 1);
-        // Longer than the first guess at the buffer would be if sizes
-        // were wrong, and with a line end split across reads.
+        // More than one read's worth, with a line end split across reads.
         let long = "y".repeat(70_000) + "\n";
         put(&store, "u", "cur", "2:2,", long.as_bytes(), 2);
         let mut md = store.open("u").unwrap();
         for index in 0..2 {
-            let read = md.read(index).unwrap();
-            // Just read, so in the page cache; ext4, xfs, btrfs and tmpfs
-            // answer RWF_NOWAIT.
-            let cached = md.read_if_cached(index).expect("a cached read");
-            assert_eq!(cached, read);
-            assert_eq!(cached.len() as u64, md.messages()[index].size);
+            let blocking = stored(&mut *md, index).unwrap();
+            // Just read, so in the caches; ext4, xfs, btrfs and tmpfs
+            // answer RESOLVE_CACHED and RWF_NOWAIT.
+            let mut reader = md.open_if_cached(index).expect("an open in place");
+            let mut in_place = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = reader.read_if_cached(&mut buf).expect("a read in place");
+                if n == 0 {
+                    break;
+                }
+                in_place.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(in_place, blocking, "index {index}");
         }
-        assert!(md.read_if_cached(2).is_none(), "no such index");
+        assert!(md.open_if_cached(2).is_none(), "no such index");
         fs::remove_file(store.root().join("u/cur/1:2,")).unwrap();
-        assert!(md.read_if_cached(0).is_none(), "gone: read reports it");
-        assert_eq!(md.read(0).unwrap_err().kind(), io::ErrorKind::NotFound);
-        drop(md);
-
-        // Over the in-place limit: read off the async threads instead.
-        let huge = "z".repeat(IN_PLACE_MAX + 1);
-        put(&store, "u", "cur", "3:2,", huge.as_bytes(), 3);
-        // Names whose W= size lies (far too large, far too small).
-        put(&store, "u", "cur", "4,W=999999999999999:2,", b"a\n", 4);
-        put(&store, "u", "cur", "5,W=2:2,", huge.as_bytes(), 5);
-        let mut md = store.open("u").unwrap();
-        let names: Vec<&str> = md.messages().iter().map(|m| m.uid.as_str()).collect();
+        assert!(md.open_if_cached(0).is_none(), "gone: open reports it");
         assert_eq!(
-            names,
-            ["2:2,", "3", "4,W=999999999999999", "5,W=2"].map(|n| n.split(':').next().unwrap())
+            md.open(0).err().expect("gone").kind(),
+            io::ErrorKind::NotFound
         );
-        for index in 1..4 {
-            md.read(index).unwrap();
-            assert!(md.read_if_cached(index).is_none(), "index {index}");
-        }
     }
 
     #[test]
-    fn read_gives_crlf_wire_bytes() {
+    fn open_gives_the_stored_bytes_and_sizes_count_crlf() {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"Subject: x\n\n.line\nlast", 1);
         put(&store, "u", "cur", "2,W=7:2,", b"a\r\nb\r\n", 2);
         let mut md = store.open("u").unwrap();
-        let wire = md.read(0).unwrap();
+        assert_eq!(stored(&mut *md, 0).unwrap(), b"Subject: x\n\n.line\nlast");
+        let wire = read(&mut *md, 0).unwrap();
         assert_eq!(wire, b"Subject: x\r\n\r\n.line\r\nlast\r\n");
         assert_eq!(wire.len() as u64, md.messages()[0].size);
-        assert_eq!(md.read(1).unwrap(), b"a\r\nb\r\n");
-        let e = md.read(2).unwrap_err();
+        assert_eq!(read(&mut *md, 1).unwrap(), b"a\r\nb\r\n");
+        let e = md.open(2).err().expect("no message 3");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
@@ -637,8 +619,8 @@ mod tests {
         assert!(names(&store, "u", "cur")
             .iter()
             .any(|n| n.ends_with(":2,RS")));
-        assert_eq!(md.read(1).unwrap(), b"second\r\n");
-        assert_eq!(md.read(2).unwrap(), b"nameless\r\n");
+        assert_eq!(read(&mut *md, 1).unwrap(), b"second\r\n");
+        assert_eq!(read(&mut *md, 2).unwrap(), b"nameless\r\n");
         md.commit(&[]).unwrap();
         // Stable from now on.
         assert_eq!(uids(&*store.open("u").unwrap()), got);
@@ -685,7 +667,7 @@ mod tests {
         // An IMAP client marks both as seen during the session.
         fs::rename(cur.join("1:2,"), cur.join("1:2,S")).unwrap();
         fs::rename(cur.join("2:2,"), cur.join("2:2,S")).unwrap();
-        assert_eq!(md.read(0).unwrap(), b"one\r\n");
+        assert_eq!(read(&mut *md, 0).unwrap(), b"one\r\n");
         fs::rename(cur.join("2:2,S"), cur.join("2:2,FS")).unwrap();
         md.commit(&[1]).unwrap();
         assert_eq!(names(&store, "u", "cur"), ["1:2,S"]);
@@ -698,8 +680,11 @@ mod tests {
         put(&store, "u", "cur", "2:2,", b"two\n", 2);
         let mut md = store.open("u").unwrap();
         fs::remove_file(store.root().join("u/cur/1:2,")).unwrap();
-        assert_eq!(md.read(0).unwrap_err().kind(), io::ErrorKind::NotFound);
-        assert_eq!(md.read(1).unwrap(), b"two\r\n");
+        assert_eq!(
+            read(&mut *md, 0).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(read(&mut *md, 1).unwrap(), b"two\r\n");
         md.commit(&[0, 1]).unwrap();
         assert!(names(&store, "u", "cur").is_empty());
     }
@@ -727,7 +712,7 @@ mod tests {
             let mut md = store.open("u").unwrap();
             fs::set_permissions(&cur, fs::Permissions::from_mode(0o700)).unwrap();
             assert_eq!(uids(&*md), ["1"]);
-            assert_eq!(md.read(0).unwrap(), b"one\r\n");
+            assert_eq!(read(&mut *md, 0).unwrap(), b"one\r\n");
             md.commit(&[0]).unwrap();
             assert!(names(&store, "u", "new").is_empty());
         });
