@@ -81,7 +81,10 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
     /// sessions finish within the grace period and cuts the rest (a cut
     /// session never enters UPDATE, so it deletes nothing; a QUIT already
-    /// applying its deletions runs to its end on the blocking pool).
+    /// applying its deletions runs to its end on the blocking pool and
+    /// still answers). A session in a file operation that does not end (a
+    /// file system that hangs) is waited for as long again, then left
+    /// behind: it cannot hold the shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let limit = self.live.connections();
         let per_ip = Arc::new(PerIpCount::default());
@@ -127,7 +130,18 @@ impl Server {
                 tracker.len()
             );
             hard_stop.cancel();
-            tracker.wait().await;
+            // A session in a file operation (on the blocking pool) ends
+            // when the operation does; one the file system never answers
+            // is left behind after as long again.
+            if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "shutting down without {} session(s) still waiting for the file system",
+                    tracker.len()
+                );
+            }
         }
     }
 }
@@ -254,14 +268,7 @@ async fn serve_connection(
         // Answer every complete line that has arrived, in order
         // (RFC 2449 PIPELINING), then send the replies in one write.
         while let Some(line) = lines.next_line() {
-            // A command waiting on a file (in the blocking pool) is cut
-            // too when the grace is over; whatever file work it started
-            // ends on its own thread.
-            let flow = tokio::select! {
-                flow = session.handle(line, &mut out) => flow,
-                _ = stop.cancelled() => return Ok(()),
-            };
-            match flow {
+            match session.handle(line, &mut out).await {
                 Flow::Continue => out.make_room().await?,
                 Flow::Close => {
                     out.send().await?;
@@ -340,6 +347,8 @@ impl Replies<'_> {
             return Ok(());
         }
         let result = tokio::select! {
+            // A reply that can go out does, even once the grace is over.
+            biased;
             r = write_with_progress(&mut self.stream, self.buffer.as_bytes(), self.send_timeout) => r,
             _ = self.stop.cancelled() => {
                 Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"))

@@ -8,7 +8,7 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc, Condvar, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -750,5 +750,187 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         "{} octets of {} arrived",
         received.len(),
         big.len()
+    );
+}
+
+/// A file operation that does not end until the test lets it: a file
+/// system that does not answer (a hung NFS server, a FUSE daemon). Counts
+/// the operations that began waiting.
+#[derive(Default)]
+struct Hold {
+    released: Mutex<bool>,
+    wake: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Hold {
+    fn wait(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.wake.wait(released).unwrap();
+        }
+    }
+
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.wake.notify_all();
+    }
+
+    /// Until an operation waits on it (at most 20 s).
+    async fn until_waited_on(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.waiting.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no operation reached the hold");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Releases the hold when the test ends, however it ends, so that the
+/// blocked thread (and the test's runtime) can finish.
+struct ReleaseOnDrop(Arc<Hold>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A store whose maildrop for `user` hangs on `hold`: opening it when
+/// `at_open`, else applying its deletions (QUIT).
+struct HangingStore {
+    inner: MaildirStore,
+    user: &'static str,
+    at_open: bool,
+    hold: Arc<Hold>,
+}
+
+impl MaildropStore for HangingStore {
+    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+        if user != self.user {
+            return self.inner.open(user);
+        }
+        if self.at_open {
+            self.hold.wait();
+        }
+        Ok(Box::new(HangingCommit {
+            inner: self.inner.open(user)?,
+            hold: Arc::clone(&self.hold),
+        }))
+    }
+}
+
+struct HangingCommit {
+    inner: Box<dyn Maildrop>,
+    hold: Arc<Hold>,
+}
+
+impl Maildrop for HangingCommit {
+    fn messages(&self) -> &[MessageInfo] {
+        self.inner.messages()
+    }
+
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
+        self.inner.open(index)
+    }
+
+    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+        self.hold.wait();
+        self.inner.commit(deleted)
+    }
+}
+
+/// Nothing a maildrop's file system does can stall the server: while
+/// alice's login waits on a file system that never answers, bob is
+/// served, and the shutdown ends (alice's session left behind after the
+/// grace and as long again). The old code ran the open in block_in_place,
+/// where the shutdown waited for it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_that_never_answers_stalls_neither_others_nor_the_shutdown() {
+    let hold = Arc::new(Hold::default());
+    let held = Arc::clone(&hold);
+    let server = start_with(
+        |c| c.shutdown_grace = Duration::from_millis(300),
+        move |inner| {
+            Arc::new(HangingStore {
+                inner,
+                user: "alice",
+                at_open: true,
+                hold: held,
+            })
+        },
+    )
+    .await;
+    let _release = ReleaseOnDrop(Arc::clone(&hold));
+    let (mut alice, _) = Client::connect(server.addr).await;
+    alice.send("USER alice\r\n").await;
+    assert_eq!(alice.line().await, "+OK send PASS\r\n");
+    alice.send("PASS pw-a\r\n").await;
+    hold.until_waited_on().await;
+
+    let (mut bob, _) = Client::connect(server.addr).await;
+    bob.send("USER bob\r\nPASS pw-b\r\nSTAT\r\n").await;
+    assert_eq!(bob.line().await, "+OK send PASS\r\n");
+    assert!(bob.line().await.starts_with("+OK bob has 1 messages"));
+    assert_eq!(bob.line().await, "+OK 1 20\r\n");
+
+    server.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), server.done)
+        .await
+        .expect("the server shuts down while alice's file system hangs")
+        .unwrap();
+}
+
+/// A QUIT whose deletions take longer than what is left of the shutdown
+/// grace still applies them all and answers: the UPDATE state is not cut
+/// in the middle, and the reply goes out once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quit_applying_its_deletions_when_the_grace_ends_still_answers() {
+    let hold = Arc::new(Hold::default());
+    let held = Arc::clone(&hold);
+    let server = start_with(
+        |c| c.shutdown_grace = Duration::from_millis(300),
+        move |inner| {
+            Arc::new(HangingStore {
+                inner,
+                user: "bob",
+                at_open: false,
+                hold: held,
+            })
+        },
+    )
+    .await;
+    let _release = ReleaseOnDrop(Arc::clone(&hold));
+    let (mut idle, _) = Client::connect(server.addr).await;
+    idle.send("USER alice\r\nPASS pw-a\r\n").await;
+    idle.line().await;
+    idle.line().await;
+    let (mut quitter, _) = Client::connect(server.addr).await;
+    quitter.send("USER bob\r\nPASS pw-b\r\nDELE 1\r\n").await;
+    for _ in 0..3 {
+        quitter.line().await;
+    }
+    quitter.send("QUIT\r\n").await;
+    hold.until_waited_on().await;
+    server.shutdown.cancel();
+    // The grace is over when the idle session is cut.
+    assert_eq!(
+        idle.line().await,
+        "-ERR [SYS/TEMP] server shutting down\r\n"
+    );
+    hold.release();
+    assert!(
+        quitter.line().await.contains("1 messages deleted"),
+        "the QUIT was cut"
+    );
+    tokio::time::timeout(Duration::from_secs(20), server.done)
+        .await
+        .expect("the server shuts down")
+        .unwrap();
+    assert_eq!(
+        messages_in(&server.mail, "bob"),
+        0,
+        "QUIT applied its deletion"
     );
 }

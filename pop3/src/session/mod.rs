@@ -240,11 +240,11 @@ async fn off_runtime<T: Send + 'static>(
 
 /// Runs file work on the blocking pool, never on an async worker thread.
 /// A file operation may wait for the disk, or for good on a file system
-/// that hangs; `block_in_place` would hold the session's task (and a
-/// worker) in it, out of reach of the shutdown. Here the session only
-/// awaits the work, so the server can still cut it; the work itself runs
-/// to its end on its own thread, so a QUIT's deletions are never cut in
-/// half.
+/// that hangs; `block_in_place` would hold a worker thread in it, and the
+/// server's shutdown could not leave the session behind. Here the session
+/// only awaits the work; the work runs to its end on its own thread, even
+/// if the session is dropped meanwhile, so a QUIT's deletions are never
+/// cut in half.
 async fn on_blocking_pool<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
