@@ -32,6 +32,9 @@ pub struct PinDirArg {
     pub pin_dir: PathBuf,
 }
 
+// Parsed once per run: the size of `Serve` (every flag of the daemon)
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Attach the gate to an interface (or update its settings if attached)
@@ -253,6 +256,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]
     pub idle_timeout: Option<Duration>,
+    /// Cut a client that reads nothing of a reply this long (at least 1s). Default 60s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub send_timeout: Option<Duration>,
     /// Connections served at once; more are refused with -ERR [SYS/TEMP]. Default 1024.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,

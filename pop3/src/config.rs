@@ -23,6 +23,11 @@ pub struct ServerConfig {
     /// minutes' duration." Default and least: 10 minutes.
     #[serde(with = "duration::text")]
     pub idle_timeout: Duration,
+    /// A client that reads nothing of a reply for this long is cut (a
+    /// client that reads slowly is not: any progress starts it again).
+    /// Default 60 s, at least 1 s.
+    #[serde(with = "duration::text")]
+    pub send_timeout: Duration,
     /// Connections served at once; more are answered `-ERR [SYS/TEMP]`.
     pub max_connections: usize,
     /// Connections from one address at once: one host cannot take every
@@ -48,12 +53,17 @@ pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// open-file limit is far lower in practice).
 pub const MAX_CONNECTIONS: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
+/// Below this, a client on a slow or lossy link (a retransmission takes a
+/// second or more) would be cut while it is still reading.
+pub const MIN_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 110))],
             hostname: system_host_name().to_string(),
             idle_timeout: MIN_IDLE_TIMEOUT,
+            send_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_connections_per_ip: 50,
             login_failure_delay: Duration::from_secs(2),
@@ -105,6 +115,9 @@ impl ServerConfig {
         }
         if self.idle_timeout < MIN_IDLE_TIMEOUT {
             return bad("idle_timeout", "RFC 1939 requires at least 10 minutes");
+        }
+        if self.send_timeout < MIN_SEND_TIMEOUT {
+            return bad("send_timeout", "must be at least 1s");
         }
         for (key, value) in [
             ("max_connections", self.max_connections),
@@ -176,6 +189,10 @@ mod tests {
         assert_eq!(
             key(with(|c| c.idle_timeout = Duration::from_secs(599))),
             "idle_timeout"
+        );
+        assert_eq!(
+            key(with(|c| c.send_timeout = Duration::from_millis(999))),
+            "send_timeout"
         );
         assert_eq!(key(with(|c| c.hostname = "a b".into())), "hostname");
         let spaced = with(|c| c.hostname = "a b".into()).check().unwrap_err();

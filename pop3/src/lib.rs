@@ -5,10 +5,12 @@
 //!
 //! Layout: `command` parses bytes into commands (no I/O), `framing` cuts the
 //! byte stream into lines, `reply` writes responses (CRLF, dot-stuffing),
-//! `session` is the state machine, `server` the tokio service; `auth` and
-//! `maildrop` are what the session works on.
+//! `body` turns a message read in chunks into a response body, `session`
+//! is the state machine, `server` the tokio service; `auth` and `maildrop`
+//! are what the session works on.
 
 pub mod auth;
+pub mod body;
 pub mod command;
 pub mod config;
 pub mod duration;

@@ -1,7 +1,41 @@
 //! Writing responses: status lines with RFC 3206 response codes, and
-//! multi-line responses with dot-stuffing and CRLF, all in one place.
+//! multi-line responses with dot-stuffing and CRLF, all in one place
+//! (message bodies, which come in chunks, through `body::BodyEncoder`);
+//! and where they go while a long one is written ([`ReplySink`]).
 
 use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+
+/// Pending replies are sent once this much is buffered, even inside a
+/// pipelined batch or a long message: a client that pipelines RETRs, or
+/// stops reading in the middle of one, holds up its session, not the
+/// server's memory.
+pub const FLUSH_AT: usize = 64 * 1024;
+
+/// Where a session's replies go while it works: the buffer it writes to,
+/// and a way to make room in it during a reply too long to buffer whole.
+pub trait ReplySink: Send {
+    fn buffer(&mut self) -> &mut ReplyBuffer;
+
+    /// Called as a long reply grows. The server sends what is pending once
+    /// [`FLUSH_AT`] octets are, waiting for the client to read; an error
+    /// means the connection is lost (the client stopped reading for too
+    /// long, or the server is shutting down), and the session ends.
+    fn make_room(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// A bare buffer keeps everything (the session's tests read the whole
+/// transcript from it).
+impl ReplySink for ReplyBuffer {
+    fn buffer(&mut self) -> &mut ReplyBuffer {
+        self
+    }
+
+    async fn make_room(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// RFC 3206 response codes (and RFC 2449's IN-USE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,34 +103,10 @@ impl ReplyBuffer {
         self.bytes.extend_from_slice(b".\r\n");
     }
 
-    /// `+OK text`, then `body` (CRLF lines as read from the maildrop),
-    /// dot-stuffed, then the terminating dot.
-    ///
-    /// RFC 1939 section 3: "If any line of the multi-line response begins
-    /// with the termination octet, the line is 'byte-stuffed' by
-    /// pre-pending the termination octet to that line of the response."
-    pub fn ok_body(&mut self, text: &str, body: &[u8]) {
-        self.ok(text);
-        self.bytes.reserve(body.len() + body.len() / 64 + 3);
-        let mut rest = body;
-        while !rest.is_empty() {
-            let end = rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |i| i + 1);
-            let (line, tail) = rest.split_at(end);
-            if line.first() == Some(&b'.') {
-                self.bytes.push(b'.');
-            }
-            self.bytes.extend_from_slice(line);
-            rest = tail;
-        }
-        // The maildrop hands out CRLF-terminated lines; a body that does
-        // not end in one would glue the dot to its last line.
-        if !body.is_empty() && !body.ends_with(b"\r\n") {
-            self.bytes.extend_from_slice(b"\r\n");
-        }
-        self.bytes.extend_from_slice(b".\r\n");
+    /// The bytes so far, to append a message body to
+    /// (`body::BodyEncoder` writes the wire form there).
+    pub(crate) fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
     }
 
     fn stuffed_line(&mut self, line: &[u8]) {
@@ -131,31 +141,6 @@ pub fn pair(a: impl std::fmt::Display, b: impl std::fmt::Display) -> String {
     s
 }
 
-/// The part of a message TOP sends: the header, the blank line, and the
-/// first `lines` lines of the body. RFC 1939 section 7: "the server sends
-/// the headers of the message, the blank line separating the headers from
-/// the body, and then the number of lines of the indicated message's body".
-pub fn top_of(message: &[u8], lines: u32) -> &[u8] {
-    let header_end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    let Some(mut end) = header_end else {
-        // No blank line: the whole message is header.
-        return message;
-    };
-    for _ in 0..lines {
-        if end >= message.len() {
-            break;
-        }
-        end = message[end..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(message.len(), |i| end + i + 1);
-    }
-    &message[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,35 +159,9 @@ mod tests {
     }
 
     #[test]
-    fn bodies_are_dot_stuffed_and_terminated() {
-        let mut r = ReplyBuffer::new();
-        r.ok_body("3 octets", b"Subject: x\r\n\r\n.hidden\r\n..two\r\nend\r\n");
-        assert_eq!(
-            r.as_bytes(),
-            b"+OK 3 octets\r\nSubject: x\r\n\r\n..hidden\r\n...two\r\nend\r\n.\r\n".as_slice()
-        );
-        let mut r = ReplyBuffer::new();
-        r.ok_body("x", b"no newline");
-        assert_eq!(r.as_bytes(), b"+OK x\r\nno newline\r\n.\r\n");
-        let mut r = ReplyBuffer::new();
-        r.ok_body("empty", b"");
-        assert_eq!(r.as_bytes(), b"+OK empty\r\n.\r\n");
-    }
-
-    #[test]
     fn listing_lines() {
         let mut r = ReplyBuffer::new();
         r.ok_lines("2 messages", ["1 120", "2 200"]);
         assert_eq!(r.as_bytes(), b"+OK 2 messages\r\n1 120\r\n2 200\r\n.\r\n");
-    }
-
-    #[test]
-    fn top_cuts_after_header_and_n_lines() {
-        let m = b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\nl3\r\n";
-        assert_eq!(top_of(m, 0), b"A: 1\r\nB: 2\r\n\r\n");
-        assert_eq!(top_of(m, 1), b"A: 1\r\nB: 2\r\n\r\nl1\r\n");
-        assert_eq!(top_of(m, 3), m.as_slice());
-        assert_eq!(top_of(m, 100), m.as_slice());
-        assert_eq!(top_of(b"A: 1\r\nB: 2\r\n", 5), b"A: 1\r\nB: 2\r\n");
     }
 }

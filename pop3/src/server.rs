@@ -12,7 +12,7 @@ use std::{
 use log::{debug, info, warn};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{tcp::WriteHalf, TcpListener, TcpSocket, TcpStream},
     sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -24,7 +24,7 @@ use crate::{
     framing::LineBuffer,
     live_config::LiveConfig,
     normalize_addr,
-    reply::{ReplyBuffer, RespCode},
+    reply::{ReplyBuffer, ReplySink, RespCode, FLUSH_AT},
     session::{Flow, Session, SessionContext},
     Authenticator, GrantSink,
 };
@@ -44,10 +44,6 @@ pub struct Server {
 }
 
 const READ_CHUNK: usize = 4096;
-/// Replies are sent once this much is pending, even inside a pipelined
-/// batch: a client that pipelines RETRs and never reads must not make the
-/// server hold all the messages at once.
-const FLUSH_AT: usize = 64 * 1024;
 
 impl Server {
     /// Binds every listen address; fails naming the one that cannot be had.
@@ -85,7 +81,10 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
     /// sessions finish within the grace period and cuts the rest (a cut
     /// session never enters UPDATE, so it deletes nothing; a QUIT already
-    /// applying its deletions runs to its end on the blocking pool).
+    /// applying its deletions runs to its end on the blocking pool and
+    /// still answers). A session in a file operation that does not end (a
+    /// file system that hangs) is waited for as long again, then left
+    /// behind: it cannot hold the shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let limit = self.live.connections();
         let per_ip = Arc::new(PerIpCount::default());
@@ -131,7 +130,18 @@ impl Server {
                 tracker.len()
             );
             hard_stop.cancel();
-            tracker.wait().await;
+            // A session in a file operation (on the blocking pool) ends
+            // when the operation does; one the file system never answers
+            // is left behind after as long again.
+            if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "shutting down without {} session(s) still waiting for the file system",
+                    tracker.len()
+                );
+            }
         }
     }
 }
@@ -243,8 +253,15 @@ async fn serve_connection(
         max_login_failures: config.max_login_failures,
     };
     let mut session = Session::new(ctx, shared.timestamps.next());
-    let mut out = ReplyBuffer::new();
-    session.greeting(&mut out);
+    let (mut reader, writer) = stream.split();
+    let mut out = Replies {
+        stream: writer,
+        buffer: ReplyBuffer::new(),
+        send_timeout: config.send_timeout,
+        stop,
+        lost: None,
+    };
+    session.greeting(&mut out.buffer);
     let mut lines = LineBuffer::new();
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
@@ -252,13 +269,9 @@ async fn serve_connection(
         // (RFC 2449 PIPELINING), then send the replies in one write.
         while let Some(line) = lines.next_line() {
             match session.handle(line, &mut out).await {
-                Flow::Continue => {
-                    if out.len() >= FLUSH_AT {
-                        send(&mut stream, &mut out, config.idle_timeout, stop).await?;
-                    }
-                }
+                Flow::Continue => out.make_room().await?,
                 Flow::Close => {
-                    send(&mut stream, &mut out, config.idle_timeout, stop).await?;
+                    out.send().await?;
                     return Ok(());
                 }
                 flow @ (Flow::LoginFailed | Flow::LoginFailedClose) => {
@@ -267,34 +280,24 @@ async fn serve_connection(
                         _ = tokio::time::sleep(config.login_failure_delay) => {}
                         _ = shared.hard_stop.cancelled() => return Ok(()),
                     }
-                    send(&mut stream, &mut out, config.idle_timeout, stop).await?;
+                    out.send().await?;
                     if flow == Flow::LoginFailedClose {
                         return Ok(());
                     }
                 }
             }
         }
-        if !out.is_empty() {
-            send(&mut stream, &mut out, config.idle_timeout, stop).await?;
-        }
+        out.send().await?;
         let read = tokio::select! {
             _ = shared.hard_stop.cancelled() => {
-                out.err(Some(RespCode::SysTemp), "server shutting down");
-                let _ = send(&mut stream, &mut out, Duration::from_secs(1), &CancellationToken::new()).await;
+                out.last_words("server shutting down", Some(RespCode::SysTemp)).await;
                 return Ok(());
             }
-            read = tokio::time::timeout(config.idle_timeout, stream.read(&mut chunk)) => read,
+            read = tokio::time::timeout(config.idle_timeout, reader.read(&mut chunk)) => read,
         };
         match read {
             Err(_) => {
-                out.err(None, "disconnected for inactivity");
-                let _ = send(
-                    &mut stream,
-                    &mut out,
-                    Duration::from_secs(1),
-                    &CancellationToken::new(),
-                )
-                .await;
+                out.last_words("disconnected for inactivity", None).await;
                 return Ok(());
             }
             Ok(Ok(0)) => return Ok(()),
@@ -304,29 +307,94 @@ async fn serve_connection(
     }
 }
 
-/// Writes the pending replies; a client that does not read for the idle
-/// timeout is gone, and so is one still not reading when the shutdown
-/// grace is over.
-async fn send(
-    stream: &mut TcpStream,
-    out: &mut ReplyBuffer,
-    timeout: Duration,
-    stop: &CancellationToken,
-) -> io::Result<()> {
-    let result = tokio::select! {
-        r = tokio::time::timeout(timeout, stream.write_all(out.as_bytes())) => r,
-        _ = stop.cancelled() => {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"));
-        }
-    };
-    out.clear();
-    match result {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "client stopped reading",
-        )),
+/// The sending side of a connection: the replies not sent yet, and how
+/// long the client may take to read them.
+struct Replies<'a> {
+    stream: WriteHalf<'a>,
+    buffer: ReplyBuffer,
+    /// A client that reads nothing of a reply for this long is gone.
+    send_timeout: Duration,
+    /// Cancelled when the shutdown grace is over.
+    stop: &'a CancellationToken,
+    /// Why the connection was lost, once it was: nothing more is sent.
+    lost: Option<(io::ErrorKind, String)>,
+}
+
+impl ReplySink for Replies<'_> {
+    fn buffer(&mut self) -> &mut ReplyBuffer {
+        &mut self.buffer
     }
+
+    async fn make_room(&mut self) -> io::Result<()> {
+        if self.buffer.len() >= FLUSH_AT {
+            self.send().await
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Replies<'_> {
+    /// Sends the pending replies. A client that reads nothing for the send
+    /// timeout is gone (one that reads slowly is not: every write that
+    /// moves starts the timeout again), and so is one still not reading
+    /// when the shutdown grace is over.
+    async fn send(&mut self) -> io::Result<()> {
+        if let Some((kind, why)) = &self.lost {
+            return Err(io::Error::new(*kind, why.clone()));
+        }
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::select! {
+            // A reply that can go out does, even once the grace is over.
+            biased;
+            r = write_with_progress(&mut self.stream, self.buffer.as_bytes(), self.send_timeout) => r,
+            _ = self.stop.cancelled() => {
+                Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"))
+            }
+        };
+        self.buffer.clear();
+        if let Err(e) = &result {
+            self.lost = Some((e.kind(), e.to_string()));
+        }
+        result
+    }
+
+    /// A last `-ERR` before the connection closes, given a second to go
+    /// out, whatever was pending.
+    async fn last_words(&mut self, text: &str, code: Option<RespCode>) {
+        self.buffer.clear();
+        self.buffer.err(code, text);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.stream.write_all(self.buffer.as_bytes()),
+        )
+        .await;
+    }
+}
+
+/// Writes all of `bytes`, failing when one write makes no progress for
+/// `timeout`.
+async fn write_with_progress(
+    stream: &mut WriteHalf<'_>,
+    mut bytes: &[u8],
+    timeout: Duration,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match tokio::time::timeout(timeout, stream.write(bytes)).await {
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("client read nothing for {timeout:?}"),
+                ))
+            }
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => bytes = &bytes[n..],
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Open connections per client address.

@@ -8,7 +8,7 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc, Condvar, Mutex, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -16,7 +16,9 @@ use std::{
 use pop3::{
     auth::users_file::UsersFile,
     config::ServerConfig,
-    maildrop::{maildir::MaildirStore, Maildrop, MaildropStore, MessageInfo, OpenError},
+    maildrop::{
+        maildir::MaildirStore, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
+    },
     server::{Backends, Server},
     ApopSecret, Authenticator, NoGrant,
 };
@@ -378,7 +380,7 @@ async fn shutdown_cuts_a_client_that_stopped_reading() {
     drop(c);
 }
 
-/// A store whose maildrops count the messages they read.
+/// A store whose maildrops count the messages they open for reading.
 struct CountingStore {
     inner: MaildirStore,
     reads: Arc<AtomicUsize>,
@@ -403,13 +405,13 @@ impl Maildrop for CountingMaildrop {
         self.inner.messages()
     }
 
-    fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read(index)
+        self.inner.open(index)
     }
 
-    fn read_if_cached(&mut self, index: usize) -> Option<Vec<u8>> {
-        let read = self.inner.read_if_cached(index);
+    fn open_if_cached(&mut self, index: usize) -> Option<Box<dyn MessageReader>> {
+        let read = self.inner.open_if_cached(index);
         if read.is_some() {
             self.reads.fetch_add(1, Ordering::SeqCst);
         }
@@ -620,4 +622,315 @@ async fn slow_hashes_hold_up_no_other_session() {
 #[tokio::test(flavor = "current_thread")]
 async fn slow_hashes_hold_up_no_other_session_on_one_thread() {
     check_slow_hashes_hold_up_no_other_session().await;
+}
+
+/// Opens a FIFO's writing end and closes it again on drop, so that a
+/// server thread blocked opening it for reading (the defect) can go on
+/// and the test's runtime can end.
+struct UnblockFifo(std::path::PathBuf);
+
+impl Drop for UnblockFifo {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc_nonblock())
+            .open(&self.0);
+    }
+}
+
+fn libc_nonblock() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
+}
+
+/// Defect 2 of issue 10: a message replaced by a FIFO after login froze
+/// the whole server. Now RETR of it gets -ERR, the session goes on,
+/// another user is served meanwhile, QUIT does not unlink the FIFO, and
+/// the server shuts down.
+///
+/// The server runs on a runtime of its own: the defect froze its runtime,
+/// timers included, and the clients' timeouts must still fire to fail
+/// the test instead of hanging it.
+#[test]
+fn a_message_swapped_for_a_fifo_is_refused_without_stalling_anyone() {
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_runtime.block_on(start(|c| c.shutdown_grace = Duration::from_millis(300)));
+    let message = server.mail.join("alice/cur/1700000000.M1P1.test:2,");
+    // Dropped before the server's runtime: a thread blocked on the FIFO
+    // goes on.
+    let _unblock = UnblockFifo(message.clone());
+    let clients = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    clients.block_on(async {
+        let (mut alice, _) = Client::connect(server.addr).await;
+        alice.send("USER alice\r\nPASS pw-a\r\n").await;
+        alice.line().await;
+        assert!(alice.line().await.starts_with("+OK alice has 1 messages"));
+        fs::remove_file(&message).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &message,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+
+        alice.send("RETR 1\r\n").await;
+        let (mut bob, _) = Client::connect(server.addr).await;
+        bob.send("USER bob\r\nPASS pw-b\r\nRETR 1\r\n").await;
+        assert_eq!(bob.line().await, "+OK send PASS\r\n");
+        assert!(bob.line().await.starts_with("+OK bob has 1 messages"));
+        assert!(bob.line().await.starts_with("+OK 20 octets"));
+
+        let refused = alice.line().await;
+        assert!(refused.starts_with("-ERR"), "RETR of a FIFO: {refused}");
+        alice.send("DELE 1\r\nQUIT\r\n").await;
+        assert!(alice.line().await.starts_with("+OK"), "DELE");
+        assert!(alice.line().await.starts_with("+OK"), "QUIT");
+        let meta = fs::symlink_metadata(&message).expect("the FIFO is still there");
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+
+        server.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), server.done)
+            .await
+            .expect("the server shuts down")
+            .unwrap();
+    });
+    drop(_unblock);
+    server_runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
+/// Defect 3 of issue 10: a client that stops reading in the middle of a
+/// RETR held its session (and the whole message in memory) until the
+/// idle timeout. It is cut after `send_timeout` without read progress:
+/// its maildrop lock is released then, so the user can log in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let server = start(|c| c.send_timeout = Duration::from_millis(500)).await;
+    // Far more than the socket buffers of both ends hold.
+    let line = "y".repeat(999) + "\n";
+    let big = line.repeat(16_000);
+    fs::write(server.mail.join("alice/cur/1700000001.M2P1.test:2,"), &big).unwrap();
+    let (mut stalled, _) = Client::connect(server.addr).await;
+    stalled.send("USER alice\r\nPASS pw-a\r\nRETR 2\r\n").await;
+
+    // Until the stalled session is cut, alice's maildrop is in use.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (mut again, _) = Client::connect(server.addr).await;
+        again.send("USER alice\r\nPASS pw-a\r\n").await;
+        again.line().await;
+        let reply = again.line().await;
+        if reply.starts_with("+OK alice has 2 messages") {
+            break;
+        }
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+        assert!(
+            Instant::now() < deadline,
+            "the client that reads nothing still holds its session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the cut session had sent ends early, without the final dot.
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled.read, &mut received),
+    )
+    .await
+    .expect("the cut connection ends")
+    .expect("reading what was sent");
+    assert!(
+        received.len() < big.len(),
+        "{} octets of {} arrived",
+        received.len(),
+        big.len()
+    );
+}
+
+/// A file operation that does not end until the test lets it: a file
+/// system that does not answer (a hung NFS server, a FUSE daemon). Counts
+/// the operations that began waiting.
+#[derive(Default)]
+struct Hold {
+    released: Mutex<bool>,
+    wake: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Hold {
+    fn wait(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.wake.wait(released).unwrap();
+        }
+    }
+
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.wake.notify_all();
+    }
+
+    /// Until an operation waits on it (at most 20 s).
+    async fn until_waited_on(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.waiting.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no operation reached the hold");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Releases the hold when the test ends, however it ends, so that the
+/// blocked thread (and the test's runtime) can finish.
+struct ReleaseOnDrop(Arc<Hold>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// A store whose maildrop for `user` hangs on `hold`: opening it when
+/// `at_open`, else applying its deletions (QUIT).
+struct HangingStore {
+    inner: MaildirStore,
+    user: &'static str,
+    at_open: bool,
+    hold: Arc<Hold>,
+}
+
+impl MaildropStore for HangingStore {
+    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+        if user != self.user {
+            return self.inner.open(user);
+        }
+        if self.at_open {
+            self.hold.wait();
+        }
+        Ok(Box::new(HangingCommit {
+            inner: self.inner.open(user)?,
+            hold: Arc::clone(&self.hold),
+        }))
+    }
+}
+
+struct HangingCommit {
+    inner: Box<dyn Maildrop>,
+    hold: Arc<Hold>,
+}
+
+impl Maildrop for HangingCommit {
+    fn messages(&self) -> &[MessageInfo] {
+        self.inner.messages()
+    }
+
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
+        self.inner.open(index)
+    }
+
+    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+        self.hold.wait();
+        self.inner.commit(deleted)
+    }
+}
+
+/// Nothing a maildrop's file system does can stall the server: while
+/// alice's login waits on a file system that never answers, bob is
+/// served, and the shutdown ends (alice's session left behind after the
+/// grace and as long again). The old code ran the open in block_in_place,
+/// where the shutdown waited for it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_that_never_answers_stalls_neither_others_nor_the_shutdown() {
+    let hold = Arc::new(Hold::default());
+    let held = Arc::clone(&hold);
+    let server = start_with(
+        |c| c.shutdown_grace = Duration::from_millis(300),
+        move |inner| {
+            Arc::new(HangingStore {
+                inner,
+                user: "alice",
+                at_open: true,
+                hold: held,
+            })
+        },
+    )
+    .await;
+    let _release = ReleaseOnDrop(Arc::clone(&hold));
+    let (mut alice, _) = Client::connect(server.addr).await;
+    alice.send("USER alice\r\n").await;
+    assert_eq!(alice.line().await, "+OK send PASS\r\n");
+    alice.send("PASS pw-a\r\n").await;
+    hold.until_waited_on().await;
+
+    let (mut bob, _) = Client::connect(server.addr).await;
+    bob.send("USER bob\r\nPASS pw-b\r\nSTAT\r\n").await;
+    assert_eq!(bob.line().await, "+OK send PASS\r\n");
+    assert!(bob.line().await.starts_with("+OK bob has 1 messages"));
+    assert_eq!(bob.line().await, "+OK 1 20\r\n");
+
+    server.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), server.done)
+        .await
+        .expect("the server shuts down while alice's file system hangs")
+        .unwrap();
+}
+
+/// A QUIT whose deletions take longer than what is left of the shutdown
+/// grace still applies them all and answers: the UPDATE state is not cut
+/// in the middle, and the reply goes out once it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quit_applying_its_deletions_when_the_grace_ends_still_answers() {
+    let hold = Arc::new(Hold::default());
+    let held = Arc::clone(&hold);
+    let server = start_with(
+        |c| c.shutdown_grace = Duration::from_millis(300),
+        move |inner| {
+            Arc::new(HangingStore {
+                inner,
+                user: "bob",
+                at_open: false,
+                hold: held,
+            })
+        },
+    )
+    .await;
+    let _release = ReleaseOnDrop(Arc::clone(&hold));
+    let (mut idle, _) = Client::connect(server.addr).await;
+    idle.send("USER alice\r\nPASS pw-a\r\n").await;
+    idle.line().await;
+    idle.line().await;
+    let (mut quitter, _) = Client::connect(server.addr).await;
+    quitter.send("USER bob\r\nPASS pw-b\r\nDELE 1\r\n").await;
+    for _ in 0..3 {
+        quitter.line().await;
+    }
+    quitter.send("QUIT\r\n").await;
+    hold.until_waited_on().await;
+    server.shutdown.cancel();
+    // The grace is over when the idle session is cut.
+    assert_eq!(
+        idle.line().await,
+        "-ERR [SYS/TEMP] server shutting down\r\n"
+    );
+    hold.release();
+    assert!(
+        quitter.line().await.contains("1 messages deleted"),
+        "the QUIT was cut"
+    );
+    tokio::time::timeout(Duration::from_secs(20), server.done)
+        .await
+        .expect("the server shuts down")
+        .unwrap();
+    assert_eq!(
+        messages_in(&server.mail, "bob"),
+        0,
+        "QUIT applied its deletion"
+    );
 }

@@ -1,17 +1,21 @@
 //! The session state machine against fakes: a script replayed at every
-//! chunk size from 1 to 512 octets must give the same transcript, and that
-//! transcript is checked line by line against RFC 1939.
+//! chunk size from 1 to 512 octets (of the commands sent and of the
+//! messages read) must give the same transcript, and that transcript is
+//! checked line by line against RFC 1939.
 
 use std::{
     collections::{HashMap, HashSet},
-    io,
+    io::{self, Read},
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use pop3::{
     framing::LineBuffer,
-    maildrop::{Maildrop, MaildropStore, MessageInfo, OpenError},
+    maildrop::{Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError},
     reply::ReplyBuffer,
     session::{Flow, Session, SessionContext},
     ApopSecret, Authenticator, GrantError, GrantSink,
@@ -24,6 +28,46 @@ struct FakeStore {
     mail: Mutex<HashMap<String, Vec<Vec<u8>>>>,
     locked: Mutex<HashSet<String>>,
     commits: Mutex<Vec<(String, Vec<usize>)>>,
+    /// Octets a message reader hands out per read at most (0: as many as
+    /// asked for), so that line ends and dots fall between reads.
+    piece: AtomicUsize,
+    /// Octets handed out by all message readers.
+    read_octets: AtomicU64,
+}
+
+/// A message being read from a [`FakeStore`]: in pieces, every other read
+/// "not cached" (the session then reads on the blocking pool), counted.
+struct FakeReader {
+    store: Arc<FakeStore>,
+    bytes: Vec<u8>,
+    at: usize,
+    reads: usize,
+}
+
+impl Read for FakeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let piece = match self.store.piece.load(Ordering::Relaxed) {
+            0 => buf.len(),
+            piece => piece.min(buf.len()),
+        };
+        let n = piece.min(self.bytes.len() - self.at);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        self.store
+            .read_octets
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl MessageReader for FakeReader {
+    fn read_if_cached(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.reads += 1;
+        if self.reads.is_multiple_of(2) {
+            return None;
+        }
+        self.read(buf).ok()
+    }
 }
 
 struct FakeMaildrop {
@@ -43,8 +87,13 @@ impl Maildrop for FakeMaildrop {
     fn messages(&self) -> &[MessageInfo] {
         &self.info
     }
-    fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
-        Ok(self.bodies[index].clone())
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
+        Ok(Box::new(FakeReader {
+            store: Arc::clone(&self.store),
+            bytes: self.bodies[index].clone(),
+            at: 0,
+            reads: 0,
+        }))
     }
     fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
         self.store
@@ -213,6 +262,8 @@ const EXPECTED: &str = "+OK smtp-gate POP3 server ready <1896.697170952@dbc.mtvi
 async fn script_gives_the_same_transcript_at_every_chunk_size() {
     for chunk in 1..=512 {
         let f = fixture();
+        // The messages are read in pieces of that size too.
+        f.store.piece.store(chunk, Ordering::Relaxed);
         let (transcript, flows) = run(f.ctx.clone(), SCRIPT, chunk).await;
         assert_eq!(transcript, EXPECTED, "chunk size {chunk}");
         assert_eq!(flows.last(), Some(&Flow::Close), "chunk size {chunk}");
@@ -437,5 +488,160 @@ async fn the_grant_is_made_before_the_ok_is_handed_back() {
         *f.grants.0.lock().unwrap(),
         vec!["192.0.2.7".parse::<IpAddr>().unwrap()],
         "the +OK was handed back before the grant was made"
+    );
+}
+
+/// A message far larger than what a session may hold of it: a header,
+/// the blank line, then lines of 1000 octets.
+fn large_message() -> Vec<u8> {
+    let mut message = b"Subject: large\r\n\r\n".to_vec();
+    let line = [&[b'z'; 998][..], b"\r\n"].concat();
+    for _ in 0..16_000 {
+        message.extend_from_slice(&line);
+    }
+    message
+}
+
+/// A fixture whose alice has a [`large_message`] and a small one.
+fn large_fixture() -> (Fixture, usize) {
+    let f = fixture();
+    let message = large_message();
+    let len = message.len();
+    let small = b"Subject: small\r\n\r\nx\r\n".to_vec();
+    f.store
+        .mail
+        .lock()
+        .unwrap()
+        .insert("alice".into(), vec![message, small]);
+    (f, len)
+}
+
+/// The server's side of a client that reads nothing: once a reply of
+/// `FLUSH_AT` octets waits to be sent, making room never ends (the
+/// server's sink then waits for the send timeout), or fails if
+/// `gone` (the timeout has run out).
+struct DeafClient {
+    buffer: ReplyBuffer,
+    stuck: Arc<tokio::sync::Notify>,
+    gone: bool,
+}
+
+impl pop3::reply::ReplySink for DeafClient {
+    fn buffer(&mut self) -> &mut ReplyBuffer {
+        &mut self.buffer
+    }
+
+    async fn make_room(&mut self) -> io::Result<()> {
+        if self.buffer.len() >= pop3::reply::FLUSH_AT {
+            if self.gone {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client read nothing",
+                ));
+            }
+            self.stuck.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+async fn logged_in(f: &Fixture, client: &mut DeafClient) -> Session {
+    let mut session = Session::new(f.ctx.clone(), TIMESTAMP.to_string());
+    let feed = |s: &str| pop3::framing::Line::Command(s.as_bytes().to_vec());
+    session.handle(feed("USER alice"), client).await;
+    session.handle(feed("PASS open sesame"), client).await;
+    let reply = String::from_utf8_lossy(client.buffer.as_bytes()).into_owned();
+    assert!(reply.contains("+OK alice has 2 messages"), "{reply}");
+    client.buffer.clear();
+    session
+}
+
+/// Defect 3 of issue 10: RETR read the whole message into memory before
+/// sending any of it, so a client that stopped reading held all of it
+/// (ten such sessions of a 50 MB message: about 1 GB). Now the message is
+/// read a chunk at a time as the client takes it: stuck behind a client
+/// that reads nothing, the session has read one chunk (and holds that and
+/// the replies waiting), not 16 MB.
+#[tokio::test]
+async fn retr_to_a_client_that_reads_nothing_reads_no_more_than_it_can_send() {
+    let (f, len) = large_fixture();
+    let stuck = Arc::new(tokio::sync::Notify::new());
+    let mut client = DeafClient {
+        buffer: ReplyBuffer::new(),
+        stuck: Arc::clone(&stuck),
+        gone: false,
+    };
+    let mut session = logged_in(&f, &mut client).await;
+    let retr = pop3::framing::Line::Command(b"RETR 1".to_vec());
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::select! {
+            flow = session.handle(retr, &mut client) => {
+                panic!("RETR ended ({flow:?}) although the client read nothing")
+            }
+            _ = stuck.notified() => {}
+        }
+    })
+    .await;
+    waited.expect("RETR never waited for the client");
+    let read = f.store.read_octets.load(Ordering::Relaxed);
+    let bound = (pop3::reply::FLUSH_AT + pop3::session::MESSAGE_CHUNK) as u64;
+    assert!(
+        read > 0 && read <= bound,
+        "read {read} octets of a {len}-octet message for a client that reads nothing (at most {bound})"
+    );
+    assert!(
+        client.buffer.len() <= pop3::reply::FLUSH_AT + 2 * pop3::session::MESSAGE_CHUNK,
+        "{} octets wait to be sent",
+        client.buffer.len()
+    );
+}
+
+/// When the client is given up on in the middle of a message, the
+/// session ends: no UPDATE (the DELE before is not applied), the maildrop
+/// unlocked.
+#[tokio::test]
+async fn a_client_lost_in_the_middle_of_a_message_ends_the_session_without_update() {
+    let (f, _) = large_fixture();
+    let mut client = DeafClient {
+        buffer: ReplyBuffer::new(),
+        stuck: Arc::default(),
+        gone: true,
+    };
+    let mut session = logged_in(&f, &mut client).await;
+    let feed = |s: &str| pop3::framing::Line::Command(s.as_bytes().to_vec());
+    session.handle(feed("DELE 2"), &mut client).await;
+    client.buffer.clear();
+    let flow = session.handle(feed("RETR 1"), &mut client).await;
+    assert_eq!(flow, Flow::Close);
+    assert!(session.is_closed());
+    assert!(f.store.commits.lock().unwrap().is_empty());
+    assert!(f.store.locked.lock().unwrap().is_empty(), "unlocked");
+}
+
+/// `TOP n 0` of a 16 MB message read all of it to send its header. Now it
+/// stops reading once the header is through: at most one chunk is read.
+#[tokio::test]
+async fn top_0_of_a_large_message_reads_only_its_header() {
+    let (f, len) = large_fixture();
+    let (transcript, _) = run(
+        f.ctx.clone(),
+        b"USER alice\r\nPASS open sesame\r\nTOP 1 0\r\nTOP 1 2\r\n",
+        512,
+    )
+    .await;
+    assert!(
+        transcript.ends_with(
+            &"+OK top of message follows\r\nSubject: large\r\n\r\n.\r\n\
+              +OK top of message follows\r\nSubject: large\r\n\r\nLINE\r\nLINE\r\n.\r\n"
+                .replace("LINE", &"z".repeat(998))
+        ),
+        "{}",
+        &transcript[..transcript.len().min(300)]
+    );
+    let read = f.store.read_octets.load(Ordering::Relaxed);
+    assert!(
+        read <= 2 * pop3::session::MESSAGE_CHUNK as u64,
+        "two TOPs read {read} octets of a {len}-octet message"
     );
 }

@@ -273,6 +273,10 @@ fn example_config_documents_every_key_with_its_default() {
         "idle_timeout"
     );
     assert_eq!(
+        documented_pop3.send_timeout, default_pop3.send_timeout,
+        "send_timeout"
+    );
+    assert_eq!(
         documented_pop3.max_connections, default_pop3.max_connections,
         "max_connections"
     );

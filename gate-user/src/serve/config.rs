@@ -282,6 +282,7 @@ mod tests {
         log_rate = 3
         allow_private_bpffs = true
         idle_timeout = "20m"
+        send_timeout = "30s"
         max_connections = 50
         max_connections_per_ip = 5
         login_failure_delay = "1s"
@@ -301,6 +302,7 @@ mod tests {
         assert_eq!(s.attach.dest.unwrap().len(), 2);
         assert!(s.attach.allow_private_bpffs);
         assert_eq!(s.pop3.max_connections, 50);
+        assert_eq!(s.pop3.send_timeout, Duration::from_secs(30));
         assert_eq!(s.pop3.login_failure_delay, Duration::from_secs(1));
         let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
         assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
@@ -520,6 +522,7 @@ mod tests {
                 "max_connections",
                 "max_connections_per_ip",
                 "ports",
+                "send_timeout",
                 "shutdown_grace",
                 "window"
             ],

@@ -45,8 +45,17 @@ pub fn run(config: ServeConfig) -> Result<()> {
     };
     // Everything that can be refused is refused before the gate changes.
     let users = UsersFile::load(&config.users)?;
-    runtime.block_on(serve(config, users, hangups))
+    let served = runtime.block_on(serve(config, users, hangups));
+    // Every session is over by now. File work of a cut session may still
+    // run on the blocking pool (a QUIT's deletions, or a read stuck on a
+    // file system that hangs): it gets a moment to end, but cannot keep
+    // the daemon from exiting.
+    runtime.shutdown_timeout(BLOCKING_WORK_GRACE);
+    served
 }
+
+/// How long the exit waits for file work still running (see `run`).
+const BLOCKING_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn serve(config: ServeConfig, users: UsersFile, hangups: Signal) -> Result<()> {
     // The ports first: a daemon that cannot listen must not leave behind a

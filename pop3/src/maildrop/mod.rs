@@ -36,6 +36,11 @@ pub enum OpenError {
     /// The user name cannot name a maildrop (empty, a path separator, a dot
     /// name, ...); the string says why, without any secret.
     Invalid(String),
+    /// The maildrop holds what the server will not follow: its directory,
+    /// `cur`, `new` or `tmp` is a symbolic link (or not a directory at
+    /// all), or its lock file is not a regular file. Answered
+    /// `-ERR [SYS/PERM]`; the string (paths escaped) is for the log.
+    Unsafe(String),
     /// The file system failed; the message names the path involved.
     Io(io::Error),
 }
@@ -45,6 +50,7 @@ impl fmt::Display for OpenError {
         match self {
             OpenError::InUse => f.write_str("maildrop is in use by another session"),
             OpenError::Invalid(why) => write!(f, "invalid maildrop: {why}"),
+            OpenError::Unsafe(why) => write!(f, "maildrop refused: {why}"),
             OpenError::Io(e) => write!(f, "maildrop I/O error: {e}"),
         }
     }
@@ -67,24 +73,28 @@ impl From<io::Error> for OpenError {
 
 /// A maildrop opened and locked for one session. The methods block (file
 /// I/O), so the server runs them off its async threads, except
-/// [`Maildrop::read_if_cached`], which does not wait for the disk to read
-/// a message (opening the file still looks its name up).
+/// [`Maildrop::open_if_cached`], which does not wait for the disk.
 pub trait Maildrop: Send {
     /// The messages fixed at login, in maildrop order: index `i` is message
     /// number `i + 1` in the protocol.
     fn messages(&self) -> &[MessageInfo];
 
-    /// The message with index `index` (0-based) as wire bytes: every line
-    /// ending in CRLF (a bare LF becomes CRLF; a final line without newline
-    /// gets CRLF), NOT dot-stuffed, without the terminating ".\r\n".
-    fn read(&mut self, index: usize) -> io::Result<Vec<u8>>;
+    /// Opens the message with index `index` (0-based) for reading, as
+    /// stored: LF or CRLF line ends, not dot-stuffed (the session makes
+    /// the wire form as it sends, chunk by chunk; a message is never held
+    /// whole).
+    ///
+    /// Errors the session tells apart: `NotFound`, the message was removed
+    /// by another agent; `InvalidData`, it is no longer a message (its name
+    /// holds a FIFO, a link, ...: the store has logged what).
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>>;
 
-    /// What [`Maildrop::read`] gives, but only if the message is small
-    /// and can be had without waiting for the disk (it is in the page
-    /// cache); `None` means "call `read`", which also reports any error. A freshly delivered or
-    /// just listed message usually is cached, and reading it in place
-    /// spares a thread hand-off per RETR.
-    fn read_if_cached(&mut self, _index: usize) -> Option<Vec<u8>> {
+    /// What [`Maildrop::open`] gives, but only if it can be had without
+    /// waiting for the disk (the name is in the kernel's caches); `None`
+    /// means "call `open`", which also reports any error. A freshly
+    /// delivered or just listed message usually is cached, and opening it
+    /// in place spares a thread hand-off per RETR.
+    fn open_if_cached(&mut self, _index: usize) -> Option<Box<dyn MessageReader>> {
         None
     }
 
@@ -93,6 +103,24 @@ pub trait Maildrop: Send {
     /// commit deletes nothing and releases the lock (RFC 1939 section 6: a
     /// session that ends without QUIT must not remove messages).
     fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()>;
+}
+
+/// One message being read, as stored. `read` blocks (the session calls it
+/// off the async threads); [`MessageReader::read_if_cached`] does not.
+pub trait MessageReader: Read + Send {
+    /// Reads as `read` does, but only what can be had without waiting for
+    /// the disk (it is in the page cache). `None` means "call `read`",
+    /// which also reports any error.
+    fn read_if_cached(&mut self, _buf: &mut [u8]) -> Option<usize> {
+        None
+    }
+}
+
+/// A message held in memory (test stores, fakes): never waits.
+impl MessageReader for io::Cursor<Vec<u8>> {
+    fn read_if_cached(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.read(buf).ok()
+    }
 }
 
 /// Opens maildrops by user name; shared by all sessions of a server.
@@ -108,13 +136,16 @@ pub fn is_valid_uid(uid: &[u8]) -> bool {
     (1..=70).contains(&uid.len()) && uid.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
-/// Converts a stored message to its wire form: every line ends in CRLF.
+/// Converts a whole stored message to its wire form: every line ends in
+/// CRLF. The reference that [`wire_size`] and the session's streaming
+/// encoder (`body::BodyEncoder`) are tested against, so that LIST and
+/// RETR agree.
 ///
 /// A bare LF becomes CRLF, an existing CRLF stays, a bare CR inside a line is
 /// left alone (it is not a line end), and a final line without newline gets
-/// CRLF so the terminating "." always starts a line. [`wire_size`] counts
-/// exactly the bytes this returns, so LIST and RETR agree.
-pub fn to_wire(raw: &[u8]) -> Vec<u8> {
+/// CRLF so the terminating "." always starts a line.
+#[cfg(test)]
+pub(crate) fn to_wire(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 2);
     let mut prev = 0u8;
     for &b in raw {
@@ -130,7 +161,8 @@ pub fn to_wire(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The length of [`to_wire`]`(raw)`, without building it.
+/// The length of a stored message's wire form (CRLF line ends; see
+/// `body::BodyEncoder`), without building it.
 pub fn wire_size(raw: &[u8]) -> u64 {
     let mut counter = WireSizeCounter::default();
     counter.update(raw);

@@ -6,7 +6,10 @@ use std::{error::Error, sync::Arc};
 
 use log::{error, info, warn};
 
-use super::{off_runtime, transaction::Transaction, Flow, SessionContext, State, LOG_TARGET};
+use super::{
+    off_runtime, on_blocking_pool, transaction::Transaction, Flow, SessionContext, State,
+    LOG_TARGET,
+};
 use crate::{
     auth::apop,
     log_text::LogText,
@@ -152,7 +155,7 @@ impl Authorization {
     ) -> (State, Flow) {
         let store = Arc::clone(&ctx.store);
         let open_user = user.clone();
-        let opened = off_runtime(move || store.open(&open_user))
+        let opened = on_blocking_pool(move || store.open(&open_user))
             .await
             .unwrap_or_else(|e| Err(OpenError::Io(e)));
         let peer = ctx.peer;
@@ -171,6 +174,14 @@ impl Authorization {
             }
             Err(OpenError::Invalid(reason)) => {
                 warn!(target: LOG_TARGET, "login user={} addr={peer} method={} result=invalid-maildrop ({reason})",
+                    LogText::of(&user),
+                    method.name()
+                );
+                out.err(Some(RespCode::SysPerm), "cannot open this maildrop");
+                return self.start_over();
+            }
+            Err(OpenError::Unsafe(reason)) => {
+                error!(target: LOG_TARGET, "login user={} addr={peer} method={} result=unsafe-maildrop ({reason})",
                     LogText::of(&user),
                     method.name()
                 );

@@ -25,11 +25,12 @@ use crate::{
     command::{self, Command},
     framing::Line,
     maildrop::MaildropStore,
-    reply::ReplyBuffer,
+    reply::{ReplyBuffer, ReplySink},
     Authenticator, GrantSink,
 };
 use authorization::Authorization;
 use transaction::Transaction;
+pub use transaction::MESSAGE_CHUNK;
 
 /// What the session's dependencies and settings are.
 #[derive(Clone)]
@@ -96,19 +97,21 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
-    /// Handles one line and appends its reply to `out`.
-    pub async fn handle(&mut self, line: Line, out: &mut ReplyBuffer) -> Flow {
+    /// Handles one line and appends its reply to `out`; a long reply (a
+    /// message) is sent through `out` as it is written.
+    pub async fn handle<O: ReplySink>(&mut self, line: Line, out: &mut O) -> Flow {
         let bytes = match line {
             Line::Command(bytes) => bytes,
             Line::TooLong => {
-                out.err(None, "line too long (RFC 2449: at most 255 octets)");
+                out.buffer()
+                    .err(None, "line too long (RFC 2449: at most 255 octets)");
                 return Flow::Continue;
             }
         };
         let command = match command::parse(&bytes) {
             Ok(command) => command,
             Err(e) => {
-                out.err(None, &e.to_string());
+                out.buffer().err(None, &e.to_string());
                 return Flow::Continue;
             }
         };
@@ -130,67 +133,70 @@ impl Session {
 /// both the AUTHORIZATION and TRANSACTION states."
 ///
 /// `timestamp` is the session's APOP timestamp.
-async fn step(
+async fn step<O: ReplySink>(
     ctx: &SessionContext,
     timestamp: &str,
     state: State,
     command: Command,
-    out: &mut ReplyBuffer,
+    sink: &mut O,
 ) -> (State, Flow) {
     use Command as C;
     use State as S;
     match (state, command) {
         (state @ (S::Authorization(_) | S::Transaction(_)), C::Capa) => {
-            out.ok_lines("capability list follows", CAPABILITIES);
+            sink.buffer()
+                .ok_lines("capability list follows", CAPABILITIES);
             (state, Flow::Continue)
         }
-        (S::Authorization(auth), C::User(user)) => auth.user(user, out),
-        (S::Authorization(auth), C::Pass(password)) => auth.pass(ctx, password, out).await,
+        (S::Authorization(auth), C::User(user)) => auth.user(user, sink.buffer()),
+        (S::Authorization(auth), C::Pass(password)) => {
+            auth.pass(ctx, password, sink.buffer()).await
+        }
         (S::Authorization(auth), C::Apop { user, digest }) => {
-            auth.apop(ctx, timestamp, user, digest, out).await
+            auth.apop(ctx, timestamp, user, digest, sink.buffer()).await
         }
         (S::Authorization(_), C::Quit) => {
             // RFC 1939 section 6: "if the client issues the QUIT command
             // from the AUTHORIZATION state, the POP3 session terminates
             // but does NOT enter the UPDATE state."
-            out.ok("smtp-gate POP3 server signing off");
+            sink.buffer().ok("smtp-gate POP3 server signing off");
             (S::Closed, Flow::Close)
         }
-        (S::Transaction(txn), C::Quit) => (S::Closed, txn.quit(out).await),
+        (S::Transaction(txn), C::Quit) => (S::Closed, txn.quit(sink.buffer()).await),
         (S::Transaction(txn), C::Stat) => {
-            txn.stat(out);
+            txn.stat(sink.buffer());
             stay(txn)
         }
         (S::Transaction(txn), C::List(n)) => {
-            txn.list(n, out);
+            txn.list(n, sink.buffer());
             stay(txn)
         }
         (S::Transaction(txn), C::Uidl(n)) => {
-            txn.uidl(n, out);
+            txn.uidl(n, sink.buffer());
             stay(txn)
         }
         (S::Transaction(mut txn), C::Retr(n)) => {
-            txn.retr(n, out).await;
-            stay(txn)
+            let flow = txn.retr(n, sink).await;
+            stay_unless_lost(txn, flow)
         }
         (S::Transaction(mut txn), C::Top(n, lines)) => {
-            txn.top(n, lines, out).await;
-            stay(txn)
+            let flow = txn.top(n, lines, sink).await;
+            stay_unless_lost(txn, flow)
         }
         (S::Transaction(mut txn), C::Dele(n)) => {
-            txn.dele(n, out);
+            txn.dele(n, sink.buffer());
             stay(txn)
         }
         (S::Transaction(mut txn), C::Rset) => {
-            txn.rset(out);
+            txn.rset(sink.buffer());
             stay(txn)
         }
         (S::Transaction(txn), C::Noop) => {
-            out.ok("");
+            sink.buffer().ok("");
             stay(txn)
         }
         (state, command) => {
-            out.err(
+            sink.buffer().err(
                 None,
                 &format!("{} is not valid in this state", command.keyword()),
             );
@@ -199,18 +205,26 @@ async fn step(
     }
 }
 
+/// A message was sent (or refused): the session stays in TRANSACTION,
+/// unless the connection was lost in the middle of it; then the maildrop
+/// goes without UPDATE.
+fn stay_unless_lost(txn: Transaction, flow: Flow) -> (State, Flow) {
+    match flow {
+        Flow::Continue => stay(txn),
+        flow => (State::Closed, flow),
+    }
+}
+
 /// A TRANSACTION command answered: the session stays in TRANSACTION.
 fn stay(txn: Transaction) -> (State, Flow) {
     (State::Transaction(txn), Flow::Continue)
 }
 
-/// Runs blocking work (files, password hashing) without stalling other
+/// Runs CPU-bound blocking work (password hashing) without stalling other
 /// sessions. On the multi-threaded runtime (the daemon) the worker hands
 /// its other tasks to its peers and runs `work` itself, which spares a
-/// thread switch per RETR; elsewhere (a current-thread runtime) it goes to
-/// the blocking pool. Either way, once started it runs to its end, even if
-/// the session is dropped meanwhile: a QUIT's deletions are never cut in
-/// half.
+/// thread switch; elsewhere (a current-thread runtime) it goes to the
+/// blocking pool.
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
@@ -222,4 +236,19 @@ async fn off_runtime<T: Send + 'static>(
             .await
             .map_err(io::Error::other)
     }
+}
+
+/// Runs file work on the blocking pool, never on an async worker thread.
+/// A file operation may wait for the disk, or for good on a file system
+/// that hangs; `block_in_place` would hold a worker thread in it, and the
+/// server's shutdown could not leave the session behind. Here the session
+/// only awaits the work; the work runs to its end on its own thread, even
+/// if the session is dropped meanwhile, so a QUIT's deletions are never
+/// cut in half.
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)
 }

@@ -4,15 +4,29 @@
 
 use std::io;
 
-use log::error;
+use log::{error, warn};
 
-use super::{off_runtime, Flow, LOG_TARGET};
+use super::{on_blocking_pool, Flow, LOG_TARGET};
 use crate::{
+    body::BodyEncoder,
     command::MessageNumber,
     log_text::LogText,
-    maildrop::{Maildrop, MessageInfo},
-    reply::{pair, top_of, ReplyBuffer, RespCode},
+    maildrop::{Maildrop, MessageInfo, MessageReader},
+    reply::{pair, ReplyBuffer, ReplySink, RespCode},
 };
+
+/// A message is read this much at a time: what a session holds of it is
+/// one chunk and the replies not yet sent (at most about
+/// `reply::FLUSH_AT` plus one chunk, dot-stuffed).
+pub const MESSAGE_CHUNK: usize = 64 * 1024;
+
+/// The smallest read buffer, for messages whose size is small (or says
+/// so wrongly: a `W=` size in a name is taken on trust).
+const MIN_BUFFER: usize = 8 * 1024;
+
+/// Octets read from the page cache and encoded on an async thread before
+/// the session lets the other sessions of that thread in.
+const IN_PLACE_BUDGET: usize = 256 * 1024;
 
 /// A logged-in session's maildrop and its marks.
 pub(super) struct Transaction {
@@ -96,24 +110,28 @@ impl Transaction {
         out.ok(&format!("maildrop has {count} messages ({size} octets)"));
     }
 
-    pub(super) async fn retr(&mut self, n: MessageNumber, out: &mut ReplyBuffer) {
+    pub(super) async fn retr(&mut self, n: MessageNumber, out: &mut impl ReplySink) -> Flow {
         let Some(i) = self.index(n) else {
-            return no_such_message(out);
+            no_such_message(out.buffer());
+            return Flow::Continue;
         };
-        match self.read(i).await {
-            Ok(body) => out.ok_body(&format!("{} octets", self.messages[i].size), &body),
-            Err(e) => read_failed(out, n, e),
-        }
+        let status = format!("{} octets", self.messages[i].size);
+        self.send_message(n, i, &status, BodyEncoder::whole(), out)
+            .await
     }
 
-    pub(super) async fn top(&mut self, n: MessageNumber, lines: u32, out: &mut ReplyBuffer) {
+    pub(super) async fn top(
+        &mut self,
+        n: MessageNumber,
+        lines: u32,
+        out: &mut impl ReplySink,
+    ) -> Flow {
         let Some(i) = self.index(n) else {
-            return no_such_message(out);
+            no_such_message(out.buffer());
+            return Flow::Continue;
         };
-        match self.read(i).await {
-            Ok(body) => out.ok_body("top of message follows", top_of(&body, lines)),
-            Err(e) => read_failed(out, n, e),
-        }
+        self.send_message(n, i, "top of message follows", BodyEncoder::top(lines), out)
+            .await
     }
 
     /// QUIT: the UPDATE state, where the marked messages are removed.
@@ -133,7 +151,7 @@ impl Transaction {
             // Nothing to unlink or sync: releasing the lock is one close.
             maildrop.commit(&doomed)
         } else {
-            off_runtime(move || maildrop.commit(&doomed))
+            on_blocking_pool(move || maildrop.commit(&doomed))
                 .await
                 .unwrap_or_else(Err)
         };
@@ -163,17 +181,88 @@ impl Transaction {
             .filter(|(i, _)| !self.deleted[*i])
     }
 
-    /// Reads a message: in place if it is in the page cache, otherwise off
-    /// the async worker threads, handing the maildrop over and back.
-    async fn read(&mut self, index: usize) -> io::Result<Vec<u8>> {
+    /// Sends message `n` (index `index`) as a multi-line response, read
+    /// and encoded one chunk at a time, making room in `out` between
+    /// chunks: however large the message and however slow the client,
+    /// the session holds one chunk of it.
+    ///
+    /// The message is opened and its first chunk read before `+OK`, so
+    /// that a message gone or no longer a regular file gets `-ERR` and
+    /// the session goes on. After `+OK` there is no taking it back: a
+    /// read that fails then, or a client lost, ends the connection
+    /// (`Flow::Close`), and the client sees no terminating dot.
+    async fn send_message(
+        &mut self,
+        n: MessageNumber,
+        index: usize,
+        status: &str,
+        mut encoder: BodyEncoder,
+        out: &mut impl ReplySink,
+    ) -> Flow {
+        let reader = match self.open(index).await {
+            Ok(reader) => reader,
+            Err(e) => {
+                read_failed(out.buffer(), n, e);
+                return Flow::Continue;
+            }
+        };
+        // A small message fits one buffer of its own size (its stored
+        // form is never longer than the wire size LIST gave), with room
+        // for the octet that would show it grew.
+        let size = usize::try_from(self.messages[index].size).unwrap_or(usize::MAX);
+        let buffer = vec![0u8; size.saturating_add(1).clamp(MIN_BUFFER, MESSAGE_CHUNK)];
+        let (mut reading, mut read) = match next_chunk((reader, buffer)).await {
+            Ok(next) => next,
+            Err(e) => {
+                read_failed(out.buffer(), n, e);
+                return Flow::Continue;
+            }
+        };
+        out.buffer().ok(status);
+        let mut sent: u64 = 0;
+        let mut in_place = 0;
+        loop {
+            let chunk = &reading.1[..read.len];
+            let wants_more = read.len > 0 && encoder.feed(chunk, out.buffer().bytes_mut());
+            if !wants_more {
+                encoder.finish(out.buffer().bytes_mut());
+                return Flow::Continue;
+            }
+            sent += read.len as u64;
+            if let Err(e) = out.make_room().await {
+                warn!(target: LOG_TARGET, "user={}: message {n} cut after {sent} octets: {e}", LogText::of(&self.user));
+                return Flow::Close;
+            }
+            if read.in_place {
+                in_place += read.len;
+                if in_place >= IN_PLACE_BUDGET {
+                    // All read and encoded without giving up the thread:
+                    // let the other sessions of this worker in.
+                    in_place = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
+            (reading, read) = match next_chunk(reading).await {
+                Ok(next) => next,
+                Err(e) => {
+                    error!(target: LOG_TARGET, "user={}: reading message {n} failed after {sent} octets: {e}; closing the connection", LogText::of(&self.user));
+                    return Flow::Close;
+                }
+            };
+        }
+    }
+
+    /// Opens a message: in place if its name is in the kernel's caches,
+    /// otherwise on the blocking pool, handing the maildrop over and back.
+    async fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
         let busy = || io::Error::other("maildrop busy");
         let slot = &mut self.maildrop;
-        if let Some(body) = slot.as_mut().ok_or_else(busy)?.read_if_cached(index) {
-            return Ok(body);
+        if let Some(reader) = slot.as_mut().ok_or_else(busy)?.open_if_cached(index) {
+            return Ok(reader);
         }
         let mut maildrop = slot.take().ok_or_else(busy)?;
-        let (maildrop, result) = off_runtime(move || {
-            let result = maildrop.read(index);
+        let (maildrop, result) = on_blocking_pool(move || {
+            let result = maildrop.open(index);
             (maildrop, result)
         })
         .await?;
@@ -182,9 +271,51 @@ impl Transaction {
     }
 }
 
+/// What one read of a message gave.
+struct ChunkRead {
+    /// Octets read; 0 at the end of the message.
+    len: usize,
+    /// Read from the page cache on this thread, not on the blocking pool.
+    in_place: bool,
+}
+
+/// A message being read: the reader and the buffer its chunks go to,
+/// which travel to the blocking pool and back together.
+type Reading = (Box<dyn MessageReader>, Vec<u8>);
+
+/// Reads the next chunk of a message into the buffer: in place if it is in
+/// the page cache, otherwise on the blocking pool.
+async fn next_chunk((mut reader, mut chunk): Reading) -> io::Result<(Reading, ChunkRead)> {
+    if let Some(len) = reader.read_if_cached(&mut chunk) {
+        let read = ChunkRead {
+            len,
+            in_place: true,
+        };
+        return Ok(((reader, chunk), read));
+    }
+    on_blocking_pool(move || loop {
+        match reader.read(&mut chunk) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(e),
+            Ok(len) => {
+                let read = ChunkRead {
+                    len,
+                    in_place: false,
+                };
+                break Ok(((reader, chunk), read));
+            }
+        }
+    })
+    .await?
+}
+
 fn read_failed(out: &mut ReplyBuffer, n: MessageNumber, e: io::Error) {
     if e.kind() == io::ErrorKind::NotFound {
         out.err(None, &format!("message {n} was removed by another client"));
+    } else if e.kind() == io::ErrorKind::InvalidData {
+        // Not a regular file any more (a FIFO, a link): the maildrop has
+        // logged what it is; the session goes on.
+        out.err(None, &format!("message {n} cannot be served"));
     } else {
         error!(target: LOG_TARGET, "reading message {n} failed: {e}");
         out.err(Some(RespCode::SysTemp), "cannot read the message now");

@@ -1,11 +1,10 @@
 //! Wire sizes of message files already read, shared by every session of a
 //! store.
 
+use rustix::fs::Stat;
 use std::collections::HashMap;
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Wire sizes keyed by inode, length and mtime: Maildir files never change
 /// in place, so a hit is the size. Like Dovecot's index, it spares reading
@@ -46,12 +45,19 @@ pub(super) struct FileStamp {
 }
 
 impl FileStamp {
-    pub(super) fn of(meta: &Metadata) -> Self {
+    // The casts: the field types of `struct stat` differ between
+    // architectures; none of these values is out of range of the target.
+    #[allow(clippy::unnecessary_cast)]
+    pub(super) fn of(stat: &Stat) -> Self {
+        // A time before 1970 sorts as 1970: the order of such mail is moot.
+        let mtime = u64::try_from(stat.st_mtime)
+            .map(|secs| UNIX_EPOCH + Duration::new(secs, stat.st_mtime_nsec as u32))
+            .unwrap_or(UNIX_EPOCH);
         FileStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+            len: stat.st_size as u64,
+            mtime,
         }
     }
 }
