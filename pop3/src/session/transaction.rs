@@ -59,7 +59,9 @@ impl Transaction {
     /// Count and octets of the messages not marked deleted.
     pub(super) fn totals(&self) -> (usize, u64) {
         self.live()
-            .fold((0, 0), |(n, s), (_, m)| (n + 1, s + m.size))
+            // Saturating: sizes come from the maildir, which a hostile
+            // writer controls; a sum must not wrap into a small number.
+            .fold((0, 0), |(n, s), (_, m)| (n + 1, s.saturating_add(m.size)))
     }
 
     pub(super) fn stat(&self, out: &mut ReplyBuffer) {

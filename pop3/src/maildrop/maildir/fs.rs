@@ -22,8 +22,9 @@ use crate::log_text::LogText;
 use crate::maildrop::{MessageReader, OpenError};
 use rustix::fd::OwnedFd;
 use rustix::fs::{
-    fchown, flock, fstat, mkdirat, openat, openat2, renameat, statat, unlinkat, AtFlags, Dir,
-    FileType, FlockOperation, Gid, Mode, OFlags, ResolveFlags, Stat, Uid,
+    fchown, flock, fstat, mkdirat, openat, openat2, renameat, renameat_with, statat, unlinkat,
+    AtFlags, Dir, FileType, FlockOperation, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Stat,
+    Uid,
 };
 use rustix::io::{preadv2, Errno, ReadWriteFlags};
 use std::ffi::{OsStr, OsString};
@@ -274,7 +275,18 @@ pub(super) fn move_new_to_cur(fds: &MaildirFds, path: &Path) -> Result<Vec<Found
                     continue;
                 }
             };
-        match renameat(&fds.new, &name, &fds.cur, cur_name(&name)) {
+        // NOREPLACE: a message of the same name already in cur/ (a second
+        // delivery, a restored backup) must not be overwritten; RFC 1939
+        // section 6 lets a session remove only what it marked. The new
+        // one stays in new/, and the listing gives one of the two a
+        // unique name.
+        match renameat_with(
+            &fds.new,
+            &name,
+            &fds.cur,
+            cur_name(&name),
+            RenameFlags::NOREPLACE,
+        ) {
             Ok(()) => {}
             // Someone else (Dovecot) moved it already: the cur/ listing
             // finds it.

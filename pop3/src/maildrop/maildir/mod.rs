@@ -201,7 +201,24 @@ impl OpenMaildir {
                 }
             }
             let base = base_of(name.as_bytes()).to_vec();
-            let size = match virtual_size(&base).or_else(|| sizes.get(&f.stamp)) {
+            // A W= size is trusted only where it can be true: CRLF line
+            // ends make the wire size at least the file's length and at
+            // most twice it. A lying name (a foreign writer, a copy from
+            // elsewhere) would make STAT and LIST wrong (RFC 1939 section
+            // 5: exact sizes), so the file is measured instead.
+            let named = virtual_size(&base).filter(|&size| {
+                let fits = (f.stamp.len()..=f.stamp.len().saturating_mul(2)).contains(&size);
+                if !fits {
+                    log::warn!(target: LOG_TARGET, "maildir {}: {}/{} says W={size}, which cannot be the wire size of its {} octets; measuring it",
+                        LogText::of(dir.as_os_str().as_bytes()),
+                        f.sub.name(),
+                        LogText::of(name.as_bytes()),
+                        f.stamp.len()
+                    );
+                }
+                fits
+            });
+            let size = match named.or_else(|| sizes.get(&f.stamp)) {
                 Some(size) => size,
                 None => {
                     let path = dir.join(f.sub.name()).join(&name);
@@ -533,8 +550,8 @@ mod tests {
     #[test]
     fn sizes_from_w_field_or_computed() {
         let (_tmp, store) = store();
-        // W= wins even when it disagrees with the content: it is not read.
-        put(&store, "u", "cur", "1.M1P1.h,S=3,W=999:2,S", b"ab\n", 1);
+        // A W= that can be true wins: the file is not read for it.
+        put(&store, "u", "cur", "1.M1P1.h,S=3,W=5:2,S", b"ab\n", 1);
         put(&store, "u", "cur", "2.M1P1.h,W=4", b"ab\n", 2);
         // LF-only: every line end costs one more octet.
         put(&store, "u", "cur", "3:2,", b"a\nb\n", 3);
@@ -548,7 +565,7 @@ mod tests {
         put(&store, "u", "cur", "8:2,", b"", 8);
         let md = store.open("u").unwrap();
         let sizes: Vec<u64> = md.messages().iter().map(|m| m.size).collect();
-        assert_eq!(sizes, [999, 4, 6, 6, 6, 3, 3, 0]);
+        assert_eq!(sizes, [5, 4, 6, 6, 6, 3, 3, 0]);
     }
 
     #[test]
@@ -635,6 +652,50 @@ mod tests {
         let md = store.open("u").unwrap();
         md.commit(&[0, 2, 2]).unwrap();
         assert_eq!(names(&store, "u", "cur"), ["2:2,"]);
+    }
+
+    /// A W= size that cannot be the message's (smaller than the file, or
+    /// more than twice it) is not believed: STAT and LIST stay exact.
+    #[test]
+    fn a_lying_wire_size_in_the_name_is_measured_instead() {
+        let (_tmp, store) = store();
+        let body = b"Subject: x\n\nsixty-six octets of text, give or take a line or two\n";
+        put(&store, "u", "cur", "2000.M2.host,S=1,W=1:2,", body, 1);
+        put(
+            &store,
+            "u",
+            "cur",
+            "2001.M3.host,W=18446744073709551615:2,",
+            body,
+            2,
+        );
+        put(&store, "u", "cur", "2002.M4.host,W=70:2,", b"x\n", 3);
+        let md = store.open("u").unwrap();
+        let wire = body.len() as u64 + body.iter().filter(|&&b| b == b'\n').count() as u64;
+        let sizes: Vec<u64> = md.messages().iter().map(|m| m.size).collect();
+        assert_eq!(sizes, [wire, wire, 3]);
+        // A true W= is still taken as it is, without reading the file.
+        put(&store, "u", "cur", "2003.M5.host,W=5:2,", b"abcd", 4);
+        drop(md);
+        let md = store.open("u").unwrap();
+        assert_eq!(md.messages()[3].size, 5, "a plausible W= is believed");
+    }
+
+    /// A message in new/ whose name cur/ already holds (a second
+    /// delivery, a restored backup) is not moved over it: both are served,
+    /// and neither is lost.
+    #[test]
+    fn new_mail_never_overwrites_a_message_in_cur() {
+        let (_tmp, store) = store();
+        put(&store, "u", "cur", "1000.M1.host:2,", b"first\n", 1);
+        put(&store, "u", "new", "1000.M1.host", b"second\n", 2);
+        let mut md = store.open("u").unwrap();
+        assert_eq!(md.messages().len(), 2, "both messages are listed");
+        let mut bodies: Vec<Vec<u8>> = (0..2).map(|i| read(md.as_mut(), i).unwrap()).collect();
+        bodies.sort();
+        assert_eq!(bodies, [b"first\r\n".to_vec(), b"second\r\n".to_vec()]);
+        let uids: std::collections::HashSet<_> = md.messages().iter().map(|m| &m.uid).collect();
+        assert_eq!(uids.len(), 2, "UIDLs stay unique");
     }
 
     #[test]

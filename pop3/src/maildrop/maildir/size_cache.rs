@@ -48,6 +48,11 @@ impl FileStamp {
     // The casts: the field types of `struct stat` differ between
     // architectures; none of these values is out of range of the target.
     #[allow(clippy::unnecessary_cast)]
+    /// The file's length in octets.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
     pub(super) fn of(stat: &Stat) -> Self {
         // A time before 1970 sorts as 1970: the order of such mail is moot.
         let mtime = u64::try_from(stat.st_mtime)
