@@ -53,6 +53,9 @@ impl FileStamp {
         self.len
     }
 
+    // rustix's Stat is libc's or its own by backend, and the workspace's
+    // features pick one: st_dev and st_ino are u64 in one, not the other.
+    #[allow(clippy::unnecessary_cast)]
     pub(super) fn of(stat: &Stat) -> Self {
         // A time before 1970 sorts as 1970: the order of such mail is moot.
         let mtime = u64::try_from(stat.st_mtime)
