@@ -289,6 +289,22 @@ fn example_config_documents_every_key_with_its_default() {
         "login_failure_delay"
     );
     assert_eq!(
+        documented_pop3.login_timeout, default_pop3.login_timeout,
+        "login_timeout"
+    );
+    assert_eq!(
+        documented_pop3.line_timeout, default_pop3.line_timeout,
+        "line_timeout"
+    );
+    assert_eq!(
+        documented_pop3.client_prefix_v4, default_pop3.client_prefix_v4,
+        "client_prefix_v4"
+    );
+    assert_eq!(
+        documented_pop3.client_prefix_v6, default_pop3.client_prefix_v6,
+        "client_prefix_v6"
+    );
+    assert_eq!(
         documented_pop3.shutdown_grace, default_pop3.shutdown_grace,
         "shutdown_grace"
     );
