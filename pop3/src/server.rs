@@ -6,6 +6,7 @@
 //! line from its first octet, and `idle_timeout` from its last complete
 //! command (octets trickling in without a line end are not a command).
 
+mod accept_errors;
 pub(crate) mod slots;
 
 use std::{
@@ -34,6 +35,7 @@ use crate::{
     session::{Flow, Session, SessionContext},
     Authenticator, GrantSink,
 };
+use accept_errors::AcceptErrors;
 use slots::{Admission, Slot, Slots};
 
 /// The service's dependencies.
@@ -190,15 +192,21 @@ struct Shared {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
+    let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    errors.succeeded();
+                    pair
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let pause = errors.failed(&e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             },
