@@ -7,6 +7,7 @@
 //! command (octets trickling in without a line end are not a command).
 
 mod accept_errors;
+pub mod open_files;
 pub(crate) mod slots;
 
 use std::{

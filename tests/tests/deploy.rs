@@ -204,6 +204,17 @@ fn unit_and_example_config_agree() {
         !bounding.iter().any(|c| c == "CAP_SYS_ADMIN"),
         "CapabilityBoundingSet has CAP_SYS_ADMIN: deploy/README.md explains why not"
     );
+    // The daemon refuses to start with a max_connections whose sessions
+    // cannot have their files: the unit's limit must fit the default.
+    let open_files: u64 = unit_setting(&unit, "LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE= is one number");
+    let needed = pop3::server::open_files::needed_for(file.pop3.max_connections);
+    assert!(
+        open_files >= needed,
+        "LimitNOFILE={open_files} cannot hold max_connections = {} ({needed} open files)",
+        file.pop3.max_connections
+    );
 }
 
 /// `systemctl reload` sends the daemon SIGHUP, which reloads it (without
