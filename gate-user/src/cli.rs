@@ -263,9 +263,26 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused with -ERR [SYS/TEMP]. Default 1024.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Connections from one address at once. Default 50.
+    /// Connections from one client network at once (see --client-prefix-v4
+    /// and --client-prefix-v6). Default 50.
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+    /// Time a client has from connecting to logging in (1s to 1h). Default 60s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub login_timeout: Option<Duration>,
+    /// Time a client has to finish a command line it began (1s to 1h).
+    /// Default 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub line_timeout: Option<Duration>,
+    /// Prefix length of an IPv4 client's network, for the per-network
+    /// limit and for who gives up a slot when all are taken. Default 32.
+    #[arg(long, value_name = "BITS")]
+    pub client_prefix_v4: Option<u8>,
+    /// Prefix length of an IPv6 client's network. Default 64.
+    #[arg(long, value_name = "BITS")]
+    pub client_prefix_v6: Option<u8>,
     /// Delay before each failed login is answered. Default 2s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]

@@ -30,9 +30,43 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Connections served at once; more are answered `-ERR [SYS/TEMP]`.
     pub max_connections: usize,
-    /// Connections from one address at once: one host cannot take every
-    /// slot and lock everybody else out of POP3 (and so out of SMTP).
+    /// Connections from one client network at once (an IPv4 address or an
+    /// IPv6 /64 by default: `client_prefix_v4`, `client_prefix_v6`): one
+    /// host cannot take every slot and lock everybody else out of POP3
+    /// (and so out of SMTP).
     pub max_connections_per_ip: usize,
+
+    // Slots for the people who need them: how long a connection may hold
+    // a slot without logging in, and who is served when all are taken.
+    /// How long a client has, from its connection, to log in; then it is
+    /// cut. RFC 1939 section 3 asks for an autologout timer of at least
+    /// 10 minutes only in the TRANSACTION state ("A POP3 server MAY have
+    /// an inactivity autologout timer. Such a timer MUST be of at least 10
+    /// minutes' duration. The receipt of any command from the client
+    /// during that interval should suffice to reset the autologout
+    /// timer."); the AUTHORIZATION state it leaves open. A fixed limit,
+    /// not an inactivity timer: commands do not extend it, or a client
+    /// could hold a slot by sending CAPA forever. Dovecot's login
+    /// processes have the same kind of limit (3 minutes,
+    /// CLIENT_LOGIN_TIMEOUT_MSECS); a POP3 login takes a client well under
+    /// a second, three failed ones with their delays a few seconds.
+    #[serde(with = "duration::text")]
+    pub login_timeout: Duration,
+    /// Time a client has to finish a command line once its first octet
+    /// came, in every state; octets trickling in without a line end do not
+    /// extend it (Postfix's `smtpd_per_record_deadline` is the same idea).
+    /// Not the autologout timer of RFC 1939 (`idle_timeout`), which counts
+    /// from the last complete command: real clients send a command line
+    /// in one piece.
+    #[serde(with = "duration::text")]
+    pub line_timeout: Duration,
+    /// Prefix length that makes an IPv4 client's network for
+    /// `max_connections_per_ip` and for who is cut when the server is
+    /// full. 32: each address alone.
+    pub client_prefix_v4: u8,
+    /// The same for IPv6. 64: the /64 one host or one subscriber line
+    /// usually gets, in which it can pick any number of addresses.
+    pub client_prefix_v6: u8,
     /// Every failed login is answered after this long.
     #[serde(with = "duration::text")]
     pub login_failure_delay: Duration,
@@ -48,14 +82,19 @@ pub struct ServerConfig {
 /// RFC 1939 section 3 (see `ServerConfig::idle_timeout`).
 pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The most connections the service takes at once, and from one address:
-/// what tokio's semaphore of connection places holds (2^61 - 1; the
-/// open-file limit is far lower in practice).
+/// The most connections the service takes at once, and from one network:
+/// 2^61 - 1 (tokio's semaphore bound, which it once used; the open-file
+/// limit is far lower in practice, see `server::open_files`).
 pub const MAX_CONNECTIONS: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 /// Below this, a client on a slow or lossy link (a retransmission takes a
 /// second or more) would be cut while it is still reading.
 pub const MIN_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Bounds of `login_timeout` and `line_timeout`: under a second a slow
+/// link could not make it, over an hour the limit protects nothing.
+const MIN_CLIENT_TIME_LIMIT: Duration = Duration::from_secs(1);
+const MAX_CLIENT_TIME_LIMIT: Duration = Duration::from_secs(3600);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -66,6 +105,10 @@ impl Default for ServerConfig {
             send_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_connections_per_ip: 50,
+            login_timeout: Duration::from_secs(60),
+            line_timeout: Duration::from_secs(30),
+            client_prefix_v4: 32,
+            client_prefix_v6: 64,
             login_failure_delay: Duration::from_secs(2),
             max_login_failures: 3,
             shutdown_grace: Duration::from_secs(10),
@@ -127,6 +170,20 @@ impl ServerConfig {
                 return bad(key, &format!("must be 1 to {MAX_CONNECTIONS}, not {value}"));
             }
         }
+        for (key, limit) in [
+            ("login_timeout", self.login_timeout),
+            ("line_timeout", self.line_timeout),
+        ] {
+            if !(MIN_CLIENT_TIME_LIMIT..=MAX_CLIENT_TIME_LIMIT).contains(&limit) {
+                return bad(key, "must be from 1s to 1h");
+            }
+        }
+        if !(1..=32).contains(&self.client_prefix_v4) {
+            return bad("client_prefix_v4", "must be from 1 to 32");
+        }
+        if !(1..=128).contains(&self.client_prefix_v6) {
+            return bad("client_prefix_v6", "must be from 1 to 128");
+        }
         Ok(())
     }
 }
@@ -163,6 +220,9 @@ mod tests {
         assert_eq!(config.login_failure_delay, Duration::from_secs(2));
         assert_eq!(config.max_login_failures, 3, "the third failure closes");
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.login_timeout, Duration::from_secs(60));
+        assert_eq!(config.line_timeout, Duration::from_secs(30));
+        assert_eq!((config.client_prefix_v4, config.client_prefix_v6), (32, 64));
     }
 
     #[test]
@@ -228,5 +288,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not ADDRESS:PORT"), "{err}");
+    }
+
+    #[test]
+    fn slot_limits_are_bounded() {
+        let key = |config: ServerConfig| config.check().unwrap_err().key;
+        let with = |change: fn(&mut ServerConfig)| {
+            let mut config = ServerConfig::default();
+            change(&mut config);
+            config
+        };
+        for (name, bad) in [
+            (
+                "login_timeout",
+                with(|c| c.login_timeout = Duration::from_millis(999)),
+            ),
+            (
+                "login_timeout",
+                with(|c| c.login_timeout = Duration::from_secs(3601)),
+            ),
+            (
+                "line_timeout",
+                with(|c| c.line_timeout = Duration::from_millis(999)),
+            ),
+            (
+                "line_timeout",
+                with(|c| c.line_timeout = Duration::from_secs(3601)),
+            ),
+            ("client_prefix_v4", with(|c| c.client_prefix_v4 = 0)),
+            ("client_prefix_v4", with(|c| c.client_prefix_v4 = 33)),
+            ("client_prefix_v6", with(|c| c.client_prefix_v6 = 0)),
+            ("client_prefix_v6", with(|c| c.client_prefix_v6 = 129)),
+        ] {
+            assert_eq!(key(bad), name);
+        }
+        let edges = with(|c| {
+            c.login_timeout = Duration::from_secs(1);
+            c.line_timeout = Duration::from_secs(3600);
+            c.client_prefix_v4 = 1;
+            c.client_prefix_v6 = 128;
+        });
+        edges.check().unwrap();
     }
 }

@@ -4,6 +4,12 @@
 //! RFC 2449 section 4: "command lines [...] a maximum length of 255
 //! octets, including the terminating CRLF". A longer line is discarded up
 //! to its end and reported once, so the session answers `-ERR` and goes on.
+//!
+//! The buffer also knows since when its unfinished line has been coming
+//! in: the server's time limit for one command line counts from there, so
+//! octets trickling in without a line end do not put it off.
+
+use std::time::Instant;
 
 /// Longest command line, CRLF included (RFC 2449 section 4).
 pub const MAX_LINE: usize = 255;
@@ -21,6 +27,12 @@ pub struct LineBuffer {
     pending: Vec<u8>,
     /// Inside an overlong line: drop bytes up to the next LF.
     discarding: bool,
+    /// When the first octet of the unfinished line (held or being
+    /// discarded) arrived.
+    line_started: Option<Instant>,
+    /// When the octets of the last `extend` arrived: a line that begins
+    /// after a line end in them began then.
+    last_arrival: Option<Instant>,
 }
 
 impl LineBuffer {
@@ -28,9 +40,36 @@ impl LineBuffer {
         Self::default()
     }
 
-    /// Appends received bytes.
+    /// Appends bytes received just now.
     pub fn extend(&mut self, bytes: &[u8]) {
+        self.extend_at(bytes, Instant::now());
+    }
+
+    /// Appends bytes received at `arrived`.
+    pub fn extend_at(&mut self, bytes: &[u8], arrived: Instant) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.line_started.is_none() {
+            self.line_started = Some(arrived);
+        }
+        self.last_arrival = Some(arrived);
         self.pending.extend_from_slice(bytes);
+    }
+
+    /// When the first octet of the line still unfinished arrived; `None`
+    /// between lines. A line being discarded as too long counts too.
+    pub fn unfinished_since(&self) -> Option<Instant> {
+        self.line_started
+    }
+
+    /// A line ended: what is left began with the last arrival.
+    fn line_ended(&mut self) {
+        self.line_started = if self.pending.is_empty() {
+            None
+        } else {
+            self.last_arrival
+        };
     }
 
     /// The next complete line, if one has arrived. CRLF ends a line; a bare
@@ -43,6 +82,7 @@ impl LineBuffer {
                     Some(i) => {
                         self.pending.drain(..=i);
                         self.discarding = false;
+                        self.line_ended();
                         return Some(Line::TooLong);
                     }
                     None => {
@@ -58,6 +98,7 @@ impl LineBuffer {
                     if line.last() == Some(&b'\r') {
                         line.pop();
                     }
+                    self.line_ended();
                     return Some(Line::Command(line));
                 }
                 Some(_) => {
@@ -133,5 +174,37 @@ mod tests {
         let junk = vec![b'x'; 10_000];
         let out = lines_of(&[&junk, &junk, b"\r\n", b"QUIT\r\n"]);
         assert_eq!(out, vec![Line::TooLong, Line::Command(b"QUIT".to_vec())]);
+    }
+
+    /// The line's time starts with its first octet: more octets without a
+    /// line end keep that start; a line end starts the next line's time
+    /// with the octets after it, or stops it when there are none. A line
+    /// dropped as too long is still a line in coming.
+    #[test]
+    fn an_unfinished_line_is_dated_by_its_first_octet() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        let mut buffer = LineBuffer::new();
+        assert_eq!(buffer.unfinished_since(), None);
+        buffer.extend_at(b"NO", at(0));
+        buffer.extend_at(b"", at(5));
+        buffer.extend_at(b"O", at(10));
+        assert_eq!(buffer.next_line(), None);
+        assert_eq!(buffer.unfinished_since(), Some(at(0)), "trickling");
+        buffer.extend_at(b"P\r\nST", at(20));
+        assert_eq!(buffer.next_line(), Some(Line::Command(b"NOOP".to_vec())));
+        assert_eq!(buffer.next_line(), None);
+        assert_eq!(buffer.unfinished_since(), Some(at(20)), "the next line");
+        buffer.extend_at(b"AT\r\n", at(30));
+        assert_eq!(buffer.next_line(), Some(Line::Command(b"STAT".to_vec())));
+        assert_eq!(buffer.unfinished_since(), None, "between lines");
+        buffer.extend_at(&[b'x'; MAX_LINE + 1], at(40));
+        assert_eq!(buffer.next_line(), None);
+        buffer.extend_at(b"xx", at(50));
+        assert_eq!(buffer.next_line(), None);
+        assert_eq!(buffer.unfinished_since(), Some(at(40)), "being dropped");
+        buffer.extend_at(b"\n", at(60));
+        assert_eq!(buffer.next_line(), Some(Line::TooLong));
+        assert_eq!(buffer.unfinished_since(), None);
     }
 }

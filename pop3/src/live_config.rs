@@ -1,28 +1,26 @@
 //! The service's settings while it runs. A reload (SIGHUP in the daemon)
 //! replaces them: each connection takes the settings in force when it is
-//! accepted and keeps them to its end, and the connection limit follows at
-//! once. The listeners and the greeting's host name are made at start and
-//! stay as they are.
+//! accepted and keeps them to its end, and the connection limits follow at
+//! once (server/slots.rs). The listeners and the greeting's host name are
+//! made at start and stay as they are.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use tokio::sync::Semaphore;
-
-use crate::config::ServerConfig;
+use crate::{
+    config::ServerConfig,
+    server::slots::{SlotLimits, Slots},
+};
 
 pub struct LiveConfig {
     current: RwLock<Arc<ServerConfig>>,
-    /// One permit per connection that may be served at once.
-    connections: Arc<Semaphore>,
-    /// The limit the permits add up to (`max_connections` in force).
-    limit: Mutex<usize>,
+    /// The connection slots, under the limits in force.
+    slots: Arc<Slots>,
 }
 
 impl LiveConfig {
     pub fn new(config: ServerConfig) -> Self {
         Self {
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            limit: Mutex::new(config.max_connections),
+            slots: Slots::new(SlotLimits::of(&config)),
             current: RwLock::new(Arc::new(config)),
         }
     }
@@ -32,42 +30,20 @@ impl LiveConfig {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The permits of the connection limit.
-    pub(crate) fn connections(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.connections)
+    /// The connection slots.
+    pub(crate) fn slots(&self) -> Arc<Slots> {
+        Arc::clone(&self.slots)
     }
 
     /// Makes `config` the settings of the connections accepted from now on,
     /// but for `listen` and `hostname`, which stay as they are (see the
-    /// module comment). A lower connection limit takes the free places at
-    /// once and the others as their connections end: no connection is cut.
-    /// Needs a tokio runtime when the limit is lowered below the places in
-    /// use.
+    /// module comment). A lower connection limit cuts no connection: nobody
+    /// more is let in until enough of them have ended.
     pub fn update(&self, mut config: ServerConfig) {
         let old = self.current();
         config.listen.clone_from(&old.listen);
         config.hostname.clone_from(&old.hostname);
-        let mut limit = self.limit.lock().unwrap_or_else(|p| p.into_inner());
-        let new = config.max_connections;
-        if new > *limit {
-            self.connections.add_permits(new - *limit);
-        } else if new < *limit {
-            let mut owed = (*limit - new) - self.connections.forget_permits(*limit - new);
-            // The places in use come back one by one; the semaphore hands
-            // out released permits to waiters first (it is fair), so they
-            // go to this one and newcomers find the lower limit.
-            while owed > 0 {
-                let take = owed.min(u32::MAX as usize);
-                owed -= take;
-                let permits = Arc::clone(&self.connections);
-                tokio::spawn(async move {
-                    if let Ok(taken) = permits.acquire_many_owned(take as u32).await {
-                        taken.forget();
-                    }
-                });
-            }
-        }
-        *limit = new;
+        self.slots.set_limits(SlotLimits::of(&config));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 }
@@ -77,6 +53,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::server::slots::{Admission, Slot};
 
     fn with_limit(max_connections: usize) -> ServerConfig {
         ServerConfig {
@@ -85,51 +62,54 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_higher_limit_lets_more_in_at_once() {
+    fn admitted(slots: &Arc<Slots>) -> Slot {
+        match slots.admit("192.0.2.1".parse().unwrap()) {
+            Admission::Admitted { slot, .. } => slot,
+            _ => panic!("refused"),
+        }
+    }
+
+    fn refused(slots: &Arc<Slots>) -> bool {
+        !matches!(
+            slots.admit("192.0.2.1".parse().unwrap()),
+            Admission::Admitted { .. }
+        )
+    }
+
+    #[test]
+    fn a_higher_limit_lets_more_in_at_once() {
         let live = LiveConfig::new(with_limit(1));
-        let permits = live.connections();
-        let _first = permits.clone().try_acquire_owned().unwrap();
-        assert!(permits.clone().try_acquire_owned().is_err());
+        let slots = live.slots();
+        let _first = admitted(&slots);
+        assert!(refused(&slots));
         live.update(with_limit(2));
         assert_eq!(live.current().max_connections, 2);
-        let _second = permits.clone().try_acquire_owned().unwrap();
-        assert!(permits.try_acquire_owned().is_err());
+        let _second = admitted(&slots);
+        assert!(refused(&slots));
     }
 
     /// Lowered below the places in use, the limit cuts no connection but
     /// lets nobody in until enough of them have ended.
-    #[tokio::test]
-    async fn a_lower_limit_waits_for_connections_to_end() {
+    #[test]
+    fn a_lower_limit_waits_for_connections_to_end() {
         let live = LiveConfig::new(with_limit(3));
-        let permits = live.connections();
-        let first = permits.clone().try_acquire_owned().unwrap();
-        let second = permits.clone().try_acquire_owned().unwrap();
+        let slots = live.slots();
+        let first = admitted(&slots);
+        let second = admitted(&slots);
         live.update(with_limit(1));
-        // The waiter for the places in use queues up when it first runs.
-        tokio::task::yield_now().await;
-        assert!(
-            permits.clone().try_acquire_owned().is_err(),
-            "2 in use, limit 1"
-        );
+        assert!(refused(&slots), "2 in use, limit 1");
+        assert!(!first.cut().is_cancelled() && !second.cut().is_cancelled());
         drop(first);
-        tokio::task::yield_now().await;
-        assert!(
-            permits.clone().try_acquire_owned().is_err(),
-            "1 in use, limit 1"
-        );
+        assert!(refused(&slots), "1 in use, limit 1");
         drop(second);
-        let third = tokio::time::timeout(Duration::from_secs(10), permits.clone().acquire_owned())
-            .await
-            .expect("a place once the connections ended")
-            .unwrap();
-        assert!(permits.clone().try_acquire_owned().is_err(), "limit 1");
+        let third = admitted(&slots);
+        assert!(refused(&slots), "limit 1");
         drop(third);
         // Raised again, the limit is the new one, not the old one plus.
         live.update(with_limit(2));
-        let _a = permits.clone().try_acquire_owned().unwrap();
-        let _b = permits.clone().try_acquire_owned().unwrap();
-        assert!(permits.try_acquire_owned().is_err(), "limit 2");
+        let _a = admitted(&slots);
+        let _b = admitted(&slots);
+        assert!(refused(&slots), "limit 2");
     }
 
     #[tokio::test]

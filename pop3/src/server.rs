@@ -1,19 +1,26 @@
-//! The tokio service: listeners, the connection limit, per-connection
-//! timers and delays, and graceful shutdown.
+//! The tokio service: listeners, the connection slots (slots.rs),
+//! per-connection timers and delays, and graceful shutdown.
+//!
+//! A connection's time limits: until it logs in, `login_timeout` from its
+//! start, whatever it sends; in every state, `line_timeout` for a command
+//! line from its first octet, and `idle_timeout` from its last complete
+//! command (octets trickling in without a line end are not a command).
+
+mod accept_errors;
+pub mod open_files;
+pub(crate) mod slots;
 
 use std::{
-    collections::HashMap,
     io,
-    net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::Duration,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use log::{debug, info, warn};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{tcp::WriteHalf, TcpListener, TcpSocket, TcpStream},
-    sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -21,6 +28,7 @@ use crate::maildrop::MaildropStore;
 use crate::{
     auth::apop::TimestampSource,
     config::ServerConfig,
+    duration::format_duration,
     framing::LineBuffer,
     live_config::LiveConfig,
     normalize_addr,
@@ -28,6 +36,8 @@ use crate::{
     session::{Flow, Session, SessionContext},
     Authenticator, GrantSink,
 };
+use accept_errors::AcceptErrors;
+use slots::{Admission, Slot, Slots};
 
 /// The service's dependencies.
 #[derive(Clone)]
@@ -86,8 +96,7 @@ impl Server {
     /// file system that hangs) is waited for as long again, then left
     /// behind: it cannot hold the shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
-        let limit = self.live.connections();
-        let per_ip = Arc::new(PerIpCount::default());
+        let slots = self.live.slots();
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let timestamps = Arc::new(TimestampSource::new(&self.live.current().hostname));
@@ -96,8 +105,7 @@ impl Server {
             let shared = Shared {
                 live: Arc::clone(&self.live),
                 backends: self.backends.clone(),
-                limit: Arc::clone(&limit),
-                per_ip: Arc::clone(&per_ip),
+                slots: Arc::clone(&slots),
                 tracker: tracker.clone(),
                 hard_stop: hard_stop.clone(),
                 timestamps: Arc::clone(&timestamps),
@@ -178,72 +186,142 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 struct Shared {
     live: Arc<LiveConfig>,
     backends: Backends,
-    limit: Arc<Semaphore>,
-    per_ip: Arc<PerIpCount>,
+    slots: Arc<Slots>,
     tracker: TaskTracker,
     hard_stop: CancellationToken,
     timestamps: Arc<TimestampSource>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
+    let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    errors.succeeded();
+                    pair
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let pause = errors.failed(&e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let ip = normalize_addr(peer.ip());
-        let slot = shared
-            .per_ip
-            .enter(ip, shared.live.current().max_connections_per_ip);
-        let permit = Arc::clone(&shared.limit).try_acquire_owned();
-        match (slot, permit) {
-            (Some(slot), Ok(permit)) => {
+        let text = match shared.slots.admit(normalize_addr(peer.ip())) {
+            Admission::Admitted { slot, made_room } => {
+                if let Some(network) = made_room {
+                    debug!(
+                        "all slots taken: the newest connection of {network} that has not \
+                         logged in is cut for {peer}"
+                    );
+                }
                 let shared = shared.clone();
                 shared.tracker.clone().spawn(async move {
-                    let _held = (permit, slot);
-                    if let Err(e) = serve_connection(stream, peer, &shared).await {
+                    if let Err(e) = serve_connection(stream, peer, slot, &shared).await {
                         debug!("connection from {peer} ended: {e}");
                     }
                 });
+                continue;
             }
-            (slot, _) => {
-                let text = if slot.is_none() {
-                    "too many connections from your address, try again later"
-                } else {
-                    "too many connections, try again later"
-                };
-                drop(slot);
-                shared.tracker.spawn(async move {
-                    let mut stream = stream;
-                    let mut reply = ReplyBuffer::new();
-                    reply.err(Some(RespCode::SysTemp), text);
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        stream.write_all(reply.as_bytes()),
-                    )
+            Admission::NetworkFull(network) => {
+                debug!("refused {peer}: {network} holds its most connections");
+                "too many connections from your network, try again later"
+            }
+            Admission::ServerFull => "too many connections, try again later",
+        };
+        shared.tracker.spawn(async move {
+            let mut stream = stream;
+            let mut reply = ReplyBuffer::new();
+            reply.err(Some(RespCode::SysTemp), text);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes()))
                     .await;
-                });
-            }
-        }
+        });
     }
 }
 
+/// Why a connection was cut before it logged in.
+#[derive(Debug)]
+enum CutBeforeLogin {
+    LoginTimeout,
+    /// Its slot went to a newcomer from a network holding fewer.
+    MadeRoom,
+}
+
+/// Serves one connection in `slot`. Until the session logs in, the login
+/// timeout and a newcomer that needs the slot can cut it, whatever it is
+/// doing (even waiting for a client that does not read its replies).
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
     shared: &Shared,
 ) -> io::Result<()> {
     // The settings in force now stay this connection's to its end.
-    let config = &*shared.live.current();
+    let config = shared.live.current();
+    let login_deadline = Instant::now() + config.login_timeout;
+    let logged_in = CancellationToken::new();
+    // Biased: a session that has just logged in marks it before the cut
+    // is looked at, so a login is never cut.
+    let cut = tokio::select! {
+        biased;
+        ended = converse(&mut stream, peer, &config, &slot, &logged_in, shared) => return ended,
+        cut = cut_before_login(login_deadline, slot.cut(), &logged_in) => cut,
+    };
+    debug!(
+        "connection from {peer} ({}) cut before login: {cut:?}",
+        slot.network()
+    );
+    let mut goodbye = ReplyBuffer::new();
+    match cut {
+        CutBeforeLogin::LoginTimeout => goodbye.err(
+            None,
+            &format!(
+                "disconnected: no login within {}",
+                format_duration(config.login_timeout)
+            ),
+        ),
+        CutBeforeLogin::MadeRoom => goodbye.err(
+            Some(RespCode::SysTemp),
+            "disconnected to make room: too many connections from your network",
+        ),
+    }
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), stream.write_all(goodbye.as_bytes())).await;
+    Ok(())
+}
+
+/// Resolves when the connection must be cut before it logged in; never
+/// once `logged_in` is cancelled.
+async fn cut_before_login(
+    deadline: Instant,
+    cut: &CancellationToken,
+    logged_in: &CancellationToken,
+) -> CutBeforeLogin {
+    tokio::select! {
+        biased;
+        _ = logged_in.cancelled() => std::future::pending().await,
+        _ = cut.cancelled() => CutBeforeLogin::MadeRoom,
+        _ = tokio::time::sleep_until(deadline.into()) => CutBeforeLogin::LoginTimeout,
+    }
+}
+
+/// The conversation: greeting, commands and replies, the idle and line
+/// timers, shutdown.
+async fn converse(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    config: &ServerConfig,
+    slot: &Slot,
+    logged_in: &CancellationToken,
+    shared: &Shared,
+) -> io::Result<()> {
     let stop = &shared.hard_stop;
     let ctx = SessionContext {
         auth: Arc::clone(&shared.backends.auth),
@@ -264,11 +342,21 @@ async fn serve_connection(
     session.greeting(&mut out.buffer);
     let mut lines = LineBuffer::new();
     let mut chunk = vec![0u8; READ_CHUNK];
+    // The autologout timer of RFC 1939 counts from here: the last
+    // complete command (its replies sent), or the greeting.
+    let mut quiet_since = Instant::now();
     loop {
+        let mut answered = false;
         // Answer every complete line that has arrived, in order
         // (RFC 2449 PIPELINING), then send the replies in one write.
         while let Some(line) = lines.next_line() {
-            match session.handle(line, &mut out).await {
+            answered = true;
+            let flow = session.handle(line, &mut out).await;
+            if !logged_in.is_cancelled() && session.is_logged_in() {
+                slot.logged_in();
+                logged_in.cancel();
+            }
+            match flow {
                 Flow::Continue => out.make_room().await?,
                 Flow::Close => {
                     out.send().await?;
@@ -288,21 +376,41 @@ async fn serve_connection(
             }
         }
         out.send().await?;
+        if answered {
+            quiet_since = Instant::now();
+        }
+        let idle_until = quiet_since + config.idle_timeout;
+        let line_until = lines
+            .unfinished_since()
+            .map(|first_octet| first_octet + config.line_timeout);
+        let (until, line_too_slow) = match line_until {
+            Some(line_until) if line_until < idle_until => (line_until, true),
+            _ => (idle_until, false),
+        };
         let read = tokio::select! {
             _ = shared.hard_stop.cancelled() => {
                 out.last_words("server shutting down", Some(RespCode::SysTemp)).await;
                 return Ok(());
             }
-            read = tokio::time::timeout(config.idle_timeout, reader.read(&mut chunk)) => read,
-        };
-        match read {
-            Err(_) => {
-                out.last_words("disconnected for inactivity", None).await;
+            _ = tokio::time::sleep_until(until.into()) => {
+                let why = if line_too_slow {
+                    format!(
+                        "disconnected: a command line took longer than {}",
+                        format_duration(config.line_timeout)
+                    )
+                } else {
+                    "disconnected for inactivity".to_string()
+                };
+                debug!("connection from {peer} cut: {why}");
+                out.last_words(&why, None).await;
                 return Ok(());
             }
-            Ok(Ok(0)) => return Ok(()),
-            Ok(Ok(n)) => lines.extend(&chunk[..n]),
-            Ok(Err(e)) => return Err(e),
+            read = reader.read(&mut chunk) => read,
+        };
+        match read {
+            Ok(0) => return Ok(()),
+            Ok(n) => lines.extend(&chunk[..n]),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -395,41 +503,4 @@ async fn write_with_progress(
         }
     }
     Ok(())
-}
-
-/// Open connections per client address.
-#[derive(Default)]
-struct PerIpCount(Mutex<HashMap<IpAddr, usize>>);
-
-/// One connection's place in `PerIpCount`; dropping it frees the place.
-struct IpSlot {
-    count: Arc<PerIpCount>,
-    ip: IpAddr,
-}
-
-impl PerIpCount {
-    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            count: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut map = self.count.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
 }

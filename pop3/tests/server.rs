@@ -1,6 +1,6 @@
-//! The tokio service on loopback: pipelining, the connection limits, the
-//! failed-login delay, slow password hashes, the idle timeout and graceful
-//! shutdown.
+//! The tokio service on loopback: pipelining, the connection limits and
+//! who gets a slot, the failed-login delay, slow password hashes, the
+//! login, line and idle timeouts, and graceful shutdown.
 
 use std::{
     fs, io,
@@ -146,6 +146,41 @@ impl Client {
             .unwrap_or_else(|_| panic!("no reply within {bound:?}"))
             .expect("read");
         line
+    }
+
+    /// Sends one octet every 100 ms, never a line end, until the server
+    /// answers; returns the answer. Panics after 15 s (the trickle would
+    /// go on for 30).
+    async fn trickle_until_cut(&mut self) -> String {
+        let (read, write) = (&mut self.read, &mut self.write);
+        let trickle = async {
+            for _ in 0..300 {
+                if write.write_all(b"N").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        let mut line = String::new();
+        tokio::select! {
+            got = read.read_line(&mut line) => {
+                got.expect("read");
+            }
+            _ = trickle => unreachable!(),
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                panic!("still connected after 15 s of one octet every 100 ms");
+            }
+        }
+        line
+    }
+
+    async fn login(&mut self, user: &str, password: &str) {
+        self.send(&format!("USER {user}\r\nPASS {password}\r\n"))
+            .await;
+        assert_eq!(self.line().await, "+OK send PASS\r\n");
+        let ok = self.line().await;
+        assert!(ok.starts_with(&format!("+OK {user} has")), "{ok}");
     }
 }
 
@@ -308,7 +343,7 @@ async fn one_address_cannot_take_every_slot() {
     let (_, greeting) = Client::connect(server.addr).await;
     assert_eq!(
         greeting,
-        "-ERR [SYS/TEMP] too many connections from your address, try again later\r\n"
+        "-ERR [SYS/TEMP] too many connections from your network, try again later\r\n"
     );
     drop(_a);
     // The slot comes back once the connection is gone.
@@ -338,12 +373,163 @@ async fn fifty_connections_from_one_address_by_default() {
     }
     let (mut refused, greeting) = Client::connect(server.addr).await;
     assert_eq!(
-        greeting, "-ERR [SYS/TEMP] too many connections from your address, try again later\r\n",
+        greeting, "-ERR [SYS/TEMP] too many connections from your network, try again later\r\n",
         "the 51st connection from 127.0.0.1"
     );
     assert_eq!(refused.line().await, "", "closed");
     let (_other, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
     assert!(greeting.starts_with("+OK"), "from 127.0.0.2: {greeting}");
+}
+
+/// Issue 10, defect 4: the per-address limit counted single addresses,
+/// so one network held any number of slots. Here the network is an IPv4
+/// /24 (`client_prefix_v4 = 24`), as loopback has no second IPv6 address;
+/// the IPv6 /64 is the same code (slots.rs's unit tests, and the lab test
+/// `pop3_slots_e2e`). Fails on the old server: the third address of the
+/// /24 was greeted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_of_one_network_share_its_budget() {
+    let server = start(|c| {
+        c.max_connections_per_ip = 2;
+        c.client_prefix_v4 = 24;
+    })
+    .await;
+    let (_a, greeting_a) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
+    let (_b, greeting_b) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 3), server.addr).await;
+    assert!(greeting_a.starts_with("+OK") && greeting_b.starts_with("+OK"));
+    let (mut third, greeting) =
+        Client::connect_from(Ipv4Addr::new(127, 0, 0, 4), server.addr).await;
+    assert_eq!(
+        greeting, "-ERR [SYS/TEMP] too many connections from your network, try again later\r\n",
+        "a third address of 127.0.0.0/24"
+    );
+    assert_eq!(third.line().await, "", "closed");
+    let (_other, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 1, 2), server.addr).await;
+    assert!(greeting.starts_with("+OK"), "another /24: {greeting}");
+}
+
+/// Issue 10, defect 4: with every slot held by connections that had not
+/// logged in, from a few networks, nobody else got in (`-ERR [SYS/TEMP]`,
+/// so nobody got a grant). Now the network holding the most gives up its
+/// newest connection that has not logged in, and a newcomer from another
+/// network logs in; a session that has logged in is never cut, and a
+/// newcomer that would end up holding as many as the network it cuts is
+/// refused. Fails on the old server: the newcomer was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_full_a_newcomer_from_another_network_is_served() {
+    let server = start(|c| {
+        c.max_connections = 5;
+        c.max_connections_per_ip = 3;
+    })
+    .await;
+    let (mut a1, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
+    let (mut a2, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
+    let (mut a3, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
+    a3.login("alice", "pw-a").await;
+    let (mut b1, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 3), server.addr).await;
+    let (mut b2, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 3), server.addr).await;
+    assert!(greeting.starts_with("+OK"), "the fifth slot: {greeting}");
+
+    let (mut newcomer, greeting) =
+        Client::connect_from(Ipv4Addr::new(127, 0, 0, 4), server.addr).await;
+    assert!(greeting.starts_with("+OK"), "the newcomer: {greeting}");
+    newcomer.login("bob", "pw-b").await;
+
+    assert_eq!(
+        a2.line().await,
+        "-ERR [SYS/TEMP] disconnected to make room: too many connections from your network\r\n",
+        "the newest connection of 127.0.0.2 that had not logged in"
+    );
+    assert_eq!(a2.line().await, "", "closed");
+    a3.send("NOOP\r\n").await;
+    assert_eq!(a3.line().await, "+OK\r\n", "logged in: never cut");
+    for (name, client) in [("a1", &mut a1), ("b1", &mut b1), ("b2", &mut b2)] {
+        client.send("NOOP\r\n").await;
+        let reply = client.line().await;
+        assert!(reply.starts_with("-ERR NOOP"), "{name} was cut: {reply}");
+    }
+    // 2, 2 and 1: one more from 127.0.0.4 would hold as many as the
+    // network it took a slot from.
+    let (_, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 4), server.addr).await;
+    assert_eq!(
+        greeting,
+        "-ERR [SYS/TEMP] too many connections, try again later\r\n"
+    );
+}
+
+/// Issue 10, defect 4: connections that never log in held their slot
+/// until the idle timeout (10 minutes), and one that sends a command now
+/// and then held it for ever. Now `login_timeout` ends both, counted from
+/// the connection; a session that logged in in time is not cut by it.
+/// Fails on the old server: nobody was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_log_in_are_cut_at_the_login_timeout() {
+    let login_timeout = Duration::from_millis(300);
+    let server = start(|c| c.login_timeout = login_timeout).await;
+    let (mut user, _) = Client::connect(server.addr).await;
+    user.login("alice", "pw-a").await;
+    let (mut silent, _) = Client::connect(server.addr).await;
+    let (mut chatty, _) = Client::connect(server.addr).await;
+    let cut = "-ERR disconnected: no login within 300ms\r\n";
+
+    assert_eq!(silent.line().await, cut);
+    assert_eq!(silent.line().await, "", "closed");
+
+    // A command every 50 ms, at most 200 (10 s): answered until the cut.
+    // (A write racing the cut may fail; the cut line is read all the same.)
+    let mut last = String::new();
+    for _ in 0..200 {
+        let _ = chatty.write.write_all(b"NOOP\r\n").await;
+        last = chatty.line().await;
+        if !last.starts_with("-ERR NOOP") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, cut, "a client busy with commands");
+
+    // The silent one was cut after 300 ms; the login is older than that.
+    user.send("NOOP\r\n").await;
+    assert_eq!(user.line().await, "+OK\r\n", "logged in: no login timeout");
+}
+
+/// Issue 10, defect 4: a client sending one octet every few seconds
+/// without a line end was never cut, as every octet reset the idle timer.
+/// Now a command line must be complete within `line_timeout` of its first
+/// octet, also after login (where the idle timer is RFC 1939's 10
+/// minutes). Fails on the old server, and with a line timer that each
+/// octet restarts: still connected after 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_trickling_in_is_cut_at_the_line_timeout() {
+    let server = start(|c| c.line_timeout = Duration::from_millis(500)).await;
+    let (mut c, _) = Client::connect(server.addr).await;
+    c.login("alice", "pw-a").await;
+    assert_eq!(
+        c.trickle_until_cut().await,
+        "-ERR disconnected: a command line took longer than 500ms\r\n"
+    );
+    assert_eq!(c.line().await, "", "closed");
+}
+
+/// The autologout timer (RFC 1939: "The receipt of any command from the
+/// client during that interval should suffice to reset the autologout
+/// timer") counts from the last command: octets of a line that never
+/// ends are not one. With a line timeout longer than the idle timeout,
+/// trickling is cut by the idle timeout. Fails on the old server (each
+/// read reset its timer): still connected after 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_octets_do_not_put_off_the_idle_timeout() {
+    let server = start(|c| {
+        c.idle_timeout = Duration::from_millis(500);
+        c.line_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let (mut c, _) = Client::connect(server.addr).await;
+    c.login("alice", "pw-a").await;
+    assert_eq!(
+        c.trickle_until_cut().await,
+        "-ERR disconnected for inactivity\r\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,3 +115,31 @@ pub fn output_within(command: &mut Command, timeout: Duration) -> io::Result<Out
         stderr: stderr.join().unwrap_or_default(),
     })
 }
+
+/// Makes `command` start with a soft RLIMIT_NOFILE of `soft` and a hard
+/// one of `hard` (`None`: this process's hard limit); the soft limit is
+/// cut to the hard one.
+pub fn limit_open_files(command: &mut Command, soft: u64, hard: Option<u64>) {
+    use std::os::unix::process::CommandExt;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        panic!("getrlimit: {}", io::Error::last_os_error());
+    }
+    if let Some(hard) = hard {
+        limit.rlim_max = hard.min(limit.rlim_max);
+    }
+    limit.rlim_cur = soft.min(limit.rlim_max);
+    // SAFETY: setrlimit is async-signal-safe and changes only the child.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

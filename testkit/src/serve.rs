@@ -13,6 +13,7 @@ use crate::{
     gate_binary::smtp_gate_bin,
     lab::Lab,
     netns::netns_command,
+    process::limit_open_files,
     smtp::{connect, ConnectResult, DENY_TIMEOUT},
 };
 
@@ -176,12 +177,22 @@ impl Drop for ServeDaemon {
     }
 }
 
+/// How a lab starts the daemon, besides its arguments.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServeStart<'a> {
+    /// Run as this user (see [`Lab::spawn_serve_as`]); root if `None`.
+    pub user: Option<&'a Unprivileged>,
+    /// The daemon's soft RLIMIT_NOFILE (its hard limit unchanged), e.g.
+    /// systemd's default of 1024; this process's if `None`.
+    pub soft_open_files: Option<u64>,
+}
+
 impl Lab {
     /// Starts `ip netns exec <server ns> smtp-gate serve ARGS` (exactly these
     /// arguments: pass `--pin-dir` yourself, see [`Lab::serve`]), with its
     /// output going to the file `log`. Returns at once.
     pub fn spawn_serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
-        self.spawn_serve_as(None, args, log)
+        self.spawn_serve_with(ServeStart::default(), args, log)
     }
 
     /// [`Lab::spawn_serve`], as `user` if one is given: the daemon runs
@@ -193,12 +204,29 @@ impl Lab {
         args: &[&str],
         log: &Path,
     ) -> ServeDaemon {
+        self.spawn_serve_with(
+            ServeStart {
+                user,
+                ..ServeStart::default()
+            },
+            args,
+            log,
+        )
+    }
+
+    /// [`Lab::spawn_serve`], started as `start` says.
+    pub fn spawn_serve_with(
+        &self,
+        start: ServeStart<'_>,
+        args: &[&str],
+        log: &Path,
+    ) -> ServeDaemon {
         let file = fs::File::create(log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let err_file = file
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
-        let mut command = match user {
+        let mut command = match start.user {
             None => netns_command(&self.server_ns, smtp_gate_bin()),
             Some(user) => {
                 let mut command = netns_command(&self.server_ns, "setpriv");
@@ -206,12 +234,16 @@ impl Lab {
                 command
             }
         };
-        let child = command
+        command
             .arg("serve")
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(file)
-            .stderr(err_file)
+            .stderr(err_file);
+        if let Some(soft) = start.soft_open_files {
+            limit_open_files(&mut command, soft, None);
+        }
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start smtp-gate serve: {e}"));
         ServeDaemon {
@@ -254,16 +286,29 @@ impl Lab {
     /// `smtp-gate serve --pin-dir <lab pin dir> ARGS`, started and answering
     /// POP3 (see [`Lab::spawn_serve`] and [`Lab::wait_pop3`]).
     pub fn serve(&self, args: &[&str], log: &Path) -> ServeDaemon {
-        self.serve_as(None, args, log)
+        self.serve_with(ServeStart::default(), args, log)
     }
 
     /// [`Lab::serve`], as `user` if one is given (see
     /// [`Lab::spawn_serve_as`]).
     pub fn serve_as(&self, user: Option<&Unprivileged>, args: &[&str], log: &Path) -> ServeDaemon {
+        self.serve_with(
+            ServeStart {
+                user,
+                ..ServeStart::default()
+            },
+            args,
+            log,
+        )
+    }
+
+    /// [`Lab::serve`], started as `start` says (see
+    /// [`Lab::spawn_serve_with`]).
+    pub fn serve_with(&self, start: ServeStart<'_>, args: &[&str], log: &Path) -> ServeDaemon {
         let pin = self.pin_dir_str();
         let mut all = args.to_vec();
         all.extend(["--pin-dir", pin.as_str()]);
-        let mut daemon = self.spawn_serve_as(user, &all, log);
+        let mut daemon = self.spawn_serve_with(start, &all, log);
         self.wait_pop3(&mut daemon);
         daemon
     }

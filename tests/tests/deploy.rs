@@ -204,6 +204,17 @@ fn unit_and_example_config_agree() {
         !bounding.iter().any(|c| c == "CAP_SYS_ADMIN"),
         "CapabilityBoundingSet has CAP_SYS_ADMIN: deploy/README.md explains why not"
     );
+    // The daemon refuses to start with a max_connections whose sessions
+    // cannot have their files: the unit's limit must fit the default.
+    let open_files: u64 = unit_setting(&unit, "LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE= is one number");
+    let needed = pop3::server::open_files::needed_for(file.pop3.max_connections);
+    assert!(
+        open_files >= needed,
+        "LimitNOFILE={open_files} cannot hold max_connections = {} ({needed} open files)",
+        file.pop3.max_connections
+    );
 }
 
 /// `systemctl reload` sends the daemon SIGHUP, which reloads it (without
@@ -287,6 +298,22 @@ fn example_config_documents_every_key_with_its_default() {
     assert_eq!(
         documented_pop3.login_failure_delay, default_pop3.login_failure_delay,
         "login_failure_delay"
+    );
+    assert_eq!(
+        documented_pop3.login_timeout, default_pop3.login_timeout,
+        "login_timeout"
+    );
+    assert_eq!(
+        documented_pop3.line_timeout, default_pop3.line_timeout,
+        "line_timeout"
+    );
+    assert_eq!(
+        documented_pop3.client_prefix_v4, default_pop3.client_prefix_v4,
+        "client_prefix_v4"
+    );
+    assert_eq!(
+        documented_pop3.client_prefix_v6, default_pop3.client_prefix_v6,
+        "client_prefix_v6"
     );
     assert_eq!(
         documented_pop3.shutdown_grace, default_pop3.shutdown_grace,

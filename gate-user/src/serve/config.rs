@@ -285,6 +285,10 @@ mod tests {
         send_timeout = "30s"
         max_connections = 50
         max_connections_per_ip = 5
+        login_timeout = "2m"
+        line_timeout = "45s"
+        client_prefix_v4 = 24
+        client_prefix_v6 = 56
         login_failure_delay = "1s"
         shutdown_grace = "5s"
     "#;
@@ -304,6 +308,9 @@ mod tests {
         assert_eq!(s.pop3.max_connections, 50);
         assert_eq!(s.pop3.send_timeout, Duration::from_secs(30));
         assert_eq!(s.pop3.login_failure_delay, Duration::from_secs(1));
+        assert_eq!(s.pop3.login_timeout, Duration::from_secs(120));
+        assert_eq!(s.pop3.line_timeout, Duration::from_secs(45));
+        assert_eq!((s.pop3.client_prefix_v4, s.pop3.client_prefix_v6), (24, 56));
         let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
         assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
     }
@@ -516,9 +523,13 @@ mod tests {
             tried,
             [
                 "capacity",
+                "client_prefix_v4",
+                "client_prefix_v6",
                 "idle_timeout",
+                "line_timeout",
                 "log_rate",
                 "login_failure_delay",
+                "login_timeout",
                 "max_connections",
                 "max_connections_per_ip",
                 "ports",

@@ -7,6 +7,7 @@
 pub mod config;
 mod gate_log;
 mod grant_sink;
+mod open_files;
 mod reload;
 mod users;
 mod watch;
@@ -32,6 +33,10 @@ pub use grant_sink::GateGrantSink;
 use crate::gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir};
 
 pub fn run(config: ServeConfig) -> Result<()> {
+    // The open-file limit is raised, and max_connections checked against
+    // it, before anything else: everything that can be refused is refused
+    // before the gate changes.
+    open_files::make_room(&config.pop3)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("smtp-gate")

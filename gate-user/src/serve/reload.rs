@@ -23,7 +23,7 @@ use toml::Value;
 
 use super::{
     config::{ServeConfig, RESTART_KEYS},
-    users,
+    open_files, users,
 };
 use crate::{
     addr::Cidr,
@@ -89,6 +89,7 @@ impl Reloader {
                          keeps the ones it has"
                     ),
                 }
+                open_files::keep_max_connections_that_fit(&self.config.pop3, &mut new.pop3);
                 changes.extend(self.service_changes(&new));
                 self.service.update(new.pop3.clone());
                 self.requests.send_replace(new.attach.clone());

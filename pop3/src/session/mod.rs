@@ -97,6 +97,11 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
+    /// True once a login has succeeded (TRANSACTION).
+    pub fn is_logged_in(&self) -> bool {
+        matches!(self.state, State::Transaction(_))
+    }
+
     /// Handles one line and appends its reply to `out`; a long reply (a
     /// message) is sent through `out` as it is written.
     pub async fn handle<O: ReplySink>(&mut self, line: Line, out: &mut O) -> Flow {
