@@ -441,16 +441,6 @@ pub(crate) fn spawn_smtp_server(
     }
 }
 
-/// Asserts that a connect timed out: the gate dropped the SYN.
-#[track_caller]
-pub fn assert_timed_out(result: ConnectResult, what: &str) {
-    assert_eq!(
-        result,
-        ConnectResult::TimedOut,
-        "{what}: expected the SYN to be dropped (connect timed out), got: {result}"
-    );
-}
-
 /// Asserts that a connect got through and read the lab's SMTP banner.
 #[track_caller]
 pub fn assert_connected(result: ConnectResult, what: &str) {
