@@ -1040,7 +1040,7 @@ fn capacity_the_pinned_maps_do_not_have_is_refused_naming_the_key() {
         &["--config", &path_str(&config)],
         &mail.dir().join("serve.log"),
     );
-    let status = daemon.wait_exit(Duration::from_secs(10));
+    let status = daemon.wait_exit(EXIT_BOUND);
     let output = daemon.log();
     assert!(
         status.is_some_and(|s| !s.success()),
@@ -1616,7 +1616,7 @@ fn sighup_applies_the_config_file_to_the_gate_and_the_service() {
     assert!(log.contains(&named), "expected {named:?} in:\n{log}");
     assert_eq!(gate_settings(&lab)["window_secs"], json!(10.0));
 
-    let (status, took) = daemon.terminate(GRACE + Duration::from_secs(3));
+    let (status, took) = daemon.terminate(GRACE + EXIT_BOUND);
     assert!(
         status.is_some_and(|s| s.success()),
         "SIGTERM after the reloads gave {status:?} after {took:?}; log:\n{}",
@@ -1638,7 +1638,7 @@ fn an_empty_users_file_is_a_warning_at_start() {
         path_str(&mail.users_file())
     );
     daemon.wait_for_log(&warning, 1, RELOAD_TIMEOUT);
-    let (status, _) = daemon.terminate(GRACE + Duration::from_secs(3));
+    let (status, _) = daemon.terminate(GRACE + EXIT_BOUND);
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
 }
 
