@@ -62,12 +62,16 @@ use crate::{
     process::describe,
     serve::POP3_PORT,
     smtp::{
-        connect, open_session, spawn_smtp_server, ConnectResult, Session, DENY_TIMEOUT, SMTP_PORT,
+        attempt, connect, open_session, spawn_smtp_server, Attempt, ConnectResult, Session,
+        DENY_TIMEOUT, SMTP_PORT,
     },
 };
 
 /// Where the labs mount their bpffs instances (one directory per lab).
 pub const RUN_ROOT: &str = "/run/smtp-gate-tests";
+/// How long a lab waits for its clients to reach a listener: only a hang
+/// takes longer.
+const REACH_BOUND: Duration = Duration::from_secs(30);
 /// Prefix of lab namespace names: `sg-<pid>-<n>-<role>`.
 const NS_PREFIX: &str = "sg-";
 
@@ -208,6 +212,16 @@ impl Link {
     /// Connects from this client to the server's IPv6 address.
     pub fn connect_v6(&self, port: u16, timeout: Duration) -> ConnectResult {
         connect(&self.client_ns, self.server_v6.into(), port, timeout)
+    }
+
+    /// Like [`Link::connect_v4`], also saying how many SYNs it took.
+    pub fn attempt_v4(&self, port: u16, timeout: Duration) -> Attempt {
+        attempt(&self.client_ns, self.server_v4.into(), port, timeout)
+    }
+
+    /// Like [`Link::connect_v6`], also saying how many SYNs it took.
+    pub fn attempt_v6(&self, port: u16, timeout: Duration) -> Attempt {
+        attempt(&self.client_ns, self.server_v6.into(), port, timeout)
     }
 
     /// Opens a connection to the server's IPv4 address and keeps it.
@@ -359,7 +373,7 @@ impl Lab {
     fn wait_ready(&self, port: u16) {
         for link in self.links() {
             for addr in [IpAddr::from(link.server_v4), IpAddr::from(link.server_v6)] {
-                let deadline = Instant::now() + Duration::from_secs(5);
+                let deadline = Instant::now() + REACH_BOUND;
                 loop {
                     let result = connect(&link.client_ns, addr, port, DENY_TIMEOUT);
                     if result.is_connected() {
@@ -433,7 +447,7 @@ impl Lab {
     pub fn recreate_link(&self, link: &Link) {
         ip(&self.server_ns, &["link", "del", &link.server_iface]);
         make_link(&self.server_ns, link);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + REACH_BOUND;
         while !link.connect_v4(SMTP_PORT, DENY_TIMEOUT).is_connected()
             && !link.connect_v4(POP3_PORT, DENY_TIMEOUT).is_connected()
             && Instant::now() < deadline

@@ -3,7 +3,9 @@
 //! binary in them, and crafted packets with an independent parser.
 
 pub mod bpffs;
+pub mod counters;
 pub mod cpus;
+pub mod denial;
 mod dirs;
 pub mod gate_binary;
 pub mod lab;
@@ -14,3 +16,4 @@ pub mod pop3_client;
 pub mod process;
 pub mod serve;
 pub mod smtp;
+pub mod window;

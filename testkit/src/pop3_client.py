@@ -9,7 +9,8 @@
 # unexpected ends the script with a traceback and a non-zero status.
 #
 # Steps ("conn" names a POP3 connection, "a" by default; "timeout" in s):
-#   {"op": "connect"}                       open a connection, read the greeting
+#   {"op": "connect", "retry_busy": s}      open a connection, read the greeting
+#                                           (retrying while it is -ERR [SYS/TEMP])
 #   {"op": "login", "user", "password", "retry_in_use": s}   USER + PASS
 #   {"op": "apop", "user", "secret"}        APOP with the greeting's timestamp
 #   {"op": "stat"} {"op": "list"} {"op": "uidl"}
@@ -18,7 +19,10 @@
 #   {"op": "dele", "n"} {"op": "quit"}
 #   {"op": "cut"}                           close the socket without QUIT
 #   {"op": "noop"}
-#   {"op": "smtp", "port": 25, "timeout"}   TCP connect + banner, no POP3
+#   {"op": "smtp", "port": 25, "timeout"}   TCP connect + banner, no POP3; also
+#                                           "syns": [least, most] SYNs it sent
+#   {"op": "wait_refused", "timeout"}       connect to the POP3 port until it is
+#                                           refused ("attempts": how many it took)
 #   {"op": "sleep", "seconds"}
 #   {"op": "kill", "pid", "signal"}         e.g. SIGTERM the daemon mid-session
 #
@@ -31,6 +35,7 @@ import json
 import os
 import poplib
 import socket
+import struct
 import sys
 import time
 
@@ -47,23 +52,74 @@ def text(value):
     return str(value)
 
 
+# Linux retransmits an unanswered SYN after one second at the earliest.
+FIRST_SYN_RETRANSMISSION = 1.0
+
+
+def syns_sent(sock):
+    """The SYN and its retransmissions so far (tcpi_total_retrans)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return 1 + struct.unpack_from("I", info, 100)[0]
+
+
 def smtp(port, timeout):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    started = time.monotonic()
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
     except ConnectionRefusedError:
-        return {"smtp": "refused"}
+        return {"smtp": "refused", "syns": closed(sock, started)}
     except (socket.timeout, TimeoutError):
-        return {"smtp": "timeout"}
+        return {"smtp": "timeout", "syns": closed(sock, started)}
     except OSError as e:
-        return {"smtp": "error", "detail": str(e)}
+        return {"smtp": "error", "detail": str(e), "syns": closed(sock, started)}
+    syns = syns_sent(sock)
     try:
-        sock.settimeout(3)
+        sock.settimeout(10)
         banner = sock.makefile("rb").readline()
-        return {"smtp": "connected", "banner": text(banner).rstrip("\r\n")}
+        return {"smtp": "connected", "banner": text(banner).rstrip("\r\n"), "syns": [syns, syns]}
     except OSError as e:
-        return {"smtp": "error", "detail": "connected but no banner: %s" % e}
+        return {"smtp": "error", "detail": "connected but no banner: %s" % e, "syns": [syns, syns]}
     finally:
         sock.close()
+
+
+def closed(sock, started):
+    """Closes a socket that did not connect; returns [least, most] SYNs it
+    sent: one more may have left after the count only if it lived past the
+    first retransmission."""
+    counted = syns_sent(sock)
+    sock.close()
+    more = 1 if time.monotonic() - started >= FIRST_SYN_RETRANSMISSION else 0
+    return [counted, counted + more]
+
+
+def wait_refused(timeout):
+    deadline = time.monotonic() + timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            socket.create_connection((host, pop_port), timeout=timeout).close()
+        except ConnectionRefusedError:
+            return attempts
+        if time.monotonic() >= deadline:
+            raise TimeoutError("port %d still accepts after %s s" % (pop_port, timeout))
+        time.sleep(0.02)
+
+
+def connect(step):
+    deadline = time.monotonic() + float(step.get("retry_busy", 0))
+    while True:
+        try:
+            return poplib.POP3(host, pop_port, timeout=float(step.get("timeout", 10)))
+        except poplib.error_proto as e:
+            if b"[SYS/TEMP]" in e.args[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise
 
 
 def login(p, step):
@@ -99,7 +155,7 @@ for step in plan["steps"]:
     started = time.monotonic()
     try:
         if op == "connect":
-            p = poplib.POP3(host, pop_port, timeout=float(step.get("timeout", 10)))
+            p = connect(step)
             conns[name] = p
             result["welcome"] = text(p.getwelcome())
         elif op == "login":
@@ -134,6 +190,8 @@ for step in plan["steps"]:
             conns.pop(name).close()
         elif op == "smtp":
             result.update(smtp(int(step.get("port", 25)), float(step.get("timeout", 1))))
+        elif op == "wait_refused":
+            result["attempts"] = wait_refused(float(step["timeout"]))
         else:
             raise ValueError("unknown step %r" % op)
     except poplib.error_proto as e:

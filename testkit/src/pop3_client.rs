@@ -12,8 +12,9 @@ use crate::{
 /// driven by a JSON plan (see the script's header and [`pop3_client`]).
 pub const POP3_CLIENT_PY: &str = include_str!("pop3_client.py");
 
-/// How long a client may take to run its plan.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to run its plan: more than the waits in any
+/// plan, which have bounds of their own.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Panics unless python3 with poplib and curl with POP3 support are there.
 pub fn require_pop3_clients() {

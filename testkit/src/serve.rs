@@ -54,8 +54,9 @@ impl Unprivileged {
     }
 }
 
-/// How long `smtp-gate serve` may take to listen.
-const SERVE_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `smtp-gate serve` may take to listen: only a hang takes
+/// longer.
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the Drop of a [`ServeDaemon`] waits after SIGTERM before SIGKILL.
 const SERVE_DROP_GRACE: Duration = Duration::from_secs(15);
@@ -253,7 +254,7 @@ impl Lab {
         }
     }
 
-    /// Waits (at most 15 s) until the client reaches `daemon`'s POP3 port
+    /// Waits (at most a minute) until the client reaches `daemon`'s POP3 port
     /// on the server's IPv4 and IPv6 address and reads a greeting. Panics,
     /// showing the daemon's log, if it exits or never listens.
     pub fn wait_pop3(&self, daemon: &mut ServeDaemon) {

@@ -1,11 +1,21 @@
 //! The SMTP side of a lab: a listener in the server namespace that sends a
 //! banner and answers every line, and connections to it from a client
-//! namespace that tell a dropped SYN from a refused or accepted one.
+//! namespace that tell a dropped SYN from a refused or accepted one, and
+//! say how many SYNs they sent.
+//!
+//! A connect that did not complete says nothing by itself about why: a
+//! dropped SYN and a slow handshake look the same to the client. Whether
+//! the gate denied an attempt is judged by its counters (see
+//! [`crate::denial`]); the timeouts here only say how long to wait for a
+//! handshake before looking.
 
 use std::{
     fmt,
     io::{self, BufRead, BufReader, ErrorKind, Read, Write},
+    mem::size_of,
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    ops::RangeInclusive,
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Arc,
@@ -14,6 +24,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use socket2::{Domain, SockAddr, Socket, Type};
+
 use crate::netns::{enter_netns, in_netns};
 
 /// The greeting line of the lab's SMTP listener (sent with CRLF;
@@ -21,18 +33,24 @@ use crate::netns::{enter_netns, in_netns};
 pub const BANNER: &str = "220 lab ESMTP";
 /// The port the lab's SMTP listener serves by default.
 pub const SMTP_PORT: u16 = 25;
-/// A connect timeout that is long enough for any lab connection that is let
-/// through, and short enough to call a dropped SYN "timed out": the first
-/// SYN retransmission comes after 1 s, so the listener would have answered
-/// long before.
-pub const DENY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Timeout used for connections that are expected to succeed.
-pub const PASS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an attempt that the gate should deny waits for a handshake
+/// before the gate's counters are read: shorter than the first SYN
+/// retransmission ([`FIRST_SYN_RETRANSMISSION`]), so such an attempt
+/// usually sends one SYN. It decides nothing: a handshake that did not
+/// complete in this time counts as denied only if the gate counted the
+/// SYN as denied, so a slow pass fails as a pass.
+pub const DENY_TIMEOUT: Duration = Duration::from_millis(500);
+/// Timeout of connections that are expected to succeed: long enough for
+/// any machine that is not hung.
+pub const PASS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Linux retransmits an unanswered SYN after its initial RTO of one second
+/// (TCP_TIMEOUT_INIT), never earlier.
+pub const FIRST_SYN_RETRANSMISSION: Duration = Duration::from_secs(1);
 
 /// How long a served connection may stay open at most.
 const MAX_SESSION: Duration = Duration::from_secs(600);
 /// Read timeout of the client side of a [`Session`].
-const SESSION_READ_TIMEOUT: Duration = Duration::from_secs(3);
+const SESSION_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a connection attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,31 +145,188 @@ fn read_line(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
+/// How many SYNs a client sent for one connection attempt: the SYN and
+/// its retransmissions as the socket counted them (TCP_INFO) just before
+/// it closed. One more may have left between that reading and the close,
+/// but only if the attempt lasted past the first retransmission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Syns(RangeInclusive<u64>);
+
+impl Syns {
+    /// `counted` SYNs (see [`syns_sent`]), read from a socket in SYN_SENT
+    /// that was closed `lasted` after its connect began.
+    pub fn counted(counted: u64, lasted: Duration) -> Self {
+        let more = u64::from(lasted >= FIRST_SYN_RETRANSMISSION);
+        Self(counted..=counted + more)
+    }
+
+    /// Exactly `n` SYNs (an attempt that never sent any has 0).
+    pub fn exactly(n: u64) -> Self {
+        Self(n..=n)
+    }
+
+    /// From `least` to `most` SYNs, as a client outside this crate
+    /// counted them.
+    pub fn between(least: u64, most: u64) -> Self {
+        Self(least..=most)
+    }
+
+    pub fn at_least(&self) -> u64 {
+        *self.0.start()
+    }
+
+    pub fn at_most(&self) -> u64 {
+        *self.0.end()
+    }
+
+    /// True if `count` (of something that moves once per SYN) fits.
+    pub fn admits(&self, count: u64) -> bool {
+        self.0.contains(&count)
+    }
+
+    /// The SYNs of two attempts together.
+    pub fn plus(&self, other: &Syns) -> Syns {
+        Syns(self.at_least() + other.at_least()..=self.at_most() + other.at_most())
+    }
+}
+
+impl fmt::Display for Syns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.at_least() == self.at_most() {
+            write!(f, "{} SYN(s)", self.at_least())
+        } else {
+            write!(f, "{} to {} SYNs", self.at_least(), self.at_most())
+        }
+    }
+}
+
+/// A connection attempt: how it ended and how many SYNs it took.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub result: ConnectResult,
+    pub syns: Syns,
+}
+
+impl Attempt {
+    /// The attempt that opened `session` (or failed so).
+    pub fn of(session: &Result<Session, ConnectResult>, syns: Syns) -> Self {
+        let result = match session {
+            Ok(session) => ConnectResult::Connected(session.banner.clone()),
+            Err(result) => result.clone(),
+        };
+        Self { result, syns }
+    }
+
+    /// Asserts that it connected and read the lab's banner; returns the
+    /// SYNs it took.
+    #[track_caller]
+    pub fn expect_connected(self, what: &str) -> Syns {
+        assert_connected(self.result, what);
+        self.syns
+    }
+}
+
+/// SYNs a TCP socket that connected, or tried to, has sent so far: one,
+/// and its retransmissions.
+pub fn syns_sent(socket: &impl AsRawFd) -> io::Result<u64> {
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` octets into `info` and says
+    // how many it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(1 + u64::from(info.tcpi_total_retrans))
+}
+
+/// Connects within `timeout` from the current namespace; returns the
+/// connected stream or how the attempt ended, and the SYNs it sent.
+fn dial(target: SocketAddr, timeout: Duration) -> (Result<TcpStream, ConnectResult>, Syns) {
+    let socket = match Socket::new(Domain::for_address(target), Type::STREAM, None) {
+        Ok(socket) => socket,
+        Err(e) => {
+            let failed = ConnectResult::Other(format!("socket: {e}"));
+            return (Err(failed), Syns::exactly(0));
+        }
+    };
+    let started = Instant::now();
+    let outcome = socket.connect_timeout(&SockAddr::from(target), timeout);
+    let counted = match syns_sent(&socket) {
+        Ok(n) => n,
+        Err(e) => {
+            let failed = ConnectResult::Other(format!("TCP_INFO: {e}"));
+            return (Err(failed), Syns::exactly(0));
+        }
+    };
+    match outcome {
+        // Established: no SYN leaves any more.
+        Ok(()) => (Ok(socket.into()), Syns::exactly(counted)),
+        Err(e) => {
+            // Closed before the time is taken: only an attempt that lived
+            // past the first retransmission can have sent one after the
+            // reading.
+            drop(socket);
+            (
+                Err(classify_error(&e)),
+                Syns::counted(counted, started.elapsed()),
+            )
+        }
+    }
+}
+
 /// Connects from namespace `from_ns` to `addr:port` and reads the banner.
 /// On success the connection stays open in the returned [`Session`]; on
-/// failure the error says how the attempt ended.
+/// failure the error says how the attempt ended. Also says how many SYNs
+/// it took.
+pub fn try_session(
+    from_ns: &str,
+    addr: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> (Result<Session, ConnectResult>, Syns) {
+    let target = SocketAddr::new(addr, port);
+    in_netns(from_ns, move || {
+        let (stream, syns) = dial(target, timeout);
+        let session = stream.and_then(|stream| {
+            Session::start(stream)
+                .map_err(|e| ConnectResult::Other(format!("connected but no banner: {e}")))
+        });
+        (session, syns)
+    })
+}
+
+/// [`try_session`] without the count of SYNs.
 pub fn open_session(
     from_ns: &str,
     addr: IpAddr,
     port: u16,
     timeout: Duration,
 ) -> Result<Session, ConnectResult> {
-    let target = SocketAddr::new(addr, port);
-    in_netns(from_ns, move || {
-        let stream =
-            TcpStream::connect_timeout(&target, timeout).map_err(|e| classify_error(&e))?;
-        Session::start(stream)
-            .map_err(|e| ConnectResult::Other(format!("connected but no banner: {e}")))
-    })
+    try_session(from_ns, addr, port, timeout).0
+}
+
+/// Connects from namespace `from_ns` to `addr:port` within `timeout`,
+/// reads the banner and closes the connection; says how it went and how
+/// many SYNs it took.
+pub fn attempt(from_ns: &str, addr: IpAddr, port: u16, timeout: Duration) -> Attempt {
+    let (session, syns) = try_session(from_ns, addr, port, timeout);
+    Attempt::of(&session, syns)
 }
 
 /// Connects from namespace `from_ns` to `addr:port` within `timeout`,
 /// reads the banner and closes the connection.
 pub fn connect(from_ns: &str, addr: IpAddr, port: u16, timeout: Duration) -> ConnectResult {
-    match open_session(from_ns, addr, port, timeout) {
-        Ok(session) => ConnectResult::Connected(session.banner),
-        Err(result) => result,
-    }
+    attempt(from_ns, addr, port, timeout).result
 }
 
 /// Serves one connection: banner, then a reply per line, until the peer
@@ -259,21 +434,11 @@ pub(crate) fn spawn_smtp_server(
             }
         })
         .expect("cannot spawn the lab's SMTP listener thread");
-    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
         Ok(Ok(())) => handle,
         Ok(Err(e)) => panic!("the lab's SMTP listener did not start: {e}"),
         Err(e) => panic!("the lab's SMTP listener did not report: {e}"),
     }
-}
-
-/// Asserts that a connect timed out: the gate dropped the SYN.
-#[track_caller]
-pub fn assert_timed_out(result: ConnectResult, what: &str) {
-    assert_eq!(
-        result,
-        ConnectResult::TimedOut,
-        "{what}: expected the SYN to be dropped (connect timed out), got: {result}"
-    );
 }
 
 /// Asserts that a connect got through and read the lab's SMTP banner.

@@ -15,9 +15,10 @@ use std::{
 };
 
 use testkit::{
+    denial::Judge,
     lab::{Lab, LabOptions},
     netns::in_netns,
-    smtp::SMTP_PORT,
+    smtp::{syns_sent, Syns, DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
 };
 
 /// What a connect attempt from a socket with extra IP headers ended in.
@@ -73,8 +74,9 @@ unsafe fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::R
 }
 
 /// Connects from namespace `ns` to `to` with the extra headers set on the
-/// socket, waiting at most `timeout`.
-fn connect_with_headers(ns: &str, to: SocketAddr, timeout: Duration) -> Outcome {
+/// socket, waiting at most `timeout`; says how it ended and how many SYNs
+/// it sent.
+fn connect_with_headers(ns: &str, to: SocketAddr, timeout: Duration) -> (Outcome, Syns) {
     in_netns(ns, || {
         let family = if to.is_ipv4() {
             libc::AF_INET
@@ -106,6 +108,7 @@ fn connect_with_headers(ns: &str, to: SocketAddr, timeout: Duration) -> Outcome 
             setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &tv).expect("SO_SNDTIMEO");
         }
         let (storage, len) = sockaddr(to);
+        let started = Instant::now();
         // SAFETY: storage holds a sockaddr of `len` octets.
         let rc = unsafe {
             libc::connect(
@@ -114,17 +117,21 @@ fn connect_with_headers(ns: &str, to: SocketAddr, timeout: Duration) -> Outcome 
                 len,
             )
         };
-        if rc == 0 {
-            return Outcome::Connected;
-        }
         let err = io::Error::last_os_error();
-        match err.raw_os_error() {
+        let counted = syns_sent(&fd).expect("TCP_INFO");
+        drop(fd);
+        let syns = Syns::counted(counted, started.elapsed());
+        if rc == 0 {
+            return (Outcome::Connected, syns);
+        }
+        let outcome = match err.raw_os_error() {
             Some(libc::ECONNREFUSED) => Outcome::Refused,
             Some(libc::EINPROGRESS) | Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => {
                 Outcome::TimedOut
             }
             _ => Outcome::Other(err.to_string()),
-        }
+        };
+        (outcome, syns)
     })
 }
 
@@ -172,14 +179,20 @@ enum Expect {
     DroppedUnanswered,
 }
 
+/// The SYNs are judged by what the gate counted for them, not by how long
+/// the client waited: answered means every SYN the client sent counted as
+/// `denied_reset` and none dropped; dropped unanswered means every one
+/// counted as `denied_drop` and `reset_skipped`, none answered.
 fn check(mode: &str, xdp_pass_on_clients: bool, expect: Expect) {
     let lab = Lab::with_options(LabOptions {
         xdp_pass_on_clients,
         ..LabOptions::default()
     });
     lab.attach(&["--mode", mode, "--deny", "reset"]);
+    let judge = Judge::by_cli(&lab);
     let accepted_before = lab.accepted();
     let link = &lab.client;
+    let mut sent = Syns::exactly(0);
     for (what, server) in [
         (
             "IPv4 with 40 octets of options",
@@ -190,49 +203,48 @@ fn check(mode: &str, xdp_pass_on_clients: bool, expect: Expect) {
             IpAddr::from(link.server_v6),
         ),
     ] {
-        let started = Instant::now();
         let timeout = match expect {
-            Expect::Refused => Duration::from_secs(3),
-            Expect::DroppedUnanswered => Duration::from_millis(1500),
+            Expect::Refused => PASS_TIMEOUT,
+            Expect::DroppedUnanswered => DENY_TIMEOUT,
         };
-        let outcome =
+        let before = judge.counters();
+        let (outcome, syns) =
             connect_with_headers(&link.client_ns, SocketAddr::new(server, SMTP_PORT), timeout);
-        let took = started.elapsed();
-        let stats = lab.stats();
+        let moved = judge.moved_since(&before, syns.at_least());
+        let (answered, unanswered) = (moved.of("denied_reset"), moved.of("reset_skipped"));
         match expect {
-            Expect::Refused => {
-                assert_eq!(
-                    outcome,
-                    Outcome::Refused,
-                    "--mode {mode}, {what}: expected \"connection refused\" after {took:?}; stats {stats}"
-                );
-                assert!(
-                    took < Duration::from_secs(1),
-                    "--mode {mode}, {what}: refused only after {took:?}"
-                );
-            }
-            Expect::DroppedUnanswered => assert_eq!(
-                outcome,
-                Outcome::TimedOut,
-                "--mode {mode}, {what}: expected no answer; stats {stats}"
+            Expect::Refused => assert!(
+                outcome == Outcome::Refused
+                    && syns.admits(answered)
+                    && moved.of("denied_drop") == 0
+                    && unanswered == 0,
+                "--mode {mode}, {what}: expected every SYN refused, got {outcome:?} after \
+                 {syns}, counted {moved}"
+            ),
+            Expect::DroppedUnanswered => assert!(
+                outcome == Outcome::TimedOut
+                    && syns.admits(unanswered)
+                    && syns.admits(moved.of("denied_drop"))
+                    && answered == 0,
+                "--mode {mode}, {what}: expected every SYN dropped unanswered, got {outcome:?} \
+                 after {syns}, counted {moved}"
             ),
         }
+        sent = sent.plus(&syns);
     }
     let stats = lab.stats();
-    let (reset, skipped) = match expect {
-        Expect::Refused => (2, 0),
-        Expect::DroppedUnanswered => (0, stats["denied_drop"].as_u64().unwrap_or(0)),
-    };
-    assert_eq!(stats["denied_reset"], reset, "--mode {mode}: stats {stats}");
-    assert_eq!(
-        stats["reset_skipped"], skipped,
-        "--mode {mode}: stats {stats}"
-    );
-    if expect == Expect::DroppedUnanswered {
-        assert!(
-            skipped >= 2,
-            "--mode {mode}: every SYN counted as not answered: {stats}"
-        );
+    let count = |name: &str| stats[name].as_u64().unwrap_or(0);
+    match expect {
+        Expect::Refused => assert!(
+            sent.admits(count("denied_reset")) && count("reset_skipped") == 0,
+            "--mode {mode}: {sent} sent, stats {stats}"
+        ),
+        Expect::DroppedUnanswered => assert!(
+            sent.admits(count("reset_skipped"))
+                && count("reset_skipped") == count("denied_drop")
+                && count("denied_reset") == 0,
+            "--mode {mode}: every SYN counted as not answered ({sent} sent): {stats}"
+        ),
     }
     assert_eq!(
         lab.accepted() - accepted_before,

@@ -199,6 +199,7 @@ pub struct Capture {
     stop: Arc<AtomicBool>,
     seen: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<Instant>>>,
+    ports_seen: Arc<Mutex<HashSet<u16>>>,
     handle: Option<JoinHandle<io::Result<Vec<SynAck>>>>,
 }
 
@@ -209,11 +210,13 @@ impl Capture {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(AtomicUsize::new(0));
         let last = Arc::new(Mutex::new(None));
+        let ports_seen = Arc::new(Mutex::new(HashSet::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
         let (ns, iface) = (ns.to_string(), iface.to_string());
         let thread_stop = Arc::clone(&stop);
         let thread_seen = Arc::clone(&seen);
         let thread_last = Arc::clone(&last);
+        let thread_ports_seen = Arc::clone(&ports_seen);
         let handle = thread::Builder::new()
             .name("stackdiff-capture".to_string())
             .spawn(move || {
@@ -306,6 +309,9 @@ impl Capture {
                             if let Ok(mut l) = thread_last.lock() {
                                 *l = Some(Instant::now());
                             }
+                            if let Ok(mut p) = thread_ports_seen.lock() {
+                                p.insert(reply.dst_port);
+                            }
                             found.push(reply);
                         }
                     }
@@ -317,6 +323,7 @@ impl Capture {
                 stop,
                 seen,
                 last,
+                ports_seen,
                 handle: Some(handle),
             }),
             Ok(Err(e)) => {
@@ -332,6 +339,11 @@ impl Capture {
     /// SYN-ACKs kept so far.
     pub fn seen(&self) -> usize {
         self.seen.load(Ordering::Relaxed)
+    }
+
+    /// True once a SYN-ACK to `port` has been kept.
+    pub fn has_seen(&self, port: u16) -> bool {
+        self.ports_seen.lock().is_ok_and(|p| p.contains(&port))
     }
 
     /// When the last kept SYN-ACK arrived.

@@ -42,7 +42,8 @@ use super::{
     wire::{Tag, TPID_8021AD, TPID_8021Q},
 };
 use testkit::{
-    lab::Lab,
+    denial::GateVerdict,
+    lab::{Lab, Link},
     netns::{assert_no_default_route, bring_up_with_addresses, in_netns, ip, netns_sysctl},
     packets::{
         tcp_flags, Ipv6Ext, PacketBuilder, VlanTag, IPV4_OPTION_ROUTER_ALERT, LINUX_SYN_OPTIONS,
@@ -66,11 +67,15 @@ const SMALL_MTU: u32 = 3400;
 /// the way (the veth's XDP ring holds 256) overflows.
 const PACE_EVERY: usize = 16;
 const PACE: Duration = Duration::from_millis(1);
-/// Waiting for SYN-ACKs after the last frame of a pass: at least
-/// `MIN_WAIT`, until none came for `QUIET`, at most `MAX_WAIT`.
-const MIN_WAIT: Duration = Duration::from_millis(400);
+/// Waiting for SYN-ACKs after the last frame of a pass: until the
+/// sentinel, a plain SYN to the non-gated port sent after every probe, is
+/// answered (the server handles the frames of its veth in order, so by
+/// then it has answered every probe it was going to answer, however slow
+/// the machine), then until none came for `QUIET` (a reply that waited for
+/// neighbour resolution may come after the sentinel's). `REPLIES_BOUND`
+/// only a hang reaches.
 const QUIET: Duration = Duration::from_millis(250);
-const MAX_WAIT: Duration = Duration::from_secs(3);
+const REPLIES_BOUND: Duration = Duration::from_secs(30);
 
 /// Where the gate attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -428,7 +433,15 @@ impl DiffLab {
     /// waits for SYN-ACKs. Returns the first SYN-ACK to each probe's port
     /// (by probe), and the number of frames sent.
     pub fn send_probes(&mut self, probes: &[(u16, &[Vec<u8>])]) -> (Vec<Option<SynAck>>, usize) {
-        let ports: HashSet<u16> = probes.iter().map(|(p, _)| *p).collect();
+        let sentinel_port = self.next_ids().src_port;
+        let base = &self.env.nets[0];
+        let sentinel = PacketBuilder::ipv4(base.client_v4, base.server_v4)
+            .macs(self.env.client_mac, self.env.server_mac)
+            .tcp(sentinel_port, CONTROL_PORT, tcp_flags::SYN)
+            .tcp_options(&LINUX_SYN_OPTIONS)
+            .build();
+        let mut ports: HashSet<u16> = probes.iter().map(|(p, _)| *p).collect();
+        ports.insert(sentinel_port);
         let capture = Capture::start(
             &self.lab.client.client_ns,
             &self.lab.client.client_iface,
@@ -459,13 +472,20 @@ impl DiffLab {
                 }
             }
         }
+        self.sender
+            .send(&sentinel)
+            .unwrap_or_else(|e| panic!("sending the sentinel SYN: {e}"));
         let sent_at = Instant::now();
         loop {
             thread::sleep(Duration::from_millis(25));
+            assert!(
+                sent_at.elapsed() < REPLIES_BOUND,
+                "the sentinel SYN to {}:{CONTROL_PORT} was not answered in {REPLIES_BOUND:?}: \
+                 the SYN-ACKs of this pass cannot be trusted",
+                base.server_v4
+            );
             let since = capture.last_at().map_or(sent_at, |l| l.max(sent_at));
-            if sent_at.elapsed() >= MAX_WAIT
-                || (sent_at.elapsed() >= MIN_WAIT && since.elapsed() >= QUIET)
-            {
+            if capture.has_seen(sentinel_port) && since.elapsed() >= QUIET {
                 break;
             }
         }
@@ -581,16 +601,16 @@ impl DiffLab {
         let client = self.lab.client.clone();
         let ns = client.client_ns.clone();
 
-        // The gate is there: real SYNs to the gated port are dropped.
+        // The gate is there: real SYNs to the gated port are dropped (as
+        // the gate counted them: a timeout alone could be a slow machine).
         for addr in [
             IpAddr::from(client.server_v4),
             IpAddr::from(client.server_v6),
         ] {
-            let r = connect(&ns, addr, SMTP_PORT, DENY_TIMEOUT);
-            checks.push(Check::new(
+            checks.push(self.dropped_check(
                 format!("a real SYN to {addr}:25 with no grant is dropped"),
-                r == ConnectResult::TimedOut,
-                r.to_string(),
+                &client,
+                addr,
             ));
         }
 
@@ -608,15 +628,11 @@ impl DiffLab {
         }
         if let Some(qinq) = self.env.nets.last().filter(|n| n.path.len() == 2) {
             let addr = qinq.server_v4;
-            let r = connect(&ns, addr.into(), SMTP_PORT, DENY_TIMEOUT);
-            checks.push(Check::new(
-                format!(
-                    "a real SYN over VLAN {} to {addr}:25 with no grant is dropped",
-                    qinq.name
-                ),
-                r == ConnectResult::TimedOut,
-                r.to_string(),
-            ));
+            let name = format!(
+                "a real SYN over VLAN {} to {addr}:25 with no grant is dropped",
+                qinq.name
+            );
+            checks.push(self.dropped_check(name, &client, addr.into()));
         }
 
         // Fragmented UDP datagrams, IPv4 and IPv6.
@@ -629,6 +645,17 @@ impl DiffLab {
         // revoked, large writes included.
         checks.extend(self.established_check());
         checks
+    }
+
+    /// A real connect from `client` to `addr:25` that the gate must drop:
+    /// judged by the gate's counters and the listener (see
+    /// `testkit::denial`).
+    fn dropped_check(&self, name: String, client: &Link, addr: IpAddr) -> Check {
+        let judged = self.lab.judge(client, addr, SMTP_PORT, DENY_TIMEOUT);
+        let dropped = judged.verdict() == GateVerdict::Denied
+            && judged.attempt.result == ConnectResult::TimedOut
+            && judged.attempt.syns.admits(judged.moved.of("denied_drop"));
+        Check::new(name, dropped, judged.to_string())
     }
 
     fn udp_fragments_check(&mut self) -> Vec<Check> {
