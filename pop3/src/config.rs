@@ -79,6 +79,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
+/// The longest `login_failure_delay`.
+const MAX_LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(60);
+/// The longest `shutdown_grace`.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 /// RFC 1939 section 3 (see `ServerConfig::idle_timeout`).
 pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -155,6 +159,16 @@ impl ServerConfig {
                 "hostname",
                 &format!("{whose}`{hostname}` cannot go into an APOP timestamp"),
             );
+        }
+        // Every failed login waits this long, and so does a shutdown for
+        // a session in the wait: Dovecot's auth_failure_delay is 2 s.
+        if self.login_failure_delay > MAX_LOGIN_FAILURE_DELAY {
+            return bad("login_failure_delay", "at most 1m");
+        }
+        // A grace longer than a service manager waits (the unit's
+        // TimeoutStopSec) is never given; an hour is far past any.
+        if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return bad("shutdown_grace", "at most 1h");
         }
         if self.idle_timeout < MIN_IDLE_TIMEOUT {
             return bad("idle_timeout", "RFC 1939 requires at least 10 minutes");
@@ -270,6 +284,33 @@ mod tests {
                 |c| c.max_connections = tokio::sync::Semaphore::MAX_PERMITS + 1
             )),
             "max_connections"
+        );
+    }
+
+    /// A century of delay or grace would let a failed login, or a
+    /// shutdown, wait for ever.
+    #[test]
+    fn delays_that_would_hold_a_shutdown_are_bounded() {
+        let check = |change: fn(&mut ServerConfig)| {
+            let mut config = ServerConfig::default();
+            change(&mut config);
+            config.check().map_err(|e| e.key)
+        };
+        assert_eq!(
+            check(|c| c.login_failure_delay = Duration::from_secs(60)),
+            Ok(())
+        );
+        assert_eq!(
+            check(|c| c.login_failure_delay = Duration::from_secs(61)),
+            Err("login_failure_delay")
+        );
+        assert_eq!(
+            check(|c| c.shutdown_grace = Duration::from_secs(3600)),
+            Ok(())
+        );
+        assert_eq!(
+            check(|c| c.shutdown_grace = Duration::from_secs(3601)),
+            Err("shutdown_grace")
         );
     }
 

@@ -1524,6 +1524,21 @@ fn sighup_reloads_the_users_file_and_open_sessions_stay() {
     ]));
     ok_step(&r, 1, "login");
     ok_step(&r, 4, "login");
+
+    // An empty file (one caught half written): the users in force stay.
+    fx.mail.write_users_text("");
+    fx.daemon.signal(libc::SIGHUP);
+    let log = fx.daemon.wait_for_log(RELOADED, 3, RELOAD_TIMEOUT);
+    assert!(
+        log.contains("has no users (a file half written?); the 2 users loaded before stay"),
+        "an empty users file on reload:\n{log}"
+    );
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": "carol", "password": "carol-secret"},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 1, "login");
     let quit = open.exchange("QUIT").expect("QUIT");
     assert!(quit.starts_with("+OK"), "{quit}");
     fx.stop();

@@ -99,6 +99,15 @@ impl Reloader {
         }
         let path = &self.config.users;
         match UsersFile::load(path) {
+            // At start an empty file is only a warning; on reload it is far
+            // more often a file caught half written (an editor saving, a
+            // truncation) than a wish to lock everybody out.
+            Ok(new) if new.is_empty() && !self.users.current().is_empty() => error!(
+                "reload (SIGHUP): {} has no users (a file half written?); the {} users loaded \
+                 before stay (restart the daemon to start with none)",
+                path.display(),
+                self.users.current().len()
+            ),
             Ok(new) => {
                 users::report(&new, path);
                 let old = self.users.replace(new);
