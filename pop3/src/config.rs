@@ -275,14 +275,12 @@ mod tests {
             "a name given in the configuration is not the system's: {spaced}"
         );
         assert_eq!(key(with(|c| c.listen.clear())), "listen");
-        // The bound itself is allowed: tokio's semaphore holds that many.
-        with(|c| c.max_connections = tokio::sync::Semaphore::MAX_PERMITS)
+        // The bound itself is allowed, one more is not.
+        with(|c| c.max_connections = MAX_CONNECTIONS)
             .check()
             .unwrap();
         assert_eq!(
-            key(with(
-                |c| c.max_connections = tokio::sync::Semaphore::MAX_PERMITS + 1
-            )),
+            key(with(|c| c.max_connections = MAX_CONNECTIONS + 1)),
             "max_connections"
         );
     }

@@ -114,11 +114,6 @@ impl LineBuffer {
             }
         }
     }
-
-    /// True while bytes of an unfinished line are held.
-    pub fn has_partial(&self) -> bool {
-        !self.pending.is_empty()
-    }
 }
 
 #[cfg(test)]

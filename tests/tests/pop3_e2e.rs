@@ -12,7 +12,6 @@ use std::{
     net::IpAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    thread,
     time::{Duration, Instant},
 };
 
@@ -1387,30 +1386,13 @@ fn commands_without_their_capabilities_name_the_missing_ones() {
     );
 }
 
-/// Waits (at most 30 s) until the daemon's log has a line containing
-/// `needle`, and returns the whole log.
-fn wait_for_log_line(daemon: &ServeDaemon, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = daemon.log();
-        if log.lines().any(|l| l.contains(needle)) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?} after 30 s:\n{log}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A user name is the client's to choose: control characters are refused
 /// by the parser, but a line or paragraph separator, a bidi override or a
 /// "user=" in it must not end the log line, hide what it is or forge a
 /// field.
 #[test]
 fn user_names_are_escaped_in_the_log() {
-    let fx = Pop3Lab::new();
+    let mut fx = Pop3Lab::new();
     let client = fx.client().clone();
     let hostile = "mallory\u{2028}user=root\u{2029}addr=10.0.0.1\u{202e}result=ok";
     in_netns(&client.client_ns, || {
@@ -1435,7 +1417,9 @@ fn user_names_are_escaped_in_the_log() {
         }
         assert!(line.starts_with("-ERR"), "PASS for an unknown user: {line}");
     });
-    let log = wait_for_log_line(&fx.daemon, "result=failed");
+    let log = fx
+        .daemon
+        .wait_for_log("result=failed", 1, Duration::from_secs(30));
     let escaped = "user=mallory\\u{2028}user=root\\u{2029}addr=10.0.0.1\\u{202e}result=ok addr=";
     assert!(
         log.contains(escaped),

@@ -458,7 +458,7 @@ mod tests {
     }
 
     /// No number a config file can hold gets past the check to panic or
-    /// overflow in the running daemon (tokio's timers, the semaphore of
+    /// overflow in the running daemon (tokio's timers, the table of
     /// connections, the kernel's map sizes, the log bucket's arithmetic):
     /// every numeric key, and every duration, refuses huge values and
     /// names the key and the file.
