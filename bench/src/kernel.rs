@@ -300,14 +300,16 @@ pub fn verified_instructions(ebpf: &Ebpf) -> Result<Vec<(&'static str, u32)>> {
     Ok(counts)
 }
 
-/// A descriptor of one of the object's hash or LPM maps, for the floor
+/// A descriptor of one of the object's maps, for the floor
 /// programs (taken before `GateMaps` takes the maps over).
 fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
     match ebpf.map(name).with_context(|| format!("no map {name}"))? {
-        Map::LruHashMap(data) | Map::HashMap(data) | Map::LpmTrie(data) => {
-            Ok(data.fd().as_fd().try_clone_to_owned()?)
-        }
-        _ => anyhow::bail!("{name} is not a hash or LPM map"),
+        Map::LruHashMap(data)
+        | Map::HashMap(data)
+        | Map::LpmTrie(data)
+        | Map::Array(data)
+        | Map::PerCpuArray(data) => Ok(data.fd().as_fd().try_clone_to_owned()?),
+        _ => anyhow::bail!("{name} is not a hash, LPM or array map"),
     }
 }
 
@@ -318,6 +320,8 @@ fn load(grant_count: u32) -> Result<Loaded> {
         exempt_v4: map_fd(&ebpf, map_names::EXEMPT_V4)?,
         grants_v6: map_fd(&ebpf, map_names::GRANTS_V6)?,
         exempt_v6: map_fd(&ebpf, map_names::EXEMPT_V6)?,
+        settings: map_fd(&ebpf, map_names::SETTINGS)?,
+        stats: map_fd(&ebpf, map_names::STATS)?,
     };
     let mut maps = gate_maps(&mut ebpf)?;
     maps.exempt_add("192.0.2.0/24".parse::<Cidr>()?)?;
@@ -359,13 +363,15 @@ impl FloorRow {
     }
 }
 
-/// The floor programs of each family, alternated with the empty XDP
-/// program on the family's granted SYN.
+/// The floor programs of each family (those whose name contains `only`,
+/// if given), alternated with the empty XDP program on the family's
+/// granted SYN.
 fn measure_floor(
     loaded: &Loaded,
     pass: &Xdp,
     grants: u32,
     repeat: u32,
+    only: Option<&str>,
     rows: &mut Vec<FloorRow>,
 ) -> Result<()> {
     let families: [(Family, floor::Sources, IpAddr); 2] = [
@@ -390,7 +396,10 @@ fn measure_floor(
     ];
     for (family, sources, server) in families {
         let packet: &'static [u8] = Box::leak(syn(sources.client, server, 25).into_boxed_slice());
-        let programs = floor::programs(&loaded.map_fds, sources)?;
+        let programs: Vec<_> = floor::programs(&loaded.map_fds, sources)?
+            .into_iter()
+            .filter(|p| only.is_none_or(|only| p.name.contains(only)))
+            .collect();
         let mut base = Vec::new();
         let mut samples = vec![Vec::new(); programs.len()];
         for _ in 0..RUNS {
@@ -619,9 +628,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
                 });
             }
         }
-        if only.is_none() {
-            measure_floor(&loaded, xdp_pass, grants, repeat, &mut floor_rows)?;
-        }
+        measure_floor(&loaded, xdp_pass, grants, repeat, only, &mut floor_rows)?;
         drop(loaded.maps);
     }
     let verified = verified.unwrap_or_default();
@@ -640,6 +647,14 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
                 row.hook.label(),
                 row.extra(),
                 goal_cell(&checks(row, &rows))
+            );
+        }
+        for row in &floor_rows {
+            println!(
+                "floor {:<4} {:<75} {:>5.1} ns extra",
+                row.family.label(),
+                row.name,
+                row.extra()
             );
         }
         return Ok(());

@@ -26,8 +26,9 @@ struct Args {
     /// Fewer repetitions, for a first look.
     #[arg(long)]
     quick: bool,
-    /// kernel: only the cases whose name contains this, with one grant
-    /// count and no floor or capacity check (for working on the program).
+    /// kernel: only the cases and floor programs whose name contains
+    /// this, with one grant count and no capacity check (for working on
+    /// the program).
     #[arg(long)]
     only: Option<String>,
 }

@@ -92,8 +92,8 @@ enum Command {
         /// Fewer repetitions, for a first look.
         #[arg(long)]
         quick: bool,
-        /// kernel: only the cases whose name contains this (one grant
-        /// count, no floor or capacity check).
+        /// kernel: only the cases and floor programs whose name contains
+        /// this (one grant count, no capacity check, no report file).
         #[arg(long)]
         only: Option<String>,
     },

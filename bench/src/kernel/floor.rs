@@ -10,6 +10,14 @@
 //! cost above its path's floor is its own work. The old design's floor
 //! (exempt lookup first, stamp compared with `bpf_ktime_get_boot_ns`) is
 //! kept for comparison.
+//!
+//! A packet that is not gated has a floor too: the gate counts every
+//! packet (one per-CPU counter), and a SYN is not gated only once its
+//! port was compared with the settings. The bare reads that tell a SYN to
+//! a port that is not gated - the EtherType, the protocol, the flags and
+//! the port at the offsets of the plain shape, no check of lengths,
+//! versions or fragments - with the settings read and the counter moved,
+//! are the least any program that counts can do for it.
 
 use std::{
     net::IpAddr,
@@ -20,9 +28,15 @@ use anyhow::{Context, Result};
 
 use super::Path;
 use crate::bpf_asm::{
-    insn, ld_map_fd, load_xdp, test_run, Insn, ProgFd, ADD64_IMM, CALL, EXIT, JEQ_IMM, JNE_IMM,
-    MOV64_IMM, MOV64_REG, ST_W, XDP_DROP, XDP_PASS,
+    insn, ld_map_fd, load_xdp, test_run, Insn, ProgFd, ADD64_IMM, AND64_IMM, CALL, EXIT, JEQ_IMM,
+    JGT_REG, JNE_IMM, LDX_H, LDX_W, MOV64_IMM, MOV64_REG, STX_DW, ST_W, XDP_DROP, XDP_PASS,
 };
+
+const LDX_B: u8 = 0x71;
+const LDX_DW: u8 = 0x79;
+const XOR64_REG: u8 = 0xaf;
+/// BPF_ALU | BPF_END | BPF_TO_BE: the byte swap of a big-endian field.
+const END_TO_BE: u8 = 0xdc;
 
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_KTIME_GET_BOOT_NS: i32 = 125;
@@ -35,6 +49,10 @@ pub struct GateMapFds {
     pub exempt_v4: OwnedFd,
     pub grants_v6: OwnedFd,
     pub exempt_v6: OwnedFd,
+    /// The settings (array of one value) and the counters (per-CPU array
+    /// of one value), which every packet's verdict reads or moves.
+    pub settings: OwnedFd,
+    pub stats: OwnedFd,
 }
 
 /// Which of the gate's maps a floor program looks into.
@@ -94,7 +112,7 @@ fn finish(p: &mut Vec<Insn>) {
     let drop_at = p.len();
     let mut checked = false;
     for (i, ins) in p.iter_mut().enumerate() {
-        if ins.code == JEQ_IMM || ins.code == JNE_IMM {
+        if ins.code == JEQ_IMM || ins.code == JNE_IMM || ins.code == JGT_REG {
             ins.off = (drop_at - i - 1) as i16;
             checked = true;
         }
@@ -132,6 +150,7 @@ struct Body<'m> {
     key: Option<IpAddr>,
     grants: &'m OwnedFd,
     exempt: &'m OwnedFd,
+    maps: &'m GateMapFds,
     len: i16,
 }
 
@@ -173,6 +192,61 @@ impl Body<'_> {
     fn call(&mut self, helper: i32) {
         self.p.push(insn(CALL, 0, 0, 0, helper));
     }
+
+    /// r0 = the one value of the array `map` (index 0), which exists.
+    /// The index lies below both keys of `keys_of`.
+    fn first_value(&mut self, map: &OwnedFd) {
+        let index = self.lpm_key() - 4;
+        self.p.push(insn(ST_W, 10, 0, index, 0));
+        lookup(&mut self.p, map, index, true);
+    }
+
+    /// The gate's counting of a packet: this CPU's counters looked up and
+    /// one of them moved.
+    fn count(&mut self) {
+        let maps = self.maps;
+        self.first_value(&maps.stats);
+        self.p.push(insn(LDX_DW, 1, 0, 0, 0));
+        self.p.push(insn(ADD64_IMM, 1, 0, 0, 1));
+        self.p.push(insn(STX_DW, 0, 1, 0, 0));
+    }
+
+    /// The settings looked up and their first port compared with the one
+    /// in r8 (the comparison's outcome is not used: the floor does the
+    /// work, whichever way it goes).
+    fn compare_port(&mut self) {
+        let maps = self.maps;
+        self.first_value(&maps.settings);
+        // ports: [u16; 8] right after window_ns.
+        self.p.push(insn(LDX_H, 3, 0, 8, 0));
+        self.p.push(insn(XOR64_REG, 8, 3, 0, 0));
+    }
+
+    /// The reads that tell a TCP SYN of the plain shape (IPv4 without
+    /// options, IPv6 without extension headers) and its destination port,
+    /// which ends in r8; a frame that is not one fails the run.
+    fn read_syn_port(&mut self) {
+        let (ethertype, protocol_at, l4) = if self.len == 4 {
+            (0x0008, 14 + 9, 14 + 20)
+        } else {
+            (0xdd86, 14 + 6, 14 + 40)
+        };
+        let p = &mut self.p;
+        p.push(insn(LDX_W, 6, 1, 0, 0)); // data
+        p.push(insn(LDX_W, 7, 1, 4, 0)); // data_end
+        p.push(insn(MOV64_REG, 2, 6, 0, 0));
+        p.push(insn(ADD64_IMM, 2, 0, 0, l4 + 20));
+        p.push(insn(JGT_REG, 2, 7, 0, 0));
+        p.push(insn(LDX_H, 3, 6, 12, 0));
+        p.push(insn(JNE_IMM, 3, 0, 0, ethertype));
+        p.push(insn(LDX_B, 3, 6, protocol_at, 0));
+        p.push(insn(JNE_IMM, 3, 0, 0, 6));
+        p.push(insn(LDX_B, 3, 6, (l4 + 13) as i16, 0));
+        p.push(insn(AND64_IMM, 3, 0, 0, 0x17));
+        p.push(insn(JNE_IMM, 3, 0, 0, 2));
+        p.push(insn(LDX_H, 8, 6, (l4 + 2) as i16, 0));
+        p.push(insn(END_TO_BE, 8, 0, 0, 16));
+    }
 }
 
 /// The floor programs for SYNs from `sources` (all of one family).
@@ -190,6 +264,7 @@ pub fn programs(maps: &GateMapFds, sources: Sources) -> Result<Vec<FloorProgram>
             key: None,
             grants,
             exempt,
+            maps,
             len,
         };
         code(&mut body);
@@ -253,6 +328,16 @@ pub fn programs(maps: &GateMapFds, sources: Sources) -> Result<Vec<FloorProgram>
             b.keys_of(sources.exempt);
             b.lookup(Table::Grants, false);
             b.lookup(Table::Exempt, true);
+        },
+    )?;
+    add("per-CPU counter (lookup + increment)", None, &|b| b.count())?;
+    add(
+        "not gated, SYN to another port: header reads + settings' port + counter",
+        None,
+        &|b| {
+            b.read_syn_port();
+            b.compare_port();
+            b.count();
         },
     )?;
     add(
@@ -423,6 +508,29 @@ mod tests {
                 }
             }
             assert_eq!(paths, [Path::Granted, Path::Ungranted, Path::Exempt]);
+
+            // The non-gated floor reads the frame it claims to: a SYN of
+            // the plain shape passes, an ACK or a UDP datagram fails it.
+            let reading: Vec<_> = programs(&loaded.map_fds, sources)
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.name.starts_with("not gated"))
+                .collect();
+            assert_eq!(reading.len(), 1);
+            let ack = testkit::packets::PacketBuilder::ip(client, server)
+                .tcp(40_000, 25, testkit::packets::tcp_flags::ACK)
+                .build();
+            let udp = testkit::packets::PacketBuilder::ip(client, server)
+                .udp(40_000, 25)
+                .build();
+            assert_eq!(verdict(&reading[0], &syn(client, server, 443)), XDP_PASS);
+            assert_eq!(verdict(&reading[0], &ack), XDP_DROP, "{client}: ACK");
+            assert_eq!(verdict(&reading[0], &udp), XDP_DROP, "{client}: UDP");
+            assert_eq!(
+                verdict(&reading[0], &packet[..40]),
+                XDP_DROP,
+                "{client}: cut"
+            );
             // Hits and misses of both tables are among the programs, so
             // the checks below are not vacuous.
             assert_eq!(kinds.len(), 4, "{kinds:?}");
