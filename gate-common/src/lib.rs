@@ -13,6 +13,10 @@ pub mod map_names {
     pub const EXEMPT_V6: &str = "exempt_v6";
     pub const SETTINGS: &str = "settings";
     pub const STATS: &str = "stats";
+    /// Retired: the denial log's token buckets, a per-CPU array of their
+    /// own until the bucket moved into the counters' value (one lookup
+    /// fewer on the flood path). A gate of an older build still has it
+    /// pinned; `attach` upgrades such a gate and unpins it.
     pub const LOG_BUCKETS: &str = "log_buckets";
     /// aya-log's ring buffer, pinned under this name so that a daemon that
     /// adopts an existing attachment can read the program's log.
@@ -237,15 +241,20 @@ impl Settings {
 }
 
 /// The one per-CPU value of the `stats` map: a counter per `Outcome`
-/// slot, side by side in one per-CPU allocation (two or three cache
-/// lines), so that a packet's outcome and reason take one map lookup.
+/// slot and the denial log's token bucket, side by side in one per-CPU
+/// allocation of two cache lines, so that a packet's outcome, its reason
+/// and its log line take one map lookup. The bucket lies where the
+/// counters of the earlier layout had spare slots (always zero there): the
+/// value kept its size, and a pinned `stats` map of that layout is kept
+/// with its counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counters {
     pub slots: [u64; STATS_SLOTS as usize],
+    pub log: LogBucket,
 }
 
-/// Per-CPU token bucket that limits denial log lines.
+/// Per-CPU token bucket that limits denial log lines (in `Counters`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogBucket {
@@ -296,9 +305,10 @@ pub enum Outcome {
     ResetSkipped = 10,
 }
 
-/// Slots of the `stats` map: room for counters added later without
-/// changing the pinned map's size.
-pub const STATS_SLOTS: u32 = 16;
+/// Counter slots of the `stats` value: room for counters added later
+/// without changing the pinned map's size (16 u64 words with the log
+/// bucket's three).
+pub const STATS_SLOTS: u32 = 13;
 
 impl Outcome {
     pub const COUNT: u32 = 11;
@@ -368,7 +378,10 @@ mod tests {
         assert_eq!(size_of::<Grant>(), 8 + 8);
         assert_eq!(size_of::<Exempt>(), 4);
         assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 8 * 4);
-        assert_eq!(size_of::<Counters>(), 8 * STATS_SLOTS as usize);
+        assert_eq!(size_of::<Counters>(), 8 * STATS_SLOTS as usize + 3 * 8);
+        // The size of the earlier layout's 16 counters: its pinned map
+        // stays in use.
+        assert_eq!(size_of::<Counters>(), 128);
         assert_eq!(size_of::<Local>(), 4);
         assert_eq!(size_of::<IfaceMac>(), 8);
         assert_eq!(size_of::<LogBucket>(), 3 * 8);

@@ -1,14 +1,15 @@
 //! Denial log lines through aya-log, limited per CPU by a token bucket so a
-//! SYN flood costs one map lookup and a few arithmetic operations per
-//! packet and cannot flood the log.
+//! SYN flood costs a few arithmetic operations per packet (the bucket lies
+//! in the counters' value, which the packet's count looks up anyway) and
+//! cannot flood the log.
 
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use core::net::{Ipv4Addr, Ipv6Addr};
-use gate_common::Outcome;
+use gate_common::{LogBucket, Outcome};
 use gate_packet::{AddrRef, Denial};
 
-use crate::{maps::log_buckets, state::clock_ns};
+use crate::state::clock_ns;
 
 const MILLI: u64 = 1000;
 /// Refill is computed over at most this much idle time, which keeps the
@@ -16,18 +17,18 @@ const MILLI: u64 = 1000;
 const MAX_REFILL_NS: u64 = 60_000_000_000;
 
 #[inline(always)]
-pub fn log_denial<C: EbpfContext>(ctx: &C, denial: &Denial<'_>, outcome: Outcome) {
+pub fn log_denial<C: EbpfContext>(
+    ctx: &C,
+    bucket: &mut LogBucket,
+    denial: &Denial<'_>,
+    outcome: Outcome,
+) {
     if denial.log_rate_per_sec == 0 {
         return;
     }
     // The gate's clock, a tick at a time: plenty for a rate limit, and a
     // single load.
     let now = clock_ns(denial.tick_ns);
-    let Some(bucket) = log_buckets.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, only this CPU touches it while we run.
-    let bucket = unsafe { &mut *bucket };
     // The clock moves a tick at a time: within one, there is nothing to
     // refill (a flood's packets mostly arrive so).
     if now != bucket.refilled_at_ns {

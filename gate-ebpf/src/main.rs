@@ -22,18 +22,22 @@ use aya_ebpf::{
 use gate_common::Outcome;
 use gate_packet::{decide, Action, Decision, Packet, PacketMut, Reply, Verdict, MAX_WALK};
 
-use state::{count, Maps};
+use state::{count, count_in, counters, Maps};
 
-/// Counts the verdict's outcome and its reason.
+/// Logs a denial (within the log's limit) and, unless the verdict is a
+/// reset, which is counted once it was sent, counts the verdict's outcome
+/// and reason: one lookup of this CPU's counters for all of it. The log
+/// comes first, before the packet changes: the denial points into it.
 #[inline(always)]
-fn count_verdict(verdict: &Verdict<'_>) {
-    count(verdict.outcome, verdict.reason);
-}
-
-#[inline(always)]
-fn log_denial<C: EbpfContext>(ctx: &C, verdict: &Verdict<'_>) {
+fn log_and_count<C: EbpfContext>(ctx: &C, verdict: &Verdict<'_>) {
+    let Some(counters) = counters() else {
+        return;
+    };
     if let Some(denial) = verdict.denial {
-        log::log_denial(ctx, &denial, verdict.outcome);
+        log::log_denial(ctx, &mut counters.log, &denial, verdict.outcome);
+    }
+    if !matches!(verdict.action, Action::Reset(_)) {
+        count_in(counters, verdict.outcome, verdict.reason);
     }
 }
 
@@ -67,17 +71,10 @@ pub fn smtp_gate_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn xdp_act(ctx: &XdpContext, len: usize, verdict: Verdict<'_>) -> u32 {
-    // Logged before the packet changes: the denial points into it.
-    log_denial(ctx, &verdict);
+    log_and_count(ctx, &verdict);
     let reply = match verdict.action {
-        Action::Pass => {
-            count_verdict(&verdict);
-            return xdp_action::XDP_PASS;
-        }
-        Action::Drop => {
-            count_verdict(&verdict);
-            return xdp_action::XDP_DROP;
-        }
+        Action::Pass => return xdp_action::XDP_PASS,
+        Action::Drop => return xdp_action::XDP_DROP,
         Action::Reset(reply) => reply,
     };
     xdp_reset(ctx, len, &reply)
@@ -149,18 +146,12 @@ pub fn smtp_gate_tc(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn tc_act(ctx: &TcContext, verdict: &Verdict<'_>) -> i32 {
-    log_denial(ctx, verdict);
+    log_and_count(ctx, verdict);
     let reply = match verdict.action {
         // UNSPEC, not OK: with tcx, OK ends the chain, and a program
         // attached after the gate would never see the packet.
-        Action::Pass => {
-            count_verdict(verdict);
-            return TC_ACT_UNSPEC;
-        }
-        Action::Drop => {
-            count_verdict(verdict);
-            return TC_ACT_SHOT as i32;
-        }
+        Action::Pass => return TC_ACT_UNSPEC,
+        Action::Drop => return TC_ACT_SHOT as i32,
         Action::Reset(reply) => reply,
     };
     tc_reset(ctx, &reply)

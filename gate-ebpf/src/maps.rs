@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gate_common::{
-    Counters, Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, LogBucket, Settings,
+    Counters, Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, Settings,
     DEFAULT_GRANT_CAPACITY, EXEMPT_CAPACITY, IFACE_CAPACITY, LOCAL_CAPACITY, SCOPE_CAPACITY,
 };
 
@@ -34,9 +34,6 @@ pub static settings: Array<Settings, 1> = Array::new();
 
 #[btf_map]
 pub static stats: PerCpuArray<Counters, 1> = PerCpuArray::new();
-
-#[btf_map]
-pub static log_buckets: PerCpuArray<LogBucket, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static scope_v4: LpmTrie<[u8; 4], Exempt, SCOPES> = LpmTrie::new();

@@ -1,7 +1,7 @@
 //! The gate's state as the verdict sees it: the pinned maps.
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_jiffies64};
-use gate_common::{GrantKeyV4, GrantKeyV6, Outcome, Settings};
+use gate_common::{Counters, GrantKeyV4, GrantKeyV6, Outcome, Settings};
 use gate_packet::{AddrRef, GateState};
 
 use crate::maps::{
@@ -15,17 +15,31 @@ pub struct Maps<I: Fn() -> u32> {
     pub ifindex: I,
 }
 
-/// Moves the counter of `outcome`, and of `reason` if there is one, with
-/// one lookup of this CPU's counters.
+/// This CPU's counters and log bucket: one lookup for all a packet moves.
+#[inline(always)]
+pub fn counters() -> Option<&'static mut Counters> {
+    // SAFETY: this CPU's value, only this CPU touches it while we run
+    // (user space only reads it, and zeroes nothing).
+    stats
+        .get_ptr_mut(0)
+        .map(|counters| unsafe { &mut *counters })
+}
+
+/// Moves the counter of `outcome`, and of `reason` if there is one.
+#[inline(always)]
+pub fn count_in(counters: &mut Counters, outcome: Outcome, reason: Option<Outcome>) {
+    let slots = &mut counters.slots;
+    slots[outcome as usize] += 1;
+    if let Some(reason) = reason {
+        slots[reason as usize] += 1;
+    }
+}
+
+/// `count_in` with a lookup of its own, for paths that made none.
 #[inline(always)]
 pub fn count(outcome: Outcome, reason: Option<Outcome>) {
-    if let Some(counters) = stats.get_ptr_mut(0) {
-        // SAFETY: this CPU's value, only this CPU writes it while we run.
-        let slots = unsafe { &mut (*counters).slots };
-        slots[outcome as usize] += 1;
-        if let Some(reason) = reason {
-            slots[reason as usize] += 1;
-        }
+    if let Some(counters) = counters() {
+        count_in(counters, outcome, reason);
     }
 }
 

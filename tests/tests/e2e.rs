@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
 use gate_common::{
     map_names::{GRANTS_V4, GRANTS_V6, LOG_BUCKETS},
     LogBucket, DEFAULT_GRANT_CAPACITY,
@@ -1787,6 +1786,68 @@ fn check_upgrade(tc: bool, settings_size: usize) {
         .syns;
     let dropped = lab.stat("denied_drop");
     assert!(sent.admits(dropped), "{sent} sent: {}", lab.stats());
+    assert!(
+        !lab.pins().contains(&LOG_BUCKETS.to_string()),
+        "the retired log buckets are unpinned: {:?}",
+        lab.pins()
+    );
+}
+
+/// The build before the log's token bucket moved into the counters had
+/// the same maps but for a `log_buckets` map of its own. `attach` over
+/// such a gate puts this build's program on the link (it would otherwise
+/// keep running the old one, whose log bucket is elsewhere), unpins the
+/// retired map and keeps the counters. Fails with an attach that takes
+/// the gate as current (the program stays, the pin stays).
+#[test]
+fn attach_retires_the_log_buckets_of_the_previous_build() {
+    let lab = Lab::new();
+    let client = &lab.client;
+    let iface = client.server_iface.clone();
+    lab.attach(&[]);
+    let sent = lab
+        .assert_dropped(client, client.server_v4, SMTP_PORT, "an ungranted address")
+        .attempt
+        .syns;
+    let dropped = lab.stat("denied_drop");
+    assert!(sent.admits(dropped), "{sent} sent: {}", lab.stats());
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(lab.pin_dir().join(LOG_BUCKETS))
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "24",
+            "entries",
+            "1",
+        ])
+        .args(["name", LOG_BUCKETS])
+        .output()
+        .expect("bpftool must be installed (cargo xtask setup installs it)");
+    assert!(out.status.success(), "{}", testkit::process::describe(&out));
+    let before = lab.xdp_prog_ids(&iface);
+    assert_eq!(before.len(), 1);
+
+    let out = lab.attach(&[]);
+    assert!(
+        out.contains(&format!("upgraded the gate on {iface}")),
+        "attach said: {out}"
+    );
+    let after = lab.xdp_prog_ids(&iface);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "the link still runs the old program");
+    assert!(
+        !lab.pins().contains(&LOG_BUCKETS.to_string()),
+        "{:?}",
+        lab.pins()
+    );
+    assert_eq!(lab.stat("denied_drop"), dropped, "the counters were kept");
+    // A second attach finds a current gate: nothing to upgrade.
+    let out = lab.attach(&[]);
+    assert!(!out.contains("upgraded"), "attach said: {out}");
 }
 
 #[test]
@@ -2355,17 +2416,14 @@ fn denial_lines(log: &str) -> Vec<DenialLine> {
         .collect()
 }
 
-/// The per-CPU log buckets of the pinned gate: (denials suppressed and not
-/// reported in a line yet, CPUs whose bucket has been used).
+/// The per-CPU log buckets of the pinned gate (in the counters' value):
+/// (denials suppressed and not reported in a line yet, CPUs whose bucket
+/// has been used).
 fn pending_suppressed(lab: &Lab) -> (u64, u64) {
-    let path = lab.pin_dir().join(LOG_BUCKETS);
-    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let map = Map::from_map_data(data).expect("the log buckets");
-    let buckets: PerCpuArray<MapData, LogBucket> =
-        PerCpuArray::try_from(map).expect("the log buckets are a per-CPU array");
-    let per_cpu = buckets.get(&0, 0).expect("reading the log buckets");
-    let pending = per_cpu.iter().map(|b| b.suppressed).sum();
-    let used = per_cpu.iter().filter(|b| b.refilled_at_ns != 0).count() as u64;
+    let maps = GateMaps::open(&PinDir::new(lab.pin_dir())).expect("opening the gate's maps");
+    let buckets: Vec<LogBucket> = maps.log_buckets().expect("reading the log buckets");
+    let pending = buckets.iter().map(|b| b.suppressed).sum();
+    let used = buckets.iter().filter(|b| b.refilled_at_ns != 0).count() as u64;
     (pending, used)
 }
 

@@ -15,7 +15,6 @@ use std::{
 };
 
 use aya::{
-    maps::PerCpuArray,
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -2452,13 +2451,7 @@ fn denial_log_is_limited_by_its_bucket() {
         assert_eq!(run.code, XDP_DROP, "{}", code_name(Hook::Xdp, run.code));
     }
     let elapsed = started.elapsed();
-    let buckets: PerCpuArray<&aya::maps::MapData, LogBucket> = PerCpuArray::try_from(
-        gate.ebpf
-            .map(gate_common::map_names::LOG_BUCKETS)
-            .expect("the object has the log buckets"),
-    )
-    .expect("the log buckets are a per-CPU array");
-    let per_cpu = buckets.get(&0, 0).expect("reading the log buckets");
+    let per_cpu: Vec<LogBucket> = gate.maps.log_buckets().expect("reading the log buckets");
     let cpus_used = per_cpu.iter().filter(|b| b.refilled_at_ns != 0).count() as u64;
     let suppressed: u64 = per_cpu.iter().map(|b| b.suppressed).sum();
     let logged = SYNS - suppressed;

@@ -18,7 +18,7 @@ use super::{
     maps::GateMaps,
     mode::AttachMode,
     object,
-    pins::{PinDir, ALL_MAPS, GRANT_MAPS, SHARED_MAPS},
+    pins::{PinDir, ALL_MAPS, GRANT_MAPS, RETIRED_MAPS, SHARED_MAPS},
     settings::{default_settings, validate_ports},
     swap::{self, Existing},
     upgrade::Upgrade,
@@ -229,10 +229,13 @@ pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
         .unwrap_or(AttachMode::Xdp);
 
     let outdated = layout::outdated_pins(dir)?;
-    // A gate of a build that had fewer maps: its program must be replaced
-    // too, or it would never read the new ones.
+    // A gate of a build that had fewer maps, or one this build retired:
+    // its program must be replaced too, or it would never read the new
+    // ones (or would go on using the retired one).
     let gate_exists = dir.map(SETTINGS).exists();
-    let maps_missing = gate_exists && ALL_MAPS.iter().any(|name| !dir.map(name).exists());
+    let maps_missing = gate_exists
+        && (ALL_MAPS.iter().any(|name| !dir.map(name).exists())
+            || RETIRED_MAPS.iter().any(|name| dir.map(name).exists()));
     if outdated.is_empty() && !maps_missing {
         if let Some(link) = existing.as_ref().filter(|l| live && l.mode == mode) {
             configure(dir, req, None)?;
@@ -271,6 +274,11 @@ pub fn attach_holding(dir: &PinDir, req: &AttachRequest) -> Result<Attachment> {
             return Err(e);
         }
     };
+    // The new program runs: no program of ours reads a retired map any
+    // more (the old one kept its own reference while it ran).
+    if let Err(e) = remove_pins(dir, &RETIRED_MAPS) {
+        log::warn!("{e:#}");
+    }
     let report = match (&upgrade, &existing) {
         (Some(upgrade), _) => AttachReport::Upgraded {
             mode,
@@ -419,17 +427,24 @@ pub fn detach(dir: &PinDir, iface: &str, keep_grants: bool) -> Result<()> {
 /// directory if nothing else is in it.
 fn remove_maps(dir: &PinDir, keep_grants: bool) -> Result<()> {
     let mut doomed: Vec<&str> = SHARED_MAPS.to_vec();
+    doomed.extend(RETIRED_MAPS);
     if !keep_grants {
         doomed.extend(GRANT_MAPS);
     }
-    for name in doomed {
+    remove_pins(dir, &doomed)?;
+    dir.remove_if_empty();
+    Ok(())
+}
+
+/// Unpins the maps `names` of `dir` that are pinned.
+fn remove_pins(dir: &PinDir, names: &[&str]) -> Result<()> {
+    for name in names {
         match fs::remove_file(dir.map(name)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing pin {name}")),
         }
     }
-    dir.remove_if_empty();
     Ok(())
 }
 

@@ -22,21 +22,14 @@ use super::{
 
 /// Every map of the gate, each pinned under its name: the shared maps,
 /// then the grants.
-pub const ALL_MAPS: [&str; 13] = [
-    EXEMPT_V4,
-    EXEMPT_V6,
-    SETTINGS,
-    STATS,
-    LOG_BUCKETS,
-    AYA_LOGS,
-    SCOPE_V4,
-    SCOPE_V6,
-    LOCAL_V4,
-    LOCAL_V6,
-    IFACE_MACS,
-    GRANTS_V4,
-    GRANTS_V6,
+pub const ALL_MAPS: [&str; 12] = [
+    EXEMPT_V4, EXEMPT_V6, SETTINGS, STATS, AYA_LOGS, SCOPE_V4, SCOPE_V6, LOCAL_V4, LOCAL_V6,
+    IFACE_MACS, GRANTS_V4, GRANTS_V6,
 ];
+/// Maps of older builds that this one no longer has: a gate that still
+/// pins one runs an older program, which `attach` replaces (and then
+/// unpins these); the last detach removes them too.
+pub(super) const RETIRED_MAPS: [&str; 1] = [LOG_BUCKETS];
 /// Maps that go away with the last detach unless grants are kept.
 pub(super) const SHARED_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).0;
 pub(super) const GRANT_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).1;

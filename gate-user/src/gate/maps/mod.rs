@@ -19,7 +19,7 @@ use gate_common::{
         EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6, SCOPE_V4,
         SCOPE_V6, SETTINGS, STATS,
     },
-    Counters, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, Outcome, Settings,
+    Counters, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, LogBucket, Outcome, Settings,
 };
 
 pub use grants::GrantEntry;
@@ -164,5 +164,12 @@ impl GateMaps {
             }
         }
         Ok(totals)
+    }
+
+    /// The denial log's token bucket of each CPU (kept beside its
+    /// counters).
+    pub fn log_buckets(&self) -> Result<Vec<LogBucket>> {
+        let per_cpu = self.stats.get(&0, 0).map_err(|e| map_error(STATS, e))?;
+        Ok(per_cpu.iter().map(|counters| counters.log).collect())
     }
 }
