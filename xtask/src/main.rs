@@ -83,6 +83,10 @@ enum Command {
         /// a sample, or one machine's part of the whole run.
         #[arg(long, value_name = "K/N", conflicts_with = "bpf")]
         shard: Option<String>,
+        /// Only the mutants in lines changed since this git revision
+        /// (cargo-mutants' --in-diff): a full run's follow-up.
+        #[arg(long, value_name = "REV", conflicts_with = "bpf")]
+        since: Option<String>,
     },
     /// Benchmarks (not part of the test suite).
     Bench {
@@ -129,12 +133,13 @@ fn main() -> Result<()> {
             bpf,
             only,
             shard,
+            since,
         } => {
             setup::setup()?;
             if bpf {
                 mutants::bpf(only.as_deref())
             } else {
-                mutants::host(krate.as_deref(), shard.as_deref())
+                mutants::host(krate.as_deref(), shard.as_deref(), since.as_deref())
             }
         }
         Command::Demo => run_lab_binary("smtp-gate-demo", &[]),

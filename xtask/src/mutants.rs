@@ -143,7 +143,7 @@ const BPF_TESTS: &[&str] = &[
 /// and a mutant the properties catch is caught in the first few cases.
 const PROPTEST_CASES_PER_MUTANT: &str = "32";
 
-pub fn host(krate: Option<&str>, shard: Option<&str>) -> Result<()> {
+pub fn host(krate: Option<&str>, shard: Option<&str>, since: Option<&str>) -> Result<()> {
     ensure_cargo_mutants()?;
     let crates: Vec<&str> = match krate {
         Some(one) if CRATES.contains(&one) => vec![one],
@@ -160,6 +160,11 @@ pub fn host(krate: Option<&str>, shard: Option<&str>) -> Result<()> {
         let mut args = vec!["mutants", "--package", krate, "--output", &out];
         if let Some(shard) = shard {
             args.extend(["--shard", shard]);
+        }
+        let diff = format!("{out}/changes.diff");
+        if let Some(rev) = since {
+            write_diff_since(rev, &diff)?;
+            args.extend(["--in-diff", &diff]);
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         eprintln!(
@@ -185,6 +190,22 @@ pub fn host(krate: Option<&str>, shard: Option<&str>) -> Result<()> {
         eprintln!("mutants: {line}");
     }
     Ok(())
+}
+
+/// Writes `git diff REV` (the working tree's changes since `rev`) to
+/// `path`, for cargo-mutants' --in-diff.
+fn write_diff_since(rev: &str, path: &str) -> Result<()> {
+    let out = std::process::Command::new("git")
+        .args(["diff", "--no-color", "--no-ext-diff", rev])
+        .output()
+        .context("cannot run git")?;
+    if !out.status.success() {
+        bail!(
+            "git diff {rev} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    fs::write(path, &out.stdout).with_context(|| format!("writing {path}"))
 }
 
 /// The counts of cargo-mutants' outcomes.json, and the share of viable
