@@ -22,6 +22,7 @@ pub mod maildrop;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod session_id;
 pub mod trusted_file;
 
 use std::{error::Error, fmt, net::IpAddr};

@@ -8,6 +8,7 @@
 
 mod accept_errors;
 pub mod open_files;
+mod session_end;
 pub(crate) mod slots;
 
 use std::{
@@ -31,12 +32,15 @@ use crate::{
     duration::format_duration,
     framing::LineBuffer,
     live_config::LiveConfig,
+    log_text::LogText,
     normalize_addr,
     reply::{ReplyBuffer, ReplySink, RespCode, FLUSH_AT},
-    session::{Flow, Session, SessionContext},
+    session::{EndReason, Flow, Session, SessionContext, LOG_TARGET},
+    session_id::{SessionId, SessionIds},
     Authenticator, GrantSink,
 };
 use accept_errors::AcceptErrors;
+use session_end::Served;
 use slots::{Admission, Slot, Slots};
 
 /// The service's dependencies.
@@ -100,6 +104,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let timestamps = Arc::new(TimestampSource::new(&self.live.current().hostname));
+        let ids = Arc::new(SessionIds::new());
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             let shared = Shared {
@@ -109,6 +114,7 @@ impl Server {
                 tracker: tracker.clone(),
                 hard_stop: hard_stop.clone(),
                 timestamps: Arc::clone(&timestamps),
+                ids: Arc::clone(&ids),
             };
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
@@ -190,6 +196,7 @@ struct Shared {
     tracker: TaskTracker,
     hard_stop: CancellationToken,
     timestamps: Arc<TimestampSource>,
+    ids: Arc<SessionIds>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
@@ -213,27 +220,30 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
             },
         };
         let _ = stream.set_nodelay(true);
+        let id = shared.ids.next();
         let text = match shared.slots.admit(normalize_addr(peer.ip())) {
             Admission::Admitted { slot, made_room } => {
+                debug!("session={id} connect addr={peer}");
                 if let Some(network) = made_room {
                     debug!(
-                        "all slots taken: the newest connection of {network} that has not \
-                         logged in is cut for {peer}"
+                        "session={id} all slots taken: the newest connection of {network} that \
+                         has not logged in is cut for {peer}"
                     );
                 }
                 let shared = shared.clone();
                 shared.tracker.clone().spawn(async move {
-                    if let Err(e) = serve_connection(stream, peer, slot, &shared).await {
-                        debug!("connection from {peer} ended: {e}");
-                    }
+                    serve_connection(stream, peer, id, slot, &shared).await;
                 });
                 continue;
             }
             Admission::NetworkFull(network) => {
-                debug!("refused {peer}: {network} holds its most connections");
+                debug!("session={id} refused {peer}: {network} holds its most connections");
                 "too many connections from your network, try again later"
             }
-            Admission::ServerFull => "too many connections, try again later",
+            Admission::ServerFull => {
+                debug!("session={id} refused {peer}: all slots taken");
+                "too many connections, try again later"
+            }
         };
         shared.tracker.spawn(async move {
             let mut stream = stream;
@@ -247,54 +257,111 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
 }
 
 /// Why a connection was cut before it logged in.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum CutBeforeLogin {
     LoginTimeout,
     /// Its slot went to a newcomer from a network holding fewer.
     MadeRoom,
+    /// The shutdown grace is over.
+    Shutdown,
+}
+
+impl CutBeforeLogin {
+    fn reason(self) -> EndReason {
+        match self {
+            Self::LoginTimeout => EndReason::LoginTimeout,
+            Self::MadeRoom => EndReason::Evicted,
+            Self::Shutdown => EndReason::Shutdown,
+        }
+    }
 }
 
 /// Serves one connection in `slot`. Until the session logs in, the login
-/// timeout and a newcomer that needs the slot can cut it, whatever it is
-/// doing (even waiting for a client that does not read its replies).
+/// timeout, a newcomer that needs the slot and the end of the shutdown
+/// grace can cut it, whatever it is doing (even waiting for a client that
+/// does not read its replies, or for its maildrop to open: a login is
+/// bounded by the login timeout, and the store stops when it is cut).
+/// However it ends, its summary is logged (`Served`).
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    id: SessionId,
     slot: Slot,
     shared: &Shared,
-) -> io::Result<()> {
+) {
     // The settings in force now stay this connection's to its end.
     let config = shared.live.current();
     let login_deadline = Instant::now() + config.login_timeout;
     let logged_in = CancellationToken::new();
+    let ctx = SessionContext {
+        id,
+        auth: Arc::clone(&shared.backends.auth),
+        store: Arc::clone(&shared.backends.store),
+        grants: Arc::clone(&shared.backends.grants),
+        peer: normalize_addr(peer.ip()),
+        max_login_failures: config.max_login_failures,
+    };
+    let session = Session::new(ctx, shared.timestamps.next());
+    let mut served = Served::new(session, normalize_addr(peer.ip()));
     // Biased: a session that has just logged in marks it before the cut
     // is looked at, so a login is never cut.
     let cut = tokio::select! {
         biased;
-        ended = converse(&mut stream, peer, &config, &slot, &logged_in, shared) => return ended,
-        cut = cut_before_login(login_deadline, slot.cut(), &logged_in) => cut,
+        ended = converse(&mut stream, &config, &slot, &logged_in, shared, &mut served) => {
+            served.ended(ended);
+            return;
+        }
+        cut = cut_before_login(login_deadline, slot.cut(), &logged_in, &shared.hard_stop) => cut,
     };
+    served.ended(cut.reason());
     debug!(
-        "connection from {peer} ({}) cut before login: {cut:?}",
+        "session={id} connection from {peer} ({}) cut before login: {cut:?}",
         slot.network()
     );
     let mut goodbye = ReplyBuffer::new();
-    match cut {
-        CutBeforeLogin::LoginTimeout => goodbye.err(
+    let cut_login = served.session.tally().login_in_progress();
+    if let Some((user, method)) = cut_login {
+        let why = match cut {
+            CutBeforeLogin::LoginTimeout => format!(
+                "its maildrop was not open within the login timeout ({})",
+                format_duration(config.login_timeout)
+            ),
+            CutBeforeLogin::MadeRoom => "cut to make room for a newcomer".to_string(),
+            CutBeforeLogin::Shutdown => "the server shut down".to_string(),
+        };
+        log::warn!(target: LOG_TARGET, "session={id} login user={} addr={} method={method} result=cut ({why})",
+            LogText::of(user),
+            served.peer
+        );
+    }
+    match (cut, cut_login) {
+        (CutBeforeLogin::LoginTimeout, Some(_)) => goodbye.err(
+            Some(RespCode::SysTemp),
+            &format!(
+                "disconnected: the maildrop could not be opened within {}, try again later",
+                format_duration(config.login_timeout)
+            ),
+        ),
+        (CutBeforeLogin::LoginTimeout, None) => goodbye.err(
             None,
             &format!(
                 "disconnected: no login within {}",
                 format_duration(config.login_timeout)
             ),
         ),
-        CutBeforeLogin::MadeRoom => goodbye.err(
+        (CutBeforeLogin::MadeRoom, _) => goodbye.err(
             Some(RespCode::SysTemp),
             "disconnected to make room: too many connections from your network",
         ),
+        (CutBeforeLogin::Shutdown, _) => {
+            goodbye.err(Some(RespCode::SysTemp), "server shutting down")
+        }
     }
-    let _ =
+    let written =
         tokio::time::timeout(Duration::from_secs(1), stream.write_all(goodbye.as_bytes())).await;
-    Ok(())
+    if let Ok(Ok(())) = written {
+        served.octets_sent += goodbye.len() as u64;
+    }
 }
 
 /// Resolves when the connection must be cut before it logged in; never
@@ -303,41 +370,41 @@ async fn cut_before_login(
     deadline: Instant,
     cut: &CancellationToken,
     logged_in: &CancellationToken,
+    hard_stop: &CancellationToken,
 ) -> CutBeforeLogin {
     tokio::select! {
         biased;
         _ = logged_in.cancelled() => std::future::pending().await,
         _ = cut.cancelled() => CutBeforeLogin::MadeRoom,
+        _ = hard_stop.cancelled() => CutBeforeLogin::Shutdown,
         _ = tokio::time::sleep_until(deadline.into()) => CutBeforeLogin::LoginTimeout,
     }
 }
 
 /// The conversation: greeting, commands and replies, the idle and line
-/// timers, shutdown.
+/// timers, shutdown. Gives why it ended.
 async fn converse(
     stream: &mut TcpStream,
-    peer: SocketAddr,
     config: &ServerConfig,
     slot: &Slot,
     logged_in: &CancellationToken,
     shared: &Shared,
-) -> io::Result<()> {
-    let stop = &shared.hard_stop;
-    let ctx = SessionContext {
-        auth: Arc::clone(&shared.backends.auth),
-        store: Arc::clone(&shared.backends.store),
-        grants: Arc::clone(&shared.backends.grants),
-        peer: normalize_addr(peer.ip()),
-        max_login_failures: config.max_login_failures,
-    };
-    let mut session = Session::new(ctx, shared.timestamps.next());
+    served: &mut Served,
+) -> EndReason {
+    let Served {
+        session,
+        octets_sent,
+        ..
+    } = served;
+    let id = session.id();
     let (mut reader, writer) = stream.split();
     let mut out = Replies {
         stream: writer,
         buffer: ReplyBuffer::new(),
         send_timeout: config.send_timeout,
-        stop,
+        stop: &shared.hard_stop,
         lost: None,
+        sent: octets_sent,
     };
     session.greeting(&mut out.buffer);
     let mut lines = LineBuffer::new();
@@ -357,25 +424,39 @@ async fn converse(
                 logged_in.cancel();
             }
             match flow {
-                Flow::Continue => out.make_room().await?,
+                Flow::Continue => {
+                    if let Err(e) = out.make_room().await {
+                        return lost(id, &e);
+                    }
+                }
                 Flow::Close => {
-                    out.send().await?;
-                    return Ok(());
+                    if let Err(e) = out.send().await {
+                        return lost(id, &e);
+                    }
+                    return if session.tally().quit {
+                        EndReason::Quit
+                    } else {
+                        EndReason::ReadFailed
+                    };
                 }
                 flow @ (Flow::LoginFailed | Flow::LoginFailedClose) => {
                     // The delay holds only this connection's task.
                     tokio::select! {
                         _ = tokio::time::sleep(config.login_failure_delay) => {}
-                        _ = shared.hard_stop.cancelled() => return Ok(()),
+                        _ = shared.hard_stop.cancelled() => return EndReason::Shutdown,
                     }
-                    out.send().await?;
+                    if let Err(e) = out.send().await {
+                        return lost(id, &e);
+                    }
                     if flow == Flow::LoginFailedClose {
-                        return Ok(());
+                        return EndReason::LoginFailures;
                     }
                 }
             }
         }
-        out.send().await?;
+        if let Err(e) = out.send().await {
+            return lost(id, &e);
+        }
         if answered {
             quiet_since = Instant::now();
         }
@@ -390,28 +471,42 @@ async fn converse(
         let read = tokio::select! {
             _ = shared.hard_stop.cancelled() => {
                 out.last_words("server shutting down", Some(RespCode::SysTemp)).await;
-                return Ok(());
+                return EndReason::Shutdown;
             }
             _ = tokio::time::sleep_until(until.into()) => {
-                let why = if line_too_slow {
-                    format!(
-                        "disconnected: a command line took longer than {}",
-                        format_duration(config.line_timeout)
+                let (why, reason) = if line_too_slow {
+                    (
+                        format!(
+                            "disconnected: a command line took longer than {}",
+                            format_duration(config.line_timeout)
+                        ),
+                        EndReason::LineTimeout,
                     )
                 } else {
-                    "disconnected for inactivity".to_string()
+                    ("disconnected for inactivity".to_string(), EndReason::IdleTimeout)
                 };
-                debug!("connection from {peer} cut: {why}");
+                debug!("session={id} cut: {why}");
                 out.last_words(&why, None).await;
-                return Ok(());
+                return reason;
             }
             read = reader.read(&mut chunk) => read,
         };
         match read {
-            Ok(0) => return Ok(()),
+            Ok(0) => return EndReason::ClientClosed,
             Ok(n) => lines.extend(&chunk[..n]),
-            Err(e) => return Err(e),
+            Err(e) => return lost(id, &e),
         }
+    }
+}
+
+/// Why a session whose connection failed ended.
+fn lost(id: SessionId, e: &io::Error) -> EndReason {
+    debug!("session={id} connection lost: {e}");
+    match e.kind() {
+        io::ErrorKind::TimedOut => EndReason::SendTimeout,
+        // `Replies::send` when the shutdown grace is over.
+        io::ErrorKind::Interrupted => EndReason::Shutdown,
+        _ => EndReason::IoError,
     }
 }
 
@@ -426,6 +521,8 @@ struct Replies<'a> {
     stop: &'a CancellationToken,
     /// Why the connection was lost, once it was: nothing more is sent.
     lost: Option<(io::ErrorKind, String)>,
+    /// Octets written so far, for the session's summary.
+    sent: &'a mut u64,
 }
 
 impl ReplySink for Replies<'_> {
@@ -457,7 +554,7 @@ impl Replies<'_> {
         let result = tokio::select! {
             // A reply that can go out does, even once the grace is over.
             biased;
-            r = write_with_progress(&mut self.stream, self.buffer.as_bytes(), self.send_timeout) => r,
+            r = write_with_progress(&mut self.stream, self.buffer.as_bytes(), self.send_timeout, self.sent) => r,
             _ = self.stop.cancelled() => {
                 Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"))
             }
@@ -474,20 +571,24 @@ impl Replies<'_> {
     async fn last_words(&mut self, text: &str, code: Option<RespCode>) {
         self.buffer.clear();
         self.buffer.err(code, text);
-        let _ = tokio::time::timeout(
+        let written = tokio::time::timeout(
             Duration::from_secs(1),
             self.stream.write_all(self.buffer.as_bytes()),
         )
         .await;
+        if let Ok(Ok(())) = written {
+            *self.sent += self.buffer.len() as u64;
+        }
     }
 }
 
 /// Writes all of `bytes`, failing when one write makes no progress for
-/// `timeout`.
+/// `timeout`; adds what was written to `sent`.
 async fn write_with_progress(
     stream: &mut WriteHalf<'_>,
     mut bytes: &[u8],
     timeout: Duration,
+    sent: &mut u64,
 ) -> io::Result<()> {
     while !bytes.is_empty() {
         match tokio::time::timeout(timeout, stream.write(bytes)).await {
@@ -498,7 +599,10 @@ async fn write_with_progress(
                 ))
             }
             Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => bytes = &bytes[n..],
+            Ok(Ok(n)) => {
+                *sent += n as u64;
+                bytes = &bytes[n..];
+            }
             Ok(Err(e)) => return Err(e),
         }
     }

@@ -17,7 +17,8 @@ use pop3::{
     auth::users_file::UsersFile,
     config::ServerConfig,
     maildrop::{
-        maildir::MaildirStore, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
+        maildir::MaildirStore, CommitError, ForSession, Maildrop, MaildropStore, MessageInfo,
+        MessageReader, OpenError,
     },
     server::{Backends, Server},
     ApopSecret, Authenticator, NoGrant,
@@ -106,6 +107,8 @@ async fn launch(
 struct Client {
     read: BufReader<OwnedReadHalf>,
     write: OwnedWriteHalf,
+    /// Octets read by `line` so far, the greeting included.
+    received: usize,
 }
 
 impl Client {
@@ -128,6 +131,7 @@ impl Client {
         let mut client = Self {
             read: BufReader::new(read),
             write,
+            received: 0,
         };
         let greeting = client.line().await;
         (client, greeting)
@@ -149,7 +153,18 @@ impl Client {
             .await
             .unwrap_or_else(|_| panic!("no reply within {bound:?}"))
             .expect("read");
+        self.received += line.len();
         line
+    }
+
+    /// The rest of a multi-line reply, up to its terminating dot.
+    async fn until_dot(&mut self) {
+        for _ in 0..1000 {
+            if self.line().await == ".\r\n" {
+                return;
+            }
+        }
+        panic!("no end of the multi-line reply");
     }
 
     /// Sends one octet every 100 ms, never a line end, until the server
@@ -444,30 +459,34 @@ async fn addresses_of_one_network_share_its_budget() {
 /// refused. Fails on the old server: the newcomer was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_full_a_newcomer_from_another_network_is_served() {
+    capture_log();
     let server = start(|c| {
         c.max_connections = 5;
         c.max_connections_per_ip = 3;
     })
     .await;
-    let (mut a1, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
-    let (mut a2, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
-    let (mut a3, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), server.addr).await;
+    let (mut a1, _) = Client::connect_from(Ipv4Addr::new(127, 0, 20, 2), server.addr).await;
+    let (mut a2, _) = Client::connect_from(Ipv4Addr::new(127, 0, 20, 2), server.addr).await;
+    let (mut a3, _) = Client::connect_from(Ipv4Addr::new(127, 0, 20, 2), server.addr).await;
     a3.login("alice", "pw-a").await;
-    let (mut b1, _) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 3), server.addr).await;
-    let (mut b2, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 3), server.addr).await;
+    let (mut b1, _) = Client::connect_from(Ipv4Addr::new(127, 0, 20, 3), server.addr).await;
+    let (mut b2, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 20, 3), server.addr).await;
     assert!(greeting.starts_with("+OK"), "the fifth slot: {greeting}");
 
     let (mut newcomer, greeting) =
-        Client::connect_from(Ipv4Addr::new(127, 0, 0, 4), server.addr).await;
+        Client::connect_from(Ipv4Addr::new(127, 0, 20, 4), server.addr).await;
     assert!(greeting.starts_with("+OK"), "the newcomer: {greeting}");
     newcomer.login("bob", "pw-b").await;
 
     assert_eq!(
         a2.line().await,
         "-ERR [SYS/TEMP] disconnected to make room: too many connections from your network\r\n",
-        "the newest connection of 127.0.0.2 that had not logged in"
+        "the newest connection of 127.0.20.2 that had not logged in"
     );
     assert_eq!(a2.line().await, "", "closed");
+    // Only a2 was cut: its end is summed up (the others are still there).
+    let end = logged_line("end reason=evicted addr=127.0.20.2 ").await;
+    assert!(end.contains(" retr=0/0 top=0 dele=0/0 "), "{end}");
     a3.send("NOOP\r\n").await;
     assert_eq!(a3.line().await, "+OK\r\n", "logged in: never cut");
     for (name, client) in [("a1", &mut a1), ("b1", &mut b1), ("b2", &mut b2)] {
@@ -475,9 +494,9 @@ async fn when_full_a_newcomer_from_another_network_is_served() {
         let reply = client.line().await;
         assert!(reply.starts_with("-ERR NOOP"), "{name} was cut: {reply}");
     }
-    // 2, 2 and 1: one more from 127.0.0.4 would hold as many as the
+    // 2, 2 and 1: one more from 127.0.20.4 would hold as many as the
     // network it took a slot from.
-    let (_, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 0, 4), server.addr).await;
+    let (_, greeting) = Client::connect_from(Ipv4Addr::new(127, 0, 20, 4), server.addr).await;
     assert_eq!(
         greeting,
         "-ERR [SYS/TEMP] too many connections, try again later\r\n"
@@ -598,9 +617,9 @@ struct CountingStore {
 }
 
 impl MaildropStore for CountingStore {
-    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+    fn open(&self, user: &str, session: &ForSession) -> Result<Box<dyn Maildrop>, OpenError> {
         Ok(Box::new(CountingMaildrop {
-            inner: self.inner.open(user)?,
+            inner: self.inner.open(user, session)?,
             reads: Arc::clone(&self.reads),
         }))
     }
@@ -629,7 +648,7 @@ impl Maildrop for CountingMaildrop {
         read
     }
 
-    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<usize, CommitError> {
         self.inner.commit(deleted)
     }
 }
@@ -927,7 +946,8 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     let line = "y".repeat(999) + "\n";
     let big = line.repeat(16_000);
     fs::write(server.mail.join("alice/cur/1700000001.M2P1.test:2,"), &big).unwrap();
-    let (mut stalled, _) = Client::connect(server.addr).await;
+    capture_log();
+    let (mut stalled, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 41), server.addr).await;
     stalled.send("USER alice\r\nPASS pw-a\r\nRETR 2\r\n").await;
 
     // Until the stalled session is cut, alice's maildrop is in use.
@@ -961,6 +981,13 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
         "{} octets of {} arrived",
         received.len(),
         big.len()
+    );
+    let end = logged_line("end reason=send-timeout addr=127.0.10.41 user=alice retr=0/0 ").await;
+    let octets: usize = field(&end, "octets_sent").parse().unwrap();
+    assert!(
+        octets < big.len() && octets >= received.len(),
+        "{octets} octets sent, {} received: {end}",
+        received.len()
     );
 }
 
@@ -1018,15 +1045,15 @@ struct HangingStore {
 }
 
 impl MaildropStore for HangingStore {
-    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+    fn open(&self, user: &str, session: &ForSession) -> Result<Box<dyn Maildrop>, OpenError> {
         if user != self.user {
-            return self.inner.open(user);
+            return self.inner.open(user, session);
         }
         if self.at_open {
             self.hold.wait();
         }
         Ok(Box::new(HangingCommit {
-            inner: self.inner.open(user)?,
+            inner: self.inner.open(user, session)?,
             hold: Arc::clone(&self.hold),
         }))
     }
@@ -1046,7 +1073,7 @@ impl Maildrop for HangingCommit {
         self.inner.open(index)
     }
 
-    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<usize, CommitError> {
         self.hold.wait();
         self.inner.commit(deleted)
     }
@@ -1144,4 +1171,389 @@ async fn a_quit_applying_its_deletions_when_the_grace_ends_still_answers() {
         0,
         "QUIT applied its deletion"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The log: session ids, end summaries (issue 10)
+// ---------------------------------------------------------------------------
+
+/// Every line the servers of this binary log, once `capture_log` ran.
+/// Tests running at the same time log here too: a test finds its own
+/// lines by a loopback address no other test uses.
+struct Captured(Mutex<Vec<String>>);
+
+impl log::Log for Captured {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+static LOG: Captured = Captured(Mutex::new(Vec::new()));
+
+fn capture_log() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        log::set_logger(&LOG).expect("the only logger of this binary");
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+fn logged() -> Vec<String> {
+    LOG.0.lock().unwrap().clone()
+}
+
+/// Waits for a logged line containing `needle` and gives it.
+async fn logged_line(needle: &str) -> String {
+    let deadline = Instant::now() + HANG;
+    loop {
+        if let Some(line) = logged().into_iter().find(|l| l.contains(needle)) {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needle:?} logged:\n{}",
+            logged().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of `name=` in a line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!(" {name}="))
+        .map(|i| i + 1)
+        .or_else(|| line.starts_with(&format!("{name}=")).then_some(0))
+        .unwrap_or_else(|| panic!("no {name}= in {line}"));
+    let value = &line[start + name.len() + 1..];
+    value.split(' ').next().unwrap()
+}
+
+/// The lines of session `id`, and every line that mentions `addr` (which
+/// must all be the session's).
+fn lines_about(id: &str, addr: &str) -> Vec<String> {
+    let lines: Vec<String> = logged()
+        .into_iter()
+        .filter(|l| l.contains(&format!("session={id}")) || l.contains(addr))
+        .collect();
+    for line in &lines {
+        assert!(
+            line.starts_with(&format!("session={id} ")),
+            "a line about the session does not start with its id: {line}"
+        );
+    }
+    lines
+}
+
+/// Issue 10: every line logged about a session names it (`session=<id>`
+/// first), the maildir's warnings too, and its end is summed up: what
+/// it retrieved and deleted, the octets sent (exactly what the client
+/// read). QUIT's `+OK` counts the messages removed. Fails on the old
+/// server: no ids, no end line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_lines_name_it_and_its_end_sums_it_up() {
+    capture_log();
+    let server = start(|_| {}).await;
+    // W=1 cannot be the size of "x\n": the maildir warns and measures it.
+    fs::write(
+        server.mail.join("alice/cur/1700000001.M2P2.test,W=1:2,"),
+        "x\n",
+    )
+    .unwrap();
+    let from = Ipv4Addr::new(127, 0, 10, 1);
+    let (mut client, _) = Client::connect_from(from, server.addr).await;
+    client.login("alice", "pw-a").await;
+    client.send("RETR 1\r\n").await;
+    assert_eq!(client.line().await, "+OK 20 octets\r\n");
+    client.until_dot().await;
+    client.send("TOP 2 0\r\n").await;
+    assert!(client.line().await.starts_with("+OK"));
+    client.until_dot().await;
+    client.send("DELE 1\r\nDELE 2\r\nQUIT\r\n").await;
+    client.line().await;
+    client.line().await;
+    assert_eq!(
+        client.line().await,
+        "+OK smtp-gate POP3 server signing off (2 messages deleted)\r\n"
+    );
+    assert_eq!(client.line().await, "", "closed");
+
+    let end = logged_line("end reason=quit addr=127.0.10.1 ").await;
+    let id = field(&end, "session");
+    assert_eq!(id.len(), 16, "{end}");
+    assert!(
+        end.starts_with(&format!(
+            "session={id} end reason=quit addr=127.0.10.1 user=alice retr=1/20 top=1 dele=2/2 \
+             octets_sent={} duration=",
+            client.received
+        )),
+        "{end}"
+    );
+    let lines = lines_about(id, "127.0.10.1");
+    for expected in [
+        format!("session={id} connect addr=127.0.10.1:"),
+        format!("session={id} login user=alice addr=127.0.10.1 method=USER/PASS result=ok"),
+        format!("session={id} grant addr=127.0.10.1 user=alice"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&expected)),
+            "no {expected:?} in {lines:#?}"
+        );
+    }
+    let warning = logged_line("says W=1, which cannot be").await;
+    assert!(
+        warning.starts_with(&format!("session={id} maildir ")),
+        "{warning}"
+    );
+    assert_eq!(messages_in(&server.mail, "alice"), 0);
+}
+
+/// Issue 10: however a session ends, one line sums it up with why; a
+/// session that marked mail and ended without QUIT says so (marked 1,
+/// removed 0). Fails on the old server: no end lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_a_session_ends_is_summed_up() {
+    capture_log();
+    let server = start(|c| {
+        c.login_timeout = Duration::from_secs(3);
+        c.line_timeout = Duration::from_secs(1);
+        c.shutdown_grace = Duration::from_millis(200);
+    })
+    .await;
+    let at = |n| Ipv4Addr::new(127, 0, 10, n);
+
+    let (mut closer, _) = Client::connect_from(at(11), server.addr).await;
+    closer.login("alice", "pw-a").await;
+    closer.send("DELE 1\r\n").await;
+    assert_eq!(closer.line().await, "+OK message 1 deleted\r\n");
+    drop(closer);
+    let end = logged_line("end reason=client-closed addr=127.0.10.11 ").await;
+    assert!(
+        end.contains(" user=alice retr=0/0 top=0 dele=1/0 "),
+        "{end}"
+    );
+    assert_eq!(
+        messages_in(&server.mail, "alice"),
+        1,
+        "no QUIT, no deletion"
+    );
+
+    let (mut quitter, _) = Client::connect_from(at(12), server.addr).await;
+    quitter.send("QUIT\r\n").await;
+    quitter.line().await;
+    let end = logged_line("end reason=quit addr=127.0.10.12 ").await;
+    assert!(!end.contains("user="), "not logged in: {end}");
+
+    let (mut silent, _) = Client::connect_from(at(13), server.addr).await;
+    assert!(silent
+        .line()
+        .await
+        .starts_with("-ERR disconnected: no login"));
+    logged_line("end reason=login-timeout addr=127.0.10.13 retr=0/0 ").await;
+
+    let (mut slow, _) = Client::connect_from(at(14), server.addr).await;
+    slow.login("bob", "pw-b").await;
+    slow.send("NOO").await;
+    assert!(slow.line().await.contains("a command line took longer"));
+    logged_line("end reason=line-timeout addr=127.0.10.14 user=bob ").await;
+
+    let (mut failing, _) = Client::connect_from(at(15), server.addr).await;
+    failing
+        .send("USER bob\r\nPASS 1\r\nUSER bob\r\nPASS 2\r\nUSER bob\r\nPASS 3\r\n")
+        .await;
+    for _ in 0..6 {
+        failing.line().await;
+    }
+    logged_line("end reason=login-failures addr=127.0.10.15 ").await;
+
+    let (mut idle, _) = Client::connect_from(at(16), server.addr).await;
+    idle.login("alice", "pw-a").await;
+    server.shutdown.cancel();
+    assert_eq!(
+        idle.line().await,
+        "-ERR [SYS/TEMP] server shutting down\r\n"
+    );
+    logged_line("end reason=shutdown addr=127.0.10.16 user=alice ").await;
+    tokio::time::timeout(HANG, server.done)
+        .await
+        .expect("the server stops")
+        .unwrap();
+}
+
+/// Issue 10, defect 3: QUIT's `+OK` counted the marks, not the messages
+/// removed. A marked message that another agent removed first is not
+/// this session's removal: 2 marked, 1 removed. Fails on the old
+/// server: "(2 messages deleted)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quit_counts_the_messages_it_removed_not_the_marks() {
+    capture_log();
+    let server = start(|_| {}).await;
+    let second = server.mail.join("alice/cur/1700000001.M2P2.test:2,");
+    fs::write(&second, "x\n").unwrap();
+    let (mut client, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 21), server.addr).await;
+    client.login("alice", "pw-a").await;
+    client.send("DELE 1\r\nDELE 2\r\n").await;
+    client.line().await;
+    client.line().await;
+    fs::remove_file(&second).unwrap();
+    client.send("QUIT\r\n").await;
+    assert_eq!(
+        client.line().await,
+        "+OK smtp-gate POP3 server signing off (1 messages deleted)\r\n"
+    );
+    let end = logged_line("end reason=quit addr=127.0.10.21 ").await;
+    assert!(end.contains(" dele=2/1 "), "{end}");
+}
+
+/// A store whose maildrops remove the first marked message and fail on
+/// the rest: a QUIT that applies only part of its deletions.
+struct PartlyFailingStore(MaildirStore);
+
+impl MaildropStore for PartlyFailingStore {
+    fn open(&self, user: &str, session: &ForSession) -> Result<Box<dyn Maildrop>, OpenError> {
+        Ok(Box::new(PartlyFailing(self.0.open(user, session)?)))
+    }
+}
+
+struct PartlyFailing(Box<dyn Maildrop>);
+
+impl Maildrop for PartlyFailing {
+    fn messages(&self) -> &[MessageInfo] {
+        self.0.messages()
+    }
+
+    fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
+        self.0.open(index)
+    }
+
+    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<usize, CommitError> {
+        let removed = self.0.commit(&deleted[..1])?;
+        Err(CommitError {
+            removed,
+            error: io::Error::other("unlink: the disk said no"),
+        })
+    }
+}
+
+/// RFC 1939 section 6: deletions not all applied answer "-ERR some
+/// deleted messages not removed"; the log and the end line say how many
+/// were removed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quit_that_removes_only_some_says_so() {
+    capture_log();
+    let server = start_with(|_| {}, |store| Arc::new(PartlyFailingStore(store))).await;
+    fs::write(server.mail.join("alice/cur/1700000001.M2P2.test:2,"), "x\n").unwrap();
+    let (mut client, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 22), server.addr).await;
+    client.login("alice", "pw-a").await;
+    client.send("DELE 1\r\nDELE 2\r\nQUIT\r\n").await;
+    client.line().await;
+    client.line().await;
+    assert_eq!(
+        client.line().await,
+        "-ERR [SYS/TEMP] some deleted messages not removed\r\n"
+    );
+    let end = logged_line("end reason=quit addr=127.0.10.22 ").await;
+    let id = field(&end, "session");
+    assert!(end.contains(" dele=2/1 "), "{end}");
+    let failure = logged_line("deletions failed after removing").await;
+    assert!(
+        failure.starts_with(&format!(
+            "session={id} user=alice: applying 2 deletions failed after removing 1: "
+        )),
+        "{failure}"
+    );
+    assert_eq!(messages_in(&server.mail, "alice"), 1);
+}
+
+/// Attack finding F3: a message without W= in its name is read whole at
+/// login to size it (RFC 1939 section 5 wants exact sizes). A sparse
+/// file of terabytes kept its user's login unanswered and the maildrop
+/// locked for hours (every later login `-ERR [IN-USE]`). Now the login
+/// ends at the login timeout with `-ERR [SYS/TEMP]`, the log names the
+/// session, the login and the file, the size scan stops and the lock is
+/// released; other users log in meanwhile. Fails on the old server: no
+/// `[SYS/TEMP]`, and alice's maildrop stays in use.
+#[test]
+fn a_message_too_large_to_size_in_the_login_time_does_not_hold_the_maildrop() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(check_a_message_too_large_to_size_does_not_hold_the_maildrop())
+    }));
+    // A scan that never stops (the bug) must fail the test, not keep the
+    // runtime's drop waiting for its thread for hours.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn check_a_message_too_large_to_size_does_not_hold_the_maildrop() {
+    capture_log();
+    let login_timeout = Duration::from_secs(3);
+    let server = start(|c| c.login_timeout = login_timeout).await;
+    let huge = server.mail.join("alice/cur/1700000002.M3P3.test:2,");
+    // 4 TiB of holes: no disk, hours to read.
+    fs::File::create(&huge)
+        .unwrap()
+        .set_len(4 << 40)
+        .expect("a sparse file of 4 TiB");
+
+    let (mut alice, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 31), server.addr).await;
+    alice.send("USER alice\r\n").await;
+    assert_eq!(alice.line().await, "+OK send PASS\r\n");
+    alice.send("PASS pw-a\r\n").await;
+    // Meanwhile: another user is served.
+    let (mut bob, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 32), server.addr).await;
+    bob.login("bob", "pw-b").await;
+    let reply = alice.line().await;
+    assert_eq!(
+        reply,
+        "-ERR [SYS/TEMP] disconnected: the maildrop could not be opened within 3s, try again \
+         later\r\n"
+    );
+
+    let cut = logged_line("login user=alice addr=127.0.10.31 method=USER/PASS result=cut").await;
+    let id = field(&cut, "session");
+    assert!(cut.starts_with(&format!("session={id} login ")), "{cut}");
+    assert!(cut.contains("login timeout (3s)"), "{cut}");
+    let stopped = logged_line(&format!("session={id} maildir ")).await;
+    assert!(
+        stopped.contains("stopped sizing cur/1700000002.M3P3.test:2, after"),
+        "{stopped}"
+    );
+    logged_line(&format!(
+        "session={id} end reason=login-timeout addr=127.0.10.31 "
+    ))
+    .await;
+
+    // The lock went with the scan: once the file is gone, alice logs in
+    // (a retry while the stopping scan still holds it is fine; for ever
+    // is not).
+    fs::remove_file(&huge).unwrap();
+    let deadline = Instant::now() + HANG;
+    loop {
+        let (mut again, _) = Client::connect(server.addr).await;
+        again.send("USER alice\r\nPASS pw-a\r\n").await;
+        let reply = again.line().await;
+        assert_eq!(reply, "+OK send PASS\r\n", "USER's reply");
+        let reply = again.line().await;
+        if reply.starts_with("+OK alice has 1 messages") {
+            break;
+        }
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+        assert!(Instant::now() < deadline, "alice's maildrop stays locked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bob.send("QUIT\r\n").await;
+    assert!(bob.line().await.starts_with("+OK"));
 }

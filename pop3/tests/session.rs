@@ -15,9 +15,12 @@ use std::{
 
 use pop3::{
     framing::LineBuffer,
-    maildrop::{Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError},
+    maildrop::{
+        CommitError, ForSession, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
+    },
     reply::ReplyBuffer,
     session::{Flow, Session, SessionContext},
+    session_id::SessionId,
     ApopSecret, Authenticator, GrantError, GrantSink,
 };
 
@@ -95,20 +98,20 @@ impl Maildrop for FakeMaildrop {
             reads: 0,
         }))
     }
-    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<usize, CommitError> {
         self.store
             .commits
             .lock()
             .unwrap()
             .push((self.user.clone(), deleted.to_vec()));
-        Ok(())
+        Ok(deleted.len())
     }
 }
 
 struct StoreHandle(Arc<FakeStore>);
 
 impl MaildropStore for StoreHandle {
-    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+    fn open(&self, user: &str, _session: &ForSession) -> Result<Box<dyn Maildrop>, OpenError> {
         if !self.0.locked.lock().unwrap().insert(user.to_string()) {
             return Err(OpenError::InUse);
         }
@@ -191,6 +194,7 @@ fn fixture() -> Fixture {
         .insert("mrose".into(), vec![b"Subject: x\r\n\r\ny\r\n".to_vec()]);
     let grants = Arc::new(RecordingSink::default());
     let ctx = SessionContext {
+        id: SessionId::default(),
         auth: Arc::new(FakeAuth),
         store: Arc::new(StoreHandle(Arc::clone(&store))),
         grants: Arc::new(SinkHandle(Arc::clone(&grants))),

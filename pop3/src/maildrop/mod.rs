@@ -8,6 +8,36 @@ pub mod maildir;
 use std::fmt;
 use std::io::{self, Read};
 
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::session_id::SessionId;
+
+/// The session a maildrop is opened for: its id goes into every line the
+/// store logs, and the store stops sizing messages once the session has
+/// given up the login (its client left, a timeout cut it, the server
+/// shuts down), so that the maildrop's lock does not outlive the login.
+#[derive(Clone, Debug, Default)]
+pub struct ForSession {
+    pub id: SessionId,
+    gone: CancellationToken,
+}
+
+impl ForSession {
+    /// For session `id`, and the guard that gives the open up when it is
+    /// dropped: the login holds it while the store works on the blocking
+    /// pool, and a login that is cut drops it.
+    pub fn new(id: SessionId) -> (Self, DropGuard) {
+        let gone = CancellationToken::new();
+        let guard = gone.clone().drop_guard();
+        (Self { id, gone }, guard)
+    }
+
+    /// True once the session no longer waits for this open.
+    pub fn is_gone(&self) -> bool {
+        self.gone.is_cancelled()
+    }
+}
+
 /// One message as the session lists it, fixed at login.
 ///
 /// RFC 1939 section 4 lets a session work on a snapshot: messages arriving
@@ -43,6 +73,9 @@ pub enum OpenError {
     Unsafe(String),
     /// The file system failed; the message names the path involved.
     Io(io::Error),
+    /// The session gave the login up before the maildrop was open (the
+    /// store has logged where it stopped).
+    Abandoned,
 }
 
 impl fmt::Display for OpenError {
@@ -52,6 +85,7 @@ impl fmt::Display for OpenError {
             OpenError::Invalid(why) => write!(f, "invalid maildrop: {why}"),
             OpenError::Unsafe(why) => write!(f, "maildrop refused: {why}"),
             OpenError::Io(e) => write!(f, "maildrop I/O error: {e}"),
+            OpenError::Abandoned => f.write_str("the session gave up the login"),
         }
     }
 }
@@ -102,7 +136,40 @@ pub trait Maildrop: Send {
     /// called from the UPDATE state (QUIT). Dropping a Maildrop without
     /// commit deletes nothing and releases the lock (RFC 1939 section 6: a
     /// session that ends without QUIT must not remove messages).
-    fn commit(self: Box<Self>, deleted: &[usize]) -> io::Result<()>;
+    ///
+    /// Gives the number of messages this call removed: a message another
+    /// agent removed first is not counted. An error still says how many
+    /// were removed before or besides it.
+    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<usize, CommitError>;
+}
+
+/// Deletions that were not all applied (RFC 1939 section 6: "-ERR some
+/// deleted messages not removed").
+#[derive(Debug)]
+pub struct CommitError {
+    /// Messages that were removed all the same.
+    pub removed: usize,
+    /// The first thing that failed.
+    pub error: io::Error,
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (removed {} all the same)", self.error, self.removed)
+    }
+}
+
+impl std::error::Error for CommitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<io::Error> for CommitError {
+    /// An error before anything was removed.
+    fn from(error: io::Error) -> Self {
+        CommitError { removed: 0, error }
+    }
 }
 
 /// One message being read, as stored. `read` blocks (the session calls it
@@ -125,9 +192,9 @@ impl MessageReader for io::Cursor<Vec<u8>> {
 
 /// Opens maildrops by user name; shared by all sessions of a server.
 pub trait MaildropStore: Send + Sync + 'static {
-    /// Opens and locks `user`'s maildrop. The user is already
-    /// authenticated: the name comes from the users file.
-    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError>;
+    /// Opens and locks `user`'s maildrop for `session`. The user is
+    /// already authenticated: the name comes from the users file.
+    fn open(&self, user: &str, session: &ForSession) -> Result<Box<dyn Maildrop>, OpenError>;
 }
 
 /// True if `uid` is a valid RFC 1939 unique-id: "one to 70 characters in the

@@ -7,13 +7,13 @@ use std::{error::Error, sync::Arc};
 use log::{error, info, warn};
 
 use super::{
-    off_runtime, on_blocking_pool, transaction::Transaction, Flow, SessionContext, State,
+    off_runtime, on_blocking_pool, transaction::Transaction, Flow, SessionContext, State, Tally,
     LOG_TARGET,
 };
 use crate::{
     auth::apop,
     log_text::LogText,
-    maildrop::OpenError,
+    maildrop::{ForSession, OpenError},
     reply::{ReplyBuffer, RespCode},
     ApopSecret,
 };
@@ -60,6 +60,7 @@ impl Authorization {
     pub(super) async fn pass(
         self,
         ctx: &SessionContext,
+        tally: &mut Tally,
         password: String,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
@@ -73,7 +74,7 @@ impl Authorization {
             .await
             .unwrap_or(false);
         if verified {
-            self.login(ctx, user, Method::UserPass, out).await
+            self.login(ctx, tally, user, Method::UserPass, out).await
         } else {
             self.fail(
                 ctx,
@@ -88,6 +89,7 @@ impl Authorization {
     pub(super) async fn apop(
         self,
         ctx: &SessionContext,
+        tally: &mut Tally,
         timestamp: &str,
         user: String,
         digest: String,
@@ -101,9 +103,10 @@ impl Authorization {
         let (secret, usable) = match ctx.auth.apop_secret(&user) {
             ApopSecret::Secret(secret) => (secret, true),
             ApopSecret::NotPlaintext => {
-                info!(target: LOG_TARGET, "login user={} addr={} method=APOP: the user has \
-                    only a password hash, which APOP cannot use (USER/PASS can); answered as a \
-                    wrong digest",
+                info!(target: LOG_TARGET, "session={} login user={} addr={} method=APOP: the user \
+                    has only a password hash, which APOP cannot use (USER/PASS can); answered as \
+                    a wrong digest",
+                    ctx.id,
                     LogText::of(&user),
                     ctx.peer
                 );
@@ -113,7 +116,7 @@ impl Authorization {
         };
         // Not `&&`: the digest is computed in every case.
         if apop::verify(timestamp, &secret, &digest) & usable {
-            return self.login(ctx, user, Method::Apop, out).await;
+            return self.login(ctx, tally, user, Method::Apop, out).await;
         }
         self.fail(ctx, &user, Method::Apop, "invalid user name or digest", out)
     }
@@ -127,7 +130,8 @@ impl Authorization {
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         let failures = self.failures + 1;
-        info!(target: LOG_TARGET, "login user={} addr={} method={} result=failed",
+        info!(target: LOG_TARGET, "session={} login user={} addr={} method={} result=failed",
+            ctx.id,
             LogText::of(user),
             ctx.peer,
             method.name()
@@ -149,20 +153,30 @@ impl Authorization {
     async fn login(
         self,
         ctx: &SessionContext,
+        tally: &mut Tally,
         user: String,
         method: Method,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         let store = Arc::clone(&ctx.store);
         let open_user = user.clone();
-        let opened = on_blocking_pool(move || store.open(&open_user))
+        // The open may take long (a message without W= is read whole to
+        // size it). If this future is dropped meanwhile (the login timeout,
+        // a client cut for a newcomer, the shutdown), the guard tells the
+        // store to stop, and the maildrop's lock goes with it; the server
+        // logs the login as cut, from `tally.opening`.
+        let (for_session, _gives_up_when_dropped) = ForSession::new(ctx.id);
+        tally.opening = Some((user.clone(), method.name()));
+        let opened = on_blocking_pool(move || store.open(&open_user, &for_session))
             .await
             .unwrap_or_else(|e| Err(OpenError::Io(e)));
+        tally.opening = None;
         let peer = ctx.peer;
+        let id = ctx.id;
         let maildrop = match opened {
             Ok(maildrop) => maildrop,
             Err(OpenError::InUse) => {
-                info!(target: LOG_TARGET, "login user={} addr={peer} method={} result=in-use",
+                info!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=in-use",
                     LogText::of(&user),
                     method.name()
                 );
@@ -173,7 +187,7 @@ impl Authorization {
                 return self.start_over();
             }
             Err(OpenError::Invalid(reason)) => {
-                warn!(target: LOG_TARGET, "login user={} addr={peer} method={} result=invalid-maildrop ({reason})",
+                warn!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=invalid-maildrop ({reason})",
                     LogText::of(&user),
                     method.name()
                 );
@@ -181,15 +195,24 @@ impl Authorization {
                 return self.start_over();
             }
             Err(OpenError::Unsafe(reason)) => {
-                error!(target: LOG_TARGET, "login user={} addr={peer} method={} result=unsafe-maildrop ({reason})",
+                error!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=unsafe-maildrop ({reason})",
                     LogText::of(&user),
                     method.name()
                 );
                 out.err(Some(RespCode::SysPerm), "cannot open this maildrop");
                 return self.start_over();
             }
+            // Only a login that is still waiting sees this: the store
+            // stopped for a session that gave up.
+            Err(OpenError::Abandoned) => {
+                out.err(
+                    Some(RespCode::SysTemp),
+                    "cannot open the maildrop, try again later",
+                );
+                return self.start_over();
+            }
             Err(OpenError::Io(e)) => {
-                error!(target: LOG_TARGET, "login user={} addr={peer} method={} result=maildrop-error ({e})",
+                error!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=maildrop-error ({e})",
                     LogText::of(&user),
                     method.name()
                 );
@@ -203,19 +226,22 @@ impl Authorization {
         // The grant must be in the kernel before the client hears +OK: a
         // client may open its SMTP connection the moment login returns.
         match ctx.grants.grant(peer) {
-            Ok(()) => info!(target: LOG_TARGET, "grant addr={peer} user={}", LogText::of(&user)),
+            Ok(()) => {
+                info!(target: LOG_TARGET, "session={id} grant addr={peer} user={}", LogText::of(&user))
+            }
             Err(e) => {
-                error!(target: LOG_TARGET, "grant addr={peer} user={} failed: {} (login goes on)",
+                error!(target: LOG_TARGET, "session={id} grant addr={peer} user={} failed: {} (login goes on)",
                     LogText::of(&user),
                     with_causes(&e)
                 )
             }
         }
-        info!(target: LOG_TARGET, "login user={} addr={peer} method={} result=ok",
+        info!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=ok",
             LogText::of(&user),
             method.name()
         );
-        let transaction = Transaction::begin(user, maildrop);
+        tally.user = Some(user.clone());
+        let transaction = Transaction::begin(id, user, maildrop);
         let (count, size) = transaction.totals();
         out.ok(&format!(
             "{} has {count} messages ({size} octets)",

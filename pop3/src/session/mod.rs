@@ -13,28 +13,33 @@
 //! `transaction` and get that state's data, not the session.
 
 mod authorization;
+mod tally;
 mod transaction;
 
 use std::{io, net::IpAddr, sync::Arc};
 
 /// The log target of the session's lines (logins, grants), the same in
 /// every file of it: operators' log filters (fail2ban) match it.
-const LOG_TARGET: &str = "pop3::session";
+pub(crate) const LOG_TARGET: &str = "pop3::session";
 
 use crate::{
     command::{self, Command},
     framing::Line,
     maildrop::MaildropStore,
     reply::{ReplyBuffer, ReplySink},
+    session_id::SessionId,
     Authenticator, GrantSink,
 };
 use authorization::Authorization;
+pub use tally::{EndReason, Summary, Tally};
 use transaction::Transaction;
 pub use transaction::MESSAGE_CHUNK;
 
 /// What the session's dependencies and settings are.
 #[derive(Clone)]
 pub struct SessionContext {
+    /// Named in every line logged about the session.
+    pub id: SessionId,
     pub auth: Arc<dyn Authenticator>,
     pub store: Arc<dyn MaildropStore>,
     pub grants: Arc<dyn GrantSink>,
@@ -67,6 +72,7 @@ pub struct Session {
     /// The APOP timestamp of this session's greeting.
     timestamp: String,
     state: State,
+    tally: Tally,
 }
 
 const CAPABILITIES: [&str; 7] = [
@@ -85,7 +91,17 @@ impl Session {
             ctx,
             timestamp,
             state: State::Authorization(Authorization::default()),
+            tally: Tally::default(),
         }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.ctx.id
+    }
+
+    /// What the session has done so far.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 
     /// The greeting, with the APOP timestamp (RFC 1939 section 7).
@@ -124,7 +140,15 @@ impl Session {
         // whose future is dropped (the server cut the session) leaves the
         // session Closed, which it then is.
         let state = std::mem::replace(&mut self.state, State::Closed);
-        let (state, flow) = step(&self.ctx, &self.timestamp, state, command, out).await;
+        let (state, flow) = step(
+            &self.ctx,
+            &self.timestamp,
+            &mut self.tally,
+            state,
+            command,
+            out,
+        )
+        .await;
         self.state = state;
         flow
     }
@@ -141,6 +165,7 @@ impl Session {
 async fn step<O: ReplySink>(
     ctx: &SessionContext,
     timestamp: &str,
+    tally: &mut Tally,
     state: State,
     command: Command,
     sink: &mut O,
@@ -155,19 +180,24 @@ async fn step<O: ReplySink>(
         }
         (S::Authorization(auth), C::User(user)) => auth.user(user, sink.buffer()),
         (S::Authorization(auth), C::Pass(password)) => {
-            auth.pass(ctx, password, sink.buffer()).await
+            auth.pass(ctx, tally, password, sink.buffer()).await
         }
         (S::Authorization(auth), C::Apop { user, digest }) => {
-            auth.apop(ctx, timestamp, user, digest, sink.buffer()).await
+            auth.apop(ctx, tally, timestamp, user, digest, sink.buffer())
+                .await
         }
         (S::Authorization(_), C::Quit) => {
             // RFC 1939 section 6: "if the client issues the QUIT command
             // from the AUTHORIZATION state, the POP3 session terminates
             // but does NOT enter the UPDATE state."
             sink.buffer().ok("smtp-gate POP3 server signing off");
+            tally.quit = true;
             (S::Closed, Flow::Close)
         }
-        (S::Transaction(txn), C::Quit) => (S::Closed, txn.quit(sink.buffer()).await),
+        (S::Transaction(txn), C::Quit) => {
+            tally.quit = true;
+            (S::Closed, txn.quit(tally, sink.buffer()).await)
+        }
         (S::Transaction(txn), C::Stat) => {
             txn.stat(sink.buffer());
             stay(txn)
@@ -181,19 +211,19 @@ async fn step<O: ReplySink>(
             stay(txn)
         }
         (S::Transaction(mut txn), C::Retr(n)) => {
-            let flow = txn.retr(n, sink).await;
+            let flow = txn.retr(n, tally, sink).await;
             stay_unless_lost(txn, flow)
         }
         (S::Transaction(mut txn), C::Top(n, lines)) => {
-            let flow = txn.top(n, lines, sink).await;
+            let flow = txn.top(n, lines, tally, sink).await;
             stay_unless_lost(txn, flow)
         }
         (S::Transaction(mut txn), C::Dele(n)) => {
-            txn.dele(n, sink.buffer());
+            txn.dele(n, tally, sink.buffer());
             stay(txn)
         }
         (S::Transaction(mut txn), C::Rset) => {
-            txn.rset(sink.buffer());
+            txn.rset(tally, sink.buffer());
             stay(txn)
         }
         (S::Transaction(txn), C::Noop) => {

@@ -6,13 +6,14 @@ use std::io;
 
 use log::{error, warn};
 
-use super::{on_blocking_pool, Flow, LOG_TARGET};
+use super::{on_blocking_pool, Flow, Tally, LOG_TARGET};
 use crate::{
     body::BodyEncoder,
     command::MessageNumber,
     log_text::LogText,
-    maildrop::{Maildrop, MessageInfo, MessageReader},
+    maildrop::{CommitError, Maildrop, MessageInfo, MessageReader},
     reply::{pair, ReplyBuffer, ReplySink, RespCode},
+    session_id::SessionId,
 };
 
 /// A message is read this much at a time: what a session holds of it is
@@ -30,6 +31,7 @@ const IN_PLACE_BUDGET: usize = 256 * 1024;
 
 /// A logged-in session's maildrop and its marks.
 pub(super) struct Transaction {
+    session: SessionId,
     user: String,
     /// `None` only while a blocking read has it, or after that read
     /// panicked: then later reads fail and QUIT removes nothing.
@@ -41,10 +43,11 @@ pub(super) struct Transaction {
 }
 
 impl Transaction {
-    pub(super) fn begin(user: String, maildrop: Box<dyn Maildrop>) -> Self {
+    pub(super) fn begin(session: SessionId, user: String, maildrop: Box<dyn Maildrop>) -> Self {
         let messages: Box<[MessageInfo]> = maildrop.messages().into();
         let deleted = vec![false; messages.len()];
         Self {
+            session,
             user,
             maildrop: Some(maildrop),
             messages,
@@ -96,52 +99,71 @@ impl Transaction {
         }
     }
 
-    pub(super) fn dele(&mut self, n: MessageNumber, out: &mut ReplyBuffer) {
+    pub(super) fn dele(&mut self, n: MessageNumber, tally: &mut Tally, out: &mut ReplyBuffer) {
         match self.index(n) {
             Some(i) => {
                 self.deleted[i] = true;
+                tally.marked += 1;
                 out.ok(&format!("message {n} deleted"));
             }
             None => no_such_message(out),
         }
     }
 
-    pub(super) fn rset(&mut self, out: &mut ReplyBuffer) {
+    pub(super) fn rset(&mut self, tally: &mut Tally, out: &mut ReplyBuffer) {
         self.deleted.iter_mut().for_each(|d| *d = false);
+        tally.marked = 0;
         let (count, size) = self.totals();
         out.ok(&format!("maildrop has {count} messages ({size} octets)"));
     }
 
-    pub(super) async fn retr(&mut self, n: MessageNumber, out: &mut impl ReplySink) -> Flow {
-        let Some(i) = self.index(n) else {
-            no_such_message(out.buffer());
-            return Flow::Continue;
-        };
-        let status = format!("{} octets", self.messages[i].size);
-        self.send_message(n, i, &status, BodyEncoder::whole(), out)
-            .await
-    }
-
-    pub(super) async fn top(
+    pub(super) async fn retr(
         &mut self,
         n: MessageNumber,
-        lines: u32,
+        tally: &mut Tally,
         out: &mut impl ReplySink,
     ) -> Flow {
         let Some(i) = self.index(n) else {
             no_such_message(out.buffer());
             return Flow::Continue;
         };
-        self.send_message(n, i, "top of message follows", BodyEncoder::top(lines), out)
-            .await
+        let size = self.messages[i].size;
+        let status = format!("{size} octets");
+        let sent = self
+            .send_message(n, i, &status, BodyEncoder::whole(), out)
+            .await;
+        if sent == Sent::Whole {
+            tally.retr += 1;
+            tally.retr_octets = tally.retr_octets.saturating_add(size);
+        }
+        sent.flow()
+    }
+
+    pub(super) async fn top(
+        &mut self,
+        n: MessageNumber,
+        lines: u32,
+        tally: &mut Tally,
+        out: &mut impl ReplySink,
+    ) -> Flow {
+        let Some(i) = self.index(n) else {
+            no_such_message(out.buffer());
+            return Flow::Continue;
+        };
+        let sent = self
+            .send_message(n, i, "top of message follows", BodyEncoder::top(lines), out)
+            .await;
+        if sent == Sent::Whole {
+            tally.top += 1;
+        }
+        sent.flow()
     }
 
     /// QUIT: the UPDATE state, where the marked messages are removed.
-    pub(super) async fn quit(self, out: &mut ReplyBuffer) -> Flow {
-        let Some(maildrop) = self.maildrop else {
-            out.ok("smtp-gate POP3 server signing off");
-            return Flow::Close;
-        };
+    /// The `+OK` counts the messages removed, not the marks: one that
+    /// another agent removed first is not counted (RFC 1939 section 6:
+    /// "-ERR some deleted messages not removed" when not all could be).
+    pub(super) async fn quit(self, tally: &mut Tally, out: &mut ReplyBuffer) -> Flow {
         let doomed: Vec<usize> = self
             .deleted
             .iter()
@@ -149,20 +171,40 @@ impl Transaction {
             .filter_map(|(i, d)| d.then_some(i))
             .collect();
         let count = doomed.len();
+        let Some(maildrop) = self.maildrop else {
+            // A read that panicked took the maildrop (and its lock) with it.
+            if count == 0 {
+                out.ok("smtp-gate POP3 server signing off");
+            } else {
+                error!(target: LOG_TARGET, "session={} user={}: applying {count} deletions failed: the maildrop was lost to an earlier failure",
+                    self.session,
+                    LogText::of(&self.user)
+                );
+                out.err(Some(RespCode::SysTemp), "some deleted messages not removed");
+            }
+            return Flow::Close;
+        };
         let result = if doomed.is_empty() {
             // Nothing to unlink or sync: releasing the lock is one close.
             maildrop.commit(&doomed)
         } else {
             on_blocking_pool(move || maildrop.commit(&doomed))
                 .await
-                .unwrap_or_else(Err)
+                .unwrap_or_else(|e| Err(CommitError::from(e)))
         };
         match result {
-            Ok(()) => out.ok(&format!(
-                "smtp-gate POP3 server signing off ({count} messages deleted)"
-            )),
-            Err(e) => {
-                error!(target: LOG_TARGET, "user={}: applying {count} deletions failed: {e}", LogText::of(&self.user));
+            Ok(removed) => {
+                tally.removed = removed as u64;
+                out.ok(&format!(
+                    "smtp-gate POP3 server signing off ({removed} messages deleted)"
+                ))
+            }
+            Err(CommitError { removed, error }) => {
+                tally.removed = removed as u64;
+                error!(target: LOG_TARGET, "session={} user={}: applying {count} deletions failed after removing {removed}: {error}",
+                    self.session,
+                    LogText::of(&self.user)
+                );
                 out.err(Some(RespCode::SysTemp), "some deleted messages not removed");
             }
         }
@@ -200,12 +242,12 @@ impl Transaction {
         status: &str,
         mut encoder: BodyEncoder,
         out: &mut impl ReplySink,
-    ) -> Flow {
+    ) -> Sent {
         let reader = match self.open(index).await {
             Ok(reader) => reader,
             Err(e) => {
-                read_failed(out.buffer(), n, e);
-                return Flow::Continue;
+                read_failed(self.session, out.buffer(), n, e);
+                return Sent::Refused;
             }
         };
         // A small message fits one buffer of its own size (its stored
@@ -216,8 +258,8 @@ impl Transaction {
         let (mut reading, mut read) = match next_chunk((reader, buffer)).await {
             Ok(next) => next,
             Err(e) => {
-                read_failed(out.buffer(), n, e);
-                return Flow::Continue;
+                read_failed(self.session, out.buffer(), n, e);
+                return Sent::Refused;
             }
         };
         out.buffer().ok(status);
@@ -228,12 +270,12 @@ impl Transaction {
             let wants_more = read.len > 0 && encoder.feed(chunk, out.buffer().bytes_mut());
             if !wants_more {
                 encoder.finish(out.buffer().bytes_mut());
-                return Flow::Continue;
+                return Sent::Whole;
             }
             sent += read.len as u64;
             if let Err(e) = out.make_room().await {
-                warn!(target: LOG_TARGET, "user={}: message {n} cut after {sent} octets: {e}", LogText::of(&self.user));
-                return Flow::Close;
+                warn!(target: LOG_TARGET, "session={} user={}: message {n} cut after {sent} octets: {e}", self.session, LogText::of(&self.user));
+                return Sent::Cut;
             }
             if read.in_place {
                 in_place += read.len;
@@ -247,8 +289,8 @@ impl Transaction {
             (reading, read) = match next_chunk(reading).await {
                 Ok(next) => next,
                 Err(e) => {
-                    error!(target: LOG_TARGET, "user={}: reading message {n} failed after {sent} octets: {e}; closing the connection", LogText::of(&self.user));
-                    return Flow::Close;
+                    error!(target: LOG_TARGET, "session={} user={}: reading message {n} failed after {sent} octets: {e}; closing the connection", self.session, LogText::of(&self.user));
+                    return Sent::Cut;
                 }
             };
         }
@@ -270,6 +312,26 @@ impl Transaction {
         .await?;
         *slot = Some(maildrop);
         result
+    }
+}
+
+/// How sending a message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// All of it (or all TOP asked for), terminated.
+    Whole,
+    /// `-ERR` before anything of it: the session goes on.
+    Refused,
+    /// Cut after its `+OK`: the connection must close.
+    Cut,
+}
+
+impl Sent {
+    fn flow(self) -> Flow {
+        match self {
+            Sent::Whole | Sent::Refused => Flow::Continue,
+            Sent::Cut => Flow::Close,
+        }
     }
 }
 
@@ -311,7 +373,7 @@ async fn next_chunk((mut reader, mut chunk): Reading) -> io::Result<(Reading, Ch
     .await?
 }
 
-fn read_failed(out: &mut ReplyBuffer, n: MessageNumber, e: io::Error) {
+fn read_failed(session: SessionId, out: &mut ReplyBuffer, n: MessageNumber, e: io::Error) {
     if e.kind() == io::ErrorKind::NotFound {
         out.err(None, &format!("message {n} was removed by another client"));
     } else if e.kind() == io::ErrorKind::InvalidData {
@@ -319,7 +381,7 @@ fn read_failed(out: &mut ReplyBuffer, n: MessageNumber, e: io::Error) {
         // logged what it is; the session goes on.
         out.err(None, &format!("message {n} cannot be served"));
     } else {
-        error!(target: LOG_TARGET, "reading message {n} failed: {e}");
+        error!(target: LOG_TARGET, "session={session} reading message {n} failed: {e}");
         out.err(Some(RespCode::SysTemp), "cannot read the message now");
     }
 }

@@ -158,13 +158,19 @@ fn symlinked_messages_are_skipped_with_a_warning_and_never_unlinked_through() {
     symlink(&secret, dir.join("cur/2:2,")).unwrap();
     symlink(&secret, dir.join("new/3")).unwrap();
 
-    let (md, lines) = logged(|| store.open("u"));
+    let (session, _open) = ForSession::new(SessionId::from_raw(0xfeed));
+    let (md, lines) = logged(|| store.open("u", &session));
     let mut md = md.unwrap();
     assert_eq!(uids(&*md), ["1"], "a symlink was listed as a message");
     for entry in ["cur/2:2,", "new/3"] {
         let about = warnings_about(&lines, entry);
         assert_eq!(about.len(), 1, "one warning for {entry}: {lines:?}");
         assert!(about[0].contains(&dir.display().to_string()), "{about:?}");
+        // The line names the session it was logged for.
+        assert!(
+            about[0].starts_with("session=000000000000feed maildir "),
+            "{about:?}"
+        );
     }
     assert_eq!(read(&mut *md, 0).unwrap(), b"one\r\n");
     md.commit(&[0]).unwrap();
@@ -201,7 +207,7 @@ fn a_symlinked_maildir_or_subdirectory_refuses_the_login_and_touches_nothing_out
         }
         let before = tree(outside.path());
 
-        match store.open("u") {
+        match store.open("u", &ForSession::default()) {
             Ok(md) => {
                 let count = md.messages().len();
                 let all: Vec<usize> = (0..count).collect();
@@ -240,7 +246,7 @@ fn fifos_and_device_nodes_are_skipped_at_scan_with_a_warning() {
 
     let opener = store.clone();
     let (md, lines) = without_hanging("opening the maildrop", move || {
-        let (md, lines) = logged(|| opener.open("u"));
+        let (md, lines) = logged(|| opener.open("u", &ForSession::default()));
         (md.map(|md| uids(&*md)), lines)
     });
     assert_eq!(md.unwrap(), ["1"]);
@@ -259,7 +265,7 @@ fn a_message_swapped_for_a_fifo_or_device_after_login_is_refused_and_not_unlinke
     put(&store, "u", "cur", "1:2,", b"one\n", 1);
     put(&store, "u", "cur", "2:2,", b"two\n", 2);
     put(&store, "u", "cur", "3:2,", b"three\n", 3);
-    let md = store.open("u").unwrap();
+    let md = store.open("u", &ForSession::default()).unwrap();
     let cur = store.root().join("u/cur");
     fs::remove_file(cur.join("1:2,")).unwrap();
     mkfifo(&cur.join("1:2,"));
@@ -287,7 +293,8 @@ fn a_message_swapped_for_a_fifo_or_device_after_login_is_refused_and_not_unlinke
         );
     }
 
-    without_hanging("QUIT", move || md.commit(&[0, 1, 2])).unwrap();
+    let removed = without_hanging("QUIT", move || md.commit(&[0, 1, 2])).unwrap();
+    assert_eq!(removed, 1, "only the regular file counts as removed");
     assert_eq!(
         names(&store, "u", "cur"),
         ["1:2,", "2:2,"],

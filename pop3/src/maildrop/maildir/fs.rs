@@ -20,6 +20,7 @@ use super::size_cache::FileStamp;
 use super::{Sub, LOCK_FILE, LOG_TARGET};
 use crate::log_text::LogText;
 use crate::maildrop::{MessageReader, OpenError};
+use crate::session_id::SessionId;
 use rustix::fd::OwnedFd;
 use rustix::fs::{
     fchown, flock, fstat, mkdirat, openat, openat2, renameat, renameat_with, statat, unlinkat,
@@ -80,7 +81,12 @@ const MESSAGE: OFlags = OFlags::RDONLY
 /// configured (it may be a symbolic link); below it, nothing is followed:
 /// a Maildir, or one of its directories, that is a symbolic link refuses
 /// the maildrop ([`OpenError::Unsafe`]) and nothing of it is touched.
-pub(super) fn open_maildir(root: &Path, user: &str, path: &Path) -> Result<MaildirFds, OpenError> {
+pub(super) fn open_maildir(
+    root: &Path,
+    user: &str,
+    path: &Path,
+    session: SessionId,
+) -> Result<MaildirFds, OpenError> {
     let root_fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -93,7 +99,7 @@ pub(super) fn open_maildir(root: &Path, user: &str, path: &Path) -> Result<Maild
         // virtual, Dovecot's LDA) usually as the owner of the mail root.
         // A Maildir made here must stay writable for it.
         take_owner_of(&maildir, &root_fd, path)?;
-        log::info!(target: LOG_TARGET, "created maildir {}", LogText::of(path.as_os_str().as_bytes()));
+        log::info!(target: LOG_TARGET, "session={session} created maildir {}", LogText::of(path.as_os_str().as_bytes()));
     }
     let mut opened = Vec::with_capacity(3);
     for sub in ["cur", "new", "tmp"] {
@@ -250,8 +256,8 @@ pub(super) fn names_in(dir: &OwnedFd) -> io::Result<Vec<(OsString, FileType)>> {
 }
 
 /// Logs, once per listing, an entry that is not served.
-fn warn_skipped(path: &Path, sub: Sub, name: &OsStr, kind: &str) {
-    log::warn!(target: LOG_TARGET, "maildir {}: skipping {}/{}: it is {kind}, not a regular file",
+fn warn_skipped(session: SessionId, path: &Path, sub: Sub, name: &OsStr, kind: &str) {
+    log::warn!(target: LOG_TARGET, "session={session} maildir {}: skipping {}/{}: it is {kind}, not a regular file",
         LogText::of(path.as_os_str().as_bytes()),
         sub.name(),
         LogText::of(name.as_bytes())
@@ -262,7 +268,11 @@ fn warn_skipped(path: &Path, sub: Sub, name: &OsStr, kind: &str) {
 /// Returns the messages that could not be moved (read-only maildir, disk
 /// full): like Dovecot, they stay in `new/` and are served from there.
 /// Anything but a regular file stays where it is, with a warning.
-pub(super) fn move_new_to_cur(fds: &MaildirFds, path: &Path) -> Result<Vec<Found>, OpenError> {
+pub(super) fn move_new_to_cur(
+    fds: &MaildirFds,
+    path: &Path,
+    session: SessionId,
+) -> Result<Vec<Found>, OpenError> {
     let new_path = path.join(Sub::New.name());
     let mut stuck = Vec::new();
     for (name, _) in names_in(&fds.new).map_err(|e| at(e, "read directory", &new_path))? {
@@ -271,7 +281,7 @@ pub(super) fn move_new_to_cur(fds: &MaildirFds, path: &Path) -> Result<Vec<Found
                 Seen::Message(stamp) => stamp,
                 Seen::Gone => continue,
                 Seen::Other(kind) => {
-                    warn_skipped(path, Sub::New, &name, kind);
+                    warn_skipped(session, path, Sub::New, &name, kind);
                     continue;
                 }
             };
@@ -292,7 +302,7 @@ pub(super) fn move_new_to_cur(fds: &MaildirFds, path: &Path) -> Result<Vec<Found
             // finds it.
             Err(Errno::NOENT) => {}
             Err(e) => {
-                log::warn!(target: LOG_TARGET, "maildir {}: cannot move new/{} to cur/: {e}; serving it from new/",
+                log::warn!(target: LOG_TARGET, "session={session} maildir {}: cannot move new/{} to cur/: {e}; serving it from new/",
                     LogText::of(path.as_os_str().as_bytes()),
                     LogText::of(name.as_bytes())
                 );
@@ -314,6 +324,7 @@ pub(super) fn list_sub(
     sub: Sub,
     path: &Path,
     found: &mut Vec<Found>,
+    session: SessionId,
 ) -> Result<(), OpenError> {
     let dir = fds.of(sub);
     let sub_path = path.join(sub.name());
@@ -321,7 +332,7 @@ pub(super) fn list_sub(
         match look_at(dir, &name).map_err(|e| at(e, "stat", &sub_path.join(&name)))? {
             Seen::Message(stamp) => found.push(Found { sub, name, stamp }),
             Seen::Gone => {}
-            Seen::Other(kind) => warn_skipped(path, sub, &name, kind),
+            Seen::Other(kind) => warn_skipped(session, path, sub, &name, kind),
         }
     }
     Ok(())
@@ -456,7 +467,7 @@ mod tests {
     use super::super::tests::{names, put, store, uids};
     use super::super::MaildirStore;
     use super::*;
-    use crate::maildrop::MaildropStore;
+    use crate::maildrop::{ForSession, MaildropStore};
     use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use tempfile::TempDir;
@@ -467,7 +478,7 @@ mod tests {
         // A root owned by someone else, as /var/vmail is owned by vmail.
         std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).unwrap();
         let store = MaildirStore::new(tmp.path().to_path_buf());
-        drop(store.open("newbie").unwrap());
+        drop(store.open("newbie", &ForSession::default()).unwrap());
         for path in ["newbie", "newbie/cur", "newbie/new", "newbie/tmp"] {
             let meta = fs::metadata(tmp.path().join(path)).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path}");
@@ -477,7 +488,7 @@ mod tests {
     #[test]
     fn creates_missing_maildir_0700() {
         let (_tmp, store) = store();
-        let md = store.open("alice").unwrap();
+        let md = store.open("alice", &ForSession::default()).unwrap();
         assert!(md.messages().is_empty());
         let dir = store.root().join("alice");
         for d in [
@@ -498,7 +509,7 @@ mod tests {
     fn creates_missing_subdirectories() {
         let (_tmp, store) = store();
         fs::create_dir_all(store.root().join("bob").join("cur")).unwrap();
-        store.open("bob").unwrap();
+        store.open("bob", &ForSession::default()).unwrap();
         assert!(store.root().join("bob/new").is_dir());
         assert!(store.root().join("bob/tmp").is_dir());
     }
@@ -508,7 +519,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("nope");
         let store = MaildirStore::new(root.clone());
-        match store.open("alice") {
+        match store.open("alice", &ForSession::default()) {
             Err(OpenError::Io(e)) => {
                 assert_eq!(e.kind(), io::ErrorKind::NotFound);
                 assert!(e.to_string().contains("nope"), "{e}");
@@ -525,7 +536,7 @@ mod tests {
         put(&store, "u", "new", "1700000001.M1P1.host", b"a\n", 1);
         put(&store, "u", "new", "1700000002.M2P2.host:2,S", b"b\n", 2);
         put(&store, "u", "new", ".in-progress", b"c\n", 3);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         assert_eq!(uids(&*md), ["1700000001.M1P1.host", "1700000002.M2P2.host"]);
         assert_eq!(
             names(&store, "u", "cur"),
@@ -538,35 +549,47 @@ mod tests {
     fn second_open_is_in_use_until_drop_or_commit() {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"a\n", 1);
-        let first = store.open("u").unwrap();
-        assert!(matches!(store.open("u"), Err(OpenError::InUse)));
+        let first = store.open("u", &ForSession::default()).unwrap();
+        assert!(matches!(
+            store.open("u", &ForSession::default()),
+            Err(OpenError::InUse)
+        ));
         // Another user is not affected.
-        store.open("v").unwrap();
+        store.open("v", &ForSession::default()).unwrap();
         drop(first);
-        let second = store.open("u").unwrap();
-        assert!(matches!(store.open("u"), Err(OpenError::InUse)));
+        let second = store.open("u", &ForSession::default()).unwrap();
+        assert!(matches!(
+            store.open("u", &ForSession::default()),
+            Err(OpenError::InUse)
+        ));
         second.commit(&[]).unwrap();
-        store.open("u").unwrap();
+        store.open("u", &ForSession::default()).unwrap();
     }
 
     #[test]
     fn lock_is_excluded_by_an_independent_flock() {
         // What another process would do: its own open file description.
         let (_tmp, store) = store();
-        store.open("u").unwrap();
+        store.open("u", &ForSession::default()).unwrap();
         let other = File::open(store.root().join("u").join(LOCK_FILE)).unwrap();
         let rc = flock(&other, FlockOperation::NonBlockingLockExclusive);
         assert_eq!(rc, Ok(()));
-        assert!(matches!(store.open("u"), Err(OpenError::InUse)));
+        assert!(matches!(
+            store.open("u", &ForSession::default()),
+            Err(OpenError::InUse)
+        ));
         drop(other);
-        store.open("u").unwrap();
+        store.open("u", &ForSession::default()).unwrap();
     }
 
     #[test]
     fn lock_file_is_not_a_message() {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"a\n", 1);
-        store.open("u").unwrap();
-        assert_eq!(uids(&*store.open("u").unwrap()), ["1"]);
+        store.open("u", &ForSession::default()).unwrap();
+        assert_eq!(
+            uids(&*store.open("u", &ForSession::default()).unwrap()),
+            ["1"]
+        );
     }
 }

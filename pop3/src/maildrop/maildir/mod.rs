@@ -24,7 +24,11 @@ mod fs;
 mod names;
 mod size_cache;
 
-use super::{wire_size_of, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError};
+use super::{
+    wire_size_of, CommitError, ForSession, Maildrop, MaildropStore, MessageInfo, MessageReader,
+    OpenError,
+};
+use crate::session_id::SessionId;
 
 /// The log target of this module's lines, the same in every file of it
 /// (operators' log filters match it).
@@ -41,7 +45,7 @@ use size_cache::SizeCache;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,11 +102,17 @@ impl MaildirStore {
 }
 
 impl MaildropStore for MaildirStore {
-    fn open(&self, user: &str) -> Result<Box<dyn Maildrop>, OpenError> {
+    fn open(&self, user: &str, session: &ForSession) -> Result<Box<dyn Maildrop>, OpenError> {
         let dir = self.maildir_path(user)?;
-        let fds = open_maildir(&self.root, user, &dir)?;
+        let fds = open_maildir(&self.root, user, &dir, session.id)?;
         let lock = lock_maildir(&fds.maildir, &dir)?;
-        Ok(Box::new(OpenMaildir::scan(dir, fds, lock, &self.sizes)?))
+        Ok(Box::new(OpenMaildir::scan(
+            dir,
+            fds,
+            lock,
+            &self.sizes,
+            session,
+        )?))
     }
 }
 
@@ -136,6 +146,8 @@ struct OpenMaildir {
     /// For log lines and errors only: every file operation goes through
     /// `fds`.
     dir: PathBuf,
+    /// The session it is open for, named in every line logged about it.
+    session: SessionId,
     fds: MaildirFds,
     entries: Vec<Entry>,
     infos: Vec<MessageInfo>,
@@ -152,9 +164,11 @@ impl OpenMaildir {
         fds: MaildirFds,
         lock: File,
         sizes: &SizeCache,
+        session: &ForSession,
     ) -> Result<Self, OpenError> {
-        let mut found = move_new_to_cur(&fds, &dir)?;
-        list_sub(&fds, Sub::Cur, &dir, &mut found)?;
+        let id = session.id;
+        let mut found = move_new_to_cur(&fds, &dir, id)?;
+        list_sub(&fds, Sub::Cur, &dir, &mut found, id)?;
         // Delivery order: Maildir has no sequence, but the mtime is set at
         // delivery and renames keep it; the name breaks ties (Postfix and
         // Dovecot names start with the delivery time).
@@ -178,7 +192,7 @@ impl OpenMaildir {
                 // the rename makes the fix stable for later sessions.
                 match rename_fresh(sub_fd, &name) {
                     Ok(fresh) => {
-                        log::warn!(target: LOG_TARGET, "maildir {}: renamed {}/{} to {}/{}: its base name was empty or not unique",
+                        log::warn!(target: LOG_TARGET, "session={id} maildir {}: renamed {}/{} to {}/{}: its base name was empty or not unique",
                             LogText::of(dir.as_os_str().as_bytes()),
                             f.sub.name(),
                             LogText::of(name.as_bytes()),
@@ -191,7 +205,7 @@ impl OpenMaildir {
                     Err(e) => {
                         // Hiding it for one session beats locking the user
                         // out or breaking UIDL for every message.
-                        log::warn!(target: LOG_TARGET, "maildir {}: not listing {}/{}: its base name is empty or not unique, and renaming it failed: {e}",
+                        log::warn!(target: LOG_TARGET, "session={id} maildir {}: not listing {}/{}: its base name is empty or not unique, and renaming it failed: {e}",
                             LogText::of(dir.as_os_str().as_bytes()),
                             f.sub.name(),
                             LogText::of(name.as_bytes())
@@ -209,7 +223,7 @@ impl OpenMaildir {
             let named = virtual_size(&base).filter(|&size| {
                 let fits = (f.stamp.len()..=f.stamp.len().saturating_mul(2)).contains(&size);
                 if !fits {
-                    log::warn!(target: LOG_TARGET, "maildir {}: {}/{} says W={size}, which cannot be the wire size of its {} octets; measuring it",
+                    log::warn!(target: LOG_TARGET, "session={id} maildir {}: {}/{} says W={size}, which cannot be the wire size of its {} octets; measuring it",
                         LogText::of(dir.as_os_str().as_bytes()),
                         f.sub.name(),
                         LogText::of(name.as_bytes()),
@@ -225,7 +239,30 @@ impl OpenMaildir {
                     let opened = open_message(sub_fd, &name).map_err(|e| at(e, "open", &path))?;
                     match opened {
                         Opened::File(file) => {
-                            let size = wire_size_of(file).map_err(|e| at(e, "read", &path))?;
+                            let mut sizing = Sizing {
+                                file,
+                                session,
+                                read: 0,
+                            };
+                            let size = match wire_size_of(&mut sizing) {
+                                Ok(size) => size,
+                                Err(_) if session.is_gone() => {
+                                    // A message without W= is read whole
+                                    // to size it (RFC 1939 section 5 wants
+                                    // exact sizes); a huge one (a sparse
+                                    // file of terabytes) must not keep
+                                    // the lock past the login.
+                                    log::warn!(target: LOG_TARGET, "session={id} maildir {}: stopped sizing {}/{} after {} of its {} octets: the session gave up its login; a message without W= in its name is read whole at every login",
+                                        LogText::of(dir.as_os_str().as_bytes()),
+                                        f.sub.name(),
+                                        LogText::of(name.as_bytes()),
+                                        sizing.read,
+                                        f.stamp.len()
+                                    );
+                                    return Err(OpenError::Abandoned);
+                                }
+                                Err(e) => return Err(at(e, "read", &path).into()),
+                            };
                             sizes.put(f.stamp, size);
                             size
                         }
@@ -234,7 +271,7 @@ impl OpenMaildir {
                         Opened::Gone => continue,
                         // Swapped since the listing looked at it.
                         Opened::Other(kind) => {
-                            warn_not_a_message(&dir, f.sub, &name, kind, "skipping");
+                            warn_not_a_message(id, &dir, f.sub, &name, kind, "skipping");
                             continue;
                         }
                     }
@@ -250,6 +287,7 @@ impl OpenMaildir {
         }
         Ok(OpenMaildir {
             dir,
+            session: id,
             fds,
             entries,
             infos,
@@ -301,7 +339,7 @@ impl OpenMaildir {
             Opened::File(file) => Ok(Some(file)),
             Opened::Gone => Ok(None),
             Opened::Other(kind) => {
-                warn_not_a_message(&self.dir, e.sub, &e.name, kind, "not serving");
+                warn_not_a_message(self.session, &self.dir, e.sub, &e.name, kind, "not serving");
                 Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("message {} is {kind} now, not a regular file", index + 1),
@@ -349,9 +387,35 @@ fn look_at_quietly(dir: &rustix::fd::OwnedFd, name: &std::ffi::OsStr) -> Option<
     fs::look_at(dir, name).ok()
 }
 
+/// A message being sized at login: read only while its session waits.
+struct Sizing<'a> {
+    file: File,
+    session: &'a ForSession,
+    /// Octets read so far, for the log.
+    read: u64,
+}
+
+impl Read for Sizing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.session.is_gone() {
+            return Err(io::Error::other("the session gave up its login"));
+        }
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// Logs a listed message that is no longer a regular file.
-fn warn_not_a_message(dir: &Path, sub: Sub, name: &std::ffi::OsStr, kind: &str, doing: &str) {
-    log::warn!(target: LOG_TARGET, "maildir {}: {doing} {}/{}: it is {kind} now, not a regular file",
+fn warn_not_a_message(
+    session: SessionId,
+    dir: &Path,
+    sub: Sub,
+    name: &std::ffi::OsStr,
+    kind: &str,
+    doing: &str,
+) {
+    log::warn!(target: LOG_TARGET, "session={session} maildir {}: {doing} {}/{}: it is {kind} now, not a regular file",
         LogText::of(dir.as_os_str().as_bytes()),
         sub.name(),
         LogText::of(name.as_bytes())
@@ -375,7 +439,7 @@ impl Maildrop for OpenMaildir {
         Some(Box::new(MessageFile::new(file)))
     }
 
-    fn commit(mut self: Box<Self>, deleted: &[usize]) -> io::Result<()> {
+    fn commit(mut self: Box<Self>, deleted: &[usize]) -> Result<usize, CommitError> {
         // Check every index first: a session bug must not half-apply.
         for &index in deleted {
             self.check_index(index)?;
@@ -385,6 +449,7 @@ impl Maildrop for OpenMaildir {
         indices.dedup();
 
         let mut first_error = None;
+        let mut removed = 0;
         let mut refreshed = false;
         let mut touched = HashSet::new();
         for index in indices {
@@ -400,6 +465,7 @@ impl Maildrop for OpenMaildir {
             let entry = &self.entries[index];
             match result {
                 Ok(Unlinked::Removed) => {
+                    removed += 1;
                     touched.insert(entry.sub);
                 }
                 // Already gone: deleted by another agent, which is what we
@@ -409,14 +475,21 @@ impl Maildrop for OpenMaildir {
                 // The message that was marked is gone from its name too;
                 // what took its place is not ours to remove.
                 Ok(Unlinked::Other(kind)) => {
-                    warn_not_a_message(&self.dir, entry.sub, &entry.name, kind, "not deleting");
+                    warn_not_a_message(
+                        self.session,
+                        &self.dir,
+                        entry.sub,
+                        &entry.name,
+                        kind,
+                        "not deleting",
+                    );
                 }
                 Err(e) => {
                     // Go on with the others: a partial QUIT is reported as
                     // "-ERR some deleted messages not removed".
                     let path = self.dir.join(entry.sub.name()).join(&entry.name);
                     let e = at(e, "unlink", &path);
-                    log::warn!(target: LOG_TARGET, "maildir: cannot delete: {e}");
+                    log::warn!(target: LOG_TARGET, "session={} maildir: cannot delete: {e}", self.session);
                     first_error.get_or_insert(e);
                 }
             }
@@ -432,8 +505,8 @@ impl Maildrop for OpenMaildir {
         }
         // `self` drops here, closing the lock file and releasing the lock.
         match first_error {
-            None => Ok(()),
-            Some(e) => Err(e),
+            None => Ok(removed),
+            Some(error) => Err(CommitError { removed, error }),
         }
     }
 }
@@ -515,7 +588,7 @@ mod tests {
     fn rejects_bad_user_names() {
         let (_tmp, store) = store();
         for user in ["", "a/b", "/etc", "a\0b", ".", "..", ".hidden", "../x"] {
-            match store.open(user) {
+            match store.open(user, &ForSession::default()) {
                 Err(OpenError::Invalid(why)) => assert!(!why.is_empty()),
                 Err(e) => panic!("{user:?}: {e}"),
                 Ok(_) => panic!("{user:?} accepted"),
@@ -532,7 +605,7 @@ mod tests {
         put(&store, "u", "cur", "a:2,", b"x\n", 5);
         put(&store, "u", "cur", "b:2,", b"x\n", 1);
         put(&store, "u", "new", "d", b"x\n", 3);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         assert_eq!(uids(&*md), ["b", "c", "d", "a"]);
     }
 
@@ -543,7 +616,7 @@ mod tests {
         put(&store, "u", "cur", ".hidden:2,", b"x\n", 1);
         put(&store, "u", "tmp", "half-delivered", b"x\n", 1);
         fs::create_dir(store.root().join("u/cur/subdir")).unwrap();
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         assert_eq!(uids(&*md), ["real"]);
     }
 
@@ -563,7 +636,7 @@ mod tests {
         put(&store, "u", "cur", "6,W=12x:2,", b"a\n", 6);
         put(&store, "u", "cur", "7,W=:2,", b"a\n", 7);
         put(&store, "u", "cur", "8:2,", b"", 8);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         let sizes: Vec<u64> = md.messages().iter().map(|m| m.size).collect();
         assert_eq!(sizes, [5, 4, 6, 6, 6, 3, 3, 0]);
     }
@@ -575,7 +648,7 @@ mod tests {
         // More than one read's worth, with a line end split across reads.
         let long = "y".repeat(70_000) + "\n";
         put(&store, "u", "cur", "2:2,", long.as_bytes(), 2);
-        let mut md = store.open("u").unwrap();
+        let mut md = store.open("u", &ForSession::default()).unwrap();
         for index in 0..2 {
             let blocking = stored(&mut *md, index).unwrap();
             // Just read, so in the caches; ext4, xfs, btrfs and tmpfs
@@ -606,7 +679,7 @@ mod tests {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"Subject: x\n\n.line\nlast", 1);
         put(&store, "u", "cur", "2,W=7:2,", b"a\r\nb\r\n", 2);
-        let mut md = store.open("u").unwrap();
+        let mut md = store.open("u", &ForSession::default()).unwrap();
         assert_eq!(stored(&mut *md, 0).unwrap(), b"Subject: x\n\n.line\nlast");
         let wire = read(&mut *md, 0).unwrap();
         assert_eq!(wire, b"Subject: x\r\n\r\n.line\r\nlast\r\n");
@@ -622,7 +695,7 @@ mod tests {
         put(&store, "u", "cur", "dup:2,S", b"first\n", 1);
         put(&store, "u", "cur", "dup:2,RS", b"second\n", 2);
         put(&store, "u", "cur", ":2,S", b"nameless\n", 3);
-        let mut md = store.open("u").unwrap();
+        let mut md = store.open("u", &ForSession::default()).unwrap();
         let got = uids(&*md);
         assert_eq!(got.len(), 3);
         assert_eq!(got[0], "dup");
@@ -640,7 +713,10 @@ mod tests {
         assert_eq!(read(&mut *md, 2).unwrap(), b"nameless\r\n");
         md.commit(&[]).unwrap();
         // Stable from now on.
-        assert_eq!(uids(&*store.open("u").unwrap()), got);
+        assert_eq!(
+            uids(&*store.open("u", &ForSession::default()).unwrap()),
+            got
+        );
     }
 
     #[test]
@@ -649,8 +725,8 @@ mod tests {
         put(&store, "u", "cur", "1:2,", b"a\n", 1);
         put(&store, "u", "cur", "2:2,", b"b\n", 2);
         put(&store, "u", "cur", "3:2,", b"c\n", 3);
-        let md = store.open("u").unwrap();
-        md.commit(&[0, 2, 2]).unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
+        assert_eq!(md.commit(&[0, 2, 2]).unwrap(), 2, "two removed");
         assert_eq!(names(&store, "u", "cur"), ["2:2,"]);
     }
 
@@ -670,14 +746,14 @@ mod tests {
             2,
         );
         put(&store, "u", "cur", "2002.M4.host,W=70:2,", b"x\n", 3);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         let wire = body.len() as u64 + body.iter().filter(|&&b| b == b'\n').count() as u64;
         let sizes: Vec<u64> = md.messages().iter().map(|m| m.size).collect();
         assert_eq!(sizes, [wire, wire, 3]);
         // A true W= is still taken as it is, without reading the file.
         put(&store, "u", "cur", "2003.M5.host,W=5:2,", b"abcd", 4);
         drop(md);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         assert_eq!(md.messages()[3].size, 5, "a plausible W= is believed");
     }
 
@@ -689,7 +765,7 @@ mod tests {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1000.M1.host:2,", b"first\n", 1);
         put(&store, "u", "new", "1000.M1.host", b"second\n", 2);
-        let mut md = store.open("u").unwrap();
+        let mut md = store.open("u", &ForSession::default()).unwrap();
         assert_eq!(md.messages().len(), 2, "both messages are listed");
         let mut bodies: Vec<Vec<u8>> = (0..2).map(|i| read(md.as_mut(), i).unwrap()).collect();
         bodies.sort();
@@ -702,7 +778,7 @@ mod tests {
     fn drop_without_commit_deletes_nothing() {
         let (_tmp, store) = store();
         put(&store, "u", "new", "1", b"a\n", 1);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         assert_eq!(md.messages().len(), 1);
         drop(md);
         assert_eq!(names(&store, "u", "cur"), ["1:2,"]);
@@ -712,9 +788,10 @@ mod tests {
     fn commit_rejects_bad_index_before_deleting_anything() {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"a\n", 1);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         let e = md.commit(&[0, 5]).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.error.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.removed, 0);
         assert_eq!(names(&store, "u", "cur"), ["1:2,"]);
     }
 
@@ -723,7 +800,7 @@ mod tests {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"one\n", 1);
         put(&store, "u", "cur", "2:2,", b"two\n", 2);
-        let mut md = store.open("u").unwrap();
+        let mut md = store.open("u", &ForSession::default()).unwrap();
         let cur = store.root().join("u/cur");
         // An IMAP client marks both as seen during the session.
         fs::rename(cur.join("1:2,"), cur.join("1:2,S")).unwrap();
@@ -739,14 +816,15 @@ mod tests {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"one\n", 1);
         put(&store, "u", "cur", "2:2,", b"two\n", 2);
-        let mut md = store.open("u").unwrap();
+        let mut md = store.open("u", &ForSession::default()).unwrap();
         fs::remove_file(store.root().join("u/cur/1:2,")).unwrap();
         assert_eq!(
             read(&mut *md, 0).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
         assert_eq!(read(&mut *md, 1).unwrap(), b"two\r\n");
-        md.commit(&[0, 1]).unwrap();
+        // Only what this commit unlinked counts as removed.
+        assert_eq!(md.commit(&[0, 1]).unwrap(), 1);
         assert!(names(&store, "u", "cur").is_empty());
     }
 
@@ -754,12 +832,15 @@ mod tests {
     fn message_arriving_during_session_is_not_listed_or_deleted() {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1:2,", b"one\n", 1);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         put(&store, "u", "new", "2", b"two\n", 2);
         assert_eq!(md.messages().len(), 1);
         md.commit(&[0]).unwrap();
         assert_eq!(names(&store, "u", "new"), ["2"]);
-        assert_eq!(uids(&*store.open("u").unwrap()), ["2"]);
+        assert_eq!(
+            uids(&*store.open("u", &ForSession::default()).unwrap()),
+            ["2"]
+        );
     }
 
     #[test]
@@ -770,7 +851,7 @@ mod tests {
             put(&store, "u", "new", "1", b"one\n", 1);
             let cur = store.root().join("u/cur");
             fs::set_permissions(&cur, fs::Permissions::from_mode(0o500)).unwrap();
-            let mut md = store.open("u").unwrap();
+            let mut md = store.open("u", &ForSession::default()).unwrap();
             fs::set_permissions(&cur, fs::Permissions::from_mode(0o700)).unwrap();
             assert_eq!(uids(&*md), ["1"]);
             assert_eq!(read(&mut *md, 0).unwrap(), b"one\r\n");

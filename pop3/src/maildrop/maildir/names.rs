@@ -111,7 +111,7 @@ fn hostname() -> &'static str {
 mod tests {
     use super::super::tests::{put, store, uids};
     use super::*;
-    use crate::maildrop::MaildropStore;
+    use crate::maildrop::{ForSession, MaildropStore};
     use std::fs;
 
     #[test]
@@ -128,7 +128,7 @@ mod tests {
     fn uid_is_base_name_and_survives_flag_changes() {
         let (_tmp, store) = store();
         put(&store, "u", "cur", "1700000001.M1P1.host,S=2:2,", b"a\n", 1);
-        let first = uids(&*store.open("u").unwrap());
+        let first = uids(&*store.open("u", &ForSession::default()).unwrap());
         assert_eq!(first, ["1700000001.M1P1.host,S=2"]);
         let cur = store.root().join("u/cur");
         fs::rename(
@@ -136,7 +136,10 @@ mod tests {
             cur.join("1700000001.M1P1.host,S=2:2,RS"),
         )
         .unwrap();
-        assert_eq!(uids(&*store.open("u").unwrap()), first);
+        assert_eq!(
+            uids(&*store.open("u", &ForSession::default()).unwrap()),
+            first
+        );
     }
 
     #[test]
@@ -150,7 +153,7 @@ mod tests {
         put(&store, "u", "cur", &format!("{fox}:2,S"), b"a\n", 2);
         let seventy = "y".repeat(70);
         put(&store, "u", "cur", &format!("{seventy}:2,"), b"a\n", 3);
-        let md = store.open("u").unwrap();
+        let md = store.open("u", &ForSession::default()).unwrap();
         let got = uids(&*md);
         assert_eq!(got[0], uid_for(long.as_bytes()));
         assert_eq!(got[1], "9e107d9d372bb6826bd81d3542a419d6");

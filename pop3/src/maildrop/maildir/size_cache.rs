@@ -73,7 +73,7 @@ impl FileStamp {
 #[cfg(test)]
 mod tests {
     use super::super::MaildirStore;
-    use crate::maildrop::MaildropStore;
+    use crate::maildrop::{ForSession, MaildropStore};
     use std::fs;
     use tempfile::TempDir;
 
@@ -87,7 +87,9 @@ mod tests {
         fs::create_dir_all(tmp.path().join("u/tmp")).unwrap();
         let file = cur.join("1.M1P1.h:2,");
         fs::write(&file, "a\nb\n").unwrap();
-        let sizes = |store: &MaildirStore| store.open("u").unwrap().messages()[0].size;
+        let sizes = |store: &MaildirStore| {
+            store.open("u", &ForSession::default()).unwrap().messages()[0].size
+        };
         assert_eq!(sizes(&store), 6);
         assert_eq!(sizes(&store), 6, "served from the cache");
         // A file rewritten in place (not Maildir practice, but possible)

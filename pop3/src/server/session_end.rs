@@ -1,0 +1,54 @@
+//! The end of a session, logged once however it ends: the guard below
+//! writes the summary line when it is dropped, so that no way out of a
+//! session (a new timeout, an error returned early, the task dropped at
+//! shutdown) can leave one without it, least of all one that deleted mail.
+
+use std::{net::IpAddr, time::Instant};
+
+use log::info;
+
+use crate::session::{EndReason, Session, Summary, LOG_TARGET};
+
+/// A session as the server serves it: the protocol state, what was sent,
+/// and why it ended once that is known.
+pub(super) struct Served {
+    pub(super) session: Session,
+    /// The client's address, normalised.
+    pub(super) peer: IpAddr,
+    /// Octets written to the client.
+    pub(super) octets_sent: u64,
+    started: Instant,
+    reason: EndReason,
+}
+
+impl Served {
+    pub(super) fn new(session: Session, peer: IpAddr) -> Self {
+        Self {
+            session,
+            peer,
+            octets_sent: 0,
+            started: Instant::now(),
+            // What the summary says if nothing set a reason: the task was
+            // dropped from outside.
+            reason: EndReason::Abandoned,
+        }
+    }
+
+    pub(super) fn ended(&mut self, reason: EndReason) {
+        self.reason = reason;
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let summary = Summary {
+            id: self.session.id(),
+            reason: self.reason,
+            peer: self.peer,
+            tally: self.session.tally(),
+            octets_sent: self.octets_sent,
+            duration: self.started.elapsed(),
+        };
+        info!(target: LOG_TARGET, "{summary}");
+    }
+}
