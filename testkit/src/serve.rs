@@ -3,8 +3,11 @@
 
 use std::{
     fs,
+    io::{self, Read, Write},
     net::IpAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
@@ -68,6 +71,16 @@ pub struct ServeDaemon {
     child: Option<std::process::Child>,
     log: PathBuf,
     status: Option<std::process::ExitStatus>,
+    /// The output pipe of a daemon started with `output_held`, until
+    /// [`ServeDaemon::release_output`].
+    held: Option<HeldOutput>,
+}
+
+/// A full pipe the daemon writes its output to: its first write blocks.
+struct HeldOutput {
+    read: OwnedFd,
+    /// Octets put in beforehand to fill it, not the daemon's.
+    filler: usize,
 }
 
 impl ServeDaemon {
@@ -106,6 +119,42 @@ impl ServeDaemon {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// True while the daemon is blocked in write(2) (on its held output,
+    /// see [`ServeStart::output_held`]).
+    pub fn is_blocked_writing(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|call| call.starts_with(&format!("{} ", libc::SYS_write)))
+    }
+
+    /// Lets a daemon started with [`ServeStart::output_held`] write on: its
+    /// output goes to its log file from now on.
+    pub fn release_output(&mut self) {
+        let HeldOutput { read, filler } = self.held.take().expect("the output is held");
+        let mut log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("opening the daemon's log");
+        thread::spawn(move || {
+            let mut pipe = fs::File::from(read);
+            let mut skip = filler;
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    // Every writer gone: the daemon exited.
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let dropped = skip.min(n);
+                        skip -= dropped;
+                        let _ = log.write_all(&buf[dropped..n]);
+                    }
+                }
+            }
+        });
     }
 
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the daemon.
@@ -186,6 +235,12 @@ pub struct ServeStart<'a> {
     /// The daemon's soft RLIMIT_NOFILE (its hard limit unchanged), e.g.
     /// systemd's default of 1024; this process's if `None`.
     pub soft_open_files: Option<u64>,
+    /// The daemon's output goes to a pipe that is full when it starts:
+    /// its first line blocks it in write(2) (see
+    /// [`ServeDaemon::is_blocked_writing`]) until
+    /// [`ServeDaemon::release_output`]. A test can so act on a daemon held
+    /// at a known point of its start, without racing it.
+    pub output_held: bool,
 }
 
 impl Lab {
@@ -224,6 +279,12 @@ impl Lab {
     ) -> ServeDaemon {
         let file = fs::File::create(log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let (file, held) = if start.output_held {
+            let (write, held) = full_pipe().expect("a full pipe for the daemon's output");
+            (fs::File::from(write), Some(held))
+        } else {
+            (file, None)
+        };
         let err_file = file
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
@@ -238,7 +299,7 @@ impl Lab {
         command
             .arg("serve")
             .args(args)
-            .stdin(std::process::Stdio::null())
+            .stdin(Stdio::null())
             .stdout(file)
             .stderr(err_file);
         if let Some(soft) = start.soft_open_files {
@@ -251,6 +312,7 @@ impl Lab {
             child: Some(child),
             log: log.to_path_buf(),
             status: None,
+            held,
         }
     }
 
@@ -313,4 +375,51 @@ impl Lab {
         self.wait_pop3(&mut daemon);
         daemon
     }
+}
+
+/// A pipe filled to capacity: its write end (blocking) and what fills it.
+fn full_pipe() -> io::Result<(OwnedFd, HeldOutput)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let set_nonblocking = |on: bool| {
+        // SAFETY: fcntl on an fd we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETFL) };
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, flags) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set_nonblocking(true)?;
+    let mut pipe = fs::File::from(write.try_clone()?);
+    let block = [b'#'; 4096];
+    let mut filler = 0;
+    // Bounded: a pipe holds at most /proc/sys/fs/pipe-max-size (1 MiB).
+    for _ in 0..4096 {
+        match pipe.write(&block[..]) {
+            Ok(n) => filler += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    // Single octets fill what a block did not fit into.
+    loop {
+        match pipe.write(&block[..1]) {
+            Ok(n) => filler += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    set_nonblocking(false)?;
+    Ok((write, HeldOutput { read, filler }))
 }

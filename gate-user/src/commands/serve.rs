@@ -1,10 +1,30 @@
-use anyhow::Result;
+use anyhow::{bail, Result};
 use smtp_gate::{
     cli::ServeArgs,
     serve::{self, ServeConfig},
 };
 
 pub fn serve(args: ServeArgs) -> Result<()> {
+    ignore_early_hangups()?;
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     serve::run(ServeConfig::load(args.config.as_deref(), &args)?)
+}
+
+/// SIGHUP's default action ends the process, and the reloader's handler
+/// is installed only once the runtime runs: a reload sent while the
+/// daemon starts (a `systemctl reload` racing the start) killed it.
+/// Ignored from the first thing `serve` does, such a SIGHUP is lost
+/// harmlessly: the files it would have reloaded are read after it anyway.
+/// The handler installed later (tokio's) replaces the disposition.
+fn ignore_early_hangups() -> Result<()> {
+    // SAFETY: SIG_IGN installs no code to run; no other thread exists yet
+    // that could be changing signal dispositions.
+    let previous = unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    if previous == libc::SIG_ERR {
+        bail!(
+            "ignoring SIGHUP until the reloader holds it: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }

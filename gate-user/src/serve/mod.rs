@@ -42,8 +42,9 @@ pub fn run(config: ServeConfig) -> Result<()> {
         .thread_name("smtp-gate")
         .build()
         .context("starting the async runtime")?;
-    // SIGHUP's default action ends the process; from here on it is held
-    // for the reloader, which acts on one that came during the start.
+    // SIGHUP is ignored from the start of `serve` (commands/serve.rs);
+    // from here on it is held for the reloader, which acts on one that
+    // came during the rest of the start.
     let hangups = {
         let _in_runtime = runtime.enter();
         signal(SignalKind::hangup()).context("SIGHUP handler")?
