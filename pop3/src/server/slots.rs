@@ -6,12 +6,15 @@
 //! addresses, so counting addresses would not limit it.
 //!
 //! When every slot is taken, a newcomer is not simply refused: the
-//! network that holds the most slots gives up its newest connection that
-//! has not logged in (it is cut with `-ERR [SYS/TEMP]`), as long as the
-//! newcomer's network then holds no more than that one. So a few hosts
-//! that open hundreds of idle connections cannot keep out a user from
-//! anywhere else, and two networks cannot cut each other back and forth.
-//! A session that has logged in is never cut for a newcomer.
+//! network with the most connections that have not logged in gives up its
+//! newest one (it is cut with `-ERR [SYS/TEMP]`), as long as the
+//! newcomer's network then has no more of them than that one. So a few
+//! hosts that open hundreds of idle connections cannot keep out a user
+//! from anywhere else, and two networks cannot cut each other back and
+//! forth. A session that has logged in is never cut for a newcomer, nor
+//! counted against its network here: a NAT whose users are logged in is
+//! not "busy" for that, and its next user is not the one cut while an
+//! attacker spreads idle connections over many addresses.
 //!
 //! The limits can change while the service runs (a reload): they apply to
 //! the connections that come from then on. None is cut for them: below a
@@ -166,7 +169,8 @@ impl Slots {
             return Admission::ServerFull;
         }
         if table.held == limits.max_connections {
-            match table.make_room_for(own) {
+            let own_logging_in = table.networks.get(&network).map_or(0, logging_in);
+            match table.make_room_for(own_logging_in) {
                 Some(cut) => made_room = Some(cut),
                 None => return Admission::ServerFull,
             }
@@ -199,11 +203,12 @@ impl Slots {
 }
 
 impl Table {
-    /// Cuts the newest connection not logged in of the network that holds
-    /// the most slots, if the newcomer's network (holding `own`) then holds
-    /// no more than that one. Returns the network that gave up a slot.
+    /// Cuts the newest connection not logged in of the network that has
+    /// the most of them, if the newcomer's network (with `own` not logged
+    /// in) then has no more than that one. Returns the network that gave
+    /// up a slot.
     fn make_room_for(&mut self, own: usize) -> Option<ClientNetwork> {
-        let (network, held, id) = self
+        let (network, waiting, id) = self
             .networks
             .iter()
             .filter_map(|(network, conns)| {
@@ -211,10 +216,10 @@ impl Table {
                     .iter()
                     .rev()
                     .find(|(_, stage)| matches!(stage, Stage::LoggingIn(_)))?;
-                Some((*network, conns.len(), *newest.0))
+                Some((*network, logging_in(conns), *newest.0))
             })
-            .max_by_key(|&(_, held, _)| held)?;
-        if own + 1 > held - 1 {
+            .max_by_key(|&(_, waiting, _)| waiting)?;
+        if own + 1 > waiting - 1 {
             return None;
         }
         let conns = self.networks.get_mut(&network)?;
@@ -224,6 +229,14 @@ impl Table {
         self.held -= 1;
         Some(network)
     }
+}
+
+/// How many of a network's connections have not logged in.
+fn logging_in(conns: &BTreeMap<u64, Stage>) -> usize {
+    conns
+        .values()
+        .filter(|stage| matches!(stage, Stage::LoggingIn(_)))
+        .count()
 }
 
 impl Slot {
@@ -338,33 +351,83 @@ mod tests {
 
     #[test]
     fn a_newcomer_cuts_the_newest_unlogged_connection_of_the_biggest_network() {
-        let slots = Slots::new(limits(5, 3));
+        let slots = Slots::new(limits(6, 4));
         let (a1, _) = admitted(slots.admit(ip("192.0.2.1")));
         let (a2, _) = admitted(slots.admit(ip("192.0.2.1")));
         let (a3, _) = admitted(slots.admit(ip("192.0.2.1")));
-        a3.logged_in();
+        let (a4, _) = admitted(slots.admit(ip("192.0.2.1")));
+        a4.logged_in();
         let (b1, _) = admitted(slots.admit(ip("192.0.2.2")));
         let (b2, _) = admitted(slots.admit(ip("192.0.2.2")));
         let (c1, made_room) = admitted(slots.admit(ip("192.0.2.3")));
         assert_eq!(made_room, Some(a1.network()));
-        assert!(a2.cut().is_cancelled(), "the newest not logged in");
-        assert!(!a3.cut().is_cancelled(), "logged in: never cut");
-        assert!(!a1.cut().is_cancelled() && !b1.cut().is_cancelled());
+        assert!(a3.cut().is_cancelled(), "the newest not logged in");
+        assert!(!a4.cut().is_cancelled(), "logged in: never cut");
+        assert!(!a1.cut().is_cancelled() && !a2.cut().is_cancelled());
+        assert!(!b1.cut().is_cancelled());
         assert!(!b2.cut().is_cancelled() && !c1.cut().is_cancelled());
-        assert_eq!(slots.held(), 5);
-        // Now 2, 2 and 1: a second newcomer of the third network would
-        // end up with as many as the one it cut, so it is refused.
+        assert_eq!(slots.held(), 6);
+        // Now 2, 2 and 1 not logged in: a second newcomer of the third
+        // network would end up with as many as the one it cut, so it is
+        // refused.
         assert!(matches!(
             slots.admit(ip("192.0.2.3")),
             Admission::ServerFull
         ));
         // The cut connection's end frees nothing more.
-        drop(a2);
-        assert_eq!(slots.held(), 5);
+        drop(a3);
+        assert_eq!(slots.held(), 6);
         drop(b2);
-        assert_eq!(slots.held(), 4);
+        assert_eq!(slots.held(), 5);
         let (_c2, made_room) = admitted(slots.admit(ip("192.0.2.3")));
         assert_eq!(made_room, None);
+    }
+
+    /// Attack review 10: a NAT with 4 users logged in and a fifth logging
+    /// in was ranked the busiest network by all its slots, and its newcomer
+    /// was cut while an attacker held idle connections from several
+    /// addresses. Only connections that have not logged in count.
+    #[test]
+    fn logged_in_sessions_do_not_make_a_network_the_busiest() {
+        let slots = Slots::new(limits(10, 5));
+        let nat_users: Vec<_> = (0..4)
+            .map(|_| admitted(slots.admit(ip("192.0.2.1"))).0)
+            .collect();
+        for user in &nat_users {
+            user.logged_in();
+        }
+        let (nat_newcomer, _) = admitted(slots.admit(ip("192.0.2.1")));
+        let attacker: Vec<_> = ["198.51.100.1", "198.51.100.1", "198.51.100.1"]
+            .into_iter()
+            .chain(["198.51.100.2", "198.51.100.2"])
+            .map(|a| admitted(slots.admit(ip(a))).0)
+            .collect();
+        assert_eq!(slots.held(), 10);
+        let (_other, made_room) = admitted(slots.admit(ip("203.0.113.9")));
+        assert_eq!(made_room, Some(attacker[0].network()));
+        assert!(attacker[2].cut().is_cancelled(), "the attacker's newest");
+        assert!(
+            !nat_newcomer.cut().is_cancelled(),
+            "the NAT's newcomer stays"
+        );
+    }
+
+    /// The newcomer's own network is judged the same way: a NAT's
+    /// logged-in users do not keep its next user out of a full server.
+    #[test]
+    fn a_newcomer_is_judged_by_its_networks_connections_not_logged_in() {
+        let slots = Slots::new(limits(6, 5));
+        let nat_users: Vec<_> = (0..3)
+            .map(|_| admitted(slots.admit(ip("192.0.2.1"))).0)
+            .collect();
+        for user in &nat_users {
+            user.logged_in();
+        }
+        let attacker: Vec<_> = (0..3)
+            .map(|_| admitted(slots.admit(ip("198.51.100.1"))).0)
+            .collect();
+        let (_nat_newcomer, made_room) = admitted(slots.admit(ip("192.0.2.1")));
+        assert_eq!(made_room, Some(attacker[0].network()));
     }
 
     #[test]
