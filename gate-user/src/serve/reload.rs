@@ -89,8 +89,8 @@ impl Reloader {
                          keeps the ones it has"
                     ),
                 }
-                open_files::keep_max_connections_that_fit(&self.config.pop3, &mut new.pop3);
-                changes.extend(self.service_changes(&new));
+                open_files::keep_max_connections_that_fit(&self.config, &mut new);
+                changes.extend(service_changes(&self.config, &new));
                 self.service.update(new.pop3.clone());
                 self.requests.send_replace(new.attach.clone());
                 self.config = new;
@@ -124,22 +124,22 @@ impl Reloader {
             info!("reloaded on SIGHUP: {}", changes.join(", "));
         }
     }
+}
 
-    /// The service's keys that `new` changes, as `key old -> new`.
-    fn service_changes(&self, new: &ServeConfig) -> Vec<String> {
-        serve_keys()
-            .into_iter()
-            .filter(|key| {
-                !RESTART_KEYS.contains(&key.as_str())
-                    && !GATE_KEYS.contains(&key.as_str())
-                    && key != "users"
-            })
-            .filter_map(|key| {
-                let (old, new) = (self.config.given.get(&key), new.given.get(&key));
-                (old != new).then(|| format!("{key} {} -> {}", shown(old), shown(new)))
-            })
-            .collect()
-    }
+/// The service's keys that `new` changes from `old`, as `key old -> new`.
+fn service_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<String> {
+    serve_keys()
+        .into_iter()
+        .filter(|key| {
+            !RESTART_KEYS.contains(&key.as_str())
+                && !GATE_KEYS.contains(&key.as_str())
+                && key != "users"
+        })
+        .filter_map(|key| {
+            let (old, new) = (old.given.get(&key), new.given.get(&key));
+            (old != new).then(|| format!("{key} {} -> {}", shown(old), shown(new)))
+        })
+        .collect()
 }
 
 /// A key's value as given, or that it was not.
@@ -236,5 +236,30 @@ impl GateView {
             networks(&after.dest, "all"),
         );
         changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::open_files::tests::config;
+
+    /// Attack review 10: a max_connections refused for the open-file limit
+    /// stayed in force, but the summary said it changed (`41 ->
+    /// 100000000`), and the next reload compared against the refused value
+    /// (`100000000 -> 40`).
+    #[test]
+    fn the_summary_of_a_refused_max_connections_says_what_is_in_force() {
+        let limit = pop3::server::open_files::needed_for(41);
+        let in_force = config("max_connections = 41\n");
+        let mut refused = config("max_connections = 100000000\n");
+        open_files::keep_fitting(&in_force, &mut refused, limit);
+        assert_eq!(service_changes(&in_force, &refused), Vec::<String>::new());
+        let mut lower = config("max_connections = 40\n");
+        open_files::keep_fitting(&refused, &mut lower, limit);
+        assert_eq!(
+            service_changes(&refused, &lower),
+            ["max_connections 41 -> 40"]
+        );
     }
 }
