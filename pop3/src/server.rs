@@ -11,6 +11,8 @@ pub mod open_files;
 mod session_end;
 pub(crate) mod slots;
 
+pub use slots::ClientNetwork;
+
 use std::{
     io,
     net::SocketAddr,
@@ -27,7 +29,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::maildrop::MaildropStore;
 use crate::{
-    auth::apop::TimestampSource,
+    auth::{apop::TimestampSource, password_checks::PasswordChecks},
     config::ServerConfig,
     duration::format_duration,
     framing::LineBuffer,
@@ -105,6 +107,7 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let timestamps = Arc::new(TimestampSource::new(&self.live.current().hostname));
         let ids = Arc::new(SessionIds::new());
+        let password_checks = PasswordChecks::per_cpu();
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             let shared = Shared {
@@ -115,6 +118,7 @@ impl Server {
                 hard_stop: hard_stop.clone(),
                 timestamps: Arc::clone(&timestamps),
                 ids: Arc::clone(&ids),
+                password_checks: Arc::clone(&password_checks),
             };
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
@@ -197,6 +201,7 @@ struct Shared {
     hard_stop: CancellationToken,
     timestamps: Arc<TimestampSource>,
     ids: Arc<SessionIds>,
+    password_checks: Arc<PasswordChecks>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
@@ -299,6 +304,8 @@ async fn serve_connection(
         store: Arc::clone(&shared.backends.store),
         grants: Arc::clone(&shared.backends.grants),
         peer: normalize_addr(peer.ip()),
+        network: slot.network(),
+        password_checks: Arc::clone(&shared.password_checks),
         max_login_failures: config.max_login_failures,
     };
     let session = Session::new(ctx, shared.timestamps.next());

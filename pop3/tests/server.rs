@@ -752,6 +752,10 @@ impl Authenticator for WatchedChecks {
         verified
     }
 
+    fn check_hashes(&self, user: &str) -> bool {
+        self.users.check_hashes(user)
+    }
+
     fn apop_secret(&self, user: &str) -> ApopSecret {
         self.users.apop_secret(user)
     }
@@ -784,12 +788,15 @@ fn slow_hash() -> &'static str {
 /// While several logins wait for their SHA512-CRYPT hash to be checked, a
 /// session already open is answered and another user logs in: the hashing
 /// runs off the runtime's threads. Judged by order: every hash check has
-/// begun and none has ended when the other sessions are answered.
+/// begun and none has ended when the other sessions are answered. The
+/// slow logins come from as many networks, as many as there are CPUs (at
+/// most 3): only so many hashes run at once, one per network.
 async fn check_slow_hashes_hold_up_no_other_session() {
-    const SLOW_LOGINS: usize = 3;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let slow_logins = cpus.min(3);
     let hashed = format!("{{SHA512-CRYPT}}{}", slow_hash());
     let mut users_file = ALICE_AND_BOB.to_string();
-    for i in 0..SLOW_LOGINS {
+    for i in 0..slow_logins {
         users_file.push_str(&format!("slow{i}:{hashed}\n"));
     }
     let hashes = Arc::new(HashChecks::default());
@@ -813,8 +820,9 @@ async fn check_slow_hashes_hold_up_no_other_session() {
     assert!(open.line().await.starts_with("+OK bob has"));
 
     let mut slow = Vec::new();
-    for i in 0..SLOW_LOGINS {
-        let (mut client, _) = Client::connect(server.addr).await;
+    for i in 0..slow_logins {
+        let from = Ipv4Addr::new(127, 0, 42, 1 + i as u8);
+        let (mut client, _) = Client::connect_from(from, server.addr).await;
         // USER answered first: a pipelined batch is answered as a whole.
         client.send(&format!("USER slow{i}\r\n")).await;
         assert_eq!(client.line().await, "+OK send PASS\r\n");
@@ -823,10 +831,10 @@ async fn check_slow_hashes_hold_up_no_other_session() {
     }
     // Every slow check under way (a bound for a hang only).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while hashes.started.load(Ordering::SeqCst) < SLOW_LOGINS {
+    while hashes.started.load(Ordering::SeqCst) < slow_logins {
         assert!(
             Instant::now() < deadline,
-            "{} of {SLOW_LOGINS} hash checks began within 30 s",
+            "{} of {slow_logins} hash checks began within 30 s",
             hashes.started.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -845,7 +853,7 @@ async fn check_slow_hashes_hold_up_no_other_session() {
     assert_eq!(
         (done_before, done_after),
         (0, 0),
-        "hash checks that had ended (when all {SLOW_LOGINS} had begun; when the other \
+        "hash checks that had ended (when all {slow_logins} had begun; when the other \
          sessions were answered): the others waited for the hashing"
     );
 
@@ -853,7 +861,7 @@ async fn check_slow_hashes_hold_up_no_other_session() {
         let reply = client.line_within(Duration::from_secs(120)).await;
         assert!(reply.starts_with(&format!("+OK slow{i} has")), "{reply}");
     }
-    assert_eq!(hashes.done.load(Ordering::SeqCst), SLOW_LOGINS);
+    assert_eq!(hashes.done.load(Ordering::SeqCst), slow_logins);
 }
 
 /// The daemon's runtime: block_in_place hands the worker's other tasks on.
@@ -1570,4 +1578,168 @@ async fn check_a_message_too_large_to_size_does_not_hold_the_maildrop() {
     }
     bob.send("QUIT\r\n").await;
     assert!(bob.line().await.starts_with("+OK"));
+}
+
+/// Password checks that hash, as they run: how many at once, and how many
+/// of one client network at once (the network is named by the password's
+/// first word, `netN-...`).
+#[derive(Default)]
+struct ChecksAtOnce {
+    state: Mutex<AtOnce>,
+}
+
+#[derive(Default)]
+struct AtOnce {
+    running: usize,
+    by_network: std::collections::HashMap<String, usize>,
+    most: usize,
+    most_of_one_network: usize,
+    started: usize,
+}
+
+/// The users file, its checks that hash watched by `at_once`.
+struct CountedChecks {
+    users: UsersFile,
+    at_once: Arc<ChecksAtOnce>,
+}
+
+impl Authenticator for CountedChecks {
+    fn verify_password(&self, user: &str, password: &str) -> bool {
+        let network = password.split('-').next().unwrap_or_default().to_string();
+        {
+            let mut state = self.at_once.state.lock().unwrap();
+            state.running += 1;
+            state.started += 1;
+            state.most = state.most.max(state.running);
+            let of_network = state.by_network.entry(network.clone()).or_default();
+            *of_network += 1;
+            let of_network = *of_network;
+            state.most_of_one_network = state.most_of_one_network.max(of_network);
+        }
+        let verified = self.users.verify_password(user, password);
+        let mut state = self.at_once.state.lock().unwrap();
+        state.running -= 1;
+        *state.by_network.get_mut(&network).unwrap() -= 1;
+        verified
+    }
+
+    fn check_hashes(&self, user: &str) -> bool {
+        self.users.check_hashes(user)
+    }
+
+    fn apop_secret(&self, user: &str) -> ApopSecret {
+        self.users.apop_secret(user)
+    }
+}
+
+/// One connection of a network that hammers: three failed logins of a
+/// hashed user with the longest password a line can carry, pipelined,
+/// until the server closes the connection; again, until `stop`. Counts
+/// its connections' first attempts in `sent`.
+async fn hammer(
+    from: Ipv4Addr,
+    network: usize,
+    addr: SocketAddr,
+    sent: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    let password = format!("net{network}-{}", "x".repeat(240));
+    let attempts = format!("USER carol\r\nPASS {password}\r\n").repeat(3);
+    // Bounded: a hang of the server ends the hammer too.
+    for round in 0..1000 {
+        if stop.is_cancelled() {
+            return;
+        }
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((from, 0))).expect("bind");
+        let Ok(mut stream) = socket.connect(addr).await else {
+            continue;
+        };
+        if stream.write_all(attempts.as_bytes()).await.is_err() {
+            continue;
+        }
+        if round == 0 {
+            sent.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut sink = Vec::new();
+        tokio::select! {
+            _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink) => {}
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(HANG) => return,
+        }
+    }
+}
+
+/// Attack review 10: long wrong passwords of a SHA512-CRYPT user, sent
+/// over many connections from a few networks, were all hashed at once,
+/// and another user's login took up to 29 s. Now at most one check per
+/// client network runs or waits, and at most one per CPU runs: a user of
+/// another network waits behind at most one check per network that
+/// hammers. Judged by counting the checks that ran at once while three
+/// networks hammered with eight connections each and the user logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_hammering_failed_logins_gets_one_hash_at_a_time() {
+    const NETWORKS: usize = 3;
+    const CONNECTIONS_EACH: usize = 8;
+    let carol = ShaCrypt::new(Algorithm::Sha512Crypt, Params::new(1_000).unwrap())
+        .hash_password_with_salt(b"carol-secret", b"smtpgatecaro")
+        .unwrap()
+        .to_string();
+    let at_once = Arc::new(ChecksAtOnce::default());
+    let counted = Arc::clone(&at_once);
+    let server = launch(
+        |_| {},
+        &format!("{ALICE_AND_BOB}carol:{{SHA512-CRYPT}}{carol}\n"),
+        move |users| {
+            Arc::new(CountedChecks {
+                users,
+                at_once: counted,
+            })
+        },
+        |store| Arc::new(store),
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut hammers = Vec::new();
+    for network in 0..NETWORKS {
+        let from = Ipv4Addr::new(127, 0, 40, 1 + network as u8);
+        for _ in 0..CONNECTIONS_EACH {
+            hammers.push(tokio::spawn(hammer(
+                from,
+                network,
+                server.addr,
+                Arc::clone(&sent),
+                stop.clone(),
+            )));
+        }
+    }
+    // The hammering under way: every connection has sent its attempts,
+    // and every network has had a check.
+    let started = |at_once: &ChecksAtOnce| at_once.state.lock().unwrap().started;
+    let deadline = Instant::now() + HANG;
+    while sent.load(Ordering::SeqCst) < NETWORKS * CONNECTIONS_EACH || started(&at_once) < NETWORKS
+    {
+        assert!(Instant::now() < deadline, "the hammering did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut user, _) = Client::connect_from(Ipv4Addr::new(127, 0, 41, 1), server.addr).await;
+    user.login("carol", "carol-secret").await;
+    stop.cancel();
+    for hammer in hammers {
+        tokio::time::timeout(HANG, hammer)
+            .await
+            .expect("the hammer stops")
+            .unwrap();
+    }
+    let (most, most_of_one_network, checks) = {
+        let state = at_once.state.lock().unwrap();
+        (state.most, state.most_of_one_network, state.started)
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(
+        most_of_one_network, 1,
+        "checks of one network at once ({checks} checks in all)"
+    );
+    assert!(most <= cpus, "{most} checks ran at once on {cpus} CPUs");
 }

@@ -14,11 +14,13 @@ use std::{
 };
 
 use pop3::{
+    auth::password_checks::PasswordChecks,
     framing::LineBuffer,
     maildrop::{
         CommitError, ForSession, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
     },
     reply::ReplyBuffer,
+    server::ClientNetwork,
     session::{Flow, Session, SessionContext},
     session_id::SessionId,
     ApopSecret, Authenticator, GrantError, GrantSink,
@@ -199,6 +201,8 @@ fn fixture() -> Fixture {
         store: Arc::new(StoreHandle(Arc::clone(&store))),
         grants: Arc::new(SinkHandle(Arc::clone(&grants))),
         peer: "192.0.2.7".parse().unwrap(),
+        network: ClientNetwork::of("192.0.2.7".parse().unwrap(), 32, 64),
+        password_checks: PasswordChecks::new(1),
         max_login_failures: 3,
     };
     Fixture { store, grants, ctx }

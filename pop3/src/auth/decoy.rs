@@ -84,11 +84,24 @@ mod tests {
             });
             assert_eq!(known, [cost], "{text}");
             assert_eq!(unknown, known, "{text}: the unknown name against the known");
+            // Nor does the wait for a turn to hash tell them apart
+            // (password_checks.rs).
+            assert_eq!(
+                users.check_hashes("nobody"),
+                cost != Cost::Plain,
+                "{text}: whether an unknown name waits for a turn"
+            );
+            assert_eq!(
+                users.check_hashes(common_user),
+                users.check_hashes("nobody"),
+                "{text}"
+            );
             assert_eq!(users.users_unlike_the_decoy(), 1, "{text}");
         }
         let nobody = UsersFile::parse("# nobody yet\n").unwrap();
         let unknown = verified::during(|| assert!(!nobody.verify_password("x", "y")));
         assert_eq!(unknown, [DEFAULT]);
+        assert!(nobody.check_hashes("x"));
     }
 
     /// Of kinds equally common, the dearer one: a name that does not

@@ -37,6 +37,10 @@ impl Authenticator for LiveUsers {
         self.current().verify_password(user, password)
     }
 
+    fn check_hashes(&self, user: &str) -> bool {
+        self.current().check_hashes(user)
+    }
+
     fn apop_secret(&self, user: &str) -> ApopSecret {
         self.current().apop_secret(user)
     }

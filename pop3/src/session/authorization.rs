@@ -68,11 +68,23 @@ impl Authorization {
             out.err(None, "USER first");
             return (State::Authorization(self), Flow::Continue);
         };
+        // Only a check that hashes waits for a turn. A user whose check
+        // does not hash (PLAIN) skipping the queue tells nothing new: a
+        // name that does not exist is checked against the decoy, which
+        // costs what most users' secrets cost, and queues as they do; a
+        // PLAIN user among hashed ones is told apart by the missing hash
+        // already (the daemon warns of such users at start).
+        let turn = if ctx.auth.check_hashes(&user) {
+            Some(ctx.password_checks.turn(ctx.network).await)
+        } else {
+            None
+        };
         let auth = Arc::clone(&ctx.auth);
         let check_user = user.clone();
         let verified = off_runtime(move || auth.verify_password(&check_user, &password))
             .await
             .unwrap_or(false);
+        drop(turn);
         if verified {
             self.login(ctx, tally, user, Method::UserPass, out).await
         } else {

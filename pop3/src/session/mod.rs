@@ -23,10 +23,12 @@ use std::{io, net::IpAddr, sync::Arc};
 pub(crate) const LOG_TARGET: &str = "pop3::session";
 
 use crate::{
+    auth::password_checks::PasswordChecks,
     command::{self, Command},
     framing::Line,
     maildrop::MaildropStore,
     reply::{ReplyBuffer, ReplySink},
+    server::ClientNetwork,
     session_id::SessionId,
     Authenticator, GrantSink,
 };
@@ -45,6 +47,10 @@ pub struct SessionContext {
     pub grants: Arc<dyn GrantSink>,
     /// The client's address, normalised (IPv4-mapped IPv6 is IPv4).
     pub peer: IpAddr,
+    /// The client's network, as the connection slots count it.
+    pub network: ClientNetwork,
+    /// Where password checks that hash wait for their turn.
+    pub password_checks: Arc<PasswordChecks>,
     /// Failed logins before the connection is closed.
     pub max_login_failures: u32,
 }
