@@ -1514,8 +1514,15 @@ fn sighup_reloads_the_users_file_and_open_sessions_stay() {
     fx.daemon.signal(libc::SIGHUP);
     let log = fx.daemon.wait_for_log(RELOADED, 3, RELOAD_TIMEOUT);
     assert!(
-        log.contains("has no users (a file half written?); the 2 users loaded before stay"),
+        log.contains("is empty (a file half written?); the 2 users loaded before stay"),
         "an empty users file on reload:\n{log}"
+    );
+    assert!(
+        log.contains(
+            "reloaded on SIGHUP: refused the users file (the 2 users loaded before stay); \
+             nothing else changed"
+        ),
+        "the reload's line says the file was refused:\n{log}"
     );
     let r = fx.pop_v4(json!([
         {"op": "connect"},
@@ -1525,6 +1532,65 @@ fn sighup_reloads_the_users_file_and_open_sessions_stay() {
     ok_step(&r, 1, "login");
     let quit = open.exchange("QUIT").expect("QUIT");
     assert!(quit.starts_with("+OK"), "{quit}");
+    fx.stop();
+}
+
+/// Attack review 10: a users file whose every line is commented out was
+/// refused as "has no users (a file half written?)", and alice and bob
+/// still logged in after the reload said "nothing changed". A file with
+/// content but no users is meant: it is taken, with a warning, and
+/// nobody logs in. A file cut in its last line (`alic` for alice's
+/// password `alice...`) is refused and the users in force stay.
+#[test]
+fn a_reload_takes_a_file_without_users_and_refuses_one_cut_in_a_line() {
+    let mut fx = Pop3Lab::new();
+    let users_file = path_str(&fx.mail.users_file());
+    let whole = fs::read_to_string(fx.mail.users_file()).expect("the users file");
+    let cut_at = whole.find(ALICE_SECRET).expect("alice's plaintext secret") + 2;
+    assert!(cut_at < whole.len() - 1);
+    fx.mail.write_users_text(&whole[..cut_at]);
+    fx.daemon.signal(libc::SIGHUP);
+    let log = fx.daemon.wait_for_log(RELOADED, 1, RELOAD_TIMEOUT);
+    let refused = format!(
+        "{users_file} does not end with a line end (a file half written? its last line may be \
+         cut); the 2 users loaded before stay"
+    );
+    assert!(log.contains(&refused), "expected {refused:?} in:\n{log}");
+    assert!(
+        log.contains("reloaded on SIGHUP: refused the users file"),
+        "{log}"
+    );
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "quit"},
+    ]));
+    ok_step(&r, 1, "login");
+
+    let commented: String = whole.lines().map(|line| format!("#{line}\n")).collect();
+    fx.mail.write_users_text(&commented);
+    fx.daemon.signal(libc::SIGHUP);
+    let log = fx.daemon.wait_for_log(RELOADED, 2, RELOAD_TIMEOUT);
+    assert!(
+        log.contains(&format!("{users_file} has no users: nobody can log in")),
+        "a warning for a file without users:\n{log}"
+    );
+    let removed = format!("reloaded on SIGHUP: users -{ALICE} -{BOB}");
+    assert!(log.contains(&removed), "expected {removed:?} in:\n{log}");
+    let r = fx.pop_v4(json!([
+        {"op": "connect"},
+        {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+        {"op": "login", "user": BOB, "password": BOB_PASSWORD},
+        {"op": "quit"},
+    ]));
+    assert!(
+        err_step(&r, 1, "login").starts_with("-ERR [AUTH]"),
+        "alice was commented out: {r:#?}"
+    );
+    assert!(
+        err_step(&r, 2, "login").starts_with("-ERR [AUTH]"),
+        "bob was commented out: {r:#?}"
+    );
     fx.stop();
 }
 
@@ -1637,6 +1703,27 @@ fn an_empty_users_file_is_a_warning_at_start() {
         path_str(&mail.users_file())
     );
     daemon.wait_for_log(&warning, 1, RELOAD_TIMEOUT);
+    let (status, _) = daemon.terminate(GRACE + EXIT_BOUND);
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
+}
+
+/// A users file whose last line has no line end starts the daemon (there
+/// are no users in force to keep, unlike on a reload), with a warning.
+#[test]
+fn a_users_file_without_a_last_line_end_is_a_warning_at_start() {
+    let lab = Lab::new();
+    let mail = mail_fixture();
+    let whole = fs::read_to_string(mail.users_file()).expect("the users file");
+    mail.write_users_text(whole.trim_end());
+    let args = serve_flags(&lab, &mail, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = lab.serve(&args, &mail.dir().join("serve.log"));
+    let warning = format!(
+        "{} does not end with a line end: its last line is taken as it is",
+        path_str(&mail.users_file())
+    );
+    daemon.wait_for_log(&warning, 1, RELOAD_TIMEOUT);
+    daemon.wait_for_log("2 users loaded from", 1, RELOAD_TIMEOUT);
     let (status, _) = daemon.terminate(GRACE + EXIT_BOUND);
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
 }

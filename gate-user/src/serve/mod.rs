@@ -17,7 +17,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use log::{info, warn};
 use pop3::{
-    auth::{live_users::LiveUsers, users_file::UsersFile},
+    auth::{
+        live_users::LiveUsers,
+        users_file::{UsersFile, Written},
+    },
     maildrop::maildir::MaildirStore,
     server::{bind_listeners, Backends, Server},
 };
@@ -50,7 +53,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
         signal(SignalKind::hangup()).context("SIGHUP handler")?
     };
     // Everything that can be refused is refused before the gate changes.
-    let users = UsersFile::load(&config.users)?;
+    let users = UsersFile::load_as_written(&config.users)?;
     let served = runtime.block_on(serve(config, users, hangups));
     // Every session is over by now. File work of a cut session may still
     // run on the blocking pool (a QUIT's deletions, or a read stuck on a
@@ -63,7 +66,11 @@ pub fn run(config: ServeConfig) -> Result<()> {
 /// How long the exit waits for file work still running (see `run`).
 const BLOCKING_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn serve(config: ServeConfig, users: UsersFile, hangups: Signal) -> Result<()> {
+async fn serve(
+    config: ServeConfig,
+    (users, written): (UsersFile, Written),
+    hangups: Signal,
+) -> Result<()> {
     // The ports first: a daemon that cannot listen must not leave behind a
     // gate that nobody can get a grant from.
     let listeners = bind_listeners(&config.pop3.listen).map_err(|e| {
@@ -123,7 +130,7 @@ async fn serve(config: ServeConfig, users: UsersFile, hangups: Signal) -> Result
     if let Err(e) = gate_log::forward(&dir, &iface) {
         warn!("the gate's denial log is not forwarded: {e:#}");
     }
-    users::report(&users, &config.users);
+    users::report(&users, written, &config.users);
     let users = Arc::new(LiveUsers::new(users));
     let backends = Backends {
         auth: Arc::clone(&users) as _,

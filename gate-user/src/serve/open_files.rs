@@ -33,14 +33,15 @@ pub fn make_room(config: &ServerConfig) -> Result<()> {
 
 /// On a reload: a new `max_connections` that does not fit under the
 /// open-file limit is not taken (the one in force stays, with an error
-/// naming the key); the other new settings are.
-pub fn keep_max_connections_that_fit(in_force: &ServeConfig, new: &mut ServeConfig) {
-    keep_fitting(in_force, new, open_files::soft_limit());
+/// naming the key); the other new settings are. False if it was not.
+pub fn keep_max_connections_that_fit(in_force: &ServeConfig, new: &mut ServeConfig) -> bool {
+    keep_fitting(in_force, new, open_files::soft_limit())
 }
 
-pub(super) fn keep_fitting(in_force: &ServeConfig, new: &mut ServeConfig, limit: u64) {
+pub(super) fn keep_fitting(in_force: &ServeConfig, new: &mut ServeConfig, limit: u64) -> bool {
     const KEY: &str = "max_connections";
-    if let Err(bad) = open_files::check_fits(&new.pop3, limit) {
+    let fits = open_files::check_fits(&new.pop3, limit);
+    if let Err(bad) = &fits {
         error!(
             "reload (SIGHUP): {bad}; {KEY} stays {}",
             in_force.pop3.max_connections
@@ -54,6 +55,7 @@ pub(super) fn keep_fitting(in_force: &ServeConfig, new: &mut ServeConfig, limit:
             None => new.given.remove(KEY),
         };
     }
+    fits.is_ok()
 }
 
 #[cfg(test)]

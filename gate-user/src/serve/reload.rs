@@ -5,7 +5,8 @@
 //! users. What only a restart can change (config.rs `RESTART_KEYS`) keeps
 //! its value, with a warning. Sessions stay open. A file that cannot be
 //! taken changes nothing of its part and says why; the users in force stay
-//! until a good users file comes. One line says what changed.
+//! until a good users file comes. One line says what changed, and what was
+//! refused.
 
 use std::sync::Arc;
 
@@ -73,6 +74,8 @@ impl Reloader {
 
     fn reload(&mut self) {
         let mut changes = Vec::new();
+        // What was not taken, and what stays in its place.
+        let mut refused = Vec::new();
         match self.config.source.load() {
             Ok(mut new) => {
                 for key in self.config.keep_restart_only(&mut new) {
@@ -84,45 +87,75 @@ impl Reloader {
                 }
                 match apply_to_gate(&PinDir::new(&new.pin_dir), &new.attach) {
                     Ok(gate) => changes.extend(gate),
-                    Err(e) => error!(
-                        "reload (SIGHUP): the gate's settings could not be changed: {e:#}; it \
-                         keeps the ones it has"
-                    ),
+                    Err(e) => {
+                        error!(
+                            "reload (SIGHUP): the gate's settings could not be changed: {e:#}; \
+                             it keeps the ones it has"
+                        );
+                        refused.push("the gate's settings (it keeps the ones it has)".to_string());
+                    }
                 }
-                open_files::keep_max_connections_that_fit(&self.config, &mut new);
+                if !open_files::keep_max_connections_that_fit(&self.config, &mut new) {
+                    refused.push(format!(
+                        "max_connections (it stays {})",
+                        new.pop3.max_connections
+                    ));
+                }
                 changes.extend(service_changes(&self.config, &new));
                 self.service.update(new.pop3.clone());
                 self.requests.send_replace(new.attach.clone());
                 self.config = new;
             }
-            Err(e) => error!("reload (SIGHUP): {e:#}; the settings in force stay"),
+            Err(e) => {
+                error!("reload (SIGHUP): {e:#}; the settings in force stay");
+                refused.push("the config file (the settings in force stay)".to_string());
+            }
         }
         let path = &self.config.users;
-        match UsersFile::load(path) {
-            // At start an empty file is only a warning; on reload it is far
-            // more often a file caught half written (an editor saving, a
-            // truncation) than a wish to lock everybody out.
-            Ok(new) if new.is_empty() && !self.users.current().is_empty() => error!(
-                "reload (SIGHUP): {} has no users (a file half written?); the {} users loaded \
-                 before stay (restart the daemon to start with none)",
-                path.display(),
-                self.users.current().len()
-            ),
-            Ok(new) => {
-                users::report(&new, path);
-                let old = self.users.replace(new);
-                changes.extend(users::describe(&old.changes_to(&self.users.current())));
+        let in_force = self.users.current().len();
+        let kept = format!("the users file (the {in_force} users loaded before stay)");
+        match UsersFile::load_as_written(path) {
+            Ok((new, written)) => match users::refused_on_reload(written) {
+                Some(why) => {
+                    error!(
+                        "reload (SIGHUP): {} {why}; the {in_force} users loaded before stay \
+                         (to let nobody log in, comment every user out)",
+                        path.display()
+                    );
+                    refused.push(kept);
+                }
+                None => {
+                    users::report(&new, written, path);
+                    let old = self.users.replace(new);
+                    changes.extend(users::describe(&old.changes_to(&self.users.current())));
+                }
+            },
+            Err(e) => {
+                error!("reload (SIGHUP): {e}; the {in_force} users loaded before stay");
+                refused.push(kept);
             }
-            Err(e) => error!(
-                "reload (SIGHUP): {e}; the {} users loaded before stay",
-                self.users.current().len()
-            ),
         }
-        if changes.is_empty() {
-            info!("reloaded on SIGHUP: nothing changed");
+        let line = summary(&changes, &refused);
+        if refused.is_empty() {
+            info!("{line}");
         } else {
-            info!("reloaded on SIGHUP: {}", changes.join(", "));
+            warn!("{line}");
         }
+    }
+}
+
+/// The reload's one line: what changed, and what was refused (whose
+/// errors came before) and stays as it was. Never "nothing changed" when
+/// something was refused: the operator's change did not happen.
+fn summary(changes: &[String], refused: &[String]) -> String {
+    let (changes, refused) = (changes.join(", "), refused.join(", "));
+    match (changes.is_empty(), refused.is_empty()) {
+        (true, true) => "reloaded on SIGHUP: nothing changed".to_string(),
+        (false, true) => format!("reloaded on SIGHUP: {changes}"),
+        (true, false) => {
+            format!("reloaded on SIGHUP: refused {refused}; nothing else changed")
+        }
+        (false, false) => format!("reloaded on SIGHUP: {changes}; refused {refused}"),
     }
 }
 
@@ -248,6 +281,30 @@ mod tests {
     /// stayed in force, but the summary said it changed (`41 ->
     /// 100000000`), and the next reload compared against the refused value
     /// (`100000000 -> 40`).
+    /// Attack review 10: a users file refused on reload ended with
+    /// `reloaded on SIGHUP: nothing changed`, as if the file had been
+    /// taken and was the same.
+    #[test]
+    fn the_summary_names_what_was_refused() {
+        let changes = ["window 15m -> 5m".to_string()];
+        let refused = ["the users file (the 2 users loaded before stay)".to_string()];
+        assert_eq!(summary(&[], &[]), "reloaded on SIGHUP: nothing changed");
+        assert_eq!(
+            summary(&changes, &[]),
+            "reloaded on SIGHUP: window 15m -> 5m"
+        );
+        assert_eq!(
+            summary(&[], &refused),
+            "reloaded on SIGHUP: refused the users file (the 2 users loaded before stay); \
+             nothing else changed"
+        );
+        assert_eq!(
+            summary(&changes, &refused),
+            "reloaded on SIGHUP: window 15m -> 5m; refused the users file (the 2 users loaded \
+             before stay)"
+        );
+    }
+
     #[test]
     fn the_summary_of_a_refused_max_connections_says_what_is_in_force() {
         let limit = pop3::server::open_files::needed_for(41);

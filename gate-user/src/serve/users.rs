@@ -4,13 +4,21 @@
 use std::path::Path;
 
 use log::{info, warn};
-use pop3::auth::users_file::{UsersChanges, UsersFile};
+use pop3::auth::users_file::{UsersChanges, UsersFile, Written};
 
 /// Logs how many users `users` (read from `path`) has, and warns of what
-/// is likely a mistake: no users at all, or users whose failed logins can
-/// be told from those of names that do not exist.
-pub fn report(users: &UsersFile, path: &Path) {
+/// is likely a mistake: no users at all, a last line without a line end,
+/// or users whose failed logins can be told from those of names that do
+/// not exist.
+pub fn report(users: &UsersFile, written: Written, path: &Path) {
     info!("{} users loaded from {}", users.len(), path.display());
+    if written == Written::Unterminated {
+        warn!(
+            "{} does not end with a line end: its last line is taken as it is (were the file \
+             cut short, so would be that line's password); a reload refuses such a file",
+            path.display()
+        );
+    }
     if users.is_empty() {
         warn!(
             "{} has no users: nobody can log in, so nobody is granted; add users and reload \
@@ -28,6 +36,22 @@ pub fn report(users: &UsersFile, path: &Path) {
             path.display(),
             users.decoy().cost()
         );
+    }
+}
+
+/// Why a reload does not take a users file that reads well, if it does
+/// not. A file caught half written is far more likely empty, or cut in a
+/// line, than meant so: the users in force stay. A file with no users but
+/// something else (every line commented out) is meant: it is taken, and
+/// nobody can log in. At start every such file is taken (with a warning):
+/// there are no users in force to keep.
+pub fn refused_on_reload(written: Written) -> Option<&'static str> {
+    match written {
+        Written::Whole => None,
+        Written::Empty => Some("is empty (a file half written?)"),
+        Written::Unterminated => {
+            Some("does not end with a line end (a file half written? its last line may be cut)")
+        }
     }
 }
 
@@ -56,6 +80,13 @@ pub fn describe(changes: &UsersChanges) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_refuses_only_a_file_that_looks_half_written() {
+        assert_eq!(refused_on_reload(Written::Whole), None);
+        assert!(refused_on_reload(Written::Empty).is_some());
+        assert!(refused_on_reload(Written::Unterminated).is_some());
+    }
 
     #[test]
     fn changes_read_plainly_and_stay_short() {

@@ -186,6 +186,32 @@ impl UsersChanges {
     }
 }
 
+/// Whether a users file's text looks written whole. A file read while an
+/// editor or a copy writes it is empty, or stops in a line: perhaps in a
+/// `{PLAIN}` password, which would then be a prefix of the real one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Ends with a line end.
+    Whole,
+    /// Nothing but white space (a byte order mark counts as such).
+    Empty,
+    /// Text whose last line has no line end.
+    Unterminated,
+}
+
+impl Written {
+    pub fn of(text: &str) -> Self {
+        let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+        if text.trim().is_empty() {
+            Self::Empty
+        } else if text.ends_with('\n') {
+            Self::Whole
+        } else {
+            Self::Unterminated
+        }
+    }
+}
+
 /// One bad line of a users file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineError {
@@ -321,14 +347,20 @@ impl UsersFile {
     /// ones for APOP, and Dovecot's documentation asks for the same (see
     /// trusted_file.rs).
     pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
+        Self::load_as_written(path).map(|(users, _)| users)
+    }
+
+    /// [`UsersFile::load`], and whether the text looks written whole.
+    pub fn load_as_written(path: &Path) -> Result<(UsersFile, Written), UsersFileError> {
         let text = trusted_file::read(path, trusted_file::SECRETS).map_err(UsersFileError::File)?;
-        UsersFile::parse(&text).map_err(|e| match e {
+        let users = UsersFile::parse(&text).map_err(|e| match e {
             UsersFileError::Lines { errors, .. } => UsersFileError::Lines {
                 path: Some(path.to_path_buf()),
                 errors,
             },
             other => other,
-        })
+        })?;
+        Ok((users, Written::of(&text)))
     }
 
     fn from_users(users: HashMap<String, Secret>) -> Self {
@@ -741,6 +773,24 @@ mod tests {
             }
         );
         assert!(old.changes_to(&old.clone()).is_empty());
+    }
+
+    #[test]
+    fn whether_a_file_looks_written_whole() {
+        for (text, written) in [
+            ("", Written::Empty),
+            (" \n\t\r\n", Written::Empty),
+            ("\u{FEFF}", Written::Empty),
+            ("\u{FEFF}\n", Written::Empty),
+            ("# nobody\n", Written::Whole),
+            ("alice:{PLAIN}alice\n", Written::Whole),
+            ("alice:{PLAIN}alice\r\n", Written::Whole),
+            ("alice:{PLAIN}alic", Written::Unterminated),
+            ("# nobody", Written::Unterminated),
+            ("a:{PLAIN}a\nb:{PLAIN}b \t", Written::Unterminated),
+        ] {
+            assert_eq!(Written::of(text), written, "{text:?}");
+        }
     }
 
     #[test]
