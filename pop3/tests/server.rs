@@ -1743,3 +1743,79 @@ async fn a_network_hammering_failed_logins_gets_one_hash_at_a_time() {
     );
     assert!(most <= cpus, "{most} checks ran at once on {cpus} CPUs");
 }
+
+/// Attack review 10: a maildrop of many small files (160,000 in `new/`)
+/// took longer than the login timeout to move and list; the login was
+/// cut, but the scan went on without it and held the lock, so the next
+/// logins got `[IN-USE]` until it ended. The scan now stops between two
+/// files once its login is cut. The messages' names give their sizes
+/// (W=), so no message is read: the old scan, which looked at the login
+/// only while reading a message, never stopped (no line says it did).
+#[test]
+fn a_maildrop_of_many_small_files_is_let_go_when_its_login_is_cut() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(check_a_maildrop_of_many_small_files_is_let_go())
+    }));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn check_a_maildrop_of_many_small_files_is_let_go() {
+    const FILES: usize = 20_000;
+    capture_log();
+    let server = start(|c| c.login_timeout = Duration::from_millis(300)).await;
+    // Only messages that need no read: the fixture's has no W=.
+    fs::remove_file(server.mail.join("alice/cur/1700000000.M1P1.test:2,")).unwrap();
+    let new = server.mail.join("alice/new");
+    for i in 0..FILES {
+        fs::write(new.join(format!("1700000100.M{i}P1.test,S=2,W=3")), "x\n").unwrap();
+    }
+
+    let (mut alice, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 41), server.addr).await;
+    alice.send("USER alice\r\n").await;
+    assert_eq!(alice.line().await, "+OK send PASS\r\n");
+    alice.send("PASS pw-a\r\n").await;
+    let reply = alice.line().await;
+    assert_eq!(
+        reply,
+        "-ERR [SYS/TEMP] disconnected: the maildrop could not be opened within 300ms, try \
+         again later\r\n",
+        "{FILES} files were moved and listed within the login timeout: use more"
+    );
+    let cut = logged_line("login user=alice addr=127.0.10.41 method=USER/PASS result=cut").await;
+    let id = field(&cut, "session");
+    let stopped = logged_line(&format!("session={id} maildir ")).await;
+    assert!(
+        stopped.contains("the session gave up its login"),
+        "{stopped}"
+    );
+
+    // The lock went with the scan (a retry while the stopping scan still
+    // holds it is fine; for ever is not).
+    let deadline = Instant::now() + HANG;
+    loop {
+        let (mut again, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 42), server.addr).await;
+        again.send("USER alice\r\n").await;
+        assert_eq!(again.line().await, "+OK send PASS\r\n");
+        again.send("PASS pw-a\r\n").await;
+        let reply = again.line().await;
+        if !reply.starts_with("-ERR [IN-USE]") {
+            // The next login may be cut in its turn (the scan starts over
+            // with what is left in new/), but not for the lock.
+            assert!(
+                reply.starts_with("+OK alice has") || reply.starts_with("-ERR [SYS/TEMP]"),
+                "{reply}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice's maildrop stays locked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

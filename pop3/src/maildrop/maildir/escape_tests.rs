@@ -47,7 +47,7 @@ impl Log for Capture {
 }
 
 /// Runs `body` and returns what it logged (this module's lines, this thread).
-fn logged<T>(body: impl FnOnce() -> T) -> (T, Vec<(Level, String)>) {
+pub(super) fn logged<T>(body: impl FnOnce() -> T) -> (T, Vec<(Level, String)>) {
     static INSTALL: Once = Once::new();
     static LOGGER: Capture = Capture;
     INSTALL.call_once(|| {

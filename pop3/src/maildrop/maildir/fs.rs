@@ -19,7 +19,7 @@ use super::names::{cur_name, fresh_name};
 use super::size_cache::FileStamp;
 use super::{Sub, LOCK_FILE, LOG_TARGET};
 use crate::log_text::LogText;
-use crate::maildrop::{MessageReader, OpenError};
+use crate::maildrop::{ForSession, MessageReader, OpenError};
 use crate::session_id::SessionId;
 use rustix::fd::OwnedFd;
 use rustix::fs::{
@@ -264,18 +264,44 @@ fn warn_skipped(session: SessionId, path: &Path, sub: Sub, name: &OsStr, kind: &
     );
 }
 
+/// The scan of a maildrop stops between two files once its session has
+/// given up the login, so that the lock goes with the login: a maildrop of
+/// many small files takes long to move and list too, not only a large
+/// message to size. Says so, and gives the error that ends the open.
+pub(super) fn stop_if_gone(
+    session: &ForSession,
+    path: &Path,
+    doing: &str,
+    done: usize,
+    total: usize,
+) -> Result<(), OpenError> {
+    if !session.is_gone() {
+        return Ok(());
+    }
+    log::warn!(target: LOG_TARGET, "session={} maildir {}: stopped {doing} after {done} of {total} files: the session gave up its login",
+        session.id,
+        LogText::of(path.as_os_str().as_bytes())
+    );
+    Err(OpenError::Abandoned)
+}
+
 /// Moves every message in `new/` to `cur/`, under its [`cur_name`].
 /// Returns the messages that could not be moved (read-only maildir, disk
 /// full): like Dovecot, they stay in `new/` and are served from there.
-/// Anything but a regular file stays where it is, with a warning.
+/// Anything but a regular file stays where it is, with a warning. Stops
+/// when `for_session` gives up (those moved stay in `cur/`).
 pub(super) fn move_new_to_cur(
     fds: &MaildirFds,
     path: &Path,
-    session: SessionId,
+    for_session: &ForSession,
 ) -> Result<Vec<Found>, OpenError> {
+    let session = for_session.id;
     let new_path = path.join(Sub::New.name());
     let mut stuck = Vec::new();
-    for (name, _) in names_in(&fds.new).map_err(|e| at(e, "read directory", &new_path))? {
+    let names = names_in(&fds.new).map_err(|e| at(e, "read directory", &new_path))?;
+    let total = names.len();
+    for (done, (name, _)) in names.into_iter().enumerate() {
+        stop_if_gone(for_session, path, "moving new/ to cur/", done, total)?;
         let stamp =
             match look_at(&fds.new, &name).map_err(|e| at(e, "stat", &new_path.join(&name)))? {
                 Seen::Message(stamp) => stamp,
@@ -318,17 +344,22 @@ pub(super) fn move_new_to_cur(
 }
 
 /// Lists the regular, non-dot files of one subdirectory; anything else is
-/// skipped with a warning.
+/// skipped with a warning. Stops when `for_session` gives up.
 pub(super) fn list_sub(
     fds: &MaildirFds,
     sub: Sub,
     path: &Path,
     found: &mut Vec<Found>,
-    session: SessionId,
+    for_session: &ForSession,
 ) -> Result<(), OpenError> {
+    let session = for_session.id;
     let dir = fds.of(sub);
     let sub_path = path.join(sub.name());
-    for (name, _) in names_in(dir).map_err(|e| at(e, "read directory", &sub_path))? {
+    let names = names_in(dir).map_err(|e| at(e, "read directory", &sub_path))?;
+    let total = names.len();
+    let doing = format!("listing {}/", sub.name());
+    for (done, (name, _)) in names.into_iter().enumerate() {
+        stop_if_gone(for_session, path, &doing, done, total)?;
         match look_at(dir, &name).map_err(|e| at(e, "stat", &sub_path.join(&name)))? {
             Seen::Message(stamp) => found.push(Found { sub, name, stamp }),
             Seen::Gone => {}

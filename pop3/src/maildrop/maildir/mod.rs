@@ -36,8 +36,8 @@ const LOG_TARGET: &str = "pop3::maildrop::maildir";
 use crate::log_text::LogText;
 use fs::{
     at, list_sub, lock_maildir, move_new_to_cur, names_in, open_maildir, open_message,
-    open_message_cached, rename_fresh, unlink_message, MaildirFds, MessageFile, Opened, Seen,
-    Unlinked,
+    open_message_cached, rename_fresh, stop_if_gone, unlink_message, MaildirFds, MessageFile,
+    Opened, Seen, Unlinked,
 };
 use names::{base_of, uid_for, virtual_size};
 use rustix::fs::FileType;
@@ -167,8 +167,8 @@ impl OpenMaildir {
         session: &ForSession,
     ) -> Result<Self, OpenError> {
         let id = session.id;
-        let mut found = move_new_to_cur(&fds, &dir, id)?;
-        list_sub(&fds, Sub::Cur, &dir, &mut found, id)?;
+        let mut found = move_new_to_cur(&fds, &dir, session)?;
+        list_sub(&fds, Sub::Cur, &dir, &mut found, session)?;
         // Delivery order: Maildir has no sequence, but the mtime is set at
         // delivery and renames keep it; the name breaks ties (Postfix and
         // Dovecot names start with the delivery time).
@@ -180,9 +180,11 @@ impl OpenMaildir {
         });
 
         let mut seen = HashSet::new();
-        let mut entries = Vec::with_capacity(found.len());
-        let mut infos = Vec::with_capacity(found.len());
-        for f in found {
+        let total = found.len();
+        let mut entries = Vec::with_capacity(total);
+        let mut infos = Vec::with_capacity(total);
+        for (done, f) in found.into_iter().enumerate() {
+            stop_if_gone(session, &dir, "sizing the messages", done, total)?;
             let mut name = f.name;
             let mut uid = uid_for(base_of(name.as_bytes()));
             let sub_fd = fds.of(f.sub);
@@ -596,6 +598,43 @@ mod tests {
         }
         // Nothing was created for them.
         assert_eq!(fs::read_dir(store.root()).unwrap().count(), 0);
+    }
+
+    /// Attack review 10: 160,000 small files in new/ kept the scan (and
+    /// the lock) going for seconds after its login was cut, since only a
+    /// message's read looked at the login. Moving new/, listing cur/ and
+    /// sizing each stop between two files; these messages' names give
+    /// their sizes (W=), so none is read.
+    #[test]
+    fn a_scan_stops_between_files_when_its_login_is_gone() {
+        let gone = || {
+            let (session, gives_up) = ForSession::new(SessionId::from_raw(7));
+            drop(gives_up);
+            session
+        };
+        let said = |lines: &[(log::Level, String)], what: &str| {
+            lines.iter().any(|(_, line)| {
+                line.contains(&format!(
+                    "stopped {what} after 0 of 50 files: the session gave up its login"
+                ))
+            })
+        };
+        let (_tmp, in_new) = store();
+        for i in 0..50 {
+            put(&in_new, "u", "new", &format!("n{i},S=2,W=3"), b"x\n", i);
+        }
+        let (opened, lines) = super::escape_tests::logged(|| in_new.open("u", &gone()));
+        assert!(matches!(opened, Err(OpenError::Abandoned)), "{lines:?}");
+        assert_eq!(names(&in_new, "u", "new").len(), 50, "none moved");
+        assert!(said(&lines, "moving new/ to cur/"), "{lines:?}");
+
+        let (_tmp, in_cur) = store();
+        for i in 0..50 {
+            put(&in_cur, "u", "cur", &format!("c{i},S=2,W=3:2,"), b"x\n", i);
+        }
+        let (opened, lines) = super::escape_tests::logged(|| in_cur.open("u", &gone()));
+        assert!(matches!(opened, Err(OpenError::Abandoned)), "{lines:?}");
+        assert!(said(&lines, "listing cur/"), "{lines:?}");
     }
 
     #[test]
