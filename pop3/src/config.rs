@@ -268,6 +268,9 @@ mod tests {
             key(with(|c| c.send_timeout = Duration::from_millis(999))),
             "send_timeout"
         );
+        // The bounds themselves are allowed.
+        with(|c| c.send_timeout = MIN_SEND_TIMEOUT).check().unwrap();
+        with(|c| c.idle_timeout = MIN_IDLE_TIMEOUT).check().unwrap();
         assert_eq!(key(with(|c| c.hostname = "a b".into())), "hostname");
         let spaced = with(|c| c.hostname = "a b".into()).check().unwrap_err();
         assert!(

@@ -57,6 +57,16 @@ mod tests {
         LogText::of(text.as_ref()).to_string()
     }
 
+    /// `{:?}` quotes the escaped text: a value logged with Debug cannot
+    /// forge a line either.
+    #[test]
+    fn debug_is_the_escaped_text_quoted() {
+        assert_eq!(
+            format!("{:?}", LogText::of(b"x\nuser=root")),
+            "\"x\\nuser=root\""
+        );
+    }
+
     #[test]
     fn printable_ascii_reads_as_itself() {
         let names = "alice bob.smith+tag@example.org O'Neil x=y [a] {b} ~";

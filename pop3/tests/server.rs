@@ -1372,12 +1372,16 @@ async fn every_way_a_session_ends_is_summed_up() {
     let end = logged_line("end reason=quit addr=127.0.10.12 ").await;
     assert!(!end.contains("user="), "not logged in: {end}");
 
-    let (mut silent, _) = Client::connect_from(at(13), server.addr).await;
-    assert!(silent
-        .line()
-        .await
-        .starts_with("-ERR disconnected: no login"));
-    logged_line("end reason=login-timeout addr=127.0.10.13 retr=0/0 ").await;
+    let (mut silent, greeting) = Client::connect_from(at(13), server.addr).await;
+    let cut = silent.line().await;
+    assert!(cut.starts_with("-ERR disconnected: no login"), "{cut}");
+    let end = logged_line("end reason=login-timeout addr=127.0.10.13 retr=0/0 ").await;
+    // The goodbye counts as sent, like every other reply.
+    let sent = greeting.len() + cut.len();
+    assert!(
+        end.contains(&format!(" octets_sent={sent} ")),
+        "{sent}: {end}"
+    );
 
     let (mut slow, _) = Client::connect_from(at(14), server.addr).await;
     slow.login("bob", "pw-b").await;

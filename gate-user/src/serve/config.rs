@@ -85,10 +85,6 @@ impl ConfigSource {
         })
     }
 
-    pub fn file(&self) -> Option<&Path> {
-        self.file.as_deref()
-    }
-
     /// The config file (if any) with the flags laid over it, checked.
     pub fn load(&self) -> Result<ServeConfig> {
         let file = self.file.as_deref();

@@ -178,9 +178,7 @@ pub trait MessageReader: Read + Send {
     /// Reads as `read` does, but only what can be had without waiting for
     /// the disk (it is in the page cache). `None` means "call `read`",
     /// which also reports any error.
-    fn read_if_cached(&mut self, _buf: &mut [u8]) -> Option<usize> {
-        None
-    }
+    fn read_if_cached(&mut self, buf: &mut [u8]) -> Option<usize>;
 }
 
 /// A message held in memory (test stores, fakes): never waits.
@@ -287,6 +285,18 @@ impl WireSizeCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error a partial UPDATE logs keeps its cause for the log's
+    /// chain.
+    #[test]
+    fn a_commit_error_keeps_its_cause() {
+        let error = CommitError {
+            removed: 2,
+            error: io::Error::other("disk on fire"),
+        };
+        let source = std::error::Error::source(&error).expect("a source");
+        assert_eq!(source.to_string(), "disk on fire");
+    }
 
     #[test]
     fn to_wire_converts_line_ends() {
