@@ -77,6 +77,17 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference splitmix64's outputs (seed 0: its first output is
+    /// the finalizer of the golden-ratio increment): a mix that lost an
+    /// xor-shift would map distinct counters to one id.
+    #[test]
+    fn mix_is_the_splitmix64_finalizer() {
+        assert_eq!(mix(0x9e37_79b9_7f4a_7c15), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(mix(1), 0x5692_161d_100b_05e5);
+        assert_eq!(mix(u64::MAX), 0xb4d0_55fc_f2cb_bd7b);
+        assert_eq!(mix(0), 0);
+    }
     use std::collections::HashSet;
 
     #[test]

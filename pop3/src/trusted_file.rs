@@ -110,7 +110,7 @@ pub fn read(path: &Path, rule: Rule) -> Result<String, FileError> {
     // below as not a regular file.
     let mut file: File = OpenOptions::new()
         .read(true)
-        .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
+        .custom_flags(OFlags::NONBLOCK.union(OFlags::NOCTTY).bits() as i32)
         .open(path)
         .map_err(|e| refused(Refusal::Io(e)))?;
     let meta = file.metadata().map_err(|e| refused(Refusal::Io(e)))?;

@@ -596,6 +596,7 @@ async fn trickled_octets_do_not_put_off_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_a_client_that_stopped_reading() {
+    capture_log();
     // The idle timeout is far past the hang bound below: only the end of
     // the grace period can cut the stuck writer in time.
     let server = start(|c| {
@@ -610,7 +611,7 @@ async fn shutdown_cuts_a_client_that_stopped_reading() {
         big.repeat(8000),
     )
     .unwrap();
-    let (mut c, _) = Client::connect(server.addr).await;
+    let (mut c, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 51), server.addr).await;
     c.send("USER alice\r\nPASS pw-a\r\n").await;
     c.line().await;
     c.line().await;
@@ -621,6 +622,9 @@ async fn shutdown_cuts_a_client_that_stopped_reading() {
         .await
         .expect("the stuck writer is cut at the end of the grace period")
         .unwrap();
+    // A send cut by the end of the grace is the shutdown's doing, not a
+    // connection that failed.
+    logged_line("end reason=shutdown addr=127.0.10.51 user=alice ").await;
     drop(c);
 }
 
@@ -1387,7 +1391,13 @@ async fn every_way_a_session_ends_is_summed_up() {
     slow.login("bob", "pw-b").await;
     slow.send("NOO").await;
     assert!(slow.line().await.contains("a command line took longer"));
-    logged_line("end reason=line-timeout addr=127.0.10.14 user=bob ").await;
+    let end = logged_line("end reason=line-timeout addr=127.0.10.14 user=bob ").await;
+    // The last words count as sent too (`received` counts the greeting).
+    let sent = slow.received;
+    assert!(
+        end.contains(&format!(" octets_sent={sent} ")),
+        "{sent}: {end}"
+    );
 
     let (mut failing, _) = Client::connect_from(at(15), server.addr).await;
     failing
