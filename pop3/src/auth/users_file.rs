@@ -578,6 +578,30 @@ pub(crate) mod verified {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change of any kind makes the changes non-empty: the reload's
+    /// summary says "nothing changed" only when nothing did.
+    #[test]
+    fn changes_are_empty_only_without_any() {
+        assert!(UsersChanges::default().is_empty());
+        let one = || vec!["alice".to_string()];
+        for changes in [
+            UsersChanges {
+                added: one(),
+                ..UsersChanges::default()
+            },
+            UsersChanges {
+                removed: one(),
+                ..UsersChanges::default()
+            },
+            UsersChanges {
+                changed: one(),
+                ..UsersChanges::default()
+            },
+        ] {
+            assert!(!changes.is_empty(), "{changes:?}");
+        }
+    }
     use crate::trusted_file::Refusal;
     use std::os::unix::fs::PermissionsExt;
 
