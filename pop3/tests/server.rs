@@ -1567,6 +1567,15 @@ async fn check_a_message_too_large_to_size_does_not_hold_the_maildrop() {
         stopped.contains("stopped sizing cur/1700000002.M3P3.test:2, after"),
         "{stopped}"
     );
+    // It read for the whole login timeout before it stopped: the count of
+    // octets read says so (a count that never moved would say 0).
+    let read: u64 = stopped
+        .split(", after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no octet count: {stopped}"));
+    assert!(read > 0, "{stopped}");
     logged_line(&format!(
         "session={id} end reason=login-timeout addr=127.0.10.31 "
     ))

@@ -98,6 +98,19 @@ mod tests {
             );
             assert_eq!(users.users_unlike_the_decoy(), 1, "{text}");
         }
+        // The start-up warning's count: none when every user is of the
+        // common kind, two of five here.
+        let alike = format!("a:{BUILDER}\nb:{BUILDER}\n");
+        assert_eq!(
+            UsersFile::parse(&alike).unwrap().users_unlike_the_decoy(),
+            0
+        );
+        let two_odd =
+            format!("a:{BUILDER}\nb:{BUILDER}\nc:{BUILDER}\nd:{{PLAIN}}x\ne:{{PLAIN}}y\n");
+        assert_eq!(
+            UsersFile::parse(&two_odd).unwrap().users_unlike_the_decoy(),
+            2
+        );
         let nobody = UsersFile::parse("# nobody yet\n").unwrap();
         let unknown = verified::during(|| assert!(!nobody.verify_password("x", "y")));
         assert_eq!(unknown, [DEFAULT]);
