@@ -65,4 +65,26 @@ mod tests {
         // Who holds the old file (a check under way) still has it.
         assert!(before.verify_password("alice", "a"));
     }
+
+    /// Whether a check waits for a turn to hash follows the file in force.
+    #[test]
+    fn whether_checks_hash_follows_the_file_in_force() {
+        const HASH: &str = "{SHA512-CRYPT}$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1";
+        let live = LiveUsers::new(
+            UsersFile::parse(
+                "alice:{PLAIN}a
+",
+            )
+            .unwrap(),
+        );
+        assert!(!live.check_hashes("alice"));
+        live.replace(
+            UsersFile::parse(&format!(
+                "alice:{HASH}
+"
+            ))
+            .unwrap(),
+        );
+        assert!(live.check_hashes("alice"));
+    }
 }

@@ -101,6 +101,38 @@ pub fn check_fits(config: &ServerConfig, limit: u64) -> Result<(), BadSetting> {
 mod tests {
     use super::*;
 
+    /// The soft limit one below the hard one goes up to it, and the
+    /// second call finds nothing to raise. (This test binary's own limit:
+    /// it only ever ends at the hard limit, which nothing here lowers.)
+    #[test]
+    fn the_soft_limit_goes_up_to_the_hard_one() {
+        let limit = getrlimit(Resource::Nofile);
+        let hard = limit.maximum.unwrap_or_else(|| nr_open().unwrap());
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(hard - 1),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+        assert_eq!(soft_limit(), hard - 1);
+        let raised = raise_soft_limit().unwrap();
+        assert_eq!((raised.before, raised.now), (hard - 1, hard));
+        assert_eq!(soft_limit(), hard);
+        let again = raise_soft_limit().unwrap();
+        assert_eq!((again.before, again.now), (hard, hard));
+    }
+
+    /// fs.nr_open, the ceiling of an unlimited hard limit, as the kernel
+    /// has it.
+    #[test]
+    fn nr_open_is_the_kernels() {
+        let text = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap();
+        assert_eq!(nr_open().unwrap(), text.trim().parse::<u64>().unwrap());
+        assert!(nr_open().unwrap() >= 1024);
+    }
+
     #[test]
     fn max_connections_must_fit_in_the_open_file_limit() {
         let config = ServerConfig {
