@@ -1517,16 +1517,21 @@ async fn a_quit_that_removes_only_some_says_so() {
 /// `[SYS/TEMP]`, and alice's maildrop stays in use.
 #[test]
 fn a_message_too_large_to_size_in_the_login_time_does_not_hold_the_maildrop() {
+    run_on_a_runtime_let_go(check_a_message_too_large_to_size_does_not_hold_the_maildrop());
+}
+
+/// Runs `check` on a runtime of its own, let go of within a second once
+/// the check ended: a scan that never stops (the bug these tests look
+/// for) must fail the test, not keep the runtime's drop waiting for its
+/// blocking thread for hours.
+fn run_on_a_runtime_let_go(check: impl std::future::Future<Output = ()>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(check_a_message_too_large_to_size_does_not_hold_the_maildrop())
-    }));
-    // A scan that never stops (the bug) must fail the test, not keep the
-    // runtime's drop waiting for its thread for hours.
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(check)));
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -1776,18 +1781,7 @@ async fn a_network_hammering_failed_logins_gets_one_hash_at_a_time() {
 /// only while reading a message, never stopped (no line says it did).
 #[test]
 fn a_maildrop_of_many_small_files_is_let_go_when_its_login_is_cut() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(check_a_maildrop_of_many_small_files_is_let_go())
-    }));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    run_on_a_runtime_let_go(check_a_maildrop_of_many_small_files_is_let_go());
 }
 
 async fn check_a_maildrop_of_many_small_files_is_let_go() {
