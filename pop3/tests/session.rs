@@ -93,6 +93,12 @@ impl Maildrop for FakeMaildrop {
         &self.info
     }
     fn open(&mut self, index: usize) -> io::Result<Box<dyn MessageReader>> {
+        // A store that fails as badly as it can: the session loses the
+        // maildrop (and its lock) with the thread that panicked.
+        assert!(
+            !self.bodies[index].starts_with(PANICS),
+            "a store that panics"
+        );
         Ok(Box::new(FakeReader {
             store: Arc::clone(&self.store),
             bytes: self.bodies[index].clone(),
@@ -209,6 +215,33 @@ fn fixture() -> Fixture {
         max_login_failures: 3,
     };
     Fixture { store, grants, ctx }
+}
+
+/// A message body that makes the fake store panic when it is opened.
+const PANICS: &[u8] = b"PANIC";
+
+/// A read whose store panicked loses the maildrop: the RETR gets `-ERR`,
+/// and a QUIT then says whether deletions were lost. With none marked it
+/// signs off; with one marked it says it was not removed (RFC 1939
+/// section 6), and nothing is committed either way.
+#[tokio::test]
+async fn a_quit_after_the_maildrop_was_lost_says_whether_deletions_were() {
+    for (script, last) in [
+        (
+            "USER alice\r\nPASS open sesame\r\nRETR 2\r\nQUIT\r\n",
+            "+OK smtp-gate POP3 server signing off\r\n",
+        ),
+        (
+            "USER alice\r\nPASS open sesame\r\nDELE 1\r\nRETR 2\r\nQUIT\r\n",
+            "-ERR [SYS/TEMP] some deleted messages not removed\r\n",
+        ),
+    ] {
+        let f = fixture();
+        f.store.mail.lock().unwrap().get_mut("alice").unwrap()[1] = PANICS.to_vec();
+        let (transcript, _) = run(f.ctx.clone(), script.as_bytes(), 4096).await;
+        assert!(transcript.ends_with(last), "{script}: {transcript}");
+        assert!(f.store.commits.lock().unwrap().is_empty(), "{script}");
+    }
 }
 
 /// Feeds `input` in pieces of `chunk` octets; returns the transcript and

@@ -22,12 +22,14 @@ use crate::{
 pub const MESSAGE_CHUNK: usize = 64 * 1024;
 
 /// The smallest read buffer, for messages whose size is small (or says
-/// so wrongly: a `W=` size in a name is taken on trust).
-const MIN_BUFFER: usize = 8 * 1024;
+/// so wrongly: a `W=` size in a name is taken on trust). 8 KiB, as a
+/// literal: a tuning choice, any size is correct (see `reply::FLUSH_AT`).
+const MIN_BUFFER: usize = 8_192;
 
 /// Octets read from the page cache and encoded on an async thread before
-/// the session lets the other sessions of that thread in.
-const IN_PLACE_BUDGET: usize = 256 * 1024;
+/// the session lets the other sessions of that thread in. 256 KiB, as a
+/// literal: a tuning choice, any budget is correct.
+const IN_PLACE_BUDGET: usize = 262_144;
 
 /// A logged-in session's maildrop and its marks.
 pub(super) struct Transaction {
