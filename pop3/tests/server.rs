@@ -311,6 +311,23 @@ async fn three_failures_close_the_connection() {
     assert_eq!(c.line().await, "", "closed after the third failure");
 }
 
+/// A message another client removed after this session listed it: that
+/// RETR says so (no `[SYS/TEMP]`: trying again will not help), and the
+/// session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_removed_by_another_client_is_refused_as_such() {
+    let server = start(|_| {}).await;
+    let (mut c, _) = Client::connect(server.addr).await;
+    c.login("alice", "pw-a").await;
+    fs::remove_file(server.mail.join("alice/cur/1700000000.M1P1.test:2,")).unwrap();
+    c.send("RETR 1\r\nNOOP\r\n").await;
+    assert_eq!(
+        c.line().await,
+        "-ERR message 1 was removed by another client\r\n"
+    );
+    assert_eq!(c.line().await, "+OK\r\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_logged_out() {
     let server = start(|c| c.idle_timeout = Duration::from_millis(300)).await;
@@ -944,7 +961,10 @@ fn a_message_swapped_for_a_fifo_is_refused_without_stalling_anyone() {
         assert!(bob.line().await.starts_with("+OK 20 octets"));
 
         let refused = alice.line().await;
-        assert!(refused.starts_with("-ERR"), "RETR of a FIFO: {refused}");
+        assert_eq!(
+            refused, "-ERR message 1 cannot be served\r\n",
+            "RETR of a FIFO"
+        );
         alice.send("DELE 1\r\nQUIT\r\n").await;
         assert!(alice.line().await.starts_with("+OK"), "DELE");
         assert!(alice.line().await.starts_with("+OK"), "QUIT");

@@ -72,6 +72,21 @@ const MESSAGE: OFlags = OFlags::RDONLY
     .union(OFlags::NOCTTY)
     .union(OFlags::CLOEXEC);
 
+/// The mail root: the operator's choice, so a symbolic link is followed.
+const MAIL_ROOT: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+/// The lock file, created if missing: a symbolic link, a FIFO or a device
+/// planted as the lock file must not make us create, wait on or lock
+/// anything else.
+const LOCK: OFlags = OFlags::RDWR
+    .union(OFlags::CREATE)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
+    .union(OFlags::CLOEXEC);
+
 /// Opens `<root>/<user>` and its `cur/`, `new/` and `tmp/`, creating what
 /// is missing, mode 0700, as Dovecot does on first login (a user without
 /// mail yet gets an empty maildrop). `path` is `<root>/<user>`, for
@@ -87,12 +102,8 @@ pub(super) fn open_maildir(
     path: &Path,
     session: SessionId,
 ) -> Result<MaildirFds, OpenError> {
-    let root_fd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| at(e.into(), "open mail root", root))?;
+    let root_fd = rustix::fs::open(root, MAIL_ROOT, Mode::empty())
+        .map_err(|e| at(e.into(), "open mail root", root))?;
     let (maildir, created) = subdirectory(&root_fd, OsStr::new(user), path)?;
     if created {
         // The daemon runs as root; the delivery agent (Postfix's
@@ -159,19 +170,7 @@ fn take_owner_of(fd: &OwnedFd, like: &OwnedFd, path: &Path) -> io::Result<()> {
 /// the lock when the file is closed or the process dies (no stale locks).
 pub(super) fn lock_maildir(maildir: &OwnedFd, path: &Path) -> Result<File, OpenError> {
     let lock_path = path.join(LOCK_FILE);
-    // A symbolic link, a FIFO or a device planted as the lock file must
-    // not make us create, wait on or lock anything else.
-    let fd = openat(
-        maildir,
-        LOCK_FILE,
-        OFlags::RDWR
-            | OFlags::CREATE
-            | OFlags::NOFOLLOW
-            | OFlags::NONBLOCK
-            | OFlags::NOCTTY
-            | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    );
+    let fd = openat(maildir, LOCK_FILE, LOCK, Mode::from_raw_mode(0o600));
     let fd = match fd {
         Ok(fd) => fd,
         Err(Errno::LOOP) => {
