@@ -328,6 +328,24 @@ async fn a_message_removed_by_another_client_is_refused_as_such() {
     assert_eq!(c.line().await, "+OK\r\n");
 }
 
+/// A message swapped for a symbolic link after login (to a file the
+/// daemon could read): not followed, refused as what it is, not as a
+/// passing read error; the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_swapped_for_a_link_cannot_be_served() {
+    let server = start(|_| {}).await;
+    let (mut c, _) = Client::connect(server.addr).await;
+    c.login("alice", "pw-a").await;
+    let message = server.mail.join("alice/cur/1700000000.M1P1.test:2,");
+    let elsewhere = server.mail.join("elsewhere");
+    fs::write(&elsewhere, "Subject: not alice's\n\nsecret\n").unwrap();
+    fs::remove_file(&message).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &message).unwrap();
+    c.send("RETR 1\r\nNOOP\r\n").await;
+    assert_eq!(c.line().await, "-ERR message 1 cannot be served\r\n");
+    assert_eq!(c.line().await, "+OK\r\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_logged_out() {
     let server = start(|c| c.idle_timeout = Duration::from_millis(300)).await;

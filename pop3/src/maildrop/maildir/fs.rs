@@ -398,8 +398,10 @@ pub(super) fn open_message(dir: &OwnedFd, name: &OsStr) -> io::Result<Opened> {
 /// it would wait, when the kernel lacks openat2 or the flag, and when the
 /// file is not a regular one: [`open_message`] then says what it is.
 pub(super) fn open_message_cached(dir: &OwnedFd, name: &OsStr) -> Option<File> {
-    let resolve = ResolveFlags::CACHED | ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
-    let fd = openat2(dir, name, MESSAGE, Mode::empty(), resolve).ok()?;
+    const RESOLVE: ResolveFlags = ResolveFlags::CACHED
+        .union(ResolveFlags::NO_SYMLINKS)
+        .union(ResolveFlags::BENEATH);
+    let fd = openat2(dir, name, MESSAGE, Mode::empty(), RESOLVE).ok()?;
     match checked(fd) {
         Ok(Opened::File(file)) => Some(file),
         _ => None,
