@@ -132,6 +132,19 @@ mod tests {
         out
     }
 
+    /// A line that never ends is not kept: what cannot fit is dropped as
+    /// it arrives, so a client sending octets without a line end holds no
+    /// more than one line's worth of memory.
+    #[test]
+    fn an_endless_line_is_not_kept() {
+        let mut buffer = LineBuffer::new();
+        for _ in 0..64 {
+            buffer.extend(&[b'x'; MAX_LINE]);
+            assert_eq!(buffer.next_line(), None);
+            assert!(buffer.pending.len() < MAX_LINE, "{}", buffer.pending.len());
+        }
+    }
+
     #[test]
     fn splits_crlf_and_bare_lf() {
         assert_eq!(

@@ -149,6 +149,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn empty_until_something_is_written() {
+        let mut r = ReplyBuffer::new();
+        assert!(r.is_empty());
+        r.ok("");
+        assert!(!r.is_empty());
+        r.clear();
+        assert!(r.is_empty());
+    }
+
+    #[test]
     fn status_lines_with_codes() {
         let mut r = ReplyBuffer::new();
         r.ok("");

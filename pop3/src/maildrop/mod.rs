@@ -286,6 +286,16 @@ impl WireSizeCounter {
 mod tests {
     use super::*;
 
+    /// An I/O error opening a maildrop keeps its cause; the others have
+    /// none.
+    #[test]
+    fn an_open_error_keeps_its_io_cause() {
+        let io = OpenError::Io(io::Error::other("disk on fire"));
+        let source = std::error::Error::source(&io).expect("a source");
+        assert_eq!(source.to_string(), "disk on fire");
+        assert!(std::error::Error::source(&OpenError::InUse).is_none());
+    }
+
     /// The error a partial UPDATE logs keeps its cause for the log's
     /// chain.
     #[test]
