@@ -653,6 +653,7 @@ async fn a_client_lost_in_the_middle_of_a_message_ends_the_session_without_updat
         gone: true,
     };
     let mut session = logged_in(&f, &mut client).await;
+    assert!(!session.is_closed());
     let feed = |s: &str| pop3::framing::Line::Command(s.as_bytes().to_vec());
     session.handle(feed("DELE 2"), &mut client).await;
     client.buffer.clear();

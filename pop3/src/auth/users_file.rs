@@ -579,6 +579,20 @@ pub(crate) mod verified {
 mod tests {
     use super::*;
 
+    /// A SHA512-CRYPT salt has 1 to 16 characters (crypt(3)); a hash with
+    /// none or more is refused, not read some other way.
+    #[test]
+    fn sha512_salts_outside_one_to_sixteen_are_refused() {
+        let digest = HELLO_HASH.rsplit('$').next().unwrap();
+        for salt in ["", "saltstringsaltst1"] {
+            let line = format!("a:{{SHA512-CRYPT}}$6${salt}${digest}\n");
+            let err = UsersFile::parse(&line).unwrap_err().to_string();
+            assert!(err.contains("salt must be 1 to 16"), "{salt:?}: {err}");
+        }
+        let sixteen = format!("a:{{SHA512-CRYPT}}$6$saltstringsaltst${digest}\n");
+        assert!(UsersFile::parse(&sixteen).is_ok());
+    }
+
     /// A change of any kind makes the changes non-empty: the reload's
     /// summary says "nothing changed" only when nothing did.
     #[test]
