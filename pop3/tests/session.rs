@@ -425,11 +425,18 @@ async fn second_session_gets_in_use_and_no_grant() {
     first.handle(feed("USER alice"), &mut out).await;
     first.handle(feed("PASS open sesame"), &mut out).await;
     out.clear();
-    let (transcript, _) = run(f.ctx.clone(), b"USER alice\r\nPASS open sesame\r\n", 512).await;
+    let (transcript, _) = run(
+        f.ctx.clone(),
+        b"USER alice\r\nPASS open sesame\r\nPASS open sesame\r\n",
+        512,
+    )
+    .await;
     assert!(
         transcript.contains("-ERR [IN-USE] maildrop is locked by another session"),
         "{transcript}"
     );
+    // The locked-out login starts over: a PASS needs a USER again.
+    assert!(transcript.ends_with("-ERR USER first\r\n"), "{transcript}");
     assert_eq!(
         f.grants.0.lock().unwrap().len(),
         1,
