@@ -111,6 +111,28 @@ fn hostname() -> &'static str {
 mod tests {
     use super::super::tests::{put, store, uids};
     use super::*;
+
+    /// A fresh name keeps the info part (flags) of the old one, names this
+    /// host (escaped as the Maildir specification asks) and is unique.
+    #[test]
+    fn fresh_names_keep_the_info_and_name_this_host() {
+        let fresh = fresh_name(OsStr::new("1700000000.M1P1.old:2,S"));
+        let fresh = fresh.to_str().unwrap();
+        assert!(fresh.ends_with(&format!(".{}:2,S", hostname())), "{fresh}");
+        assert_eq!(fresh.matches(':').count(), 1, "{fresh}");
+        let without = fresh_name(OsStr::new("1700000000.M1P1.old"));
+        assert!(!without.to_str().unwrap().contains(':'), "{without:?}");
+        assert_ne!(fresh_name(OsStr::new("a")), fresh_name(OsStr::new("a")));
+        let host = hostname();
+        assert!(!host.is_empty() && !host.contains(['/', ':']), "{host}");
+        let system = system_host_name();
+        if system
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'/' && b != b':')
+        {
+            assert_eq!(host, system);
+        }
+    }
     use crate::maildrop::{ForSession, MaildropStore};
     use std::fs;
 
