@@ -88,29 +88,39 @@ pub(super) fn fresh_name(name: &OsStr) -> OsString {
 /// `\057` and `\072` as the Maildir specification asks.
 fn hostname() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let mut host = String::new();
-        // Octets outside 0x21..=0x7E are left out, so the lossy UTF-8 of
-        // the system's name gives what its raw octets would.
-        for &b in system_host_name().as_bytes() {
-            match b {
-                b'/' => host.push_str("\\057"),
-                b':' => host.push_str("\\072"),
-                0x21..=0x7e => host.push(char::from(b)),
-                _ => {}
-            }
+    HOST.get_or_init(|| maildir_host(system_host_name()))
+}
+
+/// `name` as a Maildir name's host part.
+fn maildir_host(name: &str) -> String {
+    let mut host = String::new();
+    // Octets outside 0x21..=0x7E are left out, so the lossy UTF-8 of
+    // the system's name gives what its raw octets would.
+    for &b in name.as_bytes() {
+        match b {
+            b'/' => host.push_str("\\057"),
+            b':' => host.push_str("\\072"),
+            0x21..=0x7e => host.push(char::from(b)),
+            _ => {}
         }
-        if host.is_empty() {
-            host.push_str("localhost");
-        }
-        host
-    })
+    }
+    if host.is_empty() {
+        host.push_str("localhost");
+    }
+    host
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::tests::{put, store, uids};
     use super::*;
+
+    #[test]
+    fn host_parts_are_escaped_as_the_specification_asks() {
+        assert_eq!(maildir_host("mx1.example.org"), "mx1.example.org");
+        assert_eq!(maildir_host("a/b:c d\u{e9}"), "a\\057b\\072cd");
+        assert_eq!(maildir_host(" \t"), "localhost");
+    }
 
     /// A fresh name keeps the info part (flags) of the old one, names this
     /// host (escaped as the Maildir specification asks) and is unique.
