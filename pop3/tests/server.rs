@@ -1108,6 +1108,27 @@ struct HangingStore {
     hold: Arc<Hold>,
 }
 
+/// A server (shutdown grace 300 ms) whose store hangs for `user` (at
+/// open, or else at commit), the hold, and its release when dropped.
+async fn start_hanging(user: &'static str, at_open: bool) -> (Running, Arc<Hold>, ReleaseOnDrop) {
+    let hold = Arc::new(Hold::default());
+    let held = Arc::clone(&hold);
+    let server = start_with(
+        |c| c.shutdown_grace = Duration::from_millis(300),
+        move |inner| {
+            Arc::new(HangingStore {
+                inner,
+                user,
+                at_open,
+                hold: held,
+            })
+        },
+    )
+    .await;
+    let release = ReleaseOnDrop(Arc::clone(&hold));
+    (server, hold, release)
+}
+
 impl MaildropStore for HangingStore {
     fn open(&self, user: &str, session: &ForSession) -> Result<Box<dyn Maildrop>, OpenError> {
         if user != self.user {
@@ -1150,21 +1171,7 @@ impl Maildrop for HangingCommit {
 /// where the shutdown waited for it for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_system_that_never_answers_stalls_neither_others_nor_the_shutdown() {
-    let hold = Arc::new(Hold::default());
-    let held = Arc::clone(&hold);
-    let server = start_with(
-        |c| c.shutdown_grace = Duration::from_millis(300),
-        move |inner| {
-            Arc::new(HangingStore {
-                inner,
-                user: "alice",
-                at_open: true,
-                hold: held,
-            })
-        },
-    )
-    .await;
-    let _release = ReleaseOnDrop(Arc::clone(&hold));
+    let (server, hold, _release) = start_hanging("alice", true).await;
     let (mut alice, _) = Client::connect(server.addr).await;
     alice.send("USER alice\r\n").await;
     assert_eq!(alice.line().await, "+OK send PASS\r\n");
@@ -1189,21 +1196,7 @@ async fn a_file_system_that_never_answers_stalls_neither_others_nor_the_shutdown
 /// in the middle, and the reply goes out once it is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quit_applying_its_deletions_when_the_grace_ends_still_answers() {
-    let hold = Arc::new(Hold::default());
-    let held = Arc::clone(&hold);
-    let server = start_with(
-        |c| c.shutdown_grace = Duration::from_millis(300),
-        move |inner| {
-            Arc::new(HangingStore {
-                inner,
-                user: "bob",
-                at_open: false,
-                hold: held,
-            })
-        },
-    )
-    .await;
-    let _release = ReleaseOnDrop(Arc::clone(&hold));
+    let (server, hold, _release) = start_hanging("bob", false).await;
     let (mut idle, _) = Client::connect(server.addr).await;
     idle.send("USER alice\r\nPASS pw-a\r\n").await;
     idle.line().await;
