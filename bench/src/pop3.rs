@@ -38,7 +38,7 @@ use pop3::{
     config::ServerConfig,
     maildrop::maildir::MaildirStore,
     server::{Backends, Server},
-    GrantSink, NoGrant,
+    GrantSink, NoFailureSink, NoGrant,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -823,6 +823,7 @@ async fn start(
         auth: Arc::new(users),
         store: Arc::new(MaildirStore::new(fixture.mail_root())),
         grants,
+        failures: Arc::new(NoFailureSink),
     };
     let server = Server::bind(config, backends).await?;
     let addr = server.local_addrs()[0];

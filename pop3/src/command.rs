@@ -33,6 +33,16 @@ pub enum Command {
     Rset,
     Top(MessageNumber, u32),
     Uidl(Option<MessageNumber>),
+    /// RFC 2595 section 4: begin TLS on this connection.
+    Stls,
+    /// RFC 5034 section 4: `AUTH mechanism [initial-response]`. The
+    /// mechanism is upper-cased (SASL names are case-insensitive); the
+    /// initial response is kept as sent (base64, or `=` for an empty
+    /// one). A bare `AUTH` (no mechanism) asks for the list.
+    Auth {
+        mechanism: Option<String>,
+        initial_response: Option<String>,
+    },
 }
 
 impl Command {
@@ -52,6 +62,8 @@ impl Command {
             Self::Rset => "RSET",
             Self::Top(..) => "TOP",
             Self::Uidl(_) => "UIDL",
+            Self::Stls => "STLS",
+            Self::Auth { .. } => "AUTH",
         }
     }
 }
@@ -68,6 +80,18 @@ impl fmt::Debug for Command {
             Self::Dele(n) => write!(f, "Dele({n})"),
             Self::Top(n, m) => write!(f, "Top({n}, {m})"),
             Self::Uidl(n) => write!(f, "Uidl({n:?})"),
+            Self::Auth {
+                mechanism,
+                initial_response,
+            } => write!(
+                f,
+                "Auth({mechanism:?}{})",
+                if initial_response.is_some() {
+                    ", <initial response>"
+                } else {
+                    ""
+                }
+            ),
             other => f.write_str(other.keyword()),
         }
     }
@@ -151,9 +175,22 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         ("TOP", [n, lines]) => Command::Top(number(n)?, number(lines)?),
         ("UIDL", []) => Command::Uidl(None),
         ("UIDL", [n]) => Command::Uidl(Some(number(n)?)),
+        ("STLS", []) => Command::Stls,
+        ("AUTH", []) => Command::Auth {
+            mechanism: None,
+            initial_response: None,
+        },
+        ("AUTH", [mechanism]) => Command::Auth {
+            mechanism: Some(mechanism.to_ascii_uppercase()),
+            initial_response: None,
+        },
+        ("AUTH", [mechanism, initial]) => Command::Auth {
+            mechanism: Some(mechanism.to_ascii_uppercase()),
+            initial_response: Some(initial.to_string()),
+        },
         (
             "USER" | "APOP" | "CAPA" | "QUIT" | "STAT" | "LIST" | "RETR" | "DELE" | "NOOP" | "RSET"
-            | "TOP" | "UIDL",
+            | "TOP" | "UIDL" | "STLS" | "AUTH",
             _,
         ) => return Err(syntax()),
         _ => return Err(ParseError::Unknown(printable(&keyword))),
@@ -183,6 +220,8 @@ fn usage(keyword: &str) -> &'static str {
         "STAT" => "STAT",
         "NOOP" => "NOOP",
         "RSET" => "RSET",
+        "STLS" => "STLS",
+        "AUTH" => "AUTH [mechanism [initial-response]]",
         _ => "unknown",
     }
 }
@@ -351,12 +390,43 @@ mod tests {
     fn unknown_and_empty() {
         assert_eq!(parse(b""), Err(ParseError::Empty));
         assert_eq!(parse(b"   "), Err(ParseError::Empty));
-        assert!(matches!(parse(b"AUTH PLAIN"), Err(ParseError::Unknown(_))));
-        assert!(matches!(parse(b"STLS"), Err(ParseError::Unknown(_))));
         assert!(matches!(parse(b"HELLOWORLD"), Err(ParseError::Unknown(_))));
         assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Syntax(_))));
         let long = "firstname.lastname@mail.example-company.com";
         assert_eq!(ok(&format!("USER {long}")), Command::User(long.into()));
+    }
+
+    #[test]
+    fn stls_and_auth() {
+        assert_eq!(ok("stls"), Command::Stls);
+        assert_eq!(parse(b"STLS now"), Err(ParseError::Syntax("STLS")));
+        assert_eq!(
+            ok("auth plain"),
+            Command::Auth {
+                mechanism: Some("PLAIN".into()),
+                initial_response: None
+            }
+        );
+        assert_eq!(
+            ok("AUTH PLAIN AGJvYgBzZWNyZXQ="),
+            Command::Auth {
+                mechanism: Some("PLAIN".into()),
+                initial_response: Some("AGJvYgBzZWNyZXQ=".into())
+            }
+        );
+        assert_eq!(
+            ok("AUTH"),
+            Command::Auth {
+                mechanism: None,
+                initial_response: None
+            }
+        );
+        assert!(matches!(
+            parse(b"AUTH PLAIN a b"),
+            Err(ParseError::Syntax(_))
+        ));
+        let debug = format!("{:?}", ok("AUTH PLAIN AGJvYgBzZWNyZXQ="));
+        assert!(!debug.contains("AGJv"), "{debug}");
     }
 
     #[test]

@@ -71,6 +71,22 @@ impl GrantSink for NoGrant {
     }
 }
 
+/// Where failed logins are reported: the daemon counts them per client
+/// network and bans a guesser in the kernel; tests look at them.
+pub trait FailureSink: Send + Sync + 'static {
+    /// A login from `addr` (normalised) failed, naming `user` as the
+    /// client sent it (it may not exist). Called before the failure's
+    /// delay: it must not block.
+    fn login_failed(&self, addr: IpAddr, user: &str);
+}
+
+/// A sink that counts nothing (benchmarks, tests that do not look).
+pub struct NoFailureSink;
+
+impl FailureSink for NoFailureSink {
+    fn login_failed(&self, _addr: IpAddr, _user: &str) {}
+}
+
 /// What APOP can learn about a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApopSecret {

@@ -37,9 +37,9 @@ use crate::{
     log_text::LogText,
     normalize_addr,
     reply::{ReplyBuffer, ReplySink, RespCode, FLUSH_AT},
-    session::{EndReason, Flow, Session, SessionContext, LOG_TARGET},
+    session::{EndReason, Flow, Session, SessionContext, Transport, LOG_TARGET},
     session_id::{SessionId, SessionIds},
-    Authenticator, GrantSink,
+    Authenticator, FailureSink, GrantSink,
 };
 use accept_errors::AcceptErrors;
 use session_end::Served;
@@ -51,6 +51,7 @@ pub struct Backends {
     pub auth: Arc<dyn Authenticator>,
     pub store: Arc<dyn MaildropStore>,
     pub grants: Arc<dyn GrantSink>,
+    pub failures: Arc<dyn FailureSink>,
 }
 
 pub struct Server {
@@ -303,10 +304,12 @@ async fn serve_connection(
         auth: Arc::clone(&shared.backends.auth),
         store: Arc::clone(&shared.backends.store),
         grants: Arc::clone(&shared.backends.grants),
+        failures: Arc::clone(&shared.backends.failures),
         peer: normalize_addr(peer.ip()),
         network: slot.network(),
         password_checks: Arc::clone(&shared.password_checks),
         max_login_failures: config.max_login_failures,
+        transport: Transport::cleartext(normalize_addr(peer.ip()), false),
     };
     let session = Session::new(ctx, shared.timestamps.next());
     let mut served = Served::new(session, normalize_addr(peer.ip()));
@@ -436,6 +439,9 @@ async fn converse(
                         return lost(id, &e);
                     }
                 }
+                // No certificate yet: the session refuses STLS before
+                // it gets here.
+                Flow::StartTls => unreachable!("STLS accepted without a certificate"),
                 Flow::Close => {
                     if let Err(e) = out.send().await {
                         return lost(id, &e);

@@ -16,7 +16,7 @@ use pop3::{
     config::ServerConfig,
     maildrop::maildir::MaildirStore,
     server::{Backends, Server},
-    NoGrant,
+    NoFailureSink, NoGrant,
 };
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use socket2::{Domain, Socket, Type};
@@ -79,6 +79,7 @@ async fn accept_failures_are_logged_once_per_burst() {
         auth: Arc::new(UsersFile::parse("alice:{PLAIN}pw\n").expect("users")),
         store: Arc::new(MaildirStore::new(dir.path().to_path_buf())),
         grants: Arc::new(NoGrant),
+        failures: Arc::new(NoFailureSink),
     };
     let server = Server::bind(config, backends).await.expect("bind");
     let addr: SocketAddr = server.local_addrs()[0];

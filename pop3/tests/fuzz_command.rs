@@ -34,9 +34,9 @@ fn config() -> Config {
     }
 }
 
-const KEYWORDS: [&str; 13] = [
+const KEYWORDS: [&str; 15] = [
     "USER", "PASS", "APOP", "CAPA", "QUIT", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP",
-    "UIDL",
+    "UIDL", "STLS", "AUTH",
 ];
 
 /// The line a client would send for `command` (without CRLF): the keyword,
@@ -51,13 +51,25 @@ fn wire_form(command: &Command) -> String {
             format!("{keyword} {n}")
         }
         Command::Top(n, lines) => format!("{keyword} {n} {lines}"),
+        Command::Auth {
+            mechanism: Some(mechanism),
+            initial_response: Some(initial),
+        } => format!("{keyword} {mechanism} {initial}"),
+        Command::Auth {
+            mechanism: Some(mechanism),
+            initial_response: None,
+        } => format!("{keyword} {mechanism}"),
         Command::List(None)
         | Command::Uidl(None)
         | Command::Capa
         | Command::Quit
         | Command::Stat
         | Command::Noop
-        | Command::Rset => keyword.to_string(),
+        | Command::Rset
+        | Command::Stls
+        | Command::Auth {
+            mechanism: None, ..
+        } => keyword.to_string(),
     }
 }
 

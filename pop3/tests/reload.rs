@@ -9,7 +9,7 @@ use pop3::{
     config::ServerConfig,
     maildrop::maildir::MaildirStore,
     server::{Backends, Server},
-    NoGrant,
+    NoFailureSink, NoGrant,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -90,6 +90,7 @@ async fn new_limits_and_users_apply_to_new_connections_and_open_sessions_go_on()
         auth: Arc::clone(&users) as _,
         store: Arc::new(MaildirStore::new(mail)),
         grants: Arc::new(NoGrant),
+        failures: Arc::new(NoFailureSink),
     };
     let server = Server::bind(config.clone(), backends).await.unwrap();
     let addr = server.local_addrs()[0];

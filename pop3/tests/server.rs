@@ -21,7 +21,7 @@ use pop3::{
         MessageReader, OpenError,
     },
     server::{Backends, Server},
-    ApopSecret, Authenticator, NoGrant,
+    ApopSecret, Authenticator, NoFailureSink, NoGrant,
 };
 use sha_crypt::{password_hash::PasswordHasher, Algorithm, Params, ShaCrypt};
 use tokio::{
@@ -90,6 +90,7 @@ async fn launch(
         auth: auth(users),
         store: store(MaildirStore::new(mail.clone())),
         grants: Arc::new(NoGrant),
+        failures: Arc::new(NoFailureSink),
     };
     let server = Server::bind(config, backends).await.expect("bind");
     let addr = server.local_addrs()[0];

@@ -21,9 +21,9 @@ use pop3::{
     },
     reply::ReplyBuffer,
     server::ClientNetwork,
-    session::{Flow, Session, SessionContext},
+    session::{Flow, Session, SessionContext, Transport},
     session_id::SessionId,
-    ApopSecret, Authenticator, GrantError, GrantSink,
+    ApopSecret, Authenticator, GrantError, GrantSink, NoFailureSink,
 };
 
 const TIMESTAMP: &str = "<1896.697170952@dbc.mtview.ca.us>";
@@ -209,10 +209,12 @@ fn fixture() -> Fixture {
         auth: Arc::new(FakeAuth),
         store: Arc::new(StoreHandle(Arc::clone(&store))),
         grants: Arc::new(SinkHandle(Arc::clone(&grants))),
+        failures: Arc::new(NoFailureSink),
         peer: "192.0.2.7".parse().unwrap(),
         network: ClientNetwork::of("192.0.2.7".parse().unwrap(), 32, 64),
         password_checks: PasswordChecks::new(1),
         max_login_failures: 3,
+        transport: Transport::cleartext("192.0.2.7".parse().unwrap(), false),
     };
     Fixture { store, grants, ctx }
 }

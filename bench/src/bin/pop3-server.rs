@@ -17,7 +17,7 @@ use pop3::{
     config::ServerConfig,
     maildrop::maildir::MaildirStore,
     server::{Backends, Server},
-    NoGrant,
+    NoFailureSink, NoGrant,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +51,7 @@ fn main() -> Result<()> {
             auth: Arc::new(users),
             store: Arc::new(MaildirStore::new(mail_root)),
             grants: Arc::new(NoGrant),
+            failures: Arc::new(NoFailureSink),
         };
         let server = Server::bind(config, backends).await?;
         println!("{}", server.local_addrs()[0]);

@@ -136,6 +136,8 @@ async fn serve(
         auth: Arc::clone(&users) as _,
         store: Arc::new(MaildirStore::new(config.mail_root.clone())),
         grants: grants.clone(),
+        // Bans come with the ban maps (issue 11).
+        failures: Arc::new(pop3::NoFailureSink),
     };
     let server = Server::with_listeners(config.pop3.clone(), backends, listeners);
     for addr in server.local_addrs() {

@@ -46,6 +46,11 @@ impl Method {
 }
 
 impl Authorization {
+    /// STLS: a name given in clear is not carried into TLS.
+    pub(super) fn forget_user(&mut self) {
+        self.user = None;
+    }
+
     pub(super) fn user(self, user: String, out: &mut ReplyBuffer) -> (State, Flow) {
         // RFC 1939 allows -ERR for an unknown name; answering +OK
         // either way does not tell a prober which names exist.
@@ -142,6 +147,7 @@ impl Authorization {
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         let failures = self.failures + 1;
+        ctx.failures.login_failed(ctx.peer, user);
         info!(target: LOG_TARGET, "session={} login user={} addr={} method={} result=failed",
             ctx.id,
             LogText::of(user),

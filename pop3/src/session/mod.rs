@@ -15,6 +15,7 @@
 mod authorization;
 mod tally;
 mod transaction;
+mod transport;
 
 use std::{io, net::IpAddr, sync::Arc};
 
@@ -30,12 +31,13 @@ use crate::{
     reply::{ReplyBuffer, ReplySink},
     server::ClientNetwork,
     session_id::SessionId,
-    Authenticator, GrantSink,
+    Authenticator, FailureSink, GrantSink,
 };
 use authorization::Authorization;
 pub use tally::{EndReason, Summary, Tally};
 use transaction::Transaction;
 pub use transaction::MESSAGE_CHUNK;
+pub use transport::Transport;
 
 /// What the session's dependencies and settings are.
 #[derive(Clone)]
@@ -45,6 +47,8 @@ pub struct SessionContext {
     pub auth: Arc<dyn Authenticator>,
     pub store: Arc<dyn MaildropStore>,
     pub grants: Arc<dyn GrantSink>,
+    /// Told of every failed login (the daemon bans guessers).
+    pub failures: Arc<dyn FailureSink>,
     /// The client's address, normalised (IPv4-mapped IPv6 is IPv4).
     pub peer: IpAddr,
     /// The client's network, as the connection slots count it.
@@ -53,6 +57,8 @@ pub struct SessionContext {
     pub password_checks: Arc<PasswordChecks>,
     /// Failed logins before the connection is closed.
     pub max_login_failures: u32,
+    /// TLS or not; the server changes it after STLS.
+    pub transport: Transport,
 }
 
 /// What the server does after the replies of one line.
@@ -65,6 +71,10 @@ pub enum Flow {
     LoginFailedClose,
     /// Send the replies and close.
     Close,
+    /// STLS was accepted: send the replies, drop whatever the client sent
+    /// after the command, negotiate TLS, then go on over TLS
+    /// (`Session::tls_started`).
+    StartTls,
 }
 
 enum State {
@@ -117,6 +127,17 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
+    }
+
+    /// TLS is up after STLS. RFC 2595 section 4: the client "MUST discard
+    /// cached information about server capabilities"; the server forgets
+    /// what it was told in clear (a USER), so nothing sent before the
+    /// handshake counts after it.
+    pub fn tls_started(&mut self) {
+        self.ctx.transport.tls = true;
+        if let State::Authorization(auth) = &mut self.state {
+            auth.forget_user();
+        }
     }
 
     /// True once a login has succeeded (TRANSACTION).
@@ -183,6 +204,22 @@ async fn step<O: ReplySink>(
             sink.buffer()
                 .ok_lines("capability list follows", CAPABILITIES);
             (state, Flow::Continue)
+        }
+        // RFC 2595 section 4: "Restrictions: Only permitted in
+        // AUTHORIZATION state." Not inside TLS, and only where a
+        // certificate is configured.
+        (S::Authorization(auth), C::Stls) => {
+            if ctx.transport.tls {
+                sink.buffer().err(None, "TLS is already active");
+                (S::Authorization(auth), Flow::Continue)
+            } else if !ctx.transport.tls_available {
+                sink.buffer()
+                    .err(None, "TLS is not available on this server");
+                (S::Authorization(auth), Flow::Continue)
+            } else {
+                sink.buffer().ok("Begin TLS negotiation");
+                (S::Authorization(auth), Flow::StartTls)
+            }
         }
         (S::Authorization(auth), C::User(user)) => auth.user(user, sink.buffer()),
         (S::Authorization(auth), C::Pass(password)) => {

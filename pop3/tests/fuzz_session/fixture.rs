@@ -16,7 +16,7 @@ use pop3::{
     config::ServerConfig,
     maildrop::maildir::MaildirStore,
     server::{Backends, Server},
-    NoGrant,
+    NoFailureSink, NoGrant,
 };
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -143,6 +143,7 @@ impl Fixture {
             auth: Arc::new(UsersFile::parse(&users_file).expect("users file")),
             store: Arc::new(MaildirStore::new(mail.clone())),
             grants: Arc::new(NoGrant),
+            failures: Arc::new(NoFailureSink),
         };
         let shutdown = CancellationToken::new();
         let addr = runtime.block_on(async {
