@@ -291,6 +291,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]
     pub shutdown_grace: Option<Duration>,
+    /// Offer and take APOP (true or false). Default true.
+    #[arg(long, value_name = "BOOL")]
+    pub apop: Option<bool>,
 }
 
 /// The keys of `smtp-gate serve --config`: its flags' names, but `config`.

@@ -77,6 +77,12 @@ pub struct ServerConfig {
     /// How long running sessions may go on after shutdown begins.
     #[serde(with = "duration::text")]
     pub shutdown_grace: Duration,
+    /// APOP (RFC 1939 section 7) is offered (the greeting's timestamp)
+    /// and taken. It sends no password, but its MD5 digest over a
+    /// challenge seen on the wire can be attacked offline, and it needs
+    /// the password stored as plaintext: an operator whose clients all
+    /// use TLS turns it off. Default: on.
+    pub apop: bool,
 }
 
 /// The longest `login_failure_delay`.
@@ -116,6 +122,7 @@ impl Default for ServerConfig {
             login_failure_delay: Duration::from_secs(2),
             max_login_failures: 3,
             shutdown_grace: Duration::from_secs(10),
+            apop: true,
         }
     }
 }

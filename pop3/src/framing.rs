@@ -22,9 +22,11 @@ pub enum Line {
     TooLong,
 }
 
-#[derive(Default)]
 pub struct LineBuffer {
     pending: Vec<u8>,
+    /// The longest line taken next, CRLF included: `MAX_LINE` for a
+    /// command, more for a SASL response (`set_max_line`).
+    max_line: usize,
     /// Inside an overlong line: drop bytes up to the next LF.
     discarding: bool,
     /// When the first octet of the unfinished line (held or being
@@ -35,9 +37,26 @@ pub struct LineBuffer {
     last_arrival: Option<Instant>,
 }
 
+impl Default for LineBuffer {
+    fn default() -> Self {
+        Self {
+            pending: Vec::new(),
+            max_line: MAX_LINE,
+            discarding: false,
+            line_started: None,
+            last_arrival: None,
+        }
+    }
+}
+
 impl LineBuffer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The longest line the next `next_line` takes, CRLF included.
+    pub fn set_max_line(&mut self, max_line: usize) {
+        self.max_line = max_line;
     }
 
     /// Appends bytes received just now.
@@ -92,7 +111,7 @@ impl LineBuffer {
                 }
             }
             match newline {
-                Some(i) if i < MAX_LINE => {
+                Some(i) if i < self.max_line => {
                     let mut line: Vec<u8> = self.pending.drain(..=i).collect();
                     line.pop();
                     if line.last() == Some(&b'\r') {
@@ -105,8 +124,8 @@ impl LineBuffer {
                     self.discarding = true;
                     continue;
                 }
-                // More than MAX_LINE - 1 octets and no LF: it cannot fit.
-                None if self.pending.len() >= MAX_LINE => {
+                // More than max_line - 1 octets and no LF: it cannot fit.
+                None if self.pending.len() >= self.max_line => {
                     self.discarding = true;
                     continue;
                 }
@@ -175,6 +194,24 @@ mod tests {
             lines_of(&[too_long.as_bytes()]),
             vec![Line::TooLong, Line::Command(b"NOOP".to_vec())]
         );
+    }
+
+    /// A SASL response may be longer than a command; the limit set holds
+    /// for the lines taken after it, and goes back.
+    #[test]
+    fn the_limit_can_be_raised_for_the_next_line() {
+        let long = format!("{}\r\n", "a".repeat(1000));
+        let mut buffer = LineBuffer::new();
+        buffer.extend(long.as_bytes());
+        buffer.extend(long.as_bytes());
+        buffer.set_max_line(1002);
+        assert_eq!(buffer.next_line(), Some(Line::Command(vec![b'a'; 1000])));
+        buffer.set_max_line(MAX_LINE);
+        assert_eq!(buffer.next_line(), Some(Line::TooLong));
+        buffer.extend(&[b'b'; 1500]);
+        buffer.set_max_line(1002);
+        assert_eq!(buffer.next_line(), None);
+        assert!(buffer.pending.len() < 1002, "{}", buffer.pending.len());
     }
 
     #[test]

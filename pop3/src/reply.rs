@@ -93,6 +93,14 @@ impl ReplyBuffer {
         self.bytes.extend_from_slice(b"\r\n");
     }
 
+    /// A SASL challenge (RFC 5034 section 4: `"+" SP base64 CRLF`); PLAIN's
+    /// is empty, which is `+ ` and CRLF.
+    pub fn challenge(&mut self, base64: &str) {
+        self.bytes.extend_from_slice(b"+ ");
+        self.bytes.extend_from_slice(base64.as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+    }
+
     /// `+OK text`, then `lines` (each gets CRLF), then the terminating dot.
     pub fn ok_lines<I, S>(&mut self, text: &str, lines: I)
     where

@@ -310,6 +310,7 @@ async fn serve_connection(
         password_checks: Arc::clone(&shared.password_checks),
         max_login_failures: config.max_login_failures,
         transport: Transport::cleartext(normalize_addr(peer.ip()), false),
+        apop: config.apop,
     };
     let session = Session::new(ctx, shared.timestamps.next());
     let mut served = Served::new(session, normalize_addr(peer.ip()));
@@ -429,6 +430,7 @@ async fn converse(
         while let Some(line) = lines.next_line() {
             answered = true;
             let flow = session.handle(line, &mut out).await;
+            lines.set_max_line(session.max_line());
             if !logged_in.is_cancelled() && session.is_logged_in() {
                 slot.logged_in();
                 logged_in.cancel();

@@ -15,7 +15,7 @@ use std::{
 
 use pop3::{
     auth::password_checks::PasswordChecks,
-    framing::LineBuffer,
+    framing::{Line, LineBuffer},
     maildrop::{
         CommitError, ForSession, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
     },
@@ -23,7 +23,7 @@ use pop3::{
     server::ClientNetwork,
     session::{Flow, Session, SessionContext, Transport},
     session_id::SessionId,
-    ApopSecret, Authenticator, GrantError, GrantSink, NoFailureSink,
+    ApopSecret, Authenticator, FailureSink, GrantError, GrantSink,
 };
 
 const TIMESTAMP: &str = "<1896.697170952@dbc.mtview.ca.us>";
@@ -182,9 +182,22 @@ impl GrantSink for SinkHandle {
     }
 }
 
+/// The failed logins the session reported: (address, user name).
+#[derive(Default)]
+struct RecordingFailures(Mutex<Vec<(IpAddr, String)>>);
+
+struct FailuresHandle(Arc<RecordingFailures>);
+
+impl FailureSink for FailuresHandle {
+    fn login_failed(&self, addr: IpAddr, user: &str) {
+        self.0 .0.lock().unwrap().push((addr, user.to_string()));
+    }
+}
+
 struct Fixture {
     store: Arc<FakeStore>,
     grants: Arc<RecordingSink>,
+    failures: Arc<RecordingFailures>,
     ctx: SessionContext,
 }
 
@@ -204,19 +217,26 @@ fn fixture() -> Fixture {
         .unwrap()
         .insert("mrose".into(), vec![b"Subject: x\r\n\r\ny\r\n".to_vec()]);
     let grants = Arc::new(RecordingSink::default());
+    let failures = Arc::new(RecordingFailures::default());
     let ctx = SessionContext {
         id: SessionId::default(),
         auth: Arc::new(FakeAuth),
         store: Arc::new(StoreHandle(Arc::clone(&store))),
         grants: Arc::new(SinkHandle(Arc::clone(&grants))),
-        failures: Arc::new(NoFailureSink),
+        failures: Arc::new(FailuresHandle(Arc::clone(&failures))),
         peer: "192.0.2.7".parse().unwrap(),
         network: ClientNetwork::of("192.0.2.7".parse().unwrap(), 32, 64),
         password_checks: PasswordChecks::new(1),
         max_login_failures: 3,
         transport: Transport::cleartext("192.0.2.7".parse().unwrap(), false),
+        apop: true,
     };
-    Fixture { store, grants, ctx }
+    Fixture {
+        store,
+        grants,
+        failures,
+        ctx,
+    }
 }
 
 /// A message body that makes the fake store panic when it is opened.
@@ -260,6 +280,7 @@ async fn run(ctx: SessionContext, input: &[u8], chunk: usize) -> (String, Vec<Fl
         lines.extend(piece);
         while let Some(line) = lines.next_line() {
             let flow = session.handle(line, &mut out).await;
+            lines.set_max_line(session.max_line());
             transcript.extend_from_slice(out.as_bytes());
             out.clear();
             flows.push(flow);
@@ -276,7 +297,7 @@ RETR 1\r\nTOP 2 0\r\nTOP 2 1\r\nDELE 1\r\nDELE 1\r\nLIST\r\nSTAT\r\nUIDL\r\nLIST
 RETR 1\r\nRETR 0\r\nLIST 4\r\nTOP 0 1\r\nNOOP\r\nRSET\r\nSTAT\r\nDELE 3\r\nUSER bob\r\nQUIT\r\n";
 
 const EXPECTED: &str = "+OK smtp-gate POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n\
-+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION smtp-gate\r\n.\r\n\
++OK capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\nSASL PLAIN\r\nIMPLEMENTATION smtp-gate\r\n.\r\n\
 -ERR STAT is not valid in this state\r\n\
 +OK send PASS\r\n\
 +OK alice has 3 messages (116 octets)\r\n\
@@ -698,4 +719,282 @@ async fn top_0_of_a_large_message_reads_only_its_header() {
         read <= 2 * pop3::session::MESSAGE_CHUNK as u64,
         "two TOPs read {read} octets of a {len}-octet message"
     );
+}
+
+// AUTH PLAIN (RFC 5034, RFC 4616), STLS (RFC 2595), CAPA by state and
+// connection, and the cleartext policy.
+
+fn plain(message: &[u8]) -> String {
+    use base64ct::{Base64, Encoding};
+    Base64::encode_string(message)
+}
+
+fn with_transport(f: &Fixture, tls: bool, tls_available: bool, loopback: bool) -> SessionContext {
+    SessionContext {
+        transport: Transport {
+            tls,
+            tls_available,
+            loopback,
+        },
+        ..f.ctx.clone()
+    }
+}
+
+/// RFC 5034 section 4: with the initial response on the command line, or
+/// after the empty challenge `+ `; both grant before the +OK.
+#[tokio::test]
+async fn auth_plain_logs_in_with_and_without_an_initial_response() {
+    let credentials = plain(b"\0alice\0open sesame");
+    for script in [
+        format!("AUTH PLAIN {credentials}\r\nSTAT\r\n"),
+        format!("auth plain\r\n{credentials}\r\nSTAT\r\n"),
+        format!("AUTH PLAIN\r\n{credentials}\r\nSTAT\r\n"),
+    ] {
+        let f = fixture();
+        let (transcript, _) = run(f.ctx.clone(), script.as_bytes(), 7).await;
+        assert!(
+            transcript.contains("+OK alice has 3 messages (116 octets)\r\n+OK 3 116\r\n"),
+            "{script}: {transcript}"
+        );
+        if !script.contains(&format!("PLAIN {credentials}")) {
+            assert!(
+                transcript.contains("\r\n+ \r\n"),
+                "the challenge: {transcript}"
+            );
+        }
+        assert_eq!(f.grants.0.lock().unwrap().len(), 1, "{script}");
+        assert!(f.failures.0.lock().unwrap().is_empty());
+    }
+}
+
+/// A wrong password, a malformed response and another user's authzid are
+/// failed logins like a wrong PASS: `-ERR [AUTH]`, the failure's delay,
+/// reported to the failure sink, counted toward the close.
+#[tokio::test]
+async fn a_bad_plain_response_is_a_failed_login() {
+    let f = fixture();
+    let script = format!(
+        "AUTH PLAIN {}\r\nAUTH PLAIN\r\n!!notbase64\r\nAUTH PLAIN {}\r\nSTAT\r\n",
+        plain(b"\0alice\0wrong"),
+        plain(b"bob\0alice\0open sesame"),
+    );
+    let (transcript, flows) = run(f.ctx.clone(), script.as_bytes(), 5).await;
+    assert_eq!(
+        flows,
+        [
+            Flow::LoginFailed,
+            Flow::Continue,
+            Flow::LoginFailed,
+            Flow::LoginFailedClose
+        ],
+        "{transcript}"
+    );
+    assert_eq!(transcript.matches("-ERR [AUTH]").count(), 3, "{transcript}");
+    assert!(f.grants.0.lock().unwrap().is_empty());
+    let peer: IpAddr = "192.0.2.7".parse().unwrap();
+    assert_eq!(
+        *f.failures.0.lock().unwrap(),
+        [
+            (peer, "alice".to_string()),
+            (peer, String::new()),
+            (peer, String::new())
+        ]
+    );
+}
+
+/// RFC 5034 section 4: `*` cancels, and the server MUST answer -ERR; it
+/// is not a failed login. An unknown mechanism is refused; a bare AUTH
+/// lists PLAIN; the session goes on to log in after each.
+#[tokio::test]
+async fn auth_cancel_unknown_mechanism_and_the_list() {
+    let f = fixture();
+    let script = format!(
+        "AUTH PLAIN\r\n*\r\nAUTH CRAM-MD5\r\nAUTH\r\nAUTH PLAIN {}\r\n",
+        plain(b"\0alice\0open sesame")
+    );
+    let (transcript, flows) = run(f.ctx.clone(), script.as_bytes(), 3).await;
+    assert!(
+        flows.iter().all(|&flow| flow == Flow::Continue),
+        "{flows:?}"
+    );
+    assert!(
+        transcript.contains(
+            "+ \r\n-ERR authentication cancelled\r\n\
+             -ERR unsupported authentication mechanism\r\n\
+             +OK mechanisms follow\r\nPLAIN\r\n.\r\n+OK alice has"
+        ),
+        "{transcript}"
+    );
+    assert!(f.failures.0.lock().unwrap().is_empty());
+}
+
+/// A response to the challenge may be longer than a command line
+/// (255 octets of password, RFC 4616), and the next line is a command
+/// again, held to RFC 2449's 255 octets.
+#[tokio::test]
+async fn a_long_plain_response_is_taken_and_commands_stay_bounded() {
+    let f = fixture();
+    let long = "p".repeat(255);
+    let script = format!(
+        "AUTH PLAIN\r\n{}\r\nUSER {}\r\n",
+        plain(format!("{long}\0{long}\0{long}").as_bytes()),
+        "u".repeat(300)
+    );
+    let (transcript, _) = run(f.ctx.clone(), script.as_bytes(), 64).await;
+    assert!(
+        transcript.ends_with(
+            "-ERR [AUTH] invalid user name or password\r\n\
+             -ERR line too long (RFC 2449: at most 255 octets)\r\n"
+        ),
+        "{transcript}"
+    );
+    assert_eq!(
+        f.failures.0.lock().unwrap().as_slice(),
+        [("192.0.2.7".parse().unwrap(), long)]
+    );
+}
+
+/// With a certificate configured, a password from another host without
+/// TLS is refused before it is checked (USER already, so the client never
+/// sends it), with [AUTH] and a text that says to use TLS; not a failed
+/// login. APOP, which sends no password, still works.
+#[tokio::test]
+async fn cleartext_passwords_from_other_hosts_are_refused_once_tls_is_available() {
+    let f = fixture();
+    let ctx = with_transport(&f, false, true, false);
+    let script = format!(
+        "USER alice\r\nPASS open sesame\r\nAUTH PLAIN {}\r\nAUTH\r\nAPOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n",
+        plain(b"\0alice\0open sesame")
+    );
+    let (transcript, flows) = run(ctx, script.as_bytes(), 11).await;
+    let use_tls =
+        "-ERR [AUTH] cleartext passwords are not accepted here: use TLS (STLS, or port 995)\r\n";
+    assert_eq!(
+        transcript.matches(use_tls).count(),
+        2,
+        "USER and AUTH PLAIN: {transcript}"
+    );
+    assert!(transcript.contains("-ERR USER first"), "{transcript}");
+    assert!(
+        transcript.contains("+OK mechanisms follow\r\n.\r\n"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.ends_with("+OK mrose has 1 messages (17 octets)\r\n"),
+        "{transcript}"
+    );
+    assert!(
+        flows[..4].iter().all(|&flow| flow == Flow::Continue),
+        "{flows:?}"
+    );
+    assert!(f.failures.0.lock().unwrap().is_empty());
+    assert_eq!(f.grants.0.lock().unwrap().len(), 1, "APOP's grant only");
+
+    // Over TLS, and from this host, the same lines log in.
+    for ctx in [
+        with_transport(&f, true, true, false),
+        with_transport(&f, false, true, true),
+    ] {
+        let f2 = fixture();
+        let ctx = SessionContext {
+            store: f2.ctx.store.clone(),
+            grants: f2.ctx.grants.clone(),
+            ..ctx
+        };
+        let (transcript, _) = run(ctx, b"USER alice\r\nPASS open sesame\r\n", 4).await;
+        assert!(
+            transcript.ends_with("+OK alice has 3 messages (116 octets)\r\n"),
+            "{transcript}"
+        );
+    }
+}
+
+/// RFC 2595 section 4: STLS only where a certificate is configured, only
+/// in AUTHORIZATION, not inside TLS; accepted, it hands the connection to
+/// the server for the handshake (`Flow::StartTls`), and a USER given
+/// before it is forgotten.
+#[tokio::test]
+async fn stls_is_answered_by_state_and_forgets_what_came_in_clear() {
+    let f = fixture();
+    let (transcript, _) = run(f.ctx.clone(), b"STLS\r\n", 8).await;
+    assert!(
+        transcript.ends_with("-ERR TLS is not available on this server\r\n"),
+        "{transcript}"
+    );
+
+    let (transcript, _) = run(with_transport(&f, true, true, false), b"STLS\r\n", 8).await;
+    assert!(
+        transcript.ends_with("-ERR TLS is already active\r\n"),
+        "{transcript}"
+    );
+
+    // From this host USER is taken in clear, so there is a name to forget.
+    let mut session = Session::new(with_transport(&f, false, true, true), TIMESTAMP.into());
+    let mut out = ReplyBuffer::new();
+    let flow = session
+        .handle(Line::Command(b"USER alice".to_vec()), &mut out)
+        .await;
+    assert_eq!(flow, Flow::Continue);
+    let flow = session
+        .handle(Line::Command(b"STLS".to_vec()), &mut out)
+        .await;
+    assert_eq!(flow, Flow::StartTls);
+    session.tls_started();
+    session
+        .handle(Line::Command(b"PASS open sesame".to_vec()), &mut out)
+        .await;
+    session
+        .handle(Line::Command(b"CAPA".to_vec()), &mut out)
+        .await;
+    let transcript = String::from_utf8(out.as_bytes().to_vec()).unwrap();
+    assert!(
+        transcript.starts_with("+OK send PASS\r\n+OK Begin TLS negotiation\r\n-ERR USER first\r\n"),
+        "{transcript}"
+    );
+    let capa = transcript
+        .split("+OK capability list follows\r\n")
+        .nth(1)
+        .unwrap();
+    assert!(
+        !capa.contains("STLS\r\n") && capa.contains("USER\r\n"),
+        "{capa}"
+    );
+
+    let f = fixture();
+    let (transcript, _) = run(
+        with_transport(&f, false, true, true),
+        b"USER alice\r\nPASS open sesame\r\nSTLS\r\nCAPA\r\n",
+        8,
+    )
+    .await;
+    assert!(
+        transcript.contains("-ERR STLS is not valid in this state\r\n"),
+        "{transcript}"
+    );
+    let capa = transcript
+        .split("+OK capability list follows\r\n")
+        .nth(1)
+        .unwrap();
+    for gone in ["STLS", "USER", "SASL"] {
+        assert!(!capa.contains(gone), "{gone} in TRANSACTION: {capa}");
+    }
+}
+
+/// With APOP turned off the greeting has no timestamp (RFC 1939 section
+/// 7) and APOP is refused without a digest being checked or counted.
+#[tokio::test]
+async fn apop_turned_off_has_no_timestamp_and_is_refused() {
+    let f = fixture();
+    let ctx = SessionContext {
+        apop: false,
+        ..f.ctx.clone()
+    };
+    let (transcript, flows) =
+        run(ctx, b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n", 64).await;
+    assert_eq!(
+        transcript,
+        "+OK smtp-gate POP3 server ready\r\n-ERR APOP is not offered by this server\r\n"
+    );
+    assert_eq!(flows, [Flow::Continue]);
+    assert!(f.grants.0.lock().unwrap().is_empty());
 }

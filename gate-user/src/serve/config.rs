@@ -287,6 +287,7 @@ mod tests {
         client_prefix_v6 = 56
         login_failure_delay = "1s"
         shutdown_grace = "5s"
+        apop = false
     "#;
 
     #[test]
@@ -307,6 +308,7 @@ mod tests {
         assert_eq!(s.pop3.login_timeout, Duration::from_secs(120));
         assert_eq!(s.pop3.line_timeout, Duration::from_secs(45));
         assert_eq!((s.pop3.client_prefix_v4, s.pop3.client_prefix_v6), (24, 56));
+        assert!(!s.pop3.apop);
         let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
         assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
     }

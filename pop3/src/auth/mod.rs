@@ -4,6 +4,7 @@ pub mod apop;
 mod decoy;
 pub mod live_users;
 pub mod password_checks;
+pub mod sasl_plain;
 pub mod users_file;
 
 use crate::{ApopSecret, Authenticator};

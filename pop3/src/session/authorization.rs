@@ -4,14 +4,14 @@
 
 use std::{error::Error, sync::Arc};
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use super::{
     off_runtime, on_blocking_pool, transaction::Transaction, Flow, SessionContext, State, Tally,
     LOG_TARGET,
 };
 use crate::{
-    auth::apop,
+    auth::{apop, sasl_plain},
     log_text::LogText,
     maildrop::{ForSession, OpenError},
     reply::{ReplyBuffer, RespCode},
@@ -25,15 +25,24 @@ pub(super) struct Authorization {
     user: Option<String>,
     /// Failed logins so far in this session.
     failures: u32,
+    /// AUTH PLAIN sent its challenge: the next line is the response.
+    awaiting_plain: bool,
 }
+
+/// The `-ERR [AUTH]` of a password offered where it would cross the
+/// network in clear (RFC 8314 section 4.1; the text says what to do).
+const USE_TLS: &str = "cleartext passwords are not accepted here: use TLS (STLS, or port 995)";
 
 /// What APOP checks a digest against when there is no secret to check
 /// it against, so that every APOP costs one digest.
 const APOP_DECOY_SECRET: &str = "decoy: no plaintext-equivalent secret";
 
+#[derive(Clone, Copy)]
 enum Method {
     UserPass,
     Apop,
+    /// AUTH PLAIN (RFC 5034, RFC 4616).
+    SaslPlain,
 }
 
 impl Method {
@@ -41,6 +50,7 @@ impl Method {
         match self {
             Self::UserPass => "USER/PASS",
             Self::Apop => "APOP",
+            Self::SaslPlain => "PLAIN",
         }
     }
 }
@@ -51,7 +61,21 @@ impl Authorization {
         self.user = None;
     }
 
-    pub(super) fn user(self, user: String, out: &mut ReplyBuffer) -> (State, Flow) {
+    pub(super) fn awaits_sasl_response(&self) -> bool {
+        self.awaiting_plain
+    }
+
+    pub(super) fn user(
+        self,
+        ctx: &SessionContext,
+        user: String,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        // Refused at USER, so that a client that heeds it never sends the
+        // password (Dovecot answers USER the same way).
+        if !ctx.transport.cleartext_password_allowed() {
+            return self.refuse_cleartext(ctx, out);
+        }
         // RFC 1939 allows -ERR for an unknown name; answering +OK
         // either way does not tell a prober which names exist.
         out.ok("send PASS");
@@ -73,6 +97,134 @@ impl Authorization {
             out.err(None, "USER first");
             return (State::Authorization(self), Flow::Continue);
         };
+        if !ctx.transport.cleartext_password_allowed() {
+            return self.refuse_cleartext(ctx, out);
+        }
+        self.check_password(ctx, tally, user, password, Method::UserPass, out)
+            .await
+    }
+
+    /// RFC 5034 section 4: `AUTH mechanism [initial-response]`. A bare
+    /// `AUTH` lists the mechanisms, as RFC 1734 had it and clients still
+    /// send it (Dovecot answers it too).
+    pub(super) async fn auth(
+        self,
+        ctx: &SessionContext,
+        tally: &mut Tally,
+        mechanism: Option<String>,
+        initial_response: Option<String>,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        let offered = ctx.transport.cleartext_password_allowed();
+        match mechanism.as_deref() {
+            None => {
+                let list: &[&str] = if offered { &["PLAIN"] } else { &[] };
+                out.ok_lines("mechanisms follow", list);
+                (State::Authorization(self), Flow::Continue)
+            }
+            Some("PLAIN") if !offered => self.refuse_cleartext(ctx, out),
+            Some("PLAIN") => {
+                let next = Self { user: None, ..self };
+                match initial_response {
+                    Some(response) => next.plain(ctx, tally, response.into_bytes(), out).await,
+                    None => {
+                        // PLAIN's challenge is empty: "+ " and CRLF.
+                        out.challenge("");
+                        let next = Self {
+                            awaiting_plain: true,
+                            ..next
+                        };
+                        (State::Authorization(next), Flow::Continue)
+                    }
+                }
+            }
+            Some(_) => {
+                out.err(None, "unsupported authentication mechanism");
+                (State::Authorization(self), Flow::Continue)
+            }
+        }
+    }
+
+    /// The line after AUTH PLAIN's challenge; `None` when it was too long
+    /// to be one.
+    pub(super) async fn sasl_response(
+        self,
+        ctx: &SessionContext,
+        tally: &mut Tally,
+        response: Option<Vec<u8>>,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        let next = Self {
+            awaiting_plain: false,
+            ..self
+        };
+        match response {
+            // RFC 5034 section 4: "If the client wishes to cancel the
+            // authentication exchange, it issues a line with a single
+            // "*". If the server receives such a response, it MUST reject
+            // the AUTH command by sending an -ERR reply."
+            Some(line) if line == b"*" => {
+                out.err(None, "authentication cancelled");
+                (State::Authorization(next), Flow::Continue)
+            }
+            Some(line) => next.plain(ctx, tally, line, out).await,
+            None => next.fail(ctx, "", Method::SaslPlain, "SASL response too long", out),
+        }
+    }
+
+    /// A PLAIN response: decoded, then checked as a password is.
+    async fn plain(
+        self,
+        ctx: &SessionContext,
+        tally: &mut Tally,
+        response: Vec<u8>,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
+        let decoded = std::str::from_utf8(&response)
+            .map_err(|_| sasl_plain::PlainError::Base64)
+            .and_then(sasl_plain::decode);
+        match decoded {
+            Ok(creds) => {
+                self.check_password(
+                    ctx,
+                    tally,
+                    creds.user,
+                    creds.password,
+                    Method::SaslPlain,
+                    out,
+                )
+                .await
+            }
+            // A malformed response is a failed login (its delay, its
+            // count): otherwise it would be a free probe.
+            Err(e) => {
+                info!(target: LOG_TARGET, "session={} login addr={} method=PLAIN: {e}", ctx.id, ctx.peer);
+                self.fail(ctx, "", Method::SaslPlain, &e.to_string(), out)
+            }
+        }
+    }
+
+    /// A password offered in clear from another host, with a certificate
+    /// configured: refused before anything is checked, and not counted as
+    /// a failed login (nothing was guessed).
+    fn refuse_cleartext(self, ctx: &SessionContext, out: &mut ReplyBuffer) -> (State, Flow) {
+        debug!(target: LOG_TARGET, "session={} addr={} cleartext login refused: no TLS", ctx.id, ctx.peer);
+        out.err(Some(RespCode::Auth), USE_TLS);
+        let next = Self { user: None, ..self };
+        (State::Authorization(next), Flow::Continue)
+    }
+
+    /// Checks `password` of `user`, for every method that sends one: the
+    /// same queue, the same delays, the same log lines.
+    async fn check_password(
+        self,
+        ctx: &SessionContext,
+        tally: &mut Tally,
+        user: String,
+        password: String,
+        method: Method,
+        out: &mut ReplyBuffer,
+    ) -> (State, Flow) {
         // Only a check that hashes waits for a turn. A user whose check
         // does not hash (PLAIN) skipping the queue tells nothing new: a
         // name that does not exist is checked against the decoy, which
@@ -91,15 +243,9 @@ impl Authorization {
             .unwrap_or(false);
         drop(turn);
         if verified {
-            self.login(ctx, tally, user, Method::UserPass, out).await
+            self.login(ctx, tally, user, method, out).await
         } else {
-            self.fail(
-                ctx,
-                &user,
-                Method::UserPass,
-                "invalid user name or password",
-                out,
-            )
+            self.fail(ctx, &user, method, "invalid user name or password", out)
         }
     }
 
@@ -163,6 +309,7 @@ impl Authorization {
         let next = Self {
             user: None,
             failures,
+            awaiting_plain: false,
         };
         (State::Authorization(next), Flow::LoginFailed)
     }

@@ -13,6 +13,7 @@
 //! `transaction` and get that state's data, not the session.
 
 mod authorization;
+mod capabilities;
 mod tally;
 mod transaction;
 mod transport;
@@ -59,6 +60,8 @@ pub struct SessionContext {
     pub max_login_failures: u32,
     /// TLS or not; the server changes it after STLS.
     pub transport: Transport,
+    /// APOP is offered (the greeting's timestamp) and taken.
+    pub apop: bool,
 }
 
 /// What the server does after the replies of one line.
@@ -91,16 +94,6 @@ pub struct Session {
     tally: Tally,
 }
 
-const CAPABILITIES: [&str; 7] = [
-    "TOP",
-    "UIDL",
-    "USER",
-    "RESP-CODES",
-    "AUTH-RESP-CODE",
-    "PIPELINING",
-    "IMPLEMENTATION smtp-gate",
-];
-
 impl Session {
     pub fn new(ctx: SessionContext, timestamp: String) -> Self {
         Self {
@@ -120,9 +113,27 @@ impl Session {
         &self.tally
     }
 
-    /// The greeting, with the APOP timestamp (RFC 1939 section 7).
+    /// The greeting, with the APOP timestamp (RFC 1939 section 7: "A POP3
+    /// server which implements the APOP command will include a timestamp
+    /// in its banner greeting"; without APOP, none).
     pub fn greeting(&self, out: &mut ReplyBuffer) {
-        out.ok(&format!("smtp-gate POP3 server ready {}", self.timestamp));
+        if self.ctx.apop {
+            out.ok(&format!("smtp-gate POP3 server ready {}", self.timestamp));
+        } else {
+            out.ok("smtp-gate POP3 server ready");
+        }
+    }
+
+    /// The longest line the session takes next, CRLF included: a command
+    /// line (RFC 2449 section 4), or a SASL response, which may be longer
+    /// (RFC 5034 section 4 limits only the AUTH command line itself).
+    pub fn max_line(&self) -> usize {
+        match &self.state {
+            State::Authorization(auth) if auth.awaits_sasl_response() => {
+                crate::auth::sasl_plain::MAX_RESPONSE_LINE
+            }
+            _ => crate::framing::MAX_LINE,
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -148,6 +159,25 @@ impl Session {
     /// Handles one line and appends its reply to `out`; a long reply (a
     /// message) is sent through `out` as it is written.
     pub async fn handle<O: ReplySink>(&mut self, line: Line, out: &mut O) -> Flow {
+        // RFC 5034 section 4: after a challenge, the next line is the
+        // client's response, not a command.
+        if let State::Authorization(auth) = &mut self.state {
+            if auth.awaits_sasl_response() {
+                let response = match line {
+                    Line::Command(bytes) => Some(bytes),
+                    Line::TooLong => None,
+                };
+                let State::Authorization(auth) = std::mem::replace(&mut self.state, State::Closed)
+                else {
+                    unreachable!("matched above")
+                };
+                let (state, flow) = auth
+                    .sasl_response(&self.ctx, &mut self.tally, response, out.buffer())
+                    .await;
+                self.state = state;
+                return flow;
+            }
+        }
         let bytes = match line {
             Line::Command(bytes) => bytes,
             Line::TooLong => {
@@ -201,8 +231,11 @@ async fn step<O: ReplySink>(
     use State as S;
     match (state, command) {
         (state @ (S::Authorization(_) | S::Transaction(_)), C::Capa) => {
-            sink.buffer()
-                .ok_lines("capability list follows", CAPABILITIES);
+            let logged_in = matches!(state, S::Transaction(_));
+            sink.buffer().ok_lines(
+                "capability list follows",
+                capabilities::capabilities(logged_in, &ctx.transport),
+            );
             (state, Flow::Continue)
         }
         // RFC 2595 section 4: "Restrictions: Only permitted in
@@ -221,9 +254,24 @@ async fn step<O: ReplySink>(
                 (S::Authorization(auth), Flow::StartTls)
             }
         }
-        (S::Authorization(auth), C::User(user)) => auth.user(user, sink.buffer()),
+        (S::Authorization(auth), C::User(user)) => auth.user(ctx, user, sink.buffer()),
+        (
+            S::Authorization(auth),
+            C::Auth {
+                mechanism,
+                initial_response,
+            },
+        ) => {
+            auth.auth(ctx, tally, mechanism, initial_response, sink.buffer())
+                .await
+        }
         (S::Authorization(auth), C::Pass(password)) => {
             auth.pass(ctx, tally, password, sink.buffer()).await
+        }
+        (S::Authorization(auth), C::Apop { .. }) if !ctx.apop => {
+            sink.buffer()
+                .err(None, "APOP is not offered by this server");
+            (S::Authorization(auth), Flow::Continue)
         }
         (S::Authorization(auth), C::Apop { user, digest }) => {
             auth.apop(ctx, tally, timestamp, user, digest, sink.buffer())
