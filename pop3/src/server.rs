@@ -29,7 +29,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::maildrop::MaildropStore;
 use crate::{
-    auth::{apop::TimestampSource, password_checks::PasswordChecks},
+    auth::{apop::TimestampSource, password_checks::PasswordChecks, user_throttle::UserThrottle},
     config::ServerConfig,
     duration::format_duration,
     framing::LineBuffer,
@@ -109,6 +109,7 @@ impl Server {
         let timestamps = Arc::new(TimestampSource::new(&self.live.current().hostname));
         let ids = Arc::new(SessionIds::new());
         let password_checks = PasswordChecks::per_cpu();
+        let user_throttle = Arc::new(UserThrottle::new());
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             let shared = Shared {
@@ -120,6 +121,7 @@ impl Server {
                 timestamps: Arc::clone(&timestamps),
                 ids: Arc::clone(&ids),
                 password_checks: Arc::clone(&password_checks),
+                user_throttle: Arc::clone(&user_throttle),
             };
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
@@ -203,6 +205,7 @@ struct Shared {
     timestamps: Arc<TimestampSource>,
     ids: Arc<SessionIds>,
     password_checks: Arc<PasswordChecks>,
+    user_throttle: Arc<UserThrottle>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
@@ -308,6 +311,7 @@ async fn serve_connection(
         peer: normalize_addr(peer.ip()),
         network: slot.network(),
         password_checks: Arc::clone(&shared.password_checks),
+        user_throttle: Arc::clone(&shared.user_throttle),
         max_login_failures: config.max_login_failures,
         transport: Transport::cleartext(normalize_addr(peer.ip()), false),
         apop: config.apop,

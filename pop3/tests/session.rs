@@ -14,7 +14,7 @@ use std::{
 };
 
 use pop3::{
-    auth::password_checks::PasswordChecks,
+    auth::{password_checks::PasswordChecks, user_throttle::UserThrottle},
     framing::{Line, LineBuffer},
     maildrop::{
         CommitError, ForSession, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
@@ -227,6 +227,7 @@ fn fixture() -> Fixture {
         peer: "192.0.2.7".parse().unwrap(),
         network: ClientNetwork::of("192.0.2.7".parse().unwrap(), 32, 64),
         password_checks: PasswordChecks::new(1),
+        user_throttle: Arc::new(UserThrottle::new()),
         max_login_failures: 3,
         transport: Transport::cleartext("192.0.2.7".parse().unwrap(), false),
         apop: true,
@@ -997,4 +998,54 @@ async fn apop_turned_off_has_no_timestamp_and_is_refused() {
     );
     assert_eq!(flows, [Flow::Continue]);
     assert!(f.grants.0.lock().unwrap().is_empty());
+}
+
+/// Failures naming one user from many sessions delay that user's next
+/// login from a network it has not logged in from (the right password
+/// still logs in: a delay, never a lockout); once it has logged in from
+/// there, that network is not delayed.
+#[tokio::test(start_paused = true)]
+async fn failures_naming_a_user_delay_its_logins_but_never_refuse_them() {
+    use pop3::auth::user_throttle::{DELAY_STEP, FAILURES_BEFORE_DELAY};
+    let f = fixture();
+    let attacker = |i: u32| {
+        let ip: IpAddr = format!("203.0.113.{i}").parse().unwrap();
+        SessionContext {
+            peer: ip,
+            network: ClientNetwork::of(ip, 32, 64),
+            ..f.ctx.clone()
+        }
+    };
+    for i in 0..FAILURES_BEFORE_DELAY + 2 {
+        let (transcript, _) = run(attacker(i), b"USER alice\r\nPASS guess\r\n", 64).await;
+        assert!(transcript.contains("-ERR [AUTH]"), "{transcript}");
+    }
+    let timed = |ctx: SessionContext| async move {
+        let started = tokio::time::Instant::now();
+        let (transcript, _) = run(ctx, b"USER alice\r\nPASS open sesame\r\nQUIT\r\n", 64).await;
+        assert!(
+            transcript.contains("+OK alice has 3 messages"),
+            "{transcript}"
+        );
+        started.elapsed()
+    };
+    let waited = timed(f.ctx.clone()).await;
+    assert!(
+        waited >= DELAY_STEP * 3,
+        "the user from a new network waited {waited:?}"
+    );
+    let again = timed(f.ctx.clone()).await;
+    assert!(
+        again < DELAY_STEP,
+        "the network it logged in from waited {again:?}"
+    );
+    let other_user = {
+        let started = tokio::time::Instant::now();
+        run(attacker(99), b"USER mrose\r\nPASS x\r\n", 64).await;
+        started.elapsed()
+    };
+    assert!(
+        other_user < DELAY_STEP,
+        "another name is not delayed: {other_user:?}"
+    );
 }

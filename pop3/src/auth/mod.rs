@@ -5,6 +5,7 @@ mod decoy;
 pub mod live_users;
 pub mod password_checks;
 pub mod sasl_plain;
+pub mod user_throttle;
 pub mod users_file;
 
 use crate::{ApopSecret, Authenticator};

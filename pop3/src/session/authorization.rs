@@ -2,7 +2,7 @@
 //! A login locks the maildrop and grants the client's address before the
 //! `+OK`, and the session enters TRANSACTION.
 
-use std::{error::Error, sync::Arc};
+use std::{error::Error, sync::Arc, time::Instant};
 
 use log::{debug, error, info, warn};
 
@@ -11,7 +11,7 @@ use super::{
     LOG_TARGET,
 };
 use crate::{
-    auth::{apop, sasl_plain},
+    auth::{apop, sasl_plain, user_throttle},
     log_text::LogText,
     maildrop::{ForSession, OpenError},
     reply::{ReplyBuffer, RespCode},
@@ -225,6 +225,16 @@ impl Authorization {
         method: Method,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
+        // A name guessed at from many places: the login waits first
+        // (never refused), whatever its password, unless it comes from
+        // where this user logged in before.
+        let delay = ctx.user_throttle.delay(&user, ctx.network, Instant::now());
+        if !delay.is_zero() {
+            debug!(target: LOG_TARGET, "session={} login user={} addr={} method={}: delayed {delay:?}, \
+                many failed logins name this user",
+                ctx.id, LogText::of(&user), ctx.peer, method.name());
+            tokio::time::sleep(delay).await;
+        }
         // Only a check that hashes waits for a turn. A user whose check
         // does not hash (PLAIN) skipping the queue tells nothing new: a
         // name that does not exist is checked against the decoy, which
@@ -294,6 +304,15 @@ impl Authorization {
     ) -> (State, Flow) {
         let failures = self.failures + 1;
         ctx.failures.login_failed(ctx.peer, user);
+        if ctx.user_throttle.failed(user, Instant::now()) {
+            warn!(target: LOG_TARGET, "session={} user={} has {} failed logins within {}: logins naming \
+                it from networks it has not logged in from are delayed",
+                ctx.id,
+                LogText::of(user),
+                user_throttle::FAILURES_BEFORE_DELAY,
+                crate::duration::format_duration(user_throttle::WINDOW)
+            );
+        }
         info!(target: LOG_TARGET, "session={} login user={} addr={} method={} result=failed",
             ctx.id,
             LogText::of(user),
@@ -405,6 +424,8 @@ impl Authorization {
             LogText::of(&user),
             method.name()
         );
+        ctx.user_throttle
+            .succeeded(&user, ctx.network, Instant::now());
         tally.user = Some(user.clone());
         let transaction = Transaction::begin(id, user, maildrop);
         let (count, size) = transaction.totals();

@@ -25,7 +25,7 @@ use std::{io, net::IpAddr, sync::Arc};
 pub(crate) const LOG_TARGET: &str = "pop3::session";
 
 use crate::{
-    auth::password_checks::PasswordChecks,
+    auth::{password_checks::PasswordChecks, user_throttle::UserThrottle},
     command::{self, Command},
     framing::Line,
     maildrop::MaildropStore,
@@ -56,6 +56,9 @@ pub struct SessionContext {
     pub network: ClientNetwork,
     /// Where password checks that hash wait for their turn.
     pub password_checks: Arc<PasswordChecks>,
+    /// Failures per user name, which delay logins naming a user under
+    /// attack (auth/user_throttle.rs).
+    pub user_throttle: Arc<UserThrottle>,
     /// Failed logins before the connection is closed.
     pub max_login_failures: u32,
     /// TLS or not; the server changes it after STLS.
