@@ -1049,3 +1049,29 @@ async fn failures_naming_a_user_delay_its_logins_but_never_refuse_them() {
         "another name is not delayed: {other_user:?}"
     );
 }
+
+/// APOP is a way of guessing too: it waits like a password login once the
+/// name is under attack.
+#[tokio::test(start_paused = true)]
+async fn apop_naming_a_user_under_attack_waits_too() {
+    use pop3::auth::user_throttle::{DELAY_STEP, FAILURES_BEFORE_DELAY};
+    let f = fixture();
+    for _ in 0..FAILURES_BEFORE_DELAY {
+        run(
+            f.ctx.clone(),
+            b"APOP mrose 00000000000000000000000000000000\r\n",
+            64,
+        )
+        .await;
+    }
+    let elsewhere: IpAddr = "198.51.100.9".parse().unwrap();
+    let ctx = SessionContext {
+        peer: elsewhere,
+        network: ClientNetwork::of(elsewhere, 32, 64),
+        ..f.ctx.clone()
+    };
+    let started = tokio::time::Instant::now();
+    let (transcript, _) = run(ctx, b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n", 64).await;
+    assert!(transcript.contains("+OK mrose has"), "{transcript}");
+    assert!(started.elapsed() >= DELAY_STEP, "{:?}", started.elapsed());
+}

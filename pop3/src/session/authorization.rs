@@ -225,16 +225,7 @@ impl Authorization {
         method: Method,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
-        // A name guessed at from many places: the login waits first
-        // (never refused), whatever its password, unless it comes from
-        // where this user logged in before.
-        let delay = ctx.user_throttle.delay(&user, ctx.network, Instant::now());
-        if !delay.is_zero() {
-            debug!(target: LOG_TARGET, "session={} login user={} addr={} method={}: delayed {delay:?}, \
-                many failed logins name this user",
-                ctx.id, LogText::of(&user), ctx.peer, method.name());
-            tokio::time::sleep(delay).await;
-        }
+        wait_if_targeted(ctx, &user, method).await;
         // Only a check that hashes waits for a turn. A user whose check
         // does not hash (PLAIN) skipping the queue tells nothing new: a
         // name that does not exist is checked against the decoy, which
@@ -268,6 +259,7 @@ impl Authorization {
         digest: String,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
+        wait_if_targeted(ctx, &user, Method::Apop).await;
         // RFC 1939 section 13: the answer must not tell a name that
         // exists from one that does not, nor a user without a
         // plaintext-equivalent secret (only a hash, which APOP cannot use)
@@ -441,6 +433,19 @@ impl Authorization {
     fn start_over(self) -> (State, Flow) {
         let next = Self { user: None, ..self };
         (State::Authorization(next), Flow::Continue)
+    }
+}
+
+/// A name guessed at from many places: the login waits first (never
+/// refused), whatever its password or digest, unless it comes from where
+/// this user logged in before (auth/user_throttle.rs).
+async fn wait_if_targeted(ctx: &SessionContext, user: &str, method: Method) {
+    let delay = ctx.user_throttle.delay(user, ctx.network, Instant::now());
+    if !delay.is_zero() {
+        debug!(target: LOG_TARGET, "session={} login user={} addr={} method={}: delayed {delay:?}, \
+            many failed logins name this user",
+            ctx.id, LogText::of(user), ctx.peer, method.name());
+        tokio::time::sleep(delay).await;
     }
 }
 
