@@ -22,6 +22,7 @@ pub enum Command {
     User(String),
     Pass(String),
     Apop { user: String, digest: String },
+    AuthPlain { user: String, password: String },
     Capa,
     Quit,
     Stat,
@@ -201,6 +202,21 @@ impl<'a> Model<'a> {
                     .position(|u| u.name == *name && *digest == self.apop_digest(u.password));
                 login_or_fail(right, failures)
             }
+            // RFC 5034 with RFC 4616: the same check as USER/PASS, in one
+            // line; a USER given before is forgotten either way.
+            (
+                _,
+                Command::AuthPlain {
+                    user: name,
+                    password,
+                },
+            ) => {
+                let right = self
+                    .users
+                    .iter()
+                    .position(|u| u.name == *name && u.password == password);
+                login_or_fail(right, failures)
+            }
             // RFC 1939 section 6: QUIT in AUTHORIZATION ends the session
             // without entering UPDATE.
             (_, Command::Quit) => (State::Closed, Expect::ok()),
@@ -275,7 +291,10 @@ impl<'a> Model<'a> {
                 self.removed = Some((user, deleted));
                 return (State::Closed, Expect::ok());
             }
-            Command::User(_) | Command::Pass(_) | Command::Apop { .. } => Expect::err(),
+            Command::User(_)
+            | Command::Pass(_)
+            | Command::Apop { .. }
+            | Command::AuthPlain { .. } => Expect::err(),
             Command::Capa => unreachable!("answered in every state by step"),
         };
         (State::Transaction { user, deleted }, expect)

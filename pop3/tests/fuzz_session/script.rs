@@ -94,6 +94,13 @@ pub enum Choice {
         right: bool,
         wrong_digest: String,
     },
+    /// AUTH PLAIN with the initial response (RFC 5034): the right
+    /// password of a known user, or `wrong`.
+    AuthPlain {
+        user: Name,
+        right: bool,
+        wrong: String,
+    },
     Capa,
     Quit,
     Stat,
@@ -141,9 +148,11 @@ pub enum Ending {
     UnreadThenDrop(Vec<Item>),
 }
 
-const KEYWORDS: [&str; 13] = [
+/// Every keyword the server knows: an unknown line is none of them (a bare
+/// `AUTH` lists mechanisms, `AUTH PLAIN` waits for a response line).
+const KEYWORDS: [&str; 15] = [
     "USER", "PASS", "APOP", "CAPA", "QUIT", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP",
-    "UIDL",
+    "UIDL", "AUTH", "STLS",
 ];
 
 /// Each malformed: a wrong count of arguments, or separators that are not
@@ -226,6 +235,9 @@ fn choice(users: usize) -> impl Strategy<Value = Choice> {
         1 => "[ -~]{1,30}".prop_map(Choice::Pass),
         2 => (name(users), any::<bool>(), "[0-9a-f]{32}").prop_map(|(user, right, wrong_digest)| {
             Choice::Apop { user, right, wrong_digest }
+        }),
+        2 => (name(users), any::<bool>(), "[ -~]{1,30}").prop_map(|(user, right, wrong)| {
+            Choice::AuthPlain { user, right, wrong }
         }),
     ]
 }
@@ -422,6 +434,22 @@ impl Item {
                         (
                             format!("APOP {name} {digest}"),
                             Command::Apop { user: name, digest },
+                        )
+                    }
+                    Choice::AuthPlain { user, right, wrong } => {
+                        use base64ct::{Base64, Encoding};
+                        let name = name_of(user);
+                        let password = match (right, user) {
+                            (true, Name::Known(i)) => users[*i].password.to_string(),
+                            _ => wrong.clone(),
+                        };
+                        let message = format!("\0{name}\0{password}");
+                        (
+                            format!("AUTH PLAIN {}", Base64::encode_string(message.as_bytes())),
+                            Command::AuthPlain {
+                                user: name,
+                                password,
+                            },
                         )
                     }
                     Choice::Capa => ("CAPA".into(), Command::Capa),
