@@ -5,7 +5,8 @@
 //!
 //! Layout: `command` parses bytes into commands (no I/O), `framing` cuts the
 //! byte stream into lines, `reply` writes responses (CRLF, dot-stuffing),
-//! `body` turns a message read in chunks into a response body, `session`
+//! `body` turns a message read in chunks into a response body,
+//! `proxy_header` reads a load balancer's PROXY header (no I/O), `session`
 //! is the state machine, `server` the tokio service; `auth` and `maildrop`
 //! are what the session works on.
 
@@ -19,6 +20,7 @@ pub mod host;
 pub mod live_config;
 pub mod log_text;
 pub mod maildrop;
+pub mod proxy_header;
 pub mod reply;
 pub mod server;
 pub mod session;
