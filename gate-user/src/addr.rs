@@ -5,7 +5,7 @@
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use anyhow::{bail, Context, Result};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
 
 /// Turns an IPv4-mapped IPv6 address into the IPv4 address it carries.
@@ -49,25 +49,14 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Read as the POP3 service reads its networks (`pop3::network`).
 impl FromStr for Cidr {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        let trimmed = text.trim();
-        let net = if trimmed.contains('/') {
-            IpNet::from_str(trimmed).map_err(|_| {
-                anyhow::anyhow!("bad CIDR `{text}`: expected ADDRESS/PREFIX, e.g. 192.0.2.0/24")
-            })?
-        } else {
-            IpNet::from(parse_addr(trimmed).with_context(|| format!("bad CIDR `{text}`"))?)
-        };
-        if net.addr() != net.network() {
-            bail!(
-                "bad CIDR `{text}`: host bits are set (did you mean {}?)",
-                net.trunc()
-            );
-        }
-        Ok(Self(normalize_net(net)))
+        pop3::network::parse_network(text)
+            .map(Self)
+            .map_err(anyhow::Error::msg)
     }
 }
 
@@ -152,18 +141,6 @@ pub fn dest_scope(values: &[Dest]) -> Result<Vec<Cidr>> {
             Dest::All => None,
         })
         .collect())
-}
-
-fn normalize_net(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let Some(v4) = v6.addr().to_ipv4_mapped() {
-            if v6.prefix_len() >= 96 {
-                // The prefix is at most 128, so this cannot fail.
-                return IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).unwrap());
-            }
-        }
-    }
-    net
 }
 
 #[cfg(test)]

@@ -294,6 +294,20 @@ pub struct ServeArgs {
     /// Offer and take APOP (true or false). Default true.
     #[arg(long, value_name = "BOOL")]
     pub apop: Option<bool>,
+    /// A --listen address behind a load balancer (repeatable): its
+    /// connections must come from --proxy-trusted-networks and start with
+    /// a PROXY header (v1 or v2) naming the real client.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub proxy_listen: Vec<std::net::SocketAddr>,
+    /// A network load balancers connect from (repeatable); needed with
+    /// --proxy-listen.
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_trusted_networks: Vec<Cidr>,
+    /// Time a load balancer has to send its PROXY header (at most 1m).
+    /// Default 3s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub proxy_timeout: Option<Duration>,
 }
 
 /// The keys of `smtp-gate serve --config`: its flags' names, but `config`.

@@ -5,9 +5,10 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
+use ipnet::IpNet;
 use serde::{de::Error as _, Deserialize, Deserializer};
 
-use crate::{duration, host::system_host_name};
+use crate::{duration, host::system_host_name, network::parse_network};
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -83,10 +84,33 @@ pub struct ServerConfig {
     /// the password stored as plaintext: an operator whose clients all
     /// use TLS turns it off. Default: on.
     pub apop: bool,
+
+    // Load balancers: listeners whose connections come through a proxy
+    // that tells the real client's address in a PROXY header (HAProxy's
+    // proxy-protocol.txt, v1 or v2), as Dovecot's `haproxy_trusted_networks`
+    // and Postfix's `smtpd_upstream_proxy_protocol` take it.
+    /// Listeners (each also in `listen`) behind a load balancer: every
+    /// connection must come from `proxy_trusted_networks` and start with a
+    /// PROXY header, and the client it names is the client (its grant,
+    /// its connection slot, its failures, whether it is on this host).
+    #[serde(deserialize_with = "listen_addresses")]
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Where load balancers connect from; required with `proxy_listen`.
+    /// A connection to a proxied listener from anywhere else is closed.
+    #[serde(deserialize_with = "networks")]
+    pub proxy_trusted_networks: Vec<IpNet>,
+    /// How long a load balancer has to send the whole PROXY header;
+    /// then the connection is closed. Default 3 s (Dovecot's
+    /// `haproxy_timeout`), at most 1 min.
+    #[serde(with = "duration::text")]
+    pub proxy_timeout: Duration,
 }
 
 /// The longest `login_failure_delay`.
 const MAX_LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(60);
+/// The longest `proxy_timeout`: a proxy sends its header with the
+/// connection's first octets.
+const MAX_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest `shutdown_grace`.
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 /// RFC 1939 section 3 (see `ServerConfig::idle_timeout`).
@@ -123,6 +147,9 @@ impl Default for ServerConfig {
             max_login_failures: 3,
             shutdown_grace: Duration::from_secs(10),
             apop: true,
+            proxy_listen: Vec::new(),
+            proxy_trusted_networks: Vec::new(),
+            proxy_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -205,7 +232,35 @@ impl ServerConfig {
         if !(1..=128).contains(&self.client_prefix_v6) {
             return bad("client_prefix_v6", "must be from 1 to 128");
         }
+        self.check_proxy()
+    }
+
+    /// The proxied listeners are listeners, and someone may send to them.
+    fn check_proxy(&self) -> Result<(), BadSetting> {
+        let bad = |key, problem: String| Err(BadSetting { key, problem });
+        if let Some(stray) = self.proxy_listen.iter().find(|a| !self.listen.contains(a)) {
+            return bad(
+                "proxy_listen",
+                format!("{stray} is not one of the addresses of `listen`"),
+            );
+        }
+        if !self.proxy_listen.is_empty() && self.proxy_trusted_networks.is_empty() {
+            return bad(
+                "proxy_trusted_networks",
+                "needed with `proxy_listen`: the networks the load balancers connect from"
+                    .to_string(),
+            );
+        }
+        if self.proxy_timeout > MAX_PROXY_TIMEOUT {
+            return bad("proxy_timeout", "at most 1m".into());
+        }
         Ok(())
+    }
+
+    /// Whether connections to `listener` (an address of `listen`) come
+    /// through a load balancer.
+    pub fn is_proxied(&self, listener: SocketAddr) -> bool {
+        self.proxy_listen.contains(&listener)
     }
 }
 
@@ -221,6 +276,14 @@ fn listen_addresses<'de, D: Deserializer<'de>>(
                 D::Error::custom(format!("`{text}` is not ADDRESS:PORT (e.g. \"[::]:110\")"))
             })
         })
+        .collect()
+}
+
+/// Networks in CIDR notation (`network::parse_network`).
+fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| parse_network(text).map_err(D::Error::custom))
         .collect()
 }
 
@@ -244,6 +307,39 @@ mod tests {
         assert_eq!(config.login_timeout, Duration::from_secs(60));
         assert_eq!(config.line_timeout, Duration::from_secs(30));
         assert_eq!((config.client_prefix_v4, config.client_prefix_v6), (32, 64));
+        assert!(config.proxy_listen.is_empty(), "no listener is proxied");
+        assert_eq!(config.proxy_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn proxied_listeners_are_listeners_with_trusted_networks() {
+        let read = |text: &str| toml::from_str::<ServerConfig>(text).unwrap();
+        let key = |text: &str| read(text).check().map_err(|e| e.key);
+        let listen = "listen = [\"[::]:110\", \"127.0.0.1:1110\"]\n";
+        let ok = read(&format!(
+            "{listen}proxy_listen = [\"127.0.0.1:1110\"]\n\
+             proxy_trusted_networks = [\"10.0.0.0/8\", \"2001:db8::1\"]"
+        ));
+        ok.check().unwrap();
+        assert!(ok.is_proxied("127.0.0.1:1110".parse().unwrap()));
+        assert!(!ok.is_proxied("[::]:110".parse().unwrap()));
+        assert_eq!(
+            key(&format!(
+                "{listen}proxy_listen = [\"127.0.0.1:110\"]\nproxy_trusted_networks = [\"10.0.0.1\"]"
+            )),
+            Err("proxy_listen"),
+            "not a listener"
+        );
+        assert_eq!(
+            key(&format!("{listen}proxy_listen = [\"127.0.0.1:1110\"]")),
+            Err("proxy_trusted_networks")
+        );
+        assert_eq!(key("proxy_timeout = \"61s\""), Err("proxy_timeout"));
+        assert_eq!(key("proxy_timeout = \"1m\""), Ok(()));
+        let e = toml::from_str::<ServerConfig>("proxy_trusted_networks = [\"10.1.2.3/8\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host bits"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod host;
 pub mod live_config;
 pub mod log_text;
 pub mod maildrop;
+pub mod network;
 pub mod proxy_header;
 pub mod reply;
 pub mod server;

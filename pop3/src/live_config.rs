@@ -1,7 +1,8 @@
 //! The service's settings while it runs. A reload (SIGHUP in the daemon)
 //! replaces them: each connection takes the settings in force when it is
 //! accepted and keeps them to its end, and the connection limits follow at
-//! once (server/slots.rs). The listeners and the greeting's host name are
+//! once (server/slots.rs). The listeners (and which of them are behind a
+//! load balancer, and whom they trust) and the greeting's host name are
 //! made at start and stay as they are.
 
 use std::sync::{Arc, RwLock};
@@ -36,13 +37,18 @@ impl LiveConfig {
     }
 
     /// Makes `config` the settings of the connections accepted from now on,
-    /// but for `listen` and `hostname`, which stay as they are (see the
-    /// module comment). A lower connection limit cuts no connection: nobody
+    /// but for `listen`, `hostname`, `proxy_listen` and
+    /// `proxy_trusted_networks`, which stay as they are (see the module
+    /// comment). A lower connection limit cuts no connection: nobody
     /// more is let in until enough of them have ended.
     pub fn update(&self, mut config: ServerConfig) {
         let old = self.current();
         config.listen.clone_from(&old.listen);
         config.hostname.clone_from(&old.hostname);
+        config.proxy_listen.clone_from(&old.proxy_listen);
+        config
+            .proxy_trusted_networks
+            .clone_from(&old.proxy_trusted_networks);
         self.slots.set_limits(SlotLimits::of(&config));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
@@ -121,12 +127,19 @@ mod tests {
         live.update(ServerConfig {
             hostname: "second".into(),
             listen: vec!["127.0.0.1:1110".parse().unwrap()],
+            proxy_listen: vec!["127.0.0.1:1110".parse().unwrap()],
+            proxy_trusted_networks: vec!["10.0.0.0/8".parse().unwrap()],
             idle_timeout: Duration::from_secs(1200),
             ..ServerConfig::default()
         });
         let now = live.current();
         assert_eq!(now.hostname, "first");
         assert_eq!(now.listen, ServerConfig::default().listen);
+        assert!(now.proxy_listen.is_empty(), "no listener became proxied");
+        assert!(
+            now.proxy_trusted_networks.is_empty(),
+            "nobody became trusted"
+        );
         assert_eq!(now.idle_timeout, Duration::from_secs(1200));
     }
 }

@@ -49,11 +49,16 @@ pub struct ServeConfig {
 }
 
 /// The keys that a reload (SIGHUP) cannot apply, because what they set up
-/// is made once at start: the listeners, the greeting's host name, the
+/// is made once at start: the listeners (and which of them are behind a
+/// load balancer, and whom they trust: the two go together, so that a
+/// reload cannot leave a proxied listener without trusted networks), the
+/// greeting's host name, the
 /// attachment (interface, mode, pin directory, the grant maps' size) and
 /// the Maildir store. Every other key takes effect on reload.
-pub const RESTART_KEYS: [&str; 8] = [
+pub const RESTART_KEYS: [&str; 10] = [
     "listen",
+    "proxy_listen",
+    "proxy_trusted_networks",
     "hostname",
     "iface",
     "mode",
@@ -179,6 +184,18 @@ impl ServeConfig {
         let mut kept = Vec::new();
         keep("listen", &self.pop3.listen, &mut new.pop3.listen, &mut kept);
         keep(
+            "proxy_listen",
+            &self.pop3.proxy_listen,
+            &mut new.pop3.proxy_listen,
+            &mut kept,
+        );
+        keep(
+            "proxy_trusted_networks",
+            &self.pop3.proxy_trusted_networks,
+            &mut new.pop3.proxy_trusted_networks,
+            &mut kept,
+        );
+        keep(
             "hostname",
             &self.pop3.hostname,
             &mut new.pop3.hostname,
@@ -288,6 +305,9 @@ mod tests {
         login_failure_delay = "1s"
         shutdown_grace = "5s"
         apop = false
+        proxy_listen = ["127.0.0.1:1110"]
+        proxy_trusted_networks = ["10.0.0.0/8", "2001:db8::/32"]
+        proxy_timeout = "5s"
     "#;
 
     #[test]
@@ -309,6 +329,9 @@ mod tests {
         assert_eq!(s.pop3.line_timeout, Duration::from_secs(45));
         assert_eq!((s.pop3.client_prefix_v4, s.pop3.client_prefix_v6), (24, 56));
         assert!(!s.pop3.apop);
+        assert_eq!(s.pop3.proxy_listen, ["127.0.0.1:1110".parse().unwrap()]);
+        assert_eq!(s.pop3.proxy_trusted_networks.len(), 2);
+        assert_eq!(s.pop3.proxy_timeout, Duration::from_secs(5));
         let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
         assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
     }
@@ -531,6 +554,7 @@ mod tests {
                 "max_connections",
                 "max_connections_per_ip",
                 "ports",
+                "proxy_timeout",
                 "send_timeout",
                 "shutdown_grace",
                 "window"
