@@ -8,9 +8,11 @@
 
 mod accept_errors;
 pub mod open_files;
+pub mod proxy;
 mod session_end;
 pub(crate) mod slots;
 
+pub use proxy::{Peer, ProxyDoor};
 pub use slots::ClientNetwork;
 
 use std::{
@@ -35,13 +37,14 @@ use crate::{
     framing::LineBuffer,
     live_config::LiveConfig,
     log_text::LogText,
-    normalize_addr,
+    network,
     reply::{ReplyBuffer, ReplySink, RespCode, FLUSH_AT},
     session::{EndReason, Flow, Session, SessionContext, Transport, LOG_TARGET},
     session_id::{SessionId, SessionIds},
     Authenticator, FailureSink, GrantSink,
 };
 use accept_errors::AcceptErrors;
+use proxy::Refusal;
 use session_end::Served;
 use slots::{Admission, Slot, Slots};
 
@@ -57,7 +60,9 @@ pub struct Backends {
 pub struct Server {
     live: Arc<LiveConfig>,
     backends: Backends,
-    listeners: Vec<TcpListener>,
+    /// Each listener, and whether it is behind a load balancer.
+    listeners: Vec<(TcpListener, bool)>,
+    door: Arc<ProxyDoor>,
 }
 
 const READ_CHUNK: usize = 4096;
@@ -70,17 +75,37 @@ impl Server {
     }
 
     /// A server on listeners bound beforehand (the daemon binds first, so
-    /// that a port it cannot have stops it before it touches the gate).
+    /// that a port it cannot have stops it before it touches the gate):
+    /// those of `config.listen`, in its order, as `bind_listeners` gives
+    /// them.
     pub fn with_listeners(
         config: ServerConfig,
         backends: Backends,
         listeners: Vec<TcpListener>,
     ) -> Self {
+        // Which listener is proxied is known by its place: one taken for
+        // another would serve a load balancer's clients as the balancer.
+        assert_eq!(
+            listeners.len(),
+            config.listen.len(),
+            "one listener for each address of `listen`"
+        );
+        let listeners = listeners
+            .into_iter()
+            .zip(&config.listen)
+            .map(|(listener, addr)| (listener, config.is_proxied(*addr)))
+            .collect();
         Self {
             live: Arc::new(LiveConfig::new(config)),
             backends,
             listeners,
+            door: Arc::default(),
         }
+    }
+
+    /// The proxied listeners' count of refused connections.
+    pub fn proxy_door(&self) -> Arc<ProxyDoor> {
+        Arc::clone(&self.door)
     }
 
     /// The settings while it runs, which a reload replaces.
@@ -91,7 +116,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -111,7 +136,7 @@ impl Server {
         let password_checks = PasswordChecks::per_cpu();
         let user_throttle = Arc::new(UserThrottle::new());
         let mut accept_loops = Vec::new();
-        for listener in self.listeners {
+        for (listener, proxied) in self.listeners {
             let shared = Shared {
                 live: Arc::clone(&self.live),
                 backends: self.backends.clone(),
@@ -122,9 +147,11 @@ impl Server {
                 ids: Arc::clone(&ids),
                 password_checks: Arc::clone(&password_checks),
                 user_throttle: Arc::clone(&user_throttle),
+                door: Arc::clone(&self.door),
             };
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
+                proxied,
                 shared,
                 shutdown.clone(),
             )));
@@ -206,9 +233,15 @@ struct Shared {
     ids: Arc<SessionIds>,
     password_checks: Arc<PasswordChecks>,
     user_throttle: Arc<UserThrottle>,
+    door: Arc<ProxyDoor>,
 }
 
-async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    proxied: bool,
+    shared: Shared,
+    shutdown: CancellationToken,
+) {
     let mut errors = AcceptErrors::default();
     loop {
         let (stream, peer) = tokio::select! {
@@ -230,39 +263,76 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
         };
         let _ = stream.set_nodelay(true);
         let id = shared.ids.next();
-        let text = match shared.slots.admit(normalize_addr(peer.ip())) {
-            Admission::Admitted { slot, made_room } => {
-                debug!("session={id} connect addr={peer}");
-                if let Some(network) = made_room {
-                    debug!(
-                        "session={id} all slots taken: the newest connection of {network} that \
-                         has not logged in is cut for {peer}"
-                    );
-                }
-                let shared = shared.clone();
-                shared.tracker.clone().spawn(async move {
-                    serve_connection(stream, peer, id, slot, &shared).await;
-                });
+        if proxied {
+            let config = shared.live.current();
+            if !network::contains(&config.proxy_trusted_networks, peer.ip()) {
+                shared.door.refuse(peer, &Refusal::Untrusted);
                 continue;
             }
-            Admission::NetworkFull(network) => {
-                debug!("session={id} refused {peer}: {network} holds its most connections");
-                "too many connections from your network, try again later"
-            }
-            Admission::ServerFull => {
-                debug!("session={id} refused {peer}: all slots taken");
-                "too many connections, try again later"
-            }
+            let Some(waiting) = shared.door.wait(config.max_connections) else {
+                shared.door.refuse(peer, &Refusal::TooManyWaiting);
+                continue;
+            };
+            let shared = shared.clone();
+            shared.tracker.clone().spawn(async move {
+                let mut stream = stream;
+                let header =
+                    proxy::read_header(&mut stream, config.proxy_timeout, &shared.hard_stop).await;
+                drop(waiting);
+                match header {
+                    Ok(addresses) => {
+                        let client = Peer::proxied(peer, addresses);
+                        match admit(&shared, client, id) {
+                            Ok(slot) => serve_connection(stream, client, id, slot, &shared).await,
+                            Err(text) => refuse(stream, text).await,
+                        }
+                    }
+                    Err(why) => shared.door.refuse(peer, &why),
+                }
+            });
+            continue;
+        }
+        // The slot is taken here, in the order connections come.
+        let client = Peer::direct(peer);
+        let shared = shared.clone();
+        match admit(&shared, client, id) {
+            Ok(slot) => shared.tracker.clone().spawn(async move {
+                serve_connection(stream, client, id, slot, &shared).await;
+            }),
+            Err(text) => shared.tracker.spawn(refuse(stream, text)),
         };
-        shared.tracker.spawn(async move {
-            let mut stream = stream;
-            let mut reply = ReplyBuffer::new();
-            reply.err(Some(RespCode::SysTemp), text);
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes()))
-                    .await;
-        });
     }
+}
+
+/// A slot for `peer`'s client, or the text it is refused with.
+fn admit(shared: &Shared, peer: Peer, id: SessionId) -> Result<Slot, &'static str> {
+    match shared.slots.admit(peer.ip()) {
+        Admission::Admitted { slot, made_room } => {
+            debug!("session={id} connect addr={peer}");
+            if let Some(network) = made_room {
+                debug!(
+                    "session={id} all slots taken: the newest connection of {network} that \
+                     has not logged in is cut for {peer}"
+                );
+            }
+            Ok(slot)
+        }
+        Admission::NetworkFull(network) => {
+            debug!("session={id} refused {peer}: {network} holds its most connections");
+            Err("too many connections from your network, try again later")
+        }
+        Admission::ServerFull => {
+            debug!("session={id} refused {peer}: all slots taken");
+            Err("too many connections, try again later")
+        }
+    }
+}
+
+/// Tells a client that got no slot why, and closes.
+async fn refuse(mut stream: TcpStream, text: &'static str) {
+    let mut reply = ReplyBuffer::new();
+    reply.err(Some(RespCode::SysTemp), text);
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
 }
 
 /// Why a connection was cut before it logged in.
@@ -293,7 +363,7 @@ impl CutBeforeLogin {
 /// However it ends, its summary is logged (`Served`).
 async fn serve_connection(
     mut stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     id: SessionId,
     slot: Slot,
     shared: &Shared,
@@ -308,16 +378,19 @@ async fn serve_connection(
         store: Arc::clone(&shared.backends.store),
         grants: Arc::clone(&shared.backends.grants),
         failures: Arc::clone(&shared.backends.failures),
-        peer: normalize_addr(peer.ip()),
+        peer: peer.ip(),
         network: slot.network(),
         password_checks: Arc::clone(&shared.password_checks),
         user_throttle: Arc::clone(&shared.user_throttle),
         max_login_failures: config.max_login_failures,
-        transport: Transport::cleartext(normalize_addr(peer.ip()), false),
+        // Whether the client is on this host is the client's, never the
+        // proxy's: behind a load balancer on this host, every client
+        // would count as local (and could send passwords in clear).
+        transport: Transport::cleartext(peer.ip(), false),
         apop: config.apop,
     };
     let session = Session::new(ctx, shared.timestamps.next());
-    let mut served = Served::new(session, normalize_addr(peer.ip()));
+    let mut served = Served::new(session, peer.ip(), peer.via_ip());
     // Biased: a session that has just logged in marks it before the cut
     // is looked at, so a login is never cut.
     let cut = tokio::select! {

@@ -15,6 +15,8 @@ pub(super) struct Served {
     pub(super) session: Session,
     /// The client's address, normalised.
     pub(super) peer: IpAddr,
+    /// The load balancer it came through, if any.
+    via: Option<IpAddr>,
     /// Octets written to the client.
     pub(super) octets_sent: u64,
     started: Instant,
@@ -22,10 +24,11 @@ pub(super) struct Served {
 }
 
 impl Served {
-    pub(super) fn new(session: Session, peer: IpAddr) -> Self {
+    pub(super) fn new(session: Session, peer: IpAddr, via: Option<IpAddr>) -> Self {
         Self {
             session,
             peer,
+            via,
             octets_sent: 0,
             started: Instant::now(),
             // What the summary says if nothing set a reason: the task was
@@ -45,6 +48,7 @@ impl Drop for Served {
             id: self.session.id(),
             reason: self.reason,
             peer: self.peer,
+            via: self.via,
             tally: self.session.tally(),
             octets_sent: self.octets_sent,
             duration: self.started.elapsed(),

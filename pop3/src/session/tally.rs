@@ -91,6 +91,8 @@ pub struct Summary<'a> {
     pub id: SessionId,
     pub reason: EndReason,
     pub peer: IpAddr,
+    /// The load balancer the client came through, if any.
+    pub via: Option<IpAddr>,
     pub tally: &'a Tally,
     /// Octets written to the client, replies and messages.
     pub octets_sent: u64,
@@ -107,6 +109,9 @@ impl fmt::Display for Summary<'_> {
             self.reason.name(),
             self.peer
         )?;
+        if let Some(via) = self.via {
+            write!(f, " via={via}")?;
+        }
         if let Some(user) = &t.user {
             write!(f, " user={}", LogText::of(user))?;
         }
@@ -143,6 +148,7 @@ mod tests {
             id: SessionId::from_raw(0xabc),
             reason: EndReason::Quit,
             peer: "192.0.2.7".parse().unwrap(),
+            via: None,
             tally: &tally,
             octets_sent: 4321,
             duration: Duration::from_millis(1500),
@@ -159,13 +165,14 @@ mod tests {
             reason: EndReason::LoginTimeout,
             id: SessionId::from_raw(1),
             peer: "2001:db8::1".parse().unwrap(),
+            via: Some("10.0.0.1".parse().unwrap()),
             octets_sent: 0,
             duration: Duration::ZERO,
         }
         .to_string();
         assert!(!line.contains("user="), "{line}");
         assert!(
-            line.contains("reason=login-timeout addr=2001:db8::1 retr=0/0"),
+            line.contains("reason=login-timeout addr=2001:db8::1 via=10.0.0.1 retr=0/0"),
             "{line}"
         );
     }
