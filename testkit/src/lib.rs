@@ -14,6 +14,7 @@ pub mod netns;
 pub mod packets;
 pub mod pop3_client;
 pub mod process;
+pub mod proxy;
 pub mod serve;
 pub mod smtp;
 pub mod window;

@@ -6,6 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use crate::{
     netns::netns_command,
     process::{describe, output_within, require_tool, run_ok},
+    serve::POP3_PORT,
 };
 
 /// The POP3 client the labs run inside a client namespace: Python's poplib
@@ -34,7 +35,18 @@ pub fn require_pop3_clients() {
 /// objects) and returns one result object per step. Panics if the script
 /// fails, times out or prints something else than its JSON.
 pub fn pop3_client(ns: &str, host: IpAddr, steps: serde_json::Value) -> Vec<serde_json::Value> {
-    let plan = serde_json::json!({ "host": host.to_string(), "steps": steps });
+    pop3_client_at(ns, host, POP3_PORT, steps)
+}
+
+/// [`pop3_client`] with POP3 on `port` (the `smtp` steps still go to
+/// `host`'s port 25, or the port they name).
+pub fn pop3_client_at(
+    ns: &str,
+    host: IpAddr,
+    port: u16,
+    steps: serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let plan = serde_json::json!({ "host": host.to_string(), "port": port, "steps": steps });
     let out = output_within(
         netns_command(ns, "python3")
             .args(["-c", POP3_CLIENT_PY])

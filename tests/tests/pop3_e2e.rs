@@ -9,7 +9,8 @@
 
 use std::{
     fs,
-    net::IpAddr,
+    io::{ErrorKind, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -22,8 +23,9 @@ use testkit::{
     lab::{Lab, LabOptions, Link},
     mail::MailFixture,
     netns::in_netns,
-    pop3_client::{pop3_client, require_pop3_clients},
+    pop3_client::{pop3_client, pop3_client_at, require_pop3_clients},
     process::output_within,
+    proxy::{proxy_v2_header, ProxyV2},
     serve::{ServeDaemon, ServeStart, Unprivileged, POP3_PORT},
     smtp::{assert_connected, ConnectResult, Syns, BANNER, PASS_TIMEOUT, SMTP_PORT},
 };
@@ -266,10 +268,16 @@ fn syns_of(step: &Value) -> Syns {
 /// So a step that timed out is a denial, not a slow machine.
 #[track_caller]
 fn pop_judged(lab: &Lab, link: &Link, host: IpAddr, steps: Value) -> Vec<Value> {
+    pop_judged_at(lab, link, host, POP3_PORT, steps)
+}
+
+/// [`pop_judged`] with POP3 on `port`.
+#[track_caller]
+fn pop_judged_at(lab: &Lab, link: &Link, host: IpAddr, port: u16, steps: Value) -> Vec<Value> {
     let judge = Judge::by_cli(lab);
     let before = judge.counters();
     let accepted_before = lab.accepted();
-    let results = pop3_client(&link.client_ns, host, steps);
+    let results = pop3_client_at(&link.client_ns, host, port, steps);
     let (mut passed, mut dropped, mut connected) = (Syns::exactly(0), Syns::exactly(0), 0);
     for step in results.iter().filter(|s| s["op"] == "smtp") {
         match step["smtp"].as_str() {
@@ -1915,4 +1923,116 @@ fn a_huge_message_without_a_size_neither_hangs_a_login_nor_locks_the_maildrop() 
         r[1].get("error").is_some() || r[1].get("oserror").is_some(),
         "a login during the shutdown: {r:#?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Behind a load balancer (PROXY protocol)
+// ---------------------------------------------------------------------------
+
+/// The daemon's listener behind the lab's load balancer, and the
+/// balancer's own: both on the server's address, the balancer (a relay in
+/// the server namespace, as a balancer on the mail host would be) in
+/// front of the proxied one.
+const PROXIED_PORT: u16 = 1111;
+const BALANCER_PORT: u16 = 1110;
+
+/// The client logs in through a load balancer that sends a PROXY v2
+/// header: the grant is the client's own address (its SMTP SYN passes at
+/// once), not the balancer's; the log names both. The same client sending
+/// its own PROXY header straight to the proxied listener, from outside the
+/// trusted networks, is closed without a greeting and nobody is granted.
+#[test]
+fn a_client_behind_a_load_balancer_is_granted_under_its_own_address() {
+    let mut pop = Pop3Lab::with(LabOptions::default(), |lab| {
+        let proxied = format!("{}:{PROXIED_PORT}", lab.client.server_v4);
+        let balancer = format!("{}/32", lab.client.server_v4);
+        [
+            "--listen",
+            &proxied,
+            "--proxy-listen",
+            &proxied,
+            "--proxy-trusted-networks",
+            &balancer,
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    let link = pop.lab.client.clone();
+    let server = IpAddr::from(link.server_v4);
+    let proxied = SocketAddr::new(server, PROXIED_PORT);
+
+    // Straight from the client, which is not trusted, with a header that
+    // names another host of its network.
+    let claimed: SocketAddr = "10.231.1.77:40000".parse().unwrap();
+    let answer = in_netns(&link.client_ns, || {
+        let mut stream = TcpStream::connect_timeout(&proxied, Duration::from_secs(10))
+            .expect("connecting to the proxied listener");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut first = proxy_v2_header(claimed, proxied);
+        first.extend(format!("USER {ALICE}\r\nPASS {ALICE_SECRET}\r\n").as_bytes());
+        // The daemon may close before all of it arrives.
+        let _ = stream.write_all(&first);
+        // Until it is closed (or reset); a connection still open after
+        // the read timeout gives what it sent by then.
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) => answer,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => answer,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                answer.extend(b" (and still open)");
+                answer
+            }
+            Err(e) => panic!("reading the proxied listener's answer: {e}"),
+        }
+    });
+    assert!(
+        answer.is_empty(),
+        "an untrusted PROXY header got an answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    pop.daemon
+        .wait_for_log("proxied connections refused", 1, Duration::from_secs(30));
+    assert_eq!(grants(&pop.lab, true), Vec::new(), "nobody granted");
+
+    let balancer = ProxyV2::start(
+        &pop.lab.server_ns,
+        SocketAddr::new(server, BALANCER_PORT),
+        proxied,
+    );
+    let results = pop_judged_at(
+        &pop.lab,
+        &link,
+        server,
+        BALANCER_PORT,
+        json!([
+            {"op": "smtp", "timeout": SMTP_DENY_TIMEOUT},
+            {"op": "connect"},
+            {"op": "login", "user": ALICE, "password": ALICE_SECRET},
+            {"op": "smtp", "timeout": SMTP_PASS_TIMEOUT},
+            {"op": "quit"},
+        ]),
+    );
+    assert_smtp_denied(&results, 0, "before the login");
+    ok_step(&results, 2, "login");
+    assert_smtp_connected(&results, 3, "after the login through the balancer");
+    ok_step(&results, 4, "quit");
+    assert_eq!(balancer.relayed(), 1, "the login went through the balancer");
+    assert_eq!(
+        grants(&pop.lab, true),
+        [(link.client_v4.to_string(), false)],
+        "the client's own address, and not the balancer's ({server})"
+    );
+    let log = pop.daemon.wait_for_log(
+        &format!("end reason=quit addr={} via={server}", link.client_v4),
+        1,
+        Duration::from_secs(30),
+    );
+    assert!(
+        log.contains(&format!("grant addr={} user={ALICE}", link.client_v4)),
+        "{log}"
+    );
+    drop(balancer);
+    pop.stop();
 }
