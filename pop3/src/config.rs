@@ -3,7 +3,7 @@
 //! its config file, whose keys are these fields' names, and from its flags
 //! of the same names; it refuses to start on one that `check` refuses.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 use serde::{de::Error as _, Deserialize, Deserializer};
@@ -17,6 +17,18 @@ pub struct ServerConfig {
     /// IPv6 on one socket (IPV6_V6ONLY is cleared on `[::]`).
     #[serde(deserialize_with = "listen_addresses")]
     pub listen: Vec<SocketAddr>,
+    /// Addresses to serve POP3 over TLS on from the first octet (RFC
+    /// 8314, "implicit TLS"). Default `[::]:995` when a certificate is
+    /// configured (`tls_cert`), none otherwise; `[]` serves STLS only.
+    #[serde(deserialize_with = "tls_listen_addresses")]
+    pub listen_tls: Option<Vec<SocketAddr>>,
+    /// PEM file of the certificate chain, the server's own certificate
+    /// first. With `tls_key`: STLS (RFC 2595) on `listen`, implicit TLS on
+    /// `listen_tls`. Read again when it changes, and on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of `tls_cert`'s certificate. A secret,
+    /// as the users file: mode 600, owned by root or the daemon's user.
+    pub tls_key: Option<PathBuf>,
     /// Name in the APOP timestamp of the greeting. Default: the system's
     /// host name.
     pub hostname: String,
@@ -134,6 +146,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 110))],
+            listen_tls: None,
+            tls_cert: None,
+            tls_key: None,
             hostname: system_host_name().to_string(),
             idle_timeout: MIN_IDLE_TIMEOUT,
             send_timeout: Duration::from_secs(60),
@@ -154,6 +169,11 @@ impl Default for ServerConfig {
     }
 }
 
+/// Where implicit TLS is served when a certificate is configured and
+/// `listen_tls` is not given (RFC 8314 section 7.1: port 995).
+pub const DEFAULT_LISTEN_TLS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 995);
+
 /// A setting the service cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadSetting {
@@ -171,6 +191,20 @@ impl fmt::Display for BadSetting {
 impl std::error::Error for BadSetting {}
 
 impl ServerConfig {
+    /// Whether a certificate is configured (`check` holds the key to it).
+    pub fn tls_configured(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// The implicit-TLS listen addresses: `listen_tls`, or its default.
+    pub fn tls_listen(&self) -> Vec<SocketAddr> {
+        match &self.listen_tls {
+            Some(addrs) => addrs.clone(),
+            None if self.tls_configured() => vec![DEFAULT_LISTEN_TLS],
+            None => Vec::new(),
+        }
+    }
+
     /// Refuses what the service cannot run with, naming the key.
     pub fn check(&self) -> Result<(), BadSetting> {
         let bad = |key, problem: &str| {
@@ -181,6 +215,36 @@ impl ServerConfig {
         };
         if self.listen.is_empty() {
             return bad("listen", "at least one address is needed");
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return bad(
+                    "tls_key",
+                    "missing: `tls_cert` needs the key of its certificate",
+                )
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "tls_cert",
+                    "missing: `tls_key` needs the certificate of its key",
+                )
+            }
+            _ => {}
+        }
+        let implicit_tls = self.listen_tls.as_deref().unwrap_or_default();
+        if !implicit_tls.is_empty() && self.tls_cert.is_none() {
+            return bad(
+                "listen_tls",
+                "TLS needs a certificate: give `tls_cert` and `tls_key`",
+            );
+        }
+        // Port 0 (any free port, as tests bind) is never the same port.
+        let same_port = |addr: &&SocketAddr| addr.port() != 0 && self.listen.contains(addr);
+        if let Some(both) = implicit_tls.iter().find(same_port) {
+            return bad(
+                "listen_tls",
+                &format!("{both} is in `listen` too: one port speaks either TLS or not"),
+            );
         }
         let hostname = &self.hostname;
         if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c == '>') {
@@ -287,6 +351,13 @@ fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D:
         .collect()
 }
 
+/// [`listen_addresses`], for a key that may be left out.
+fn tls_listen_addresses<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<SocketAddr>>, D::Error> {
+    listen_addresses(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +460,39 @@ mod tests {
             key(with(|c| c.max_connections = MAX_CONNECTIONS + 1)),
             "max_connections"
         );
+    }
+
+    /// The certificate and its key come together, implicit TLS needs
+    /// them, and 995 is served by default once they are there.
+    #[test]
+    fn tls_keys_come_in_pairs_and_listen_tls_needs_them() {
+        let read = |text: &str| toml::from_str::<ServerConfig>(text).unwrap();
+        let key = |text: &str| read(text).check().unwrap_err().key;
+        let none = read("");
+        none.check().unwrap();
+        assert!(!none.tls_configured());
+        assert_eq!(none.tls_listen(), Vec::<SocketAddr>::new());
+        assert_eq!(key("tls_cert = \"/c.pem\""), "tls_key");
+        assert_eq!(key("tls_key = \"/k.pem\""), "tls_cert");
+        assert_eq!(key("listen_tls = [\"[::]:995\"]"), "listen_tls");
+        read("listen_tls = []").check().unwrap();
+        let pair = "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n";
+        let with_pair = read(pair);
+        with_pair.check().unwrap();
+        assert_eq!(with_pair.tls_listen(), [DEFAULT_LISTEN_TLS]);
+        assert_eq!(DEFAULT_LISTEN_TLS.to_string(), "[::]:995");
+        let stls_only = read(&format!("{pair}listen_tls = []"));
+        assert_eq!(stls_only.tls_listen(), Vec::<SocketAddr>::new());
+        let own = read(&format!("{pair}listen_tls = [\"127.0.0.1:1995\"]"));
+        assert_eq!(own.tls_listen(), ["127.0.0.1:1995".parse().unwrap()]);
+        let twice = format!("{pair}listen = [\"[::]:110\"]\nlisten_tls = [\"[::]:110\"]");
+        let e = read(&twice).check().unwrap_err();
+        assert_eq!(e.key, "listen_tls");
+        assert!(e.problem.contains("[::]:110 is in `listen` too"), "{e}");
+        let err = toml::from_str::<ServerConfig>("listen_tls = [\"995\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not ADDRESS:PORT"), "{err}");
     }
 
     /// A century of delay or grace would let a failed login, or a

@@ -37,13 +37,14 @@ impl LiveConfig {
     }
 
     /// Makes `config` the settings of the connections accepted from now on,
-    /// but for `listen`, `hostname`, `proxy_listen` and
+    /// but for `listen`, `listen_tls`, `hostname`, `proxy_listen` and
     /// `proxy_trusted_networks`, which stay as they are (see the module
     /// comment). A lower connection limit cuts no connection: nobody
     /// more is let in until enough of them have ended.
     pub fn update(&self, mut config: ServerConfig) {
         let old = self.current();
         config.listen.clone_from(&old.listen);
+        config.listen_tls.clone_from(&old.listen_tls);
         config.hostname.clone_from(&old.hostname);
         config.proxy_listen.clone_from(&old.proxy_listen);
         config
