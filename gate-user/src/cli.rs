@@ -231,6 +231,17 @@ pub struct ServeArgs {
     /// Address to serve POP3 on (repeatable). Default [::]:110 (dual stack).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<std::net::SocketAddr>,
+    /// Address to serve POP3 over TLS on from the first octet (RFC 8314,
+    /// repeatable). Default [::]:995 with --tls-cert, none without.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen_tls: Vec<std::net::SocketAddr>,
+    /// PEM file of the certificate chain, the server's own first (with
+    /// --tls-key): implicit TLS on --listen-tls, STLS on --listen.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key. Mode 600.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Dovecot-style passwd-file: user:{SCHEME}secret[:...]. Mode 600.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,

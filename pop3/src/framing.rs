@@ -76,6 +76,12 @@ impl LineBuffer {
         self.pending.extend_from_slice(bytes);
     }
 
+    /// Octets received and not yet given out as lines (what a client sent
+    /// after STLS, which is dropped unread).
+    pub fn pending_octets(&self) -> usize {
+        self.pending.len()
+    }
+
     /// When the first octet of the line still unfinished arrived; `None`
     /// between lines. A line being discarded as too long counts too.
     pub fn unfinished_since(&self) -> Option<Instant> {

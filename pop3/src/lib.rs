@@ -26,6 +26,7 @@ pub mod reply;
 pub mod server;
 pub mod session;
 pub mod session_id;
+pub mod tls;
 pub mod trusted_file;
 
 use std::{error::Error, fmt, net::IpAddr};

@@ -5,8 +5,13 @@
 //! start, whatever it sends; in every state, `line_timeout` for a command
 //! line from its first octet, and `idle_timeout` from its last complete
 //! command (octets trickling in without a line end are not a command).
+//!
+//! With a certificate (tls.rs), the `listen_tls` listeners speak TLS from
+//! the first octet, and the others take STLS: the connection then goes on
+//! over TLS, with the same session.
 
 mod accept_errors;
+mod conn;
 pub mod open_files;
 pub mod proxy;
 mod session_end;
@@ -24,8 +29,8 @@ use std::{
 
 use log::{debug, info, warn};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{tcp::WriteHalf, TcpListener, TcpSocket, TcpStream},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -41,9 +46,11 @@ use crate::{
     reply::{ReplyBuffer, ReplySink, RespCode, FLUSH_AT},
     session::{EndReason, Flow, Session, SessionContext, Transport, LOG_TARGET},
     session_id::{SessionId, SessionIds},
+    tls::{self, HandshakeError, Tls},
     Authenticator, FailureSink, GrantSink,
 };
 use accept_errors::AcceptErrors;
+use conn::Conn;
 use proxy::Refusal;
 use session_end::Served;
 use slots::{Admission, Slot, Slots};
@@ -63,15 +70,27 @@ pub struct Server {
     /// Each listener, and whether it is behind a load balancer.
     listeners: Vec<(TcpListener, bool)>,
     door: Arc<ProxyDoor>,
+    /// The certificate, if one is configured: STLS on `listeners`.
+    tls: Option<Arc<Tls>>,
+    /// Implicit TLS (RFC 8314).
+    tls_listeners: Vec<TcpListener>,
 }
 
 const READ_CHUNK: usize = 4096;
 
 impl Server {
-    /// Binds every listen address; fails naming the one that cannot be had.
+    /// Binds every listen address, TLS ones too, and reads the certificate
+    /// if one is configured; fails naming the address or the file that
+    /// cannot be had.
     pub async fn bind(config: ServerConfig, backends: Backends) -> io::Result<Self> {
+        let tls = Tls::from_config(&config).map_err(io::Error::other)?;
         let listeners = bind_listeners(&config.listen)?;
-        Ok(Self::with_listeners(config, backends, listeners))
+        let tls_listeners = bind_listeners(&config.tls_listen())?;
+        let server = Self::with_listeners(config, backends, listeners);
+        Ok(match tls {
+            Some(tls) => server.serving_tls(tls, tls_listeners),
+            None => server,
+        })
     }
 
     /// A server on listeners bound beforehand (the daemon binds first, so
@@ -100,7 +119,31 @@ impl Server {
             backends,
             listeners,
             door: Arc::default(),
+            tls: None,
+            tls_listeners: Vec::new(),
         }
+    }
+
+    /// Serves TLS with `tls`'s certificate: STLS on the listeners it has,
+    /// implicit TLS on `tls_listeners` (bound beforehand).
+    pub fn serving_tls(mut self, tls: Tls, tls_listeners: Vec<TcpListener>) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self.tls_listeners = tls_listeners;
+        self
+    }
+
+    /// The certificate in force, which a reload replaces; `None` without
+    /// TLS.
+    pub fn certificates(&self) -> Option<Arc<tls::Certificates>> {
+        self.tls.as_ref().map(|tls| tls.certificates())
+    }
+
+    /// The addresses of the implicit-TLS listeners.
+    pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The proxied listeners' count of refused connections.
@@ -136,7 +179,17 @@ impl Server {
         let password_checks = PasswordChecks::per_cpu();
         let user_throttle = Arc::new(UserThrottle::new());
         let mut accept_loops = Vec::new();
-        for (listener, proxied) in self.listeners {
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls::watch::run(tls.certificates(), shutdown.clone()));
+        }
+        // (listener, proxied, implicit TLS): a proxied address is one of
+        // `listen`, never of `listen_tls`.
+        let listeners = (self
+            .listeners
+            .into_iter()
+            .map(|(l, proxied)| (l, proxied, false)))
+        .chain(self.tls_listeners.into_iter().map(|l| (l, false, true)));
+        for (listener, proxied, implicit_tls) in listeners {
             let shared = Shared {
                 live: Arc::clone(&self.live),
                 backends: self.backends.clone(),
@@ -148,10 +201,12 @@ impl Server {
                 password_checks: Arc::clone(&password_checks),
                 user_throttle: Arc::clone(&user_throttle),
                 door: Arc::clone(&self.door),
+                tls: self.tls.clone(),
             };
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
                 proxied,
+                implicit_tls,
                 shared,
                 shutdown.clone(),
             )));
@@ -234,11 +289,16 @@ struct Shared {
     password_checks: Arc<PasswordChecks>,
     user_throttle: Arc<UserThrottle>,
     door: Arc<ProxyDoor>,
+    /// The certificate, if one is configured.
+    tls: Option<Arc<Tls>>,
 }
 
+/// Accepts connections on `listener`, which is behind a load balancer if
+/// `proxied`, and speaks TLS from the first octet if `implicit_tls`.
 async fn accept_loop(
     listener: TcpListener,
     proxied: bool,
+    implicit_tls: bool,
     shared: Shared,
     shutdown: CancellationToken,
 ) {
@@ -283,7 +343,10 @@ async fn accept_loop(
                     Ok(addresses) => {
                         let client = Peer::proxied(peer, addresses);
                         match admit(&shared, client, id) {
-                            Ok(slot) => serve_connection(stream, client, id, slot, &shared).await,
+                            Ok(slot) => {
+                                serve_connection(stream, implicit_tls, client, id, slot, &shared)
+                                    .await
+                            }
                             Err(text) => refuse(stream, text).await,
                         }
                     }
@@ -297,8 +360,11 @@ async fn accept_loop(
         let shared = shared.clone();
         match admit(&shared, client, id) {
             Ok(slot) => shared.tracker.clone().spawn(async move {
-                serve_connection(stream, client, id, slot, &shared).await;
+                serve_connection(stream, implicit_tls, client, id, slot, &shared).await;
             }),
+            // A refusal in clear would be garbage to a TLS client, and a
+            // handshake is what a full server cannot afford: closed.
+            Err(_) if implicit_tls => continue,
             Err(text) => shared.tracker.spawn(refuse(stream, text)),
         };
     }
@@ -362,7 +428,8 @@ impl CutBeforeLogin {
 /// bounded by the login timeout, and the store stops when it is cut).
 /// However it ends, its summary is logged (`Served`).
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
+    implicit_tls: bool,
     peer: Peer,
     id: SessionId,
     slot: Slot,
@@ -386,17 +453,23 @@ async fn serve_connection(
         // Whether the client is on this host is the client's, never the
         // proxy's: behind a load balancer on this host, every client
         // would count as local (and could send passwords in clear).
-        transport: Transport::cleartext(peer.ip(), false),
+        transport: if implicit_tls {
+            Transport::implicit_tls(peer.ip())
+        } else {
+            Transport::cleartext(peer.ip(), shared.tls.is_some())
+        },
         apop: config.apop,
     };
     let session = Session::new(ctx, shared.timestamps.next());
     let mut served = Served::new(session, peer.ip(), peer.via_ip());
+    let mut conn = Conn::Plain(stream);
     // Biased: a session that has just logged in marks it before the cut
     // is looked at, so a login is never cut.
     let cut = tokio::select! {
         biased;
-        ended = converse(&mut stream, &config, &slot, &logged_in, shared, &mut served) => {
+        ended = serve_streams(&mut conn, implicit_tls, &config, &slot, &logged_in, shared, &mut served) => {
             served.ended(ended);
+            conn.close().await;
             return;
         }
         cut = cut_before_login(login_deadline, slot.cut(), &logged_in, &shared.hard_stop) => cut,
@@ -445,10 +518,120 @@ async fn serve_connection(
             goodbye.err(Some(RespCode::SysTemp), "server shutting down")
         }
     }
-    let written =
-        tokio::time::timeout(Duration::from_secs(1), stream.write_all(goodbye.as_bytes())).await;
-    if let Ok(Ok(())) = written {
+    if conn.last_words(goodbye.as_bytes()).await {
         served.octets_sent += goodbye.len() as u64;
+    }
+    conn.close().await;
+}
+
+/// The connection's conversation over the streams it goes through: TLS
+/// first on an implicit-TLS listener; TCP, then TLS after STLS, on the
+/// others. Gives why it ended.
+async fn serve_streams(
+    conn: &mut Conn,
+    implicit_tls: bool,
+    config: &ServerConfig,
+    slot: &Slot,
+    logged_in: &CancellationToken,
+    shared: &Shared,
+    served: &mut Served,
+) -> EndReason {
+    if implicit_tls {
+        if let Err(reason) = start_tls(conn, shared, served).await {
+            return reason;
+        }
+    }
+    let mut greet = true;
+    loop {
+        let conversed = match conn {
+            Conn::Plain(stream) => {
+                converse(stream, greet, config, slot, logged_in, shared, served).await
+            }
+            Conn::Tls(stream) => {
+                converse(
+                    &mut **stream,
+                    greet,
+                    config,
+                    slot,
+                    logged_in,
+                    shared,
+                    served,
+                )
+                .await
+            }
+            Conn::Gone => return EndReason::IoError,
+        };
+        match conversed {
+            Conversed::Ended(reason) => return reason,
+            Conversed::StartTls => {
+                if let Err(reason) = start_tls(conn, shared, served).await {
+                    return reason;
+                }
+                // RFC 2595 section 4: no new greeting; the session
+                // forgets what it was told in clear.
+                served.session.tls_started();
+                greet = false;
+            }
+        }
+    }
+}
+
+/// The TLS handshake on the connection's TCP stream, bounded in time
+/// (tls.rs); the connection is TLS from then on. A handshake that fails is
+/// the client's doing (or an attacker's): logged at debug, and the
+/// session's end line says so.
+async fn start_tls(conn: &mut Conn, shared: &Shared, served: &mut Served) -> Result<(), EndReason> {
+    let id = served.session.id();
+    let (Some(tls), Conn::Plain(_)) = (&shared.tls, &*conn) else {
+        log::error!("session={id} TLS asked for where it cannot be: the session is closed");
+        return Err(EndReason::IoError);
+    };
+    let Conn::Plain(stream) = std::mem::replace(conn, Conn::Gone) else {
+        unreachable!("a plain stream, looked at just above")
+    };
+    let handshake = tokio::select! {
+        _ = shared.hard_stop.cancelled() => return Err(EndReason::Shutdown),
+        handshake = tls.handshake(stream) => handshake,
+    };
+    match handshake {
+        Ok(stream) => {
+            let version = tls::version_name(&stream);
+            debug!(
+                "session={id} TLS up: {version} {:?}",
+                stream
+                    .get_ref()
+                    .1
+                    .negotiated_cipher_suite()
+                    .map(|s| s.suite())
+            );
+            served.tls = Some(version);
+            *conn = Conn::Tls(Box::new(stream));
+            Ok(())
+        }
+        Err(HandshakeError::TimedOut) => {
+            debug!(
+                "session={id} TLS handshake not done within {}",
+                format_duration(tls::HANDSHAKE_TIMEOUT)
+            );
+            Err(EndReason::TlsHandshakeTimeout)
+        }
+        Err(HandshakeError::Failed(e)) => {
+            debug!("session={id} TLS handshake failed: {e}");
+            Err(EndReason::TlsHandshakeFailed)
+        }
+    }
+}
+
+/// How a conversation over one stream ended.
+enum Conversed {
+    Ended(EndReason),
+    /// STLS was accepted: TLS must start on the same connection.
+    StartTls,
+}
+
+impl From<EndReason> for Conversed {
+    fn from(reason: EndReason) -> Self {
+        Conversed::Ended(reason)
     }
 }
 
@@ -469,33 +652,37 @@ async fn cut_before_login(
     }
 }
 
-/// The conversation: greeting, commands and replies, the idle and line
-/// timers, shutdown. Gives why it ended.
-async fn converse(
-    stream: &mut TcpStream,
+/// The conversation over one stream: the greeting if `greet`, commands
+/// and replies, the idle and line timers, shutdown. Gives why it ended, or
+/// that TLS must start (STLS).
+async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: &mut S,
+    greet: bool,
     config: &ServerConfig,
     slot: &Slot,
     logged_in: &CancellationToken,
     shared: &Shared,
     served: &mut Served,
-) -> EndReason {
+) -> Conversed {
     let Served {
         session,
         octets_sent,
         ..
     } = served;
     let id = session.id();
-    let (mut reader, writer) = stream.split();
     let mut out = Replies {
-        stream: writer,
+        stream,
         buffer: ReplyBuffer::new(),
         send_timeout: config.send_timeout,
         stop: &shared.hard_stop,
         lost: None,
         sent: octets_sent,
     };
-    session.greeting(&mut out.buffer);
+    if greet {
+        session.greeting(&mut out.buffer);
+    }
     let mut lines = LineBuffer::new();
+    lines.set_max_line(session.max_line());
     let mut chunk = vec![0u8; READ_CHUNK];
     // The autologout timer of RFC 1939 counts from here: the last
     // complete command (its replies sent), or the greeting.
@@ -515,39 +702,52 @@ async fn converse(
             match flow {
                 Flow::Continue => {
                     if let Err(e) = out.make_room().await {
-                        return lost(id, &e);
+                        return lost(id, &e).into();
                     }
                 }
-                // No certificate yet: the session refuses STLS before
-                // it gets here.
-                Flow::StartTls => unreachable!("STLS accepted without a certificate"),
+                Flow::StartTls => {
+                    if let Err(e) = out.send().await {
+                        return lost(id, &e).into();
+                    }
+                    // RFC 2595 section 4 and the STARTTLS command
+                    // injection (CVE-2011-0411): whatever the client sent
+                    // after STLS, before the handshake, came in clear and
+                    // could be anybody's; it is dropped unread, never
+                    // answered inside TLS.
+                    let dropped = lines.pending_octets();
+                    if dropped > 0 {
+                        debug!("session={id} STLS: {dropped} octets sent after it dropped unread");
+                    }
+                    return Conversed::StartTls;
+                }
                 Flow::Close => {
                     if let Err(e) = out.send().await {
-                        return lost(id, &e);
+                        return lost(id, &e).into();
                     }
                     return if session.tally().quit {
                         EndReason::Quit
                     } else {
                         EndReason::ReadFailed
-                    };
+                    }
+                    .into();
                 }
                 flow @ (Flow::LoginFailed | Flow::LoginFailedClose) => {
                     // The delay holds only this connection's task.
                     tokio::select! {
                         _ = tokio::time::sleep(config.login_failure_delay) => {}
-                        _ = shared.hard_stop.cancelled() => return EndReason::Shutdown,
+                        _ = shared.hard_stop.cancelled() => return EndReason::Shutdown.into(),
                     }
                     if let Err(e) = out.send().await {
-                        return lost(id, &e);
+                        return lost(id, &e).into();
                     }
                     if flow == Flow::LoginFailedClose {
-                        return EndReason::LoginFailures;
+                        return EndReason::LoginFailures.into();
                     }
                 }
             }
         }
         if let Err(e) = out.send().await {
-            return lost(id, &e);
+            return lost(id, &e).into();
         }
         if answered {
             quiet_since = Instant::now();
@@ -560,12 +760,18 @@ async fn converse(
             Some(line_until) if line_until < idle_until => (line_until, true),
             _ => (idle_until, false),
         };
-        let read = tokio::select! {
-            _ = shared.hard_stop.cancelled() => {
-                out.last_words("server shutting down", Some(RespCode::SysTemp)).await;
-                return EndReason::Shutdown;
+        let woke = tokio::select! {
+            _ = shared.hard_stop.cancelled() => Woke::Stop,
+            _ = tokio::time::sleep_until(until.into()) => Woke::Timer,
+            read = out.stream.read(&mut chunk) => Woke::Read(read),
+        };
+        match woke {
+            Woke::Stop => {
+                out.last_words("server shutting down", Some(RespCode::SysTemp))
+                    .await;
+                return EndReason::Shutdown.into();
             }
-            _ = tokio::time::sleep_until(until.into()) => {
+            Woke::Timer => {
                 let (why, reason) = if line_too_slow {
                     (
                         format!(
@@ -575,20 +781,29 @@ async fn converse(
                         EndReason::LineTimeout,
                     )
                 } else {
-                    ("disconnected for inactivity".to_string(), EndReason::IdleTimeout)
+                    (
+                        "disconnected for inactivity".to_string(),
+                        EndReason::IdleTimeout,
+                    )
                 };
                 debug!("session={id} cut: {why}");
                 out.last_words(&why, None).await;
-                return reason;
+                return reason.into();
             }
-            read = reader.read(&mut chunk) => read,
-        };
-        match read {
-            Ok(0) => return EndReason::ClientClosed,
-            Ok(n) => lines.extend(&chunk[..n]),
-            Err(e) => return lost(id, &e),
+            Woke::Read(Ok(0)) => return EndReason::ClientClosed.into(),
+            Woke::Read(Ok(n)) => lines.extend(&chunk[..n]),
+            Woke::Read(Err(e)) => return lost(id, &e).into(),
         }
     }
+}
+
+/// What a conversation waiting for the client woke up for.
+enum Woke {
+    /// The shutdown grace is over.
+    Stop,
+    /// The line or idle timeout.
+    Timer,
+    Read(io::Result<usize>),
 }
 
 /// Why a session whose connection failed ended.
@@ -604,8 +819,8 @@ fn lost(id: SessionId, e: &io::Error) -> EndReason {
 
 /// The sending side of a connection: the replies not sent yet, and how
 /// long the client may take to read them.
-struct Replies<'a> {
-    stream: WriteHalf<'a>,
+struct Replies<'a, S> {
+    stream: &'a mut S,
     buffer: ReplyBuffer,
     /// A client that reads nothing of a reply for this long is gone.
     send_timeout: Duration,
@@ -617,7 +832,7 @@ struct Replies<'a> {
     sent: &'a mut u64,
 }
 
-impl ReplySink for Replies<'_> {
+impl<S: AsyncWrite + Unpin + Send> ReplySink for Replies<'_, S> {
     fn buffer(&mut self) -> &mut ReplyBuffer {
         &mut self.buffer
     }
@@ -631,7 +846,7 @@ impl ReplySink for Replies<'_> {
     }
 }
 
-impl Replies<'_> {
+impl<S: AsyncWrite + Unpin + Send> Replies<'_, S> {
     /// Sends the pending replies. A client that reads nothing for the send
     /// timeout is gone (one that reads slowly is not: every write that
     /// moves starts the timeout again), and so is one still not reading
@@ -646,7 +861,7 @@ impl Replies<'_> {
         let result = tokio::select! {
             // A reply that can go out does, even once the grace is over.
             biased;
-            r = write_with_progress(&mut self.stream, self.buffer.as_bytes(), self.send_timeout, self.sent) => r,
+            r = write_with_progress(&mut *self.stream, self.buffer.as_bytes(), self.send_timeout, self.sent) => r,
             _ = self.stop.cancelled() => {
                 Err(io::Error::new(io::ErrorKind::Interrupted, "server shutting down"))
             }
@@ -663,10 +878,10 @@ impl Replies<'_> {
     async fn last_words(&mut self, text: &str, code: Option<RespCode>) {
         self.buffer.clear();
         self.buffer.err(code, text);
-        let written = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.stream.write_all(self.buffer.as_bytes()),
-        )
+        let written = tokio::time::timeout(Duration::from_secs(1), async {
+            self.stream.write_all(self.buffer.as_bytes()).await?;
+            self.stream.flush().await
+        })
         .await;
         if let Ok(Ok(())) = written {
             *self.sent += self.buffer.len() as u64;
@@ -675,9 +890,10 @@ impl Replies<'_> {
 }
 
 /// Writes all of `bytes`, failing when one write makes no progress for
-/// `timeout`; adds what was written to `sent`.
-async fn write_with_progress(
-    stream: &mut WriteHalf<'_>,
+/// `timeout`; adds what was written to `sent`. Then flushes (TLS holds
+/// what it encrypted until the socket takes it), within `timeout` too.
+async fn write_with_progress<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     mut bytes: &[u8],
     timeout: Duration,
     sent: &mut u64,
@@ -698,5 +914,11 @@ async fn write_with_progress(
             Ok(Err(e)) => return Err(e),
         }
     }
-    Ok(())
+    match tokio::time::timeout(timeout, stream.flush()).await {
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("client read nothing for {timeout:?}"),
+        )),
+        Ok(flushed) => flushed,
+    }
 }

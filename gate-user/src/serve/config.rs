@@ -55,8 +55,9 @@ pub struct ServeConfig {
 /// greeting's host name, the
 /// attachment (interface, mode, pin directory, the grant maps' size) and
 /// the Maildir store. Every other key takes effect on reload.
-pub const RESTART_KEYS: [&str; 10] = [
+pub const RESTART_KEYS: [&str; 11] = [
     "listen",
+    "listen_tls",
     "proxy_listen",
     "proxy_trusted_networks",
     "hostname",
@@ -184,6 +185,12 @@ impl ServeConfig {
         let mut kept = Vec::new();
         keep("listen", &self.pop3.listen, &mut new.pop3.listen, &mut kept);
         keep(
+            "listen_tls",
+            &self.pop3.listen_tls,
+            &mut new.pop3.listen_tls,
+            &mut kept,
+        );
+        keep(
             "proxy_listen",
             &self.pop3.proxy_listen,
             &mut new.pop3.proxy_listen,
@@ -280,6 +287,9 @@ mod tests {
 
     const EVERY_KEY: &str = r#"
         listen = ["[::]:110", "127.0.0.1:1110"]
+        listen_tls = ["[::]:995"]
+        tls_cert = "/etc/smtp-gate/fullchain.pem"
+        tls_key = "/etc/smtp-gate/privkey.pem"
         users = "/etc/smtp-gate/users"
         mail_root = "/var/mail"
         hostname = "mail.example.org"

@@ -23,6 +23,7 @@ use pop3::{
     },
     maildrop::maildir::MaildirStore,
     server::{bind_listeners, Backends, Server},
+    tls::Tls,
 };
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
@@ -33,7 +34,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::ServeConfig;
 pub use grant_sink::GateGrantSink;
 
-use crate::gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir};
+use crate::{
+    gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir},
+    keys::KeyError,
+};
 
 pub fn run(config: ServeConfig) -> Result<()> {
     // The open-file limit is raised, and max_connections checked against
@@ -54,7 +58,12 @@ pub fn run(config: ServeConfig) -> Result<()> {
     };
     // Everything that can be refused is refused before the gate changes.
     let users = UsersFile::load_as_written(&config.users)?;
-    let served = runtime.block_on(serve(config, users, hangups));
+    let tls = Tls::from_config(&config.pop3).map_err(|e| {
+        config
+            .source
+            .name_the_key(KeyError::of(e.key, e.problem).into())
+    })?;
+    let served = runtime.block_on(serve(config, users, tls, hangups));
     // Every session is over by now. File work of a cut session may still
     // run on the blocking pool (a QUIT's deletions, or a read stuck on a
     // file system that hangs): it gets a moment to end, but cannot keep
@@ -69,20 +78,25 @@ const BLOCKING_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(
 async fn serve(
     config: ServeConfig,
     (users, written): (UsersFile, Written),
+    tls: Option<Tls>,
     hangups: Signal,
 ) -> Result<()> {
     // The ports first: a daemon that cannot listen must not leave behind a
     // gate that nobody can get a grant from.
-    let listeners = bind_listeners(&config.pop3.listen).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            anyhow::anyhow!(
-                "{e}: a port below net.ipv4.ip_unprivileged_port_start (1024 by default) \
-                 needs CAP_NET_BIND_SERVICE"
-            )
-        } else {
-            e.into()
-        }
-    })?;
+    let bind = |addrs: &[std::net::SocketAddr]| {
+        bind_listeners(addrs).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                anyhow::anyhow!(
+                    "{e}: a port below net.ipv4.ip_unprivileged_port_start (1024 by default) \
+                     needs CAP_NET_BIND_SERVICE"
+                )
+            } else {
+                anyhow::Error::from(e)
+            }
+        })
+    };
+    let listeners = bind(&config.pop3.listen)?;
+    let tls_listeners = bind(&config.pop3.tls_listen())?;
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
     let attachment =
@@ -139,9 +153,19 @@ async fn serve(
         // Bans come with the ban maps (issue 11).
         failures: Arc::new(pop3::NoFailureSink),
     };
-    let server = Server::with_listeners(config.pop3.clone(), backends, listeners);
+    let mut server = Server::with_listeners(config.pop3.clone(), backends, listeners);
+    match tls {
+        Some(tls) => server = server.serving_tls(tls, tls_listeners),
+        None => warn!(
+            "no TLS certificate (tls_cert, tls_key): passwords (USER/PASS) cross the network in \
+             clear, and APOP can be attacked offline from one captured session"
+        ),
+    }
     for addr in server.local_addrs() {
         info!("POP3 listening on {addr}");
+    }
+    for addr in server.tls_local_addrs() {
+        info!("POP3 over TLS listening on {addr}");
     }
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -154,7 +178,13 @@ async fn serve(
         }
         trigger.cancel();
     });
-    let reloader = reload::Reloader::new(config, users, server.live_config(), requests);
+    let reloader = reload::Reloader::new(
+        config,
+        users,
+        server.live_config(),
+        server.certificates(),
+        requests,
+    );
     tokio::spawn(reloader.run(hangups, shutdown.clone()));
     let watch_stop = CancellationToken::new();
     let watching = tokio::spawn(watch.run(Arc::clone(&trouble), watch_stop.clone()));

@@ -2,7 +2,9 @@
 //! and its users file, and applies what can change while it runs: the
 //! gate's settings (window, ports, deny mode, log rate, exempt networks,
 //! destination scope), the POP3 service's limits and timeouts, and the
-//! users. What only a restart can change (config.rs `RESTART_KEYS`) keeps
+//! users, and the TLS certificate (read again even from the same files;
+//! tls.rs's watch reads it when its files change). Turning TLS on or off
+//! needs a restart. What only a restart can change (config.rs `RESTART_KEYS`) keeps
 //! its value, with a warning. Sessions stay open. A file that cannot be
 //! taken changes nothing of its part and says why; the users in force stay
 //! until a good users file comes. One line says what changed, and what was
@@ -17,6 +19,7 @@ use pop3::{
     auth::{live_users::LiveUsers, users_file::UsersFile},
     duration::format_duration,
     live_config::LiveConfig,
+    tls::Certificates,
 };
 use tokio::{signal::unix::Signal, sync::watch};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +44,8 @@ pub struct Reloader {
     config: ServeConfig,
     users: Arc<LiveUsers>,
     service: Arc<LiveConfig>,
+    /// The certificate in force, if the daemon serves TLS.
+    certificates: Option<Arc<Certificates>>,
     /// What the watch attaches with when it must attach again.
     requests: watch::Sender<AttachRequest>,
 }
@@ -50,12 +55,14 @@ impl Reloader {
         config: ServeConfig,
         users: Arc<LiveUsers>,
         service: Arc<LiveConfig>,
+        certificates: Option<Arc<Certificates>>,
         requests: watch::Sender<AttachRequest>,
     ) -> Self {
         Self {
             config,
             users,
             service,
+            certificates,
             requests,
         }
     }
@@ -95,6 +102,10 @@ impl Reloader {
                         refused.push("the gate's settings (it keeps the ones it has)".to_string());
                     }
                 }
+                let (tls_changes, tls_refused) =
+                    reload_certificate(&self.config, &mut new, self.certificates.as_deref());
+                changes.extend(tls_changes);
+                refused.extend(tls_refused);
                 if !open_files::keep_max_connections_that_fit(&self.config, &mut new) {
                     refused.push(format!(
                         "max_connections (it stays {})",
@@ -140,6 +151,60 @@ impl Reloader {
             info!("{line}");
         } else {
             warn!("{line}");
+        }
+    }
+}
+
+/// Reads the certificate of `new` (a reloaded config) again, from the
+/// same files or from new ones. Refused, the pair and the files in force
+/// stay, and so do `tls_cert` and `tls_key` in `new`; so they do when
+/// `new` would turn TLS on or off, which only a restart does (the
+/// listeners and what the sessions offer were set up at start). Gives what
+/// changed and what was refused, for the reload's line.
+fn reload_certificate(
+    old: &ServeConfig,
+    new: &mut ServeConfig,
+    certificates: Option<&Certificates>,
+) -> (Option<String>, Option<String>) {
+    let paths = (&new.pop3.tls_cert, &new.pop3.tls_key);
+    let outcome = match (certificates, paths) {
+        (Some(certificates), (Some(cert), Some(key))) => certificates
+            .reload_from(cert, key)
+            .map(|renewed| renewed.then(|| "TLS certificate renewed".to_string()))
+            .map_err(|e| {
+                error!(
+                    "reload (SIGHUP): {e}; new connections keep getting the certificate in force"
+                );
+                "the TLS certificate (the one in force stays)".to_string()
+            }),
+        (None, (None, None)) => Ok(None),
+        (Some(_), _) => {
+            warn!(
+                "reload (SIGHUP): `tls_cert` and `tls_key` are gone, but only a restart turns TLS \
+                 off; the daemon keeps serving TLS with the certificate in force"
+            );
+            Err("turning TLS off (a restart does)".to_string())
+        }
+        (None, _) => {
+            warn!(
+                "reload (SIGHUP): `tls_cert` and `tls_key` are new, but only a restart turns TLS \
+                 on; the daemon goes on without TLS"
+            );
+            Err("turning TLS on (a restart does)".to_string())
+        }
+    };
+    match outcome {
+        Ok(change) => (change, None),
+        Err(refused) => {
+            new.pop3.tls_cert.clone_from(&old.pop3.tls_cert);
+            new.pop3.tls_key.clone_from(&old.pop3.tls_key);
+            for key in ["tls_cert", "tls_key"] {
+                match old.given.get(key) {
+                    Some(value) => new.given.insert(key.to_string(), value.clone()),
+                    None => new.given.remove(key),
+                };
+            }
+            (None, Some(refused))
         }
     }
 }

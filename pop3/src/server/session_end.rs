@@ -19,6 +19,8 @@ pub(super) struct Served {
     via: Option<IpAddr>,
     /// Octets written to the client.
     pub(super) octets_sent: u64,
+    /// The TLS version, once TLS is up.
+    pub(super) tls: Option<&'static str>,
     started: Instant,
     reason: EndReason,
 }
@@ -30,6 +32,7 @@ impl Served {
             peer,
             via,
             octets_sent: 0,
+            tls: None,
             started: Instant::now(),
             // What the summary says if nothing set a reason: the task was
             // dropped from outside.
@@ -52,6 +55,7 @@ impl Drop for Served {
             tally: self.session.tally(),
             octets_sent: self.octets_sent,
             duration: self.started.elapsed(),
+            tls: self.tls,
         };
         info!(target: LOG_TARGET, "{summary}");
     }

@@ -54,6 +54,11 @@ pub enum EndReason {
     IdleTimeout,
     /// The client read nothing of a reply for `send_timeout`.
     SendTimeout,
+    /// The TLS handshake failed: not TLS, a version or cipher suite we do
+    /// not take, or the client left in the middle of it.
+    TlsHandshakeFailed,
+    /// The TLS handshake did not end within its time limit.
+    TlsHandshakeTimeout,
     /// Cut before login to make room for a newcomer.
     Evicted,
     /// Cut when the server's shutdown grace was over.
@@ -77,6 +82,8 @@ impl EndReason {
             Self::LineTimeout => "line-timeout",
             Self::IdleTimeout => "idle-timeout",
             Self::SendTimeout => "send-timeout",
+            Self::TlsHandshakeFailed => "tls-handshake-failed",
+            Self::TlsHandshakeTimeout => "tls-handshake-timeout",
             Self::Evicted => "evicted",
             Self::Shutdown => "shutdown",
             Self::ReadFailed => "read-failed",
@@ -97,6 +104,8 @@ pub struct Summary<'a> {
     /// Octets written to the client, replies and messages.
     pub octets_sent: u64,
     pub duration: Duration,
+    /// The TLS version, if the session went over TLS (implicit or STLS).
+    pub tls: Option<&'static str>,
 }
 
 impl fmt::Display for Summary<'_> {
@@ -114,6 +123,9 @@ impl fmt::Display for Summary<'_> {
         }
         if let Some(user) = &t.user {
             write!(f, " user={}", LogText::of(user))?;
+        }
+        if let Some(version) = self.tls {
+            write!(f, " tls={version}")?;
         }
         write!(
             f,
@@ -152,12 +164,13 @@ mod tests {
             tally: &tally,
             octets_sent: 4321,
             duration: Duration::from_millis(1500),
+            tls: Some("TLSv1.3"),
         }
         .to_string();
         assert_eq!(
             line,
             "session=0000000000000abc end reason=quit addr=192.0.2.7 user=al\\u{2028}ice \
-             retr=2/1234 top=1 dele=3/2 octets_sent=4321 duration=1.500s"
+             tls=TLSv1.3 retr=2/1234 top=1 dele=3/2 octets_sent=4321 duration=1.500s"
         );
         let anonymous = Tally::default();
         let line = Summary {
@@ -168,9 +181,11 @@ mod tests {
             via: Some("10.0.0.1".parse().unwrap()),
             octets_sent: 0,
             duration: Duration::ZERO,
+            tls: None,
         }
         .to_string();
         assert!(!line.contains("user="), "{line}");
+        assert!(!line.contains("tls="), "{line}");
         assert!(
             line.contains("reason=login-timeout addr=2001:db8::1 via=10.0.0.1 retr=0/0"),
             "{line}"
