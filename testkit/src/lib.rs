@@ -17,4 +17,5 @@ pub mod process;
 pub mod proxy;
 pub mod serve;
 pub mod smtp;
+pub mod tls;
 pub mod window;

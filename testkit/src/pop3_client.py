@@ -11,6 +11,11 @@
 # Steps ("conn" names a POP3 connection, "a" by default; "timeout" in s):
 #   {"op": "connect", "retry_busy": s}      open a connection, read the greeting
 #                                           (retrying while it is -ERR [SYS/TEMP])
+#   {"op": "connect", "tls": {"port", "cafile"}}
+#                                           the same over TLS from the first octet
+#                                           (POP3_SSL), the server's certificate
+#                                           verified against cafile alone
+#   {"op": "stls", "cafile"}                STLS, verified the same way
 #   {"op": "login", "user", "password", "retry_in_use": s}   USER + PASS
 #   {"op": "apop", "user", "secret"}        APOP with the greeting's timestamp
 #   {"op": "stat"} {"op": "list"} {"op": "uidl"}
@@ -35,6 +40,7 @@ import json
 import os
 import poplib
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -110,11 +116,24 @@ def wait_refused(timeout):
         time.sleep(0.02)
 
 
+def verifying(cafile):
+    """A client context that trusts cafile alone and checks the host name."""
+    # With a cafile, the system's CAs are not loaded.
+    return ssl.create_default_context(cafile=cafile)
+
+
 def connect(step):
     deadline = time.monotonic() + float(step.get("retry_busy", 0))
+    timeout = float(step.get("timeout", 10))
     while True:
         try:
-            return poplib.POP3(host, pop_port, timeout=float(step.get("timeout", 10)))
+            tls = step.get("tls")
+            if tls:
+                # The name checked is the host connected to (an IP
+                # address: the certificate has it).
+                return poplib.POP3_SSL(host, int(tls["port"]),
+                                       timeout=timeout, context=verifying(tls["cafile"]))
+            return poplib.POP3(host, pop_port, timeout=timeout)
         except poplib.error_proto as e:
             if b"[SYS/TEMP]" in e.args[0] and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -158,6 +177,13 @@ for step in plan["steps"]:
             p = connect(step)
             conns[name] = p
             result["welcome"] = text(p.getwelcome())
+            if step.get("tls"):
+                result["version"] = p.sock.version()
+        elif op == "stls":
+            p = conns[name]
+            context = verifying(step["cafile"])
+            result["reply"] = text(p.stls(context=context))
+            result["version"] = p.sock.version()
         elif op == "login":
             result["reply"] = text(login(conns[name], step))
         elif op == "apop":

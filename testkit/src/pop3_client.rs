@@ -30,6 +30,26 @@ pub fn require_pop3_clients() {
     );
 }
 
+/// Panics unless the TLS clients of the end-to-end tests are there:
+/// openssl's s_client, curl with POP3S, python3's ssl and fetchmail.
+pub fn require_tls_clients() {
+    require_pop3_clients();
+    require_tool("openssl", &["version"], "openssl");
+    require_tool(
+        "python3",
+        &["-c", "import poplib, ssl; poplib.POP3_SSL"],
+        "python3",
+    );
+    require_tool("fetchmail", &["--version"], "fetchmail");
+    let version = run_ok("curl", &["--version"]);
+    assert!(
+        version
+            .lines()
+            .any(|l| l.starts_with("Protocols:") && l.split_whitespace().any(|p| p == "pop3s")),
+        "this curl has no POP3S support: {version}"
+    );
+}
+
 /// Runs the poplib client ([`POP3_CLIENT_PY`]) in namespace `ns` against
 /// `host` (an IPv4 or IPv6 address) with these steps (a JSON array of step
 /// objects) and returns one result object per step. Panics if the script

@@ -37,8 +37,11 @@ const BASE_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "python3",
-    // Real POP3 clients for the end-to-end tests (poplib is in python3).
+    // Real POP3 clients for the end-to-end tests (poplib is in python3),
+    // over TLS too: openssl s_client, curl, poplib, fetchmail.
     "curl",
+    "openssl",
+    "fetchmail",
     // systemd-analyze, to verify the unit in deploy/.
     "systemd",
 ];
