@@ -370,6 +370,28 @@ mod tests {
         );
     }
 
+    /// TLS is set up at start: a reload that adds a certificate, or takes
+    /// it away, is refused and keeps the paths as they were (also as the
+    /// next reload compares them); one that changes nothing is no change.
+    #[test]
+    fn a_reload_turns_tls_neither_on_nor_off() {
+        let pair = "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n";
+        let without = config("");
+        let mut with = config(pair);
+        assert_eq!(
+            reload_certificate(&without, &mut with, None),
+            (None, Some("turning TLS on (a restart does)".to_string()))
+        );
+        assert_eq!(with.pop3.tls_cert, None);
+        assert_eq!(with.given.get("tls_cert"), None);
+        assert!(service_changes(&without, &with).is_empty());
+        let mut still_without = config("");
+        assert_eq!(
+            reload_certificate(&without, &mut still_without, None),
+            (None, None)
+        );
+    }
+
     #[test]
     fn the_summary_of_a_refused_max_connections_says_what_is_in_force() {
         let limit = pop3::server::open_files::needed_for(41);
