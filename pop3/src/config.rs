@@ -101,9 +101,10 @@ pub struct ServerConfig {
     // that tells the real client's address in a PROXY header (HAProxy's
     // proxy-protocol.txt, v1 or v2), as Dovecot's `haproxy_trusted_networks`
     // and Postfix's `smtpd_upstream_proxy_protocol` take it.
-    /// Listeners (each also in `listen`) behind a load balancer: every
-    /// connection must come from `proxy_trusted_networks` and start with a
-    /// PROXY header, and the client it names is the client (its grant,
+    /// Listeners (each also in `listen` or `listen_tls`) behind a load
+    /// balancer: every connection must come from `proxy_trusted_networks`
+    /// and start with a PROXY header (before the TLS handshake on an
+    /// implicit-TLS listener), and the client it names is the client (its grant,
     /// its connection slot, its failures, whether it is on this host).
     #[serde(deserialize_with = "listen_addresses")]
     pub proxy_listen: Vec<SocketAddr>,
@@ -302,10 +303,15 @@ impl ServerConfig {
     /// The proxied listeners are listeners, and someone may send to them.
     fn check_proxy(&self) -> Result<(), BadSetting> {
         let bad = |key, problem: String| Err(BadSetting { key, problem });
-        if let Some(stray) = self.proxy_listen.iter().find(|a| !self.listen.contains(a)) {
+        let served = self.tls_listen();
+        if let Some(stray) = self
+            .proxy_listen
+            .iter()
+            .find(|a| !self.listen.contains(a) && !served.contains(a))
+        {
             return bad(
                 "proxy_listen",
-                format!("{stray} is not one of the addresses of `listen`"),
+                format!("{stray} is not one of the addresses of `listen` or `listen_tls`"),
             );
         }
         if !self.proxy_listen.is_empty() && self.proxy_trusted_networks.is_empty() {
@@ -321,7 +327,8 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// Whether connections to `listener` (an address of `listen`) come
+    /// Whether connections to `listener` (an address of `listen` or
+    /// `listen_tls`) come
     /// through a load balancer.
     pub fn is_proxied(&self, listener: SocketAddr) -> bool {
         self.proxy_listen.contains(&listener)
@@ -400,6 +407,20 @@ mod tests {
             )),
             Err("proxy_listen"),
             "not a listener"
+        );
+        let behind_tls = read(&format!(
+            "{listen}tls_cert = \"/c\"\ntls_key = \"/k\"\nlisten_tls = [\"10.0.0.5:995\"]\n\
+             proxy_listen = [\"10.0.0.5:995\"]\nproxy_trusted_networks = [\"10.0.0.2\"]"
+        ));
+        behind_tls.check().unwrap();
+        assert!(behind_tls.is_proxied("10.0.0.5:995".parse().unwrap()));
+        assert_eq!(
+            key(&format!(
+                "{listen}listen_tls = []\ntls_cert = \"/c\"\ntls_key = \"/k\"\n\
+                 proxy_listen = [\"[::]:995\"]\nproxy_trusted_networks = [\"10.0.0.2\"]"
+            )),
+            Err("proxy_listen"),
+            "not a listener: no implicit TLS"
         );
         assert_eq!(
             key(&format!("{listen}proxy_listen = [\"127.0.0.1:1110\"]")),

@@ -72,8 +72,9 @@ pub struct Server {
     door: Arc<ProxyDoor>,
     /// The certificate, if one is configured: STLS on `listeners`.
     tls: Option<Arc<Tls>>,
-    /// Implicit TLS (RFC 8314).
-    tls_listeners: Vec<TcpListener>,
+    /// Implicit TLS (RFC 8314), each with whether it is behind a load
+    /// balancer (which sends its PROXY header before the handshake).
+    tls_listeners: Vec<(TcpListener, bool)>,
 }
 
 const READ_CHUNK: usize = 4096;
@@ -125,10 +126,23 @@ impl Server {
     }
 
     /// Serves TLS with `tls`'s certificate: STLS on the listeners it has,
-    /// implicit TLS on `tls_listeners` (bound beforehand).
+    /// implicit TLS on `tls_listeners`: those of `tls_listen()`, in its
+    /// order, bound beforehand.
     pub fn serving_tls(mut self, tls: Tls, tls_listeners: Vec<TcpListener>) -> Self {
+        let config = self.live.current();
+        let addrs = config.tls_listen();
+        // As in `with_listeners`: a proxied listener is known by its place.
+        assert_eq!(
+            tls_listeners.len(),
+            addrs.len(),
+            "one listener for each address of `listen_tls`"
+        );
         self.tls = Some(Arc::new(tls));
-        self.tls_listeners = tls_listeners;
+        self.tls_listeners = tls_listeners
+            .into_iter()
+            .zip(&addrs)
+            .map(|(listener, addr)| (listener, config.is_proxied(*addr)))
+            .collect();
         self
     }
 
@@ -142,7 +156,7 @@ impl Server {
     pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
         self.tls_listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -182,13 +196,16 @@ impl Server {
         if let Some(tls) = &self.tls {
             tokio::spawn(tls::watch::run(tls.certificates(), shutdown.clone()));
         }
-        // (listener, proxied, implicit TLS): a proxied address is one of
-        // `listen`, never of `listen_tls`.
+        // (listener, proxied, implicit TLS).
         let listeners = (self
             .listeners
             .into_iter()
             .map(|(l, proxied)| (l, proxied, false)))
-        .chain(self.tls_listeners.into_iter().map(|l| (l, false, true)));
+        .chain(
+            self.tls_listeners
+                .into_iter()
+                .map(|(l, proxied)| (l, proxied, true)),
+        );
         for (listener, proxied, implicit_tls) in listeners {
             let shared = Shared {
                 live: Arc::clone(&self.live),

@@ -55,6 +55,11 @@ impl Drop for Running {
 /// (STLS) and implicit-TLS listeners on loopback; alice (pw-a) has one
 /// message.
 async fn start() -> Running {
+    start_with(|_| {}).await
+}
+
+/// `start`, with the settings changed by `adjust` first.
+async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Running {
     capture_log();
     let dir = tempfile::tempdir().unwrap();
     let mail = dir.path().join("mail");
@@ -70,7 +75,7 @@ async fn start() -> Running {
     let first = ca.issue("first");
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     first.install(&cert, &key);
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         listen_tls: Some(vec!["127.0.0.1:0".parse().unwrap()]),
         tls_cert: Some(cert.clone()),
@@ -79,6 +84,7 @@ async fn start() -> Running {
         login_failure_delay: Duration::from_millis(50),
         ..ServerConfig::default()
     };
+    adjust(&mut config);
     config.check().unwrap();
     let backends = Backends {
         auth: Arc::new(UsersFile::parse("alice:{PLAIN}pw-a\n").unwrap()),
@@ -505,4 +511,57 @@ async fn logged_line(needle: &str) -> String {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A load balancer on this host (a loopback address) relaying a client
+/// from elsewhere: the client is not local, so with a certificate its
+/// password is refused in clear and taken after STLS; an implicit-TLS
+/// listener behind the balancer reads the PROXY header before the
+/// handshake. Both log the client with the balancer beside it.
+#[tokio::test]
+async fn behind_a_balancer_on_this_host_the_client_is_remote_on_both_listeners() {
+    let running = start_with(|config| {
+        let mut proxied = config.listen.clone();
+        proxied.extend(config.tls_listen());
+        config.proxy_listen = proxied;
+        config.proxy_trusted_networks = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let balancer = Ipv4Addr::new(127, 0, 30, 91);
+
+    let mut tcp = tcp_from(balancer, running.plain).await;
+    tcp.write_all(b"PROXY TCP4 192.0.2.91 127.0.0.1 40001 110\r\n")
+        .await
+        .unwrap();
+    let mut plain = Client::new(tcp);
+    assert!(plain.line().await.starts_with("+OK"));
+    let user = plain.ask("USER alice").await;
+    assert!(
+        user.starts_with("-ERR [AUTH] cleartext passwords are not accepted here"),
+        "the balancer's loopback address made the client local: {user}"
+    );
+    let reply = plain.ask("STLS").await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let tls = tls_over(plain.stream.into_inner(), &running.ca, BOTH)
+        .await
+        .expect("handshake after STLS");
+    login_and_read(&mut Client::new(tls)).await;
+    let end = logged_line("end reason=quit addr=192.0.2.91 ").await;
+    assert!(end.contains("via=127.0.30.91"), "{end}");
+
+    let mut tcp = tcp_from(balancer, running.tls).await;
+    tcp.write_all(b"PROXY TCP4 192.0.2.92 127.0.0.1 40002 995\r\n")
+        .await
+        .unwrap();
+    let tls = tls_over(tcp, &running.ca, BOTH)
+        .await
+        .expect("handshake after the PROXY header");
+    let mut client = Client::new(tls);
+    assert!(client.line().await.starts_with("+OK"));
+    login_and_read(&mut client).await;
+    let end = logged_line("end reason=quit addr=192.0.2.92 ").await;
+    assert!(
+        end.contains("via=127.0.30.91") && end.contains(" tls=TLSv1.3 "),
+        "{end}"
+    );
 }
