@@ -32,6 +32,11 @@ pub mod map_names {
     /// The MAC of each of the host's interfaces, by ifindex: reset mode
     /// answers only frames sent to the receiving interface's own MAC.
     pub const IFACE_MACS: &str = "iface_macs";
+    /// Banned sources: password guessers shut out of the login and gated
+    /// ports until the ban's end. IPv4 by address, IPv6 by network (the
+    /// address cut to `Settings::ban_mask_v6`).
+    pub const BANS_V4: &str = "bans_v4";
+    pub const BANS_V6: &str = "bans_v6";
 }
 
 /// Names of the programs in the eBPF object.
@@ -67,6 +72,9 @@ pub const LOCAL_CAPACITY: u32 = 4096;
 pub const IFACE_CAPACITY: u32 = 1024;
 /// How many destination ports the gate can watch at once.
 pub const MAX_PORTS: usize = 8;
+/// Capacity of each ban map (IPv4, IPv6): an LRU map, so a flood of bans
+/// evicts the bans used longest ago, never fails.
+pub const BAN_CAPACITY: u32 = 65_536;
 /// Default grant window: 15 minutes.
 pub const DEFAULT_WINDOW_NS: u64 = 900 * 1_000_000_000;
 
@@ -110,6 +118,31 @@ impl Grant {
             self.lifetime_ns
         };
         now_ns >= self.granted_at_ns && now_ns - self.granted_at_ns < lifetime
+    }
+}
+
+/// Value of both ban maps, keyed by a `GrantKeyV4` (the address) or a
+/// `GrantKeyV6` (the address cut to the ban prefix). An ended ban stays in
+/// the map with its count, so that the next one lasts twice as long.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ban {
+    /// When the ban began, on the gate's clock (see `Grant`).
+    pub banned_at_ns: u64,
+    /// When it ends, on the gate's clock: banned while the clock is below.
+    pub until_ns: u64,
+    /// How many bans this source has had in a row (1 for the first); each
+    /// lasts twice as long as the one before, up to the longest ban.
+    pub count: u32,
+    /// Explicit padding, always zero.
+    pub reserved: u32,
+}
+
+impl Ban {
+    /// True while the ban lasts at `now_ns`.
+    #[inline(always)]
+    pub fn is_active(&self, now_ns: u64) -> bool {
+        now_ns < self.until_ns
     }
 }
 
@@ -200,6 +233,41 @@ pub struct Settings {
     pub exempt_in_use: u32,
     /// Explicit padding, always zero.
     pub reserved: u32,
+    /// Destination ports where only bans are checked (the login ports:
+    /// POP3, IMAP), host byte order; the first `ban_port_count` are used.
+    /// A banned source is denied at these and at the gated ports.
+    pub ban_ports: [u16; MAX_PORTS],
+    pub ban_port_count: u32,
+    /// `BANS_V4_IN_USE` and `BANS_V6_IN_USE`: which ban map the program
+    /// looks into. Set by whoever writes a ban (and by a daemon with bans
+    /// on, from its start); a family without the bit costs no lookup.
+    pub bans_in_use: u32,
+    /// The network an IPv6 ban covers, as a mask over the address's
+    /// octets (a /64 by default): `bans_v6` is keyed by the masked source.
+    pub ban_mask_v6: [u8; 16],
+}
+
+/// Bit of `Settings::bans_in_use`: `bans_v4` is looked into.
+pub const BANS_V4_IN_USE: u32 = 1;
+/// Bit of `Settings::bans_in_use`: `bans_v6` is looked into.
+pub const BANS_V6_IN_USE: u32 = 2;
+
+/// The mask of an IPv6 network of `prefix` bits (more than 128 counts as
+/// 128).
+pub const fn ipv6_mask(prefix: u32) -> [u8; 16] {
+    let bits: u128 = if prefix == 0 {
+        0
+    } else if prefix >= 128 {
+        u128::MAX
+    } else {
+        u128::MAX << (128 - prefix)
+    };
+    bits.to_be_bytes()
+}
+
+/// The length of the prefix `mask` stands for: its leading one bits.
+pub const fn ipv6_mask_prefix(mask: &[u8; 16]) -> u32 {
+    u128::from_be_bytes(*mask).leading_ones()
 }
 
 /// Bit of `Settings::exempt_in_use`: `exempt_v4` has networks.
@@ -221,6 +289,10 @@ impl Settings {
         tick_ns: 0,
         exempt_in_use: 0,
         reserved: 0,
+        ban_ports: [0; MAX_PORTS],
+        ban_port_count: 0,
+        bans_in_use: 0,
+        ban_mask_v6: [0; 16],
     };
 
     /// Looks at the first `port_count` slots only, and stops there: with
@@ -228,16 +300,29 @@ impl Settings {
     /// comparisons.
     #[inline(always)]
     pub fn gates_port(&self, port: u16) -> bool {
-        let count = self.port_count as usize;
-        let mut i = 0;
-        while i < MAX_PORTS && i < count {
-            if self.ports[i] == port {
-                return true;
-            }
-            i += 1;
-        }
-        false
+        listed(&self.ports, self.port_count, port)
     }
+
+    /// True if `port` is one of the login ports, where bans are checked
+    /// (the gated ports check them too).
+    #[inline(always)]
+    pub fn bans_port(&self, port: u16) -> bool {
+        listed(&self.ban_ports, self.ban_port_count, port)
+    }
+}
+
+/// True if `port` is among the first `count` of `ports`.
+#[inline(always)]
+fn listed(ports: &[u16; MAX_PORTS], count: u32, port: u16) -> bool {
+    let count = count as usize;
+    let mut i = 0;
+    while i < MAX_PORTS && i < count {
+        if ports[i] == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The one per-CPU value of the `stats` map: a counter per `Outcome`
@@ -268,8 +353,8 @@ pub struct LogBucket {
 }
 
 /// Indices into the per-CPU `stats` array. Every packet moves exactly one
-/// of the outcomes (0 to 7); a packet judged without a whole SYN, or a reset
-/// that was not sent, also moves one of the reasons (8 and up).
+/// of the outcomes (0 to 7, and 11); a packet judged without a whole SYN,
+/// or a reset that was not sent, also moves one of the reasons (8 to 10).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -303,6 +388,10 @@ pub enum Outcome {
     /// unicast address of this host from a unicast MAC, or the reply could
     /// not be built): dropped instead.
     ResetSkipped = 10,
+    /// SYN to a gated or a login port from a banned source (a password
+    /// guesser): dropped, or answered with a RST in reset mode. An outcome
+    /// placed after the reasons, in a slot that was spare.
+    DeniedBanned = 11,
 }
 
 /// Counter slots of the `stats` value: room for counters added later
@@ -311,7 +400,7 @@ pub enum Outcome {
 pub const STATS_SLOTS: u32 = 13;
 
 impl Outcome {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Self::NotGated,
         Self::Exempt,
@@ -324,6 +413,7 @@ impl Outcome {
         Self::JudgedFragment,
         Self::JudgedUnwalkable,
         Self::ResetSkipped,
+        Self::DeniedBanned,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -339,12 +429,16 @@ impl Outcome {
             Self::JudgedFragment => "judged_fragment",
             Self::JudgedUnwalkable => "judged_unwalkable",
             Self::ResetSkipped => "reset_skipped",
+            Self::DeniedBanned => "denied_banned",
         }
     }
 
     /// True for the reasons, which count beside an outcome.
     pub const fn is_reason(self) -> bool {
-        self as u32 >= Self::JudgedFragment as u32
+        matches!(
+            self,
+            Self::JudgedFragment | Self::JudgedUnwalkable | Self::ResetSkipped
+        )
     }
 }
 
@@ -356,6 +450,7 @@ mod pod {
     unsafe impl aya::Pod for GrantKeyV4 {}
     unsafe impl aya::Pod for GrantKeyV6 {}
     unsafe impl aya::Pod for Grant {}
+    unsafe impl aya::Pod for Ban {}
     unsafe impl aya::Pod for Exempt {}
     unsafe impl aya::Pod for Local {}
     unsafe impl aya::Pod for IfaceMac {}
@@ -377,7 +472,13 @@ mod tests {
         assert_eq!(size_of::<GrantKeyV6>(), 16);
         assert_eq!(size_of::<Grant>(), 8 + 8);
         assert_eq!(size_of::<Exempt>(), 4);
-        assert_eq!(size_of::<Settings>(), 8 + 2 * MAX_PORTS + 8 * 4);
+        assert_eq!(
+            size_of::<Settings>(),
+            8 + 2 * MAX_PORTS + 8 * 4 + 2 * MAX_PORTS + 2 * 4 + 16
+        );
+        assert_eq!(size_of::<Settings>() % 8, 0);
+        assert_eq!(size_of::<Ban>(), 8 + 8 + 4 + 4);
+        assert_eq!(align_of::<Ban>(), 8);
         assert_eq!(size_of::<Counters>(), 8 * STATS_SLOTS as usize + 3 * 8);
         // The size of the earlier layout's 16 counters: its pinned map
         // stays in use.
@@ -455,6 +556,45 @@ mod tests {
     }
 
     #[test]
+    fn login_ports_are_their_own_list() {
+        let mut s = Settings::UNCONFIGURED;
+        s.ports[0] = 25;
+        s.port_count = 1;
+        s.ban_ports[..4].copy_from_slice(&[110, 995, 143, 993]);
+        s.ban_port_count = 3;
+        assert!(s.bans_port(110) && s.bans_port(143));
+        assert!(!s.bans_port(993), "past ban_port_count");
+        assert!(!s.bans_port(25), "a gated port is not a login port");
+        assert!(!s.gates_port(110), "a login port is not gated");
+    }
+
+    #[test]
+    fn a_ban_lasts_until_its_end() {
+        let ban = Ban {
+            banned_at_ns: 100,
+            until_ns: 200,
+            count: 1,
+            reserved: 0,
+        };
+        assert!(ban.is_active(100) && ban.is_active(199));
+        assert!(!ban.is_active(200) && !ban.is_active(u64::MAX));
+    }
+
+    #[test]
+    fn ipv6_masks_and_their_prefixes() {
+        assert_eq!(ipv6_mask(0), [0; 16]);
+        assert_eq!(ipv6_mask(128), [0xff; 16]);
+        assert_eq!(ipv6_mask(200), [0xff; 16]);
+        let m64 = ipv6_mask(64);
+        assert_eq!(&m64[..8], &[0xff; 8]);
+        assert_eq!(&m64[8..], &[0; 8]);
+        assert_eq!(ipv6_mask(12)[..2], [0xff, 0xf0]);
+        for prefix in 0..=128 {
+            assert_eq!(ipv6_mask_prefix(&ipv6_mask(prefix)), prefix);
+        }
+    }
+
+    #[test]
     fn the_default_window_is_fifteen_minutes() {
         assert_eq!(DEFAULT_WINDOW_NS, 15 * 60 * 1_000_000_000);
     }
@@ -483,6 +623,7 @@ mod tests {
             "judged_fragment",
             "judged_unwalkable",
             "reset_skipped",
+            "denied_banned",
         ];
         for (outcome, name) in Outcome::ALL.iter().zip(names) {
             assert_eq!(outcome.name(), name);

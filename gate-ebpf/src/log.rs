@@ -51,6 +51,7 @@ pub fn log_denial<C: EbpfContext>(
 
     let verdict = match outcome {
         Outcome::DeniedReset => "reset",
+        Outcome::DeniedBanned => "banned",
         Outcome::Monitored => "monitor",
         _ => "drop",
     };

@@ -20,7 +20,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use gate_common::Outcome;
-use gate_packet::{decide, Action, Decision, Packet, PacketMut, Reply, Verdict, MAX_WALK};
+use gate_packet::{
+    decide, unsent_reset, Action, Decision, Packet, PacketMut, Reply, Verdict, MAX_WALK,
+};
 
 use state::{count, count_in, counters, Maps};
 
@@ -41,10 +43,11 @@ fn log_and_count<C: EbpfContext>(ctx: &C, verdict: &Verdict<'_>) {
     }
 }
 
-/// A reset that could not be sent: the SYN is dropped and counted so.
+/// A reset that could not be sent: the SYN is dropped and counted so
+/// (`outcome` is the reset's: a banned SYN stays `denied_banned`).
 #[inline(always)]
-fn reset_skipped() {
-    count(Outcome::DeniedDrop, Some(Outcome::ResetSkipped));
+fn reset_skipped(outcome: Outcome) {
+    count(unsent_reset(outcome), Some(Outcome::ResetSkipped));
 }
 
 #[xdp]
@@ -77,27 +80,27 @@ fn xdp_act(ctx: &XdpContext, len: usize, verdict: Verdict<'_>) -> u32 {
         Action::Drop => return xdp_action::XDP_DROP,
         Action::Reset(reply) => reply,
     };
-    xdp_reset(ctx, len, &reply)
+    xdp_reset(ctx, len, &reply, verdict.outcome)
 }
 
 /// Turns the frame into the reply.
 #[inline(always)]
-fn xdp_reset(ctx: &XdpContext, len: usize, reply: &Reply) -> u32 {
+fn xdp_reset(ctx: &XdpContext, len: usize, reply: &Reply, outcome: Outcome) -> u32 {
     let delta = reply.len() as i32 - len as i32;
     // SAFETY: a plain helper call on this program's context.
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        reset_skipped();
+        reset_skipped(outcome);
         return xdp_action::XDP_DROP;
     }
     // SAFETY: the resized frame, ours alone until we return.
     let mut frame = unsafe { PacketMut::new(ctx.data(), ctx.data_end()) };
     match reply.write(&mut frame) {
         Some(()) => {
-            count(Outcome::DeniedReset, None);
+            count(outcome, None);
             xdp_action::XDP_TX
         }
         None => {
-            reset_skipped();
+            reset_skipped(outcome);
             xdp_action::XDP_DROP
         }
     }
@@ -154,18 +157,18 @@ fn tc_act(ctx: &TcContext, verdict: &Verdict<'_>) -> i32 {
         Action::Drop => return TC_ACT_SHOT as i32,
         Action::Reset(reply) => reply,
     };
-    tc_reset(ctx, &reply)
+    tc_reset(ctx, &reply, verdict.outcome)
 }
 
 /// Turns the socket buffer into the reply.
 #[inline(always)]
-fn tc_reset(ctx: &TcContext, reply: &Reply) -> i32 {
+fn tc_reset(ctx: &TcContext, reply: &Reply, outcome: Outcome) -> i32 {
     // A VLAN tag the kernel already moved into the skb's metadata: the
     // SYN came tagged, and the reply would go out in that VLAN (see
     // judge's `answerable` for tags still in the frame).
     // SAFETY: reading a field of this program's own skb.
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
-        reset_skipped();
+        reset_skipped(outcome);
         return TC_ACT_SHOT as i32;
     }
     // TC cannot cut a socket buffer before its transport header, and a
@@ -175,18 +178,18 @@ fn tc_reset(ctx: &TcContext, reply: &Reply) -> i32 {
     // or extension headers is therefore dropped, counted as not answered;
     // the XDP modes answer it.
     if reply.extra_headers_len() != 0 {
-        reset_skipped();
+        reset_skipped(outcome);
         return TC_ACT_SHOT as i32;
     }
     // SAFETY: plain helper calls on this program's skb.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, reply.len() as u32, 0) } != 0 {
-        reset_skipped();
+        reset_skipped(outcome);
         return TC_ACT_SHOT as i32;
     }
     // SAFETY: the resized linear part, ours alone until we return.
     let mut frame = unsafe { PacketMut::new(ctx.data(), ctx.data_end()) };
     if reply.write(&mut frame).is_none() {
-        reset_skipped();
+        reset_skipped(outcome);
         return TC_ACT_SHOT as i32;
     }
     // SAFETY: reading the ifindex of this program's own skb.
@@ -194,7 +197,7 @@ fn tc_reset(ctx: &TcContext, reply: &Reply) -> i32 {
     // Out of the interface the SYN came in on.
     // SAFETY: a plain helper call.
     unsafe { bpf_redirect(ifindex, 0) };
-    count(Outcome::DeniedReset, None);
+    count(outcome, None);
     TC_ACT_REDIRECT as i32
 }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use gate_common::{
-    Counters, Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, Settings,
+    Ban, Counters, Exempt, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, Settings, BAN_CAPACITY,
     DEFAULT_GRANT_CAPACITY, EXEMPT_CAPACITY, IFACE_CAPACITY, LOCAL_CAPACITY, SCOPE_CAPACITY,
 };
 
@@ -16,6 +16,7 @@ const GRANTS: usize = DEFAULT_GRANT_CAPACITY as usize;
 const EXEMPTS: usize = EXEMPT_CAPACITY as usize;
 const SCOPES: usize = SCOPE_CAPACITY as usize;
 const LOCALS: usize = LOCAL_CAPACITY as usize;
+const BANS: usize = BAN_CAPACITY as usize;
 
 #[btf_map]
 pub static grants_v4: LruHashMap<GrantKeyV4, Grant, GRANTS> = LruHashMap::new();
@@ -54,3 +55,11 @@ pub static scratch: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static iface_macs: HashMap<u32, IfaceMac, { IFACE_CAPACITY as usize }> = HashMap::new();
+
+/// Banned IPv4 sources, by address.
+#[btf_map]
+pub static bans_v4: LruHashMap<GrantKeyV4, Ban, BANS> = LruHashMap::new();
+
+/// Banned IPv6 networks, by the source address cut to the ban prefix.
+#[btf_map]
+pub static bans_v6: LruHashMap<GrantKeyV6, Ban, BANS> = LruHashMap::new();

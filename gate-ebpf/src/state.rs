@@ -5,8 +5,8 @@ use gate_common::{Counters, GrantKeyV4, GrantKeyV6, Outcome, Settings};
 use gate_packet::{AddrRef, GateState};
 
 use crate::maps::{
-    exempt_v4, exempt_v6, grants_v4, grants_v6, iface_macs, local_v4, local_v6, scope_v4, scope_v6,
-    scratch, settings, stats,
+    bans_v4, bans_v6, exempt_v4, exempt_v6, grants_v4, grants_v6, iface_macs, local_v4, local_v6,
+    scope_v4, scope_v6, scratch, settings, stats,
 };
 
 /// The maps, for a packet that came in on the interface `ifindex` returns
@@ -86,6 +86,26 @@ impl<I: Fn() -> u32> GateState for Maps<I> {
             // A gate whose clock was never set up has no fresh grants.
             Some(_) if config.tick_ns == 0 => false,
             Some(grant) => unsafe { (*grant).is_fresh(clock_ns(config.tick_ns), config.window_ns) },
+            None => false,
+        }
+    }
+
+    /// An IPv6 source is looked up by its network: its words cut by the
+    /// mask in the settings, which user space writes with the prefix.
+    /// The clock is read only when there is a ban to compare it with.
+    #[inline(always)]
+    fn is_banned(&self, src: AddrRef<'_>, config: &Settings) -> bool {
+        let ban = match src {
+            // SAFETY: as for the grants.
+            AddrRef::V4(addr) => {
+                bans_v4.get_ptr(unsafe { &*(addr as *const [u8; 4] as *const GrantKeyV4) })
+            }
+            AddrRef::V6(addr) => bans_v6.get_ptr(&ban_key_v6(addr, &config.ban_mask_v6)),
+        };
+        match ban {
+            // SAFETY: read once, right away; user space replaces whole
+            // values (at worst the old or the new end is seen).
+            Some(ban) => unsafe { (*ban).is_active(clock_ns(config.tick_ns)) },
             None => false,
         }
     }
@@ -183,6 +203,26 @@ fn lpm_key_v6(addr: &[u8; 16]) -> Key<[u8; 16]> {
     Key::new(128, unsafe {
         core::mem::transmute::<[u32; 4], [u8; 16]>(words)
     })
+}
+
+/// The key of `bans_v6`: the address cut by `mask`, four words at a time.
+#[inline(always)]
+fn ban_key_v6(addr: &[u8; 16], mask: &[u8; 16]) -> GrantKeyV6 {
+    let at = addr.as_ptr();
+    let word = |i: usize| u32::from_ne_bytes([mask[i], mask[i + 1], mask[i + 2], mask[i + 3]]);
+    // SAFETY: the address is a view into the packet, sixteen octets long.
+    let words: [u32; 4] = unsafe {
+        [
+            packet_word(at) & word(0),
+            packet_word(at.add(4)) & word(4),
+            packet_word(at.add(8)) & word(8),
+            packet_word(at.add(12)) & word(12),
+        ]
+    };
+    GrantKeyV6 {
+        // SAFETY: same size, and every bit pattern is a valid [u8; 16].
+        addr: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) },
+    }
 }
 
 #[inline(always)]

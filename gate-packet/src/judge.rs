@@ -1,7 +1,9 @@
 //! The verdict for one parsed packet: the gate's policy, apart from where
 //! its state lives (BPF maps in the kernel program, plain tables in tests).
 
-use gate_common::{DenyMode, Outcome, Settings, EXEMPT_V4_IN_USE, EXEMPT_V6_IN_USE};
+use gate_common::{
+    DenyMode, Outcome, Settings, BANS_V4_IN_USE, BANS_V6_IN_USE, EXEMPT_V4_IN_USE, EXEMPT_V6_IN_USE,
+};
 
 use crate::{
     cursor::Packet,
@@ -20,6 +22,9 @@ pub trait GateState {
     /// True if `src` has a grant younger than its lifetime (or the
     /// window of `config`), on the clock of `config`.
     fn has_fresh_grant(&self, src: AddrRef<'_>, config: &Settings) -> bool;
+    /// True if `src` (its network, for IPv6) is banned at the clock of
+    /// `config`.
+    fn is_banned(&self, src: AddrRef<'_>, config: &Settings) -> bool;
     /// True if `dst` lies in the destination scope (`--dest`).
     fn in_scope(&self, dst: AddrRef<'_>) -> bool;
     /// True if `dst` is one of the host's own unicast addresses.
@@ -114,12 +119,16 @@ pub fn decide<'a, S: GateState>(state: &S, packet: &Packet<'a>) -> Decision<'a> 
     }
 }
 
-/// Order of judgement for a gated packet: destination scope, fresh grant,
-/// exempt network, then the deny mode. Everything else passes. The grant
-/// comes first because it is the cheaper of the two lookups for the SYNs
-/// that pass (see BENCHMARKS.md); a source both granted and exempt counts
-/// as granted. `settings` are the settings if the caller has read them
-/// already (they are read once per packet).
+/// Order of judgement for a gated packet: destination scope, ban, fresh
+/// grant, exempt network, then the deny mode; a SYN to a login port (not
+/// gated) is judged by its ban alone. Everything else passes. The grant
+/// comes before the exempt networks because it is the cheaper of the two
+/// lookups for the SYNs that pass (see BENCHMARKS.md); a source both
+/// granted and exempt counts as granted. A banned source is denied even
+/// with a grant, unless it is exempt (exempt networks are never banned: a
+/// network exempted after the ban was made is let through). `settings`
+/// are the settings if the caller has read them already (they are read
+/// once per packet).
 #[inline(always)]
 pub fn judge<'a, 's, S: GateState>(
     state: &'s S,
@@ -142,8 +151,19 @@ pub fn judge<'a, 's, S: GateState>(
     let gated = match dst_port {
         Some(port) => config.gates_port(port),
         None => config.port_count != 0,
-    };
-    if !gated || (config.dest_scoped != 0 && !state.in_scope(dst)) {
+    } && (config.dest_scoped == 0 || state.in_scope(dst));
+    // The login ports are guarded against banned sources wherever they
+    // go: the destination scope keeps an MX open to other mail servers,
+    // not to a guesser.
+    let login = !gated && dst_port.is_some_and(|port| config.bans_port(port));
+    if !gated && !login {
+        return Verdict::pass(Outcome::NotGated);
+    }
+    let exempt = || exempt_in_use(config, src) && state.is_exempt(src);
+    if bans_in_use(config, src) && state.is_banned(src, config) && !exempt() {
+        return deny(state, config, packet, src, dst_port, reason, whole, true);
+    }
+    if !gated {
         return Verdict::pass(Outcome::NotGated);
     }
     let admitted = |outcome| Verdict {
@@ -155,9 +175,26 @@ pub fn judge<'a, 's, S: GateState>(
     if state.has_fresh_grant(src, config) {
         return admitted(Outcome::Granted);
     }
-    if exempt_in_use(config, src) && state.is_exempt(src) {
+    if exempt() {
         return admitted(Outcome::Exempt);
     }
+    deny(state, config, packet, src, dst_port, reason, whole, false)
+}
+
+/// The deny mode's verdict on a gated SYN, or a banned one (counted
+/// `denied_banned` whether dropped or answered).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn deny<'a, S: GateState>(
+    state: &S,
+    config: &Settings,
+    packet: &Packet<'a>,
+    src: AddrRef<'a>,
+    dst_port: Option<u16>,
+    reason: Option<Outcome>,
+    whole: Option<Syn<'a>>,
+    banned: bool,
+) -> Verdict<'a> {
     let denial = Some(Denial {
         src: Some(src),
         dst_port: dst_port.unwrap_or(0),
@@ -165,21 +202,22 @@ pub fn judge<'a, 's, S: GateState>(
         log_burst: config.log_burst,
         tick_ns: config.tick_ns,
     });
+    let (dropped, answered) = if banned {
+        (Outcome::DeniedBanned, Outcome::DeniedBanned)
+    } else {
+        (Outcome::DeniedDrop, Outcome::DeniedReset)
+    };
     let (action, outcome, reason) = match DenyMode::from_u32(config.deny_mode) {
         Some(DenyMode::Monitor) => (Action::Pass, Outcome::Monitored, reason),
         Some(DenyMode::Reset) => match whole {
             Some(syn) if answerable(state, &syn, packet) => {
-                (Action::Reset(Reply::of(&syn)), Outcome::DeniedReset, None)
+                (Action::Reset(Reply::of(&syn)), answered, None)
             }
-            Some(_) => (
-                Action::Drop,
-                Outcome::DeniedDrop,
-                Some(Outcome::ResetSkipped),
-            ),
+            Some(_) => (Action::Drop, dropped, Some(Outcome::ResetSkipped)),
             // A fragment cannot be answered: there is no whole segment.
-            None => (Action::Drop, Outcome::DeniedDrop, reason),
+            None => (Action::Drop, dropped, reason),
         },
-        _ => (Action::Drop, Outcome::DeniedDrop, reason),
+        _ => (Action::Drop, dropped, reason),
     };
     Verdict {
         action,
@@ -187,6 +225,27 @@ pub fn judge<'a, 's, S: GateState>(
         reason,
         denial,
     }
+}
+
+/// The outcome of a reset verdict whose reply could not be sent after
+/// all: dropped instead, counted so (beside `reset_skipped`).
+#[inline(always)]
+pub fn unsent_reset(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::DeniedBanned => Outcome::DeniedBanned,
+        _ => Outcome::DeniedDrop,
+    }
+}
+
+/// False when no ban of `src`'s family is to be looked for, so the
+/// lookup can be skipped.
+#[inline(always)]
+pub fn bans_in_use(config: &Settings, src: AddrRef<'_>) -> bool {
+    let bit = match src {
+        AddrRef::V4(_) => BANS_V4_IN_USE,
+        AddrRef::V6(_) => BANS_V6_IN_USE,
+    };
+    config.bans_in_use & bit != 0
 }
 
 /// False when the exempt trie of `src`'s family is empty, so the lookup

@@ -16,7 +16,9 @@ pub mod plain;
 pub mod reset;
 
 pub use cursor::{Cut, Packet, PacketMut, MAX_WALK};
-pub use judge::{decide, judge, Action, Decision, Denial, GateState, Verdict};
+pub use judge::{
+    bans_in_use, decide, judge, unsent_reset, Action, Decision, Denial, GateState, Verdict,
+};
 pub use parse::{parse, Addr, AddrRef, Parsed, Partial, Reason, Syn};
 pub use plain::{plain, Plain};
 pub use reset::Reply;

@@ -19,7 +19,7 @@ use gate_common::Settings;
 use crate::{
     cursor::Packet,
     headers::*,
-    judge::GateState,
+    judge::{bans_in_use, GateState},
     parse::{be16, AddrRef, Syn, OPENING},
 };
 
@@ -30,7 +30,7 @@ pub enum Plain<'a, 's> {
     /// `Parsed::Syn` that `judge` passes as not gated for its port.
     NotGated,
     /// `parse` would say `Parsed::Syn` with this SYN, to a gated port of
-    /// these settings.
+    /// these settings (or to a login port, where bans are looked for).
     Syn(Syn<'a>, &'s Settings),
     /// Not a plain shape: walk it with `parse`.
     Walk,
@@ -131,7 +131,12 @@ fn plain_tcp<'a, 's, S: GateState>(
         return Plain::NotGated;
     }
     let dst_port = be16(tcp.dst_port);
-    let Some(config) = state.settings().filter(|c| c.gates_port(dst_port)) else {
+    // A login port is judged only while bans of the source's family are
+    // looked for; `judge` passes it otherwise.
+    let Some(config) = state
+        .settings()
+        .filter(|c| c.gates_port(dst_port) || (c.bans_port(dst_port) && bans_in_use(c, src)))
+    else {
         return Plain::NotGated;
     };
     let syn = Syn {

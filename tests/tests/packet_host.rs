@@ -13,7 +13,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use gate_common::{DenyMode, Outcome, Settings, EXEMPT_V4_IN_USE, EXEMPT_V6_IN_USE, MAX_PORTS};
+use gate_common::{
+    DenyMode, Outcome, Settings, BANS_V4_IN_USE, BANS_V6_IN_USE, EXEMPT_V4_IN_USE,
+    EXEMPT_V6_IN_USE, MAX_PORTS,
+};
 use gate_packet::{
     decide, judge, parse, plain, Action, AddrRef, GateState, Packet, Parsed, Plain, Verdict,
     MAX_WALK,
@@ -28,13 +31,28 @@ const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
 const STRANGER4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 7);
 const GRANTED4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The login port of the tables' settings, where only bans are checked.
+const POP3: u16 = 110;
 
-/// The gate's state as plain tables: exact-match exempt and granted
-/// addresses (prefix matching is the kernel's LPM trie, tested there).
+/// The tables with the strangers (and the granted address) banned.
+fn banning(mode: DenyMode) -> Tables {
+    let mut state = tables(mode);
+    state.settings.bans_in_use = BANS_V4_IN_USE | BANS_V6_IN_USE;
+    state.banned.extend([
+        IpAddr::from(STRANGER4),
+        IpAddr::from(STRANGER6),
+        IpAddr::from(GRANTED4),
+    ]);
+    state
+}
+
+/// The gate's state as plain tables: exact-match exempt, granted and
+/// banned addresses (prefix matching is the kernel's, tested there).
 struct Tables {
     settings: Settings,
     exempt: HashSet<IpAddr>,
     granted: HashSet<IpAddr>,
+    banned: HashSet<IpAddr>,
     local: HashSet<IpAddr>,
 }
 
@@ -55,6 +73,9 @@ impl GateState for Tables {
     fn has_fresh_grant(&self, src: AddrRef<'_>, _config: &Settings) -> bool {
         self.granted.contains(&ip(src))
     }
+    fn is_banned(&self, src: AddrRef<'_>, _config: &Settings) -> bool {
+        self.banned.contains(&ip(src))
+    }
     fn in_scope(&self, _dst: AddrRef<'_>) -> bool {
         true
     }
@@ -70,6 +91,8 @@ fn tables(mode: DenyMode) -> Tables {
     let mut ports = [0u16; MAX_PORTS];
     ports[0] = 25;
     ports[1] = 587;
+    let mut ban_ports = [0u16; MAX_PORTS];
+    ban_ports[0] = POP3;
     Tables {
         settings: Settings {
             window_ns: 1,
@@ -77,10 +100,13 @@ fn tables(mode: DenyMode) -> Tables {
             port_count: 2,
             deny_mode: mode as u32,
             exempt_in_use: EXEMPT_V4_IN_USE | EXEMPT_V6_IN_USE,
+            ban_ports,
+            ban_port_count: 1,
             ..Settings::UNCONFIGURED
         },
         exempt: HashSet::new(),
         granted: [IpAddr::from(GRANTED4)].into_iter().collect(),
+        banned: HashSet::new(),
         local: [IpAddr::from(SERVER4), IpAddr::from(SERVER6)]
             .into_iter()
             .collect(),
@@ -304,7 +330,98 @@ fn settings_variants() -> Vec<(&'static str, Tables)> {
     exempt.exempt.insert(STRANGER4.into());
     exempt.exempt.insert(STRANGER6.into());
     out.push(("stranger exempt", exempt));
+    out.push(("stranger banned", banning(DenyMode::Drop)));
+    out.push(("stranger banned, reset", banning(DenyMode::Reset)));
+    out.push(("stranger banned, monitor", banning(DenyMode::Monitor)));
+    let mut unlooked = banning(DenyMode::Drop);
+    unlooked.settings.bans_in_use = 0;
+    out.push(("bans not looked for", unlooked));
+    let mut banned_exempt = banning(DenyMode::Drop);
+    banned_exempt.exempt.insert(STRANGER4.into());
+    out.push(("stranger banned and exempt", banned_exempt));
     out
+}
+
+/// A banned source is denied at the gated ports, granted or not, and at
+/// the login ports, counted `denied_banned` (reset mode answers it); other
+/// ports pass; an exempt source is never denied for a ban; without the
+/// family's bit no ban is looked for. The plain shapes and the walk agree
+/// on each.
+#[test]
+fn banned_sources_are_denied_at_gated_and_login_ports() {
+    let syn4 = |src, port| PacketBuilder::ipv4(src, SERVER4).tcp(40000, port, SYN);
+    let syn6 = |src, port| PacketBuilder::ipv6(src, SERVER6).tcp(40000, port, SYN);
+    let banned = (1, Outcome::DeniedBanned, None);
+    let drop = banning(DenyMode::Drop);
+    let cases: Vec<(&str, Vec<u8>, Summary)> = vec![
+        ("v4 to 25", syn4(STRANGER4, 25).build(), banned),
+        ("v4 to 110", syn4(STRANGER4, POP3).build(), banned),
+        ("v6 to 25", syn6(STRANGER6, 25).build(), banned),
+        ("v6 to 110", syn6(STRANGER6, POP3).build(), banned),
+        ("granted but banned", syn4(GRANTED4, 25).build(), banned),
+        (
+            "v4 to 443",
+            syn4(STRANGER4, 443).build(),
+            (0, Outcome::NotGated, None),
+        ),
+        (
+            "unbanned to 110",
+            syn4(Ipv4Addr::new(203, 0, 113, 8), POP3).build(),
+            (0, Outcome::NotGated, None),
+        ),
+        (
+            "ACK to 110",
+            PacketBuilder::ipv4(STRANGER4, SERVER4)
+                .tcp(40000, POP3, ACK)
+                .build(),
+            (0, Outcome::NotGated, None),
+        ),
+        (
+            "v6 first fragment to 110",
+            syn6(STRANGER6, POP3)
+                .ext(Ipv6Ext::first_fragment(1))
+                .build(),
+            (1, Outcome::DeniedBanned, Some(Outcome::JudgedFragment)),
+        ),
+    ];
+    for (name, frame, want) in &cases {
+        assert_eq!(whole(&drop, frame), *want, "{name}");
+        check_plain_agrees(&drop, frame, frame.len(), name);
+    }
+    let reset = banning(DenyMode::Reset);
+    assert_eq!(
+        whole(&reset, &syn4(STRANGER4, POP3).build()),
+        (2, Outcome::DeniedBanned, None),
+        "reset mode answers a banned SYN as it answers a denied one"
+    );
+    let monitor = banning(DenyMode::Monitor);
+    assert_eq!(
+        whole(&monitor, &syn4(STRANGER4, POP3).build()),
+        (0, Outcome::Monitored, None)
+    );
+    let mut exempt = banning(DenyMode::Drop);
+    exempt.exempt.insert(STRANGER4.into());
+    assert_eq!(
+        whole(&exempt, &syn4(STRANGER4, 25).build()),
+        (0, Outcome::Exempt, None),
+        "an exempt source is never banned"
+    );
+    assert_eq!(
+        whole(&exempt, &syn4(STRANGER4, POP3).build()),
+        (0, Outcome::NotGated, None)
+    );
+    let mut unlooked = banning(DenyMode::Drop);
+    unlooked.settings.bans_in_use = BANS_V6_IN_USE;
+    assert_eq!(
+        whole(&unlooked, &syn4(STRANGER4, 25).build()),
+        (1, Outcome::DeniedDrop, None),
+        "no IPv4 ban is looked for without its bit"
+    );
+    assert_eq!(
+        whole(&unlooked, &syn4(STRANGER4, POP3).build()),
+        (0, Outcome::NotGated, None)
+    );
+    assert_eq!(whole(&unlooked, &syn6(STRANGER6, POP3).build()), banned);
 }
 
 /// The shapes the shortcut exists for are decided by it, not handed to
@@ -437,6 +554,13 @@ fn seeds() -> Vec<Vec<u8>> {
         PacketBuilder::ipv4(GRANTED4, SERVER4)
             .tcp(40000, 25, SYN)
             .tcp_options(&testkit::packets::LINUX_SYN_OPTIONS)
+            .build(),
+        PacketBuilder::ipv4(STRANGER4, SERVER4)
+            .tcp(40000, POP3, SYN)
+            .build(),
+        PacketBuilder::ipv6(STRANGER6, SERVER6)
+            .tcp(40000, POP3, SYN)
+            .ext(Ipv6Ext::first_fragment(1))
             .build(),
     ]
 }

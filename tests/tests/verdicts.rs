@@ -18,7 +18,10 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use gate_common::{program_names, DenyMode, LogBucket, Outcome, Settings, MAX_PORTS};
+use gate_common::{
+    ipv6_mask, program_names, Ban, DenyMode, LogBucket, Outcome, Settings, BANS_V4_IN_USE,
+    BANS_V6_IN_USE, MAX_PORTS,
+};
 use smtp_gate::{
     addr::Cidr,
     gate::{
@@ -75,6 +78,26 @@ const OWN_FRESH4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
 const OWN_EXPIRED4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 4);
 /// Stamped an hour in the future: not fresh.
 const FUTURE4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
+
+/// A login port of the test settings: only bans are checked there.
+const POP3: u16 = 110;
+/// Banned for another hour.
+const BANNED4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+/// Granted now, and banned: denied.
+const GRANTED_BANNED4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 66);
+/// In the exempt /24, and banned (the network was exempted after the
+/// ban): exempt networks are never banned.
+const EXEMPT_BANNED4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+/// Its ban ended a second ago.
+const BAN_ENDED4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 67);
+/// The network 2001:db8:bad:66::/64 is banned (by another of its
+/// addresses); this one is in it.
+const BANNED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0x66, 0xa, 0xb, 0xc, 0xd);
+const BANNED_NET6_MEMBER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0x66, 0, 0, 0, 1);
+/// The /64 beside the banned one.
+const BESIDE_BANNED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0x67, 0, 0, 0, 1);
+/// The network of this one had a ban that ended.
+const BAN_ENDED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0x68, 0, 0, 0, 1);
 
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
 const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 7);
@@ -251,6 +274,33 @@ impl Gate {
                 .grant_at(addr, stamp, lifetime)
                 .unwrap_or_else(|e| panic!("granting {addr}: {e:#}"));
         }
+        gate.maps
+            .grant_at(GRANTED_BANNED4.into(), now, None)
+            .expect("granting");
+        // The IPv6 bans are keyed by the /64 of the settings' mask, which
+        // must be in place when they are written.
+        gate.set_settings(&settings(DenyMode::Drop));
+        let ban = |until_ns| Ban {
+            banned_at_ns: ago(Duration::from_secs(10)),
+            until_ns,
+            count: 1,
+            reserved: 0,
+        };
+        let lasting = ban(now + hour.as_nanos() as u64);
+        let ended = ban(ago(Duration::from_secs(1)));
+        let bans: [(IpAddr, Ban); 6] = [
+            (BANNED4.into(), lasting),
+            (GRANTED_BANNED4.into(), lasting),
+            (EXEMPT_BANNED4.into(), lasting),
+            (BAN_ENDED4.into(), ended),
+            (BANNED6.into(), lasting),
+            (BAN_ENDED6.into(), ended),
+        ];
+        for (addr, ban) in bans {
+            gate.maps
+                .ban_at(addr, ban)
+                .unwrap_or_else(|e| panic!("banning {addr}: {e:#}"));
+        }
         gate
     }
 
@@ -399,12 +449,16 @@ struct Row {
 }
 
 /// Settings of the tables: window WINDOW, ports 25 and 587 (465 listed
-/// after `port_count`), no log.
+/// after `port_count`), no log; bans looked for at the login ports 110
+/// and 995, IPv6 per /64.
 fn settings(mode: DenyMode) -> Settings {
     let mut ports = [0u16; MAX_PORTS];
     ports[0] = SMTP;
     ports[1] = SUBMISSION;
     ports[2] = SUBMISSIONS;
+    let mut ban_ports = [0u16; MAX_PORTS];
+    ban_ports[0] = POP3;
+    ban_ports[1] = 995;
     Settings {
         window_ns: WINDOW.as_nanos() as u64,
         ports,
@@ -417,6 +471,10 @@ fn settings(mode: DenyMode) -> Settings {
         tick_ns: 0,
         exempt_in_use: 0,
         reserved: 0,
+        ban_ports,
+        ban_port_count: 2,
+        bans_in_use: BANS_V4_IN_USE | BANS_V6_IN_USE,
+        ban_mask_v6: ipv6_mask(64),
     }
 }
 
@@ -508,8 +566,8 @@ fn some_ipv4_options() -> Vec<u8> {
 
 use DenyMode::{Monitor, Reset as ResetMode};
 use Outcome::{
-    DeniedDrop, DeniedReset, DeniedUnwalkable, Exempt, Granted, JudgedFragment, JudgedUnwalkable,
-    Malformed, Monitored, NotGated, ResetSkipped,
+    DeniedBanned, DeniedDrop, DeniedReset, DeniedUnwalkable, Exempt, Granted, JudgedFragment,
+    JudgedUnwalkable, Malformed, Monitored, NotGated, ResetSkipped,
 };
 use Verdict::{Drop, Pass, Reset};
 
@@ -1817,11 +1875,215 @@ fn run_table(hook: Hook, rows: &[Row]) {
     }
 }
 
+/// Banned sources (the fixture's bans), in every deny mode.
+fn ban_rows() -> Vec<Row> {
+    let no_bans_looked_for = Settings {
+        bans_in_use: 0,
+        ..settings(DenyMode::Drop)
+    };
+    let only_v6_looked_for = Settings {
+        bans_in_use: BANS_V6_IN_USE,
+        ..settings(DenyMode::Drop)
+    };
+    let banned = |name: &str, packet: PacketBuilder| row(name, packet.build(), Drop, DeniedBanned);
+    vec![
+        banned("banned IPv4 SYN to 25", syn4(BANNED4, SMTP)),
+        banned("banned IPv4 SYN to 587", syn4(BANNED4, SUBMISSION)),
+        banned("banned IPv4 SYN to the login port 110", syn4(BANNED4, POP3)),
+        banned("banned IPv4 SYN to the login port 995", syn4(BANNED4, 995)),
+        row(
+            "banned IPv4 SYN to 443: not gated",
+            syn4(BANNED4, 443).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "banned IPv4 SYN to 465 (listed after the count): not gated",
+            syn4(BANNED4, SUBMISSIONS).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "banned IPv4 ACK to 110: an established session runs on",
+            PacketBuilder::ipv4(BANNED4, SERVER4)
+                .tcp(CLIENT_PORT, POP3, ACK)
+                .build(),
+            Pass,
+            NotGated,
+        ),
+        banned(
+            "granted but banned IPv4 SYN to 25: denied",
+            syn4(GRANTED_BANNED4, SMTP),
+        ),
+        row(
+            "granted IPv4 SYN to 110 (not banned): not gated",
+            syn4(GRANTED4, POP3).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "stranger IPv4 SYN to 110 (not banned): not gated",
+            syn4(STRANGER4, POP3).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "exempt and banned IPv4 SYN to 25: exempt networks are never banned",
+            syn4(EXEMPT_BANNED4, SMTP).build(),
+            Pass,
+            Exempt,
+        ),
+        row(
+            "exempt and banned IPv4 SYN to 110: passes",
+            syn4(EXEMPT_BANNED4, POP3).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ended ban IPv4 SYN to 110: passes",
+            syn4(BAN_ENDED4, POP3).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ended ban IPv4 SYN to 25: denied as any stranger",
+            syn4(BAN_ENDED4, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        ),
+        banned("banned IPv6 SYN to 25", syn6(BANNED6, SMTP)),
+        banned("banned IPv6 SYN to the login port 110", syn6(BANNED6, POP3)),
+        banned(
+            "IPv6 SYN to 110 from another address of the banned /64",
+            syn6(BANNED_NET6_MEMBER, POP3),
+        ),
+        banned(
+            "IPv6 SYN to 25 from another address of the banned /64",
+            syn6(BANNED_NET6_MEMBER, SMTP),
+        ),
+        row(
+            "IPv6 SYN to 110 from the /64 beside the banned one: passes",
+            syn6(BESIDE_BANNED6, POP3).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "banned IPv6 SYN to 443: not gated",
+            syn6(BANNED6, 443).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "ended ban IPv6 SYN to 110: passes",
+            syn6(BAN_ENDED6, POP3).build(),
+            Pass,
+            NotGated,
+        ),
+        row(
+            "banned IPv6 first fragment to 110: judged by its port",
+            syn6(BANNED6, POP3).ext(Ipv6Ext::first_fragment(1)).build(),
+            Drop,
+            DeniedBanned,
+        )
+        .reason(JudgedFragment),
+        row(
+            "banned IPv4 SYN with options to 110: the walk judges it too",
+            syn4(BANNED4, POP3)
+                .ipv4_options(&some_ipv4_options())
+                .build(),
+            Drop,
+            DeniedBanned,
+        ),
+        row(
+            "banned IPv4 SYN to 25 in monitor mode: passed, counted",
+            syn4(BANNED4, SMTP).build(),
+            Pass,
+            Monitored,
+        )
+        .mode(Monitor),
+        row(
+            "banned IPv4 SYN to 110 in monitor mode: passed, counted",
+            syn4(BANNED4, POP3).build(),
+            Pass,
+            Monitored,
+        )
+        .mode(Monitor),
+        row(
+            "banned IPv4 SYN to 110 with no ban looked for: passes",
+            syn4(BANNED4, POP3).build(),
+            Pass,
+            NotGated,
+        )
+        .settings(no_bans_looked_for),
+        row(
+            "banned IPv4 SYN to 25 with no ban looked for: an ordinary denial",
+            syn4(BANNED4, SMTP).build(),
+            Drop,
+            DeniedDrop,
+        )
+        .settings(no_bans_looked_for),
+        row(
+            "banned IPv4 SYN to 110 with only IPv6 bans looked for: passes",
+            syn4(BANNED4, POP3).build(),
+            Pass,
+            NotGated,
+        )
+        .settings(only_v6_looked_for),
+        banned(
+            "banned IPv6 SYN to 110 with only IPv6 bans looked for",
+            syn6(BANNED6, POP3),
+        )
+        .settings(only_v6_looked_for),
+        row(
+            "banned IPv4 SYN to 25 in reset mode: answered, counted denied_banned",
+            syn4(BANNED4, SMTP).build(),
+            Reset,
+            DeniedBanned,
+        )
+        .mode(ResetMode),
+        row(
+            "banned IPv4 SYN to 110 in reset mode: answered",
+            syn4(BANNED4, POP3).build(),
+            Reset,
+            DeniedBanned,
+        )
+        .mode(ResetMode),
+        row(
+            "banned IPv6 SYN to 110 in reset mode: answered",
+            syn6(BANNED_NET6_MEMBER, POP3).build(),
+            Reset,
+            DeniedBanned,
+        )
+        .mode(ResetMode),
+        row(
+            "banned IPv4 SYN to 110 in reset mode, to another host: dropped, not answered",
+            PacketBuilder::ipv4(BANNED4, Ipv4Addr::new(10, 0, 0, 99))
+                .tcp(CLIENT_PORT, POP3, SYN)
+                .build(),
+            Drop,
+            DeniedBanned,
+        )
+        .reason(ResetSkipped)
+        .mode(ResetMode),
+    ]
+}
+
+#[test]
+fn ban_table_xdp() {
+    run_table(Hook::Xdp, &ban_rows());
+}
+
+#[test]
+fn ban_table_tc() {
+    run_table(Hook::Tc, &ban_rows());
+}
+
 #[test]
 fn table_row_names_are_unique() {
     let mut names: Vec<String> = verdict_rows()
         .into_iter()
         .chain(reset_rows())
+        .chain(ban_rows())
         .map(|r| r.name)
         .collect();
     let total = names.len();

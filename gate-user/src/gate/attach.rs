@@ -18,7 +18,7 @@ use super::{
     maps::GateMaps,
     mode::AttachMode,
     object,
-    pins::{PinDir, ALL_MAPS, GRANT_MAPS, RETIRED_MAPS, SHARED_MAPS},
+    pins::{PinDir, ALL_MAPS, KEPT_MAPS, RETIRED_MAPS, SHARED_MAPS},
     settings::{default_settings, validate_ports},
     swap::{self, Existing},
     upgrade::Upgrade,
@@ -429,7 +429,7 @@ fn remove_maps(dir: &PinDir, keep_grants: bool) -> Result<()> {
     let mut doomed: Vec<&str> = SHARED_MAPS.to_vec();
     doomed.extend(RETIRED_MAPS);
     if !keep_grants {
-        doomed.extend(GRANT_MAPS);
+        doomed.extend(KEPT_MAPS);
     }
     remove_pins(dir, &doomed)?;
     dir.remove_if_empty();

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
 use gate_common::map_names::{
-    AYA_LOGS, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6,
-    LOG_BUCKETS, SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
+    AYA_LOGS, BANS_V4, BANS_V6, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4,
+    LOCAL_V6, LOG_BUCKETS, SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
 };
 
 use super::{
@@ -21,18 +21,20 @@ use super::{
 };
 
 /// Every map of the gate, each pinned under its name: the shared maps,
-/// then the grants.
-pub const ALL_MAPS: [&str; 12] = [
+/// then the grants and the bans.
+pub const ALL_MAPS: [&str; 14] = [
     EXEMPT_V4, EXEMPT_V6, SETTINGS, STATS, AYA_LOGS, SCOPE_V4, SCOPE_V6, LOCAL_V4, LOCAL_V6,
-    IFACE_MACS, GRANTS_V4, GRANTS_V6,
+    IFACE_MACS, GRANTS_V4, GRANTS_V6, BANS_V4, BANS_V6,
 ];
 /// Maps of older builds that this one no longer has: a gate that still
 /// pins one runs an older program, which `attach` replaces (and then
 /// unpins these); the last detach removes them too.
 pub(super) const RETIRED_MAPS: [&str; 1] = [LOG_BUCKETS];
 /// Maps that go away with the last detach unless grants are kept.
-pub(super) const SHARED_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).0;
-pub(super) const GRANT_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 2).1;
+pub(super) const SHARED_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 4).0;
+/// The grants and the bans: kept by `detach --keep-grants`, so that a
+/// guesser is not let off by a re-attach.
+pub(super) const KEPT_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 4).1;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/smtp-gate";
 const LINK_PREFIX: &str = "link_";

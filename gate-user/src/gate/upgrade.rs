@@ -13,7 +13,7 @@ use aya::maps::{Array, Map, MapData};
 use gate_common::{map_names::SETTINGS, Settings, MAX_PORTS};
 use log::warn;
 
-use super::pins::PinDir;
+use super::{pins::PinDir, settings::default_ban_settings};
 
 /// An upgrade under way: the outdated maps, still held.
 pub struct Upgrade {
@@ -93,18 +93,29 @@ const FIRST_SETTINGS_SIZE: usize = 40;
 /// Size of the settings value before the gate's clock (`tick_ns`) came;
 /// grants were stamped on CLOCK_BOOTTIME until then.
 const BOOTTIME_SETTINGS_SIZE: usize = 48;
+/// Size of the settings value before the bans came (login ports, which
+/// ban maps are in use, the IPv6 ban mask).
+const BANLESS_SETTINGS_SIZE: usize = 56;
 
 /// Reads the settings of an older gate by the layout it was written in:
 /// window_ns (u64), ports ([u16; 8]), port_count, deny_mode,
 /// log_rate_per_sec, log_burst (u32 each), then in the second layout
-/// dest_scoped and padding (u32 each), in the host's byte order; and
-/// whether its grants were stamped on CLOCK_BOOTTIME (both did). Any
-/// other size is not a layout this build knows: the new gate starts from
-/// its defaults then.
+/// dest_scoped and padding (u32 each), in the third tick_ns,
+/// exempt_in_use and padding (recomputed when written), in the host's
+/// byte order; and whether its grants were stamped on CLOCK_BOOTTIME (the
+/// first two did). The carried settings get the default login ports and
+/// ban prefix. Any other size is not a layout this build knows: the new
+/// gate starts from its defaults then.
 fn read_old_settings(data: &MapData) -> Result<(Settings, bool)> {
     let info = data.info().context("reading the old settings map")?;
     let size = info.value_size() as usize;
-    if size != FIRST_SETTINGS_SIZE && size != BOOTTIME_SETTINGS_SIZE {
+    if ![
+        FIRST_SETTINGS_SIZE,
+        BOOTTIME_SETTINGS_SIZE,
+        BANLESS_SETTINGS_SIZE,
+    ]
+    .contains(&size)
+    {
         warn!(
             "the old settings map has {size}-octet values, a layout this build does not know: \
              the upgraded gate starts from the default settings"
@@ -117,12 +128,12 @@ fn read_old_settings(data: &MapData) -> Result<(Settings, bool)> {
         .try_clone_to_owned()
         .context("duplicating the old settings map's fd")?;
     let map = Map::from_map_data(MapData::from_fd(fd)?)?;
-    let raw = if size == FIRST_SETTINGS_SIZE {
-        read_value::<FIRST_SETTINGS_SIZE>(map)?.to_vec()
-    } else {
-        read_value::<BOOTTIME_SETTINGS_SIZE>(map)?.to_vec()
+    let raw = match size {
+        FIRST_SETTINGS_SIZE => read_value::<FIRST_SETTINGS_SIZE>(map)?.to_vec(),
+        BOOTTIME_SETTINGS_SIZE => read_value::<BOOTTIME_SETTINGS_SIZE>(map)?.to_vec(),
+        _ => read_value::<BANLESS_SETTINGS_SIZE>(map)?.to_vec(),
     };
-    Ok((parse_old_settings(&raw), true))
+    Ok((parse_old_settings(&raw), size < BANLESS_SETTINGS_SIZE))
 }
 
 /// The one value of an array map of `N`-octet values.
@@ -132,10 +143,11 @@ fn read_value<const N: usize>(map: Map) -> Result<[u8; N]> {
     array.get(&0, 0).context("reading the old settings")
 }
 
-/// Either old layout: the second one only added fields at the end.
+/// Any old layout: each one only added fields at the end.
 fn parse_old_settings(raw: &[u8]) -> Settings {
     let u32_at = |at: usize| u32::from_ne_bytes(raw[at..at + 4].try_into().unwrap());
     let mut settings = Settings::UNCONFIGURED;
+    default_ban_settings(&mut settings);
     settings.window_ns = u64::from_ne_bytes(raw[0..8].try_into().unwrap());
     for (i, port) in settings.ports.iter_mut().enumerate() {
         let at = 8 + 2 * i;
@@ -184,5 +196,21 @@ mod tests {
             s.dest_scoped, 1,
             "the second layout's scope flag is carried"
         );
+
+        let mut third = [0u8; BANLESS_SETTINGS_SIZE];
+        third[..BOOTTIME_SETTINGS_SIZE].copy_from_slice(&second);
+        third[48..52].copy_from_slice(&4_000_000u32.to_ne_bytes());
+        let s = parse_old_settings(&third);
+        assert_eq!(
+            (s.window_ns, s.port_count, s.dest_scoped),
+            (420_000_000_000, 2, 1)
+        );
+        assert_eq!(
+            &s.ban_ports[..s.ban_port_count as usize],
+            &[110, 995, 143, 993],
+            "a gate without bans gets the default login ports"
+        );
+        assert_eq!(gate_common::ipv6_mask_prefix(&s.ban_mask_v6), 64);
+        assert_eq!(s.bans_in_use, 0, "and looks for no ban until one is made");
     }
 }

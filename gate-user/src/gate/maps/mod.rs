@@ -1,8 +1,9 @@
 //! Typed access to the gate's maps, opened either from the pin directory
 //! (CLI, daemon) or from a freshly loaded object (tests, benchmarks): the
-//! grants (grants.rs), the network sets (networks.rs) and the host's own
+//! grants (grants.rs), the bans (bans.rs), the network sets (networks.rs) and the host's own
 //! addresses (host.rs), the settings and the counters (here).
 
+mod bans;
 mod grants;
 mod host;
 mod networks;
@@ -16,12 +17,13 @@ use aya::{
 };
 use gate_common::{
     map_names::{
-        EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4, LOCAL_V6, SCOPE_V4,
-        SCOPE_V6, SETTINGS, STATS,
+        BANS_V4, BANS_V6, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4,
+        LOCAL_V6, SCOPE_V4, SCOPE_V6, SETTINGS, STATS,
     },
-    Counters, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, LogBucket, Outcome, Settings,
+    Ban, Counters, Grant, GrantKeyV4, GrantKeyV6, IfaceMac, Local, LogBucket, Outcome, Settings,
 };
 
+pub use bans::BanEntry;
 pub use grants::GrantEntry;
 use networks::CidrSet;
 
@@ -34,6 +36,8 @@ use super::{
 pub struct GateMaps {
     grants_v4: HashMap<MapData, GrantKeyV4, Grant>,
     grants_v6: HashMap<MapData, GrantKeyV6, Grant>,
+    bans_v4: HashMap<MapData, GrantKeyV4, Ban>,
+    bans_v6: HashMap<MapData, GrantKeyV6, Ban>,
     exempt: CidrSet,
     scope: CidrSet,
     local_v4: HashMap<MapData, [u8; 4], Local>,
@@ -105,6 +109,8 @@ impl GateMaps {
         Ok(Self {
             grants_v4: typed(get(GRANTS_V4)?, GRANTS_V4)?,
             grants_v6: typed(get(GRANTS_V6)?, GRANTS_V6)?,
+            bans_v4: typed(get(BANS_V4)?, BANS_V4)?,
+            bans_v6: typed(get(BANS_V6)?, BANS_V6)?,
             exempt: CidrSet {
                 v4: typed(get(EXEMPT_V4)?, EXEMPT_V4)?,
                 v6: typed(get(EXEMPT_V6)?, EXEMPT_V6)?,
@@ -143,12 +149,19 @@ impl GateMaps {
 
     /// Writes `settings`, with the fields that describe the host and the
     /// maps rather than the operator's wishes filled in here: the tick
-    /// length of the gate's clock and which exempt tries are in use.
+    /// length of the gate's clock and which exempt tries are in use. A
+    /// settings value without an IPv6 ban mask (carried over from an
+    /// older build) gets the default /64: an empty mask would cut every
+    /// IPv6 source to the same key.
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
         let mut settings = *settings;
         settings.tick_ns = clock::tick_ns()?;
         settings.exempt_in_use = self.exempt.in_use()?;
         settings.reserved = 0;
+        if settings.ban_mask_v6 == [0; 16] {
+            settings.ban_mask_v6 =
+                gate_common::ipv6_mask(super::settings::DEFAULT_BAN_PREFIX_V6.into());
+        }
         self.settings
             .set(0, settings, 0)
             .map_err(|e| map_error(SETTINGS, e))

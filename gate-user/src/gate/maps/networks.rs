@@ -56,6 +56,12 @@ impl GateMaps {
         self.exempt.list()
     }
 
+    /// True if `addr` lies in an exempt network: one lookup, as the
+    /// program makes it.
+    pub fn is_exempt(&self, addr: std::net::IpAddr) -> Result<bool> {
+        self.exempt.contains(crate::addr::normalize(addr))
+    }
+
     /// Replaces the exempt set with `cidrs`. Old networks go before new
     /// ones come in: while it changes, the set never exempts more than
     /// either.
@@ -103,6 +109,18 @@ impl CidrSet {
             bits |= EXEMPT_V6_IN_USE;
         }
         Ok(bits)
+    }
+
+    fn contains(&self, addr: std::net::IpAddr) -> Result<bool> {
+        let found = match addr {
+            std::net::IpAddr::V4(v4) => self.v4.get(&Key::new(32, v4.octets()), 0),
+            std::net::IpAddr::V6(v6) => self.v6.get(&Key::new(128, v6.octets()), 0),
+        };
+        match found {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_error(self.names[0], e)),
+        }
     }
 
     fn add(&mut self, cidr: Cidr) -> Result<()> {
