@@ -52,6 +52,9 @@ pub enum Command {
     Stats(StatsArgs),
     /// Manage the networks that are always let through.
     Exempt(ExemptArgs),
+    /// Manage the bans: sources (IPv6: networks) shut out of the login and
+    /// gated ports.
+    Ban(BanArgs),
     /// Show or change window, ports, deny mode and destination scope of the
     /// running gate.
     Settings(SettingsArgs),
@@ -93,6 +96,14 @@ pub struct GateSettingsArgs {
     /// gates every destination again (the default).
     #[arg(long, value_name = "CIDR|all")]
     pub dest: Vec<Dest>,
+    /// Login ports a banned source is shut out of besides the gated ports,
+    /// comma separated, up to 8 (`ban_ports = []` in a config file: the
+    /// gated ports only). Default 110,995,143,993.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', num_args = 1..)]
+    pub ban_ports: Option<Vec<u16>>,
+    /// Prefix length of the IPv6 network a ban covers. Default 64.
+    #[arg(long, value_name = "BITS")]
+    pub ban_prefix_v6: Option<u8>,
 }
 
 /// The flags, but the pin directory, are the keys of an `AttachRequest`.
@@ -208,6 +219,42 @@ pub enum ExemptAction {
 }
 
 #[derive(Args, Debug)]
+pub struct BanArgs {
+    #[command(subcommand)]
+    pub action: BanAction,
+    #[command(flatten)]
+    pub pins: PinDirArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BanAction {
+    /// Ban an address (IPv6: its network of the gate's ban prefix) from
+    /// now on; one already banned gets the new end. Exempt addresses
+    /// are refused.
+    Add {
+        #[arg(value_parser = parse_addr)]
+        addr: std::net::IpAddr,
+        /// How long the ban lasts (e.g. 1h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, default_value = "15m")]
+        length: Duration,
+    },
+    /// Lift the ban of an address's network (and forget its count).
+    Del {
+        #[arg(value_parser = parse_addr)]
+        addr: std::net::IpAddr,
+    },
+    /// Show the bans: network, time left, ban number in a row.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Include ended bans (kept for their count), marked as such.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args, Debug)]
 pub struct SettingsArgs {
     #[command(flatten)]
     pub settings: GateSettingsArgs,
@@ -319,6 +366,24 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]
     pub proxy_timeout: Option<Duration>,
+    /// Failed logins of a client network (an IPv4 address, an IPv6
+    /// network of --ban-prefix-v6) within --ban-failure-window that ban
+    /// it at the login and gated ports; 0 turns bans off. Default 10.
+    #[arg(long, value_name = "N")]
+    pub ban_failures: Option<u32>,
+    /// The window failed logins are counted in. Default 10m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub ban_failure_window: Option<Duration>,
+    /// How long a first ban lasts; a ban again within --ban-time-max of the
+    /// last one's end lasts twice as long as that one. Default 15m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub ban_time: Option<Duration>,
+    /// The longest ban. Default 24h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub ban_time_max: Option<Duration>,
 }
 
 /// The keys of `smtp-gate serve --config`: its flags' names, but `config`.

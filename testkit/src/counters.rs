@@ -13,7 +13,12 @@ use crate::lab::Lab;
 /// Outcomes of a SYN the gate let through.
 pub(crate) const PASSED: [&str; 3] = ["granted", "exempt", "monitored"];
 /// Outcomes of a SYN the gate denied.
-pub(crate) const DENIED: [&str; 3] = ["denied_drop", "denied_reset", "denied_unwalkable"];
+pub(crate) const DENIED: [&str; 4] = [
+    "denied_drop",
+    "denied_reset",
+    "denied_unwalkable",
+    "denied_banned",
+];
 
 /// How far each counter of the gate moved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -40,13 +40,16 @@ pub enum Deny {
     /// `--deny reset` where the gate cannot answer: dropped and counted
     /// `denied_drop` and `reset_skipped`; the client times out.
     ResetSkipped,
+    /// `--deny drop`, from a banned source: dropped and counted
+    /// `denied_banned`; the client times out.
+    Banned,
 }
 
 impl Deny {
     /// How the client's connect ends.
     fn client_sees(self) -> ConnectResult {
         match self {
-            Self::Drop | Self::ResetSkipped => ConnectResult::TimedOut,
+            Self::Drop | Self::ResetSkipped | Self::Banned => ConnectResult::TimedOut,
             Self::Reset => ConnectResult::Refused,
         }
     }
@@ -56,7 +59,7 @@ impl Deny {
     /// since the RST ends the attempt.
     fn timeout(self) -> Duration {
         match self {
-            Self::Drop | Self::ResetSkipped => DENY_TIMEOUT,
+            Self::Drop | Self::ResetSkipped | Self::Banned => DENY_TIMEOUT,
             Self::Reset => PASS_TIMEOUT,
         }
     }
@@ -67,6 +70,7 @@ impl Deny {
             Self::Drop => &["denied_drop"],
             Self::Reset => &["denied_reset"],
             Self::ResetSkipped => &["denied_drop", "reset_skipped"],
+            Self::Banned => &["denied_banned"],
         }
     }
 
@@ -74,9 +78,10 @@ impl Deny {
     fn never_counted_as(self) -> Vec<&'static str> {
         let mut names = PASSED.to_vec();
         names.extend(match self {
-            Self::Drop => ["denied_reset", "reset_skipped"].as_slice(),
-            Self::Reset => ["denied_drop", "reset_skipped"].as_slice(),
-            Self::ResetSkipped => ["denied_reset"].as_slice(),
+            Self::Drop => ["denied_reset", "reset_skipped", "denied_banned"].as_slice(),
+            Self::Reset => ["denied_drop", "reset_skipped", "denied_banned"].as_slice(),
+            Self::ResetSkipped => ["denied_reset", "denied_banned"].as_slice(),
+            Self::Banned => ["denied_drop", "denied_reset", "reset_skipped"].as_slice(),
         });
         names
     }
@@ -88,6 +93,7 @@ impl fmt::Display for Deny {
             Self::Drop => "dropped",
             Self::Reset => "answered with a RST",
             Self::ResetSkipped => "dropped unanswered in reset mode",
+            Self::Banned => "dropped as banned",
         })
     }
 }

@@ -1,6 +1,7 @@
 //! One file per subcommand; each prints its own output.
 
 mod attach;
+mod bans;
 mod exempt;
 mod grants;
 mod serve;
@@ -22,6 +23,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Revoke(_) => ("smtp-gate revoke", USE_PINS),
         Command::Stats(_) => ("smtp-gate stats", USE_PINS),
         Command::Exempt(_) => ("smtp-gate exempt", USE_PINS),
+        Command::Ban(_) => ("smtp-gate ban", READ_CLOCK),
         Command::Settings(_) => ("smtp-gate settings", USE_PINS),
     };
     require(name, needs)?;
@@ -33,6 +35,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::List(args) => grants::list(args),
         Command::Stats(args) => stats::stats(args),
         Command::Exempt(args) => exempt::exempt(args),
+        Command::Ban(args) => bans::ban(args),
         Command::Settings(args) => settings::settings(args),
         Command::Serve(args) => serve::serve(args),
     }

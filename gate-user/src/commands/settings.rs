@@ -60,6 +60,8 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
     let ports = &current.ports[..current.port_count as usize];
     let window = Duration::from_nanos(current.window_ns);
     let scope = maps.scope_list()?;
+    let ban_ports = &current.ban_ports[..current.ban_port_count as usize];
+    let ban_prefix_v6 = gate_common::ipv6_mask_prefix(&current.ban_mask_v6);
     let dest: Vec<String> = if current.dest_scoped != 0 {
         scope.iter().map(ToString::to_string).collect()
     } else {
@@ -84,6 +86,8 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
             "log_rate_per_sec": current.log_rate_per_sec,
             "dest_scoped": current.dest_scoped != 0,
             "dest": dest,
+            "ban_ports": ban_ports,
+            "ban_prefix_v6": ban_prefix_v6,
             "attached": attached,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -99,6 +103,13 @@ pub fn settings(args: SettingsArgs) -> Result<()> {
     } else {
         println!("dest      {}", dest.join(", "));
     }
+    let ban_ports: Vec<String> = ban_ports.iter().map(ToString::to_string).collect();
+    if ban_ports.is_empty() {
+        println!("ban ports none (the gated ports only)");
+    } else {
+        println!("ban ports {}", ban_ports.join(","));
+    }
+    println!("ban net   IPv6 /{ban_prefix_v6}");
     for (link, state) in links {
         println!("attached  {} ({}): {state}", link.iface, link.mode);
     }

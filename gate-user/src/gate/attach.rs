@@ -19,7 +19,7 @@ use super::{
     mode::AttachMode,
     object,
     pins::{PinDir, ALL_MAPS, KEPT_MAPS, RETIRED_MAPS, SHARED_MAPS},
-    settings::{default_settings, validate_ports},
+    settings::{default_settings, validate_ban_ports, validate_ports},
     swap::{self, Existing},
     upgrade::Upgrade,
 };
@@ -69,6 +69,11 @@ pub struct AttachRequest {
     pub dest: Option<Vec<Cidr>>,
     /// Pin on a bpffs that vanishes with this process (see bpffs.rs).
     pub allow_private_bpffs: bool,
+    /// The login ports a banned source is shut out of, besides the gated
+    /// ports: 0 to 8.
+    pub ban_ports: Option<Vec<u16>>,
+    /// The network an IPv6 ban covers, in prefix bits (1 to 128).
+    pub ban_prefix_v6: Option<u8>,
 }
 
 impl AttachRequest {
@@ -77,6 +82,17 @@ impl AttachRequest {
     pub fn check(&self) -> Result<(), KeyError> {
         if let Some(ports) = &self.ports {
             validate_ports(ports).map_err(|why| KeyError::of("ports", why))?;
+        }
+        if let Some(ports) = &self.ban_ports {
+            validate_ban_ports(ports).map_err(|why| KeyError::of("ban_ports", why))?;
+        }
+        if let Some(prefix) = self.ban_prefix_v6 {
+            if !(1..=128).contains(&prefix) {
+                return Err(KeyError::of(
+                    "ban_prefix_v6",
+                    format!("must be 1 to 128 bits, not {prefix}"),
+                ));
+            }
         }
         if let Some(capacity) = self.capacity {
             if !(1..=MAX_CAPACITY).contains(&capacity) {
@@ -119,6 +135,8 @@ impl AttachRequest {
             || self.ports.is_some()
             || self.deny.is_some()
             || self.log_rate_per_sec.is_some()
+            || self.ban_ports.is_some()
+            || self.ban_prefix_v6.is_some()
     }
 
     /// `base` with the settings this request gives laid over it; refused
@@ -140,6 +158,14 @@ impl AttachRequest {
         if let Some(rate) = self.log_rate_per_sec {
             settings.log_rate_per_sec = rate;
             settings.log_burst = rate.saturating_mul(2);
+        }
+        if let Some(ports) = &self.ban_ports {
+            settings.ban_ports = [0; MAX_PORTS];
+            settings.ban_ports[..ports.len()].copy_from_slice(ports);
+            settings.ban_port_count = ports.len() as u32;
+        }
+        if let Some(prefix) = self.ban_prefix_v6 {
+            settings.ban_mask_v6 = gate_common::ipv6_mask(prefix.into());
         }
         Ok(settings)
     }

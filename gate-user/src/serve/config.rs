@@ -15,6 +15,7 @@ use pop3::{config::ServerConfig, trusted_file};
 use serde::Deserialize;
 use toml::Table;
 
+use super::ban_policy::BanPolicy;
 use crate::{
     cli::{serve_keys, ServeArgs},
     gate::{pins::DEFAULT_PIN_DIR, AttachRequest},
@@ -40,6 +41,10 @@ pub struct ServeConfig {
     /// The POP3 service.
     #[serde(flatten)]
     pub pop3: ServerConfig,
+    /// When failed logins ban a client network (the gate's login ports
+    /// and ban prefix are in `attach`).
+    #[serde(flatten)]
+    pub bans: BanPolicy,
     /// Where the settings came from (not a key).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -264,6 +269,7 @@ impl ServeConfig {
             ));
         }
         self.attach.check()?;
+        self.bans.check()?;
         self.pop3
             .check()
             .map_err(|bad| KeyError::of(bad.key, bad.problem))
@@ -318,6 +324,12 @@ mod tests {
         proxy_listen = ["127.0.0.1:1110"]
         proxy_trusted_networks = ["10.0.0.0/8", "2001:db8::/32"]
         proxy_timeout = "5s"
+        ban_failures = 5
+        ban_failure_window = "5m"
+        ban_time = "1m"
+        ban_time_max = "2h"
+        ban_ports = [110, 995]
+        ban_prefix_v6 = 56
     "#;
 
     #[test]
@@ -342,6 +354,12 @@ mod tests {
         assert_eq!(s.pop3.proxy_listen, ["127.0.0.1:1110".parse().unwrap()]);
         assert_eq!(s.pop3.proxy_trusted_networks.len(), 2);
         assert_eq!(s.pop3.proxy_timeout, Duration::from_secs(5));
+        assert_eq!(s.bans.ban_failures, 5);
+        assert_eq!(s.bans.ban_failure_window, Duration::from_secs(300));
+        assert_eq!(s.bans.ban_time, Duration::from_secs(60));
+        assert_eq!(s.bans.ban_time_max, Duration::from_secs(7200));
+        assert_eq!(s.attach.ban_ports, Some(vec![110, 995]));
+        assert_eq!(s.attach.ban_prefix_v6, Some(56));
         let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
         assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
     }
@@ -504,6 +522,8 @@ mod tests {
             match key {
                 "capacity" => vec![u32::MAX as i64 + 1, u32::MAX as i64, (1 << 24) + 1],
                 "log_rate" => vec![u32::MAX as i64, 1_000_001],
+                "ban_failures" => vec![u32::MAX as i64, 1001],
+                "ban_prefix_v6" => vec![256, 129, 0],
                 _ => Vec::new(),
             }
         };
@@ -553,6 +573,12 @@ mod tests {
         assert_eq!(
             tried,
             [
+                "ban_failure_window",
+                "ban_failures",
+                "ban_ports",
+                "ban_prefix_v6",
+                "ban_time",
+                "ban_time_max",
                 "capacity",
                 "client_prefix_v4",
                 "client_prefix_v6",
@@ -684,8 +710,8 @@ mod tests {
         let every: Table = EVERY_KEY.parse().unwrap();
         let whole = |c: &ServeConfig| {
             format!(
-                "{:?} {:?} {:?} {:?} {:?}",
-                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3
+                "{:?} {:?} {:?} {:?} {:?} {:?}",
+                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3, c.bans
             )
         };
         for (key, value) in &every {

@@ -4,6 +4,8 @@
 //! enforcing, with its grants, while the daemon restarts; while the daemon
 //! runs it also holds the gate itself and watches it (watch.rs).
 
+mod ban_policy;
+mod ban_sink;
 pub mod config;
 mod gate_log;
 mod grant_sink;
@@ -15,6 +17,7 @@ mod watch;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use gate_common::{BANS_V4_IN_USE, BANS_V6_IN_USE};
 use log::{info, warn};
 use pop3::{
     auth::{
@@ -31,6 +34,8 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use ban_policy::BanPolicy;
+pub use ban_sink::GateBanSink;
 pub use config::ServeConfig;
 pub use grant_sink::GateGrantSink;
 
@@ -133,12 +138,26 @@ async fn serve(
         .context("reading the gate's clock (jiffies, through a probe program)")?;
     let grants = Arc::new(GateGrantSink::new(grant_maps));
     let trouble = grants.trouble();
+    let mut ban_maps = GateMaps::open(&dir)?;
+    if config.bans.is_on() {
+        // From the start, not from the first ban: the daemon writes bans
+        // without the pin directory's lock, so it should never have to
+        // change the settings for one.
+        let _lock = dir.lock()?;
+        ban_maps.look_for_bans(BANS_V4_IN_USE | BANS_V6_IN_USE)?;
+    }
+    let bans = Arc::new(GateBanSink::new(
+        ban_maps,
+        config.bans.clone(),
+        Arc::clone(&trouble),
+    ));
     let (requests, requested) = channel::channel(config.attach.clone());
     let watch = watch::Watch::new(
         held,
         requested,
         dir.clone(),
         Arc::clone(&grants),
+        Arc::clone(&bans),
         GateMaps::open(&dir)?,
     );
     if let Err(e) = gate_log::forward(&dir, &iface) {
@@ -150,8 +169,7 @@ async fn serve(
         auth: Arc::clone(&users) as _,
         store: Arc::new(MaildirStore::new(config.mail_root.clone())),
         grants: grants.clone(),
-        // Bans come with the ban maps (issue 11).
-        failures: Arc::new(pop3::NoFailureSink),
+        failures: Arc::clone(&bans) as _,
     };
     let mut server = Server::with_listeners(config.pop3.clone(), backends, listeners);
     match tls {
@@ -184,6 +202,7 @@ async fn serve(
         server.live_config(),
         server.certificates(),
         requests,
+        bans,
     );
     tokio::spawn(reloader.run(hangups, shutdown.clone()));
     let watch_stop = CancellationToken::new();

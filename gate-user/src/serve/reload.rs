@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use gate_common::{DenyMode, Settings};
+use gate_common::{ipv6_mask_prefix, DenyMode, Settings, BANS_V4_IN_USE, BANS_V6_IN_USE};
 use log::{error, info, warn};
 use pop3::{
     auth::{live_users::LiveUsers, users_file::UsersFile},
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use toml::Value;
 
 use super::{
+    ban_sink::GateBanSink,
     config::{ServeConfig, RESTART_KEYS},
     open_files, users,
 };
@@ -37,7 +38,16 @@ use crate::{
 
 /// The keys whose change is read back from the gate itself (a change made
 /// meanwhile with `smtp-gate settings` counts as well).
-const GATE_KEYS: [&str; 6] = ["window", "ports", "deny", "log_rate", "exempt", "dest"];
+const GATE_KEYS: [&str; 8] = [
+    "window",
+    "ports",
+    "deny",
+    "log_rate",
+    "exempt",
+    "dest",
+    "ban_ports",
+    "ban_prefix_v6",
+];
 
 pub struct Reloader {
     /// The settings in force.
@@ -48,6 +58,7 @@ pub struct Reloader {
     certificates: Option<Arc<Certificates>>,
     /// What the watch attaches with when it must attach again.
     requests: watch::Sender<AttachRequest>,
+    bans: Arc<GateBanSink>,
 }
 
 impl Reloader {
@@ -57,6 +68,7 @@ impl Reloader {
         service: Arc<LiveConfig>,
         certificates: Option<Arc<Certificates>>,
         requests: watch::Sender<AttachRequest>,
+        bans: Arc<GateBanSink>,
     ) -> Self {
         Self {
             config,
@@ -64,6 +76,7 @@ impl Reloader {
             service,
             certificates,
             requests,
+            bans,
         }
     }
 
@@ -92,7 +105,7 @@ impl Reloader {
                         shown(self.config.given.get(key))
                     );
                 }
-                match apply_to_gate(&PinDir::new(&new.pin_dir), &new.attach) {
+                match apply_to_gate(&PinDir::new(&new.pin_dir), &new.attach, new.bans.is_on()) {
                     Ok(gate) => changes.extend(gate),
                     Err(e) => {
                         error!(
@@ -114,6 +127,7 @@ impl Reloader {
                 }
                 changes.extend(service_changes(&self.config, &new));
                 self.service.update(new.pop3.clone());
+                self.bans.set_policy(new.bans.clone());
                 self.requests.send_replace(new.attach.clone());
                 self.config = new;
             }
@@ -248,11 +262,14 @@ fn shown(value: Option<&Value>) -> String {
 /// Writes the settings `req` gives into the gate, as `smtp-gate settings`
 /// and `smtp-gate exempt` do (under the pin directory's lock, which every
 /// writer of the settings takes), and says what changed in the gate.
-fn apply_to_gate(dir: &PinDir, req: &AttachRequest) -> Result<Vec<String>> {
+fn apply_to_gate(dir: &PinDir, req: &AttachRequest, bans_on: bool) -> Result<Vec<String>> {
     let _lock = dir.lock()?;
     let mut maps = GateMaps::open(dir)?;
     let before = GateView::read(&maps)?;
     maps.set_settings(&req.apply_settings(maps.settings()?)?)?;
+    if bans_on {
+        maps.look_for_bans(BANS_V4_IN_USE | BANS_V6_IN_USE)?;
+    }
     if let Some(exempt) = &req.exempt {
         maps.exempt_replace(exempt)?;
     }
@@ -288,12 +305,17 @@ impl GateView {
     fn changes_to(&self, after: &GateView) -> Vec<String> {
         let (old, new) = (&self.settings, &after.settings);
         let window = |s: &Settings| format_duration(std::time::Duration::from_nanos(s.window_ns));
-        let ports = |s: &Settings| {
-            s.ports[..s.port_count as usize]
+        let list = |ports: &[u16]| {
+            ports
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
+        };
+        let ports = |s: &Settings| list(&s.ports[..s.port_count as usize]);
+        let ban_ports = |s: &Settings| match s.ban_port_count {
+            0 => "none".to_string(),
+            n => list(&s.ban_ports[..n as usize]),
         };
         let deny = |s: &Settings| match DenyMode::from_u32(s.deny_mode) {
             Some(DenyMode::Drop) => "drop",
@@ -332,6 +354,12 @@ impl GateView {
             "dest",
             networks(&self.dest, "all"),
             networks(&after.dest, "all"),
+        );
+        note("ban_ports", ban_ports(old), ban_ports(new));
+        note(
+            "ban_prefix_v6",
+            ipv6_mask_prefix(&old.ban_mask_v6).to_string(),
+            ipv6_mask_prefix(&new.ban_mask_v6).to_string(),
         );
         changes
     }

@@ -9,7 +9,7 @@ use log::{error, info, warn};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::grant_sink::GateGrantSink;
+use super::{ban_sink::GateBanSink, grant_sink::GateGrantSink};
 use crate::gate::{
     held::HeldGate, local_addrs, local_addrs::HostAddresses, AttachRequest, GateMaps, PinDir,
 };
@@ -24,6 +24,7 @@ pub struct Watch {
     requests: watch::Receiver<AttachRequest>,
     dir: PinDir,
     grants: Arc<GateGrantSink>,
+    bans: Arc<GateBanSink>,
     maps: GateMaps,
     /// The problems of the last check: the same ones are not logged again
     /// every few seconds, nor counted again.
@@ -38,6 +39,7 @@ impl Watch {
         requests: watch::Receiver<AttachRequest>,
         dir: PinDir,
         grants: Arc<GateGrantSink>,
+        bans: Arc<GateBanSink>,
         maps: GateMaps,
     ) -> Self {
         Self {
@@ -45,6 +47,7 @@ impl Watch {
             requests,
             dir,
             grants,
+            bans,
             maps,
             last_problems: Vec::new(),
             incidents: 0,
@@ -78,13 +81,15 @@ impl Watch {
             warn!("gate: {repair}");
         }
         if check.maps_changed {
-            match (GateMaps::open(&self.dir), GateMaps::open(&self.dir)) {
-                (Ok(for_grants), Ok(for_watch)) => {
+            let open = || GateMaps::open(&self.dir);
+            match (open(), open(), open()) {
+                (Ok(for_grants), Ok(for_bans), Ok(for_watch)) => {
                     self.grants.replace_maps(for_grants);
+                    self.bans.replace_maps(for_bans);
                     self.maps = for_watch;
-                    info!("gate: logins are granted in the gate's new maps");
+                    info!("gate: logins are granted (and guessers banned) in the gate's new maps");
                 }
-                (Err(e), _) | (_, Err(e)) => {
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     error!("gate: opening the gate's new maps: {e:#}");
                 }
             }
