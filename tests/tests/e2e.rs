@@ -1568,7 +1568,9 @@ fn declared_map_layout_is_what_the_map_commands_expect() {
 /// of its own, with a grant stamped on CLOCK_BOOTTIME and settings in
 /// those maps: the first layout (settings of 40 octets, 8 stats slots, no
 /// scope or local-address maps), or with `settings` of 48 octets the one
-/// before the gate's clock (16 stats slots, one counter each).
+/// before the gate's clock (16 stats slots, one counter each), or with 56
+/// octets the one before the bans (no ban maps; this build's counters;
+/// its grant stamped on the gate's clock).
 fn pin_an_old_gate(lab: &Lab, settings: &[u8], granted: std::net::Ipv4Addr, tc: bool) {
     use aya::maps::{Array, HashMap, Map, MapData};
     let pin = lab.pin_dir().to_path_buf();
@@ -1588,10 +1590,15 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8], granted: std::net::Ipv4Addr, tc: 
         );
     };
     let settings_size = settings.len().to_string();
-    let stats_slots = if settings.len() == 40 { "8" } else { "16" };
+    let banless = settings.len() == 56;
     create("settings", "array", "4", &settings_size, "1", &[]);
-    create("stats", "percpu_array", "4", "8", stats_slots, &[]);
-    create("log_buckets", "percpu_array", "4", "24", "1", &[]);
+    if banless {
+        create("stats", "percpu_array", "4", "128", "1", &[]);
+    } else {
+        let stats_slots = if settings.len() == 40 { "8" } else { "16" };
+        create("stats", "percpu_array", "4", "8", stats_slots, &[]);
+        create("log_buckets", "percpu_array", "4", "24", "1", &[]);
+    }
     create("exempt_v4", "lpm_trie", "8", "4", "4096", &["flags", "1"]);
     create("exempt_v6", "lpm_trie", "20", "4", "4096", &["flags", "1"]);
     create("grants_v4", "lru_hash", "4", "16", "4096", &[]);
@@ -1604,12 +1611,25 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8], granted: std::net::Ipv4Addr, tc: 
         let mut old: Array<MapData, [u8; 40]> =
             Array::try_from(open("settings")).expect("40-octet array");
         old.set(0, settings, 0).expect("writing the old settings");
-    } else {
-        let settings: &[u8; 48] = settings.try_into().expect("40 or 48 octets");
+    } else if let Ok(settings) = <&[u8; 48]>::try_from(settings) {
         let mut old: Array<MapData, [u8; 48]> =
             Array::try_from(open("settings")).expect("48-octet array");
         old.set(0, settings, 0).expect("writing the old settings");
+    } else {
+        let settings: &[u8; 56] = settings.try_into().expect("40, 48 or 56 octets");
+        let mut old: Array<MapData, [u8; 56]> =
+            Array::try_from(open("settings")).expect("56-octet array");
+        old.set(0, settings, 0).expect("writing the old settings");
     }
+    // Ten seconds ago, on the clock of the old build.
+    let granted_at_ns = if banless {
+        smtp_gate::gate::clock::GateClock::open()
+            .and_then(|clock| clock.now_ns())
+            .expect("reading the gate's clock")
+            - 10_000_000_000
+    } else {
+        smtp_gate::gate::clock::boottime_ns() - 10_000_000_000
+    };
     let mut grants: HashMap<MapData, gate_common::GrantKeyV4, gate_common::Grant> =
         HashMap::try_from(open("grants_v4")).expect("grants map");
     grants
@@ -1618,8 +1638,7 @@ fn pin_an_old_gate(lab: &Lab, settings: &[u8], granted: std::net::Ipv4Addr, tc: 
                 addr: granted.octets(),
             },
             gate_common::Grant {
-                // Ten seconds ago, on the clock of the old builds.
-                granted_at_ns: smtp_gate::gate::clock::boottime_ns() - 10_000_000_000,
+                granted_at_ns,
                 lifetime_ns: 0,
             },
             0,
@@ -1690,6 +1709,14 @@ fn attach_upgrades_a_gate_pinned_by_an_older_build_tc() {
 #[test]
 fn attach_upgrades_a_gate_of_the_boottime_clock() {
     check_upgrade(false, 48);
+}
+
+/// The layout of the build before the bans: no ban maps, settings of 56
+/// octets. The upgrade adds the ban maps, carries the settings over with
+/// the default login ports, and bans work at once.
+#[test]
+fn attach_upgrades_a_gate_without_ban_maps() {
+    check_upgrade(false, 56);
 }
 
 fn check_upgrade(tc: bool, settings_size: usize) {
@@ -1790,6 +1817,28 @@ fn check_upgrade(tc: bool, settings_size: usize) {
         !lab.pins().contains(&LOG_BUCKETS.to_string()),
         "the retired log buckets are unpinned: {:?}",
         lab.pins()
+    );
+    for ban_map in ["bans_v4", "bans_v6"] {
+        assert!(
+            lab.pins().contains(&ban_map.to_string()),
+            "{:?}",
+            lab.pins()
+        );
+    }
+    assert_eq!(
+        settings["ban_ports"],
+        serde_json::json!([110, 995, 143, 993]),
+        "{settings}"
+    );
+    assert_eq!(settings["ban_prefix_v6"], 64, "{settings}");
+    // A ban works on the upgraded gate, granted address or not.
+    lab.gate_ok(&["ban", "add", &client.client_v4.to_string()]);
+    lab.assert_denied(
+        testkit::denial::Deny::Banned,
+        client,
+        client.server_v4,
+        SMTP_PORT,
+        "the granted address, banned after the upgrade",
     );
 }
 
