@@ -25,6 +25,7 @@ use crate::{
     report::{self, Figure, Machine},
 };
 
+mod bans;
 mod floor;
 
 const RUNS: usize = 3;
@@ -572,6 +573,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
         .collect();
     let mut rows = Vec::new();
     let mut floor_rows = Vec::new();
+    let mut ban_rows = Vec::new();
     let mut verified = None;
     let grant_counts: &[u32] = if only.is_some() {
         &[1]
@@ -580,7 +582,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     };
     for &grants in grant_counts {
         eprintln!("kernel bench: {grants} grant(s) per family, {repeat} repetitions x {RUNS} runs");
-        let loaded = load(grants)?;
+        let mut loaded = load(grants)?;
         if verified.is_none() {
             verified = Some(verified_instructions(&loaded.ebpf)?);
         }
@@ -629,6 +631,10 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
             }
         }
         measure_floor(&loaded, xdp_pass, grants, repeat, only, &mut floor_rows)?;
+        if ban_rows.is_empty() {
+            eprintln!("kernel bench: the ban check");
+            ban_rows = bans::measure(&mut loaded.maps, xdp, xdp_pass, repeat, only)?;
+        }
         drop(loaded.maps);
     }
     let verified = verified.unwrap_or_default();
@@ -655,6 +661,16 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
                 row.family.label(),
                 row.name,
                 row.extra()
+            );
+        }
+        for row in &ban_rows {
+            println!(
+                "bans  {:<55} empty {:>5.1}  no bans {:>5.1}  bans {:>5.1} ns: the check adds {:+.1} ns",
+                row.case,
+                row.baseline.median,
+                row.off.median,
+                row.on.median,
+                row.added()
             );
         }
         return Ok(());
@@ -711,6 +727,7 @@ pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     }
     md += &verified_markdown(&verified);
     md += &floor_markdown(&floor_rows);
+    md += &bans::markdown(&ban_rows);
     let own_work = own_work(&rows, &floor_rows);
     md += &own_work_markdown(&own_work);
     let json_floor: Vec<_> = floor_rows

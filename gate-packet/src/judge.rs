@@ -160,25 +160,27 @@ pub fn judge<'a, 's, S: GateState>(
         return Verdict::pass(Outcome::NotGated);
     }
     let exempt = || exempt_in_use(config, src) && state.is_exempt(src);
-    if bans_in_use(config, src) && state.is_banned(src, config) && !exempt() {
-        return deny(state, config, packet, src, dst_port, reason, whole, true);
+    let banned = bans_in_use(config, src) && state.is_banned(src, config) && !exempt();
+    // One way to the deny mode for banned and unadmitted SYNs alike: the
+    // verifier walks the reset reply's paths once, not once per reason.
+    if !banned {
+        if !gated {
+            return Verdict::pass(Outcome::NotGated);
+        }
+        let admitted = |outcome| Verdict {
+            action: Action::Pass,
+            outcome,
+            reason,
+            denial: None,
+        };
+        if state.has_fresh_grant(src, config) {
+            return admitted(Outcome::Granted);
+        }
+        if exempt() {
+            return admitted(Outcome::Exempt);
+        }
     }
-    if !gated {
-        return Verdict::pass(Outcome::NotGated);
-    }
-    let admitted = |outcome| Verdict {
-        action: Action::Pass,
-        outcome,
-        reason,
-        denial: None,
-    };
-    if state.has_fresh_grant(src, config) {
-        return admitted(Outcome::Granted);
-    }
-    if exempt() {
-        return admitted(Outcome::Exempt);
-    }
-    deny(state, config, packet, src, dst_port, reason, whole, false)
+    deny(state, config, packet, src, dst_port, reason, whole, banned)
 }
 
 /// The deny mode's verdict on a gated SYN, or a banned one (counted
