@@ -29,8 +29,8 @@ const BPF_MUTATIONS: &[Mutation] = &[
     Mutation {
         name: "gates_port compares the other way",
         file: "gate-common/src/lib.rs",
-        find: "if self.ports[i] == port {",
-        replace: "if self.ports[i] != port {",
+        find: "if ports[i] == port {",
+        replace: "if ports[i] != port {",
     },
     Mutation {
         name: "gates_port looks at the first two slots only",
@@ -61,8 +61,32 @@ const BPF_MUTATIONS: &[Mutation] = &[
     Mutation {
         name: "the exempt lookup is skipped",
         file: "gate-packet/src/judge.rs",
-        find: "if exempt_in_use(config, src) && state.is_exempt(src) {",
-        replace: "if false && state.is_exempt(src) {",
+        find: "let exempt = || exempt_in_use(config, src) && state.is_exempt(src);",
+        replace: "let exempt = || false && state.is_exempt(src);",
+    },
+    Mutation {
+        name: "the ban check is skipped",
+        file: "gate-packet/src/judge.rs",
+        find: "let banned = bans_in_use(config, src) && state.is_banned(src, config) && !exempt();",
+        replace: "let banned = false && state.is_banned(src, config) && !exempt();",
+    },
+    Mutation {
+        name: "a banned exempt source is denied",
+        file: "gate-packet/src/judge.rs",
+        find: "let banned = bans_in_use(config, src) && state.is_banned(src, config) && !exempt();",
+        replace: "let banned = bans_in_use(config, src) && state.is_banned(src, config);",
+    },
+    Mutation {
+        name: "the IPv6 ban key keeps the interface identifier",
+        file: "gate-ebpf/src/state.rs",
+        find: "packet_word(at.add(8)) & word(8),",
+        replace: "packet_word(at.add(8)),",
+    },
+    Mutation {
+        name: "the login ports are not judged",
+        file: "gate-packet/src/plain.rs",
+        find: "c.gates_port(dst_port) || (c.bans_port(dst_port) && bans_in_use(c, src))",
+        replace: "c.gates_port(dst_port)",
     },
     Mutation {
         name: "a SYN with ACK is judged as opening",
