@@ -149,7 +149,9 @@ pub struct AttachmentArgs {
 pub struct DetachArgs {
     #[arg(long, value_name = "IF")]
     pub iface: String,
-    /// Keep the grant maps pinned, so a later attach carries on with them.
+    /// Keep the grant and ban maps pinned, so a later attach carries on
+    /// with them (a reinstall neither cuts the users off nor frees a
+    /// banned guesser).
     #[arg(long)]
     pub keep_grants: bool,
     #[command(flatten)]
