@@ -1,6 +1,7 @@
 //! A Dovecot POP3 server of the benchmark's own: its own dovecot.conf,
 //! base_dir, state_dir, index and log in one directory, listening on
-//! 127.0.0.1 on a free port. The host's /etc/dovecot is never read or
+//! 127.0.0.1 on a free port, and with a certificate on another for pop3s
+//! (implicit TLS) with `ssl = required`. The host's /etc/dovecot is never read or
 //! changed, and every process it started is stopped when the [`Dovecot`]
 //! is dropped (also when the run fails).
 
@@ -77,6 +78,19 @@ pub struct Setup<'a> {
     pub mail_gid: u32,
 }
 
+/// The certificate chain and key (PEM files) Dovecot serves pop3s with.
+pub struct Ssl<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// Where a configuration listens: POP3 in clear on `port` and, with a
+/// certificate, pop3s on `tls_port` (then `ssl = required`).
+struct Listeners<'a> {
+    port: u16,
+    ssl: Option<(&'a Ssl<'a>, u16)>,
+}
+
 /// A running Dovecot master and everything it forked.
 pub struct Dovecot {
     dir: PathBuf,
@@ -84,6 +98,8 @@ pub struct Dovecot {
     instance: String,
     master: Option<Child>,
     pub addr: SocketAddr,
+    /// The pop3s listener, when it was given a certificate.
+    pub tls_addr: Option<SocketAddr>,
 }
 
 /// Installs dovecot-pop3d if it is missing and returns `dovecot --version`.
@@ -142,11 +158,19 @@ impl Drop for Home {
 }
 
 impl Dovecot {
-    /// Writes the configuration under `<home>/<mode>/`, starts `dovecot -F
-    /// -c <conf>` and waits for its greeting.
-    pub fn start(home: &Home, version: &str, mode: LoginMode, setup: &Setup) -> Result<Self> {
-        let instance = format!("gate-bench-{}-{}", std::process::id(), mode.tag());
-        let dir = home.dir.join(mode.tag());
+    /// Writes the configuration under `<home>/<mode>[-tls]/`, starts
+    /// `dovecot -F -c <conf>` and waits for its greeting. With `ssl`, it
+    /// also serves pop3s and requires TLS for logging in.
+    pub fn start(
+        home: &Home,
+        version: &str,
+        mode: LoginMode,
+        setup: &Setup,
+        ssl: Option<&Ssl>,
+    ) -> Result<Self> {
+        let tag = format!("{}{}", mode.tag(), if ssl.is_some() { "-tls" } else { "" });
+        let instance = format!("gate-bench-{}-{tag}", std::process::id());
+        let dir = home.dir.join(&tag);
         let _ = fs::remove_dir_all(&dir);
         for sub in ["run", "state"] {
             fs::create_dir_all(dir.join(sub))
@@ -170,11 +194,21 @@ impl Dovecot {
         user_ids(LOGIN_USER)?;
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listeners = Listeners {
+            port,
+            ssl: match ssl {
+                Some(ssl) => Some((ssl, free_port()?)),
+                None => None,
+            },
+        };
+        let tls_addr = listeners
+            .ssl
+            .map(|(_, port)| SocketAddr::from(([127, 0, 0, 1], port)));
         let conf = dir.join("dovecot.conf");
         let text = if major_minor(version) >= (2, 4) {
-            config_2_4(&dir, &index, &instance, port, mode, setup, version)
+            config_2_4(&dir, &index, &instance, &listeners, mode, setup, version)
         } else {
-            config_2_3(&dir, &index, &instance, port, mode, setup)
+            config_2_3(&dir, &index, &instance, &listeners, mode, setup)
         };
         fs::write(&conf, text)?;
         let stdio = fs::File::create(dir.join("master.out"))?;
@@ -193,6 +227,7 @@ impl Dovecot {
             instance,
             master: Some(master),
             addr,
+            tls_addr,
         };
         dovecot.wait_ready().map_err(|e| {
             e.context(format!(
@@ -375,7 +410,7 @@ fn config_2_3(
     dir: &Path,
     index: &Path,
     instance: &str,
-    port: u16,
+    listeners: &Listeners,
     mode: LoginMode,
     setup: &Setup,
 ) -> String {
@@ -384,6 +419,18 @@ fn config_2_3(
     let users = users.display();
     let (uid, gid) = (setup.mail_uid, setup.mail_gid);
     let login = login_lines(mode, "service_count", "0");
+    let port = listeners.port;
+    let (ssl, pop3s) = match listeners.ssl {
+        None => ("ssl = no".to_string(), "    port = 0".to_string()),
+        Some((files, tls_port)) => (
+            format!(
+                "ssl = required\nssl_cert = <{}\nssl_key = <{}",
+                files.cert.display(),
+                files.key.display()
+            ),
+            format!("    address = 127.0.0.1\n    port = {tls_port}\n    ssl = yes"),
+        ),
+    };
     format!(
         "# Written by gate-bench for one benchmark run. Not the host's configuration.
 protocols = pop3
@@ -392,7 +439,7 @@ base_dir = {d}/run
 state_dir = {d}/state
 instance_name = {instance}
 log_path = {d}/dovecot.log
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain apop
 mail_location = maildir:{mail}/%u:INDEX={i}/%u:CONTROL={i}/%u
@@ -413,7 +460,7 @@ service pop3-login {{
     port = {port}
   }}
   inet_listener pop3s {{
-    port = 0
+{pop3s}
   }}
 {login}}}
 # One pop3 process per session: room for the 500 idle sessions.
@@ -430,7 +477,7 @@ fn config_2_4(
     dir: &Path,
     index: &Path,
     instance: &str,
-    port: u16,
+    listeners: &Listeners,
     mode: LoginMode,
     setup: &Setup,
     version: &str,
@@ -442,6 +489,18 @@ fn config_2_4(
     let i = index.display();
     let v = version.split_whitespace().next().unwrap_or("2.4.0");
     let login = login_lines(mode, "restart_request_count", "unlimited");
+    let port = listeners.port;
+    let (ssl, pop3s) = match listeners.ssl {
+        None => ("ssl = no".to_string(), "    port = 0".to_string()),
+        Some((files, tls_port)) => (
+            format!(
+                "ssl = required\nssl_server_cert_file = {}\nssl_server_key_file = {}",
+                files.cert.display(),
+                files.key.display()
+            ),
+            format!("    listen = 127.0.0.1\n    port = {tls_port}\n    ssl = yes"),
+        ),
+    };
     format!(
         "# Written by gate-bench for one benchmark run. Not the host's configuration.
 dovecot_config_version = {v}
@@ -452,7 +511,7 @@ base_dir = {d}/run
 state_dir = {d}/state
 instance_name = {instance}
 log_path = {d}/dovecot.log
-ssl = no
+{ssl}
 auth_allow_cleartext = yes
 auth_mechanisms = plain apop
 mail_driver = maildir
@@ -476,7 +535,7 @@ service pop3-login {{
     port = {port}
   }}
   inet_listener pop3s {{
-    port = 0
+{pop3s}
   }}
 {login}}}
 service pop3 {{

@@ -1,5 +1,6 @@
-//! The load generator: a minimal POP3 client and a loop that drives many of
-//! them, bounded in time and in count.
+//! The load generator: a minimal POP3 client, in clear or over implicit
+//! TLS (RFC 8314), and a loop that drives many of them, bounded in time
+//! and in count.
 
 use std::{
     future::Future,
@@ -14,16 +15,36 @@ use tokio::{
     net::TcpStream,
     task::JoinSet,
 };
+use tokio_rustls::{client::TlsStream, TlsConnector};
+use tokio_util::either::Either;
+
+use super::certs;
 
 /// No single operation (a login, a session) may take longer than this.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A run stops with an error after this many failed operations.
 const MAX_ERRORS: u64 = 50;
 
+/// Where a client connects: a listener in clear, or one that speaks TLS
+/// from the first octet (then with this connector).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConnector>,
+}
+
+impl Endpoint {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self { addr, tls: None }
+    }
+}
+
+type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+
 /// Enough of a POP3 client to drive a server hard; works with smtp-gate
 /// and Dovecot alike.
 pub struct Client {
-    stream: BufStream<TcpStream>,
+    stream: BufStream<Stream>,
     line: String,
     timestamp: String,
     /// Octets of multi-line replies received.
@@ -31,9 +52,20 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(addr: SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    /// Connects, does the TLS handshake if the endpoint speaks TLS (the
+    /// certificate verified against the test CA) and reads the greeting.
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self> {
+        let tcp = TcpStream::connect(endpoint.addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match &endpoint.tls {
+            None => Either::Left(tcp),
+            Some(connector) => Either::Right(
+                connector
+                    .connect(certs::server_name(), tcp)
+                    .await
+                    .context("TLS handshake")?,
+            ),
+        };
         let mut client = Self {
             stream: BufStream::new(stream),
             line: String::new(),
@@ -44,6 +76,30 @@ impl Client {
         let start = greeting.find('<').context("no APOP timestamp")?;
         client.timestamp = greeting[start..].trim_end().to_string();
         Ok(client)
+    }
+
+    /// What the TLS handshake settled on, e.g. `TLSv1_3,
+    /// TLS13_AES_256_GCM_SHA384, X25519`; `None` in clear.
+    pub fn tls_parameters(&self) -> Option<String> {
+        let Either::Right(tls) = self.stream.get_ref() else {
+            return None;
+        };
+        let session = tls.get_ref().1;
+        let name = |x: Option<String>| x.unwrap_or_else(|| "?".into());
+        Some(format!(
+            "{}, {}, {}",
+            name(session.protocol_version().map(|v| format!("{v:?}"))),
+            name(
+                session
+                    .negotiated_cipher_suite()
+                    .map(|s| format!("{:?}", s.suite()))
+            ),
+            name(
+                session
+                    .negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name()))
+            ),
+        ))
     }
 
     /// Reads one status line; fails on -ERR.
@@ -191,4 +247,86 @@ where
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pop3::{
+        auth::users_file::UsersFile,
+        config::ServerConfig,
+        maildrop::maildir::MaildirStore,
+        server::{Backends, Server},
+        NoFailureSink, NoGrant,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::pop3::{certs, fixture::Fixture};
+
+    /// The load generator logs in over implicit TLS with the run's CA, and
+    /// a certificate of any other CA stops it at the handshake: it
+    /// verifies, as the benchmark's clients must.
+    #[tokio::test]
+    async fn logs_in_over_tls_and_refuses_another_ca() {
+        let dir = std::env::temp_dir().join(format!("gate-bench-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fixture = Fixture::create(&dir).unwrap();
+        let pki = certs::create(&dir.join("tls")).unwrap();
+        let other = certs::create(&dir.join("other")).unwrap();
+        let config = ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            listen_tls: Some(vec!["127.0.0.1:0".parse().unwrap()]),
+            tls_cert: Some(pki.cert.clone()),
+            tls_key: Some(pki.key.clone()),
+            hostname: "bench.test".into(),
+            ..ServerConfig::default()
+        };
+        let backends = Backends {
+            auth: Arc::new(UsersFile::load(&fixture.users_file).unwrap()),
+            store: Arc::new(MaildirStore::new(fixture.mail_root())),
+            grants: Arc::new(NoGrant),
+            failures: Arc::new(NoFailureSink),
+        };
+        let server = Server::bind(config, backends).await.unwrap();
+        let addr = server.tls_local_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(server.run(shutdown.clone()));
+
+        let trusting = Endpoint {
+            addr,
+            tls: Some(certs::connector(&pki).unwrap()),
+        };
+        let mut client = tokio::time::timeout(OP_TIMEOUT, Client::connect(&trusting))
+            .await
+            .unwrap()
+            .unwrap();
+        let parameters = client.tls_parameters().unwrap();
+        assert!(parameters.starts_with("TLSv1_3, "), "{parameters}");
+        client.login(0, false).await.unwrap();
+        client.multi("RETR 1").await.unwrap();
+        assert!(client.bytes > MESSAGE_SIZE_AT_LEAST);
+        client.command("QUIT").await.unwrap();
+
+        let doubting = Endpoint {
+            addr,
+            tls: Some(certs::connector(&other).unwrap()),
+        };
+        let refused = tokio::time::timeout(OP_TIMEOUT, Client::connect(&doubting))
+            .await
+            .unwrap();
+        let error = format!("{:#}", refused.err().expect("a certificate of another CA"));
+        // Both CAs have testkit's name: rustls finds the issuer by name and
+        // the signature does not verify.
+        assert!(error.contains("invalid peer certificate"), "{error}");
+
+        shutdown.cancel();
+        serving.await.unwrap();
+        drop(fixture);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The heavy users' messages are 4096 octets.
+    const MESSAGE_SIZE_AT_LEAST: u64 = 4000;
 }

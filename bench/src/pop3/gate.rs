@@ -12,12 +12,16 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use testkit::tls::TestPki;
+
 use super::fixture::Fixture;
 
 pub struct GateProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
+    /// Its implicit-TLS listener, when it was given a certificate.
+    pub tls_addr: Option<SocketAddr>,
 }
 
 /// Builds the `pop3-server` binary beside this one (`cargo run` builds
@@ -54,37 +58,51 @@ fn server_binary() -> Result<PathBuf> {
 }
 
 impl GateProcess {
-    pub fn start(fixture: &Fixture) -> Result<Self> {
+    /// Starts it on the fixture's users and Maildirs, with `certs` also
+    /// serving implicit TLS.
+    pub fn start(fixture: &Fixture, certs: Option<&TestPki>) -> Result<Self> {
         let binary = server_binary()?;
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg(&fixture.users_file)
             .arg(fixture.mail_root())
-            .arg(fixture.dir.join("pop3-server.log"))
+            .arg(fixture.dir.join("pop3-server.log"));
+        if let Some(certs) = certs {
+            command.arg(&certs.cert).arg(&certs.key);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        // It prints its address or exits (closing stdout).
-        let read = BufReader::new(stdout).read_line(&mut line);
+        let mut stdout = BufReader::new(stdout);
         let mut process = Self {
             child,
             stdin,
             addr: ([127, 0, 0, 1], 0).into(),
+            tls_addr: None,
         };
-        read?;
-        process.addr = line
-            .trim()
-            .parse()
-            .with_context(|| format!("pop3-server printed {line:?} instead of its address"))?;
+        // It prints its addresses or exits (closing stdout).
+        process.addr = read_address(&mut stdout)?;
+        if certs.is_some() {
+            process.tls_addr = Some(read_address(&mut stdout)?);
+        }
         Ok(process)
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+fn read_address(stdout: &mut impl BufRead) -> Result<SocketAddr> {
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    line.trim()
+        .parse()
+        .with_context(|| format!("pop3-server printed {line:?} instead of an address"))
 }
 
 impl Drop for GateProcess {
