@@ -142,6 +142,7 @@ pub struct AttachmentArgs {
     /// (it would have to mount one under `ip netns exec`, say): the gate
     /// then ends with the process. Refused without this flag.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_private_bpffs: bool,
 }
 

@@ -78,8 +78,11 @@ pub fn read<T: DeserializeOwned>(table: Table) -> Result<T, KeyError> {
 }
 
 /// The flags that were given, under their keys. clap leaves a flag that
-/// was not given `None`, `false` or empty, and so it is left out: no flag
-/// can be given as any of these.
+/// was not given `None` or empty, and so it is left out: no flag can be
+/// given as either. A switch (a `bool` flag without a value) is `false`
+/// when not given: it must skip serializing then
+/// (`#[serde(skip_serializing_if = "std::ops::Not::not")]`), since a flag
+/// that takes a value may be given as `false` (`--apop false`).
 pub fn given_flags(flags: &impl Serialize) -> Result<Table> {
     // A flag that cannot be a key (a path that is not UTF-8, which a TOML
     // file cannot hold either) is named.
@@ -110,7 +113,7 @@ pub fn given_flags(flags: &impl Serialize) -> Result<Table> {
 fn given_value(json: serde_json::Value) -> Result<Option<Value>> {
     use serde_json::Value as Json;
     Ok(Some(match json {
-        Json::Null | Json::Bool(false) => return Ok(None),
+        Json::Null => return Ok(None),
         Json::Array(items) if items.is_empty() => return Ok(None),
         Json::Bool(b) => Value::Boolean(b),
         Json::Number(n) => {
@@ -146,13 +149,16 @@ mod tests {
         list: Vec<u16>,
         empty: Vec<u16>,
         unset: Option<u32>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
         off: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
         on: bool,
+        given_false: Option<bool>,
         text: Option<String>,
     }
 
-    /// What clap leaves for a flag not given (`None`, `false`, an empty
-    /// list) is no key; everything else is.
+    /// What clap leaves for a flag not given (`None`, a switch's `false`,
+    /// an empty list) is no key; everything else is, `--flag false` too.
     #[test]
     fn only_given_flags_become_keys() {
         let table = given_flags(&Flags {
@@ -161,12 +167,14 @@ mod tests {
             unset: None,
             off: false,
             on: true,
+            given_false: Some(false),
             text: Some("x".into()),
         })
         .unwrap();
         let mut keys: Vec<&String> = table.keys().collect();
         keys.sort();
-        assert_eq!(keys, ["list", "on", "text"]);
+        assert_eq!(keys, ["given_false", "list", "on", "text"]);
+        assert_eq!(table["given_false"], Value::Boolean(false));
         assert_eq!(
             table["list"],
             Value::Array(vec![Value::Integer(25), Value::Integer(587)])

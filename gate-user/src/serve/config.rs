@@ -426,6 +426,13 @@ mod tests {
         );
         let flags = serve_args(&["--window", "5s", "--max-connections", "7"]);
         let merged = ServeConfig::load(Some(&file), &flags).unwrap();
+        assert!(merged.pop3.apop, "apop by default");
+        assert!(!merged.attach.allow_private_bpffs, "a switch not given");
+        // A flag that takes a value can be given as false (the attack
+        // review found `--apop false` ignored: false read as not given).
+        let off = ServeConfig::load(Some(&file), &serve_args(&["--apop", "false"])).unwrap();
+        assert!(!off.pop3.apop, "--apop false");
+        assert_eq!(off.given.get("apop"), Some(&toml::Value::Boolean(false)));
         assert_eq!(merged.attach.iface, "eth0");
         assert_eq!(merged.attach.window, Some(Duration::from_secs(5)));
         assert_eq!(merged.pop3.max_connections, 7);
