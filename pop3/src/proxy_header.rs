@@ -45,7 +45,8 @@ pub enum Addresses {
         source: SocketAddr,
         destination: SocketAddr,
     },
-    /// The header names no client (version 2 LOCAL, version 1 UNKNOWN):
+    /// The header names no client (version 2 LOCAL, version 1 UNKNOWN);
+    /// the server serves no session for it (server.rs `health_check`):
     /// the connection's own endpoints stand.
     Own,
 }

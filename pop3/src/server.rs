@@ -43,6 +43,7 @@ use crate::{
     live_config::LiveConfig,
     log_text::LogText,
     network,
+    proxy_header::Addresses,
     reply::{ReplyBuffer, ReplySink, RespCode, FLUSH_AT},
     session::{EndReason, Flow, Session, SessionContext, Transport, LOG_TARGET},
     session_id::{SessionId, SessionIds},
@@ -357,6 +358,13 @@ async fn accept_loop(
                     proxy::read_header(&mut stream, config.proxy_timeout, &shared.hard_stop).await;
                 drop(waiting);
                 match header {
+                    // No client named (v2 LOCAL, v1 UNKNOWN): a balancer's
+                    // health check, or a client it cannot describe (HAProxy
+                    // sends UNKNOWN for one on a UNIX socket). Served as
+                    // the balancer, such a client would be granted, and
+                    // judged, under the balancer's address: it gets the
+                    // greeting a health check looks for, and no session.
+                    Ok(Addresses::Own) => health_check(stream, implicit_tls, peer, id).await,
                     Ok(addresses) => {
                         let client = Peer::proxied(peer, addresses);
                         match admit(&shared, client, id) {
@@ -384,6 +392,20 @@ async fn accept_loop(
             Err(_) if implicit_tls => continue,
             Err(text) => shared.tracker.spawn(refuse(stream, text)),
         };
+    }
+}
+
+/// A connection whose PROXY header names no client: on a plain listener
+/// the greeting (what a health check expects), then the connection is
+/// closed; an implicit-TLS listener closes it at once (a TCP check
+/// passes, a session cannot start).
+async fn health_check(mut stream: TcpStream, implicit_tls: bool, proxy: SocketAddr, id: SessionId) {
+    debug!("session={id} PROXY header from {proxy} names no client: health check, no session");
+    if !implicit_tls {
+        let mut reply = ReplyBuffer::new();
+        reply.ok("smtp-gate POP3 server ready (no client address: health check only)");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
     }
 }
 
@@ -467,13 +489,16 @@ async fn serve_connection(
         password_checks: Arc::clone(&shared.password_checks),
         user_throttle: Arc::clone(&shared.user_throttle),
         max_login_failures: config.max_login_failures,
-        // Whether the client is on this host is the client's, never the
-        // proxy's: behind a load balancer on this host, every client
-        // would count as local (and could send passwords in clear).
+        // Whether the client is on this host is the connection's, and
+        // never true through a load balancer: not the balancer's address
+        // (behind one on this host every client would count as local), nor
+        // the address its header names (a remote balancer saying
+        // 127.0.0.1 would make a password in clear acceptable, though it
+        // crossed the network to get here).
         transport: if implicit_tls {
-            Transport::implicit_tls(peer.ip())
+            Transport::implicit_tls(peer.is_local())
         } else {
-            Transport::cleartext(peer.ip(), shared.tls.is_some())
+            Transport::cleartext(peer.is_local(), shared.tls.is_some())
         },
         apop: config.apop,
     };

@@ -229,7 +229,7 @@ fn fixture() -> Fixture {
         password_checks: PasswordChecks::new(1),
         user_throttle: Arc::new(UserThrottle::new()),
         max_login_failures: 3,
-        transport: Transport::cleartext("192.0.2.7".parse().unwrap(), false),
+        transport: Transport::cleartext(false, false),
         apop: true,
     };
     Fixture {

@@ -65,6 +65,13 @@ impl Peer {
         normalize_addr(self.addr.ip())
     }
 
+    /// Whether the client is on this host: a direct connection from a
+    /// loopback address. Nothing that came through a balancer is, whatever
+    /// its header says.
+    pub fn is_local(&self) -> bool {
+        self.via.is_none() && self.ip().is_loopback()
+    }
+
     /// The proxy's address, normalised.
     pub fn via_ip(&self) -> Option<IpAddr> {
         self.via.map(|via| normalize_addr(via.ip()))
@@ -222,7 +229,11 @@ mod tests {
 
     /// A proxy on this host relays a client from elsewhere: the client is
     /// not local, and may not send a password in clear once a certificate
-    /// is configured. Only a health check (the proxy itself) is local.
+    /// is configured. Nothing that came through a proxy is local: not a
+    /// header naming no client, not one naming a loopback address (the
+    /// attack review sent `PROXY TCP4 127.0.0.1 ...` from a remote
+    /// balancer and was let in in clear). Only a direct loopback
+    /// connection is.
     #[test]
     fn the_client_not_the_proxy_decides_what_is_local() {
         let proxy = addr("127.0.0.1:40000");
@@ -235,11 +246,22 @@ mod tests {
         );
         assert_eq!(remote.ip(), "192.0.2.7".parse::<IpAddr>().unwrap());
         assert_eq!(remote.via_ip(), Some("127.0.0.1".parse().unwrap()));
-        let transport = Transport::cleartext(remote.ip(), true);
+        let transport = Transport::cleartext(remote.is_local(), true);
         assert!(!transport.loopback);
         assert!(!transport.cleartext_password_allowed());
-        let check = Peer::proxied(proxy, Addresses::Own);
-        assert!(Transport::cleartext(check.ip(), true).loopback);
+        assert!(!Peer::proxied(proxy, Addresses::Own).is_local());
+        for named in ["127.0.0.1:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            let claimed = Peer::proxied(
+                addr("10.0.0.2:40000"),
+                Addresses::Proxied {
+                    source: addr(named),
+                    destination: addr("198.51.100.1:110"),
+                },
+            );
+            assert!(!claimed.is_local(), "{named}");
+        }
+        assert!(Peer::direct(addr("[::ffff:127.0.0.1]:9")).is_local());
+        assert!(!Peer::direct(addr("192.0.2.7:9")).is_local());
         let mapped = Peer::proxied(
             addr("[::ffff:10.0.0.1]:1"),
             Addresses::Proxied {

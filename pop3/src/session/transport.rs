@@ -1,8 +1,6 @@
 //! What the connection is, as far as logging in cares: whether TLS is up,
 //! whether it could be, and whether the client is on this host.
 
-use std::net::IpAddr;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transport {
     /// TLS is up: implicit TLS (RFC 8314), or after STLS (RFC 2595).
@@ -16,21 +14,22 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A connection without TLS and without a certificate to offer.
-    pub fn cleartext(peer: IpAddr, tls_available: bool) -> Self {
+    /// A connection without TLS (yet); `local` if its client is on this
+    /// host (`server::proxy::Peer::is_local`).
+    pub fn cleartext(local: bool, tls_available: bool) -> Self {
         Self {
             tls: false,
             tls_available,
-            loopback: peer.is_loopback(),
+            loopback: local,
         }
     }
 
     /// A connection that is TLS from its first octet (port 995).
-    pub fn implicit_tls(peer: IpAddr) -> Self {
+    pub fn implicit_tls(local: bool) -> Self {
         Self {
             tls: true,
             tls_available: true,
-            loopback: peer.is_loopback(),
+            loopback: local,
         }
     }
 
@@ -54,8 +53,7 @@ mod tests {
 
     #[test]
     fn passwords_need_tls_from_other_hosts_once_a_certificate_is_configured() {
-        let remote: IpAddr = "192.0.2.7".parse().unwrap();
-        let local: IpAddr = "::1".parse().unwrap();
+        let (remote, local) = (false, true);
         assert!(Transport::cleartext(remote, false).cleartext_password_allowed());
         assert!(!Transport::cleartext(remote, true).cleartext_password_allowed());
         assert!(Transport::cleartext(local, true).cleartext_password_allowed());

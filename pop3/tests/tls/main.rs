@@ -549,6 +549,19 @@ async fn behind_a_balancer_on_this_host_the_client_is_remote_on_both_listeners()
     let end = logged_line("end reason=quit addr=192.0.2.91 ").await;
     assert!(end.contains("via=127.0.30.91"), "{end}");
 
+    // A header naming a loopback address does not make its client local
+    // either: the password would still have crossed a network.
+    for claimed in ["TCP4 127.0.0.1 127.0.0.1", "TCP6 ::1 ::1"] {
+        let mut tcp = tcp_from(balancer, running.plain).await;
+        tcp.write_all(format!("PROXY {claimed} 40003 110\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut plain = Client::new(tcp);
+        assert!(plain.line().await.starts_with("+OK"));
+        let user = plain.ask("USER alice").await;
+        assert!(user.starts_with("-ERR [AUTH]"), "{claimed}: {user}");
+    }
+
     let mut tcp = tcp_from(balancer, running.tls).await;
     tcp.write_all(b"PROXY TCP4 192.0.2.92 127.0.0.1 40002 995\r\n")
         .await
