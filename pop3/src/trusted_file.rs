@@ -29,10 +29,11 @@ pub struct Rule {
     pub fix: &'static str,
 }
 
-/// A file of passwords: no access for group or others at all.
+/// A file of secrets (the users' passwords, the TLS private key): no
+/// access for group or others at all.
 pub const SECRETS: Rule = Rule {
     forbidden: 0o077,
-    why: "it holds passwords and must not be readable or writable by group or others",
+    why: "it holds secrets and must not be readable or writable by group or others",
     fix: "chmod 600",
 };
 

@@ -879,7 +879,7 @@ mod tests {
         assert_eq!(
             UsersFile::load(&path).unwrap_err().to_string(),
             format!(
-                "{} is mode 0644: it holds passwords and must not be readable or writable by group or others (chmod 600)",
+                "{} is mode 0644: it holds secrets and must not be readable or writable by group or others (chmod 600)",
                 path.display()
             )
         );
