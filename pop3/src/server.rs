@@ -45,7 +45,7 @@ use crate::{
     network,
     proxy_header::Addresses,
     reply::{ReplyBuffer, ReplySink, RespCode, FLUSH_AT},
-    session::{EndReason, Flow, Session, SessionContext, Transport, LOG_TARGET},
+    session::{EndReason, Flow, Session, SessionContext, Transport, LOG_TARGET, MAX_BAD_COMMANDS},
     session_id::{SessionId, SessionIds},
     tls::{self, HandshakeError, Tls},
     Authenticator, FailureSink, GrantSink,
@@ -766,8 +766,11 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     if let Err(e) = out.send().await {
                         return lost(id, &e).into();
                     }
-                    return if session.tally().quit {
+                    let tally = session.tally();
+                    return if tally.quit {
                         EndReason::Quit
+                    } else if tally.bad_commands >= MAX_BAD_COMMANDS {
+                        EndReason::BadCommands
                     } else {
                         EndReason::ReadFailed
                     }

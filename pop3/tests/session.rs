@@ -1075,3 +1075,35 @@ async fn apop_naming_a_user_under_attack_waits_too() {
     assert!(transcript.contains("+OK mrose has"), "{transcript}");
     assert!(started.elapsed() >= DELAY_STEP, "{:?}", started.elapsed());
 }
+
+/// Another protocol on this port (an HTTP request, the ALPACA class of
+/// cross-protocol attacks) or a scanner: before login, the tenth line that
+/// is not a command closes the connection; after login, mistakes are
+/// answered and the session goes on.
+#[tokio::test]
+async fn ten_bad_lines_before_login_close_the_connection() {
+    use pop3::session::MAX_BAD_COMMANDS;
+    let f = fixture();
+    let mut http = String::from("POST / HTTP/1.1\r\nHost: pop.example\r\n");
+    for i in 0..MAX_BAD_COMMANDS {
+        http.push_str(&format!("X-Junk-{i}: y\r\n"));
+    }
+    http.push_str("USER alice\r\nPASS open sesame\r\n");
+    let (transcript, flows) = run(f.ctx.clone(), http.as_bytes(), 64).await;
+    assert_eq!(flows.len(), MAX_BAD_COMMANDS as usize, "{transcript}");
+    assert_eq!(flows.last(), Some(&Flow::Close));
+    assert!(
+        transcript.ends_with("-ERR too many bad commands, closing\r\n"),
+        "{transcript}"
+    );
+    assert!(f.grants.0.lock().unwrap().is_empty());
+
+    let f = fixture();
+    let mut script = String::from("USER alice\r\nPASS open sesame\r\n");
+    for _ in 0..2 * MAX_BAD_COMMANDS {
+        script.push_str("FROB\r\n");
+    }
+    script.push_str("STAT\r\n");
+    let (transcript, _) = run(f.ctx.clone(), script.as_bytes(), 64).await;
+    assert!(transcript.ends_with("+OK 3 116\r\n"), "{transcript}");
+}

@@ -67,6 +67,14 @@ pub struct SessionContext {
     pub apop: bool,
 }
 
+/// Lines that are not commands a client may send before it logs in; with
+/// the next one the connection is closed. A mail client sends none (it
+/// asks CAPA before anything new); a stream of them is another protocol
+/// talking to this port, the cross-protocol class of attacks (ALPACA)
+/// that RFC 9325 section 3.5 answers this way, or a scanner. Dovecot
+/// closes a login connection after as many.
+pub const MAX_BAD_COMMANDS: u32 = 10;
+
 /// What the server does after the replies of one line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -154,6 +162,22 @@ impl Session {
         }
     }
 
+    /// A line that was not a command: `-ERR why`; before login, the
+    /// `MAX_BAD_COMMANDS`th is answered that the connection closes, and
+    /// it does.
+    fn bad_command(&mut self, why: &str, out: &mut ReplyBuffer) -> Flow {
+        if matches!(self.state, State::Authorization(_)) {
+            self.tally.bad_commands += 1;
+            if self.tally.bad_commands >= MAX_BAD_COMMANDS {
+                out.err(None, "too many bad commands, closing");
+                self.state = State::Closed;
+                return Flow::Close;
+            }
+        }
+        out.err(None, why);
+        Flow::Continue
+    }
+
     /// True once a login has succeeded (TRANSACTION).
     pub fn is_logged_in(&self) -> bool {
         matches!(self.state, State::Transaction(_))
@@ -184,17 +208,13 @@ impl Session {
         let bytes = match line {
             Line::Command(bytes) => bytes,
             Line::TooLong => {
-                out.buffer()
-                    .err(None, "line too long (RFC 2449: at most 255 octets)");
-                return Flow::Continue;
+                return self
+                    .bad_command("line too long (RFC 2449: at most 255 octets)", out.buffer());
             }
         };
         let command = match command::parse(&bytes) {
             Ok(command) => command,
-            Err(e) => {
-                out.buffer().err(None, &e.to_string());
-                return Flow::Continue;
-            }
+            Err(e) => return self.bad_command(&e.to_string(), out.buffer()),
         };
         // The handlers take the state and give back the next one. A step
         // whose future is dropped (the server cut the session) leaves the

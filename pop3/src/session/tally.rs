@@ -23,6 +23,9 @@ pub struct Tally {
     pub removed: u64,
     /// The client sent QUIT.
     pub quit: bool,
+    /// Lines that were not a command (unknown, malformed, too long)
+    /// before login.
+    pub bad_commands: u32,
     /// A login whose maildrop is being opened: the user and the method.
     pub(crate) opening: Option<(String, &'static str)>,
 }
@@ -59,6 +62,9 @@ pub enum EndReason {
     TlsHandshakeFailed,
     /// The TLS handshake did not end within its time limit.
     TlsHandshakeTimeout,
+    /// Too many lines that were not commands before login
+    /// (`session::MAX_BAD_COMMANDS`).
+    BadCommands,
     /// Cut before login to make room for a newcomer.
     Evicted,
     /// Cut when the server's shutdown grace was over.
@@ -84,6 +90,7 @@ impl EndReason {
             Self::SendTimeout => "send-timeout",
             Self::TlsHandshakeFailed => "tls-handshake-failed",
             Self::TlsHandshakeTimeout => "tls-handshake-timeout",
+            Self::BadCommands => "bad-commands",
             Self::Evicted => "evicted",
             Self::Shutdown => "shutdown",
             Self::ReadFailed => "read-failed",

@@ -95,6 +95,9 @@ impl Expect {
 
 /// Failed logins after which the server closes (its default).
 const MAX_LOGIN_FAILURES: u32 = 3;
+/// Lines that are not commands after which a server closes a connection
+/// that has not logged in (pop3::session::MAX_BAD_COMMANDS).
+const MAX_BAD_COMMANDS: u32 = 10;
 
 enum State {
     Authorization {
@@ -114,6 +117,8 @@ pub struct Model<'a> {
     /// The greeting's timestamp, for APOP.
     timestamp: String,
     state: State,
+    /// Lines that were not commands, before login.
+    bad_commands: u32,
     /// What QUIT removed: the user's index and the messages' indices.
     pub removed: Option<(usize, BTreeSet<usize>)>,
 }
@@ -127,6 +132,7 @@ impl<'a> Model<'a> {
                 user: None,
                 failures: 0,
             },
+            bad_commands: 0,
             removed: None,
         }
     }
@@ -158,6 +164,12 @@ impl<'a> Model<'a> {
     /// The reply `line` must get; the model moves on as the server must.
     pub fn step(&mut self, line: &Line) -> Expect {
         let Line::Command(command) = line else {
+            if let State::Authorization { .. } = self.state {
+                self.bad_commands += 1;
+                if self.bad_commands >= MAX_BAD_COMMANDS {
+                    self.state = State::Closed;
+                }
+            }
             return Expect::err();
         };
         if let Command::Capa = command {
