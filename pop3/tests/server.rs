@@ -2,6 +2,10 @@
 //! who gets a slot, the failed-login delay, slow password hashes, the
 //! login, line and idle timeouts, and graceful shutdown.
 
+#[path = "common/captured_log.rs"]
+mod captured_log;
+
+use captured_log::{capture_log, logged, logged_line};
 use std::{
     fs, io,
     net::{Ipv4Addr, SocketAddr},
@@ -1234,53 +1238,6 @@ async fn a_quit_applying_its_deletions_when_the_grace_ends_still_answers() {
 // ---------------------------------------------------------------------------
 // The log: session ids, end summaries (issue 10)
 // ---------------------------------------------------------------------------
-
-/// Every line the servers of this binary log, once `capture_log` ran.
-/// Tests running at the same time log here too: a test finds its own
-/// lines by a loopback address no other test uses.
-struct Captured(Mutex<Vec<String>>);
-
-impl log::Log for Captured {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record) {
-        self.0.lock().unwrap().push(record.args().to_string());
-    }
-
-    fn flush(&self) {}
-}
-
-static LOG: Captured = Captured(Mutex::new(Vec::new()));
-
-fn capture_log() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        log::set_logger(&LOG).expect("the only logger of this binary");
-        log::set_max_level(log::LevelFilter::Debug);
-    });
-}
-
-fn logged() -> Vec<String> {
-    LOG.0.lock().unwrap().clone()
-}
-
-/// Waits for a logged line containing `needle` and gives it.
-async fn logged_line(needle: &str) -> String {
-    let deadline = Instant::now() + HANG;
-    loop {
-        if let Some(line) = logged().into_iter().find(|l| l.contains(needle)) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no line with {needle:?} logged:\n{}",
-            logged().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The value of `name=` in a line.
 fn field<'a>(line: &'a str, name: &str) -> &'a str {

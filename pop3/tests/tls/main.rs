@@ -5,12 +5,15 @@
 //! service runs.
 
 mod ca;
+#[path = "../common/captured_log.rs"]
+mod captured_log;
 
+use captured_log::{capture_log, logged, logged_line};
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, Mutex, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -464,52 +467,6 @@ async fn wait_for_certificate(
             logged().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Every line logged by this test binary, for the tests to look for
-/// theirs (each by its own loopback address).
-struct Captured(Mutex<Vec<String>>);
-
-impl log::Log for Captured {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record) {
-        self.0.lock().unwrap().push(record.args().to_string());
-    }
-
-    fn flush(&self) {}
-}
-
-static LOG: Captured = Captured(Mutex::new(Vec::new()));
-
-fn capture_log() {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        log::set_logger(&LOG).expect("the only logger of this binary");
-        log::set_max_level(log::LevelFilter::Debug);
-    });
-}
-
-fn logged() -> Vec<String> {
-    LOG.0.lock().unwrap().clone()
-}
-
-/// Waits for a logged line containing `needle` and gives it.
-async fn logged_line(needle: &str) -> String {
-    let deadline = Instant::now() + HANG;
-    loop {
-        if let Some(line) = logged().into_iter().find(|l| l.contains(needle)) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no line with {needle:?} logged:\n{}",
-            logged().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
