@@ -82,6 +82,14 @@ pub trait FailureSink: Send + Sync + 'static {
     /// client sent it (it may not exist). Called before the failure's
     /// delay: it must not block.
     fn login_failed(&self, addr: IpAddr, user: &str);
+
+    /// Whether `addr` (normalised) is banned now. The kernel drops a
+    /// banned client's SYNs; one behind a load balancer connects through
+    /// the balancer's address, so the service asks here once the PROXY
+    /// header has named it.
+    fn is_banned(&self, _addr: IpAddr) -> bool {
+        false
+    }
 }
 
 /// A sink that counts nothing (benchmarks, tests that do not look).

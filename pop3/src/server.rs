@@ -367,6 +367,10 @@ async fn accept_loop(
                     Ok(Addresses::Own) => health_check(stream, implicit_tls, peer, id).await,
                     Ok(addresses) => {
                         let client = Peer::proxied(peer, addresses);
+                        if shared.backends.failures.is_banned(client.ip()) {
+                            shared.door.refuse(peer, &Refusal::Banned(client.ip()));
+                            return;
+                        }
                         match admit(&shared, client, id) {
                             Ok(slot) => {
                                 serve_connection(stream, implicit_tls, client, id, slot, &shared)

@@ -41,13 +41,17 @@ impl GrantSink for Granted {
     }
 }
 
-/// Every failed login's address, in order.
+/// Every failed login's address, in order; and the addresses banned.
 #[derive(Default)]
-struct Failed(Mutex<Vec<IpAddr>>);
+struct Failed(Mutex<Vec<IpAddr>>, Mutex<Vec<IpAddr>>);
 
 impl FailureSink for Failed {
     fn login_failed(&self, addr: IpAddr, _user: &str) {
         self.0.lock().unwrap().push(addr);
+    }
+
+    fn is_banned(&self, addr: IpAddr) -> bool {
+        self.1.lock().unwrap().contains(&addr)
     }
 }
 
@@ -426,4 +430,27 @@ async fn a_plain_listener_takes_no_header() {
     assert!(answer.starts_with("-ERR"), "{answer}");
     assert!(conn.login().await.starts_with("+OK"));
     assert_eq!(*server.granted.0.lock().unwrap(), [ip("127.0.0.1")]);
+}
+
+/// A banned client behind a balancer: the kernel cannot drop its SYN (it
+/// comes from the balancer), so the service closes the connection once
+/// the header names it, without a greeting, and counts it (the bans
+/// attack review guessed on through a balancer after its ban). Another
+/// client through the same balancer is served.
+#[tokio::test]
+async fn a_banned_client_behind_a_balancer_is_closed() {
+    let server = start(|_| {}).await;
+    server.failed.1.lock().unwrap().push(ip("192.0.2.66"));
+    let mut conn = Conn::open(Ipv4Addr::LOCALHOST, server.proxied).await;
+    conn.send(&v2(addr("192.0.2.66:40001"), addr("198.51.100.1:110")))
+        .await;
+    assert!(
+        conn.closed_silently().await,
+        "no greeting for a banned client"
+    );
+    assert_eq!(server.door.refused(), 1);
+    let mut conn = Conn::open(Ipv4Addr::LOCALHOST, server.proxied).await;
+    conn.send(&v2(addr("192.0.2.67:40001"), addr("198.51.100.1:110")))
+        .await;
+    assert!(conn.line().await.starts_with("+OK"), "another client");
 }

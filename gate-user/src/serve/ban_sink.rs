@@ -70,6 +70,19 @@ impl GateBanSink {
         if !state.policy.is_on() {
             return;
         }
+        // An exempt source is never banned, and its failures do not count
+        // toward the network it shares either: nine of an exempt host's
+        // and one of its neighbour's banned the whole /64 (bans attack
+        // review).
+        match state.maps.is_exempt(addr) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                error!("counting a failed login of {addr}: {e:#}");
+                self.trouble.notify_one();
+                return;
+            }
+        }
         let prefix = match state.maps.settings() {
             Ok(settings) => ipv6_mask_prefix(&settings.ban_mask_v6) as u8,
             Err(e) => {
@@ -133,5 +146,25 @@ fn ban(maps: &mut GateMaps, addr: IpAddr, policy: &BanPolicy) -> Result<Option<(
 impl FailureSink for GateBanSink {
     fn login_failed(&self, addr: IpAddr, _user: &str) {
         self.failed_at(addr, Instant::now());
+    }
+
+    /// A client behind a load balancer, as the kernel would judge its SYN:
+    /// banned if its network has a ban in force and it is not exempt. A
+    /// map that cannot be read is reported and counts as not banned (the
+    /// watch repairs the gate; refusing every proxied client meanwhile
+    /// would lock everybody out).
+    fn is_banned(&self, addr: IpAddr) -> bool {
+        let state = self.state();
+        let banned = (|| -> Result<bool> {
+            let Some(ban) = state.maps.ban_of(addr)? else {
+                return Ok(false);
+            };
+            Ok(ban.is_active(state.maps.now_ns()?) && !state.maps.is_exempt(addr)?)
+        })();
+        banned.unwrap_or_else(|e| {
+            error!("looking for a ban of {addr}: {e:#}");
+            self.trouble.notify_one();
+            false
+        })
     }
 }

@@ -77,6 +77,37 @@ pub fn run(config: ServeConfig) -> Result<()> {
     served
 }
 
+/// A listener on a port the gate does not judge for bans: a banned
+/// guesser goes on connecting there (the bans attack review listened on
+/// 2110 and guessed on after its ban). Said at start, naming the ports.
+fn warn_of_unbanned_listeners(dir: &PinDir, server: &Server) {
+    let settings = match GateMaps::open(dir).and_then(|maps| maps.settings()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            warn!("cannot read the gate's ban ports: {e:#}");
+            return;
+        }
+    };
+    let count = (settings.ban_port_count as usize).min(settings.ban_ports.len());
+    if count == 0 {
+        return;
+    }
+    let banned = &settings.ban_ports[..count];
+    for addr in server
+        .local_addrs()
+        .into_iter()
+        .chain(server.tls_local_addrs())
+    {
+        if !banned.contains(&addr.port()) {
+            warn!(
+                "POP3 listens on {addr}, a port not in ban_ports {banned:?}: a banned client \
+                 can still connect there and guess (add {} to ban_ports)",
+                addr.port()
+            );
+        }
+    }
+}
+
 /// How long the exit waits for file work still running (see `run`).
 const BLOCKING_WORK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -185,6 +216,7 @@ async fn serve(
     for addr in server.tls_local_addrs() {
         info!("POP3 over TLS listening on {addr}");
     }
+    warn_of_unbanned_listeners(&dir, &server);
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;

@@ -104,6 +104,9 @@ pub enum Refusal {
     BadHeader(&'static str),
     /// The shutdown grace ended while it was waited for.
     Shutdown,
+    /// The client its header names is banned (the kernel cannot drop it:
+    /// its SYN came from the balancer).
+    Banned(IpAddr),
 }
 
 impl fmt::Display for Refusal {
@@ -115,6 +118,7 @@ impl fmt::Display for Refusal {
             Self::Lost(e) => write!(f, "lost before its PROXY header was whole: {e}"),
             Self::BadHeader(why) => f.write_str(why),
             Self::Shutdown => f.write_str("server shutting down"),
+            Self::Banned(client) => write!(f, "its client {client} is banned"),
         }
     }
 }
