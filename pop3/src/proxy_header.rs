@@ -72,6 +72,33 @@ pub enum Progress {
     Invalid(&'static str),
 }
 
+/// A version 2 PROXY command over TCP from `source` to `destination`
+/// (section 2.2), with `tlvs` after the addresses: what a load balancer
+/// sends, for the relays and tests that play one.
+///
+/// # Panics
+/// If the two addresses are not of one family, or `tlvs` makes the
+/// address block longer than 65535 octets.
+pub fn v2_header(source: SocketAddr, destination: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
+    let (mut block, family) = match (source.ip(), destination.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ([s.octets(), d.octets()].concat(), 0x11),
+        (IpAddr::V6(s), IpAddr::V6(d)) => ([s.octets(), d.octets()].concat(), 0x21),
+        _ => panic!("a PROXY header names two addresses of one family"),
+    };
+    block.extend(source.port().to_be_bytes());
+    block.extend(destination.port().to_be_bytes());
+    block.extend(tlvs);
+    let mut wire = V2_SIGNATURE.to_vec();
+    wire.extend([0x21, family]);
+    wire.extend(
+        u16::try_from(block.len())
+            .expect("an address block of at most 64 KiB")
+            .to_be_bytes(),
+    );
+    wire.extend(block);
+    wire
+}
+
 /// What `received` (the connection's first octets, nothing else) makes.
 pub fn examine(received: &[u8]) -> Progress {
     match received.first() {

@@ -13,7 +13,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use pop3::proxy_header::{
-    examine, Addresses, Progress, V1_MAX_LEN, V2_MAX_ADDRESS_BLOCK, V2_SIGNATURE,
+    examine, v2_header, Addresses, Progress, V1_MAX_LEN, V2_MAX_ADDRESS_BLOCK, V2_SIGNATURE,
 };
 use proptest::{
     prelude::*,
@@ -94,26 +94,6 @@ fn v1_line(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
         destination.port()
     )
     .into_bytes()
-}
-
-/// Section 2.2's binary header for a PROXY command over TCP, with `tlvs`
-/// after the addresses.
-fn v2_header(source: SocketAddr, destination: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
-    let octets = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    let mut block = octets(source.ip());
-    block.extend(octets(destination.ip()));
-    block.extend(source.port().to_be_bytes());
-    block.extend(destination.port().to_be_bytes());
-    block.extend(tlvs);
-    let family = if source.is_ipv4() { 0x11 } else { 0x21 };
-    let mut wire = b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a".to_vec();
-    wire.extend([0x21, family]);
-    wire.extend((block.len() as u16).to_be_bytes());
-    wire.extend(block);
-    wire
 }
 
 proptest! {

@@ -116,27 +116,7 @@ async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Running {
 
 /// Section 2.2: a PROXY command over TCP from `client` to `server`.
 fn v2(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
-    let mut block = Vec::new();
-    let family = match (client.ip(), server.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(s)) => {
-            block.extend(c.octets());
-            block.extend(s.octets());
-            0x11
-        }
-        (IpAddr::V6(c), IpAddr::V6(s)) => {
-            block.extend(c.octets());
-            block.extend(s.octets());
-            0x21
-        }
-        _ => panic!("one family"),
-    };
-    block.extend(client.port().to_be_bytes());
-    block.extend(server.port().to_be_bytes());
-    let mut wire = b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a".to_vec();
-    wire.extend([0x21, family]);
-    wire.extend((block.len() as u16).to_be_bytes());
-    wire.extend(block);
-    wire
+    pop3::proxy_header::v2_header(client, server, &[])
 }
 
 /// Section 2.2: a LOCAL command (a proxy's health check).

@@ -9,7 +9,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Arc,
@@ -104,27 +104,7 @@ impl Drop for ProxyV2 {
 /// Section 2.2: a PROXY command over TCP from `client` to `server` (one
 /// family), without TLVs.
 pub fn proxy_v2_header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
-    let mut block = Vec::new();
-    let family = match (client.ip(), server.ip()) {
-        (IpAddr::V4(c), IpAddr::V4(s)) => {
-            block.extend(c.octets());
-            block.extend(s.octets());
-            0x11
-        }
-        (IpAddr::V6(c), IpAddr::V6(s)) => {
-            block.extend(c.octets());
-            block.extend(s.octets());
-            0x21
-        }
-        _ => panic!("a PROXY header names two addresses of one family"),
-    };
-    block.extend(client.port().to_be_bytes());
-    block.extend(server.port().to_be_bytes());
-    let mut header = b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a".to_vec();
-    header.extend([0x21, family]);
-    header.extend(u16::try_from(block.len()).unwrap().to_be_bytes());
-    header.extend(block);
-    header
+    pop3::proxy_header::v2_header(client, server, &[])
 }
 
 /// Connects to `upstream`, sends the header for `peer`, and carries the
