@@ -6,4 +6,5 @@ pub mod addr;
 pub mod cli;
 pub mod gate;
 pub mod keys;
+pub mod policy;
 pub mod serve;

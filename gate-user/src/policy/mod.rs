@@ -1,0 +1,38 @@
+//! The mail servers' hooks: Dovecot reports its logins (dovecot/), Postfix
+//! asks whether a client may send (postfix/). Both listen on a loopback
+//! TCP port or a Unix socket (listen.rs) inside `smtp-gate serve`, and act
+//! on the gate through the two traits below, so each can be tested with
+//! no gate at all.
+
+pub mod listen;
+
+use std::net::IpAddr;
+
+/// What a Dovecot login report does to the gate.
+pub trait LoginReports: Send + Sync + 'static {
+    /// `user` logged in to Dovecot over `protocol` (`imap`, `pop3`, as
+    /// Dovecot names it) from `addr`: grant the address (log line
+    /// `grant source=dovecot-policy ...`). An error means the grant was
+    /// not written.
+    fn login_succeeded(&self, addr: IpAddr, user: &str, protocol: &str) -> anyhow::Result<()>;
+    /// A failed login: counted toward a ban of the client's network.
+    fn login_failed(&self, addr: IpAddr, user: &str);
+    /// True if `addr` is banned now (an `allow` request is refused then).
+    fn is_banned(&self, addr: IpAddr) -> bool;
+}
+
+/// Where a client stands with the gate, as Postfix's policy service asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A fresh grant.
+    Granted,
+    /// No fresh grant, but in an exempt network.
+    Exempt,
+    /// Neither: the gate would refuse its SYN.
+    Refused,
+}
+
+/// The gate's view of a client, read from the same maps the kernel reads.
+pub trait GrantLookup: Send + Sync + 'static {
+    fn standing(&self, addr: IpAddr) -> anyhow::Result<Standing>;
+}
