@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pop3::duration::{self, parse_duration};
 use serde::Serialize;
 
+use crate::policy::listen::PolicyAddr;
 use crate::{
     addr::{parse_addr, Cidr, Dest},
     gate::{pins::DEFAULT_PIN_DIR, AttachMode},
@@ -387,6 +388,39 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]
     pub ban_time_max: Option<Duration>,
+    /// Take Dovecot's auth policy requests (HTTP) here: ADDR:PORT on
+    /// loopback, or a Unix socket's absolute path. Off by default.
+    #[arg(long, value_name = "ADDR:PORT|PATH")]
+    pub dovecot_policy_listen: Option<PolicyAddr>,
+    /// Dovecot protocols whose logins grant, comma separated. Default
+    /// pop3,imap.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', num_args = 1..)]
+    pub dovecot_policy_protocols: Option<Vec<String>>,
+    /// File holding the value of the header Dovecot sends with every
+    /// request (auth_policy_server_api_header). Mode 600.
+    #[arg(long, value_name = "FILE")]
+    pub dovecot_policy_secret_file: Option<PathBuf>,
+    /// Renew the grants of addresses with a Dovecot session open (IMAP
+    /// IDLE) this often; needs Dovecot on this host. Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub dovecot_sessions_interval: Option<Duration>,
+    /// The command listing Dovecot's sessions, as one string. Default
+    /// "doveadm -f tab who -1".
+    #[arg(long, value_name = "COMMAND")]
+    pub dovecot_sessions_command: Option<String>,
+    /// Answer Postfix's policy delegation requests here: ADDR:PORT on
+    /// loopback, or a Unix socket's absolute path. Off by default.
+    #[arg(long, value_name = "ADDR:PORT|PATH")]
+    pub postfix_policy_listen: Option<PolicyAddr>,
+    /// Postfix's action for a client with a fresh grant. Default OK.
+    #[arg(long, value_name = "ACTION")]
+    pub postfix_policy_granted: Option<String>,
+    /// Postfix's action for a client with neither a grant nor an
+    /// exemption. Default "554 5.7.1 Send mail after checking it: log in
+    /// to POP3 (or IMAP), then send again".
+    #[arg(long, value_name = "ACTION")]
+    pub postfix_policy_reject: Option<String>,
 }
 
 /// The keys of `smtp-gate serve --config`: its flags' names, but `config`.

@@ -214,9 +214,6 @@ impl ServerConfig {
                 problem: problem.to_string(),
             })
         };
-        if self.listen.is_empty() {
-            return bad("listen", "at least one address is needed");
-        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
                 return bad(

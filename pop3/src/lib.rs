@@ -16,6 +16,7 @@ pub mod command;
 pub mod config;
 pub mod duration;
 pub mod framing;
+pub mod grant_log;
 pub mod host;
 pub mod live_config;
 pub mod log_text;

@@ -1314,7 +1314,7 @@ async fn a_sessions_lines_name_it_and_its_end_sums_it_up() {
     for expected in [
         format!("session={id} connect addr=127.0.10.1:"),
         format!("session={id} login user=alice addr=127.0.10.1 method=USER/PASS result=ok"),
-        format!("session={id} grant addr=127.0.10.1 user=alice"),
+        format!("session={id} grant source=pop3 addr=127.0.10.1 user=alice"),
     ] {
         assert!(
             lines.iter().any(|l| l.starts_with(&expected)),

@@ -319,6 +319,23 @@ fn example_config_documents_every_key_with_its_default() {
         documented_pop3.shutdown_grace, default_pop3.shutdown_grace,
         "shutdown_grace"
     );
+    let (documented_hooks, default_hooks) = (&documented.hooks, &defaults.hooks);
+    assert_eq!(
+        documented_hooks.dovecot_policy_protocols, default_hooks.dovecot_policy_protocols,
+        "dovecot_policy_protocols"
+    );
+    assert_eq!(
+        documented_hooks.dovecot_sessions_command, default_hooks.dovecot_sessions_command,
+        "dovecot_sessions_command"
+    );
+    assert_eq!(
+        documented_hooks.postfix_policy_granted, default_hooks.postfix_policy_granted,
+        "postfix_policy_granted"
+    );
+    assert_eq!(
+        documented_hooks.postfix_policy_reject, default_hooks.postfix_policy_reject,
+        "postfix_policy_reject"
+    );
     let attach = documented.attach;
     assert_eq!(
         attach.window,

@@ -2411,14 +2411,14 @@ fn a_full_grant_map_evicts_its_oldest_grants_and_never_fails_open() {
     assert!(listed(&lab).contains(&client.to_string()));
     let log = daemon.log();
     assert!(
-        log.contains(&format!("grant addr={client} user={USER}")),
+        log.contains(&format!("grant source=pop3 addr={client} user={USER}")),
         "the daemon logs the grant:\n{log}"
     );
     assert!(
         !log.contains("ERROR")
             && log
                 .lines()
-                .filter(|l| l.contains("grant addr="))
+                .filter(|l| l.contains("grant source=pop3 addr="))
                 .all(|l| !l.contains("failed")),
         "a full map is no error for the daemon:\n{log}"
     );

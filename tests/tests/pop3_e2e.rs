@@ -2030,7 +2030,10 @@ fn a_client_behind_a_load_balancer_is_granted_under_its_own_address() {
         Duration::from_secs(30),
     );
     assert!(
-        log.contains(&format!("grant addr={} user={ALICE}", link.client_v4)),
+        log.contains(&format!(
+            "grant source=pop3 addr={} user={ALICE}",
+            link.client_v4
+        )),
         "{log}"
     );
     drop(balancer);

@@ -44,6 +44,13 @@ const BASE_PACKAGES: &[&str] = &[
     "fetchmail",
     // systemd-analyze, to verify the unit in deploy/.
     "systemd",
+    // The mail servers the hooks serve (issue 12), each started by the
+    // tests with a private config in a namespace: Dovecot for IMAP and
+    // POP3 logins, Postfix asking our policy service, swaks to send.
+    "dovecot-imapd",
+    "dovecot-pop3d",
+    "postfix",
+    "swaks",
 ];
 
 pub fn setup() -> Result<()> {
@@ -96,9 +103,17 @@ impl Apt {
             run("apt-get", &["update"])?;
             self.updated = true;
         }
-        let mut args = vec!["install", "-y", "--no-install-recommends"];
+        // Postfix's and Dovecot's installs ask questions; nobody answers
+        // in CI, and the defaults are fine (the tests bring their configs).
+        let mut args = vec![
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+        ];
         args.extend(&missing);
-        run("apt-get", &args)
+        run("env", &args)
     }
 }
 

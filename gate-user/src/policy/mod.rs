@@ -4,6 +4,8 @@
 //! on the gate through the two traits below, so each can be tested with
 //! no gate at all.
 
+pub mod config;
+pub mod dovecot_sessions;
 pub mod listen;
 
 use std::net::IpAddr;

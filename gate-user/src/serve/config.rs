@@ -16,6 +16,7 @@ use serde::Deserialize;
 use toml::Table;
 
 use super::ban_policy::BanPolicy;
+use crate::policy::config::PolicyHooks;
 use crate::{
     cli::{serve_keys, ServeArgs},
     gate::{pins::DEFAULT_PIN_DIR, AttachRequest},
@@ -45,6 +46,9 @@ pub struct ServeConfig {
     /// and ban prefix are in `attach`).
     #[serde(flatten)]
     pub bans: BanPolicy,
+    /// Dovecot's and Postfix's hooks.
+    #[serde(flatten)]
+    pub hooks: PolicyHooks,
     /// Where the settings came from (not a key).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -60,7 +64,7 @@ pub struct ServeConfig {
 /// greeting's host name, the
 /// attachment (interface, mode, pin directory, the grant maps' size) and
 /// the Maildir store. Every other key takes effect on reload.
-pub const RESTART_KEYS: [&str; 11] = [
+pub const RESTART_KEYS: [&str; 19] = [
     "listen",
     "listen_tls",
     "proxy_listen",
@@ -72,6 +76,14 @@ pub const RESTART_KEYS: [&str; 11] = [
     "allow_private_bpffs",
     "pin_dir",
     "mail_root",
+    "dovecot_policy_listen",
+    "dovecot_policy_protocols",
+    "dovecot_policy_secret_file",
+    "dovecot_sessions_interval",
+    "dovecot_sessions_command",
+    "postfix_policy_listen",
+    "postfix_policy_granted",
+    "postfix_policy_reject",
 ];
 
 fn default_pin_dir() -> PathBuf {
@@ -234,6 +246,56 @@ impl ServeConfig {
         );
         keep("pin_dir", &self.pin_dir, &mut new.pin_dir, &mut kept);
         keep("mail_root", &self.mail_root, &mut new.mail_root, &mut kept);
+        // The hooks are set up once, at start.
+        let (old, hooks) = (&self.hooks, &mut new.hooks);
+        keep(
+            "dovecot_policy_listen",
+            &old.dovecot_policy_listen,
+            &mut hooks.dovecot_policy_listen,
+            &mut kept,
+        );
+        keep(
+            "dovecot_policy_protocols",
+            &old.dovecot_policy_protocols,
+            &mut hooks.dovecot_policy_protocols,
+            &mut kept,
+        );
+        keep(
+            "dovecot_policy_secret_file",
+            &old.dovecot_policy_secret_file,
+            &mut hooks.dovecot_policy_secret_file,
+            &mut kept,
+        );
+        keep(
+            "dovecot_sessions_interval",
+            &old.dovecot_sessions_interval,
+            &mut hooks.dovecot_sessions_interval,
+            &mut kept,
+        );
+        keep(
+            "dovecot_sessions_command",
+            &old.dovecot_sessions_command,
+            &mut hooks.dovecot_sessions_command,
+            &mut kept,
+        );
+        keep(
+            "postfix_policy_listen",
+            &old.postfix_policy_listen,
+            &mut hooks.postfix_policy_listen,
+            &mut kept,
+        );
+        keep(
+            "postfix_policy_granted",
+            &old.postfix_policy_granted,
+            &mut hooks.postfix_policy_granted,
+            &mut kept,
+        );
+        keep(
+            "postfix_policy_reject",
+            &old.postfix_policy_reject,
+            &mut hooks.postfix_policy_reject,
+            &mut kept,
+        );
         for key in RESTART_KEYS {
             match self.given.get(key) {
                 Some(value) => new.given.insert(key.to_string(), value.clone()),
@@ -243,13 +305,25 @@ impl ServeConfig {
         kept
     }
 
+    /// True if the daemon serves POP3 (on `listen` or `listen_tls`).
+    pub fn serves_pop3(&self) -> bool {
+        !self.pop3.listen.is_empty() || !self.pop3.tls_listen().is_empty()
+    }
+
     /// Refuses what `serve` cannot run with: the required keys, the mail
     /// root, and the values each part checks itself.
     pub fn check(&self) -> Result<(), KeyError> {
+        // Without POP3 listeners the daemon serves the hooks only (a host
+        // that keeps Dovecot): no users, no mail.
+        let pop3 = self.serves_pop3();
         let required = [
             ("iface", self.attach.iface.is_empty(), "IF"),
-            ("users", self.users.as_os_str().is_empty(), "FILE"),
-            ("mail_root", self.mail_root.as_os_str().is_empty(), "DIR"),
+            ("users", pop3 && self.users.as_os_str().is_empty(), "FILE"),
+            (
+                "mail_root",
+                pop3 && self.mail_root.as_os_str().is_empty(),
+                "DIR",
+            ),
         ];
         for (key, missing, value) in required {
             if missing {
@@ -262,7 +336,14 @@ impl ServeConfig {
                 ));
             }
         }
-        if !self.mail_root.is_dir() {
+        if !pop3 && !self.hooks.listens() {
+            return Err(KeyError::of(
+                "listen",
+                "empty, and no listen_tls, dovecot_policy_listen or postfix_policy_listen \
+                 either: the daemon would serve nothing",
+            ));
+        }
+        if pop3 && !self.mail_root.is_dir() {
             return Err(KeyError::of(
                 "mail_root",
                 format!("{} is not a directory", self.mail_root.display()),
@@ -270,6 +351,7 @@ impl ServeConfig {
         }
         self.attach.check()?;
         self.bans.check()?;
+        self.hooks.check(self.attach.window)?;
         self.pop3
             .check()
             .map_err(|bad| KeyError::of(bad.key, bad.problem))
@@ -285,7 +367,7 @@ mod tests {
     use toml::Value;
 
     use super::*;
-    use crate::{cli::Cli, gate::AttachMode};
+    use crate::{cli::Cli, gate::AttachMode, policy::listen::PolicyAddr};
 
     fn err(text: &str) -> String {
         format!("{:#}", ServeConfig::from_toml(text).unwrap_err())
@@ -328,6 +410,14 @@ mod tests {
         ban_failure_window = "5m"
         ban_time = "1m"
         ban_time_max = "2h"
+        dovecot_policy_listen = "127.0.0.1:10030"
+        dovecot_policy_protocols = ["imap"]
+        dovecot_policy_secret_file = "/etc/smtp-gate/dovecot-policy.secret"
+        dovecot_sessions_interval = "30s"
+        dovecot_sessions_command = "doveadm -c /etc/dovecot/dovecot.conf -f tab who -1"
+        postfix_policy_listen = "/var/spool/postfix/private/smtp-gate"
+        postfix_policy_granted = "DUNNO"
+        postfix_policy_reject = "450 4.7.1 log in to POP3 first"
         ban_ports = [110, 995]
         ban_prefix_v6 = 56
     "#;
@@ -360,8 +450,90 @@ mod tests {
         assert_eq!(s.bans.ban_time_max, Duration::from_secs(7200));
         assert_eq!(s.attach.ban_ports, Some(vec![110, 995]));
         assert_eq!(s.attach.ban_prefix_v6, Some(56));
+        let hooks = &s.hooks;
+        assert_eq!(
+            hooks.dovecot_policy_listen,
+            Some(PolicyAddr::Tcp("127.0.0.1:10030".parse().unwrap()))
+        );
+        assert_eq!(hooks.dovecot_policy_protocols, ["imap"]);
+        assert!(hooks.dovecot_policy_secret_file.is_some());
+        assert_eq!(
+            hooks.dovecot_sessions_interval,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            hooks.dovecot_sessions_command,
+            [
+                "doveadm",
+                "-c",
+                "/etc/dovecot/dovecot.conf",
+                "-f",
+                "tab",
+                "who",
+                "-1"
+            ]
+        );
+        assert_eq!(
+            hooks.postfix_policy_listen,
+            Some(PolicyAddr::Unix(
+                "/var/spool/postfix/private/smtp-gate".into()
+            ))
+        );
+        assert_eq!(hooks.postfix_policy_granted, "DUNNO");
+        assert_eq!(
+            hooks.postfix_policy_reject,
+            "450 4.7.1 log in to POP3 first"
+        );
         let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
         assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
+    }
+
+    /// Without POP3 listeners the daemon serves the hooks alone and needs
+    /// no users or mail; with neither it would serve nothing.
+    #[test]
+    fn the_hooks_alone_need_no_users_and_something_must_listen() {
+        let hooks_only =
+            "iface = \"eth0\"\nlisten = []\ndovecot_policy_listen = \"127.0.0.1:10030\"\n";
+        let config = ServeConfig::from_toml(hooks_only).unwrap();
+        assert!(!config.serves_pop3());
+        config.check().expect("a hooks-only daemon");
+        let nothing = ServeConfig::from_toml("iface = \"eth0\"\nlisten = []\n").unwrap();
+        let e = nothing.check().unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("listen"), "{e}");
+        assert!(e.problem.contains("serve nothing"), "{e}");
+        let pop3 = ServeConfig::from_toml("iface = \"eth0\"\n").unwrap();
+        assert_eq!(pop3.check().unwrap_err().key.as_deref(), Some("users"));
+    }
+
+    #[test]
+    fn dovecot_sessions_are_renewed_within_the_window_and_with_dovecot() {
+        let base = "iface = \"eth0\"\nlisten = []\npostfix_policy_listen = \"127.0.0.1:10031\"\n";
+        let key_of = |extra: &str| {
+            ServeConfig::from_toml(&format!("{base}{extra}"))
+                .unwrap()
+                .check()
+                .map_err(|e| (e.key.unwrap_or_default(), e.problem))
+        };
+        let (key, why) = key_of("dovecot_sessions_interval = \"1m\"\n").unwrap_err();
+        assert_eq!(key, "dovecot_sessions_interval");
+        assert!(why.contains("dovecot_policy_listen"), "{why}");
+        let dovecot = "dovecot_policy_listen = \"/run/smtp-gate/dovecot\"\n";
+        key_of(&format!("{dovecot}dovecot_sessions_interval = \"1m\"\n")).unwrap();
+        let (key, why) = key_of(&format!(
+            "{dovecot}dovecot_sessions_interval = \"15m\"\nwindow = \"15m\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(key, "dovecot_sessions_interval");
+        assert!(why.contains("not shorter than the window"), "{why}");
+        let (key, _) = key_of(&format!(
+            "{dovecot}dovecot_sessions_interval = \"1m\"\ndovecot_sessions_command = []\n"
+        ))
+        .unwrap_err();
+        assert_eq!(key, "dovecot_sessions_command");
+        let (key, _) = key_of("dovecot_policy_protocols = [\"imap pop3\"]\n").unwrap_err();
+        assert_eq!(key, "dovecot_policy_protocols");
+        let e = err("postfix_policy_listen = \"localhost:10031\"");
+        assert!(e.contains("key `postfix_policy_listen`"), "{e}");
     }
 
     /// The flag layer and the keys are one set: every flag is a key, and
@@ -589,6 +761,7 @@ mod tests {
                 "capacity",
                 "client_prefix_v4",
                 "client_prefix_v6",
+                "dovecot_sessions_interval",
                 "idle_timeout",
                 "line_timeout",
                 "log_rate",
@@ -717,8 +890,8 @@ mod tests {
         let every: Table = EVERY_KEY.parse().unwrap();
         let whole = |c: &ServeConfig| {
             format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?}",
-                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3, c.bans
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3, c.bans, c.hooks
             )
         };
         for (key, value) in &every {

@@ -28,6 +28,11 @@ impl GateGrantSink {
         std::sync::Arc::clone(&self.trouble)
     }
 
+    /// `f` on the maps grants go to (for reading them).
+    pub fn with_maps<T>(&self, f: impl FnOnce(&GateMaps) -> T) -> T {
+        f(&self.maps.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Grants go to these maps from now on (the gate was replaced).
     pub fn replace_maps(&self, maps: GateMaps) {
         *self.maps.lock().unwrap_or_else(|p| p.into_inner()) = maps;

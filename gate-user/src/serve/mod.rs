@@ -9,6 +9,7 @@ mod ban_sink;
 pub mod config;
 mod gate_log;
 mod grant_sink;
+mod hooks;
 mod open_files;
 mod reload;
 mod users;
@@ -62,7 +63,12 @@ pub fn run(config: ServeConfig) -> Result<()> {
         signal(SignalKind::hangup()).context("SIGHUP handler")?
     };
     // Everything that can be refused is refused before the gate changes.
-    let users = UsersFile::load_as_written(&config.users)?;
+    // A daemon serving the hooks only (no POP3 listener) has no users.
+    let users = if config.serves_pop3() {
+        UsersFile::load_as_written(&config.users)?
+    } else {
+        (UsersFile::default(), Written::of(""))
+    };
     let tls = Tls::from_config(&config.pop3).map_err(|e| {
         config
             .source
@@ -133,6 +139,7 @@ async fn serve(
     };
     let listeners = bind(&config.pop3.listen)?;
     let tls_listeners = bind(&config.pop3.tls_listen())?;
+    let hook_listeners = hooks::bind(&config.hooks)?;
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
     let attachment =
@@ -194,7 +201,11 @@ async fn serve(
     if let Err(e) = gate_log::forward(&dir, &iface) {
         warn!("the gate's denial log is not forwarded: {e:#}");
     }
-    users::report(&users, written, &config.users);
+    if config.serves_pop3() {
+        users::report(&users, written, &config.users);
+    } else {
+        info!("no POP3 listener: serving the mail servers' hooks only");
+    }
     let users = Arc::new(LiveUsers::new(users));
     let backends = Backends {
         auth: Arc::clone(&users) as _,
@@ -228,6 +239,13 @@ async fn serve(
         }
         trigger.cancel();
     });
+    hooks::start(
+        hook_listeners,
+        &config.hooks,
+        Arc::clone(&grants),
+        Arc::clone(&bans),
+        shutdown.clone(),
+    )?;
     let reloader = reload::Reloader::new(
         config,
         users,

@@ -136,6 +136,18 @@ impl Reloader {
                 refused.push("the config file (the settings in force stay)".to_string());
             }
         }
+        if self.config.serves_pop3() {
+            self.reload_users(&mut changes, &mut refused);
+        }
+        let line = summary(&changes, &refused);
+        if refused.is_empty() {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+    }
+
+    fn reload_users(&mut self, changes: &mut Vec<String>, refused: &mut Vec<String>) {
         let path = &self.config.users;
         let in_force = self.users.current().len();
         let kept = format!("the users file (the {in_force} users loaded before stay)");
@@ -159,12 +171,6 @@ impl Reloader {
                 error!("reload (SIGHUP): {e}; the {in_force} users loaded before stay");
                 refused.push(kept);
             }
-        }
-        let line = summary(&changes, &refused);
-        if refused.is_empty() {
-            info!("{line}");
-        } else {
-            warn!("{line}");
         }
     }
 }

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     auth::{apop, sasl_plain, user_throttle},
+    grant_log::{grant_failed_line, grant_line, GrantFields, GrantSource, GRANT_LOG_TARGET},
     log_text::LogText,
     maildrop::{ForSession, OpenError},
     reply::{ReplyBuffer, RespCode},
@@ -401,16 +402,17 @@ impl Authorization {
         };
         // The grant must be in the kernel before the client hears +OK: a
         // client may open its SMTP connection the moment login returns.
+        let fields = GrantFields {
+            user: Some(user.as_bytes()),
+            extra: &[],
+        };
         match ctx.grants.grant(peer) {
-            Ok(()) => {
-                info!(target: LOG_TARGET, "session={id} grant addr={peer} user={}", LogText::of(&user))
-            }
-            Err(e) => {
-                error!(target: LOG_TARGET, "session={id} grant addr={peer} user={} failed: {} (login goes on)",
-                    LogText::of(&user),
-                    with_causes(&e)
-                )
-            }
+            Ok(()) => info!(target: GRANT_LOG_TARGET, "session={id} {}",
+                grant_line(GrantSource::Pop3, peer, &fields)
+            ),
+            Err(e) => error!(target: GRANT_LOG_TARGET, "session={id} {} (login goes on)",
+                grant_failed_line(GrantSource::Pop3, peer, &fields, &with_causes(&e))
+            ),
         }
         info!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=ok",
             LogText::of(&user),

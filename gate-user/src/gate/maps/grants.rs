@@ -16,6 +16,13 @@ use gate_common::{
 use super::{map_error, removed, GateMaps};
 use crate::addr::normalize;
 
+fn grant_map_name(addr: IpAddr) -> &'static str {
+    match normalize(addr) {
+        IpAddr::V4(_) => GRANTS_V4,
+        IpAddr::V6(_) => GRANTS_V6,
+    }
+}
+
 /// One grant as `list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantEntry {
@@ -27,6 +34,21 @@ pub struct GrantEntry {
 }
 
 impl GrantEntry {
+    /// The grant as it stands at `now_ns` on the gate's clock, under the
+    /// gate's window.
+    fn of(addr: IpAddr, grant: Grant, now_ns: u64, window_ns: u64) -> Self {
+        Self {
+            addr,
+            age: Duration::from_nanos(now_ns.saturating_sub(grant.granted_at_ns)),
+            lifetime: Duration::from_nanos(if grant.lifetime_ns == 0 {
+                window_ns
+            } else {
+                grant.lifetime_ns
+            }),
+            own_lifetime: grant.lifetime_ns != 0,
+        }
+    }
+
     pub fn is_fresh(&self) -> bool {
         self.age < self.lifetime
     }
@@ -81,16 +103,7 @@ impl GateMaps {
     pub fn grants(&self) -> Result<Vec<GrantEntry>> {
         let now = self.now_ns()?;
         let window = self.settings()?.window_ns;
-        let entry = |addr: IpAddr, grant: Grant| GrantEntry {
-            addr,
-            age: Duration::from_nanos(now.saturating_sub(grant.granted_at_ns)),
-            lifetime: Duration::from_nanos(if grant.lifetime_ns == 0 {
-                window
-            } else {
-                grant.lifetime_ns
-            }),
-            own_lifetime: grant.lifetime_ns != 0,
-        };
+        let entry = |addr, grant| GrantEntry::of(addr, grant, now, window);
         let mut out = Vec::new();
         for item in self.grants_v4.iter() {
             let (key, grant) = item.map_err(|e| map_error(GRANTS_V4, e))?;
@@ -102,6 +115,23 @@ impl GateMaps {
         }
         out.sort_by(|a, b| b.age.cmp(&a.age).then(a.addr.cmp(&b.addr)));
         Ok(out)
+    }
+
+    /// The grant of one address, fresh or not, as [`Self::grants`] shows
+    /// it; `None` if it has none.
+    pub fn grant_of(&self, addr: IpAddr) -> Result<Option<GrantEntry>> {
+        let found = match normalize(addr) {
+            IpAddr::V4(v4) => self.grants_v4.get(&GrantKeyV4 { addr: v4.octets() }, 0),
+            IpAddr::V6(v6) => self.grants_v6.get(&GrantKeyV6 { addr: v6.octets() }, 0),
+        };
+        let grant = match found {
+            Ok(grant) => grant,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_error(grant_map_name(addr), e)),
+        };
+        let now = self.now_ns()?;
+        let window = self.settings()?.window_ns;
+        Ok(Some(GrantEntry::of(normalize(addr), grant, now, window)))
     }
 
     /// Number of entries in the grant maps (a full walk: for tests and

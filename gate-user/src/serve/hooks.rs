@@ -1,0 +1,159 @@
+//! The mail servers' hooks in the daemon: Dovecot's login reports grant
+//! and count failures as POP3 logins do, Postfix's questions are answered
+//! from the maps the kernel reads, and Dovecot's open sessions keep their
+//! grants fresh (policy/). Their listeners are bound at start with the
+//! POP3 listeners, before the gate changes.
+
+use std::{net::IpAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use log::{error, info};
+use pop3::{
+    grant_log::{grant_failed_line, grant_line, GrantFields, GrantSource, GRANT_LOG_TARGET},
+    FailureSink, GrantSink,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{GateBanSink, GateGrantSink};
+use crate::policy::{
+    config::PolicyHooks,
+    dovecot_sessions::SessionsRenewer,
+    listen::{PolicyAddr, PolicyListener},
+    GrantLookup, LoginReports, Standing,
+};
+
+/// Dovecot's reports, acted on in the gate.
+pub struct GateLoginReports {
+    pub grants: Arc<GateGrantSink>,
+    pub bans: Arc<GateBanSink>,
+}
+
+impl LoginReports for GateLoginReports {
+    fn login_succeeded(&self, addr: IpAddr, user: &str, protocol: &str) -> Result<()> {
+        let fields = GrantFields {
+            user: Some(user.as_bytes()),
+            extra: &[("protocol", protocol)],
+        };
+        let source = GrantSource::DovecotPolicy;
+        match self.grants.grant(addr) {
+            Ok(()) => {
+                info!(target: GRANT_LOG_TARGET, "{}", grant_line(source, addr, &fields));
+                Ok(())
+            }
+            Err(e) => {
+                error!(target: GRANT_LOG_TARGET, "{}", grant_failed_line(source, addr, &fields, &e));
+                Err(anyhow::Error::new(e))
+            }
+        }
+    }
+
+    fn login_failed(&self, addr: IpAddr, user: &str) {
+        self.bans.login_failed(addr, user);
+    }
+
+    fn is_banned(&self, addr: IpAddr) -> bool {
+        self.bans.is_banned(addr)
+    }
+}
+
+/// Postfix's questions, answered as the kernel judges a SYN: a banned
+/// source is refused (unless exempt), then a fresh grant, then an exempt
+/// network passes.
+pub struct GateGrantLookup {
+    pub grants: Arc<GateGrantSink>,
+    pub bans: Arc<GateBanSink>,
+}
+
+impl GrantLookup for GateGrantLookup {
+    fn standing(&self, addr: IpAddr) -> Result<Standing> {
+        if self.bans.is_banned(addr) {
+            return Ok(Standing::Refused);
+        }
+        self.grants.with_maps(|maps| {
+            if maps.grant_of(addr)?.is_some_and(|grant| grant.is_fresh()) {
+                return Ok(Standing::Granted);
+            }
+            Ok(if maps.is_exempt(addr)? {
+                Standing::Exempt
+            } else {
+                Standing::Refused
+            })
+        })
+    }
+}
+
+/// The hooks' listeners, bound.
+pub struct BoundHooks {
+    dovecot: Option<PolicyListener>,
+    postfix: Option<PolicyListener>,
+}
+
+/// Binds the listeners the hooks' keys name (inside the runtime).
+pub fn bind(hooks: &PolicyHooks) -> Result<BoundHooks> {
+    let bind = |addr: &Option<PolicyAddr>, key: &str| {
+        addr.as_ref()
+            .map(|addr| {
+                PolicyListener::bind(addr).with_context(|| format!("{key} = {addr}: cannot listen"))
+            })
+            .transpose()
+    };
+    Ok(BoundHooks {
+        dovecot: bind(&hooks.dovecot_policy_listen, "dovecot_policy_listen")?,
+        postfix: bind(&hooks.postfix_policy_listen, "postfix_policy_listen")?,
+    })
+}
+
+/// Starts the hooks; they end when `stop` is cancelled.
+pub fn start(
+    bound: BoundHooks,
+    hooks: &PolicyHooks,
+    grants: Arc<GateGrantSink>,
+    bans: Arc<GateBanSink>,
+    stop: CancellationToken,
+) -> Result<()> {
+    if let Some(listener) = bound.dovecot {
+        info!(
+            "Dovecot auth policy requests taken on {}",
+            listener.local_addr()?
+        );
+        let _reports = Arc::new(GateLoginReports {
+            grants: Arc::clone(&grants),
+            bans: Arc::clone(&bans),
+        });
+        // TO WIRE (the `dovecot` branch edits these lines, the one
+        // exception to serve/ being the lead's): spawn
+        // policy::dovecot's serve(listener, settings from `hooks`,
+        // reports, stop.clone()) here.
+        drop(listener);
+    }
+    if let Some(listener) = bound.postfix {
+        info!(
+            "Postfix policy requests answered on {}",
+            listener.local_addr()?
+        );
+        let _lookup = Arc::new(GateGrantLookup {
+            grants: Arc::clone(&grants),
+            bans: Arc::clone(&bans),
+        });
+        // TO WIRE (the `postfix` branch edits these lines, the one
+        // exception to serve/ being the lead's): spawn
+        // policy::postfix's serve(listener, settings from `hooks`,
+        // lookup, stop.clone()) here.
+        drop(listener);
+    }
+    if let Some(interval) = hooks.dovecot_sessions_interval {
+        info!(
+            "Dovecot's open sessions renew their grants every {} (`{}`)",
+            pop3::duration::format_duration(interval),
+            hooks.dovecot_sessions_command.join(" ")
+        );
+        let renewer = SessionsRenewer {
+            command: hooks.dovecot_sessions_command.clone(),
+            interval,
+            protocols: hooks.dovecot_policy_protocols.clone(),
+            grants: grants as Arc<dyn GrantSink>,
+        };
+        tokio::spawn(renewer.run(stop));
+    }
+    Ok(())
+}
