@@ -8,3 +8,4 @@ pub mod gate;
 pub mod keys;
 pub mod policy;
 pub mod serve;
+pub mod syslog;

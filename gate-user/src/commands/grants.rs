@@ -1,15 +1,31 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use pop3::duration::format_duration;
+use pop3::{
+    duration::format_duration,
+    grant_log::{grant_line, GrantFields, GrantSource},
+};
 use serde_json::json;
-use smtp_gate::gate::{GateMaps, PinDir};
+use smtp_gate::{
+    gate::{GateMaps, PinDir},
+    syslog,
+};
 
 use smtp_gate::cli::{GrantArgs, ListArgs, RevokeArgs};
 
 pub fn grant(args: GrantArgs) -> Result<()> {
     let mut maps = GateMaps::open(&PinDir::new(&args.pins.pin_dir))?;
     maps.grant(args.addr, args.lifetime)?;
+    let lifetime = args.lifetime.map(format_duration);
+    let extra: Vec<(&str, &str)> = lifetime.iter().map(|l| ("for", l.as_str())).collect();
+    syslog::mail_info(&grant_line(
+        GrantSource::Cli,
+        args.addr,
+        &GrantFields {
+            user: None,
+            extra: &extra,
+        },
+    ));
     match args.lifetime {
         Some(lifetime) => println!("granted {} for {}", args.addr, format_duration(lifetime)),
         None => println!("granted {}", args.addr),
@@ -20,6 +36,7 @@ pub fn grant(args: GrantArgs) -> Result<()> {
 pub fn revoke(args: RevokeArgs) -> Result<()> {
     let mut maps = GateMaps::open(&PinDir::new(&args.pins.pin_dir))?;
     if maps.revoke(args.addr)? {
+        syslog::mail_info(&format!("revoke source=cli addr={}", args.addr));
         println!("revoked {}", args.addr);
         Ok(())
     } else {
