@@ -201,7 +201,8 @@ async fn serve(
     if let Err(e) = gate_log::forward(&dir, &iface) {
         warn!("the gate's denial log is not forwarded: {e:#}");
     }
-    if config.serves_pop3() {
+    let serves_pop3 = config.serves_pop3();
+    if serves_pop3 {
         users::report(&users, written, &config.users);
     } else {
         info!("no POP3 listener: serving the mail servers' hooks only");
@@ -216,6 +217,7 @@ async fn serve(
     let mut server = Server::with_listeners(config.pop3.clone(), backends, listeners);
     match tls {
         Some(tls) => server = server.serving_tls(tls, tls_listeners),
+        None if !serves_pop3 => {}
         None => warn!(
             "no TLS certificate (tls_cert, tls_key): passwords (USER/PASS) cross the network in \
              clear, and APOP can be attacked offline from one captured session"
