@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{GateBanSink, GateGrantSink};
 use crate::policy::{
     config::PolicyHooks,
+    dovecot::{self, DovecotPolicySettings, PolicyCounters},
     dovecot_sessions::SessionsRenewer,
     listen::{PolicyAddr, PolicyListener},
     GrantLookup, LoginReports, Standing,
@@ -116,15 +117,20 @@ pub fn start(
             "Dovecot auth policy requests taken on {}",
             listener.local_addr()?
         );
-        let _reports = Arc::new(GateLoginReports {
+        let settings = DovecotPolicySettings::from_hooks(hooks)?;
+        let reports = Arc::new(GateLoginReports {
             grants: Arc::clone(&grants),
             bans: Arc::clone(&bans),
         });
-        // TO WIRE (the `dovecot` branch edits these lines, the one
-        // exception to serve/ being the lead's): spawn
-        // policy::dovecot's serve(listener, settings from `hooks`,
-        // reports, stop.clone()) here.
-        drop(listener);
+        // Nothing reads the counts yet: they are for a later metrics page.
+        let counts = Arc::new(PolicyCounters::default());
+        tokio::spawn(dovecot::serve(
+            listener,
+            settings,
+            reports,
+            counts,
+            stop.clone(),
+        ));
     }
     if let Some(listener) = bound.postfix {
         info!(

@@ -1,0 +1,216 @@
+//! Dovecot's logins grant (issue 12, item 1): a real Dovecot in a lab's
+//! server namespace with the shipped 2.3 snippet included as it is (its
+//! URL, 127.0.0.1:10030, is the server namespace's own loopback), and
+//! `smtp-gate serve` beside it taking the policy requests there, with no
+//! POP3 of its own. An IMAP login (imaplib) and a POP3 login (poplib) each
+//! grant the client, and port 25 then lets its SYN through; a failed login
+//! grants nothing and counts toward a ban, which then refuses even the
+//! right password through Dovecot's `allow` question; with the endpoint
+//! down, Dovecot's logins still work.
+//!
+//! Needs root, a built binary (`cargo build -p gate-user`), python3 and
+//! Dovecot (`cargo xtask setup`); panics otherwise (never skips).
+
+use std::{fs, net::IpAddr, path::PathBuf, time::Duration};
+
+use serde_json::json;
+use testkit::{
+    dovecot::{Dovecot, DovecotOptions, IMAP_PORT},
+    imap_client::imap_login,
+    lab::Lab,
+    pop3_client::pop3_client,
+    serve::ServeDaemon,
+    smtp::{ConnectResult, DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
+};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+/// Only a hang takes longer.
+const BOUND: Duration = Duration::from_secs(30);
+
+fn snippet_23() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/dovecot/smtp-gate-policy-2.3.conf")
+}
+
+fn start_dovecot(lab: &Lab) -> Dovecot {
+    let link = &lab.client;
+    Dovecot::start(
+        &lab.server_ns,
+        &link.client_ns,
+        link.server_v4.into(),
+        &DovecotOptions {
+            users: vec![(USER.into(), PASSWORD.into())],
+            include: Some(snippet_23()),
+        },
+    )
+}
+
+fn start_daemon(lab: &Lab, dovecot: &Dovecot, extra: &str) -> ServeDaemon {
+    let config = dovecot.dir().join("smtp-gate.toml");
+    fs::write(
+        &config,
+        format!(
+            "iface = \"{}\"\n\
+             listen = []\n\
+             dovecot_policy_listen = \"127.0.0.1:10030\"\n\
+             ban_failures = 2\n\
+             ban_failure_window = \"5m\"\n\
+             ban_time = \"1m\"\n\
+             {extra}",
+            lab.client.server_iface,
+        ),
+    )
+    .unwrap();
+    let pin = lab.pin_dir_str();
+    let log = dovecot.dir().join("serve.log");
+    let mut daemon = lab.spawn_serve(
+        &["--config", config.to_str().unwrap(), "--pin-dir", &pin],
+        &log,
+    );
+    daemon.wait_for_log(
+        "Dovecot auth policy requests taken on 127.0.0.1:10030",
+        1,
+        BOUND,
+    );
+    daemon
+}
+
+fn imap(lab: &Lab, password: &str) -> bool {
+    let link = &lab.client;
+    imap_login(
+        &link.client_ns,
+        link.server_v4.into(),
+        IMAP_PORT,
+        USER,
+        password,
+    )
+}
+
+fn port_25_drops(lab: &Lab) -> bool {
+    matches!(
+        lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT),
+        ConnectResult::TimedOut
+    )
+}
+
+fn port_25_passes(lab: &Lab) -> bool {
+    matches!(
+        lab.client.connect_v4(SMTP_PORT, PASS_TIMEOUT),
+        ConnectResult::Connected(_)
+    )
+}
+
+fn has_grant(lab: &Lab, addr: IpAddr) -> bool {
+    lab.list(&[])
+        .iter()
+        .any(|g| g["address"] == addr.to_string())
+}
+
+#[test]
+fn imap_and_pop3_logins_to_dovecot_grant_and_a_failed_one_does_not() {
+    let lab = Lab::new();
+    let client = IpAddr::from(lab.client.client_v4);
+    let dovecot = start_dovecot(&lab);
+    let mut daemon = start_daemon(&lab, &dovecot, "");
+    assert!(
+        port_25_drops(&lab),
+        "no login yet: port 25 must drop the client's SYN"
+    );
+
+    // Dovecot reports a failure before it answers it (after its failure
+    // delay); the count of grant lines below also catches a late report.
+    assert!(
+        !imap(&lab, "not-the-password"),
+        "a wrong password is refused"
+    );
+    assert!(!has_grant(&lab, client), "a failed login granted");
+    assert!(port_25_drops(&lab), "a failed login opened port 25");
+
+    assert!(imap(&lab, PASSWORD), "the IMAP login");
+    daemon.wait_for_log(
+        &format!("grant source=dovecot-policy addr={client} user={USER} protocol=imap"),
+        1,
+        BOUND,
+    );
+    assert!(
+        port_25_passes(&lab),
+        "after an IMAP login port 25 must let the client in"
+    );
+
+    let results = pop3_client(
+        &lab.client.client_ns,
+        lab.client.server_v4.into(),
+        json!([
+            {"op": "connect"},
+            {"op": "login", "user": USER, "password": PASSWORD},
+            {"op": "quit"},
+        ]),
+    );
+    assert!(
+        results[1]["reply"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("+OK")),
+        "{results:?}"
+    );
+    daemon.wait_for_log(
+        &format!("grant source=dovecot-policy addr={client} user={USER} protocol=pop3"),
+        1,
+        BOUND,
+    );
+    let log = daemon.log();
+    assert_eq!(
+        log.matches(&format!("grant source=dovecot-policy addr={client} "))
+            .count(),
+        2,
+        "one grant for each good login, none for the failed one: {log}"
+    );
+    assert!(
+        !log.contains("bad-request"),
+        "Dovecot's requests were refused: {log}"
+    );
+    assert!(
+        !dovecot.log().contains("Policy server"),
+        "Dovecot saw an error: {}",
+        dovecot.log()
+    );
+    daemon.terminate(BOUND);
+}
+
+#[test]
+fn failed_dovecot_logins_are_counted_until_the_ban_refuses_even_the_password() {
+    let lab = Lab::new();
+    let client = IpAddr::from(lab.client.client_v4);
+    let dovecot = start_dovecot(&lab);
+    // The kernel drops a banned client's SYNs to the ports in ban_ports;
+    // with none but the gated ones, the client reaches Dovecot's IMAP and
+    // it is our answer to `allow` that refuses it.
+    let mut daemon = start_daemon(&lab, &dovecot, "ban_ports = []\n");
+    // ban_failures = 2.
+    assert!(!imap(&lab, "guess-1"));
+    assert!(!imap(&lab, "guess-2"));
+    daemon.wait_for_log("ban net=", 1, BOUND);
+    // Banned now: Dovecot asks before checking the password, and we say no.
+    assert!(
+        !imap(&lab, PASSWORD),
+        "the ban refuses even the right password"
+    );
+    assert!(!has_grant(&lab, client), "a banned client was granted");
+    daemon.wait_for_log(
+        &format!("dovecot-policy refused addr={client} user={USER} protocol=imap reason=banned"),
+        1,
+        BOUND,
+    );
+    daemon.terminate(BOUND);
+}
+
+#[test]
+fn with_the_endpoint_down_dovecot_logins_still_work() {
+    let lab = Lab::new();
+    let dovecot = start_dovecot(&lab);
+    assert!(imap(&lab, PASSWORD), "Dovecot must fail open");
+    assert!(
+        dovecot.log().contains("Policy server HTTP error"),
+        "the snippet's URL was not asked: {}",
+        dovecot.log()
+    );
+}
