@@ -663,3 +663,68 @@ async fn a_unix_socket_serves_as_tcp_does_and_takes_dovecot_24s_proxy_form() {
         ]
     );
 }
+
+#[tokio::test]
+async fn connections_past_the_bound_wait_until_one_ends() {
+    let mut settings = settings();
+    settings.max_connections = 1;
+    let running = start(settings);
+    let first = running.connect().await;
+    // The first holds the only slot, so the second is not accepted (it
+    // waits in the backlog) until the first goes.
+    let mut second = running.connect().await;
+    let body = report_23("alice", "192.0.2.7", "imap", true, false);
+    second
+        .write_all(&dovecot_request("report", &body, None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(running.counters.now().requests, 0, "served past the bound");
+    drop(first);
+    assert_go_on(
+        &read_answer(&mut second)
+            .await
+            .expect("served once a slot is free"),
+    );
+    assert_eq!(
+        running.reports.calls(),
+        [granted("192.0.2.7", "alice", "imap")]
+    );
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let mut settings = settings();
+    settings.header_timeout = Duration::from_millis(300);
+    let running = start(settings);
+    let mut stream = running.connect().await;
+    let body = report_23("alice", "192.0.2.7", "imap", true, false);
+    stream
+        .write_all(&dovecot_request("report", &body, None))
+        .await
+        .unwrap();
+    assert_go_on(&read_answer(&mut stream).await.unwrap());
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .ok();
+    assert!(
+        rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+        "{rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stops_coming_gets_408_and_changes_nothing() {
+    let mut settings = settings();
+    settings.body_timeout = Duration::from_millis(300);
+    let running = start(settings);
+    let body = report_23("alice", "192.0.2.7", "imap", true, false);
+    let mut request = dovecot_request("report", &body, None);
+    request.truncate(request.len() - 10);
+    // The connection stays open: the rest just never comes.
+    let answer = running.ask_raw(&request).await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(running.reports.calls(), []);
+}
