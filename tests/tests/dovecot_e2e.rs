@@ -11,7 +11,7 @@
 //! Needs root, a built binary (`cargo build -p gate-user`), python3 and
 //! Dovecot (`cargo xtask setup`); panics otherwise (never skips).
 
-use std::{fs, net::IpAddr, path::PathBuf, time::Duration};
+use std::{fs, net::IpAddr, os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
 use serde_json::json;
 use testkit::{
@@ -33,6 +33,10 @@ fn snippet_23() -> PathBuf {
 }
 
 fn start_dovecot(lab: &Lab) -> Dovecot {
+    start_dovecot_with(lab, snippet_23())
+}
+
+fn start_dovecot_with(lab: &Lab, include: PathBuf) -> Dovecot {
     let link = &lab.client;
     Dovecot::start(
         &lab.server_ns,
@@ -40,7 +44,7 @@ fn start_dovecot(lab: &Lab) -> Dovecot {
         link.server_v4.into(),
         &DovecotOptions {
             users: vec![(USER.into(), PASSWORD.into())],
-            include: Some(snippet_23()),
+            include: Some(include),
         },
     )
 }
@@ -213,4 +217,58 @@ fn with_the_endpoint_down_dovecot_logins_still_work() {
         "the snippet's URL was not asked: {}",
         dovecot.log()
     );
+}
+
+/// The snippet's optional header line, taken as its comment says (in a
+/// file of its own beside the snippet), with the secret of smtp-gate's
+/// dovecot_policy_secret_file: Dovecot's reports get in and grant.
+#[test]
+fn a_secret_shared_with_dovecot_lets_its_reports_in() {
+    let lab = Lab::new();
+    let client = IpAddr::from(lab.client.client_v4);
+    let dir = std::env::temp_dir().join(format!("smtp-gate-dovecot-secret-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let _removed_on_drop = RemovedDir(dir.clone());
+    let token = "Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4";
+    let header_line = fs::read_to_string(snippet_23())
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("#auth_policy_server_api_header = "))
+        .expect("the snippet's optional header line")
+        .replace("SECRET", token);
+    let wrapper = dir.join("policy.conf");
+    fs::write(
+        &wrapper,
+        format!(
+            "!include {}\nauth_policy_server_api_header = {header_line}\n",
+            snippet_23().display()
+        ),
+    )
+    .unwrap();
+    let secret = dir.join("dovecot-policy.secret");
+    fs::write(&secret, format!("{token}\n")).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let dovecot = start_dovecot_with(&lab, wrapper);
+    let mut daemon = start_daemon(
+        &lab,
+        &dovecot,
+        &format!("dovecot_policy_secret_file = \"{}\"\n", secret.display()),
+    );
+    assert!(imap(&lab, PASSWORD), "the IMAP login");
+    daemon.wait_for_log(
+        &format!("grant source=dovecot-policy addr={client} user={USER} protocol=imap"),
+        1,
+        BOUND,
+    );
+    assert!(!daemon.log().contains("unauthorized"), "{}", daemon.log());
+    daemon.terminate(BOUND);
+}
+
+struct RemovedDir(PathBuf);
+
+impl Drop for RemovedDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
