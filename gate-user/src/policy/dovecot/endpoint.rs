@@ -133,13 +133,14 @@ impl Endpoint {
             }
         };
         if let Err(e) = ended {
-            // A client gone, a header timeout, a request hyper could not
-            // parse (it answered 400 itself): the connection's end.
+            // A client gone, a header timeout (also the end of an idle
+            // kept-alive connection, so not counted), a request hyper could
+            // not parse (it answered 400 itself): the connection's end.
             debug!(
                 "dovecot-policy connection peer={} ended: {e}",
                 LogText::of(&peer)
             );
-            if e.is_parse() || e.is_parse_too_large() || e.is_timeout() {
+            if e.is_parse() || e.is_parse_too_large() {
                 PolicyCounters::add(&self.counters.bad_requests);
             }
         }
