@@ -71,10 +71,18 @@ fn start_daemon(lab: &Lab, dovecot: &Dovecot, extra: &str) -> ServeDaemon {
         &["--config", config.to_str().unwrap(), "--pin-dir", &pin],
         &log,
     );
-    daemon.wait_for_log(
+    let log = daemon.wait_for_log(
         "Dovecot auth policy requests taken on 127.0.0.1:10030",
         1,
         BOUND,
+    );
+    // A TCP endpoint anyone on the host can reach is warned of, unless a
+    // secret guards it.
+    let warned = log.contains("takes requests without a secret");
+    assert_eq!(
+        warned,
+        !extra.contains("dovecot_policy_secret_file"),
+        "{log}"
     );
     daemon
 }

@@ -7,7 +7,7 @@
 use std::{net::IpAddr, sync::Arc};
 
 use anyhow::{Context, Result};
-use log::{error, info};
+use log::{error, info, warn};
 use pop3::{
     grant_log::{grant_failed_line, grant_line, GrantFields, GrantSource, GRANT_LOG_TARGET},
     FailureSink, GrantSink,
@@ -83,9 +83,9 @@ impl GrantLookup for GateGrantLookup {
     }
 }
 
-/// The hooks' listeners, bound.
+/// The hooks' listeners, bound, and what they need read.
 pub struct BoundHooks {
-    dovecot: Option<PolicyListener>,
+    dovecot: Option<(PolicyListener, DovecotPolicySettings)>,
     postfix: Option<PolicyListener>,
 }
 
@@ -98,8 +98,24 @@ pub fn bind(hooks: &PolicyHooks) -> Result<BoundHooks> {
             })
             .transpose()
     };
+    // The secret is read with the listeners, before the gate changes: a
+    // bad file stops the start.
+    let dovecot = match bind(&hooks.dovecot_policy_listen, "dovecot_policy_listen")? {
+        Some(listener) => Some((listener, DovecotPolicySettings::from_hooks(hooks)?)),
+        None => None,
+    };
+    if let (Some(PolicyAddr::Tcp(addr)), None) = (
+        &hooks.dovecot_policy_listen,
+        &hooks.dovecot_policy_secret_file,
+    ) {
+        warn!(
+            "Dovecot's policy endpoint on {addr} takes requests without a secret: anyone who \
+             can connect to it (any user of this host, on loopback) can grant any address; set \
+             dovecot_policy_secret_file"
+        );
+    }
     Ok(BoundHooks {
-        dovecot: bind(&hooks.dovecot_policy_listen, "dovecot_policy_listen")?,
+        dovecot,
         postfix: bind(&hooks.postfix_policy_listen, "postfix_policy_listen")?,
     })
 }
@@ -112,12 +128,11 @@ pub fn start(
     bans: Arc<GateBanSink>,
     stop: CancellationToken,
 ) -> Result<()> {
-    if let Some(listener) = bound.dovecot {
+    if let Some((listener, settings)) = bound.dovecot {
         info!(
             "Dovecot auth policy requests taken on {}",
             listener.local_addr()?
         );
-        let settings = DovecotPolicySettings::from_hooks(hooks)?;
         let reports = Arc::new(GateLoginReports {
             grants: Arc::clone(&grants),
             bans: Arc::clone(&bans),
