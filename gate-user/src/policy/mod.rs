@@ -8,6 +8,7 @@ pub mod config;
 pub mod dovecot;
 pub mod dovecot_sessions;
 pub mod listen;
+pub mod postfix;
 
 use std::net::IpAddr;
 
