@@ -16,9 +16,16 @@
 //! action.rs checks the configured actions, service.rs serves.
 
 mod action;
+mod framing;
 mod request;
+mod service;
 
 pub use action::{GrantedAction, RefusedAction, MAX_REFUSAL};
 pub use request::{
     parse_request, ClientAddress, Malformed, PolicyRequest, MAX_ATTRIBUTES, MAX_LINE, MAX_REQUEST,
+};
+pub use service::{
+    refuse_line, serve, CountersSnapshot, PolicyCounters, PostfixPolicySettings,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, LOOKUP_FAILED_ANSWER,
+    MALFORMED_ANSWER,
 };
