@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 use pop3::duration;
 use serde::Deserialize;
 
-use super::listen::PolicyAddr;
+use super::{listen::PolicyAddr, postfix::PostfixPolicySettings};
 use crate::keys::KeyError;
 
 /// Postfix's answer to a client without a grant, unless configured.
@@ -85,8 +85,26 @@ impl PolicyHooks {
         self.dovecot_policy_listen.is_some() || self.postfix_policy_listen.is_some()
     }
 
+    /// The Postfix policy service's settings: the two actions checked as
+    /// Postfix will read them (policy/postfix/action.rs), the bounds at
+    /// their defaults.
+    pub fn postfix_settings(&self) -> Result<PostfixPolicySettings, KeyError> {
+        Ok(PostfixPolicySettings {
+            granted: self
+                .postfix_policy_granted
+                .parse()
+                .map_err(|e| KeyError::of("postfix_policy_granted", e))?,
+            refused: self
+                .postfix_policy_reject
+                .parse()
+                .map_err(|e| KeyError::of("postfix_policy_reject", e))?,
+            ..PostfixPolicySettings::default()
+        })
+    }
+
     /// Refuses what the daemon cannot run with, naming the key.
     pub fn check(&self, window: Option<Duration>) -> Result<(), KeyError> {
+        self.postfix_settings()?;
         for protocol in &self.dovecot_policy_protocols {
             let fine = !protocol.is_empty()
                 && protocol.len() <= 32
@@ -133,5 +151,32 @@ impl PolicyHooks {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::postfix::GrantedAction;
+
+    #[test]
+    fn postfix_actions_are_checked_under_their_keys() {
+        let hooks = PolicyHooks::default();
+        let settings = hooks.postfix_settings().unwrap();
+        assert_eq!(settings.granted, GrantedAction::Ok);
+        assert_eq!(settings.refused.as_str(), DEFAULT_POSTFIX_REJECT);
+        let bad_granted = PolicyHooks {
+            postfix_policy_granted: "RELAY".into(),
+            ..PolicyHooks::default()
+        };
+        let err = bad_granted.check(None).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("postfix_policy_granted"), "{err}");
+        let bad_reject = PolicyHooks {
+            postfix_policy_reject: "554".into(),
+            ..PolicyHooks::default()
+        };
+        let err = bad_reject.check(None).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("postfix_policy_reject"), "{err}");
+        assert!(err.problem.contains("reads a bare number as OK"), "{err}");
     }
 }

@@ -20,7 +20,7 @@ use crate::policy::{
     dovecot::{self, DovecotPolicySettings, PolicyCounters},
     dovecot_sessions::SessionsRenewer,
     listen::{PolicyAddr, PolicyListener},
-    GrantLookup, LoginReports, Standing,
+    postfix, GrantLookup, LoginReports, Standing,
 };
 
 /// Dovecot's reports, acted on in the gate.
@@ -152,15 +152,17 @@ pub fn start(
             "Postfix policy requests answered on {}",
             listener.local_addr()?
         );
-        let _lookup = Arc::new(GateGrantLookup {
+        let lookup = Arc::new(GateGrantLookup {
             grants: Arc::clone(&grants),
             bans: Arc::clone(&bans),
         });
-        // TO WIRE (the `postfix` branch edits these lines, the one
-        // exception to serve/ being the lead's): spawn
-        // policy::postfix's serve(listener, settings from `hooks`,
-        // lookup, stop.clone()) here.
-        drop(listener);
+        tokio::spawn(postfix::serve(
+            listener,
+            hooks.postfix_settings()?,
+            lookup,
+            Arc::new(postfix::PolicyCounters::default()),
+            stop.clone(),
+        ));
     }
     if let Some(interval) = hooks.dovecot_sessions_interval {
         info!(
