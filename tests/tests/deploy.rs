@@ -380,3 +380,70 @@ fn example_users_file_loads_with_the_documented_passwords() {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod 644");
     assert!(UsersFile::load(&path).is_err(), "a 0644 users file loaded");
 }
+
+fn postconf(dir: &Path, args: &[&str]) -> std::process::Output {
+    let out = output_within(
+        Command::new("/usr/sbin/postconf")
+            .arg("-c")
+            .arg(dir)
+            .args(args),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| {
+        panic!("cannot run /usr/sbin/postconf (Debian package postfix, `cargo xtask setup`): {e}")
+    });
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "postconf -c {} {args:?}: {}",
+        dir.display(),
+        describe(&out)
+    );
+    out
+}
+
+/// deploy/postfix/main.cf.snippet as Postfix's postconf reads it in a
+/// private config directory: no parameter Postfix does not know (postconf
+/// warns of those), the policy check after the permits and before
+/// reject_unauth_destination in smtpd_relay_restrictions, asking the
+/// address deploy/smtp-gate.toml gives as postfix_policy_listen's example.
+/// The restriction's syntax is Postfix's SMTP server's to check: the
+/// Postfix lab test (postfix_e2e.rs) runs it with this file verbatim.
+#[test]
+fn postfix_snippet_passes_postconf_and_asks_the_documented_address() {
+    let scratch = Scratch::new("postconf");
+    fs::write(
+        scratch.0.join("main.cf"),
+        read_deploy("postfix/main.cf.snippet"),
+    )
+    .unwrap();
+    fs::write(scratch.0.join("master.cf"), "smtp inet n - y - - smtpd\n").unwrap();
+    let listed = postconf(&scratch.0, &["-n"]);
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("smtpd_relay_restrictions = "), "{listed}");
+    let value = postconf(&scratch.0, &["-h", "smtpd_relay_restrictions"]);
+    let value = String::from_utf8(value.stdout).unwrap();
+    let position = |word: &str| {
+        value
+            .find(word)
+            .unwrap_or_else(|| panic!("no {word} in smtpd_relay_restrictions = {value}"))
+    };
+    assert!(
+        position("permit_mynetworks") < position("permit_sasl_authenticated")
+            && position("permit_sasl_authenticated") < position("check_policy_service")
+            && position("check_policy_service") < position("reject_unauth_destination"),
+        "{value}"
+    );
+    assert!(
+        value.contains("default_action = 451 4."),
+        "fails closed, temporarily: {value}"
+    );
+
+    let example = ServeConfig::from_toml(&uncommented(&read_deploy("smtp-gate.toml")))
+        .expect("the example config parses");
+    let listen = example
+        .hooks
+        .postfix_policy_listen
+        .expect("deploy/smtp-gate.toml shows postfix_policy_listen");
+    let asked = format!("check_policy_service {{ inet:{listen},");
+    assert!(value.contains(&asked), "{asked} in {value}");
+}
