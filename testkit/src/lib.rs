@@ -15,6 +15,7 @@ pub mod mail;
 pub mod netns;
 pub mod packets;
 pub mod pop3_client;
+pub mod postfix;
 pub mod process;
 pub mod proxy;
 pub mod serve;
