@@ -123,7 +123,7 @@ impl Running {
     }
 
     fn counters(&self) -> CountersSnapshot {
-        self.counters.snapshot()
+        self.counters.now()
     }
 
     async fn stop(self) {

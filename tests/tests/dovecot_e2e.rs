@@ -186,6 +186,16 @@ fn imap_and_pop3_logins_to_dovecot_grant_and_a_failed_one_does_not() {
         dovecot.log()
     );
     daemon.terminate(BOUND);
+    // The endpoint's counts are logged as the daemon stops: two grants,
+    // one failure (the wrong password), nothing malformed.
+    let log = daemon.log();
+    let statistics = log
+        .lines()
+        .find(|l| l.contains("statistics hook=dovecot-policy "))
+        .unwrap_or_else(|| panic!("no statistics line: {log}"));
+    for field in [" grants=2 ", " failures=1 ", " bad_requests=0 "] {
+        assert!(statistics.contains(field), "{field} in {statistics}");
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! no gate at all.
 
 pub mod config;
+mod counters;
 pub mod dovecot;
 pub mod dovecot_sessions;
 pub mod listen;

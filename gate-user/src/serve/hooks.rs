@@ -4,7 +4,7 @@
 //! grants fresh (policy/). Their listeners are bound at start with the
 //! POP3 listeners, before the gate changes.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use log::{error, info, warn};
@@ -137,8 +137,13 @@ pub fn start(
             grants: Arc::clone(&grants),
             bans: Arc::clone(&bans),
         });
-        // Nothing reads the counts yet: they are for a later metrics page.
         let counts = Arc::new(PolicyCounters::default());
+        let shown = Arc::clone(&counts);
+        tokio::spawn(log_statistics(
+            "dovecot-policy",
+            move || shown.now().to_string(),
+            stop.clone(),
+        ));
         tokio::spawn(dovecot::serve(
             listener,
             settings,
@@ -156,11 +161,18 @@ pub fn start(
             grants: Arc::clone(&grants),
             bans: Arc::clone(&bans),
         });
+        let counts = Arc::new(postfix::PolicyCounters::default());
+        let shown = Arc::clone(&counts);
+        tokio::spawn(log_statistics(
+            "postfix-policy",
+            move || shown.now().to_string(),
+            stop.clone(),
+        ));
         tokio::spawn(postfix::serve(
             listener,
             hooks.postfix_settings()?,
             lookup,
-            Arc::new(postfix::PolicyCounters::default()),
+            counts,
             stop.clone(),
         ));
     }
@@ -179,4 +191,34 @@ pub fn start(
         tokio::spawn(renewer.run(stop));
     }
     Ok(())
+}
+
+/// How often a hook's counts are logged (when they changed), as Postfix's
+/// anvil logs its statistics every 10 minutes.
+const STATISTICS_EVERY: Duration = Duration::from_secs(600);
+
+/// Logs `statistics hook=NAME key=value...` every [`STATISTICS_EVERY`]
+/// if the counts changed, and once more when the daemon stops.
+async fn log_statistics(
+    hook: &'static str,
+    counts: impl Fn() -> String + Send + 'static,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(STATISTICS_EVERY);
+    ticks.tick().await;
+    let mut last = counts();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                info!("statistics hook={hook} {}", counts());
+                return;
+            }
+            _ = ticks.tick() => {}
+        }
+        let now = counts();
+        if now != last {
+            info!("statistics hook={hook} {now}");
+            last = now;
+        }
+    }
 }

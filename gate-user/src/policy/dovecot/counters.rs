@@ -1,48 +1,9 @@
 //! What the endpoint did, counted for logs and metrics.
 
-use std::{
-    fmt,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
-        /// The endpoint's counts, shared with whoever reports them.
-        #[derive(Debug, Default)]
-        pub struct PolicyCounters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-
-        /// The counts at one moment.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-        pub struct CountsNow {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        impl PolicyCounters {
-            pub fn now(&self) -> CountsNow {
-                CountsNow {
-                    $($name: self.$name.load(Ordering::Relaxed),)*
-                }
-            }
-        }
-
-        /// `key=value` pairs, as log lines have them.
-        impl fmt::Display for CountsNow {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let mut separator = "";
-                $(
-                    write!(f, "{separator}{}={}", stringify!($name), self.$name)?;
-                    separator = " ";
-                )*
-                let _ = separator;
-                Ok(())
-            }
-        }
-    };
-}
-
-counters! {
+crate::policy_counters! {
+    PolicyCounters, CountsNow;
     /// Requests answered, whatever the answer.
     requests,
     /// `allow` requests answered "go on".

@@ -99,53 +99,23 @@ impl Default for PostfixPolicySettings {
     }
 }
 
-/// What the service did since it started. `requests` counts the
-/// well-formed requests: each one is `granted`, `exempt`, `refused` or
-/// `lookup_errors`. `malformed` counts the others, the ones that could
-/// not be framed included.
-#[derive(Debug, Default)]
-pub struct PolicyCounters {
-    pub requests: AtomicU64,
-    pub granted: AtomicU64,
-    pub exempt: AtomicU64,
-    pub refused: AtomicU64,
-    pub lookup_errors: AtomicU64,
-    pub malformed: AtomicU64,
-    pub connections: AtomicU64,
+crate::policy_counters! {
+    PolicyCounters, CountersSnapshot;
+    /// Well-formed requests: each one is `granted`, `exempt`, `refused`
+    /// or `lookup_errors`.
+    requests,
+    granted,
+    exempt,
+    refused,
+    lookup_errors,
+    /// Requests that were not well-formed, those that could not be
+    /// framed included.
+    malformed,
+    connections,
     /// Closed at once: [`PostfixPolicySettings::max_connections`] were open.
-    pub connections_over_limit: AtomicU64,
+    connections_over_limit,
     /// Closed after [`PostfixPolicySettings::idle_timeout`] without a request.
-    pub idle_closed: AtomicU64,
-}
-
-/// The counters at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CountersSnapshot {
-    pub requests: u64,
-    pub granted: u64,
-    pub exempt: u64,
-    pub refused: u64,
-    pub lookup_errors: u64,
-    pub malformed: u64,
-    pub connections: u64,
-    pub connections_over_limit: u64,
-    pub idle_closed: u64,
-}
-
-impl PolicyCounters {
-    pub fn snapshot(&self) -> CountersSnapshot {
-        CountersSnapshot {
-            requests: self.requests.load(Relaxed),
-            granted: self.granted.load(Relaxed),
-            exempt: self.exempt.load(Relaxed),
-            refused: self.refused.load(Relaxed),
-            lookup_errors: self.lookup_errors.load(Relaxed),
-            malformed: self.malformed.load(Relaxed),
-            connections: self.connections.load(Relaxed),
-            connections_over_limit: self.connections_over_limit.load(Relaxed),
-            idle_closed: self.idle_closed.load(Relaxed),
-        }
-    }
+    idle_closed,
 }
 
 fn count(counter: &AtomicU64) {
