@@ -469,7 +469,9 @@ mod tests {
             !spaced.problem.contains("system"),
             "a name given in the configuration is not the system's: {spaced}"
         );
-        assert_eq!(key(with(|c| c.listen.clear())), "listen");
+        // No POP3 listener at all is a daemon serving only the mail
+        // servers' hooks: smtp-gate serve's own check decides.
+        with(|c| c.listen.clear()).check().unwrap();
         // The bound itself is allowed, one more is not.
         with(|c| c.max_connections = MAX_CONNECTIONS)
             .check()
