@@ -1,10 +1,12 @@
 //! `cargo xtask bench SUITE [--quick]`: smtp-gate measured beside a
 //! baseline in the same run, reported under target/bench/.
 
+mod binaries;
 mod bpf_asm;
 mod capacity;
 mod dovecot;
 mod flood;
+mod hooks;
 mod kernel;
 mod packages;
 mod pop3;
@@ -20,7 +22,9 @@ struct Args {
     /// kernel: BPF_PROG_TEST_RUN timings beside an empty XDP program and
     /// the grant capacity check; flood: a SYN flood between namespaces
     /// against Postfix's table check, nftables and the gate; pop3: the POP3
-    /// service beside Dovecot; all: the three.
+    /// service beside Dovecot; hooks: Dovecot's and Postfix's policy hooks
+    /// of `smtp-gate serve` (login -> grant, requests/s) beside baselines;
+    /// all: the four.
     #[arg(default_value = "all")]
     suite: String,
     /// Fewer repetitions, for a first look.
@@ -39,11 +43,15 @@ fn main() -> Result<()> {
         "kernel" => kernel::run(args.quick, args.only.as_deref()),
         "pop3" => pop3::run(args.quick),
         "flood" => flood::run(args.quick),
+        "hooks" => hooks::run(args.quick),
         "all" => {
             kernel::run(args.quick, None)?;
             flood::run(args.quick)?;
-            pop3::run(args.quick)
+            pop3::run(args.quick)?;
+            hooks::run(args.quick)
         }
-        other => bail!("unknown suite `{other}` (this build knows: kernel, flood, pop3, all)"),
+        other => {
+            bail!("unknown suite `{other}` (this build knows: kernel, flood, pop3, hooks, all)")
+        }
     }
 }

@@ -5,12 +5,11 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use testkit::tls::TestPki;
 
@@ -24,44 +23,11 @@ pub struct GateProcess {
     pub tls_addr: Option<SocketAddr>,
 }
 
-/// Builds the `pop3-server` binary beside this one (`cargo run` builds
-/// only the harness) and returns its path.
-fn server_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .context("the harness binary has no directory")?
-        .join("pop3-server");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "gate-bench",
-            "--bin",
-            "pop3-server",
-        ]);
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    let status = build.status().context("running cargo build")?;
-    if !status.success() || !binary.exists() {
-        bail!(
-            "building the pop3-server binary failed ({status}); expected it at {}",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
 impl GateProcess {
     /// Starts it on the fixture's users and Maildirs, with `certs` also
     /// serving implicit TLS.
     pub fn start(fixture: &Fixture, certs: Option<&TestPki>) -> Result<Self> {
-        let binary = server_binary()?;
+        let binary = crate::binaries::build("gate-bench", "pop3-server")?;
         let mut command = Command::new(&binary);
         command
             .arg(&fixture.users_file)
