@@ -85,6 +85,8 @@ pub struct Measured {
     pub login_to_ok_us: Vec<f64>,
     /// smtp-gate only: grant seen minus OK.
     pub grant_minus_ok_us: Vec<f64>,
+    /// smtp-gate only: grant seen minus `LOGIN` sent.
+    pub grant_minus_sent_us: Vec<f64>,
     /// Lines of Dovecot's log about the policy server that say error.
     pub dovecot_policy_errors: Vec<String>,
 }
@@ -421,7 +423,10 @@ pub fn run(logins: u32, progress: &dyn Fn(&str)) -> Result<LoginResults> {
                 .push(times.ok.duration_since(times.sent).as_secs_f64() * 1e6);
             match seen {
                 None => {}
-                Some(Some(at)) => m.grant_minus_ok_us.push(signed_us(at, times.ok)),
+                Some(Some(at)) => {
+                    m.grant_minus_ok_us.push(signed_us(at, times.ok));
+                    m.grant_minus_sent_us.push(signed_us(at, times.sent));
+                }
                 Some(None) => {
                     grants_missing += 1;
                     if grants_missing >= 3 {
