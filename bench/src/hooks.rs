@@ -212,8 +212,8 @@ fn render_throughput(
 ) -> (String, serde_json::Value) {
     let mut md = format!(
         "\n## Policy requests per second\n\n\
-         `smtp-gate serve` (`listen = []`, both hooks, the gate attached; 4096 addresses granted \
-         beforehand, `exempt` a /16) beside the floor server of the same protocol \
+         `smtp-gate serve` (`listen = []`, both hooks, the gate attached; 4096 addresses granted anew \
+         before each Postfix measurement, `exempt` a /16) beside the floor server of the same protocol \
          (bench/src/bin/policy-floor.rs: tokio multi-threaded as the daemon, reads a request and \
          answers `action=DUNNO` or `{{\"status\":0}}` without looking at it), both in the lab's \
          server namespace on its loopback. Load generator: this process, one tokio thread in the \
