@@ -169,6 +169,9 @@ fn render_logins(results: &LoginResults) -> (String, serde_json::Value) {
         g.len(),
         results.grants_missing,
     );
+    for missing in &gate.missing_grants {
+        md += &format!("\nNo grant: {missing}\n");
+    }
     for (policy, m) in &results.by_policy {
         if !m.dovecot_policy_errors.is_empty() {
             md += &format!(

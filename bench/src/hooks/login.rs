@@ -89,6 +89,9 @@ pub struct Measured {
     pub grant_minus_sent_us: Vec<f64>,
     /// Lines of Dovecot's log about the policy server that say error.
     pub dovecot_policy_errors: Vec<String>,
+    /// smtp-gate only: each login that left no grant, with what Dovecot's
+    /// and the daemon's logs say of its address.
+    pub missing_grants: Vec<String>,
 }
 
 /// The source address of login `i` (a /64 of its own on the client veth).
@@ -374,6 +377,27 @@ impl Setup {
         Ok((times, seen))
     }
 
+    /// What Dovecot's and the daemon's logs say of login `i`'s address.
+    fn traces(&self, i: u32) -> String {
+        let addr = source(i).to_string();
+        let lines = |log: String, who: &str| -> Vec<String> {
+            log.lines()
+                .filter(|l| {
+                    l.contains(&format!("{addr},"))
+                        || l.contains(&format!("{addr} "))
+                        || l.ends_with(&addr)
+                        || l.contains(&format!("{addr})"))
+                })
+                .map(|l| format!("{who}: {l}"))
+                .collect()
+        };
+        let mut said = lines(self.dovecot.log(), "Dovecot");
+        if let Some(daemon) = &self._daemon {
+            said.extend(lines(daemon.log(), "smtp-gate"));
+        }
+        format!("login {i} from {addr}: {}", said.join(" | "))
+    }
+
     fn policy_errors(&self) -> Vec<String> {
         self.dovecot
             .log()
@@ -429,6 +453,7 @@ pub fn run(logins: u32, progress: &dyn Fn(&str)) -> Result<LoginResults> {
                 }
                 Some(None) => {
                     grants_missing += 1;
+                    m.missing_grants.push(setups[s].traces(i));
                     if grants_missing >= 3 {
                         bail!(
                             "{grants_missing} logins to the Dovecot reporting to smtp-gate left no \
