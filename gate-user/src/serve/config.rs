@@ -351,7 +351,15 @@ impl ServeConfig {
         }
         self.attach.check()?;
         self.bans.check()?;
-        self.hooks.check(self.attach.window)?;
+        // Without `window`, the gate keeps the one it has: the default's,
+        // unless `smtp-gate settings` changed it.
+        let window = self
+            .attach
+            .window
+            .unwrap_or(std::time::Duration::from_nanos(
+                gate_common::DEFAULT_WINDOW_NS,
+            ));
+        self.hooks.check(Some(window))?;
         self.pop3
             .check()
             .map_err(|bad| KeyError::of(bad.key, bad.problem))
