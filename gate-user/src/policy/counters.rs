@@ -20,6 +20,11 @@ macro_rules! policy_counters {
         }
 
         impl $counters {
+            /// One more of `counter` (one of this struct's fields).
+            pub fn add(counter: &std::sync::atomic::AtomicU64) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+
             pub fn now(&self) -> $now {
                 $now {
                     $($name: self.$name.load(std::sync::atomic::Ordering::Relaxed),)*

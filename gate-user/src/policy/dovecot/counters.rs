@@ -1,7 +1,5 @@
 //! What the endpoint did, counted for logs and metrics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 crate::policy_counters! {
     PolicyCounters, CountsNow;
     /// Requests answered, whatever the answer.
@@ -24,10 +22,4 @@ crate::policy_counters! {
     bad_requests,
     /// Requests without the shared secret (401).
     unauthorized,
-}
-
-impl PolicyCounters {
-    pub(super) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }

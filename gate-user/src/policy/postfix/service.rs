@@ -15,14 +15,7 @@
 //! ([`DEFAULT_IDLE_TIMEOUT`]), and never writes anything but one answer
 //! per request.
 
-use std::{
-    fmt::Write as _,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use log::{debug, error, info, warn};
 use pop3::log_text::LogText;
@@ -118,10 +111,6 @@ crate::policy_counters! {
     idle_closed,
 }
 
-fn count(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
-}
-
 /// Answers Postfix on `listener` until `shutdown`; returns when every
 /// connection is closed.
 pub async fn serve(
@@ -154,7 +143,7 @@ pub async fn serve(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            count(&counters.connections_over_limit);
+            PolicyCounters::add(&counters.connections_over_limit);
             if !warned_full {
                 warn!(
                     "postfix policy: {} connections open, closing new ones until one ends",
@@ -166,7 +155,7 @@ pub async fn serve(
             continue;
         };
         warned_full = false;
-        count(&counters.connections);
+        PolicyCounters::add(&counters.connections);
         let connection = Connection {
             stream,
             peer,
@@ -227,12 +216,12 @@ impl Connection {
             };
             match read {
                 Err(_elapsed) if framer.is_empty() => {
-                    count(&self.counters.idle_closed);
+                    PolicyCounters::add(&self.counters.idle_closed);
                     debug!("postfix policy: {} idle, closed", self.peer);
                     return;
                 }
                 Err(_elapsed) => {
-                    count(&self.counters.malformed);
+                    PolicyCounters::add(&self.counters.malformed);
                     warn!(
                         "postfix policy: malformed request from {}: not whole after {}s, closed",
                         self.peer,
@@ -260,7 +249,7 @@ impl Connection {
                 return MALFORMED_ANSWER.to_owned();
             }
         };
-        count(&self.counters.requests);
+        PolicyCounters::add(&self.counters.requests);
         let standing = match request.client {
             // No grant can be proven for a client Postfix has no address of.
             ClientAddress::Unknown => Ok(Standing::Refused),
@@ -268,20 +257,20 @@ impl Connection {
         };
         match standing {
             Ok(Standing::Granted) => {
-                count(&self.counters.granted);
+                PolicyCounters::add(&self.counters.granted);
                 self.settings.granted.as_str().to_owned()
             }
             Ok(Standing::Exempt) => {
-                count(&self.counters.exempt);
+                PolicyCounters::add(&self.counters.exempt);
                 "DUNNO".to_owned()
             }
             Ok(Standing::Refused) => {
-                count(&self.counters.refused);
+                PolicyCounters::add(&self.counters.refused);
                 info!("{}", refuse_line(&request));
                 self.settings.refused.as_str().to_owned()
             }
             Err(e) => {
-                count(&self.counters.lookup_errors);
+                PolicyCounters::add(&self.counters.lookup_errors);
                 error!(
                     "postfix policy: cannot look up {}: {}",
                     request.client,
@@ -293,7 +282,7 @@ impl Connection {
     }
 
     fn log_malformed(&self, malformed: &Malformed) {
-        count(&self.counters.malformed);
+        PolicyCounters::add(&self.counters.malformed);
         warn!(
             "postfix policy: malformed request from {}: {malformed}",
             self.peer
