@@ -19,7 +19,9 @@ use std::{
 };
 
 use crate::{
+    lab::Lab,
     netns::netns_command,
+    serve::ServeDaemon,
     smtp::{connect, ConnectResult},
 };
 
@@ -169,6 +171,27 @@ impl Dovecot {
     /// Its directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Starts `smtp-gate serve` beside this Dovecot in `lab`'s server
+    /// namespace, serving the hooks only (`listen = []`, Dovecot has 110):
+    /// its config file is the gate on the lab's client link, then `keys`
+    /// (TOML lines). Returns at once; its log is `serve.log` here.
+    pub fn spawn_hooks_daemon(&self, lab: &Lab, keys: &str) -> ServeDaemon {
+        let config = self.dir.join("smtp-gate.toml");
+        fs::write(
+            &config,
+            format!(
+                "iface = \"{}\"\nlisten = []\n{keys}",
+                lab.client.server_iface
+            ),
+        )
+        .expect("the daemon's config");
+        let pin = lab.pin_dir_str();
+        lab.spawn_serve(
+            &["--config", &config.to_string_lossy(), "--pin-dir", &pin],
+            &self.dir.join("serve.log"),
+        )
     }
 }
 

@@ -50,26 +50,15 @@ fn start_dovecot_with(lab: &Lab, include: PathBuf) -> Dovecot {
 }
 
 fn start_daemon(lab: &Lab, dovecot: &Dovecot, extra: &str) -> ServeDaemon {
-    let config = dovecot.dir().join("smtp-gate.toml");
-    fs::write(
-        &config,
-        format!(
-            "iface = \"{}\"\n\
-             listen = []\n\
-             dovecot_policy_listen = \"127.0.0.1:10030\"\n\
+    let mut daemon = dovecot.spawn_hooks_daemon(
+        lab,
+        &format!(
+            "dovecot_policy_listen = \"127.0.0.1:10030\"\n\
              ban_failures = 2\n\
              ban_failure_window = \"5m\"\n\
              ban_time = \"1m\"\n\
-             {extra}",
-            lab.client.server_iface,
+             {extra}"
         ),
-    )
-    .unwrap();
-    let pin = lab.pin_dir_str();
-    let log = dovecot.dir().join("serve.log");
-    let mut daemon = lab.spawn_serve(
-        &["--config", config.to_str().unwrap(), "--pin-dir", &pin],
-        &log,
     );
     let log = daemon.wait_for_log(
         "Dovecot auth policy requests taken on 127.0.0.1:10030",

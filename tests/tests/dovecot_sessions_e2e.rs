@@ -10,7 +10,6 @@
 //! Dovecot (`cargo xtask setup`); panics otherwise (never skips).
 
 use std::{
-    fs,
     net::IpAddr,
     thread,
     time::{Duration, Instant},
@@ -44,28 +43,17 @@ fn left(grant: &Value) -> f64 {
 }
 
 fn start_daemon(lab: &Lab, dovecot: &Dovecot) -> ServeDaemon {
-    let config = dovecot.dir().join("smtp-gate.toml");
-    fs::write(
-        &config,
-        format!(
-            "iface = \"{}\"\n\
-             window = \"{}s\"\n\
-             listen = []\n\
+    let mut daemon = dovecot.spawn_hooks_daemon(
+        lab,
+        &format!(
+            "window = \"{}s\"\n\
              dovecot_policy_listen = \"127.0.0.1:10030\"\n\
              dovecot_sessions_interval = \"{}s\"\n\
              dovecot_sessions_command = \"{}\"\n",
-            lab.client.server_iface,
             WINDOW.as_secs(),
             INTERVAL.as_secs(),
             dovecot.who_command()
         ),
-    )
-    .unwrap();
-    let pin = lab.pin_dir_str();
-    let log = dovecot.dir().join("serve.log");
-    let mut daemon = lab.spawn_serve(
-        &["--config", config.to_str().unwrap(), "--pin-dir", &pin],
-        &log,
     );
     let log = daemon.wait_for_log("Dovecot's open sessions renew their grants", 1, BOUND);
     // Beside Dovecot (which has 110 here) it serves no POP3, so it warns
