@@ -102,9 +102,59 @@ impl PolicyHooks {
         })
     }
 
+    /// What deserves a warning at start though the daemon runs with it:
+    /// who can reach a hook beyond the mail servers it is for.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        match (
+            &self.dovecot_policy_listen,
+            &self.dovecot_policy_secret_file,
+        ) {
+            (Some(PolicyAddr::Tcp(addr)), None) => warnings.push(format!(
+                "dovecot_policy_listen = {addr} takes requests without a secret: any user of \
+                 this host can connect to it and grant any address; set \
+                 dovecot_policy_secret_file, or listen on a Unix socket"
+            )),
+            (Some(PolicyAddr::Tcp(addr)), Some(_)) if !addr.ip().is_loopback() => {
+                warnings.push(format!(
+                    "dovecot_policy_listen = {addr} is reachable from other hosts: the secret \
+                     and the users' names cross the network in clear HTTP; use it only on a \
+                     network you trust, or keep Dovecot on this host and listen on loopback"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(PolicyAddr::Tcp(addr)) = &self.postfix_policy_listen {
+            if !addr.ip().is_loopback() {
+                warnings.push(format!(
+                    "postfix_policy_listen = {addr} is reachable from other hosts: whoever \
+                     connects learns which addresses hold grants and can write refuse lines \
+                     to the log; listen on loopback or a Unix socket unless a firewall keeps \
+                     all but your Postfix hosts out"
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Refuses what the daemon cannot run with, naming the key.
     pub fn check(&self, window: Option<Duration>) -> Result<(), KeyError> {
         self.postfix_settings()?;
+        if let (Some(PolicyAddr::Tcp(addr)), None) = (
+            &self.dovecot_policy_listen,
+            &self.dovecot_policy_secret_file,
+        ) {
+            if !addr.ip().is_loopback() {
+                return Err(KeyError::of(
+                    "dovecot_policy_listen",
+                    format!(
+                        "{addr} is reachable from other hosts, and without \
+                         dovecot_policy_secret_file anyone who reaches it can grant any \
+                         address: listen on loopback or a Unix socket, or set the secret"
+                    ),
+                ));
+            }
+        }
         for protocol in &self.dovecot_policy_protocols {
             let fine = !protocol.is_empty()
                 && protocol.len() <= 32
@@ -158,6 +208,45 @@ impl PolicyHooks {
 mod tests {
     use super::*;
     use crate::policy::postfix::GrantedAction;
+
+    fn listening(dovecot: &str, secret: bool, postfix: &str) -> PolicyHooks {
+        PolicyHooks {
+            dovecot_policy_listen: Some(dovecot.parse().unwrap()),
+            dovecot_policy_secret_file: secret.then(|| "/etc/smtp-gate/dovecot-secret".into()),
+            postfix_policy_listen: Some(postfix.parse().unwrap()),
+            ..PolicyHooks::default()
+        }
+    }
+
+    #[test]
+    fn a_hook_reachable_from_other_hosts_is_refused_or_warned_of() {
+        for wildcard in ["0.0.0.0:10030", "[::]:10030", "192.0.2.1:10030"] {
+            let err = listening(wildcard, false, "127.0.0.1:10031")
+                .check(None)
+                .unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("dovecot_policy_listen"), "{err}");
+            assert!(err.problem.contains("grant any address"), "{err}");
+        }
+        let with_secret = listening("0.0.0.0:10030", true, "[::]:10031");
+        assert_eq!(with_secret.check(None), Ok(()));
+        let warnings = with_secret.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("in clear HTTP"), "{warnings:?}");
+        assert!(warnings[1].starts_with("postfix_policy_listen = [::]:10031"));
+
+        let loopback = listening("127.0.0.1:10030", false, "[::1]:10031");
+        assert_eq!(loopback.check(None), Ok(()));
+        let warnings = loopback.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("any user of this host"),
+            "{warnings:?}"
+        );
+
+        let quiet = listening("/run/smtp-gate/dovecot", false, "127.0.0.1:10031");
+        assert_eq!(quiet.check(None), Ok(()));
+        assert_eq!(quiet.warnings(), Vec::<String>::new());
+    }
 
     #[test]
     fn postfix_actions_are_checked_under_their_keys() {

@@ -104,15 +104,8 @@ pub fn bind(hooks: &PolicyHooks) -> Result<BoundHooks> {
         Some(listener) => Some((listener, DovecotPolicySettings::from_hooks(hooks)?)),
         None => None,
     };
-    if let (Some(PolicyAddr::Tcp(addr)), None) = (
-        &hooks.dovecot_policy_listen,
-        &hooks.dovecot_policy_secret_file,
-    ) {
-        warn!(
-            "Dovecot's policy endpoint on {addr} takes requests without a secret: anyone who \
-             can connect to it (any user of this host, on loopback) can grant any address; set \
-             dovecot_policy_secret_file"
-        );
+    for warning in hooks.warnings() {
+        warn!("{warning}");
     }
     Ok(BoundHooks {
         dovecot,

@@ -22,4 +22,7 @@ crate::policy_counters! {
     bad_requests,
     /// Requests without the shared secret (401).
     unauthorized,
+    /// Idle connections closed for a new one's room: as many as the
+    /// endpoint takes were open.
+    connections_closed_for_room,
 }

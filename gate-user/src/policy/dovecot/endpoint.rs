@@ -24,7 +24,6 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, info, warn};
 use pop3::log_text::LogText;
-use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -34,6 +33,8 @@ use super::{
 };
 use crate::policy::{
     listen::{PolicyListener, PolicyStream},
+    log_budget::LogBudget,
+    slots::{ConnectionSlots, Slot},
     LoginReports,
 };
 
@@ -48,6 +49,10 @@ const MAX_HEADERS: usize = 32;
 /// After a failed accept (no file descriptors left), a pause before the
 /// next, instead of a busy loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Lines about bad and unauthorized requests, at most so many per
+/// interval (policy/log_budget.rs); the counters count every one.
+const LOG_LINES: u32 = 100;
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Serves Dovecot's requests on `listener` until `shutdown`; then stops
 /// accepting, lets the requests under way end, and returns.
@@ -58,19 +63,17 @@ pub async fn serve(
     counters: Arc<PolicyCounters>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let mut listener = listener;
+    let slots = ConnectionSlots::new("dovecot-policy", settings.max_connections);
     let endpoint = Arc::new(Endpoint {
         settings,
         reports,
         counters,
         warned_of_password_hash: AtomicBool::new(false),
+        bad_request_lines: LogBudget::new("dovecot-policy bad-request", LOG_LINES, LOG_INTERVAL),
     });
     let connections = TaskTracker::new();
     loop {
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -83,12 +86,13 @@ pub async fn serve(
                 continue;
             }
         };
+        let (slot, made_room) = slots.admit(&peer);
+        if made_room {
+            PolicyCounters::add(&endpoint.counters.connections_closed_for_room);
+        }
         let endpoint = Arc::clone(&endpoint);
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            endpoint.connection(stream, peer, shutdown).await;
-            drop(slot);
-        });
+        connections.spawn(endpoint.connection(stream, peer, slot, shutdown));
     }
     connections.close();
     connections.wait().await;
@@ -99,6 +103,7 @@ struct Endpoint {
     reports: Arc<dyn LoginReports>,
     counters: Arc<PolicyCounters>,
     warned_of_password_hash: AtomicBool,
+    bad_request_lines: LogBudget,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -108,14 +113,22 @@ impl Endpoint {
         self: Arc<Self>,
         stream: PolicyStream,
         peer: String,
+        slot: Slot,
         shutdown: CancellationToken,
     ) {
         let endpoint = Arc::clone(&self);
         let peer_of_requests = peer.clone();
+        let closed_for_room = slot.closed_for_room.clone();
+        let slot = Arc::new(slot);
         let service = service_fn(move |request| {
             let endpoint = Arc::clone(&endpoint);
             let peer = peer_of_requests.clone();
-            async move { Ok::<_, Infallible>(endpoint.answer(request, &peer).await) }
+            let slot = Arc::clone(&slot);
+            async move {
+                let answer = endpoint.answer(request, &peer).await;
+                slot.answered();
+                Ok::<_, Infallible>(answer)
+            }
         });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -127,6 +140,13 @@ impl Endpoint {
         tokio::pin!(connection);
         let ended = tokio::select! {
             ended = connection.as_mut() => ended,
+            () = closed_for_room.cancelled() => {
+                debug!(
+                    "dovecot-policy connection peer={} closed for a new connection",
+                    LogText::of(&peer)
+                );
+                return;
+            }
             () = shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
@@ -175,11 +195,13 @@ impl Endpoint {
                 .map(HeaderValue::as_bytes);
             if !secret.matches(given) {
                 PolicyCounters::add(&self.counters.unauthorized);
-                warn!(
-                    "dovecot-policy unauthorized peer={} (no or a wrong Authorization header: \
-                     see dovecot_policy_secret_file)",
-                    LogText::of(peer)
-                );
+                if self.bad_request_lines.allows() {
+                    warn!(
+                        "dovecot-policy unauthorized peer={} (no or a wrong Authorization \
+                         header: see dovecot_policy_secret_file)",
+                        LogText::of(peer)
+                    );
+                }
                 let mut answer = plain(
                     StatusCode::UNAUTHORIZED,
                     "the shared secret is missing or wrong",
@@ -320,12 +342,14 @@ impl Endpoint {
             RequestError::MissingField(name) => name,
             RequestError::UnknownCommand | RequestError::TooLarge => "",
         };
-        warn!(
-            "dovecot-policy bad-request peer={} reason={} detail={}",
-            LogText::of(peer),
-            error.kind(),
-            LogText::of(detail)
-        );
+        if self.bad_request_lines.allows() {
+            warn!(
+                "dovecot-policy bad-request peer={} reason={} detail={}",
+                LogText::of(peer),
+                error.kind(),
+                LogText::of(detail)
+            );
+        }
         let code = match error {
             RequestError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
@@ -334,11 +358,13 @@ impl Endpoint {
     }
 
     fn refuse(&self, peer: &str, code: StatusCode, reason: &str, what: &str) -> Answer {
-        warn!(
-            "dovecot-policy bad-request peer={} reason={reason} detail={}",
-            LogText::of(peer),
-            LogText::of(what)
-        );
+        if self.bad_request_lines.allows() {
+            warn!(
+                "dovecot-policy bad-request peer={} reason={reason} detail={}",
+                LogText::of(peer),
+                LogText::of(what)
+            );
+        }
         closing(self.count_bad(plain(code, "smtp-gate takes POST /?command=allow|report")))
     }
 

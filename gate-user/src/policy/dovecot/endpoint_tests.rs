@@ -665,31 +665,50 @@ async fn a_unix_socket_serves_as_tcp_does_and_takes_dovecot_24s_proxy_form() {
 }
 
 #[tokio::test]
-async fn connections_past_the_bound_wait_until_one_ends() {
+async fn idle_connections_holding_every_slot_make_room_for_dovecot() {
     let mut settings = settings();
-    settings.max_connections = 1;
+    settings.max_connections = 4;
     let running = start(settings);
-    let first = running.connect().await;
-    // The first holds the only slot, so the second is not accepted (it
-    // waits in the backlog) until the first goes.
-    let mut second = running.connect().await;
-    let body = report_23("alice", "192.0.2.7", "imap", true, false);
-    second
-        .write_all(&dovecot_request("report", &body, None))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(running.counters.now().requests, 0, "served past the bound");
-    drop(first);
-    assert_go_on(
-        &read_answer(&mut second)
+    // A local user holds every slot with connections that never ask.
+    let mut squatters = Vec::new();
+    for _ in 0..4 {
+        squatters.push(running.connect().await);
+    }
+    // Dovecot's reports are still taken at once, each on a new
+    // connection kept alive, and each closes the squatter idle longest.
+    let mut dovecot = Vec::new();
+    for user in ["alice", "bob"] {
+        let body = report_23(user, "192.0.2.7", "imap", true, false);
+        let mut stream = running.connect().await;
+        stream
+            .write_all(&dovecot_request("report", &body, None))
             .await
-            .expect("served once a slot is free"),
-    );
+            .unwrap();
+        assert_go_on(&read_answer(&mut stream).await.expect("an answer"));
+        dovecot.push(stream);
+    }
     assert_eq!(
         running.reports.calls(),
-        [granted("192.0.2.7", "alice", "imap")]
+        [
+            granted("192.0.2.7", "alice", "imap"),
+            granted("192.0.2.7", "bob", "imap")
+        ]
     );
+    running
+        .wait_for(
+            "connections closed for room",
+            |counts| counts.connections_closed_for_room,
+            2,
+        )
+        .await;
+    for squatter in squatters.iter_mut().take(2) {
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, squatter.read_to_end(&mut rest))
+            .await
+            .expect("the squatter is closed")
+            .ok();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
 }
 
 #[tokio::test]

@@ -21,7 +21,6 @@ use log::{debug, error, info, warn};
 use pop3::log_text::LogText;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    sync::Semaphore,
     time::{timeout, timeout_at, Instant},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -33,6 +32,8 @@ use super::{
 };
 use crate::policy::{
     listen::{PolicyListener, PolicyStream},
+    log_budget::LogBudget,
+    slots::{ConnectionSlots, Slot},
     GrantLookup, Standing,
 };
 
@@ -47,9 +48,14 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(100);
 
 /// Each Postfix SMTP server process holds one connection to each policy
 /// service it uses; `default_process_limit` is 100, and a host may run
-/// smtpd on 25, 465 and 587. Past this many, a new connection is closed
-/// at once (Postfix retries after 1s, then applies its default action).
+/// smtpd on 25, 465 and 587. Past this many, each new connection closes
+/// the one idle longest (policy/slots.rs).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// Log lines about what peers send, at most so many per interval each
+/// (policy/log_budget.rs): a refusal's line and a malformed request's.
+const LOG_LINES: u32 = 100;
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The answer to a malformed request. Not DEFER_IF_PERMIT: a later
 /// `reject_unauth_destination` turns that into a permanent "Relay access
@@ -105,8 +111,9 @@ crate::policy_counters! {
     /// framed included.
     malformed,
     connections,
-    /// Closed at once: [`PostfixPolicySettings::max_connections`] were open.
-    connections_over_limit,
+    /// Closed, idle, for a new connection's room:
+    /// [`PostfixPolicySettings::max_connections`] were open.
+    connections_closed_for_room,
     /// Closed after [`PostfixPolicySettings::idle_timeout`] without a request.
     idle_closed,
 }
@@ -120,10 +127,14 @@ pub async fn serve(
     counters: Arc<PolicyCounters>,
     shutdown: CancellationToken,
 ) {
+    let mut listener = listener;
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let slots = ConnectionSlots::new("postfix policy", settings.max_connections);
     let settings = Arc::new(settings);
-    let mut warned_full = false;
+    let logs = Arc::new(PeerLogs {
+        refusals: LogBudget::new("postfix policy refuse", LOG_LINES, LOG_INTERVAL),
+        malformed: LogBudget::new("postfix policy malformed-request", LOG_LINES, LOG_INTERVAL),
+    });
     loop {
         let accepted = tokio::select! {
             biased;
@@ -142,44 +153,42 @@ pub async fn serve(
                 }
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            PolicyCounters::add(&counters.connections_over_limit);
-            if !warned_full {
-                warn!(
-                    "postfix policy: {} connections open, closing new ones until one ends",
-                    settings.max_connections
-                );
-                warned_full = true;
-            }
-            drop(stream);
-            continue;
-        };
-        warned_full = false;
+        let (slot, made_room) = slots.admit(&peer);
+        if made_room {
+            PolicyCounters::add(&counters.connections_closed_for_room);
+        }
         PolicyCounters::add(&counters.connections);
         let connection = Connection {
             stream,
             peer,
+            slot,
             settings: Arc::clone(&settings),
             lookup: Arc::clone(&lookup),
             counters: Arc::clone(&counters),
+            logs: Arc::clone(&logs),
         };
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            connection.run(shutdown).await;
-            drop(slot);
-        });
+        connections.spawn(connection.run(shutdown));
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
+/// The budgets of the lines peers can make us write.
+struct PeerLogs {
+    refusals: LogBudget,
+    malformed: LogBudget,
+}
+
 struct Connection {
     stream: PolicyStream,
     peer: String,
+    slot: Slot,
     settings: Arc<PostfixPolicySettings>,
     lookup: Arc<dyn GrantLookup>,
     counters: Arc<PolicyCounters>,
+    logs: Arc<PeerLogs>,
 }
 
 impl Connection {
@@ -196,6 +205,7 @@ impl Connection {
                     if !self.send(&answer).await {
                         return;
                     }
+                    self.slot.answered();
                     continue;
                 }
                 Ok(None) => {}
@@ -204,6 +214,10 @@ impl Connection {
             let read = if framer.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = self.slot.closed_for_room.cancelled() => {
+                        debug!("postfix policy: {} idle, closed for a new connection", self.peer);
+                        return;
+                    }
                     read = timeout(self.settings.idle_timeout, self.stream.read(&mut chunk)) => read,
                 }
             } else {
@@ -211,6 +225,7 @@ impl Connection {
                     .get_or_insert_with(|| Instant::now() + self.settings.request_timeout);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = self.slot.closed_for_room.cancelled() => return,
                     read = timeout_at(deadline, self.stream.read(&mut chunk)) => read,
                 }
             };
@@ -222,11 +237,14 @@ impl Connection {
                 }
                 Err(_elapsed) => {
                     PolicyCounters::add(&self.counters.malformed);
-                    warn!(
-                        "postfix policy: malformed request from {}: not whole after {}s, closed",
-                        self.peer,
-                        self.settings.request_timeout.as_secs()
-                    );
+                    if self.logs.malformed.allows() {
+                        warn!(
+                            "postfix policy: malformed request from {}: not whole after {}s, \
+                             closed",
+                            self.peer,
+                            self.settings.request_timeout.as_secs()
+                        );
+                    }
                     return;
                 }
                 Ok(Ok(0)) if framer.is_empty() => return,
@@ -266,7 +284,9 @@ impl Connection {
             }
             Ok(Standing::Refused) => {
                 PolicyCounters::add(&self.counters.refused);
-                info!("{}", refuse_line(&request));
+                if self.logs.refusals.allows() {
+                    info!("{}", refuse_line(&request, &self.peer));
+                }
                 self.settings.refused.as_str().to_owned()
             }
             Err(e) => {
@@ -283,10 +303,12 @@ impl Connection {
 
     fn log_malformed(&self, malformed: &Malformed) {
         PolicyCounters::add(&self.counters.malformed);
-        warn!(
-            "postfix policy: malformed request from {}: {malformed}",
-            self.peer
-        );
+        if self.logs.malformed.allows() {
+            warn!(
+                "postfix policy: malformed request from {}: {malformed}",
+                self.peer
+            );
+        }
     }
 
     /// Answers a request that cannot be framed, then closes: nothing after
@@ -339,9 +361,13 @@ impl Connection {
 }
 
 /// `refuse source=postfix addr=ADDR sender=S recipient=R client=NAME
-/// state=STATE sasl_username=U`: one line per refused request, every
-/// value escaped (a sender or a HELO name is the client's to choose).
-pub fn refuse_line(request: &PolicyRequest) -> String {
+/// state=STATE sasl_username=U peer=P`: one line per refused request
+/// (within the log budget), every value escaped (a sender or a HELO name
+/// is the client's to choose). `peer` is who asked: Postfix on a Unix
+/// socket shows as `unix:uid=N:pid=P`; on a loopback port, any local user
+/// can ask in Postfix's name, so a filter acting on these lines should
+/// trust only a Unix socket's peer of Postfix's uid.
+pub fn refuse_line(request: &PolicyRequest, peer: &str) -> String {
     let mut line = format!("refuse source=postfix addr={}", request.client);
     for (key, value) in [
         ("sender", &request.sender),
@@ -352,6 +378,7 @@ pub fn refuse_line(request: &PolicyRequest) -> String {
     ] {
         let _ = write!(line, " {key}={}", LogText(value));
     }
+    let _ = write!(line, " peer={}", LogText::of(peer));
     line
 }
 
@@ -369,13 +396,14 @@ mod tests {
             client_name: b"unknown".to_vec(),
             sasl_username: Vec::new(),
         };
-        let line = refuse_line(&request);
+        let line = refuse_line(&request, "unix:uid=107:pid=9");
         assert_eq!(
             line,
             "refuse source=postfix addr=2001:db8::7 sender=x@y\\x20addr=10.0.0.1\\nrefuse \
-             recipient=bob@example.org client=unknown state=RCPT sasl_username="
+             recipient=bob@example.org client=unknown state=RCPT sasl_username= \
+             peer=unix:uid=107:pid=9"
         );
-        assert_eq!(line.split(' ').count(), 8, "{line}");
+        assert_eq!(line.split(' ').count(), 9, "{line}");
     }
 
     #[test]
