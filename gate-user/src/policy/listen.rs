@@ -385,6 +385,24 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// deploy/smtp-gate.service's recipe for Postfix: in a setgid
+    /// directory of group postfix, the socket is of that group, 0660.
+    #[tokio::test]
+    async fn a_socket_in_a_setgid_directory_takes_its_group() {
+        const GROUP: u32 = 65534;
+        let dir = scratch_dir("setgid");
+        std::os::unix::fs::chown(&dir, None, Some(GROUP))
+            .expect("chown to another group needs root (CI runs the tests as root)");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2750)).unwrap();
+        let path = dir.join("policy");
+        let listener = PolicyListener::bind(&PolicyAddr::Unix(path.clone())).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.gid(), GROUP);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        drop(listener);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_socket_another_process_listens_on_is_not_taken_over() {
         let dir = scratch_dir("live");
