@@ -134,6 +134,10 @@ impl Endpoint {
         http.timer(TokioTimer::new())
             .header_read_timeout(self.settings.header_timeout)
             .keep_alive(true)
+            // A client that sends its whole report and then shuts its
+            // sending side (a script, `nc -N`) still gets it acted on and
+            // answered, rather than the connection closed under it.
+            .half_close(true)
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .max_headers(MAX_HEADERS);
         let connection = http.serve_connection(TokioIo::new(stream), service);

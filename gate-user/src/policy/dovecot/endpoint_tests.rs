@@ -545,6 +545,23 @@ async fn a_truncated_body_changes_nothing_and_is_counted() {
 }
 
 #[tokio::test]
+async fn a_whole_report_then_a_half_close_is_acted_on_and_answered() {
+    let running = start(settings());
+    for n in 1..=200 {
+        let addr = format!("192.0.{}.{}", n / 100, n % 100);
+        let body = report_23("alice", &addr, "imap", true, false);
+        let mut stream = running.connect().await;
+        stream
+            .write_all(&dovecot_request("report", &body, None))
+            .await
+            .unwrap();
+        stream.shutdown().await.unwrap();
+        assert_go_on(&read_answer(&mut stream).await.expect("an answer"));
+    }
+    assert_eq!(running.reports.calls().len(), 200);
+}
+
+#[tokio::test]
 async fn pipelined_requests_on_one_kept_alive_connection_are_all_answered() {
     let running = start(settings());
     let mut stream = running.connect().await;
