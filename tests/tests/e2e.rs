@@ -2586,3 +2586,59 @@ fn denial_lines_reach_the_daemon_log_within_the_log_rate() {
         thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// `smtp-gate grant` and `revoke` write their lines to syslog, mail
+/// facility, as the daemon's grant lines go to the journal: run inside a
+/// private mount namespace whose /dev/log is the test's own socket.
+#[test]
+fn grant_and_revoke_write_their_lines_to_syslog() {
+    let lab = Lab::new();
+    lab.attach(&[]);
+    let client = &lab.client;
+    let dir = std::env::temp_dir().join(format!("syslog-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket_path = dir.join("log");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("a syslog socket");
+    syslog.set_read_timeout(Some(EVENT_BOUND)).unwrap();
+    let bin = testkit::gate_binary::smtp_gate_bin();
+    let pin = lab.pin_dir_str();
+    let with_syslog = |args: &[&str]| {
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-ec"])
+            .arg(
+                "mount -t tmpfs none /dev; touch /dev/log; mount --bind \"$1\" /dev/log; \
+                 shift; exec \"$@\"",
+            )
+            .arg("sh")
+            .arg(&socket_path)
+            .arg(&bin)
+            .args(args)
+            .args(["--pin-dir", &pin])
+            .output()
+            .expect("unshare runs");
+        assert!(out.status.success(), "{}", testkit::process::describe(&out));
+    };
+    let mut read_line = || {
+        let mut datagram = vec![0; 4096];
+        let read = syslog.recv(&mut datagram).expect("a line on syslog");
+        String::from_utf8_lossy(&datagram[..read]).into_owned()
+    };
+    let addr = v4(client);
+    with_syslog(&["grant", &addr, "--for", "1h"]);
+    let line = read_line();
+    // <22>: facility mail (2), priority info (6).
+    assert!(line.starts_with("<22>"), "{line}");
+    assert!(line.contains(" smtp-gate["), "{line}");
+    assert!(
+        line.ends_with(&format!("]: grant source=cli addr={addr} for=1h")),
+        "{line}"
+    );
+    with_syslog(&["revoke", &addr]);
+    let line = read_line();
+    assert!(
+        line.ends_with(&format!("]: revoke source=cli addr={addr}")),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
