@@ -2619,7 +2619,7 @@ fn grant_and_revoke_write_their_lines_to_syslog() {
             .expect("unshare runs");
         assert!(out.status.success(), "{}", testkit::process::describe(&out));
     };
-    let mut read_line = || {
+    let read_line = || {
         let mut datagram = vec![0; 4096];
         let read = syslog.recv(&mut datagram).expect("a line on syslog");
         String::from_utf8_lossy(&datagram[..read]).into_owned()
