@@ -6,7 +6,8 @@ crate::policy_counters! {
     requests,
     /// `allow` requests answered "go on".
     allowed,
-    /// `allow` requests refused: the client is banned.
+    /// `allow` requests refused, and successful logins not granted: the
+    /// client is banned.
     refused,
     /// Successful logins of an enabled protocol, granted.
     grants,

@@ -309,6 +309,17 @@ impl Endpoint {
             return;
         }
         match outcome {
+            // Banned after Dovecot asked `allow`: the kernel refuses the
+            // address whatever its grant, so none is written or logged.
+            Outcome::Succeeded if self.reports.is_banned(addr) => {
+                PolicyCounters::add(&self.counters.refused);
+                info!(
+                    "dovecot-policy refused addr={addr} user={} protocol={} reason=banned \
+                     (login succeeded, not granted)",
+                    LogText::of(&request.login),
+                    LogText::of(&request.protocol)
+                );
+            }
             Outcome::Succeeded => self.grant(addr, request),
             Outcome::Failed => {
                 PolicyCounters::add(&self.counters.failures);

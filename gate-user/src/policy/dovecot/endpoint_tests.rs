@@ -377,6 +377,12 @@ async fn allow_goes_on_unless_the_client_is_banned() {
     assert_eq!(running.reports.calls(), []);
     let counts = running.counters.now();
     assert_eq!((counts.allowed, counts.refused), (1, 2), "{counts}");
+    // Banned between `allow` and the report: the login is not granted.
+    let report = report_23("alice", "192.0.2.66", "imap", true, false);
+    assert_go_on(&running.post("report", &report).await);
+    assert_eq!(running.reports.calls(), []);
+    let counts = running.counters.now();
+    assert_eq!((counts.grants, counts.refused), (0, 3), "{counts}");
 }
 
 #[tokio::test]
