@@ -1,0 +1,18 @@
+//! The grant bus (issue 13, in progress): POP3 hosts publish their
+//! grants to Redis or Valkey, every SMTP edge applies them to its own
+//! gate. This part is the data model, without I/O:
+//!
+//! - every grant is a key `<prefix>grant:<address>` whose value is its
+//!   expiry in wall-clock milliseconds, expired by the engine itself
+//!   (`SET ... PXAT`): the key set is the whole current state;
+//! - every grant and revoke is also an entry of the stream
+//!   `<prefix>events` (`XADD ... MAXLEN ~ N`): the ordered feed an edge
+//!   follows from the last entry it applied.
+//!
+//! Whoever can write to the engine can open the gate: an edge checks
+//! every entry and key it reads (event.rs) and clamps what it applies
+//! (expiry.rs), but cannot tell a forged grant from a real one.
+
+pub mod event;
+pub mod expiry;
+pub mod names;
