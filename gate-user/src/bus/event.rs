@@ -176,8 +176,10 @@ mod tests {
 
     #[test]
     fn a_malformed_entry_is_refused_with_its_reason() {
-        let with = |change: &dyn Fn(&mut Vec<(String, String)>)| {
-            let mut fields: Vec<(String, String)> = grant()
+        type Fields = Vec<(String, String)>;
+        type Change = Box<dyn Fn(&mut Fields)>;
+        let with = |change: &dyn Fn(&mut Fields)| {
+            let mut fields: Fields = grant()
                 .fields()
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
@@ -186,11 +188,9 @@ mod tests {
             Event::parse(&fields).unwrap_err().0
         };
         let set = |name: &'static str, value: &'static str| {
-            move |f: &mut Vec<(String, String)>| {
-                f.iter_mut().find(|(k, _)| k == name).unwrap().1 = value.into()
-            }
+            move |f: &mut Fields| f.iter_mut().find(|(k, _)| k == name).unwrap().1 = value.into()
         };
-        let cases: Vec<(Box<dyn Fn(&mut Vec<(String, String)>)>, &str)> = vec![
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(set("op", "open")), "op"),
             (Box::new(set("addr", "300.1.1.1")), "addr"),
             (Box::new(set("addr", "::ffff:192.0.2.7")), "addr"),
