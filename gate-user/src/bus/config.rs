@@ -1,0 +1,234 @@
+//! The bus's keys, in `serve`'s and `agent`'s configuration (and as
+//! flags): where the engine is, how to log in to it, under which prefix
+//! the keys go, and how long a login waits for the engine.
+//!
+//! The engine's password never goes on a command line (every user of the
+//! host sees it in `ps`): in the config file's URL, or in
+//! `bus_password_file`.
+
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+
+use pop3::duration;
+use serde::{Deserialize, Deserializer};
+
+use super::names::{Names, DEFAULT_PREFIX};
+use crate::keys::KeyError;
+
+/// The stream's length the publishers keep (approximately: `MAXLEN ~`).
+pub const DEFAULT_STREAM_LENGTH: u64 = 100_000;
+/// How long a login waits for the engine's acknowledgement.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The bus keys.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct BusKeys {
+    /// The engine: `redis://[user[:password]@]host[:port][/db]`,
+    /// `rediss://...` for TLS, `redis+unix:///path`. Off if absent.
+    pub bus: Option<BusUrl>,
+    /// A file holding the engine's password (the ACL user's, with the
+    /// user in the URL): no access for group or others.
+    pub bus_password_file: Option<PathBuf>,
+    /// Put before every key, so that several gates share one engine.
+    pub bus_prefix: String,
+    /// The stream's length kept by the publishers.
+    pub bus_stream_length: u64,
+    /// How long a login's `+OK` waits for the engine.
+    #[serde(with = "duration::text")]
+    pub bus_timeout: Duration,
+    /// This host's name in the entries it publishes (default: the host
+    /// name).
+    pub bus_origin: Option<String>,
+}
+
+impl Default for BusKeys {
+    fn default() -> Self {
+        Self {
+            bus: None,
+            bus_password_file: None,
+            bus_prefix: DEFAULT_PREFIX.to_owned(),
+            bus_stream_length: DEFAULT_STREAM_LENGTH,
+            bus_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            bus_origin: None,
+        }
+    }
+}
+
+impl BusKeys {
+    /// Refuses what cannot work, naming the key.
+    pub fn check(&self) -> Result<(), KeyError> {
+        Names::new(&self.bus_prefix).map_err(|e| KeyError::of("bus_prefix", e))?;
+        if !(1_000..=100_000_000).contains(&self.bus_stream_length) {
+            return Err(KeyError::of(
+                "bus_stream_length",
+                "1000 to 100000000 entries (an edge that falls further behind reloads the \
+                 grants from the keys)",
+            ));
+        }
+        if self.bus_timeout.is_zero() || self.bus_timeout > Duration::from_secs(10) {
+            return Err(KeyError::of(
+                "bus_timeout",
+                "above 0 and at most 10s: a login waits this long for the engine at most",
+            ));
+        }
+        if let Some(origin) = &self.bus_origin {
+            if origin.is_empty()
+                || origin.len() > 255
+                || !origin.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(KeyError::of(
+                    "bus_origin",
+                    "a host name: printable ASCII without spaces, at most 255 octets",
+                ));
+            }
+        }
+        if self.bus.is_none() && self.bus_password_file.is_some() {
+            return Err(KeyError::of("bus_password_file", "needs bus"));
+        }
+        Ok(())
+    }
+}
+
+/// The engine's URL. Shown (Display, Debug) without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BusUrl(String);
+
+impl BusUrl {
+    /// The URL as given, password included: for the client only.
+    pub fn secret_text(&self) -> &str {
+        &self.0
+    }
+
+    /// True if the URL carries a password (refused from a flag).
+    pub fn has_password(&self) -> bool {
+        split_userinfo(&self.0).is_some_and(|(user, _)| user.contains(':'))
+    }
+}
+
+/// `(userinfo, rest)` of `scheme://userinfo@rest`.
+fn split_userinfo(url: &str) -> Option<(&str, &str)> {
+    let (_, after_scheme) = url.split_once("://")?;
+    let authority_end = after_scheme.find('/').unwrap_or(after_scheme.len());
+    let authority = &after_scheme[..authority_end];
+    let at = authority.rfind('@')?;
+    Some((&authority[..at], &after_scheme[at + 1..]))
+}
+
+impl FromStr for BusUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let scheme = text.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("redis" | "rediss" | "redis+unix" | "unix")) {
+            return Err(format!(
+                "`{}` is not a redis://, rediss:// or redis+unix:// URL",
+                BusUrl(text.to_owned())
+            ));
+        }
+        redis::parse_redis_url(text)
+            .ok_or_else(|| format!("`{}` is not a URL", BusUrl(text.to_owned())))?;
+        redis::IntoConnectionInfo::into_connection_info(text)
+            .map_err(|e| format!("`{}`: {e}", BusUrl(text.to_owned())))?;
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Display for BusUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match split_userinfo(&self.0) {
+            Some((userinfo, rest)) if userinfo.contains(':') => {
+                let (scheme, _) = self.0.split_once("://").unwrap_or(("", ""));
+                let user = userinfo.split(':').next().unwrap_or("");
+                write!(f, "{scheme}://{user}:***@{rest}")
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for BusUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BusUrl({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for BusUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for BusUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        let url: BusUrl = "redis://gate:s3cret@10.0.0.5:6379/2".parse().unwrap();
+        assert!(url.has_password());
+        assert_eq!(url.to_string(), "redis://gate:***@10.0.0.5:6379/2");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.secret_text(), "redis://gate:s3cret@10.0.0.5:6379/2");
+        let plain: BusUrl = "rediss://gate@engine.example:6380".parse().unwrap();
+        assert!(!plain.has_password());
+        assert_eq!(plain.to_string(), "rediss://gate@engine.example:6380");
+        assert!("redis+unix:///run/redis/redis.sock"
+            .parse::<BusUrl>()
+            .is_ok());
+    }
+
+    #[test]
+    fn other_schemes_and_bad_urls_are_refused_without_showing_a_password() {
+        for bad in ["http://x:pw@host", "host:6379", "", "redis://"] {
+            let err = bad.parse::<BusUrl>().unwrap_err();
+            assert!(!err.contains(":pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn keys_are_checked_by_name() {
+        assert_eq!(BusKeys::default().check(), Ok(()));
+        let cases: [(&str, BusKeys); 4] = [
+            (
+                "bus_prefix",
+                BusKeys {
+                    bus_prefix: "a b".into(),
+                    ..BusKeys::default()
+                },
+            ),
+            (
+                "bus_stream_length",
+                BusKeys {
+                    bus_stream_length: 10,
+                    ..BusKeys::default()
+                },
+            ),
+            (
+                "bus_timeout",
+                BusKeys {
+                    bus_timeout: Duration::ZERO,
+                    ..BusKeys::default()
+                },
+            ),
+            (
+                "bus_password_file",
+                BusKeys {
+                    bus_password_file: Some("/etc/smtp-gate/bus-password".into()),
+                    ..BusKeys::default()
+                },
+            ),
+        ];
+        for (key, keys) in cases {
+            let err = keys.check().unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+        }
+    }
+}

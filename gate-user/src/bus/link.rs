@@ -1,0 +1,224 @@
+//! The connection to the engine, kept up by a task of its own: connected
+//! at start if the engine answers, else in the background, with backoff
+//! (100 ms doubling to 10 s, with jitter), and again whenever a command
+//! finds it broken. Whoever uses it never waits for a connection: it gets
+//! the current one or none, so a login never blocks on an engine that is
+//! down. The log says once per change that the bus is down or back.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::config::BusUrl;
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const LONGEST_RETRY: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the link needs: where, as whom, and how long a command may take
+/// (an agent's blocking read takes longer than a publisher's write).
+#[derive(Clone, Debug)]
+pub struct LinkSettings {
+    pub url: BusUrl,
+    /// From `bus_password_file`; laid over the URL's.
+    pub password: Option<String>,
+    pub response_timeout: Duration,
+    /// For the log: `serve` or `agent`.
+    pub role: &'static str,
+}
+
+/// The engine's connection, shared.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: LinkSettings,
+    client: Client,
+    current: Mutex<State>,
+    /// Wakes the keeper: a command found the connection broken.
+    broken: Notify,
+    /// Wakes whoever waits for a connection.
+    connected: Notify,
+}
+
+struct State {
+    connection: Option<MultiplexedConnection>,
+    /// The last error, for the log (once per change) and for `stats`.
+    last_error: Option<String>,
+    /// Whether "up" or "down" was logged last (`None`: nothing yet).
+    logged_up: Option<bool>,
+}
+
+impl Link {
+    /// The link, not yet connected: [`Link::keep`] connects it.
+    pub fn new(settings: LinkSettings) -> Result<Self> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.url.secret_text())
+            .with_context(|| format!("bus = {}", settings.url))?;
+        if let Some(password) = &settings.password {
+            info.redis.password = Some(password.clone());
+        }
+        let client = Client::open(info).with_context(|| format!("bus = {}", settings.url))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                client,
+                current: Mutex::new(State {
+                    connection: None,
+                    last_error: None,
+                    logged_up: None,
+                }),
+                broken: Notify::new(),
+                connected: Notify::new(),
+            }),
+        })
+    }
+
+    /// The connection now, if there is one.
+    pub fn connection(&self) -> Option<MultiplexedConnection> {
+        self.state().connection.clone()
+    }
+
+    /// Waits until there is a connection (or `stop`).
+    pub async fn wait_connected(&self, stop: &CancellationToken) -> Option<MultiplexedConnection> {
+        loop {
+            let woken = self.inner.connected.notified();
+            if let Some(connection) = self.connection() {
+                return Some(connection);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = woken => {}
+            }
+        }
+    }
+
+    /// A command failed on the connection: unless the engine only refused
+    /// the command, the connection is dropped and made anew.
+    pub fn failed(&self, error: &redis::RedisError) {
+        let broken = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+            || error.is_unrecoverable_error();
+        let mut state = self.state();
+        state.last_error = Some(error.to_string());
+        if broken {
+            state.connection = None;
+            drop(state);
+            self.inner.broken.notify_one();
+        }
+    }
+
+    /// The last error the link saw, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.state().last_error.clone()
+    }
+
+    /// True while connected.
+    pub fn is_up(&self) -> bool {
+        self.state().connection.is_some()
+    }
+
+    /// Keeps the link connected until `stop`: run it as a task.
+    pub async fn keep(self, stop: CancellationToken) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            if self.connection().is_none() {
+                match self.connect().await {
+                    Ok(connection) => {
+                        retry = FIRST_RETRY;
+                        let mut state = self.state();
+                        state.connection = Some(connection);
+                        if state.logged_up != Some(true) {
+                            info!(
+                                "bus {}: connected to {}",
+                                self.inner.settings.role, self.inner.settings.url
+                            );
+                            state.logged_up = Some(true);
+                        }
+                        drop(state);
+                        self.inner.connected.notify_waiters();
+                    }
+                    Err(e) => {
+                        self.unreachable(format!("{e:#}"));
+                        let pause = with_jitter(retry);
+                        retry = (retry * 2).min(LONGEST_RETRY);
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(pause) => continue,
+                        }
+                    }
+                }
+            }
+            let broken = self.inner.broken.notified();
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = broken => {
+                    let mut state = self.state();
+                    if state.logged_up == Some(true) && state.connection.is_none() {
+                        warn!(
+                            "bus {}: the connection to {} broke ({}); reconnecting",
+                            self.inner.settings.role,
+                            self.inner.settings.url,
+                            state.last_error.as_deref().unwrap_or("no error given")
+                        );
+                        state.logged_up = Some(false);
+                    }
+                }
+            }
+        }
+    }
+
+    fn unreachable(&self, error: String) {
+        let mut state = self.state();
+        if state.logged_up != Some(false) {
+            warn!(
+                "bus {}: the engine at {} cannot be reached: {error}; retrying in the background",
+                self.inner.settings.role, self.inner.settings.url
+            );
+            state.logged_up = Some(false);
+        }
+        state.last_error = Some(error);
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(self.inner.settings.response_timeout);
+        let mut connection = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // A connection is only up once the engine answers (and took the
+        // password).
+        let _: String = redis::cmd("PING").query_async(&mut connection).await?;
+        Ok(connection)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `pause` give or take a quarter, so that many hosts that lost the engine
+/// together do not all come back in the same millisecond.
+fn with_jitter(pause: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let quarter = pause / 4;
+    pause - quarter + quarter * 2 * (nanos % 1000) / 1000
+}
