@@ -9,7 +9,13 @@
 //! Needs root, a built binary (`cargo build`), python3 and Debian's
 //! postfix; panics otherwise (never skips).
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{
+    net::IpAddr,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
 
 use serde_json::{json, Value};
 use testkit::{
@@ -218,4 +224,127 @@ fn postfix_refuses_without_a_login_and_delivers_after_one() {
         "smtp-gate serve did not exit cleanly: {status:?}\n{}",
         daemon.log()
     );
+}
+
+/// deploy/postfix/main.cf.snippet's Unix socket recipe: a setgid directory
+/// of group postfix, the socket smtp-gate makes there of that group, mode
+/// 0660; Postfix (smtpd runs as postfix) asks through it, and the refuse
+/// line names Postfix's uid as the peer.
+#[test]
+fn postfix_asks_over_the_unix_socket_of_the_recipe() {
+    require_pop3_clients();
+    let lab = Lab::with_options(LabOptions {
+        exempt_client: true,
+        smtp_ports: vec![2525],
+        ..LabOptions::default()
+    });
+    let mut mail = MailFixture::new();
+    mail.add_user(ALICE, &format!("{{PLAIN}}{ALICE_SECRET}"));
+    lab.attach(&["--deny", "monitor"]);
+    let client = lab.client.clone();
+    let exempt = lab.exempt().clone();
+
+    // install -d -o vmail -g postfix -m 2750 (the daemon runs as root here).
+    let socket_dir = mail.dir().join("smtp-gate");
+    std::fs::create_dir(&socket_dir).unwrap();
+    std::fs::set_permissions(mail.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chgrp = Command::new("chgrp")
+        .arg("postfix")
+        .arg(&socket_dir)
+        .output()
+        .expect("chgrp runs");
+    assert!(chgrp.status.success(), "{}", describe(&chgrp));
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    let socket = socket_dir.join("policy");
+    let socket_text = socket.to_string_lossy().into_owned();
+
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let (users, mail_root) = (path(&mail.users_file()), path(&mail.mail_root()));
+    let mut daemon = lab.serve(
+        &[
+            "--iface",
+            &client.server_iface,
+            "--deny",
+            "monitor",
+            "--listen",
+            "[::]:110",
+            "--users",
+            &users,
+            "--mail-root",
+            &mail_root,
+            "--window",
+            "10m",
+            "--exempt",
+            &exempt.net_v4,
+            "--postfix-policy-listen",
+            &socket_text,
+        ],
+        &mail.dir().join("serve.log"),
+    );
+    daemon.wait_for_log(
+        &format!("Postfix policy requests answered on unix:{socket_text}"),
+        1,
+        Duration::from_secs(30),
+    );
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    let postfix_gid = group_id("postfix");
+    assert_eq!(
+        meta.gid(),
+        postfix_gid,
+        "the socket takes the directory's group"
+    );
+
+    let snippet_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/postfix/main.cf.snippet");
+    let snippet = std::fs::read_to_string(&snippet_path).unwrap();
+    assert!(snippet.contains("inet:127.0.0.1:10031"), "{snippet}");
+    // Postfix here is not chrooted: the socket's absolute path.
+    let snippet = snippet.replace("inet:127.0.0.1:10031", &format!("unix:{socket_text}"));
+    let postfix = PostfixServer::start(&lab.server_ns, &snippet);
+
+    let refused = send(&client, IpAddr::from(client.server_v4), "over the socket");
+    assert_eq!(code(&refused, "rcpt"), 554, "{refused}\n{}", postfix.log());
+    let line = daemon.wait_for_log(
+        &format!("refuse source=postfix addr={} ", client.client_v4),
+        1,
+        Duration::from_secs(30),
+    );
+    let postfix_uid = user_id("postfix");
+    assert!(
+        line.contains(&format!("peer=unix:uid={postfix_uid}:pid=")),
+        "{line}"
+    );
+    let sent = send(
+        &exempt,
+        IpAddr::from(exempt.server_v4),
+        "exempt over the socket",
+    );
+    assert_eq!(code(&sent, "rcpt"), 250, "{sent}\n{}", postfix.log());
+    drop(postfix);
+    let (status, _) = daemon.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log());
+    assert!(!socket.exists(), "the daemon removes its socket at stop");
+}
+
+fn user_id(name: &str) -> u32 {
+    let out = Command::new("id")
+        .args(["-u", name])
+        .output()
+        .expect("id runs");
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn group_id(name: &str) -> u32 {
+    let out = Command::new("getent")
+        .args(["group", name])
+        .output()
+        .expect("getent runs");
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .nth(2)
+        .and_then(|gid| gid.trim().parse().ok())
+        .expect("a gid")
 }
