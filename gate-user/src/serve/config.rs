@@ -544,6 +544,29 @@ mod tests {
         assert!(e.contains("key `postfix_policy_listen`"), "{e}");
     }
 
+    /// Without `window` the gate keeps the default's (15m): an interval
+    /// checked against no window at all let 20m through, and every session's
+    /// grant lapsed for 5 minutes between two renewals.
+    #[test]
+    fn without_a_window_the_sessions_interval_is_checked_against_the_default() {
+        let base = "iface = \"eth0\"\nlisten = []\n\
+                    dovecot_policy_listen = \"/run/smtp-gate/dovecot\"\n";
+        let checked = |interval: &str| {
+            ServeConfig::from_toml(&format!(
+                "{base}dovecot_sessions_interval = \"{interval}\"\n"
+            ))
+            .unwrap()
+            .check()
+        };
+        let e = checked("20m").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("dovecot_sessions_interval"), "{e}");
+        assert!(
+            e.problem.contains("not shorter than the window (15m)"),
+            "{e}"
+        );
+        checked("5m").expect("5m renews well within the default window");
+    }
+
     /// The flag layer and the keys are one set: every flag is a key, and
     /// every key (all of them are in EVERY_KEY) has a flag.
     #[test]
