@@ -18,58 +18,15 @@ use pop3::{
 use tokio::{io::AsyncReadExt, process::Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::addr::normalize;
+mod listing;
+
+pub use listing::{parse_listing, Listing, Session};
 
 /// The most output a listing may have: far above a host's sessions (a line
 /// is under 100 octets), a bound on what a wedged command can make us hold.
 const MOST_OUTPUT: u64 = 64 << 20;
 /// The longest one listing may take.
 const LONGEST_LISTING: Duration = Duration::from_secs(30);
-
-/// One open Dovecot session, as `doveadm who -1` lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Session {
-    pub user: String,
-    pub protocol: String,
-    pub addr: IpAddr,
-}
-
-/// The sessions in `doveadm -f tab who -1`'s output: a header line naming
-/// the columns (`username`, `proto` (2.3) or `service` (2.4), `ip`), then
-/// one line per connection. Lines without an address (a session of a
-/// local process) are left out; a listing without the columns is an error.
-pub fn parse_listing(text: &str) -> Result<Vec<Session>> {
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return Ok(Vec::new());
-    };
-    let columns: Vec<&str> = header.split('\t').collect();
-    let column = |names: &[&str]| columns.iter().position(|c| names.contains(c));
-    let (Some(user), Some(protocol), Some(ip)) = (
-        column(&["username"]),
-        column(&["proto", "service"]),
-        column(&["ip"]),
-    ) else {
-        bail!(
-            "the listing's first line names no username, proto (or service) and ip columns: \
-             {header:?} (expected the output of `doveadm -f tab who -1`)"
-        );
-    };
-    let mut sessions = Vec::new();
-    for line in lines {
-        let fields: Vec<&str> = line.split('\t').collect();
-        let field = |i: usize| fields.get(i).copied().unwrap_or("");
-        let Ok(addr) = field(ip).parse::<IpAddr>() else {
-            continue;
-        };
-        sessions.push(Session {
-            user: field(user).to_owned(),
-            protocol: field(protocol).to_owned(),
-            addr: normalize(addr),
-        });
-    }
-    Ok(sessions)
-}
 
 /// Keeps the grants of Dovecot's open sessions fresh.
 pub struct SessionsRenewer {
@@ -96,7 +53,13 @@ impl SessionsRenewer {
                 listing = self.list() => listing,
             };
             match listing {
-                Ok(sessions) => {
+                Ok(Listing { sessions, skipped }) => {
+                    if skipped > 0 {
+                        debug!(
+                            "dovecot sessions: {skipped} lines skipped, their fields not the \
+                             header's (a tab or line end inside a value) or their ip no address"
+                        );
+                    }
                     if failing {
                         info!("dovecot sessions: listed again; their grants are renewed");
                         failing = false;
@@ -156,7 +119,7 @@ impl SessionsRenewer {
         renewed
     }
 
-    async fn list(&self) -> Result<Vec<Session>> {
+    async fn list(&self) -> Result<Listing> {
         let (program, args) = self
             .command
             .split_first()
@@ -191,8 +154,7 @@ impl SessionsRenewer {
                 pop3::log_text::LogText::of(String::from_utf8_lossy(&err).trim())
             );
         }
-        let text = String::from_utf8_lossy(&out);
-        parse_listing(&text).with_context(|| format!("`{shown}`"))
+        parse_listing(&out).with_context(|| format!("`{shown}`"))
     }
 }
 
@@ -203,45 +165,6 @@ mod tests {
     use pop3::GrantError;
 
     use super::*;
-
-    /// What Dovecot 2.3.19's `doveadm -f tab who -1` printed for two IMAP
-    /// sessions and one POP3 session.
-    const LISTING_2_3: &str = "username\tproto\tpid\tip\n\
-        alice\timap\t2853\t192.0.2.7\n\
-        alice\timap\t2854\t::ffff:192.0.2.7\n\
-        bob\tpop3\t2860\t2001:db8::9\n\
-        carol\timap\t2870\t\n";
-
-    #[test]
-    fn the_listing_gives_each_sessions_user_protocol_and_address() {
-        let sessions = parse_listing(LISTING_2_3).unwrap();
-        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            sessions,
-            [
-                ("alice", "imap", addr("192.0.2.7")),
-                ("alice", "imap", addr("192.0.2.7")),
-                ("bob", "pop3", addr("2001:db8::9")),
-            ]
-            .map(|(user, protocol, addr)| Session {
-                user: user.into(),
-                protocol: protocol.into(),
-                addr
-            })
-        );
-    }
-
-    #[test]
-    fn columns_are_found_by_name_in_either_version() {
-        let listing = "ip\tservice\tusername\tpid\n198.51.100.4\timap\tdave\t1\n";
-        let sessions = parse_listing(listing).unwrap();
-        assert_eq!(sessions[0].user, "dave");
-        assert_eq!(sessions[0].protocol, "imap");
-        assert_eq!(sessions[0].addr, "198.51.100.4".parse::<IpAddr>().unwrap());
-        assert!(parse_listing("").unwrap().is_empty());
-        let err = parse_listing("username proto pid ip\nalice imap 1 192.0.2.7\n").unwrap_err();
-        assert!(err.to_string().contains("doveadm -f tab who -1"), "{err}");
-    }
 
     #[derive(Default)]
     struct Recorded(Mutex<Vec<IpAddr>>);
@@ -266,13 +189,14 @@ mod tests {
     fn each_address_of_a_granting_protocol_is_granted_once_a_round() {
         let grants = Arc::new(Recorded::default());
         let sessions = parse_listing(
-            "username\tproto\tpid\tip\n\
+            b"username\tproto\tpid\tip\n\
              alice\timap\t1\t192.0.2.7\n\
              alice\timap\t2\t192.0.2.7\n\
              bob\tpop3\t3\t2001:db8::9\n\
              eve\tsubmission\t4\t203.0.113.5\n",
         )
-        .unwrap();
+        .unwrap()
+        .sessions;
         let renewed = renewer(&["true"], Arc::clone(&grants)).renew(&sessions, &HashSet::new());
         let addr = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
@@ -293,7 +217,8 @@ mod tests {
         let sessions = renewer(&["sh", "-c", &script], Arc::clone(&grants))
             .list()
             .await
-            .unwrap();
+            .unwrap()
+            .sessions;
         assert_eq!(sessions.len(), 1);
         let err = renewer(
             &["sh", "-c", "echo anvil is down >&2; exit 75"],
