@@ -18,7 +18,7 @@ use super::{GateBanSink, GateGrantSink};
 use crate::policy::{
     config::PolicyHooks,
     dovecot::{self, DovecotPolicySettings, PolicyCounters},
-    dovecot_sessions::SessionsRenewer,
+    dovecot_sessions::{ListingLimits, SessionsRenewer},
     listen::{PolicyAddr, PolicyListener},
     postfix, GrantLookup, LoginReports, Standing,
 };
@@ -180,6 +180,7 @@ pub fn start(
             interval,
             protocols: hooks.dovecot_policy_protocols.clone(),
             grants: grants as Arc<dyn GrantSink>,
+            limits: ListingLimits::default(),
         };
         tokio::spawn(renewer.run(stop));
     }

@@ -7,26 +7,23 @@
 //! renewed no more, so its grant lapses at most one window after its last
 //! session ended, and no sooner than one window less one interval.
 
-use std::{collections::HashSet, net::IpAddr, process::Stdio, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use log::{debug, info, warn};
 use pop3::{
     grant_log::{grant_failed_line, grant_line, GrantFields, GrantSource, GRANT_LOG_TARGET},
     GrantSink,
 };
-use tokio::{io::AsyncReadExt, process::Command};
 use tokio_util::sync::CancellationToken;
 
+mod command;
 mod listing;
+#[cfg(test)]
+mod test_processes;
 
+pub use command::ListingLimits;
 pub use listing::{parse_listing, Listing, Session};
-
-/// The most output a listing may have: far above a host's sessions (a line
-/// is under 100 octets), a bound on what a wedged command can make us hold.
-const MOST_OUTPUT: u64 = 64 << 20;
-/// The longest one listing may take.
-const LONGEST_LISTING: Duration = Duration::from_secs(30);
 
 /// Keeps the grants of Dovecot's open sessions fresh.
 pub struct SessionsRenewer {
@@ -35,6 +32,7 @@ pub struct SessionsRenewer {
     /// Sessions of other protocols renew nothing.
     pub protocols: Vec<String>,
     pub grants: Arc<dyn GrantSink>,
+    pub limits: ListingLimits,
 }
 
 impl SessionsRenewer {
@@ -48,9 +46,10 @@ impl SessionsRenewer {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let listing = tokio::select! {
-                _ = stop.cancelled() => return,
-                listing = self.list() => listing,
+            let listing = match self.list(&stop).await {
+                Ok(None) => return,
+                Ok(Some(listing)) => Ok(listing),
+                Err(e) => Err(e),
             };
             match listing {
                 Ok(Listing { sessions, skipped }) => {
@@ -119,42 +118,14 @@ impl SessionsRenewer {
         renewed
     }
 
-    async fn list(&self) -> Result<Listing> {
-        let (program, args) = self
-            .command
-            .split_first()
-            .context("dovecot_sessions_command is empty")?;
-        let shown = self.command.join(" ");
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot run `{shown}`"))?;
-        let mut stdout = child.stdout.take().context("no stdout")?.take(MOST_OUTPUT);
-        let mut stderr = child.stderr.take().context("no stderr")?.take(4096);
-        let run = async {
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let (read_out, read_err) =
-                tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            read_out?;
-            read_err?;
-            let status = child.wait().await?;
-            anyhow::Ok((status, out, err))
+    /// The sessions listed now, or None if the daemon stops.
+    async fn list(&self, stop: &CancellationToken) -> Result<Option<Listing>> {
+        let Some(output) = command::run_listing(&self.command, &self.limits, stop).await? else {
+            return Ok(None);
         };
-        let (status, out, err) = tokio::time::timeout(LONGEST_LISTING, run)
-            .await
-            .with_context(|| format!("`{shown}` took more than {LONGEST_LISTING:?}"))??;
-        if !status.success() {
-            bail!(
-                "`{shown}` failed ({status}): {}",
-                pop3::log_text::LogText::of(String::from_utf8_lossy(&err).trim())
-            );
-        }
-        parse_listing(&out).with_context(|| format!("`{shown}`"))
+        parse_listing(&output)
+            .with_context(|| format!("`{}`", self.command.join(" ")))
+            .map(Some)
     }
 }
 
@@ -164,7 +135,10 @@ mod tests {
 
     use pop3::GrantError;
 
-    use super::*;
+    use super::{
+        test_processes::{command_leaving_a_grandchild, ScratchDir, Started, BOUND},
+        *,
+    };
 
     #[derive(Default)]
     struct Recorded(Mutex<Vec<IpAddr>>);
@@ -182,6 +156,7 @@ mod tests {
             interval: Duration::from_secs(1),
             protocols: vec!["imap".into(), "POP3".into()],
             grants,
+            limits: ListingLimits::default(),
         }
     }
 
@@ -215,8 +190,9 @@ mod tests {
             listing.replace('\t', "\\t").replace('\n', "\\n")
         );
         let sessions = renewer(&["sh", "-c", &script], Arc::clone(&grants))
-            .list()
+            .list(&CancellationToken::new())
             .await
+            .unwrap()
             .unwrap()
             .sessions;
         assert_eq!(sessions.len(), 1);
@@ -224,7 +200,7 @@ mod tests {
             &["sh", "-c", "echo anvil is down >&2; exit 75"],
             grants.clone(),
         )
-        .list()
+        .list(&CancellationToken::new())
         .await
         .unwrap_err();
         assert!(
@@ -232,9 +208,66 @@ mod tests {
             "{err:#}"
         );
         let err = renewer(&["/nonexistent/doveadm"], grants)
-            .list()
+            .list(&CancellationToken::new())
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("cannot run"), "{err:#}");
+    }
+
+    fn renewer_leaving_a_grandchild(dir: &ScratchDir) -> SessionsRenewer {
+        SessionsRenewer {
+            command: command_leaving_a_grandchild(&dir.0),
+            interval: Duration::from_secs(3600),
+            protocols: vec!["imap".into()],
+            grants: Arc::new(Recorded::default()),
+            // Only the daemon stopping ends these listings.
+            limits: ListingLimits {
+                longest: Duration::from_secs(3600),
+                ..ListingLimits::default()
+            },
+        }
+    }
+
+    async fn started(dir: &ScratchDir) -> Started {
+        let dir = dir.0.clone();
+        tokio::task::spawn_blocking(move || Started::wait_for(&dir))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_daemon_stopping_mid_listing_kills_the_commands_group() {
+        let dir = ScratchDir::new("stop");
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(renewer_leaving_a_grandchild(&dir).run(stop.clone()));
+        let started = started(&dir).await;
+        stop.cancel();
+        tokio::time::timeout(BOUND, running)
+            .await
+            .expect("the renewer ends when the daemon stops")
+            .unwrap();
+        assert!(started.leader_reaped(), "the command was not reaped");
+        assert!(
+            started.grandchild_ends(),
+            "the command's child outlived the daemon's stop"
+        );
+    }
+
+    /// The daemon's runtime drops the renewer mid-listing if the stop did
+    /// not reach it first: the group still goes.
+    #[test]
+    fn a_runtime_shut_down_mid_listing_kills_the_commands_group() {
+        let dir = ScratchDir::new("shutdown");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(renewer_leaving_a_grandchild(&dir).run(CancellationToken::new()));
+        let started = runtime.block_on(started(&dir));
+        drop(runtime);
+        assert!(
+            started.grandchild_ends(),
+            "the command's child outlived the runtime"
+        );
     }
 }
