@@ -11,16 +11,19 @@
 
 use std::{io, process::Stdio, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::anyhow;
 use nix::{
     sys::signal::{killpg, Signal},
     unistd::Pid,
 };
+use pop3::log_text::LogText;
 use tokio::{
     io::{AsyncRead, AsyncReadExt},
     process::{Child, Command},
 };
 use tokio_util::sync::CancellationToken;
+
+use super::failure::{numbers_masked, FailureKind, ListingFailure};
 
 /// The bounds of one listing.
 #[derive(Clone, Debug)]
@@ -59,15 +62,31 @@ pub async fn run_listing(
     command: &[String],
     limits: &ListingLimits,
     stop: &CancellationToken,
-) -> Result<Option<Vec<u8>>> {
-    let (program, args) = command
-        .split_first()
-        .context("dovecot_sessions_command is empty")?;
+) -> Result<Option<Vec<u8>>, ListingFailure> {
+    let cannot_run = |e: io::Error, shown: &str| {
+        ListingFailure::new(
+            FailureKind::CannotRun(e.kind()),
+            anyhow::Error::new(e).context(format!("cannot run `{shown}`")),
+        )
+    };
+    let Some((program, args)) = command.split_first() else {
+        let empty = io::Error::new(io::ErrorKind::InvalidInput, "no program");
+        return Err(cannot_run(empty, "dovecot_sessions_command (empty)"));
+    };
     let shown = command.join(" ");
-    let mut group = ProcessGroup::spawn(Command::new(program).args(args))
-        .with_context(|| format!("cannot run `{shown}`"))?;
-    let mut stdout = group.child.stdout.take().context("no stdout")?;
-    let mut stderr = group.child.stderr.take().context("no stderr")?;
+    let unreadable = |e: io::Error| {
+        ListingFailure::new(
+            FailureKind::Unreadable,
+            anyhow::Error::new(e).context(format!("reading what `{shown}` gave")),
+        )
+    };
+    let mut group =
+        ProcessGroup::spawn(Command::new(program).args(args)).map_err(|e| cannot_run(e, &shown))?;
+    let (Some(mut stdout), Some(mut stderr)) =
+        (group.child.stdout.take(), group.child.stderr.take())
+    else {
+        return Err(unreadable(io::ErrorKind::BrokenPipe.into()));
+    };
     let ended = {
         let run = async {
             let mut out = Vec::new();
@@ -76,22 +95,26 @@ pub async fn run_listing(
                 (&mut stdout)
                     .take(limits.most_output as u64 + 1)
                     .read_to_end(&mut out)
-                    .await?;
+                    .await
+                    .map_err(unreadable)?;
                 if out.len() > limits.most_output {
-                    bail!("`{shown}` printed more than {} octets", limits.most_output);
+                    return Err(ListingFailure::new(
+                        FailureKind::TooMuchOutput,
+                        anyhow!("`{shown}` printed more than {} octets", limits.most_output),
+                    ));
                 }
                 Ok(())
             };
             let read_err = async {
                 keep_first(&mut stderr, ERRORS_KEPT, &mut err)
                     .await
-                    .context("reading its errors")
+                    .map_err(unreadable)
             };
             // The first failure ends both: a command still writing past
             // the bound would never close its error output either.
             tokio::try_join!(read_out, read_err)?;
-            let status = group.child.wait().await?;
-            anyhow::Ok((status, out, err))
+            let status = group.child.wait().await.map_err(unreadable)?;
+            Ok((status, out, err))
         };
         tokio::select! {
             ended = tokio::time::timeout(limits.longest, run) => Some(ended),
@@ -102,13 +125,22 @@ pub async fn run_listing(
     let Some(ended) = ended else {
         return Ok(None);
     };
-    let (status, out, err) =
-        ended.map_err(|_| anyhow::anyhow!("`{shown}` took more than {:?}", limits.longest))??;
+    let (status, out, err) = ended.map_err(|_| {
+        ListingFailure::new(
+            FailureKind::TimedOut,
+            anyhow!("`{shown}` took more than {:?}", limits.longest),
+        )
+    })??;
     if !status.success() {
-        bail!(
-            "`{shown}` failed ({status}): {}",
-            pop3::log_text::LogText::of(String::from_utf8_lossy(&err).trim())
-        );
+        let errors = String::from_utf8_lossy(&err);
+        let errors = errors.trim();
+        return Err(ListingFailure::new(
+            FailureKind::Failed {
+                status,
+                errors: numbers_masked(errors),
+            },
+            anyhow!("`{shown}` failed ({status}): {}", LogText::of(errors)),
+        ));
     }
     Ok(Some(out))
 }
@@ -180,7 +212,7 @@ mod tests {
         ["sh", "-c", script].map(String::from).to_vec()
     }
 
-    async fn run(command: &[String], limits: ListingLimits) -> Result<Vec<u8>> {
+    async fn run(command: &[String], limits: ListingLimits) -> Result<Vec<u8>, ListingFailure> {
         run_listing(command, &limits, &CancellationToken::new())
             .await
             .map(|output| output.expect("not stopped"))
@@ -197,6 +229,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("took more than 1s"), "{err:#}");
+        assert_eq!(err.kind, FailureKind::TimedOut);
         let started = Started::wait_for(&dir.0);
         assert!(started.leader_reaped(), "the command was not reaped");
         assert!(
@@ -223,6 +256,7 @@ mod tests {
         let endless = sh("head -c 100000000 /dev/zero");
         let err = run(&endless, limits).await.unwrap_err();
         assert!(format!("{err:#}").contains("printed more than"), "{err:#}");
+        assert_eq!(err.kind, FailureKind::TooMuchOutput);
     }
 
     /// Error output past what is kept is read on: a command writing much

@@ -9,7 +9,6 @@
 
 use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
 use log::{debug, info, warn};
 use pop3::{
     grant_log::{grant_failed_line, grant_line, GrantFields, GrantSource, GRANT_LOG_TARGET},
@@ -17,12 +16,16 @@ use pop3::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[cfg(test)]
+mod captured_log;
 mod command;
+mod failure;
 mod listing;
 #[cfg(test)]
 mod test_processes;
 
 pub use command::ListingLimits;
+use failure::{FailureKind, ListingFailure};
 pub use listing::{parse_listing, Listing, Session};
 
 /// Keeps the grants of Dovecot's open sessions fresh.
@@ -40,41 +43,37 @@ impl SessionsRenewer {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed: HashSet<IpAddr> = HashSet::new();
-        let mut failing = false;
+        // The kind of the last round's failure, None if it listed.
+        let mut failing: Option<FailureKind> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let listing = match self.list(&stop).await {
+            match self.list(&stop).await {
                 Ok(None) => return,
-                Ok(Some(listing)) => Ok(listing),
-                Err(e) => Err(e),
-            };
-            match listing {
-                Ok(Listing { sessions, skipped }) => {
+                Ok(Some(Listing { sessions, skipped })) => {
                     if skipped > 0 {
                         debug!(
                             "dovecot sessions: {skipped} lines skipped, their fields not the \
                              header's (a tab or line end inside a value) or their ip no address"
                         );
                     }
-                    if failing {
+                    if failing.take().is_some() {
                         info!("dovecot sessions: listed again; their grants are renewed");
-                        failing = false;
                     }
                     renewed = self.renew(&sessions, &renewed);
                 }
-                Err(e) => {
-                    // Once per change: a listing failing every minute
-                    // would otherwise fill the log.
-                    if !failing {
+                Err(failure) => {
+                    if failing.as_ref() == Some(&failure.kind) {
+                        debug!("dovecot sessions: {failure} (again)");
+                    } else {
                         warn!(
-                            "dovecot sessions: {e:#}; grants of open sessions are not renewed \
-                             until the listing works again"
+                            "dovecot sessions: {failure}; grants of open sessions are not \
+                             renewed until the listing works again"
                         );
-                        failing = true;
                     }
+                    failing = Some(failure.kind);
                 }
             }
         }
@@ -119,13 +118,15 @@ impl SessionsRenewer {
     }
 
     /// The sessions listed now, or None if the daemon stops.
-    async fn list(&self, stop: &CancellationToken) -> Result<Option<Listing>> {
+    async fn list(&self, stop: &CancellationToken) -> Result<Option<Listing>, ListingFailure> {
         let Some(output) = command::run_listing(&self.command, &self.limits, stop).await? else {
             return Ok(None);
         };
-        parse_listing(&output)
-            .with_context(|| format!("`{}`", self.command.join(" ")))
-            .map(Some)
+        let listing = parse_listing(&output).map_err(|e| {
+            let e = e.context(format!("`{}`", self.command.join(" ")));
+            ListingFailure::new(FailureKind::NotAListing, e)
+        })?;
+        Ok(Some(listing))
     }
 }
 
@@ -135,7 +136,10 @@ mod tests {
 
     use pop3::GrantError;
 
+    use log::Level;
+
     use super::{
+        captured_log::captured,
         test_processes::{command_leaving_a_grandchild, ScratchDir, Started, BOUND},
         *,
     };
@@ -207,11 +211,19 @@ mod tests {
             format!("{err:#}").contains("anvil\\x20is\\x20down"),
             "{err:#}"
         );
+        assert!(
+            matches!(&err.kind, FailureKind::Failed { status, .. } if status.code() == Some(75)),
+            "{err:?}"
+        );
         let err = renewer(&["/nonexistent/doveadm"], grants)
             .list(&CancellationToken::new())
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("cannot run"), "{err:#}");
+        assert_eq!(
+            err.kind,
+            FailureKind::CannotRun(std::io::ErrorKind::NotFound)
+        );
     }
 
     fn renewer_leaving_a_grandchild(dir: &ScratchDir) -> SessionsRenewer {
@@ -269,5 +281,76 @@ mod tests {
             started.grandchild_ends(),
             "the command's child outlived the runtime"
         );
+    }
+
+    /// A failure is warned of when it is another than the last round's;
+    /// the same again (other pids in its message) only at debug; listing
+    /// again after failures is said once.
+    #[test]
+    fn a_new_failure_is_warned_of_a_repeated_one_is_not() {
+        let dir = ScratchDir::new("failures");
+        let d = dir.0.display();
+        let script = format!(
+            "n=$(cat {d}/rounds 2>/dev/null || echo 0)
+             echo $((n + 1)) > {d}/rounds.new && mv {d}/rounds.new {d}/rounds
+             case $n in
+               0|1) echo 'sh: 1: doveadm: not found' >&2; exit 127 ;;
+               2|3) echo \"doveadm($$): anvil is down\" >&2; exit 75 ;;
+               *) printf 'username\\tproto\\tpid\\tip\\nalice\\timap\\t1\\t192.0.2.7\\n' ;;
+             esac"
+        );
+        let renewer = SessionsRenewer {
+            interval: Duration::from_millis(10),
+            ..renewer(&["sh", "-c", &script], Arc::new(Recorded::default()))
+        };
+        let rounds = dir.0.join("rounds");
+        let ((), logged) = captured(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let stop = CancellationToken::new();
+                let running = tokio::spawn(renewer.run(stop.clone()));
+                let deadline = tokio::time::Instant::now() + BOUND;
+                // Round 6 begun: round 5, the first to list, is over.
+                let begun = || {
+                    std::fs::read_to_string(&rounds)
+                        .ok()
+                        .and_then(|n| n.trim().parse::<u32>().ok())
+                        .unwrap_or(0)
+                };
+                while begun() < 6 {
+                    assert!(tokio::time::Instant::now() < deadline, "rounds stalled");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                stop.cancel();
+                running.await.unwrap();
+            })
+        });
+        let said = |level: Level| {
+            logged
+                .iter()
+                .filter(|(l, m)| *l == level && m.starts_with("dovecot sessions:"))
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+        };
+        let warned = said(Level::Warn);
+        assert_eq!(warned.len(), 2, "{logged:#?}");
+        assert!(warned[0].contains("exit status: 127"), "{warned:?}");
+        assert!(
+            warned[0].contains("doveadm:\\x20not\\x20found"),
+            "{warned:?}"
+        );
+        assert!(warned[1].contains("exit status: 75"), "{warned:?}");
+        let again = said(Level::Debug);
+        let again: Vec<_> = again.iter().filter(|m| m.ends_with("(again)")).collect();
+        assert_eq!(again.len(), 2, "{logged:#?}");
+        assert_eq!(
+            said(Level::Info),
+            ["dovecot sessions: listed again; their grants are renewed"]
+        );
+        let position = |wanted: &str| logged.iter().position(|(_, m)| m.contains(wanted));
+        assert!(position("listed again") > position("exit status: 75"));
     }
 }
