@@ -1609,7 +1609,7 @@ fn gate_settings(lab: &Lab) -> Value {
 /// SIGHUP reads the config file again: the window and the deny mode reach
 /// the gate (as `smtp-gate settings` shows) and the connection limit the
 /// POP3 service, while a key only a restart applies (hostname) keeps its
-/// value with a warning. A config file with a bad value changes nothing
+/// value with a warning, and the reload's line names it as refused. A config file with a bad value changes nothing
 /// and the log names the key.
 #[test]
 fn sighup_applies_the_config_file_to_the_gate_and_the_service() {
@@ -1667,6 +1667,8 @@ fn sighup_applies_the_config_file_to_the_gate_and_the_service() {
         "deny drop -> reset",
         "max_connections 1 -> 2",
         "`hostname` changed, but only a restart applies it; the daemon keeps \"lab.test\"",
+        // The reload's line too (it once named only what changed).
+        "; refused hostname (only a restart applies it; it stays \"lab.test\")",
     ] {
         assert!(log.contains(said), "expected {said:?} in:\n{log}");
     }

@@ -98,13 +98,7 @@ impl Reloader {
         let mut refused = Vec::new();
         match self.config.source.load() {
             Ok(mut new) => {
-                for key in self.config.keep_restart_only(&mut new) {
-                    warn!(
-                        "reload (SIGHUP): `{key}` changed, but only a restart applies it; the \
-                         daemon keeps {}",
-                        shown(self.config.given.get(key))
-                    );
-                }
+                refused.extend(keep_restart_only(&self.config, &mut new));
                 match apply_to_gate(&PinDir::new(&new.pin_dir), &new.attach, new.bans.is_on()) {
                     Ok(gate) => changes.extend(gate),
                     Err(e) => {
@@ -173,6 +167,25 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Keeps in `new` (a reloaded config) the keys only a restart applies
+/// ([`RESTART_KEYS`]); each one `new` wanted changed is warned of and
+/// given for the reload's line as refused, with the value that stays: the
+/// operator's change did not happen, so the line must not say "nothing
+/// changed".
+fn keep_restart_only(old: &ServeConfig, new: &mut ServeConfig) -> Vec<String> {
+    old.keep_restart_only(new)
+        .into_iter()
+        .map(|key| {
+            let in_force = shown(old.given.get(key));
+            warn!(
+                "reload (SIGHUP): `{key}` changed, but only a restart applies it; the daemon \
+                 keeps {in_force}"
+            );
+            format!("{key} (only a restart applies it; it stays {in_force})")
+        })
+        .collect()
 }
 
 /// Reads the certificate of `new` (a reloaded config) again, from the
@@ -424,6 +437,51 @@ mod tests {
             reload_certificate(&without, &mut still_without, None),
             (None, None)
         );
+    }
+
+    /// Attack review (issue 12's hooks): a reload whose only change was a
+    /// key only a restart applies (a hook's, as `listen` or `hostname`)
+    /// ended with `reloaded on SIGHUP: nothing changed` (a warning line
+    /// before it aside). Every such key is named as refused, with the
+    /// value that stays, and is kept for the next reload's comparison.
+    #[test]
+    fn the_summary_names_a_restart_only_key_that_changed() {
+        let in_force = config("postfix_policy_listen = \"127.0.0.1:10031\"\n");
+        let restart_only = [
+            (
+                "postfix_policy_listen = \"127.0.0.1:10032\"\n",
+                "postfix_policy_listen (only a restart applies it; it stays \"127.0.0.1:10031\")",
+            ),
+            (
+                "postfix_policy_listen = \"127.0.0.1:10031\"\n\
+                 postfix_policy_reject = \"450 4.7.1 log in first\"\n",
+                "postfix_policy_reject (only a restart applies it; it stays (default))",
+            ),
+            (
+                "postfix_policy_listen = \"127.0.0.1:10031\"\n\
+                 dovecot_policy_protocols = [\"imap\"]\n",
+                "dovecot_policy_protocols (only a restart applies it; it stays (default))",
+            ),
+            (
+                "postfix_policy_listen = \"127.0.0.1:10031\"\nhostname = \"other.test\"\n",
+                "hostname (only a restart applies it; it stays (default))",
+            ),
+        ];
+        for (text, named) in restart_only {
+            let mut new = config(text);
+            let refused = keep_restart_only(&in_force, &mut new);
+            assert_eq!(refused, [named], "{text:?}");
+            let changes = service_changes(&in_force, &new);
+            assert_eq!(changes, Vec::<String>::new(), "{text:?}");
+            assert_eq!(
+                summary(&changes, &refused),
+                format!("reloaded on SIGHUP: refused {named}; nothing else changed")
+            );
+            assert_eq!(new.hooks, in_force.hooks, "{text:?}: the hooks in force stay");
+            assert_eq!(new.pop3.hostname, in_force.pop3.hostname, "{text:?}");
+        }
+        let mut same = config("postfix_policy_listen = \"127.0.0.1:10031\"\n");
+        assert!(keep_restart_only(&in_force, &mut same).is_empty());
     }
 
     #[test]
