@@ -187,6 +187,62 @@ fn imap_and_pop3_logins_to_dovecot_grant_and_a_failed_one_does_not() {
     }
 }
 
+/// Dovecot reports a right password as `success` before it applies the
+/// passdb's `nologin` and refuses the login ("[CONTACTADMIN] disabled"):
+/// with the shipped snippet's `nologin` attribute such a login neither
+/// grants nor counts toward a ban (attack review: it granted).
+#[test]
+fn a_login_dovecot_refuses_for_nologin_does_not_grant() {
+    let lab = Lab::new();
+    let link = &lab.client;
+    let client = IpAddr::from(link.client_v4);
+    // passwd-file's fields after the password: uid, gid, gecos, home,
+    // shell, then the extra fields.
+    let dovecot = Dovecot::start(
+        &lab.server_ns,
+        &link.client_ns,
+        link.server_v4.into(),
+        &DovecotOptions {
+            users: vec![("disabled".into(), "its-password::::::nologin=y".into())],
+            include: Some(snippet_23()),
+        },
+    );
+    let mut daemon = start_daemon(&lab, &dovecot, "");
+    let login = || {
+        imap_login(
+            &link.client_ns,
+            link.server_v4.into(),
+            IMAP_PORT,
+            "disabled",
+            "its-password",
+        )
+    };
+    assert!(!login(), "Dovecot refuses a nologin account");
+    daemon.wait_for_log(
+        &format!(
+            "dovecot-policy refused addr={client} user=disabled protocol=imap reason=disabled \
+             (password right, login refused by Dovecot; not granted)"
+        ),
+        1,
+        BOUND,
+    );
+    assert!(!has_grant(&lab, client), "a refused login granted");
+    assert!(port_25_drops(&lab), "a refused login opened port 25");
+    // ban_failures = 2: two more such logins ban nobody.
+    assert!(!login());
+    assert!(!login());
+    daemon.wait_for_log("dovecot-policy refused", 3, BOUND);
+    daemon.terminate(BOUND);
+    let log = daemon.log();
+    assert!(!log.contains("ban net="), "{log}");
+    assert!(!log.contains("grant source="), "{log}");
+    assert!(
+        dovecot.log().contains("disabled"),
+        "Dovecot did not refuse for nologin: {}",
+        dovecot.log()
+    );
+}
+
 #[test]
 fn failed_dovecot_logins_are_counted_until_the_ban_refuses_even_the_password() {
     let lab = Lab::new();

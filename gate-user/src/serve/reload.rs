@@ -477,7 +477,10 @@ mod tests {
                 summary(&changes, &refused),
                 format!("reloaded on SIGHUP: refused {named}; nothing else changed")
             );
-            assert_eq!(new.hooks, in_force.hooks, "{text:?}: the hooks in force stay");
+            assert_eq!(
+                new.hooks, in_force.hooks,
+                "{text:?}: the hooks in force stay"
+            );
             assert_eq!(new.pop3.hostname, in_force.pop3.hostname, "{text:?}");
         }
         let mut same = config("postfix_policy_listen = \"127.0.0.1:10031\"\n");

@@ -325,6 +325,16 @@ impl Endpoint {
                 PolicyCounters::add(&self.counters.failures);
                 self.reports.login_failed(addr, &request.login);
             }
+            Outcome::LoginRefused(why) => {
+                PolicyCounters::add(&self.counters.refused);
+                info!(
+                    "dovecot-policy refused addr={addr} user={} protocol={} reason={} \
+                     (password right, login refused by Dovecot; not granted)",
+                    LogText::of(&request.login),
+                    LogText::of(&request.protocol),
+                    why.word()
+                );
+            }
             Outcome::FailedNotCounted(why) => {
                 PolicyCounters::add(&self.counters.failures_not_counted);
                 debug!(

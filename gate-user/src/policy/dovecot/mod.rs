@@ -49,8 +49,10 @@
 //!   `auth_policy_request_attributes { login = %{requested_username} }`,
 //!   whose defaults are dropped by `auth_policy_request_attributes =`
 //!   first. We read `remote`, `login`, `protocol`, `success`,
-//!   `policy_reject`, `fail_type`; the snippets send exactly those (2.3
-//!   has no `fail_type`: its failures all count but policy refusals).
+//!   `policy_reject`, `fail_type`, `nologin`; the snippets send exactly
+//!   those (2.3 has no `fail_type`: its failures all count but policy
+//!   refusals, a passdb outage's among them; 2.3 sends `nologin`, see
+//!   request.rs `outcome`).
 //! * `remote` is `%{rip}`/`%{remote_ip}`: empty when Dovecot knows no
 //!   client address (e.g. `doveadm auth test` without `-x rip=`); taken
 //!   as "no client", not as an error. For a login proxied from a trusted

@@ -45,13 +45,18 @@ impl Command {
 /// How a reported authentication ended, as far as the gate cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// `success: true`: the client proved its password.
+    /// `success: true`: the client proved its password, and Dovecot did
+    /// not say that the account may not log in.
     Succeeded,
     /// A wrong password or an unknown account (or a Dovecot 2.3 failure,
     /// which does not say why): counted toward a ban.
     Failed,
     /// Failed, but not by the client's guess: not counted.
     FailedNotCounted(NotCounted),
+    /// The password was right, but Dovecot refuses the login (`success`
+    /// with the passdb's `nologin`, or with a `fail_type`): not granted,
+    /// not counted.
+    LoginRefused(NotCounted),
 }
 
 /// Why a failure is not the client's.
@@ -66,6 +71,18 @@ pub enum NotCounted {
     Expired,
     /// The account is disabled: `fail_type` `disabled`.
     Disabled,
+}
+
+impl NotCounted {
+    /// A fixed word for log lines (`reason=...`).
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::PolicyRefusal => "policy",
+            Self::Internal => "internal",
+            Self::Expired => "expired",
+            Self::Disabled => "disabled",
+        }
+    }
 }
 
 /// A request, read.
@@ -141,6 +158,10 @@ struct Body {
     success: Option<bool>,
     policy_reject: Option<bool>,
     fail_type: Option<String>,
+    /// The 2.3 snippet's `nologin=%{passdb:nologin:-}`: `-` when the passdb
+    /// gave no `nologin` field, anything else (its value, often empty)
+    /// when it did.
+    nologin: Option<String>,
     /// Read only to know it was there; its value is dropped unread.
     pwhash: Option<IgnoredAny>,
 }
@@ -164,6 +185,7 @@ pub fn parse(command: Command, body: &[u8]) -> Result<PolicyRequest, RequestErro
             body.success.ok_or(RequestError::MissingField("success"))?,
             body.policy_reject.unwrap_or(false),
             body.fail_type.as_deref(),
+            body.nologin.as_deref(),
         )),
     };
     Ok(PolicyRequest {
@@ -187,14 +209,34 @@ fn parse_remote(text: &str) -> Result<Option<IpAddr>, RequestError> {
 
 /// Dovecot 2.3 says only `success` and `policy_reject`; 2.4 adds
 /// `fail_type` (auth-policy.c, auth_policy_fail_type()).
-fn outcome(success: bool, policy_reject: bool, fail_type: Option<&str>) -> Outcome {
+///
+/// `success` is the password's verdict, not the login's: Dovecot reports
+/// when the passdb lookup ends, before the login process applies the
+/// passdb's `nologin` ("[CONTACTADMIN] disabled", the account refused)
+/// and before the userdb lookup. So a success the passdb marked `nologin`
+/// (2.3: the snippet's `nologin` attribute; 2.4: a `fail_type` on a
+/// success) is a refused login: neither granted nor counted.
+fn outcome(
+    success: bool,
+    policy_reject: bool,
+    fail_type: Option<&str>,
+    nologin: Option<&str>,
+) -> Outcome {
+    let fail_type = fail_type.unwrap_or("");
+    let passdb_says_nologin = nologin.is_some_and(|value| value != "-");
     if success {
-        return Outcome::Succeeded;
+        return match fail_type {
+            "" if !passdb_says_nologin => Outcome::Succeeded,
+            "expired" => Outcome::LoginRefused(NotCounted::Expired),
+            "internal" => Outcome::LoginRefused(NotCounted::Internal),
+            "policy" => Outcome::LoginRefused(NotCounted::PolicyRefusal),
+            _ => Outcome::LoginRefused(NotCounted::Disabled),
+        };
     }
     if policy_reject {
         return Outcome::FailedNotCounted(NotCounted::PolicyRefusal);
     }
-    match fail_type.unwrap_or("") {
+    match fail_type {
         "policy" => Outcome::FailedNotCounted(NotCounted::PolicyRefusal),
         "internal" => Outcome::FailedNotCounted(NotCounted::Internal),
         "expired" => Outcome::FailedNotCounted(NotCounted::Expired),
@@ -280,6 +322,37 @@ mod tests {
         assert_eq!(
             with(r#","fail_type":"internal""#),
             Outcome::FailedNotCounted(NotCounted::Internal)
+        );
+    }
+
+    /// Attack review: a login whose password matched but whose account
+    /// the passdb disabled (`nologin`) was reported `success` by Dovecot
+    /// 2.3 and granted, though Dovecot refused the login.
+    #[test]
+    fn a_success_the_passdb_marked_nologin_is_neither_granted_nor_counted() {
+        let with = |extra: &str| {
+            report(&format!(
+                r#"{{"login":"a","protocol":"imap","remote":"192.0.2.7","success":true{extra}}}"#
+            ))
+            .unwrap()
+            .outcome
+            .unwrap()
+        };
+        assert_eq!(
+            with(""),
+            Outcome::Succeeded,
+            "a snippet without the attribute"
+        );
+        assert_eq!(with(r#","nologin":"-""#), Outcome::Succeeded);
+        assert_eq!(with(r#","fail_type":"""#), Outcome::Succeeded);
+        let disabled = Outcome::LoginRefused(NotCounted::Disabled);
+        assert_eq!(with(r#","nologin":"""#), disabled, "nologin given empty");
+        assert_eq!(with(r#","nologin":"y""#), disabled);
+        assert_eq!(with(r#","fail_type":"disabled""#), disabled);
+        assert_eq!(with(r#","fail_type":"account""#), disabled);
+        assert_eq!(
+            with(r#","fail_type":"expired""#),
+            Outcome::LoginRefused(NotCounted::Expired)
         );
     }
 
