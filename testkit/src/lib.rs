@@ -18,6 +18,7 @@ pub mod pop3_client;
 pub mod postfix;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod serve;
 pub mod smtp;
 pub mod tls;

@@ -51,6 +51,9 @@ const BASE_PACKAGES: &[&str] = &[
     "dovecot-pop3d",
     "postfix",
     "swaks",
+    // The grant bus's engine (issue 13), started by the tests with its
+    // own port, directory and settings.
+    "redis-server",
 ];
 
 pub fn setup() -> Result<()> {
