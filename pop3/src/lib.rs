@@ -30,14 +30,34 @@ pub mod session_id;
 pub mod tls;
 pub mod trusted_file;
 
-use std::{error::Error, fmt, net::IpAddr};
+use std::{error::Error, fmt, future::Future, net::IpAddr, pin::Pin};
 
 /// Where a successful login is reported: the SMTP gate's grant map in the
-/// daemon, a fake in tests.
+/// daemon (and the grant bus, for the other hosts' gates), a fake in
+/// tests.
 pub trait GrantSink: Send + Sync + 'static {
     /// Grants `addr` (already normalised: IPv4-mapped IPv6 is IPv4).
-    /// An error is logged by the caller; the login still succeeds.
-    fn grant(&self, addr: IpAddr) -> Result<(), GrantError>;
+    /// The login's `+OK` waits for it, so it must end in a bounded time
+    /// whatever it waits for. An error is logged by the caller; the login
+    /// still succeeds.
+    fn grant(&self, addr: IpAddr) -> GrantFuture<'_>;
+}
+
+/// A grant under way: boxed, so that a sink can be a trait object.
+pub type GrantFuture<'a> = Pin<Box<dyn Future<Output = Result<Granted, GrantError>> + Send + 'a>>;
+
+/// What a sink says of a grant it made, for the end of the grant line
+/// (`bus=ok`): nothing for most sinks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Granted {
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl Granted {
+    /// The fields as a grant line takes them.
+    pub fn as_extra(&self) -> Vec<(&str, &str)> {
+        self.fields.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
 }
 
 /// Why a [`GrantSink`] could not grant: the sink's own error, whatever its
@@ -71,8 +91,8 @@ impl Error for GrantError {
 pub struct NoGrant;
 
 impl GrantSink for NoGrant {
-    fn grant(&self, _addr: IpAddr) -> Result<(), GrantError> {
-        Ok(())
+    fn grant(&self, _addr: IpAddr) -> GrantFuture<'_> {
+        Box::pin(std::future::ready(Ok(Granted::default())))
     }
 }
 

@@ -18,7 +18,7 @@ use pop3::{
     config::ServerConfig,
     maildrop::maildir::MaildirStore,
     server::{Backends, ProxyDoor, Server},
-    FailureSink, GrantError, GrantSink,
+    FailureSink, GrantFuture, GrantSink,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -35,9 +35,9 @@ const HANG: Duration = Duration::from_secs(30);
 struct Granted(Mutex<Vec<IpAddr>>);
 
 impl GrantSink for Granted {
-    fn grant(&self, addr: IpAddr) -> Result<(), GrantError> {
+    fn grant(&self, addr: IpAddr) -> GrantFuture<'_> {
         self.0.lock().unwrap().push(addr);
-        Ok(())
+        Box::pin(std::future::ready(Ok(pop3::Granted::default())))
     }
 }
 

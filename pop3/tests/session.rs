@@ -23,7 +23,7 @@ use pop3::{
     server::ClientNetwork,
     session::{Flow, Session, SessionContext, Transport},
     session_id::SessionId,
-    ApopSecret, Authenticator, FailureSink, GrantError, GrantSink,
+    ApopSecret, Authenticator, FailureSink, GrantError, GrantFuture, GrantSink, Granted,
 };
 
 const TIMESTAMP: &str = "<1896.697170952@dbc.mtview.ca.us>";
@@ -176,9 +176,9 @@ struct RecordingSink(Mutex<Vec<IpAddr>>);
 struct SinkHandle(Arc<RecordingSink>);
 
 impl GrantSink for SinkHandle {
-    fn grant(&self, addr: IpAddr) -> Result<(), GrantError> {
+    fn grant(&self, addr: IpAddr) -> GrantFuture<'_> {
         self.0 .0.lock().unwrap().push(addr);
-        Ok(())
+        Box::pin(std::future::ready(Ok(Granted::default())))
     }
 }
 
@@ -522,8 +522,10 @@ async fn quit_in_authorization_closes_without_commit() {
 struct FailingSink;
 
 impl GrantSink for FailingSink {
-    fn grant(&self, _addr: IpAddr) -> Result<(), GrantError> {
-        Err(GrantError::new("map grants_v4: permission denied"))
+    fn grant(&self, _addr: IpAddr) -> GrantFuture<'_> {
+        Box::pin(std::future::ready(Err(GrantError::new(
+            "map grants_v4: permission denied",
+        ))))
     }
 }
 
@@ -563,6 +565,55 @@ async fn the_grant_is_made_before_the_ok_is_handed_back() {
         *f.grants.0.lock().unwrap(),
         vec!["192.0.2.7".parse::<IpAddr>().unwrap()],
         "the +OK was handed back before the grant was made"
+    );
+}
+
+/// A sink whose grant goes on until the test lets it end (as one waiting
+/// for the grant bus's engine does).
+struct WaitingSink {
+    called: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl GrantSink for WaitingSink {
+    fn grant(&self, _addr: IpAddr) -> GrantFuture<'_> {
+        Box::pin(async move {
+            self.called.notify_one();
+            let _ended = self.release.acquire().await.expect("not closed");
+            Ok(Granted::default())
+        })
+    }
+}
+
+/// The `+OK` waits for the whole grant, not only its start: a sink that
+/// waits (for the bus's acknowledgement) holds the reply back until it
+/// ends. A grant sent off without waiting would let a client that sends
+/// right after `+OK` reach another host's SMTP before its grant.
+#[tokio::test]
+async fn the_ok_waits_until_the_grant_has_ended() {
+    let mut f = fixture();
+    let sink = Arc::new(WaitingSink {
+        called: tokio::sync::Notify::new(),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    f.ctx.grants = Arc::clone(&sink) as Arc<dyn GrantSink>;
+    let login = tokio::spawn(async move {
+        let (transcript, _) = run(f.ctx, b"USER alice\r\nPASS open sesame\r\n", 512).await;
+        transcript
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(30), sink.called.notified())
+        .await
+        .expect("the login asked for its grant");
+    // The session has nothing to wait for but the grant now.
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!login.is_finished(), "the login ended before its grant did");
+    sink.release.add_permits(1);
+    let transcript = login.await.unwrap();
+    assert!(
+        transcript.ends_with("+OK alice has 3 messages (116 octets)\r\n"),
+        "{transcript}"
     );
 }
 

@@ -13,15 +13,25 @@ mod log_budget;
 pub mod postfix;
 mod slots;
 
-use std::net::IpAddr;
+use std::{future::Future, net::IpAddr, pin::Pin};
+
+/// A report's grant under way: boxed, so that the reports can be a trait
+/// object.
+pub type ReportFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 
 /// What a Dovecot login report does to the gate.
 pub trait LoginReports: Send + Sync + 'static {
     /// `user` logged in to Dovecot over `protocol` (`imap`, `pop3`, as
     /// Dovecot names it) from `addr`: grant the address (log line
-    /// `grant source=dovecot-policy ...`). An error means the grant was
-    /// not written.
-    fn login_succeeded(&self, addr: IpAddr, user: &str, protocol: &str) -> anyhow::Result<()>;
+    /// `grant source=dovecot-policy ...`). Dovecot's answer waits for it
+    /// (so bounded, as a POP3 login's grant). An error means the grant
+    /// was not written.
+    fn login_succeeded<'a>(
+        &'a self,
+        addr: IpAddr,
+        user: &'a str,
+        protocol: &'a str,
+    ) -> ReportFuture<'a>;
     /// A failed login: counted toward a ban of the client's network.
     fn login_failed(&self, addr: IpAddr, user: &str);
     /// True if `addr` is banned now (an `allow` request is refused then).

@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, sync::Mutex};
 
-use pop3::{GrantError, GrantSink};
+use pop3::{GrantError, GrantFuture, GrantSink, Granted};
 use tokio::sync::Notify;
 
 use crate::gate::GateMaps;
@@ -40,11 +40,15 @@ impl GateGrantSink {
 }
 
 impl GrantSink for GateGrantSink {
-    fn grant(&self, addr: IpAddr) -> Result<(), GrantError> {
+    fn grant(&self, addr: IpAddr) -> GrantFuture<'_> {
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        maps.grant(addr, None).map_err(|e| {
-            self.trouble.notify_one();
-            GrantError::new(e)
-        })
+        let granted = maps
+            .grant(addr, None)
+            .map(|()| Granted::default())
+            .map_err(|e| {
+                self.trouble.notify_one();
+                GrantError::new(e)
+            });
+        Box::pin(std::future::ready(granted))
     }
 }

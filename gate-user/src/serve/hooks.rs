@@ -20,7 +20,7 @@ use crate::policy::{
     dovecot::{self, DovecotPolicySettings, PolicyCounters},
     dovecot_sessions::{ListingLimits, SessionsRenewer},
     listen::{PolicyAddr, PolicyListener},
-    postfix, GrantLookup, LoginReports, Standing,
+    postfix, GrantLookup, LoginReports, ReportFuture, Standing,
 };
 
 /// Dovecot's reports, acted on in the gate.
@@ -30,22 +30,35 @@ pub struct GateLoginReports {
 }
 
 impl LoginReports for GateLoginReports {
-    fn login_succeeded(&self, addr: IpAddr, user: &str, protocol: &str) -> Result<()> {
-        let fields = GrantFields {
-            user: Some(user.as_bytes()),
-            extra: &[("protocol", protocol)],
-        };
-        let source = GrantSource::DovecotPolicy;
-        match self.grants.grant(addr) {
-            Ok(()) => {
-                info!(target: GRANT_LOG_TARGET, "{}", grant_line(source, addr, &fields));
-                Ok(())
+    fn login_succeeded<'a>(
+        &'a self,
+        addr: IpAddr,
+        user: &'a str,
+        protocol: &'a str,
+    ) -> ReportFuture<'a> {
+        Box::pin(async move {
+            let source = GrantSource::DovecotPolicy;
+            match self.grants.grant(addr).await {
+                Ok(granted) => {
+                    let mut extra = vec![("protocol", protocol)];
+                    extra.extend(granted.as_extra());
+                    let fields = GrantFields {
+                        user: Some(user.as_bytes()),
+                        extra: &extra,
+                    };
+                    info!(target: GRANT_LOG_TARGET, "{}", grant_line(source, addr, &fields));
+                    Ok(())
+                }
+                Err(e) => {
+                    let fields = GrantFields {
+                        user: Some(user.as_bytes()),
+                        extra: &[("protocol", protocol)],
+                    };
+                    error!(target: GRANT_LOG_TARGET, "{}", grant_failed_line(source, addr, &fields, &e));
+                    Err(anyhow::Error::new(e))
+                }
             }
-            Err(e) => {
-                error!(target: GRANT_LOG_TARGET, "{}", grant_failed_line(source, addr, &fields, &e));
-                Err(anyhow::Error::new(e))
-            }
-        }
+        })
     }
 
     fn login_failed(&self, addr: IpAddr, user: &str) {

@@ -402,17 +402,26 @@ impl Authorization {
         };
         // The grant must be in the kernel before the client hears +OK: a
         // client may open its SMTP connection the moment login returns.
-        let fields = GrantFields {
-            user: Some(user.as_bytes()),
-            extra: &[],
-        };
-        match ctx.grants.grant(peer) {
-            Ok(()) => info!(target: GRANT_LOG_TARGET, "session={id} {}",
-                grant_line(GrantSource::Pop3, peer, &fields)
-            ),
-            Err(e) => error!(target: GRANT_LOG_TARGET, "session={id} {} (login goes on)",
-                grant_failed_line(GrantSource::Pop3, peer, &fields, &with_causes(&e))
-            ),
+        // The sink bounds its own wait (the grant bus's `bus_timeout`).
+        match ctx.grants.grant(peer).await {
+            Ok(granted) => {
+                let fields = GrantFields {
+                    user: Some(user.as_bytes()),
+                    extra: &granted.as_extra(),
+                };
+                info!(target: GRANT_LOG_TARGET, "session={id} {}",
+                    grant_line(GrantSource::Pop3, peer, &fields)
+                )
+            }
+            Err(e) => {
+                let fields = GrantFields {
+                    user: Some(user.as_bytes()),
+                    extra: &[],
+                };
+                error!(target: GRANT_LOG_TARGET, "session={id} {} (login goes on)",
+                    grant_failed_line(GrantSource::Pop3, peer, &fields, &with_causes(&e))
+                )
+            }
         }
         info!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=ok",
             LogText::of(&user),

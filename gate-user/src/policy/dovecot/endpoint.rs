@@ -225,7 +225,7 @@ impl Endpoint {
             Err(answer) => return answer,
         };
         match request::parse(command, &body) {
-            Ok(request) => self.act(&request),
+            Ok(request) => self.act(&request).await,
             Err(e) => self.bad_request(peer, &e),
         }
     }
@@ -266,7 +266,7 @@ impl Endpoint {
         }
     }
 
-    fn act(&self, request: &PolicyRequest) -> Answer {
+    async fn act(&self, request: &PolicyRequest) -> Answer {
         if request.carried_password_hash
             && !self.warned_of_password_hash.swap(true, Ordering::Relaxed)
         {
@@ -279,7 +279,7 @@ impl Endpoint {
         match request.command {
             Command::Allow => self.allow(request),
             Command::Report => {
-                self.report(request);
+                self.report(request).await;
                 status(0, "")
             }
         }
@@ -299,7 +299,7 @@ impl Endpoint {
         status(-1, BANNED_MESSAGE)
     }
 
-    fn report(&self, request: &PolicyRequest) {
+    async fn report(&self, request: &PolicyRequest) {
         let (Some(addr), Some(outcome)) = (request.remote, request.outcome) else {
             PolicyCounters::add(&self.counters.ignored);
             return;
@@ -320,7 +320,7 @@ impl Endpoint {
                     LogText::of(&request.protocol)
                 );
             }
-            Outcome::Succeeded => self.grant(addr, request),
+            Outcome::Succeeded => self.grant(addr, request).await,
             Outcome::Failed => {
                 PolicyCounters::add(&self.counters.failures);
                 self.reports.login_failed(addr, &request.login);
@@ -347,10 +347,11 @@ impl Endpoint {
 
     /// A good login is never refused for our trouble: the report's answer
     /// is "go on" whatever the grant did (LoginReports logs its failure).
-    fn grant(&self, addr: IpAddr, request: &PolicyRequest) {
+    async fn grant(&self, addr: IpAddr, request: &PolicyRequest) {
         match self
             .reports
             .login_succeeded(addr, &request.login, &request.protocol)
+            .await
         {
             Ok(()) => PolicyCounters::add(&self.counters.grants),
             Err(e) => {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{serve, DovecotPolicySettings, PolicyCounters, PolicySecret};
 use crate::policy::{
     listen::{PolicyAddr, PolicyListener},
-    LoginReports,
+    LoginReports, ReportFuture,
 };
 
 /// Only a real hang fails a test.
@@ -41,15 +41,22 @@ struct Recorder {
 }
 
 impl LoginReports for Recorder {
-    fn login_succeeded(&self, addr: IpAddr, user: &str, protocol: &str) -> anyhow::Result<()> {
+    fn login_succeeded<'a>(
+        &'a self,
+        addr: IpAddr,
+        user: &'a str,
+        protocol: &'a str,
+    ) -> ReportFuture<'a> {
         self.calls
             .lock()
             .unwrap()
             .push(Call::Succeeded(addr, user.into(), protocol.into()));
-        if self.grants_fail.load(Ordering::Relaxed) {
-            anyhow::bail!("the map is full");
-        }
-        Ok(())
+        let granted = if self.grants_fail.load(Ordering::Relaxed) {
+            Err(anyhow::anyhow!("the map is full"))
+        } else {
+            Ok(())
+        };
+        Box::pin(std::future::ready(granted))
     }
 
     fn login_failed(&self, addr: IpAddr, user: &str) {

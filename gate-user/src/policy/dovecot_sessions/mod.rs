@@ -62,7 +62,7 @@ impl SessionsRenewer {
                     if failing.take().is_some() {
                         info!("dovecot sessions: listed again; their grants are renewed");
                     }
-                    renewed = self.renew(&sessions, &renewed);
+                    renewed = self.renew(&sessions, &renewed).await;
                 }
                 Err(failure) => {
                     if failing.as_ref() == Some(&failure.kind) {
@@ -82,7 +82,7 @@ impl SessionsRenewer {
     /// Grants every address with a session of a granting protocol; says
     /// so for the addresses that were not renewed last round. Gives the
     /// addresses renewed.
-    fn renew(&self, sessions: &[Session], before: &HashSet<IpAddr>) -> HashSet<IpAddr> {
+    async fn renew(&self, sessions: &[Session], before: &HashSet<IpAddr>) -> HashSet<IpAddr> {
         let mut renewed = HashSet::new();
         for session in sessions {
             let granting = self
@@ -92,19 +92,27 @@ impl SessionsRenewer {
             if !granting || renewed.contains(&session.addr) {
                 continue;
             }
-            let fields = GrantFields {
-                user: Some(session.user.as_bytes()),
-                extra: &[("protocol", &session.protocol)],
-            };
+            let mut extra = vec![("protocol", session.protocol.as_str())];
             let source = GrantSource::DovecotSessions;
-            match self.grants.grant(session.addr) {
-                Ok(()) => {
+            // One after the other: each waits for the bus at most its
+            // timeout, and a round of renewals is no login anyone waits on.
+            match self.grants.grant(session.addr).await {
+                Ok(granted) => {
                     renewed.insert(session.addr);
                     if !before.contains(&session.addr) {
+                        extra.extend(granted.as_extra());
+                        let fields = GrantFields {
+                            user: Some(session.user.as_bytes()),
+                            extra: &extra,
+                        };
                         info!(target: GRANT_LOG_TARGET, "{}", grant_line(source, session.addr, &fields));
                     }
                 }
                 Err(e) => {
+                    let fields = GrantFields {
+                        user: Some(session.user.as_bytes()),
+                        extra: &extra,
+                    };
                     warn!(target: GRANT_LOG_TARGET, "{}", grant_failed_line(source, session.addr, &fields, &e))
                 }
             }
@@ -134,7 +142,7 @@ impl SessionsRenewer {
 mod tests {
     use std::sync::Mutex;
 
-    use pop3::GrantError;
+    use pop3::{GrantFuture, Granted};
 
     use log::Level;
 
@@ -148,9 +156,9 @@ mod tests {
     struct Recorded(Mutex<Vec<IpAddr>>);
 
     impl GrantSink for Recorded {
-        fn grant(&self, addr: IpAddr) -> Result<(), GrantError> {
+        fn grant(&self, addr: IpAddr) -> GrantFuture<'_> {
             self.0.lock().unwrap().push(addr);
-            Ok(())
+            Box::pin(std::future::ready(Ok(Granted::default())))
         }
     }
 
@@ -164,8 +172,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_address_of_a_granting_protocol_is_granted_once_a_round() {
+    #[tokio::test]
+    async fn each_address_of_a_granting_protocol_is_granted_once_a_round() {
         let grants = Arc::new(Recorded::default());
         let sessions = parse_listing(
             b"username\tproto\tpid\tip\n\
@@ -176,7 +184,9 @@ mod tests {
         )
         .unwrap()
         .sessions;
-        let renewed = renewer(&["true"], Arc::clone(&grants)).renew(&sessions, &HashSet::new());
+        let renewed = renewer(&["true"], Arc::clone(&grants))
+            .renew(&sessions, &HashSet::new())
+            .await;
         let addr = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             *grants.0.lock().unwrap(),
