@@ -18,3 +18,4 @@ pub mod event;
 pub mod expiry;
 pub mod link;
 pub mod names;
+pub mod publisher;

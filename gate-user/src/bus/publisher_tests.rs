@@ -1,0 +1,396 @@
+//! The publisher without an engine: the transaction it sends, read back
+//! from the wire form; its bounds against a fake engine that answers the
+//! link's PING and then nothing (or only errors); the log's once per
+//! change. tests/tests/bus_publisher_e2e.rs runs it against a real Redis.
+
+use std::sync::Arc;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use super::*;
+use crate::bus::names::DEFAULT_PREFIX;
+
+/// Only a hang fails a test.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The commands in RESP's wire form (arrays of bulk strings), and how
+/// many octets they took; a command cut short is left for later.
+fn commands_of(wire: &[u8]) -> (Vec<Vec<String>>, usize) {
+    fn line(wire: &[u8], at: usize) -> Option<(&str, usize)> {
+        let end = at + wire.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        Some((std::str::from_utf8(&wire[at..end]).ok()?, end + 2))
+    }
+    let mut commands = Vec::new();
+    let mut at = 0;
+    'commands: while at < wire.len() {
+        let Some((count, mut next)) = line(wire, at) else {
+            break;
+        };
+        let count: usize = count.strip_prefix('*').expect("an array").parse().unwrap();
+        let mut words = Vec::new();
+        for _ in 0..count {
+            let Some((len, start)) = line(wire, next) else {
+                break 'commands;
+            };
+            let len: usize = len
+                .strip_prefix('$')
+                .expect("a bulk string")
+                .parse()
+                .unwrap();
+            let Some(word) = wire.get(start..start + len) else {
+                break 'commands;
+            };
+            words.push(String::from_utf8(word.to_vec()).unwrap());
+            next = start + len + 2;
+        }
+        if next > wire.len() {
+            break;
+        }
+        commands.push(words);
+        at = next;
+    }
+    (commands, at)
+}
+
+fn names() -> Names {
+    Names::new(DEFAULT_PREFIX).unwrap()
+}
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|w| w.to_string()).collect()
+}
+
+#[test]
+fn a_grant_is_its_key_with_the_engines_expiry_and_its_entry_in_one_transaction() {
+    let event = Event {
+        op: Op::Grant {
+            expires_ms: 1_764_547_200_000,
+        },
+        addr: "::ffff:192.0.2.7".parse().unwrap(),
+        issued_ms: 1_764_546_300_000,
+        origin: "pop1".into(),
+    };
+    let wire = transaction(&names(), 100_000, &event).get_packed_pipeline();
+    let (commands, used) = commands_of(&wire);
+    assert_eq!(used, wire.len());
+    assert_eq!(
+        commands,
+        [
+            words(&["MULTI"]),
+            words(&[
+                "SET",
+                "smtp-gate:grant:192.0.2.7",
+                "1764547200000",
+                "PXAT",
+                "1764547200000"
+            ]),
+            words(&[
+                "XADD",
+                "smtp-gate:events",
+                "MAXLEN",
+                "~",
+                "100000",
+                "*",
+                "op",
+                "grant",
+                "addr",
+                "192.0.2.7",
+                "expires",
+                "1764547200000",
+                "issued",
+                "1764546300000",
+                "origin",
+                "pop1"
+            ]),
+            words(&["EXEC"]),
+        ]
+    );
+}
+
+#[test]
+fn a_revoke_deletes_the_key_and_adds_its_entry_in_one_transaction() {
+    let event = Event {
+        op: Op::Revoke,
+        addr: "2001:db8::7".parse().unwrap(),
+        issued_ms: 5,
+        origin: "pop1".into(),
+    };
+    let names = Names::new("isp-a:").unwrap();
+    let (commands, _) = commands_of(&transaction(&names, 1000, &event).get_packed_pipeline());
+    assert_eq!(
+        commands,
+        [
+            words(&["MULTI"]),
+            words(&["DEL", "isp-a:grant:2001:db8::7"]),
+            words(&[
+                "XADD",
+                "isp-a:events",
+                "MAXLEN",
+                "~",
+                "1000",
+                "*",
+                "op",
+                "revoke",
+                "addr",
+                "2001:db8::7",
+                "issued",
+                "5",
+                "origin",
+                "pop1"
+            ]),
+            words(&["EXEC"]),
+        ]
+    );
+}
+
+/// How the fake engine answers what is not PING or CLIENT.
+#[derive(Clone, Copy)]
+enum Fake {
+    /// Nothing, ever: a hung engine.
+    Silent,
+    /// An ACL error: an engine whose user may not write.
+    Refusing,
+}
+
+/// A fake engine on loopback: PING gets PONG (so the link connects),
+/// CLIENT (the client's hello) gets OK, the rest as `fake` says. Gives
+/// its port and the publications it was sent (SET or DEL commands).
+async fn fake_engine(fake: Fake) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut wire = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    wire.extend_from_slice(&buf[..n]);
+                    let (commands, used) = commands_of(&wire);
+                    wire.drain(..used);
+                    for command in commands {
+                        if matches!(command[0].as_str(), "SET" | "DEL") {
+                            record.lock().unwrap().push(command.clone());
+                        }
+                        let answer: &[u8] = match (command[0].as_str(), fake) {
+                            ("PING", _) => b"+PONG\r\n",
+                            ("CLIENT", _) => b"+OK\r\n",
+                            (_, Fake::Silent) => continue,
+                            (_, Fake::Refusing) => {
+                                b"-NOPERM this user has no permissions to run this command\r\n"
+                            }
+                        };
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn settings(timeout: Duration, max_in_flight: usize) -> PublisherSettings {
+    PublisherSettings {
+        names: names(),
+        origin: "pop1".into(),
+        stream_length: 1000,
+        timeout,
+        max_in_flight,
+        role: "test",
+    }
+}
+
+/// A publisher linked to 127.0.0.1:`port`, connected unless `port` is 0;
+/// its link ends with `stop`.
+async fn publisher(
+    port: u16,
+    timeout: Duration,
+    max_in_flight: usize,
+    stop: &CancellationToken,
+) -> Publisher {
+    let link = Link::new(LinkSettings {
+        url: format!("redis://127.0.0.1:{}", port.max(1))
+            .parse()
+            .unwrap(),
+        password: None,
+        response_timeout: timeout,
+        role: "test",
+    })
+    .unwrap();
+    let publisher = Publisher::new(link.clone(), settings(timeout, max_in_flight));
+    if port != 0 {
+        tokio::spawn(link.keep(stop.clone()));
+        assert!(
+            publisher.wait_connected(PATIENCE).await,
+            "the link connects"
+        );
+    }
+    publisher
+}
+
+fn addr(n: u8) -> IpAddr {
+    IpAddr::from([192, 0, 2, n])
+}
+
+/// With no connection, a publication is not tried, and says so at once:
+/// a login never waits for an engine that is down.
+#[tokio::test]
+async fn with_the_link_down_a_publication_fails_at_once_and_is_counted() {
+    let stop = CancellationToken::new();
+    // Never kept: never connected.
+    let publisher = publisher(0, Duration::from_secs(600), 8, &stop).await;
+    let outcome = tokio::time::timeout(
+        // Far below the publisher's timeout: it must not be what ends it.
+        Duration::from_secs(60),
+        publisher.grant(addr(1), Duration::from_secs(900)),
+    )
+    .await
+    .expect("not waited for the timeout");
+    assert_eq!(outcome, Err(PublishError::Down));
+    assert_eq!(
+        publisher.counts(),
+        PublishCounts {
+            down: 1,
+            ..PublishCounts::default()
+        }
+    );
+}
+
+/// An engine that takes the transaction and answers nothing: the
+/// publication ends as timed out (after `bus_timeout`, not never).
+#[tokio::test]
+async fn an_engine_that_does_not_answer_times_the_publication_out() {
+    let (port, seen) = fake_engine(Fake::Silent).await;
+    let stop = CancellationToken::new();
+    let publisher = publisher(port, Duration::from_millis(200), 8, &stop).await;
+    let outcome = tokio::time::timeout(PATIENCE, publisher.revoke(addr(2)))
+        .await
+        .expect("the publication ends");
+    assert_eq!(outcome, Err(PublishError::TimedOut));
+    assert_eq!(publisher.counts().timed_out, 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [words(&["DEL", "smtp-gate:grant:192.0.2.2"])],
+        "the transaction went out"
+    );
+    stop.cancel();
+}
+
+/// Publications that wait are bounded: past the bound the next is
+/// refused at once (counted), and a place that frees up is taken again.
+#[tokio::test]
+async fn past_the_bound_of_waiting_publications_one_is_refused_at_once() {
+    let (port, seen) = fake_engine(Fake::Silent).await;
+    let stop = CancellationToken::new();
+    let publisher = Arc::new(publisher(port, Duration::from_secs(600), 2, &stop).await);
+    let mut waiting: Vec<_> = (1..=2)
+        .map(|n| {
+            let publisher = Arc::clone(&publisher);
+            tokio::spawn(async move { publisher.grant(addr(n), Duration::from_secs(900)).await })
+        })
+        .collect();
+    // Both wait on the engine once it has both transactions.
+    tokio::time::timeout(PATIENCE, async {
+        while seen.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both publications were sent");
+    let third = tokio::time::timeout(
+        Duration::from_secs(60),
+        publisher.grant(addr(3), Duration::from_secs(900)),
+    )
+    .await
+    .expect("refused at once, not waited for");
+    assert_eq!(third, Err(PublishError::Busy));
+    assert_eq!(publisher.counts().refused_busy, 1);
+    // A waiting login that gives up (its future dropped) frees its place.
+    waiting[0].abort();
+    let _ = (&mut waiting[0]).await;
+    let fourth = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move { publisher.grant(addr(4), Duration::from_secs(900)).await })
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while seen.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the fourth was sent once a place was free");
+    assert_eq!(publisher.counts().refused_busy, 1);
+    fourth.abort();
+    stop.cancel();
+}
+
+/// An engine that refuses (an ACL user without the rights): a failure,
+/// counted, with the engine's reason.
+#[tokio::test]
+async fn an_engine_that_refuses_fails_the_publication_with_its_reason() {
+    let (port, _) = fake_engine(Fake::Refusing).await;
+    let stop = CancellationToken::new();
+    let publisher = publisher(port, Duration::from_secs(10), 8, &stop).await;
+    let outcome =
+        tokio::time::timeout(PATIENCE, publisher.grant(addr(5), Duration::from_secs(900)))
+            .await
+            .expect("the publication ends");
+    match outcome {
+        Err(PublishError::Failed(why)) => assert!(why.contains("NOPERM"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(publisher.counts().failed, 1);
+    stop.cancel();
+}
+
+/// One line when publishing starts failing and one when it works again,
+/// whatever the number of failures; a new spell soon after is not logged
+/// again, and its failures are told by the next line that is.
+#[test]
+fn failures_are_logged_once_per_change() {
+    let mut health = Health::default();
+    let start = Instant::now();
+    let at = |s: u64| start + Duration::from_secs(s);
+    assert_eq!(health.succeeded(at(0)), None, "nothing failed");
+    let first = health.failed(&PublishError::Down, at(1)).expect("a line");
+    assert!(first.contains("not connected"), "{first}");
+    for s in 2..100 {
+        assert_eq!(health.failed(&PublishError::TimedOut, at(s)), None);
+    }
+    let back = health.succeeded(at(100)).expect("a line");
+    assert!(back.contains("99 publication(s) failed in 99.0s"), "{back}");
+    assert_eq!(health.succeeded(at(101)), None);
+    // Within a minute of the last failure line: quiet, both ways.
+    assert_eq!(health.failed(&PublishError::Down, at(30)), None);
+    assert_eq!(health.failed(&PublishError::Down, at(31)), None);
+    assert_eq!(health.succeeded(at(32)), None);
+    // Later: logged again, with the quiet spell's failures.
+    let again = health.failed(&PublishError::Busy, at(200)).expect("a line");
+    assert!(again.contains("2 more failed in short spells"), "{again}");
+    assert!(health.succeeded(at(201)).is_some());
+}
+
+#[test]
+fn the_counts_read_as_a_statistics_line() {
+    let counts = PublishCounts {
+        published: 5,
+        failed: 1,
+        timed_out: 2,
+        refused_busy: 3,
+        down: 4,
+    };
+    assert_eq!(
+        counts.to_string(),
+        "published=5 failed=1 timed_out=2 refused_busy=3 down=4"
+    );
+}
