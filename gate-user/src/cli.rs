@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::policy::listen::PolicyAddr;
 use crate::{
     addr::{parse_addr, Cidr, Dest},
+    bus::config::BusUrl,
     gate::{pins::DEFAULT_PIN_DIR, AttachMode},
+    keys::KeyError,
 };
 
 #[derive(Parser, Debug)]
@@ -147,6 +149,53 @@ pub struct AttachmentArgs {
     pub allow_private_bpffs: bool,
 }
 
+/// The grant bus (bus/config.rs `BusKeys`), shared by `serve`, `grant`
+/// and `revoke`, and keys of their config file.
+#[derive(Args, Debug, Clone, Default, Serialize)]
+pub struct BusArgs {
+    /// Publish every grant to this Redis or Valkey, for the other hosts'
+    /// gates: redis://[USER@]HOST[:PORT][/DB], rediss://... for TLS,
+    /// redis+unix:///PATH. No password here (every user sees a command
+    /// line): --bus-password-file, or the URL in the config file. Off by
+    /// default.
+    #[arg(long, value_name = "URL")]
+    pub bus: Option<BusUrl>,
+    /// File holding the engine's password (of the URL's user). Mode 600.
+    #[arg(long, value_name = "FILE")]
+    pub bus_password_file: Option<PathBuf>,
+    /// Put before every key in the engine, so that several gates share
+    /// one. Default smtp-gate:.
+    #[arg(long, value_name = "PREFIX")]
+    pub bus_prefix: Option<String>,
+    /// Entries the events stream keeps (about). Default 100000.
+    #[arg(long, value_name = "N")]
+    pub bus_stream_length: Option<u64>,
+    /// How long a login waits for the engine at most. Default 250ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub bus_timeout: Option<Duration>,
+    /// This host's name in what it publishes. Default: the host name.
+    #[arg(long, value_name = "NAME")]
+    pub bus_origin: Option<String>,
+}
+
+impl BusArgs {
+    /// Refuses a `--bus` URL with a password in it, naming the flag (and
+    /// not showing the password).
+    pub fn refuse_password(&self) -> Result<(), KeyError> {
+        match &self.bus {
+            Some(url) if url.has_password() => Err(KeyError::of(
+                "bus",
+                format!(
+                    "{url} carries a password, which every user of the host sees on a command \
+                     line: give it in bus_password_file, or the URL in the config file"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct DetachArgs {
     #[arg(long, value_name = "IF")]
@@ -169,6 +218,8 @@ pub struct GrantArgs {
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub lifetime: Option<Duration>,
     #[command(flatten)]
+    pub bus: BusCommandArgs,
+    #[command(flatten)]
     pub pins: PinDirArg,
 }
 
@@ -177,7 +228,21 @@ pub struct RevokeArgs {
     #[arg(value_parser = parse_addr)]
     pub addr: std::net::IpAddr,
     #[command(flatten)]
+    pub bus: BusCommandArgs,
+    #[command(flatten)]
     pub pins: PinDirArg,
+}
+
+/// Where `grant` and `revoke` find the grant bus: `serve`'s config file
+/// (its bus keys, and whether this host has a gate: `iface`), and the
+/// bus flags, which win.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BusCommandArgs {
+    /// `smtp-gate serve`'s config file: publish on its bus too.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub keys: BusArgs,
 }
 
 #[derive(Args, Debug)]
@@ -302,7 +367,8 @@ pub struct ServeArgs {
     /// Host name in the APOP timestamp of the greeting. Default: the system's.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
-    /// Interface to gate.
+    /// Interface to gate. Without one (and with --bus), the host has no
+    /// gate: its logins are published on the bus only.
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
     #[command(flatten)]
@@ -421,6 +487,9 @@ pub struct ServeArgs {
     /// to POP3 (or IMAP), then send again".
     #[arg(long, value_name = "ACTION")]
     pub postfix_policy_reject: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bus: BusArgs,
 }
 
 /// The keys of `smtp-gate serve --config`: its flags' names, but `config`.

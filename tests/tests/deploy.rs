@@ -355,6 +355,20 @@ fn example_config_documents_every_key_with_its_default() {
         "log_rate"
     );
     assert_eq!(attach.mode, Some(smtp_gate::gate::AttachMode::Xdp), "mode");
+    let (documented_bus, default_bus) = (&documented.bus, &defaults.bus);
+    assert!(documented_bus.bus.is_some() && default_bus.bus.is_none());
+    assert_eq!(
+        documented_bus.bus_prefix, default_bus.bus_prefix,
+        "bus_prefix"
+    );
+    assert_eq!(
+        documented_bus.bus_stream_length, default_bus.bus_stream_length,
+        "bus_stream_length"
+    );
+    assert_eq!(
+        documented_bus.bus_timeout, default_bus.bus_timeout,
+        "bus_timeout"
+    );
 }
 
 #[test]

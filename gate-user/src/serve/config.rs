@@ -2,7 +2,7 @@
 //! flags, which win. A setting is written once, as a field with its doc
 //! comment and default: the keys are the fields of `ServeConfig` and of
 //! the structures it embeds (the gate's `AttachRequest`, the POP3
-//! service's `ServerConfig`), and each has a
+//! service's `ServerConfig`, the grant bus's `BusKeys`, ...), and each has a
 //! flag of the same name with `-` for `_` (cli.rs `ServeArgs`, checked
 //! against the keys by the tests below). Every value is checked before
 //! anything starts; an error names the key and the file, or the flag.
@@ -18,6 +18,7 @@ use toml::Table;
 use super::ban_policy::BanPolicy;
 use crate::policy::config::PolicyHooks;
 use crate::{
+    bus::config::BusKeys,
     cli::{serve_keys, ServeArgs},
     gate::{pins::DEFAULT_PIN_DIR, AttachRequest},
     keys::{self, KeyError},
@@ -49,6 +50,9 @@ pub struct ServeConfig {
     /// Dovecot's and Postfix's hooks.
     #[serde(flatten)]
     pub hooks: PolicyHooks,
+    /// The grant bus: where grants are published for the other hosts.
+    #[serde(flatten)]
+    pub bus: BusKeys,
     /// Where the settings came from (not a key).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -62,9 +66,11 @@ pub struct ServeConfig {
 /// load balancer, and whom they trust: the two go together, so that a
 /// reload cannot leave a proxied listener without trusted networks), the
 /// greeting's host name, the
-/// attachment (interface, mode, pin directory, the grant maps' size) and
-/// the Maildir store. Every other key takes effect on reload.
-pub const RESTART_KEYS: [&str; 19] = [
+/// attachment (interface, mode, pin directory, the grant maps' size),
+/// the Maildir store, and the grant bus (its connection and what it
+/// publishes under are set up at start). Every other key takes effect on
+/// reload.
+pub const RESTART_KEYS: [&str; 25] = [
     "listen",
     "listen_tls",
     "proxy_listen",
@@ -81,6 +87,37 @@ pub const RESTART_KEYS: [&str; 19] = [
     "dovecot_policy_secret_file",
     "dovecot_sessions_interval",
     "dovecot_sessions_command",
+    "postfix_policy_listen",
+    "postfix_policy_granted",
+    "postfix_policy_reject",
+    "bus",
+    "bus_password_file",
+    "bus_prefix",
+    "bus_stream_length",
+    "bus_timeout",
+    "bus_origin",
+];
+
+/// The keys that set up or act on this host's gate: refused in a config
+/// without `iface` (a host that publishes its logins on the bus only),
+/// where they would do nothing. `window` is not among them: it is the
+/// published grants' lifetime.
+pub const GATE_ONLY_KEYS: [&str; 18] = [
+    "mode",
+    "capacity",
+    "allow_private_bpffs",
+    "pin_dir",
+    "ports",
+    "deny",
+    "log_rate",
+    "exempt",
+    "dest",
+    "ban_ports",
+    "ban_prefix_v6",
+    "ban_failures",
+    "ban_failure_window",
+    "ban_time",
+    "ban_time_max",
     "postfix_policy_listen",
     "postfix_policy_granted",
     "postfix_policy_reject",
@@ -102,6 +139,7 @@ pub struct ConfigSource {
 
 impl ConfigSource {
     pub fn new(file: Option<&Path>, flags: &ServeArgs) -> Result<Self> {
+        flags.bus.refuse_password().map_err(|e| e.as_flag())?;
         Ok(Self {
             file: file.map(Path::to_path_buf),
             flags: keys::given_flags(flags)?,
@@ -117,7 +155,10 @@ impl ConfigSource {
                 let table = keys::parse_table(&text).map_err(|e| self.named(e, false))?;
                 // The file is checked as it is, so that a bad value in it
                 // is found even while a flag stands in for it.
-                ServeConfig::from_table(table.clone()).map_err(|e| self.named(e, false))?;
+                let in_file =
+                    ServeConfig::from_table(table.clone()).map_err(|e| self.named(e, false))?;
+                keeps_its_password_to_itself(path, &in_file.bus)
+                    .map_err(|e| self.named(e, false))?;
                 table
             }
             None => Table::new(),
@@ -125,6 +166,7 @@ impl ConfigSource {
         table.extend(self.flags.clone());
         let mut config = ServeConfig::from_table(table.clone())
             .and_then(|config| config.check().map(|()| config))
+            .and_then(|config| config.check_given(&table).map(|()| config))
             .map_err(|e| self.described(e))?;
         config.source = self.clone();
         config.given = table;
@@ -158,6 +200,31 @@ impl ConfigSource {
             None => e,
         }
     }
+}
+
+/// A config file whose bus URL carries a password must be readable by
+/// its owner alone (the password file's rule), or the password is
+/// anyone's on the host.
+fn keeps_its_password_to_itself(path: &Path, bus: &BusKeys) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    if !bus.bus.as_ref().is_some_and(|url| url.has_password()) {
+        return Ok(());
+    }
+    let mode = std::fs::metadata(path)
+        .map_err(|e| KeyError::whole(format!("{}: {e}", path.display())))?
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::of(
+            "bus",
+            format!(
+                "the URL carries a password, but {} is mode {mode:04o}: others may read it \
+                 (chmod 600, or give the password in bus_password_file)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl ServeConfig {
@@ -296,6 +363,39 @@ impl ServeConfig {
             &mut hooks.postfix_policy_reject,
             &mut kept,
         );
+        // The bus's link and publisher are made once, at start.
+        let (old, bus) = (&self.bus, &mut new.bus);
+        keep("bus", &old.bus, &mut bus.bus, &mut kept);
+        keep(
+            "bus_password_file",
+            &old.bus_password_file,
+            &mut bus.bus_password_file,
+            &mut kept,
+        );
+        keep(
+            "bus_prefix",
+            &old.bus_prefix,
+            &mut bus.bus_prefix,
+            &mut kept,
+        );
+        keep(
+            "bus_stream_length",
+            &old.bus_stream_length,
+            &mut bus.bus_stream_length,
+            &mut kept,
+        );
+        keep(
+            "bus_timeout",
+            &old.bus_timeout,
+            &mut bus.bus_timeout,
+            &mut kept,
+        );
+        keep(
+            "bus_origin",
+            &old.bus_origin,
+            &mut bus.bus_origin,
+            &mut kept,
+        );
         for key in RESTART_KEYS {
             match self.given.get(key) {
                 Some(value) => new.given.insert(key.to_string(), value.clone()),
@@ -303,6 +403,12 @@ impl ServeConfig {
             };
         }
         kept
+    }
+
+    /// True if this host has a gate (`iface`); without one (and with a
+    /// bus) its logins are published on the bus only.
+    pub fn has_gate(&self) -> bool {
+        !self.attach.iface.is_empty()
     }
 
     /// True if the daemon serves POP3 (on `listen` or `listen_tls`).
@@ -316,8 +422,10 @@ impl ServeConfig {
         // Without POP3 listeners the daemon serves the hooks only (a host
         // that keeps Dovecot): no users, no mail.
         let pop3 = self.serves_pop3();
+        // Without a gate, a bus is where the logins go.
+        let no_grants = !self.has_gate() && self.bus.bus.is_none();
         let required = [
-            ("iface", self.attach.iface.is_empty(), "IF"),
+            ("iface", no_grants, "IF"),
             ("users", pop3 && self.users.as_os_str().is_empty(), "FILE"),
             (
                 "mail_root",
@@ -351,6 +459,7 @@ impl ServeConfig {
         }
         self.attach.check()?;
         self.bans.check()?;
+        self.bus.check()?;
         // Without `window`, the gate keeps the one it has: the default's,
         // unless `smtp-gate settings` changed it.
         let window = self
@@ -363,6 +472,22 @@ impl ServeConfig {
         self.pop3
             .check()
             .map_err(|bad| KeyError::of(bad.key, bad.problem))
+    }
+
+    /// Refuses, on a host without a gate, the keys of a gate (`given`:
+    /// the keys as given, file and flags).
+    pub fn check_given(&self, given: &Table) -> Result<(), KeyError> {
+        if self.has_gate() {
+            return Ok(());
+        }
+        match GATE_ONLY_KEYS.iter().find(|key| given.contains_key(**key)) {
+            Some(key) => Err(KeyError::of(
+                key,
+                "needs iface: it sets up or acts on this host's gate, and without iface this \
+                 host has none (it publishes its logins on the bus only)",
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -428,6 +553,12 @@ mod tests {
         postfix_policy_reject = "450 4.7.1 log in to POP3 first"
         ban_ports = [110, 995]
         ban_prefix_v6 = 56
+        bus = "rediss://pop1@engine.example.net:6380/0"
+        bus_password_file = "/etc/smtp-gate/bus-password"
+        bus_prefix = "isp-a:"
+        bus_stream_length = 200000
+        bus_timeout = "500ms"
+        bus_origin = "pop1.example.net"
     "#;
 
     #[test]
@@ -492,6 +623,19 @@ mod tests {
             hooks.postfix_policy_reject,
             "450 4.7.1 log in to POP3 first"
         );
+        let bus = &s.bus;
+        assert_eq!(
+            bus.bus.as_ref().map(ToString::to_string).as_deref(),
+            Some("rediss://pop1@engine.example.net:6380/0")
+        );
+        assert_eq!(
+            bus.bus_password_file.as_deref(),
+            Some(Path::new("/etc/smtp-gate/bus-password"))
+        );
+        assert_eq!(bus.bus_prefix, "isp-a:");
+        assert_eq!(bus.bus_stream_length, 200_000);
+        assert_eq!(bus.bus_timeout, Duration::from_millis(500));
+        assert_eq!(bus.bus_origin.as_deref(), Some("pop1.example.net"));
         let all = ServeConfig::from_toml("dest = [\"all\"]").unwrap();
         assert_eq!(all.attach.dest, Some(Vec::new()), "all: every destination");
     }
@@ -511,6 +655,107 @@ mod tests {
         assert!(e.problem.contains("serve nothing"), "{e}");
         let pop3 = ServeConfig::from_toml("iface = \"eth0\"\n").unwrap();
         assert_eq!(pop3.check().unwrap_err().key.as_deref(), Some("users"));
+    }
+
+    /// A host without a gate publishes its logins on the bus: it needs a
+    /// bus, and a gate's keys, which would do nothing there, are refused
+    /// by name (file and flags alike).
+    #[test]
+    fn a_host_without_a_gate_needs_a_bus_and_takes_no_gate_keys() {
+        let dir = tempdir();
+        let pop3_only = format!(
+            "users = \"/u\"\nmail_root = \"{}\"\nbus = \"redis://10.0.0.5:6379\"\n\
+             window = \"10m\"\ndovecot_policy_listen = \"127.0.0.1:10030\"\n",
+            dir.display()
+        );
+        let file = dir.join("smtp-gate.toml");
+        write_config(&file, &pop3_only);
+        let config = ServeConfig::load(Some(&file), &serve_args(&[])).unwrap();
+        assert!(!config.has_gate());
+        assert_eq!(config.attach.window, Some(Duration::from_secs(600)));
+        for (line, key) in [
+            ("ban_failures = 5", "ban_failures"),
+            ("ports = [25]", "ports"),
+            ("mode = \"tc\"", "mode"),
+            (
+                "postfix_policy_listen = \"127.0.0.1:10031\"",
+                "postfix_policy_listen",
+            ),
+            ("pin_dir = \"/sys/fs/bpf/x\"", "pin_dir"),
+        ] {
+            write_config(&file, &format!("{pop3_only}{line}\n"));
+            let e = format!(
+                "{:#}",
+                ServeConfig::load(Some(&file), &serve_args(&[])).unwrap_err()
+            );
+            let named = format!("config file {}: key `{key}`: needs iface", file.display());
+            assert!(e.starts_with(&named), "{line}: {e}");
+        }
+        write_config(&file, &pop3_only);
+        let e = format!(
+            "{:#}",
+            ServeConfig::load(Some(&file), &serve_args(&["--deny", "reset"])).unwrap_err()
+        );
+        assert!(e.starts_with("--deny: needs iface"), "{e}");
+        // With a gate, the same keys are the gate's.
+        let flags = serve_args(&["--iface", "eth0", "--ban-failures", "5"]);
+        assert!(ServeConfig::load(Some(&file), &flags).unwrap().has_gate());
+        // Neither a gate nor a bus: the logins would grant nothing.
+        let no_bus = pop3_only.replace("bus = \"redis://10.0.0.5:6379\"\n", "");
+        write_config(&file, &no_bus);
+        let e = format!(
+            "{:#}",
+            ServeConfig::load(Some(&file), &serve_args(&[])).unwrap_err()
+        );
+        assert!(e.contains("key `iface`: missing"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The engine's password is never taken from a command line (every
+    /// user sees it there), and never said back: a `--bus` URL with one
+    /// is refused naming the flag, without the password.
+    #[test]
+    fn a_password_in_the_bus_flag_is_refused_without_showing_it() {
+        let dir = tempdir();
+        let file = config_with(&dir, "");
+        let flags = serve_args(&["--bus", "redis://gate:s3cret@10.0.0.5:6379"]);
+        let e = format!("{:#}", ServeConfig::load(Some(&file), &flags).unwrap_err());
+        assert!(
+            e.starts_with("--bus: redis://gate:***@10.0.0.5:6379 carries a password"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        // A user alone is fine on the command line.
+        let flags = serve_args(&["--bus", "redis://gate@10.0.0.5:6379"]);
+        let config = ServeConfig::load(Some(&file), &flags).unwrap();
+        assert_eq!(
+            config.bus.bus.unwrap().secret_text(),
+            "redis://gate@10.0.0.5:6379"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A config file whose bus URL carries the password must be its
+    /// owner's alone to read, as the password file must.
+    #[test]
+    fn a_password_in_the_config_file_needs_a_file_others_cannot_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir();
+        let file = config_with(&dir, "bus = \"redis://gate:s3cret@10.0.0.5:6379\"\n");
+        let e = format!(
+            "{:#}",
+            ServeConfig::load(Some(&file), &serve_args(&[])).unwrap_err()
+        );
+        let named = format!(
+            "config file {}: key `bus`: the URL carries a password",
+            file.display()
+        );
+        assert!(e.starts_with(&named), "{e}");
+        assert!(e.contains("mode 0644") && !e.contains("s3cret"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = ServeConfig::load(Some(&file), &serve_args(&[])).unwrap();
+        assert!(config.bus.bus.unwrap().has_password());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -734,6 +979,7 @@ mod tests {
                 "log_rate" => vec![u32::MAX as i64, 1_000_001],
                 "ban_failures" => vec![u32::MAX as i64, 1001],
                 "ban_prefix_v6" => vec![256, 129, 0],
+                "bus_stream_length" => vec![100_000_001, 999],
                 _ => Vec::new(),
             }
         };
@@ -789,6 +1035,8 @@ mod tests {
                 "ban_prefix_v6",
                 "ban_time",
                 "ban_time_max",
+                "bus_stream_length",
+                "bus_timeout",
                 "capacity",
                 "client_prefix_v4",
                 "client_prefix_v6",
@@ -921,8 +1169,8 @@ mod tests {
         let every: Table = EVERY_KEY.parse().unwrap();
         let whole = |c: &ServeConfig| {
             format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3, c.bans, c.hooks
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3, c.bans, c.hooks, c.bus
             )
         };
         for (key, value) in &every {
