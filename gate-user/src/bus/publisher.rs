@@ -34,6 +34,8 @@ use log::{debug, info, warn};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::keys::KeyError;
+
 use super::{
     config::BusKeys,
     event::{Event, Op},
@@ -109,13 +111,14 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// One word for the grant line (`bus=down`).
+    /// One word for the grant line (`bus=down`; `bus=published` when
+    /// it reached the engine).
     pub fn word(&self) -> &'static str {
         match self {
             Self::Down => "down",
             Self::TimedOut => "timeout",
             Self::Busy => "busy",
-            Self::Failed(_) => "error",
+            Self::Failed(_) => "failed",
         }
     }
 }
@@ -323,18 +326,20 @@ impl Publisher {
 }
 
 /// The link's settings for `keys`: `None` without a bus. The password
-/// file (a file of secrets: no access for group or others) is read now.
+/// file (a file of secrets: no access for group or others) is read now;
+/// its errors are a [`KeyError`] of `bus_password_file`.
 pub fn link_settings(keys: &BusKeys, role: &'static str) -> Result<Option<LinkSettings>> {
     let Some(url) = &keys.bus else {
         return Ok(None);
     };
     let password = match &keys.bus_password_file {
         Some(path) => {
+            let refused = |problem: String| KeyError::of("bus_password_file", problem);
             let text = pop3::trusted_file::read(path, pop3::trusted_file::SECRETS)
-                .map_err(|e| anyhow::anyhow!("bus_password_file: {e}"))?;
+                .map_err(|e| refused(e.to_string()))?;
             let password = text.trim_end_matches(['\r', '\n']);
             if password.is_empty() {
-                anyhow::bail!("bus_password_file {} is empty", path.display());
+                Err(refused(format!("{} is empty", path.display())))?;
             }
             Some(password.to_owned())
         }

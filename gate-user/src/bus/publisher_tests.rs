@@ -1,7 +1,8 @@
 //! The publisher without an engine: the transaction it sends, read back
 //! from the wire form; its bounds against a fake engine that answers the
 //! link's PING and then nothing (or only errors); the log's once per
-//! change. tests/tests/bus_publisher_e2e.rs runs it against a real Redis.
+//! change. tests/tests/bus_publish_e2e.rs runs it against a real Redis,
+//! inside the daemon.
 
 use std::sync::Arc;
 

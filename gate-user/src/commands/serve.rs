@@ -1,13 +1,22 @@
 use anyhow::{bail, Result};
 use smtp_gate::{
     cli::ServeArgs,
+    gate::privilege::{require, CHANGE_GATE},
     serve::{self, ServeConfig},
 };
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     ignore_early_hangups()?;
+    // A host with a gate needs what changing it needs, before anything
+    // else is tried; one without (it publishes on the grant bus only)
+    // needs none, but its ports' (CAP_NET_BIND_SERVICE below 1024).
+    let config = ServeConfig::load(args.config.as_deref(), &args);
+    if config.as_ref().map_or(true, ServeConfig::has_gate) {
+        require("smtp-gate serve", CHANGE_GATE)?;
+    }
+    let config = config?;
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    serve::run(ServeConfig::load(args.config.as_deref(), &args)?)
+    serve::run(config)
 }
 
 /// SIGHUP's default action ends the process, and the reloader's handler

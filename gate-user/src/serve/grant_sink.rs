@@ -1,6 +1,6 @@
 //! Logins granted in the pinned grant maps.
 
-use std::{net::IpAddr, sync::Mutex};
+use std::{net::IpAddr, sync::Mutex, time::Duration};
 
 use pop3::{GrantError, GrantFuture, GrantSink, Granted};
 use tokio::sync::Notify;
@@ -39,16 +39,28 @@ impl GateGrantSink {
     }
 }
 
+impl GateGrantSink {
+    /// Grants `addr` now, for the gate's window; gives that window (what
+    /// the grant bus publishes the grant for), if it can be read.
+    pub fn grant_now(&self, addr: IpAddr) -> anyhow::Result<Option<Duration>> {
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = maps.grant(addr, None) {
+            self.trouble.notify_one();
+            return Err(e);
+        }
+        Ok(maps
+            .settings()
+            .ok()
+            .map(|settings| Duration::from_nanos(settings.window_ns)))
+    }
+}
+
 impl GrantSink for GateGrantSink {
     fn grant(&self, addr: IpAddr) -> GrantFuture<'_> {
-        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        let granted = maps
-            .grant(addr, None)
-            .map(|()| Granted::default())
-            .map_err(|e| {
-                self.trouble.notify_one();
-                GrantError::new(e)
-            });
+        let granted = self
+            .grant_now(addr)
+            .map(|_window| Granted::default())
+            .map_err(GrantError::new);
         Box::pin(std::future::ready(granted))
     }
 }

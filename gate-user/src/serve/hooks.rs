@@ -14,7 +14,7 @@ use pop3::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{GateBanSink, GateGrantSink};
+use super::{GateBanSink, GateGrantSink, LocalGate};
 use crate::policy::{
     config::PolicyHooks,
     dovecot::{self, DovecotPolicySettings, PolicyCounters},
@@ -23,10 +23,11 @@ use crate::policy::{
     postfix, GrantLookup, LoginReports, ReportFuture, Standing,
 };
 
-/// Dovecot's reports, acted on in the gate.
+/// Dovecot's reports, acted on in the gate (and on the grant bus): a
+/// host without a gate counts no failures and bans nobody.
 pub struct GateLoginReports {
-    pub grants: Arc<GateGrantSink>,
-    pub bans: Arc<GateBanSink>,
+    pub grants: Arc<dyn GrantSink>,
+    pub bans: Option<Arc<GateBanSink>>,
 }
 
 impl LoginReports for GateLoginReports {
@@ -62,11 +63,13 @@ impl LoginReports for GateLoginReports {
     }
 
     fn login_failed(&self, addr: IpAddr, user: &str) {
-        self.bans.login_failed(addr, user);
+        if let Some(bans) = &self.bans {
+            bans.login_failed(addr, user);
+        }
     }
 
     fn is_banned(&self, addr: IpAddr) -> bool {
-        self.bans.is_banned(addr)
+        self.bans.as_ref().is_some_and(|bans| bans.is_banned(addr))
     }
 }
 
@@ -126,12 +129,14 @@ pub fn bind(hooks: &PolicyHooks) -> Result<BoundHooks> {
     })
 }
 
-/// Starts the hooks; they end when `stop` is cancelled.
+/// Starts the hooks; they end when `stop` is cancelled. Logins grant
+/// through `grants` (the gate and the bus); Postfix's questions are
+/// answered from this host's gate, which it needs.
 pub fn start(
     bound: BoundHooks,
     hooks: &PolicyHooks,
-    grants: Arc<GateGrantSink>,
-    bans: Arc<GateBanSink>,
+    grants: Arc<dyn GrantSink>,
+    gate: Option<&LocalGate>,
     stop: CancellationToken,
 ) -> Result<()> {
     if let Some((listener, settings)) = bound.dovecot {
@@ -141,12 +146,12 @@ pub fn start(
         );
         let reports = Arc::new(GateLoginReports {
             grants: Arc::clone(&grants),
-            bans: Arc::clone(&bans),
+            bans: gate.map(|gate| Arc::clone(&gate.bans)),
         });
         let counts = Arc::new(PolicyCounters::default());
         let shown = Arc::clone(&counts);
         tokio::spawn(log_statistics(
-            "dovecot-policy",
+            "hook=dovecot-policy",
             move || shown.now().to_string(),
             stop.clone(),
         ));
@@ -159,18 +164,21 @@ pub fn start(
         ));
     }
     if let Some(listener) = bound.postfix {
+        let Some(gate) = gate else {
+            anyhow::bail!("postfix_policy_listen needs iface: Postfix is answered from the gate");
+        };
         info!(
             "Postfix policy requests answered on {}",
             listener.local_addr()?
         );
         let lookup = Arc::new(GateGrantLookup {
-            grants: Arc::clone(&grants),
-            bans: Arc::clone(&bans),
+            grants: Arc::clone(&gate.grants),
+            bans: Arc::clone(&gate.bans),
         });
         let counts = Arc::new(postfix::PolicyCounters::default());
         let shown = Arc::clone(&counts);
         tokio::spawn(log_statistics(
-            "postfix-policy",
+            "hook=postfix-policy",
             move || shown.now().to_string(),
             stop.clone(),
         ));
@@ -192,7 +200,7 @@ pub fn start(
             command: hooks.dovecot_sessions_command.clone(),
             interval,
             protocols: hooks.dovecot_policy_protocols.clone(),
-            grants: grants as Arc<dyn GrantSink>,
+            grants,
             limits: ListingLimits::default(),
         };
         tokio::spawn(renewer.run(stop));
@@ -204,10 +212,11 @@ pub fn start(
 /// anvil logs its statistics every 10 minutes.
 const STATISTICS_EVERY: Duration = Duration::from_secs(600);
 
-/// Logs `statistics hook=NAME key=value...` every [`STATISTICS_EVERY`]
-/// if the counts changed, and once more when the daemon stops.
-async fn log_statistics(
-    hook: &'static str,
+/// Logs `statistics WHAT key=value...` (`hook=NAME`, `bus=publisher`)
+/// every [`STATISTICS_EVERY`] if the counts changed, and once more when
+/// the daemon stops.
+pub async fn log_statistics(
+    what: &'static str,
     counts: impl Fn() -> String + Send + 'static,
     stop: CancellationToken,
 ) {
@@ -217,14 +226,14 @@ async fn log_statistics(
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
-                info!("statistics hook={hook} {}", counts());
+                info!("statistics {what} {}", counts());
                 return;
             }
             _ = ticks.tick() => {}
         }
         let now = counts();
         if now != last {
-            info!("statistics hook={hook} {now}");
+            info!("statistics {what} {now}");
             last = now;
         }
     }

@@ -3,6 +3,10 @@
 //! gate's map before answering `+OK`. The gate is pinned, so it keeps
 //! enforcing, with its grants, while the daemon restarts; while the daemon
 //! runs it also holds the gate itself and watches it (watch.rs).
+//!
+//! With a grant bus (`bus`), every grant is also published for the other
+//! hosts' gates (login_grants.rs); a host without `iface` has no gate and
+//! only publishes.
 
 mod ban_policy;
 mod ban_sink;
@@ -10,6 +14,7 @@ pub mod config;
 mod gate_log;
 mod grant_sink;
 mod hooks;
+mod login_grants;
 mod open_files;
 mod reload;
 mod users;
@@ -39,9 +44,11 @@ pub use ban_policy::BanPolicy;
 pub use ban_sink::GateBanSink;
 pub use config::ServeConfig;
 pub use grant_sink::GateGrantSink;
+pub use login_grants::LoginGrants;
 
 use crate::{
-    gate::{self, held::HeldGate, AttachReport, GateMaps, PinDir},
+    bus::publisher::Publisher,
+    gate::{self, held::HeldGate, AttachReport, AttachRequest, GateMaps, PinDir},
     keys::KeyError,
 };
 
@@ -140,6 +147,168 @@ async fn serve(
     let listeners = bind(&config.pop3.listen)?;
     let tls_listeners = bind(&config.pop3.tls_listen())?;
     let hook_listeners = hooks::bind(&config.hooks)?;
+    // The bus's password file is read before the gate changes too; its
+    // link connects in the background meanwhile.
+    let bus_stop = CancellationToken::new();
+    let publisher = start_bus(&config, bus_stop.clone())?;
+    let gate = if config.has_gate() {
+        Some(attach_gate(&config)?)
+    } else {
+        info!(
+            "no iface: this host has no gate; its logins are published on the bus only \
+             (the other hosts' gates enforce them)"
+        );
+        None
+    };
+    let window = config
+        .attach
+        .window
+        .unwrap_or(std::time::Duration::from_nanos(
+            gate_common::DEFAULT_WINDOW_NS,
+        ));
+    let grants = Arc::new(LoginGrants::new(
+        gate.as_ref().map(|gate| Arc::clone(&gate.local.grants)),
+        publisher.clone(),
+        window,
+    ));
+    let serves_pop3 = config.serves_pop3();
+    if serves_pop3 {
+        users::report(&users, written, &config.users);
+    } else {
+        info!("no POP3 listener: serving the mail servers' hooks only");
+    }
+    let users = Arc::new(LiveUsers::new(users));
+    let failures: Arc<dyn pop3::FailureSink> = match &gate {
+        Some(gate) => Arc::clone(&gate.local.bans) as _,
+        None => Arc::new(pop3::NoFailureSink),
+    };
+    let backends = Backends {
+        auth: Arc::clone(&users) as _,
+        store: Arc::new(MaildirStore::new(config.mail_root.clone())),
+        grants: Arc::clone(&grants) as _,
+        failures,
+    };
+    let mut server = Server::with_listeners(config.pop3.clone(), backends, listeners);
+    match tls {
+        Some(tls) => server = server.serving_tls(tls, tls_listeners),
+        None if !serves_pop3 => {}
+        None => warn!(
+            "no TLS certificate (tls_cert, tls_key): passwords (USER/PASS) cross the network in \
+             clear, and APOP can be attacked offline from one captured session"
+        ),
+    }
+    for addr in server.local_addrs() {
+        info!("POP3 listening on {addr}");
+    }
+    for addr in server.tls_local_addrs() {
+        info!("POP3 over TLS listening on {addr}");
+    }
+    if let Some(gate) = &gate {
+        warn_of_unbanned_listeners(&gate.dir, &server);
+    }
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        trigger.cancel();
+    });
+    hooks::start(
+        hook_listeners,
+        &config.hooks,
+        Arc::clone(&grants) as _,
+        gate.as_ref().map(|gate| &gate.local),
+        shutdown.clone(),
+    )?;
+    if let Some(publisher) = &publisher {
+        let shown = Arc::clone(publisher);
+        tokio::spawn(hooks::log_statistics(
+            "bus=publisher",
+            move || shown.counts().to_string(),
+            shutdown.clone(),
+        ));
+        // A login right after the start finds the link up, unless the
+        // engine cannot be reached (the link says so, and goes on trying).
+        publisher.wait_connected(FIRST_CONNECTION).await;
+    }
+    let (gate_reload, watched) = match gate {
+        Some(gate) => {
+            let reload = reload::GateReload {
+                requests: gate.requests,
+                bans: Arc::clone(&gate.local.bans),
+            };
+            (Some(reload), Some((gate.watch, gate.trouble, gate.iface)))
+        }
+        None => (None, None),
+    };
+    let reloader = reload::Reloader::new(
+        config,
+        users,
+        server.live_config(),
+        server.certificates(),
+        gate_reload,
+        Arc::clone(&grants),
+    );
+    tokio::spawn(reloader.run(hangups, shutdown.clone()));
+    let watch_stop = CancellationToken::new();
+    let watching = watched.map(|(watch, trouble, iface)| {
+        (tokio::spawn(watch.run(trouble, watch_stop.clone())), iface)
+    });
+    server.run(shutdown).await;
+    watch_stop.cancel();
+    bus_stop.cancel();
+    if let Some((watching, iface)) = watching {
+        match watching.await {
+            Ok(watch) => watch.farewell(&iface),
+            Err(e) => log::error!("the gate's watch failed: {e}; the gate may be gone"),
+        }
+    }
+    Ok(())
+}
+
+/// How long the start waits for the bus's first connection at most.
+const FIRST_CONNECTION: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The publisher, if a bus is configured: its password file read now (a
+/// bad one stops the start, naming the key), its link kept by a task
+/// until `stop`.
+fn start_bus(config: &ServeConfig, stop: CancellationToken) -> Result<Option<Arc<Publisher>>> {
+    let Some(url) = &config.bus.bus else {
+        return Ok(None);
+    };
+    let publisher =
+        Publisher::start(&config.bus, "serve", stop).map_err(|e| config.source.name_the_key(e))?;
+    info!(
+        "grant bus: every grant is published to {url} under {}, its +OK waiting at most {} \
+         (origin {})",
+        config.bus.bus_prefix,
+        pop3::duration::format_duration(config.bus.bus_timeout),
+        publisher.settings().origin
+    );
+    Ok(Some(Arc::new(publisher)))
+}
+
+/// This host's gate, as the daemon grants and bans in it.
+pub struct LocalGate {
+    pub grants: Arc<GateGrantSink>,
+    pub bans: Arc<GateBanSink>,
+}
+
+/// The gate attached (or adopted) and held, with what watches it.
+struct AttachedGate {
+    local: LocalGate,
+    dir: PinDir,
+    iface: String,
+    watch: watch::Watch,
+    requests: channel::Sender<AttachRequest>,
+    trouble: Arc<tokio::sync::Notify>,
+}
+
+fn attach_gate(config: &ServeConfig) -> Result<AttachedGate> {
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
     let attachment =
@@ -201,69 +370,12 @@ async fn serve(
     if let Err(e) = gate_log::forward(&dir, &iface) {
         warn!("the gate's denial log is not forwarded: {e:#}");
     }
-    let serves_pop3 = config.serves_pop3();
-    if serves_pop3 {
-        users::report(&users, written, &config.users);
-    } else {
-        info!("no POP3 listener: serving the mail servers' hooks only");
-    }
-    let users = Arc::new(LiveUsers::new(users));
-    let backends = Backends {
-        auth: Arc::clone(&users) as _,
-        store: Arc::new(MaildirStore::new(config.mail_root.clone())),
-        grants: grants.clone(),
-        failures: Arc::clone(&bans) as _,
-    };
-    let mut server = Server::with_listeners(config.pop3.clone(), backends, listeners);
-    match tls {
-        Some(tls) => server = server.serving_tls(tls, tls_listeners),
-        None if !serves_pop3 => {}
-        None => warn!(
-            "no TLS certificate (tls_cert, tls_key): passwords (USER/PASS) cross the network in \
-             clear, and APOP can be attacked offline from one captured session"
-        ),
-    }
-    for addr in server.local_addrs() {
-        info!("POP3 listening on {addr}");
-    }
-    for addr in server.tls_local_addrs() {
-        info!("POP3 over TLS listening on {addr}");
-    }
-    warn_of_unbanned_listeners(&dir, &server);
-    let shutdown = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: shutting down"),
-            _ = int.recv() => info!("SIGINT: shutting down"),
-        }
-        trigger.cancel();
-    });
-    hooks::start(
-        hook_listeners,
-        &config.hooks,
-        Arc::clone(&grants),
-        Arc::clone(&bans),
-        shutdown.clone(),
-    )?;
-    let reloader = reload::Reloader::new(
-        config,
-        users,
-        server.live_config(),
-        server.certificates(),
+    Ok(AttachedGate {
+        local: LocalGate { grants, bans },
+        dir,
+        iface,
+        watch,
         requests,
-        bans,
-    );
-    tokio::spawn(reloader.run(hangups, shutdown.clone()));
-    let watch_stop = CancellationToken::new();
-    let watching = tokio::spawn(watch.run(Arc::clone(&trouble), watch_stop.clone()));
-    server.run(shutdown).await;
-    watch_stop.cancel();
-    match watching.await {
-        Ok(watch) => watch.farewell(&iface),
-        Err(e) => log::error!("the gate's watch failed: {e}; the gate may be gone"),
-    }
-    Ok(())
+        trouble,
+    })
 }

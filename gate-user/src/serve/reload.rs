@@ -10,7 +10,7 @@
 //! until a good users file comes. One line says what changed, and what was
 //! refused.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
 use gate_common::{ipv6_mask_prefix, DenyMode, Settings, BANS_V4_IN_USE, BANS_V6_IN_USE};
@@ -28,7 +28,7 @@ use toml::Value;
 use super::{
     ban_sink::GateBanSink,
     config::{ServeConfig, RESTART_KEYS},
-    open_files, users,
+    open_files, users, LoginGrants,
 };
 use crate::{
     addr::Cidr,
@@ -56,9 +56,18 @@ pub struct Reloader {
     service: Arc<LiveConfig>,
     /// The certificate in force, if the daemon serves TLS.
     certificates: Option<Arc<Certificates>>,
+    /// This host's gate, if it has one.
+    gate: Option<GateReload>,
+    /// Where the window of a host without a gate goes (what its published
+    /// grants live for).
+    grants: Arc<LoginGrants>,
+}
+
+/// What a reload changes of this host's gate.
+pub struct GateReload {
     /// What the watch attaches with when it must attach again.
-    requests: watch::Sender<AttachRequest>,
-    bans: Arc<GateBanSink>,
+    pub requests: watch::Sender<AttachRequest>,
+    pub bans: Arc<GateBanSink>,
 }
 
 impl Reloader {
@@ -67,16 +76,16 @@ impl Reloader {
         users: Arc<LiveUsers>,
         service: Arc<LiveConfig>,
         certificates: Option<Arc<Certificates>>,
-        requests: watch::Sender<AttachRequest>,
-        bans: Arc<GateBanSink>,
+        gate: Option<GateReload>,
+        grants: Arc<LoginGrants>,
     ) -> Self {
         Self {
             config,
             users,
             service,
             certificates,
-            requests,
-            bans,
+            gate,
+            grants,
         }
     }
 
@@ -99,15 +108,26 @@ impl Reloader {
         match self.config.source.load() {
             Ok(mut new) => {
                 refused.extend(keep_restart_only(&self.config, &mut new));
-                match apply_to_gate(&PinDir::new(&new.pin_dir), &new.attach, new.bans.is_on()) {
-                    Ok(gate) => changes.extend(gate),
-                    Err(e) => {
-                        error!(
-                            "reload (SIGHUP): the gate's settings could not be changed: {e:#}; \
-                             it keeps the ones it has"
-                        );
-                        refused.push("the gate's settings (it keeps the ones it has)".to_string());
+                if self.gate.is_some() {
+                    match apply_to_gate(&PinDir::new(&new.pin_dir), &new.attach, new.bans.is_on()) {
+                        Ok(gate) => changes.extend(gate),
+                        Err(e) => {
+                            error!(
+                                "reload (SIGHUP): the gate's settings could not be changed: \
+                                 {e:#}; it keeps the ones it has"
+                            );
+                            refused
+                                .push("the gate's settings (it keeps the ones it has)".to_string());
+                        }
                     }
+                } else if new.attach.window != self.config.attach.window {
+                    // No gate to read the change back from: the window is
+                    // the config's alone.
+                    changes.push(format!(
+                        "window {} -> {}",
+                        shown(self.config.given.get("window")),
+                        shown(new.given.get("window"))
+                    ));
                 }
                 let (tls_changes, tls_refused) =
                     reload_certificate(&self.config, &mut new, self.certificates.as_deref());
@@ -121,8 +141,15 @@ impl Reloader {
                 }
                 changes.extend(service_changes(&self.config, &new));
                 self.service.update(new.pop3.clone());
-                self.bans.set_policy(new.bans.clone());
-                self.requests.send_replace(new.attach.clone());
+                if let Some(gate) = &self.gate {
+                    gate.bans.set_policy(new.bans.clone());
+                    gate.requests.send_replace(new.attach.clone());
+                }
+                self.grants.set_window(
+                    new.attach
+                        .window
+                        .unwrap_or(Duration::from_nanos(gate_common::DEFAULT_WINDOW_NS)),
+                );
                 self.config = new;
             }
             Err(e) => {
