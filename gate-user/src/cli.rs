@@ -492,6 +492,15 @@ pub struct ServeArgs {
     pub bus: BusArgs,
 }
 
+impl ServeArgs {
+    /// No flag given: what `smtp-gate serve` alone parses to.
+    pub fn none() -> Self {
+        use clap::FromArgMatches;
+        let matches = Self::augment_args(clap::Command::new("serve")).get_matches_from(["serve"]);
+        Self::from_arg_matches(&matches).expect("serve without flags parses")
+    }
+}
+
 /// The keys of `smtp-gate serve --config`: its flags' names, but `config`.
 pub fn serve_keys() -> Vec<String> {
     ServeArgs::augment_args(clap::Command::new("serve"))

@@ -7,6 +7,7 @@
 //! engine expiring it then) and one entry of the `smtp-gate:events`
 //! stream. An engine that is killed or hung never holds a login up past
 //! `bus_timeout`, nor fills the log; one that comes back is used again.
+//! `smtp-gate grant` and `revoke` publish too.
 //!
 //! Needs root, a built binary (`cargo build`), python3 and redis-server
 //! (`cargo xtask setup`); panics otherwise (never skips). Each test builds
@@ -18,6 +19,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt,
+    path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -26,6 +28,7 @@ use testkit::{
     mail::MailFixture,
     netns::in_netns,
     pop3_client::{pop3_client, require_pop3_clients},
+    process::describe,
     redis::{client as redis, RedisServer},
     serve::{ServeDaemon, POP3_PORT},
 };
@@ -544,4 +547,152 @@ fn dovecot_report(endpoint: SocketAddr, body: &str) -> String {
     let mut answer = String::new();
     let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
     answer
+}
+
+/// `smtp-gate ARGS` in the server namespace (where the engine is): its
+/// output.
+fn gate_command(lab: &Lab, args: &[&str]) -> std::process::Output {
+    testkit::gate_binary::smtp_gate_in(&lab.server_ns, args)
+}
+
+#[track_caller]
+fn ok_output(out: &std::process::Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", describe(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `smtp-gate grant` and `revoke` with a bus publish: the key set (for
+/// `--for`, or the gate's window) and deleted, a stream entry each; with
+/// a gate pinned they write its map too, without one they say so. The
+/// bus may come from serve's config file. An engine that is down fails
+/// the command, saying the grant is not published.
+#[test]
+fn grant_and_revoke_publish() {
+    let lab = BusLab::new();
+    let url = lab.redis.url();
+    let pin = lab.lab.pin_dir_str();
+    let mut engine = lab.engine();
+    let granted: IpAddr = "192.0.2.50".parse().unwrap();
+    lab.lab.attach(&["--window", "10m"]);
+
+    // A gate pinned here: its map and the bus.
+    let out = gate_command(
+        &lab.lab,
+        &[
+            "grant",
+            "192.0.2.50",
+            "--for",
+            "1h",
+            "--bus",
+            &url,
+            "--bus-origin",
+            "ops",
+            "--pin-dir",
+            &pin,
+        ],
+    );
+    let said = ok_output(&out, "grant");
+    assert!(said.contains("here and on the bus"), "{said}");
+    assert_granted_for(&mut engine, granted, Duration::from_secs(3600));
+    assert_one_grant_entry(&mut engine, granted, "ops");
+    assert!(
+        lab.lab
+            .list(&[])
+            .iter()
+            .any(|g| g["address"] == "192.0.2.50"),
+        "not in the local gate"
+    );
+    let out = gate_command(
+        &lab.lab,
+        &[
+            "revoke",
+            "192.0.2.50",
+            "--bus",
+            &url,
+            "--bus-origin",
+            "ops",
+            "--pin-dir",
+            &pin,
+        ],
+    );
+    let said = ok_output(&out, "revoke");
+    assert!(said.contains("revoked 192.0.2.50 here"), "{said}");
+    assert_eq!(grant_of(&mut engine, granted), None, "the key stays");
+    let revokes = events_of(&mut engine, "revoke", granted);
+    assert_eq!(revokes.len(), 1, "{revokes:?}");
+    assert_eq!(revokes[0]["origin"], "ops");
+    assert!(
+        !lab.lab
+            .list(&["--all"])
+            .iter()
+            .any(|g| g["address"] == "192.0.2.50"),
+        "still in the local gate"
+    );
+
+    // No gate pinned here, the bus from serve's config file (a host that
+    // only publishes): the window is the file's.
+    let config = lab.mail.dir().join("smtp-gate.toml");
+    fs::write(
+        &config,
+        format!(
+            "listen = []\ndovecot_policy_listen = \"127.0.0.1:10030\"\nwindow = \"20m\"\n\
+             bus = \"{url}\"\nbus_origin = \"pop2\"\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    let config = config.display().to_string();
+    let elsewhere = lab.mail.dir().join("no-gate").display().to_string();
+    let only: IpAddr = "2001:db8::50".parse().unwrap();
+    let out = gate_command(
+        &lab.lab,
+        &[
+            "grant",
+            "2001:db8::50",
+            "--config",
+            &config,
+            "--pin-dir",
+            &elsewhere,
+        ],
+    );
+    let said = ok_output(&out, "grant --config");
+    assert!(said.contains("no gate here"), "{said}");
+    assert_granted_for(&mut engine, only, Duration::from_secs(1200));
+    assert_one_grant_entry(&mut engine, only, "pop2");
+    let out = gate_command(
+        &lab.lab,
+        &[
+            "revoke",
+            "2001:db8::50",
+            "--config",
+            &config,
+            "--pin-dir",
+            &elsewhere,
+        ],
+    );
+    ok_output(&out, "revoke --config");
+    assert_eq!(grant_of(&mut engine, only), None);
+    assert_eq!(events_of(&mut engine, "revoke", only).len(), 1);
+    assert!(!Path::new(&elsewhere).exists(), "a gate was made");
+
+    // The engine down: the command fails and says so.
+    drop(engine);
+    let mut lab = lab;
+    lab.redis.kill();
+    let out = gate_command(
+        &lab.lab,
+        &["grant", "192.0.2.51", "--bus", &url, "--pin-dir", &pin],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "granted with the engine down: {}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("the grant of 192.0.2.51 is NOT published on the bus"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("granted 192.0.2.51 here"), "{stdout}");
 }

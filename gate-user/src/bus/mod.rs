@@ -13,6 +13,7 @@
 //! every entry and key it reads (event.rs) and clamps what it applies
 //! (expiry.rs), but cannot tell a forged grant from a real one.
 
+pub mod command;
 pub mod config;
 pub mod event;
 pub mod expiry;

@@ -20,10 +20,10 @@ pub fn run(command: Command) -> Result<()> {
     let (name, needs) = match &command {
         Command::Attach(_) => ("smtp-gate attach", CHANGE_GATE),
         Command::Detach(_) => ("smtp-gate detach", CHANGE_GATE),
-        // What serve needs depends on whether the host has a gate
-        // (serve.rs).
+        // What serve and grant need depends on whether the host has a
+        // gate (serve.rs, grants.rs).
         Command::Serve(_) => ("smtp-gate serve", NOTHING),
-        Command::Grant(_) => ("smtp-gate grant", READ_CLOCK),
+        Command::Grant(_) => ("smtp-gate grant", NOTHING),
         Command::List(_) => ("smtp-gate list", READ_CLOCK),
         Command::Revoke(_) => ("smtp-gate revoke", USE_PINS),
         Command::Stats(_) => ("smtp-gate stats", USE_PINS),
