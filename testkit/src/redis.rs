@@ -49,8 +49,11 @@ pub struct RedisOptions {
     pub dir: Option<PathBuf>,
     /// Keep the data across a restart (`appendonly yes`).
     pub persist: bool,
+    /// The password of its default user (`requirepass`): the test's own
+    /// connections give it; [`RedisServer::url`] does not carry it.
+    pub password: Option<String>,
     /// More settings, as `redis-server` takes them on its command line
-    /// (`["--requirepass", "x"]`).
+    /// (`["--maxmemory", "1mb"]`).
     pub extra: Vec<String>,
 }
 
@@ -62,6 +65,7 @@ impl Default for RedisOptions {
             port: 0,
             dir: None,
             persist: false,
+            password: None,
             extra: Vec::new(),
         }
     }
@@ -145,7 +149,7 @@ impl RedisServer {
         server
     }
 
-    /// `redis://ADDR:PORT` (no user, no password).
+    /// `redis://ADDR:PORT` (no user, no password, even with one set).
     pub fn url(&self) -> String {
         let host = match self.options.bind {
             IpAddr::V4(v4) => v4.to_string(),
@@ -209,6 +213,12 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", appendonly])
             .args(["--daemonize", "no", "--logfile"])
             .arg(self.dir.join("redis.log"))
+            .args(
+                options
+                    .password
+                    .iter()
+                    .flat_map(|password| ["--requirepass", password.as_str()]),
+            )
             .args(&options.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -253,7 +263,10 @@ impl RedisServer {
     }
 
     fn try_connection(&self) -> client::RedisResult<client::Connection> {
-        let url = self.url();
+        let url = match &self.options.password {
+            Some(password) => self.url().replacen("://", &format!("://:{password}@"), 1),
+            None => self.url(),
+        };
         let connect = move || {
             let c = client::Client::open(url.as_str())?;
             let connection = c.get_connection_with_timeout(Duration::from_secs(5))?;

@@ -29,7 +29,7 @@ use testkit::{
     netns::in_netns,
     pop3_client::{pop3_client, require_pop3_clients},
     process::describe,
-    redis::{client as redis, RedisServer},
+    redis::{client as redis, RedisOptions, RedisServer},
     serve::{ServeDaemon, POP3_PORT},
 };
 
@@ -68,6 +68,11 @@ struct BusLab {
 impl BusLab {
     /// The lab and the engine; no daemon yet.
     fn new() -> Self {
+        Self::with_password(None)
+    }
+
+    /// [`BusLab::new`], the engine asking for `password`.
+    fn with_password(password: Option<&str>) -> Self {
         require_pop3_clients();
         let lab = Lab::new();
         let mut mail = MailFixture::new();
@@ -75,12 +80,14 @@ impl BusLab {
         mail.deliver(USER, "1700000001.M1P1.lab", b"Subject: hi\n\nHello.\n");
         let dir = mail.dir().join("redis");
         fs::create_dir_all(&dir).unwrap();
-        let redis = RedisServer::start(
-            Some(&lab.server_ns),
-            "127.0.0.1".parse().unwrap(),
-            REDIS_PORT,
-            &dir,
-        );
+        let redis = RedisServer::start_with(RedisOptions {
+            ns: Some(lab.server_ns.clone()),
+            bind: "127.0.0.1".parse().unwrap(),
+            port: REDIS_PORT,
+            dir: Some(dir),
+            password: password.map(str::to_owned),
+            ..RedisOptions::default()
+        });
         Self {
             daemon: None,
             redis,
@@ -547,6 +554,65 @@ fn dovecot_report(endpoint: SocketAddr, body: &str) -> String {
     let mut answer = String::new();
     let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
     answer
+}
+
+/// The engine's password comes from `bus_password_file`: with the file
+/// mode 600 the daemon logs in with it and publishes; a file others may
+/// read stops the start before the gate changes, naming the flag and the
+/// mode; a password in the `--bus` URL is refused without being shown.
+#[test]
+fn the_engines_password_comes_from_a_file_only_its_owner_reads() {
+    const PASSWORD: &str = "lab-bus-secret";
+    let mut lab = BusLab::with_password(Some(PASSWORD));
+    let file = lab.mail.dir().join("bus-password");
+    fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    let mut flags = lab.flags(true);
+    flags.extend(["--bus-password-file".into(), file.display().to_string()]);
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let log = lab.mail.dir().join("refused.log");
+
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut refused = lab.lab.spawn_serve(&args, &log);
+    let status = refused.wait_exit(LOG_BOUND).expect("the daemon exits");
+    assert!(
+        !status.success(),
+        "started with a password file others may read"
+    );
+    let said = refused.log();
+    assert!(
+        said.contains("--bus-password-file: ") && said.contains("is mode 0644"),
+        "{said}"
+    );
+    assert!(
+        lab.lab.pins().is_empty(),
+        "the gate changed: {:?}",
+        lab.lab.pins()
+    );
+
+    let mut with_password = flags.clone();
+    let url = lab
+        .redis
+        .url()
+        .replacen("://", &format!("://:{PASSWORD}@"), 1);
+    let at = with_password.iter().position(|f| f == "--bus").unwrap() + 1;
+    with_password[at] = url;
+    let args: Vec<&str> = with_password.iter().map(String::as_str).collect();
+    let mut refused = lab.lab.spawn_serve(&args, &log);
+    let status = refused.wait_exit(LOG_BOUND).expect("the daemon exits");
+    assert!(
+        !status.success(),
+        "started with a password on its command line"
+    );
+    let said = refused.log();
+    assert!(said.contains("--bus: redis://:***@127.0.0.1"), "{said}");
+    assert!(!said.contains(PASSWORD), "the password is shown: {said}");
+
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    lab.serve(&flags);
+    let (answer, _) = lab.login();
+    assert!(answer.starts_with("+OK"), "PASS: {answer}");
+    assert_granted_for(&mut lab.engine(), lab.client_v4(), WINDOW);
+    assert!(!lab.log().contains(PASSWORD), "the password is in the log");
 }
 
 /// `smtp-gate ARGS` in the server namespace (where the engine is): its
