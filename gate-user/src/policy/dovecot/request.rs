@@ -295,16 +295,19 @@ mod tests {
         );
     }
 
+    /// The outcome of a report of `success` with `extra` fields after it.
+    fn outcome_of(success: bool, extra: &str) -> Outcome {
+        report(&format!(
+            r#"{{"login":"a","protocol":"imap","remote":"192.0.2.7","success":{success}{extra}}}"#
+        ))
+        .unwrap()
+        .outcome
+        .unwrap()
+    }
+
     #[test]
     fn failures_are_counted_unless_dovecot_says_they_are_not_the_clients() {
-        let with = |extra: &str| {
-            report(&format!(
-                r#"{{"login":"a","protocol":"pop3","remote":"192.0.2.7","success":false{extra}}}"#
-            ))
-            .unwrap()
-            .outcome
-            .unwrap()
-        };
+        let with = |extra: &str| outcome_of(false, extra);
         assert_eq!(with(r#","policy_reject":false"#), Outcome::Failed);
         assert_eq!(
             with(r#","policy_reject":false,"fail_type":"credentials""#),
@@ -330,14 +333,7 @@ mod tests {
     /// 2.3 and granted, though Dovecot refused the login.
     #[test]
     fn a_success_the_passdb_marked_nologin_is_neither_granted_nor_counted() {
-        let with = |extra: &str| {
-            report(&format!(
-                r#"{{"login":"a","protocol":"imap","remote":"192.0.2.7","success":true{extra}}}"#
-            ))
-            .unwrap()
-            .outcome
-            .unwrap()
-        };
+        let with = |extra: &str| outcome_of(true, extra);
         assert_eq!(
             with(""),
             Outcome::Succeeded,
