@@ -139,6 +139,10 @@ pub fn start(
     gate: Option<&LocalGate>,
     stop: CancellationToken,
 ) -> Result<()> {
+    // The renewer shares the endpoint's counters (a host where it runs
+    // has the endpoint: PolicyHooks::check) and its view of the bans.
+    let dovecot_counts = Arc::new(PolicyCounters::default());
+    let bans = gate.map(|gate| Arc::clone(&gate.bans));
     if let Some((listener, settings)) = bound.dovecot {
         info!(
             "Dovecot auth policy requests taken on {}",
@@ -146,9 +150,9 @@ pub fn start(
         );
         let reports = Arc::new(GateLoginReports {
             grants: Arc::clone(&grants),
-            bans: gate.map(|gate| Arc::clone(&gate.bans)),
+            bans: bans.clone(),
         });
-        let counts = Arc::new(PolicyCounters::default());
+        let counts = Arc::clone(&dovecot_counts);
         let shown = Arc::clone(&counts);
         tokio::spawn(log_statistics(
             "hook=dovecot-policy",
@@ -201,6 +205,8 @@ pub fn start(
             interval,
             protocols: hooks.dovecot_policy_protocols.clone(),
             grants,
+            banned: Arc::new(move |addr| bans.as_ref().is_some_and(|bans| bans.is_banned(addr))),
+            counters: dovecot_counts,
             limits: ListingLimits::default(),
         };
         tokio::spawn(renewer.run(stop));

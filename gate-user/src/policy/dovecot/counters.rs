@@ -23,6 +23,9 @@ crate::policy_counters! {
     bad_requests,
     /// Requests without the shared secret (401).
     unauthorized,
+    /// Addresses of Dovecot's open sessions not renewed, one a round
+    /// each: banned (dovecot_sessions/).
+    sessions_banned,
     /// Idle connections closed for a new one's room: as many as the
     /// endpoint takes were open.
     connections_closed_for_room,

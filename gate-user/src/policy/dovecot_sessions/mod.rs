@@ -6,12 +6,17 @@
 //! host) and grants each address anew. An address whose sessions ended is
 //! renewed no more, so its grant lapses at most one window after its last
 //! session ended, and no sooner than one window less one interval.
+//! A banned address is renewed not at all, as a banned client's reported
+//! login grants nothing (dovecot/endpoint.rs): the kernel refuses it
+//! whatever its grant, and on the grant bus the grant would let it in on
+//! the other hosts.
 
 use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
 
 use log::{debug, info, warn};
 use pop3::{
     grant_log::{grant_failed_line, grant_line, GrantFields, GrantSource, GRANT_LOG_TARGET},
+    log_text::LogText,
     GrantSink,
 };
 use tokio_util::sync::CancellationToken;
@@ -28,6 +33,8 @@ pub use command::ListingLimits;
 use failure::{FailureKind, ListingFailure};
 pub use listing::{parse_listing, Listing, Session};
 
+use crate::policy::dovecot::PolicyCounters;
+
 /// Keeps the grants of Dovecot's open sessions fresh.
 pub struct SessionsRenewer {
     pub command: Vec<String>,
@@ -35,14 +42,28 @@ pub struct SessionsRenewer {
     /// Sessions of other protocols renew nothing.
     pub protocols: Vec<String>,
     pub grants: Arc<dyn GrantSink>,
+    /// True if an address is banned now: its sessions renew nothing.
+    pub banned: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    /// The Dovecot hook's counters: `sessions_banned` counts the banned
+    /// addresses not renewed, one a round each.
+    pub counters: Arc<PolicyCounters>,
     pub limits: ListingLimits,
+}
+
+/// What a round did, for the next one's log lines.
+#[derive(Debug, Default)]
+struct Round {
+    /// The addresses granted anew.
+    renewed: HashSet<IpAddr>,
+    /// The addresses not renewed: banned.
+    banned: HashSet<IpAddr>,
 }
 
 impl SessionsRenewer {
     pub async fn run(self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewed: HashSet<IpAddr> = HashSet::new();
+        let mut last = Round::default();
         // The kind of the last round's failure, None if it listed.
         let mut failing: Option<FailureKind> = None;
         loop {
@@ -62,7 +83,7 @@ impl SessionsRenewer {
                     if failing.take().is_some() {
                         info!("dovecot sessions: listed again; their grants are renewed");
                     }
-                    renewed = self.renew(&sessions, &renewed).await;
+                    last = self.renew(&sessions, &last).await;
                 }
                 Err(failure) => {
                     if failing.as_ref() == Some(&failure.kind) {
@@ -79,17 +100,34 @@ impl SessionsRenewer {
         }
     }
 
-    /// Grants every address with a session of a granting protocol; says
-    /// so for the addresses that were not renewed last round. Gives the
-    /// addresses renewed.
-    async fn renew(&self, sessions: &[Session], before: &HashSet<IpAddr>) -> HashSet<IpAddr> {
-        let mut renewed = HashSet::new();
+    /// Grants every address with a session of a granting protocol, unless
+    /// it is banned; says so for the addresses that were not renewed last
+    /// round (a grant line), and for those newly skipped as banned (as the
+    /// report path's `dovecot-policy refused ... reason=banned` line).
+    async fn renew(&self, sessions: &[Session], before: &Round) -> Round {
+        let mut round = Round::default();
         for session in sessions {
             let granting = self
                 .protocols
                 .iter()
                 .any(|p| p.eq_ignore_ascii_case(&session.protocol));
-            if !granting || renewed.contains(&session.addr) {
+            let seen =
+                round.renewed.contains(&session.addr) || round.banned.contains(&session.addr);
+            if !granting || seen {
+                continue;
+            }
+            if (self.banned)(session.addr) {
+                PolicyCounters::add(&self.counters.sessions_banned);
+                round.banned.insert(session.addr);
+                if !before.banned.contains(&session.addr) {
+                    info!(
+                        "dovecot-sessions refused addr={} user={} protocol={} reason=banned \
+                         (open session, not renewed)",
+                        session.addr,
+                        LogText::of(&session.user),
+                        LogText::of(&session.protocol)
+                    );
+                }
                 continue;
             }
             let mut extra = vec![("protocol", session.protocol.as_str())];
@@ -98,8 +136,8 @@ impl SessionsRenewer {
             // timeout, and a round of renewals is no login anyone waits on.
             match self.grants.grant(session.addr).await {
                 Ok(granted) => {
-                    renewed.insert(session.addr);
-                    if !before.contains(&session.addr) {
+                    round.renewed.insert(session.addr);
+                    if !before.renewed.contains(&session.addr) {
                         extra.extend(granted.as_extra());
                         let fields = GrantFields {
                             user: Some(session.user.as_bytes()),
@@ -118,11 +156,12 @@ impl SessionsRenewer {
             }
         }
         debug!(
-            "dovecot sessions: {} listed, {} addresses renewed",
+            "dovecot sessions: {} listed, {} addresses renewed, {} banned not renewed",
             sessions.len(),
-            renewed.len()
+            round.renewed.len(),
+            round.banned.len()
         );
-        renewed
+        round
     }
 
     /// The sessions listed now, or None if the daemon stops.
@@ -168,6 +207,8 @@ mod tests {
             interval: Duration::from_secs(1),
             protocols: vec!["imap".into(), "POP3".into()],
             grants,
+            banned: Arc::new(|_| false),
+            counters: Arc::new(PolicyCounters::default()),
             limits: ListingLimits::default(),
         }
     }
@@ -185,14 +226,75 @@ mod tests {
         .unwrap()
         .sessions;
         let renewed = renewer(&["true"], Arc::clone(&grants))
-            .renew(&sessions, &HashSet::new())
+            .renew(&sessions, &Round::default())
             .await;
         let addr = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             *grants.0.lock().unwrap(),
             [addr("192.0.2.7"), addr("2001:db8::9")]
         );
-        assert_eq!(renewed.len(), 2);
+        assert_eq!(renewed.renewed.len(), 2);
+    }
+
+    /// Attack review (issue 12's hooks): the renewer granted banned
+    /// addresses, logging `grant source=dovecot-sessions` for them, while
+    /// the report path refuses them. A banned address is not granted, not
+    /// logged as granted, and counted, each round; its refusal is said
+    /// once while it stays banned.
+    #[test]
+    fn a_banned_address_is_not_renewed() {
+        let grants = Arc::new(Recorded::default());
+        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+        let banned = addr("192.0.2.66");
+        let sessions = parse_listing(
+            b"username\tproto\tpid\tip\n\
+             mallory\timap\t1\t192.0.2.66\n\
+             mallory\timap\t2\t192.0.2.66\n\
+             alice\timap\t3\t192.0.2.7\n",
+        )
+        .unwrap()
+        .sessions;
+        let counters = Arc::new(PolicyCounters::default());
+        let renewer = SessionsRenewer {
+            banned: Arc::new(move |a| a == banned),
+            counters: Arc::clone(&counters),
+            ..renewer(&["true"], Arc::clone(&grants))
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (rounds, logged) = captured(|| {
+            let first = runtime.block_on(renewer.renew(&sessions, &Round::default()));
+            let second = runtime.block_on(renewer.renew(&sessions, &first));
+            (first, second)
+        });
+        assert_eq!(
+            *grants.0.lock().unwrap(),
+            [addr("192.0.2.7"), addr("192.0.2.7")],
+            "only the address not banned is granted, each round"
+        );
+        assert!(!rounds.1.renewed.contains(&banned));
+        assert_eq!(counters.now().sessions_banned, 2, "once a round");
+        let grant_lines: Vec<_> = logged
+            .iter()
+            .filter(|(_, m)| m.starts_with("grant "))
+            .collect();
+        assert_eq!(grant_lines.len(), 1, "{logged:#?}");
+        assert!(grant_lines[0].1.contains("addr=192.0.2.7 "), "{logged:#?}");
+        let refused: Vec<_> = logged
+            .iter()
+            .filter(|(_, m)| m.starts_with("dovecot-sessions refused"))
+            .map(|(l, m)| (*l, m.as_str()))
+            .collect();
+        assert_eq!(
+            refused,
+            [(
+                Level::Info,
+                "dovecot-sessions refused addr=192.0.2.66 user=mallory protocol=imap \
+                 reason=banned (open session, not renewed)"
+            )],
+            "said once"
+        );
     }
 
     #[tokio::test]
@@ -242,6 +344,8 @@ mod tests {
             interval: Duration::from_secs(3600),
             protocols: vec!["imap".into()],
             grants: Arc::new(Recorded::default()),
+            banned: Arc::new(|_| false),
+            counters: Arc::new(PolicyCounters::default()),
             // Only the daemon stopping ends these listings.
             limits: ListingLimits {
                 longest: Duration::from_secs(3600),
