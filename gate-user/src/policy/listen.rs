@@ -4,6 +4,12 @@
 //! socket another process listens on, or any other file, is an error),
 //! with mode 0660, so only its owner and group can ask, and removed when
 //! the listener is dropped, if the file is still ours.
+//!
+//! Its directory must be one that no user but the daemon's and root can
+//! write to (see [`check_socket_directory`]): whoever can write there can
+//! put a socket of their own at the path while ours is gone (a restart, a
+//! cleaned directory) and answer Postfix `OK` for anyone, or read
+//! Dovecot's logins.
 
 use std::{
     fmt, io,
@@ -12,11 +18,12 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     str::FromStr,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use log::warn;
+use log::{error, warn};
 
 use serde::{Deserialize, Deserializer};
 use tokio::{
@@ -93,6 +100,17 @@ impl PolicyListener {
         }
     }
 
+    /// Tells a Unix listener whose hook it serves (`Postfix`, `Dovecot`, as
+    /// its error line names the mail server that may now be talking to
+    /// someone else) and what to count when its socket file is found
+    /// replaced by another. Nothing for a TCP listener.
+    pub fn on_replaced(&mut self, server: &'static str, count: impl Fn() + Send + Sync + 'static) {
+        if let Self::Unix(unix) = self {
+            unix.server = server;
+            unix.count_replaced = Arc::new(count);
+        }
+    }
+
     /// The address bound (with the port the kernel chose for port 0).
     pub fn local_addr(&self) -> io::Result<PolicyAddr> {
         match self {
@@ -133,11 +151,25 @@ pub struct UnixSocketListener {
     check_every: Duration,
     next_check: Instant,
     /// What the last check found wrong, so that it is logged once.
-    trouble: Option<String>,
+    trouble: Option<Trouble>,
+    /// The mail server asking on this socket, for the log.
+    server: &'static str,
+    /// Counts a socket file found replaced.
+    count_replaced: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// What a check of the socket file found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Trouble {
+    /// Another file at the path: someone else may answer there.
+    Replaced,
+    /// Gone and not made anew, or not to be checked.
+    Other(String),
 }
 
 impl UnixSocketListener {
     fn bind(path: &Path) -> io::Result<Self> {
+        check_socket_directory(path)?;
         remove_stale_socket(path)?;
         let (listener, made) = make_socket_file(path)?;
         Ok(Self {
@@ -147,6 +179,8 @@ impl UnixSocketListener {
             check_every: SOCKET_FILE_CHECK,
             next_check: Instant::now() + SOCKET_FILE_CHECK,
             trouble: None,
+            server: "the mail server",
+            count_replaced: Arc::new(|| {}),
         })
     }
 
@@ -173,16 +207,14 @@ impl UnixSocketListener {
     }
 
     /// Makes the socket file anew if it is gone; leaves whatever else is
-    /// at the path alone, and says so once.
+    /// at the path alone, and says so once: a file put in its place is an
+    /// error (counted), since whoever put it there may now answer the mail
+    /// server in smtp-gate's place.
     fn keep_socket_file(&mut self) {
         let path = self.path.display();
         let trouble = match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if (meta.dev(), meta.ino()) == self.made => None,
-            Ok(_) => Some(format!(
-                "policy socket {path} is no longer the one smtp-gate made (replaced by another \
-                 file): requests through that path do not reach smtp-gate; restart it to listen \
-                 there again"
-            )),
+            Ok(_) => Some(Trouble::Replaced),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match make_socket_file(&self.path) {
                 Ok((listener, made)) => {
                     warn!("policy socket {path} was removed; made anew");
@@ -190,17 +222,30 @@ impl UnixSocketListener {
                     self.made = made;
                     None
                 }
-                Err(e) => Some(format!(
+                Err(e) => Some(Trouble::Other(format!(
                     "policy socket {path} was removed and cannot be made anew: {e}; trying again \
                      every {}s",
                     SOCKET_FILE_CHECK.as_secs()
-                )),
+                ))),
             },
-            Err(e) => Some(format!("policy socket {path} cannot be checked: {e}")),
+            Err(e) => Some(Trouble::Other(format!(
+                "policy socket {path} cannot be checked: {e}"
+            ))),
         };
         if trouble != self.trouble {
-            if let Some(trouble) = &trouble {
-                warn!("{trouble}");
+            match &trouble {
+                Some(Trouble::Replaced) => {
+                    (self.count_replaced)();
+                    error!(
+                        "policy socket {path} was replaced by a file smtp-gate did not make: \
+                         {} may now be talking to someone else, not to smtp-gate (whoever \
+                         made the file answers its requests); find who did, remove it and \
+                         restart smtp-gate",
+                        self.server
+                    );
+                }
+                Some(Trouble::Other(trouble)) => warn!("{trouble}"),
+                None => {}
             }
             self.trouble = trouble;
         }
@@ -246,6 +291,93 @@ fn make_socket_file(path: &Path) -> io::Result<(UnixListener, (u64, u64))> {
             Err(e)
         }
     }
+}
+
+/// Refuses a socket whose directory users other than the daemon's and
+/// root may write to: one of them could remove the socket (or wait for a
+/// restart) and listen at the path in our place. Every directory on the
+/// way, as the path names it and as it really is (symlinks followed),
+/// must be owned by root or the daemon's user; the socket's own directory
+/// must be writable by its owner alone: neither group nor others, not even
+/// with the sticky bit (/tmp: the socket's name is free for anyone while
+/// ours is gone). A directory above it may be world-writable if sticky
+/// (the next one, ours or root's, cannot be renamed away then).
+///
+/// A group-writable directory is refused even when setgid and of the
+/// mail server's group: every member of the group could take the path,
+/// and the mail server needs no write access to the directory, only
+/// search (x): the recipe (deploy/smtp-gate.service,
+/// deploy/postfix/main.cf.snippet) is `install -d -o vmail -g postfix -m
+/// 2750`, where the socket (mode 0660) takes the group and only the
+/// daemon's user can write.
+pub fn check_socket_directory(socket: &Path) -> io::Result<()> {
+    let dir = socket
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not an absolute path", socket.display()),
+            )
+        })?;
+    let me = nix::unistd::geteuid().as_raw();
+    check_directories(socket, dir, me)?;
+    let real = std::fs::canonicalize(dir)?;
+    if real != dir {
+        check_directories(socket, &real, me)?;
+    }
+    Ok(())
+}
+
+/// [`check_socket_directory`] for `dir` and each directory above it.
+fn check_directories(socket: &Path, dir: &Path, me: u32) -> io::Result<()> {
+    let unsafe_dir = |at: &Path, why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is in {}, which {why}: another user could put a socket of their own at that \
+                 path and answer in smtp-gate's place; put the socket in a directory that only \
+                 smtp-gate's user (uid {me}) and root can write to, e.g. `install -d -o vmail -g \
+                 postfix -m 2750 /var/spool/postfix/smtp-gate`",
+                socket.display(),
+                at.display()
+            ),
+        )
+    };
+    for at in dir.ancestors() {
+        let meta = std::fs::symlink_metadata(at)?;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(unsafe_dir(at, format!("is owned by uid {}", meta.uid())));
+        }
+        if meta.file_type().is_symlink() {
+            // Its target is checked with the real path.
+            continue;
+        }
+        let mode = meta.mode() & 0o7777;
+        let sticky = mode & 0o1000 != 0;
+        let writable = |bits: u32| mode & bits != 0;
+        let what = match (writable(0o020), writable(0o002)) {
+            (_, true) => "others",
+            (true, false) => "its group",
+            (false, false) => continue,
+        };
+        if at == dir {
+            return Err(unsafe_dir(
+                at,
+                format!("{what} may write to (mode {mode:04o})"),
+            ));
+        }
+        if !sticky {
+            return Err(unsafe_dir(
+                at,
+                format!(
+                    "{what} may write to (mode {mode:04o}, not sticky: the directory below can \
+                     be renamed away)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A socket file left by a daemon that died is replaced: nothing answers
@@ -403,6 +535,73 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Attack review (issue 12's hooks): a socket in /tmp (or any
+    /// directory another user may write to) was taken without a word;
+    /// while it was gone, another user could listen at its path and
+    /// answer Postfix `OK` for anyone. Refused at start, naming the
+    /// directory, its mode or owner, before anything is made there.
+    #[tokio::test]
+    async fn a_socket_in_a_directory_others_may_write_is_refused() {
+        const OTHER: u32 = 65534;
+        let top = scratch_dir("unsafe");
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir_with = |name: &str, mode: u32, owner: Option<u32>| {
+            let dir = top.join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, owner, Some(OTHER))
+                .expect("chown to another user needs root (CI runs the tests as root)");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            dir
+        };
+        let refused = |path: PathBuf, wanted: &str| {
+            let err = PolicyListener::bind(&PolicyAddr::Unix(path.clone()))
+                .err()
+                .unwrap_or_else(|| panic!("{} was taken", path.display()));
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+            let text = err.to_string();
+            assert!(text.contains(wanted), "{text}");
+            assert!(text.contains("in smtp-gate's place"), "{text}");
+            assert!(!path.exists(), "nothing is made at {}", path.display());
+        };
+        // /tmp itself, and a directory like it.
+        refused(
+            Path::new("/tmp").join(format!("smtp-gate-policy-{}", std::process::id())),
+            "others may write to (mode 1777)",
+        );
+        let sticky = dir_with("sticky", 0o1777, None);
+        refused(sticky.join("policy"), "others may write to (mode 1777)");
+        // Group-writable, even setgid as the recipe's directory.
+        let group = dir_with("group", 0o770, None);
+        refused(group.join("policy"), "its group may write to (mode 0770)");
+        let setgid = dir_with("setgid", 0o2770, None);
+        refused(setgid.join("policy"), "its group may write to (mode 2770)");
+        // Another user's directory, however strict.
+        let theirs = dir_with("theirs", 0o755, Some(OTHER));
+        refused(theirs.join("policy"), "is owned by uid 65534");
+        // A directory of ours below one others may rename it out of.
+        let open = dir_with("open", 0o777, None);
+        std::fs::create_dir(open.join("ours")).unwrap();
+        std::fs::set_permissions(open.join("ours"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        refused(open.join("ours/policy"), "not sticky");
+        // Through a symlink to a directory others may write to.
+        std::os::unix::fs::symlink(&sticky, top.join("link")).unwrap();
+        refused(top.join("link/policy"), "others may write to (mode 1777)");
+
+        // Below a sticky one, a directory of ours is fine: others can
+        // neither rename nor remove it.
+        std::fs::create_dir(sticky.join("ours")).unwrap();
+        std::fs::set_permissions(sticky.join("ours"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        let fine = PolicyListener::bind(&PolicyAddr::Unix(sticky.join("ours/policy"))).unwrap();
+        drop(fine);
+        // The recipe: setgid, group only reads and searches.
+        let recipe = dir_with("recipe", 0o2750, None);
+        let fine = PolicyListener::bind(&PolicyAddr::Unix(recipe.join("policy"))).unwrap();
+        drop(fine);
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
     #[tokio::test]
     async fn a_socket_another_process_listens_on_is_not_taken_over() {
         let dir = scratch_dir("live");
@@ -474,6 +673,69 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "the operator's");
         drop(unix);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "the operator's");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Attack review (issue 12's hooks): a socket file replaced by
+    /// another's was said once, as a warning, without naming what follows
+    /// from it. It is an error line saying the mail server may now talk to
+    /// someone else, counted, once for as long as it lasts.
+    #[test]
+    fn a_replaced_socket_file_is_an_error_counted_once() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        use crate::policy::dovecot_sessions::captured_log::captured;
+
+        let dir = scratch_dir("replaced-error");
+        let path = dir.join("sock");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&count);
+        let ((), logged) = captured(|| {
+            runtime.block_on(async {
+                let mut listener = PolicyListener::bind(&PolicyAddr::Unix(path.clone())).unwrap();
+                listener.on_replaced("Postfix", move || {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                });
+                let PolicyListener::Unix(unix) = &mut listener else {
+                    unreachable!()
+                };
+                unix.check_every = Duration::from_millis(20);
+                unix.next_check = Instant::now();
+                std::fs::remove_file(&path).unwrap();
+                // Another user's listener in its place.
+                let _theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+                for _ in 0..2 {
+                    let checks =
+                        tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+                    assert!(checks.is_err(), "nothing reaches us meanwhile");
+                }
+                drop(listener);
+            })
+        });
+        assert!(path.exists(), "their socket is left alone");
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            1,
+            "counted once: {logged:#?}"
+        );
+        let errors: Vec<_> = logged
+            .iter()
+            .filter(|(level, _)| *level == log::Level::Error)
+            .map(|(_, m)| m.as_str())
+            .collect();
+        assert_eq!(errors.len(), 1, "{logged:#?}");
+        assert!(
+            errors[0].contains("Postfix may now be talking to someone else"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains(&path.display().to_string()),
+            "{errors:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

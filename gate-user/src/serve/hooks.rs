@@ -244,3 +244,36 @@ pub async fn log_statistics(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack review (issue 12's hooks): a hook's socket in a directory
+    /// others may write to (/tmp) stops the start, naming the key.
+    #[tokio::test]
+    async fn a_hook_socket_in_tmp_stops_the_start_naming_its_key() {
+        let path = format!("/tmp/smtp-gate-hook-{}", std::process::id());
+        for key in ["postfix_policy_listen", "dovecot_policy_listen"] {
+            let addr: PolicyAddr = path.parse().unwrap();
+            let hooks = match key {
+                "postfix_policy_listen" => PolicyHooks {
+                    postfix_policy_listen: Some(addr),
+                    ..PolicyHooks::default()
+                },
+                _ => PolicyHooks {
+                    dovecot_policy_listen: Some(addr),
+                    ..PolicyHooks::default()
+                },
+            };
+            let err = bind(&hooks).err().expect("a socket in /tmp is refused");
+            let text = format!("{err:#}");
+            assert!(
+                text.starts_with(&format!("{key} = unix:{path}: cannot listen: ")),
+                "{text}"
+            );
+            assert!(text.contains("/tmp, which others may write to"), "{text}");
+            assert!(!std::path::Path::new(&path).exists());
+        }
+    }
+}

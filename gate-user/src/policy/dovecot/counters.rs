@@ -26,6 +26,8 @@ crate::policy_counters! {
     /// Addresses of Dovecot's open sessions not renewed, one a round
     /// each: banned (dovecot_sessions/).
     sessions_banned,
+    /// Times the Unix socket's file was found replaced by another's.
+    socket_replaced,
     /// Idle connections closed for a new one's room: as many as the
     /// endpoint takes were open.
     connections_closed_for_room,

@@ -64,6 +64,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut listener = listener;
+    let replaced = Arc::clone(&counters);
+    listener.on_replaced("Dovecot", move || {
+        PolicyCounters::add(&replaced.socket_replaced)
+    });
     let slots = ConnectionSlots::new("dovecot-policy", settings.max_connections);
     let endpoint = Arc::new(Endpoint {
         settings,

@@ -22,7 +22,7 @@ use pop3::{
 use tokio_util::sync::CancellationToken;
 
 #[cfg(test)]
-mod captured_log;
+pub(crate) mod captured_log;
 mod command;
 mod failure;
 mod listing;

@@ -116,6 +116,8 @@ crate::policy_counters! {
     connections_closed_for_room,
     /// Closed after [`PostfixPolicySettings::idle_timeout`] without a request.
     idle_closed,
+    /// Times the Unix socket's file was found replaced by another's.
+    socket_replaced,
 }
 
 /// Answers Postfix on `listener` until `shutdown`; returns when every
@@ -128,6 +130,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut listener = listener;
+    let replaced = Arc::clone(&counters);
+    listener.on_replaced("Postfix", move || {
+        PolicyCounters::add(&replaced.socket_replaced)
+    });
     let connections = TaskTracker::new();
     let slots = ConnectionSlots::new("postfix policy", settings.max_connections);
     let settings = Arc::new(settings);
