@@ -328,6 +328,105 @@ fn a_secret_shared_with_dovecot_lets_its_reports_in() {
     daemon.terminate(BOUND);
 }
 
+/// Attack review (issue 12's hooks): a secret rotated in its file and
+/// SIGHUP left the old one in force ("nothing changed"), so Dovecot,
+/// reloaded with the new token, got 401 and granted nothing. Now the
+/// reload reads the file anew: Dovecot still sending the old token is
+/// refused (its logins still work: it fails open) and grants nothing;
+/// reloaded with the new one, its logins grant again.
+#[test]
+fn a_secret_rotated_on_sighup_refuses_the_old_token_and_takes_the_new() {
+    let lab = Lab::new();
+    let client = IpAddr::from(lab.client.client_v4);
+    let dir = std::env::temp_dir().join(format!("smtp-gate-dovecot-rotate-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let _removed_on_drop = RemovedDir(dir.clone());
+    let header_line = |token: &str| {
+        fs::read_to_string(snippet_23())
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("#auth_policy_server_api_header = "))
+            .expect("the snippet's optional header line")
+            .replace("SECRET", token)
+    };
+    let wrapper = dir.join("policy.conf");
+    let write_wrapper = |token: &str| {
+        fs::write(
+            &wrapper,
+            format!(
+                "!include {}\nauth_policy_server_api_header = {}\n",
+                snippet_23().display(),
+                header_line(token)
+            ),
+        )
+        .unwrap()
+    };
+    let secret = dir.join("dovecot-policy.secret");
+    let write_secret = |token: &str| {
+        // As an operator rotates it: a new file renamed into place.
+        let new = dir.join("dovecot-policy.secret.new");
+        fs::write(&new, format!("{token}\n")).unwrap();
+        fs::set_permissions(&new, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::rename(&new, &secret).unwrap();
+    };
+    let (old, new) = (
+        "b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZA",
+        "bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldw",
+    );
+    write_wrapper(old);
+    write_secret(old);
+    let dovecot = start_dovecot_with(&lab, wrapper.clone());
+    let mut daemon = start_daemon(
+        &lab,
+        &dovecot,
+        &format!("dovecot_policy_secret_file = \"{}\"\n", secret.display()),
+    );
+    let grant_line = format!("grant source=dovecot-policy addr={client} user={USER} protocol=imap");
+    assert!(imap(&lab, PASSWORD), "the IMAP login");
+    daemon.wait_for_log(&grant_line, 1, BOUND);
+
+    write_secret(new);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log(
+        "reloaded on SIGHUP: dovecot_policy_secret_file (secret read anew)",
+        1,
+        BOUND,
+    );
+    // Dovecot still sends the old token: refused, and its login goes on.
+    assert!(imap(&lab, PASSWORD), "Dovecot fails open");
+    daemon.wait_for_log("dovecot-policy unauthorized", 1, BOUND);
+    assert_eq!(
+        daemon.log().matches(&grant_line).count(),
+        1,
+        "the old token granted after the reload: {}",
+        daemon.log()
+    );
+
+    // Dovecot reloaded with the new token: its logins grant again. Its
+    // auth process is replaced after the reload; a login that still met
+    // the old one is tried again.
+    write_wrapper(new);
+    let reloaded = testkit::netns::netns_command(&lab.server_ns, "doveadm")
+        .arg("-c")
+        .arg(dovecot.config())
+        .arg("reload")
+        .output()
+        .expect("doveadm runs");
+    assert!(reloaded.status.success(), "doveadm reload: {reloaded:?}");
+    let deadline = std::time::Instant::now() + BOUND;
+    while daemon.log().matches(&grant_line).count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new token did not grant: {}",
+            daemon.log()
+        );
+        assert!(imap(&lab, PASSWORD), "the IMAP login");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.terminate(BOUND);
+}
+
 struct RemovedDir(PathBuf);
 
 impl Drop for RemovedDir {

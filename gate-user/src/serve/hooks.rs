@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::{GateBanSink, GateGrantSink, LocalGate};
 use crate::policy::{
     config::PolicyHooks,
-    dovecot::{self, DovecotPolicySettings, PolicyCounters},
+    dovecot::{self, DovecotPolicySettings, LiveSecret, PolicyCounters},
     dovecot_sessions::{ListingLimits, SessionsRenewer},
     listen::{PolicyAddr, PolicyListener},
     postfix, GrantLookup, LoginReports, ReportFuture, Standing,
@@ -103,6 +103,15 @@ impl GrantLookup for GateGrantLookup {
 pub struct BoundHooks {
     dovecot: Option<(PolicyListener, DovecotPolicySettings)>,
     postfix: Option<PolicyListener>,
+}
+
+impl BoundHooks {
+    /// The Dovecot endpoint's secret, for the reload to replace.
+    pub fn dovecot_secret(&self) -> Option<LiveSecret> {
+        self.dovecot
+            .as_ref()
+            .and_then(|(_, settings)| settings.secret.clone())
+    }
 }
 
 /// Binds the listeners the hooks' keys name (inside the runtime).

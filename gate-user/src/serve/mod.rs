@@ -147,6 +147,7 @@ async fn serve(
     let listeners = bind(&config.pop3.listen)?;
     let tls_listeners = bind(&config.pop3.tls_listen())?;
     let hook_listeners = hooks::bind(&config.hooks)?;
+    let dovecot_secret = hook_listeners.dovecot_secret();
     // The bus's password file is read before the gate changes too; its
     // link connects in the background meanwhile.
     let bus_stop = CancellationToken::new();
@@ -252,6 +253,7 @@ async fn serve(
         server.certificates(),
         gate_reload,
         Arc::clone(&grants),
+        dovecot_secret,
     );
     tokio::spawn(reloader.run(hangups, shutdown.clone()));
     let watch_stop = CancellationToken::new();

@@ -4,13 +4,15 @@
 //! destination scope), the POP3 service's limits and timeouts, and the
 //! users, and the TLS certificate (read again even from the same files;
 //! tls.rs's watch reads it when its files change). Turning TLS on or off
-//! needs a restart. What only a restart can change (config.rs `RESTART_KEYS`) keeps
+//! needs a restart. The Dovecot hook's secret is read again from its file
+//! (`dovecot_policy_secret_file`, whose path only a restart changes), so
+//! that a rotated secret takes effect. What only a restart can change (config.rs `RESTART_KEYS`) keeps
 //! its value, with a warning. Sessions stay open. A file that cannot be
 //! taken changes nothing of its part and says why; the users in force stay
 //! until a good users file comes. One line says what changed, and what was
 //! refused.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use gate_common::{ipv6_mask_prefix, DenyMode, Settings, BANS_V4_IN_USE, BANS_V6_IN_USE};
@@ -34,6 +36,7 @@ use crate::{
     addr::Cidr,
     cli::serve_keys,
     gate::{AttachRequest, GateMaps, PinDir},
+    policy::dovecot::{LiveSecret, PolicySecret},
 };
 
 /// The keys whose change is read back from the gate itself (a change made
@@ -61,6 +64,8 @@ pub struct Reloader {
     /// Where the window of a host without a gate goes (what its published
     /// grants live for).
     grants: Arc<LoginGrants>,
+    /// The Dovecot endpoint's secret in force, if it has one.
+    dovecot_secret: Option<LiveSecret>,
 }
 
 /// What a reload changes of this host's gate.
@@ -78,6 +83,7 @@ impl Reloader {
         certificates: Option<Arc<Certificates>>,
         gate: Option<GateReload>,
         grants: Arc<LoginGrants>,
+        dovecot_secret: Option<LiveSecret>,
     ) -> Self {
         Self {
             config,
@@ -86,6 +92,7 @@ impl Reloader {
             certificates,
             gate,
             grants,
+            dovecot_secret,
         }
     }
 
@@ -159,6 +166,14 @@ impl Reloader {
         }
         if self.config.serves_pop3() {
             self.reload_users(&mut changes, &mut refused);
+        }
+        if let (Some(live), Some(path)) = (
+            &self.dovecot_secret,
+            &self.config.hooks.dovecot_policy_secret_file,
+        ) {
+            let (change, refusal) = reload_secret(path, live);
+            changes.extend(change);
+            refused.extend(refusal);
         }
         let line = summary(&changes, &refused);
         if refused.is_empty() {
@@ -265,6 +280,34 @@ fn reload_certificate(
                 };
             }
             (None, Some(refused))
+        }
+    }
+}
+
+/// Reads the Dovecot hook's secret file again: a secret that reads and is
+/// valid is put in force at once (the endpoint checks each request
+/// against the one in force), and named as a change if it is another; one
+/// that cannot be read or is not valid (the file's mode, an empty or short
+/// token) leaves the secret in force, and is named as refused with why.
+/// Gives what changed and what was refused, for the reload's line.
+fn reload_secret(path: &Path, live: &LiveSecret) -> (Option<String>, Option<String>) {
+    match PolicySecret::read(path) {
+        Ok(secret) => (
+            live.replace(secret)
+                .then(|| "dovecot_policy_secret_file (secret read anew)".to_string()),
+            None,
+        ),
+        Err(why) => {
+            error!(
+                "reload (SIGHUP): dovecot_policy_secret_file: {why}; Dovecot's requests must \
+                 still carry the secret in force"
+            );
+            (
+                None,
+                Some(format!(
+                    "dovecot_policy_secret_file ({why}; the secret in force stays)"
+                )),
+            )
         }
     }
 }
@@ -512,6 +555,74 @@ mod tests {
         }
         let mut same = config("postfix_policy_listen = \"127.0.0.1:10031\"\n");
         assert!(keep_restart_only(&in_force, &mut same).is_empty());
+    }
+
+    /// Attack review (issue 12's hooks): SIGHUP did not read
+    /// dovecot_policy_secret_file again; the line said "nothing changed"
+    /// while the old secret stayed in force. A new secret that reads is
+    /// put in force and named; an unreadable or invalid one leaves the one
+    /// in force and is named as refused, with why.
+    #[test]
+    fn a_reload_reads_the_dovecot_secret_anew_or_says_why_not() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = std::env::temp_dir().join(format!("reload-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dovecot-policy.secret");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let header = |token: &str| format!("Bearer {token}").into_bytes();
+        let (old, new) = ("old-secret-old-secret", "new-secret-new-secret");
+        write(&format!("{old}\n"), 0o600);
+        let live = LiveSecret::new(PolicySecret::read(&path).unwrap());
+
+        write(&format!("{new}\n"), 0o600);
+        let (changed, refused) = reload_secret(&path, &live);
+        assert_eq!(
+            changed.as_deref(),
+            Some("dovecot_policy_secret_file (secret read anew)")
+        );
+        assert_eq!(refused, None);
+        assert!(live.matches(Some(&header(new))));
+        assert!(!live.matches(Some(&header(old))), "the old secret is out");
+        assert_eq!(
+            summary(&Vec::from_iter(changed), &[]),
+            "reloaded on SIGHUP: dovecot_policy_secret_file (secret read anew)"
+        );
+        // The same again: nothing changed.
+        assert_eq!(reload_secret(&path, &live), (None, None));
+
+        let refusals = [
+            (format!("{old}\n"), 0o644, "is mode 0644"),
+            (String::new(), 0o600, "at least 16 characters"),
+            ("short\n".to_string(), 0o600, "at least 16 characters"),
+        ];
+        for (text, mode, why) in refusals {
+            write(&text, mode);
+            let (changed, refused) = reload_secret(&path, &live);
+            assert_eq!(changed, None, "{why}");
+            let refused = refused.unwrap();
+            assert!(
+                refused.starts_with("dovecot_policy_secret_file (") && refused.contains(why),
+                "{refused}"
+            );
+            assert!(
+                refused.ends_with("; the secret in force stays)"),
+                "{refused}"
+            );
+            assert!(
+                live.matches(Some(&header(new))),
+                "{why}: the secret in force stays"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+        let (_, refused) = reload_secret(&path, &live);
+        assert!(refused.unwrap().contains("cannot read"));
+        assert!(live.matches(Some(&header(new))));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -666,6 +666,50 @@ async fn with_a_secret_only_requests_carrying_it_act() {
     );
 }
 
+/// Attack review (issue 12's hooks): a rotated secret file was not read
+/// on SIGHUP. The endpoint checks each request against the secret in
+/// force when it comes, so the reload's new secret refuses the old token
+/// and takes the new one at once.
+#[tokio::test]
+async fn a_secret_put_in_force_by_a_reload_is_the_one_checked() {
+    let old = PolicySecret::from_file_text("old-secret-old-secret\n").unwrap();
+    let settings = DovecotPolicySettings::new(vec!["imap".into()], Some(old));
+    let live = settings.secret.clone().unwrap();
+    let running = start(settings);
+    let body = report_23("alice", "192.0.2.7", "imap", true, false);
+    let with = |token: &str| format!("Authorization: Bearer {token}");
+    let old_header = with("old-secret-old-secret");
+    assert_go_on(
+        &running
+            .ask_raw(&dovecot_request("report", &body, Some(&old_header)))
+            .await,
+    );
+    let new = PolicySecret::from_file_text("new-secret-new-secret\n").unwrap();
+    assert!(live.replace(new.clone()), "another secret");
+    assert!(!live.replace(new), "the same again");
+    let answer = running
+        .ask_raw(&dovecot_request("report", &body, Some(&old_header)))
+        .await;
+    assert_eq!(
+        answer.status, 401,
+        "the old token after the reload: {answer:?}"
+    );
+    assert_eq!(running.counters.now().unauthorized, 1);
+    let new_header = with("new-secret-new-secret");
+    assert_go_on(
+        &running
+            .ask_raw(&dovecot_request("report", &body, Some(&new_header)))
+            .await,
+    );
+    assert_eq!(
+        running.reports.calls(),
+        [
+            granted("192.0.2.7", "alice", "imap"),
+            granted("192.0.2.7", "alice", "imap")
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_unix_socket_serves_as_tcp_does_and_takes_dovecot_24s_proxy_form() {
     let running = start_unix("unix", settings());

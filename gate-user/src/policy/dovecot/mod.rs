@@ -113,7 +113,7 @@ pub mod settings;
 
 pub use counters::{CountsNow, PolicyCounters};
 pub use endpoint::serve;
-pub use settings::{DovecotPolicySettings, PolicySecret};
+pub use settings::{DovecotPolicySettings, LiveSecret, PolicySecret};
 
 #[cfg(test)]
 mod endpoint_tests;

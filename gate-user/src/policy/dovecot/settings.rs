@@ -1,7 +1,13 @@
 //! What the endpoint is told: the protocols whose logins grant, the shared
-//! secret Dovecot must send, and the limits of a connection.
+//! secret Dovecot must send (read again on SIGHUP: [`LiveSecret`]), and
+//! the limits of a connection.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use subtle::ConstantTimeEq;
 
@@ -14,7 +20,8 @@ pub struct DovecotPolicySettings {
     /// ignoring case); reports of other protocols change nothing.
     pub protocols: Vec<String>,
     /// If set, a request without it is refused (401) and changes nothing.
-    pub secret: Option<PolicySecret>,
+    /// A reload may put another in its place.
+    pub secret: Option<LiveSecret>,
     /// The longest wait for a request's headers, the wait between two
     /// requests of a kept-alive connection included. Longer than
     /// Dovecot's own idle limit (10 s), so Dovecot, not us, closes an
@@ -36,7 +43,7 @@ impl DovecotPolicySettings {
     pub fn new(protocols: Vec<String>, secret: Option<PolicySecret>) -> Self {
         Self {
             protocols,
-            secret,
+            secret: secret.map(LiveSecret::new),
             header_timeout: Self::HEADER_TIMEOUT,
             body_timeout: Self::BODY_TIMEOUT,
             max_connections: Self::MAX_CONNECTIONS,
@@ -49,13 +56,10 @@ impl DovecotPolicySettings {
     pub fn from_hooks(hooks: &PolicyHooks) -> anyhow::Result<Self> {
         let secret = match &hooks.dovecot_policy_secret_file {
             None => None,
-            Some(path) => {
-                let text = pop3::trusted_file::read(path, pop3::trusted_file::SECRETS)
-                    .map_err(|e| anyhow::anyhow!("dovecot_policy_secret_file: {e}"))?;
-                Some(PolicySecret::from_file_text(&text).map_err(|why| {
-                    anyhow::anyhow!("dovecot_policy_secret_file {}: {why}", path.display())
-                })?)
-            }
+            Some(path) => Some(
+                PolicySecret::read(path)
+                    .map_err(|why| anyhow::anyhow!("dovecot_policy_secret_file: {why}"))?,
+            ),
         };
         Ok(Self::new(hooks.dovecot_policy_protocols.clone(), secret))
     }
@@ -80,6 +84,15 @@ pub struct PolicySecret {
 pub const SHORTEST_SECRET: usize = 16;
 
 impl PolicySecret {
+    /// The secret in the file at `path`: a file of secrets (no access for
+    /// group or others), holding one token ([`Self::from_file_text`]).
+    /// The error says why, naming the file.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = pop3::trusted_file::read(path, pop3::trusted_file::SECRETS)
+            .map_err(|e| e.to_string())?;
+        Self::from_file_text(&text).map_err(|why| format!("{}: {why}", path.display()))
+    }
+
     /// The secret file's text: one token, a line end after it allowed.
     /// Only RFC 7235's token68 characters (letters, digits, `-._~+/` and
     /// trailing `=`): they stand unquoted in Dovecot's config and in a
@@ -116,6 +129,48 @@ impl PolicySecret {
     /// secret; compared in constant time.
     pub fn matches(&self, header: Option<&[u8]>) -> bool {
         header.is_some_and(|header| bool::from(header.ct_eq(&self.expected)))
+    }
+}
+
+/// Two secrets are the same if they expect the same header (compared in
+/// constant time, as a request's header is).
+impl PartialEq for PolicySecret {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(self.expected.ct_eq(&other.expected))
+    }
+}
+
+impl Eq for PolicySecret {}
+
+/// The secret in force, shared by the endpoint and the reload (SIGHUP),
+/// which may put another in its place: a request is checked against the
+/// secret in force when it comes.
+#[derive(Clone, Debug)]
+pub struct LiveSecret(Arc<RwLock<PolicySecret>>);
+
+impl LiveSecret {
+    pub fn new(secret: PolicySecret) -> Self {
+        Self(Arc::new(RwLock::new(secret)))
+    }
+
+    /// True if `header` carries the secret in force.
+    pub fn matches(&self, header: Option<&[u8]>) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .matches(header)
+    }
+
+    /// Puts `new` in force; true if it is another secret than the one in
+    /// force was.
+    pub fn replace(&self, new: PolicySecret) -> bool {
+        let mut current = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *current != new;
+        *current = new;
+        changed
     }
 }
 
