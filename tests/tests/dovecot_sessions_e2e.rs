@@ -4,13 +4,15 @@
 //! Dovecot's sessions every second from `doveadm who`. An IMAP client that
 //! stays logged in (IDLE) for several windows keeps its grant, and port 25
 //! lets it through; once it logged out its grant is renewed no more and
-//! lapses, and port 25 refuses it again.
+//! lapses, and port 25 refuses it again. A client banned while its session
+//! stays open is renewed no more.
 //!
 //! Needs root, a built binary (`cargo build -p gate-user`), python3 and
 //! Dovecot (`cargo xtask setup`); panics otherwise (never skips).
 
 use std::{
     net::IpAddr,
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -18,7 +20,7 @@ use std::{
 use serde_json::Value;
 use testkit::{
     dovecot::{Dovecot, DovecotOptions, IMAP_PORT},
-    imap_client::ImapIdler,
+    imap_client::{imap_login, ImapIdler},
     lab::Lab,
     serve::ServeDaemon,
     smtp::{ConnectResult, DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
@@ -43,13 +45,18 @@ fn left(grant: &Value) -> f64 {
 }
 
 fn start_daemon(lab: &Lab, dovecot: &Dovecot) -> ServeDaemon {
+    start_daemon_with(lab, dovecot, "")
+}
+
+fn start_daemon_with(lab: &Lab, dovecot: &Dovecot, extra: &str) -> ServeDaemon {
     let mut daemon = dovecot.spawn_hooks_daemon(
         lab,
         &format!(
             "window = \"{}s\"\n\
              dovecot_policy_listen = \"127.0.0.1:10030\"\n\
              dovecot_sessions_interval = \"{}s\"\n\
-             dovecot_sessions_command = \"{}\"\n",
+             dovecot_sessions_command = \"{}\"\n\
+             {extra}",
             WINDOW.as_secs(),
             INTERVAL.as_secs(),
             dovecot.who_command()
@@ -160,4 +167,99 @@ fn an_idling_imap_client_keeps_its_grant_until_it_logs_out() {
         "after the logout's grant lapsed, port 25 must drop the client's SYN again"
     );
     daemon.terminate(BOUND);
+}
+
+/// Attack review (issue 12's hooks): the renewer granted banned
+/// addresses (`grant source=dovecot-sessions` for them) while a banned
+/// client's reported login grants nothing. Dovecot with the shipped 2.3
+/// snippet reports the failed guesses that ban the client; its IMAP
+/// session stays open in IDLE, and is renewed no more: one refusal line,
+/// no grant line, and the grant lapses.
+#[test]
+fn a_client_banned_while_its_session_stays_open_is_renewed_no_more() {
+    let lab = Lab::new();
+    let link = lab.client.clone();
+    let client = IpAddr::from(link.client_v4);
+    let snippet = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/dovecot/smtp-gate-policy-2.3.conf");
+    let dovecot = Dovecot::start(
+        &lab.server_ns,
+        &link.client_ns,
+        link.server_v4.into(),
+        &DovecotOptions {
+            users: vec![(USER.into(), PASSWORD.into())],
+            include: Some(snippet),
+        },
+    );
+    // The ban drops no SYN (ban_ports = []): the guesses reach Dovecot.
+    let mut daemon = start_daemon_with(
+        &lab,
+        &dovecot,
+        "ban_failures = 2\nban_failure_window = \"5m\"\nban_time = \"1m\"\nban_ports = []\n",
+    );
+    let idler = ImapIdler::start(
+        &link.client_ns,
+        link.server_v4.into(),
+        IMAP_PORT,
+        USER,
+        PASSWORD,
+    );
+    let renewed = format!("grant source=dovecot-sessions addr={client} ");
+    daemon.wait_for_log(&renewed, 1, BOUND);
+    for guess in ["guess-1", "guess-2"] {
+        assert!(!imap_login(
+            &link.client_ns,
+            link.server_v4.into(),
+            IMAP_PORT,
+            USER,
+            guess
+        ));
+    }
+    daemon.wait_for_log("ban net=", 1, BOUND);
+    daemon.wait_for_log(
+        &format!(
+            "dovecot-sessions refused addr={client} user={USER} protocol=imap reason=banned \
+             (open session, not renewed)"
+        ),
+        1,
+        BOUND,
+    );
+    // No renewal in flight after two intervals; then the grant only ages.
+    thread::sleep(2 * INTERVAL + Duration::from_millis(500));
+    let mut last = left(&grant_of(&lab, client).expect("the grant is still there"));
+    let deadline = Instant::now() + WINDOW + BOUND;
+    loop {
+        let grant = grant_of(&lab, client).expect("an expired grant stays listed with --all");
+        let now_left = left(&grant);
+        assert!(
+            now_left <= last,
+            "renewed while banned: {last}s, then {now_left}s left"
+        );
+        last = now_left;
+        if grant["expired"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the grant never lapsed: {grant}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = daemon.log();
+    assert_eq!(log.matches(&renewed).count(), 1, "{log}");
+    assert_eq!(
+        log.matches("dovecot-sessions refused").count(),
+        1,
+        "said once: {log}"
+    );
+    idler.logout();
+    daemon.terminate(BOUND);
+    let log = daemon.log();
+    let statistics = log
+        .lines()
+        .find(|l| l.contains("statistics hook=dovecot-policy "))
+        .unwrap_or_else(|| panic!("no statistics line: {log}"));
+    let banned: u64 = statistics
+        .split(' ')
+        .find_map(|field| field.strip_prefix("sessions_banned="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sessions_banned: {statistics}"));
+    assert!(banned >= 1, "{statistics}");
 }
