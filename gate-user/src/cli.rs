@@ -64,6 +64,11 @@ pub enum Command {
     /// Run the daemon: attach (or adopt) the gate and serve POP3; every
     /// successful login opens the gate for the client's address.
     Serve(ServeArgs),
+    /// Run the grant bus's edge agent: attach (or adopt) the gate and write
+    /// into it every grant (and revoke) the POP3 hosts publish on the bus.
+    Agent(AgentArgs),
+    /// The grant bus: what this host's edge agent is doing.
+    Bus(BusStatusArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -508,4 +513,83 @@ pub fn serve_keys() -> Vec<String> {
         .map(|arg| arg.get_id().to_string())
         .filter(|id| id != "config")
         .collect()
+}
+
+/// `smtp-gate agent`: every flag is also a key of its `--config` file
+/// (agent/config.rs), as for `serve`; flags win.
+#[derive(Args, Debug, Serialize)]
+pub struct AgentArgs {
+    /// TOML file with the settings below as keys.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Interface to gate (the one mail clients come in on).
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub attachment: AttachmentArgs,
+    // The gate's settings; its window is also the longest a grant from
+    // the bus is applied for, whatever it claims.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub settings: GateSettingsArgs,
+    /// bpffs directory of the gate. Default /sys/fs/bpf/smtp-gate.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// The engine the POP3 hosts publish to: redis://[USER@]HOST[:PORT][/DB],
+    /// rediss://... for TLS, redis+unix:///PATH. No password here (every
+    /// user sees a command line): --bus-password-file, or the URL in the
+    /// config file. Required.
+    #[arg(long, value_name = "URL")]
+    pub bus: Option<crate::bus::config::BusUrl>,
+    /// File holding the engine's password (of the URL's user). Mode 600.
+    #[arg(long, value_name = "FILE")]
+    pub bus_password_file: Option<PathBuf>,
+    /// The publishers' key prefix. Default smtp-gate:.
+    #[arg(long, value_name = "PREFIX")]
+    pub bus_prefix: Option<String>,
+    /// How long the agent waits for the engine's answer at most, beyond
+    /// its blocking read of the stream (5s). Default 250ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration::optional_text::serialize")]
+    pub bus_timeout: Option<Duration>,
+    /// Where the agent keeps the id of the last entry it applied (and,
+    /// beside it, FILE.status.json). Default /var/lib/smtp-gate/bus-position.
+    #[arg(long, value_name = "FILE")]
+    pub bus_position_file: Option<PathBuf>,
+}
+
+/// The keys of `smtp-gate agent --config`: its flags' names, but `config`.
+pub fn agent_keys() -> Vec<String> {
+    AgentArgs::augment_args(clap::Command::new("agent"))
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .filter(|id| id != "config")
+        .collect()
+}
+
+#[derive(Args, Debug)]
+pub struct BusStatusArgs {
+    #[command(subcommand)]
+    pub action: BusAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BusAction {
+    /// Show the edge agent's state (from the status file it rewrites every
+    /// few seconds): connected or not, position, lag, last error, grants
+    /// and revokes applied, entries and keys rejected.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The agent's config file: its bus_position_file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The agent's position file (the status is FILE.status.json).
+        /// Default /var/lib/smtp-gate/bus-position.
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        bus_position_file: Option<PathBuf>,
+    },
 }

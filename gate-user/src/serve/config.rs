@@ -200,6 +200,36 @@ impl ConfigSource {
             None => e,
         }
     }
+
+    /// The source of another daemon's settings (`agent`): its config file
+    /// and the flags given, under their keys.
+    pub fn with_flags(file: Option<&Path>, flags: Table) -> Self {
+        Self {
+            file: file.map(Path::to_path_buf),
+            flags,
+        }
+    }
+
+    /// The config file, if any: its path and its keys as they are (read
+    /// under the settings files' rule, errors naming the file).
+    pub fn file_table(&self) -> Result<Option<(&Path, Table)>> {
+        let Some(path) = self.file.as_deref() else {
+            return Ok(None);
+        };
+        let text = trusted_file::read(path, trusted_file::SETTINGS)?;
+        let table = keys::parse_table(&text).map_err(|e| self.named(e, false))?;
+        Ok(Some((path, table)))
+    }
+
+    /// The flags given, under their keys.
+    pub fn flags(&self) -> &Table {
+        &self.flags
+    }
+
+    /// An error of the file's own value for a key, named with the file.
+    pub fn in_file(&self, e: KeyError) -> anyhow::Error {
+        self.named(e, false)
+    }
 }
 
 /// A config file whose bus URL carries a password must be readable by
