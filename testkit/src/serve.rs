@@ -277,6 +277,18 @@ impl Lab {
         args: &[&str],
         log: &Path,
     ) -> ServeDaemon {
+        self.spawn_daemon_with(start, "serve", args, log)
+    }
+
+    /// Another daemon of the binary (`agent`), started in the server
+    /// namespace as [`Lab::spawn_serve_with`] starts `serve`.
+    pub fn spawn_daemon_with(
+        &self,
+        start: ServeStart<'_>,
+        subcommand: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> ServeDaemon {
         let file = fs::File::create(log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let (file, held) = if start.output_held {
@@ -297,7 +309,7 @@ impl Lab {
             }
         };
         command
-            .arg("serve")
+            .arg(subcommand)
             .args(args)
             .stdin(Stdio::null())
             .stdout(file)
@@ -307,7 +319,7 @@ impl Lab {
         }
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start smtp-gate serve: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start smtp-gate {subcommand}: {e}"));
         ServeDaemon {
             child: Some(child),
             log: log.to_path_buf(),
