@@ -105,13 +105,11 @@ impl BusLab {
             // restarted on its data directory.
             persist: true,
             // The default user (no password) stands for anyone with write
-            // access: reached from another namespace, so protected mode
-            // (which would only answer it on loopback) is off.
+            // access, reached from another namespace (RedisServer turns
+            // protected mode off in a namespace).
             extra: [
                 "--appendfsync",
                 "always",
-                "--protected-mode",
-                "no",
                 "--include",
                 &acl.to_string_lossy(),
             ]
