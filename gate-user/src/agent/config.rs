@@ -6,10 +6,7 @@
 //! below); every value is checked before anything starts, and an error
 //! names the key and the file, or the flag.
 
-use std::{
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Deserialize;
@@ -57,23 +54,17 @@ fn default_position_file() -> PathBuf {
 impl AgentConfig {
     /// The config file (if any) with the flags laid over it, checked.
     pub fn load(file: Option<&Path>, flags: &AgentArgs) -> Result<Self> {
-        if let Some(url) = flags.bus.as_ref().filter(|url| url.has_password()) {
-            return Err(KeyError::of(
-                "bus",
-                format!(
-                    "{url} carries a password, which every user of the host sees on a command \
-                     line: give it in bus_password_file, or the URL in the config file"
-                ),
-            )
-            .as_flag());
-        }
+        flags.bus.refuse_password().map_err(|e| e.as_flag())?;
         let source = ConfigSource::with_flags(file, keys::given_flags(flags)?);
         let mut table = match source.file_table()? {
             Some((path, table)) => {
                 // The file is checked as it is, so that a bad value in it
                 // is found even while a flag stands in for it.
                 let in_file = Self::from_table(table.clone()).map_err(|e| source.in_file(e))?;
-                keeps_its_password_to_itself(path, &in_file.bus).map_err(|e| source.in_file(e))?;
+                in_file
+                    .bus
+                    .check_file_keeps_password(path)
+                    .map_err(|e| source.in_file(e))?;
                 table
             }
             None => Table::new(),
@@ -130,29 +121,6 @@ impl AgentConfig {
         }
         Ok(())
     }
-}
-
-/// A config file whose bus URL carries a password must be readable by
-/// its owner alone, or the password is anyone's on the host.
-fn keeps_its_password_to_itself(path: &Path, bus: &BusKeys) -> Result<(), KeyError> {
-    if !bus.bus.as_ref().is_some_and(|url| url.has_password()) {
-        return Ok(());
-    }
-    let mode = std::fs::metadata(path)
-        .map_err(|e| KeyError::whole(format!("{}: {e}", path.display())))?
-        .mode()
-        & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::of(
-            "bus",
-            format!(
-                "the URL carries a password, but {} is mode {mode:04o}: others may read it \
-                 (chmod 600, or give the password in bus_password_file)",
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
 
 async fn agent(config: AgentConfig) -> Result<()> {
     // Everything that can be refused is refused before the gate changes.
-    let settings = link_settings(&config.bus)?;
+    let settings = link_settings(&config.bus).map_err(|e| config.source.name_the_key(e))?;
     let names = Names::new(&config.bus.bus_prefix).map_err(anyhow::Error::msg)?;
     let position_file = config.bus_position_file.clone();
     let status_file = state::status_file(&position_file);
@@ -138,27 +138,10 @@ async fn agent(config: AgentConfig) -> Result<()> {
     Ok(())
 }
 
-/// The link's settings: the password file (a file of secrets: no access
-/// for group or others) is read now; a command may take the blocking
-/// read's time and `bus_timeout` more.
+/// The link's settings: the password file is read now (bus/config.rs,
+/// as serve reads it); a command may take the blocking read's time and
+/// `bus_timeout` more.
 fn link_settings(keys: &BusKeys) -> Result<LinkSettings> {
-    let url = keys.bus.clone().context("bus: missing")?;
-    let password = match &keys.bus_password_file {
-        Some(path) => {
-            let text = pop3::trusted_file::read(path, pop3::trusted_file::SECRETS)
-                .map_err(|e| anyhow::anyhow!("bus_password_file: {e}"))?;
-            let password = text.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                anyhow::bail!("bus_password_file {} is empty", path.display());
-            }
-            Some(password.to_owned())
-        }
-        None => None,
-    };
-    Ok(LinkSettings {
-        url,
-        password,
-        response_timeout: follower::BLOCK + keys.bus_timeout,
-        role: "agent",
-    })
+    LinkSettings::from_keys(keys, follower::BLOCK + keys.bus_timeout, "agent")?
+        .context("bus: missing")
 }

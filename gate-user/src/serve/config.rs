@@ -157,7 +157,9 @@ impl ConfigSource {
                 // is found even while a flag stands in for it.
                 let in_file =
                     ServeConfig::from_table(table.clone()).map_err(|e| self.named(e, false))?;
-                keeps_its_password_to_itself(path, &in_file.bus)
+                in_file
+                    .bus
+                    .check_file_keeps_password(path)
                     .map_err(|e| self.named(e, false))?;
                 table
             }
@@ -230,31 +232,6 @@ impl ConfigSource {
     pub fn in_file(&self, e: KeyError) -> anyhow::Error {
         self.named(e, false)
     }
-}
-
-/// A config file whose bus URL carries a password must be readable by
-/// its owner alone (the password file's rule), or the password is
-/// anyone's on the host.
-fn keeps_its_password_to_itself(path: &Path, bus: &BusKeys) -> Result<(), KeyError> {
-    use std::os::unix::fs::MetadataExt;
-    if !bus.bus.as_ref().is_some_and(|url| url.has_password()) {
-        return Ok(());
-    }
-    let mode = std::fs::metadata(path)
-        .map_err(|e| KeyError::whole(format!("{}: {e}", path.display())))?
-        .mode()
-        & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::of(
-            "bus",
-            format!(
-                "the URL carries a password, but {} is mode {mode:04o}: others may read it \
-                 (chmod 600, or give the password in bus_password_file)",
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 impl ServeConfig {
