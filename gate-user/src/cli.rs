@@ -64,6 +64,11 @@ pub enum Command {
     /// Run the daemon: attach (or adopt) the gate and serve POP3; every
     /// successful login opens the gate for the client's address.
     Serve(ServeArgs),
+    /// Run the grant bus's edge agent: attach (or adopt) the gate and write
+    /// into it every grant (and revoke) the POP3 hosts publish on the bus.
+    Agent(AgentArgs),
+    /// The grant bus: what this host's edge agent is doing.
+    Bus(BusStatusArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -149,15 +154,17 @@ pub struct AttachmentArgs {
     pub allow_private_bpffs: bool,
 }
 
-/// The grant bus (bus/config.rs `BusKeys`), shared by `serve`, `grant`
-/// and `revoke`, and keys of their config file.
+/// The grant bus's engine and how to talk to it (bus/config.rs
+/// `BusKeys`): the flags `serve`, `grant`, `revoke` (as publishers) and
+/// `agent` (the edge) share, and keys of their config files.
 #[derive(Args, Debug, Clone, Default, Serialize)]
-pub struct BusArgs {
-    /// Publish every grant to this Redis or Valkey, for the other hosts'
-    /// gates: redis://[USER@]HOST[:PORT][/DB], rediss://... for TLS,
+pub struct BusLinkArgs {
+    /// The grant bus's engine, Redis or Valkey (serve, grant and revoke
+    /// publish every grant to it, agent follows it):
+    /// redis://[USER@]HOST[:PORT][/DB], rediss://... for TLS,
     /// redis+unix:///PATH. No password here (every user sees a command
     /// line): --bus-password-file, or the URL in the config file. Off by
-    /// default.
+    /// default; agent needs it.
     #[arg(long, value_name = "URL")]
     pub bus: Option<BusUrl>,
     /// File holding the engine's password (of the URL's user). Mode 600.
@@ -167,19 +174,15 @@ pub struct BusArgs {
     /// one. Default smtp-gate:.
     #[arg(long, value_name = "PREFIX")]
     pub bus_prefix: Option<String>,
-    /// Entries the events stream keeps (about). Default 100000.
-    #[arg(long, value_name = "N")]
-    pub bus_stream_length: Option<u64>,
-    /// How long a login waits for the engine at most. Default 250ms.
+    /// How long the engine may take to answer: a login's +OK waits this
+    /// long for its publication at most; agent waits this long past its
+    /// blocking read (5s). Default 250ms.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]
     pub bus_timeout: Option<Duration>,
-    /// This host's name in what it publishes. Default: the host name.
-    #[arg(long, value_name = "NAME")]
-    pub bus_origin: Option<String>,
 }
 
-impl BusArgs {
+impl BusLinkArgs {
     /// Refuses a `--bus` URL with a password in it, naming the flag (and
     /// not showing the password).
     pub fn refuse_password(&self) -> Result<(), KeyError> {
@@ -193,6 +196,28 @@ impl BusArgs {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// The grant bus as a publisher sees it (`serve`, `grant`, `revoke`):
+/// the engine, and what goes into the stream.
+#[derive(Args, Debug, Clone, Default, Serialize)]
+pub struct BusArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub link: BusLinkArgs,
+    /// Entries the events stream keeps (about). Default 100000.
+    #[arg(long, value_name = "N")]
+    pub bus_stream_length: Option<u64>,
+    /// This host's name in what it publishes. Default: the host name.
+    #[arg(long, value_name = "NAME")]
+    pub bus_origin: Option<String>,
+}
+
+impl BusArgs {
+    /// [`BusLinkArgs::refuse_password`].
+    pub fn refuse_password(&self) -> Result<(), KeyError> {
+        self.link.refuse_password()
     }
 }
 
@@ -508,4 +533,69 @@ pub fn serve_keys() -> Vec<String> {
         .map(|arg| arg.get_id().to_string())
         .filter(|id| id != "config")
         .collect()
+}
+
+/// `smtp-gate agent`: every flag is also a key of its `--config` file
+/// (agent/config.rs), as for `serve`; flags win.
+#[derive(Args, Debug, Serialize)]
+pub struct AgentArgs {
+    /// TOML file with the settings below as keys.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Interface to gate (the one mail clients come in on).
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub attachment: AttachmentArgs,
+    // The gate's settings; its window is also the longest a grant from
+    // the bus is applied for, whatever it claims.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub settings: GateSettingsArgs,
+    /// bpffs directory of the gate. Default /sys/fs/bpf/smtp-gate.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub bus: BusLinkArgs,
+    /// Where the agent keeps the id of the last entry it applied (and,
+    /// beside it, FILE.status.json). Default /var/lib/smtp-gate/bus-position.
+    #[arg(long, value_name = "FILE")]
+    pub bus_position_file: Option<PathBuf>,
+}
+
+/// The keys of `smtp-gate agent --config`: its flags' names, but `config`.
+pub fn agent_keys() -> Vec<String> {
+    AgentArgs::augment_args(clap::Command::new("agent"))
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .filter(|id| id != "config")
+        .collect()
+}
+
+#[derive(Args, Debug)]
+pub struct BusStatusArgs {
+    #[command(subcommand)]
+    pub action: BusAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BusAction {
+    /// Show the edge agent's state (from the status file it rewrites every
+    /// few seconds): connected or not, position, lag, last error, grants
+    /// and revokes applied, entries and keys rejected.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The agent's config file: its bus_position_file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The agent's position file (the status is FILE.status.json).
+        /// Default /var/lib/smtp-gate/bus-position.
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        bus_position_file: Option<PathBuf>,
+    },
 }

@@ -3,6 +3,7 @@
 //! over this library; the integration tests use it too.
 
 pub mod addr;
+pub mod agent;
 pub mod bus;
 pub mod cli;
 pub mod gate;

@@ -698,3 +698,302 @@ impl Drop for Lab {
         self.tear_down();
     }
 }
+
+/// One host of a [`Hosts`] lab: its namespace, its one interface on the
+/// lab's switch, its addresses, and a pin directory of its own on the
+/// lab's bpffs.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// What the test calls it (`engine`, `pop`, `edge1`, `client`, ...).
+    pub name: String,
+    pub ns: String,
+    /// Its interface (to the switch): where its gate goes, if it has one.
+    pub iface: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    /// Its own pin directory (made empty; a gate is pinned there only if
+    /// the test attaches one).
+    pub pin_dir: PathBuf,
+}
+
+impl Host {
+    /// The pin directory as a string, for command lines.
+    pub fn pin_dir_str(&self) -> String {
+        self.pin_dir.to_string_lossy().into_owned()
+    }
+}
+
+/// Several hosts on one network, as the machines of a site are: each a
+/// namespace with one veth into a bridge that a switch namespace holds,
+/// all in `10.232.0.0/24` and `fd00:232::/64` (host `k`, counted from 1,
+/// is `.k` and `::k`). Every host reaches every other one (a connected
+/// route); no namespace has a default route. The multi-host sibling of
+/// [`Lab`], built from the same pieces, with the same teardown (gates
+/// detached, the bpffs unmounted, the namespaces deleted, also when a
+/// test panics).
+///
+/// ```text
+///   engine ──┐
+///   pop    ──┤
+///   edge1  ──┼── switch ns (bridge)
+///   edge2  ──┤
+///   client ──┘
+/// ```
+pub struct Hosts {
+    /// `<pid>-<n>`, unique per lab on this machine.
+    pub id: String,
+    pub hosts: Vec<Host>,
+    switch_ns: String,
+    mount_point: PathBuf,
+    mounted: bool,
+    namespaces: Vec<String>,
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+    /// Per host (same order as `hosts`): connections its SMTP listeners
+    /// accepted.
+    accepted: Vec<Arc<AtomicUsize>>,
+}
+
+impl Hosts {
+    /// The hosts named `names` (at most 9), joined by the switch, nothing
+    /// running on them yet. Panics (after cleaning up) if anything cannot
+    /// be set up.
+    pub fn new(names: &[&str]) -> Self {
+        require_prerequisites();
+        SWEEP.call_once(sweep_stale);
+        assert!(
+            (1..=9).contains(&names.len()),
+            "a Hosts lab has 1 to 9 hosts"
+        );
+        let pid = std::process::id();
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{pid}-{n}");
+        let id_ifaces = format!("sg{id}");
+        assert!(
+            id_ifaces.len() + 2 <= 15,
+            "lab interface names would be longer than 15 bytes ({id_ifaces}..)"
+        );
+        let ns = |role: &str| format!("{NS_PREFIX}{id}-{role}");
+        let mount_point = Path::new(RUN_ROOT).join(&id);
+        let hosts: Vec<Host> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let k = i as u8 + 1;
+                Host {
+                    name: name.to_string(),
+                    ns: ns(&format!("h{k}")),
+                    iface: format!("{id_ifaces}h{k}"),
+                    v4: Ipv4Addr::new(10, 232, 0, k),
+                    v6: Ipv6Addr::new(0xfd00, 0x232, 0, 0, 0, 0, 0, k as u16),
+                    pin_dir: mount_point.join(name),
+                }
+            })
+            .collect();
+        let switch_ns = ns("sw");
+        let mut lab = Hosts {
+            accepted: hosts.iter().map(|_| Arc::default()).collect(),
+            id,
+            hosts,
+            switch_ns,
+            mount_point,
+            mounted: false,
+            namespaces: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+        };
+        lab.set_up(&id_ifaces);
+        lab
+    }
+
+    fn set_up(&mut self, id_ifaces: &str) {
+        let switch = self.switch_ns.clone();
+        let mut all_ns = vec![switch.clone()];
+        all_ns.extend(self.hosts.iter().map(|h| h.ns.clone()));
+        for ns in &all_ns {
+            add_netns(ns);
+            self.namespaces.push(ns.clone());
+            netns_sysctl(ns, "net/ipv6/conf/all/accept_dad", "0");
+            netns_sysctl(ns, "net/ipv6/conf/default/accept_dad", "0");
+            ip(ns, &["link", "set", "lo", "up"]);
+        }
+        let bridge = format!("{id_ifaces}br");
+        ip(&switch, &["link", "add", &bridge, "type", "bridge"]);
+        ip(&switch, &["link", "set", &bridge, "up"]);
+        for (i, host) in self.hosts.iter().enumerate() {
+            let port = format!("{id_ifaces}p{}", i + 1);
+            ip(
+                &switch,
+                &[
+                    "link",
+                    "add",
+                    &port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &host.iface,
+                    "netns",
+                    &host.ns,
+                ],
+            );
+            ip(&switch, &["link", "set", &port, "master", &bridge]);
+            ip(&switch, &["link", "set", &port, "up"]);
+            bring_up_with_addresses(&host.ns, &host.iface, host.v4, host.v6);
+        }
+        for ns in &all_ns {
+            assert_no_default_route(ns);
+        }
+        fs::create_dir_all(&self.mount_point)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", self.mount_point.display()));
+        mount_bpffs(&self.mount_point);
+        self.mounted = true;
+        for host in &self.hosts {
+            fs::create_dir(&host.pin_dir)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", host.pin_dir.display()));
+        }
+    }
+
+    /// The host called `name`; panics if there is none.
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("this lab has no host {name}"))
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.hosts
+            .iter()
+            .position(|h| h.name == name)
+            .unwrap_or_else(|| panic!("this lab has no host {name}"))
+    }
+
+    /// Starts an SMTP listener on `port` of host `name` and waits until
+    /// every other host reaches it (before any gate: a lab that cannot
+    /// carry a SYN panics here, not in the test's checks).
+    pub fn serve_smtp(&mut self, name: &str, port: u16) {
+        let i = self.index(name);
+        let handle = spawn_smtp_server(
+            &self.hosts[i].ns,
+            port,
+            Arc::clone(&self.stop),
+            Arc::clone(&self.accepted[i]),
+        );
+        self.servers.push(handle);
+        for from in &self.hosts {
+            if from.name != name {
+                self.wait_reachable(&from.name, name, port);
+            }
+        }
+    }
+
+    /// Waits until host `from` reaches `to`'s `port` over IPv4 and IPv6.
+    pub fn wait_reachable(&self, from: &str, to: &str, port: u16) {
+        let (from, to) = (self.host(from), self.host(to));
+        for addr in [IpAddr::from(to.v4), IpAddr::from(to.v6)] {
+            let deadline = Instant::now() + REACH_BOUND;
+            loop {
+                let result = connect(&from.ns, addr, port, DENY_TIMEOUT);
+                if result.is_connected() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "lab {}: {} cannot reach {} at {addr}:{port}: {result}",
+                    self.id,
+                    from.name,
+                    to.name
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Connections the SMTP listeners of host `name` accepted so far.
+    pub fn accepted(&self, name: &str) -> usize {
+        self.accepted[self.index(name)].load(Ordering::Relaxed)
+    }
+
+    /// Connects from host `from` to `to`'s `port` over IPv4.
+    pub fn connect_v4(&self, from: &str, to: &str, port: u16, timeout: Duration) -> ConnectResult {
+        connect(&self.host(from).ns, self.host(to).v4.into(), port, timeout)
+    }
+
+    /// Runs `smtp-gate ARGS --pin-dir <host's pin dir>` in the root
+    /// namespace (the map commands: `list`, `stats`, ...).
+    pub fn gate(&self, name: &str, args: &[&str]) -> Output {
+        let pin = self.host(name).pin_dir_str();
+        let mut all = args.to_vec();
+        all.extend(["--pin-dir", pin.as_str()]);
+        smtp_gate(&all)
+    }
+
+    /// `smtp-gate list --json` of host `name`'s gate, parsed.
+    pub fn list(&self, name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+        let mut args = vec!["list", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.gate(name, &args);
+        if !out.status.success() {
+            panic!(
+                "`smtp-gate {}` of {name} failed: {}",
+                args.join(" "),
+                describe(&out)
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("list --json is not a JSON array ({e}): {out:?}"))
+    }
+
+    /// `ip -n NS ARGS` in host `name`'s namespace; panics unless it
+    /// succeeds. Returns its stdout.
+    pub fn ip(&self, name: &str, args: &[&str]) -> String {
+        ip(&self.host(name).ns, args)
+    }
+
+    fn tear_down(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.servers.drain(..) {
+            let _ = handle.join();
+        }
+        if self.mounted {
+            for host in &self.hosts {
+                if !self.namespaces.contains(&host.ns) {
+                    continue;
+                }
+                let pin = host.pin_dir_str();
+                let attached: Vec<String> = sorted_names(&host.pin_dir)
+                    .iter()
+                    .filter_map(|name| name.strip_prefix("link_"))
+                    .filter_map(|rest| rest.split_once('_'))
+                    .map(|(_mode, iface)| iface.to_string())
+                    .collect();
+                for iface in attached {
+                    let out =
+                        smtp_gate_in(&host.ns, &["detach", "--iface", &iface, "--pin-dir", &pin]);
+                    if !out.status.success() {
+                        eprintln!(
+                            "lab {} teardown: detach from {iface} on {} failed (unmounting \
+                             drops the pins anyway): {}",
+                            self.id,
+                            host.name,
+                            describe(&out)
+                        );
+                    }
+                }
+            }
+            unmount_all(&self.mount_point);
+            self.mounted = false;
+        }
+        let _ = fs::remove_dir(&self.mount_point);
+        for ns in self.namespaces.drain(..).rev() {
+            delete_netns(&ns);
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        self.tear_down();
+    }
+}

@@ -3,6 +3,7 @@
 //! binary in them, and crafted packets with an independent parser.
 
 pub mod bpffs;
+pub mod bus_lab;
 pub mod counters;
 pub mod cpus;
 pub mod denial;

@@ -213,6 +213,10 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", appendonly])
             .args(["--daemonize", "no", "--logfile"])
             .arg(self.dir.join("redis.log"))
+            // Redis 7 answers a default user without a password only on
+            // loopback ("protected mode"); in a namespace of the test's,
+            // which has no route out, the other namespaces must reach it.
+            .args(options.ns.iter().flat_map(|_| ["--protected-mode", "no"]))
             .args(
                 options
                     .password

@@ -277,73 +277,30 @@ impl Lab {
         args: &[&str],
         log: &Path,
     ) -> ServeDaemon {
-        let file = fs::File::create(log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let (file, held) = if start.output_held {
-            let (write, held) = full_pipe().expect("a full pipe for the daemon's output");
-            (fs::File::from(write), Some(held))
-        } else {
-            (file, None)
-        };
-        let err_file = file
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
-        let mut command = match start.user {
-            None => netns_command(&self.server_ns, smtp_gate_bin()),
-            Some(user) => {
-                let mut command = netns_command(&self.server_ns, "setpriv");
-                command.args(user.setpriv_args()).arg(smtp_gate_bin());
-                command
-            }
-        };
-        command
-            .arg("serve")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err_file);
-        if let Some(soft) = start.soft_open_files {
-            limit_open_files(&mut command, soft, None);
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start smtp-gate serve: {e}"));
-        ServeDaemon {
-            child: Some(child),
-            log: log.to_path_buf(),
-            status: None,
-            held,
-        }
+        self.spawn_daemon_with(start, "serve", args, log)
+    }
+
+    /// Another daemon of the binary (`agent`), started in the server
+    /// namespace as [`Lab::spawn_serve_with`] starts `serve`.
+    pub fn spawn_daemon_with(
+        &self,
+        start: ServeStart<'_>,
+        subcommand: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> ServeDaemon {
+        spawn_daemon_in(&self.server_ns, start, subcommand, args, log)
     }
 
     /// Waits (at most a minute) until the client reaches `daemon`'s POP3 port
     /// on the server's IPv4 and IPv6 address and reads a greeting. Panics,
     /// showing the daemon's log, if it exits or never listens.
     pub fn wait_pop3(&self, daemon: &mut ServeDaemon) {
-        let deadline = Instant::now() + SERVE_START_TIMEOUT;
-        for addr in [
-            IpAddr::from(self.client.server_v4),
-            IpAddr::from(self.client.server_v6),
-        ] {
-            loop {
-                if let Some(status) = daemon.exited() {
-                    panic!(
-                        "smtp-gate serve exited ({status}) before listening:\n{}",
-                        daemon.log()
-                    );
-                }
-                let result = connect(&self.client.client_ns, addr, POP3_PORT, DENY_TIMEOUT);
-                match &result {
-                    ConnectResult::Connected(greeting) if greeting.starts_with("+OK") => break,
-                    _ if Instant::now() > deadline => panic!(
-                        "smtp-gate serve does not answer on {addr}:{POP3_PORT} after \
-                         {SERVE_START_TIMEOUT:?} (last attempt: {result}); its log:\n{}",
-                        daemon.log()
-                    ),
-                    _ => thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
+        wait_pop3_at(
+            daemon,
+            &self.client.client_ns,
+            &[self.client.server_v4.into(), self.client.server_v6.into()],
+        );
     }
 
     /// `smtp-gate serve --pin-dir <lab pin dir> ARGS`, started and answering
@@ -374,6 +331,82 @@ impl Lab {
         let mut daemon = self.spawn_serve_with(start, &all, log);
         self.wait_pop3(&mut daemon);
         daemon
+    }
+}
+
+/// `ip netns exec NS smtp-gate SUBCOMMAND ARGS` (exactly these arguments),
+/// started as `start` says, its output going to the file `log`. Returns
+/// at once. Any lab's daemons ([`Lab`], [`crate::lab::Hosts`]).
+pub fn spawn_daemon_in(
+    ns: &str,
+    start: ServeStart<'_>,
+    subcommand: &str,
+    args: &[&str],
+    log: &Path,
+) -> ServeDaemon {
+    let file =
+        fs::File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    let (file, held) = if start.output_held {
+        let (write, held) = full_pipe().expect("a full pipe for the daemon's output");
+        (fs::File::from(write), Some(held))
+    } else {
+        (file, None)
+    };
+    let err_file = file
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
+    let mut command = match start.user {
+        None => netns_command(ns, smtp_gate_bin()),
+        Some(user) => {
+            let mut command = netns_command(ns, "setpriv");
+            command.args(user.setpriv_args()).arg(smtp_gate_bin());
+            command
+        }
+    };
+    command
+        .arg(subcommand)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err_file);
+    if let Some(soft) = start.soft_open_files {
+        limit_open_files(&mut command, soft, None);
+    }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start smtp-gate {subcommand}: {e}"));
+    ServeDaemon {
+        child: Some(child),
+        log: log.to_path_buf(),
+        status: None,
+        held,
+    }
+}
+
+/// Waits (at most a minute) until namespace `from_ns` reaches `daemon`'s
+/// POP3 port on each of `addrs` and reads a greeting. Panics, showing the
+/// daemon's log, if it exits or never listens.
+pub fn wait_pop3_at(daemon: &mut ServeDaemon, from_ns: &str, addrs: &[IpAddr]) {
+    let deadline = Instant::now() + SERVE_START_TIMEOUT;
+    for &addr in addrs {
+        loop {
+            if let Some(status) = daemon.exited() {
+                panic!(
+                    "smtp-gate serve exited ({status}) before listening:\n{}",
+                    daemon.log()
+                );
+            }
+            let result = connect(from_ns, addr, POP3_PORT, DENY_TIMEOUT);
+            match &result {
+                ConnectResult::Connected(greeting) if greeting.starts_with("+OK") => break,
+                _ if Instant::now() > deadline => panic!(
+                    "smtp-gate serve does not answer on {addr}:{POP3_PORT} after \
+                     {SERVE_START_TIMEOUT:?} (last attempt: {result}); its log:\n{}",
+                    daemon.log()
+                ),
+                _ => thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 }
 

@@ -6,7 +6,13 @@
 //! host sees it in `ps`): in the config file's URL, or in
 //! `bus_password_file`.
 
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use pop3::duration;
 use serde::{Deserialize, Deserializer};
@@ -68,7 +74,7 @@ impl BusKeys {
         if self.bus_timeout.is_zero() || self.bus_timeout > Duration::from_secs(10) {
             return Err(KeyError::of(
                 "bus_timeout",
-                "above 0 and at most 10s: a login waits this long for the engine at most",
+                "above 0 and at most 10s: the longest the engine may take to answer",
             ));
         }
         if let Some(origin) = &self.bus_origin {
@@ -84,6 +90,50 @@ impl BusKeys {
         }
         if self.bus.is_none() && self.bus_password_file.is_some() {
             return Err(KeyError::of("bus_password_file", "needs bus"));
+        }
+        Ok(())
+    }
+
+    /// The engine's password from `bus_password_file`, if one is named:
+    /// a file of secrets (pop3::trusted_file::SECRETS: no access for
+    /// group or others), its one line without the line end. Errors are a
+    /// [`KeyError`] of `bus_password_file`. Read at start by every role
+    /// (serve, grant, revoke, agent).
+    pub fn read_password(&self) -> Result<Option<String>, KeyError> {
+        let Some(path) = &self.bus_password_file else {
+            return Ok(None);
+        };
+        let refused = |problem: String| KeyError::of("bus_password_file", problem);
+        let text = pop3::trusted_file::read(path, pop3::trusted_file::SECRETS)
+            .map_err(|e| refused(e.to_string()))?;
+        let password = text.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(refused(format!("{} is empty", path.display())));
+        }
+        Ok(Some(password.to_owned()))
+    }
+
+    /// A config file (`path`) whose bus URL carries a password must be
+    /// readable by its owner alone, as the password file must, or the
+    /// password is anyone's on the host. Errors are a [`KeyError`] of
+    /// `bus`, without the password.
+    pub fn check_file_keeps_password(&self, path: &Path) -> Result<(), KeyError> {
+        if !self.bus.as_ref().is_some_and(BusUrl::has_password) {
+            return Ok(());
+        }
+        let mode = std::fs::metadata(path)
+            .map_err(|e| KeyError::whole(format!("{}: {e}", path.display())))?
+            .mode()
+            & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::of(
+                "bus",
+                format!(
+                    "the URL carries a password, but {} is mode {mode:04o}: others may read \
+                     it (chmod 600, or give the password in bus_password_file)",
+                    path.display()
+                ),
+            ));
         }
         Ok(())
     }
@@ -230,5 +280,45 @@ mod tests {
             let err = keys.check().unwrap_err();
             assert_eq!(err.key.as_deref(), Some(key), "{err}");
         }
+    }
+
+    /// The one password reader of every role: the file's line without
+    /// its end; a file others may read, an empty one, or a missing one is
+    /// refused naming `bus_password_file` (and never showing the text).
+    #[test]
+    fn the_password_file_is_read_under_the_secrets_rule() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("smtp-gate-bus-password-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        let keys = BusKeys {
+            bus: Some("redis://edge@e:6379".parse().unwrap()),
+            bus_password_file: Some(file.clone()),
+            ..BusKeys::default()
+        };
+        assert_eq!(BusKeys::default().read_password(), Ok(None));
+        for (text, mode, read) in [
+            ("s3cret\n", 0o600, Some("s3cret")),
+            ("s3cret\r\n", 0o400, Some("s3cret")),
+            ("s3cret\n", 0o644, None),
+            ("s3cret\n", 0o640, None),
+            ("\n", 0o600, None),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            match (keys.read_password(), read) {
+                (Ok(Some(password)), Some(read)) => assert_eq!(password, read),
+                (Err(e), None) => {
+                    assert_eq!(e.key.as_deref(), Some("bus_password_file"), "{e}");
+                    assert!(!e.problem.contains("s3cret"), "{e}");
+                }
+                (other, _) => panic!("{text:?} mode {mode:o}: {other:?}"),
+            }
+        }
+        std::fs::remove_file(&file).unwrap();
+        let e = keys.read_password().unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("bus_password_file"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -16,7 +16,8 @@ use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::config::BusUrl;
+use super::config::{BusKeys, BusUrl};
+use crate::keys::KeyError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
@@ -32,6 +33,28 @@ pub struct LinkSettings {
     pub response_timeout: Duration,
     /// For the log: `serve` or `agent`.
     pub role: &'static str,
+}
+
+impl LinkSettings {
+    /// The link's settings for `keys`: `None` without a bus. The password
+    /// file is read now ([`BusKeys::read_password`]); its errors are a
+    /// [`KeyError`] of `bus_password_file`. A command may take
+    /// `response_timeout`.
+    pub fn from_keys(
+        keys: &BusKeys,
+        response_timeout: Duration,
+        role: &'static str,
+    ) -> Result<Option<Self>, KeyError> {
+        let Some(url) = &keys.bus else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            url: url.clone(),
+            password: keys.read_password()?,
+            response_timeout,
+            role,
+        }))
+    }
 }
 
 /// The engine's connection, shared.

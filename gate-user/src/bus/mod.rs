@@ -12,11 +12,19 @@
 //! Whoever can write to the engine can open the gate: an edge checks
 //! every entry and key it reads (event.rs) and clamps what it applies
 //! (expiry.rs), but cannot tell a forged grant from a real one.
+//!
+//! The edge's side (`smtp-gate agent`, agent/): stream.rs reads the
+//! engine's replies without trusting them, follow.rs decides what they do
+//! to the local map and when the edge must reload the keys, state.rs keeps
+//! its position and status on disk.
 
 pub mod command;
 pub mod config;
 pub mod event;
 pub mod expiry;
+pub mod follow;
 pub mod link;
 pub mod names;
 pub mod publisher;
+pub mod state;
+pub mod stream;

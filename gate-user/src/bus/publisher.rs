@@ -34,8 +34,6 @@ use log::{debug, info, warn};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::KeyError;
-
 use super::{
     config::BusKeys,
     event::{Event, Op},
@@ -325,32 +323,10 @@ impl Publisher {
     }
 }
 
-/// The link's settings for `keys`: `None` without a bus. The password
-/// file (a file of secrets: no access for group or others) is read now;
-/// its errors are a [`KeyError`] of `bus_password_file`.
+/// The link's settings for a publisher of `keys` (a command may take
+/// `bus_timeout`): `None` without a bus; see [`LinkSettings::from_keys`].
 pub fn link_settings(keys: &BusKeys, role: &'static str) -> Result<Option<LinkSettings>> {
-    let Some(url) = &keys.bus else {
-        return Ok(None);
-    };
-    let password = match &keys.bus_password_file {
-        Some(path) => {
-            let refused = |problem: String| KeyError::of("bus_password_file", problem);
-            let text = pop3::trusted_file::read(path, pop3::trusted_file::SECRETS)
-                .map_err(|e| refused(e.to_string()))?;
-            let password = text.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                Err(refused(format!("{} is empty", path.display())))?;
-            }
-            Some(password.to_owned())
-        }
-        None => None,
-    };
-    Ok(Some(LinkSettings {
-        url: url.clone(),
-        password,
-        response_timeout: keys.bus_timeout,
-        role,
-    }))
+    Ok(LinkSettings::from_keys(keys, keys.bus_timeout, role)?)
 }
 
 /// The transaction that publishes `event`.

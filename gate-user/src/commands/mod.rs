@@ -1,5 +1,6 @@
 //! One file per subcommand; each prints its own output.
 
+mod agent;
 mod attach;
 mod bans;
 mod exempt;
@@ -23,6 +24,8 @@ pub fn run(command: Command) -> Result<()> {
         // What serve and grant need depends on whether the host has a
         // gate (serve.rs, grants.rs).
         Command::Serve(_) => ("smtp-gate serve", NOTHING),
+        Command::Agent(_) => ("smtp-gate agent", CHANGE_GATE),
+        Command::Bus(_) => ("smtp-gate bus", USE_PINS),
         Command::Grant(_) => ("smtp-gate grant", NOTHING),
         Command::List(_) => ("smtp-gate list", READ_CLOCK),
         Command::Revoke(_) => ("smtp-gate revoke", USE_PINS),
@@ -43,5 +46,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Ban(args) => bans::ban(args),
         Command::Settings(args) => settings::settings(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Agent(args) => agent::agent(args),
+        Command::Bus(args) => agent::bus(args),
     }
 }

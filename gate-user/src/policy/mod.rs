@@ -9,7 +9,7 @@ mod counters;
 pub mod dovecot;
 pub mod dovecot_sessions;
 pub mod listen;
-mod log_budget;
+pub(crate) mod log_budget;
 pub mod postfix;
 mod slots;
 

@@ -157,7 +157,9 @@ impl ConfigSource {
                 // is found even while a flag stands in for it.
                 let in_file =
                     ServeConfig::from_table(table.clone()).map_err(|e| self.named(e, false))?;
-                keeps_its_password_to_itself(path, &in_file.bus)
+                in_file
+                    .bus
+                    .check_file_keeps_password(path)
                     .map_err(|e| self.named(e, false))?;
                 table
             }
@@ -200,31 +202,36 @@ impl ConfigSource {
             None => e,
         }
     }
-}
 
-/// A config file whose bus URL carries a password must be readable by
-/// its owner alone (the password file's rule), or the password is
-/// anyone's on the host.
-fn keeps_its_password_to_itself(path: &Path, bus: &BusKeys) -> Result<(), KeyError> {
-    use std::os::unix::fs::MetadataExt;
-    if !bus.bus.as_ref().is_some_and(|url| url.has_password()) {
-        return Ok(());
+    /// The source of another daemon's settings (`agent`): its config file
+    /// and the flags given, under their keys.
+    pub fn with_flags(file: Option<&Path>, flags: Table) -> Self {
+        Self {
+            file: file.map(Path::to_path_buf),
+            flags,
+        }
     }
-    let mode = std::fs::metadata(path)
-        .map_err(|e| KeyError::whole(format!("{}: {e}", path.display())))?
-        .mode()
-        & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::of(
-            "bus",
-            format!(
-                "the URL carries a password, but {} is mode {mode:04o}: others may read it \
-                 (chmod 600, or give the password in bus_password_file)",
-                path.display()
-            ),
-        ));
+
+    /// The config file, if any: its path and its keys as they are (read
+    /// under the settings files' rule, errors naming the file).
+    pub fn file_table(&self) -> Result<Option<(&Path, Table)>> {
+        let Some(path) = self.file.as_deref() else {
+            return Ok(None);
+        };
+        let text = trusted_file::read(path, trusted_file::SETTINGS)?;
+        let table = keys::parse_table(&text).map_err(|e| self.named(e, false))?;
+        Ok(Some((path, table)))
     }
-    Ok(())
+
+    /// The flags given, under their keys.
+    pub fn flags(&self) -> &Table {
+        &self.flags
+    }
+
+    /// An error of the file's own value for a key, named with the file.
+    pub fn in_file(&self, e: KeyError) -> anyhow::Error {
+        self.named(e, false)
+    }
 }
 
 impl ServeConfig {

@@ -37,6 +37,24 @@ impl GateGrantSink {
     pub fn replace_maps(&self, maps: GateMaps) {
         *self.maps.lock().unwrap_or_else(|p| p.into_inner()) = maps;
     }
+
+    /// Grants `addr` from now for `lifetime` (the bus's agent: what is
+    /// left of a grant made on another host). A failure wakes the watch.
+    pub fn grant_for(&self, addr: IpAddr, lifetime: std::time::Duration) -> anyhow::Result<()> {
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.grant(addr, Some(lifetime)).inspect_err(|_| {
+            self.trouble.notify_one();
+        })
+    }
+
+    /// Takes `addr`'s grant away; false if it had none. A failure wakes
+    /// the watch.
+    pub fn revoke(&self, addr: IpAddr) -> anyhow::Result<bool> {
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.revoke(addr).inspect_err(|_| {
+            self.trouble.notify_one();
+        })
+    }
 }
 
 impl GateGrantSink {

@@ -11,14 +11,15 @@
 mod ban_policy;
 mod ban_sink;
 pub mod config;
-mod gate_log;
+pub(crate) mod gate_log;
 mod grant_sink;
+pub(crate) mod hold;
 mod hooks;
 mod login_grants;
 mod open_files;
 mod reload;
 mod users;
-mod watch;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 
@@ -48,7 +49,7 @@ pub use login_grants::LoginGrants;
 
 use crate::{
     bus::publisher::Publisher,
-    gate::{self, held::HeldGate, AttachReport, AttachRequest, GateMaps, PinDir},
+    gate::{AttachRequest, GateMaps, PinDir},
     keys::KeyError,
 };
 
@@ -313,32 +314,8 @@ struct AttachedGate {
 fn attach_gate(config: &ServeConfig) -> Result<AttachedGate> {
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
-    let attachment =
-        gate::attach_holding(&dir, &config.attach).map_err(|e| config.source.name_the_key(e))?;
-    let mode = attachment.report.mode();
-    match &attachment.report {
-        AttachReport::Attached { mode } => info!("gate attached to {iface} ({mode})"),
-        AttachReport::Updated { mode } => {
-            info!("gate on {iface} ({mode}) adopted, settings applied")
-        }
-        AttachReport::Replaced { old, new } => {
-            info!("gate on {iface} moved from {old} to {new}")
-        }
-        AttachReport::Upgraded {
-            mode,
-            replaced,
-            warnings,
-        } => {
-            info!(
-                "gate on {iface} ({mode}) upgraded: it was pinned by an older smtp-gate; {}",
-                gate::attach::upgrade_summary(replaced)
-            );
-            for warning in warnings {
-                warn!("upgrade: {warning}");
-            }
-        }
-    }
-    let held = HeldGate::new(&dir, &iface, mode, attachment.link)?;
+    let held =
+        hold::attach_and_hold(&dir, &config.attach).map_err(|e| config.source.name_the_key(e))?;
     let grant_maps = GateMaps::open(&dir)?;
     // The clock's probe is loaded now, so that a host where it cannot be
     // fails at start and not at the first login.
@@ -365,8 +342,7 @@ fn attach_gate(config: &ServeConfig) -> Result<AttachedGate> {
         held,
         requested,
         dir.clone(),
-        Arc::clone(&grants),
-        Arc::clone(&bans),
+        vec![Arc::clone(&grants) as _, Arc::clone(&bans) as _],
         GateMaps::open(&dir)?,
     );
     if let Err(e) = gate_log::forward(&dir, &iface) {

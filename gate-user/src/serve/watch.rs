@@ -2,6 +2,7 @@
 //! a failed grant) it checks that the gate is whole and repairs what it
 //! can (gate/held.rs), logs every problem as an error when it appears and
 //! counts it, and keeps the host's addresses for the reset mode current.
+//! `serve` and `agent` (the bus's edge) both run it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,14 +18,33 @@ use crate::gate::{
 /// How often the gate is checked and the host's addresses read.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Whoever writes to the gate's maps through handles of its own: when
+/// another smtp-gate command replaced the maps, it gets handles on the new
+/// ones.
+pub trait MapUser: Send + Sync {
+    fn replace_maps(&self, maps: GateMaps);
+}
+
+impl MapUser for GateGrantSink {
+    fn replace_maps(&self, maps: GateMaps) {
+        GateGrantSink::replace_maps(self, maps);
+    }
+}
+
+impl MapUser for GateBanSink {
+    fn replace_maps(&self, maps: GateMaps) {
+        GateBanSink::replace_maps(self, maps);
+    }
+}
+
 pub struct Watch {
     held: HeldGate,
     /// What to attach with when the gate must be attached again: the
     /// daemon's settings, as the last reload left them.
     requests: watch::Receiver<AttachRequest>,
     dir: PinDir,
-    grants: Arc<GateGrantSink>,
-    bans: Arc<GateBanSink>,
+    /// Who writes to the maps: grants, bans, the bus's follower.
+    map_users: Vec<Arc<dyn MapUser>>,
     maps: GateMaps,
     /// The problems of the last check: the same ones are not logged again
     /// every few seconds, nor counted again.
@@ -38,16 +58,14 @@ impl Watch {
         held: HeldGate,
         requests: watch::Receiver<AttachRequest>,
         dir: PinDir,
-        grants: Arc<GateGrantSink>,
-        bans: Arc<GateBanSink>,
+        map_users: Vec<Arc<dyn MapUser>>,
         maps: GateMaps,
     ) -> Self {
         Self {
             held,
             requests,
             dir,
-            grants,
-            bans,
+            map_users,
             maps,
             last_problems: Vec::new(),
             incidents: 0,
@@ -81,20 +99,27 @@ impl Watch {
             warn!("gate: {repair}");
         }
         if check.maps_changed {
-            let open = || GateMaps::open(&self.dir);
-            match (open(), open(), open()) {
-                (Ok(for_grants), Ok(for_bans), Ok(for_watch)) => {
-                    self.grants.replace_maps(for_grants);
-                    self.bans.replace_maps(for_bans);
-                    self.maps = for_watch;
-                    info!("gate: logins are granted (and guessers banned) in the gate's new maps");
-                }
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                    error!("gate: opening the gate's new maps: {e:#}");
-                }
-            }
+            self.use_new_maps();
         }
         self.refresh_addresses();
+    }
+
+    /// Every writer of the maps gets handles on the new ones, or none does
+    /// (a writer left on the old maps would write where no packet looks).
+    fn use_new_maps(&mut self) {
+        let opened: Result<Vec<GateMaps>, _> = (0..=self.map_users.len())
+            .map(|_| GateMaps::open(&self.dir))
+            .collect();
+        match opened {
+            Ok(mut handles) => {
+                self.maps = handles.pop().expect("one handle for the watch itself");
+                for (user, maps) in self.map_users.iter().zip(handles) {
+                    user.replace_maps(maps);
+                }
+                info!("gate: grants (and bans) are written to the gate's new maps");
+            }
+            Err(e) => error!("gate: opening the gate's new maps: {e:#}"),
+        }
     }
 
     /// The host's unicast addresses into the maps the reset mode reads.

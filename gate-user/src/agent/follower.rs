@@ -1,0 +1,569 @@
+//! The follower: reads the engine and writes the local grant map.
+//!
+//! On each connection it asks XINFO STREAM where the stream stands. If
+//! it has no position, or the stream no longer holds what follows its
+//! position (bus/follow.rs), it first loads every grant from the keys:
+//! it notes the stream's last id *before* the SCAN, so that what is
+//! published during the load is read again from the stream afterwards
+//! (applying an entry twice changes nothing). Then it follows the stream
+//! with XREAD BLOCK from its position, applying the entries in order, and
+//! writes the position to disk (bus/state.rs) at most once a second while
+//! entries flow, at once when the stream goes quiet.
+//!
+//! Nothing the engine sends can stop it: a malformed entry or key is
+//! skipped and counted (logged within a budget); a reply of the wrong
+//! shape, an error or a lost connection ends only the current round,
+//! which starts again after a pause (the link reconnects by itself). What
+//! it reads is bounded: at most [`BATCH`] entries or keys at once, key
+//! values cut at [`LONGEST_VALUE`] + 1 octets (GETRANGE). A map write
+//! that fails (the gate is being repaired) stops the round before that
+//! entry, so it is applied when the round starts again.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use log::{debug, info, warn};
+use redis::{aio::ConnectionLike, aio::MultiplexedConnection, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    bus::{
+        event::Event,
+        follow::{
+            full_load_reason, judge, judge_key, shorten, KeyVerdict, PositionKeeper, Verdict,
+            LONGEST_VALUE,
+        },
+        link::Link,
+        names::Names,
+        state::{self, AgentStatus},
+        stream::{self, BadReply, RawEntry, StreamId, StreamInfo},
+    },
+    policy::log_budget::LogBudget,
+    serve::GateGrantSink,
+};
+
+/// Entries per XREAD, keys per SCAN.
+pub const BATCH: usize = 1000;
+/// How long one XREAD waits for an entry.
+pub const BLOCK: Duration = Duration::from_secs(5);
+/// The status file is rewritten at least this often.
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// The pause after a failed round, doubling up to the longest.
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+/// SCAN calls one full load may take: a million keys and more at
+/// [`BATCH`] a call; an engine whose cursor never comes back to 0 ends
+/// the load with an error.
+const MOST_SCANS: u64 = 1_000_000;
+
+/// Why a round ended.
+#[derive(Debug)]
+enum RoundError {
+    /// The engine answered an error, or the connection failed.
+    Engine(redis::RedisError),
+    /// The engine answered something that is not Redis's reply.
+    Reply(BadReply),
+    /// Writing the local map failed.
+    Map(anyhow::Error),
+}
+
+impl std::fmt::Display for RoundError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundError::Engine(e) => write!(f, "the engine: {e}"),
+            RoundError::Reply(e) => write!(f, "the engine's reply: {e}"),
+            RoundError::Map(e) => write!(f, "the gate's map: {e:#}"),
+        }
+    }
+}
+
+impl From<redis::RedisError> for RoundError {
+    fn from(e: redis::RedisError) -> Self {
+        RoundError::Engine(e)
+    }
+}
+
+impl From<BadReply> for RoundError {
+    fn from(e: BadReply) -> Self {
+        RoundError::Reply(e)
+    }
+}
+
+/// Where the follower keeps its position and status.
+pub struct Files {
+    pub position: std::path::PathBuf,
+    pub status: std::path::PathBuf,
+}
+
+pub struct Follower {
+    link: Link,
+    names: Names,
+    events: String,
+    grants: Arc<GateGrantSink>,
+    files: Files,
+    position: Option<StreamId>,
+    keeper: PositionKeeper,
+    status: AgentStatus,
+    status_written: Option<Instant>,
+    /// The follower's own last error (the link keeps its own).
+    round_error: Option<String>,
+    /// The error logged last: the same one again goes to debug.
+    logged_error: Option<String>,
+    /// A round applied something since the last failure: the next pause
+    /// starts short again.
+    progressed: bool,
+    rejected_lines: LogBudget,
+    /// The state files cannot be written (a full disk, say).
+    file_lines: LogBudget,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Follower {
+    pub fn new(
+        link: Link,
+        names: Names,
+        grants: Arc<GateGrantSink>,
+        files: Files,
+        position: Option<StreamId>,
+        bus: String,
+    ) -> Self {
+        let events = names.events();
+        Self {
+            link,
+            names,
+            events,
+            grants,
+            files,
+            position,
+            keeper: PositionKeeper::default(),
+            status: AgentStatus {
+                pid: std::process::id(),
+                started_ms: now_ms(),
+                bus,
+                ..AgentStatus::default()
+            },
+            status_written: None,
+            round_error: None,
+            logged_error: None,
+            progressed: false,
+            rejected_lines: LogBudget::new("bus agent: skipped entry", 10, Duration::from_secs(60)),
+            file_lines: LogBudget::new("bus agent: state file", 2, Duration::from_secs(60)),
+        }
+    }
+
+    /// Follows until `stop`, then writes the position and the status.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut pause = FIRST_PAUSE;
+        loop {
+            self.write_status(true);
+            let connection = tokio::select! {
+                connection = self.link.wait_connected(&stop) => connection,
+                () = tokio::time::sleep(STATUS_INTERVAL) => continue,
+            };
+            let Some(mut connection) = connection else {
+                break;
+            };
+            self.progressed = false;
+            match self.round(&mut connection, &stop).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if let RoundError::Engine(e) = &e {
+                        self.link.failed(e);
+                    }
+                    if self.progressed {
+                        pause = FIRST_PAUSE;
+                    }
+                    self.note_error(&e, pause);
+                    self.save_position(true);
+                    self.write_status(true);
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                }
+            }
+        }
+        self.save_position(true);
+        self.write_status(true);
+    }
+
+    /// One connection's work: load if needed, then follow. `Ok` on stop.
+    async fn round(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        stop: &CancellationToken,
+    ) -> Result<(), RoundError> {
+        loop {
+            let info = self.stream_info(connection).await?;
+            if let Some(reason) = full_load_reason(self.position, info.as_ref()) {
+                let from = info.map_or(StreamId::ZERO, |i| i.last_generated);
+                info!("bus agent: loading every grant from the engine's keys ({reason})");
+                if !self.full_load(connection, stop).await? {
+                    return Ok(());
+                }
+                self.position = Some(from);
+                self.status.full_loads += 1;
+                self.save_position(true);
+                info!("bus agent: grants loaded; following the stream from {from}");
+            } else if let Some(position) = self.position {
+                info!("bus agent: following the stream from {position}");
+            }
+            self.status.lag_ms = Some(lag(self.position, info.as_ref()));
+            self.clear_error();
+            if !self.follow(connection, stop).await? {
+                return Ok(());
+            }
+            // Behind, and the stream was trimmed past the position while
+            // catching up: load again.
+        }
+    }
+
+    /// Follows the stream. `Ok(false)` on stop; `Ok(true)` when the stream
+    /// must be looked at again (trimmed past the position).
+    async fn follow(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        stop: &CancellationToken,
+    ) -> Result<bool, RoundError> {
+        loop {
+            let position = self.position.unwrap_or(StreamId::ZERO);
+            let block = self.keeper.block(self.position, Instant::now(), BLOCK);
+            let mut command = redis::cmd("XREAD");
+            command
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(block.as_millis().max(1) as u64)
+                .arg("STREAMS")
+                .arg(&self.events)
+                .arg(position.to_string());
+            let read = command.query_async::<Value>(connection);
+            let reply = tokio::select! {
+                () = stop.cancelled() => return Ok(false),
+                reply = read => reply?,
+            };
+            let entries = stream::parse_xread(reply, &self.events)?;
+            let full = entries.len() >= BATCH;
+            let quiet = entries.is_empty();
+            self.apply_entries(entries)?;
+            if full {
+                // Behind: how far, and is the rest still there?
+                let info = self.stream_info(connection).await?;
+                self.status.lag_ms = Some(lag(self.position, info.as_ref()));
+                if full_load_reason(self.position, info.as_ref()).is_some() {
+                    return Ok(true);
+                }
+            } else {
+                self.status.lag_ms = Some(0);
+            }
+            self.save_position(quiet);
+            self.write_status(false);
+        }
+    }
+
+    async fn stream_info(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<Option<StreamInfo>, RoundError> {
+        let reply = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.events)
+            .query_async::<Value>(connection)
+            .await;
+        match reply {
+            Ok(reply) => Ok(Some(stream::parse_xinfo(reply)?)),
+            // Nothing published yet (or the engine lost it).
+            Err(e)
+                if e.kind() == redis::ErrorKind::ResponseError
+                    && e.to_string().contains("no such key") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies the entries in order, moving the position past each one
+    /// applied or skipped. Stops before an entry the map refused.
+    fn apply_entries(&mut self, entries: Vec<RawEntry>) -> Result<(), RoundError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let window = self.window()?;
+        for entry in entries {
+            if self.position.is_some_and(|p| entry.id <= p) {
+                continue;
+            }
+            let judged = entry
+                .fields
+                .and_then(|fields| Event::parse(&fields).map_err(|e| e.0))
+                .and_then(|event| judge(&event, now_ms(), window));
+            match judged {
+                Ok(verdict) => self.apply(verdict)?,
+                Err(why) => {
+                    self.status.entries_rejected += 1;
+                    if self.rejected_lines.allows() {
+                        warn!(
+                            "bus agent: entry {} skipped: {}",
+                            entry.id,
+                            shorten(&why, 200)
+                        );
+                    }
+                }
+            }
+            self.position = Some(entry.id);
+            self.progressed = true;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, verdict: Verdict) -> Result<(), RoundError> {
+        let written = match verdict {
+            Verdict::Grant(addr, lifetime) => self.grants.grant_for(addr, lifetime).map(|()| {
+                debug!("bus agent: granted {addr} for {lifetime:?}");
+                self.status.grants_applied += 1;
+            }),
+            Verdict::Revoke(addr) => self.grants.revoke(addr).map(|had| {
+                debug!("bus agent: revoked {addr} (it had a grant: {had})");
+                self.status.revokes_applied += 1;
+            }),
+            Verdict::Expired => {
+                self.status.expired_skipped += 1;
+                Ok(())
+            }
+        };
+        written.map_err(|e| {
+            self.status.apply_failures += 1;
+            RoundError::Map(e)
+        })
+    }
+
+    /// The gate's window now: the longest a grant is applied for.
+    fn window(&self) -> Result<Duration, RoundError> {
+        self.grants
+            .with_maps(|maps| maps.settings())
+            .map(|settings| Duration::from_nanos(settings.window_ns))
+            .map_err(RoundError::Map)
+    }
+
+    /// Loads every grant key, then takes away the grants of the map that
+    /// no key holds (revoked while the agent could not see the revoke).
+    /// `Ok(false)` on stop.
+    async fn full_load(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        stop: &CancellationToken,
+    ) -> Result<bool, RoundError> {
+        let started = Instant::now();
+        let mut seen = HashSet::new();
+        let pattern = self.names.grant_pattern();
+        let mut cursor = 0u64;
+        for _ in 0..MOST_SCANS {
+            let mut command = redis::cmd("SCAN");
+            command
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(BATCH);
+            let scan = command.query_async::<Value>(connection);
+            let reply = tokio::select! {
+                () = stop.cancelled() => return Ok(false),
+                reply = scan => reply?,
+            };
+            let (next, keys) = stream::parse_scan(reply)?;
+            self.load_keys(connection, keys, &mut seen).await?;
+            self.write_status(false);
+            if next == 0 {
+                self.drop_unseen(&seen, started.elapsed())?;
+                return Ok(true);
+            }
+            cursor = next;
+        }
+        Err(RoundError::Reply(BadReply(format!(
+            "SCAN did not end after {MOST_SCANS} calls"
+        ))))
+    }
+
+    /// Reads and applies one SCAN batch of keys: the first octets of each
+    /// value and its PTTL, in one round trip. A key of another type
+    /// (GETRANGE answers an error for it) is that key's problem only.
+    async fn load_keys(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        keys: Vec<Vec<u8>>,
+        seen: &mut HashSet<IpAddr>,
+    ) -> Result<(), RoundError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("GETRANGE").arg(key).arg(0).arg(LONGEST_VALUE);
+            pipe.cmd("PTTL").arg(key);
+        }
+        // Not `query_async`: it turns one command's error into the whole
+        // pipeline's.
+        let replies = connection
+            .req_packed_commands(&pipe, 0, keys.len() * 2)
+            .await?;
+        if replies.len() != keys.len() * 2 {
+            return Err(BadReply(format!(
+                "{} replies to {} commands",
+                replies.len(),
+                keys.len() * 2
+            ))
+            .into());
+        }
+        let window = self.window()?;
+        for (key, replies) in keys.iter().zip(replies.chunks(2)) {
+            let verdict = match (&replies[0], &replies[1]) {
+                (value, Value::Int(pttl)) => match stream::octets(value) {
+                    Some(value) => judge_key(&self.names, key, value, *pttl, now_ms(), window),
+                    None => KeyVerdict::Bad("the key is not a string".into()),
+                },
+                _ => KeyVerdict::Bad("the key is not a string".into()),
+            };
+            match verdict {
+                KeyVerdict::Apply(verdict) => {
+                    if let Verdict::Grant(addr, _) = verdict {
+                        seen.insert(addr);
+                    }
+                    self.apply(verdict)?;
+                }
+                KeyVerdict::Gone => {}
+                KeyVerdict::Bad(why) => {
+                    self.status.keys_rejected += 1;
+                    if self.rejected_lines.allows() {
+                        warn!(
+                            "bus agent: key {} skipped: {}",
+                            shorten(&String::from_utf8_lossy(key), 100),
+                            shorten(&why, 200)
+                        );
+                    }
+                }
+            }
+        }
+        self.progressed = true;
+        Ok(())
+    }
+
+    /// The keys are the whole state: a grant of the map that no key held
+    /// was revoked (or lapsed) where the agent could not see it (the
+    /// stream was trimmed past its position, or it had none). Taken away,
+    /// unless it was written since the load began (`since`).
+    fn drop_unseen(&mut self, seen: &HashSet<IpAddr>, since: Duration) -> Result<(), RoundError> {
+        let local = self
+            .grants
+            .with_maps(|maps| maps.grants())
+            .map_err(RoundError::Map)?;
+        let mut dropped = 0;
+        for grant in local {
+            if seen.contains(&grant.addr) || grant.age < since || !grant.is_fresh() {
+                continue;
+            }
+            if self.grants.revoke(grant.addr).map_err(RoundError::Map)? {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            info!("bus agent: {dropped} grant(s) the engine no longer holds taken away");
+        }
+        self.status.dropped_without_key += dropped;
+        Ok(())
+    }
+
+    /// Logs a failed round: a new error as a warning, the same again at
+    /// debug (the link says itself when the engine is down or back).
+    fn note_error(&mut self, e: &RoundError, pause: Duration) {
+        let text = shorten(&e.to_string(), 300);
+        let link_down = matches!(e, RoundError::Engine(_)) && !self.link.is_up();
+        if link_down || self.logged_error.as_deref() == Some(text.as_str()) {
+            debug!("bus agent: {text}; again in {pause:?}");
+        } else {
+            warn!("bus agent: {text}; trying again in {pause:?}");
+            self.logged_error = Some(text.clone());
+        }
+        self.round_error = Some(text);
+    }
+
+    fn clear_error(&mut self) {
+        if self.logged_error.take().is_some() {
+            info!("bus agent: following again");
+        }
+        self.round_error = None;
+    }
+
+    /// Writes the position if it is due (`at_once`: whenever it moved).
+    fn save_position(&mut self, at_once: bool) {
+        let now = Instant::now();
+        let Some(position) = self.position else {
+            return;
+        };
+        if !self.keeper.due(Some(position), now, at_once) {
+            return;
+        }
+        match state::write_position(&self.files.position, position) {
+            Ok(()) => self.keeper.wrote(position, now),
+            Err(e) => {
+                self.keeper.failed(now);
+                if self.file_lines.allows() {
+                    warn!(
+                        "bus agent: writing the position to {}: {e}",
+                        self.files.position.display()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Rewrites the status file, at most every [`STATUS_INTERVAL`] unless
+    /// `at_once`.
+    fn write_status(&mut self, at_once: bool) {
+        let now = Instant::now();
+        if !at_once
+            && self
+                .status_written
+                .is_some_and(|at| now.duration_since(at) < STATUS_INTERVAL)
+        {
+            return;
+        }
+        self.status.updated_ms = now_ms();
+        self.status.connected = self.link.is_up();
+        self.status.position = self.position.map(|p| p.to_string());
+        self.status.last_error = self
+            .round_error
+            .clone()
+            .or_else(|| self.link.last_error().filter(|_| !self.status.connected));
+        match state::write_status(&self.files.status, &self.status) {
+            Ok(()) => self.status_written = Some(now),
+            Err(e) => {
+                if self.file_lines.allows() {
+                    warn!(
+                        "bus agent: writing the status to {}: {e}",
+                        self.files.status.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Milliseconds of entry ids between the position and the stream's last
+/// entry.
+fn lag(position: Option<StreamId>, info: Option<&StreamInfo>) -> u64 {
+    match (position, info) {
+        (Some(position), Some(info)) => info.last_generated.ms.saturating_sub(position.ms),
+        _ => 0,
+    }
+}

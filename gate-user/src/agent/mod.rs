@@ -1,0 +1,147 @@
+//! `smtp-gate agent`: the grant bus's edge (issue 13). It attaches the
+//! gate (or adopts the one there) and holds and watches it as `serve`
+//! does (serve/hold.rs, serve/watch.rs), then follows the engine
+//! (follower.rs): every grant a POP3 host publishes goes into the local
+//! grant map for what is left of it, clamped to this gate's window;
+//! every revoke deletes. While the engine is away the map keeps its
+//! grants (each lives until it expires), the link reconnects by itself,
+//! and the follower catches up from the position it kept on disk.
+//!
+//! Whoever can write to the engine can open this gate: give the agent an
+//! engine user that may only read (deploy/redis-acl.conf).
+
+pub mod config;
+mod follower;
+
+use std::{fs, sync::Arc};
+
+use anyhow::{Context, Result};
+use log::{info, warn};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch as channel,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentConfig;
+
+use crate::{
+    bus::{
+        config::BusKeys,
+        link::{Link, LinkSettings},
+        names::Names,
+        state,
+    },
+    gate::{GateMaps, PinDir},
+    serve::{gate_log, hold, watch::Watch, GateGrantSink},
+};
+
+pub fn run(config: AgentConfig) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("smtp-gate-agent")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(agent(config))
+}
+
+async fn agent(config: AgentConfig) -> Result<()> {
+    // Everything that can be refused is refused before the gate changes.
+    let settings = link_settings(&config.bus).map_err(|e| config.source.name_the_key(e))?;
+    let names = Names::new(&config.bus.bus_prefix).map_err(anyhow::Error::msg)?;
+    let position_file = config.bus_position_file.clone();
+    let status_file = state::status_file(&position_file);
+    if let Some(dir) = position_file.parent() {
+        fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "bus_position_file: cannot make its directory {}",
+                dir.display()
+            )
+        })?;
+    }
+    let position = match state::read_position(&position_file) {
+        Ok(position) => position,
+        Err(e) => {
+            warn!("bus agent: {e}; loading every grant from the keys");
+            None
+        }
+    };
+    // The state directory must take the agent's files now, not fail
+    // quietly at the first entry.
+    state::write_status(&status_file, &state::AgentStatus::default())
+        .with_context(|| format!("bus_position_file: writing {}", status_file.display()))?;
+
+    let bus = settings.url.to_string();
+    let link = Link::new(settings)?;
+
+    let dir = PinDir::new(&config.pin_dir);
+    let iface = config.attach.iface.clone();
+    let held =
+        hold::attach_and_hold(&dir, &config.attach).map_err(|e| config.source.name_the_key(e))?;
+    let maps = GateMaps::open(&dir)?;
+    // The clock's probe is loaded now, so that a host where it cannot be
+    // fails at start and not at the first grant.
+    maps.now_ns()
+        .context("reading the gate's clock (jiffies, through a probe program)")?;
+    let grants = Arc::new(GateGrantSink::new(maps));
+    let trouble = grants.trouble();
+    // The agent does not reload: the request stays as started.
+    let (_requests, requested) = channel::channel(config.attach.clone());
+    let watch = Watch::new(
+        held,
+        requested,
+        dir.clone(),
+        vec![Arc::clone(&grants) as _],
+        GateMaps::open(&dir)?,
+    );
+    if let Err(e) = gate_log::forward(&dir, &iface) {
+        warn!("the gate's denial log is not forwarded: {e:#}");
+    }
+
+    let stop = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        trigger.cancel();
+    });
+    info!(
+        "bus agent: following {bus} (prefix {}) into the gate on {iface}; position in {}",
+        config.bus.bus_prefix,
+        position_file.display()
+    );
+    tokio::spawn(link.clone().keep(stop.clone()));
+    let watch_stop = CancellationToken::new();
+    let watching = tokio::spawn(watch.run(trouble, watch_stop.clone()));
+    let follower = follower::Follower::new(
+        link,
+        names,
+        grants,
+        follower::Files {
+            position: position_file,
+            status: status_file,
+        },
+        position,
+        bus,
+    );
+    follower.run(stop).await;
+    watch_stop.cancel();
+    match watching.await {
+        Ok(watch) => watch.farewell(&iface),
+        Err(e) => log::error!("the gate's watch failed: {e}; the gate may be gone"),
+    }
+    Ok(())
+}
+
+/// The link's settings: the password file is read now (bus/config.rs,
+/// as serve reads it); a command may take the blocking read's time and
+/// `bus_timeout` more.
+fn link_settings(keys: &BusKeys) -> Result<LinkSettings> {
+    LinkSettings::from_keys(keys, follower::BLOCK + keys.bus_timeout, "agent")?
+        .context("bus: missing")
+}

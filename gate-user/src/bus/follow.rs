@@ -1,0 +1,426 @@
+//! The edge's decisions, without I/O (the agent, agent/follower.rs, does
+//! the reading and the writing):
+//!
+//! - whether the grants must first be loaded whole from the keys (no
+//!   position yet, or the stream no longer holds what follows it);
+//! - what an entry or a key does to the local map: a grant for what is
+//!   left of it (clamped to the window, expiry.rs), a revoke, nothing (it
+//!   is over), or a refusal (malformed, absurd);
+//! - when the position is written to disk.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use super::{
+    event::{Event, Op},
+    expiry::lifetime,
+    names::Names,
+    stream::{StreamId, StreamInfo},
+};
+
+/// A grant further ahead than this is absurd (no window is longer: the
+/// durations an operator can give stop at a century): refused, not
+/// clamped.
+pub const MOST_AHEAD: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The longest key value an edge reads: an expiry has at most 20 digits.
+/// The agent asks for one octet more (GETRANGE 0 64) and refuses what
+/// fills it, so a huge value is never read whole.
+pub const LONGEST_VALUE: usize = 64;
+
+/// Why the edge loads every grant from the keys before it follows the
+/// stream; `None` if it can follow from `position`.
+pub fn full_load_reason(
+    position: Option<StreamId>,
+    info: Option<&StreamInfo>,
+) -> Option<&'static str> {
+    let Some(position) = position else {
+        return Some("no position yet");
+    };
+    let Some(info) = info else {
+        // No stream: nothing was ever published, or the engine lost it
+        // (restarted without its data, flushed).
+        return (position != StreamId::ZERO).then_some("the stream is gone");
+    };
+    if info.last_generated < position {
+        // The stream was made anew: its ids say nothing of ours.
+        return Some("the stream is younger than the position");
+    }
+    let past = match info.first {
+        // The oldest entry left is after the position: what came between
+        // may have been trimmed away unread.
+        Some(first) => first > position,
+        // Empty, though entries were added after the position.
+        None => info.last_generated > position,
+    };
+    // Unless the engine says it never took an entry out (Redis >= 7).
+    (past && !info.never_trimmed()).then_some("the stream was trimmed past the position")
+}
+
+/// What one entry or key does to the local map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Grant the address for this long from now.
+    Grant(IpAddr, Duration),
+    /// Take the address's grant away.
+    Revoke(IpAddr),
+    /// A grant already over: nothing to do.
+    Expired,
+}
+
+/// What `event` does, at `now_ms` on this host's wall clock, under the
+/// gate's `window`; an error for an absurd expiry.
+pub fn judge(event: &Event, now_ms: u64, window: Duration) -> Result<Verdict, String> {
+    match event.op {
+        Op::Grant { expires_ms } => grant_verdict(event.addr, expires_ms, now_ms, window),
+        Op::Revoke => Ok(Verdict::Revoke(event.addr)),
+    }
+}
+
+fn grant_verdict(
+    addr: IpAddr,
+    expires_ms: u64,
+    now_ms: u64,
+    window: Duration,
+) -> Result<Verdict, String> {
+    let most = now_ms.saturating_add(MOST_AHEAD.as_millis() as u64);
+    if expires_ms > most {
+        return Err(format!(
+            "expiry {expires_ms} is absurd (more than a century ahead)"
+        ));
+    }
+    Ok(match lifetime(expires_ms, now_ms, window) {
+        Some(lifetime) => Verdict::Grant(addr, lifetime),
+        None => Verdict::Expired,
+    })
+}
+
+/// What a key read in a full load does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyVerdict {
+    Apply(Verdict),
+    /// The key went between SCAN and GET (expired, revoked): nothing.
+    Gone,
+    /// Malformed: skipped and counted.
+    Bad(String),
+}
+
+/// Judges the grant key `key`, its value (the first
+/// [`LONGEST_VALUE`]` + 1` octets) and its PTTL. The key must name an
+/// address as a publisher writes it; the value is the expiry; the engine's
+/// own time to live (free of any clock's skew) caps it, so neither can
+/// make a grant outlive the other.
+pub fn judge_key(
+    names: &Names,
+    key: &[u8],
+    value: &[u8],
+    pttl: i64,
+    now_ms: u64,
+    window: Duration,
+) -> KeyVerdict {
+    let Some(addr) = names.address_of(key) else {
+        return KeyVerdict::Bad("the key names no address".into());
+    };
+    match pttl {
+        -2 => return KeyVerdict::Gone,
+        -1 => return KeyVerdict::Bad("the key has no expiry in the engine".into()),
+        pttl if pttl < 0 => return KeyVerdict::Bad(format!("PTTL {pttl}")),
+        _ => {}
+    }
+    if value.len() > LONGEST_VALUE {
+        return KeyVerdict::Bad(format!("a value longer than {LONGEST_VALUE} octets"));
+    }
+    let Some(expires_ms) = std::str::from_utf8(value)
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|v| *v == "0" || !v.starts_with('0'))
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return KeyVerdict::Bad(format!(
+            "value {} is not a time",
+            String::from_utf8_lossy(value).escape_debug()
+        ));
+    };
+    let engine_ends = now_ms.saturating_add(pttl as u64);
+    match grant_verdict(addr, expires_ms, now_ms, window) {
+        Ok(Verdict::Grant(addr, _)) => KeyVerdict::Apply(
+            grant_verdict(addr, expires_ms.min(engine_ends), now_ms, window)
+                .unwrap_or(Verdict::Expired),
+        ),
+        Ok(verdict) => KeyVerdict::Apply(verdict),
+        Err(why) => KeyVerdict::Bad(why),
+    }
+}
+
+/// How often the position is written while entries flow: losing it
+/// costs a restart only the replay of what came since (applying an entry
+/// twice changes nothing), and writing it for every entry would cost the
+/// flow an fsync each.
+pub const POSITION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When the position goes to disk: at most every [`POSITION_INTERVAL`]
+/// while it moves, at once when asked (the stream went quiet, a full
+/// load ended, the agent stops).
+#[derive(Debug, Default)]
+pub struct PositionKeeper {
+    written: Option<StreamId>,
+    at: Option<Instant>,
+}
+
+impl PositionKeeper {
+    /// True if `position` should be written now.
+    pub fn due(&self, position: Option<StreamId>, now: Instant, at_once: bool) -> bool {
+        if position.is_none() || position == self.written {
+            return false;
+        }
+        at_once
+            || self
+                .at
+                .is_none_or(|at| now.duration_since(at) >= POSITION_INTERVAL)
+    }
+
+    /// `position` was written at `now`.
+    pub fn wrote(&mut self, position: StreamId, now: Instant) {
+        self.written = Some(position);
+        self.at = Some(now);
+    }
+
+    /// Writing failed at `now`: tried again when due after it.
+    pub fn failed(&mut self, now: Instant) {
+        self.at = Some(now);
+    }
+
+    /// How long the next blocking read may wait, at most `longest`: while
+    /// `position` is not on disk, only until it is due, so that it is
+    /// written within [`POSITION_INTERVAL`] even when the stream goes
+    /// quiet.
+    pub fn block(&self, position: Option<StreamId>, now: Instant, longest: Duration) -> Duration {
+        if position.is_none() || position == self.written {
+            return longest;
+        }
+        let since = self
+            .at
+            .map_or(POSITION_INTERVAL, |at| now.duration_since(at));
+        POSITION_INTERVAL
+            .saturating_sub(since)
+            .clamp(Duration::from_millis(1), longest)
+    }
+}
+
+/// `text` cut to `most` characters for a log line (what the engine sends
+/// may be long).
+pub fn shorten(text: &str, most: usize) -> String {
+    match text.char_indices().nth(most) {
+        Some((end, _)) => format!("{}... ({} octets)", &text[..end], text.len()),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::names::DEFAULT_PREFIX;
+
+    const WINDOW: Duration = Duration::from_secs(900);
+    const NOW: u64 = 1_764_546_300_000;
+
+    fn id(text: &str) -> StreamId {
+        text.parse().unwrap()
+    }
+
+    fn info(last: &str, first: Option<&str>) -> StreamInfo {
+        StreamInfo {
+            last_generated: id(last),
+            first: first.map(id),
+            length: None,
+            entries_added: None,
+        }
+    }
+
+    #[test]
+    fn a_full_load_comes_first_without_a_position_or_when_it_was_trimmed() {
+        let at = Some(id("100-5"));
+        // Following is enough: the stream still holds the position (or
+        // the entry after it), or nothing came since.
+        for fine in [
+            info("200-0", Some("100-5")),
+            info("200-0", Some("50-0")),
+            info("100-5", Some("100-5")),
+            info("100-5", None),
+        ] {
+            assert_eq!(full_load_reason(at, Some(&fine)), None, "{fine:?}");
+        }
+        assert_eq!(
+            full_load_reason(None, Some(&info("5-0", Some("1-0")))),
+            Some("no position yet")
+        );
+        assert_eq!(full_load_reason(None, None), Some("no position yet"));
+        // Trimmed past: the oldest entry is after the position, or the
+        // stream is empty though entries came after it.
+        for trimmed in [
+            info("200-0", Some("100-6")),
+            info("200-0", Some("150-0")),
+            info("100-6", None),
+        ] {
+            assert_eq!(
+                full_load_reason(at, Some(&trimmed)),
+                Some("the stream was trimmed past the position"),
+                "{trimmed:?}"
+            );
+        }
+        // A stream made anew, or none at all.
+        assert_eq!(
+            full_load_reason(at, Some(&info("3-0", Some("1-0")))),
+            Some("the stream is younger than the position")
+        );
+        assert_eq!(full_load_reason(at, None), Some("the stream is gone"));
+        assert_eq!(full_load_reason(Some(StreamId::ZERO), None), None);
+        // Redis 7 says whether an entry was ever taken out: the first
+        // entries of a young stream after a position of 0-0 were not.
+        let young = StreamInfo {
+            length: Some(3),
+            entries_added: Some(3),
+            ..info("200-0", Some("150-0"))
+        };
+        assert_eq!(full_load_reason(Some(StreamId::ZERO), Some(&young)), None);
+        assert_eq!(full_load_reason(at, Some(&young)), None);
+        let trimmed = StreamInfo {
+            entries_added: Some(4),
+            ..young
+        };
+        assert!(full_load_reason(at, Some(&trimmed)).is_some());
+        let emptied = StreamInfo {
+            length: Some(0),
+            entries_added: Some(3),
+            ..info("200-0", None)
+        };
+        assert!(full_load_reason(at, Some(&emptied)).is_some());
+    }
+
+    fn event(op: Op) -> Event {
+        Event {
+            op,
+            addr: "192.0.2.7".parse().unwrap(),
+            issued_ms: NOW,
+            origin: "pop1".into(),
+        }
+    }
+
+    #[test]
+    fn an_entry_grants_what_is_left_revokes_or_is_over() {
+        let addr: IpAddr = "192.0.2.7".parse().unwrap();
+        let grant = |expires_ms| judge(&event(Op::Grant { expires_ms }), NOW, WINDOW);
+        assert_eq!(
+            grant(NOW + 60_000),
+            Ok(Verdict::Grant(addr, Duration::from_secs(60)))
+        );
+        // Skew and long claims: clamped to the window.
+        assert_eq!(grant(NOW + 901_000), Ok(Verdict::Grant(addr, WINDOW)));
+        assert_eq!(grant(NOW + 86_400_000), Ok(Verdict::Grant(addr, WINDOW)));
+        assert_eq!(grant(NOW), Ok(Verdict::Expired));
+        assert_eq!(grant(0), Ok(Verdict::Expired));
+        for absurd in [u64::MAX, NOW + MOST_AHEAD.as_millis() as u64 + 1] {
+            assert!(grant(absurd).unwrap_err().contains("absurd"));
+        }
+        assert_eq!(
+            judge(&event(Op::Revoke), NOW, WINDOW),
+            Ok(Verdict::Revoke(addr))
+        );
+    }
+
+    #[test]
+    fn a_key_grants_until_the_earlier_of_its_value_and_its_ttl() {
+        let names = Names::new(DEFAULT_PREFIX).unwrap();
+        let addr: IpAddr = "2001:db8::7".parse().unwrap();
+        let key = names.grant(addr);
+        let judge = |value: &str, pttl: i64| {
+            judge_key(&names, key.as_bytes(), value.as_bytes(), pttl, NOW, WINDOW)
+        };
+        let expires = (NOW + 300_000).to_string();
+        let grant = |secs| KeyVerdict::Apply(Verdict::Grant(addr, Duration::from_secs(secs)));
+        assert_eq!(judge(&expires, 300_000), grant(300));
+        // The engine's clock says less is left (or the value more): the less.
+        assert_eq!(judge(&expires, 100_000), grant(100));
+        assert_eq!(judge(&(NOW + 3_600_000).to_string(), 3_600_000), grant(900));
+        assert_eq!(judge(&expires, -2), KeyVerdict::Gone);
+        assert_eq!(
+            judge(&NOW.to_string(), 5),
+            KeyVerdict::Apply(Verdict::Expired)
+        );
+        for (value, pttl, why) in [
+            (expires.as_str(), -1, "no expiry"),
+            ("abc", 1000, "not a time"),
+            ("", 1000, "not a time"),
+            ("0300", 1000, "not a time"),
+            ("-5", 1000, "not a time"),
+            ("18446744073709551615", 1000, "absurd"),
+            (&"9".repeat(65), 1000, "longer than 64"),
+        ] {
+            match judge(value, pttl) {
+                KeyVerdict::Bad(reason) => assert!(reason.contains(why), "{value}: {reason}"),
+                other => panic!("{value} {pttl}: {other:?}"),
+            }
+        }
+        for bad_key in [
+            "smtp-gate:grant:300.1.1.1",
+            "smtp-gate:grant:::ffff:1.2.3.4",
+            "smtp-gate:events",
+        ] {
+            assert!(matches!(
+                judge_key(
+                    &names,
+                    bad_key.as_bytes(),
+                    expires.as_bytes(),
+                    1000,
+                    NOW,
+                    WINDOW
+                ),
+                KeyVerdict::Bad(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn the_position_is_written_at_most_every_interval_unless_asked() {
+        let mut keeper = PositionKeeper::default();
+        let start = Instant::now();
+        assert!(!keeper.due(None, start, true), "nothing to write");
+        assert!(keeper.due(Some(id("1-0")), start, false), "the first one");
+        keeper.wrote(id("1-0"), start);
+        assert!(!keeper.due(Some(id("1-0")), start, true), "unchanged");
+        let soon = start + Duration::from_millis(200);
+        assert!(!keeper.due(Some(id("2-0")), soon, false));
+        assert!(keeper.due(Some(id("2-0")), soon, true));
+        assert!(keeper.due(Some(id("2-0")), start + POSITION_INTERVAL, false));
+        // A read waits no longer than until the position is due.
+        let long = Duration::from_secs(5);
+        assert_eq!(keeper.block(Some(id("1-0")), soon, long), long, "on disk");
+        assert_eq!(
+            keeper.block(Some(id("2-0")), soon, long),
+            POSITION_INTERVAL - Duration::from_millis(200)
+        );
+        let late = start + Duration::from_secs(3);
+        assert_eq!(
+            keeper.block(Some(id("2-0")), late, long),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            PositionKeeper::default().block(Some(id("2-0")), late, long),
+            Duration::from_millis(1)
+        );
+        // A write that failed is tried again an interval later, not at
+        // once (a full disk must not make the reads spin).
+        keeper.failed(late);
+        assert_eq!(keeper.block(Some(id("2-0")), late, long), POSITION_INTERVAL);
+        assert!(!keeper.due(Some(id("2-0")), late, false));
+    }
+
+    #[test]
+    fn long_text_is_shortened_for_the_log() {
+        assert_eq!(shorten("abc", 5), "abc");
+        assert_eq!(shorten(&"x".repeat(100_000), 5), "xxxxx... (100000 octets)");
+        assert_eq!(shorten("äöüäöü", 2), "äö... (12 octets)");
+    }
+}

@@ -1,0 +1,270 @@
+//! The edge agent's files, in its state directory
+//! (`bus_position_file`, default /var/lib/smtp-gate/bus-position):
+//!
+//! - the position: the id of the last stream entry applied, one line,
+//!   so that a restart follows on from there;
+//! - beside it, `<position file>.status.json`: what the agent is doing
+//!   (connected, position, lag, last error, counts), rewritten every few
+//!   seconds, read by `smtp-gate bus status`.
+//!
+//! Both are written whole and moved into place (a reader, or a crash,
+//! never sees half of one); the position is synced to disk first.
+
+use std::{
+    fs,
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::stream::StreamId;
+
+/// Where the agent keeps its position by default.
+pub const DEFAULT_POSITION_FILE: &str = "/var/lib/smtp-gate/bus-position";
+
+/// The status file beside `position_file`.
+pub fn status_file(position_file: &Path) -> PathBuf {
+    let mut name = position_file.as_os_str().to_owned();
+    name.push(".status.json");
+    PathBuf::from(name)
+}
+
+/// The position in `path`: `None` if there is no file yet; an error if it
+/// cannot be read or holds no entry id (the agent then loads every grant
+/// from the keys, as without one).
+pub fn read_position(path: &Path) -> Result<Option<StreamId>, String> {
+    let text = match fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let line = text.strip_suffix(b"\n").unwrap_or(&text);
+    StreamId::parse(line).map(Some).ok_or_else(|| {
+        format!(
+            "{} holds no stream entry id: `{}`",
+            path.display(),
+            String::from_utf8_lossy(&line[..line.len().min(64)]).escape_debug()
+        )
+    })
+}
+
+/// Writes `position` to `path` (and syncs it).
+pub fn write_position(path: &Path, position: StreamId) -> io::Result<()> {
+    write_whole(path, format!("{position}\n").as_bytes(), true)
+}
+
+/// Writes `bytes` to a new file beside `path` and renames it over
+/// `path`; with `sync`, the data and the rename reach the disk first.
+pub fn write_whole(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?
+        .to_owned();
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = dir.join(temp_name);
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        if sync {
+            file.sync_all()?;
+        }
+        fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written?;
+    if sync {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// What the agent writes to its status file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The agent's process id.
+    pub pid: u32,
+    /// When it started and when it wrote this (wall clock, ms).
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    /// The engine (the URL without its password).
+    pub bus: String,
+    /// Connected to the engine now.
+    pub connected: bool,
+    /// The last entry applied.
+    pub position: Option<String>,
+    /// How far the position is behind the stream's last entry, in
+    /// milliseconds of entry ids, as last seen (0: caught up).
+    pub lag_ms: Option<u64>,
+    /// The last error (the link's or the follower's), if any.
+    pub last_error: Option<String>,
+    /// Grants written to the map (from entries and keys).
+    pub grants_applied: u64,
+    /// Revokes applied (whether or not the map held the address).
+    pub revokes_applied: u64,
+    /// Grants that were over when read: nothing to do.
+    pub expired_skipped: u64,
+    /// Stream entries skipped as malformed.
+    pub entries_rejected: u64,
+    /// Grant keys skipped as malformed (full loads).
+    pub keys_rejected: u64,
+    /// Full loads from the keys.
+    pub full_loads: u64,
+    /// Grants of the map that no key held at a full load (revoked while
+    /// the agent could not see it), taken away.
+    pub dropped_without_key: u64,
+    /// Map writes that failed (the entry is retried).
+    pub apply_failures: u64,
+}
+
+/// Writes `status` to `path` as JSON.
+pub fn write_status(path: &Path, status: &AgentStatus) -> io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
+    json.push(b'\n');
+    write_whole(path, &json, false)
+}
+
+/// Reads the status file.
+pub fn read_status(path: &Path) -> Result<AgentStatus, String> {
+    let text = fs::read(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!(
+            "{} does not exist: no agent has run with this position file",
+            path.display()
+        ),
+        _ => format!("{}: {e}", path.display()),
+    })?;
+    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl AgentStatus {
+    /// The status as `smtp-gate bus status` prints it, at `now_ms`.
+    pub fn render(&self, now_ms: u64) -> String {
+        let ago = |ms: u64| format!("{:.1}s ago", now_ms.saturating_sub(ms) as f64 / 1000.0);
+        let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        let mut lines = vec![
+            format!(
+                "agent          pid {}, started {}, status written {}",
+                self.pid,
+                ago(self.started_ms),
+                ago(self.updated_ms)
+            ),
+            format!(
+                "engine         {} ({})",
+                self.bus,
+                if self.connected {
+                    "connected"
+                } else {
+                    "NOT CONNECTED"
+                }
+            ),
+            format!("position       {}", or_none(&self.position)),
+            format!(
+                "lag            {}",
+                self.lag_ms
+                    .map_or_else(|| "unknown".into(), |ms| format!("{ms} ms"))
+            ),
+            format!("last error     {}", or_none(&self.last_error)),
+        ];
+        for (name, count) in [
+            ("grants applied", self.grants_applied),
+            ("revokes applied", self.revokes_applied),
+            ("expired skipped", self.expired_skipped),
+            ("entries rejected", self.entries_rejected),
+            ("keys rejected", self.keys_rejected),
+            ("full loads", self.full_loads),
+            ("dropped, no key", self.dropped_without_key),
+            ("apply failures", self.apply_failures),
+        ] {
+            lines.push(format!("{name:<16} {count}"));
+        }
+        if now_ms.saturating_sub(self.updated_ms) > STALE_AFTER_MS {
+            lines.push(format!(
+                "the status was written {}: is the agent running?",
+                ago(self.updated_ms)
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
+/// The agent rewrites its status at least every few seconds; one older
+/// than this is from an agent that stopped or hangs.
+pub const STALE_AFTER_MS: u64 = 30_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "smtp-gate-bus-state-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_position_reads_back_and_a_bad_file_is_an_error() {
+        let dir = tempdir();
+        let path = dir.join("bus-position");
+        assert_eq!(read_position(&path), Ok(None), "no file yet");
+        let id: StreamId = "1764546300000-7".parse().unwrap();
+        write_position(&path, id).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "1764546300000-7\n");
+        assert_eq!(read_position(&path), Ok(Some(id)));
+        // Written over whole, and nothing left beside it.
+        write_position(&path, StreamId::ZERO).unwrap();
+        assert_eq!(read_position(&path), Ok(Some(StreamId::ZERO)));
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        for bad in ["", "x\n", "5-\n", "5-1\n\n", &"9".repeat(10_000)] {
+            fs::write(&path, bad).unwrap();
+            let e = read_position(&path).unwrap_err();
+            assert!(e.contains("holds no stream entry id"), "{e}");
+            assert!(e.len() < 300, "{e}");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_status_reads_back_and_shows_its_age() {
+        let dir = tempdir();
+        let path = status_file(&dir.join("bus-position"));
+        assert!(path.ends_with("bus-position.status.json"));
+        assert!(read_status(&path).unwrap_err().contains("does not exist"));
+        let status = AgentStatus {
+            pid: 7,
+            started_ms: 1_000,
+            updated_ms: 5_000,
+            bus: "redis://10.0.0.5:6379".into(),
+            connected: true,
+            position: Some("5-0".into()),
+            lag_ms: Some(0),
+            entries_rejected: 3,
+            ..AgentStatus::default()
+        };
+        write_status(&path, &status).unwrap();
+        assert_eq!(read_status(&path), Ok(status.clone()));
+        let text = status.render(6_000);
+        assert!(text.contains("position       5-0"), "{text}");
+        assert!(text.contains("entries rejected 3"), "{text}");
+        assert!(!text.contains("is the agent running"), "{text}");
+        assert!(status.render(60_000).contains("is the agent running"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,46 @@
+use anyhow::{bail, Context, Result};
+use smtp_gate::{
+    agent::{self, AgentConfig},
+    bus::state::{read_status, status_file, DEFAULT_POSITION_FILE},
+    cli::{AgentArgs, BusAction, BusStatusArgs},
+};
+
+pub fn agent(args: AgentArgs) -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    agent::run(AgentConfig::load(args.config.as_deref(), &args)?)
+}
+
+pub fn bus(args: BusStatusArgs) -> Result<()> {
+    match args.action {
+        BusAction::Status {
+            json,
+            config,
+            bus_position_file,
+        } => {
+            let position_file = match (config, bus_position_file) {
+                (Some(file), _) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    AgentConfig::from_toml(&text)
+                        .with_context(|| format!("config file {}", file.display()))?
+                        .bus_position_file
+                }
+                (None, Some(file)) => file,
+                (None, None) => DEFAULT_POSITION_FILE.into(),
+            };
+            let status = match read_status(&status_file(&position_file)) {
+                Ok(status) => status,
+                Err(e) => bail!("{e}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                println!("{}", status.render(now_ms));
+            }
+            Ok(())
+        }
+    }
+}

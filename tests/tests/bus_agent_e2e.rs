@@ -1,0 +1,592 @@
+//! The grant bus's edge (issue 13): `smtp-gate agent` in a lab's server
+//! namespace, with the gate on the client's link and its own pin
+//! directory, following a real Redis that runs in another namespace (the
+//! lab's second client namespace, whose link carries no gate). The test
+//! writes to the engine what a POP3 host publishes (the key `SET ... PXAT`
+//! and the stream entry `XADD ... MAXLEN ~`), and what a hostile writer
+//! could, and looks at the edge's map (`smtp-gate list --json`), its port
+//! 25, its log and its status (`smtp-gate bus status --json`).
+//!
+//! Needs root, a built binary (`cargo build -p gate-user`) and
+//! redis-server (`cargo xtask setup`); panics otherwise (never skips).
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+use testkit::{
+    gate_binary::smtp_gate,
+    lab::{Lab, LabOptions},
+    process::describe,
+    redis::{client, RedisOptions, RedisServer},
+    serve::{ServeDaemon, ServeStart},
+    smtp::{DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
+};
+
+/// The edge gate's window: the longest a grant from the bus lives there.
+const WINDOW: Duration = Duration::from_secs(120);
+/// Only a hang takes longer.
+const BOUND: Duration = Duration::from_secs(30);
+const ENGINE_PORT: u16 = 6379;
+const EVENTS: &str = "smtp-gate:events";
+const PUBLISHER_PASSWORD: &str = "publisher-secret";
+const EDGE_PASSWORD: &str = "edge-secret";
+
+#[path = "support/acl.rs"]
+mod support;
+use support::acl_file;
+
+/// A file of secrets: the password and a line end, mode 0600.
+fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, format!("{text}\n")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A directory of the test's own, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("smtp-gate-bus-agent-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The lab, its engine and where the agent keeps its files.
+struct BusLab {
+    lab: Lab,
+    engine: RedisServer,
+    dir: TempDir,
+    runs: u32,
+}
+
+impl BusLab {
+    fn new(tag: &str) -> Self {
+        let lab = Lab::with_options(LabOptions {
+            exempt_client: true,
+            ..LabOptions::default()
+        });
+        let dir = TempDir::new(tag);
+        // The engine's users as deploy/redis-acl.conf makes them: the
+        // agent follows as the read-only edge user, its password in a
+        // file; the POP3 side publishes as the publishers' user.
+        let acl = dir.0.join("users.acl");
+        fs::write(&acl, acl_file(PUBLISHER_PASSWORD, EDGE_PASSWORD)).unwrap();
+        write_secret(&dir.0.join("edge-password"), EDGE_PASSWORD);
+        let engine_link = lab.exempt().clone();
+        let engine = RedisServer::start_with(RedisOptions {
+            ns: Some(engine_link.client_ns.clone()),
+            bind: engine_link.client_v4.into(),
+            port: ENGINE_PORT,
+            dir: Some(dir.0.join("redis")),
+            // Its data survives a kill (every write synced), as an engine
+            // restarted on its data directory.
+            persist: true,
+            // The default user (no password) stands for anyone with write
+            // access, reached from another namespace (RedisServer turns
+            // protected mode off in a namespace).
+            extra: [
+                "--appendfsync",
+                "always",
+                "--include",
+                &acl.to_string_lossy(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..RedisOptions::default()
+        });
+        Self {
+            lab,
+            engine,
+            dir,
+            runs: 0,
+        }
+    }
+
+    fn position_file(&self) -> PathBuf {
+        self.dir.0.join("state/bus-position")
+    }
+
+    /// Starts `smtp-gate agent` (a new log file for each run) and waits
+    /// until it follows the stream.
+    fn start_agent(&mut self) -> (ServeDaemon, PathBuf) {
+        self.runs += 1;
+        let log = self.dir.0.join(format!("agent-{}.log", self.runs));
+        let window = format!("{}s", WINDOW.as_secs());
+        let position = self.position_file().to_string_lossy().into_owned();
+        let pin = self.lab.pin_dir_str();
+        let url = self
+            .engine
+            .url()
+            .replace("redis://", "redis://smtp-gate-edge@");
+        let password = self.dir.0.join("edge-password");
+        let password = password.to_string_lossy();
+        let mut agent = self.lab.spawn_daemon_with(
+            ServeStart::default(),
+            "agent",
+            &[
+                "--iface",
+                &self.lab.client.server_iface,
+                "--pin-dir",
+                &pin,
+                "--window",
+                &window,
+                "--bus",
+                &url,
+                "--bus-position-file",
+                &position,
+                "--bus-password-file",
+                &password,
+            ],
+            &log,
+        );
+        agent.wait_for_log("following the stream from", 1, BOUND);
+        (agent, log)
+    }
+
+    /// A connection as the default user: anyone who may write anything.
+    fn engine(&self) -> client::Connection {
+        self.engine.connection()
+    }
+
+    /// A connection as the publishers' user of deploy/redis-acl.conf.
+    fn publisher(&self) -> client::Connection {
+        let mut connection = self.engine.connection();
+        client::cmd("AUTH")
+            .arg("smtp-gate-pop")
+            .arg(PUBLISHER_PASSWORD)
+            .query::<()>(&mut connection)
+            .expect("AUTH smtp-gate-pop");
+        connection
+    }
+
+    /// Waits until the agent's position file holds the stream's last
+    /// entry (it writes it within a second of applying it).
+    fn wait_position_saved(&self) {
+        let info: Vec<client::Value> = client::cmd("XINFO")
+            .arg("STREAM")
+            .arg(EVENTS)
+            .query(&mut self.engine())
+            .expect("XINFO STREAM");
+        let last = info
+            .chunks(2)
+            .find_map(|pair| match pair {
+                [client::Value::BulkString(name), client::Value::BulkString(id)]
+                    if name == b"last-generated-id" =>
+                {
+                    Some(String::from_utf8(id.clone()).unwrap())
+                }
+                _ => None,
+            })
+            .expect("last-generated-id");
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let saved = fs::read_to_string(self.position_file()).unwrap_or_default();
+            if saved.trim_end() == last {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the position file holds {saved:?}, not {last} after {BOUND:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The edge's fresh grants: address -> the grant's row.
+    fn grants(&self) -> Vec<Value> {
+        self.lab.list(&[])
+    }
+
+    fn grant_of(&self, addr: &str) -> Option<Value> {
+        self.grants()
+            .into_iter()
+            .find(|g| g["address"].as_str() == Some(addr))
+    }
+
+    /// Waits until the edge's map holds (or no longer holds) `addr`.
+    fn wait_grant(&self, addr: &str, present: bool) -> Option<Value> {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let grant = self.grant_of(addr);
+            if grant.is_some() == present {
+                return grant;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr} is {} the edge's map after {BOUND:?}: {:?}",
+                if present { "not in" } else { "still in" },
+                self.grants()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `smtp-gate bus status --json`.
+    fn status(&self) -> Value {
+        let position = self.position_file().to_string_lossy().into_owned();
+        let out = smtp_gate(&["bus", "status", "--json", "--bus-position-file", &position]);
+        assert!(out.status.success(), "bus status: {}", describe(&out));
+        serde_json::from_slice(&out.stdout).expect("bus status --json is JSON")
+    }
+
+    /// Waits until the status's `field` is `value`.
+    fn wait_status(&self, field: &str, value: Value) -> Value {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let status = self.status();
+            if status[field] == value {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the status's {field} is not {value} after {BOUND:?}: {status:#}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn client_passes(&self) -> bool {
+        self.lab
+            .client
+            .connect_v4(SMTP_PORT, PASS_TIMEOUT)
+            .is_connected()
+    }
+
+    fn client_refused(&self) -> bool {
+        !self
+            .lab
+            .client
+            .connect_v4(SMTP_PORT, DENY_TIMEOUT)
+            .is_connected()
+    }
+}
+
+/// What a POP3 host publishes for a grant: the key (its value the expiry,
+/// expired by the engine at it) and the entry, in one transaction.
+fn publish_grant(engine: &mut client::Connection, addr: &str, expires_ms: u64) {
+    let mut pipe = client::pipe();
+    pipe.atomic();
+    pipe.cmd("SET")
+        .arg(format!("smtp-gate:grant:{addr}"))
+        .arg(expires_ms)
+        .arg("PXAT")
+        .arg(expires_ms)
+        .ignore();
+    pipe.cmd("XADD")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*")
+        .arg("op")
+        .arg("grant")
+        .arg("addr")
+        .arg(addr)
+        .arg("expires")
+        .arg(expires_ms)
+        .arg("issued")
+        .arg(now_ms())
+        .arg("origin")
+        .arg("pop-test")
+        .ignore();
+    pipe.query::<()>(engine).expect("publishing a grant");
+}
+
+fn publish_revoke(engine: &mut client::Connection, addr: &str) {
+    let mut pipe = client::pipe();
+    pipe.atomic();
+    pipe.cmd("DEL")
+        .arg(format!("smtp-gate:grant:{addr}"))
+        .ignore();
+    pipe.cmd("XADD")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*")
+        .arg("op")
+        .arg("revoke")
+        .arg("addr")
+        .arg(addr)
+        .arg("issued")
+        .arg(now_ms())
+        .arg("origin")
+        .arg("pop-test")
+        .ignore();
+    pipe.query::<()>(engine).expect("publishing a revoke");
+}
+
+/// An entry with exactly these fields.
+fn xadd(engine: &mut client::Connection, fields: &[(&str, &[u8])]) {
+    let mut command = client::cmd("XADD");
+    command.arg(EVENTS).arg("*");
+    for (name, value) in fields {
+        command.arg(*name).arg(*value);
+    }
+    command.query::<String>(engine).expect("XADD");
+}
+
+fn secs(grant: &Value, field: &str) -> f64 {
+    grant[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} in {grant}"))
+}
+
+#[test]
+fn grants_and_revokes_on_the_bus_reach_the_edge_and_malformed_entries_are_counted() {
+    let mut bus = BusLab::new("follow");
+    let (mut agent, _log) = bus.start_agent();
+    let mut engine = bus.engine();
+    let mut publisher = bus.publisher();
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let client_v6 = IpAddr::from(bus.lab.client.client_v6).to_string();
+    assert!(bus.client_refused(), "no grant yet: port 25 refuses");
+
+    // A grant made now: in the map for the window, and port 25 lets the
+    // client through.
+    publish_grant(
+        &mut publisher,
+        &client,
+        now_ms() + WINDOW.as_millis() as u64,
+    );
+    let grant = bus.wait_grant(&client, true).unwrap();
+    let left = secs(&grant, "left_secs");
+    assert!(
+        left > WINDOW.as_secs_f64() - 2.0 && left <= WINDOW.as_secs_f64(),
+        "{grant}"
+    );
+    assert!(bus.client_passes(), "granted on the bus: port 25 passes");
+    publish_grant(
+        &mut engine,
+        &client_v6,
+        now_ms() + WINDOW.as_millis() as u64,
+    );
+    bus.wait_grant(&client_v6, true);
+    assert!(bus
+        .lab
+        .client
+        .connect_v6(SMTP_PORT, PASS_TIMEOUT)
+        .is_connected());
+
+    // What is left of a grant, on this host's clock; a longer claim
+    // clamped to the window; one already over not applied at all.
+    publish_grant(&mut publisher, "192.0.2.10", now_ms() + 30_000);
+    publish_grant(&mut publisher, "192.0.2.11", now_ms() + 86_400_000);
+    publish_grant(&mut publisher, "192.0.2.12", now_ms() - 1_000);
+    let thirty = bus.wait_grant("192.0.2.10", true).unwrap();
+    assert!((secs(&thirty, "left_secs") - 30.0).abs() < 1.5, "{thirty}");
+    let day = bus.wait_grant("192.0.2.11", true).unwrap();
+    assert_eq!(secs(&day, "lifetime_secs"), WINDOW.as_secs_f64(), "{day}");
+    bus.wait_status("expired_skipped", 1.into());
+    assert_eq!(bus.grant_of("192.0.2.12"), None);
+
+    // A revoke deletes: port 25 refuses again.
+    publish_revoke(&mut publisher, &client);
+    bus.wait_grant(&client, false);
+    assert!(bus.client_refused(), "revoked on the bus: port 25 refuses");
+
+    // Malformed entries: skipped, counted, the agent follows on.
+    let expires = (now_ms() + 60_000).to_string();
+    let huge = "x".repeat(100_000);
+    let good = |addr: &'static str| -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("op", b"grant".to_vec()),
+            ("addr", addr.as_bytes().to_vec()),
+            ("expires", expires.as_bytes().to_vec()),
+            ("issued", b"1".to_vec()),
+            ("origin", b"pop-test".to_vec()),
+        ]
+    };
+    let with = |field: &str, value: &[u8]| {
+        let mut fields = good("192.0.2.20");
+        fields.iter_mut().find(|(k, _)| *k == field).unwrap().1 = value.to_vec();
+        fields
+    };
+    let malformed: Vec<Vec<(&str, Vec<u8>)>> = vec![
+        with("addr", b"300.1.1.1"),
+        with("expires", b"abc"),
+        with("op", b"open"),
+        with("expires", b"99999999999999999"),
+        with("origin", huge.as_bytes()),
+        with("addr", b"\xff\xfe"),
+        good("192.0.2.21")
+            .into_iter()
+            .filter(|(k, _)| *k != "addr")
+            .collect(),
+        good("192.0.2.22")
+            .into_iter()
+            .chain([("op", b"revoke".to_vec())])
+            .collect(),
+    ];
+    for fields in &malformed {
+        let fields: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        xadd(&mut engine, &fields);
+    }
+    publish_grant(&mut publisher, "192.0.2.23", now_ms() + 60_000);
+    bus.wait_grant("192.0.2.23", true);
+    let status = bus.wait_status("entries_rejected", malformed.len().into());
+    for addr in ["192.0.2.20", "192.0.2.21", "192.0.2.22"] {
+        assert_eq!(bus.grant_of(addr), None, "{addr} from a malformed entry");
+    }
+    assert_eq!(status["connected"], true, "{status:#}");
+    assert_eq!(status["grants_applied"], 5, "{status:#}");
+    assert_eq!(status["revokes_applied"], 1, "{status:#}");
+    assert_eq!(status["full_loads"], 1, "{status:#}");
+    assert_eq!(agent.exited(), None, "the agent runs on");
+    let log = agent.log();
+    assert!(
+        log.contains("skipped: addr 300.1.1.1 is not an address"),
+        "{log}"
+    );
+    assert!(
+        log.lines().all(|line| line.len() < 1000),
+        "a huge field is not logged whole"
+    );
+}
+
+#[test]
+fn the_edge_catches_up_after_a_kill_a_trim_and_an_engine_outage() {
+    let mut bus = BusLab::new("restart");
+    let (mut agent, _) = bus.start_agent();
+    let mut engine = bus.engine();
+    let mut publisher = bus.publisher();
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let later = || now_ms() + 100_000;
+    publish_grant(&mut publisher, "192.0.2.1", later());
+    bus.wait_grant("192.0.2.1", true);
+    bus.wait_position_saved();
+
+    // Killed: what is published meanwhile is read from the stream, from
+    // the position, once it runs again.
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(BOUND).expect("SIGKILL ends the agent");
+    publish_grant(&mut publisher, "192.0.2.2", later());
+    publish_grant(&mut publisher, "192.0.2.3", later());
+    publish_revoke(&mut publisher, "192.0.2.1");
+    let (mut agent, log) = bus.start_agent();
+    bus.wait_grant("192.0.2.2", true);
+    bus.wait_grant("192.0.2.3", true);
+    bus.wait_grant("192.0.2.1", false);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("loading every grant"), "{text}");
+    assert_eq!(
+        bus.wait_status("revokes_applied", 1.into())["full_loads"],
+        0
+    );
+    bus.wait_position_saved();
+
+    // Killed again, and the stream trimmed past its position: the grants
+    // are loaded from the keys, where malformed ones are skipped and
+    // counted (a key of another type does not stop the load); a grant
+    // whose revoke was trimmed unread is taken away (its key is gone).
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(BOUND).expect("SIGKILL ends the agent");
+    publish_grant(&mut publisher, &client, later());
+    publish_grant(&mut publisher, "192.0.2.4", later());
+    publish_revoke(&mut publisher, "192.0.2.2");
+    let expires = later().to_string();
+    let mut set = |key: &str, value: &str, px: Option<u64>| {
+        let mut command = client::cmd("SET");
+        command.arg(format!("smtp-gate:grant:{key}")).arg(value);
+        if let Some(px) = px {
+            command.arg("PX").arg(px);
+        }
+        command.query::<()>(&mut engine).unwrap();
+    };
+    set("300.1.1.1", &expires, Some(60_000));
+    set("10.9.9.1", "abc", Some(60_000));
+    set("10.9.9.2", &"9".repeat(100), Some(60_000));
+    set("10.9.9.4", &expires, None);
+    client::cmd("HSET")
+        .arg("smtp-gate:grant:10.9.9.3")
+        .arg("f")
+        .arg("v")
+        .query::<()>(&mut engine)
+        .unwrap();
+    client::cmd("XTRIM")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg(0)
+        .query::<()>(&mut engine)
+        .unwrap();
+    let (mut agent, log) = bus.start_agent();
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(
+            "loading every grant from the engine's keys (the stream was trimmed past the position)"
+        ),
+        "{text}"
+    );
+    bus.wait_grant(&client, true);
+    bus.wait_grant("192.0.2.4", true);
+    let status = bus.wait_status("keys_rejected", 5.into());
+    assert_eq!(status["full_loads"], 1, "{status:#}");
+    assert_eq!(status["dropped_without_key"], 1, "{status:#}");
+    assert_eq!(
+        bus.grant_of("192.0.2.2"),
+        None,
+        "revoked while trimmed away"
+    );
+    assert!(bus.grant_of("192.0.2.3").is_some());
+    for addr in ["10.9.9.1", "10.9.9.2", "10.9.9.3", "10.9.9.4"] {
+        assert_eq!(bus.grant_of(addr), None, "{addr} from a malformed key");
+    }
+
+    // The engine killed: the edge keeps its grants and its verdicts, and
+    // says once that the bus is down.
+    bus.engine.kill();
+    agent.wait_for_log("; reconnecting", 1, BOUND);
+    assert!(bus.client_passes(), "granted before the outage: passes");
+    assert!(
+        !bus.lab
+            .client
+            .connect_v6(SMTP_PORT, DENY_TIMEOUT)
+            .is_connected(),
+        "never granted: refused during the outage too"
+    );
+    for addr in ["192.0.2.3", "192.0.2.4"] {
+        assert!(
+            bus.grant_of(addr).is_some(),
+            "{addr} kept while the engine is down"
+        );
+    }
+    bus.wait_status("connected", false.into());
+    // Several reconnection attempts later, still one line.
+    thread::sleep(Duration::from_secs(4));
+    let text = agent.log();
+    assert_eq!(text.matches("; reconnecting").count(), 1, "{text}");
+    assert_eq!(text.matches("cannot be reached").count(), 0, "{text}");
+    assert_eq!(agent.exited(), None, "the agent runs on");
+
+    // Back on its port and data: the agent reconnects by itself and new
+    // grants arrive.
+    bus.engine.restart();
+    agent.wait_for_log("connected to", 2, BOUND);
+    let mut publisher = bus.publisher();
+    publish_grant(&mut publisher, "192.0.2.5", later());
+    bus.wait_grant("192.0.2.5", true);
+    bus.wait_status("connected", true.into());
+}
