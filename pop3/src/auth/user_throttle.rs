@@ -280,10 +280,19 @@ mod tests {
             t.delay("alice", from, now) >= DELAY_STEP,
             "the target is counted"
         );
+        // 40,000 failures put 2.44 in a cell on average; a name nobody
+        // guessed is delayed only if its cell holds 5 or more in all four
+        // rows: about 0.10^4 = 1e-4 (Poisson), so 0.1 of 1,000 names is
+        // expected. Asserting none failed one run in ten (CI); more than
+        // 5 has odds of about 1e-9 and would mean the rows are not
+        // independent.
         let bystanders = (0..1000)
             .filter(|i| !t.delay(&format!("user{i}"), from, now).is_zero())
             .count();
-        assert_eq!(bystanders, 0, "names nobody guessed are not delayed");
+        assert!(
+            bystanders <= 5,
+            "{bystanders} of 1,000 names nobody guessed are delayed"
+        );
     }
 
     #[test]
