@@ -3,6 +3,7 @@
 
 mod binaries;
 mod bpf_asm;
+mod bus;
 mod capacity;
 mod dovecot;
 mod flood;
@@ -24,7 +25,8 @@ struct Args {
     /// against Postfix's table check, nftables and the gate; pop3: the POP3
     /// service beside Dovecot; hooks: Dovecot's and Postfix's policy hooks
     /// of `smtp-gate serve` (login -> grant, requests/s) beside baselines;
-    /// all: the four.
+    /// bus: the grant bus across hosts (+OK -> grant on 1 and 2 edges,
+    /// grants/s, PASS -> +OK with and without the bus); all: the five.
     #[arg(default_value = "all")]
     suite: String,
     /// Fewer repetitions, for a first look.
@@ -44,14 +46,18 @@ fn main() -> Result<()> {
         "pop3" => pop3::run(args.quick),
         "flood" => flood::run(args.quick),
         "hooks" => hooks::run(args.quick),
+        "bus" => bus::run(args.quick),
         "all" => {
             kernel::run(args.quick, None)?;
             flood::run(args.quick)?;
             pop3::run(args.quick)?;
-            hooks::run(args.quick)
+            hooks::run(args.quick)?;
+            bus::run(args.quick)
         }
         other => {
-            bail!("unknown suite `{other}` (this build knows: kernel, flood, pop3, hooks, all)")
+            bail!(
+                "unknown suite `{other}` (this build knows: kernel, flood, pop3, hooks, bus, all)"
+            )
         }
     }
 }

@@ -41,6 +41,9 @@ pub const SECRET: &str = "alice-secret";
 pub const ORIGIN: &str = "pop1.lab";
 /// Only a hang takes longer.
 const BOUND: Duration = Duration::from_secs(30);
+/// The network of the client's login addresses (routed through its first
+/// address, not on the switch's link).
+pub const SOURCES: &str = "fd00:233::/64";
 /// How often the harness reads an edge's grant map while it waits.
 pub const POLL_INTERVAL: Duration = Duration::from_micros(200);
 
@@ -95,6 +98,17 @@ impl BusLab {
         }
         names.push("client");
         let mut hosts = Hosts::new(&names);
+        // The client's login addresses are in a network of their own,
+        // routed through its first address: the other hosts keep one
+        // neighbour entry for the client, not one per address (the
+        // kernel's neighbour table, shared by all namespaces, holds 1024
+        // before it drops what it cannot resolve).
+        let client_v6 = hosts.host("client").v6.to_string();
+        for name in &names {
+            if *name != "client" {
+                hosts.ip(name, &["-6", "route", "add", SOURCES, "via", &client_v6]);
+            }
+        }
         for edge in 1..=options.edges {
             hosts.serve_smtp(&format!("edge{edge}"), SMTP_PORT);
         }
@@ -157,18 +171,28 @@ impl BusLab {
     /// answers POP3 and its link to the engine is up (unless
     /// `engine_up` is false).
     pub fn start_serve(&mut self, window: Duration, extra: &str, engine_up: bool) {
+        self.start_serve_with(window, extra, true, engine_up);
+    }
+
+    /// [`Self::start_serve`], publishing on the bus only if `bus` (without
+    /// it, `extra` should give the daemon a gate: `iface`, `pin_dir`).
+    pub fn start_serve_with(&mut self, window: Duration, extra: &str, bus: bool, engine_up: bool) {
         self.stop_serve();
         let pop = self.hosts.host("pop").clone();
+        let bus_lines = if bus {
+            format!("bus = \"{}\"\nbus_origin = \"{ORIGIN}\"\n", self.url())
+        } else {
+            String::new()
+        };
         let config = format!(
             "listen = [\"{}:{POP3_PORT}\", \"[{}]:{POP3_PORT}\"]\n\
              users = \"{}\"\nmail_root = \"{}\"\nwindow = \"{}ms\"\n\
-             shutdown_grace = \"1s\"\nbus = \"{}\"\nbus_origin = \"{ORIGIN}\"\n{extra}",
+             shutdown_grace = \"1s\"\n{bus_lines}{extra}",
             pop.v4,
             pop.v6,
             self.mail.users_file().display(),
             self.mail.mail_root().display(),
             window.as_millis(),
-            self.url(),
         );
         fs::write(self.serve_config(), config).expect("writing pop.toml");
         let log = self.log_file("serve");
@@ -182,7 +206,7 @@ impl BusLab {
         );
         let client = self.hosts.host("client").ns.clone();
         wait_pop3_at(&mut daemon, &client, &[pop.v4.into(), pop.v6.into()]);
-        if engine_up {
+        if bus && engine_up {
             daemon.wait_for_log("bus serve: connected to", 1, BOUND);
         }
         self.serve = Some(daemon);
@@ -272,8 +296,9 @@ impl BusLab {
             .unwrap_or_else(|e| panic!("opening {}'s maps: {e:#}", edge.name))
     }
 
-    /// A new address of the client's (added to its interface, no
-    /// duplicate address detection), for a login that makes a new grant.
+    /// A new address of the client's (in [`SOURCES`], added to its
+    /// interface, no duplicate address detection), for a login that makes
+    /// a new grant.
     pub fn new_source(&mut self) -> IpAddr {
         self.new_sources(1)[0]
     }
@@ -284,11 +309,11 @@ impl BusLab {
         let first = self.sources;
         self.sources += count;
         let addrs: Vec<Ipv6Addr> = (first..first + count)
-            .map(|i| Ipv6Addr::new(0xfd00, 0x232, 0, 0, 0, 1, (i >> 16) as u16, i as u16))
+            .map(|i| Ipv6Addr::new(0xfd00, 0x233, 0, 0, 0, 1, (i >> 16) as u16, i as u16))
             .collect();
         let batch: String = addrs
             .iter()
-            .map(|a| format!("addr add {a}/64 dev {} nodad\n", client.iface))
+            .map(|a| format!("addr add {a}/128 dev {} nodad\n", client.iface))
             .collect();
         let file = self.mail.dir().join(format!("sources-{first}"));
         fs::write(&file, batch).expect("writing the address batch");

@@ -8,7 +8,8 @@
 //! that joins them. One scenario, in order:
 //!
 //! 1. before a login both edges refuse the client's SYN; after a POP3
-//!    login both accept it;
+//!    login both accept it (and each agent logs the grant, and later the
+//!    revoke, it applied: `source=bus`, the publishing host);
 //! 2. with a 4 s window, the grant ends on both edges 4 s (+-1 s) after
 //!    the `+OK`;
 //! 3. 50 logins from new addresses: each grant is in both edges' maps
@@ -35,7 +36,7 @@ use std::{
 
 use smtp_gate::gate::GateMaps;
 use testkit::{
-    bus_lab::{BusLab, BusLabOptions, Login},
+    bus_lab::{BusLab, BusLabOptions, Login, ORIGIN},
     gate_binary::smtp_gate_in,
     process::describe,
     smtp::{DENY_TIMEOUT, PASS_TIMEOUT},
@@ -119,6 +120,19 @@ fn grants_cross_from_the_pop3_host_through_the_engine_to_every_edge() {
     assert_eq!(bus.hosts.accepted("edge1"), accepted[0] + 1);
     assert_eq!(bus.hosts.accepted("edge2"), accepted[1] + 1);
     eprintln!("first login: +OK -> grant on edge1, edge2: {first:?}");
+    // Each agent logs the grant it applied as a grant line of its own
+    // source, naming the publishing host.
+    for e in [1, 2] {
+        let log = bus.agent(e).log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("grant source=bus addr={client} ")))
+            .unwrap_or_else(|| panic!("edge{e} logs no grant line for {client}:\n{log}"));
+        assert!(
+            line.contains(&format!(" origin={ORIGIN} expires=20")),
+            "edge{e}: {line}"
+        );
+    }
 
     // 2. The grant ends on the edges when the window the POP3 host gave
     // it ends, +-1 s.
@@ -219,6 +233,11 @@ fn grants_cross_from_the_pop3_host_through_the_engine_to_every_edge() {
         assert!(
             !bus.client_passes(e, DENY_TIMEOUT),
             "edge{e} lets the client through after the revoke"
+        );
+        let log = bus.agent(e).log();
+        assert!(
+            log.contains(&format!("revoke source=bus addr={client} origin={ORIGIN}")),
+            "edge{e} logs no revoke line:\n{log}"
         );
     }
 

@@ -27,6 +27,7 @@ use std::{
 };
 
 use log::{debug, info, warn};
+use pop3::grant_log::GRANT_LOG_TARGET;
 use redis::{aio::ConnectionLike, aio::MultiplexedConnection, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +46,8 @@ use crate::{
     policy::log_budget::LogBudget,
     serve::GateGrantSink,
 };
+
+use super::grant_lines::{self, GrantLines};
 
 /// Entries per XREAD, keys per SCAN.
 pub const BATCH: usize = 1000;
@@ -119,6 +122,8 @@ pub struct Follower {
     rejected_lines: LogBudget,
     /// The state files cannot be written (a full disk, say).
     file_lines: LogBudget,
+    /// The grant lines (`grant source=bus ...`), within their budget.
+    grant_lines: GrantLines,
 }
 
 fn now_ms() -> u64 {
@@ -157,6 +162,7 @@ impl Follower {
             progressed: false,
             rejected_lines: LogBudget::new("bus agent: skipped entry", 10, Duration::from_secs(60)),
             file_lines: LogBudget::new("bus agent: state file", 2, Duration::from_secs(60)),
+            grant_lines: GrantLines::default(),
         }
     }
 
@@ -307,9 +313,11 @@ impl Follower {
             let judged = entry
                 .fields
                 .and_then(|fields| Event::parse(&fields).map_err(|e| e.0))
-                .and_then(|event| judge(&event, now_ms(), window));
+                .and_then(|event| judge(&event, now_ms(), window).map(|v| (v, event.origin)));
             match judged {
-                Ok(verdict) => self.apply(verdict)?,
+                Ok((verdict, origin)) => {
+                    self.apply(verdict, grant_lines::From::Entry { origin: &origin })?
+                }
                 Err(why) => {
                     self.status.entries_rejected += 1;
                     if self.rejected_lines.allows() {
@@ -327,15 +335,24 @@ impl Follower {
         Ok(())
     }
 
-    fn apply(&mut self, verdict: Verdict) -> Result<(), RoundError> {
+    fn apply(&mut self, verdict: Verdict, from: grant_lines::From<'_>) -> Result<(), RoundError> {
         let written = match verdict {
             Verdict::Grant(addr, lifetime) => self.grants.grant_for(addr, lifetime).map(|()| {
                 debug!("bus agent: granted {addr} for {lifetime:?}");
                 self.status.grants_applied += 1;
+                let lines = self
+                    .grant_lines
+                    .grant(Instant::now(), now_ms(), addr, from, lifetime);
+                for line in lines {
+                    info!(target: GRANT_LOG_TARGET, "{line}");
+                }
             }),
             Verdict::Revoke(addr) => self.grants.revoke(addr).map(|had| {
                 debug!("bus agent: revoked {addr} (it had a grant: {had})");
                 self.status.revokes_applied += 1;
+                for line in self.grant_lines.revoke(Instant::now(), addr, from) {
+                    info!(target: GRANT_LOG_TARGET, "{line}");
+                }
             }),
             Verdict::Expired => {
                 self.status.expired_skipped += 1;
@@ -439,7 +456,7 @@ impl Follower {
                     if let Verdict::Grant(addr, _) = verdict {
                         seen.insert(addr);
                     }
-                    self.apply(verdict)?;
+                    self.apply(verdict, grant_lines::From::Keys)?;
                 }
                 KeyVerdict::Gone => {}
                 KeyVerdict::Bad(why) => {
@@ -537,6 +554,9 @@ impl Follower {
                 .is_some_and(|at| now.duration_since(at) < STATUS_INTERVAL)
         {
             return;
+        }
+        if let Some(line) = self.grant_lines.flush(now) {
+            info!(target: GRANT_LOG_TARGET, "{line}");
         }
         self.status.updated_ms = now_ms();
         self.status.connected = self.link.is_up();

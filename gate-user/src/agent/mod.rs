@@ -12,6 +12,7 @@
 
 pub mod config;
 mod follower;
+mod grant_lines;
 
 use std::{fs, sync::Arc};
 
