@@ -209,9 +209,13 @@ impl Follower {
         connection: &mut MultiplexedConnection,
         stop: &CancellationToken,
     ) -> Result<(), RoundError> {
+        let mut must_load = None;
         loop {
             let info = self.stream_info(connection).await?;
-            if let Some(reason) = full_load_reason(self.position, info.as_ref()) {
+            let reason = must_load
+                .take()
+                .or_else(|| full_load_reason(self.position, info.as_ref()));
+            if let Some(reason) = reason {
                 let from = info.map_or(StreamId::ZERO, |i| i.last_generated);
                 info!("bus agent: loading every grant from the engine's keys ({reason})");
                 if !self.full_load(connection, stop).await? {
@@ -226,21 +230,31 @@ impl Follower {
             }
             self.status.lag_ms = Some(lag(self.position, info.as_ref()));
             self.clear_error();
-            if !self.follow(connection, stop).await? {
-                return Ok(());
+            match self.follow(connection, stop).await? {
+                None => return Ok(()),
+                // The stream no longer holds what followed the position
+                // the last read started from: load again.
+                Some(reason) => must_load = Some(reason),
             }
-            // Behind, and the stream was trimmed past the position while
-            // catching up: load again.
         }
     }
 
-    /// Follows the stream. `Ok(false)` on stop; `Ok(true)` when the stream
-    /// must be looked at again (trimmed past the position).
+    /// Follows the stream. `Ok(None)` on stop; `Ok(Some(why))` when the
+    /// grants must be loaded from the keys again.
+    ///
+    /// After every read, with entries or without, the stream is looked at
+    /// (XINFO STREAM) as of the position the read started from: entries
+    /// trimmed between that position and what the read gave (a revoke
+    /// among them) are caught here, whatever the batch's size; so is a
+    /// stream deleted, made anew, or whose last id fell behind the
+    /// position (an XREAD from there would wait for good). The entries
+    /// read are applied first, so a grant waits for no extra round trip;
+    /// the full load that follows puts right whatever they missed.
     async fn follow(
         &mut self,
         connection: &mut MultiplexedConnection,
         stop: &CancellationToken,
-    ) -> Result<bool, RoundError> {
+    ) -> Result<Option<&'static str>, RoundError> {
         loop {
             let position = self.position.unwrap_or(StreamId::ZERO);
             let block = self.keeper.block(self.position, Instant::now(), BLOCK);
@@ -255,23 +269,23 @@ impl Follower {
                 .arg(position.to_string());
             let read = command.query_async::<Value>(connection);
             let reply = tokio::select! {
-                () = stop.cancelled() => return Ok(false),
+                () = stop.cancelled() => return Ok(None),
                 reply = read => reply?,
             };
             let entries = stream::parse_xread(reply, &self.events)?;
             let full = entries.len() >= BATCH;
             let quiet = entries.is_empty();
+            let read_from = self.position;
             self.apply_entries(entries)?;
-            if full {
-                // Behind: how far, and is the rest still there?
-                let info = self.stream_info(connection).await?;
-                self.status.lag_ms = Some(lag(self.position, info.as_ref()));
-                if full_load_reason(self.position, info.as_ref()).is_some() {
-                    return Ok(true);
-                }
-            } else {
-                self.status.lag_ms = Some(0);
+            let info = self.stream_info(connection).await?;
+            if let Some(reason) = full_load_reason(read_from, info.as_ref()) {
+                return Ok(Some(reason));
             }
+            self.status.lag_ms = Some(if full {
+                lag(self.position, info.as_ref())
+            } else {
+                0
+            });
             self.save_position(quiet);
             self.write_status(false);
         }

@@ -48,14 +48,25 @@ pub fn full_load_reason(
         // The stream was made anew: its ids say nothing of ours.
         return Some("the stream is younger than the position");
     }
+    if info.max_deleted.is_some_and(|deleted| deleted > position) {
+        // Redis >= 7: an entry after the position was deleted or trimmed,
+        // perhaps before it was read (a revoke among them).
+        return Some("the stream was trimmed past the position");
+    }
     let past = match info.first {
         // The oldest entry left is after the position: what came between
-        // may have been trimmed away unread.
+        // may have been trimmed away unread, or the stream was made anew
+        // (deleted and added to again while the edge was away) and its
+        // first entries only happen to have later ids than ours.
         Some(first) => first > position,
         // Empty, though entries were added after the position.
         None => info.last_generated > position,
     };
-    // Unless the engine says it never took an entry out (Redis >= 7).
+    if position != StreamId::ZERO {
+        return past.then_some("the stream was trimmed past the position");
+    }
+    // Nothing read yet: the first entries of a young stream are all there
+    // unless the engine says one was taken out (Redis >= 7).
     (past && !info.never_trimmed()).then_some("the stream was trimmed past the position")
 }
 
@@ -236,6 +247,7 @@ mod tests {
             first: first.map(id),
             length: None,
             entries_added: None,
+            max_deleted: None,
         }
     }
 
@@ -285,18 +297,73 @@ mod tests {
             ..info("200-0", Some("150-0"))
         };
         assert_eq!(full_load_reason(Some(StreamId::ZERO), Some(&young)), None);
-        assert_eq!(full_load_reason(at, Some(&young)), None);
         let trimmed = StreamInfo {
             entries_added: Some(4),
             ..young
         };
-        assert!(full_load_reason(at, Some(&trimmed)).is_some());
+        assert!(full_load_reason(Some(StreamId::ZERO), Some(&trimmed)).is_some());
         let emptied = StreamInfo {
             length: Some(0),
             entries_added: Some(3),
             ..info("200-0", None)
         };
         assert!(full_load_reason(at, Some(&emptied)).is_some());
+    }
+
+    #[test]
+    fn a_stream_made_anew_past_the_position_is_not_ours() {
+        // Deleted and recreated while the edge was away: young (nothing
+        // ever trimmed), its first id after the position. What was
+        // revoked in the old stream's last entries is in neither.
+        let at = Some(id("100-5"));
+        let anew = StreamInfo {
+            length: Some(3),
+            entries_added: Some(3),
+            max_deleted: Some(StreamId::ZERO),
+            ..info("200-0", Some("150-0"))
+        };
+        assert_eq!(
+            full_load_reason(at, Some(&anew)),
+            Some("the stream was trimmed past the position")
+        );
+        assert_eq!(full_load_reason(Some(StreamId::ZERO), Some(&anew)), None);
+    }
+
+    #[test]
+    fn an_entry_deleted_after_the_position_means_a_full_load() {
+        // Redis 7: the position's entry is still there (an XREAD from it
+        // answers without complaint), but entries after it were trimmed
+        // or deleted, perhaps a revoke the edge never read.
+        let at = Some(id("100-5"));
+        let deleted = |max: &str| StreamInfo {
+            length: Some(10),
+            entries_added: Some(12),
+            max_deleted: Some(id(max)),
+            ..info("200-0", Some("100-5"))
+        };
+        assert_eq!(
+            full_load_reason(at, Some(&deleted("150-0"))),
+            Some("the stream was trimmed past the position")
+        );
+        assert_eq!(
+            full_load_reason(at, Some(&deleted("100-6"))),
+            Some("the stream was trimmed past the position")
+        );
+        // What was taken out up to the position was read already.
+        assert_eq!(full_load_reason(at, Some(&deleted("100-5"))), None);
+        assert_eq!(full_load_reason(at, Some(&deleted("99-0"))), None);
+    }
+
+    #[test]
+    fn a_position_ahead_of_the_stream_means_a_full_load() {
+        // A test entry with a far future id was added and deleted: the
+        // stream's last id is now behind the position, and an XREAD from
+        // it would wait forever.
+        let at = Some(id("99999999999999-0"));
+        assert_eq!(
+            full_load_reason(at, Some(&info("200-0", Some("1-0")))),
+            Some("the stream is younger than the position")
+        );
     }
 
     fn event(op: Op) -> Event {

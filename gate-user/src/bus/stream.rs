@@ -73,6 +73,9 @@ pub struct StreamInfo {
     /// `None` before): equal, no entry was ever trimmed or deleted.
     pub length: Option<u64>,
     pub entries_added: Option<u64>,
+    /// The highest id ever deleted or trimmed from the stream (Redis >=
+    /// 7.0; `None` before): above a position, an entry after it was lost.
+    pub max_deleted: Option<StreamId>,
 }
 
 impl StreamInfo {
@@ -132,6 +135,7 @@ pub fn parse_xinfo(reply: Value) -> Result<StreamInfo, BadReply> {
     let mut last_generated = None;
     let mut first = None;
     let (mut length, mut entries_added) = (None, None);
+    let mut max_deleted = None;
     for (name, value) in pairs {
         let count = match value {
             Value::Int(n) => u64::try_from(n).ok(),
@@ -144,6 +148,12 @@ pub fn parse_xinfo(reply: Value) -> Result<StreamInfo, BadReply> {
                 last_generated = octets(&value).and_then(StreamId::parse);
                 if last_generated.is_none() {
                     return bad("XINFO STREAM: last-generated-id is not an entry id");
+                }
+            }
+            Some(b"max-deleted-entry-id") => {
+                max_deleted = octets(&value).and_then(StreamId::parse);
+                if max_deleted.is_none() {
+                    return bad("XINFO STREAM: max-deleted-entry-id is not an entry id");
                 }
             }
             Some(b"first-entry") => {
@@ -167,6 +177,7 @@ pub fn parse_xinfo(reply: Value) -> Result<StreamInfo, BadReply> {
             first,
             length,
             entries_added,
+            max_deleted,
         }),
         None => bad("XINFO STREAM: no last-generated-id"),
     }
@@ -432,6 +443,7 @@ mod tests {
                 first: Some(id("5-0")),
                 length: Some(2),
                 entries_added: None,
+                max_deleted: None,
             })
         );
         let empty = parse_xinfo(reply(Value::Nil)).unwrap();
@@ -439,13 +451,26 @@ mod tests {
         // Redis 7 counts what was ever added.
         let mut seven = reply(Value::Nil);
         if let Value::Array(items) = &mut seven {
-            items.extend([s("entries-added"), Value::Int(2)]);
+            items.extend([
+                s("entries-added"),
+                Value::Int(2),
+                s("max-deleted-entry-id"),
+                s("4-3"),
+            ]);
         }
         let seven = parse_xinfo(seven).unwrap();
         assert_eq!(seven.entries_added, Some(2));
+        assert_eq!(seven.max_deleted, Some(id("4-3")));
         assert!(seven.never_trimmed());
         assert!(!empty.never_trimmed(), "unknown without entries-added");
         assert!(parse_xinfo(reply(s("5-0"))).is_err());
+        assert!(parse_xinfo(Value::Array(vec![
+            s("last-generated-id"),
+            s("3-0"),
+            s("max-deleted-entry-id"),
+            s("bad")
+        ]))
+        .is_err());
         assert!(parse_xinfo(Value::Array(vec![s("length"), Value::Int(0)])).is_err());
         assert!(parse_xinfo(Value::Array(vec![s("last-generated-id"), s("bad")])).is_err());
         let resp3 = Value::Map(vec![(s("last-generated-id"), s("3-0"))]);
