@@ -590,3 +590,63 @@ fn the_edge_catches_up_after_a_kill_a_trim_and_an_engine_outage() {
     bus.wait_grant("192.0.2.5", true);
     bus.wait_status("connected", true.into());
 }
+
+/// A revoke trimmed away while the agent is connected but behind (here:
+/// stopped) is not lost: the read after it finds the stream trimmed past
+/// the position it started from and loads the grants from the keys, where
+/// the revoked one is gone. Without the check a batch under the read's
+/// size went unnoticed and the grant outlived its revoke.
+#[test]
+fn a_revoke_trimmed_away_unread_while_connected_is_applied() {
+    let mut bus = BusLab::new("trimgap");
+    let (agent, log) = bus.start_agent();
+    let mut engine = bus.engine();
+    let mut publisher = bus.publisher();
+    let later = || now_ms() + 100_000;
+    let revoked = "192.0.2.9";
+    publish_grant(&mut publisher, revoked, later());
+    bus.wait_grant(revoked, true);
+
+    agent.signal(libc::SIGSTOP);
+    // The read the agent has waiting gets this one; the next starts after
+    // it, where the revoke was.
+    publish_grant(&mut publisher, "192.0.2.10", later());
+    publish_revoke(&mut publisher, revoked);
+    let mut pipe = client::pipe();
+    for i in 0..1100u32 {
+        pipe.cmd("XADD")
+            .arg(EVENTS)
+            .arg("*")
+            .arg("op")
+            .arg("grant")
+            .arg("addr")
+            .arg(format!("198.51.100.{}", i % 250))
+            .arg("expires")
+            .arg(later())
+            .arg("issued")
+            .arg(now_ms())
+            .arg("origin")
+            .arg("pop-test")
+            .ignore();
+    }
+    pipe.query::<()>(&mut engine).expect("1100 entries");
+    client::cmd("XTRIM")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg(1000)
+        .query::<()>(&mut engine)
+        .unwrap();
+    agent.signal(libc::SIGCONT);
+
+    bus.wait_grant(revoked, false);
+    // The first load (no position yet), then the one after the trim.
+    let status = bus.wait_status("full_loads", 2.into());
+    assert!(bus.grant_of("192.0.2.10").is_some(), "{status:#}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(
+            "loading every grant from the engine's keys (the stream was trimmed past the position)"
+        ),
+        "{text}"
+    );
+}
