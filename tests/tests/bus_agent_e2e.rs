@@ -650,3 +650,41 @@ fn a_revoke_trimmed_away_unread_while_connected_is_applied() {
         "{text}"
     );
 }
+
+/// SIGHUP (a `systemctl reload`, a closed terminal) does not end the
+/// agent: its default action killed it silently (exit 129, the position
+/// unwritten). It logs that the config is read at start only and goes on
+/// following; SIGTERM then ends it cleanly, its position and status
+/// written.
+#[test]
+fn sighup_leaves_the_agent_following_and_sigterm_saves_its_position() {
+    let mut bus = BusLab::new("hangup");
+    let (mut agent, _log) = bus.start_agent();
+    let mut publisher = bus.publisher();
+    let later = || now_ms() + 100_000;
+
+    for n in 1..=2 {
+        agent.signal(libc::SIGHUP);
+        agent.wait_for_log("SIGHUP: the agent reads its config only at start", n, BOUND);
+    }
+    assert_eq!(
+        agent.exited(),
+        None,
+        "SIGHUP ended the agent: {}",
+        agent.log()
+    );
+    publish_grant(&mut publisher, "192.0.2.7", later());
+    bus.wait_grant("192.0.2.7", true);
+    assert_eq!(agent.exited(), None, "{}", agent.log());
+
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(BOUND).expect("SIGTERM ends the agent");
+    assert!(status.success(), "{status:?}: {}", agent.log());
+    assert!(
+        agent.log().contains("SIGTERM: shutting down"),
+        "{}",
+        agent.log()
+    );
+    bus.wait_position_saved();
+    assert_eq!(bus.status()["grants_applied"], 1, "{:#}", bus.status());
+}

@@ -103,6 +103,18 @@ async fn agent(config: AgentConfig) -> Result<()> {
     let stop = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // The agent reads its config at start only: a SIGHUP (a `systemctl
+    // reload`, a closed terminal) is logged and changes nothing, where its
+    // default action ended the agent silently, its position unwritten.
+    let mut hangups = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            warn!(
+                "SIGHUP: the agent reads its config only at start; restart it to apply a \
+                 change (it goes on following the bus)"
+            );
+        }
+    });
     let trigger = stop.clone();
     tokio::spawn(async move {
         tokio::select! {

@@ -88,6 +88,18 @@ impl BusKeys {
                 ));
             }
         }
+        if self
+            .bus
+            .as_ref()
+            .is_some_and(BusUrl::skips_certificate_check)
+        {
+            return Err(KeyError::of(
+                "bus",
+                "`#insecure` cannot be used: the engine's TLS certificate is always checked \
+                 (give the engine a certificate the host trusts, or use redis:// on a trusted \
+                 network)",
+            ));
+        }
         if self.bus.is_none() && self.bus_password_file.is_some() {
             return Err(KeyError::of("bus_password_file", "needs bus"));
         }
@@ -149,19 +161,86 @@ impl BusUrl {
         &self.0
     }
 
-    /// True if the URL carries a password (refused from a flag).
+    /// True if the URL asks the client not to check the engine's TLS
+    /// certificate (`rediss://host/#insecure`): the client is built
+    /// without that mode, so it would fail only at connect.
+    pub fn skips_certificate_check(&self) -> bool {
+        redis::parse_redis_url(&self.0).is_some_and(|url| {
+            matches!(url.scheme(), "rediss" | "valkeys") && url.fragment() == Some("insecure")
+        })
+    }
+
+    /// True if the URL carries a password (refused from a flag): in the
+    /// user info (`redis://user:password@host`, `redis://:password@host`)
+    /// or in the query, where the redis crate (0.32) reads it for unix
+    /// sockets (`redis+unix:///path?user=u&pass=password`; `password=`
+    /// is counted too, as a later crate may read it).
     pub fn has_password(&self) -> bool {
         split_userinfo(&self.0).is_some_and(|(user, _)| user.contains(':'))
+            || query_pairs(&self.0).any(|(key, _)| is_password_key(key))
     }
+}
+
+/// The authority of `scheme://authority/...`: up to the first `/`, `?`
+/// or `#` after the scheme.
+fn authority_end(after_scheme: &str) -> usize {
+    after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len())
 }
 
 /// `(userinfo, rest)` of `scheme://userinfo@rest`.
 fn split_userinfo(url: &str) -> Option<(&str, &str)> {
     let (_, after_scheme) = url.split_once("://")?;
-    let authority_end = after_scheme.find('/').unwrap_or(after_scheme.len());
-    let authority = &after_scheme[..authority_end];
+    let authority = &after_scheme[..authority_end(after_scheme)];
     let at = authority.rfind('@')?;
     Some((&authority[..at], &after_scheme[at + 1..]))
+}
+
+/// The query of the URL (between `?` and `#`), as raw `(key, value)`
+/// pairs.
+fn query_pairs(url: &str) -> impl Iterator<Item = (&str, &str)> {
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| q.split('#').next().unwrap_or(""))
+        .unwrap_or("");
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// A query key the client takes as the password, once decoded as the
+/// client decodes it (form encoding: `%70ass` and `pa+ss` spellings).
+fn is_password_key(raw: &str) -> bool {
+    let key = decode_form(raw);
+    key == "pass" || key == "password"
+}
+
+/// `application/x-www-form-urlencoded` decoding (`+` is a space, `%XX`
+/// an octet), as `url::Url::query_pairs` does.
+fn decode_form(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl FromStr for BusUrl {
@@ -184,15 +263,43 @@ impl FromStr for BusUrl {
 }
 
 impl fmt::Display for BusUrl {
+    /// The URL with every password replaced by `***`: the user info's
+    /// and the query's (`pass`, `password`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match split_userinfo(&self.0) {
+        let text = self.0.as_str();
+        let (head, query_and_fragment) = match text.split_once('?') {
+            Some((head, tail)) => (head, Some(tail)),
+            None => (text, None),
+        };
+        match split_userinfo(head) {
             Some((userinfo, rest)) if userinfo.contains(':') => {
-                let (scheme, _) = self.0.split_once("://").unwrap_or(("", ""));
+                let (scheme, _) = head.split_once("://").unwrap_or(("", ""));
                 let user = userinfo.split(':').next().unwrap_or("");
-                write!(f, "{scheme}://{user}:***@{rest}")
+                write!(f, "{scheme}://{user}:***@{rest}")?;
             }
-            _ => f.write_str(&self.0),
+            _ => f.write_str(head)?,
         }
+        let Some(tail) = query_and_fragment else {
+            return Ok(());
+        };
+        let (query, fragment) = match tail.split_once('#') {
+            Some((query, fragment)) => (query, Some(fragment)),
+            None => (tail, None),
+        };
+        f.write_str("?")?;
+        for (n, pair) in query.split('&').enumerate() {
+            if n > 0 {
+                f.write_str("&")?;
+            }
+            match pair.split_once('=') {
+                Some((key, _)) if is_password_key(key) => write!(f, "{key}=***")?,
+                _ => f.write_str(pair)?,
+            }
+        }
+        if let Some(fragment) = fragment {
+            write!(f, "#{fragment}")?;
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +340,86 @@ mod tests {
         assert!("redis+unix:///run/redis/redis.sock"
             .parse::<BusUrl>()
             .is_ok());
+    }
+
+    /// Every form in which the redis crate (0.32) takes a password: the
+    /// user info, with or without a user, and `pass=` in a unix URL's
+    /// query (any spelling the form decoding reads as `pass`; `password=`
+    /// counted too). Each is seen, and never shown.
+    #[test]
+    fn every_form_of_password_is_seen_and_masked() {
+        for (text, shown) in [
+            (
+                "redis://:S3cret@10.0.0.5:6379",
+                "redis://:***@10.0.0.5:6379",
+            ),
+            (
+                "rediss://edge:S3cret@engine.example:6380/1",
+                "rediss://edge:***@engine.example:6380/1",
+            ),
+            (
+                "redis+unix:///run/r.sock?user=edge&pass=S3cret",
+                "redis+unix:///run/r.sock?user=edge&pass=***",
+            ),
+            (
+                "unix:///run/r.sock?pass=S3cret&db=2",
+                "unix:///run/r.sock?pass=***&db=2",
+            ),
+            (
+                "redis+unix:///run/r.sock?password=S3cret",
+                "redis+unix:///run/r.sock?password=***",
+            ),
+            (
+                "redis+unix:///run/r.sock?%70ass=S3cret",
+                "redis+unix:///run/r.sock?%70ass=***",
+            ),
+            (
+                "redis+unix:///run/r.sock?pass=x&pass=S3cret",
+                "redis+unix:///run/r.sock?pass=***&pass=***",
+            ),
+        ] {
+            let url: BusUrl = text.parse().unwrap();
+            assert!(url.has_password(), "{text}");
+            assert_eq!(url.to_string(), shown);
+            assert!(!format!("{url:?}").contains("S3cret"), "{text}");
+            assert!(
+                !serde_json::to_string(&url).unwrap().contains("S3cret"),
+                "{text}"
+            );
+            assert_eq!(url.secret_text(), text);
+        }
+        // The crate takes the unix password from `pass=`: the check
+        // follows it.
+        let info = redis::IntoConnectionInfo::into_connection_info(
+            "redis+unix:///run/r.sock?user=edge&pass=S3cret",
+        )
+        .unwrap();
+        assert_eq!(info.redis.password.as_deref(), Some("S3cret"));
+        for plain in [
+            "redis+unix:///run/r.sock?user=edge&db=2",
+            "redis://edge@10.0.0.5:6379",
+            "redis://10.0.0.5:6379/?protocol=3",
+        ] {
+            let url: BusUrl = plain.parse().unwrap();
+            assert!(!url.has_password(), "{plain}");
+            assert_eq!(url.to_string(), plain);
+        }
+    }
+
+    #[test]
+    fn insecure_tls_is_refused_naming_bus() {
+        let keys = BusKeys {
+            bus: Some("rediss://engine.example:6380/#insecure".parse().unwrap()),
+            ..BusKeys::default()
+        };
+        let err = keys.check().unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("bus"), "{err}");
+        assert!(err.problem.contains("certificate"), "{err}");
+        let checked = BusKeys {
+            bus: Some("rediss://engine.example:6380/".parse().unwrap()),
+            ..BusKeys::default()
+        };
+        assert_eq!(checked.check(), Ok(()));
     }
 
     #[test]

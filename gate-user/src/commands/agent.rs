@@ -6,6 +6,9 @@ use smtp_gate::{
 };
 
 pub fn agent(args: AgentArgs) -> Result<()> {
+    // SIGHUP's default action would end the agent silently before its
+    // handler (agent/mod.rs) is installed.
+    super::serve::ignore_early_hangups()?;
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     agent::run(AgentConfig::load(args.config.as_deref(), &args)?)
 }

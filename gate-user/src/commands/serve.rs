@@ -25,7 +25,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 /// Ignored from the first thing `serve` does, such a SIGHUP is lost
 /// harmlessly: the files it would have reloaded are read after it anyway.
 /// The handler installed later (tokio's) replaces the disposition.
-fn ignore_early_hangups() -> Result<()> {
+pub(crate) fn ignore_early_hangups() -> Result<()> {
     // SAFETY: SIG_IGN installs no code to run; no other thread exists yet
     // that could be changing signal dispositions.
     let previous = unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
