@@ -127,11 +127,7 @@ impl Link {
     /// A command failed on the connection: unless the engine only refused
     /// the command, the connection is dropped and made anew.
     pub fn failed(&self, error: &redis::RedisError) {
-        let broken = error.is_io_error()
-            || error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || error.is_timeout()
-            || error.is_unrecoverable_error();
+        let broken = breaks_the_connection(error);
         let mut state = self.state();
         state.last_error = Some(error.to_string());
         if broken {
@@ -244,4 +240,50 @@ fn with_jitter(pause: Duration) -> Duration {
         .map_or(0, |d| d.subsec_nanos());
     let quarter = pause / 4;
     pause - quarter + quarter * 2 * (nanos % 1000) / 1000
+}
+
+/// True if `error` means the connection must be made anew. Besides a lost
+/// or hung connection: a node that says it is not the primary (any more):
+/// `READONLY` from a replica, `MASTERDOWN`. After a failover behind a DNS
+/// name, a proxy or a moved address, only a new connection reaches the
+/// new primary; kept, every publication failed until a restart (attack
+/// review F8).
+fn breaks_the_connection(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::ReadOnly | redis::ErrorKind::MasterDown
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError};
+
+    use super::breaks_the_connection;
+
+    #[test]
+    fn a_node_that_is_not_the_primary_breaks_the_connection_a_refused_command_does_not() {
+        let error = |kind, text: &'static str| RedisError::from((kind, text));
+        for broken in [
+            error(
+                ErrorKind::ReadOnly,
+                "You can't write against a read only replica.",
+            ),
+            error(ErrorKind::MasterDown, "Link with MASTER is down"),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            assert!(breaks_the_connection(&broken), "{broken}");
+        }
+        for refused in [
+            error(ErrorKind::ResponseError, "ERR wrong number of arguments"),
+            error(ErrorKind::TypeError, "WRONGTYPE"),
+        ] {
+            assert!(!breaks_the_connection(&refused), "{refused}");
+        }
+    }
 }
