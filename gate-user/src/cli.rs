@@ -528,7 +528,12 @@ impl ServeArgs {
 
 /// The keys of `smtp-gate serve --config`: its flags' names, but `config`.
 pub fn serve_keys() -> Vec<String> {
-    ServeArgs::augment_args(clap::Command::new("serve"))
+    config_keys::<ServeArgs>()
+}
+
+/// A command's config keys: its flags' names, but `config`.
+fn config_keys<A: Args>() -> Vec<String> {
+    A::augment_args(clap::Command::new("keys"))
         .get_arguments()
         .map(|arg| arg.get_id().to_string())
         .filter(|id| id != "config")
@@ -568,11 +573,7 @@ pub struct AgentArgs {
 
 /// The keys of `smtp-gate agent --config`: its flags' names, but `config`.
 pub fn agent_keys() -> Vec<String> {
-    AgentArgs::augment_args(clap::Command::new("agent"))
-        .get_arguments()
-        .map(|arg| arg.get_id().to_string())
-        .filter(|id| id != "config")
-        .collect()
+    config_keys::<AgentArgs>()
 }
 
 #[derive(Args, Debug)]

@@ -77,6 +77,18 @@ pub fn read<T: DeserializeOwned>(table: Table) -> Result<T, KeyError> {
     Err(KeyError::whole(reworded(whole.message())))
 }
 
+/// Reads `table` into `T` after refusing a key not in `known` (a command's
+/// config keys), naming it and the keys there are.
+pub fn read_known<T: DeserializeOwned>(table: Table, known: &[String]) -> Result<T, KeyError> {
+    if let Some(unknown) = table.keys().find(|key| !known.contains(key)) {
+        return Err(KeyError::whole(format!(
+            "unknown key `{unknown}` (known keys: {})",
+            known.join(", ")
+        )));
+    }
+    read(table)
+}
+
 /// The flags that were given, under their keys. clap leaves a flag that
 /// was not given `None` or empty, and so it is left out: no flag can be
 /// given as either. A switch (a `bool` flag without a value) is `false`

@@ -85,14 +85,7 @@ impl AgentConfig {
     }
 
     fn from_table(table: Table) -> Result<Self, KeyError> {
-        let keys = agent_keys();
-        if let Some(unknown) = table.keys().find(|key| !keys.contains(key)) {
-            return Err(KeyError::whole(format!(
-                "unknown key `{unknown}` (known keys: {})",
-                keys.join(", ")
-            )));
-        }
-        keys::read(table)
+        keys::read_known(table, &agent_keys())
     }
 
     /// Refuses what the agent cannot run with, naming the key.

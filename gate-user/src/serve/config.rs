@@ -248,14 +248,7 @@ impl ServeConfig {
     }
 
     fn from_table(table: Table) -> Result<Self, KeyError> {
-        let keys = serve_keys();
-        if let Some(unknown) = table.keys().find(|key| !keys.contains(key)) {
-            return Err(KeyError::whole(format!(
-                "unknown key `{unknown}` (known keys: {})",
-                keys.join(", ")
-            )));
-        }
-        keys::read(table)
+        keys::read_known(table, &serve_keys())
     }
 
     /// Keeps in `new` (a reloaded config) the values of the keys that
