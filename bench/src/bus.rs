@@ -429,7 +429,7 @@ fn render_throughput(t: &Throughput) -> (String, serde_json::Value) {
     let mut md = format!(
         "\n## Grants per second through the bus\n\n\
          Through the publisher directly, not through POP3 logins: this process runs the \
-         daemon's `Publisher` (bus/publisher.rs, as `serve` uses it: `MULTI SET PXAT + XADD \
+         daemon's `Publisher` (bus/publisher.rs, as `serve` uses it: `MULTI SET PX + XADD \
          MAXLEN ~ EXEC` per grant, bounded by `bus_timeout` 250 ms) in `pop`'s namespace with \
          {} publications in flight, {} grants of new addresses; the rate is acknowledged grants \
          per second. Then the time from the first publication until each edge's map holds \

@@ -241,6 +241,9 @@ pub struct ServeStart<'a> {
     /// [`ServeDaemon::release_output`]. A test can so act on a daemon held
     /// at a known point of its start, without racing it.
     pub output_held: bool,
+    /// Set in the daemon's environment (e.g. libfaketime's, for a host
+    /// whose clock is off).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Lab {
@@ -369,6 +372,7 @@ pub fn spawn_daemon_in(
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(err_file);
+    command.envs(start.env.iter().copied());
     if let Some(soft) = start.soft_open_files {
         limit_open_files(&mut command, soft, None);
     }

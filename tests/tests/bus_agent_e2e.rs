@@ -132,6 +132,11 @@ impl BusLab {
     /// Starts `smtp-gate agent` (a new log file for each run) and waits
     /// until it follows the stream.
     fn start_agent(&mut self) -> (ServeDaemon, PathBuf) {
+        self.start_agent_with(&[])
+    }
+
+    /// [`BusLab::start_agent`] with `env` in the agent's environment.
+    fn start_agent_with(&mut self, env: &[(&str, &str)]) -> (ServeDaemon, PathBuf) {
         self.runs += 1;
         let log = self.dir.0.join(format!("agent-{}.log", self.runs));
         let window = format!("{}s", WINDOW.as_secs());
@@ -144,7 +149,10 @@ impl BusLab {
         let password = self.dir.0.join("edge-password");
         let password = password.to_string_lossy();
         let mut agent = self.lab.spawn_daemon_with(
-            ServeStart::default(),
+            ServeStart {
+                env,
+                ..ServeStart::default()
+            },
             "agent",
             &[
                 "--iface",
@@ -687,4 +695,132 @@ fn sighup_leaves_the_agent_following_and_sigterm_saves_its_position() {
     );
     bus.wait_position_saved();
     assert_eq!(bus.status()["grants_applied"], 1, "{:#}", bus.status());
+}
+
+/// libfaketime (Debian's faketime, installed by `cargo xtask setup`): the
+/// agent's wall clock an hour behind, its monotonic clocks left alone.
+const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+fn clock_an_hour_behind() -> [(&'static str, &'static str); 3] {
+    assert!(
+        std::path::Path::new(FAKETIME_LIBRARY).exists(),
+        "{FAKETIME_LIBRARY} is missing: run `cargo xtask setup` (package faketime)"
+    );
+    [
+        ("LD_PRELOAD", FAKETIME_LIBRARY),
+        ("FAKETIME", "-1h"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+}
+
+#[test]
+fn an_edge_whose_clock_is_behind_replays_no_grant_that_is_over() {
+    // Attack review F6: an edge whose wall clock is an hour behind (an
+    // RTC read before NTP, a VM restored from a snapshot) replayed the
+    // stream from its position and took grants over long ago for fresh
+    // ones. Grants are timed by the engine's clock.
+    let mut bus = BusLab::new("behind");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let mut publisher = bus.publisher();
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut publisher, "192.0.2.30", now_ms() + 60_000);
+    bus.wait_grant("192.0.2.30", true);
+    bus.wait_position_saved();
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+
+    // While the edge is down, the client is granted for 3 s, which pass.
+    publish_grant(&mut publisher, &client, now_ms() + 3_000);
+    thread::sleep(Duration::from_millis(4_500));
+
+    let env = clock_an_hour_behind();
+    let (mut agent, _) = bus.start_agent_with(&env);
+    bus.wait_position_saved();
+    let status = bus.wait_status("expired_skipped", 1.into());
+    assert_eq!(bus.grant_of(&client), None, "{status:#}");
+    assert!(bus.client_refused(), "a grant that is over lets nobody in");
+    let skew = status["clock_skew_ms"].as_i64().expect("clock_skew_ms");
+    assert!((skew - 3_600_000).abs() < 5_000, "{status:#}");
+    agent.wait_for_log("this host's clock is 3600", 1, BOUND);
+
+    // A grant made now still lives what is left of it on the engine's
+    // clock, not an hour more or less.
+    publish_grant(&mut publisher, &client, now_ms() + 30_000);
+    let grant = bus.wait_grant(&client, true).unwrap();
+    assert!((secs(&grant, "left_secs") - 30.0).abs() < 2.0, "{grant}");
+    assert!(bus.client_passes());
+}
+
+#[test]
+fn an_entry_replayed_later_grants_no_more_than_a_window_after_it_was_added() {
+    // Attack review F7: an entry whose expiry claims far more than a
+    // window (its publisher's clock an hour ahead) granted a whole window
+    // whenever it was read again. It ends a window after it was added.
+    let mut bus = BusLab::new("replay");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    // Added "five minutes ago" (an entry id is the engine's time of its
+    // XADD), claiming an hour from now; before it, an entry the edge has
+    // read already (its position), so that it follows the stream from
+    // there rather than loading the keys.
+    let added = now_ms() - 300_000;
+    let expires = (now_ms() + 3_600_000).to_string();
+    let issued = added.to_string();
+    let entry = |id: String, fields: &[(&str, &str)]| {
+        let mut command = client::cmd("XADD");
+        command.arg(EVENTS).arg(id);
+        for (name, value) in fields {
+            command.arg(*name).arg(*value);
+        }
+        command
+            .query::<String>(&mut bus.engine())
+            .expect("XADD with an id");
+    };
+    entry(
+        format!("{added}-0"),
+        &[
+            ("op", "revoke"),
+            ("addr", "192.0.2.99"),
+            ("issued", &issued),
+            ("origin", "pop-ahead"),
+        ],
+    );
+    entry(
+        format!("{added}-1"),
+        &[
+            ("op", "grant"),
+            ("addr", &client),
+            ("expires", &expires),
+            ("issued", &issued),
+            ("origin", "pop-ahead"),
+        ],
+    );
+    fs::create_dir_all(bus.position_file().parent().unwrap()).unwrap();
+    fs::write(bus.position_file(), format!("{added}-0\n")).unwrap();
+    let (_agent, _) = bus.start_agent();
+    // Window 120 s, added 300 s ago: over, whatever it claims.
+    let status = bus.wait_status("expired_skipped", 1.into());
+    assert_eq!(status["grants_applied"], 0, "{status:#}");
+    assert_eq!(status["full_loads"], 0, "read from the stream: {status:#}");
+    assert_eq!(bus.grant_of(&client), None);
+    assert!(bus.client_refused());
+}
+
+#[test]
+fn a_shorter_window_on_the_edge_shortens_the_grants_from_the_bus() {
+    // Attack review F10: a grant from the bus kept the lifetime it was
+    // applied with when the edge's operator shortened the window.
+    let mut bus = BusLab::new("window");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let (_agent, _) = bus.start_agent();
+    publish_grant(
+        &mut bus.publisher(),
+        &client,
+        now_ms() + WINDOW.as_millis() as u64,
+    );
+    bus.wait_grant(&client, true);
+    assert!(bus.client_passes());
+    bus.lab.gate_ok(&["settings", "--window", "2s"]);
+    thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(bus.grant_of(&client), None, "{:?}", bus.grants());
+    assert!(bus.client_refused(), "the shorter window applies");
 }

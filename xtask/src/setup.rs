@@ -54,6 +54,8 @@ const BASE_PACKAGES: &[&str] = &[
     // The grant bus's engine (issue 13), started by the tests with its
     // own port, directory and settings.
     "redis-server",
+    // libfaketime: a bus host whose own clock is off (the agent's tests).
+    "faketime",
 ];
 
 pub fn setup() -> Result<()> {

@@ -35,8 +35,8 @@ use crate::{
     bus::{
         event::Event,
         follow::{
-            full_load_reason, judge, judge_key, shorten, KeyVerdict, PositionKeeper, Verdict,
-            LONGEST_VALUE,
+            full_load_reason, judge, judge_key, shorten, KeyVerdict, PositionKeeper, ReadSize,
+            Verdict, LONGEST_VALUE,
         },
         link::Link,
         names::Names,
@@ -49,7 +49,7 @@ use crate::{
 
 use super::grant_lines::{self, GrantLines};
 
-/// Entries per XREAD, keys per SCAN.
+/// Entries per XREAD (at most: see [`ReadSize`]), keys per SCAN.
 pub const BATCH: usize = 1000;
 /// How long one XREAD waits for an entry.
 pub const BLOCK: Duration = Duration::from_secs(5);
@@ -124,6 +124,8 @@ pub struct Follower {
     file_lines: LogBudget,
     /// The grant lines (`grant source=bus ...`), within their budget.
     grant_lines: GrantLines,
+    /// How many entries a read asks for.
+    read_size: ReadSize,
 }
 
 fn now_ms() -> u64 {
@@ -163,6 +165,7 @@ impl Follower {
             rejected_lines: LogBudget::new("bus agent: skipped entry", 10, Duration::from_secs(60)),
             file_lines: LogBudget::new("bus agent: state file", 2, Duration::from_secs(60)),
             grant_lines: GrantLines::default(),
+            read_size: ReadSize::new(BATCH),
         }
     }
 
@@ -184,6 +187,9 @@ impl Follower {
                 Err(e) => {
                     if let RoundError::Engine(e) = &e {
                         self.link.failed(e);
+                        if e.is_timeout() {
+                            self.read_size.timed_out();
+                        }
                     }
                     if self.progressed {
                         pause = FIRST_PAUSE;
@@ -261,7 +267,7 @@ impl Follower {
             let mut command = redis::cmd("XREAD");
             command
                 .arg("COUNT")
-                .arg(BATCH)
+                .arg(self.read_size.count())
                 .arg("BLOCK")
                 .arg(block.as_millis().max(1) as u64)
                 .arg("STREAMS")
@@ -273,7 +279,8 @@ impl Follower {
                 reply = read => reply?,
             };
             let entries = stream::parse_xread(reply, &self.events)?;
-            let full = entries.len() >= BATCH;
+            let full = entries.len() >= self.read_size.count();
+            self.read_size.answered();
             let quiet = entries.is_empty();
             let read_from = self.position;
             self.apply_entries(entries)?;
@@ -301,7 +308,11 @@ impl Follower {
             .query_async::<Value>(connection)
             .await;
         match reply {
-            Ok(reply) => Ok(Some(stream::parse_xinfo(reply)?)),
+            Ok(reply) => {
+                let info = stream::parse_xinfo(reply)?;
+                self.link.clock().note_entry_time(info.last_generated.ms);
+                Ok(Some(info))
+            }
             // Nothing published yet (or the engine lost it).
             Err(e)
                 if e.kind() == redis::ErrorKind::ResponseError
@@ -324,10 +335,14 @@ impl Follower {
             if self.position.is_some_and(|p| entry.id <= p) {
                 continue;
             }
+            self.link.clock().note_entry_time(entry.id.ms);
             let judged = entry
                 .fields
                 .and_then(|fields| Event::parse(&fields).map_err(|e| e.0))
-                .and_then(|event| judge(&event, now_ms(), window).map(|v| (v, event.origin)));
+                .and_then(|event| {
+                    judge(&event, entry.id.ms, self.link.clock().now_ms(), window)
+                        .map(|v| (v, event.origin))
+                });
             match judged {
                 Ok((verdict, origin)) => {
                     self.apply(verdict, grant_lines::From::Entry { origin: &origin })?
@@ -351,16 +366,18 @@ impl Follower {
 
     fn apply(&mut self, verdict: Verdict, from: grant_lines::From<'_>) -> Result<(), RoundError> {
         let written = match verdict {
-            Verdict::Grant(addr, lifetime) => self.grants.grant_for(addr, lifetime).map(|()| {
-                debug!("bus agent: granted {addr} for {lifetime:?}");
-                self.status.grants_applied += 1;
-                let lines = self
-                    .grant_lines
-                    .grant(Instant::now(), now_ms(), addr, from, lifetime);
-                for line in lines {
-                    info!(target: GRANT_LOG_TARGET, "{line}");
-                }
-            }),
+            Verdict::Grant(addr, lifetime) => {
+                self.grants.grant_with_left(addr, lifetime).map(|()| {
+                    debug!("bus agent: granted {addr} for {lifetime:?}");
+                    self.status.grants_applied += 1;
+                    let lines =
+                        self.grant_lines
+                            .grant(Instant::now(), now_ms(), addr, from, lifetime);
+                    for line in lines {
+                        info!(target: GRANT_LOG_TARGET, "{line}");
+                    }
+                })
+            }
             Verdict::Revoke(addr) => self.grants.revoke(addr).map(|had| {
                 debug!("bus agent: revoked {addr} (it had a grant: {had})");
                 self.status.revokes_applied += 1;
@@ -460,7 +477,14 @@ impl Follower {
         for (key, replies) in keys.iter().zip(replies.chunks(2)) {
             let verdict = match (&replies[0], &replies[1]) {
                 (value, Value::Int(pttl)) => match stream::octets(value) {
-                    Some(value) => judge_key(&self.names, key, value, *pttl, now_ms(), window),
+                    Some(value) => judge_key(
+                        &self.names,
+                        key,
+                        value,
+                        *pttl,
+                        self.link.clock().now_ms(),
+                        window,
+                    ),
                     None => KeyVerdict::Bad("the key is not a string".into()),
                 },
                 _ => KeyVerdict::Bad("the key is not a string".into()),
@@ -574,6 +598,7 @@ impl Follower {
         }
         self.status.updated_ms = now_ms();
         self.status.connected = self.link.is_up();
+        self.status.clock_skew_ms = self.link.clock().skew_ms();
         self.status.position = self.position.map(|p| p.to_string());
         self.status.last_error = self
             .round_error

@@ -81,11 +81,31 @@ pub enum Verdict {
     Expired,
 }
 
-/// What `event` does, at `now_ms` on this host's wall clock, under the
-/// gate's `window`; an error for an absurd expiry.
-pub fn judge(event: &Event, now_ms: u64, window: Duration) -> Result<Verdict, String> {
+/// What `event`, the entry of id time `entry_ms`, does at `now_ms` (the
+/// engine's clock, clock.rs) under the gate's `window`; an error for an
+/// absurd expiry.
+///
+/// The entry's id is the engine's time when it was added: a grant ends
+/// no later than a window after it, whatever its `expires` claims. So a
+/// publisher whose clock is ahead cannot make an entry replayed later (a
+/// restart, a position read back) grant a whole window again (attack
+/// review F7).
+pub fn judge(
+    event: &Event,
+    entry_ms: u64,
+    now_ms: u64,
+    window: Duration,
+) -> Result<Verdict, String> {
     match event.op {
-        Op::Grant { expires_ms } => grant_verdict(event.addr, expires_ms, now_ms, window),
+        Op::Grant { expires_ms } => {
+            let issued_under = entry_ms.saturating_add(window.as_millis() as u64);
+            match grant_verdict(event.addr, expires_ms, now_ms, window)? {
+                Verdict::Grant(..) => {
+                    grant_verdict(event.addr, expires_ms.min(issued_under), now_ms, window)
+                }
+                verdict => Ok(verdict),
+            }
+        }
         Op::Revoke => Ok(Verdict::Revoke(event.addr)),
     }
 }
@@ -217,6 +237,45 @@ impl PositionKeeper {
         POSITION_INTERVAL
             .saturating_sub(since)
             .clamp(Duration::from_millis(1), longest)
+    }
+}
+
+/// How many entries one read asks for: `most` while reads succeed; one
+/// after a read the engine's answer to did not arrive in time, then twice
+/// as many after each read that did, back up to `most`.
+///
+/// Entries of a million fields each (written by whoever may write to the
+/// engine; the edge skips them as malformed once it has read them) made a
+/// batch's reply too large to arrive and be read within the timeout, so
+/// the same read failed for good and the edge never saw another grant
+/// (attack review F4). One entry at a time gets past them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadSize {
+    count: usize,
+    most: usize,
+}
+
+impl ReadSize {
+    pub fn new(most: usize) -> Self {
+        Self {
+            count: most.max(1),
+            most: most.max(1),
+        }
+    }
+
+    /// The COUNT of the next read.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// A read was answered.
+    pub fn answered(&mut self) {
+        self.count = (self.count * 2).min(self.most);
+    }
+
+    /// A read was not answered in time.
+    pub fn timed_out(&mut self) {
+        self.count = 1;
     }
 }
 
@@ -378,7 +437,7 @@ mod tests {
     #[test]
     fn an_entry_grants_what_is_left_revokes_or_is_over() {
         let addr: IpAddr = "192.0.2.7".parse().unwrap();
-        let grant = |expires_ms| judge(&event(Op::Grant { expires_ms }), NOW, WINDOW);
+        let grant = |expires_ms| judge(&event(Op::Grant { expires_ms }), NOW, NOW, WINDOW);
         assert_eq!(
             grant(NOW + 60_000),
             Ok(Verdict::Grant(addr, Duration::from_secs(60)))
@@ -392,8 +451,40 @@ mod tests {
             assert!(grant(absurd).unwrap_err().contains("absurd"));
         }
         assert_eq!(
-            judge(&event(Op::Revoke), NOW, WINDOW),
+            judge(&event(Op::Revoke), NOW, NOW, WINDOW),
             Ok(Verdict::Revoke(addr))
+        );
+    }
+
+    #[test]
+    fn an_entry_grants_no_longer_than_a_window_after_it_was_added() {
+        let addr: IpAddr = "192.0.2.7".parse().unwrap();
+        // A publisher an hour ahead: its entry claims an hour and a window.
+        let ahead = event(Op::Grant {
+            expires_ms: NOW + 3_600_000 + 900_000,
+        });
+        assert_eq!(
+            judge(&ahead, NOW, NOW, WINDOW),
+            Ok(Verdict::Grant(addr, WINDOW))
+        );
+        // Replayed ten minutes after it was added: what is left of the
+        // window, not the window again.
+        assert_eq!(
+            judge(&ahead, NOW, NOW + 600_000, WINDOW),
+            Ok(Verdict::Grant(addr, Duration::from_secs(300)))
+        );
+        // Replayed after the window: over.
+        assert_eq!(
+            judge(&ahead, NOW, NOW + 900_000, WINDOW),
+            Ok(Verdict::Expired)
+        );
+        // An entry whose own expiry is earlier keeps it.
+        let short = event(Op::Grant {
+            expires_ms: NOW + 60_000,
+        });
+        assert_eq!(
+            judge(&short, NOW, NOW, WINDOW),
+            Ok(Verdict::Grant(addr, Duration::from_secs(60)))
         );
     }
 
@@ -482,6 +573,24 @@ mod tests {
         keeper.failed(late);
         assert_eq!(keeper.block(Some(id("2-0")), late, long), POSITION_INTERVAL);
         assert!(!keeper.due(Some(id("2-0")), late, false));
+    }
+
+    #[test]
+    fn reads_shrink_to_one_entry_after_a_timeout_and_grow_back() {
+        let mut size = ReadSize::new(1000);
+        assert_eq!(size.count(), 1000);
+        size.answered();
+        assert_eq!(size.count(), 1000);
+        size.timed_out();
+        assert_eq!(size.count(), 1);
+        let grown: Vec<usize> = (0..11)
+            .map(|_| {
+                size.answered();
+                size.count()
+            })
+            .collect();
+        assert_eq!(grown, [2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]);
+        assert_eq!(ReadSize::new(0).count(), 1);
     }
 
     #[test]

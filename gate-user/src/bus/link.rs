@@ -16,7 +16,10 @@ use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{BusKeys, BusUrl};
+use super::{
+    clock::{self, EngineClock},
+    config::{BusKeys, BusUrl},
+};
 use crate::keys::KeyError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -71,6 +74,9 @@ struct Inner {
     broken: Notify,
     /// Wakes whoever waits for a connection.
     connected: Notify,
+    /// The engine's time, read at each connect and every
+    /// [`clock::REFRESH`].
+    clock: EngineClock,
 }
 
 struct State {
@@ -79,6 +85,8 @@ struct State {
     last_error: Option<String>,
     /// Whether "up" or "down" was logged last (`None`: nothing yet).
     logged_up: Option<bool>,
+    /// The engine refused TIME, and that was logged.
+    logged_no_time: bool,
 }
 
 impl Link {
@@ -98,9 +106,11 @@ impl Link {
                     connection: None,
                     last_error: None,
                     logged_up: None,
+                    logged_no_time: false,
                 }),
                 broken: Notify::new(),
                 connected: Notify::new(),
+                clock: EngineClock::new(),
             }),
         })
     }
@@ -147,6 +157,11 @@ impl Link {
         self.state().connection.is_some()
     }
 
+    /// The engine's clock (bus/clock.rs): what grants are timed by.
+    pub fn clock(&self) -> &EngineClock {
+        &self.inner.clock
+    }
+
     /// Keeps the link connected until `stop`: run it as a task.
     pub async fn keep(self, stop: CancellationToken) {
         let mut retry = FIRST_RETRY;
@@ -181,6 +196,13 @@ impl Link {
             let broken = self.inner.broken.notified();
             tokio::select! {
                 () = stop.cancelled() => return,
+                () = tokio::time::sleep(clock::REFRESH) => {
+                    if let Some(mut connection) = self.connection() {
+                        if let Err(e) = self.read_time(&mut connection).await {
+                            self.failed(&e);
+                        }
+                    }
+                }
                 () = broken => {
                     let mut state = self.state();
                     if state.logged_up == Some(true) && state.connection.is_none() {
@@ -221,7 +243,41 @@ impl Link {
         // A connection is only up once the engine answers (and took the
         // password).
         let _: String = redis::cmd("PING").query_async(&mut connection).await?;
+        self.read_time(&mut connection).await?;
         Ok(connection)
+    }
+
+    /// Reads the engine's time into the clock. An engine that refuses
+    /// TIME (an ACL without it) is said once and leaves the clock as it
+    /// is; only a failed connection is an error.
+    async fn read_time(&self, connection: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let sent = clock::boot_ms();
+        let reply = redis::cmd("TIME")
+            .query_async::<redis::Value>(connection)
+            .await;
+        let role = self.inner.settings.role;
+        let refused = match reply {
+            Ok(reply) => match clock::parse_time(&reply) {
+                Ok(engine_ms) => {
+                    if let Some(line) = self.inner.clock.record(engine_ms, sent) {
+                        warn!("bus {role}: {line}");
+                    }
+                    return Ok(());
+                }
+                Err(e) => e.to_string(),
+            },
+            Err(e) if breaks_the_connection(&e) => return Err(e),
+            Err(e) => e.to_string(),
+        };
+        let mut state = self.state();
+        if !std::mem::replace(&mut state.logged_no_time, true) {
+            warn!(
+                "bus {role}: the engine does not tell its time ({refused}); grants are timed \
+                 by this host's clock, the stream's entry ids as a floor: allow +time \
+                 (deploy/redis-acl.conf)"
+            );
+        }
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

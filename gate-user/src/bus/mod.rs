@@ -3,8 +3,9 @@
 //! gate. This part is the data model, without I/O:
 //!
 //! - every grant is a key `<prefix>grant:<address>` whose value is its
-//!   expiry in wall-clock milliseconds, expired by the engine itself
-//!   (`SET ... PXAT`): the key set is the whole current state;
+//!   expiry in wall-clock milliseconds (the engine's clock, clock.rs),
+//!   expired by the engine itself (`SET ... PX`): the key set is the
+//!   whole current state;
 //! - every grant and revoke is also an entry of the stream
 //!   `<prefix>events` (`XADD ... MAXLEN ~ N`): the ordered feed an edge
 //!   follows from the last entry it applied.
@@ -18,6 +19,7 @@
 //! to the local map and when the edge must reload the keys, state.rs keeps
 //! its position and status on disk.
 
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod event;

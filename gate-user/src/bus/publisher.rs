@@ -3,13 +3,13 @@
 //!
 //! ```text
 //! MULTI
-//! SET  <prefix>grant:<addr> <expires> PXAT <expires>       (revoke: DEL <prefix>grant:<addr>)
+//! SET  <prefix>grant:<addr> <expires> PX <expires - issued>   (revoke: DEL <prefix>grant:<addr>)
 //! XADD <prefix>events MAXLEN ~ <bus_stream_length> * op grant addr A expires E issued I origin O
 //! EXEC
 //! ```
 //!
 //! so an edge that loads the keys and one that follows the stream never
-//! see one without the other.
+//! see one without the other. Times are the engine's (bus/clock.rs).
 //!
 //! A login waits for the engine's answer, but never long and never for
 //! nothing: at most `bus_timeout`; not at all while the link is down (the
@@ -26,7 +26,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Mutex, PoisonError,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -213,7 +213,7 @@ impl Publisher {
 
     /// Publishes a grant of `addr` for `lifetime` from now.
     pub async fn grant(&self, addr: IpAddr, lifetime: Duration) -> Result<(), PublishError> {
-        let now = wall_now_ms();
+        let now = self.link.clock().now_ms();
         self.publish(&Event {
             op: Op::Grant {
                 expires_ms: expiry::expiry(now, lifetime),
@@ -230,7 +230,7 @@ impl Publisher {
         self.publish(&Event {
             op: Op::Revoke,
             addr,
-            issued_ms: wall_now_ms(),
+            issued_ms: self.link.clock().now_ms(),
             origin: self.settings.origin.clone(),
         })
         .await
@@ -336,13 +336,17 @@ pub fn transaction(names: &Names, stream_length: u64, event: &Event) -> redis::P
     let key = names.grant(event.addr);
     match event.op {
         // The value is the expiry too, so that an edge loading the keys
-        // reads it in one GET (PTTL only checks it).
+        // reads it in one GET (PTTL checks it). The engine expires the
+        // key after the grant's lifetime on its own clock (PX, not PXAT
+        // at the expiry): a publisher whose clock is off, and could not
+        // read the engine's (bus/clock.rs), cannot make a key outlive its
+        // grant (attack review F7).
         Op::Grant { expires_ms } => pipe
             .cmd("SET")
             .arg(&key)
             .arg(expires_ms)
-            .arg("PXAT")
-            .arg(expires_ms)
+            .arg("PX")
+            .arg(expires_ms.saturating_sub(event.issued_ms).max(1))
             .ignore(),
         Op::Revoke => pipe.cmd("DEL").arg(&key).ignore(),
     };
@@ -365,13 +369,6 @@ fn op_name(op: Op) -> &'static str {
         Op::Grant { .. } => "grant",
         Op::Revoke => "revoke",
     }
-}
-
-/// Milliseconds since the Unix epoch on this host's wall clock.
-fn wall_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
 }
 
 /// Whether publishing works, for the log: a line when it starts failing

@@ -85,8 +85,8 @@ fn a_grant_is_its_key_with_the_engines_expiry_and_its_entry_in_one_transaction()
                 "SET",
                 "smtp-gate:grant:192.0.2.7",
                 "1764547200000",
-                "PXAT",
-                "1764547200000"
+                "PX",
+                "900000"
             ]),
             words(&[
                 "XADD",
@@ -156,8 +156,9 @@ enum Fake {
     Refusing,
 }
 
-/// A fake engine on loopback: PING gets PONG (so the link connects),
-/// CLIENT (the client's hello) gets OK, the rest as `fake` says. Gives
+/// A fake engine on loopback: PING gets PONG and TIME the time (so the
+/// link connects), CLIENT (the client's hello) gets OK, the rest as
+/// `fake` says. Gives
 /// its port and the publications it was sent (SET or DEL commands).
 async fn fake_engine(fake: Fake) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -181,8 +182,22 @@ async fn fake_engine(fake: Fake) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
                         if matches!(command[0].as_str(), "SET" | "DEL") {
                             record.lock().unwrap().push(command.clone());
                         }
+                        let time;
                         let answer: &[u8] = match (command[0].as_str(), fake) {
                             ("PING", _) => b"+PONG\r\n",
+                            ("TIME", _) => {
+                                let now = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap();
+                                let (secs, micros) =
+                                    (now.as_secs().to_string(), now.subsec_micros().to_string());
+                                time = format!(
+                                    "*2\r\n${}\r\n{secs}\r\n${}\r\n{micros}\r\n",
+                                    secs.len(),
+                                    micros.len()
+                                );
+                                time.as_bytes()
+                            }
                             ("CLIENT", _) => b"+OK\r\n",
                             (_, Fake::Silent) => continue,
                             (_, Fake::Refusing) => {

@@ -110,6 +110,11 @@ pub struct AgentStatus {
     pub lag_ms: Option<u64>,
     /// The last error (the link's or the follower's), if any.
     pub last_error: Option<String>,
+    /// The engine's clock minus this host's, in ms, as last read (grants
+    /// are timed by the engine's: bus/clock.rs); `None` if the engine
+    /// does not tell its time.
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
     /// Grants written to the map (from entries and keys).
     pub grants_applied: u64,
     /// Revokes applied (whether or not the map held the address).
@@ -176,6 +181,17 @@ impl AgentStatus {
                     .map_or_else(|| "unknown".into(), |ms| format!("{ms} ms"))
             ),
             format!("last error     {}", or_none(&self.last_error)),
+            format!(
+                "clock          {}",
+                self.clock_skew_ms.map_or_else(
+                    || "the engine's time is not known (TIME refused?)".into(),
+                    |ms| format!(
+                        "this host {} ms {} the engine",
+                        ms.unsigned_abs(),
+                        if ms > 0 { "behind" } else { "ahead of" }
+                    )
+                )
+            ),
         ];
         for (name, count) in [
             ("grants applied", self.grants_applied),

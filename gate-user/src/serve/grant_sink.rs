@@ -38,11 +38,13 @@ impl GateGrantSink {
         *self.maps.lock().unwrap_or_else(|p| p.into_inner()) = maps;
     }
 
-    /// Grants `addr` from now for `lifetime` (the bus's agent: what is
-    /// left of a grant made on another host). A failure wakes the watch.
-    pub fn grant_for(&self, addr: IpAddr, lifetime: std::time::Duration) -> anyhow::Result<()> {
+    /// Grants `addr` with `left` of the gate's window remaining (the
+    /// bus's agent: what is left of a grant made on another host),
+    /// following the window as a login's grant does. A failure wakes the
+    /// watch.
+    pub fn grant_with_left(&self, addr: IpAddr, left: Duration) -> anyhow::Result<()> {
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        maps.grant(addr, Some(lifetime)).inspect_err(|_| {
+        maps.grant_with_left(addr, left).inspect_err(|_| {
             self.trouble.notify_one();
         })
     }

@@ -66,6 +66,18 @@ impl GateMaps {
         self.grant_at(addr, now, lifetime)
     }
 
+    /// Grants `addr` so that `left` of the gate's window remains: as a
+    /// grant made `window - left` ago. Such a grant follows the window as
+    /// a login's does, so `settings --window` shortens what the bus
+    /// brought too (attack review F10); one with its own lifetime would
+    /// keep it.
+    pub fn grant_with_left(&mut self, addr: IpAddr, left: Duration) -> Result<()> {
+        let now = self.now_ns()?;
+        let window = self.settings()?.window_ns;
+        let age = window.saturating_sub(left.as_nanos().min(u64::MAX as u128) as u64);
+        self.grant_at(addr, now.saturating_sub(age), None)
+    }
+
     /// Grants with an explicit stamp on the gate's clock (tests use stamps
     /// in the past to make expired grants).
     pub fn grant_at(
