@@ -47,6 +47,9 @@ const MARGIN: Duration = Duration::from_millis(750);
 /// apart (both on this host: the time between the publication and the
 /// test's look).
 const SLACK_MS: i64 = 10_000;
+/// How far one host's reading of the engine's clock may be off (the
+/// design tolerates a second).
+const CLOCK_SLACK_MS: i64 = 1_000;
 /// The engine's port inside the lab's server namespace (its own).
 const REDIS_PORT: u16 = 6390;
 const ORIGIN: &str = "pop1.lab";
@@ -229,10 +232,15 @@ fn assert_granted_for(engine: &mut redis::Connection, addr: IpAddr, lifetime: Du
     let (value, pttl, at) =
         grant_of(engine, addr).unwrap_or_else(|| panic!("no key {}", grant_key(addr)));
     let lifetime = lifetime.as_millis() as i64;
-    assert_eq!(at, value, "the engine expires the key at its value");
+    // The value is on the engine's clock as the publisher carries it
+    // forward (bus/clock.rs); the key expires a lifetime after the SET.
+    assert!(
+        (at - value).abs() <= CLOCK_SLACK_MS,
+        "the engine expires the key at {at}, its value says {value}"
+    );
     let from_now = value - wall_ms();
     assert!(
-        (lifetime - SLACK_MS..=lifetime).contains(&from_now),
+        (lifetime - SLACK_MS..=lifetime + CLOCK_SLACK_MS).contains(&from_now),
         "{} expires in {from_now} ms, not about {lifetime}",
         grant_key(addr)
     );
@@ -517,13 +525,24 @@ fn a_host_without_a_gate_publishes_every_grant() {
     assert_granted_for(&mut engine, reported, WINDOW);
     assert_one_grant_entry(&mut engine, reported, ORIGIN);
 
+    // The first round may run before the link is up (its line then says
+    // bus=down, and a renewal is logged once, not each round): the key,
+    // written by the next round at the latest, shows that renewals are
+    // published.
     lab.daemon().wait_for_log(
-        &format!(
-            "grant source=dovecot-sessions addr={in_session} user=bob protocol=imap bus=published"
-        ),
+        &format!("grant source=dovecot-sessions addr={in_session} user=bob protocol=imap bus="),
         1,
         LOG_BOUND,
     );
+    let deadline = Instant::now() + LOG_BOUND;
+    while grant_of(&mut engine, in_session).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no key {} after {LOG_BOUND:?}",
+            grant_key(in_session)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_granted_for(&mut engine, in_session, WINDOW);
     let log = lab.log();
     for line in [
