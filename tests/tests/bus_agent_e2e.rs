@@ -824,3 +824,84 @@ fn a_shorter_window_on_the_edge_shortens_the_grants_from_the_bus() {
     assert_eq!(bus.grant_of(&client), None, "{:?}", bus.grants());
     assert!(bus.client_refused(), "the shorter window applies");
 }
+
+#[test]
+fn a_stream_made_anew_while_the_agent_follows_far_ahead_is_noticed() {
+    // Attack review F3: an entry with an id far in the future moved the
+    // position there; the stream was then deleted and published to anew.
+    // An XREAD from that position waits for good: the agent looks at the
+    // stream after every read, sees it is younger than its position, and
+    // loads the keys (where the far entry's grant no longer is).
+    let mut bus = BusLab::new("deaf");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let (_agent, log) = bus.start_agent();
+    let expires = (now_ms() + 60_000).to_string();
+    client::cmd("XADD")
+        .arg(EVENTS)
+        .arg("99999999999999-0")
+        .arg("op")
+        .arg("grant")
+        .arg("addr")
+        .arg("192.0.2.40")
+        .arg("expires")
+        .arg(&expires)
+        .arg("issued")
+        .arg("1")
+        .arg("origin")
+        .arg("far-ahead")
+        .query::<String>(&mut bus.engine())
+        .expect("XADD far ahead");
+    bus.wait_grant("192.0.2.40", true);
+    client::cmd("DEL")
+        .arg(EVENTS)
+        .query::<()>(&mut bus.engine())
+        .unwrap();
+    publish_grant(&mut bus.publisher(), &client, now_ms() + 60_000);
+    bus.wait_grant(&client, true);
+    bus.wait_grant("192.0.2.40", false);
+    assert!(bus.client_passes());
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(
+            "loading every grant from the engine's keys (the stream is younger than the position)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_stream_made_anew_while_the_agent_was_away_means_a_full_load() {
+    // Attack review F2: the stream deleted and made anew while the agent
+    // was stopped: young (nothing ever trimmed from it), its first entry
+    // after the position. A revoke in the old stream's last entries is in
+    // neither, so following the new stream from the position kept the
+    // revoked grant; the keys are the state.
+    let mut bus = BusLab::new("anew");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let mut publisher = bus.publisher();
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut publisher, &client, now_ms() + 100_000);
+    bus.wait_grant(&client, true);
+    bus.wait_position_saved();
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+
+    publish_revoke(&mut publisher, &client);
+    client::cmd("DEL")
+        .arg(EVENTS)
+        .query::<()>(&mut bus.engine())
+        .unwrap();
+    publish_grant(&mut publisher, "192.0.2.41", now_ms() + 100_000);
+
+    let (_agent, log) = bus.start_agent();
+    bus.wait_grant("192.0.2.41", true);
+    bus.wait_grant(&client, false);
+    assert!(bus.client_refused(), "revoked while the agent was away");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(
+            "loading every grant from the engine's keys (the stream was trimmed past the position)"
+        ),
+        "{text}"
+    );
+}
