@@ -9,6 +9,7 @@ pub mod cpus;
 pub mod denial;
 mod dirs;
 pub mod dovecot;
+pub mod faketime;
 pub mod gate_binary;
 pub mod imap_client;
 pub mod lab;

@@ -20,6 +20,7 @@ use std::{
 
 use serde_json::Value;
 use testkit::{
+    faketime,
     gate_binary::smtp_gate,
     lab::{Lab, LabOptions},
     process::describe,
@@ -697,22 +698,6 @@ fn sighup_leaves_the_agent_following_and_sigterm_saves_its_position() {
     assert_eq!(bus.status()["grants_applied"], 1, "{:#}", bus.status());
 }
 
-/// libfaketime (Debian's faketime, installed by `cargo xtask setup`): the
-/// agent's wall clock an hour behind, its monotonic clocks left alone.
-const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-fn clock_an_hour_behind() -> [(&'static str, &'static str); 3] {
-    assert!(
-        std::path::Path::new(FAKETIME_LIBRARY).exists(),
-        "{FAKETIME_LIBRARY} is missing: run `cargo xtask setup` (package faketime)"
-    );
-    [
-        ("LD_PRELOAD", FAKETIME_LIBRARY),
-        ("FAKETIME", "-1h"),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-    ]
-}
-
 #[test]
 fn an_edge_whose_clock_is_behind_replays_no_grant_that_is_over() {
     // Attack review F6: an edge whose wall clock is an hour behind (an
@@ -733,7 +718,7 @@ fn an_edge_whose_clock_is_behind_replays_no_grant_that_is_over() {
     publish_grant(&mut publisher, &client, now_ms() + 3_000);
     thread::sleep(Duration::from_millis(4_500));
 
-    let env = clock_an_hour_behind();
+    let env = faketime::wall_clock_off("-1h");
     let (mut agent, _) = bus.start_agent_with(&env);
     bus.wait_position_saved();
     let status = bus.wait_status("expired_skipped", 1.into());

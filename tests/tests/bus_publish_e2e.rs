@@ -24,6 +24,8 @@ use std::{
 };
 
 use testkit::{
+    faketime,
+    gate_binary::smtp_gate_bin,
     lab::Lab,
     mail::MailFixture,
     netns::in_netns,
@@ -644,6 +646,42 @@ fn gate_command(lab: &Lab, args: &[&str]) -> std::process::Output {
 fn ok_output(out: &std::process::Output, what: &str) -> String {
     assert!(out.status.success(), "{what}: {}", describe(out));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A publisher whose wall clock is an hour ahead (attack review F7): its
+/// grant's key lives the grant's lifetime in the engine, not an hour
+/// more, and the expiry it writes is on the engine's clock.
+#[test]
+fn a_publisher_whose_clock_is_ahead_publishes_on_the_engines_clock() {
+    let lab = BusLab::new();
+    let url = lab.redis.url();
+    let mut engine = lab.engine();
+    let granted: IpAddr = "192.0.2.51".parse().unwrap();
+    let elsewhere = lab.mail.dir().join("no-gate").display().to_string();
+    let out = testkit::netns::netns_command(&lab.lab.server_ns, smtp_gate_bin())
+        .args([
+            "grant",
+            "192.0.2.51",
+            "--for",
+            "10m",
+            "--bus",
+            &url,
+            "--pin-dir",
+            &elsewhere,
+        ])
+        .envs(faketime::wall_clock_off("+1h"))
+        .output()
+        .expect("smtp-gate grant");
+    ok_output(&out, "grant with the clock an hour ahead");
+    assert_granted_for(&mut engine, granted, Duration::from_secs(600));
+    let entries = events_of(&mut engine, "grant", granted);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let expires: i64 = entries[0]["expires"].parse().unwrap();
+    let from_now = expires - wall_ms();
+    assert!(
+        (600_000 - SLACK_MS..=600_000 + CLOCK_SLACK_MS).contains(&from_now),
+        "the entry's expiry is {from_now} ms from now"
+    );
 }
 
 /// `smtp-gate grant` and `revoke` with a bus publish: the key set (for
