@@ -124,6 +124,9 @@ pub struct Follower {
     file_lines: LogBudget,
     /// The grant lines (`grant source=bus ...`), within their budget.
     grant_lines: GrantLines,
+    /// Where the status goes each time it is written (systemd's status
+    /// line), if anywhere.
+    shown: Option<tokio::sync::watch::Sender<AgentStatus>>,
 }
 
 fn now_ms() -> u64 {
@@ -163,7 +166,14 @@ impl Follower {
             rejected_lines: LogBudget::new("bus agent: skipped entry", 10, Duration::from_secs(60)),
             file_lines: LogBudget::new("bus agent: state file", 2, Duration::from_secs(60)),
             grant_lines: GrantLines::default(),
+            shown: None,
         }
+    }
+
+    /// Each status written to the file is also sent to `shown`.
+    pub fn showing_status_in(mut self, shown: tokio::sync::watch::Sender<AgentStatus>) -> Self {
+        self.shown = Some(shown);
+        self
     }
 
     /// Follows until `stop`, then writes the position and the status.
@@ -579,6 +589,9 @@ impl Follower {
             .round_error
             .clone()
             .or_else(|| self.link.last_error().filter(|_| !self.status.connected));
+        if let Some(shown) = &self.shown {
+            shown.send_replace(self.status.clone());
+        }
         match state::write_status(&self.files.status, &self.status) {
             Ok(()) => self.status_written = Some(now),
             Err(e) => {
