@@ -241,6 +241,8 @@ pub struct ServeStart<'a> {
     /// [`ServeDaemon::release_output`]. A test can so act on a daemon held
     /// at a known point of its start, without racing it.
     pub output_held: bool,
+    /// More environment variables for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Lab {
@@ -368,7 +370,8 @@ pub fn spawn_daemon_in(
         .args(args)
         .stdin(Stdio::null())
         .stdout(file)
-        .stderr(err_file);
+        .stderr(err_file)
+        .envs(start.env.iter().copied());
     if let Some(soft) = start.soft_open_files {
         limit_open_files(&mut command, soft, None);
     }
