@@ -134,14 +134,27 @@ fn expect(
     what: &str,
     wanted: impl Fn(&Notification) -> bool,
 ) -> Notification {
-    notify.wait_for(BOUND, wanted).unwrap_or_else(|| {
-        panic!(
-            "no {what} within {BOUND:?} (exited: {:?}); messages:\n{}log:\n{}",
-            daemon.exited(),
-            notify.transcript(),
-            daemon.log()
-        )
-    })
+    let deadline = Instant::now() + BOUND;
+    loop {
+        // A daemon that exited sends nothing more: what it sent is read
+        // (a last short wait), then the test fails at once.
+        let exited = daemon.exited();
+        let wait = if exited.is_some() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(1)
+        };
+        if let Some(got) = notify.wait_for(wait, &wanted) {
+            return got;
+        }
+        if exited.is_some() || Instant::now() > deadline {
+            panic!(
+                "no {what} within {BOUND:?} (exited: {exited:?}); messages:\n{}log:\n{}",
+                notify.transcript(),
+                daemon.log()
+            )
+        }
+    }
 }
 
 /// Waits [`QUIET`] and asserts that no READY=1 came meanwhile, nor
