@@ -78,6 +78,14 @@ impl PinLock {
     }
 }
 
+impl Drop for PinLock {
+    fn drop(&mut self) {
+        // Closing the file would let go of it too; said here.
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds, the clock of MONOTONIC_USEC.
 fn monotonic_usec() -> u64 {
     let mut now = libc::timespec {
@@ -347,7 +355,10 @@ fn serve_is_ready_with_its_listeners_and_gate_and_tells_systemd_its_watchdog_rel
             "{addr} right after READY=1"
         );
     }
-    assert_eq!(lab.attached_ifaces(), [lab.client.server_iface.clone()]);
+    assert_eq!(
+        lab.attached_ifaces(),
+        std::slice::from_ref(&lab.client.server_iface)
+    );
 
     assert_watchdog_fed(&mut notify, Duration::from_secs(5));
 
@@ -566,7 +577,10 @@ fn agent_is_ready_once_its_gate_is_held_and_tells_systemd_its_reloads_and_stop()
     assert!(lab.attached_ifaces().is_empty(), "{:?}", lab.pins());
     drop(lock);
     expect(&mut notify, &mut agent, "READY=1", is_ready);
-    assert_eq!(lab.attached_ifaces(), [lab.client.server_iface.clone()]);
+    assert_eq!(
+        lab.attached_ifaces(),
+        std::slice::from_ref(&lab.client.server_iface)
+    );
     expect(
         &mut notify,
         &mut agent,

@@ -64,7 +64,7 @@ pub fn is_journal_stream(journal_stream: &str, fd: impl AsFd) -> bool {
         return false;
     };
     match nix::sys::stat::fstat(fd) {
-        Ok(stat) => stat.st_dev as u64 == dev && stat.st_ino as u64 == ino,
+        Ok(stat) => stat.st_dev == dev && stat.st_ino == ino,
         Err(_) => false,
     }
 }
