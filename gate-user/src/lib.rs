@@ -11,3 +11,4 @@ pub mod keys;
 pub mod policy;
 pub mod serve;
 pub mod syslog;
+pub mod systemd;

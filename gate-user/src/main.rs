@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("smtp-gate: {err:#}");
+            // At error priority when stderr is the journal.
+            smtp_gate::systemd::journal::print_error(&format!("smtp-gate: {err:#}"));
             ExitCode::FAILURE
         }
     }

@@ -15,6 +15,7 @@ pub mod imap_client;
 pub mod lab;
 pub mod mail;
 pub mod netns;
+pub mod notify;
 pub mod packets;
 pub mod pop3_client;
 pub mod postfix;

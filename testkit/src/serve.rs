@@ -241,8 +241,8 @@ pub struct ServeStart<'a> {
     /// [`ServeDaemon::release_output`]. A test can so act on a daemon held
     /// at a known point of its start, without racing it.
     pub output_held: bool,
-    /// Set in the daemon's environment (e.g. libfaketime's, for a host
-    /// whose clock is off).
+    /// More environment variables for the daemon (e.g. `NOTIFY_SOCKET`,
+    /// or libfaketime's for a host whose clock is off).
     pub env: &'a [(&'a str, &'a str)],
 }
 
@@ -371,8 +371,8 @@ pub fn spawn_daemon_in(
         .args(args)
         .stdin(Stdio::null())
         .stdout(file)
-        .stderr(err_file);
-    command.envs(start.env.iter().copied());
+        .stderr(err_file)
+        .envs(start.env.iter().copied());
     if let Some(soft) = start.soft_open_files {
         limit_open_files(&mut command, soft, None);
     }

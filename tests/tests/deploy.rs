@@ -226,6 +226,30 @@ fn unit_reloads_with_sighup() {
     assert_eq!(unit_setting(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID");
 }
 
+/// systemd waits for the daemon's READY=1 (Type=notify; notify-reload
+/// would need systemd 253, and `systemd-analyze verify` above refuses it on
+/// Debian 12's 252), takes it from the daemon's own process only, and
+/// restarts a daemon whose watchdog stops: the daemon feeds it every half
+/// of WatchdogSec=, which must leave room for a slow moment (a reload
+/// under the pin directory's lock, the gate's watch) yet catch a hang
+/// within minutes.
+#[test]
+fn unit_waits_for_ready_and_keeps_a_watchdog() {
+    let unit = read_deploy("smtp-gate.service");
+    assert_eq!(unit_setting(&unit, "Type"), "notify");
+    assert_eq!(unit_setting(&unit, "NotifyAccess"), "main");
+    let watchdog = unit_setting(&unit, "WatchdogSec");
+    let watchdog: u64 = watchdog
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("WatchdogSec={watchdog}: give it in seconds (`30s`)"));
+    assert!(
+        (10..=300).contains(&watchdog),
+        "WatchdogSec={watchdog}s: not between 10 s and 5 min"
+    );
+    assert_eq!(unit_setting(&unit, "Restart"), "on-failure");
+}
+
 /// Uncomments every `# key = value` line of the example config.
 fn uncommented(text: &str) -> String {
     let keys = serve_keys();

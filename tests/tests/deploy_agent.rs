@@ -122,6 +122,31 @@ fn agent_unit_passes_systemd_analyze_verify_and_its_exposure_is_low() {
     assert!(!out.status.success(), "{}", describe(&out));
 }
 
+/// As serve's unit (deploy.rs): systemd waits for the agent's READY=1 and
+/// restarts it when its watchdog stops; no ExecReload= (the agent reads
+/// its config at start only, so `systemctl reload` is refused rather than
+/// pretending to apply a change).
+#[test]
+fn agent_unit_waits_for_ready_and_keeps_a_watchdog() {
+    let unit = read_deploy("smtp-gate-agent.service");
+    assert_eq!(unit_setting(&unit, "Type"), "notify");
+    assert_eq!(unit_setting(&unit, "NotifyAccess"), "main");
+    let watchdog = unit_setting(&unit, "WatchdogSec");
+    let secs: u64 = watchdog
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("WatchdogSec={watchdog}: give it in seconds (`30s`)"));
+    assert!(
+        (10..=300).contains(&secs),
+        "WatchdogSec={secs}s: not between 10 s and 5 min"
+    );
+    assert_eq!(unit_setting(&unit, "Restart"), "on-failure");
+    assert!(
+        !unit.lines().any(|l| l.starts_with("ExecReload=")),
+        "the agent reloads nothing: no ExecReload="
+    );
+}
+
 #[test]
 fn agent_unit_and_example_config_agree() {
     let unit = read_deploy("smtp-gate-agent.service");

@@ -126,6 +126,9 @@ pub struct Follower {
     grant_lines: GrantLines,
     /// How many entries a read asks for.
     read_size: ReadSize,
+    /// Where the status goes each time it is written (systemd's status
+    /// line), if anywhere.
+    shown: Option<tokio::sync::watch::Sender<AgentStatus>>,
 }
 
 fn now_ms() -> u64 {
@@ -166,7 +169,14 @@ impl Follower {
             file_lines: LogBudget::new("bus agent: state file", 2, Duration::from_secs(60)),
             grant_lines: GrantLines::default(),
             read_size: ReadSize::new(BATCH),
+            shown: None,
         }
+    }
+
+    /// Each status written to the file is also sent to `shown`.
+    pub fn showing_status_in(mut self, shown: tokio::sync::watch::Sender<AgentStatus>) -> Self {
+        self.shown = Some(shown);
+        self
     }
 
     /// Follows until `stop`, then writes the position and the status.
@@ -604,6 +614,9 @@ impl Follower {
             .round_error
             .clone()
             .or_else(|| self.link.last_error().filter(|_| !self.status.connected));
+        if let Some(shown) = &self.shown {
+            shown.send_replace(self.status.clone());
+        }
         match state::write_status(&self.files.status, &self.status) {
             Ok(()) => self.status_written = Some(now),
             Err(e) => {

@@ -35,19 +35,28 @@ use crate::{
     },
     gate::{GateMaps, PinDir},
     serve::{gate_log, hold, watch::Watch, GateGrantSink},
+    systemd::ServiceManager,
 };
 
-pub fn run(config: AgentConfig) -> Result<()> {
+/// How often the status line for systemd is looked at (the follower
+/// renews what it shows every 2 s).
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the agent; `manager` is told when it is ready and stops, and is
+/// fed its watchdog (systemd/).
+pub fn run(config: AgentConfig, manager: ServiceManager) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("smtp-gate-agent")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(agent(config))
+    runtime.block_on(agent(config, manager))
 }
 
-async fn agent(config: AgentConfig) -> Result<()> {
+async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
+    // From the start, as serve's (serve/mod.rs).
+    manager.spawn_watchdog();
     // Everything that can be refused is refused before the gate changes.
     let settings = link_settings(&config.bus).map_err(|e| config.source.name_the_key(e))?;
     let names = Names::new(&config.bus.bus_prefix).map_err(anyhow::Error::msg)?;
@@ -107,20 +116,15 @@ async fn agent(config: AgentConfig) -> Result<()> {
     // reload`, a closed terminal) is logged and changes nothing, where its
     // default action ended the agent silently, its position unwritten.
     let mut hangups = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            warn!(
-                "SIGHUP: the agent reads its config only at start; restart it to apply a \
-                 change (it goes on following the bus)"
-            );
-        }
-    });
+    let reloads = manager.clone();
     let trigger = stop.clone();
+    let stopping = manager.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),
         }
+        stopping.stopping();
         trigger.cancel();
     });
     info!(
@@ -131,6 +135,7 @@ async fn agent(config: AgentConfig) -> Result<()> {
     tokio::spawn(link.clone().keep(stop.clone()));
     let watch_stop = CancellationToken::new();
     let watching = tokio::spawn(watch.run(trouble, watch_stop.clone()));
+    let (shown, status) = channel::channel(state::AgentStatus::default());
     let follower = follower::Follower::new(
         link,
         names,
@@ -141,7 +146,24 @@ async fn agent(config: AgentConfig) -> Result<()> {
         },
         position,
         bus,
-    );
+    )
+    .showing_status_in(shown);
+    manager.spawn_status(STATUS_EVERY, move || status_line(&status.borrow()));
+    // The gate is attached or adopted, and held; the agent listens on no
+    // port, and does not wait for the engine (it enforces through an
+    // outage): ready. As systemd wants it of a `Type=notify` service, a
+    // SIGHUP is a reload (of nothing) from now on: RELOADING=1, READY=1.
+    manager.ready();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            reloads.reloading();
+            warn!(
+                "SIGHUP: the agent reads its config only at start; restart it to apply a \
+                 change (it goes on following the bus)"
+            );
+            reloads.ready();
+        }
+    });
     follower.run(stop).await;
     watch_stop.cancel();
     match watching.await {
@@ -149,6 +171,24 @@ async fn agent(config: AgentConfig) -> Result<()> {
         Err(e) => log::error!("the gate's watch failed: {e}; the gate may be gone"),
     }
     Ok(())
+}
+
+/// The status line for systemd, from what the follower last wrote to
+/// its status file.
+fn status_line(status: &state::AgentStatus) -> String {
+    format!(
+        "engine {}, lag {}, grants applied {}, revokes applied {}",
+        if status.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED"
+        },
+        status
+            .lag_ms
+            .map_or_else(|| "unknown".into(), |ms| format!("{ms} ms")),
+        status.grants_applied,
+        status.revokes_applied
+    )
 }
 
 /// The link's settings: the password file is read now (bus/config.rs,

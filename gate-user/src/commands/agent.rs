@@ -3,14 +3,18 @@ use smtp_gate::{
     agent::{self, AgentConfig},
     bus::state::{read_status, status_file, DEFAULT_POSITION_FILE},
     cli::{AgentArgs, BusAction, BusStatusArgs},
+    systemd::{journal, ServiceManager},
 };
 
 pub fn agent(args: AgentArgs) -> Result<()> {
     // SIGHUP's default action would end the agent silently before its
     // handler (agent/mod.rs) is installed.
     super::serve::ignore_early_hangups()?;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    agent::run(AgentConfig::load(args.config.as_deref(), &args)?)
+    // While no other thread exists (see commands/serve.rs).
+    let manager = ServiceManager::from_env();
+    journal::init_logger();
+    manager.log_setup();
+    agent::run(AgentConfig::load(args.config.as_deref(), &args)?, manager)
 }
 
 pub fn bus(args: BusStatusArgs) -> Result<()> {

@@ -3,10 +3,14 @@ use smtp_gate::{
     cli::ServeArgs,
     gate::privilege::{require, CHANGE_GATE},
     serve::{self, ServeConfig},
+    systemd::{journal, ServiceManager},
 };
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     ignore_early_hangups()?;
+    // While no other thread exists: it takes systemd's variables out of
+    // the environment (no child of the daemon sees them).
+    let manager = ServiceManager::from_env();
     // A host with a gate needs what changing it needs, before anything
     // else is tried; one without (it publishes on the grant bus only)
     // needs none, but its ports' (CAP_NET_BIND_SERVICE below 1024).
@@ -15,8 +19,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         require("smtp-gate serve", CHANGE_GATE)?;
     }
     let config = config?;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    serve::run(config)
+    journal::init_logger();
+    manager.log_setup();
+    serve::run(config, manager)
 }
 
 /// SIGHUP's default action ends the process, and the reloader's handler

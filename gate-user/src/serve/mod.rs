@@ -8,6 +8,7 @@
 //! hosts' gates (login_grants.rs); a host without `iface` has no gate and
 //! only publishes.
 
+mod activity;
 mod ban_policy;
 mod ban_sink;
 pub mod config;
@@ -51,9 +52,16 @@ use crate::{
     bus::publisher::Publisher,
     gate::{AttachRequest, GateMaps, PinDir},
     keys::KeyError,
+    systemd::ServiceManager,
 };
 
-pub fn run(config: ServeConfig) -> Result<()> {
+/// How often the status line for systemd is looked at (and sent if it
+/// changed).
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the daemon; `manager` is told when it is ready, reloads and
+/// stops, and is fed its watchdog (systemd/).
+pub fn run(config: ServeConfig, manager: ServiceManager) -> Result<()> {
     // The open-file limit is raised, and max_connections checked against
     // it, before anything else: everything that can be refused is refused
     // before the gate changes.
@@ -82,7 +90,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
             .source
             .name_the_key(KeyError::of(e.key, e.problem).into())
     })?;
-    let served = runtime.block_on(serve(config, users, tls, hangups));
+    let served = runtime.block_on(serve(config, users, tls, hangups, manager));
     // Every session is over by now. File work of a cut session may still
     // run on the blocking pool (a QUIT's deletions, or a read stuck on a
     // file system that hangs): it gets a moment to end, but cannot keep
@@ -130,7 +138,11 @@ async fn serve(
     (users, written): (UsersFile, Written),
     tls: Option<Tls>,
     hangups: Signal,
+    manager: ServiceManager,
 ) -> Result<()> {
+    // From the start: a start that hangs is noticed too (systemd's
+    // watchdog runs from READY=1 on; before, TimeoutStartSec= bounds it).
+    manager.spawn_watchdog();
     // The ports first: a daemon that cannot listen must not leave behind a
     // gate that nobody can get a grant from.
     let bind = |addrs: &[std::net::SocketAddr]| {
@@ -184,11 +196,20 @@ async fn serve(
         Some(gate) => Arc::clone(&gate.local.bans) as _,
         None => Arc::new(pop3::NoFailureSink),
     };
+    // Counted for the status line.
+    let activity = Arc::new(activity::Activity::default());
+    let counted_grants = || activity::CountedGrants {
+        grants: Arc::clone(&grants) as _,
+        activity: Arc::clone(&activity),
+    };
     let backends = Backends {
         auth: Arc::clone(&users) as _,
         store: Arc::new(MaildirStore::new(config.mail_root.clone())),
-        grants: Arc::clone(&grants) as _,
-        failures,
+        grants: Arc::new(activity::CountedLogins(counted_grants())),
+        failures: Arc::new(activity::CountedFailures {
+            failures,
+            activity: Arc::clone(&activity),
+        }),
     };
     let mut server = Server::with_listeners(config.pop3.clone(), backends, listeners);
     match tls {
@@ -212,17 +233,19 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let trigger = shutdown.clone();
+    let stopping = manager.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),
         }
+        stopping.stopping();
         trigger.cancel();
     });
     hooks::start(
         hook_listeners,
         &config.hooks,
-        Arc::clone(&grants) as _,
+        Arc::new(counted_grants()),
         gate.as_ref().map(|gate| &gate.local),
         shutdown.clone(),
     )?;
@@ -256,7 +279,13 @@ async fn serve(
         Arc::clone(&grants),
         dovecot_secret,
     );
-    tokio::spawn(reloader.run(hangups, shutdown.clone()));
+    // Every listener is bound (POP3, POP3 over TLS, the hooks') and the
+    // gate is attached or adopted, and held: ready. The reloader starts
+    // after, so that a SIGHUP of the start is reloaded (RELOADING=1,
+    // READY=1) once systemd knows the daemon is up.
+    manager.spawn_status(STATUS_EVERY, move || activity.status_line(serves_pop3));
+    manager.ready();
+    tokio::spawn(reloader.run(hangups, shutdown.clone(), manager));
     let watch_stop = CancellationToken::new();
     let watching = watched.map(|(watch, trouble, iface)| {
         (tokio::spawn(watch.run(trouble, watch_stop.clone())), iface)

@@ -37,6 +37,7 @@ use crate::{
     cli::serve_keys,
     gate::{AttachRequest, GateMaps, PinDir},
     policy::dovecot::{LiveSecret, PolicySecret},
+    systemd::ServiceManager,
 };
 
 /// The keys whose change is read back from the gate itself (a change made
@@ -96,15 +97,24 @@ impl Reloader {
         }
     }
 
-    /// Reloads on every SIGHUP until `stop`.
-    pub async fn run(mut self, mut hangups: Signal, stop: CancellationToken) {
+    /// Reloads on every SIGHUP until `stop`, telling `manager` when a
+    /// reload starts (`RELOADING=1`) and when it is done (`READY=1`), as
+    /// systemd wants it of a `Type=notify` service.
+    pub async fn run(
+        mut self,
+        mut hangups: Signal,
+        stop: CancellationToken,
+        manager: ServiceManager,
+    ) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
+            manager.reloading();
             // Files and the pin directory's lock: off the async threads.
             tokio::task::block_in_place(|| self.reload());
+            manager.ready();
         }
     }
 
