@@ -54,6 +54,17 @@ const BASE_PACKAGES: &[&str] = &[
     // The grant bus's engine (issue 13), started by the tests with its
     // own port, directory and settings.
     "redis-server",
+    // The Debian package (`cargo xtask deb`, issue 14): dpkg-deb and
+    // dpkg-shlibdeps, strip, gzip; and what its test installs it with:
+    // the maintainer scripts' adduser and deb-systemd-helper, man to
+    // render its pages.
+    "dpkg-dev",
+    "binutils",
+    "gzip",
+    "adduser",
+    "init-system-helpers",
+    "man-db",
+    "groff-base",
 ];
 
 pub fn setup() -> Result<()> {
