@@ -106,7 +106,10 @@ fn page(cmd: &Command, dir: &Path, top: bool, written: &mut Vec<PathBuf>) -> Res
 }
 
 /// The main page's last sections: the files, and where to read on.
-const MAIN_PAGE_END: &str = r#".SH FILES
+/// (Left-justified, not hyphenated: most words there are paths.)
+const MAIN_PAGE_END: &str = r#".ad l
+.nh
+.SH FILES
 .TP
 \fI/etc/smtp\-gate/smtp\-gate.toml\fR
 The configuration of \fBsmtp\-gate serve\fR (every key is also a flag of
