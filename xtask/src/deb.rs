@@ -323,6 +323,7 @@ pub fn packaged_unit(unit: &str) -> Result<String> {
     if !noted {
         packaged.insert_str(0, UNIT_NOTE);
     }
+    let packaged = with_documentation(&packaged)?;
     let settings: Vec<&str> = packaged
         .lines()
         .filter(|l| !l.starts_with('#') && !l.starts_with(';'))
@@ -337,6 +338,37 @@ pub fn packaged_unit(unit: &str) -> Result<String> {
         "no ExecStart={BINARY} ..."
     );
     Ok(packaged)
+}
+
+/// The unit with a Documentation= line, if it has none: the man page of
+/// the subcommand its ExecStart= runs, and README.Debian (`systemctl
+/// status` shows them; `systemd-analyze verify` checks the man page).
+fn with_documentation(unit: &str) -> Result<String> {
+    if unit.lines().any(|l| l.starts_with("Documentation=")) {
+        return Ok(unit.to_string());
+    }
+    let subcommand = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("ExecStart={BINARY} ")))
+        .and_then(|args| args.split_whitespace().next())
+        .context("no ExecStart= runs a subcommand")?;
+    let line =
+        format!("Documentation=man:smtp-gate-{subcommand}(8) file://{DOC_DIR}/README.Debian\n");
+    let mut documented = String::new();
+    let mut added = false;
+    for l in unit.lines() {
+        documented.push_str(l);
+        documented.push('\n');
+        if !added && l.starts_with("Description=") {
+            documented.push_str(&line);
+            added = true;
+        }
+    }
+    ensure!(
+        added,
+        "the unit has no Description= to put Documentation= after"
+    );
+    Ok(documented)
 }
 
 /// Man pages and completions, from the binary that goes in the package.
@@ -381,12 +413,45 @@ fn stage_docs(stage: &Stage, workspace: &Path, version: &str) -> Result<()> {
         .map(|c| format!(" {c}"))
         .collect::<Vec<_>>()
         .join("\n");
+    let copyright = COPYRIGHT
+        .replace("@CRATES@", &crates)
+        .replace("@YEARS@", &commit_years(workspace));
+    stage.write(&format!("{DOC_DIR}/copyright"), &copyright, 0o644)?;
+    // The users example is 0600 on purpose: it is a users file, and those
+    // hold passwords.
     stage.write(
-        &format!("{DOC_DIR}/copyright"),
-        &COPYRIGHT.replace("@CRATES@", &crates),
+        &format!("/usr/share/lintian/overrides/{PACKAGE}"),
+        &format!("{PACKAGE}: non-standard-file-perm 0600 != 0644 [etc/smtp-gate/users.example]\n"),
         0o644,
     )?;
     Ok(())
+}
+
+/// "2025-2026": the years of the first and the last commit (else the
+/// year of SOURCE_DATE_EPOCH).
+fn commit_years(workspace: &Path) -> String {
+    let dir = workspace.to_string_lossy();
+    let years = output(
+        "git",
+        &["-C", &dir, "log", "--format=%cd", "--date=format:%Y"],
+    )
+    .unwrap_or_default();
+    let (last, first) = (years.lines().next(), years.lines().last());
+    match (first, last) {
+        (Some(first), Some(last)) if first == last => first.to_string(),
+        (Some(first), Some(last)) => format!("{first}-{last}"),
+        _ => output(
+            "date",
+            &[
+                "-u",
+                "-d",
+                &format!("@{}", source_date_epoch(workspace)),
+                "+%Y",
+            ],
+        )
+        .map(|y| y.trim().to_string())
+        .unwrap_or_default(),
+    }
 }
 
 /// SOURCE_DATE_EPOCH if set, else the time of the last commit, else now.
@@ -634,14 +699,17 @@ mod tests {
     #[test]
     fn units_start_the_packaged_binary_without_source_install_steps() {
         let unit = "# The unit (deploy/README.md).\n#\n# Install:\n#   install -m 0755 x /usr/local/sbin/smtp-gate\n\
-                    #   systemctl enable --now smtp-gate\n#\n# More.\n\n[Service]\n\
+                    #   systemctl enable --now smtp-gate\n#\n# More.\n\n[Unit]\nDescription=d\n\n[Service]\n\
                     ExecStartPre=+/usr/local/sbin/smtp-gate attach --iface eth0\n\
                     ExecStart=/usr/local/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml\n";
         let packaged = packaged_unit(unit).unwrap();
         assert_eq!(
             packaged,
             format!(
-                "# The unit ({DEPLOY_DOC}).\n#\n{UNIT_NOTE}#\n# More.\n\n[Service]\n\
+                "# The unit ({DEPLOY_DOC}).\n#\n{UNIT_NOTE}#\n# More.\n\n[Unit]\n\
+                 Description=d\n\
+                 Documentation=man:smtp-gate-serve(8) file:///usr/share/doc/smtp-gate/README.Debian\n\
+                 \n[Service]\n\
                  ExecStartPre=+/usr/sbin/smtp-gate attach --iface eth0\n\
                  ExecStart=/usr/sbin/smtp-gate serve --config /etc/smtp-gate/smtp-gate.toml\n"
             )
