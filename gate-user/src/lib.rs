@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bus;
 pub mod cli;
 pub mod gate;
+pub mod generate;
 pub mod keys;
 pub mod policy;
 pub mod serve;

@@ -4,12 +4,29 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use smtp_gate::cli;
+use clap::{CommandFactory, FromArgMatches};
+use smtp_gate::{
+    cli,
+    generate::{self, GenerateArgs},
+};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match commands::run(cli.command) {
+    // The documented command line, and the hidden `generate` that writes
+    // its man pages and completions (generate.rs).
+    let matches = cli::Cli::command()
+        .subcommand(GenerateArgs::command().hide(true))
+        .get_matches();
+    let done = match matches.subcommand() {
+        Some((generate::NAME, args)) => {
+            let args = GenerateArgs::from_arg_matches(args).unwrap_or_else(|e| e.exit());
+            generate::run(args)
+        }
+        _ => {
+            let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+            commands::run(cli.command)
+        }
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // At error priority when stderr is the journal.

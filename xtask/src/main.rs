@@ -4,14 +4,18 @@
 
 /// Which rustc builds the BPF target (shared with gate-user's build script).
 mod bpf_toolchain;
-mod cmd;
 mod mutants;
 mod setup;
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use cmd::{cargo, run};
+use xtask::{
+    cmd::{self, cargo, run},
+    deb,
+};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +42,15 @@ enum Command {
     BuildAndAttach {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         attach_args: Vec<String>,
+    },
+    /// Build the Debian package: the release binary, its units, example
+    /// configs, man pages and completions (README.md, "Installing the
+    /// Debian package").
+    Deb {
+        /// Where the .deb goes (and its staging tree, in build/). Default
+        /// target/debian in the workspace.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// The whole test suite: setup, fmt, clippy, unit and privileged tests.
     Test,
@@ -126,6 +139,29 @@ fn main() -> Result<()> {
             let mut args = vec!["attach".to_string()];
             args.extend(attach_args);
             run("target/release/smtp-gate", &args)
+        }
+        Command::Deb { out } => {
+            setup::setup()?;
+            let workspace = deb::workspace();
+            let manifest = workspace.join("Cargo.toml");
+            cargo(&[
+                "build",
+                "--release",
+                "--manifest-path",
+                manifest.to_str().expect("a UTF-8 workspace path"),
+                "--package",
+                "gate-user",
+            ])?;
+            let binary = workspace.join("target/release/smtp-gate");
+            let out = out.unwrap_or_else(|| workspace.join("target/debian"));
+            let package = deb::build(&workspace, &binary, &out)?;
+            eprintln!(
+                "xtask deb: {} (units {}; conffiles {})",
+                package.deb.display(),
+                package.units.join(", "),
+                package.conffiles.join(", ")
+            );
+            Ok(())
         }
         Command::Test => test(),
         Command::Mutants {

@@ -56,6 +56,17 @@ const BASE_PACKAGES: &[&str] = &[
     "redis-server",
     // libfaketime: a bus host whose own clock is off (the agent's tests).
     "faketime",
+    // The Debian package (`cargo xtask deb`, issue 14): dpkg-deb and
+    // dpkg-shlibdeps, strip, gzip; and what its test installs it with:
+    // the maintainer scripts' adduser and deb-systemd-helper, man to
+    // render its pages.
+    "dpkg-dev",
+    "binutils",
+    "gzip",
+    "adduser",
+    "init-system-helpers",
+    "man-db",
+    "groff-base",
 ];
 
 pub fn setup() -> Result<()> {
