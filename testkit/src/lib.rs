@@ -22,6 +22,7 @@ pub mod postfix;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod scratch;
 pub mod serve;
 pub mod smtp;
 pub mod tls;

@@ -25,6 +25,7 @@ use testkit::{
     lab::{Lab, LabOptions},
     process::describe,
     redis::{client, RedisOptions, RedisServer},
+    scratch::Scratch,
     serve::{ServeDaemon, ServeStart},
     smtp::{DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
 };
@@ -56,30 +57,11 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A directory of the test's own, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("smtp-gate-bus-agent-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The lab, its engine and where the agent keeps its files.
 struct BusLab {
     lab: Lab,
     engine: RedisServer,
-    dir: TempDir,
+    dir: Scratch,
     runs: u32,
 }
 
@@ -89,7 +71,7 @@ impl BusLab {
             exempt_client: true,
             ..LabOptions::default()
         });
-        let dir = TempDir::new(tag);
+        let dir = Scratch::new(&format!("bus-agent-{tag}"));
         // The engine's users as deploy/redis-acl.conf makes them: the
         // agent follows as the read-only edge user, its password in a
         // file; the POP3 side publishes as the publishers' user.

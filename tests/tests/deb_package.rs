@@ -27,6 +27,7 @@ use std::{
 use testkit::{
     gate_binary::smtp_gate_bin,
     process::{describe, output_within},
+    scratch::Scratch,
 };
 use xtask::deb::{self, BINARY, COMPLETIONS, CONFIG_DIR, MAN_DIR, PACKAGE, UNIT_DIR};
 
@@ -110,24 +111,6 @@ fn systemd_links() -> BTreeSet<PathBuf> {
         }
     }
     found
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("smtp-gate-deb-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Puts the machine back: purges the package (whatever state it is in)
@@ -227,7 +210,7 @@ fn package_installs_works_and_removes_cleanly() {
         package_status()
     );
 
-    let scratch = Scratch::new("build");
+    let scratch = Scratch::new("deb-build");
     let package = deb::build(&deb::workspace(), &smtp_gate_bin(), &scratch.0)
         .unwrap_or_else(|e| panic!("building the package: {e:#}"));
     let (dirs, files) = contents(&package.deb);
@@ -387,7 +370,7 @@ fn package_installs_works_and_removes_cleanly() {
     // refuses before it touches a gate: the users file is missing. In a
     // namespace of its own, where no eth0 could be gated anyway.
     let netns = Netns::new();
-    let mail_root = Scratch::new("mail");
+    let mail_root = Scratch::new("deb-mail");
     let pins = mail_root.0.join("pins");
     let out = output_within(
         Command::new("ip")

@@ -18,6 +18,7 @@ use smtp_gate::{cli::serve_keys, serve::ServeConfig};
 use testkit::{
     gate_binary::smtp_gate_bin,
     process::{describe, output_within},
+    scratch::Scratch,
 };
 
 const UNIT_EXEC: &str =
@@ -30,25 +31,6 @@ fn deploy_dir() -> PathBuf {
 fn read_deploy(name: &str) -> String {
     let path = deploy_dir().join(name);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("smtp-gate-deploy-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 fn systemd_analyze(args: &[&str]) -> std::process::Output {
@@ -88,7 +70,7 @@ fn unit_copy(dir: &Path, binary: &Path) -> PathBuf {
 
 #[test]
 fn unit_passes_systemd_analyze_verify() {
-    let scratch = Scratch::new("verify");
+    let scratch = Scratch::new("deploy-verify");
     let unit = unit_copy(&scratch.0, &smtp_gate_bin());
     let unit_str = unit.to_string_lossy();
     let out = systemd_analyze(&["verify", &unit_str]);
@@ -99,7 +81,7 @@ fn unit_passes_systemd_analyze_verify() {
     );
 
     // The check bites: the same unit with a binary that is not there fails.
-    let missing = Scratch::new("verify-missing");
+    let missing = Scratch::new("deploy-verify-missing");
     let broken = unit_copy(&missing.0, &missing.0.join("no-such-smtp-gate"));
     let out = systemd_analyze(&["verify", &broken.to_string_lossy()]);
     assert!(
@@ -111,7 +93,7 @@ fn unit_passes_systemd_analyze_verify() {
 
 #[test]
 fn unit_security_exposure_is_low() {
-    let scratch = Scratch::new("security");
+    let scratch = Scratch::new("deploy-security");
     let unit = unit_copy(&scratch.0, &smtp_gate_bin());
     let unit_str = unit.to_string_lossy();
     // The exposure is reported as 0.0 to 10.0; the threshold counts tenths.
@@ -292,7 +274,7 @@ fn example_config_documents_every_key_with_its_default() {
         .unwrap_or_else(|e| panic!("deploy/smtp-gate.toml with every key uncommented: {e:#}"));
 
     // The commented-out values are the defaults the code applies.
-    let scratch = Scratch::new("config");
+    let scratch = Scratch::new("deploy-config");
     let with_root = |mut config: ServeConfig| {
         config.mail_root = scratch.0.clone();
         config.check().expect("checking the example");
@@ -398,7 +380,7 @@ fn example_config_documents_every_key_with_its_default() {
 #[test]
 fn example_users_file_loads_with_the_documented_passwords() {
     use std::os::unix::fs::PermissionsExt;
-    let scratch = Scratch::new("users");
+    let scratch = Scratch::new("deploy-users");
     let path = scratch.0.join("users");
     fs::write(&path, read_deploy("users.example")).expect("copying users.example");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
@@ -448,7 +430,7 @@ fn postconf(dir: &Path, args: &[&str]) -> std::process::Output {
 /// Postfix lab test (postfix_e2e.rs) runs it with this file verbatim.
 #[test]
 fn postfix_snippet_passes_postconf_and_asks_the_documented_address() {
-    let scratch = Scratch::new("postconf");
+    let scratch = Scratch::new("deploy-postconf");
     fs::write(
         scratch.0.join("main.cf"),
         read_deploy("postfix/main.cf.snippet"),

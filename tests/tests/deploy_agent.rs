@@ -23,6 +23,7 @@ use testkit::{
     gate_binary::smtp_gate_bin,
     process::{describe, output_within},
     redis::{client, RedisOptions, RedisServer},
+    scratch::Scratch,
 };
 
 #[path = "support/acl.rs"]
@@ -36,27 +37,6 @@ fn read_deploy(name: &str) -> String {
         .join("../deploy")
         .join(name);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "smtp-gate-deploy-agent-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 fn systemd_analyze(args: &[&str]) -> std::process::Output {
@@ -101,7 +81,7 @@ fn unit_setting(unit: &str, key: &str) -> String {
 
 #[test]
 fn agent_unit_passes_systemd_analyze_verify_and_its_exposure_is_low() {
-    let scratch = Scratch::new("verify");
+    let scratch = Scratch::new("deploy-agent-verify");
     let unit = unit_copy(&scratch.0, &smtp_gate_bin());
     let unit_str = unit.to_string_lossy();
     let out = systemd_analyze(&["verify", &unit_str]);
@@ -289,7 +269,7 @@ fn refused(result: client::RedisResult<client::Value>) -> bool {
 
 #[test]
 fn the_redis_acl_file_lets_publishers_write_and_edges_only_read() {
-    let scratch = Scratch::new("acl");
+    let scratch = Scratch::new("deploy-agent-acl");
     let acl = scratch.0.join("users.acl");
     fs::write(&acl, acl_file("pop-secret", "edge-secret")).unwrap();
     let server = RedisServer::start_with(RedisOptions {

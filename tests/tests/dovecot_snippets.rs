@@ -21,7 +21,10 @@ use smtp_gate::policy::dovecot::{
     request::{self, Command as PolicyCommand, Outcome, RequestError},
     PolicySecret,
 };
-use testkit::process::{describe, output_within};
+use testkit::{
+    process::{describe, output_within},
+    scratch::Scratch,
+};
 
 const URL: &str = "http://127.0.0.1:10030/";
 
@@ -53,25 +56,6 @@ fn with_optional_lines(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("smtp-gate-dovecot-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `doveconf ARGS` on a private dovecot.conf that includes `snippet_text`.
@@ -108,7 +92,7 @@ fn doveconf(scratch: &Scratch, snippet_text: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_23_snippet_is_taken_by_the_installed_doveconf() {
-    let scratch = Scratch::new("doveconf");
+    let scratch = Scratch::new("dovecot-doveconf");
     for text in [snippet("2.3"), with_optional_lines(&snippet("2.3"))] {
         let shown = doveconf(&scratch, &text, &["-n"]);
         assert!(
@@ -339,7 +323,7 @@ fn report_json(attributes: &[(String, String)], success: bool) -> String {
 }
 
 fn attributes_23() -> Vec<(String, String)> {
-    let scratch = Scratch::new("attributes");
+    let scratch = Scratch::new("dovecot-attributes");
     let shown = doveconf(
         &scratch,
         &snippet("2.3"),

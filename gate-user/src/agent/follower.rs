@@ -23,7 +23,7 @@ use std::{
     collections::HashSet,
     net::IpAddr,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use log::{debug, info, warn};
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{
+        clock::wall_ms,
         event::Event,
         follow::{
             full_load_reason, judge, judge_key, shorten, KeyVerdict, PositionKeeper, ReadSize,
@@ -131,12 +132,6 @@ pub struct Follower {
     shown: Option<tokio::sync::watch::Sender<AgentStatus>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Follower {
     pub fn new(
         link: Link,
@@ -157,7 +152,7 @@ impl Follower {
             keeper: PositionKeeper::default(),
             status: AgentStatus {
                 pid: std::process::id(),
-                started_ms: now_ms(),
+                started_ms: wall_ms(),
                 bus,
                 ..AgentStatus::default()
             },
@@ -382,7 +377,7 @@ impl Follower {
                     self.status.grants_applied += 1;
                     let lines =
                         self.grant_lines
-                            .grant(Instant::now(), now_ms(), addr, from, lifetime);
+                            .grant(Instant::now(), wall_ms(), addr, from, lifetime);
                     for line in lines {
                         info!(target: GRANT_LOG_TARGET, "{line}");
                     }
@@ -606,7 +601,7 @@ impl Follower {
         if let Some(line) = self.grant_lines.flush(now) {
             info!(target: GRANT_LOG_TARGET, "{line}");
         }
-        self.status.updated_ms = now_ms();
+        self.status.updated_ms = wall_ms();
         self.status.connected = self.link.is_up();
         self.status.clock_skew_ms = self.link.clock().skew_ms();
         self.status.position = self.position.map(|p| p.to_string());

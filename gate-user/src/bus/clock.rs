@@ -170,19 +170,7 @@ pub fn parse_time(reply: &Value) -> Result<u64, BadReply> {
 
 /// Milliseconds on CLOCK_BOOTTIME.
 pub fn boot_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given; BOOTTIME
-    // exists on every kernel this runs on (>= 2.6.39).
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1000)
-        .saturating_add(ts.tv_nsec as u64 / 1_000_000)
+    crate::gate::clock::boottime_ns() / 1_000_000
 }
 
 /// Milliseconds since the Unix epoch on this host's wall clock.

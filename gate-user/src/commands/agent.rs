@@ -42,10 +42,7 @@ pub fn bus(args: BusStatusArgs) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                println!("{}", status.render(now_ms));
+                println!("{}", status.render(smtp_gate::bus::clock::wall_ms()));
             }
             Ok(())
         }

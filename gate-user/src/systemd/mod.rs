@@ -195,15 +195,7 @@ impl ServiceManager {
             return;
         };
         let manager = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            // After a stall, one message, not a burst of the missed ones.
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                manager.watchdog();
-            }
-        });
+        every_tick(every, move || manager.watchdog());
     }
 
     /// Sends `STATUS=` with what `line` gives, every `every`, when it
@@ -214,14 +206,7 @@ impl ServiceManager {
             return;
         }
         let manager = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                manager.status(&line());
-            }
-        });
+        every_tick(every, move || manager.status(&line()));
     }
 
     fn send(&self, message: &str) {
@@ -285,6 +270,19 @@ fn monotonic_usec() -> u64 {
         // Cannot fail for this clock on Linux; 0 reads as "long ago".
         Err(_) => 0,
     }
+}
+
+/// Runs `act` every `every` from a task of the current runtime, for as
+/// long as it runs; after a stall, once, not a burst of the missed ticks.
+fn every_tick(every: Duration, act: impl Fn() + Send + 'static) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            act();
+        }
+    });
 }
 
 #[cfg(test)]
