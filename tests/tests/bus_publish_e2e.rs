@@ -342,6 +342,60 @@ fn a_pop3_login_is_in_the_engine_before_its_ok() {
     }
 }
 
+/// Attack review (busload F4): an entry with the last possible id makes
+/// the engine refuse every later XADD (the key is still written). Logins
+/// go on; the log says so once, naming the stream to delete; the grant
+/// lines say `bus=exhausted`, the statistics count it. Deleted, the stream
+/// is made anew by the next login and publishing works again.
+#[test]
+fn an_exhausted_stream_is_said_once_counted_and_mended_by_deleting_it() {
+    let mut lab = BusLab::new();
+    let flags = lab.flags(true);
+    lab.serve(&flags);
+    let mut engine = lab.engine();
+    redis::cmd("XADD")
+        .arg("smtp-gate:events")
+        .arg("18446744073709551615-18446744073709551615")
+        .arg("op")
+        .arg("grant")
+        .query::<String>(&mut engine)
+        .expect("XADD of the last id");
+    for n in 1..=3 {
+        let (answer, took) = lab.login();
+        assert!(answer.starts_with("+OK"), "login {n}: {answer}");
+        assert!(took < BUS_TIMEOUT + MARGIN, "login {n} took {took:?}");
+    }
+    let v4 = lab.client_v4();
+    assert!(grant_of(&mut engine, v4).is_some(), "the key is written");
+    let log = lab.log();
+    let said = "bus serve: publishing fails: the stream's ids are exhausted";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(log.contains("DEL smtp-gate:events"), "{log}");
+    let line = format!("grant source=pop3 addr={v4} user={USER} bus=exhausted");
+    assert_eq!(log.matches(&line).count(), 3, "{log}");
+
+    redis::cmd("DEL")
+        .arg("smtp-gate:events")
+        .query::<()>(&mut engine)
+        .unwrap();
+    let (answer, _) = lab.login();
+    assert!(answer.starts_with("+OK"), "PASS: {answer}");
+    assert_eq!(events_of(&mut engine, "grant", v4).len(), 1);
+    let daemon = lab.daemon();
+    daemon.wait_for_log("bus serve: publishing works again", 1, LOG_BOUND);
+    let (stopped, _) = daemon.terminate(LOG_BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", daemon.log());
+    let log = daemon.log();
+    let statistics = log
+        .lines()
+        .rfind(|l| l.contains("statistics bus=publisher "))
+        .unwrap_or_else(|| panic!("no statistics line: {log}"));
+    assert!(
+        statistics.ends_with("published=1 failed=0 timed_out=0 refused_busy=0 down=0 exhausted=3"),
+        "{statistics}"
+    );
+}
+
 /// The engine killed: logins go on, each answered within `bus_timeout`
 /// and a margin, granted by the local gate; the log says once that
 /// publishing fails (not once per login). The engine back on the same

@@ -18,6 +18,13 @@
 //! stopped answering must not pile up the daemon's work). Each of those
 //! ends is counted; the log says once that publishing fails and once that
 //! it works again, not once per login (per-login detail at debug).
+//!
+//! A stream whose ids are exhausted (someone added an entry with the last
+//! possible id, `18446744073709551615-18446744073709551615`) refuses every
+//! XADD for good, while the key is still written: no edge that follows the
+//! stream hears of a grant until an operator deletes the stream. That is
+//! its own error, counted apart and said in the log when it starts
+//! (whatever else was said shortly before), with what to do.
 
 use std::{
     fmt,
@@ -106,6 +113,9 @@ pub enum PublishError {
     Busy,
     /// The engine refused it, or the connection failed under it.
     Failed(String),
+    /// The stream (named) can take no more entries: an operator must
+    /// delete it.
+    Exhausted(String),
 }
 
 impl PublishError {
@@ -117,6 +127,7 @@ impl PublishError {
             Self::TimedOut => "timeout",
             Self::Busy => "busy",
             Self::Failed(_) => "failed",
+            Self::Exhausted(_) => "exhausted",
         }
     }
 }
@@ -128,6 +139,12 @@ impl fmt::Display for PublishError {
             Self::TimedOut => f.write_str("the engine did not answer in time (bus_timeout)"),
             Self::Busy => write!(f, "too many publications wait for the engine already"),
             Self::Failed(why) => write!(f, "the engine failed: {why}"),
+            Self::Exhausted(events) => write!(
+                f,
+                "the stream's ids are exhausted (an entry has the last possible id): an \
+                 operator must delete {events} (DEL {events}); it is made anew by the next \
+                 publication"
+            ),
         }
     }
 }
@@ -144,14 +161,21 @@ pub struct PublishCounts {
     pub refused_busy: u64,
     /// Not tried: the link was down.
     pub down: u64,
+    /// Refused because the stream's ids are exhausted.
+    pub exhausted: u64,
 }
 
 impl fmt::Display for PublishCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "published={} failed={} timed_out={} refused_busy={} down={}",
-            self.published, self.failed, self.timed_out, self.refused_busy, self.down
+            "published={} failed={} timed_out={} refused_busy={} down={} exhausted={}",
+            self.published,
+            self.failed,
+            self.timed_out,
+            self.refused_busy,
+            self.down,
+            self.exhausted
         )
     }
 }
@@ -163,6 +187,7 @@ struct Counters {
     timed_out: AtomicU64,
     refused_busy: AtomicU64,
     down: AtomicU64,
+    exhausted: AtomicU64,
 }
 
 /// Publishes this host's grants and revokes.
@@ -247,6 +272,7 @@ impl Publisher {
             Err(PublishError::TimedOut) => &self.counters.timed_out,
             Err(PublishError::Busy) => &self.counters.refused_busy,
             Err(PublishError::Failed(_)) => &self.counters.failed,
+            Err(PublishError::Exhausted(_)) => &self.counters.exhausted,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.log(event, &outcome);
@@ -270,6 +296,8 @@ impl Publisher {
                 self.link.failed(&e);
                 if e.is_timeout() {
                     Err(PublishError::TimedOut)
+                } else if is_exhausted(&e) {
+                    Err(PublishError::Exhausted(self.settings.names.events()))
                 } else {
                     Err(PublishError::Failed(e.to_string()))
                 }
@@ -319,8 +347,15 @@ impl Publisher {
             timed_out: get(&c.timed_out),
             refused_busy: get(&c.refused_busy),
             down: get(&c.down),
+            exhausted: get(&c.exhausted),
         }
     }
+}
+
+/// True if `error` is the engine's refusal of an XADD to a stream whose
+/// last id is the last possible one (Redis's and Valkey's words).
+fn is_exhausted(error: &redis::RedisError) -> bool {
+    error.to_string().contains("exhausted the last possible ID")
 }
 
 /// The link's settings for a publisher of `keys` (a command may take
@@ -383,6 +418,9 @@ struct Health {
     last_logged: Option<Instant>,
     /// Failures of spells that were not logged.
     untold: u64,
+    /// The stream's exhaustion was said, and no publication has
+    /// succeeded since.
+    exhausted: bool,
 }
 
 #[derive(Debug)]
@@ -395,20 +433,29 @@ struct Spell {
 impl Health {
     /// A publication failed at `now`: the line to warn with, if any.
     fn failed(&mut self, error: &PublishError, now: Instant) -> Option<String> {
+        // Said when it starts, even within a spell or soon after another
+        // line: nothing but an operator mends it.
+        let exhausted_now = matches!(error, PublishError::Exhausted(_))
+            && !std::mem::replace(&mut self.exhausted, true);
         if let Some(spell) = &mut self.failing {
             spell.failures += 1;
-            return None;
-        }
-        let quiet = self
-            .last_logged
-            .is_some_and(|at| now.saturating_duration_since(at) < QUIET_AFTER_LOGGED);
-        self.failing = Some(Spell {
-            started: now,
-            failures: 1,
-            logged: !quiet,
-        });
-        if quiet {
-            return None;
+            if !exhausted_now {
+                return None;
+            }
+            spell.logged = true;
+        } else {
+            let quiet = !exhausted_now
+                && self
+                    .last_logged
+                    .is_some_and(|at| now.saturating_duration_since(at) < QUIET_AFTER_LOGGED);
+            self.failing = Some(Spell {
+                started: now,
+                failures: 1,
+                logged: !quiet,
+            });
+            if quiet {
+                return None;
+            }
         }
         self.last_logged = Some(now);
         let untold = std::mem::take(&mut self.untold);
@@ -424,6 +471,7 @@ impl Health {
 
     /// A publication succeeded at `now`: the line to say so with, if any.
     fn succeeded(&mut self, now: Instant) -> Option<String> {
+        self.exhausted = false;
         let spell = self.failing.take()?;
         if !spell.logged {
             self.untold += spell.failures;

@@ -154,6 +154,9 @@ enum Fake {
     Silent,
     /// An ACL error: an engine whose user may not write.
     Refusing,
+    /// A stream whose ids are exhausted: the transaction is taken, and
+    /// EXEC answers the SET done and the XADD refused.
+    Exhausted,
 }
 
 /// A fake engine on loopback: PING gets PONG and TIME the time (so the
@@ -203,6 +206,12 @@ async fn fake_engine(fake: Fake) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
                             (_, Fake::Refusing) => {
                                 b"-NOPERM this user has no permissions to run this command\r\n"
                             }
+                            ("MULTI", Fake::Exhausted) => b"+OK\r\n",
+                            ("EXEC", Fake::Exhausted) => {
+                                b"*2\r\n+OK\r\n-ERR The stream has exhausted the last possible \
+                                  ID, unable to add more items\r\n"
+                            }
+                            (_, Fake::Exhausted) => b"+QUEUED\r\n",
                         };
                         if stream.write_all(answer).await.is_err() {
                             return;
@@ -369,6 +378,63 @@ async fn an_engine_that_refuses_fails_the_publication_with_its_reason() {
     stop.cancel();
 }
 
+/// A stream whose ids are exhausted refuses every entry: a failure of its
+/// own, counted apart, saying what the operator must do.
+#[tokio::test]
+async fn an_exhausted_stream_fails_the_publication_saying_what_to_do() {
+    let (port, _) = fake_engine(Fake::Exhausted).await;
+    let stop = CancellationToken::new();
+    let publisher = publisher(port, Duration::from_secs(10), 8, &stop).await;
+    for n in 1..=2 {
+        let outcome =
+            tokio::time::timeout(PATIENCE, publisher.grant(addr(n), Duration::from_secs(900)))
+                .await
+                .expect("the publication ends");
+        assert_eq!(
+            outcome,
+            Err(PublishError::Exhausted("smtp-gate:events".into()))
+        );
+    }
+    let error = PublishError::Exhausted("smtp-gate:events".into());
+    assert_eq!(error.word(), "exhausted");
+    let text = error.to_string();
+    assert!(
+        text.contains("ids are exhausted") && text.contains("DEL smtp-gate:events"),
+        "{text}"
+    );
+    assert_eq!(
+        publisher.counts(),
+        PublishCounts {
+            exhausted: 2,
+            ..PublishCounts::default()
+        }
+    );
+    stop.cancel();
+}
+
+/// The stream's exhaustion is said when it starts, even within a spell of
+/// other failures or soon after another line, and once only until a
+/// publication succeeds.
+#[test]
+fn an_exhausted_stream_is_said_once_when_it_starts() {
+    let exhausted = PublishError::Exhausted("smtp-gate:events".into());
+    let mut health = Health::default();
+    let start = Instant::now();
+    let at = |s: u64| start + Duration::from_secs(s);
+    assert!(health.failed(&PublishError::Down, at(1)).is_some());
+    let line = health.failed(&exhausted, at(2)).expect("a line");
+    assert!(line.contains("ids are exhausted"), "{line}");
+    for s in 3..50 {
+        assert_eq!(health.failed(&exhausted, at(s)), None);
+        assert_eq!(health.failed(&PublishError::TimedOut, at(s)), None);
+    }
+    assert!(health.succeeded(at(50)).is_some());
+    // Soon after: a new spell of exhaustion is said all the same.
+    let line = health.failed(&exhausted, at(51)).expect("a line");
+    assert!(line.contains("ids are exhausted"), "{line}");
+    assert_eq!(health.failed(&exhausted, at(52)), None);
+}
+
 /// One line when publishing starts failing and one when it works again,
 /// whatever the number of failures; a new spell soon after is not logged
 /// again, and its failures are told by the next line that is.
@@ -404,9 +470,10 @@ fn the_counts_read_as_a_statistics_line() {
         timed_out: 2,
         refused_busy: 3,
         down: 4,
+        exhausted: 6,
     };
     assert_eq!(
         counts.to_string(),
-        "published=5 failed=1 timed_out=2 refused_busy=3 down=4"
+        "published=5 failed=1 timed_out=2 refused_busy=3 down=4 exhausted=6"
     );
 }
