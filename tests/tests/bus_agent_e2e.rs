@@ -120,6 +120,14 @@ impl BusLab {
 
     /// [`BusLab::start_agent`] with `env` in the agent's environment.
     fn start_agent_with(&mut self, env: &[(&str, &str)]) -> (ServeDaemon, PathBuf) {
+        let (mut agent, log) = self.spawn_agent(env);
+        agent.wait_for_log("following the stream from", 1, BOUND);
+        (agent, log)
+    }
+
+    /// Starts `smtp-gate agent` (a new log file for each run) with `env`
+    /// in its environment; waits for nothing.
+    fn spawn_agent(&mut self, env: &[(&str, &str)]) -> (ServeDaemon, PathBuf) {
         self.runs += 1;
         let log = self.dir.0.join(format!("agent-{}.log", self.runs));
         let window = format!("{}s", WINDOW.as_secs());
@@ -131,7 +139,7 @@ impl BusLab {
             .replace("redis://", "redis://smtp-gate-edge@");
         let password = self.dir.0.join("edge-password");
         let password = password.to_string_lossy();
-        let mut agent = self.lab.spawn_daemon_with(
+        let agent = self.lab.spawn_daemon_with(
             ServeStart {
                 env,
                 ..ServeStart::default()
@@ -153,7 +161,6 @@ impl BusLab {
             ],
             &log,
         );
-        agent.wait_for_log("following the stream from", 1, BOUND);
         (agent, log)
     }
 
@@ -245,15 +252,20 @@ impl BusLab {
 
     /// Waits until the status's `field` is `value`.
     fn wait_status(&self, field: &str, value: Value) -> Value {
+        self.wait_status_that(field, |v| *v == value)
+    }
+
+    /// Waits until the status's `field` is as `wanted` says.
+    fn wait_status_that(&self, field: &str, wanted: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + BOUND;
         loop {
             let status = self.status();
-            if status[field] == value {
+            if wanted(&status[field]) {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "the status's {field} is not {value} after {BOUND:?}: {status:#}"
+                "the status's {field} is not as wanted after {BOUND:?}: {status:#}"
             );
             thread::sleep(Duration::from_millis(100));
         }
@@ -871,4 +883,268 @@ fn a_stream_made_anew_while_the_agent_was_away_means_a_full_load() {
         ),
         "{text}"
     );
+}
+
+/// `ACL SETUSER smtp-gate-edge <rule>`, as the default user.
+fn edge_acl(engine: &mut client::Connection, rule: &str) {
+    client::cmd("ACL")
+        .arg("SETUSER")
+        .arg("smtp-gate-edge")
+        .arg(rule)
+        .query::<()>(engine)
+        .expect("ACL SETUSER");
+}
+
+/// Attack review (busload F1): a full load that fails (here: the engine
+/// refuses SCAN) was never made again, because the next round judged the
+/// stream from the position the entries read had moved on to, where
+/// nothing looks trimmed; the grant whose revoke was trimmed away unread
+/// stayed for good. Now the need is kept (`full-load-pending` beside the
+/// position, `full_load_pending` in the status), also across a SIGKILL,
+/// and the load is done as soon as it can be.
+#[test]
+fn a_full_load_that_failed_is_made_again_also_after_a_restart() {
+    let mut bus = BusLab::new("pending");
+    let (mut agent, _log) = bus.start_agent();
+    let mut engine = bus.engine();
+    let mut publisher = bus.publisher();
+    let later = || now_ms() + 100_000;
+    let revoked = "192.0.2.9";
+    publish_grant(&mut publisher, revoked, later());
+    bus.wait_grant(revoked, true);
+
+    // Every full load failing; then, in one transaction (so that the
+    // agent's next read comes after all of it), the revoke and more than
+    // a stream's length of entries after it, trimmed: the read gives the
+    // 1,000 left, the agent finds what it had yet to read trimmed away,
+    // and its position is an entry the stream still holds.
+    edge_acl(&mut engine, "-scan");
+    publish_grant(&mut publisher, "192.0.2.10", later());
+    let mut pipe = client::pipe();
+    pipe.atomic();
+    pipe.cmd("DEL")
+        .arg(format!("smtp-gate:grant:{revoked}"))
+        .ignore();
+    pipe.cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("op")
+        .arg("revoke")
+        .arg("addr")
+        .arg(revoked)
+        .arg("issued")
+        .arg(now_ms())
+        .arg("origin")
+        .arg("pop-test")
+        .ignore();
+    for i in 0..1100u32 {
+        pipe.cmd("XADD")
+            .arg(EVENTS)
+            .arg("*")
+            .arg("op")
+            .arg("grant")
+            .arg("addr")
+            .arg(format!("198.51.100.{}", i % 250))
+            .arg("expires")
+            .arg(later())
+            .arg("issued")
+            .arg(now_ms())
+            .arg("origin")
+            .arg("pop-test")
+            .ignore();
+    }
+    pipe.cmd("XTRIM")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg(1000)
+        .ignore();
+    pipe.query::<()>(&mut engine)
+        .expect("the revoke, trimmed away");
+
+    let trimmed = "the stream was trimmed past the position";
+    bus.wait_status("full_load_pending", trimmed.into());
+    let status = bus.wait_status_that("last_error", |e| {
+        e.as_str().is_some_and(|e| e.contains("NOPERM"))
+    });
+    assert_eq!(status["full_loads"], 1, "only the first: {status:#}");
+    // Several failed rounds later, still pending, the grant still there.
+    agent.wait_for_log("loading every grant from the engine's keys", 3, BOUND);
+    assert_eq!(bus.status()["full_load_pending"], trimmed);
+    assert!(bus.grant_of(revoked).is_some(), "the load cannot be made");
+    let saved = fs::read_to_string(bus.position_file()).unwrap();
+    assert!(saved.ends_with("\nfull-load-pending\n"), "{saved:?}");
+
+    // Killed before the load could be made: the restarted agent loads
+    // first, whatever its position says.
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(BOUND).expect("SIGKILL ends the agent");
+    let (mut agent, _log) = bus.spawn_agent(&[]);
+    agent.wait_for_log(
+        "loading every grant from the engine's keys (a full load was pending when the agent \
+         stopped)",
+        1,
+        BOUND,
+    );
+    bus.wait_status(
+        "full_load_pending",
+        "a full load was pending when the agent stopped".into(),
+    );
+    assert!(bus.grant_of(revoked).is_some());
+
+    // SCAN allowed again: the load is made, the revoked grant goes.
+    edge_acl(&mut engine, "+scan");
+    bus.wait_grant(revoked, false);
+    let status = bus.wait_status("full_load_pending", Value::Null);
+    assert_eq!(status["full_loads"], 1, "{status:#}");
+    assert!(bus.grant_of("192.0.2.10").is_some(), "{status:#}");
+    bus.wait_status("last_error", Value::Null);
+    let deadline = Instant::now() + BOUND;
+    while fs::read_to_string(bus.position_file())
+        .unwrap()
+        .contains("full-load-pending")
+    {
+        assert!(Instant::now() < deadline, "the pending load stays on disk");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(agent.exited(), None, "{}", agent.log());
+}
+
+/// The engine's `total_net_output_bytes`: what it has sent to all its
+/// clients.
+fn engine_bytes_out(engine: &mut client::Connection) -> u64 {
+    let info: String = client::cmd("INFO")
+        .arg("stats")
+        .query(engine)
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total_net_output_bytes in {info}"))
+}
+
+/// Attack review (busload F2): one huge entry at the stream's head (here
+/// 10 MB, written by anyone who may write) made every read of every edge
+/// cost its size: the agent asked XINFO STREAM after each read, which
+/// answers the first entry whole. Now a read is checked with XRANGE of
+/// one small entry read before, XINFO only about once a minute. What the
+/// engine sends per grant is measured and printed (before the fix: over
+/// 10 MB each).
+#[test]
+fn a_huge_first_entry_does_not_make_every_read_costly() {
+    const HUGE: usize = 10 * 1024 * 1024;
+    const GRANTS: u32 = 20;
+    let mut bus = BusLab::new("huge");
+    let mut engine = bus.engine();
+    let huge = vec![b'x'; HUGE];
+    xadd(&mut engine, &[("origin", &huge)]);
+    let (agent, _log) = bus.start_agent();
+    let mut publisher = bus.publisher();
+    let later = || now_ms() + 100_000;
+    // The first entry read after the start's full load is checked with
+    // XINFO (the load's position is a last id the agent did not read);
+    // from then on with the witness. The second grant in the map means
+    // the first one's check is over.
+    for addr in ["192.0.2.50", "192.0.2.51"] {
+        publish_grant(&mut publisher, addr, later());
+        bus.wait_grant(addr, true);
+    }
+
+    let before = engine_bytes_out(&mut engine);
+    let started = Instant::now();
+    for i in 0..GRANTS {
+        let addr = format!("192.0.2.{}", 100 + i);
+        publish_grant(&mut publisher, &addr, later());
+        bus.wait_grant(&addr, true);
+    }
+    let took = started.elapsed();
+    let sent = engine_bytes_out(&mut engine) - before;
+    eprintln!(
+        "a 10 MB first entry: the engine sent {} octets per grant; publish -> edge's map \
+         {:?} per grant (polled every 20 ms)",
+        sent / u64::from(GRANTS),
+        took / GRANTS
+    );
+    // At most one minutely XINFO (one 10 MB first entry) in the while.
+    assert!(
+        sent < HUGE as u64 + u64::from(GRANTS) * 64 * 1024,
+        "the engine sent {sent} octets for {GRANTS} grants"
+    );
+    let status = bus.status();
+    assert_eq!(status["last_error"], Value::Null, "{status:#}");
+    drop(agent);
+}
+
+/// Attack review (busload F4): an entry with the last possible id makes
+/// the engine refuse every later XADD, which silently stopped every
+/// edge's feed while the edges looked healthy. The agent says so in its
+/// log (once) and in `bus status`'s last error, naming the stream to
+/// delete; deleted, the stream is made anew by the next publication and
+/// followed (from the keys first: it is younger than the position).
+#[test]
+fn an_exhausted_stream_is_reported_until_it_is_made_anew() {
+    let mut bus = BusLab::new("exhausted");
+    let (mut agent, _log) = bus.start_agent();
+    let mut engine = bus.engine();
+    let mut publisher = bus.publisher();
+    let later = || now_ms() + 100_000;
+    publish_grant(&mut publisher, "192.0.2.60", later());
+    bus.wait_grant("192.0.2.60", true);
+
+    client::cmd("XADD")
+        .arg(EVENTS)
+        .arg("18446744073709551615-18446744073709551615")
+        .arg("op")
+        .arg("revoke")
+        .arg("addr")
+        .arg("192.0.2.99")
+        .arg("issued")
+        .arg("1")
+        .arg("origin")
+        .arg("hostile")
+        .query::<String>(&mut engine)
+        .expect("XADD of the last id");
+    let status = bus.wait_status_that("last_error", |e| {
+        e.as_str()
+            .is_some_and(|e| e.contains("ids are exhausted") && e.contains(EVENTS))
+    });
+    assert_eq!(status["connected"], true, "{status:#}");
+    // A publication now: the key is written, the entry refused.
+    let mut pipe = client::pipe();
+    pipe.atomic();
+    pipe.cmd("SET")
+        .arg("smtp-gate:grant:192.0.2.61")
+        .arg(later())
+        .arg("PX")
+        .arg(100_000)
+        .ignore();
+    pipe.cmd("XADD").arg(EVENTS).arg("*").arg("op").arg("grant");
+    let refused = pipe.query::<()>(&mut publisher).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("exhausted the last possible ID"),
+        "{refused}"
+    );
+    thread::sleep(Duration::from_secs(6));
+    let text = agent.log();
+    assert_eq!(
+        text.matches("the stream's ids are exhausted").count(),
+        1,
+        "{text}"
+    );
+    assert!(bus.status()["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("ids are exhausted")));
+
+    // Deleted: the next publication makes it anew, the agent loads the
+    // keys (the grant whose entry was refused among them) and follows.
+    client::cmd("DEL")
+        .arg(EVENTS)
+        .query::<()>(&mut engine)
+        .unwrap();
+    publish_grant(&mut publisher, "192.0.2.62", later());
+    bus.wait_grant("192.0.2.62", true);
+    bus.wait_grant("192.0.2.61", true);
+    bus.wait_status("last_error", Value::Null);
+    agent.wait_for_log("the stream's ids are no longer exhausted", 1, BOUND);
 }

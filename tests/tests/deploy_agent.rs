@@ -329,6 +329,7 @@ fn the_redis_acl_file_lets_publishers_write_and_edges_only_read() {
     for read in [
         &["XINFO", "STREAM", "smtp-gate:events"][..],
         &["XREAD", "COUNT", "10", "STREAMS", "smtp-gate:events", "0-0"],
+        &["XRANGE", "smtp-gate:events", "1-0", "1-0"],
         &["SCAN", "0", "MATCH", "smtp-gate:grant:*", "COUNT", "1000"],
         &["GETRANGE", "smtp-gate:grant:192.0.2.7", "0", "64"],
         &["PTTL", "smtp-gate:grant:192.0.2.7"],

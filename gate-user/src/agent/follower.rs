@@ -10,6 +10,12 @@
 //! writes the position to disk (bus/state.rs) at most once a second while
 //! entries flow, at once when the stream goes quiet.
 //!
+//! A full load, once needed, stays needed until one ends: the need is
+//! written beside the position at once (`full-load-pending`) and taken
+//! off only when a load is done, so a load that failed half-way (the
+//! connection lost, a bad reply, the map refusing) or that a restart cut
+//! short is done first, whatever the position has moved to meanwhile.
+//!
 //! Nothing the engine sends can stop it: a malformed entry or key is
 //! skipped and counted (logged within a budget); a reply of the wrong
 //! shape, an error or a lost connection ends only the current round,
@@ -36,12 +42,12 @@ use crate::{
         clock::wall_ms,
         event::Event,
         follow::{
-            full_load_reason, judge, judge_key, shorten, KeyVerdict, PositionKeeper, ReadSize,
-            Verdict, LONGEST_VALUE,
+            full_load_reason, ids_exhausted, judge, judge_key, shorten, HeadCheck, HeadWatch,
+            KeyVerdict, PositionKeeper, ReadSize, Verdict, LONGEST_VALUE,
         },
         link::Link,
         names::Names,
-        state::{self, AgentStatus},
+        state::{self, AgentStatus, SavedPosition},
         stream::{self, BadReply, RawEntry, StreamId, StreamInfo},
     },
     policy::log_budget::LogBudget,
@@ -63,6 +69,10 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(30);
 /// [`BATCH`] a call; an engine whose cursor never comes back to 0 ends
 /// the load with an error.
 const MOST_SCANS: u64 = 1_000_000;
+/// Why a load is needed when the position file said one was pending.
+const PENDING_AT_START: &str = "a full load was pending when the agent stopped";
+/// Why a load is needed when the witness (bus/follow.rs) is gone.
+const TRIMMED: &str = "the stream was trimmed past the position";
 
 /// Why a round ended.
 #[derive(Debug)]
@@ -111,6 +121,18 @@ pub struct Follower {
     files: Files,
     position: Option<StreamId>,
     keeper: PositionKeeper,
+    /// Why the grants must be loaded from the keys, until a load ends
+    /// (written beside the position).
+    load_pending: Option<&'static str>,
+    /// How reads are checked for entries trimmed unread.
+    head: HeadWatch,
+    /// The stream's last id as XINFO STREAM last said (`None`: no
+    /// stream, or not asked yet).
+    last_generated: Option<StreamId>,
+    /// The stream's ids are exhausted (said in the log once per change).
+    exhausted: bool,
+    /// The engine refuses XRANGE (said in the log once per change).
+    xrange_refused: bool,
     status: AgentStatus,
     status_written: Option<Instant>,
     /// The follower's own last error (the link keeps its own).
@@ -138,7 +160,7 @@ impl Follower {
         names: Names,
         grants: Arc<GateGrantSink>,
         files: Files,
-        position: Option<StreamId>,
+        saved: Option<SavedPosition>,
         bus: String,
     ) -> Self {
         let events = names.events();
@@ -148,8 +170,15 @@ impl Follower {
             events,
             grants,
             files,
-            position,
+            position: saved.map(|s| s.position),
             keeper: PositionKeeper::default(),
+            load_pending: saved
+                .is_some_and(|s| s.load_pending)
+                .then_some(PENDING_AT_START),
+            head: HeadWatch::default(),
+            last_generated: None,
+            exhausted: false,
+            xrange_refused: false,
             status: AgentStatus {
                 pid: std::process::id(),
                 started_ms: wall_ms(),
@@ -220,21 +249,23 @@ impl Follower {
         connection: &mut MultiplexedConnection,
         stop: &CancellationToken,
     ) -> Result<(), RoundError> {
-        let mut must_load = None;
         loop {
             let info = self.stream_info(connection).await?;
-            let reason = must_load
-                .take()
-                .or_else(|| full_load_reason(self.position, info.as_ref()));
-            if let Some(reason) = reason {
+            if let Some(reason) = full_load_reason(self.position, info.as_ref()) {
+                self.must_load(reason);
+            }
+            if let Some(reason) = self.load_pending {
                 let from = info.map_or(StreamId::ZERO, |i| i.last_generated);
                 info!("bus agent: loading every grant from the engine's keys ({reason})");
                 if !self.full_load(connection, stop).await? {
                     return Ok(());
                 }
                 self.position = Some(from);
+                self.load_pending = None;
+                self.head.loaded();
                 self.status.full_loads += 1;
                 self.save_position(true);
+                self.note_exhausted();
                 info!("bus agent: grants loaded; following the stream from {from}");
             } else if let Some(position) = self.position {
                 info!("bus agent: following the stream from {position}");
@@ -245,8 +276,18 @@ impl Follower {
                 None => return Ok(()),
                 // The stream no longer holds what followed the position
                 // the last read started from: load again.
-                Some(reason) => must_load = Some(reason),
+                Some(reason) => self.must_load(reason),
             }
+        }
+    }
+
+    /// The grants must be loaded from the keys (`reason`): said on disk at
+    /// once, so that it is done first until a load ends, also after a
+    /// failed load or a restart.
+    fn must_load(&mut self, reason: &'static str) {
+        if self.load_pending.replace(reason).is_none() {
+            self.save_position(true);
+            self.write_status(true);
         }
     }
 
@@ -254,13 +295,15 @@ impl Follower {
     /// grants must be loaded from the keys again.
     ///
     /// After every read, with entries or without, the stream is looked at
-    /// (XINFO STREAM) as of the position the read started from: entries
-    /// trimmed between that position and what the read gave (a revoke
-    /// among them) are caught here, whatever the batch's size; so is a
-    /// stream deleted, made anew, or whose last id fell behind the
-    /// position (an XREAD from there would wait for good). The entries
-    /// read are applied first, so a grant waits for no extra round trip;
-    /// the full load that follows puts right whatever they missed.
+    /// as of the position the read started from (bus/follow.rs
+    /// [`HeadWatch`]: a small entry read before, or XINFO STREAM about
+    /// once a minute): entries trimmed between that position and what the
+    /// read gave (a revoke among them) are caught here, whatever the
+    /// batch's size; so is a stream deleted, made anew, or whose last id
+    /// fell behind the position (an XREAD from there would wait for
+    /// good). The entries read are applied first, so a grant waits for no
+    /// extra round trip; the full load that follows puts right whatever
+    /// they missed.
     async fn follow(
         &mut self,
         connection: &mut MultiplexedConnection,
@@ -268,7 +311,7 @@ impl Follower {
     ) -> Result<Option<&'static str>, RoundError> {
         loop {
             let position = self.position.unwrap_or(StreamId::ZERO);
-            let block = self.keeper.block(self.position, Instant::now(), BLOCK);
+            let block = self.keeper.block(self.saved(), Instant::now(), BLOCK);
             let mut command = redis::cmd("XREAD");
             command
                 .arg("COUNT")
@@ -288,13 +331,21 @@ impl Follower {
             self.read_size.answered();
             let quiet = entries.is_empty();
             let read_from = self.position;
+            // Decided before the entries are taken in: the witness must
+            // be at or before where the read started.
+            let check = self.head.check(Instant::now(), !quiet);
             self.apply_entries(entries)?;
-            let info = self.stream_info(connection).await?;
-            if let Some(reason) = full_load_reason(read_from, info.as_ref()) {
+            self.note_exhausted();
+            if let Some(reason) = self.check_head(connection, check, read_from).await? {
                 return Ok(Some(reason));
             }
             self.status.lag_ms = Some(if full {
-                lag(self.position, info.as_ref())
+                // More wait: as far behind as the engine's time is ahead
+                // of the last entry read.
+                self.link
+                    .clock()
+                    .now_ms()
+                    .saturating_sub(self.position.map_or(0, |p| p.ms))
             } else {
                 0
             });
@@ -303,8 +354,63 @@ impl Follower {
         }
     }
 
+    /// Checks, as `check` says, that the stream still holds what followed
+    /// `read_from`: `Some(why)` if it does not (or cannot tell).
+    async fn check_head(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        check: HeadCheck,
+        read_from: Option<StreamId>,
+    ) -> Result<Option<&'static str>, RoundError> {
+        let witness = match check {
+            HeadCheck::Nothing => return Ok(None),
+            HeadCheck::Witness(witness) => witness,
+            HeadCheck::Info => {
+                let info = self.stream_info(connection).await?;
+                return Ok(full_load_reason(read_from, info.as_ref()));
+            }
+        };
+        let reply = redis::cmd("XRANGE")
+            .arg(&self.events)
+            .arg(witness.to_string())
+            .arg(witness.to_string())
+            .query_async::<Value>(connection)
+            .await;
+        match reply {
+            Ok(reply) => {
+                if std::mem::take(&mut self.xrange_refused) {
+                    info!("bus agent: the engine answers XRANGE again");
+                }
+                self.head.accepted();
+                let there = stream::parse_xrange(reply)?
+                    .iter()
+                    .any(|entry| entry.id == witness);
+                Ok((!there).then_some(TRIMMED))
+            }
+            // An engine that refuses it (an ACL from before the agent
+            // asked it): XINFO STREAM as before, XRANGE tried again later.
+            Err(e) if is_refusal(&e) => {
+                if !std::mem::replace(&mut self.xrange_refused, true) {
+                    warn!(
+                        "bus agent: the engine refuses XRANGE ({}); the stream is looked at \
+                         with XINFO STREAM after every read instead, which reads its first \
+                         entry whole: allow +xrange to the edges' user \
+                         (deploy/redis-acl.conf)",
+                        shorten(&e.to_string(), 200)
+                    );
+                }
+                self.head.refused(Instant::now());
+                let info = self.stream_info(connection).await?;
+                Ok(full_load_reason(read_from, info.as_ref()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// XINFO STREAM (it answers the first and the last entry whole: not
+    /// after every read, bus/follow.rs [`HeadWatch`]).
     async fn stream_info(
-        &self,
+        &mut self,
         connection: &mut MultiplexedConnection,
     ) -> Result<Option<StreamInfo>, RoundError> {
         let reply = redis::cmd("XINFO")
@@ -312,21 +418,53 @@ impl Follower {
             .arg(&self.events)
             .query_async::<Value>(connection)
             .await;
-        match reply {
+        let info = match reply {
             Ok(reply) => {
                 let info = stream::parse_xinfo(reply)?;
                 self.link.clock().note_entry_time(info.last_generated.ms);
-                Ok(Some(info))
+                Some(info)
             }
             // Nothing published yet (or the engine lost it).
             Err(e)
                 if e.kind() == redis::ErrorKind::ResponseError
                     && e.to_string().contains("no such key") =>
             {
-                Ok(None)
+                None
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        self.head.info_read(Instant::now());
+        self.last_generated = info.map(|i| i.last_generated);
+        self.note_exhausted();
+        Ok(info)
+    }
+
+    /// Says once per change whether the stream's ids are exhausted: no
+    /// publisher can add to it, so nothing reaches this edge through it.
+    fn note_exhausted(&mut self) {
+        let exhausted = ids_exhausted(self.position, self.last_generated);
+        if exhausted == std::mem::replace(&mut self.exhausted, exhausted) {
+            return;
         }
+        if exhausted {
+            warn!(
+                "bus agent: {}; until then no grant or revoke reaches this edge (it keeps \
+                 what its map holds), and the publishers' logins say bus=exhausted",
+                self.exhausted_text()
+            );
+        } else {
+            info!("bus agent: the stream's ids are no longer exhausted");
+        }
+        self.write_status(true);
+    }
+
+    fn exhausted_text(&self) -> String {
+        format!(
+            "the stream's ids are exhausted (an entry has the last possible id, {}): an \
+             operator must delete {} (DEL), the publishers then make it anew",
+            StreamId::MAX,
+            self.events
+        )
     }
 
     /// Applies the entries in order, moving the position past each one
@@ -341,6 +479,12 @@ impl Follower {
                 continue;
             }
             self.link.clock().note_entry_time(entry.id.ms);
+            let size = entry.fields.as_ref().ok().map(|fields| {
+                fields
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len())
+                    .sum()
+            });
             let judged = entry
                 .fields
                 .and_then(|fields| Event::parse(&fields).map_err(|e| e.0))
@@ -364,6 +508,7 @@ impl Follower {
                 }
             }
             self.position = Some(entry.id);
+            self.head.read(entry.id, size);
             self.progressed = true;
         }
         Ok(())
@@ -564,10 +709,18 @@ impl Follower {
         self.round_error = None;
     }
 
+    /// What the position file is to hold.
+    fn saved(&self) -> Option<SavedPosition> {
+        self.position.map(|position| SavedPosition {
+            position,
+            load_pending: self.load_pending.is_some(),
+        })
+    }
+
     /// Writes the position if it is due (`at_once`: whenever it moved).
     fn save_position(&mut self, at_once: bool) {
         let now = Instant::now();
-        let Some(position) = self.position else {
+        let Some(position) = self.saved() else {
             return;
         };
         if !self.keeper.due(Some(position), now, at_once) {
@@ -605,9 +758,11 @@ impl Follower {
         self.status.connected = self.link.is_up();
         self.status.clock_skew_ms = self.link.clock().skew_ms();
         self.status.position = self.position.map(|p| p.to_string());
+        self.status.full_load_pending = self.load_pending.map(str::to_owned);
         self.status.last_error = self
             .round_error
             .clone()
+            .or_else(|| self.exhausted.then(|| self.exhausted_text()))
             .or_else(|| self.link.last_error().filter(|_| !self.status.connected));
         if let Some(shown) = &self.shown {
             shown.send_replace(self.status.clone());
@@ -624,6 +779,15 @@ impl Follower {
             }
         }
     }
+}
+
+/// True if the engine refused a command (an ACL without it, a proxy
+/// that does not know it), rather than failed.
+fn is_refusal(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::ResponseError | redis::ErrorKind::ExtensionError
+    )
 }
 
 /// Milliseconds of entry ids between the position and the stream's last

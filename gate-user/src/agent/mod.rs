@@ -77,6 +77,13 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
             None
         }
     };
+    if position.is_some_and(|p| p.load_pending) {
+        info!(
+            "bus agent: a full load from the keys was pending when the agent stopped \
+             ({}): it is done first",
+            position_file.display()
+        );
+    }
     // The state directory must take the agent's files now, not fail
     // quietly at the first entry.
     state::write_status(&status_file, &state::AgentStatus::default())

@@ -3,10 +3,31 @@
 //!
 //! - whether the grants must first be loaded whole from the keys (no
 //!   position yet, or the stream no longer holds what follows it);
+//! - how a read is checked for that ([`HeadWatch`]): cheaply, by asking
+//!   for one small entry the edge read before (its witness), and by XINFO
+//!   STREAM only at each connection and about once a minute, because
+//!   XINFO STREAM answers the first and the last entry whole, whatever
+//!   their size;
 //! - what an entry or a key does to the local map: a grant for what is
 //!   left of it (clamped to the window, expiry.rs), a revoke, nothing (it
 //!   is over), or a refusal (malformed, absurd);
+//! - whether the stream's ids are exhausted;
 //! - when the position is written to disk.
+//!
+//! The rule for a key ([`judge_key`]): a publisher writes its value as
+//! the grant's expiry (the engine's time of the login plus the
+//! publisher's window) and gives it that window as its time to live in
+//! the engine (`PX`). A key grants until the earliest of its value, the
+//! engine's own expiry of it (now plus its PTTL) and the edge's window
+//! from now. A key without an expiry in the engine (PTTL -1: no publisher
+//! writes one, it was written by hand or by someone else), and one whose
+//! value or PTTL is more than a century ahead, is refused as malformed.
+//! The engine keeps no time of writing an edge could hold a key to (an
+//! entry has its id): a key written long ago with a huge time to live
+//! grants at each full load no more than the window from then, what a
+//! fresh login's key grants, and whoever could write it could write a
+//! fresh one as well (README: whoever can write to the engine can open
+//! the gate).
 
 use std::{
     net::IpAddr,
@@ -17,6 +38,7 @@ use super::{
     event::{Event, Op},
     expiry::lifetime,
     names::Names,
+    state::SavedPosition,
     stream::{StreamId, StreamInfo},
 };
 
@@ -158,6 +180,9 @@ pub fn judge_key(
         -2 => return KeyVerdict::Gone,
         -1 => return KeyVerdict::Bad("the key has no expiry in the engine".into()),
         pttl if pttl < 0 => return KeyVerdict::Bad(format!("PTTL {pttl}")),
+        pttl if pttl as u128 > MOST_AHEAD.as_millis() => {
+            return KeyVerdict::Bad(format!("PTTL {pttl} is absurd (more than a century ahead)"))
+        }
         _ => {}
     }
     if value.len() > LONGEST_VALUE {
@@ -194,15 +219,17 @@ pub const POSITION_INTERVAL: Duration = Duration::from_secs(1);
 /// When the position goes to disk: at most every [`POSITION_INTERVAL`]
 /// while it moves, at once when asked (the stream went quiet, a full
 /// load ended, the agent stops).
+/// A pending full load going on or off the file is always written at
+/// once (the follower asks so).
 #[derive(Debug, Default)]
 pub struct PositionKeeper {
-    written: Option<StreamId>,
+    written: Option<SavedPosition>,
     at: Option<Instant>,
 }
 
 impl PositionKeeper {
     /// True if `position` should be written now.
-    pub fn due(&self, position: Option<StreamId>, now: Instant, at_once: bool) -> bool {
+    pub fn due(&self, position: Option<SavedPosition>, now: Instant, at_once: bool) -> bool {
         if position.is_none() || position == self.written {
             return false;
         }
@@ -213,7 +240,7 @@ impl PositionKeeper {
     }
 
     /// `position` was written at `now`.
-    pub fn wrote(&mut self, position: StreamId, now: Instant) {
+    pub fn wrote(&mut self, position: SavedPosition, now: Instant) {
         self.written = Some(position);
         self.at = Some(now);
     }
@@ -227,7 +254,12 @@ impl PositionKeeper {
     /// `position` is not on disk, only until it is due, so that it is
     /// written within [`POSITION_INTERVAL`] even when the stream goes
     /// quiet.
-    pub fn block(&self, position: Option<StreamId>, now: Instant, longest: Duration) -> Duration {
+    pub fn block(
+        &self,
+        position: Option<SavedPosition>,
+        now: Instant,
+        longest: Duration,
+    ) -> Duration {
         if position.is_none() || position == self.written {
             return longest;
         }
@@ -238,6 +270,116 @@ impl PositionKeeper {
             .saturating_sub(since)
             .clamp(Duration::from_millis(1), longest)
     }
+}
+
+/// How often XINFO STREAM is asked while the edge follows (besides at
+/// each connection and before each full load): for what the witness
+/// cannot tell (a stream deleted and made anew with ids below the
+/// position, an entry deleted by XDEL after the position: Redis >= 7's
+/// max-deleted-entry-id).
+pub const INFO_EVERY: Duration = Duration::from_secs(60);
+
+/// The largest entry (its field names and values, in octets) the edge
+/// takes as its witness; a publisher's entry has under 400. Asking for a
+/// witness never reads more than this (the engine never changes an
+/// entry).
+pub const LONGEST_WITNESS: usize = 4096;
+
+/// How a read is checked for entries trimmed unread: what
+/// [`HeadWatch::check`] says to do after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// Nothing (no witness, no entry read, XINFO not due).
+    Nothing,
+    /// `XRANGE <events> <id> <id>`: the witness is still there, so the
+    /// stream lost nothing after it, which is at or before the position
+    /// the read started from (MAXLEN and MINID trim from the oldest
+    /// entry on); gone, the grants are loaded from the keys.
+    Witness(StreamId),
+    /// XINFO STREAM, judged by [`full_load_reason`] as of the position
+    /// the read started from.
+    Info,
+}
+
+/// What the edge knows to check its reads with.
+///
+/// A trim of entries the edge had not read yet (a revoke among them)
+/// takes away every entry before them too, the one at the position
+/// included. So after each read it is enough to see that an entry at or
+/// before the position the read started from is still there: the
+/// witness, the newest small entry the edge read (small, so that the
+/// check never reads much: the entry at the position may be huge). That
+/// the read itself showed nothing lost says nothing: XREAD answers the
+/// entries after an id whether or not that id is still there.
+///
+/// Without a witness (none read since the start or the last full load,
+/// whose position is the stream's last id, which may have no entry; or
+/// only huge entries), a read that gave entries is checked with XINFO
+/// STREAM; one that gave none waits for the next XINFO (nothing past the
+/// position was there to lose, unless the stream was cut by hand or made
+/// anew below the position, which the minutely XINFO finds). An engine
+/// that refuses XRANGE (an ACL from before it was needed) is checked with
+/// XINFO after every read, and asked again after [`INFO_EVERY`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeadWatch {
+    witness: Option<StreamId>,
+    info_at: Option<Instant>,
+    refused_at: Option<Instant>,
+}
+
+impl HeadWatch {
+    /// What to check after a read at `now` (`read_any`: it gave entries).
+    /// Call it before the read's entries are taken in ([`Self::read`]):
+    /// the witness must be at or before where the read started.
+    pub fn check(&self, now: Instant, read_any: bool) -> HeadCheck {
+        let due = |at: Option<Instant>| at.is_none_or(|at| now.duration_since(at) >= INFO_EVERY);
+        let refused = !due(self.refused_at);
+        if due(self.info_at) || refused {
+            return HeadCheck::Info;
+        }
+        match self.witness {
+            Some(witness) => HeadCheck::Witness(witness),
+            None if read_any => HeadCheck::Info,
+            None => HeadCheck::Nothing,
+        }
+    }
+
+    /// The entry `id`, of `size` octets (`None`: unknown, its fields
+    /// could not be read), was read: the position moved to it.
+    pub fn read(&mut self, id: StreamId, size: Option<usize>) {
+        if size.is_some_and(|size| size <= LONGEST_WITNESS) && self.witness < Some(id) {
+            self.witness = Some(id);
+        }
+    }
+
+    /// XINFO STREAM was read at `now`.
+    pub fn info_read(&mut self, now: Instant) {
+        self.info_at = Some(now);
+    }
+
+    /// The engine refused XRANGE at `now`.
+    pub fn refused(&mut self, now: Instant) {
+        self.refused_at = Some(now);
+    }
+
+    /// The engine answered XRANGE.
+    pub fn accepted(&mut self) {
+        self.refused_at = None;
+    }
+
+    /// A full load ended: the position is the stream's last id then,
+    /// which the edge did not read (it may have no entry).
+    pub fn loaded(&mut self) {
+        self.witness = None;
+    }
+}
+
+/// True if the stream can take no more entries: its last id, as XINFO
+/// STREAM said (`last_generated`) or as the edge read it (`position`), is
+/// the last possible one. Every XADD then fails, so no grant or revoke
+/// reaches the edges until an operator deletes the stream.
+pub fn ids_exhausted(position: Option<StreamId>, last_generated: Option<StreamId>) -> bool {
+    position == Some(StreamId::MAX) || last_generated == Some(StreamId::MAX)
 }
 
 /// How many entries one read asks for: `most` while reads succeed; one
@@ -502,6 +644,12 @@ mod tests {
         // The engine's clock says less is left (or the value more): the less.
         assert_eq!(judge(&expires, 100_000), grant(100));
         assert_eq!(judge(&(NOW + 3_600_000).to_string(), 3_600_000), grant(900));
+        // Written long ago by a skewed or hostile writer, with a value and
+        // a time to live of years: the window from now, no more.
+        let years = 10 * 365 * 86_400_000;
+        assert_eq!(judge(&(NOW + years).to_string(), years as i64), grant(900));
+        // A huge time to live never takes a grant past its value.
+        assert_eq!(judge(&expires, years as i64), grant(300));
         assert_eq!(judge(&expires, -2), KeyVerdict::Gone);
         assert_eq!(
             judge(&NOW.to_string(), 5),
@@ -515,6 +663,12 @@ mod tests {
             ("-5", 1000, "not a time"),
             ("18446744073709551615", 1000, "absurd"),
             (&"9".repeat(65), 1000, "longer than 64"),
+            (expires.as_str(), i64::MAX, "absurd"),
+            (
+                expires.as_str(),
+                MOST_AHEAD.as_millis() as i64 + 1,
+                "absurd",
+            ),
         ] {
             match judge(value, pttl) {
                 KeyVerdict::Bad(reason) => assert!(reason.contains(why), "{value}: {reason}"),
@@ -542,37 +696,118 @@ mod tests {
 
     #[test]
     fn the_position_is_written_at_most_every_interval_unless_asked() {
+        let at = |text| SavedPosition::at(id(text));
         let mut keeper = PositionKeeper::default();
         let start = Instant::now();
         assert!(!keeper.due(None, start, true), "nothing to write");
-        assert!(keeper.due(Some(id("1-0")), start, false), "the first one");
-        keeper.wrote(id("1-0"), start);
-        assert!(!keeper.due(Some(id("1-0")), start, true), "unchanged");
+        assert!(keeper.due(Some(at("1-0")), start, false), "the first one");
+        keeper.wrote(at("1-0"), start);
+        assert!(!keeper.due(Some(at("1-0")), start, true), "unchanged");
         let soon = start + Duration::from_millis(200);
-        assert!(!keeper.due(Some(id("2-0")), soon, false));
-        assert!(keeper.due(Some(id("2-0")), soon, true));
-        assert!(keeper.due(Some(id("2-0")), start + POSITION_INTERVAL, false));
+        assert!(!keeper.due(Some(at("2-0")), soon, false));
+        assert!(keeper.due(Some(at("2-0")), soon, true));
+        assert!(keeper.due(Some(at("2-0")), start + POSITION_INTERVAL, false));
         // A read waits no longer than until the position is due.
         let long = Duration::from_secs(5);
-        assert_eq!(keeper.block(Some(id("1-0")), soon, long), long, "on disk");
+        assert_eq!(keeper.block(Some(at("1-0")), soon, long), long, "on disk");
         assert_eq!(
-            keeper.block(Some(id("2-0")), soon, long),
+            keeper.block(Some(at("2-0")), soon, long),
             POSITION_INTERVAL - Duration::from_millis(200)
         );
         let late = start + Duration::from_secs(3);
         assert_eq!(
-            keeper.block(Some(id("2-0")), late, long),
+            keeper.block(Some(at("2-0")), late, long),
             Duration::from_millis(1)
         );
         assert_eq!(
-            PositionKeeper::default().block(Some(id("2-0")), late, long),
+            PositionKeeper::default().block(Some(at("2-0")), late, long),
             Duration::from_millis(1)
         );
         // A write that failed is tried again an interval later, not at
         // once (a full disk must not make the reads spin).
         keeper.failed(late);
-        assert_eq!(keeper.block(Some(id("2-0")), late, long), POSITION_INTERVAL);
-        assert!(!keeper.due(Some(id("2-0")), late, false));
+        assert_eq!(keeper.block(Some(at("2-0")), late, long), POSITION_INTERVAL);
+        assert!(!keeper.due(Some(at("2-0")), late, false));
+        // A pending full load going on the file, or off it, is a change.
+        keeper.wrote(at("2-0"), late);
+        let pending = SavedPosition {
+            load_pending: true,
+            ..at("2-0")
+        };
+        assert!(keeper.due(Some(pending), late, true));
+        keeper.wrote(pending, late);
+        assert!(!keeper.due(Some(pending), late, true));
+        assert!(keeper.due(Some(at("2-0")), late, true));
+    }
+
+    #[test]
+    fn a_read_is_checked_by_a_small_witness_and_by_xinfo_about_once_a_minute() {
+        let start = Instant::now();
+        let mut watch = HeadWatch::default();
+        // Before any XINFO (a connection asks it first): XINFO.
+        assert_eq!(watch.check(start, false), HeadCheck::Info);
+        watch.info_read(start);
+        let soon = start + Duration::from_secs(1);
+        // No witness yet (a position of 0-0, or from a full load, whose
+        // last id may have no entry): a read that gave entries asks
+        // XINFO, one that gave none waits for the minutely one.
+        assert_eq!(watch.check(soon, true), HeadCheck::Info);
+        assert_eq!(watch.check(soon, false), HeadCheck::Nothing);
+        // A huge entry, or one whose fields were unreadable, is no
+        // witness; a small one is, the newest one read.
+        watch.read(id("5-0"), Some(LONGEST_WITNESS + 1));
+        watch.read(id("5-1"), None);
+        assert_eq!(watch.check(soon, true), HeadCheck::Info);
+        watch.read(id("6-0"), Some(180));
+        watch.read(id("7-0"), Some(LONGEST_WITNESS));
+        watch.read(id("8-0"), Some(10 * 1024 * 1024));
+        for read_any in [true, false] {
+            assert_eq!(watch.check(soon, read_any), HeadCheck::Witness(id("7-0")));
+        }
+        watch.read(id("6-5"), Some(10));
+        assert_eq!(watch.check(soon, true), HeadCheck::Witness(id("7-0")));
+        // About once a minute, XINFO in its place.
+        let minute = start + INFO_EVERY;
+        assert_eq!(watch.check(minute, false), HeadCheck::Info);
+        watch.info_read(minute);
+        assert_eq!(
+            watch.check(minute + Duration::from_secs(5), false),
+            HeadCheck::Witness(id("7-0"))
+        );
+        // An engine that refuses XRANGE: XINFO after every read for a
+        // minute, then XRANGE is tried again.
+        let refused = minute + Duration::from_secs(10);
+        watch.refused(refused);
+        assert_eq!(watch.check(refused, false), HeadCheck::Info);
+        watch.info_read(refused);
+        assert_eq!(
+            watch.check(refused + Duration::from_secs(30), false),
+            HeadCheck::Info
+        );
+        let later = refused + INFO_EVERY;
+        watch.info_read(later);
+        assert_eq!(watch.check(later, true), HeadCheck::Witness(id("7-0")));
+        watch.refused(later);
+        watch.accepted();
+        assert_eq!(watch.check(later, true), HeadCheck::Witness(id("7-0")));
+        // A full load: the position is a last id the edge did not read.
+        watch.loaded();
+        assert_eq!(watch.check(later, true), HeadCheck::Info);
+        assert_eq!(watch.check(later, false), HeadCheck::Nothing);
+    }
+
+    #[test]
+    fn the_last_possible_id_exhausts_the_stream() {
+        let some = Some(id("1764546300000-0"));
+        assert!(!ids_exhausted(some, some));
+        assert!(!ids_exhausted(None, None));
+        assert!(ids_exhausted(Some(StreamId::MAX), some));
+        assert!(ids_exhausted(some, Some(StreamId::MAX)));
+        assert!(ids_exhausted(None, Some(StreamId::MAX)));
+        assert_eq!(
+            StreamId::MAX,
+            id("18446744073709551615-18446744073709551615")
+        );
     }
 
     #[test]

@@ -2,7 +2,13 @@
 //! (`bus_position_file`, default /var/lib/smtp-gate/bus-position):
 //!
 //! - the position: the id of the last stream entry applied, one line,
-//!   so that a restart follows on from there;
+//!   so that a restart follows on from there; and, while a full load from
+//!   the keys is needed but not yet done, a second line
+//!   `full-load-pending`, so that a load that failed half-way (or that a
+//!   crash or a restart cut short) is done first whatever the position
+//!   says by then (a position file of one line, as older agents wrote it,
+//!   reads as one without a pending load; an older agent refuses the
+//!   two-line file and loads every grant, which is what it needs);
 //! - beside it, `<position file>.status.json`: what the agent is doing
 //!   (connected, position, lag, last error, counts), rewritten every few
 //!   seconds, read by `smtp-gate bus status`.
@@ -31,28 +37,66 @@ pub fn status_file(position_file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// What the position file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedPosition {
+    /// The last entry applied.
+    pub position: StreamId,
+    /// A full load from the keys is needed and not yet done.
+    pub load_pending: bool,
+}
+
+/// The second line of a position file whose full load is pending.
+const LOAD_PENDING: &[u8] = b"full-load-pending";
+
+impl SavedPosition {
+    /// A position without a pending load.
+    pub fn at(position: StreamId) -> Self {
+        Self {
+            position,
+            load_pending: false,
+        }
+    }
+}
+
 /// The position in `path`: `None` if there is no file yet; an error if it
-/// cannot be read or holds no entry id (the agent then loads every grant
-/// from the keys, as without one).
-pub fn read_position(path: &Path) -> Result<Option<StreamId>, String> {
+/// cannot be read or does not hold a position (the agent then loads
+/// every grant from the keys, as without one).
+pub fn read_position(path: &Path) -> Result<Option<SavedPosition>, String> {
     let text = match fs::read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let line = text.strip_suffix(b"\n").unwrap_or(&text);
-    StreamId::parse(line).map(Some).ok_or_else(|| {
-        format!(
-            "{} holds no stream entry id: `{}`",
+    let body = text.strip_suffix(b"\n").unwrap_or(&text);
+    let mut lines = body.splitn(2, |&b| b == b'\n');
+    let position = lines.next().and_then(StreamId::parse);
+    let load_pending = match lines.next() {
+        None => Some(false),
+        Some(LOAD_PENDING) => Some(true),
+        Some(_) => None,
+    };
+    match (position, load_pending) {
+        (Some(position), Some(load_pending)) => Ok(Some(SavedPosition {
+            position,
+            load_pending,
+        })),
+        _ => Err(format!(
+            "{} holds no stream entry id (and perhaps `full-load-pending`): `{}`",
             path.display(),
-            String::from_utf8_lossy(&line[..line.len().min(64)]).escape_debug()
-        )
-    })
+            String::from_utf8_lossy(&body[..body.len().min(64)]).escape_debug()
+        )),
+    }
 }
 
-/// Writes `position` to `path` (and syncs it).
-pub fn write_position(path: &Path, position: StreamId) -> io::Result<()> {
-    write_whole(path, format!("{position}\n").as_bytes(), true)
+/// Writes `saved` to `path` (and syncs it).
+pub fn write_position(path: &Path, saved: SavedPosition) -> io::Result<()> {
+    let mut text = format!("{}\n", saved.position).into_bytes();
+    if saved.load_pending {
+        text.extend_from_slice(LOAD_PENDING);
+        text.push(b'\n');
+    }
+    write_whole(path, &text, true)
 }
 
 /// Writes `bytes` to a new file beside `path` and renames it over
@@ -106,10 +150,16 @@ pub struct AgentStatus {
     /// The last entry applied.
     pub position: Option<String>,
     /// How far the position is behind the stream's last entry, in
-    /// milliseconds of entry ids, as last seen (0: caught up).
+    /// milliseconds of entry ids, as last seen (0: caught up; while reads
+    /// come back full, the engine's time minus the position's).
     pub lag_ms: Option<u64>,
     /// The last error (the link's or the follower's), if any.
     pub last_error: Option<String>,
+    /// Why a full load from the keys is needed, while it is not yet done
+    /// (it is done before the stream is followed again, also after a
+    /// restart).
+    #[serde(default)]
+    pub full_load_pending: Option<String>,
     /// The engine's clock minus this host's, in ms, as last read (grants
     /// are timed by the engine's: bus/clock.rs); `None` if the engine
     /// does not tell its time.
@@ -182,6 +232,13 @@ impl AgentStatus {
             ),
             format!("last error     {}", or_none(&self.last_error)),
             format!(
+                "full load      {}",
+                self.full_load_pending.as_ref().map_or_else(
+                    || "none pending".into(),
+                    |why| format!("PENDING ({why}): done before the stream is followed again")
+                )
+            ),
+            format!(
                 "clock          {}",
                 self.clock_skew_ms.map_or_else(
                     || "the engine's time is not known (TIME refused?)".into(),
@@ -241,19 +298,59 @@ mod tests {
         let path = dir.join("bus-position");
         assert_eq!(read_position(&path), Ok(None), "no file yet");
         let id: StreamId = "1764546300000-7".parse().unwrap();
-        write_position(&path, id).unwrap();
+        write_position(&path, SavedPosition::at(id)).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "1764546300000-7\n");
-        assert_eq!(read_position(&path), Ok(Some(id)));
+        assert_eq!(read_position(&path), Ok(Some(SavedPosition::at(id))));
         // Written over whole, and nothing left beside it.
-        write_position(&path, StreamId::ZERO).unwrap();
-        assert_eq!(read_position(&path), Ok(Some(StreamId::ZERO)));
+        write_position(&path, SavedPosition::at(StreamId::ZERO)).unwrap();
+        assert_eq!(
+            read_position(&path),
+            Ok(Some(SavedPosition::at(StreamId::ZERO)))
+        );
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
-        for bad in ["", "x\n", "5-\n", "5-1\n\n", &"9".repeat(10_000)] {
+        for bad in [
+            "",
+            "x\n",
+            "5-\n",
+            "5-1\n\n",
+            &"9".repeat(10_000),
+            "5-1\nfull-load\n",
+            "5-1\nfull-load-pending\nmore\n",
+            "full-load-pending\n",
+        ] {
             fs::write(&path, bad).unwrap();
             let e = read_position(&path).unwrap_err();
             assert!(e.contains("holds no stream entry id"), "{e}");
             assert!(e.len() < 300, "{e}");
         }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_pending_full_load_is_kept_beside_the_position_and_the_old_format_reads() {
+        let dir = tempdir();
+        let path = dir.join("bus-position");
+        let id: StreamId = "1764546300000-7".parse().unwrap();
+        let pending = SavedPosition {
+            position: id,
+            load_pending: true,
+        };
+        write_position(&path, pending).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "1764546300000-7\nfull-load-pending\n"
+        );
+        assert_eq!(read_position(&path), Ok(Some(pending)));
+        // Done: the line goes.
+        write_position(&path, SavedPosition::at(id)).unwrap();
+        assert_eq!(read_position(&path), Ok(Some(SavedPosition::at(id))));
+        // What agents wrote before: one line, with or without its end.
+        for old in ["1764546300000-7\n", "1764546300000-7"] {
+            fs::write(&path, old).unwrap();
+            assert_eq!(read_position(&path), Ok(Some(SavedPosition::at(id))));
+        }
+        fs::write(&path, "1764546300000-7\nfull-load-pending").unwrap();
+        assert_eq!(read_position(&path), Ok(Some(pending)));
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -280,7 +377,24 @@ mod tests {
         assert!(text.contains("position       5-0"), "{text}");
         assert!(text.contains("entries rejected 3"), "{text}");
         assert!(!text.contains("is the agent running"), "{text}");
+        assert!(text.contains("full load      none pending"), "{text}");
         assert!(status.render(60_000).contains("is the agent running"));
+        let pending = AgentStatus {
+            full_load_pending: Some("the stream was trimmed past the position".into()),
+            ..status.clone()
+        };
+        assert!(
+            pending
+                .render(6_000)
+                .contains("full load      PENDING (the stream was trimmed past the position)"),
+            "{}",
+            pending.render(6_000)
+        );
+        // A status file written before the field existed still reads.
+        let mut old = serde_json::to_value(&status).unwrap();
+        old.as_object_mut().unwrap().remove("full_load_pending");
+        fs::write(&path, old.to_string()).unwrap();
+        assert_eq!(read_status(&path), Ok(status.clone()));
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -23,6 +23,13 @@ pub struct StreamId {
 impl StreamId {
     /// `0-0`: before every entry.
     pub const ZERO: Self = Self { ms: 0, seq: 0 };
+    /// The last id a stream can have: once an entry has it, the engine
+    /// refuses every further XADD (`ERR The stream has exhausted the last
+    /// possible ID`).
+    pub const MAX: Self = Self {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
 
     /// Reads `<ms>-<seq>` strictly: canonical decimal numbers only.
     pub fn parse(text: &[u8]) -> Option<Self> {
@@ -194,6 +201,14 @@ pub struct RawEntry {
     pub fields: Result<Fields, String>,
 }
 
+/// Reads XRANGE's reply: the entries, oldest first.
+pub fn parse_xrange(reply: Value) -> Result<Vec<RawEntry>, BadReply> {
+    match reply {
+        Value::Array(entries) => entries.into_iter().map(raw_entry).collect(),
+        _ => bad("XRANGE did not answer a list of entries"),
+    }
+}
+
 /// Reads XREAD's reply for the one stream `stream`: no entries on a
 /// timeout (nil).
 pub fn parse_xread(reply: Value, stream: &str) -> Result<Vec<RawEntry>, BadReply> {
@@ -237,16 +252,16 @@ pub fn parse_xread(reply: Value, stream: &str) -> Result<Vec<RawEntry>, BadReply
 
 fn raw_entry(entry: Value) -> Result<RawEntry, BadReply> {
     let Value::Array(parts) = entry else {
-        return bad("XREAD: an entry is not an [id, fields] pair");
+        return bad("an entry is not an [id, fields] pair");
     };
     let mut parts = parts.into_iter();
     let (Some(id), fields, None) = (parts.next(), parts.next(), parts.next()) else {
-        return bad("XREAD: an entry is not an [id, fields] pair");
+        return bad("an entry is not an [id, fields] pair");
     };
     // Without a readable id the edge could not step past the entry: the
     // whole reply is refused (Redis itself never writes one).
     let Some(id) = octets(&id).and_then(StreamId::parse) else {
-        return bad("XREAD: an entry has no entry id");
+        return bad("an entry has no entry id");
     };
     Ok(RawEntry {
         id,
@@ -419,6 +434,22 @@ mod tests {
                 parse_xread(reply.clone(), "smtp-gate:events").is_err(),
                 "{reply:?}"
             );
+        }
+    }
+
+    #[test]
+    fn xrange_gives_the_entries_or_none() {
+        let reply = Value::Array(vec![entry("5-1", &[("op", "revoke")])]);
+        let entries = parse_xrange(reply).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, id("5-1"));
+        assert_eq!(parse_xrange(Value::Array(vec![])), Ok(Vec::new()));
+        for bad in [
+            Value::Nil,
+            Value::Array(vec![s("5-1")]),
+            Value::Array(vec![entry("x", &[])]),
+        ] {
+            assert!(parse_xrange(bad.clone()).is_err(), "{bad:?}");
         }
     }
 
