@@ -885,6 +885,53 @@ fn a_stream_made_anew_while_the_agent_was_away_means_a_full_load() {
     );
 }
 
+/// In one transaction (so that an agent's next read comes after all of
+/// it): the revoke of `revoked`, more than a stream's length of entries
+/// after it, and a trim to 1,000. The read gives the 1,000 left: the
+/// agent must find what it had yet to read trimmed away, though its
+/// position then is an entry the stream still holds.
+fn revoke_trimmed_away(engine: &mut client::Connection, revoked: &str, expires_ms: u64) {
+    let mut pipe = client::pipe();
+    pipe.atomic();
+    pipe.cmd("DEL")
+        .arg(format!("smtp-gate:grant:{revoked}"))
+        .ignore();
+    pipe.cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("op")
+        .arg("revoke")
+        .arg("addr")
+        .arg(revoked)
+        .arg("issued")
+        .arg(now_ms())
+        .arg("origin")
+        .arg("pop-test")
+        .ignore();
+    for i in 0..1100u32 {
+        pipe.cmd("XADD")
+            .arg(EVENTS)
+            .arg("*")
+            .arg("op")
+            .arg("grant")
+            .arg("addr")
+            .arg(format!("198.51.100.{}", i % 250))
+            .arg("expires")
+            .arg(expires_ms)
+            .arg("issued")
+            .arg(now_ms())
+            .arg("origin")
+            .arg("pop-test")
+            .ignore();
+    }
+    pipe.cmd("XTRIM")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg(1000)
+        .ignore();
+    pipe.query::<()>(engine).expect("the revoke, trimmed away");
+}
+
 /// `ACL SETUSER smtp-gate-edge <rule>`, as the default user.
 fn edge_acl(engine: &mut client::Connection, rule: &str) {
     client::cmd("ACL")
@@ -913,53 +960,10 @@ fn a_full_load_that_failed_is_made_again_also_after_a_restart() {
     publish_grant(&mut publisher, revoked, later());
     bus.wait_grant(revoked, true);
 
-    // Every full load failing; then, in one transaction (so that the
-    // agent's next read comes after all of it), the revoke and more than
-    // a stream's length of entries after it, trimmed: the read gives the
-    // 1,000 left, the agent finds what it had yet to read trimmed away,
-    // and its position is an entry the stream still holds.
+    // Every full load failing; then the revoke trimmed away unread.
     edge_acl(&mut engine, "-scan");
     publish_grant(&mut publisher, "192.0.2.10", later());
-    let mut pipe = client::pipe();
-    pipe.atomic();
-    pipe.cmd("DEL")
-        .arg(format!("smtp-gate:grant:{revoked}"))
-        .ignore();
-    pipe.cmd("XADD")
-        .arg(EVENTS)
-        .arg("*")
-        .arg("op")
-        .arg("revoke")
-        .arg("addr")
-        .arg(revoked)
-        .arg("issued")
-        .arg(now_ms())
-        .arg("origin")
-        .arg("pop-test")
-        .ignore();
-    for i in 0..1100u32 {
-        pipe.cmd("XADD")
-            .arg(EVENTS)
-            .arg("*")
-            .arg("op")
-            .arg("grant")
-            .arg("addr")
-            .arg(format!("198.51.100.{}", i % 250))
-            .arg("expires")
-            .arg(later())
-            .arg("issued")
-            .arg(now_ms())
-            .arg("origin")
-            .arg("pop-test")
-            .ignore();
-    }
-    pipe.cmd("XTRIM")
-        .arg(EVENTS)
-        .arg("MAXLEN")
-        .arg(1000)
-        .ignore();
-    pipe.query::<()>(&mut engine)
-        .expect("the revoke, trimmed away");
+    revoke_trimmed_away(&mut engine, revoked, later());
 
     let trimmed = "the stream was trimmed past the position";
     bus.wait_status("full_load_pending", trimmed.into());
@@ -1147,4 +1151,36 @@ fn an_exhausted_stream_is_reported_until_it_is_made_anew() {
     bus.wait_grant("192.0.2.61", true);
     bus.wait_status("last_error", Value::Null);
     agent.wait_for_log("the stream's ids are no longer exhausted", 1, BOUND);
+}
+
+/// An engine whose ACL predates XRANGE (deploy/redis-acl.conf before it
+/// was added): the agent says so once and checks its reads with XINFO
+/// STREAM, so a revoke trimmed away unread is still caught.
+#[test]
+fn an_edge_refused_xrange_checks_its_reads_with_xinfo() {
+    let mut bus = BusLab::new("noxrange");
+    let mut engine = bus.engine();
+    edge_acl(&mut engine, "-xrange");
+    let (agent, _log) = bus.start_agent();
+    let mut publisher = bus.publisher();
+    let later = || now_ms() + 100_000;
+    let revoked = "192.0.2.9";
+    // The second read is the first with a witness to ask for.
+    for addr in [revoked, "192.0.2.10"] {
+        publish_grant(&mut publisher, addr, later());
+        bus.wait_grant(addr, true);
+    }
+    revoke_trimmed_away(&mut engine, revoked, later());
+    bus.wait_grant(revoked, false);
+    assert!(bus.grant_of("192.0.2.10").is_some());
+    publish_grant(&mut publisher, "192.0.2.11", later());
+    bus.wait_grant("192.0.2.11", true);
+    let text = agent.log();
+    assert_eq!(
+        text.matches("the engine refuses XRANGE").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("allow +xrange"), "{text}");
+    assert_eq!(bus.status()["last_error"], Value::Null);
 }
