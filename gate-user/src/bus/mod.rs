@@ -24,6 +24,8 @@ pub mod command;
 pub mod config;
 pub mod event;
 pub mod expiry;
+#[cfg(test)]
+mod fake_engine;
 pub mod follow;
 pub mod link;
 pub mod names;
