@@ -132,8 +132,11 @@ struct ClockState {
     logged_skew: Option<i64>,
     /// How far TIME was behind (ms) when that was logged last.
     logged_behind: Option<u64>,
-    /// Entry ids not taken for being too far ahead.
+    /// Entry ids not taken for being too far ahead (each once: the
+    /// stream's last id is looked at after every read).
     ids_ahead: u64,
+    /// The last of them.
+    last_ahead: Option<u64>,
     /// The boot clock when such an id was logged last.
     ids_ahead_logged: Option<u64>,
 }
@@ -307,6 +310,9 @@ impl ClockState {
         let reading = self.reading.map(|r| forward(r, boot));
         let reference = reading.map_or(wall, |reading| reading.max(wall));
         if id_ms > reference.saturating_add(MOST_AHEAD_ID_MS) {
+            if self.last_ahead.replace(id_ms) == Some(id_ms) {
+                return None;
+            }
             self.ids_ahead += 1;
             let due = self
                 .ids_ahead_logged
@@ -521,10 +527,12 @@ mod tests {
         assert!(line.text().contains("ahead"), "{line:?}");
         assert!(line.text().contains("1 such id"), "{line:?}");
         assert_eq!(state.now_ms(0, ENGINE), ENGINE);
-        // Counted each time, logged at most once a minute.
+        // Counted once each, logged at most once a minute.
         assert_eq!(state.note_floor(ENGINE + year, 1_000, ENGINE), None);
+        assert_eq!(state.ids_ahead, 1, "the same id again");
+        assert_eq!(state.note_floor(ENGINE + year + 1, 1_000, ENGINE), None);
         assert_eq!(state.ids_ahead, 2);
-        let line = state.note_floor(ENGINE + year, 61_000, ENGINE).unwrap();
+        let line = state.note_floor(ENGINE + year + 2, 61_000, ENGINE).unwrap();
         assert!(line.text().contains("3 such id"), "{line:?}");
         // Within the bound: taken.
         state.note_floor(ENGINE + MOST_AHEAD_ID_MS, 61_000, ENGINE);
