@@ -1094,3 +1094,34 @@ fn an_entry_id_far_ahead_blocks_no_grant_with_or_without_the_engines_time() {
     );
     assert!(!agent.log().contains("does not tell its time"));
 }
+
+#[test]
+fn the_engines_time_is_not_read_behind_the_blocking_read() {
+    // Attack review finding 8: the minutely TIME went out on the
+    // connection the agent's XREAD BLOCK (5 s) holds, so its answer
+    // waited for the read to end and the reading, and the skew `bus
+    // status` shows, were off by up to 2.5 s. The lab's hosts share one
+    // clock: the skew shown is the reading's error.
+    let mut bus = BusLab::new("clockread");
+    let (agent, _) = bus.start_agent();
+    // The link connected a moment before the agent said it follows; it
+    // reads the engine's time again a minute after. A grant 2.5 s before
+    // then ends the read under way, so that the refresh comes halfway
+    // through the next one.
+    let connected = Instant::now();
+    let refresh = Duration::from_secs(60);
+    thread::sleep((connected + refresh - Duration::from_millis(2_500)) - Instant::now());
+    publish_grant(&mut bus.publisher(), "192.0.2.50", now_ms() + 60_000);
+    bus.wait_grant("192.0.2.50", true);
+    // The read ends 2.5 s after the refresh, the status is written at
+    // most 2 s after that.
+    thread::sleep((connected + refresh + Duration::from_secs(6)) - Instant::now());
+    let status = bus.status();
+    let skew = status["clock_skew_ms"].as_i64().expect("clock_skew_ms");
+    assert!(
+        skew.abs() < 100,
+        "the reading waited behind the read: {status:#}"
+    );
+    let text = agent.log();
+    assert!(!text.contains("this host's clock is"), "{text}");
+}
