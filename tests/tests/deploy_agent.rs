@@ -348,3 +348,27 @@ fn the_redis_acl_file_lets_publishers_write_and_edges_only_read() {
         assert!(refused(run(&mut edge, write)), "the edge may {write:?}");
     }
 }
+
+#[test]
+fn the_redis_durability_file_makes_the_engine_sync_every_write() {
+    // What a revoke needs to survive the engine's restart (README,
+    // "Revokes, and an engine that goes back in time").
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/redis-durability.conf");
+    let server = RedisServer::start_with(RedisOptions {
+        extra: vec!["--include".into(), path.to_string_lossy().into_owned()],
+        ..RedisOptions::default()
+    });
+    let mut connection = server.connection();
+    for (name, value) in [
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("no-appendfsync-on-rewrite", "no"),
+    ] {
+        let got: Vec<String> = client::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(got, [name, value], "{}", path.display());
+    }
+}

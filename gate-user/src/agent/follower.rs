@@ -24,6 +24,11 @@
 //! values cut at [`LONGEST_VALUE`] + 1 octets (GETRANGE). A map write
 //! that fails (the gate is being repaired) stops the round before that
 //! entry, so it is applied when the round starts again.
+//!
+//! Every verdict passes the revoke tombstones (bus/tombstones.rs) before
+//! it is applied: a grant issued before a revoke applied in the last
+//! window is not, whatever the engine holds again; they are written
+//! beside the position, before it.
 
 use std::{
     collections::HashSet,
@@ -49,6 +54,7 @@ use crate::{
         names::Names,
         state::{self, AgentStatus, SavedPosition},
         stream::{self, BadReply, RawEntry, StreamId, StreamInfo},
+        tombstones::{self, Issued, Tombstones},
     },
     policy::log_budget::LogBudget,
     serve::GateGrantSink,
@@ -149,6 +155,8 @@ pub struct Follower {
     grant_lines: GrantLines,
     /// How many entries a read asks for.
     read_size: ReadSize,
+    /// The revokes applied in the last window.
+    tombstones: Tombstones,
     /// Where the status goes each time it is written (systemd's status
     /// line), if anywhere.
     shown: Option<tokio::sync::watch::Sender<AgentStatus>>,
@@ -164,6 +172,10 @@ impl Follower {
         bus: String,
     ) -> Self {
         let events = names.events();
+        let (tombstones, trouble) = Tombstones::load(tombstones::file_beside(&files.position));
+        if let Some(trouble) = trouble {
+            warn!("bus agent: revoke tombstones: {trouble}");
+        }
         Self {
             link,
             names,
@@ -193,6 +205,7 @@ impl Follower {
             file_lines: LogBudget::new("bus agent: state file", 2, Duration::from_secs(60)),
             grant_lines: GrantLines::default(),
             read_size: ReadSize::new(BATCH),
+            tombstones,
             shown: None,
         }
     }
@@ -494,7 +507,9 @@ impl Follower {
                 });
             match judged {
                 Ok((verdict, origin)) => {
-                    self.apply(verdict, grant_lines::From::Entry { origin: &origin })?
+                    if let Some(verdict) = self.screened(verdict, Issued::Entry(entry.id), window) {
+                        self.apply(verdict, grant_lines::From::Entry { origin: &origin })?
+                    }
                 }
                 Err(why) => {
                     self.status.entries_rejected += 1;
@@ -544,6 +559,18 @@ impl Follower {
             self.status.apply_failures += 1;
             RoundError::Map(e)
         })
+    }
+
+    /// `verdict` as the revoke tombstones leave it; one they hold back
+    /// is counted.
+    fn screened(&mut self, verdict: Verdict, issued: Issued, window: Duration) -> Option<Verdict> {
+        let now = self.link.clock().now_ms();
+        let screened = self.tombstones.screen(verdict, issued, now, window);
+        if screened.is_none() {
+            self.status.revoked_skipped += 1;
+            debug!("bus agent: {verdict:?} from {issued:?} held back: revoked since");
+        }
+        screened
     }
 
     /// The gate's window now: the longest a grant is applied for.
@@ -641,10 +668,14 @@ impl Follower {
             };
             match verdict {
                 KeyVerdict::Apply(verdict) => {
-                    if let Verdict::Grant(addr, _) = verdict {
-                        seen.insert(addr);
+                    // Held back by a tombstone: unseen, so the load takes
+                    // away what the map may hold of it.
+                    if let Some(verdict) = self.screened(verdict, Issued::Key, window) {
+                        if let Verdict::Grant(addr, _) = verdict {
+                            seen.insert(addr);
+                        }
+                        self.apply(verdict, grant_lines::From::Keys)?;
                     }
-                    self.apply(verdict, grant_lines::From::Keys)?;
                 }
                 KeyVerdict::Gone => {}
                 KeyVerdict::Bad(why) => {
@@ -726,6 +757,16 @@ impl Follower {
         if !self.keeper.due(Some(position), now, at_once) {
             return;
         }
+        // The tombstones first: a position on disk past a revoke whose
+        // tombstone is not would lose it at a restart.
+        if let Err(e) = self.tombstones.save() {
+            if self.file_lines.allows() {
+                warn!(
+                    "bus agent: writing the revoke tombstones to {}: {e}",
+                    self.tombstones.path().display()
+                );
+            }
+        }
         match state::write_position(&self.files.position, position) {
             Ok(()) => self.keeper.wrote(position, now),
             Err(e) => {
@@ -757,6 +798,8 @@ impl Follower {
         self.status.updated_ms = wall_ms();
         self.status.connected = self.link.is_up();
         self.status.clock_skew_ms = self.link.clock().skew_ms();
+        self.status.ids_ahead_ignored = self.link.clock().ids_ahead();
+        self.status.revoke_tombstones = self.tombstones.len() as u64;
         self.status.position = self.position.map(|p| p.to_string());
         self.status.full_load_pending = self.load_pending.map(str::to_owned);
         self.status.last_error = self

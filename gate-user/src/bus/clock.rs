@@ -12,17 +12,39 @@
 //! CLOCK_BOOTTIME, which no setting of the wall clock moves and which
 //! counts time asleep.
 //!
+//! A reading is the best of [`SAMPLES`] round trips (the shortest, as NTP
+//! picks them; none longer than [`LONGEST_ROUND_TRIP_MS`]), made on a
+//! connection that waits for nothing else: behind an edge's blocking read
+//! an answer waited up to 5 s and the reading was off by half of that
+//! (attack review, finding 8).
+//!
+//! The clock never goes back for judging grants (finding 4): an engine
+//! whose clock was stepped back an hour made every entry and key of the
+//! last hour look fresh again. Entry ids are the engine's time of each
+//! XADD (the engine keeps them rising even when its clock goes back), so
+//! the engine's time is at least the newest id seen; a TIME reading more
+//! than [`STEP_BACK_TOLERANCE_MS`] behind that, or behind the time the
+//! clock holds already, is not taken (said once per change); a smaller
+//! one is, so that the drift of this host's boot clock is corrected, but
+//! what [`EngineClock::now_ms`] gives never goes back.
+//!
+//! An entry id more than [`MOST_AHEAD_ID_MS`] ahead of what this host can
+//! check it against (its wall clock, or the engine's TIME if later) is
+//! not taken as the engine's time, but counted and logged (finding 7):
+//! one entry written with the id `<now + 1 year>-0` made every grant look
+//! over on every edge.
+//!
 //! An engine that refuses `TIME` (an ACL without `+time`) leaves this
-//! host's wall clock, with one floor: entry ids are the engine's time of
-//! each XADD, so the engine's clock is at least the newest id seen
-//! ([`EngineClock::note_entry_time`]). That floor keeps an edge whose
-//! clock is behind from taking old grants for fresh ones.
+//! host's wall clock, with the newest id seen (within that bound) as a
+//! floor, which keeps an edge whose clock is a little behind from taking
+//! old grants for fresh ones.
 
 use std::{
     sync::{Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use log::{info, warn};
 use redis::Value;
 
 use super::stream::{octets, BadReply};
@@ -34,21 +56,89 @@ pub const REFRESH: Duration = Duration::from_secs(60);
 /// design tolerates a second.
 pub const NOTABLE_SKEW_MS: i64 = 1000;
 
+/// TIME round trips per reading: the shortest is kept.
+pub const SAMPLES: usize = 4;
+
+/// A TIME sample whose round trip took longer than this is not taken:
+/// the engine's answer was made somewhere within it, so its error is up
+/// to half of it, here a tenth of the second of skew the design
+/// tolerates. An engine further away than that cannot acknowledge a login
+/// within `bus_timeout` (250 ms) anyway.
+pub const LONGEST_ROUND_TRIP_MS: u64 = 200;
+
+/// A TIME reading this far behind the time the clock holds (the newest
+/// entry id seen, or the last reading carried forward) is the engine's
+/// clock stepped back, and not taken. Closer than that it is taken: this
+/// host's boot clock drifts a little against the engine's.
+pub const STEP_BACK_TOLERANCE_MS: u64 = 1000;
+
+/// An entry id further ahead than this of this host's wall clock (or of
+/// the engine's TIME, if that is later) is not taken as the engine's
+/// time. Each id taken may move the time grants are judged by ahead, and
+/// so shorten every grant, by up to this much: ten seconds of a window of
+/// minutes. It is ten times the skew the design tolerates, so hosts whose
+/// clocks NTP keeps right never see a real id refused; an edge further
+/// behind than this has the engine's TIME to go by (`+time`).
+pub const MOST_AHEAD_ID_MS: u64 = 10_000;
+
+/// Ids ignored for being ahead are logged at most this often.
+const AHEAD_LOG_INTERVAL_MS: u64 = 60_000;
+
 /// The engine's time as last read, carried forward on CLOCK_BOOTTIME.
 #[derive(Debug, Default)]
 pub struct EngineClock {
+    /// For the log: `serve`, `agent`, `cli`.
+    role: &'static str,
     state: Mutex<ClockState>,
+}
+
+/// One TIME round trip: the engine's answer, and this host's boot clock
+/// when the question went out and when the answer came back (ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub engine_ms: u64,
+    pub sent_boot_ms: u64,
+    pub received_boot_ms: u64,
+}
+
+impl Sample {
+    pub fn round_trip_ms(&self) -> u64 {
+        self.received_boot_ms.saturating_sub(self.sent_boot_ms)
+    }
+}
+
+/// The sample to take: the shortest round trip, if one was no longer
+/// than [`LONGEST_ROUND_TRIP_MS`].
+pub fn best_sample(samples: &[Sample]) -> Option<Sample> {
+    samples
+        .iter()
+        .filter(|s| s.round_trip_ms() <= LONGEST_ROUND_TRIP_MS)
+        .min_by_key(|s| s.round_trip_ms())
+        .copied()
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct ClockState {
     /// The engine's time (ms) and this host's boot clock (ms) when it was
-    /// read.
+    /// read; when a reading stepped back, the time the clock held then.
     reading: Option<(u64, u64)>,
-    /// The newest entry id's time seen, and the boot clock then.
+    /// The newest entry id's time seen since the last reading (within
+    /// [`MOST_AHEAD_ID_MS`]), and the boot clock then.
     floor: Option<(u64, u64)>,
+    /// The latest time given out while the engine's time is known: none
+    /// later is earlier.
+    given: u64,
     /// The skew last logged (engine minus this host, ms).
     logged_skew: Option<i64>,
+    /// How far TIME was behind (ms) when that was logged last.
+    logged_behind: Option<u64>,
+    /// Entry ids not taken for being too far ahead (each once: the
+    /// stream's last id is looked at after every read).
+    ids_ahead: u64,
+    /// The last of them.
+    last_ahead: Option<u64>,
+    /// The boot clock when such an id was logged last.
+    ids_ahead_logged: Option<u64>,
 }
 
 impl EngineClock {
@@ -56,26 +146,47 @@ impl EngineClock {
         Self::default()
     }
 
+    /// A clock whose log lines name `role` (`bus agent: ...`).
+    pub fn for_role(role: &'static str) -> Self {
+        Self {
+            role,
+            ..Self::default()
+        }
+    }
+
     /// The engine's time now, in milliseconds since the Unix epoch, as
-    /// well as this host can tell.
+    /// well as this host can tell; never earlier than what it gave
+    /// before, once the engine's time was read.
     pub fn now_ms(&self) -> u64 {
         self.state().now_ms(boot_ms(), wall_ms())
     }
 
-    /// The engine said its time is `engine_ms` (read between `sent_boot_ms`
-    /// and now on the boot clock). Returns the line to log if the skew
-    /// against this host's wall clock is notable and changed since the
-    /// last one.
-    pub fn record(&self, engine_ms: u64, sent_boot_ms: u64) -> Option<String> {
+    /// Takes the best of `samples` ([`best_sample`]) as the engine's time
+    /// now, unless it steps back. False if none was good enough.
+    pub fn record(&self, samples: &[Sample]) -> bool {
+        let Some(sample) = best_sample(samples) else {
+            return false;
+        };
         let now_boot = boot_ms();
         let mut state = self.state();
-        state.record(engine_ms, sent_boot_ms, now_boot);
-        state.skew_line(wall_ms(), now_boot)
+        let lines = [
+            state.record(sample, now_boot),
+            state.skew_line(wall_ms(), now_boot),
+        ];
+        drop(state);
+        for line in lines.into_iter().flatten() {
+            self.log(line);
+        }
+        true
     }
 
-    /// An entry id's time: the engine's clock read at least that.
+    /// An entry id's time: the engine's clock read at least that, if it
+    /// is not too far ahead.
     pub fn note_entry_time(&self, id_ms: u64) {
-        self.state().note_floor(id_ms, boot_ms());
+        let line = self.state().note_floor(id_ms, boot_ms(), wall_ms());
+        if let Some(line) = line {
+            self.log(line);
+        }
     }
 
     /// Engine minus this host's wall clock, in ms, if the engine's time
@@ -84,43 +195,163 @@ impl EngineClock {
         self.state().skew(wall_ms(), boot_ms())
     }
 
+    /// How many entry ids were not taken as the engine's time for being
+    /// too far ahead.
+    pub fn ids_ahead(&self) -> u64 {
+        self.state().ids_ahead
+    }
+
+    fn log(&self, line: Line) {
+        match line {
+            Line::Warn(text) => warn!("bus {}: {text}", self.role),
+            Line::Info(text) => info!("bus {}: {text}", self.role),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
+/// A line for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Line {
+    Warn(String),
+    Info(String),
+}
+
+impl Line {
+    #[cfg(test)]
+    fn text(&self) -> &str {
+        match self {
+            Line::Warn(text) | Line::Info(text) => text,
+        }
+    }
+}
+
+/// `(ms, at)` carried forward to the boot clock `boot`.
+fn forward((ms, at): (u64, u64), boot: u64) -> u64 {
+    ms.saturating_add(boot.saturating_sub(at))
+}
+
 impl ClockState {
-    fn now_ms(&self, boot: u64, wall: u64) -> u64 {
-        let forward = |(ms, at): (u64, u64)| ms.saturating_add(boot.saturating_sub(at));
+    /// The engine's time the clock holds: the reading and the floor
+    /// carried forward, the later; `None` before either.
+    fn held(&self, boot: u64) -> Option<u64> {
+        let reading = self.reading.map(|r| forward(r, boot));
+        let floor = self.floor.map(|f| forward(f, boot));
+        reading.max(floor)
+    }
+
+    /// The time now without giving it out.
+    fn estimate(&self, boot: u64, wall: u64) -> u64 {
         match self.reading {
-            Some(reading) => forward(reading),
-            None => self.floor.map_or(wall, |floor| wall.max(forward(floor))),
+            Some(_) => self.held(boot).unwrap_or(0).max(self.given),
+            None => self.held(boot).map_or(wall, |floor| wall.max(floor)),
         }
     }
 
-    fn record(&mut self, engine_ms: u64, sent_boot: u64, now_boot: u64) {
-        // The answer was made somewhere between the question and its
-        // answer: half the round trip before now.
-        let half_trip = now_boot.saturating_sub(sent_boot) / 2;
-        self.reading = Some((engine_ms.saturating_add(half_trip), now_boot));
+    fn now_ms(&mut self, boot: u64, wall: u64) -> u64 {
+        let now = self.estimate(boot, wall);
+        if self.reading.is_some() {
+            self.given = now;
+        }
+        now
     }
 
-    fn note_floor(&mut self, id_ms: u64, boot: u64) {
-        let now = |floor: Option<(u64, u64)>| {
-            floor.map(|(ms, at): (u64, u64)| ms.saturating_add(boot.saturating_sub(at)))
-        };
-        if now(self.floor).is_none_or(|floor_now| id_ms > floor_now) {
+    /// Takes `sample` (its best one) at the boot clock `now_boot`; the
+    /// line to log if it stepped back, or agrees again.
+    fn record(&mut self, sample: Sample, now_boot: u64) -> Option<Line> {
+        // The answer was made somewhere between the question and its
+        // answer: half the round trip before it arrived, carried to now.
+        let taken = sample
+            .engine_ms
+            .saturating_add(sample.round_trip_ms() / 2)
+            .saturating_add(now_boot.saturating_sub(sample.received_boot_ms));
+        let held = self.held(now_boot);
+        // The floor is in the reading from here on: a reading corrects
+        // the drift that carrying it forward gathered.
+        self.floor = None;
+        match held {
+            Some(held) if taken.saturating_add(STEP_BACK_TOLERANCE_MS) < held => {
+                self.reading = Some((held, now_boot));
+                self.behind_line(held - taken)
+            }
+            _ => {
+                self.reading = Some((taken, now_boot));
+                self.logged_behind.take().map(|_| {
+                    Line::Info(
+                        "the engine's clock agrees again with the time it gave before".to_owned(),
+                    )
+                })
+            }
+        }
+    }
+
+    /// The line saying TIME is `behind` the time the clock holds, once
+    /// per change of a second or more.
+    fn behind_line(&mut self, behind: u64) -> Option<Line> {
+        if self
+            .logged_behind
+            .is_some_and(|logged| logged.abs_diff(behind) < STEP_BACK_TOLERANCE_MS)
+        {
+            return None;
+        }
+        self.logged_behind = Some(behind);
+        Some(Line::Warn(format!(
+            "the engine's clock (TIME) is {:.1}s behind the time it gave before (its newest \
+             entry id, or an earlier reading): stepped back? Grants are judged by the later \
+             time; make the engine's host slew its clock (chrony, ntpd), not step it",
+            behind as f64 / 1000.0
+        )))
+    }
+
+    fn note_floor(&mut self, id_ms: u64, boot: u64, wall: u64) -> Option<Line> {
+        let reading = self.reading.map(|r| forward(r, boot));
+        let reference = reading.map_or(wall, |reading| reading.max(wall));
+        if id_ms > reference.saturating_add(MOST_AHEAD_ID_MS) {
+            if self.last_ahead.replace(id_ms) == Some(id_ms) {
+                return None;
+            }
+            self.ids_ahead += 1;
+            let due = self
+                .ids_ahead_logged
+                .is_none_or(|at| boot.saturating_sub(at) >= AHEAD_LOG_INTERVAL_MS);
+            if !due {
+                return None;
+            }
+            self.ids_ahead_logged = Some(boot);
+            return Some(Line::Warn(format!(
+                "an entry id of time {id_ms} is {:.1}s ahead of this host's clock and the \
+                 engine's: not taken as the engine's time ({} such id(s) so far; a writer \
+                 to the engine added it by hand?)",
+                (id_ms - reference) as f64 / 1000.0,
+                self.ids_ahead
+            )));
+        }
+        let floor = self.floor.map(|f| forward(f, boot));
+        if floor.is_none_or(|floor| id_ms > floor) {
             self.floor = Some((id_ms, boot));
+        }
+        // Both carried forward alike: how far TIME is behind stays put
+        // while ids stand still (the engine keeps them at its last
+        // millisecond while its clock is behind).
+        let floor = self.floor.map_or(0, |f| forward(f, boot));
+        match reading {
+            Some(reading) if floor > reading.saturating_add(STEP_BACK_TOLERANCE_MS) => {
+                self.behind_line(floor - reading)
+            }
+            _ => None,
         }
     }
 
     fn skew(&self, wall: u64, boot: u64) -> Option<i64> {
         self.reading?;
-        let engine = self.now_ms(boot, wall) as i128;
+        let engine = self.estimate(boot, wall) as i128;
         Some((engine - wall as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64)
     }
 
-    fn skew_line(&mut self, wall: u64, boot: u64) -> Option<String> {
+    fn skew_line(&mut self, wall: u64, boot: u64) -> Option<Line> {
         let skew = self.skew(wall, boot)?;
         let notable = skew.abs() >= NOTABLE_SKEW_MS;
         let changed = match self.logged_skew {
@@ -131,7 +362,7 @@ impl ClockState {
             return None;
         }
         self.logged_skew = Some(skew);
-        Some(if notable {
+        Some(Line::Warn(if notable {
             format!(
                 "this host's clock is {:.1}s {} the engine's; grants are timed by the \
                  engine's clock (check NTP on both)",
@@ -140,7 +371,7 @@ impl ClockState {
             )
         } else {
             "this host's clock agrees with the engine's again".to_owned()
-        })
+        }))
     }
 }
 
@@ -185,6 +416,23 @@ mod tests {
     use super::*;
 
     const ENGINE: u64 = 1_764_546_300_000;
+    const HOUR: u64 = 3_600_000;
+
+    /// A sample answered `engine_ms` after a round trip from `sent` to
+    /// `received` on the boot clock.
+    fn sample(engine_ms: u64, sent: u64, received: u64) -> Sample {
+        Sample {
+            engine_ms,
+            sent_boot_ms: sent,
+            received_boot_ms: received,
+        }
+    }
+
+    /// Reads the engine's time as `engine_ms` at boot time `boot`, with
+    /// no round trip.
+    fn read(state: &mut ClockState, engine_ms: u64, boot: u64) -> Option<Line> {
+        state.record(sample(engine_ms, boot, boot), boot)
+    }
 
     #[test]
     fn the_engines_time_is_carried_forward_on_the_boot_clock_not_the_wall_clock() {
@@ -192,41 +440,149 @@ mod tests {
         // Without a reading: this host's wall clock.
         assert_eq!(state.now_ms(5_000, 42), 42);
         // Read with a 10 ms round trip, at boot time 5 s.
-        state.record(ENGINE, 4_990, 5_000);
+        state.record(sample(ENGINE, 4_990, 5_000), 5_000);
         assert_eq!(state.now_ms(5_000, 0), ENGINE + 5);
         // 60 s later on the boot clock, whatever the wall clock says (it
         // was stepped an hour back).
-        assert_eq!(state.now_ms(65_000, ENGINE - 3_600_000), ENGINE + 60_005);
+        assert_eq!(state.now_ms(65_000, ENGINE - HOUR), ENGINE + 60_005);
+        // A sample taken a while before it is recorded is carried to then.
+        let mut state = ClockState::default();
+        state.record(sample(ENGINE, 1_000, 1_000), 1_300);
+        assert_eq!(state.now_ms(1_300, 0), ENGINE + 300);
     }
 
     #[test]
     fn without_the_engines_time_entry_ids_are_a_floor_under_the_wall_clock() {
         let mut state = ClockState::default();
-        let behind = ENGINE - 3_600_000;
-        state.note_floor(ENGINE, 1_000);
+        let behind = ENGINE - 5_000;
+        assert_eq!(state.note_floor(ENGINE, 1_000, behind), None);
         assert_eq!(state.now_ms(1_000, behind), ENGINE);
         assert_eq!(state.now_ms(3_000, behind), ENGINE + 2_000);
         // An older id lowers nothing; a wall clock ahead of the floor wins.
-        state.note_floor(ENGINE - 10, 3_000);
+        state.note_floor(ENGINE - 10, 3_000, behind);
         assert_eq!(state.now_ms(3_000, behind), ENGINE + 2_000);
         assert_eq!(state.now_ms(3_000, ENGINE + 9_000), ENGINE + 9_000);
         // A reading of the engine's time takes over from the floor.
-        state.record(ENGINE + 500, 3_000, 3_000);
-        assert_eq!(state.now_ms(3_000, ENGINE + 9_000), ENGINE + 500);
+        read(&mut state, ENGINE + 2_500, 3_000);
+        assert_eq!(state.now_ms(3_000, ENGINE + 9_000), ENGINE + 2_500);
+    }
+
+    #[test]
+    fn a_time_reading_stepped_back_is_not_taken_and_the_clock_never_goes_back() {
+        // Attack review finding 4: the engine's clock stepped back an
+        // hour made every entry and key of the last hour fresh again.
+        let mut state = ClockState::default();
+        read(&mut state, ENGINE, 1_000);
+        assert_eq!(state.now_ms(61_000, ENGINE + 60_000), ENGINE + 60_000);
+        let line = read(&mut state, ENGINE + 60_000 - HOUR, 61_000).unwrap();
+        assert!(matches!(line, Line::Warn(_)), "{line:?}");
+        assert!(line.text().contains("3600.0s behind"), "{line:?}");
+        assert!(line.text().contains("slew"), "{line:?}");
+        assert_eq!(state.now_ms(61_000, 0), ENGINE + 60_000);
+        assert_eq!(state.now_ms(121_000, 0), ENGINE + 120_000);
+        // Read again a minute later, still behind: said once.
+        assert_eq!(read(&mut state, ENGINE + 120_000 - HOUR, 121_000), None);
+        assert_eq!(state.now_ms(121_000, 0), ENGINE + 120_000);
+        // The engine's clock put right: taken, and said.
+        let line = read(&mut state, ENGINE + 180_000, 181_000).unwrap();
+        assert!(line.text().contains("agrees again"), "{line:?}");
+        // A reading a little behind corrects the boot clock's drift; what
+        // is given out stands still until it has caught up.
+        assert_eq!(state.now_ms(241_000, 0), ENGINE + 240_000);
+        assert_eq!(read(&mut state, ENGINE + 239_500, 241_000), None);
+        assert_eq!(state.now_ms(241_000, 0), ENGINE + 240_000);
+        assert_eq!(state.now_ms(241_400, 0), ENGINE + 240_000);
+        assert_eq!(state.now_ms(241_600, 0), ENGINE + 240_100);
+        // The skew shown is against the time grants are judged by.
+        assert_eq!(state.skew(ENGINE + 240_100, 241_600), Some(0));
+    }
+
+    #[test]
+    fn time_behind_the_newest_entry_id_is_said_and_the_id_wins() {
+        // The agent starts after the engine's clock went back an hour:
+        // its first reading holds nothing to compare with, the stream's
+        // newest id does.
+        let mut state = ClockState::default();
+        assert_eq!(read(&mut state, ENGINE - HOUR, 0), None);
+        let line = state.note_floor(ENGINE, 0, ENGINE).unwrap();
+        assert!(line.text().contains("3600.0s behind"), "{line:?}");
+        assert_eq!(state.now_ms(0, 0), ENGINE);
+        assert_eq!(state.now_ms(10_000, 0), ENGINE + 10_000);
+        // The engine keeps later ids at its newest millisecond: the same
+        // id again, seconds later, says nothing new.
+        assert_eq!(state.note_floor(ENGINE, 5_000, ENGINE + 5_000), None);
+        // The next reading, still behind, is not taken.
+        assert_eq!(read(&mut state, ENGINE + 60_000 - HOUR, 60_000), None);
+        assert_eq!(state.now_ms(60_000, 0), ENGINE + 60_000);
+    }
+
+    #[test]
+    fn an_entry_id_far_ahead_is_not_taken_as_the_engines_time() {
+        // Attack review finding 7: an entry XADDed with the id
+        // <now + 1 year>-0 made every grant look over.
+        let year = 365 * 24 * HOUR;
+        // Without TIME: ahead of this host's wall clock.
+        let mut state = ClockState::default();
+        let line = state.note_floor(ENGINE + year, 0, ENGINE).unwrap();
+        assert!(line.text().contains("ahead"), "{line:?}");
+        assert!(line.text().contains("1 such id"), "{line:?}");
+        assert_eq!(state.now_ms(0, ENGINE), ENGINE);
+        // Counted once each, logged at most once a minute.
+        assert_eq!(state.note_floor(ENGINE + year, 1_000, ENGINE), None);
+        assert_eq!(state.ids_ahead, 1, "the same id again");
+        assert_eq!(state.note_floor(ENGINE + year + 1, 1_000, ENGINE), None);
+        assert_eq!(state.ids_ahead, 2);
+        let line = state.note_floor(ENGINE + year + 2, 61_000, ENGINE).unwrap();
+        assert!(line.text().contains("3 such id"), "{line:?}");
+        // Within the bound: taken.
+        state.note_floor(ENGINE + MOST_AHEAD_ID_MS, 61_000, ENGINE);
+        assert_eq!(state.now_ms(61_000, ENGINE), ENGINE + MOST_AHEAD_ID_MS);
+
+        // With TIME: ahead of the engine's time too (here this host's
+        // clock is an hour behind: ids are checked against the later).
+        let mut state = ClockState::default();
+        read(&mut state, ENGINE, 0);
+        assert!(state.note_floor(ENGINE + year, 0, ENGINE - HOUR).is_some());
+        assert_eq!(state.now_ms(0, ENGINE - HOUR), ENGINE);
+        assert_eq!(state.note_floor(ENGINE + 500, 0, ENGINE - HOUR), None);
+        assert_eq!(state.now_ms(0, ENGINE - HOUR), ENGINE + 500);
+        assert_eq!(state.ids_ahead, 1);
+    }
+
+    #[test]
+    fn the_sample_with_the_shortest_round_trip_is_taken_none_over_the_bound() {
+        // Finding 8: a TIME answer that waited behind a blocking read
+        // made the reading seconds off.
+        let queued = sample(ENGINE + 2_500, 0, 2_500);
+        let slow = sample(ENGINE + 30, 0, 60);
+        let quick = sample(ENGINE + 4, 0, 8);
+        assert_eq!(best_sample(&[queued, slow, quick]), Some(quick));
+        assert_eq!(best_sample(&[queued]), None);
+        assert_eq!(best_sample(&[]), None);
+        let edge = sample(ENGINE, 0, LONGEST_ROUND_TRIP_MS);
+        assert_eq!(best_sample(&[edge]), Some(edge));
+        assert_eq!(
+            best_sample(&[sample(ENGINE, 0, LONGEST_ROUND_TRIP_MS + 1)]),
+            None
+        );
+        // The quick one, taken: half its round trip before it arrived.
+        let mut state = ClockState::default();
+        state.record(best_sample(&[queued, quick]).unwrap(), 8);
+        assert_eq!(state.now_ms(8, 0), ENGINE + 8);
     }
 
     #[test]
     fn a_notable_skew_is_logged_once_per_change() {
         let mut state = ClockState::default();
-        state.record(ENGINE, 0, 0);
+        read(&mut state, ENGINE, 0);
         assert_eq!(state.skew_line(ENGINE + 300, 0), None, "within a second");
-        let line = state.skew_line(ENGINE - 3_600_000, 0).unwrap();
-        assert!(line.contains("3600.0s behind"), "{line}");
-        assert_eq!(state.skew_line(ENGINE - 3_600_400, 0), None, "the same");
+        let line = state.skew_line(ENGINE - HOUR, 0).unwrap();
+        assert!(line.text().contains("3600.0s behind"), "{line:?}");
+        assert_eq!(state.skew_line(ENGINE - HOUR - 400, 0), None, "the same");
         let line = state.skew_line(ENGINE + 5_000, 0).unwrap();
-        assert!(line.contains("5.0s ahead of"), "{line}");
+        assert!(line.text().contains("5.0s ahead of"), "{line:?}");
         let line = state.skew_line(ENGINE, 0).unwrap();
-        assert!(line.contains("agrees"), "{line}");
+        assert!(line.text().contains("agrees"), "{line:?}");
         assert_eq!(state.skew(ENGINE - 2_000, 0), Some(2_000));
     }
 

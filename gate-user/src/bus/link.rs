@@ -4,6 +4,12 @@
 //! finds it broken. Whoever uses it never waits for a connection: it gets
 //! the current one or none, so a login never blocks on an engine that is
 //! down. The log says once per change that the bus is down or back.
+//!
+//! The engine's time (bus/clock.rs) is read when the link connects, on
+//! the new connection before anyone else uses it, and every
+//! [`clock::REFRESH`] on a connection of its own: on the shared one, an
+//! agent's blocking read (up to 5 s) holds back every answer after it,
+//! and a TIME answer that waited that long made the reading seconds off.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -11,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use log::{info, warn};
+use log::{debug, info, warn};
 use redis::{aio::MultiplexedConnection, AsyncConnectionConfig, Client};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +83,8 @@ struct Inner {
     /// The engine's time, read at each connect and every
     /// [`clock::REFRESH`].
     clock: EngineClock,
+    /// Whether the clock's last reading failed, as logged.
+    logged_clock_failure: Mutex<bool>,
 }
 
 struct State {
@@ -87,7 +95,12 @@ struct State {
     logged_up: Option<bool>,
     /// The engine refused TIME, and that was logged.
     logged_no_time: bool,
+    /// No TIME round trip was quick enough, and that was logged.
+    logged_slow_time: bool,
 }
+
+/// How long the clock's own connection may take to answer a TIME.
+const CLOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Link {
     /// The link, not yet connected: [`Link::keep`] connects it.
@@ -98,6 +111,7 @@ impl Link {
             info.redis.password = Some(password.clone());
         }
         let client = Client::open(info).with_context(|| format!("bus = {}", settings.url))?;
+        let clock = EngineClock::for_role(settings.role);
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
@@ -107,10 +121,12 @@ impl Link {
                     last_error: None,
                     logged_up: None,
                     logged_no_time: false,
+                    logged_slow_time: false,
                 }),
                 broken: Notify::new(),
                 connected: Notify::new(),
-                clock: EngineClock::new(),
+                clock,
+                logged_clock_failure: Mutex::new(false),
             }),
         })
     }
@@ -196,13 +212,7 @@ impl Link {
             let broken = self.inner.broken.notified();
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(clock::REFRESH) => {
-                    if let Some(mut connection) = self.connection() {
-                        if let Err(e) = self.read_time(&mut connection).await {
-                            self.failed(&e);
-                        }
-                    }
-                }
+                () = tokio::time::sleep(clock::REFRESH) => self.refresh().await,
                 () = broken => {
                     let mut state = self.state();
                     if state.logged_up == Some(true) && state.connection.is_none() {
@@ -247,27 +257,99 @@ impl Link {
         Ok(connection)
     }
 
-    /// Reads the engine's time into the clock. An engine that refuses
-    /// TIME (an ACL without it) is said once and leaves the clock as it
-    /// is; only a failed connection is an error.
-    async fn read_time(&self, connection: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        let sent = clock::boot_ms();
-        let reply = redis::cmd("TIME")
-            .query_async::<redis::Value>(connection)
-            .await;
+    /// Every [`clock::REFRESH`]: the engine's time is read on a
+    /// connection of its own, and the shared connection is asked whether
+    /// it still answers (PING: it may wait behind a blocking read, and is
+    /// not timed).
+    async fn refresh(&self) {
+        self.read_time_apart().await;
+        if let Some(mut connection) = self.connection() {
+            let ping = redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await;
+            if let Err(e) = ping {
+                self.failed(&e);
+            }
+        }
+    }
+
+    /// Reads the engine's time on a new connection that carries nothing
+    /// else, closed afterwards. A failure leaves the clock as it is
+    /// (carried forward on the boot clock), said once per change.
+    async fn read_time_apart(&self) {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(CLOCK_TIMEOUT);
+        let outcome = match self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(mut connection) => self.read_time(&mut connection).await,
+            Err(e) => Err(e),
+        };
         let role = self.inner.settings.role;
-        let refused = match reply {
-            Ok(reply) => match clock::parse_time(&reply) {
-                Ok(engine_ms) => {
-                    if let Some(line) = self.inner.clock.record(engine_ms, sent) {
-                        warn!("bus {role}: {line}");
-                    }
-                    return Ok(());
-                }
-                Err(e) => e.to_string(),
-            },
-            Err(e) if breaks_the_connection(&e) => return Err(e),
-            Err(e) => e.to_string(),
+        let mut logged = self
+            .inner
+            .logged_clock_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok(()) if std::mem::take(&mut *logged) => {
+                info!("bus {role}: the engine's time is read again");
+            }
+            Ok(()) => {}
+            Err(e) if !std::mem::replace(&mut *logged, true) => warn!(
+                "bus {role}: the engine's time cannot be read on a connection of its own \
+                 ({e}); the last reading goes on, carried forward on this host's boot clock"
+            ),
+            Err(e) => debug!("bus {role}: reading the engine's time: {e}"),
+        }
+    }
+
+    /// Reads the engine's time into the clock: [`clock::SAMPLES`] TIME
+    /// round trips on `connection`, the shortest taken (bus/clock.rs).
+    /// An engine that refuses TIME (an ACL without it) is said once and
+    /// leaves the clock as it is; only a failed connection is an error.
+    async fn read_time(&self, connection: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let mut samples = Vec::with_capacity(clock::SAMPLES);
+        let mut refused = None;
+        for _ in 0..clock::SAMPLES {
+            let sent = clock::boot_ms();
+            let reply = redis::cmd("TIME")
+                .query_async::<redis::Value>(connection)
+                .await;
+            let received = clock::boot_ms();
+            match reply.map(|reply| clock::parse_time(&reply)) {
+                Ok(Ok(engine_ms)) => samples.push(clock::Sample {
+                    engine_ms,
+                    sent_boot_ms: sent,
+                    received_boot_ms: received,
+                }),
+                Ok(Err(e)) => refused = Some(e.to_string()),
+                Err(e) if breaks_the_connection(&e) => return Err(e),
+                Err(e) => refused = Some(e.to_string()),
+            }
+            if refused.is_some() {
+                break;
+            }
+        }
+        let role = self.inner.settings.role;
+        let Some(refused) = refused else {
+            let taken = self.inner.clock.record(&samples);
+            let mut state = self.state();
+            if !taken && !std::mem::replace(&mut state.logged_slow_time, true) {
+                warn!(
+                    "bus {role}: the engine's time is not taken: none of {} TIME round trips \
+                     took {} ms or less; the last reading goes on",
+                    samples.len(),
+                    clock::LONGEST_ROUND_TRIP_MS
+                );
+            } else if taken && std::mem::take(&mut state.logged_slow_time) {
+                info!("bus {role}: the engine's time is taken again");
+            }
+            return Ok(());
         };
         let mut state = self.state();
         if !std::mem::replace(&mut state.logged_no_time, true) {
@@ -320,7 +402,81 @@ fn breaks_the_connection(error: &redis::RedisError) -> bool {
 mod tests {
     use redis::{ErrorKind, RedisError};
 
-    use super::breaks_the_connection;
+    use super::*;
+    use crate::bus::{
+        clock::wall_ms,
+        fake_engine::{time_answer, Answer, FakeEngine},
+    };
+
+    #[tokio::test]
+    async fn the_engines_time_is_read_apart_from_a_blocking_read() {
+        // Attack review finding 8: the minutely TIME went out on the
+        // connection an agent's XREAD BLOCK holds; its answer waited for
+        // the read to end, and the reading was off by half the wait. The
+        // fake engine's clock is an hour ahead; a blocking read holds
+        // its connection 1.5 s.
+        const AHEAD: u64 = 3_600_000;
+        const HELD: Duration = Duration::from_millis(1500);
+        let engine = FakeEngine::start(|command| match command[0].as_str() {
+            "PING" => Answer::Now(b"+PONG\r\n".to_vec()),
+            "CLIENT" => Answer::Now(b"+OK\r\n".to_vec()),
+            "TIME" => Answer::Now(time_answer(wall_ms() + AHEAD)),
+            "XREAD" => Answer::After(HELD, b"*-1\r\n".to_vec()),
+            _ => Answer::Now(b"-ERR unknown\r\n".to_vec()),
+        })
+        .await;
+        let link = Link::new(LinkSettings {
+            url: format!("redis://127.0.0.1:{}", engine.port)
+                .parse()
+                .unwrap(),
+            password: None,
+            response_timeout: Duration::from_secs(10),
+            role: "test",
+        })
+        .unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(link.clone().keep(stop.clone()));
+        let mut connection =
+            tokio::time::timeout(Duration::from_secs(30), link.wait_connected(&stop))
+                .await
+                .expect("the link connects")
+                .unwrap();
+        let near = |skew: Option<i64>| skew.is_some_and(|s| s.abs_diff(AHEAD as i64) < 50);
+        // Read at the connect, on the new connection before anyone used
+        // it: the best of the samples.
+        assert!(near(link.clock().skew_ms()), "{:?}", link.clock().skew_ms());
+
+        let read = tokio::spawn(async move {
+            redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(HELD.as_millis() as u64)
+                .arg("STREAMS")
+                .arg("s")
+                .arg("0-0")
+                .query_async::<redis::Value>(&mut connection)
+                .await
+        });
+        while engine.sent("XREAD").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        link.refresh().await;
+        let skew = link.clock().skew_ms();
+        assert!(near(skew), "the reading waited behind the read: {skew:?}");
+        assert_eq!(
+            engine
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "a connection of its own"
+        );
+        assert_eq!(
+            engine.sent("TIME").len(),
+            2 * clock::SAMPLES,
+            "samples at the connect and at the refresh"
+        );
+        read.await.unwrap().expect("the read ends");
+        stop.cancel();
+    }
 
     #[test]
     fn a_node_that_is_not_the_primary_breaks_the_connection_a_refused_command_does_not() {

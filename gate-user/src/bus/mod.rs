@@ -17,16 +17,20 @@
 //! The edge's side (`smtp-gate agent`, agent/): stream.rs reads the
 //! engine's replies without trusting them, follow.rs decides what they do
 //! to the local map and when the edge must reload the keys, state.rs keeps
-//! its position and status on disk.
+//! its position and status on disk, tombstones.rs the revokes it applied
+//! (so that an engine gone back to before a revoke cannot undo it).
 
 pub mod clock;
 pub mod command;
 pub mod config;
 pub mod event;
 pub mod expiry;
+#[cfg(test)]
+mod fake_engine;
 pub mod follow;
 pub mod link;
 pub mod names;
 pub mod publisher;
 pub mod state;
 pub mod stream;
+pub mod tombstones;

@@ -6,55 +6,14 @@
 
 use std::sync::Arc;
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
-
 use super::*;
-use crate::bus::names::DEFAULT_PREFIX;
+use crate::bus::{
+    fake_engine::{commands_of, time_answer, Answer, FakeEngine},
+    names::DEFAULT_PREFIX,
+};
 
 /// Only a hang fails a test.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// The commands in RESP's wire form (arrays of bulk strings), and how
-/// many octets they took; a command cut short is left for later.
-fn commands_of(wire: &[u8]) -> (Vec<Vec<String>>, usize) {
-    fn line(wire: &[u8], at: usize) -> Option<(&str, usize)> {
-        let end = at + wire.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
-        Some((std::str::from_utf8(&wire[at..end]).ok()?, end + 2))
-    }
-    let mut commands = Vec::new();
-    let mut at = 0;
-    'commands: while at < wire.len() {
-        let Some((count, mut next)) = line(wire, at) else {
-            break;
-        };
-        let count: usize = count.strip_prefix('*').expect("an array").parse().unwrap();
-        let mut words = Vec::new();
-        for _ in 0..count {
-            let Some((len, start)) = line(wire, next) else {
-                break 'commands;
-            };
-            let len: usize = len
-                .strip_prefix('$')
-                .expect("a bulk string")
-                .parse()
-                .unwrap();
-            let Some(word) = wire.get(start..start + len) else {
-                break 'commands;
-            };
-            words.push(String::from_utf8(word.to_vec()).unwrap());
-            next = start + len + 2;
-        }
-        if next > wire.len() {
-            break;
-        }
-        commands.push(words);
-        at = next;
-    }
-    (commands, at)
-}
 
 fn names() -> Names {
     Names::new(DEFAULT_PREFIX).unwrap()
@@ -159,69 +118,34 @@ enum Fake {
     Exhausted,
 }
 
-/// A fake engine on loopback: PING gets PONG and TIME the time (so the
-/// link connects), CLIENT (the client's hello) gets OK, the rest as
-/// `fake` says. Gives
-/// its port and the publications it was sent (SET or DEL commands).
-async fn fake_engine(fake: Fake) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let record = Arc::clone(&record);
-            tokio::spawn(async move {
-                let mut wire = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    wire.extend_from_slice(&buf[..n]);
-                    let (commands, used) = commands_of(&wire);
-                    wire.drain(..used);
-                    for command in commands {
-                        if matches!(command[0].as_str(), "SET" | "DEL") {
-                            record.lock().unwrap().push(command.clone());
-                        }
-                        let time;
-                        let answer: &[u8] = match (command[0].as_str(), fake) {
-                            ("PING", _) => b"+PONG\r\n",
-                            ("TIME", _) => {
-                                let now = std::time::SystemTime::now()
-                                    .duration_since(std::time::UNIX_EPOCH)
-                                    .unwrap();
-                                let (secs, micros) =
-                                    (now.as_secs().to_string(), now.subsec_micros().to_string());
-                                time = format!(
-                                    "*2\r\n${}\r\n{secs}\r\n${}\r\n{micros}\r\n",
-                                    secs.len(),
-                                    micros.len()
-                                );
-                                time.as_bytes()
-                            }
-                            ("CLIENT", _) => b"+OK\r\n",
-                            (_, Fake::Silent) => continue,
-                            (_, Fake::Refusing) => {
-                                b"-NOPERM this user has no permissions to run this command\r\n"
-                            }
-                            ("MULTI", Fake::Exhausted) => b"+OK\r\n",
-                            ("EXEC", Fake::Exhausted) => {
-                                b"*2\r\n+OK\r\n-ERR The stream has exhausted the last possible \
-                                  ID, unable to add more items\r\n"
-                            }
-                            (_, Fake::Exhausted) => b"+QUEUED\r\n",
-                        };
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+/// A fake engine on loopback (bus/fake_engine.rs): PING gets PONG and
+/// TIME the time (so the link connects), CLIENT (the client's hello) gets
+/// OK, the rest as `fake` says.
+async fn fake_engine(fake: Fake) -> FakeEngine {
+    FakeEngine::start(move |command| match (command[0].as_str(), fake) {
+        ("PING", _) => Answer::Now(b"+PONG\r\n".to_vec()),
+        ("TIME", _) => Answer::Now(time_answer(crate::bus::clock::wall_ms())),
+        ("CLIENT", _) => Answer::Now(b"+OK\r\n".to_vec()),
+        (_, Fake::Silent) => Answer::Nothing,
+        (_, Fake::Refusing) => {
+            Answer::Now(b"-NOPERM this user has no permissions to run this command\r\n".to_vec())
         }
-    });
-    (port, seen)
+        ("MULTI", Fake::Exhausted) => Answer::Now(b"+OK\r\n".to_vec()),
+        ("EXEC", Fake::Exhausted) => Answer::Now(
+            b"*2\r\n+OK\r\n-ERR The stream has exhausted the last possible \
+              ID, unable to add more items\r\n"
+                .to_vec(),
+        ),
+        (_, Fake::Exhausted) => Answer::Now(b"+QUEUED\r\n".to_vec()),
+    })
+    .await
+}
+
+/// The publications the engine was sent (SET or DEL commands).
+fn publications(engine: &FakeEngine) -> Vec<Vec<String>> {
+    let mut sent = engine.sent("SET");
+    sent.extend(engine.sent("DEL"));
+    sent
 }
 
 fn settings(timeout: Duration, max_in_flight: usize) -> PublisherSettings {
@@ -295,7 +219,8 @@ async fn with_the_link_down_a_publication_fails_at_once_and_is_counted() {
 /// publication ends as timed out (after `bus_timeout`, not never).
 #[tokio::test]
 async fn an_engine_that_does_not_answer_times_the_publication_out() {
-    let (port, seen) = fake_engine(Fake::Silent).await;
+    let engine = fake_engine(Fake::Silent).await;
+    let port = engine.port;
     let stop = CancellationToken::new();
     let publisher = publisher(port, Duration::from_millis(200), 8, &stop).await;
     let outcome = tokio::time::timeout(PATIENCE, publisher.revoke(addr(2)))
@@ -304,7 +229,7 @@ async fn an_engine_that_does_not_answer_times_the_publication_out() {
     assert_eq!(outcome, Err(PublishError::TimedOut));
     assert_eq!(publisher.counts().timed_out, 1);
     assert_eq!(
-        *seen.lock().unwrap(),
+        publications(&engine),
         [words(&["DEL", "smtp-gate:grant:192.0.2.2"])],
         "the transaction went out"
     );
@@ -315,7 +240,8 @@ async fn an_engine_that_does_not_answer_times_the_publication_out() {
 /// refused at once (counted), and a place that frees up is taken again.
 #[tokio::test]
 async fn past_the_bound_of_waiting_publications_one_is_refused_at_once() {
-    let (port, seen) = fake_engine(Fake::Silent).await;
+    let engine = fake_engine(Fake::Silent).await;
+    let port = engine.port;
     let stop = CancellationToken::new();
     let publisher = Arc::new(publisher(port, Duration::from_secs(600), 2, &stop).await);
     let mut waiting: Vec<_> = (1..=2)
@@ -326,7 +252,7 @@ async fn past_the_bound_of_waiting_publications_one_is_refused_at_once() {
         .collect();
     // Both wait on the engine once it has both transactions.
     tokio::time::timeout(PATIENCE, async {
-        while seen.lock().unwrap().len() < 2 {
+        while publications(&engine).len() < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -348,7 +274,7 @@ async fn past_the_bound_of_waiting_publications_one_is_refused_at_once() {
         tokio::spawn(async move { publisher.grant(addr(4), Duration::from_secs(900)).await })
     };
     tokio::time::timeout(PATIENCE, async {
-        while seen.lock().unwrap().len() < 3 {
+        while publications(&engine).len() < 3 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -363,7 +289,7 @@ async fn past_the_bound_of_waiting_publications_one_is_refused_at_once() {
 /// counted, with the engine's reason.
 #[tokio::test]
 async fn an_engine_that_refuses_fails_the_publication_with_its_reason() {
-    let (port, _) = fake_engine(Fake::Refusing).await;
+    let port = fake_engine(Fake::Refusing).await.port;
     let stop = CancellationToken::new();
     let publisher = publisher(port, Duration::from_secs(10), 8, &stop).await;
     let outcome =
@@ -382,7 +308,7 @@ async fn an_engine_that_refuses_fails_the_publication_with_its_reason() {
 /// own, counted apart, saying what the operator must do.
 #[tokio::test]
 async fn an_exhausted_stream_fails_the_publication_saying_what_to_do() {
-    let (port, _) = fake_engine(Fake::Exhausted).await;
+    let port = fake_engine(Fake::Exhausted).await.port;
     let stop = CancellationToken::new();
     let publisher = publisher(port, Duration::from_secs(10), 8, &stop).await;
     for n in 1..=2 {

@@ -182,6 +182,17 @@ pub struct AgentStatus {
     pub dropped_without_key: u64,
     /// Map writes that failed (the entry is retried).
     pub apply_failures: u64,
+    /// Grants (entries or keys) not applied: issued before a revoke this
+    /// agent applied in the last window (bus/tombstones.rs).
+    #[serde(default)]
+    pub revoked_skipped: u64,
+    /// The revokes remembered so (their addresses).
+    #[serde(default)]
+    pub revoke_tombstones: u64,
+    /// Entry ids not taken as the engine's time: too far ahead
+    /// (bus/clock.rs).
+    #[serde(default)]
+    pub ids_ahead_ignored: u64,
 }
 
 /// Writes `status` to `path` as JSON.
@@ -259,6 +270,9 @@ impl AgentStatus {
             ("full loads", self.full_loads),
             ("dropped, no key", self.dropped_without_key),
             ("apply failures", self.apply_failures),
+            ("revoked skipped", self.revoked_skipped),
+            ("revokes kept", self.revoke_tombstones),
+            ("ids ahead", self.ids_ahead_ignored),
         ] {
             lines.push(format!("{name:<16} {count}"));
         }
