@@ -507,7 +507,7 @@ impl Follower {
                     if self.rejected_lines.allows() {
                         warn!(
                             "bus agent: key {} skipped: {}",
-                            shorten(&String::from_utf8_lossy(key), 100),
+                            shorten(key, 100),
                             shorten(&why, 200)
                         );
                     }

@@ -19,12 +19,16 @@ use tokio_util::sync::CancellationToken;
 use super::{
     clock::{self, EngineClock},
     config::{BusKeys, BusUrl},
+    follow::shorten,
 };
 use crate::keys::KeyError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest error text kept and logged: the engine's words (escaped,
+/// follow.rs `shorten`), which it may make long.
+pub const LONGEST_ERROR: usize = 300;
 
 /// What the link needs: where, as whom, and how long a command may take
 /// (an agent's blocking read takes longer than a publisher's write).
@@ -139,7 +143,7 @@ impl Link {
     pub fn failed(&self, error: &redis::RedisError) {
         let broken = breaks_the_connection(error);
         let mut state = self.state();
-        state.last_error = Some(error.to_string());
+        state.last_error = Some(shorten(&error.to_string(), LONGEST_ERROR));
         if broken {
             state.connection = None;
             drop(state);
@@ -220,6 +224,7 @@ impl Link {
     }
 
     fn unreachable(&self, error: String) {
+        let error = shorten(&error, LONGEST_ERROR);
         let mut state = self.state();
         if state.logged_up != Some(false) {
             warn!(
@@ -267,7 +272,7 @@ impl Link {
                 Err(e) => e.to_string(),
             },
             Err(e) if breaks_the_connection(&e) => return Err(e),
-            Err(e) => e.to_string(),
+            Err(e) => shorten(&e.to_string(), LONGEST_ERROR),
         };
         let mut state = self.state();
         if !std::mem::replace(&mut state.logged_no_time, true) {

@@ -38,7 +38,8 @@ use super::{
     config::BusKeys,
     event::{Event, Op},
     expiry,
-    link::{Link, LinkSettings},
+    follow::shorten,
+    link::{Link, LinkSettings, LONGEST_ERROR},
     names::Names,
 };
 
@@ -271,7 +272,9 @@ impl Publisher {
                 if e.is_timeout() {
                     Err(PublishError::TimedOut)
                 } else {
-                    Err(PublishError::Failed(e.to_string()))
+                    // The engine's words: escaped, so that they cannot
+                    // forge a log line.
+                    Err(PublishError::Failed(shorten(&e.to_string(), LONGEST_ERROR)))
                 }
             }
             Err(_elapsed) => {

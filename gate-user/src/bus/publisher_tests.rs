@@ -154,6 +154,8 @@ enum Fake {
     Silent,
     /// An ACL error: an engine whose user may not write.
     Refusing,
+    /// An error whose text would end the log line and forge another.
+    Forging,
 }
 
 /// A fake engine on loopback: PING gets PONG and TIME the time (so the
@@ -202,6 +204,9 @@ async fn fake_engine(fake: Fake) -> (u16, Arc<Mutex<Vec<Vec<String>>>>) {
                             (_, Fake::Silent) => continue,
                             (_, Fake::Refusing) => {
                                 b"-NOPERM this user has no permissions to run this command\r\n"
+                            }
+                            (_, Fake::Forging) => {
+                                b"-NOPERM no\nbus test: publishing works again\x1b[1A\r\n"
                             }
                         };
                         if stream.write_all(answer).await.is_err() {
@@ -366,6 +371,39 @@ async fn an_engine_that_refuses_fails_the_publication_with_its_reason() {
         other => panic!("{other:?}"),
     }
     assert_eq!(publisher.counts().failed, 1);
+    stop.cancel();
+}
+
+/// The engine's error text goes into the log (the failure's line, the
+/// link's last error): escaped, it cannot end the line and forge another
+/// (attack review).
+#[tokio::test]
+async fn an_engine_error_cannot_forge_a_log_line() {
+    let (port, _) = fake_engine(Fake::Forging).await;
+    let stop = CancellationToken::new();
+    let publisher = publisher(port, Duration::from_secs(10), 8, &stop).await;
+    let outcome =
+        tokio::time::timeout(PATIENCE, publisher.grant(addr(6), Duration::from_secs(900)))
+            .await
+            .expect("the publication ends");
+    let Err(PublishError::Failed(why)) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let last = publisher
+        .link()
+        .last_error()
+        .expect("the link's last error");
+    for text in [
+        why.as_str(),
+        last.as_str(),
+        &PublishError::Failed(why.clone()).to_string(),
+    ] {
+        assert!(text.contains("no\\nbus test"), "{text}");
+        assert!(
+            text.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+            "{text:?}"
+        );
+    }
     stop.cancel();
 }
 
