@@ -30,3 +30,4 @@ pub mod names;
 pub mod publisher;
 pub mod state;
 pub mod stream;
+pub mod url;
