@@ -175,8 +175,8 @@ pub struct BusLinkArgs {
     #[arg(long, value_name = "PREFIX")]
     pub bus_prefix: Option<String>,
     /// How long the engine may take to answer: a login's +OK waits this
-    /// long for its publication at most; agent waits this long past its
-    /// blocking read (5s). Default 250ms.
+    /// long for its publication at most; agent waits this long (at least
+    /// 1s) for an answer, and past its blocking read (5s). Default 250ms.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]
     pub bus_timeout: Option<Duration>,
