@@ -165,7 +165,7 @@ pub struct BusLinkArgs {
     /// redis+unix:///PATH. No password here (every user sees a command
     /// line): --bus-password-file, or the URL in the config file. Off by
     /// default; agent needs it.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = BusUrlParser)]
     pub bus: Option<BusUrl>,
     /// File holding the engine's password (of the URL's user). Mode 600.
     #[arg(long, value_name = "FILE")]
@@ -175,8 +175,8 @@ pub struct BusLinkArgs {
     #[arg(long, value_name = "PREFIX")]
     pub bus_prefix: Option<String>,
     /// How long the engine may take to answer: a login's +OK waits this
-    /// long for its publication at most; agent waits this long past its
-    /// blocking read (5s). Default 250ms.
+    /// long for its publication at most; agent waits this long (at least
+    /// 1s) for an answer, and past its blocking read (5s). Default 250ms.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(serialize_with = "duration::optional_text::serialize")]
     pub bus_timeout: Option<Duration>,
@@ -196,6 +196,37 @@ impl BusLinkArgs {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// `--bus`'s parser. clap's own quotes the value it refuses ("invalid
+/// value '...'"), a password written wrongly included: this one says
+/// only what [`BusUrl`]'s parser says, which masks it.
+#[derive(Clone, Copy, Debug)]
+pub struct BusUrlParser;
+
+impl clap::builder::TypedValueParser for BusUrlParser {
+    type Value = BusUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<BusUrl, clap::Error> {
+        let flag = arg.map_or_else(|| "--bus".to_owned(), ToString::to_string);
+        let refused = |problem: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{flag}: {problem}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        value
+            .to_str()
+            .ok_or_else(|| refused("not UTF-8 (a URL is printable ASCII)"))?
+            .parse()
+            .map_err(|problem: String| refused(&problem))
     }
 }
 

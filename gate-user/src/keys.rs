@@ -55,9 +55,15 @@ pub fn flag_name(key: &str) -> String {
 }
 
 /// The text of a config file as a table of keys.
+/// TOML's error quotes the line: its URLs are masked (bus/url.rs), so
+/// that a bus URL's password does not show.
 pub fn parse_table(text: &str) -> Result<Table, KeyError> {
-    text.parse()
-        .map_err(|e: toml::de::Error| KeyError::whole(format!("not valid TOML: {e}")))
+    text.parse().map_err(|e: toml::de::Error| {
+        KeyError::whole(format!(
+            "not valid TOML: {}",
+            crate::bus::url::mask_urls_in(&e.to_string())
+        ))
+    })
 }
 
 /// Reads `table` into `T`. Serde loses the key of a field inside a

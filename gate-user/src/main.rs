@@ -15,14 +15,15 @@ fn main() -> ExitCode {
     // its man pages and completions (generate.rs).
     let matches = cli::Cli::command()
         .subcommand(GenerateArgs::command().hide(true))
-        .get_matches();
+        .try_get_matches()
+        .unwrap_or_else(|e| exit_masked(e));
     let done = match matches.subcommand() {
         Some((generate::NAME, args)) => {
-            let args = GenerateArgs::from_arg_matches(args).unwrap_or_else(|e| e.exit());
+            let args = GenerateArgs::from_arg_matches(args).unwrap_or_else(|e| exit_masked(e));
             generate::run(args)
         }
         _ => {
-            let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+            let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_masked(e));
             commands::run(cli.command)
         }
     };
@@ -34,4 +35,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exits as clap does for `error`, but with every URL it quotes masked
+/// (bus/url.rs): clap's errors quote what was given (an unexpected
+/// argument, say), a bus URL with its password among them.
+fn exit_masked(error: clap::Error) -> ! {
+    let text = error.render().to_string();
+    let masked = smtp_gate::bus::url::mask_urls_in(&text);
+    if masked == text {
+        error.exit()
+    }
+    eprint!("{masked}");
+    std::process::exit(error.exit_code())
 }

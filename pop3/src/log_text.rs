@@ -9,6 +9,11 @@
 //! controls, letters of other scripts alike), and `\xNN` for each octet
 //! that is not UTF-8. Printable ASCII stays as it is, so the usual name
 //! reads as itself.
+//!
+//! [`LogProse`] is the same escape for a message that quotes such text
+//! (an error another program sent, a reason quoting a value): the space
+//! and the backslash stay, so it reads as prose, and it still cannot end
+//! the line or hide a character.
 
 use std::fmt;
 
@@ -23,24 +28,45 @@ impl<'a> LogText<'a> {
 
 impl fmt::Display for LogText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            for c in chunk.valid().chars() {
-                match c {
-                    '\n' => f.write_str("\\n")?,
-                    '\r' => f.write_str("\\r")?,
-                    '\t' => f.write_str("\\t")?,
-                    '\\' => f.write_str("\\\\")?,
-                    '!'..='~' => write!(f, "{c}")?,
-                    c if c.is_ascii() => write!(f, "\\x{:02x}", c as u32)?,
-                    c => write!(f, "\\u{{{:04x}}}", c as u32)?,
-                }
-            }
-            for octet in chunk.invalid() {
-                write!(f, "\\x{octet:02x}")?;
+        escape(self.0, f, |c| c.is_ascii_graphic() && c != '\\')
+    }
+}
+
+/// Displays its text escaped as [`LogText`] does, but for the space and
+/// the backslash, which stay as they are (see the module).
+pub struct LogProse<'a>(pub &'a [u8]);
+
+impl<'a> LogProse<'a> {
+    pub fn of(text: &'a (impl AsRef<[u8]> + ?Sized)) -> Self {
+        Self(text.as_ref())
+    }
+}
+
+impl fmt::Display for LogProse<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        escape(self.0, f, |c| c.is_ascii_graphic() || c == ' ')
+    }
+}
+
+/// Writes `text` with every character `stays` refuses escaped.
+fn escape(text: &[u8], f: &mut fmt::Formatter<'_>, stays: fn(char) -> bool) -> fmt::Result {
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                c if stays(c) => write!(f, "{c}")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                '\\' => f.write_str("\\\\")?,
+                c if c.is_ascii() => write!(f, "\\x{:02x}", c as u32)?,
+                c => write!(f, "\\u{{{:04x}}}", c as u32)?,
             }
         }
-        Ok(())
+        for octet in chunk.invalid() {
+            write!(f, "\\x{octet:02x}")?;
+        }
     }
+    Ok(())
 }
 
 impl fmt::Debug for LogText<'_> {
@@ -99,6 +125,24 @@ mod tests {
     fn octets_that_are_not_utf8_are_shown_one_by_one() {
         assert_eq!(escaped(b"a\xffb\xc3"), "a\\xffb\\xc3");
         assert_eq!(escaped(b"\xc3\xa9"), "\\u{00e9}");
+    }
+
+    #[test]
+    fn prose_keeps_spaces_and_backslashes_and_nothing_else_that_could_end_a_line() {
+        let prose = |text: &[u8]| LogProse::of(text).to_string();
+        assert_eq!(prose(b"ERR no such key \\n"), "ERR no such key \\n");
+        assert_eq!(
+            prose(b"key x\r\nbus agent: forged\x1b[2J"),
+            "key x\\r\\nbus agent: forged\\x1b[2J"
+        );
+        assert_eq!(prose("a\u{2028}b\u{85}".as_bytes()), "a\\u{2028}b\\u{0085}");
+        assert_eq!(prose(b"\xff\t"), "\\xff\\t");
+        let all: Vec<u8> = (0..=255).collect();
+        let text = prose(&all);
+        assert!(
+            text.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1018,6 +1018,15 @@ async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
     capture_log();
     let (mut stalled, _) = Client::connect_from(Ipv4Addr::new(127, 0, 10, 41), server.addr).await;
     stalled.send("USER alice\r\nPASS pw-a\r\nRETR 2\r\n").await;
+    // Its login must hold the maildrop before the logins below try it:
+    // one of them that came first took the lock, and this one got
+    // -ERR [IN-USE] and never stalled (it then idled past every wait
+    // below: 1 run in 100 failed so).
+    stalled.line().await;
+    let login = stalled.line().await;
+    assert!(login.starts_with("+OK alice has 2 messages"), "{login}");
+    let retr = stalled.line().await;
+    assert!(retr.starts_with("+OK"), "{retr}");
 
     // Until the stalled session is cut, alice's maildrop is in use.
     let deadline = Instant::now() + Duration::from_secs(30);

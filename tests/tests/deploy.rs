@@ -114,6 +114,40 @@ fn unit_setting(unit: &str, key: &str) -> String {
         .to_string()
 }
 
+/// `MemoryHigh=`/`MemoryMax=`'s value in octets (systemd's K, M, G are
+/// powers of 1024).
+fn memory_octets(value: &str) -> u64 {
+    let (number, unit) = value.split_at(value.len() - 1);
+    let scale: u64 = match unit {
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => panic!("{value}: give it with K, M or G"),
+    };
+    number.parse::<u64>().unwrap() * scale
+}
+
+/// The daemon's memory is bounded, softly then hard: far above what 1024
+/// sessions need (about 300 MiB at their busiest), and restarted when
+/// killed at the bound (the grant bus's engine may send a reply of any
+/// size, read whole: attack review).
+#[test]
+fn unit_bounds_its_memory() {
+    let unit = read_deploy("smtp-gate.service");
+    let high = memory_octets(&unit_setting(&unit, "MemoryHigh"));
+    let max = memory_octets(&unit_setting(&unit, "MemoryMax"));
+    assert!(
+        high < max,
+        "MemoryHigh= {high} is not below MemoryMax= {max}"
+    );
+    assert!(
+        high >= 512 << 20,
+        "MemoryHigh= {high}: too close to what sessions need"
+    );
+    assert!(max <= 4 << 30, "MemoryMax= {max}");
+    assert_eq!(unit_setting(&unit, "Restart"), "on-failure");
+}
+
 #[test]
 fn unit_and_example_config_agree() {
     let unit = read_deploy("smtp-gate.service");

@@ -79,6 +79,37 @@ fn unit_setting(unit: &str, key: &str) -> String {
         .to_string()
 }
 
+/// `MemoryHigh=`/`MemoryMax=`'s value in octets (systemd's K, M, G are
+/// powers of 1024).
+fn memory_octets(value: &str) -> u64 {
+    let (number, unit) = value.split_at(value.len() - 1);
+    let scale: u64 = match unit {
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => panic!("{value}: give it with K, M or G"),
+    };
+    number.parse::<u64>().unwrap() * scale
+}
+
+/// What the engine sends is read whole (the redis crate has no cap): the
+/// unit bounds the agent's memory, softly then hard, far above its own
+/// need (87 MiB at most, measured) and far below a host's, and restarts
+/// it when it is killed at the bound (attack review).
+#[test]
+fn agent_unit_bounds_its_memory() {
+    let unit = read_deploy("smtp-gate-agent.service");
+    let high = memory_octets(&unit_setting(&unit, "MemoryHigh"));
+    let max = memory_octets(&unit_setting(&unit, "MemoryMax"));
+    assert!(
+        high < max,
+        "MemoryHigh= {high} is not below MemoryMax= {max}"
+    );
+    assert!((128 << 20..=1 << 30).contains(&max), "MemoryMax= {max}");
+    assert!(high >= 128 << 20, "MemoryHigh= {high}");
+    assert_eq!(unit_setting(&unit, "Restart"), "on-failure");
+}
+
 #[test]
 fn agent_unit_passes_systemd_analyze_verify_and_its_exposure_is_low() {
     let scratch = Scratch::new("deploy-agent-verify");

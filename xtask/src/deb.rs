@@ -726,6 +726,10 @@ mod tests {
             assert!(!packaged.contains("/usr/local/"), "{unit}: {packaged}");
             assert!(packaged.contains(UNIT_NOTE), "{unit}");
             assert!(packaged.contains(DEPLOY_DOC), "{unit}");
+            // The memory bounds (deploy/'s units, attack review) ship.
+            for bound in ["\nMemoryHigh=", "\nMemoryMax="] {
+                assert!(packaged.contains(bound), "{unit}: no {bound}");
+            }
         }
     }
 }

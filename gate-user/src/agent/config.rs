@@ -290,6 +290,71 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A password holding what ends its part of a URL (`/`, `?`, `#`,
+    /// `@`) is misread by any URL parser; whoever quotes the URL then
+    /// (clap refusing the flag, the config key's error, TOML's error
+    /// quoting the line) shows none of it, and the error says how to
+    /// write it (attack review).
+    #[test]
+    fn a_password_that_breaks_the_url_shows_nowhere() {
+        let pieces = ["Pw1", "Pw2", "Pw3"];
+        let shows_none = |text: &str| {
+            for piece in pieces {
+                assert!(!text.contains(piece), "{piece} shows: {text}");
+            }
+        };
+        for url in [
+            "redis://edge:Pw1/Pw2@engine:6379",
+            "redis://edge:Pw1?Pw2#Pw3@engine:6379",
+            "redis://edge:Pw1#Pw2@engine:6379",
+        ] {
+            // The flag: clap's own error would quote the value.
+            let e = Cli::try_parse_from(["smtp-gate", "agent", "--iface", "eth0", "--bus", url])
+                .unwrap_err()
+                .render()
+                .to_string();
+            shows_none(&e);
+            assert!(
+                e.contains("--bus <URL>: `redis://edge:***@engine:6379`"),
+                "{e}"
+            );
+            assert!(e.contains("percent-encoded"), "{e}");
+            assert!(e.contains("bus_password_file"), "{e}");
+            // The config key.
+            let dir = tempdir();
+            let file = dir.join("agent.toml");
+            write_config(
+                &file,
+                &format!("iface = \"eth0\"\nbus = \"{url}\"\n"),
+                0o600,
+            );
+            let e = format!(
+                "{:#}",
+                AgentConfig::load(Some(&file), &agent_args(&[])).unwrap_err()
+            );
+            shows_none(&e);
+            assert!(
+                e.contains("key `bus`: `redis://edge:***@engine:6379`"),
+                "{e}"
+            );
+            assert!(e.contains("percent-encoded"), "{e}");
+            // A line TOML cannot read (an unknown escape), quoted by TOML.
+            let broken = url.replace("Pw2", "Pw2\\q");
+            write_config(
+                &file,
+                &format!("iface = \"eth0\"\nbus = \"{broken}\"\n"),
+                0o600,
+            );
+            let e = format!(
+                "{:#}",
+                AgentConfig::load(Some(&file), &agent_args(&[])).unwrap_err()
+            );
+            assert!(e.contains("not valid TOML"), "{e}");
+            shows_none(&e);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
     /// No number a config file can hold gets past the check to overflow in
     /// the running agent: every numeric key, and every duration, refuses
     /// huge values naming the key and the file.

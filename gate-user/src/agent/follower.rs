@@ -62,8 +62,10 @@ use crate::{
 
 use super::grant_lines::{self, GrantLines};
 
-/// Entries per XREAD (at most: see [`ReadSize`]), keys per SCAN.
-pub const BATCH: usize = 1000;
+/// Entries per XREAD (at most: see [`ReadSize`]), keys per SCAN: what
+/// one reply holds, which the redis crate reads whole, however large
+/// (attack review; the unit's MemoryMax= bounds the rest).
+pub const BATCH: usize = 100;
 /// How long one XREAD waits for an entry.
 pub const BLOCK: Duration = Duration::from_secs(5);
 /// The status file is rewritten at least this often.
@@ -334,7 +336,8 @@ impl Follower {
                 .arg("STREAMS")
                 .arg(&self.events)
                 .arg(position.to_string());
-            let read = command.query_async::<Value>(connection);
+            let mut reading = self.link.for_blocking_read(connection, block);
+            let read = command.query_async::<Value>(&mut reading);
             let reply = tokio::select! {
                 () = stop.cancelled() => return Ok(None),
                 reply = read => reply?,
@@ -683,7 +686,7 @@ impl Follower {
                     if self.rejected_lines.allows() {
                         warn!(
                             "bus agent: key {} skipped: {}",
-                            shorten(&String::from_utf8_lossy(key), 100),
+                            shorten(key, 100),
                             shorten(&why, 200)
                         );
                     }

@@ -198,10 +198,19 @@ fn status_line(status: &state::AgentStatus) -> String {
     )
 }
 
+/// The least time the agent gives the engine to answer, whatever
+/// `bus_timeout` says: an engine that forks for a snapshot stops
+/// answering for some hundreds of milliseconds, and a SCAN timed out
+/// starts a full load over.
+const LEAST_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The link's settings: the password file is read now (bus/config.rs,
-/// as serve reads it); a command may take the blocking read's time and
-/// `bus_timeout` more.
+/// as serve reads it); the engine may take `bus_timeout` (at least
+/// [`LEAST_RESPONSE_TIMEOUT`]) to answer, and its blocking read (XREAD
+/// BLOCK) that and the block. No longer, as before for every command:
+/// the time a reply can be dragged out, and what it makes the agent
+/// hold (attack review).
 fn link_settings(keys: &BusKeys) -> Result<LinkSettings> {
-    LinkSettings::from_keys(keys, follower::BLOCK + keys.bus_timeout, "agent")?
-        .context("bus: missing")
+    let response_timeout = keys.bus_timeout.max(LEAST_RESPONSE_TIMEOUT);
+    LinkSettings::from_keys(keys, response_timeout, "agent")?.context("bus: missing")
 }

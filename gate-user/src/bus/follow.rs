@@ -34,6 +34,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use pop3::log_text::LogProse;
+
 use super::{
     event::{Event, Op},
     expiry::lifetime,
@@ -421,12 +423,22 @@ impl ReadSize {
     }
 }
 
-/// `text` cut to `most` characters for a log line (what the engine sends
-/// may be long).
-pub fn shorten(text: &str, most: usize) -> String {
-    match text.char_indices().nth(most) {
-        Some((end, _)) => format!("{}... ({} octets)", &text[..end], text.len()),
-        None => text.to_owned(),
+/// Text the engine sent, or a message quoting it (a key name, an error,
+/// a reason naming a field's value), made fit for a log line: escaped
+/// (pop3::log_text's [`LogProse`]: a line end, a control character,
+/// other than ASCII or an octet that is not UTF-8 cannot end the line
+/// and forge another, attack review) and cut to `most` characters (what
+/// the engine sends may be long). The one helper for every such line of
+/// the bus.
+pub fn shorten(text: &(impl AsRef<[u8]> + ?Sized), most: usize) -> String {
+    let text = text.as_ref();
+    // Each octet is at least one character escaped: no more is escaped
+    // than can be shown.
+    let head = &text[..text.len().min(most.saturating_add(1))];
+    let escaped = LogProse::of(head).to_string();
+    match escaped.char_indices().nth(most) {
+        Some((end, _)) => format!("{}... ({} octets)", &escaped[..end], text.len()),
+        None => escaped,
     }
 }
 
@@ -831,7 +843,34 @@ mod tests {
     #[test]
     fn long_text_is_shortened_for_the_log() {
         assert_eq!(shorten("abc", 5), "abc");
+        assert_eq!(shorten("a b c", 5), "a b c");
         assert_eq!(shorten(&"x".repeat(100_000), 5), "xxxxx... (100000 octets)");
-        assert_eq!(shorten("äöüäöü", 2), "äö... (12 octets)");
+        assert_eq!(shorten("äöüäöü", 2), "\\u... (12 octets)");
+        assert_eq!(
+            shorten("äöüäöü", 20),
+            "\\u{00e4}\\u{00f6}\\u{0... (12 octets)"
+        );
+    }
+
+    /// What the engine sends cannot end a log line and forge another: a
+    /// key name, a field's value, an error text (attack review).
+    #[test]
+    fn engine_text_is_escaped_for_the_log() {
+        assert_eq!(
+            shorten(b"smtp-gate:grant:x\nbus agent: following again", 100),
+            "smtp-gate:grant:x\\nbus agent: following again"
+        );
+        assert_eq!(
+            shorten(b"k\r\x1b[1A\xff\xfe\0", 100),
+            "k\\r\\x1b[1A\\xff\\xfe\\x00"
+        );
+        assert_eq!(shorten("a\u{2028}b", 100), "a\\u{2028}b");
+        let all: Vec<u8> = (0..=255).cycle().take(100_000).collect();
+        let line = shorten(&all, 300);
+        assert!(
+            line.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+            "{line}"
+        );
+        assert!(line.len() < 330, "{line}");
     }
 }

@@ -25,20 +25,35 @@ use tokio_util::sync::CancellationToken;
 use super::{
     clock::{self, EngineClock},
     config::{BusKeys, BusUrl},
+    follow::shorten,
 };
 use crate::keys::KeyError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest the link may take to connect, TLS and the client's
+/// hello (AUTH) included, and to have its first PING and TIME answered:
+/// an engine that drags its handshake or first answers out holds the
+/// link, and what it sent, no longer (attack review: 5 s for the
+/// connection alone, then each answer the response timeout). Far above
+/// a handshake across a data centre.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest error text kept and logged: the engine's words (escaped,
+/// follow.rs `shorten`), which it may make long.
+pub const LONGEST_ERROR: usize = 300;
 
 /// What the link needs: where, as whom, and how long a command may take
-/// (an agent's blocking read takes longer than a publisher's write).
+/// (a blocking read that much more than it blocks:
+/// [`Link::for_blocking_read`]).
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
     pub url: BusUrl,
     /// From `bus_password_file`; laid over the URL's.
     pub password: Option<String>,
+    /// How long the engine may take to answer a command. The redis crate
+    /// reads a reply whole, however long (it has no cap): this also
+    /// bounds how long an engine can go on sending one, and so what it
+    /// can make the process hold (the units' MemoryMax= bounds the rest).
     pub response_timeout: Duration,
     /// For the log: `serve` or `agent`.
     pub role: &'static str,
@@ -155,7 +170,7 @@ impl Link {
     pub fn failed(&self, error: &redis::RedisError) {
         let broken = breaks_the_connection(error);
         let mut state = self.state();
-        state.last_error = Some(error.to_string());
+        state.last_error = Some(shorten(&error.to_string(), LONGEST_ERROR));
         if broken {
             state.connection = None;
             drop(state);
@@ -230,6 +245,7 @@ impl Link {
     }
 
     fn unreachable(&self, error: String) {
+        let error = shorten(&error, LONGEST_ERROR);
         let mut state = self.state();
         if state.logged_up != Some(false) {
             warn!(
@@ -241,7 +257,31 @@ impl Link {
         state.last_error = Some(error);
     }
 
+    /// `connection` for one read that may wait `block` for the engine
+    /// (XREAD BLOCK): its answer may take the response timeout after
+    /// that, every other command's only the response timeout.
+    pub fn for_blocking_read(
+        &self,
+        connection: &MultiplexedConnection,
+        block: Duration,
+    ) -> MultiplexedConnection {
+        let mut reading = connection.clone();
+        reading.set_response_timeout(block + self.inner.settings.response_timeout);
+        reading
+    }
+
+    /// Connects, within [`CONNECT_TIMEOUT`] in all.
     async fn connect(&self) -> Result<MultiplexedConnection> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_unbounded())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no connection with a PING and TIME answered within {CONNECT_TIMEOUT:?}"
+                )
+            })?
+    }
+
+    async fn connect_unbounded(&self) -> Result<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(self.inner.settings.response_timeout);
@@ -329,7 +369,7 @@ impl Link {
                 }),
                 Ok(Err(e)) => refused = Some(e.to_string()),
                 Err(e) if breaks_the_connection(&e) => return Err(e),
-                Err(e) => refused = Some(e.to_string()),
+                Err(e) => refused = Some(shorten(&e.to_string(), LONGEST_ERROR)),
             }
             if refused.is_some() {
                 break;
@@ -400,7 +440,13 @@ fn breaks_the_connection(error: &redis::RedisError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use redis::{ErrorKind, RedisError};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
 
     use super::*;
     use crate::bus::{
@@ -476,6 +522,103 @@ mod tests {
         );
         read.await.unwrap().expect("the read ends");
         stop.cancel();
+    }
+
+    /// A fake engine on loopback that answers the client's hello (CLIENT
+    /// SETINFO) with OK, PING with PONG if `pong`, and nothing more, ever
+    /// (TIME included); its port.
+    async fn silent_engine(pong: bool) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut silent = false;
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        // The commands' names, in order (RESP: each word
+                        // after its length line).
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        for word in text.split("\r\n") {
+                            let answer: &[u8] = match word {
+                                "CLIENT" => b"+OK\r\n",
+                                "PING" if pong => b"+PONG\r\n",
+                                "PING" | "TIME" | "XREAD" => {
+                                    silent = true;
+                                    continue;
+                                }
+                                _ => continue,
+                            };
+                            if !silent {
+                                let _ = stream.write_all(answer).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn link(port: u16, response_timeout: Duration) -> Link {
+        Link::new(LinkSettings {
+            url: format!("redis://127.0.0.1:{port}").parse().unwrap(),
+            password: None,
+            response_timeout,
+            role: "test",
+        })
+        .unwrap()
+    }
+
+    /// An engine that takes the connection and never answers (or answers
+    /// PING, not TIME) holds the link for CONNECT_TIMEOUT in all, not for
+    /// a response timeout per command.
+    #[tokio::test]
+    async fn a_connection_is_made_within_the_connect_timeout_or_not_at_all() {
+        for answers in [false, true] {
+            let link = link(silent_engine(answers).await, Duration::from_secs(60));
+            let started = Instant::now();
+            let Err(e) = link.connect().await else {
+                panic!("a connection to an engine that does not answer");
+            };
+            let took = started.elapsed();
+            assert!(
+                took >= CONNECT_TIMEOUT && took < CONNECT_TIMEOUT + Duration::from_secs(2),
+                "{took:?}: {e:#}"
+            );
+        }
+    }
+
+    /// Every command's answer may take the response timeout; a blocking
+    /// read's, that and its block.
+    #[tokio::test]
+    async fn only_a_blocking_read_waits_longer_than_the_response_timeout() {
+        let port = silent_engine(false).await;
+        let link = link(port, Duration::from_millis(300));
+        let config =
+            AsyncConnectionConfig::new().set_response_timeout(link.inner.settings.response_timeout);
+        let connection = link
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        let waited = |mut connection: MultiplexedConnection| async move {
+            let started = Instant::now();
+            let e = redis::cmd("XREAD")
+                .query_async::<redis::Value>(&mut connection)
+                .await
+                .unwrap_err();
+            assert!(e.is_timeout(), "{e}");
+            started.elapsed()
+        };
+        let plain = waited(connection.clone()).await;
+        assert!(plain < Duration::from_millis(1000), "{plain:?}");
+        let blocking = waited(link.for_blocking_read(&connection, Duration::from_secs(1))).await;
+        assert!(
+            blocking >= Duration::from_millis(1300) && blocking < Duration::from_secs(3),
+            "{blocking:?}"
+        );
     }
 
     #[test]

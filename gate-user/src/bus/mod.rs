@@ -34,3 +34,4 @@ pub mod publisher;
 pub mod state;
 pub mod stream;
 pub mod tombstones;
+pub mod url;

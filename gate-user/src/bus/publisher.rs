@@ -45,7 +45,8 @@ use super::{
     config::BusKeys,
     event::{Event, Op},
     expiry,
-    link::{Link, LinkSettings},
+    follow::shorten,
+    link::{Link, LinkSettings, LONGEST_ERROR},
     names::Names,
 };
 
@@ -299,7 +300,9 @@ impl Publisher {
                 } else if is_exhausted(&e) {
                     Err(PublishError::Exhausted(self.settings.names.events()))
                 } else {
-                    Err(PublishError::Failed(e.to_string()))
+                    // The engine's words: escaped, so that they cannot
+                    // forge a log line.
+                    Err(PublishError::Failed(shorten(&e.to_string(), LONGEST_ERROR)))
                 }
             }
             Err(_elapsed) => {

@@ -116,6 +116,8 @@ enum Fake {
     /// A stream whose ids are exhausted: the transaction is taken, and
     /// EXEC answers the SET done and the XADD refused.
     Exhausted,
+    /// An error whose text would end the log line and forge another.
+    Forging,
 }
 
 /// A fake engine on loopback (bus/fake_engine.rs): PING gets PONG and
@@ -129,6 +131,9 @@ async fn fake_engine(fake: Fake) -> FakeEngine {
         (_, Fake::Silent) => Answer::Nothing,
         (_, Fake::Refusing) => {
             Answer::Now(b"-NOPERM this user has no permissions to run this command\r\n".to_vec())
+        }
+        (_, Fake::Forging) => {
+            Answer::Now(b"-NOPERM no\nbus test: publishing works again\x1b[1A\r\n".to_vec())
         }
         ("MULTI", Fake::Exhausted) => Answer::Now(b"+OK\r\n".to_vec()),
         ("EXEC", Fake::Exhausted) => Answer::Now(
@@ -359,6 +364,39 @@ fn an_exhausted_stream_is_said_once_when_it_starts() {
     let line = health.failed(&exhausted, at(51)).expect("a line");
     assert!(line.contains("ids are exhausted"), "{line}");
     assert_eq!(health.failed(&exhausted, at(52)), None);
+}
+
+/// The engine's error text goes into the log (the failure's line, the
+/// link's last error): escaped, it cannot end the line and forge another
+/// (attack review).
+#[tokio::test]
+async fn an_engine_error_cannot_forge_a_log_line() {
+    let port = fake_engine(Fake::Forging).await.port;
+    let stop = CancellationToken::new();
+    let publisher = publisher(port, Duration::from_secs(10), 8, &stop).await;
+    let outcome =
+        tokio::time::timeout(PATIENCE, publisher.grant(addr(6), Duration::from_secs(900)))
+            .await
+            .expect("the publication ends");
+    let Err(PublishError::Failed(why)) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let last = publisher
+        .link()
+        .last_error()
+        .expect("the link's last error");
+    for text in [
+        why.as_str(),
+        last.as_str(),
+        &PublishError::Failed(why.clone()).to_string(),
+    ] {
+        assert!(text.contains("no\\nbus test"), "{text}");
+        assert!(
+            text.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+            "{text:?}"
+        );
+    }
+    stop.cancel();
 }
 
 /// One line when publishing starts failing and one when it works again,
