@@ -203,8 +203,8 @@ impl Follower {
             };
             match (saved.fed, fed) {
                 (Some(was), Some(now)) => info!(
-                    "bus agent: the position {} was applied to the grant maps of {was}, the \
-                     gate's are {now}: {why}",
+                    "bus agent: the position {} was applied to the grant maps of {was}; the \
+                     gate's are {now}",
                     saved.position
                 ),
                 _ => info!("bus agent: {why}"),

@@ -116,7 +116,9 @@ impl GateMaps {
     fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         let grants_v4 = get(GRANTS_V4)?;
         let grants_v6 = get(GRANTS_V6)?;
-        let grant_map_ids = map_id(&grants_v4).zip(map_id(&grants_v6)).map(<[u32; 2]>::from);
+        let grant_map_ids = map_id(&grants_v4)
+            .zip(map_id(&grants_v6))
+            .map(<[u32; 2]>::from);
         Ok(Self {
             grants_v4: typed(grants_v4, GRANTS_V4)?,
             grants_v6: typed(grants_v6, GRANTS_V6)?,
