@@ -181,7 +181,8 @@ impl BusLab {
     }
 
     /// Waits until the agent's position file holds the stream's last
-    /// entry (it writes it within a second of applying it).
+    /// entry (it writes it within a second of applying it), on its first
+    /// line (the grant maps it was applied to follow).
     fn wait_position_saved(&self) {
         let info: Vec<client::Value> = client::cmd("XINFO")
             .arg("STREAM")
@@ -202,7 +203,7 @@ impl BusLab {
         let deadline = Instant::now() + BOUND;
         loop {
             let saved = fs::read_to_string(self.position_file()).unwrap_or_default();
-            if saved.trim_end() == last {
+            if saved.lines().next() == Some(last.as_str()) {
                 return;
             }
             assert!(
@@ -211,6 +212,37 @@ impl BusLab {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Leaves `id` as the agent's position, as if it had applied the
+    /// stream up to there, to the gate's maps: an agent run first
+    /// attaches the gate and names its maps beside its position (a
+    /// position without them is loaded over from the keys).
+    fn position_at(&mut self, id: &str) {
+        let (mut agent, _) = self.start_agent();
+        self.wait_position_saved();
+        let (stopped, _) = agent.terminate(BOUND);
+        assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+        let saved = fs::read_to_string(self.position_file()).unwrap();
+        let maps = saved
+            .split_once('\n')
+            .map(|(_, maps)| maps)
+            .filter(|maps| maps.starts_with("grant-maps "))
+            .unwrap_or_else(|| panic!("no grant maps named in {saved:?}"));
+        fs::write(self.position_file(), format!("{id}\n{maps}")).unwrap();
+    }
+
+    /// Detaches the edge's gate and attaches it again, as a reboot leaves
+    /// it: new, empty maps in the same pin directory.
+    fn attach_anew(&self) {
+        self.lab.detach();
+        let window = format!("{}s", WINDOW.as_secs());
+        let iface = &self.lab.client.server_iface;
+        let out = self
+            .lab
+            .gate_in_server(&["attach", "--iface", iface, "--window", &window]);
+        assert!(out.status.success(), "attach: {}", describe(&out));
+        assert_eq!(self.grants(), Vec::<Value>::new(), "a new gate is empty");
     }
 
     /// The edge's fresh grants: address -> the grant's row.
@@ -773,8 +805,7 @@ fn an_entry_replayed_later_grants_no_more_than_a_window_after_it_was_added() {
             ("origin", "pop-ahead"),
         ],
     );
-    fs::create_dir_all(bus.position_file().parent().unwrap()).unwrap();
-    fs::write(bus.position_file(), format!("{added}-0\n")).unwrap();
+    bus.position_at(&format!("{added}-0"));
     let (_agent, _) = bus.start_agent();
     // Window 120 s, added 300 s ago: over, whatever it claims.
     let status = bus.wait_status("expired_skipped", 1.into());
@@ -1316,8 +1347,7 @@ fn an_engine_clock_behind_its_entry_ids_replays_no_grant_that_is_over() {
             ("origin", "pop1"),
         ],
     );
-    fs::create_dir_all(bus.position_file().parent().unwrap()).unwrap();
-    fs::write(bus.position_file(), format!("{added}-0\n")).unwrap();
+    bus.position_at(&format!("{added}-0"));
     let env = faketime::wall_clock_off("+1h");
     let (mut agent, _) = bus.start_agent_with(&env);
     let status = bus.wait_status("expired_skipped", 1.into());
@@ -1436,4 +1466,93 @@ fn the_engines_time_is_not_read_behind_the_blocking_read() {
     );
     let text = agent.log();
     assert!(!text.contains("this host's clock is"), "{text}");
+}
+
+/// Attack review (agent reboot position): after a reboot the gate is
+/// attached anew with empty maps, but the agent's position file (in
+/// /var/lib) is kept: the agent followed on from it, and every grant
+/// published before and still valid never reached the new map, while the
+/// agent said it was ready. The position names the grant maps it was
+/// applied to; other maps (here: the gate detached and attached again,
+/// as a reboot leaves it, and then the same under the running agent) get
+/// every grant from the keys.
+#[test]
+fn a_gate_attached_anew_gets_every_grant_again_at_start_and_while_running() {
+    let mut bus = BusLab::new("newmap");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let mut publisher = bus.publisher();
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut publisher, &client, now_ms() + 100_000);
+    publish_grant(&mut publisher, "192.0.2.50", now_ms() + 100_000);
+    bus.wait_grant(&client, true);
+    bus.wait_grant("192.0.2.50", true);
+    bus.wait_position_saved();
+    let maps_line = |bus: &BusLab| {
+        let saved = fs::read_to_string(bus.position_file()).unwrap();
+        let line = saved.lines().nth(1).unwrap_or_default().to_string();
+        assert!(line.starts_with("grant-maps "), "{saved:?}");
+        line
+    };
+    let first_maps = maps_line(&bus);
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+
+    // As after a reboot: new maps, the position file kept.
+    bus.attach_anew();
+    assert!(bus.client_refused(), "the new gate has no grant yet");
+    let started = Instant::now();
+    let (mut agent, log) = bus.spawn_agent(&[]);
+    bus.wait_grant(&client, true);
+    let back = started.elapsed();
+    bus.wait_grant("192.0.2.50", true);
+    assert!(bus.client_passes(), "granted before the gate was made anew");
+    let new_map = "the gate's grant map is new: the gate was attached anew since the position \
+                   was saved";
+    let status = bus.wait_status("full_loads", 1.into());
+    assert_eq!(status["last_full_load"], new_map, "{status:#}");
+    assert_eq!(status["full_load_pending"], Value::Null, "{status:#}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!(
+            "loading every grant from the engine's keys ({new_map})"
+        )),
+        "{text}"
+    );
+    bus.wait_position_saved();
+    let second_maps = maps_line(&bus);
+    assert_ne!(second_maps, first_maps, "the new maps are named");
+    println!("grants back in the new map {back:?} after the agent started");
+
+    // Made anew under the running agent (stopped meanwhile, so that its
+    // watch does not put the old gate back first): its watch moves it to
+    // the new maps, which get every grant.
+    agent.signal(libc::SIGSTOP);
+    bus.attach_anew();
+    let replaced = Instant::now();
+    agent.signal(libc::SIGCONT);
+    bus.wait_grant(&client, true);
+    let back = replaced.elapsed();
+    bus.wait_grant("192.0.2.50", true);
+    assert!(bus.client_passes());
+    let status = bus.wait_status("full_loads", 2.into());
+    assert_eq!(
+        status["last_full_load"],
+        "the gate's grant map is new: the gate was attached anew while the agent ran",
+        "{status:#}"
+    );
+    agent.wait_for_log("the grants go to new maps", 1, BOUND);
+    bus.wait_position_saved();
+    assert_ne!(maps_line(&bus), second_maps);
+    println!("grants back in the map made anew under the agent after {back:?}");
+
+    // Started again on the same maps: no load.
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+    let (_agent, log) = bus.start_agent();
+    publish_grant(&mut publisher, "192.0.2.51", now_ms() + 100_000);
+    bus.wait_grant("192.0.2.51", true);
+    let status = bus.wait_status("full_loads", 0.into());
+    assert_eq!(status["last_full_load"], Value::Null, "{status:#}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("loading every grant"), "{text}");
 }

@@ -25,6 +25,14 @@
 //! that fails (the gate is being repaired) stops the round before that
 //! entry, so it is applied when the round starts again.
 //!
+//! A position holds only for the grant maps it was applied to
+//! (bus/map_identity.rs): they are named beside it, and when the maps the
+//! agent writes to are others (at start: a reboot, the gate attached
+//! anew; while it runs: the watch moved it to the gate's new maps,
+//! serve/watch.rs), every grant is loaded from the keys, as for a
+//! position trimmed away. While it follows, that is seen after each read
+//! (within one blocking read, [`BLOCK`]).
+//!
 //! Every verdict passes the revoke tombstones (bus/tombstones.rs) before
 //! it is applied: a grant issued before a revoke applied in the last
 //! window is not, whatever the engine holds again; they are written
@@ -51,6 +59,7 @@ use crate::{
             KeyVerdict, PositionKeeper, ReadSize, Verdict, LONGEST_VALUE,
         },
         link::Link,
+        map_identity::{self, MapIdentity},
         names::Names,
         state::{self, AgentStatus, SavedPosition},
         stream::{self, BadReply, RawEntry, StreamId, StreamInfo},
@@ -132,6 +141,10 @@ pub struct Follower {
     /// Why the grants must be loaded from the keys, until a load ends
     /// (written beside the position).
     load_pending: Option<&'static str>,
+    /// The grant maps the position holds for: those written to since
+    /// the last load began (or since the saved position, if they are the
+    /// same).
+    fed: Option<MapIdentity>,
     /// How reads are checked for entries trimmed unread.
     head: HeadWatch,
     /// The stream's last id as XINFO STREAM last said (`None`: no
@@ -174,10 +187,32 @@ impl Follower {
         bus: String,
     ) -> Self {
         let events = names.events();
+        // Kept whatever the maps: a revoke holds for any of them.
         let (tombstones, trouble) = Tombstones::load(tombstones::file_beside(&files.position));
         if let Some(trouble) = trouble {
             warn!("bus agent: revoke tombstones: {trouble}");
         }
+        let fed = maps_of(&grants);
+        if fed.is_none() {
+            warn!(
+                "bus agent: {}: every start loads every grant from the keys",
+                map_identity::UNKNOWN
+            );
+        }
+        let load_pending = saved.and_then(|saved| {
+            let Some(why) = map_identity::why_load(saved.fed, fed) else {
+                return saved.load_pending.then_some(PENDING_AT_START);
+            };
+            match (saved.fed, fed) {
+                (Some(was), Some(now)) => info!(
+                    "bus agent: the position {} was applied to the grant maps of {was}; the \
+                     gate's are {now}",
+                    saved.position
+                ),
+                _ => info!("bus agent: {why}"),
+            }
+            Some(why)
+        });
         Self {
             link,
             names,
@@ -186,9 +221,8 @@ impl Follower {
             files,
             position: saved.map(|s| s.position),
             keeper: PositionKeeper::default(),
-            load_pending: saved
-                .is_some_and(|s| s.load_pending)
-                .then_some(PENDING_AT_START),
+            load_pending,
+            fed,
             head: HeadWatch::default(),
             last_generated: None,
             exhausted: false,
@@ -222,6 +256,7 @@ impl Follower {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut pause = FIRST_PAUSE;
         loop {
+            self.note_new_maps();
             self.write_status(true);
             let connection = tokio::select! {
                 connection = self.link.wait_connected(&stop) => connection,
@@ -269,9 +304,13 @@ impl Follower {
             if let Some(reason) = full_load_reason(self.position, info.as_ref()) {
                 self.must_load(reason);
             }
+            self.note_new_maps();
             if let Some(reason) = self.load_pending {
                 let from = info.map_or(StreamId::ZERO, |i| i.last_generated);
                 info!("bus agent: loading every grant from the engine's keys ({reason})");
+                // Maps replaced from now on are seen after the load, and
+                // loaded again.
+                self.fed = maps_of(&self.grants);
                 if !self.full_load(connection, stop).await? {
                     return Ok(());
                 }
@@ -279,6 +318,7 @@ impl Follower {
                 self.load_pending = None;
                 self.head.loaded();
                 self.status.full_loads += 1;
+                self.status.last_full_load = Some(reason.to_owned());
                 self.save_position(true);
                 self.note_exhausted();
                 info!("bus agent: grants loaded; following the stream from {from}");
@@ -294,6 +334,26 @@ impl Follower {
                 Some(reason) => self.must_load(reason),
             }
         }
+    }
+
+    /// If the grants go to other maps than those the position holds for
+    /// (the watch moved them to the gate's new ones), they must all be
+    /// loaded from the keys. True if so.
+    fn note_new_maps(&mut self) -> bool {
+        let now = maps_of(&self.grants);
+        if now == self.fed {
+            return false;
+        }
+        match (self.fed, now) {
+            (Some(was), Some(now)) => warn!(
+                "bus agent: the grants go to new maps ({now}, were {was}): loading every \
+                 grant from the keys into them"
+            ),
+            _ => warn!("bus agent: the grants go to maps that cannot be named"),
+        }
+        self.fed = now;
+        self.must_load(map_identity::REPLACED);
+        true
     }
 
     /// The grants must be loaded from the keys (`reason`): said on disk at
@@ -352,6 +412,9 @@ impl Follower {
             let check = self.head.check(Instant::now(), !quiet);
             self.apply_entries(entries)?;
             self.note_exhausted();
+            if self.note_new_maps() {
+                return Ok(Some(map_identity::REPLACED));
+            }
             if let Some(reason) = self.check_head(connection, check, read_from).await? {
                 return Ok(Some(reason));
             }
@@ -748,6 +811,7 @@ impl Follower {
         self.position.map(|position| SavedPosition {
             position,
             load_pending: self.load_pending.is_some(),
+            fed: self.fed,
         })
     }
 
@@ -825,6 +889,11 @@ impl Follower {
             }
         }
     }
+}
+
+/// The grant maps `grants` writes to now.
+fn maps_of(grants: &GateGrantSink) -> Option<MapIdentity> {
+    MapIdentity::on_this_boot(grants.with_maps(|maps| maps.grant_map_ids()))
 }
 
 /// True if the engine refused a command (an ACL without it, a proxy

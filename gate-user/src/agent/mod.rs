@@ -183,7 +183,7 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
 /// The status line for systemd, from what the follower last wrote to
 /// its status file.
 fn status_line(status: &state::AgentStatus) -> String {
-    format!(
+    let mut line = format!(
         "engine {}, lag {}, grants applied {}, revokes applied {}",
         if status.connected {
             "connected"
@@ -195,7 +195,12 @@ fn status_line(status: &state::AgentStatus) -> String {
             .map_or_else(|| "unknown".into(), |ms| format!("{ms} ms")),
         status.grants_applied,
         status.revokes_applied
-    )
+    );
+    // A new map is empty until the load: said while it is.
+    if let Some(why) = &status.full_load_pending {
+        line.push_str(&format!(", full load pending ({why})"));
+    }
+    line
 }
 
 /// The least time the agent gives the engine to answer, whatever

@@ -750,6 +750,14 @@ mod tests {
         keeper.wrote(pending, late);
         assert!(!keeper.due(Some(pending), late, true));
         assert!(keeper.due(Some(at("2-0")), late, true));
+        // So are other grant maps named beside it.
+        keeper.wrote(at("2-0"), late);
+        let fed = SavedPosition {
+            fed: crate::bus::map_identity::MapIdentity::on_this_boot(Some([7, 8])),
+            ..at("2-0")
+        };
+        assert!(fed.fed.is_some());
+        assert!(keeper.due(Some(fed), late, true));
     }
 
     #[test]

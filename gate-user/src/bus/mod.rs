@@ -17,7 +17,8 @@
 //! The edge's side (`smtp-gate agent`, agent/): stream.rs reads the
 //! engine's replies without trusting them, follow.rs decides what they do
 //! to the local map and when the edge must reload the keys, state.rs keeps
-//! its position and status on disk, tombstones.rs the revokes it applied
+//! its position (and the grant maps it holds for, map_identity.rs) and
+//! its status on disk, tombstones.rs the revokes it applied
 //! (so that an engine gone back to before a revoke cannot undo it).
 
 pub mod clock;
@@ -29,6 +30,7 @@ pub mod expiry;
 mod fake_engine;
 pub mod follow;
 pub mod link;
+pub mod map_identity;
 pub mod names;
 pub mod publisher;
 pub mod state;

@@ -2,13 +2,17 @@
 //! (`bus_position_file`, default /var/lib/smtp-gate/bus-position):
 //!
 //! - the position: the id of the last stream entry applied, one line,
-//!   so that a restart follows on from there; and, while a full load from
-//!   the keys is needed but not yet done, a second line
+//!   so that a restart follows on from there; then the grant maps it was
+//!   applied to (`grant-maps <boot id> <v4 map id> <v6 map id>`,
+//!   map_identity.rs: a position holds for those maps only); and, while a
+//!   full load from the keys is needed but not yet done, a last line
 //!   `full-load-pending`, so that a load that failed half-way (or that a
 //!   crash or a restart cut short) is done first whatever the position
-//!   says by then (a position file of one line, as older agents wrote it,
-//!   reads as one without a pending load; an older agent refuses the
-//!   two-line file and loads every grant, which is what it needs);
+//!   says by then. A position file without the maps' line, as older
+//!   agents wrote it, reads as one applied to unknown maps (every grant
+//!   is loaded from the keys first: the safe way); an older agent refuses
+//!   a file of more lines than it knows and loads every grant, which is
+//!   what it needs too;
 //! - beside it, `<position file>.status.json`: what the agent is doing
 //!   (connected, position, lag, last error, counts), rewritten every few
 //!   seconds, read by `smtp-gate bus status`.
@@ -25,7 +29,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::stream::StreamId;
+use super::{map_identity::MapIdentity, stream::StreamId};
 
 /// Where the agent keeps its position by default.
 pub const DEFAULT_POSITION_FILE: &str = "/var/lib/smtp-gate/bus-position";
@@ -44,17 +48,20 @@ pub struct SavedPosition {
     pub position: StreamId,
     /// A full load from the keys is needed and not yet done.
     pub load_pending: bool,
+    /// The grant maps the position was applied to (`None`: not said).
+    pub fed: Option<MapIdentity>,
 }
 
 /// The second line of a position file whose full load is pending.
 const LOAD_PENDING: &[u8] = b"full-load-pending";
 
 impl SavedPosition {
-    /// A position without a pending load.
+    /// A position without a pending load, applied to maps not named.
     pub fn at(position: StreamId) -> Self {
         Self {
             position,
             load_pending: false,
+            fed: None,
         }
     }
 }
@@ -69,20 +76,25 @@ pub fn read_position(path: &Path) -> Result<Option<SavedPosition>, String> {
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let body = text.strip_suffix(b"\n").unwrap_or(&text);
-    let mut lines = body.splitn(2, |&b| b == b'\n');
+    let mut lines = body.split(|&b| b == b'\n');
     let position = lines.next().and_then(StreamId::parse);
-    let load_pending = match lines.next() {
-        None => Some(false),
-        Some(LOAD_PENDING) => Some(true),
-        Some(_) => None,
+    // The maps' line, then the pending load's, each one optional.
+    let mut rest = lines.peekable();
+    let fed = rest.next_if(|line| line.starts_with(b"grant-maps"));
+    let fed = match fed {
+        None => Some(None),
+        Some(line) => MapIdentity::parse_line(line).map(Some),
     };
-    match (position, load_pending) {
-        (Some(position), Some(load_pending)) => Ok(Some(SavedPosition {
+    let load_pending = rest.next_if(|line| *line == LOAD_PENDING).is_some();
+    match (position, fed, rest.next()) {
+        (Some(position), Some(fed), None) => Ok(Some(SavedPosition {
             position,
             load_pending,
+            fed,
         })),
         _ => Err(format!(
-            "{} holds no stream entry id (and perhaps `full-load-pending`): `{}`",
+            "{} holds no stream entry id (and perhaps the grant maps and \
+             `full-load-pending`): `{}`",
             path.display(),
             String::from_utf8_lossy(&body[..body.len().min(64)]).escape_debug()
         )),
@@ -92,6 +104,10 @@ pub fn read_position(path: &Path) -> Result<Option<SavedPosition>, String> {
 /// Writes `saved` to `path` (and syncs it).
 pub fn write_position(path: &Path, saved: SavedPosition) -> io::Result<()> {
     let mut text = format!("{}\n", saved.position).into_bytes();
+    if let Some(fed) = saved.fed {
+        text.extend_from_slice(fed.line().as_bytes());
+        text.push(b'\n');
+    }
     if saved.load_pending {
         text.extend_from_slice(LOAD_PENDING);
         text.push(b'\n');
@@ -160,6 +176,10 @@ pub struct AgentStatus {
     /// restart).
     #[serde(default)]
     pub full_load_pending: Option<String>,
+    /// Why the last full load that ended was made (since the agent
+    /// started).
+    #[serde(default)]
+    pub last_full_load: Option<String>,
     /// The engine's clock minus this host's, in ms, as last read (grants
     /// are timed by the engine's: bus/clock.rs); `None` if the engine
     /// does not tell its time.
@@ -249,6 +269,7 @@ impl AgentStatus {
                     |why| format!("PENDING ({why}): done before the stream is followed again")
                 )
             ),
+            format!("last full load {}", or_none(&self.last_full_load)),
             format!(
                 "clock          {}",
                 self.clock_skew_ms.map_or_else(
@@ -348,6 +369,7 @@ mod tests {
         let pending = SavedPosition {
             position: id,
             load_pending: true,
+            fed: None,
         };
         write_position(&path, pending).unwrap();
         assert_eq!(
@@ -365,6 +387,62 @@ mod tests {
         }
         fs::write(&path, "1764546300000-7\nfull-load-pending").unwrap();
         assert_eq!(read_position(&path), Ok(Some(pending)));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_grant_maps_are_named_beside_the_position_and_an_old_file_names_none() {
+        let dir = tempdir();
+        let path = dir.join("bus-position");
+        let id: StreamId = "1764546300000-7".parse().unwrap();
+        let boot = "91d07573-7d3f-45ad-89ab-f7a67736d373";
+        let maps = format!("grant-maps {boot} 41 42");
+        let fed = MapIdentity::parse_line(maps.as_bytes());
+        assert!(fed.is_some());
+        let saved = SavedPosition {
+            fed,
+            ..SavedPosition::at(id)
+        };
+        write_position(&path, saved).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("1764546300000-7\n{maps}\n")
+        );
+        assert_eq!(read_position(&path), Ok(Some(saved)));
+        // With a pending load: the maps' line first, the pending last.
+        let pending = SavedPosition {
+            load_pending: true,
+            ..saved
+        };
+        write_position(&path, pending).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("1764546300000-7\n{maps}\nfull-load-pending\n")
+        );
+        assert_eq!(read_position(&path), Ok(Some(pending)));
+        // Written by an older agent: no maps named, so the agent loads
+        // every grant (agent/follower.rs, map_identity::why_load).
+        for old in ["1764546300000-7\n", "1764546300000-7\nfull-load-pending\n"] {
+            fs::write(&path, old).unwrap();
+            let read = read_position(&path).unwrap().unwrap();
+            assert_eq!((read.position, read.fed), (id, None), "{old:?}");
+            assert_eq!(
+                crate::bus::map_identity::why_load(read.fed, fed),
+                Some(crate::bus::map_identity::UNNAMED)
+            );
+        }
+        // A maps' line out of place, twice, or malformed: no position.
+        for bad in [
+            format!("1764546300000-7\nfull-load-pending\n{maps}\n"),
+            format!("1764546300000-7\n{maps}\n{maps}\n"),
+            format!("1764546300000-7\n{maps} 43\n"),
+            "1764546300000-7\ngrant-maps\n".into(),
+            format!("{maps}\n"),
+        ] {
+            fs::write(&path, &bad).unwrap();
+            let e = read_position(&path).unwrap_err();
+            assert!(e.contains("holds no stream entry id"), "{bad:?}: {e}");
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -392,6 +470,7 @@ mod tests {
         assert!(text.contains("entries rejected 3"), "{text}");
         assert!(!text.contains("is the agent running"), "{text}");
         assert!(text.contains("full load      none pending"), "{text}");
+        assert!(text.contains("last full load none"), "{text}");
         assert!(status.render(60_000).contains("is the agent running"));
         let pending = AgentStatus {
             full_load_pending: Some("the stream was trimmed past the position".into()),
@@ -404,9 +483,17 @@ mod tests {
             "{}",
             pending.render(6_000)
         );
-        // A status file written before the field existed still reads.
+        let loaded = AgentStatus {
+            last_full_load: Some("the gate's grant map is new".into()),
+            ..status.clone()
+        };
+        assert!(loaded
+            .render(6_000)
+            .contains("last full load the gate's grant map is new"));
+        // A status file written before the fields existed still reads.
         let mut old = serde_json::to_value(&status).unwrap();
         old.as_object_mut().unwrap().remove("full_load_pending");
+        old.as_object_mut().unwrap().remove("last_full_load");
         fs::write(&path, old.to_string()).unwrap();
         assert_eq!(read_status(&path), Ok(status.clone()));
         fs::remove_dir_all(dir).unwrap();

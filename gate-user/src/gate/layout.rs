@@ -49,7 +49,7 @@ impl MapShape {
     }
 }
 
-fn map_data(map: &Map) -> Option<&MapData> {
+pub(super) fn map_data(map: &Map) -> Option<&MapData> {
     match map {
         Map::Array(d)
         | Map::HashMap(d)

@@ -47,6 +47,9 @@ pub struct GateMaps {
     stats: PerCpuArray<MapData, Counters>,
     /// Loaded when a stamp is first needed.
     clock: OnceCell<GateClock>,
+    /// The kernel's ids of the two grant maps, as opened (`None` if the
+    /// kernel did not tell them).
+    grant_map_ids: Option<[u32; 2]>,
 }
 
 fn typed<T>(map: Map, name: &str) -> Result<T>
@@ -69,6 +72,11 @@ fn map_error(name: &str, err: MapError) -> anyhow::Error {
         }
     }
     anyhow::Error::new(err).context(format!("map {name}"))
+}
+
+/// The kernel's id of `map`.
+fn map_id(map: &Map) -> Option<u32> {
+    layout::map_data(map)?.info().ok().map(|info| info.id())
 }
 
 /// The result of a map removal: true if the key was there.
@@ -106,9 +114,14 @@ impl GateMaps {
     }
 
     fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let grants_v4 = get(GRANTS_V4)?;
+        let grants_v6 = get(GRANTS_V6)?;
+        let grant_map_ids = map_id(&grants_v4)
+            .zip(map_id(&grants_v6))
+            .map(<[u32; 2]>::from);
         Ok(Self {
-            grants_v4: typed(get(GRANTS_V4)?, GRANTS_V4)?,
-            grants_v6: typed(get(GRANTS_V6)?, GRANTS_V6)?,
+            grants_v4: typed(grants_v4, GRANTS_V4)?,
+            grants_v6: typed(grants_v6, GRANTS_V6)?,
             bans_v4: typed(get(BANS_V4)?, BANS_V4)?,
             bans_v6: typed(get(BANS_V6)?, BANS_V6)?,
             exempt: CidrSet {
@@ -127,7 +140,15 @@ impl GateMaps {
             settings: typed(get(SETTINGS)?, SETTINGS)?,
             stats: typed(get(STATS)?, STATS)?,
             clock: OnceCell::new(),
+            grant_map_ids,
         })
+    }
+
+    /// The kernel's ids of the grant maps these handles write to (IPv4,
+    /// IPv6): unique on this boot, so a map made anew (the gate attached
+    /// again, a reboot) has others. `None` if the kernel did not tell.
+    pub fn grant_map_ids(&self) -> Option<[u32; 2]> {
+        self.grant_map_ids
     }
 
     fn clock(&self) -> Result<&GateClock> {
