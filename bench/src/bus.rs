@@ -433,12 +433,19 @@ fn render_throughput(t: &Throughput) -> (String, serde_json::Value) {
          MAXLEN ~ EXEC` per grant, bounded by `bus_timeout` 250 ms) in `pop`'s namespace with \
          {} publications in flight, {} grants of new addresses; the rate is acknowledged grants \
          per second. Then the time from the first publication until each edge's map holds \
-         them all (its agent reading the stream in batches of up to 1000).\n\n\
+         them all (its agent reading the stream in batches of up to {}).\n\n\
          | grants | in flight | published in s | acknowledged grants/s | not acknowledged |\n\
          |---:|---:|---:|---:|---:|\n\
          | {} | {} | {:.2} | {:.0} | {} |\n\n\
          | edge | all in its map after s | grants/s applied |\n|---|---:|---:|\n",
-        t.in_flight, t.grants, t.grants, t.in_flight, t.publish_s, t.per_sec, t.failed
+        t.in_flight,
+        t.grants,
+        smtp_gate::agent::BATCH,
+        t.grants,
+        t.in_flight,
+        t.publish_s,
+        t.per_sec,
+        t.failed
     );
     for (e, (s, rate)) in t.edge_s.iter().zip(&t.edge_per_sec).enumerate() {
         md += &format!("| edge{} | {s:.2} | {rate:.0} |\n", e + 1);

@@ -489,10 +489,13 @@ pub fn pop3_login(server: SocketAddr, from: IpAddr) -> Result<Login, String> {
     if !user.starts_with("+OK") {
         return Err(format!("USER answered {user:?}"));
     }
+    // Before the write: a busy machine may preempt this thread for the
+    // daemon it woke, and the answer would then be there before the
+    // instant was taken.
+    let pass_sent = Instant::now();
     writer
         .write_all(format!("PASS {SECRET}\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
-    let pass_sent = Instant::now();
     let answer = line()?;
     let answered = Instant::now();
     let _ = writer.write_all(b"QUIT\r\n");

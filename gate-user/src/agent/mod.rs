@@ -25,6 +25,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
+pub use follower::BATCH;
 
 use crate::{
     bus::{
