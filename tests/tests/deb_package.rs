@@ -286,6 +286,33 @@ fn package_installs_works_and_removes_cleanly() {
     assert!(!text.contains("generate"), "{text}");
     let serve = render(&format!("{MAN_DIR}/smtp-gate-serve.8.gz"));
     assert!(serve.contains("--mail-root <DIR>"), "{serve}");
+    // The daemons' pages: a SYNOPSIS with the options' values, and what an
+    // operator needs beside the options.
+    let agent = render(&format!("{MAN_DIR}/smtp-gate-agent.8.gz"));
+    assert!(serve.contains("[--mail-root DIR]"), "{serve}");
+    assert!(agent.contains("[--bus-position-file FILE]"), "{agent}");
+    for (name, page) in [("serve", &serve), ("agent", &agent)] {
+        for section in ["SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS"] {
+            assert!(
+                page.lines().any(|l| l == section),
+                "no {section} in man smtp-gate-{name}:\n{page}"
+            );
+        }
+        for wanted in [
+            "SIGHUP",
+            "SIGTERM",
+            "RUST_LOG",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "JOURNAL_STREAM",
+        ] {
+            assert!(
+                page.contains(wanted),
+                "no {wanted} in man smtp-gate-{name}:\n{page}"
+            );
+        }
+    }
+    assert!(serve.contains("/etc/smtp-gate/users") && serve.contains("mode 0600"));
 
     // The completions, where each shell looks; bash's loads.
     for (shell, path) in COMPLETIONS {
