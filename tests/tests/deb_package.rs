@@ -483,7 +483,11 @@ fn package_installs_works_and_removes_cleanly() {
     )
     .unwrap();
     let gated = |what: &str| {
-        assert_eq!(lab.attached_ifaces(), [iface.clone()], "{what}");
+        assert_eq!(
+            lab.attached_ifaces(),
+            std::slice::from_ref(&iface),
+            "{what}"
+        );
         let result = lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT);
         assert!(
             !result.is_connected(),

@@ -11,7 +11,8 @@
 //!   ones join them, so that systemd hears `RELOADING=1` before its
 //!   `READY=1`.
 //!
-//! A failure is said once, until a message gets through again.
+//! A failure is said once, until a message gets through again; a state
+//! change that is lost (the socket refuses it) is said every time.
 
 use std::{
     collections::VecDeque,
@@ -92,7 +93,19 @@ impl Sender {
                 }
                 Kind::StateChange => self.keep(message),
             },
-            Err(e) => self.failed(message, &e, "lost"),
+            Err(e) => match kind {
+                Kind::Replaceable => self.failed(message, &e, "lost"),
+                // Rare (at start, per reload, at stop), and systemd acts on
+                // each: said every time.
+                Kind::StateChange => {
+                    self.warned.store(true, Ordering::Relaxed);
+                    warn!(
+                        "systemd: cannot send {} to {}: {e}; lost",
+                        first_line(message),
+                        self.shown()
+                    );
+                }
+            },
         }
     }
 
