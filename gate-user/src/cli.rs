@@ -253,9 +253,16 @@ impl BusArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["iface", "all"])))]
 pub struct DetachArgs {
+    /// The interface to take the gate off.
     #[arg(long, value_name = "IF")]
-    pub iface: String,
+    pub iface: Option<String>,
+    /// Take the gate off every interface linked in the pin directory, and
+    /// remove its maps; a directory without a gate is no error. Removing
+    /// the Debian package runs it.
+    #[arg(long)]
+    pub all: bool,
     /// Keep the grant and ban maps pinned, so a later attach carries on
     /// with them (a reinstall neither cuts the users off nor frees a
     /// banned guesser).

@@ -3,7 +3,10 @@
 //! binary runs from /usr/sbin, `man` finds and renders its pages, the
 //! installed units pass `systemd-analyze verify`, nothing is enabled or
 //! started, the shipped configuration cannot start the daemon (no users
-//! file), `dpkg -r` leaves exactly the conffiles and `dpkg -P` those too.
+//! file), a reinstall keeps a gate that is attached and `dpkg -r` takes
+//! it off (pinned where the configuration says, on a lab's veth in
+//! namespaces of its own) and says so, `dpkg -r` leaves exactly the
+//! conffiles and `dpkg -P` those too.
 //!
 //! Needs root, dpkg-dev, man-db, adduser, systemd-analyze and iproute2
 //! (`cargo xtask setup`) and a built binary (`cargo build`); panics
@@ -26,8 +29,10 @@ use std::{
 
 use testkit::{
     gate_binary::smtp_gate_bin,
+    lab::Lab,
     process::{describe, output_within},
     scratch::Scratch,
+    smtp::{DENY_TIMEOUT, PASS_TIMEOUT, SMTP_PORT},
 };
 use xtask::deb::{self, BINARY, COMPLETIONS, CONFIG_DIR, MAN_DIR, PACKAGE, UNIT_DIR};
 
@@ -281,6 +286,33 @@ fn package_installs_works_and_removes_cleanly() {
     assert!(!text.contains("generate"), "{text}");
     let serve = render(&format!("{MAN_DIR}/smtp-gate-serve.8.gz"));
     assert!(serve.contains("--mail-root <DIR>"), "{serve}");
+    // The daemons' pages: a SYNOPSIS with the options' values, and what an
+    // operator needs beside the options.
+    let agent = render(&format!("{MAN_DIR}/smtp-gate-agent.8.gz"));
+    assert!(serve.contains("[--mail-root DIR]"), "{serve}");
+    assert!(agent.contains("[--bus-position-file FILE]"), "{agent}");
+    for (name, page) in [("serve", &serve), ("agent", &agent)] {
+        for section in ["SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS"] {
+            assert!(
+                page.lines().any(|l| l == section),
+                "no {section} in man smtp-gate-{name}:\n{page}"
+            );
+        }
+        for wanted in [
+            "SIGHUP",
+            "SIGTERM",
+            "RUST_LOG",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "JOURNAL_STREAM",
+        ] {
+            assert!(
+                page.contains(wanted),
+                "no {wanted} in man smtp-gate-{name}:\n{page}"
+            );
+        }
+    }
+    assert!(serve.contains("/etc/smtp-gate/users") && serve.contains("mode 0600"));
 
     // The completions, where each shell looks; bash's loads.
     for (shell, path) in COMPLETIONS {
@@ -418,7 +450,72 @@ fn package_installs_works_and_removes_cleanly() {
     }
     fs::create_dir_all(STATE_DIR).unwrap();
     fs::write(Path::new(STATE_DIR).join("bus-position"), "0-0\n").unwrap();
-    dpkg_ok(&["--remove", PACKAGE]);
+
+    // A gate, attached by the installed binary to a lab's veth (in the
+    // lab's namespaces, pinned on its bpffs), in the pin directory the
+    // agent's configuration names: not the default one.
+    let lab = Lab::new();
+    let iface = lab.client.server_iface.clone();
+    let pin = lab.pin_dir_str();
+    run_ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.server_ns,
+            BINARY,
+            "attach",
+            "--iface",
+            &iface,
+            "--mode",
+            "xdp-skb",
+            "--pin-dir",
+            &pin,
+        ],
+    );
+    let agent_config = format!("{CONFIG_DIR}/smtp-gate-agent.toml");
+    let text = fs::read_to_string(&agent_config).unwrap();
+    let commented = "# pin_dir = \"/sys/fs/bpf/smtp-gate\"";
+    assert!(text.contains(commented), "{agent_config}:\n{text}");
+    fs::write(
+        &agent_config,
+        text.replace(commented, &format!("pin_dir = \"{pin}\"")),
+    )
+    .unwrap();
+    let gated = |what: &str| {
+        assert_eq!(
+            lab.attached_ifaces(),
+            std::slice::from_ref(&iface),
+            "{what}"
+        );
+        let result = lab.client.connect_v4(SMTP_PORT, DENY_TIMEOUT);
+        assert!(
+            !result.is_connected(),
+            "SMTP reached without a grant {what}: {result}"
+        );
+    };
+    gated("with the gate attached");
+    // A reinstall (prerm upgrade) keeps the gate.
+    dpkg_ok(&["--force-confold", "--install", deb_path]);
+    gated("after a reinstall");
+
+    let removed = dpkg_ok(&["--remove", PACKAGE]);
+    assert!(
+        removed.contains(&format!("smtp-gate: detached from {iface}")),
+        "dpkg -r did not say it detached the gate from {iface}:\n{removed}"
+    );
+    assert!(lab.pins().is_empty(), "dpkg -r left pins: {:?}", lab.pins());
+    let shown = lab.server_link_show(&iface);
+    assert!(
+        !shown.contains("xdp"),
+        "dpkg -r left XDP on {iface}:\n{shown}"
+    );
+    let result = lab.client.connect_v4(SMTP_PORT, PASS_TIMEOUT);
+    assert!(
+        result.is_connected(),
+        "SMTP still gated after dpkg -r: {result}"
+    );
+    drop(lab);
     assert_eq!(
         package_status().as_deref(),
         Some("deinstall ok config-files")

@@ -10,7 +10,14 @@
 //!   bound port 110 (it accepts) but cannot attach, and sends no READY;
 //!   once the lock is let go READY comes, and port 110 greets at once. A
 //!   daemon that cannot listen never says READY.
-//! - WATCHDOG=1 every half of WATCHDOG_USEC, from the start.
+//! - WATCHDOG=1 every half of WATCHDOG_USEC, from the start, but only
+//!   while the daemon's loops check in: a gate watch blocked on the pin
+//!   directory's lock (serve), a bus follower blocked opening its status
+//!   file (agent: a FIFO the test puts in its way, as a disk that does not
+//!   answer) stop it, and it comes back when they go on.
+//! - A reload that cannot have the pin directory's lock gives up after
+//!   10 s, saying why, and sends READY=1 with a STATUS= that says what it
+//!   refused; the watchdog is fed while it waits.
 //! - RELOADING=1 (with MONOTONIC_USEC= between the SIGHUP and its
 //!   arrival) when a SIGHUP's reload starts, READY=1 only when it is done
 //!   (the test holds the lock the reload needs).
@@ -212,6 +219,32 @@ fn assert_watchdog_fed(notify: &mut NotifySocket, span: Duration) {
         longest < Duration::from_micros(WATCHDOG_USEC),
         "{longest:?} between two WATCHDOG=1: systemd would have killed the daemon"
     );
+}
+
+/// Waits `settle` for the daemon to get stuck where the test holds it,
+/// then asserts that no WATCHDOG=1 comes for [`QUIET`] and more (systemd
+/// would kill the daemon), the daemon still running.
+fn assert_watchdog_withheld(
+    notify: &mut NotifySocket,
+    daemon: &mut ServeDaemon,
+    settle: Duration,
+    why: &str,
+) {
+    notify.collect(settle);
+    let since = notify.received.len();
+    notify.collect(Duration::from_micros(WATCHDOG_USEC) + Duration::from_millis(500));
+    let fed = notify.received[since..]
+        .iter()
+        .filter(|n| is_watchdog(n))
+        .count();
+    assert_eq!(
+        fed,
+        0,
+        "WATCHDOG=1 while {why}; messages:\n{}log:\n{}",
+        notify.transcript(),
+        daemon.log()
+    );
+    assert!(daemon.exited().is_none(), "exited:\n{}", daemon.log());
 }
 
 /// Logs in on POP3 (`password` right or wrong) and quits; gives the
@@ -606,6 +639,234 @@ fn agent_is_ready_once_its_gate_is_held_and_tells_systemd_its_reloads_and_stop()
     expect(&mut notify, &mut agent, "STOPPING=1", |n| {
         n.says("STOPPING", "1")
     });
+    let status = agent.wait_exit(BOUND);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        agent.log()
+    );
+}
+
+/// The watchdog waits for the gate's watch; a reload that cannot have the
+/// pin directory's lock gives up after 10 s and says so.
+#[test]
+fn serve_feeds_the_watchdog_only_while_its_watch_checks_in_and_a_reload_gives_up_on_a_held_lock() {
+    let lab = Lab::new();
+    let mut mail = MailFixture::new();
+    mail.add_user(USER, &format!("{{PLAIN}}{PASSWORD}"));
+    let dir = mail.dir().to_path_buf();
+    let mut notify = NotifySocket::new();
+    let log = dir.join("serve.log");
+    let env = service_env(&notify, &log);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pin = lab.pin_dir_str();
+    let users = mail.users_file().to_string_lossy().into_owned();
+    let root = mail.mail_root().to_string_lossy().into_owned();
+    let mut daemon = lab.spawn_serve_with(
+        ServeStart {
+            env: &env,
+            ..ServeStart::default()
+        },
+        &[
+            "--iface",
+            &lab.client.server_iface,
+            "--users",
+            &users,
+            "--mail-root",
+            &root,
+            "--pin-dir",
+            &pin,
+            "--login-failure-delay",
+            "200ms",
+        ],
+        &log,
+    );
+    expect(&mut notify, &mut daemon, "READY=1", is_ready);
+    assert_watchdog_fed(&mut notify, Duration::from_secs(3));
+
+    // A reload while the test holds the lock: it waits, feeding the
+    // watchdog, and gives up after 10 s with READY=1 and a status line
+    // that says what it refused.
+    let lock = PinLock::take(lab.pin_dir());
+    daemon.signal(libc::SIGHUP);
+    let reloading = expect(&mut notify, &mut daemon, "RELOADING=1", |n| {
+        n.says("RELOADING", "1")
+    });
+    assert_watchdog_fed(&mut notify, Duration::from_secs(6));
+    let ready = expect(
+        &mut notify,
+        &mut daemon,
+        "READY=1 of the refused reload",
+        is_ready,
+    );
+    let waited = ready.at - reloading.at;
+    assert!(
+        waited >= Duration::from_millis(9500) && waited < Duration::from_secs(15),
+        "READY=1 {waited:?} after RELOADING=1:\n{}",
+        daemon.log()
+    );
+    let status = ready.get("STATUS").unwrap_or_default();
+    assert!(
+        status.contains("last reload (SIGHUP) refused the gate's settings"),
+        "READY=1 without the refusal on the status line: {ready:?}"
+    );
+    let text = daemon.log();
+    let me = format!("pid {}", std::process::id());
+    for wanted in [
+        "reload (SIGHUP): waiting up to 10s for the lock of the pin directory",
+        "reload (SIGHUP): the gate's settings could not be changed",
+        "for more than 10s",
+        "reloaded on SIGHUP: refused the gate's settings",
+    ] {
+        assert!(text.contains(wanted), "no {wanted:?} in the log:\n{text}");
+    }
+    assert!(
+        text.contains(&me),
+        "the lock's holder ({me}) not named:\n{text}"
+    );
+
+    // The gate's watch blocked on the lock (a pin to put back): the
+    // watchdog is no longer fed, while POP3 goes on; fed again once the
+    // watch goes on.
+    fs::remove_file(lab.pin_dir().join("stats")).expect("removing the stats pin");
+    assert_watchdog_withheld(
+        &mut notify,
+        &mut daemon,
+        Duration::from_secs(4),
+        "the gate's watch waits for the lock",
+    );
+    assert!(pop3_login(&lab, PASSWORD).starts_with("+OK"));
+    let text = daemon.log();
+    assert!(
+        text.contains("WATCHDOG=1 withheld: no check-in from the gate's watch"),
+        "{text}"
+    );
+    drop(lock);
+    expect(
+        &mut notify,
+        &mut daemon,
+        "WATCHDOG=1 once the watch goes on",
+        is_watchdog,
+    );
+    assert_watchdog_fed(&mut notify, Duration::from_secs(3));
+    assert!(
+        lab.pins().contains(&"stats".to_string()),
+        "{:?}",
+        lab.pins()
+    );
+    assert!(daemon.log().contains("every loop checks in again"));
+
+    // A reload that refuses nothing takes the note off the status line.
+    daemon.signal(libc::SIGHUP);
+    let ready = expect(
+        &mut notify,
+        &mut daemon,
+        "READY=1 after a good reload",
+        is_ready,
+    );
+    assert!(
+        ready.get("STATUS").is_some_and(|s| !s.contains("refused")),
+        "{ready:?}"
+    );
+
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(BOUND);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        daemon.log()
+    );
+}
+
+/// The agent's watchdog waits for its bus follower: one blocked opening
+/// its status file (a FIFO in its way, as a disk that does not answer)
+/// stops it; let go, the follower goes on and the watchdog is fed again.
+#[test]
+fn agent_feeds_the_watchdog_only_while_its_follower_checks_in() {
+    let lab = Lab::new();
+    let mail = MailFixture::new();
+    let dir = mail.dir();
+    let mut notify = NotifySocket::new();
+    let log = dir.join("agent.log");
+    let env = service_env(&notify, &log);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let state = dir.join("state");
+    let position = state.join("bus-position");
+    let pin = lab.pin_dir_str();
+    // No engine: the follower goes round every 2 s, writing its status
+    // file each time.
+    let mut agent = lab.spawn_daemon_with(
+        ServeStart {
+            env: &env,
+            ..ServeStart::default()
+        },
+        "agent",
+        &[
+            "--iface",
+            &lab.client.server_iface,
+            "--pin-dir",
+            &pin,
+            "--bus",
+            "redis://127.0.0.1:1",
+            "--bus-position-file",
+            &position.to_string_lossy(),
+        ],
+        &log,
+    );
+    expect(&mut notify, &mut agent, "READY=1", is_ready);
+    assert_watchdog_fed(&mut notify, Duration::from_secs(3));
+
+    // The status file is written through a temporary file of the
+    // agent's pid (bus/state.rs): a FIFO there blocks the open, in the
+    // follower's own thread, until someone reads.
+    let pid = agent.pid().expect("the agent's pid");
+    let fifo = state.join(format!("bus-position.status.json.{pid}.tmp"));
+    let c_fifo = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}: {}",
+        fifo.display(),
+        std::io::Error::last_os_error()
+    );
+    struct Unblock(std::ffi::CString);
+    impl Drop for Unblock {
+        fn drop(&mut self) {
+            // Opening the read end lets the follower's open go on.
+            // SAFETY: a NUL-terminated path; the descriptor is closed.
+            unsafe {
+                let fd = libc::open(self.0.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK);
+                if fd >= 0 {
+                    thread::sleep(Duration::from_millis(200));
+                    libc::close(fd);
+                }
+                libc::unlink(self.0.as_ptr());
+            }
+        }
+    }
+    let unblock = Unblock(c_fifo);
+    assert_watchdog_withheld(
+        &mut notify,
+        &mut agent,
+        Duration::from_secs(4),
+        "the follower is blocked opening its status file",
+    );
+    let text = agent.log();
+    assert!(
+        text.contains("WATCHDOG=1 withheld: no check-in from the bus follower"),
+        "{text}"
+    );
+    drop(unblock);
+    expect(
+        &mut notify,
+        &mut agent,
+        "WATCHDOG=1 once the follower goes on",
+        is_watchdog,
+    );
+    assert_watchdog_fed(&mut notify, Duration::from_secs(3));
+
+    agent.signal(libc::SIGTERM);
     let status = agent.wait_exit(BOUND);
     assert!(
         status.is_some_and(|s| s.success()),

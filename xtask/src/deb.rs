@@ -126,7 +126,11 @@ pub fn build(workspace: &Path, binary: &Path, out_dir: &Path) -> Result<Package>
         .join(" ");
     for (name, script) in [("postinst", POSTINST), ("prerm", PRERM), ("postrm", POSTRM)] {
         let path = control_dir.join(name);
-        fs::write(&path, script.replace("@UNITS@", &unit_words))?;
+        let script = script
+            .replace("@UNITS@", &unit_words)
+            .replace("@BINARY@", BINARY)
+            .replace("@CONFIG_DIR@", CONFIG_DIR);
+        fs::write(&path, script)?;
         set_mode(&path, 0o755)?;
     }
     let conffile_list: String = conffiles.iter().map(|c| format!("{c}\n")).collect();

@@ -142,7 +142,11 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
     );
     tokio::spawn(link.clone().keep(stop.clone()));
     let watch_stop = CancellationToken::new();
-    let watching = tokio::spawn(watch.run(trouble, watch_stop.clone()));
+    // The watch and the follower check in with the watchdog
+    // (systemd/liveness.rs): a follower stuck in a write stops it.
+    let watch_beat = manager.heartbeat("the gate's watch");
+    let watch_run = watch.run(trouble, watch_stop.clone());
+    let watching = tokio::spawn(async move { watch_beat.during(watch_run).await });
     let (shown, status) = channel::channel(state::AgentStatus::default());
     let follower = follower::Follower::new(
         link,
@@ -172,7 +176,10 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
             reloads.ready();
         }
     });
-    follower.run(stop).await;
+    manager
+        .heartbeat("the bus follower")
+        .during(follower.run(stop))
+        .await;
     watch_stop.cancel();
     match watching.await {
         Ok(watch) => watch.farewell(&iface),

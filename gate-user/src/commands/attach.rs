@@ -1,4 +1,4 @@
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::Serialize;
 use smtp_gate::{
     cli::{AttachArgs, DetachArgs},
@@ -68,7 +68,38 @@ pub fn attach(args: AttachArgs) -> Result<()> {
 
 pub fn detach(args: DetachArgs) -> Result<()> {
     let dir = PinDir::new(&args.pins.pin_dir);
-    gate::detach(&dir, &args.iface, args.keep_grants)?;
-    println!("detached from {}", args.iface);
+    let Some(iface) = &args.iface else {
+        return detach_all(&dir, args.keep_grants);
+    };
+    gate::detach(&dir, iface, args.keep_grants)?;
+    println!("detached from {iface}");
+    Ok(())
+}
+
+/// `detach --all`: one line per interface, and what became of the maps;
+/// an error naming every interface the gate could not be taken off.
+fn detach_all(dir: &PinDir, keep_grants: bool) -> Result<()> {
+    let pins = dir.path().display();
+    let Some(done) = gate::attach::detach_all(dir, keep_grants)? else {
+        println!("no gate in {pins}");
+        return Ok(());
+    };
+    for iface in &done.detached {
+        println!("detached from {iface}");
+    }
+    if done.detached.is_empty() && done.failed.is_empty() {
+        println!("no interface had the gate in {pins}");
+    }
+    if keep_grants {
+        println!("the grants and bans stay pinned in {pins}");
+    } else {
+        println!("the gate's maps in {pins} are removed");
+    }
+    if !done.failed.is_empty() {
+        bail!(
+            "the gate in {pins} could not be taken off {}",
+            done.failed.join("; ")
+        );
+    }
     Ok(())
 }

@@ -449,6 +449,42 @@ pub fn detach(dir: &PinDir, iface: &str, keep_grants: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `detach --all` did in one pin directory.
+#[derive(Debug, Default)]
+pub struct DetachedAll {
+    /// The interfaces the gate is off.
+    pub detached: Vec<String>,
+    /// The ones it could not be taken off, each with why.
+    pub failed: Vec<String>,
+}
+
+/// Detaches the gate from every interface linked in `dir` (going on past
+/// one that fails), then unpins its maps (the grants and bans too unless
+/// `keep_grants`). `None` when `dir` holds no gate: no such directory, not
+/// a bpffs, neither a link nor the settings pinned there (nothing is
+/// removed from a directory that is not the gate's).
+pub fn detach_all(dir: &PinDir, keep_grants: bool) -> Result<Option<DetachedAll>> {
+    let path = dir.path();
+    if !path.is_dir() || !super::bpffs::is_bpffs(path)? {
+        return Ok(None);
+    }
+    // Bounded: a package's removal must not hang on a holder that does.
+    let _lock = dir.lock_within(std::time::Duration::from_secs(30), |_| {})?;
+    let links = dir.links()?;
+    if links.is_empty() && !dir.map(gate_common::map_names::SETTINGS).exists() {
+        return Ok(None);
+    }
+    let mut done = DetachedAll::default();
+    for link in links {
+        match swap::remove_link(&link.path) {
+            Ok(()) => done.detached.push(link.iface),
+            Err(e) => done.failed.push(format!("{}: {e:#}", link.iface)),
+        }
+    }
+    remove_maps(dir, keep_grants)?;
+    Ok(Some(done))
+}
+
 /// Unpins the maps (the grants too unless `keep_grants`) and removes the
 /// directory if nothing else is in it.
 fn remove_maps(dir: &PinDir, keep_grants: bool) -> Result<()> {

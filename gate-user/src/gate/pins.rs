@@ -5,10 +5,14 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{Flock, FlockArg};
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+};
 
 use gate_common::map_names::{
     AYA_LOGS, BANS_V4, BANS_V6, EXEMPT_V4, EXEMPT_V6, GRANTS_V4, GRANTS_V6, IFACE_MACS, LOCAL_V4,
@@ -37,6 +41,8 @@ pub(super) const SHARED_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 4).0;
 pub(super) const KEPT_MAPS: &[&str] = ALL_MAPS.split_at(ALL_MAPS.len() - 4).1;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/smtp-gate";
+/// How often [`PinDir::lock_within`] tries again.
+pub const LOCK_RETRY: Duration = Duration::from_millis(100);
 const LINK_PREFIX: &str = "link_";
 
 #[derive(Clone, Debug)]
@@ -190,8 +196,150 @@ impl PinDir {
             .with_context(|| format!("locking {}", self.path.display()))
     }
 
+    /// [`PinDir::lock`], waiting for it at most `wait`: an error that says
+    /// who holds it (when /proc/locks tells) if it is not let go by then.
+    /// `waiting` runs while it waits, every [`LOCK_RETRY`], with how long it
+    /// has waited.
+    pub fn lock_within(
+        &self,
+        wait: Duration,
+        mut waiting: impl FnMut(Duration),
+    ) -> Result<Option<Flock<fs::File>>> {
+        let started = Instant::now();
+        loop {
+            let dir = match fs::File::open(&self.path) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("opening {}", self.path.display()))
+                }
+            };
+            match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Some(lock)),
+                Err((_, Errno::EWOULDBLOCK)) => {}
+                Err((_, errno)) => {
+                    return Err(anyhow::Error::new(errno))
+                        .with_context(|| format!("locking {}", self.path.display()))
+                }
+            }
+            let waited = started.elapsed();
+            if waited >= wait {
+                bail!(
+                    "{} is locked by {} for more than {}: another smtp-gate command (attach, \
+                     detach, exempt, settings) is at work there, or hangs",
+                    self.path.display(),
+                    self.lock_holders(),
+                    humantime::format_duration(wait)
+                );
+            }
+            waiting(waited);
+            std::thread::sleep(LOCK_RETRY.min(wait - waited));
+        }
+    }
+
+    /// Who holds the directory's lock, as /proc/locks tells (not in a
+    /// sandbox with `ProcSubset=pid`): "pid 1234 (smtp-gate)", or "another
+    /// process".
+    pub fn lock_holders(&self) -> String {
+        let holders = fs::metadata(&self.path)
+            .ok()
+            .and_then(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                let locks = fs::read_to_string("/proc/locks").ok()?;
+                Some(flock_holders(&locks, meta.dev(), meta.ino()))
+            })
+            .unwrap_or_default();
+        if holders.is_empty() {
+            return "another process".to_string();
+        }
+        holders
+            .iter()
+            .map(|pid| {
+                let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                match name.trim() {
+                    "" => format!("pid {pid}"),
+                    name => format!("pid {pid} ({name})"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Removes the directory if nothing is left in it.
     pub fn remove_if_empty(&self) {
         let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// The processes holding a flock on the file of device `dev` and inode
+/// `ino`, from the text of /proc/locks (`1: FLOCK ADVISORY WRITE PID
+/// MAJ:MIN:INODE 0 EOF`, the device's numbers in hex; waiters, marked
+/// `->`, hold nothing).
+fn flock_holders(locks: &str, dev: u64, ino: u64) -> Vec<u32> {
+    let file = format!(
+        "{:02x}:{:02x}:{ino}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [_, "FLOCK", _, _, pid, at, ..] if *at == file => pid.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flock_holders_are_read_from_proc_locks() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 00:2a:77 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 5151 00:2a:77 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 6161 00:2a:77 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 7171 fd:01:77 0 EOF\n";
+        let dev = nix::sys::stat::makedev(0, 0x2a);
+        assert_eq!(flock_holders(locks, dev, 77), [4242]);
+        assert_eq!(flock_holders(locks, dev, 78), Vec::<u32>::new());
+    }
+
+    /// Another holder keeps the lock: the wait ends after its bound with
+    /// an error naming the holder (this process), having said meanwhile
+    /// that it waits; let go, the lock is taken.
+    #[test]
+    fn a_lock_held_elsewhere_is_waited_for_within_a_bound() {
+        let dir = std::env::temp_dir().join(format!("smtp-gate-pinlock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let pins = PinDir::new(&dir);
+        let held = pins.lock().unwrap().expect("the directory exists");
+        let started = Instant::now();
+        let mut told = 0;
+        let err = pins
+            .lock_within(Duration::from_millis(350), |_| told += 1)
+            .expect_err("the lock is held");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(350) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        assert!(told >= 2, "{told}");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())) && text.contains("350ms"),
+            "{text}"
+        );
+        drop(held);
+        assert!(pins
+            .lock_within(Duration::from_millis(350), |_| panic!("no wait"))
+            .unwrap()
+            .is_some());
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(pins.lock_within(Duration::ZERO, |_| {}).unwrap().is_none());
     }
 }

@@ -285,10 +285,13 @@ async fn serve(
     // READY=1) once systemd knows the daemon is up.
     manager.spawn_status(STATUS_EVERY, move || activity.status_line(serves_pop3));
     manager.ready();
-    tokio::spawn(reloader.run(hangups, shutdown.clone(), manager));
+    tokio::spawn(reloader.run(hangups, shutdown.clone(), manager.clone()));
     let watch_stop = CancellationToken::new();
+    // The watch checks in with the watchdog (systemd/liveness.rs).
     let watching = watched.map(|(watch, trouble, iface)| {
-        (tokio::spawn(watch.run(trouble, watch_stop.clone())), iface)
+        let beat = manager.heartbeat("the gate's watch");
+        let run = watch.run(trouble, watch_stop.clone());
+        (tokio::spawn(async move { beat.during(run).await }), iface)
     });
     server.run(shutdown).await;
     watch_stop.cancel();

@@ -37,7 +37,7 @@ use crate::{
     cli::serve_keys,
     gate::{AttachRequest, GateMaps, PinDir},
     policy::dovecot::{LiveSecret, PolicySecret},
-    systemd::ServiceManager,
+    systemd::{liveness::Heartbeat, ServiceManager},
 };
 
 /// The keys whose change is read back from the gate itself (a change made
@@ -98,27 +98,38 @@ impl Reloader {
     }
 
     /// Reloads on every SIGHUP until `stop`, telling `manager` when a
-    /// reload starts (`RELOADING=1`) and when it is done (`READY=1`), as
-    /// systemd wants it of a `Type=notify` service.
+    /// reload starts (`RELOADING=1`) and when it is done (`READY=1`, with
+    /// what it refused on the status line), as systemd wants it of a
+    /// `Type=notify` service. The loop checks in with the watchdog while
+    /// it waits for a signal and while a reload waits for the pin
+    /// directory's lock; a reload stuck anywhere else (a file system that
+    /// does not answer) stops the watchdog.
     pub async fn run(
         mut self,
         mut hangups: Signal,
         stop: CancellationToken,
         manager: ServiceManager,
     ) {
+        let beat = manager.heartbeat("the reloader");
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                got = hangups.recv() => if got.is_none() { return },
+            let signalled = beat.during(async {
+                tokio::select! {
+                    _ = stop.cancelled() => false,
+                    got = hangups.recv() => got.is_some(),
+                }
+            });
+            if !signalled.await {
+                return;
             }
             manager.reloading();
             // Files and the pin directory's lock: off the async threads.
-            tokio::task::block_in_place(|| self.reload());
-            manager.ready();
+            let refused = tokio::task::block_in_place(|| self.reload(&beat));
+            manager.reloaded(refused.as_deref());
         }
     }
 
-    fn reload(&mut self) {
+    /// Reloads; gives what was refused, if anything, for the status line.
+    fn reload(&mut self, beat: &Heartbeat) -> Option<String> {
         let mut changes = Vec::new();
         // What was not taken, and what stays in its place.
         let mut refused = Vec::new();
@@ -126,7 +137,8 @@ impl Reloader {
             Ok(mut new) => {
                 refused.extend(keep_restart_only(&self.config, &mut new));
                 if self.gate.is_some() {
-                    match apply_to_gate(&PinDir::new(&new.pin_dir), &new.attach, new.bans.is_on()) {
+                    let dir = PinDir::new(&new.pin_dir);
+                    match apply_to_gate(&dir, &new.attach, new.bans.is_on(), beat) {
                         Ok(gate) => changes.extend(gate),
                         Err(e) => {
                             error!(
@@ -188,8 +200,10 @@ impl Reloader {
         let line = summary(&changes, &refused);
         if refused.is_empty() {
             info!("{line}");
+            None
         } else {
             warn!("{line}");
+            Some(refused.join(", "))
         }
     }
 
@@ -358,11 +372,36 @@ fn shown(value: Option<&Value>) -> String {
     value.map_or_else(|| "(default)".to_string(), ToString::to_string)
 }
 
+/// How long a reload waits for the pin directory's lock: longer than any
+/// command holds it at work (an attach takes well under a second), and
+/// well within the unit's watchdog (30 s); after it the gate keeps its
+/// settings, and the reload is done without them.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Writes the settings `req` gives into the gate, as `smtp-gate settings`
 /// and `smtp-gate exempt` do (under the pin directory's lock, which every
-/// writer of the settings takes), and says what changed in the gate.
-fn apply_to_gate(dir: &PinDir, req: &AttachRequest, bans_on: bool) -> Result<Vec<String>> {
-    let _lock = dir.lock()?;
+/// writer of the settings takes: waited for [`LOCK_WAIT`] at most, saying
+/// so, `beat` checking in meanwhile), and says what changed in the gate.
+fn apply_to_gate(
+    dir: &PinDir,
+    req: &AttachRequest,
+    bans_on: bool,
+    beat: &Heartbeat,
+) -> Result<Vec<String>> {
+    let mut said = false;
+    let _lock = dir.lock_within(LOCK_WAIT, |_| {
+        beat.beat();
+        if !said {
+            said = true;
+            warn!(
+                "reload (SIGHUP): waiting up to {} for the lock of the pin directory {}, held by \
+                 {}",
+                format_duration(LOCK_WAIT),
+                dir.path().display(),
+                dir.lock_holders()
+            );
+        }
+    })?;
     let mut maps = GateMaps::open(dir)?;
     let before = GateView::read(&maps)?;
     maps.set_settings(&req.apply_settings(maps.settings()?)?)?;

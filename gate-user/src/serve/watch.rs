@@ -81,7 +81,11 @@ impl Watch {
                 _ = trouble.notified() => {}
                 _ = stop.cancelled() => return self,
             }
-            self.check_once();
+            // System calls that may wait (the pin directory's lock, while
+            // another command holds it): the other tasks of this worker
+            // (POP3 sessions, accept loops) move to another thread
+            // meanwhile.
+            tokio::task::block_in_place(|| self.check_once());
         }
     }
 

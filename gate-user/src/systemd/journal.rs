@@ -9,9 +9,14 @@
 //! Elsewhere the log is env_logger's, as it always was.
 //!
 //! A message of several lines becomes several entries (journald splits a
-//! stream at line ends): each line gets the priority, so that a
-//! continuation line is not logged at journald's default priority, nor
-//! read as one of its own if it starts with text such as `<0>`.
+//! stream at line ends, and at NUL: `_LINE_BREAK=nul`): each line gets the
+//! priority, so that a continuation line is not logged at journald's
+//! default priority, nor read as one of its own if it starts with text
+//! such as `<0>`. NUL and carriage return are line ends here too, so
+//! neither reaches the journal: a NUL in logged text (env_logger strips
+//! control characters only while its colours are off, which
+//! `RUST_LOG_STYLE=always` turns on) cannot start an entry whose priority
+//! the text chooses.
 
 use std::{
     fmt::Display,
@@ -43,15 +48,34 @@ pub fn write_record(
 ) -> io::Result<()> {
     let prefix = priority(level);
     let text = message.to_string();
-    // A line end that closes the message starts no line of its own.
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    let mut lines = text.split('\n');
+    let mut lines = lines(&text).into_iter();
     let first = lines.next().unwrap_or_default();
     writeln!(out, "{prefix}[{level:<5} {target}] {first}")?;
     for line in lines {
         writeln!(out, "{prefix}{line}")?;
     }
     Ok(())
+}
+
+/// The lines of `text` as the journal must get them: cut at `\n`, `\r\n`,
+/// a lone `\r` and `\0` (none of them kept); a line end that closes the
+/// text starts no line of its own. At least one line, maybe empty.
+fn lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while let Some(end) = rest.find(['\n', '\r', '\0']) {
+        lines.push(&rest[..end]);
+        let after = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + after..];
+    }
+    if !rest.is_empty() || lines.is_empty() {
+        lines.push(rest);
+    }
+    lines
 }
 
 /// Whether `journal_stream` (`$JOURNAL_STREAM`, `DEV:INO` in decimal)
@@ -93,7 +117,8 @@ pub fn init_logger() {
 pub fn print_error(text: &str) {
     let mut stderr = io::stderr().lock();
     let _ = if stderr_is_journal() {
-        text.split('\n')
+        lines(text)
+            .into_iter()
             .try_for_each(|line| writeln!(stderr, "{}{line}", priority(Level::Error)))
     } else {
         writeln!(stderr, "{text}")
@@ -141,6 +166,25 @@ mod tests {
             record(Level::Warn, "reload refused:\n<0>line two\n\nline four\n"),
             "<4>[WARN  smtp_gate::serve] reload refused:\n<4><0>line two\n<4>\n<4>line four\n"
         );
+    }
+
+    /// NUL ends an entry in journald as a line end does, and a carriage
+    /// return is one to many readers: each starts a line with the record's
+    /// priority, so text after it cannot choose its own (`<0>`: an
+    /// emergency, which journald sends to every terminal); none of them
+    /// reaches the journal.
+    #[test]
+    fn nul_and_carriage_return_end_lines_too() {
+        let out = record(Level::Warn, "key x\0<0>forged\0");
+        assert_eq!(out, "<4>[WARN  smtp_gate::serve] key x\n<4><0>forged\n");
+        assert!(!out.contains('\0'));
+        assert_eq!(
+            record(Level::Info, "a\rb\r\nc\n\rd"),
+            "<6>[INFO  smtp_gate::serve] a\n<6>b\n<6>c\n<6>\n<6>d\n"
+        );
+        assert_eq!(lines("\0"), vec![""]);
+        assert_eq!(lines("a\n\n"), vec!["a", ""]);
+        assert_eq!(lines("\n"), vec![""]);
     }
 
     /// `$JOURNAL_STREAM` matches a descriptor only with that descriptor's

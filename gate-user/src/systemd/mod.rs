@@ -2,24 +2,29 @@
 //! (sd_notify(3), implemented here: one datagram to `$NOTIFY_SOCKET`):
 //!
 //! - `READY=1` once every listener is bound and the gate is in place;
-//! - `WATCHDOG=1` from a task of the daemon's runtime, every half of
-//!   `$WATCHDOG_USEC` (`WatchdogSec=` in the unit), so that a runtime that
-//!   no longer runs its tasks is noticed and restarted;
+//! - `WATCHDOG=1` every half of `$WATCHDOG_USEC` (`WatchdogSec=` in the
+//!   unit), but only while every loop that does the daemon's work checked
+//!   in within that half (liveness.rs): a loop that hangs, or a runtime
+//!   that no longer runs its tasks, stops it, and systemd restarts the
+//!   daemon;
 //! - `RELOADING=1` (with `MONOTONIC_USEC=`, which `Type=notify-reload`
 //!   needs from systemd 253 on) when a SIGHUP's reload starts, `READY=1`
-//!   when it is done;
+//!   when it is done (with a `STATUS=` naming what it refused, if it did);
 //! - `STOPPING=1` on SIGTERM;
 //! - `STATUS=` with the daemon's logins and grants (from counters, never a
 //!   walk over a map), when it changed.
 //!
-//! Without `$NOTIFY_SOCKET` (not started by systemd) every call does
-//! nothing. The variables are taken out of the environment at start, so
-//! that no child (the daemon runs `doveadm who`) notifies in its name.
+//! No send waits on a runtime's thread (sender.rs). Without
+//! `$NOTIFY_SOCKET` (not started by systemd) every call does nothing. The
+//! variables are taken out of the environment at start, so that no child
+//! (the daemon runs `doveadm who`) notifies in its name.
 //!
 //! Logging that fits the journal is in journal.rs.
 
 pub mod journal;
+pub mod liveness;
 pub mod notify;
+mod sender;
 
 use std::{
     ffi::OsString,
@@ -31,11 +36,24 @@ use std::{
 };
 
 use log::{info, warn};
+use pop3::duration::format_duration;
 
+use liveness::{Heartbeat, Liveness};
 use notify::NotifySocket;
+use sender::{Kind, Sender};
 
 /// The variables of the protocol, taken out of the environment at start.
 pub const ENV_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// The watchdog is fed at most this often, whatever `$WATCHDOG_USEC` asks.
+/// `WatchdogSec=` is set in seconds in practice (systemd.service(5)'s
+/// examples; the unit's 30 s); a timeout of a microsecond, which the
+/// variable can express, made a loop that sent 130,000 datagrams a second.
+/// Below 100 ms the daemon's loops could not promise to check in in time
+/// anyway: a loaded host delays a task by tens of milliseconds, and a
+/// reload reads files. A timeout below twice this is said to be one the
+/// daemon cannot meet.
+pub const SHORTEST_WATCHDOG_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The service manager as the daemon sees it: a handle to notify it, or
 /// nothing (no `$NOTIFY_SOCKET`). Cheap to clone.
@@ -49,13 +67,33 @@ pub struct ServiceManager {
 
 #[derive(Debug)]
 struct Inner {
-    socket: NotifySocket,
+    sender: Arc<Sender>,
     /// How often `WATCHDOG=1` is sent: half of `$WATCHDOG_USEC`.
     watchdog: Option<Duration>,
+    /// The loops that must check in for the watchdog to be fed.
+    liveness: Liveness,
+    /// `WATCHDOG=1` is withheld (a loop did not check in), and was said.
+    withheld: AtomicBool,
+    status: Mutex<Status>,
+}
+
+/// The status line: the daemon's, and a note after it (a refused reload).
+#[derive(Debug, Default)]
+struct Status {
+    line: String,
+    note: Option<String>,
     /// The `STATUS=` sent last.
-    status: Mutex<String>,
-    /// A failed send was logged.
-    warned: AtomicBool,
+    sent: String,
+}
+
+impl Status {
+    fn shown(&self) -> String {
+        match (&self.note, self.line.is_empty()) {
+            (None, _) => self.line.clone(),
+            (Some(note), true) => note.clone(),
+            (Some(note), false) => format!("{}; {note}", self.line),
+        }
+    }
 }
 
 impl ServiceManager {
@@ -100,18 +138,16 @@ impl ServiceManager {
         };
         let usec = usec.map(|v| v.to_string_lossy().into_owned());
         let pid = pid.map(|v| v.to_string_lossy().into_owned());
-        let (watchdog, problem) = match watchdog_interval(usec.as_deref(), pid.as_deref(), me) {
-            Ok(watchdog) => (watchdog, None),
-            Err(e) => (None, Some(e.into())),
-        };
+        let (watchdog, problem) = watchdog_interval(usec.as_deref(), pid.as_deref(), me);
         Self {
             inner: Some(Arc::new(Inner {
-                socket,
+                sender: Arc::new(Sender::new(socket)),
                 watchdog,
-                status: Mutex::new(String::new()),
-                warned: AtomicBool::new(false),
+                liveness: Liveness::default(),
+                withheld: AtomicBool::new(false),
+                status: Mutex::new(Status::default()),
             })),
-            problem,
+            problem: problem.map(Into::into),
         }
     }
 
@@ -123,11 +159,11 @@ impl ServiceManager {
         if let Some(inner) = &self.inner {
             match inner.watchdog {
                 Some(every) => info!(
-                    "systemd: notifying {}, the watchdog every {}",
-                    inner.socket.shown,
-                    pop3::duration::format_duration(every)
+                    "systemd: notifying {}, the watchdog every {} while the daemon's loops check in",
+                    inner.sender.shown(),
+                    format_duration(every)
                 ),
-                None => info!("systemd: notifying {}", inner.socket.shown),
+                None => info!("systemd: notifying {}", inner.sender.shown()),
             }
         }
     }
@@ -142,10 +178,40 @@ impl ServiceManager {
         self.inner.as_ref().and_then(|inner| inner.watchdog)
     }
 
+    /// How many messages were dropped because systemd's queue was full.
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |inner| inner.sender.dropped())
+    }
+
     /// `READY=1`: every listener is bound and the gate is in place (at
-    /// start), or a reload is done.
+    /// start).
     pub fn ready(&self) {
-        self.send("READY=1");
+        self.send("READY=1", Kind::StateChange);
+    }
+
+    /// `READY=1` after a reload, with what it `refused` (if anything) on
+    /// the status line until the next reload, which `systemctl status`
+    /// shows.
+    pub fn reloaded(&self, refused: Option<&str>) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let note = refused.map(|what| format!("last reload (SIGHUP) refused {what}"));
+        let status = {
+            let mut status = inner.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.note = note;
+            let shown = one_line(&status.shown());
+            (shown != status.sent).then(|| {
+                status.sent.clone_from(&shown);
+                shown
+            })
+        };
+        match status {
+            Some(line) => self.send(&format!("READY=1\nSTATUS={line}"), Kind::StateChange),
+            None => self.ready(),
+        }
     }
 
     /// `RELOADING=1` with the time it started (CLOCK_MONOTONIC, as
@@ -153,41 +219,56 @@ impl ServiceManager {
     /// message older than the signal it sent).
     pub fn reloading(&self) {
         if self.inner.is_some() {
-            self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+            self.send(
+                &format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
+                Kind::StateChange,
+            );
         }
     }
 
     /// `STOPPING=1`: the daemon is shutting down.
     pub fn stopping(&self) {
-        self.send("STOPPING=1");
+        self.send("STOPPING=1", Kind::StateChange);
     }
 
     /// `WATCHDOG=1`.
     pub fn watchdog(&self) {
-        self.send("WATCHDOG=1");
+        self.send("WATCHDOG=1", Kind::Replaceable);
     }
 
-    /// `STATUS=line` (`systemctl status` shows it), if it is not the one
-    /// sent last.
+    /// `STATUS=line` (`systemctl status` shows it, with the note of a
+    /// refused reload after it), if it is not the one sent last.
     pub fn status(&self, line: &str) {
         let Some(inner) = &self.inner else {
             return;
         };
-        // One line: a line end would start an assignment of its own.
-        let line = line.replace(['\n', '\r'], " ");
-        {
-            let mut last = inner.status.lock().unwrap_or_else(|p| p.into_inner());
-            if *last == line {
+        let shown = {
+            let mut status = inner.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.line = line.to_string();
+            let shown = one_line(&status.shown());
+            if shown == status.sent {
                 return;
             }
-            last.clone_from(&line);
+            status.sent.clone_from(&shown);
+            shown
+        };
+        self.send(&format!("STATUS={shown}"), Kind::Replaceable);
+    }
+
+    /// A heartbeat for the loop called `name` (liveness.rs): from now on
+    /// and while it lives, `WATCHDOG=1` waits for the loop to check in.
+    /// Without a watchdog it does nothing.
+    pub fn heartbeat(&self, name: &'static str) -> Heartbeat {
+        match (&self.inner, self.watchdog_every()) {
+            (Some(inner), Some(every)) => inner.liveness.register(name, every / 2),
+            _ => Heartbeat::none(),
         }
-        self.send(&format!("STATUS={line}"));
     }
 
     /// Feeds the watchdog from a task of the current tokio runtime, every
-    /// half of `$WATCHDOG_USEC`, for as long as the runtime runs its
-    /// tasks: a runtime whose threads are all stuck stops feeding it, and
+    /// half of `$WATCHDOG_USEC`, while every registered loop checked in
+    /// within that time ([`ServiceManager::heartbeat`]): a loop that hangs,
+    /// or a runtime whose threads are all stuck, stops feeding it, and
     /// systemd restarts the daemon (`WatchdogSec=`). Nothing without a
     /// watchdog.
     pub fn spawn_watchdog(&self) {
@@ -195,7 +276,39 @@ impl ServiceManager {
             return;
         };
         let manager = self.clone();
-        every_tick(every, move || manager.watchdog());
+        every_tick(every, move || manager.feed_watchdog(every));
+    }
+
+    /// One tick of the watchdog: `WATCHDOG=1`, or why not (said once).
+    fn feed_watchdog(&self, every: Duration) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let stale = inner.liveness.stale(every);
+        if stale.is_empty() {
+            if inner.withheld.swap(false, Ordering::Relaxed) {
+                info!("systemd: every loop checks in again; WATCHDOG=1 is sent again");
+            }
+            self.watchdog();
+            return;
+        }
+        if !inner.withheld.swap(true, Ordering::Relaxed) {
+            let silent: Vec<String> = stale
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} for {}",
+                        s.name,
+                        humantime::format_duration(s.silent_for)
+                    )
+                })
+                .collect();
+            warn!(
+                "systemd: WATCHDOG=1 withheld: no check-in from {} (stuck in a system call?); \
+                 systemd restarts the daemon unless it comes back within WatchdogSec=",
+                silent.join(", ")
+            );
+        }
     }
 
     /// Sends `STATUS=` with what `line` gives, every `every`, when it
@@ -209,58 +322,80 @@ impl ServiceManager {
         every_tick(every, move || manager.status(&line()));
     }
 
-    fn send(&self, message: &str) {
-        let Some(inner) = &self.inner else {
-            return;
-        };
-        match inner.socket.send(message) {
-            Ok(()) => {
-                if inner.warned.swap(false, Ordering::Relaxed) {
-                    info!("systemd: {} takes messages again", inner.socket.shown);
-                }
-            }
-            Err(e) => {
-                if !inner.warned.swap(true, Ordering::Relaxed) {
-                    let first = message.lines().next().unwrap_or_default();
-                    warn!(
-                        "systemd: cannot send {first} to {}: {e} (said once until a message \
-                         gets through)",
-                        inner.socket.shown
-                    );
-                }
-            }
+    fn send(&self, message: &str, kind: Kind) {
+        if let Some(inner) = &self.inner {
+            inner.sender.send(message, kind);
         }
     }
 }
 
+/// A status line as one line: a line end would start an assignment of its
+/// own.
+fn one_line(line: &str) -> String {
+    line.replace(['\n', '\r'], " ")
+}
+
 /// How often `WATCHDOG=1` must be sent, as sd_watchdog_enabled(3) reads
-/// the environment: `None` when no watchdog is asked for (no or a zero
-/// `WATCHDOG_USEC`), or when `WATCHDOG_PID` names another process (the
-/// watchdog is then not this one's). Half of the timeout, as systemd.service(5)
-/// advises.
+/// the environment, and what is wrong with it for the log: no watchdog
+/// when none is asked for (no or a zero `WATCHDOG_USEC`), when the values
+/// do not read, or when `WATCHDOG_PID` names another process (the
+/// watchdog is then not this one's: said, as systemd will kill the
+/// service it belongs to). Half of the timeout, as systemd.service(5)
+/// advises, but not below [`SHORTEST_WATCHDOG_INTERVAL`].
 pub fn watchdog_interval(
     usec: Option<&str>,
     pid: Option<&str>,
     me: u32,
-) -> Result<Option<Duration>, String> {
+) -> (Option<Duration>, Option<String>) {
     let Some(usec) = usec else {
-        return Ok(None);
+        return (None, None);
     };
     if let Some(pid) = pid {
-        let pid: u32 = pid
-            .parse()
-            .map_err(|_| format!("WATCHDOG_PID={pid:?} is not a process id; no watchdog"))?;
+        let Ok(pid) = pid.parse::<u32>() else {
+            return (
+                None,
+                Some(format!(
+                    "WATCHDOG_PID={pid:?} is not a process id; no watchdog"
+                )),
+            );
+        };
         if pid != me {
-            return Ok(None);
+            return (
+                None,
+                Some(format!(
+                    "WATCHDOG_PID={pid} is not this process ({me}): the watchdog is another \
+                     process's, and this one does not feed it; with NotifyAccess=main systemd \
+                     does not hear this one either (was it started through a wrapper that \
+                     forks?)"
+                )),
+            );
         }
     }
-    let usec: u64 = usec
-        .parse()
-        .map_err(|_| format!("WATCHDOG_USEC={usec:?} is not a number; no watchdog"))?;
+    let Ok(usec) = usec.parse::<u64>() else {
+        return (
+            None,
+            Some(format!(
+                "WATCHDOG_USEC={usec:?} is not a number; no watchdog"
+            )),
+        );
+    };
     if usec == 0 {
-        return Ok(None);
+        return (None, None);
     }
-    Ok(Some(Duration::from_micros(usec) / 2))
+    let half = Duration::from_micros(usec) / 2;
+    if half >= SHORTEST_WATCHDOG_INTERVAL {
+        return (Some(half), None);
+    }
+    (
+        Some(SHORTEST_WATCHDOG_INTERVAL),
+        Some(format!(
+            "WATCHDOG_USEC={usec} asks for WATCHDOG=1 every {}, more often than smtp-gate \
+             sends it: every {}; systemd will take the daemon for stuck unless WatchdogSec= is \
+             raised (to 1s or more)",
+            humantime::format_duration(half),
+            format_duration(SHORTEST_WATCHDOG_INTERVAL)
+        )),
+    )
 }
 
 /// CLOCK_MONOTONIC in microseconds.
@@ -294,18 +429,50 @@ mod tests {
     #[test]
     fn the_watchdog_is_asked_for_by_usec_and_only_for_this_process() {
         let me = 4242;
-        let half = |ms| Ok(Some(Duration::from_millis(ms)));
-        assert_eq!(watchdog_interval(None, None, me), Ok(None));
+        let half = |ms| (Some(Duration::from_millis(ms)), None);
+        assert_eq!(watchdog_interval(None, None, me), (None, None));
         assert_eq!(watchdog_interval(Some("2000000"), None, me), half(1000));
         assert_eq!(
             watchdog_interval(Some("2000000"), Some("4242"), me),
             half(1000)
         );
-        // Another process's watchdog (a child that inherited it).
-        assert_eq!(watchdog_interval(Some("2000000"), Some("1"), me), Ok(None));
-        assert_eq!(watchdog_interval(Some("0"), None, me), Ok(None));
-        assert!(watchdog_interval(Some("30s"), None, me).is_err());
-        assert!(watchdog_interval(Some("1000"), Some("me"), me).is_err());
+        assert_eq!(watchdog_interval(Some("0"), None, me), (None, None));
+        let (none, problem) = watchdog_interval(Some("30s"), None, me);
+        assert!(none.is_none() && problem.unwrap().contains("WATCHDOG_USEC"));
+        let (none, problem) = watchdog_interval(Some("1000"), Some("me"), me);
+        assert!(none.is_none() && problem.unwrap().contains("WATCHDOG_PID"));
+    }
+
+    /// Another process's watchdog (a child that inherited it, a wrapper
+    /// that forked): no watchdog, and said, naming both processes.
+    #[test]
+    fn another_process_watchdog_is_off_and_said() {
+        let (none, problem) = watchdog_interval(Some("2000000"), Some("1"), 4242);
+        assert_eq!(none, None);
+        let problem = problem.expect("a word for the log");
+        assert!(
+            problem.contains("WATCHDOG_PID=1 is not this process (4242)"),
+            "{problem}"
+        );
+    }
+
+    /// A timeout shorter than the daemon can promise: fed at the shortest
+    /// interval (no busy loop), and said.
+    #[test]
+    fn a_tiny_watchdog_is_fed_at_the_shortest_interval_and_said() {
+        for usec in ["1", "150000"] {
+            let (every, problem) = watchdog_interval(Some(usec), None, 1);
+            assert_eq!(every, Some(SHORTEST_WATCHDOG_INTERVAL), "{usec}");
+            let problem = problem.expect("a word for the log");
+            assert!(
+                problem.contains(&format!("WATCHDOG_USEC={usec}")) && problem.contains("100ms"),
+                "{problem}"
+            );
+        }
+        assert_eq!(
+            watchdog_interval(Some("200000"), None, 1),
+            (Some(SHORTEST_WATCHDOG_INTERVAL), None)
+        );
     }
 
     fn received(socket: &UnixDatagram) -> Vec<String> {
@@ -356,6 +523,24 @@ mod tests {
         assert_eq!(got[2], "STATUS=3 logins (1 failed)");
         assert_eq!(got[3], "WATCHDOG=1");
         assert_eq!(got[4], "STOPPING=1");
+
+        // A reload that refused something: READY=1 with the status line
+        // saying so, kept on it until a reload refuses nothing.
+        manager.reloaded(Some("the gate's settings"));
+        manager.status("4 logins");
+        manager.reloaded(None);
+        manager.reloaded(None);
+        let got = received(&listener);
+        assert_eq!(
+            got,
+            [
+                "READY=1\nSTATUS=3 logins (1 failed); last reload (SIGHUP) refused the gate's \
+                 settings",
+                "STATUS=4 logins; last reload (SIGHUP) refused the gate's settings",
+                "READY=1\nSTATUS=4 logins",
+                "READY=1",
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
 
         let none = ServiceManager::from_values(None, Some("3000000".into()), None, 1);
@@ -363,6 +548,42 @@ mod tests {
         assert_eq!(none.watchdog_every(), None);
         none.ready();
         none.status("x");
+    }
+
+    /// WATCHDOG=1 only while every registered loop checked in within the
+    /// interval; a loop that ended no longer holds it back.
+    #[test]
+    fn the_watchdog_waits_for_every_loop_to_check_in() {
+        let dir = std::env::temp_dir().join(format!("smtp-gate-sm-wd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        let manager = ServiceManager::from_values(
+            Some(path.clone().into_os_string()),
+            Some("400000".into()),
+            None,
+            1,
+        );
+        let every = manager.watchdog_every().unwrap();
+        assert_eq!(every, Duration::from_millis(200));
+        manager.feed_watchdog(every);
+        assert_eq!(received(&listener), ["WATCHDOG=1"]);
+        let follower = manager.heartbeat("the follower");
+        let watch = manager.heartbeat("the watch");
+        std::thread::sleep(every + Duration::from_millis(50));
+        watch.beat();
+        manager.feed_watchdog(every);
+        assert!(received(&listener).is_empty(), "fed with a silent loop");
+        follower.beat();
+        manager.feed_watchdog(every);
+        assert_eq!(received(&listener), ["WATCHDOG=1"]);
+        std::thread::sleep(every + Duration::from_millis(50));
+        drop(follower);
+        watch.beat();
+        manager.feed_watchdog(every);
+        assert_eq!(received(&listener), ["WATCHDOG=1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,25 +3,35 @@
 //! or, with a leading `@`, a name in the abstract namespace. systemd reads
 //! the sender's credentials from the socket (SO_PASSCRED on its side), so
 //! a plain sendto(2) of `KEY=VALUE` lines is the whole protocol.
+//!
+//! A send never waits on a runtime's thread: when the manager's queue is
+//! full (`net.unix.max_dgram_qlen` datagrams; PID 1 stuck, or busy in a
+//! long daemon-reload) [`NotifySocket::send`] fails at once with
+//! `WouldBlock`, and only [`NotifySocket::send_waiting`], for a thread of
+//! its own (sender.rs), waits for room.
 
 use std::{
     io,
-    os::unix::net::{SocketAddr, UnixDatagram},
+    os::{
+        fd::AsRawFd,
+        unix::net::{SocketAddr, UnixDatagram},
+    },
     time::Duration,
 };
 
-/// How long one message may wait for room in the socket's queue. systemd
-/// reads its queue at once; a full one means a manager that is stuck,
-/// and the daemon must not stop with it (the message is then lost, and
-/// said so once).
-const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+use nix::sys::socket::{sendto, MsgFlags, UnixAddr};
+
+/// How long [`NotifySocket::send_waiting`] waits for room in the
+/// manager's queue. systemd reads its queue at once; one full for this
+/// long means a manager that is stuck.
+pub const WAIT_FOR_ROOM: Duration = Duration::from_secs(5);
 
 /// Where the messages go, and the socket they leave from.
 #[derive(Debug)]
 pub struct NotifySocket {
     /// `$NOTIFY_SOCKET` as given, for messages.
     pub shown: String,
-    addr: SocketAddr,
+    addr: UnixAddr,
     socket: UnixDatagram,
 }
 
@@ -30,10 +40,11 @@ impl NotifySocket {
     /// neither a path nor an abstract name (systemd 254's `vsock:`) is
     /// refused, saying so.
     pub fn new(value: &str) -> io::Result<Self> {
-        let addr = parse_addr(value)?;
-        // Close-on-exec (std's default): no child inherits it.
+        let addr = unix_addr(&parse_addr(value)?)?;
+        // Close-on-exec (std's default): no child inherits it. The
+        // timeout bounds only the sends that wait (MSG_DONTWAIT ignores it).
         let socket = UnixDatagram::unbound()?;
-        socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+        socket.set_write_timeout(Some(WAIT_FOR_ROOM))?;
         Ok(Self {
             shown: value.to_string(),
             addr,
@@ -42,9 +53,25 @@ impl NotifySocket {
     }
 
     /// Sends `message` (newline-separated `KEY=VALUE` assignments) as one
-    /// datagram.
+    /// datagram, without waiting: a full queue is `WouldBlock`.
     pub fn send(&self, message: &str) -> io::Result<()> {
-        let sent = self.socket.send_to_addr(message.as_bytes(), &self.addr)?;
+        self.send_with(message, MsgFlags::MSG_DONTWAIT)
+    }
+
+    /// [`NotifySocket::send`], waiting up to [`WAIT_FOR_ROOM`] for room in
+    /// the queue (a thread's whole time: never on a runtime's thread).
+    pub fn send_waiting(&self, message: &str) -> io::Result<()> {
+        self.send_with(message, MsgFlags::empty())
+    }
+
+    fn send_with(&self, message: &str, flags: MsgFlags) -> io::Result<()> {
+        let sent = sendto(
+            self.socket.as_raw_fd(),
+            message.as_bytes(),
+            &self.addr,
+            flags | MsgFlags::MSG_NOSIGNAL,
+        )
+        .map_err(io::Error::from)?;
         if sent != message.len() {
             // A datagram is sent whole or not at all; this is the kernel
             // breaking that promise, not a case to handle.
@@ -55,6 +82,17 @@ impl NotifySocket {
         }
         Ok(())
     }
+}
+
+/// The address for sendto(2).
+fn unix_addr(addr: &SocketAddr) -> io::Result<UnixAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = match (addr.as_pathname(), addr.as_abstract_name()) {
+        (Some(path), _) => UnixAddr::new(path),
+        (None, Some(name)) => UnixAddr::new_abstract(name),
+        (None, None) => return Err(io::Error::other("an unnamed address")),
+    };
+    addr.map_err(io::Error::from)
 }
 
 /// The address `$NOTIFY_SOCKET` names: an absolute path, or `@name` for
@@ -133,6 +171,56 @@ mod tests {
             let err = parse_addr(bad).expect_err(bad);
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad}");
         }
+    }
+
+    /// A manager whose queue is full: the send fails at once
+    /// (`WouldBlock`), it does not wait for room; the waiting send waits
+    /// for [`WAIT_FOR_ROOM`] at most, and sends once there is room.
+    #[test]
+    fn a_full_queue_fails_at_once_and_only_the_waiting_send_waits() {
+        let dir =
+            std::env::temp_dir().join(format!("smtp-gate-notify-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        let notify = NotifySocket::new(path.to_str().unwrap()).unwrap();
+        // Fill the queue (net.unix.max_dgram_qlen, 10 by default; a
+        // bound in case of a larger one).
+        let mut queued = 0;
+        let full = loop {
+            match notify.send("WATCHDOG=1") {
+                Ok(()) => queued += 1,
+                Err(e) => break e,
+            }
+            assert!(queued < 100_000, "the queue never filled");
+        };
+        assert_eq!(full.kind(), io::ErrorKind::WouldBlock, "{full}");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            notify.send("STATUS=x").unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Room made while the waiting send waits: it goes through.
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut buf = [0u8; 64];
+            listener.recv(&mut buf).unwrap();
+            listener
+        });
+        notify.send_waiting("READY=1").unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        let listener = reader.join().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut last = String::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = listener.recv(&mut buf) {
+            last = String::from_utf8(buf[..n].to_vec()).unwrap();
+        }
+        assert_eq!(last, "READY=1");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Nothing listening: the send fails, it does not hang or panic.
