@@ -1109,6 +1109,88 @@ fn a_huge_first_entry_does_not_make_every_read_costly() {
     drop(agent);
 }
 
+/// Attack review (bus2 F3): an entry too large to cross the edge's link
+/// within the response timeout (the block and `bus_timeout`) wedged the
+/// edge: the read timed out, the agent reconnected, read it again, for
+/// good. Here the engine's link is cut to 8 Mbit/s (tbf on its veth end,
+/// in the lab's namespaces) and a 10 MB entry takes about 11 s: the read
+/// of one entry after the timeout takes it on a connection of its own
+/// (SLOW_READ), and a grant published after it reaches the edge. The
+/// reconnect after the timeout checks the position with the witness, not
+/// with XINFO STREAM, which would read the huge entry (the stream's last
+/// then) once more: it crosses the link about once and a half (the read
+/// that timed out, the slow one), not three times and more.
+#[test]
+fn a_huge_entry_over_a_slow_link_is_read_and_the_edge_goes_on() {
+    const HUGE: usize = 10 * 1024 * 1024;
+    let mut bus = BusLab::new("slow");
+    let (mut agent, log) = bus.start_agent();
+    let mut publisher = bus.publisher();
+    let later = || now_ms() + 100_000;
+    // A witness read (the first entry after the load is checked with
+    // XINFO, the second with the witness).
+    for addr in ["192.0.2.50", "192.0.2.51"] {
+        publish_grant(&mut publisher, addr, later());
+        bus.wait_grant(addr, true);
+    }
+    let link = bus.lab.exempt().clone();
+    let shaped = std::process::Command::new("ip")
+        .args(["netns", "exec", &link.client_ns, "tc", "qdisc", "replace"])
+        .args(["dev", &link.client_iface, "root", "tbf", "rate", "8mbit"])
+        .args(["burst", "32kb", "latency", "2s"])
+        .output()
+        .expect("ip netns exec ... tc");
+    assert!(shaped.status.success(), "tc: {}", describe(&shaped));
+    let mut engine = bus.engine();
+    let before = engine_bytes_out(&mut engine);
+    xadd(&mut engine, &[("origin", &vec![b'x'; HUGE])]);
+    // Published once the agent follows again after the read timed out:
+    // the huge entry is the stream's last when it connects again.
+    agent.wait_for_log("timed out", 1, BOUND);
+    agent.wait_for_log("following the stream from", 2, BOUND);
+    publish_grant(&mut publisher, "192.0.2.52", later());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bus.grant_of("192.0.2.52").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a grant after a huge entry over a slow link did not reach the edge in 60 s: {}\n{}",
+            bus.status(),
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let status = bus.wait_status("last_error", Value::Null);
+    assert_eq!(status["connected"], Value::Bool(true), "{status:#}");
+    assert!(
+        status["entries_rejected"].as_u64() >= Some(1),
+        "the huge entry is read and skipped: {status:#}"
+    );
+    let sent = engine_bytes_out(&mut engine) - before;
+    eprintln!("a 10 MB entry over 8 Mbit/s: the engine sent {sent} octets");
+    assert!(
+        sent < 2 * HUGE as u64,
+        "the engine sent {sent} octets for one {HUGE}-octet entry"
+    );
+    drop(agent);
+}
+
+/// Attack review (bus2 F7): the status said "full load PENDING", no
+/// position and no full load for seconds after the load had ended (it
+/// was written after the first read, which blocks up to 5 s). Now at
+/// once, before the log says so.
+#[test]
+fn the_status_says_a_load_ended_at_once() {
+    let mut bus = BusLab::new("status-now");
+    let (mut agent, _log) = bus.spawn_agent(&[]);
+    agent.wait_for_log("grants loaded", 1, BOUND);
+    let status = bus.status();
+    assert_eq!(status["connected"], Value::Bool(true), "{status:#}");
+    assert_eq!(status["full_loads"], Value::from(1), "{status:#}");
+    assert_eq!(status["full_load_pending"], Value::Null, "{status:#}");
+    assert!(status["position"].is_string(), "{status:#}");
+    drop(agent);
+}
+
 /// Attack review (busload F4): an entry with the last possible id makes
 /// the engine refuse every later XADD, which silently stopped every
 /// edge's feed while the edges looked healthy. The agent says so in its

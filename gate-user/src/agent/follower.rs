@@ -21,7 +21,12 @@
 //! shape, an error or a lost connection ends only the current round,
 //! which starts again after a pause (the link reconnects by itself). What
 //! it reads is bounded: at most [`BATCH`] entries or keys at once, key
-//! values cut at [`LONGEST_VALUE`] + 1 octets (GETRANGE). A map write
+//! values cut at [`LONGEST_VALUE`] + 1 octets (GETRANGE). After a read
+//! that timed out, one entry is read, on a connection of its own, within
+//! [`SLOW_READ`]: a huge entry over a slow link arrives; one that does
+//! not even then is named in the log and the status (attack review bus2
+//! F3). A reconnect checks a known position with the witness, not with
+//! XINFO STREAM, which answers the first and last entries whole. A map write
 //! that fails (the gate is being repaired) stops the round before that
 //! entry, so it is applied when the round starts again.
 //!
@@ -55,8 +60,9 @@ use crate::{
         clock::wall_ms,
         event::Event,
         follow::{
-            full_load_reason, ids_exhausted, judge, judge_key, shorten, HeadCheck, HeadWatch,
-            KeyVerdict, PositionKeeper, ReadSize, Verdict, LONGEST_VALUE,
+            full_load_reason, ids_exhausted, judge, judge_key, shorten, stuck_entry_text,
+            stuck_info_text, HeadCheck, HeadWatch, KeyVerdict, PositionKeeper, ReadSize, Verdict,
+            LONGEST_VALUE, SLOW_READ,
         },
         link::Link,
         map_identity::{self, MapIdentity},
@@ -100,6 +106,9 @@ enum RoundError {
     Reply(BadReply),
     /// Writing the local map failed.
     Map(anyhow::Error),
+    /// Even a slow read (bus/follow.rs [`SLOW_READ`], on a connection of
+    /// its own) did not arrive: what to do about it.
+    Stuck(String),
 }
 
 impl std::fmt::Display for RoundError {
@@ -108,6 +117,7 @@ impl std::fmt::Display for RoundError {
             RoundError::Engine(e) => write!(f, "the engine: {e}"),
             RoundError::Reply(e) => write!(f, "the engine's reply: {e}"),
             RoundError::Map(e) => write!(f, "the gate's map: {e:#}"),
+            RoundError::Stuck(text) => f.write_str(text),
         }
     }
 }
@@ -170,6 +180,9 @@ pub struct Follower {
     grant_lines: GrantLines,
     /// How many entries a read asks for.
     read_size: ReadSize,
+    /// XINFO STREAM timed out: the next goes on a connection of its own
+    /// and may take [`SLOW_READ`].
+    info_slow: bool,
     /// The revokes applied in the last window.
     tombstones: Tombstones,
     /// Where the status goes each time it is written (systemd's status
@@ -241,6 +254,7 @@ impl Follower {
             file_lines: LogBudget::new("bus agent: state file", 2, Duration::from_secs(60)),
             grant_lines: GrantLines::default(),
             read_size: ReadSize::new(BATCH),
+            info_slow: false,
             tombstones,
             shown: None,
         }
@@ -266,14 +280,22 @@ impl Follower {
                 break;
             };
             self.progressed = false;
+            // Connected: said at once, not after the first read.
+            self.write_status(true);
             match self.round(&mut connection, &stop).await {
                 Ok(()) => break,
                 Err(e) => {
-                    if let RoundError::Engine(e) = &e {
-                        self.link.failed(e);
-                        if e.is_timeout() {
-                            self.read_size.timed_out();
+                    match &e {
+                        RoundError::Engine(e) => {
+                            self.link.failed(e);
+                            if e.is_timeout() {
+                                self.read_size.timed_out();
+                            }
                         }
+                        // On a connection of its own: the shared one is
+                        // fine. The next read is slow again.
+                        RoundError::Stuck(_) => self.read_size.timed_out(),
+                        RoundError::Reply(_) | RoundError::Map(_) => {}
                     }
                     if self.progressed {
                         pause = FIRST_PAUSE;
@@ -300,12 +322,23 @@ impl Follower {
         stop: &CancellationToken,
     ) -> Result<(), RoundError> {
         loop {
-            let info = self.stream_info(connection).await?;
-            if let Some(reason) = full_load_reason(self.position, info.as_ref()) {
+            // `None`: not asked, the witness showed the position fresh.
+            let info = match self.fresh_at_connect(connection).await? {
+                true => None,
+                false => Some(self.stream_info(connection).await?),
+            };
+            if let Some(reason) =
+                info.and_then(|info| full_load_reason(self.position, info.as_ref()))
+            {
                 self.must_load(reason);
             }
             self.note_new_maps();
             if let Some(reason) = self.load_pending {
+                // Its last id before the SCAN.
+                let info = match info {
+                    Some(info) => info,
+                    None => self.stream_info(connection).await?,
+                };
                 let from = info.map_or(StreamId::ZERO, |i| i.last_generated);
                 info!("bus agent: loading every grant from the engine's keys ({reason})");
                 // Maps replaced from now on are seen after the load, and
@@ -321,12 +354,21 @@ impl Follower {
                 self.status.last_full_load = Some(reason.to_owned());
                 self.save_position(true);
                 self.note_exhausted();
+                self.status.lag_ms = Some(lag(self.position, info.as_ref()));
+                // Loaded: said at once, not after the first read.
+                self.write_status(true);
                 info!("bus agent: grants loaded; following the stream from {from}");
             } else if let Some(position) = self.position {
                 info!("bus agent: following the stream from {position}");
+                if let Some(info) = info {
+                    self.status.lag_ms = Some(lag(self.position, info.as_ref()));
+                }
             }
-            self.status.lag_ms = Some(lag(self.position, info.as_ref()));
-            self.clear_error();
+            // An error that made the next read or XINFO slow (the entry
+            // stuck) is said until one is answered.
+            if !self.read_size.slow() && !self.info_slow {
+                self.clear_error();
+            }
             match self.follow(connection, stop).await? {
                 None => return Ok(()),
                 // The stream no longer holds what followed the position
@@ -396,15 +438,41 @@ impl Follower {
                 .arg("STREAMS")
                 .arg(&self.events)
                 .arg(position.to_string());
-            let mut reading = self.link.for_blocking_read(connection, block);
-            let read = command.query_async::<Value>(&mut reading);
+            // After a read that timed out, one entry that may take
+            // SLOW_READ, on a connection of its own: a huge entry over a
+            // slow link gets through, and the shared connection is not
+            // held, nor torn down (attack review bus2 F3).
+            let slow = self.read_size.slow();
+            let link = self.link.clone();
+            let read = async {
+                if slow {
+                    let mut apart = link.connection_apart(block + SLOW_READ).await?;
+                    command.query_async::<Value>(&mut apart).await
+                } else {
+                    let mut reading = link.for_blocking_read(connection, block);
+                    command.query_async::<Value>(&mut reading).await
+                }
+            };
             let reply = tokio::select! {
                 () = stop.cancelled() => return Ok(None),
-                reply = read => reply?,
+                reply = read => match reply {
+                    Ok(reply) => reply,
+                    Err(e) if slow && e.is_timeout() => {
+                        return Err(RoundError::Stuck(stuck_entry_text(
+                            &self.events,
+                            position,
+                            SLOW_READ,
+                        )))
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             };
             let entries = stream::parse_xread(reply, &self.events)?;
             let full = entries.len() >= self.read_size.count();
             self.read_size.answered();
+            if slow && !self.info_slow {
+                self.clear_error();
+            }
             let quiet = entries.is_empty();
             let read_from = self.position;
             // Decided before the entries are taken in: the witness must
@@ -486,17 +554,63 @@ impl Follower {
         }
     }
 
+    /// True if, at a connection, the position is known and fresh: no
+    /// full load pending, and the witness is still there while XINFO
+    /// STREAM is not due (bus/follow.rs [`HeadWatch::at_connect`]). Then
+    /// XINFO is not asked: a reconnect after a read that timed out on a
+    /// huge entry would read it again if it is the stream's first or
+    /// last (attack review bus2 F3). A witness gone means a full load.
+    async fn fresh_at_connect(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<bool, RoundError> {
+        if self.position.is_none() || self.load_pending.is_some() {
+            return Ok(false);
+        }
+        let check = self.head.at_connect(Instant::now());
+        if check == HeadCheck::Info {
+            return Ok(false);
+        }
+        match self.check_head(connection, check, self.position).await? {
+            None => Ok(true),
+            Some(reason) => {
+                self.must_load(reason);
+                Ok(false)
+            }
+        }
+    }
+
     /// XINFO STREAM (it answers the first and the last entry whole: not
-    /// after every read, bus/follow.rs [`HeadWatch`]).
+    /// after every read, bus/follow.rs [`HeadWatch`]). After one that
+    /// timed out, on a connection of its own, within [`SLOW_READ`].
     async fn stream_info(
         &mut self,
         connection: &mut MultiplexedConnection,
     ) -> Result<Option<StreamInfo>, RoundError> {
-        let reply = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&self.events)
-            .query_async::<Value>(connection)
-            .await;
+        let mut command = redis::cmd("XINFO");
+        command.arg("STREAM").arg(&self.events);
+        let slow = self.info_slow;
+        let reply = if slow {
+            let mut apart = self.link.connection_apart(SLOW_READ).await?;
+            command.query_async::<Value>(&mut apart).await
+        } else {
+            command.query_async::<Value>(connection).await
+        };
+        match &reply {
+            Err(e) if e.is_timeout() && slow => {
+                // Not asked again before INFO_EVERY: the witness checks
+                // the reads meanwhile, as between two XINFOs.
+                self.head.info_read(Instant::now());
+                return Err(RoundError::Stuck(stuck_info_text(&self.events, SLOW_READ)));
+            }
+            Err(e) if e.is_timeout() => self.info_slow = true,
+            Err(_) => {}
+            Ok(_) => {
+                if std::mem::take(&mut self.info_slow) && !self.read_size.slow() {
+                    self.clear_error();
+                }
+            }
+        }
         let info = match reply {
             Ok(reply) => {
                 let info = stream::parse_xinfo(reply)?;
@@ -852,6 +966,8 @@ impl Follower {
     /// `at_once`.
     fn write_status(&mut self, at_once: bool) {
         let now = Instant::now();
+        // The link went up or down: said at once.
+        let at_once = at_once || self.link.is_up() != self.status.connected;
         if !at_once
             && self
                 .status_written

@@ -354,6 +354,18 @@ impl HeadWatch {
         }
     }
 
+    /// What to check at a connection, when the position is known and no
+    /// full load is pending: the witness while XINFO STREAM is not due
+    /// (read within [`INFO_EVERY`], XRANGE not refused), else XINFO. So a
+    /// reconnect after a read that timed out does not read a huge first
+    /// or last entry again (attack review bus2 F3).
+    pub fn at_connect(&self, now: Instant) -> HeadCheck {
+        match self.check(now, true) {
+            HeadCheck::Witness(witness) => HeadCheck::Witness(witness),
+            _ => HeadCheck::Info,
+        }
+    }
+
     /// XINFO STREAM was read at `now`.
     pub fn info_read(&mut self, now: Instant) {
         self.info_at = Some(now);
@@ -384,6 +396,17 @@ pub fn ids_exhausted(position: Option<StreamId>, last_generated: Option<StreamId
     position == Some(StreamId::MAX) || last_generated == Some(StreamId::MAX)
 }
 
+/// How long a read of one entry after a read that timed out may take
+/// beyond its block, and XINFO STREAM after one that timed out: on a
+/// connection of its own (bus/link.rs [`connection_apart`]), so that a
+/// slow link still brings a huge entry (100 MB at 100 Mbit/s: 8 s),
+/// which the response timeout never lets arrive; bounded, so that one
+/// that does not even then costs a minute a try, not the edge for good
+/// (attack review bus2 F3).
+///
+/// [`connection_apart`]: super::link::Link::connection_apart
+pub const SLOW_READ: Duration = Duration::from_secs(60);
+
 /// How many entries one read asks for: `most` while reads succeed; one
 /// after a read the engine's answer to did not arrive in time, then twice
 /// as many after each read that did, back up to `most`.
@@ -392,11 +415,15 @@ pub fn ids_exhausted(position: Option<StreamId>, last_generated: Option<StreamId
 /// engine; the edge skips them as malformed once it has read them) made a
 /// batch's reply too large to arrive and be read within the timeout, so
 /// the same read failed for good and the edge never saw another grant
-/// (attack review F4). One entry at a time gets past them.
+/// (attack review F4). One entry at a time gets past them; the read of
+/// one entry after a timeout is [`slow`](Self::slow): it may take
+/// [`SLOW_READ`], so that one huge entry gets past a slow link too
+/// (attack review bus2 F3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadSize {
     count: usize,
     most: usize,
+    slow: bool,
 }
 
 impl ReadSize {
@@ -404,6 +431,7 @@ impl ReadSize {
         Self {
             count: most.max(1),
             most: most.max(1),
+            slow: false,
         }
     }
 
@@ -412,15 +440,47 @@ impl ReadSize {
         self.count
     }
 
+    /// True if the last read was not answered in time: the next, of one
+    /// entry, may take [`SLOW_READ`].
+    pub fn slow(&self) -> bool {
+        self.slow
+    }
+
     /// A read was answered.
     pub fn answered(&mut self) {
         self.count = (self.count * 2).min(self.most);
+        self.slow = false;
     }
 
     /// A read was not answered in time.
     pub fn timed_out(&mut self) {
         self.count = 1;
+        self.slow = true;
     }
+}
+
+/// What the log and `bus status` say when even a slow read of one entry
+/// (after `after`, of the stream `events`) did not arrive within
+/// `within`. The engine has no command that answers an entry's id
+/// without its fields, so the edge cannot name it: the operator's
+/// XRANGE, on a fast link, can.
+pub fn stuck_entry_text(events: &str, after: StreamId, within: Duration) -> String {
+    format!(
+        "the entry after {after} does not arrive within {within:?}: a huge entry? This edge \
+         gets no grant or revoke past it until it does; an operator may delete it (its id: \
+         XRANGE {events} ({after} + COUNT 1, whose reply starts with it; then XDEL {events} \
+         <id>) or trim the stream"
+    )
+}
+
+/// What the log and `bus status` say when even a slow XINFO STREAM did
+/// not arrive within `within`: it answers the stream's first and last
+/// entries whole.
+pub fn stuck_info_text(events: &str, within: Duration) -> String {
+    format!(
+        "XINFO STREAM {events} does not arrive within {within:?}: the stream's first or last \
+         entry is huge? An operator may delete it (XDEL) or trim the stream"
+    )
 }
 
 /// Text the engine sent, or a message quoting it (a key name, an error,
@@ -817,6 +877,41 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_checks_the_witness_while_xinfo_is_not_due() {
+        // A reconnect after a read timed out on a huge entry: XINFO would
+        // read it again if it is the stream's first or last (bus2 F3).
+        let start = Instant::now();
+        let mut watch = HeadWatch::default();
+        assert_eq!(watch.at_connect(start), HeadCheck::Info, "never asked");
+        watch.info_read(start);
+        assert_eq!(watch.at_connect(start), HeadCheck::Info, "no witness");
+        watch.read(id("7-0"), Some(180));
+        let soon = start + Duration::from_secs(10);
+        assert_eq!(watch.at_connect(soon), HeadCheck::Witness(id("7-0")));
+        assert_eq!(watch.at_connect(start + INFO_EVERY), HeadCheck::Info);
+        watch.refused(soon);
+        assert_eq!(watch.at_connect(soon), HeadCheck::Info, "XRANGE refused");
+        watch.accepted();
+        watch.loaded();
+        assert_eq!(watch.at_connect(soon), HeadCheck::Info, "after a load");
+    }
+
+    #[test]
+    fn a_stuck_entry_is_said_plainly() {
+        let text = stuck_entry_text("smtp-gate:events", id("100-5"), SLOW_READ);
+        for said in [
+            "after 100-5 does not arrive within 60s",
+            "XRANGE smtp-gate:events (100-5 + COUNT 1",
+            "XDEL smtp-gate:events <id>",
+            "trim",
+        ] {
+            assert!(text.contains(said), "{said}: {text}");
+        }
+        let text = stuck_info_text("smtp-gate:events", SLOW_READ);
+        assert!(text.contains("XINFO STREAM smtp-gate:events does not arrive within 60s"));
+    }
+
+    #[test]
     fn the_last_possible_id_exhausts_the_stream() {
         let some = Some(id("1764546300000-0"));
         assert!(!ids_exhausted(some, some));
@@ -833,18 +928,23 @@ mod tests {
     #[test]
     fn reads_shrink_to_one_entry_after_a_timeout_and_grow_back() {
         let mut size = ReadSize::new(1000);
-        assert_eq!(size.count(), 1000);
+        assert_eq!((size.count(), size.slow()), (1000, false));
         size.answered();
-        assert_eq!(size.count(), 1000);
+        assert_eq!((size.count(), size.slow()), (1000, false));
+        // After a timeout, one entry, which may take SLOW_READ; again
+        // while that times out too.
         size.timed_out();
-        assert_eq!(size.count(), 1);
-        let grown: Vec<usize> = (0..11)
+        assert_eq!((size.count(), size.slow()), (1, true));
+        size.timed_out();
+        assert_eq!((size.count(), size.slow()), (1, true));
+        let grown: Vec<(usize, bool)> = (0..11)
             .map(|_| {
                 size.answered();
-                size.count()
+                (size.count(), size.slow())
             })
             .collect();
-        assert_eq!(grown, [2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000]);
+        let counts = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000];
+        assert_eq!(grown, counts.map(|count| (count, false)));
         assert_eq!(ReadSize::new(0).count(), 1);
     }
 

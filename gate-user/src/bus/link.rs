@@ -270,6 +270,34 @@ impl Link {
         reading
     }
 
+    /// A new connection that carries nothing else, whose commands may
+    /// take `response_timeout`; made within [`CONNECT_TIMEOUT`], closed
+    /// when dropped. For a read that may take much longer than the
+    /// response timeout (a huge entry over a slow link, follow.rs
+    /// [`SLOW_READ`](super::follow::SLOW_READ)) without holding the shared
+    /// connection, whose other answers would wait behind it and time out,
+    /// which tears the link down.
+    pub async fn connection_apart(
+        &self,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(response_timeout);
+        let connecting = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection of its own within {CONNECT_TIMEOUT:?}"),
+                )))
+            })
+    }
+
     /// Connects, within [`CONNECT_TIMEOUT`] in all.
     async fn connect(&self) -> Result<MultiplexedConnection> {
         tokio::time::timeout(CONNECT_TIMEOUT, self.connect_unbounded())
@@ -317,15 +345,7 @@ impl Link {
     /// else, closed afterwards. A failure leaves the clock as it is
     /// (carried forward on the boot clock), said once per change.
     async fn read_time_apart(&self) {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(CLOCK_TIMEOUT);
-        let outcome = match self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let outcome = match self.connection_apart(CLOCK_TIMEOUT).await {
             Ok(mut connection) => self.read_time(&mut connection).await,
             Err(e) => Err(e),
         };
@@ -521,6 +541,63 @@ mod tests {
             "samples at the connect and at the refresh"
         );
         read.await.unwrap().expect("the read ends");
+        stop.cancel();
+    }
+
+    /// A read on a connection apart may take its own, longer timeout;
+    /// the shared connection goes on answering meanwhile and is not torn
+    /// down (bus2 F3: a huge entry over a slow link).
+    #[tokio::test]
+    async fn a_connection_apart_waits_its_own_timeout_and_leaves_the_link_up() {
+        const HELD: Duration = Duration::from_millis(1500);
+        let engine = FakeEngine::start(|command| match command[0].as_str() {
+            "PING" => Answer::Now(b"+PONG\r\n".to_vec()),
+            "CLIENT" => Answer::Now(b"+OK\r\n".to_vec()),
+            "TIME" => Answer::Now(time_answer(wall_ms())),
+            "XREAD" => Answer::After(HELD, b"*-1\r\n".to_vec()),
+            _ => Answer::Now(b"-ERR unknown\r\n".to_vec()),
+        })
+        .await;
+        let link = link(engine.port, Duration::from_millis(300));
+        let stop = CancellationToken::new();
+        tokio::spawn(link.clone().keep(stop.clone()));
+        let mut shared = tokio::time::timeout(Duration::from_secs(30), link.wait_connected(&stop))
+            .await
+            .expect("the link connects")
+            .unwrap();
+        let xread = || {
+            redis::cmd("XREAD")
+                .arg("STREAMS")
+                .arg("s")
+                .arg("0-0")
+                .clone()
+        };
+        let mut apart = link.connection_apart(Duration::from_secs(5)).await.unwrap();
+        let started = Instant::now();
+        let reading = tokio::spawn(async move {
+            let reply = xread().query_async::<redis::Value>(&mut apart).await;
+            (reply, started.elapsed())
+        });
+        // Meanwhile the shared connection answers within its own timeout.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pong: String = redis::cmd("PING").query_async(&mut shared).await.unwrap();
+        assert_eq!(pong, "PONG");
+        let (reply, took) = reading.await.unwrap();
+        assert_eq!(reply.unwrap(), redis::Value::Nil);
+        assert!(took >= HELD && took < Duration::from_secs(4), "{took:?}");
+        assert!(link.is_up());
+        // The same read on the shared connection: its response timeout.
+        let e = xread()
+            .query_async::<redis::Value>(&mut shared)
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "the shared connection's timeout: {e}");
+        assert_eq!(
+            engine
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
         stop.cancel();
     }
 
