@@ -82,7 +82,7 @@ use super::grant_lines::{self, GrantLines};
 /// (attack review; the unit's MemoryMax= bounds the rest).
 pub const BATCH: usize = 100;
 /// How long one XREAD waits for an entry.
-pub const BLOCK: Duration = Duration::from_secs(5);
+pub const BLOCK: Duration = crate::bus::link::LONGEST_BLOCK;
 /// The status file is rewritten at least this often.
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// The pause after a failed round, doubling up to the longest.

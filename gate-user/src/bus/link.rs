@@ -31,6 +31,9 @@ use crate::keys::KeyError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
+/// The longest a blocking read (an agent's XREAD BLOCK) holds the shared
+/// connection: what else is sent on it may wait that long more.
+pub const LONGEST_BLOCK: Duration = Duration::from_secs(5);
 /// The longest the link may take to connect, TLS and the client's
 /// hello (AUTH) included, and to have its first PING and TIME answered:
 /// an engine that drags its handshake or first answers out holds the
@@ -331,7 +334,10 @@ impl Link {
     /// not timed).
     async fn refresh(&self) {
         self.read_time_apart().await;
-        if let Some(mut connection) = self.connection() {
+        if let Some(connection) = self.connection() {
+            // It may wait behind an agent's blocking read on this
+            // connection, and a timeout breaks the connection.
+            let mut connection = self.for_blocking_read(&connection, LONGEST_BLOCK);
             let ping = redis::cmd("PING")
                 .query_async::<String>(&mut connection)
                 .await;
@@ -473,6 +479,57 @@ mod tests {
         clock::wall_ms,
         fake_engine::{time_answer, Answer, FakeEngine},
     };
+
+    /// The minutely PING on the shared connection waits behind an
+    /// agent's blocking read: it must not time out (and a timeout breaks
+    /// the connection) after the response timeout alone, or every edge
+    /// would drop its link once a minute.
+    #[tokio::test]
+    async fn the_minutely_ping_may_wait_behind_a_blocking_read() {
+        const HELD: Duration = Duration::from_millis(1500);
+        let engine = FakeEngine::start(|command| match command[0].as_str() {
+            "PING" => Answer::Now(b"+PONG\r\n".to_vec()),
+            "CLIENT" => Answer::Now(b"+OK\r\n".to_vec()),
+            "TIME" => Answer::Now(time_answer(wall_ms())),
+            "XREAD" => Answer::After(HELD, b"*-1\r\n".to_vec()),
+            _ => Answer::Now(b"-ERR unknown\r\n".to_vec()),
+        })
+        .await;
+        let link = Link::new(LinkSettings {
+            url: format!("redis://127.0.0.1:{}", engine.port)
+                .parse()
+                .unwrap(),
+            password: None,
+            response_timeout: Duration::from_millis(300),
+            role: "test",
+        })
+        .unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(link.clone().keep(stop.clone()));
+        let connection = tokio::time::timeout(Duration::from_secs(30), link.wait_connected(&stop))
+            .await
+            .expect("the link connects")
+            .unwrap();
+        let mut reading = link.for_blocking_read(&connection, HELD);
+        let read = tokio::spawn(async move {
+            redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(HELD.as_millis() as u64)
+                .arg("STREAMS")
+                .arg("s")
+                .arg("0-0")
+                .query_async::<redis::Value>(&mut reading)
+                .await
+        });
+        while engine.sent("XREAD").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        link.refresh().await;
+        assert_eq!(link.last_error(), None);
+        assert!(link.is_up() && link.connection().is_some());
+        read.await.unwrap().expect("the read ends");
+        stop.cancel();
+    }
 
     #[tokio::test]
     async fn the_engines_time_is_read_apart_from_a_blocking_read() {
