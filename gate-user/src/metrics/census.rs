@@ -8,15 +8,20 @@
 //! time nothing else wants, so it never delays a login, a grant or the
 //! async threads. On a host kept busy it may not finish: a scrape waits
 //! for it at most [`WAIT`], then is served the census it has (older, as
-//! `smtp_gate_census_age_seconds` says), and the walk goes on.
+//! `smtp_gate_census_age_seconds` says), and the walk goes on. That
+//! thread takes no lock: a thread at SCHED_IDLE preempted while holding
+//! one would hold up whoever waits for it (an async thread serving POP3)
+//! for as long as the host stays busy. The maps are handed to it, and it
+//! hands them back with the census through a oneshot channel (atomics).
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
+use anyhow::Result;
 use log::{info, warn};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::{
     gate::{maps::MapCensus, GateMaps},
@@ -44,38 +49,44 @@ pub struct CensusCache {
 }
 
 struct Inner {
-    /// The census's own handles on the maps: a walk holds them for its
-    /// whole length, and nothing else waits for them.
-    maps: Mutex<GateMaps>,
+    /// Locked briefly, and only by async code (scrapes, the task that
+    /// takes a walk's end, the watch), never by the walking thread.
     state: Mutex<State>,
     /// Told when a walk ends.
     walked: Notify,
-    /// The last failure logged, so that it is logged once.
-    failure: Mutex<Option<String>>,
 }
 
-/// Looked at and changed under one lock: a scrape that finds the census
-/// old starts a walk unless one runs, and a walk that ends sets both.
 #[derive(Default)]
 struct State {
     last: Option<CensusReading>,
-    walking: bool,
+    /// The census's own handles on the maps; `None` while a walk has them.
+    maps: Option<GateMaps>,
+    /// Handles on a gate's new maps that came during a walk: used from
+    /// its end on.
+    newer_maps: Option<GateMaps>,
+    /// The last failure logged, so that it is logged once.
+    failure: Option<String>,
 }
+
+/// What a walking thread hands back.
+type Walked = (GateMaps, Result<MapCensus>, Duration);
 
 impl CensusCache {
     pub fn new(maps: GateMaps) -> Self {
         Self {
             inner: Arc::new(Inner {
-                maps: Mutex::new(maps),
-                state: Mutex::default(),
+                state: Mutex::new(State {
+                    maps: Some(maps),
+                    ..State::default()
+                }),
                 walked: Notify::new(),
-                failure: Mutex::new(None),
             }),
         }
     }
 
     /// A census no older than [`MAX_AGE`], walked now if need be; within
     /// [`WAIT`], else the last one there is (`None` before the first).
+    /// Call inside the runtime.
     pub async fn reading(&self) -> Option<CensusReading> {
         let walked = self.inner.walked.notified();
         tokio::pin!(walked);
@@ -86,67 +97,94 @@ impl CensusCache {
             }
             // Listening before the walk can end: its end is not missed.
             walked.as_mut().enable();
-            if !state.walking {
-                state.walking = self.start_walk();
+            // Without the maps a walk runs already.
+            if let Some(maps) = state.maps.take() {
+                if let Err(maps) = self.start_walk(maps) {
+                    state.maps = Some(maps);
+                }
             }
         }
         let _ = tokio::time::timeout(WAIT, walked).await;
         lock(&self.inner.state).last
     }
 
-    /// Starts a walk on a thread of its own; false if none could start.
-    fn start_walk(&self) -> bool {
-        let inner = Arc::clone(&self.inner);
+    /// Walks `maps` on a thread of its own; a task takes the census and
+    /// the maps back. Gives the maps back if no thread could start.
+    fn start_walk(&self, maps: GateMaps) -> Result<(), GateMaps> {
+        let (done, walked) = oneshot::channel::<Walked>();
+        // Taken by the thread while it still runs at normal priority; left
+        // there if no thread starts.
+        let handover = Arc::new(Mutex::new(Some(maps)));
         let spawned = std::thread::Builder::new()
             .name("smtp-gate-census".into())
-            .spawn(move || {
-                idle_priority();
-                let started = Instant::now();
-                let census = lock(&inner.maps).census();
-                let took = started.elapsed();
-                let reading = match census {
-                    Ok(census) => {
-                        if lock(&inner.failure).take().is_some() {
-                            info!("metrics: the grant and ban maps are counted again");
-                        }
-                        Some(CensusReading {
-                            census,
-                            taken: Instant::now(),
-                            took,
-                        })
-                    }
-                    Err(e) => {
-                        let text = format!("{e:#}");
-                        let mut failure = lock(&inner.failure);
-                        if failure.as_deref() != Some(&text) {
-                            warn!("metrics: cannot count the grant and ban maps: {text}");
-                            *failure = Some(text);
-                        }
-                        None
-                    }
-                };
-                {
-                    let mut state = lock(&inner.state);
-                    state.walking = false;
-                    if reading.is_some() {
-                        state.last = reading;
+            .spawn({
+                let handover = Arc::clone(&handover);
+                move || {
+                    let Some(maps) = lock(&handover).take() else {
+                        return;
+                    };
+                    idle_priority();
+                    let started = Instant::now();
+                    let census = maps.census();
+                    let _ = done.send((maps, census, started.elapsed()));
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("metrics: cannot start a thread to count the grant and ban maps: {e}");
+            return Err(lock(&handover)
+                .take()
+                .expect("no thread took the maps"));
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let Ok((maps, census, took)) = walked.await else {
+                // The thread died with the maps: no census from now on.
+                warn!("metrics: the thread counting the grant and ban maps ended without a word");
+                return;
+            };
+            inner.walk_ended(maps, census, took);
+        });
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn walk_ended(&self, maps: GateMaps, census: Result<MapCensus>, took: Duration) {
+        {
+            let mut state = lock(&self.state);
+            state.maps = Some(state.newer_maps.take().unwrap_or(maps));
+            match census {
+                Ok(census) => {
+                    state.last = Some(CensusReading {
+                        census,
+                        taken: Instant::now(),
+                        took,
+                    });
+                    if state.failure.take().is_some() {
+                        info!("metrics: the grant and ban maps are counted again");
                     }
                 }
-                inner.walked.notify_waiters();
-            });
-        match spawned {
-            Ok(_) => true,
-            Err(e) => {
-                warn!("metrics: cannot start a thread to count the grant and ban maps: {e}");
-                false
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    if state.failure.as_deref() != Some(&text) {
+                        warn!("metrics: cannot count the grant and ban maps: {text}");
+                        state.failure = Some(text);
+                    }
+                }
             }
         }
+        self.walked.notify_waiters();
     }
 }
 
 impl MapUser for CensusCache {
     fn replace_maps(&self, maps: GateMaps) {
-        *lock(&self.inner.maps) = maps;
+        let mut state = lock(&self.inner.state);
+        if state.maps.is_some() {
+            state.maps = Some(maps);
+        } else {
+            state.newer_maps = Some(maps);
+        }
     }
 }
 
@@ -188,7 +226,9 @@ mod tests {
 
     fn grant(cache: &CensusCache, i: u32) {
         let addr = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
-        lock(&cache.inner.maps).grant(addr, None).unwrap();
+        let mut state = lock(&cache.inner.state);
+        let maps = state.maps.as_mut().expect("no walk has the maps");
+        maps.grant(addr, None).unwrap();
     }
 
     /// Makes the last census look `MAX_AGE` old.

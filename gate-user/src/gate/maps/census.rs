@@ -58,6 +58,16 @@ impl GateMaps {
     /// judges it under the gate's window; a ban if it was in force at
     /// the start.
     pub fn census(&self) -> Result<MapCensus> {
+        self.census_walking(true)
+    }
+
+    /// [`Self::census`] as a kernel without batch lookups makes it: key
+    /// by key (the benchmark compares the two).
+    pub fn census_without_batches(&self) -> Result<MapCensus> {
+        self.census_walking(false)
+    }
+
+    fn census_walking(&self, batched: bool) -> Result<MapCensus> {
         let before = self.now_ns()?;
         let window = self.settings()?.window_ns;
         let fresh_grants = |held: &mut Held, grant: &Grant, after: u64| {
@@ -72,7 +82,12 @@ impl GateMaps {
         let mut newer: Vec<(bool, Grant)> = Vec::new();
         let mut grants_v4 = Held::default();
         let mut grants_v6 = Held::default();
-        let walk = walk(&self.grants_v4, GRANTS_V4, |_, grant: &Grant| {
+        let first = if batched {
+            Walk::Batched(0)
+        } else {
+            Walk::KeyByKey
+        };
+        let walk = walk_as(first, &self.grants_v4, GRANTS_V4, |_, grant: &Grant| {
             if grant.granted_at_ns > before {
                 newer.push((true, *grant));
             } else {
@@ -129,8 +144,9 @@ fn walk<K: Pod, V: Pod>(
     }
 }
 
-/// Every entry of `map`, the way `first` walked its map: a kernel that
-/// refused one batch walk is not asked again.
+/// Every entry of `map`, the way `first` walked its map (batched if the
+/// kernel can, or key by key): a kernel that refused one batch walk is not
+/// asked again.
 fn walk_as<K: Pod, V: Pod>(
     first: Walk,
     map: &HashMap<MapData, K, V>,
@@ -272,6 +288,16 @@ mod tests {
         // This kernel (5.6 and later) batches: a call per 4096 entries,
         // and one that finds the end.
         assert_eq!(census.walk, Walk::Batched(1), "{census:?}");
+        let by_keys = maps.census_without_batches().unwrap();
+        assert_eq!(by_keys.walk, Walk::KeyByKey);
+        assert_eq!(
+            MapCensus {
+                walk: census.walk,
+                ..by_keys
+            },
+            census,
+            "key by key, the same"
+        );
 
         // What the batches handed out is what the kernel's iteration has.
         let mut batched_v4 = Vec::new();
