@@ -99,9 +99,7 @@ impl CensusCache {
             walked.as_mut().enable();
             // Without the maps a walk runs already.
             if let Some(maps) = state.maps.take() {
-                if let Err(maps) = self.start_walk(maps) {
-                    state.maps = Some(maps);
-                }
+                state.maps = self.start_walk(maps);
             }
         }
         let _ = tokio::time::timeout(WAIT, walked).await;
@@ -110,7 +108,7 @@ impl CensusCache {
 
     /// Walks `maps` on a thread of its own; a task takes the census and
     /// the maps back. Gives the maps back if no thread could start.
-    fn start_walk(&self, maps: GateMaps) -> Result<(), GateMaps> {
+    fn start_walk(&self, maps: GateMaps) -> Option<GateMaps> {
         let (done, walked) = oneshot::channel::<Walked>();
         // Taken by the thread while it still runs at normal priority; left
         // there if no thread starts.
@@ -131,9 +129,7 @@ impl CensusCache {
             });
         if let Err(e) = spawned {
             warn!("metrics: cannot start a thread to count the grant and ban maps: {e}");
-            return Err(lock(&handover)
-                .take()
-                .expect("no thread took the maps"));
+            return lock(&handover).take();
         }
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
@@ -144,7 +140,7 @@ impl CensusCache {
             };
             inner.walk_ended(maps, census, took);
         });
-        Ok(())
+        None
     }
 }
 

@@ -1,17 +1,21 @@
 //! A hash map's entries a few thousand at a time: BPF_MAP_LOOKUP_BATCH
 //! (Linux 5.6; hash and LRU hash maps), one bpf() call per [`BATCH`]
 //! entries, where aya's iterator makes two per key (BPF_MAP_GET_NEXT_KEY,
-//! then a lookup). The census of 262,144 grants (census.rs) makes 65
-//! calls instead of over half a million. aya 0.14 has no batch calls: the
+//! then a lookup). The census of 262,144 grants (census.rs) makes about
+//! a thousand calls instead of over half a million. aya 0.14 has no batch calls: the
 //! syscall is made here, on the map's own fd.
 
 use std::{io, mem, os::fd::AsRawFd, os::fd::BorrowedFd};
 
 use aya::Pod;
 
-/// Entries asked for per call: 4096 IPv6 grants are 128 KiB of keys and
-/// values.
-pub const BATCH: u32 = 4096;
+/// Entries asked for per call. Few enough that one call stays short: the
+/// kernel (PREEMPT_NONE, as Debian's cloud kernels and many servers run)
+/// does not preempt a bpf() call, so a task woken on the walk's CPU waits
+/// for the call to end: 4096 entries a call held logins up by a
+/// millisecond and more at the p99 (`cargo xtask bench metrics`), 256 by
+/// about 80 µs at most.
+pub const BATCH: u32 = 256;
 
 /// The most calls one walk makes: [`BATCH`] entries each, far more than
 /// any map holds. A kernel that kept answering would not hold the walk.

@@ -27,6 +27,7 @@ use gate_common::{
 };
 
 pub use bans::BanEntry;
+pub use batch::BATCH;
 pub use census::{Held, MapCensus, Walk};
 pub use grants::GrantEntry;
 use networks::CidrSet;
