@@ -504,8 +504,8 @@ fn render_census(c: &CensusCost) -> (String, serde_json::Value) {
          | key by key (aya's iterator: next key, lookup) | {} | {} | about {} |\n\
          | BPF_MAP_LOOKUP_BATCH, the same maps empty | {} | | |\n\n\
          The batched walk costs {:.1}x less CPU; {:.0}% of its CPU is the kernel's (the batch \
-         lookups), {:.0} ns per grant in all; the kernel walks every bucket of the map (its \
-         size, rounded up to a power of two), so the empty maps cost what the empty row says.\n",
+         lookups), {:.0} ns per grant in all, nearly all of it per entry: the same maps empty \
+         take the last row's.\n",
         c.grants,
         c.batched_cpu_ms.len(),
         smtp_gate::gate::maps::BATCH,

@@ -174,8 +174,9 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
     manager.spawn_status(STATUS_EVERY, move || status_line(&status.borrow()));
     // The gate is attached or adopted, and held; the metrics' listeners
     // (its only ones) are bound and served; the agent does not wait for
-    // the engine (it enforces through an outage): ready. As systemd wants it of a `Type=notify` service, a
-    // SIGHUP is a reload (of nothing) from now on: RELOADING=1, READY=1.
+    // the engine (it enforces through an outage): ready. As systemd wants
+    // it of a `Type=notify` service, a SIGHUP is a reload (of nothing)
+    // from now on: RELOADING=1, READY=1.
     manager.ready();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {

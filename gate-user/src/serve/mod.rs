@@ -297,9 +297,9 @@ async fn serve(
         dovecot_secret,
     );
     // Every listener is bound (POP3, POP3 over TLS, the hooks', the
-    // metrics') and the gate is attached or adopted, and held: ready. The reloader starts
-    // after, so that a SIGHUP of the start is reloaded (RELOADING=1,
-    // READY=1) once systemd knows the daemon is up.
+    // metrics') and the gate is attached or adopted, and held: ready. The
+    // reloader starts after, so that a SIGHUP of the start is reloaded
+    // (RELOADING=1, READY=1) once systemd knows the daemon is up.
     manager.spawn_status(STATUS_EVERY, move || activity.status_line(serves_pop3));
     manager.ready();
     tokio::spawn(reloader.run(hangups, shutdown.clone(), manager));
