@@ -9,6 +9,7 @@ mod dovecot;
 mod flood;
 mod hooks;
 mod kernel;
+mod metrics;
 mod packages;
 mod pop3;
 mod procs;
@@ -26,7 +27,9 @@ struct Args {
     /// service beside Dovecot; hooks: Dovecot's and Postfix's policy hooks
     /// of `smtp-gate serve` (login -> grant, requests/s) beside baselines;
     /// bus: the grant bus across hosts (+OK -> grant on 1 and 2 edges,
-    /// grants/s, PASS -> +OK with and without the bus); all: the five.
+    /// grants/s, PASS -> +OK with and without the bus); metrics: the
+    /// Prometheus metrics with 262,144 grants (census CPU, daemon CPU per
+    /// scrape, PASS -> +OK with and without scrapes); all: the six.
     #[arg(default_value = "all")]
     suite: String,
     /// Fewer repetitions, for a first look.
@@ -47,16 +50,19 @@ fn main() -> Result<()> {
         "flood" => flood::run(args.quick),
         "hooks" => hooks::run(args.quick),
         "bus" => bus::run(args.quick),
+        "metrics" => metrics::run(args.quick),
         "all" => {
             kernel::run(args.quick, None)?;
             flood::run(args.quick)?;
             pop3::run(args.quick)?;
             hooks::run(args.quick)?;
-            bus::run(args.quick)
+            bus::run(args.quick)?;
+            metrics::run(args.quick)
         }
         other => {
             bail!(
-                "unknown suite `{other}` (this build knows: kernel, flood, pop3, hooks, bus, all)"
+                "unknown suite `{other}` (this build knows: kernel, flood, pop3, hooks, bus, \
+                 metrics, all)"
             )
         }
     }

@@ -325,6 +325,11 @@ pub struct StatsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print the counters, grants and bans in Prometheus's text format
+    /// (node-exporter's textfile collector), as a daemon's metrics page
+    /// shows them.
+    #[arg(long, conflicts_with = "json")]
+    pub prometheus: bool,
     #[command(flatten)]
     pub pins: PinDirArg,
 }
@@ -552,7 +557,19 @@ pub struct ServeArgs {
     pub postfix_policy_reject: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
     pub bus: BusArgs,
+}
+
+/// Where a daemon serves its Prometheus metrics (`serve`, `agent`).
+#[derive(Args, Debug, Clone, Default, Serialize)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics (GET /metrics) on this address
+    /// (repeatable), e.g. 127.0.0.1:10110. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Vec<std::net::SocketAddr>,
 }
 
 impl ServeArgs {
@@ -607,6 +624,9 @@ pub struct AgentArgs {
     /// beside it, FILE.status.json). Default /var/lib/smtp-gate/bus-position.
     #[arg(long, value_name = "FILE")]
     pub bus_position_file: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// The keys of `smtp-gate agent --config`: its flags' names, but `config`.

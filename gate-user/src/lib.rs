@@ -9,6 +9,7 @@ pub mod cli;
 pub mod gate;
 pub mod generate;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod serve;
 pub mod syslog;

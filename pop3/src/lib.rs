@@ -14,6 +14,7 @@ pub mod auth;
 pub mod body;
 pub mod command;
 pub mod config;
+pub mod counters;
 pub mod duration;
 pub mod framing;
 pub mod grant_log;

@@ -38,6 +38,7 @@ use crate::maildrop::MaildropStore;
 use crate::{
     auth::{apop::TimestampSource, password_checks::PasswordChecks, user_throttle::UserThrottle},
     config::ServerConfig,
+    counters::{Handshake, LoginResult, NoSlot, Pop3Counters},
     duration::format_duration,
     framing::LineBuffer,
     live_config::LiveConfig,
@@ -76,6 +77,8 @@ pub struct Server {
     /// Implicit TLS (RFC 8314), each with whether it is behind a load
     /// balancer (which sends its PROXY header before the handshake).
     tls_listeners: Vec<(TcpListener, bool)>,
+    /// What the service did, for the daemon's metrics.
+    counters: Arc<Pop3Counters>,
 }
 
 const READ_CHUNK: usize = 4096;
@@ -123,6 +126,7 @@ impl Server {
             door: Arc::default(),
             tls: None,
             tls_listeners: Vec::new(),
+            counters: Arc::default(),
         }
     }
 
@@ -159,6 +163,12 @@ impl Server {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// What the service did since it started: logins, sessions, TLS
+    /// handshakes (counters.rs).
+    pub fn counters(&self) -> Arc<Pop3Counters> {
+        Arc::clone(&self.counters)
     }
 
     /// The proxied listeners' count of refused connections.
@@ -220,6 +230,7 @@ impl Server {
                 user_throttle: Arc::clone(&user_throttle),
                 door: Arc::clone(&self.door),
                 tls: self.tls.clone(),
+                counters: Arc::clone(&self.counters),
             };
             accept_loops.push(tokio::spawn(accept_loop(
                 listener,
@@ -309,6 +320,7 @@ struct Shared {
     door: Arc<ProxyDoor>,
     /// The certificate, if one is configured.
     tls: Option<Arc<Tls>>,
+    counters: Arc<Pop3Counters>,
 }
 
 /// Accepts connections on `listener`, which is behind a load balancer if
@@ -427,10 +439,12 @@ fn admit(shared: &Shared, peer: Peer, id: SessionId) -> Result<Slot, &'static st
             Ok(slot)
         }
         Admission::NetworkFull(network) => {
+            shared.counters.refused(NoSlot::NetworkFull);
             debug!("session={id} refused {peer}: {network} holds its most connections");
             Err("too many connections from your network, try again later")
         }
         Admission::ServerFull => {
+            shared.counters.refused(NoSlot::ServerFull);
             debug!("session={id} refused {peer}: all slots taken");
             Err("too many connections, try again later")
         }
@@ -505,9 +519,15 @@ async fn serve_connection(
             Transport::cleartext(peer.is_local(), shared.tls.is_some())
         },
         apop: config.apop,
+        counters: Arc::clone(&shared.counters),
     };
     let session = Session::new(ctx, shared.timestamps.next());
-    let mut served = Served::new(session, peer.ip(), peer.via_ip());
+    let mut served = Served::new(
+        session,
+        peer.ip(),
+        peer.via_ip(),
+        Arc::clone(&shared.counters),
+    );
     let mut conn = Conn::Plain(stream);
     // Biased: a session that has just logged in marks it before the cut
     // is looked at, so a login is never cut.
@@ -536,6 +556,7 @@ async fn serve_connection(
             CutBeforeLogin::MadeRoom => "cut to make room for a newcomer".to_string(),
             CutBeforeLogin::Shutdown => "the server shut down".to_string(),
         };
+        shared.counters.login(method, LoginResult::Cut);
         log::warn!(target: LOG_TARGET, "session={id} login user={} addr={} method={method} result=cut ({why})",
             LogText::of(user),
             served.peer
@@ -651,10 +672,12 @@ async fn start_tls(conn: &mut Conn, shared: &Shared, served: &mut Served) -> Res
                     .map(|s| s.suite())
             );
             served.tls = Some(version);
+            shared.counters.handshake(Handshake::Ok);
             *conn = Conn::Tls(Box::new(stream));
             Ok(())
         }
         Err(HandshakeError::TimedOut) => {
+            shared.counters.handshake(Handshake::TimedOut);
             debug!(
                 "session={id} TLS handshake not done within {}",
                 format_duration(tls::HANDSHAKE_TIMEOUT)
@@ -662,6 +685,7 @@ async fn start_tls(conn: &mut Conn, shared: &Shared, served: &mut Served) -> Res
             Err(EndReason::TlsHandshakeTimeout)
         }
         Err(HandshakeError::Failed(e)) => {
+            shared.counters.handshake(Handshake::Failed);
             debug!("session={id} TLS handshake failed: {e}");
             Err(EndReason::TlsHandshakeFailed)
         }

@@ -15,6 +15,7 @@ use std::{
 
 use pop3::{
     auth::{password_checks::PasswordChecks, user_throttle::UserThrottle},
+    counters::{LoginMethod, LoginResult},
     framing::{Line, LineBuffer},
     maildrop::{
         CommitError, ForSession, Maildrop, MaildropStore, MessageInfo, MessageReader, OpenError,
@@ -231,6 +232,7 @@ fn fixture() -> Fixture {
         max_login_failures: 3,
         transport: Transport::cleartext(false, false),
         apop: true,
+        counters: Arc::default(),
     };
     Fixture {
         store,
@@ -265,6 +267,45 @@ async fn a_quit_after_the_maildrop_was_lost_says_whether_deletions_were() {
         assert!(transcript.ends_with(last), "{script}: {transcript}");
         assert!(f.store.commits.lock().unwrap().is_empty(), "{script}");
     }
+}
+
+/// Every login is counted once, by its method and how it ended (the
+/// daemon's `smtp_gate_pop3_logins_total`): right and wrong passwords, a
+/// malformed SASL response, a maildrop another session holds.
+#[tokio::test]
+async fn logins_are_counted_by_method_and_result() {
+    use LoginMethod::{Apop, SaslPlain, UserPass};
+    use LoginResult::{Failed, InUse, Ok};
+    let f = fixture();
+    let script = "USER alice\r\nPASS wrong\r\nUSER alice\r\nPASS open sesame\r\nQUIT\r\n";
+    run(f.ctx.clone(), script.as_bytes(), 512).await;
+    let apop = "APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\nQUIT\r\n";
+    run(f.ctx.clone(), apop.as_bytes(), 512).await;
+    let plain_wrong = plain(b"\0alice\0wrong");
+    let script = format!("AUTH PLAIN {plain_wrong}\r\nAUTH PLAIN !!!\r\n");
+    run(f.ctx.clone(), script.as_bytes(), 512).await;
+    // alice's maildrop held by another session.
+    f.store.locked.lock().unwrap().insert("alice".into());
+    run(f.ctx.clone(), b"USER alice\r\nPASS open sesame\r\n", 512).await;
+    let mut counted = Vec::new();
+    for method in LoginMethod::ALL {
+        for result in LoginResult::ALL {
+            let n = f.ctx.counters.logins(method, result);
+            if n > 0 {
+                counted.push((method, result, n));
+            }
+        }
+    }
+    assert_eq!(
+        counted,
+        [
+            (UserPass, Ok, 1),
+            (UserPass, Failed, 1),
+            (UserPass, InUse, 1),
+            (Apop, Ok, 1),
+            (SaslPlain, Failed, 2),
+        ]
+    );
 }
 
 /// Feeds `input` in pieces of `chunk` octets; returns the transcript and

@@ -238,6 +238,11 @@ impl BusLab {
     /// follows the stream: its gate on the edge's interface, its own pin
     /// directory and position file.
     pub fn start_agent(&mut self, e: usize) {
+        self.start_agent_with(e, &[]);
+    }
+
+    /// [`Self::start_agent`] with `extra` flags (`--metrics-listen ...`).
+    pub fn start_agent_with(&mut self, e: usize, extra: &[&str]) {
         assert!(self.agents[e - 1].is_none(), "edge{e}'s agent runs already");
         let edge = self.hosts.host(&format!("edge{e}")).clone();
         let log = self.log_file(&format!("agent{e}"));
@@ -245,24 +250,20 @@ impl BusLab {
         let position = self.position_file(e).to_string_lossy().into_owned();
         let pin = edge.pin_dir_str();
         let url = self.url();
-        let mut agent = spawn_daemon_in(
-            &edge.ns,
-            ServeStart::default(),
-            "agent",
-            &[
-                "--iface",
-                &edge.iface,
-                "--pin-dir",
-                &pin,
-                "--window",
-                &window,
-                "--bus",
-                &url,
-                "--bus-position-file",
-                &position,
-            ],
-            &log,
-        );
+        let mut args = vec![
+            "--iface",
+            &edge.iface,
+            "--pin-dir",
+            &pin,
+            "--window",
+            &window,
+            "--bus",
+            &url,
+            "--bus-position-file",
+            &position,
+        ];
+        args.extend_from_slice(extra);
+        let mut agent = spawn_daemon_in(&edge.ns, ServeStart::default(), "agent", &args, &log);
         agent.wait_for_log("following the stream from", 1, BOUND);
         self.agents[e - 1] = Some(agent);
     }

@@ -14,6 +14,7 @@ pub mod gate_binary;
 pub mod imap_client;
 pub mod lab;
 pub mod mail;
+pub mod metrics;
 pub mod netns;
 pub mod notify;
 pub mod packets;

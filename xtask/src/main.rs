@@ -103,7 +103,7 @@ enum Command {
     },
     /// Benchmarks (not part of the test suite).
     Bench {
-        /// Which suite: kernel, flood, pop3, hooks, bus or all.
+        /// Which suite: kernel, flood, pop3, hooks, bus, metrics or all.
         #[arg(default_value = "all")]
         suite: String,
         /// Fewer repetitions, for a first look.

@@ -67,6 +67,11 @@ const BASE_PACKAGES: &[&str] = &[
     "init-system-helpers",
     "man-db",
     "groff-base",
+    // promtool, which checks the daemons' metrics pages and `stats
+    // --prometheus` (issue 14). The package is Prometheus itself: on a
+    // host booted with systemd it also starts a Prometheus server on
+    // port 9090 (--no-install-recommends leaves node-exporter out).
+    "prometheus",
 ];
 
 pub fn setup() -> Result<()> {

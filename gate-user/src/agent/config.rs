@@ -17,6 +17,7 @@ use crate::{
     cli::{agent_keys, AgentArgs},
     gate::{pins::DEFAULT_PIN_DIR, AttachRequest},
     keys::{self, KeyError},
+    metrics::MetricsKeys,
     serve::config::ConfigSource,
 };
 
@@ -38,6 +39,9 @@ pub struct AgentConfig {
     /// file is beside it.
     #[serde(default = "default_position_file")]
     pub bus_position_file: PathBuf,
+    /// Where Prometheus scrapes the agent.
+    #[serde(flatten)]
+    pub metrics: MetricsKeys,
     /// Where the settings came from (not a key).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -112,7 +116,7 @@ impl AgentConfig {
                 format!("`{}` is not an absolute file path", position.display()),
             ));
         }
-        Ok(())
+        self.metrics.check()
     }
 }
 
@@ -145,6 +149,7 @@ mod tests {
         bus_prefix = "isp-a:"
         bus_timeout = "1s"
         bus_position_file = "/var/lib/smtp-gate/bus-position"
+        metrics_listen = ["127.0.0.1:10111"]
     "#;
 
     fn agent_args(args: &[&str]) -> AgentArgs {
@@ -239,6 +244,14 @@ mod tests {
             (
                 "iface = \"eth0\"\nbus = \"redis://e\"\nbus_position_file = \"pos\"",
                 "bus_position_file",
+            ),
+            (
+                "iface = \"eth0\"\nbus = \"redis://e\"\nmetrics_listen = [\"localhost:1\"]",
+                "metrics_listen",
+            ),
+            (
+                "iface = \"eth0\"\nbus = \"redis://e\"\nmetrics_listen = [\"[::1]:1\", \"[::1]:1\"]",
+                "metrics_listen",
             ),
         ] {
             write_config(&file, text, 0o644);

@@ -35,7 +35,12 @@ use crate::{
         state,
     },
     gate::{GateMaps, PinDir},
-    serve::{gate_log, hold, watch::Watch, GateGrantSink},
+    metrics::{self, GateSource, MetricsListeners, Page},
+    serve::{
+        gate_log, hold,
+        watch::{MapUser, Watch},
+        GateGrantSink,
+    },
     systemd::ServiceManager,
 };
 
@@ -92,6 +97,7 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
 
     let bus = settings.url.to_string();
     let link = Link::new(settings)?;
+    let metrics_listeners = MetricsListeners::bind(&config.metrics.metrics_listen)?;
 
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
@@ -106,11 +112,16 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
     let trouble = grants.trouble();
     // The agent does not reload: the request stays as started.
     let (_requests, requested) = channel::channel(config.attach.clone());
+    let gate_metrics = (!metrics_listeners.is_empty())
+        .then(|| GateSource::open(&dir))
+        .transpose()?;
+    let mut map_users: Vec<Arc<dyn MapUser>> = vec![Arc::clone(&grants) as _];
+    map_users.extend(gate_metrics.iter().flat_map(GateSource::map_users));
     let watch = Watch::new(
         held,
         requested,
         dir.clone(),
-        vec![Arc::clone(&grants) as _],
+        map_users,
         GateMaps::open(&dir)?,
     );
     if let Err(e) = gate_log::forward(&dir, &iface) {
@@ -160,11 +171,24 @@ async fn agent(config: AgentConfig, manager: ServiceManager) -> Result<()> {
         bus,
     )
     .showing_status_in(shown);
+    if !metrics_listeners.is_empty() {
+        let page = Page {
+            gate: gate_metrics,
+            agent: Some(status.clone()),
+            ..Page::default()
+        };
+        tokio::spawn(metrics::endpoint::serve(
+            metrics_listeners,
+            Arc::new(page),
+            stop.clone(),
+        ));
+    }
     manager.spawn_status(STATUS_EVERY, move || status_line(&status.borrow()));
-    // The gate is attached or adopted, and held; the agent listens on no
-    // port, and does not wait for the engine (it enforces through an
-    // outage): ready. As systemd wants it of a `Type=notify` service, a
-    // SIGHUP is a reload (of nothing) from now on: RELOADING=1, READY=1.
+    // The gate is attached or adopted, and held; the metrics' listeners
+    // (its only ones) are bound and served; the agent does not wait for
+    // the engine (it enforces through an outage): ready. As systemd wants
+    // it of a `Type=notify` service, a SIGHUP is a reload (of nothing)
+    // from now on: RELOADING=1, READY=1.
     manager.ready();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {

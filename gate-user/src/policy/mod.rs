@@ -11,7 +11,7 @@ pub mod dovecot_sessions;
 pub mod listen;
 pub(crate) mod log_budget;
 pub mod postfix;
-mod slots;
+pub(crate) mod slots;
 
 use std::{future::Future, net::IpAddr, pin::Pin};
 

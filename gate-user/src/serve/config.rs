@@ -22,6 +22,7 @@ use crate::{
     cli::{serve_keys, ServeArgs},
     gate::{pins::DEFAULT_PIN_DIR, AttachRequest},
     keys::{self, KeyError},
+    metrics::MetricsKeys,
 };
 
 /// Everything `serve` needs.
@@ -53,6 +54,9 @@ pub struct ServeConfig {
     /// The grant bus: where grants are published for the other hosts.
     #[serde(flatten)]
     pub bus: BusKeys,
+    /// Where Prometheus scrapes the daemon.
+    #[serde(flatten)]
+    pub metrics: MetricsKeys,
     /// Where the settings came from (not a key).
     #[serde(skip)]
     pub source: ConfigSource,
@@ -67,10 +71,10 @@ pub struct ServeConfig {
 /// reload cannot leave a proxied listener without trusted networks), the
 /// greeting's host name, the
 /// attachment (interface, mode, pin directory, the grant maps' size),
-/// the Maildir store, and the grant bus (its connection and what it
-/// publishes under are set up at start). Every other key takes effect on
-/// reload.
-pub const RESTART_KEYS: [&str; 25] = [
+/// the Maildir store, the grant bus (its connection and what it
+/// publishes under are set up at start) and the metrics' listeners. Every
+/// other key takes effect on reload.
+pub const RESTART_KEYS: [&str; 26] = [
     "listen",
     "listen_tls",
     "proxy_listen",
@@ -96,6 +100,7 @@ pub const RESTART_KEYS: [&str; 25] = [
     "bus_stream_length",
     "bus_timeout",
     "bus_origin",
+    "metrics_listen",
 ];
 
 /// The keys that set up or act on this host's gate: refused in a config
@@ -396,6 +401,12 @@ impl ServeConfig {
             &mut bus.bus_origin,
             &mut kept,
         );
+        keep(
+            "metrics_listen",
+            &self.metrics.metrics_listen,
+            &mut new.metrics.metrics_listen,
+            &mut kept,
+        );
         for key in RESTART_KEYS {
             match self.given.get(key) {
                 Some(value) => new.given.insert(key.to_string(), value.clone()),
@@ -460,6 +471,7 @@ impl ServeConfig {
         self.attach.check()?;
         self.bans.check()?;
         self.bus.check()?;
+        self.metrics.check()?;
         // Without `window`, the gate keeps the one it has: the default's,
         // unless `smtp-gate settings` changed it.
         let window = self
@@ -559,6 +571,7 @@ mod tests {
         bus_stream_length = 200000
         bus_timeout = "500ms"
         bus_origin = "pop1.example.net"
+        metrics_listen = ["127.0.0.1:10110", "[::1]:10110"]
     "#;
 
     #[test]
@@ -835,6 +848,48 @@ mod tests {
         }
     }
 
+    /// `metrics_listen`: addresses with ports, each once; a bad one stops
+    /// the start naming the key and the file, or the flag.
+    #[test]
+    fn metrics_listen_is_checked_naming_the_key_or_the_flag() {
+        let dir = tempdir();
+        let no_flags = serve_args(&[]);
+        let off = ServeConfig::load(Some(&config_with(&dir, "")), &no_flags).unwrap();
+        assert!(off.metrics.metrics_listen.is_empty(), "off by default");
+        for line in [
+            "metrics_listen = [\"localhost:10110\"]",
+            "metrics_listen = [\"127.0.0.1\"]",
+            "metrics_listen = [\"127.0.0.1:10110\", \"127.0.0.1:10110\"]",
+        ] {
+            let file = config_with(&dir, line);
+            let e = format!(
+                "{:#}",
+                ServeConfig::load(Some(&file), &no_flags).unwrap_err()
+            );
+            let named = format!("config file {}: key `metrics_listen`: ", file.display());
+            assert!(e.starts_with(&named), "{line}: {e}");
+        }
+        let file = config_with(&dir, "");
+        let twice = serve_args(&[
+            "--metrics-listen",
+            "[::1]:10110",
+            "--metrics-listen",
+            "[::1]:10110",
+        ]);
+        let e = format!("{:#}", ServeConfig::load(Some(&file), &twice).unwrap_err());
+        assert!(
+            e.starts_with("--metrics-listen: [::1]:10110 is given twice"),
+            "{e}"
+        );
+        let on = serve_args(&["--metrics-listen", "127.0.0.1:10110"]);
+        let config = ServeConfig::load(Some(&file), &on).unwrap();
+        assert_eq!(
+            config.metrics.metrics_listen,
+            ["127.0.0.1:10110".parse().unwrap()]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn errors_name_the_key() {
         assert!(err("window = \"5x\"").contains("key `window`"));
@@ -849,6 +904,8 @@ mod tests {
         assert!(err("max_connections = -1").contains("key `max_connections`"));
         assert!(err("idle_timeout = \"10m\"\nlisten = [\"x\"]").contains("key `listen`"));
         assert!(err("liste = []").contains("unknown key `liste`"));
+        assert!(err("metrics_listen = [\"localhost:10110\"]").contains("key `metrics_listen`"));
+        assert!(err("metrics_listen = \"127.0.0.1:10110\"").contains("key `metrics_listen`"));
         assert!(err("this is not toml").contains("not valid TOML"));
     }
 
@@ -1169,8 +1226,16 @@ mod tests {
         let every: Table = EVERY_KEY.parse().unwrap();
         let whole = |c: &ServeConfig| {
             format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-                c.users, c.mail_root, c.pin_dir, c.attach, c.pop3, c.bans, c.hooks, c.bus
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                c.users,
+                c.mail_root,
+                c.pin_dir,
+                c.attach,
+                c.pop3,
+                c.bans,
+                c.hooks,
+                c.bus,
+                c.metrics
             )
         };
         for (key, value) in &every {

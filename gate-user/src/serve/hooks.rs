@@ -138,6 +138,13 @@ pub fn bind(hooks: &PolicyHooks) -> Result<BoundHooks> {
     })
 }
 
+/// The counters of the hooks that run, for the metrics page.
+#[derive(Default)]
+pub struct HookCounters {
+    pub dovecot: Option<Arc<PolicyCounters>>,
+    pub postfix: Option<Arc<postfix::PolicyCounters>>,
+}
+
 /// Starts the hooks; they end when `stop` is cancelled. Logins grant
 /// through `grants` (the gate and the bus); Postfix's questions are
 /// answered from this host's gate, which it needs.
@@ -147,7 +154,8 @@ pub fn start(
     grants: Arc<dyn GrantSink>,
     gate: Option<&LocalGate>,
     stop: CancellationToken,
-) -> Result<()> {
+) -> Result<HookCounters> {
+    let mut counters = HookCounters::default();
     // The renewer shares the endpoint's counters (a host where it runs
     // has the endpoint: PolicyHooks::check) and its view of the bans.
     let dovecot_counts = Arc::new(PolicyCounters::default());
@@ -162,6 +170,7 @@ pub fn start(
             bans: bans.clone(),
         });
         let counts = Arc::clone(&dovecot_counts);
+        counters.dovecot = Some(Arc::clone(&counts));
         let shown = Arc::clone(&counts);
         tokio::spawn(log_statistics(
             "hook=dovecot-policy",
@@ -189,6 +198,7 @@ pub fn start(
             bans: Arc::clone(&gate.bans),
         });
         let counts = Arc::new(postfix::PolicyCounters::default());
+        counters.postfix = Some(Arc::clone(&counts));
         let shown = Arc::clone(&counts);
         tokio::spawn(log_statistics(
             "hook=postfix-policy",
@@ -220,7 +230,7 @@ pub fn start(
         };
         tokio::spawn(renewer.run(stop));
     }
-    Ok(())
+    Ok(counters)
 }
 
 /// How often a hook's counts are logged (when they changed), as Postfix's

@@ -52,6 +52,7 @@ use crate::{
     bus::publisher::Publisher,
     gate::{AttachRequest, GateMaps, PinDir},
     keys::KeyError,
+    metrics::{self, GateSource, MetricsListeners, Page},
     systemd::ServiceManager,
 };
 
@@ -161,12 +162,13 @@ async fn serve(
     let tls_listeners = bind(&config.pop3.tls_listen())?;
     let hook_listeners = hooks::bind(&config.hooks)?;
     let dovecot_secret = hook_listeners.dovecot_secret();
+    let metrics_listeners = MetricsListeners::bind(&config.metrics.metrics_listen)?;
     // The bus's password file is read before the gate changes too; its
     // link connects in the background meanwhile.
     let bus_stop = CancellationToken::new();
     let publisher = start_bus(&config, bus_stop.clone())?;
-    let gate = if config.has_gate() {
-        Some(attach_gate(&config)?)
+    let mut gate = if config.has_gate() {
+        Some(attach_gate(&config, !metrics_listeners.is_empty())?)
     } else {
         info!(
             "no iface: this host has no gate; its logins are published on the bus only \
@@ -242,13 +244,28 @@ async fn serve(
         stopping.stopping();
         trigger.cancel();
     });
-    hooks::start(
+    let hook_counters = hooks::start(
         hook_listeners,
         &config.hooks,
         Arc::new(counted_grants()),
         gate.as_ref().map(|gate| &gate.local),
         shutdown.clone(),
     )?;
+    if !metrics_listeners.is_empty() {
+        let page = Page {
+            gate: gate.as_mut().and_then(|gate| gate.metrics.take()),
+            pop3: serves_pop3.then(|| server.counters()),
+            publisher: publisher.clone(),
+            agent: None,
+            dovecot: hook_counters.dovecot,
+            postfix: hook_counters.postfix,
+        };
+        tokio::spawn(metrics::endpoint::serve(
+            metrics_listeners,
+            Arc::new(page),
+            shutdown.clone(),
+        ));
+    }
     if let Some(publisher) = &publisher {
         let shown = Arc::clone(publisher);
         tokio::spawn(hooks::log_statistics(
@@ -279,10 +296,10 @@ async fn serve(
         Arc::clone(&grants),
         dovecot_secret,
     );
-    // Every listener is bound (POP3, POP3 over TLS, the hooks') and the
-    // gate is attached or adopted, and held: ready. The reloader starts
-    // after, so that a SIGHUP of the start is reloaded (RELOADING=1,
-    // READY=1) once systemd knows the daemon is up.
+    // Every listener is bound (POP3, POP3 over TLS, the hooks', the
+    // metrics') and the gate is attached or adopted, and held: ready. The
+    // reloader starts after, so that a SIGHUP of the start is reloaded
+    // (RELOADING=1, READY=1) once systemd knows the daemon is up.
     manager.spawn_status(STATUS_EVERY, move || activity.status_line(serves_pop3));
     manager.ready();
     tokio::spawn(reloader.run(hangups, shutdown.clone(), manager.clone()));
@@ -341,9 +358,11 @@ struct AttachedGate {
     watch: watch::Watch,
     requests: channel::Sender<AttachRequest>,
     trouble: Arc<tokio::sync::Notify>,
+    /// The metrics' handles on the maps, if the daemon serves metrics.
+    metrics: Option<GateSource>,
 }
 
-fn attach_gate(config: &ServeConfig) -> Result<AttachedGate> {
+fn attach_gate(config: &ServeConfig, with_metrics: bool) -> Result<AttachedGate> {
     let dir = PinDir::new(&config.pin_dir);
     let iface = config.attach.iface.clone();
     let held =
@@ -370,11 +389,15 @@ fn attach_gate(config: &ServeConfig) -> Result<AttachedGate> {
         Arc::clone(&trouble),
     ));
     let (requests, requested) = channel::channel(config.attach.clone());
+    let metrics = with_metrics.then(|| GateSource::open(&dir)).transpose()?;
+    let mut map_users: Vec<Arc<dyn watch::MapUser>> =
+        vec![Arc::clone(&grants) as _, Arc::clone(&bans) as _];
+    map_users.extend(metrics.iter().flat_map(GateSource::map_users));
     let watch = watch::Watch::new(
         held,
         requested,
         dir.clone(),
-        vec![Arc::clone(&grants) as _, Arc::clone(&bans) as _],
+        map_users,
         GateMaps::open(&dir)?,
     );
     if let Err(e) = gate_log::forward(&dir, &iface) {
@@ -387,5 +410,6 @@ fn attach_gate(config: &ServeConfig) -> Result<AttachedGate> {
         watch,
         requests,
         trouble,
+        metrics,
     })
 }

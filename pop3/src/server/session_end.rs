@@ -3,11 +3,14 @@
 //! session (a new timeout, an error returned early, the task dropped at
 //! shutdown) can leave one without it, least of all one that deleted mail.
 
-use std::{net::IpAddr, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use log::info;
 
-use crate::session::{EndReason, Session, Summary, LOG_TARGET};
+use crate::{
+    counters::Pop3Counters,
+    session::{EndReason, Session, Summary, LOG_TARGET},
+};
 
 /// A session as the server serves it: the protocol state, what was sent,
 /// and why it ended once that is known.
@@ -23,10 +26,18 @@ pub(super) struct Served {
     pub(super) tls: Option<&'static str>,
     started: Instant,
     reason: EndReason,
+    /// Told of the session's beginning and end.
+    counters: Arc<Pop3Counters>,
 }
 
 impl Served {
-    pub(super) fn new(session: Session, peer: IpAddr, via: Option<IpAddr>) -> Self {
+    pub(super) fn new(
+        session: Session,
+        peer: IpAddr,
+        via: Option<IpAddr>,
+        counters: Arc<Pop3Counters>,
+    ) -> Self {
+        counters.session_begun();
         Self {
             session,
             peer,
@@ -37,6 +48,7 @@ impl Served {
             // What the summary says if nothing set a reason: the task was
             // dropped from outside.
             reason: EndReason::Abandoned,
+            counters,
         }
     }
 
@@ -57,6 +69,8 @@ impl Drop for Served {
             duration: self.started.elapsed(),
             tls: self.tls,
         };
+        // Counted first: whoever reads the line finds it counted.
+        self.counters.session_ended(self.reason);
         info!(target: LOG_TARGET, "{summary}");
     }
 }

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     auth::{apop, sasl_plain, user_throttle},
+    counters::{LoginMethod, LoginResult},
     grant_log::{grant_failed_line, grant_line, GrantFields, GrantSource, GRANT_LOG_TARGET},
     log_text::LogText,
     maildrop::{ForSession, OpenError},
@@ -37,24 +38,6 @@ const USE_TLS: &str = "cleartext passwords are not accepted here: use TLS (STLS,
 /// What APOP checks a digest against when there is no secret to check
 /// it against, so that every APOP costs one digest.
 const APOP_DECOY_SECRET: &str = "decoy: no plaintext-equivalent secret";
-
-#[derive(Clone, Copy)]
-enum Method {
-    UserPass,
-    Apop,
-    /// AUTH PLAIN (RFC 5034, RFC 4616).
-    SaslPlain,
-}
-
-impl Method {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::UserPass => "USER/PASS",
-            Self::Apop => "APOP",
-            Self::SaslPlain => "PLAIN",
-        }
-    }
-}
 
 impl Authorization {
     /// STLS: a name given in clear is not carried into TLS.
@@ -101,7 +84,7 @@ impl Authorization {
         if !ctx.transport.cleartext_password_allowed() {
             return self.refuse_cleartext(ctx, out);
         }
-        self.check_password(ctx, tally, user, password, Method::UserPass, out)
+        self.check_password(ctx, tally, user, password, LoginMethod::UserPass, out)
             .await
     }
 
@@ -169,7 +152,13 @@ impl Authorization {
                 (State::Authorization(next), Flow::Continue)
             }
             Some(line) => next.plain(ctx, tally, line, out).await,
-            None => next.fail(ctx, "", Method::SaslPlain, "SASL response too long", out),
+            None => next.fail(
+                ctx,
+                "",
+                LoginMethod::SaslPlain,
+                "SASL response too long",
+                out,
+            ),
         }
     }
 
@@ -191,7 +180,7 @@ impl Authorization {
                     tally,
                     creds.user,
                     creds.password,
-                    Method::SaslPlain,
+                    LoginMethod::SaslPlain,
                     out,
                 )
                 .await
@@ -200,7 +189,7 @@ impl Authorization {
             // count): otherwise it would be a free probe.
             Err(e) => {
                 info!(target: LOG_TARGET, "session={} login addr={} method=PLAIN: {e}", ctx.id, ctx.peer);
-                self.fail(ctx, "", Method::SaslPlain, &e.to_string(), out)
+                self.fail(ctx, "", LoginMethod::SaslPlain, &e.to_string(), out)
             }
         }
     }
@@ -223,7 +212,7 @@ impl Authorization {
         tally: &mut Tally,
         user: String,
         password: String,
-        method: Method,
+        method: LoginMethod,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         wait_if_targeted(ctx, &user, method).await;
@@ -260,7 +249,7 @@ impl Authorization {
         digest: String,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
-        wait_if_targeted(ctx, &user, Method::Apop).await;
+        wait_if_targeted(ctx, &user, LoginMethod::Apop).await;
         // RFC 1939 section 13: the answer must not tell a name that
         // exists from one that does not, nor a user without a
         // plaintext-equivalent secret (only a hash, which APOP cannot use)
@@ -282,20 +271,27 @@ impl Authorization {
         };
         // Not `&&`: the digest is computed in every case.
         if apop::verify(timestamp, &secret, &digest) & usable {
-            return self.login(ctx, tally, user, Method::Apop, out).await;
+            return self.login(ctx, tally, user, LoginMethod::Apop, out).await;
         }
-        self.fail(ctx, &user, Method::Apop, "invalid user name or digest", out)
+        self.fail(
+            ctx,
+            &user,
+            LoginMethod::Apop,
+            "invalid user name or digest",
+            out,
+        )
     }
 
     fn fail(
         self,
         ctx: &SessionContext,
         user: &str,
-        method: Method,
+        method: LoginMethod,
         reason: &str,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         let failures = self.failures + 1;
+        ctx.counters.login(method, LoginResult::Failed);
         ctx.failures.login_failed(ctx.peer, user);
         if ctx.user_throttle.failed(user, Instant::now()) {
             warn!(target: LOG_TARGET, "session={} user={} has {} failed logins within {}: logins naming \
@@ -310,7 +306,7 @@ impl Authorization {
             ctx.id,
             LogText::of(user),
             ctx.peer,
-            method.name()
+            method.log_name()
         );
         out.err(Some(RespCode::Auth), reason);
         if failures >= ctx.max_login_failures {
@@ -332,7 +328,7 @@ impl Authorization {
         ctx: &SessionContext,
         tally: &mut Tally,
         user: String,
-        method: Method,
+        method: LoginMethod,
         out: &mut ReplyBuffer,
     ) -> (State, Flow) {
         let store = Arc::clone(&ctx.store);
@@ -343,7 +339,7 @@ impl Authorization {
         // store to stop, and the maildrop's lock goes with it; the server
         // logs the login as cut, from `tally.opening`.
         let (for_session, _gives_up_when_dropped) = ForSession::new(ctx.id);
-        tally.opening = Some((user.clone(), method.name()));
+        tally.opening = Some((user.clone(), method));
         let opened = on_blocking_pool(move || store.open(&open_user, &for_session))
             .await
             .unwrap_or_else(|e| Err(OpenError::Io(e)));
@@ -353,9 +349,10 @@ impl Authorization {
         let maildrop = match opened {
             Ok(maildrop) => maildrop,
             Err(OpenError::InUse) => {
+                ctx.counters.login(method, LoginResult::InUse);
                 info!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=in-use",
                     LogText::of(&user),
-                    method.name()
+                    method.log_name()
                 );
                 out.err(
                     Some(RespCode::InUse),
@@ -364,17 +361,19 @@ impl Authorization {
                 return self.start_over();
             }
             Err(OpenError::Invalid(reason)) => {
+                ctx.counters.login(method, LoginResult::InvalidMaildrop);
                 warn!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=invalid-maildrop ({reason})",
                     LogText::of(&user),
-                    method.name()
+                    method.log_name()
                 );
                 out.err(Some(RespCode::SysPerm), "cannot open this maildrop");
                 return self.start_over();
             }
             Err(OpenError::Unsafe(reason)) => {
+                ctx.counters.login(method, LoginResult::UnsafeMaildrop);
                 error!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=unsafe-maildrop ({reason})",
                     LogText::of(&user),
-                    method.name()
+                    method.log_name()
                 );
                 out.err(Some(RespCode::SysPerm), "cannot open this maildrop");
                 return self.start_over();
@@ -382,6 +381,7 @@ impl Authorization {
             // Only a login that is still waiting sees this: the store
             // stopped for a session that gave up.
             Err(OpenError::Abandoned) => {
+                ctx.counters.login(method, LoginResult::Cut);
                 out.err(
                     Some(RespCode::SysTemp),
                     "cannot open the maildrop, try again later",
@@ -389,9 +389,10 @@ impl Authorization {
                 return self.start_over();
             }
             Err(OpenError::Io(e)) => {
+                ctx.counters.login(method, LoginResult::MaildropError);
                 error!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=maildrop-error ({e})",
                     LogText::of(&user),
-                    method.name()
+                    method.log_name()
                 );
                 out.err(
                     Some(RespCode::SysTemp),
@@ -423,9 +424,10 @@ impl Authorization {
                 )
             }
         }
+        ctx.counters.login(method, LoginResult::Ok);
         info!(target: LOG_TARGET, "session={id} login user={} addr={peer} method={} result=ok",
             LogText::of(&user),
-            method.name()
+            method.log_name()
         );
         ctx.user_throttle
             .succeeded(&user, ctx.network, Instant::now());
@@ -450,12 +452,12 @@ impl Authorization {
 /// A name guessed at from many places: the login waits first (never
 /// refused), whatever its password or digest, unless it comes from where
 /// this user logged in before (auth/user_throttle.rs).
-async fn wait_if_targeted(ctx: &SessionContext, user: &str, method: Method) {
+async fn wait_if_targeted(ctx: &SessionContext, user: &str, method: LoginMethod) {
     let delay = ctx.user_throttle.delay(user, ctx.network, Instant::now());
     if !delay.is_zero() {
         debug!(target: LOG_TARGET, "session={} login user={} addr={} method={}: delayed {delay:?}, \
             many failed logins name this user",
-            ctx.id, LogText::of(user), ctx.peer, method.name());
+            ctx.id, LogText::of(user), ctx.peer, method.log_name());
         tokio::time::sleep(delay).await;
     }
 }

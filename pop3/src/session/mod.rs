@@ -27,6 +27,7 @@ pub(crate) const LOG_TARGET: &str = "pop3::session";
 use crate::{
     auth::{password_checks::PasswordChecks, user_throttle::UserThrottle},
     command::{self, Command},
+    counters::Pop3Counters,
     framing::Line,
     maildrop::MaildropStore,
     reply::{ReplyBuffer, ReplySink},
@@ -65,6 +66,8 @@ pub struct SessionContext {
     pub transport: Transport,
     /// APOP is offered (the greeting's timestamp) and taken.
     pub apop: bool,
+    /// The service's counts (logins by method and result).
+    pub counters: Arc<Pop3Counters>,
 }
 
 /// Lines that are not commands a client may send before it logs in; with

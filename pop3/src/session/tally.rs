@@ -4,7 +4,7 @@
 
 use std::{fmt, net::IpAddr, time::Duration};
 
-use crate::{log_text::LogText, session_id::SessionId};
+use crate::{counters::LoginMethod, log_text::LogText, session_id::SessionId};
 
 /// The counts of one session, kept by the session as it goes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,13 +27,13 @@ pub struct Tally {
     /// before login.
     pub bad_commands: u32,
     /// A login whose maildrop is being opened: the user and the method.
-    pub(crate) opening: Option<(String, &'static str)>,
+    pub(crate) opening: Option<(String, LoginMethod)>,
 }
 
 impl Tally {
     /// The user and method of a login cut while its maildrop was being
     /// opened (sized), if one was.
-    pub fn login_in_progress(&self) -> Option<(&str, &'static str)> {
+    pub fn login_in_progress(&self) -> Option<(&str, LoginMethod)> {
         self.opening
             .as_ref()
             .map(|(user, method)| (user.as_str(), *method))
@@ -79,6 +79,25 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, in declaration order (a reason's place is `as usize`).
+    pub const ALL: [Self; 15] = [
+        Self::Quit,
+        Self::ClientClosed,
+        Self::LoginFailures,
+        Self::LoginTimeout,
+        Self::LineTimeout,
+        Self::IdleTimeout,
+        Self::SendTimeout,
+        Self::TlsHandshakeFailed,
+        Self::TlsHandshakeTimeout,
+        Self::BadCommands,
+        Self::Evicted,
+        Self::Shutdown,
+        Self::ReadFailed,
+        Self::IoError,
+        Self::Abandoned,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Quit => "quit",

@@ -21,8 +21,10 @@ use ca::{install_file, Issued, TestCa};
 use pop3::{
     auth::users_file::UsersFile,
     config::ServerConfig,
+    counters::{Handshake, LoginMethod, LoginResult, Pop3Counters},
     maildrop::maildir::MaildirStore,
     server::{Backends, Server},
+    session::EndReason,
     NoFailureSink, NoGrant,
 };
 use rustls::{pki_types::ServerName, version};
@@ -45,6 +47,7 @@ struct Running {
     key: PathBuf,
     first: Issued,
     shutdown: CancellationToken,
+    counters: Arc<Pop3Counters>,
     _dir: tempfile::TempDir,
 }
 
@@ -97,6 +100,7 @@ async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Running {
     };
     let server = Server::bind(config, backends).await.expect("bind");
     let (plain, tls) = (server.local_addrs()[0], server.tls_local_addrs()[0]);
+    let counters = server.counters();
     let shutdown = CancellationToken::new();
     tokio::spawn(server.run(shutdown.clone()));
     Running {
@@ -107,6 +111,7 @@ async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> Running {
         key,
         first,
         shutdown,
+        counters,
         _dir: dir,
     }
 }
@@ -268,6 +273,12 @@ async fn implicit_tls_serves_a_login_and_the_end_line_says_which_version() {
     assert!(client.ask("QUIT").await.starts_with("+OK"));
     let end = logged_line("end reason=quit addr=127.0.30.2 ").await;
     assert!(end.contains(" tls=TLSv1.2 "), "{end}");
+    // Counted for the daemon's metrics.
+    let counters = &running.counters;
+    assert_eq!(counters.handshakes(Handshake::Ok), 2);
+    assert_eq!(counters.handshakes(Handshake::Failed), 0);
+    assert_eq!(counters.sessions_ended(EndReason::Quit), 2);
+    assert_eq!(counters.logins(LoginMethod::UserPass, LoginResult::Ok), 1);
 }
 
 /// RFC 2595: STLS, the handshake, and the session goes on over TLS with
@@ -374,6 +385,13 @@ async fn handshake_garbage_is_cut_and_counted() {
         .await;
     plain.until_closed().await;
     logged_line("end reason=tls-handshake-failed addr=127.0.30.52 ").await;
+    // Counted for the daemon's metrics, and neither session is open.
+    let counters = &running.counters;
+    assert_eq!(counters.handshakes(Handshake::Failed), 2);
+    assert_eq!(counters.handshakes(Handshake::Ok), 0);
+    assert_eq!(counters.sessions_ended(EndReason::TlsHandshakeFailed), 2);
+    assert_eq!(counters.sessions_begun(), 2);
+    assert_eq!(counters.sessions_open(), 0);
 }
 
 /// A client that opens a connection to the TLS port and sends nothing is
@@ -392,6 +410,7 @@ async fn a_silent_handshake_is_cut_by_its_own_limit() {
     assert!(plain.ask("STLS").await.starts_with("+OK"));
     plain.until_closed().await;
     logged_line("end reason=tls-handshake-timeout addr=127.0.30.62 ").await;
+    assert_eq!(running.counters.handshakes(Handshake::TimedOut), 2);
     assert!(
         started.elapsed() < ServerConfig::default().login_timeout,
         "cut by the login timeout, not the handshake's"

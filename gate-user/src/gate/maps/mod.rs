@@ -1,9 +1,12 @@
 //! Typed access to the gate's maps, opened either from the pin directory
 //! (CLI, daemon) or from a freshly loaded object (tests, benchmarks): the
 //! grants (grants.rs), the bans (bans.rs), the network sets (networks.rs) and the host's own
-//! addresses (host.rs), the settings and the counters (here).
+//! addresses (host.rs), the settings and the counters (here); how many
+//! grants and bans are held (census.rs, over batch.rs).
 
 mod bans;
+mod batch;
+mod census;
 mod grants;
 mod host;
 mod networks;
@@ -24,6 +27,8 @@ use gate_common::{
 };
 
 pub use bans::BanEntry;
+pub use batch::BATCH;
+pub use census::{Held, MapCensus, Walk};
 pub use grants::GrantEntry;
 use networks::CidrSet;
 
