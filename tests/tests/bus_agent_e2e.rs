@@ -1288,6 +1288,52 @@ fn a_revoke_is_not_undone_by_an_engine_gone_back_to_before_it() {
 }
 
 #[test]
+fn the_position_is_not_written_past_a_revoke_whose_tombstone_was_not() {
+    // Attack review bus2, F8: the tombstone file could not be written
+    // (made a directory by a careless restore), and the position went on
+    // disk past the revoke all the same: a restart lost the tombstone.
+    let mut bus = BusLab::new("unsaved");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut bus.publisher(), &client, now_ms() + 100_000);
+    bus.wait_grant(&client, true);
+    bus.wait_position_saved();
+    let before = fs::read_to_string(bus.position_file()).unwrap();
+    let mut revokes = bus.position_file().into_os_string();
+    revokes.push(".revokes");
+    let revokes = PathBuf::from(revokes);
+    fs::create_dir(&revokes).unwrap();
+    fs::write(revokes.join("in-the-way"), "").unwrap();
+
+    publish_revoke(&mut bus.publisher(), &client);
+    bus.wait_grant(&client, false);
+    publish_grant(&mut bus.publisher(), "192.0.2.41", now_ms() + 100_000);
+    bus.wait_grant("192.0.2.41", true);
+    agent.wait_for_log("the position is not written past them", 1, BOUND);
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(fs::read_to_string(bus.position_file()).unwrap(), before);
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+    assert_eq!(
+        fs::read_to_string(bus.position_file()).unwrap(),
+        before,
+        "not at the stop either"
+    );
+
+    // Put right: the restarted agent reads the revoke again, and keeps
+    // its tombstone this time.
+    fs::remove_dir_all(&revokes).unwrap();
+    let (_agent, _) = bus.start_agent();
+    assert_eq!(
+        bus.wait_status("revokes_applied", 1.into())["full_loads"],
+        0
+    );
+    bus.wait_position_saved();
+    let kept = fs::read_to_string(&revokes).unwrap();
+    assert!(kept.contains(&format!("{client} ")), "{kept}");
+}
+
+#[test]
 fn an_engine_clock_behind_its_entry_ids_replays_no_grant_that_is_over() {
     // Attack review finding 4: grants were judged by the engine's TIME
     // alone; its clock stepped back an hour made what was over in the
