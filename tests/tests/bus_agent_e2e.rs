@@ -1370,6 +1370,146 @@ fn a_revoke_is_not_undone_by_an_engine_gone_back_to_before_it() {
 }
 
 #[test]
+fn a_revoke_with_an_id_far_ahead_holds_nobody_out_for_good() {
+    // Attack review bus2, F1: a revoke XADDed with an id a year ahead
+    // left a tombstone that never aged: once the stream was deleted (as
+    // the agent advises for exhausted ids), every later login of the
+    // address was held back, also after restarts (the .revokes file).
+    let mut bus = BusLab::new("farrevoke");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let year = 365 * 86_400_000;
+    let window_ms = WINDOW.as_millis() as u64;
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut bus.publisher(), &client, now_ms() + 60_000);
+    bus.wait_grant(&client, true);
+    let far = now_ms() + year;
+    client::cmd("XADD")
+        .arg(EVENTS)
+        .arg(format!("{far}-0"))
+        .arg("op")
+        .arg("revoke")
+        .arg("addr")
+        .arg(&client)
+        .arg("issued")
+        .arg(far)
+        .arg("origin")
+        .arg("far-ahead")
+        .query::<String>(&mut bus.engine())
+        .expect("XADD far ahead");
+    bus.wait_grant(&client, false);
+    client::cmd("DEL")
+        .arg(EVENTS)
+        .query::<i64>(&mut bus.engine())
+        .expect("DEL");
+    // A login after the revoke, as a publisher writes it (its expiry a
+    // window on): from its entry or, if the edge loads the keys (the
+    // stream made anew), from its key.
+    thread::sleep(Duration::from_millis(1_500));
+    publish_grant(&mut bus.publisher(), &client, now_ms() + window_ms);
+    bus.wait_grant(&client, true);
+    assert!(bus.client_passes());
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+
+    // A file that holds such a tombstone already (an older agent wrote
+    // it): dropped when read back, and said.
+    let mut revokes = bus.position_file().into_os_string();
+    revokes.push(".revokes");
+    fs::write(&revokes, format!("{client} {far}-0\n")).unwrap();
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut bus.publisher(), &client, now_ms() + window_ms);
+    // (The map still holds the grant of before the restart: the status
+    // says whether this one was applied.)
+    let status = bus.wait_status("grants_applied", 1.into());
+    assert_eq!(status["revoked_skipped"], 0, "{status:#}");
+    assert_eq!(status["revoke_tombstones"], 0, "{status:#}");
+    agent.wait_for_log("1 tombstone(s) more than 10s ahead", 1, BOUND);
+}
+
+#[test]
+fn a_user_revoked_and_logged_in_again_is_granted_by_a_full_load() {
+    // Attack review bus2, F4: the revoke's tombstone held back every key
+    // of the address, and a full load skips the grant entry that would
+    // end it: a user who logged in again after the revoke was refused
+    // for up to a window. A key whose expiry less the window is after
+    // the revoke is a later login.
+    let mut bus = BusLab::new("relogin");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let window_ms = WINDOW.as_millis() as u64;
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut bus.publisher(), &client, now_ms() + window_ms);
+    bus.wait_grant(&client, true);
+    publish_revoke(&mut bus.publisher(), &client);
+    bus.wait_grant(&client, false);
+    bus.wait_position_saved();
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+
+    // Meanwhile the user logs in again, and the stream is trimmed past
+    // the edge's position.
+    thread::sleep(Duration::from_millis(1_500));
+    publish_grant(&mut bus.publisher(), &client, now_ms() + window_ms);
+    client::cmd("XTRIM")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg(0)
+        .query::<i64>(&mut bus.engine())
+        .expect("XTRIM");
+    let (_agent, _) = bus.start_agent();
+    bus.wait_grant(&client, true);
+    assert!(bus.client_passes());
+    let status = bus.wait_status("revoke_tombstones", 0.into());
+    assert_eq!(status["full_loads"], 1, "{status:#}");
+    assert_eq!(status["revoked_skipped"], 0, "{status:#}");
+}
+
+#[test]
+fn the_position_is_not_written_past_a_revoke_whose_tombstone_was_not() {
+    // Attack review bus2, F8: the tombstone file could not be written
+    // (made a directory by a careless restore), and the position went on
+    // disk past the revoke all the same: a restart lost the tombstone.
+    let mut bus = BusLab::new("unsaved");
+    let client = IpAddr::from(bus.lab.client.client_v4).to_string();
+    let (mut agent, _) = bus.start_agent();
+    publish_grant(&mut bus.publisher(), &client, now_ms() + 100_000);
+    bus.wait_grant(&client, true);
+    bus.wait_position_saved();
+    let before = fs::read_to_string(bus.position_file()).unwrap();
+    let mut revokes = bus.position_file().into_os_string();
+    revokes.push(".revokes");
+    let revokes = PathBuf::from(revokes);
+    fs::create_dir(&revokes).unwrap();
+    fs::write(revokes.join("in-the-way"), "").unwrap();
+
+    publish_revoke(&mut bus.publisher(), &client);
+    bus.wait_grant(&client, false);
+    publish_grant(&mut bus.publisher(), "192.0.2.41", now_ms() + 100_000);
+    bus.wait_grant("192.0.2.41", true);
+    agent.wait_for_log("the position is not written past them", 1, BOUND);
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(fs::read_to_string(bus.position_file()).unwrap(), before);
+    let (stopped, _) = agent.terminate(BOUND);
+    assert!(stopped.is_some_and(|s| s.success()), "{}", agent.log());
+    assert_eq!(
+        fs::read_to_string(bus.position_file()).unwrap(),
+        before,
+        "not at the stop either"
+    );
+
+    // Put right: the restarted agent reads the revoke again, and keeps
+    // its tombstone this time.
+    fs::remove_dir_all(&revokes).unwrap();
+    let (_agent, _) = bus.start_agent();
+    assert_eq!(
+        bus.wait_status("revokes_applied", 1.into())["full_loads"],
+        0
+    );
+    bus.wait_position_saved();
+    let kept = fs::read_to_string(&revokes).unwrap();
+    assert!(kept.contains(&format!("{client} ")), "{kept}");
+}
+
+#[test]
 fn an_engine_clock_behind_its_entry_ids_replays_no_grant_that_is_over() {
     // Attack review finding 4: grants were judged by the engine's TIME
     // alone; its clock stepped back an hour made what was over in the

@@ -745,6 +745,9 @@ impl Follower {
     /// is counted.
     fn screened(&mut self, verdict: Verdict, issued: Issued, window: Duration) -> Option<Verdict> {
         let now = self.link.clock().now_ms();
+        if let Some(trouble) = self.tombstones.settle(now) {
+            warn!("bus agent: revoke tombstones: {trouble}");
+        }
         let screened = self.tombstones.screen(verdict, issued, now, window);
         if screened.is_none() {
             self.status.revoked_skipped += 1;
@@ -847,10 +850,11 @@ impl Follower {
                 _ => KeyVerdict::Bad("the key is not a string".into()),
             };
             match verdict {
-                KeyVerdict::Apply(verdict) => {
+                KeyVerdict::Apply(verdict, expires_ms) => {
                     // Held back by a tombstone: unseen, so the load takes
                     // away what the map may hold of it.
-                    if let Some(verdict) = self.screened(verdict, Issued::Key, window) {
+                    let issued = Issued::Key { expires_ms };
+                    if let Some(verdict) = self.screened(verdict, issued, window) {
                         if let Verdict::Grant(addr, _) = verdict {
                             seen.insert(addr);
                         }
@@ -940,13 +944,18 @@ impl Follower {
         }
         // The tombstones first: a position on disk past a revoke whose
         // tombstone is not would lose it at a restart.
+        // Not written, the position stays where it was on disk: a restart
+        // reads the revokes again (attack review bus2, F8).
         if let Err(e) = self.tombstones.save() {
+            self.keeper.failed(now);
             if self.file_lines.allows() {
                 warn!(
-                    "bus agent: writing the revoke tombstones to {}: {e}",
+                    "bus agent: writing the revoke tombstones to {}: {e}; the position is \
+                     not written past them",
                     self.tombstones.path().display()
                 );
             }
+            return;
         }
         match state::write_position(&self.files.position, position) {
             Ok(()) => self.keeper.wrote(position, now),

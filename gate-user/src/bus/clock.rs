@@ -22,17 +22,23 @@
 //! whose clock was stepped back an hour made every entry and key of the
 //! last hour look fresh again. Entry ids are the engine's time of each
 //! XADD (the engine keeps them rising even when its clock goes back), so
-//! the engine's time is at least the newest id seen; a TIME reading more
-//! than [`STEP_BACK_TOLERANCE_MS`] behind that, or behind the time the
-//! clock holds already, is not taken (said once per change); a smaller
-//! one is, so that the drift of this host's boot clock is corrected, but
-//! what [`EngineClock::now_ms`] gives never goes back.
+//! the engine's time is at least the newest id seen. A TIME reading
+//! behind the time the clock gives (that id, or the last reading carried
+//! forward) is taken as the reading all the same, and said once per step
+//! of [`STEP_BACK_TOLERANCE_MS`] or more; the time given keeps its lead
+//! over it, but the lead wears off at half the pace of the boot clock
+//! ([`LEAD_WEARS_OFF_EVERY`]): the clock runs at half speed until it meets
+//! TIME, never back. So nothing judged over turns fresh again, while an
+//! engine's clock stepped ahead for a while and then put right (attack
+//! review bus2, F5) does not leave every edge ahead until it restarts.
 //!
 //! An entry id more than [`MOST_AHEAD_ID_MS`] ahead of what this host can
-//! check it against (its wall clock, or the engine's TIME if later) is
-//! not taken as the engine's time, but counted and logged (finding 7):
-//! one entry written with the id `<now + 1 year>-0` made every grant look
-//! over on every edge.
+//! check it against (the last TIME reading carried forward, or this
+//! host's wall clock if later; never the time the clock gives, which ids
+//! move) is not taken as the engine's time, but counted and logged
+//! (finding 7): one entry written with the id `<now + 1 year>-0` made
+//! every grant look over on every edge; and ids each a little ahead of
+//! the last must not ratchet the clock on (bus2, F2).
 //!
 //! An engine that refuses `TIME` (an ACL without `+time`) leaves this
 //! host's wall clock, with the newest id seen (within that bound) as a
@@ -66,17 +72,29 @@ pub const SAMPLES: usize = 4;
 /// within `bus_timeout` (250 ms) anyway.
 pub const LONGEST_ROUND_TRIP_MS: u64 = 200;
 
-/// A TIME reading this far behind the time the clock holds (the newest
+/// A TIME reading this far behind the time the clock gives (the newest
 /// entry id seen, or the last reading carried forward) is the engine's
-/// clock stepped back, and not taken. Closer than that it is taken: this
-/// host's boot clock drifts a little against the engine's.
+/// clock stepped back (or an earlier step ahead put right), and said.
+/// Closer than that it is this host's boot clock drifting a little
+/// against the engine's.
 pub const STEP_BACK_TOLERANCE_MS: u64 = 1000;
 
-/// An entry id further ahead than this of this host's wall clock (or of
-/// the engine's TIME, if that is later) is not taken as the engine's
-/// time. Each id taken may move the time grants are judged by ahead, and
-/// so shorten every grant, by up to this much: ten seconds of a window of
-/// minutes. It is ten times the skew the design tolerates, so hosts whose
+/// While the time given is ahead of TIME carried forward, the lead wears
+/// off by one millisecond every this many of the boot clock: the clock
+/// runs at half speed until it meets TIME. Never back: a grant or a
+/// tombstone judged over stays over. Slow enough that a grant issued
+/// before an engine's clock was stepped back lasts, when it is applied
+/// again (a full load, a replay), at most twice what was left of it;
+/// fast enough that an hour's lead is gone in two (bus2, F5).
+pub const LEAD_WEARS_OFF_EVERY: u64 = 2;
+
+/// An entry id further ahead than this of the engine's TIME carried
+/// forward (or of this host's wall clock, if that is later) is not taken
+/// as the engine's time. Ids taken may put the time grants are judged by
+/// ahead, and so shorten every grant, by up to this much past the later
+/// of the two: ten seconds of a window of minutes; the bound is never
+/// counted from a time an id gave, so ids cannot add up (bus2, F2), and
+/// the lead wears off ([`LEAD_WEARS_OFF_EVERY`]). It is ten times the skew the design tolerates, so hosts whose
 /// clocks NTP keeps right never see a real id refused; an edge further
 /// behind than this has the engine's TIME to go by (`+time`).
 pub const MOST_AHEAD_ID_MS: u64 = 10_000;
@@ -120,17 +138,19 @@ pub fn best_sample(samples: &[Sample]) -> Option<Sample> {
 #[derive(Clone, Copy, Debug, Default)]
 struct ClockState {
     /// The engine's time (ms) and this host's boot clock (ms) when it was
-    /// read; when a reading stepped back, the time the clock held then.
+    /// last read: always TIME's own answer.
     reading: Option<(u64, u64)>,
-    /// The newest entry id's time seen since the last reading (within
-    /// [`MOST_AHEAD_ID_MS`]), and the boot clock then.
+    /// With a reading: how far (ms) the time given was ahead of the
+    /// reading carried forward, and the boot clock then; it wears off
+    /// ([`LEAD_WEARS_OFF_EVERY`]).
+    lead: Option<(u64, u64)>,
+    /// Without a reading: the newest entry id's time seen (within
+    /// [`MOST_AHEAD_ID_MS`] of the wall clock), and the boot clock then.
     floor: Option<(u64, u64)>,
-    /// The latest time given out while the engine's time is known: none
-    /// later is earlier.
-    given: u64,
     /// The skew last logged (engine minus this host, ms).
     logged_skew: Option<i64>,
-    /// How far TIME was behind (ms) when that was logged last.
+    /// How far TIME was behind (ms) when that was logged last, or
+    /// looked at since (it shrinks as the lead wears off).
     logged_behind: Option<u64>,
     /// Entry ids not taken for being too far ahead (each once: the
     /// stream's last id is looked at after every read).
@@ -235,32 +255,29 @@ fn forward((ms, at): (u64, u64), boot: u64) -> u64 {
 }
 
 impl ClockState {
-    /// The engine's time the clock holds: the reading and the floor
-    /// carried forward, the later; `None` before either.
-    fn held(&self, boot: u64) -> Option<u64> {
-        let reading = self.reading.map(|r| forward(r, boot));
-        let floor = self.floor.map(|f| forward(f, boot));
-        reading.max(floor)
+    /// The lead over TIME left at the boot clock `boot`.
+    fn lead_at(&self, boot: u64) -> u64 {
+        self.lead.map_or(0, |(lead, at)| {
+            lead.saturating_sub(boot.saturating_sub(at) / LEAD_WEARS_OFF_EVERY)
+        })
     }
 
-    /// The time now without giving it out.
+    /// The time now without giving it out: TIME carried forward and what
+    /// is left of the lead; before a reading, the wall clock with the
+    /// newest id as a floor.
     fn estimate(&self, boot: u64, wall: u64) -> u64 {
         match self.reading {
-            Some(_) => self.held(boot).unwrap_or(0).max(self.given),
-            None => self.held(boot).map_or(wall, |floor| wall.max(floor)),
+            Some(reading) => forward(reading, boot).saturating_add(self.lead_at(boot)),
+            None => self.floor.map_or(wall, |f| wall.max(forward(f, boot))),
         }
     }
 
     fn now_ms(&mut self, boot: u64, wall: u64) -> u64 {
-        let now = self.estimate(boot, wall);
-        if self.reading.is_some() {
-            self.given = now;
-        }
-        now
+        self.estimate(boot, wall)
     }
 
     /// Takes `sample` (its best one) at the boot clock `now_boot`; the
-    /// line to log if it stepped back, or agrees again.
+    /// line to log if it is behind the time given, or agrees again.
     fn record(&mut self, sample: Sample, now_boot: u64) -> Option<Line> {
         // The answer was made somewhere between the question and its
         // answer: half the round trip before it arrived, carried to now.
@@ -268,46 +285,50 @@ impl ClockState {
             .engine_ms
             .saturating_add(sample.round_trip_ms() / 2)
             .saturating_add(now_boot.saturating_sub(sample.received_boot_ms));
-        let held = self.held(now_boot);
-        // The floor is in the reading from here on: a reading corrects
-        // the drift that carrying it forward gathered.
+        // What was given (with a reading) or the newest id (without):
+        // not the wall clock, which gave nothing a reading must keep.
+        let given = match self.reading {
+            Some(_) => Some(self.estimate(now_boot, 0)),
+            None => self.floor.map(|f| forward(f, now_boot)),
+        };
         self.floor = None;
-        match held {
-            Some(held) if taken.saturating_add(STEP_BACK_TOLERANCE_MS) < held => {
-                self.reading = Some((held, now_boot));
-                self.behind_line(held - taken)
-            }
-            _ => {
-                self.reading = Some((taken, now_boot));
-                self.logged_behind.take().map(|_| {
-                    Line::Info(
-                        "the engine's clock agrees again with the time it gave before".to_owned(),
-                    )
-                })
-            }
+        // Always TIME's own answer: what ids are checked against.
+        self.reading = Some((taken, now_boot));
+        let lead = given.map_or(0, |given| given.saturating_sub(taken));
+        self.lead = (lead > 0).then_some((lead, now_boot));
+        if lead > STEP_BACK_TOLERANCE_MS {
+            return self.behind_line(lead);
         }
+        self.logged_behind.take().map(|_| {
+            Line::Info("the engine's clock agrees again with the time it gave before".to_owned())
+        })
     }
 
-    /// The line saying TIME is `behind` the time the clock holds, once
-    /// per change of a second or more.
+    /// The line saying TIME is `behind` the time the clock gives, once
+    /// per step of a second or more (not while the lead wears off).
     fn behind_line(&mut self, behind: u64) -> Option<Line> {
-        if self
+        let said = self
             .logged_behind
-            .is_some_and(|logged| logged.abs_diff(behind) < STEP_BACK_TOLERANCE_MS)
-        {
+            .is_some_and(|logged| behind < logged.saturating_add(STEP_BACK_TOLERANCE_MS));
+        self.logged_behind = Some(behind);
+        if said {
             return None;
         }
-        self.logged_behind = Some(behind);
         Some(Line::Warn(format!(
             "the engine's clock (TIME) is {:.1}s behind the time it gave before (its newest \
-             entry id, or an earlier reading): stepped back? Grants are judged by the later \
-             time; make the engine's host slew its clock (chrony, ntpd), not step it",
+             entry id, or an earlier reading): stepped back (or a step ahead put right)? \
+             Grants are judged by a clock that runs at half speed until it meets TIME; make \
+             the engine's host slew its clock (chrony, ntpd), not step it",
             behind as f64 / 1000.0
         )))
     }
 
     fn note_floor(&mut self, id_ms: u64, boot: u64, wall: u64) -> Option<Line> {
         let reading = self.reading.map(|r| forward(r, boot));
+        if id_ms <= self.estimate(boot, wall) {
+            // Moves nothing.
+            return None;
+        }
         let reference = reading.map_or(wall, |reading| reading.max(wall));
         if id_ms > reference.saturating_add(MOST_AHEAD_ID_MS) {
             if self.last_ahead.replace(id_ms) == Some(id_ms) {
@@ -329,20 +350,17 @@ impl ClockState {
                 self.ids_ahead
             )));
         }
-        let floor = self.floor.map(|f| forward(f, boot));
-        if floor.is_none_or(|floor| id_ms > floor) {
+        let Some(reading) = reading else {
             self.floor = Some((id_ms, boot));
+            return None;
+        };
+        // Ahead of TIME: a lead, which wears off like any other.
+        let lead = id_ms - reading;
+        self.lead = Some((lead, boot));
+        if lead > STEP_BACK_TOLERANCE_MS {
+            return self.behind_line(lead);
         }
-        // Both carried forward alike: how far TIME is behind stays put
-        // while ids stand still (the engine keeps them at its last
-        // millisecond while its clock is behind).
-        let floor = self.floor.map_or(0, |f| forward(f, boot));
-        match reading {
-            Some(reading) if floor > reading.saturating_add(STEP_BACK_TOLERANCE_MS) => {
-                self.behind_line(floor - reading)
-            }
-            _ => None,
-        }
+        None
     }
 
     fn skew(&self, wall: u64, boot: u64) -> Option<i64> {
@@ -468,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn a_time_reading_stepped_back_is_not_taken_and_the_clock_never_goes_back() {
+    fn a_time_reading_stepped_back_never_takes_the_clock_back_it_runs_slow() {
         // Attack review finding 4: the engine's clock stepped back an
         // hour made every entry and key of the last hour fresh again.
         let mut state = ClockState::default();
@@ -479,41 +497,101 @@ mod tests {
         assert!(line.text().contains("3600.0s behind"), "{line:?}");
         assert!(line.text().contains("slew"), "{line:?}");
         assert_eq!(state.now_ms(61_000, 0), ENGINE + 60_000);
-        assert_eq!(state.now_ms(121_000, 0), ENGINE + 120_000);
-        // Read again a minute later, still behind: said once.
+        // Half speed from there, never back.
+        assert_eq!(state.now_ms(121_000, 0), ENGINE + 90_000);
+        // Read again a minute later, still behind (less so): not said
+        // again, and the time given goes on where it was.
         assert_eq!(read(&mut state, ENGINE + 120_000 - HOUR, 121_000), None);
-        assert_eq!(state.now_ms(121_000, 0), ENGINE + 120_000);
+        assert_eq!(state.now_ms(121_000, 0), ENGINE + 90_000);
         // The engine's clock put right: taken, and said.
         let line = read(&mut state, ENGINE + 180_000, 181_000).unwrap();
         assert!(line.text().contains("agrees again"), "{line:?}");
+        assert_eq!(state.now_ms(181_000, 0), ENGINE + 180_000);
         // A reading a little behind corrects the boot clock's drift; what
-        // is given out stands still until it has caught up.
+        // is given out runs slow until it has caught up.
         assert_eq!(state.now_ms(241_000, 0), ENGINE + 240_000);
         assert_eq!(read(&mut state, ENGINE + 239_500, 241_000), None);
         assert_eq!(state.now_ms(241_000, 0), ENGINE + 240_000);
-        assert_eq!(state.now_ms(241_400, 0), ENGINE + 240_000);
-        assert_eq!(state.now_ms(241_600, 0), ENGINE + 240_100);
+        assert_eq!(state.now_ms(241_400, 0), ENGINE + 240_200);
+        assert_eq!(state.now_ms(242_000, 0), ENGINE + 240_500);
+        assert_eq!(state.now_ms(243_000, 0), ENGINE + 241_500);
         // The skew shown is against the time grants are judged by.
-        assert_eq!(state.skew(ENGINE + 240_100, 241_600), Some(0));
+        assert_eq!(state.skew(ENGINE + 241_500, 243_000), Some(0));
+    }
+
+    #[test]
+    fn a_step_ahead_put_right_wears_off_at_half_speed_never_going_back() {
+        // Attack review bus2, F5: the engine's clock an hour ahead for a
+        // while, then put right, left every edge an hour ahead until it
+        // restarted: grants of POP3 hosts that did not see the step were
+        // over on arrival.
+        let mut state = ClockState::default();
+        read(&mut state, ENGINE + HOUR, 0);
+        assert!(read(&mut state, ENGINE + 60_000, 60_000).is_some());
+        let mut last = state.now_ms(60_000, 0);
+        assert_eq!(last, ENGINE + HOUR + 60_000);
+        // TIME read each minute, right from now on; the time given every
+        // second: never back, never faster than the boot clock, at least
+        // half as fast.
+        for boot in (61_000..=60_000 + 3 * HOUR).step_by(1_000) {
+            if boot % 60_000 == 0 {
+                read(&mut state, ENGINE + boot, boot);
+            }
+            let now = state.now_ms(boot, 0);
+            assert!(
+                (500..=1_000).contains(&(now - last)),
+                "{boot}: {last} {now}"
+            );
+            last = now;
+            // Two hours on, TIME again.
+            if boot >= 60_000 + 2 * HOUR {
+                assert_eq!(now, ENGINE + boot);
+            }
+        }
+    }
+
+    #[test]
+    fn entry_ids_a_little_ahead_do_not_ratchet_the_clock() {
+        // Attack review bus2, F2: ids up to 10 s ahead became the reading
+        // at the next TIME refresh, and the next 10 s counted from there:
+        // +10 s a minute, without bound, never back.
+        let mut state = ClockState::default();
+        read(&mut state, ENGINE, 0);
+        let mut most = 0;
+        for boot in (1_000..=3_600_000).step_by(1_000) {
+            if boot % 60_000 == 0 {
+                read(&mut state, ENGINE + boot, boot);
+            }
+            let ahead = state.now_ms(boot, ENGINE + boot) + MOST_AHEAD_ID_MS;
+            state.note_floor(ahead, boot, ENGINE + boot);
+            let lead = state.now_ms(boot, ENGINE + boot) - (ENGINE + boot);
+            most = most.max(lead);
+        }
+        assert_eq!(most, MOST_AHEAD_ID_MS, "never more than the bound ahead");
+        assert!(state.ids_ahead > 3_000, "the rest were too far ahead");
+        // The writer stops: the lead wears off.
+        let boot = 3_600_000 + 2 * MOST_AHEAD_ID_MS;
+        assert_eq!(state.now_ms(boot, 0), ENGINE + boot);
     }
 
     #[test]
     fn time_behind_the_newest_entry_id_is_said_and_the_id_wins() {
         // The agent starts after the engine's clock went back an hour:
         // its first reading holds nothing to compare with, the stream's
-        // newest id does.
+        // newest id (not ahead of this host's clock) does.
         let mut state = ClockState::default();
         assert_eq!(read(&mut state, ENGINE - HOUR, 0), None);
         let line = state.note_floor(ENGINE, 0, ENGINE).unwrap();
         assert!(line.text().contains("3600.0s behind"), "{line:?}");
         assert_eq!(state.now_ms(0, 0), ENGINE);
-        assert_eq!(state.now_ms(10_000, 0), ENGINE + 10_000);
+        assert_eq!(state.now_ms(10_000, 0), ENGINE + 5_000);
         // The engine keeps later ids at its newest millisecond: the same
         // id again, seconds later, says nothing new.
         assert_eq!(state.note_floor(ENGINE, 5_000, ENGINE + 5_000), None);
-        // The next reading, still behind, is not taken.
+        // The next reading, still behind, is not said again, and takes
+        // nothing back.
         assert_eq!(read(&mut state, ENGINE + 60_000 - HOUR, 60_000), None);
-        assert_eq!(state.now_ms(60_000, 0), ENGINE + 60_000);
+        assert_eq!(state.now_ms(60_000, 0), ENGINE + 30_000);
     }
 
     #[test]

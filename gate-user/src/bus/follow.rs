@@ -155,7 +155,9 @@ fn grant_verdict(
 /// What a key read in a full load does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyVerdict {
-    Apply(Verdict),
+    /// The verdict, and the key's value: the grant's expiry, which the
+    /// revoke tombstones judge a key by (bus/tombstones.rs).
+    Apply(Verdict, u64),
     /// The key went between SCAN and GET (expired, revoked): nothing.
     Gone,
     /// Malformed: skipped and counted.
@@ -206,8 +208,9 @@ pub fn judge_key(
         Ok(Verdict::Grant(addr, _)) => KeyVerdict::Apply(
             grant_verdict(addr, expires_ms.min(engine_ends), now_ms, window)
                 .unwrap_or(Verdict::Expired),
+            expires_ms,
         ),
-        Ok(verdict) => KeyVerdict::Apply(verdict),
+        Ok(verdict) => KeyVerdict::Apply(verdict, expires_ms),
         Err(why) => KeyVerdict::Bad(why),
     }
 }
@@ -711,21 +714,28 @@ mod tests {
             judge_key(&names, key.as_bytes(), value.as_bytes(), pttl, NOW, WINDOW)
         };
         let expires = (NOW + 300_000).to_string();
-        let grant = |secs| KeyVerdict::Apply(Verdict::Grant(addr, Duration::from_secs(secs)));
-        assert_eq!(judge(&expires, 300_000), grant(300));
+        let grant =
+            |secs, value| KeyVerdict::Apply(Verdict::Grant(addr, Duration::from_secs(secs)), value);
+        assert_eq!(judge(&expires, 300_000), grant(300, NOW + 300_000));
         // The engine's clock says less is left (or the value more): the less.
-        assert_eq!(judge(&expires, 100_000), grant(100));
-        assert_eq!(judge(&(NOW + 3_600_000).to_string(), 3_600_000), grant(900));
+        assert_eq!(judge(&expires, 100_000), grant(100, NOW + 300_000));
+        assert_eq!(
+            judge(&(NOW + 3_600_000).to_string(), 3_600_000),
+            grant(900, NOW + 3_600_000)
+        );
         // Written long ago by a skewed or hostile writer, with a value and
         // a time to live of years: the window from now, no more.
         let years = 10 * 365 * 86_400_000;
-        assert_eq!(judge(&(NOW + years).to_string(), years as i64), grant(900));
+        assert_eq!(
+            judge(&(NOW + years).to_string(), years as i64),
+            grant(900, NOW + years)
+        );
         // A huge time to live never takes a grant past its value.
-        assert_eq!(judge(&expires, years as i64), grant(300));
+        assert_eq!(judge(&expires, years as i64), grant(300, NOW + 300_000));
         assert_eq!(judge(&expires, -2), KeyVerdict::Gone);
         assert_eq!(
             judge(&NOW.to_string(), 5),
-            KeyVerdict::Apply(Verdict::Expired)
+            KeyVerdict::Apply(Verdict::Expired, NOW)
         );
         for (value, pttl, why) in [
             (expires.as_str(), -1, "no expiry"),

@@ -12,15 +12,26 @@
 //! applied is not applied:
 //!
 //! - an entry's grant, if its id is before the revoke's;
-//! - a key's grant, whenever the address has a tombstone: a key says
-//!   when its grant ends, not when it was issued (its value less the
-//!   publisher's window, which the edge does not know), so it is not
-//!   trusted. A grant entry after the revoke (the user logged in again)
-//!   ends the tombstone, so the keys of a later login are applied again.
+//! - a key's grant, unless its value (the grant's expiry) less the
+//!   edge's window is more than [`KEY_MARGIN_MS`] after the revoke. A
+//!   key says when its grant ends, not when it was issued: a publisher
+//!   sets the expiry a window (its own) after the login, by the engine's
+//!   clock (bus/clock.rs), so the expiry less the edge's window is the
+//!   login's time at the latest, if the publisher's window is no longer
+//!   than the edge's (the assumption below). So a user revoked and logged
+//!   in again is granted by a full load too (attack review bus2, F4).
+//!   Such a key, and a grant entry after the revoke, end the tombstone.
 //!
 //! A tombstone is dropped one window (the edge's) after its revoke: a
 //! grant issued before it is over by then, if its publisher's window is
-//! no longer than the edge's. At most [`MOST_TOMBSTONES`] are kept, the
+//! no longer than the edge's. Its time is the revoke entry's id, but no
+//! later than the edge's clock when it applied the revoke: an id far
+//! ahead (written by hand, or the last possible id) made a tombstone
+//! that never aged and held the address out for good, also after the
+//! stream was deleted and after restarts (bus2, F1). The revoke itself is
+//! applied whatever its id. Read back from the file, a tombstone more
+//! than [`MOST_AHEAD_ID_MS`] ahead of the edge's clock is dropped, and
+//! none is kept later than that clock: none outlives a window from then. At most [`MOST_TOMBSTONES`] are kept, the
 //! oldest revoke forgotten first. They are kept in a file beside the
 //! position (`<bus_position_file>.revokes`), written whole and synced
 //! before the position that moved past them, so a restarted agent has
@@ -41,7 +52,7 @@ use std::{
     time::Duration,
 };
 
-use super::{follow::Verdict, state::write_whole, stream::StreamId};
+use super::{clock::MOST_AHEAD_ID_MS, follow::Verdict, state::write_whole, stream::StreamId};
 use crate::addr::normalize;
 
 /// The most tombstones kept: far more revokes than a site makes in a
@@ -60,13 +71,18 @@ pub fn file_beside(position_file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// A key whose expiry less the edge's window is no more than this after
+/// a revoke is taken for a login before it: the second of skew the bus
+/// tolerates between the publisher's clock and the engine's.
+pub const KEY_MARGIN_MS: u64 = 1000;
+
 /// Where a grant was read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Issued {
     /// The stream entry of this id.
     Entry(StreamId),
-    /// A key (a full load).
-    Key,
+    /// A key (a full load), of this value (the grant's expiry).
+    Key { expires_ms: u64 },
 }
 
 /// The revokes applied in the last window, by address.
@@ -78,6 +94,8 @@ pub struct Tombstones {
     by_age: BTreeSet<(StreamId, IpAddr)>,
     /// Changed since the file was written.
     changed: bool,
+    /// Read from the file, not yet held to the edge's clock.
+    unsettled: bool,
 }
 
 impl Tombstones {
@@ -88,6 +106,7 @@ impl Tombstones {
             by_addr: HashMap::new(),
             by_age: BTreeSet::new(),
             changed: false,
+            unsettled: false,
         }
     }
 
@@ -126,6 +145,7 @@ impl Tombstones {
         }
         // As read: nothing to write back.
         tombstones.changed = false;
+        tombstones.unsettled = !tombstones.is_empty();
         let why = (bad > 0).then(|| {
             format!(
                 "{}: {bad} line(s) are no `ADDRESS ENTRY-ID`: skipped",
@@ -133,6 +153,40 @@ impl Tombstones {
             )
         });
         (tombstones, why)
+    }
+
+    /// Once after [`Self::load`], at the edge's clock `now_ms`: drops the
+    /// tombstones more than [`MOST_AHEAD_ID_MS`] ahead of it (said), and
+    /// moves the others back to it at the latest.
+    pub fn settle(&mut self, now_ms: u64) -> Option<String> {
+        if !std::mem::take(&mut self.unsettled) {
+            return None;
+        }
+        let latest = latest_at(now_ms);
+        let later: Vec<(StreamId, IpAddr)> = self
+            .by_age
+            .iter()
+            .rev()
+            .take_while(|(id, _)| *id > latest)
+            .copied()
+            .collect();
+        let mut dropped = 0;
+        for (id, addr) in later {
+            self.remove(addr);
+            if id.ms > now_ms.saturating_add(MOST_AHEAD_ID_MS) {
+                dropped += 1;
+            } else {
+                self.insert(addr, latest);
+            }
+        }
+        (dropped > 0).then(|| {
+            format!(
+                "{}: {dropped} tombstone(s) more than {}s ahead of the engine's time dropped \
+                 (a revoke entry written with an id far ahead?)",
+                self.path.display(),
+                MOST_AHEAD_ID_MS / 1000
+            )
+        })
     }
 
     /// How many there are.
@@ -158,6 +212,7 @@ impl Tombstones {
         self.forget_older(now_ms, window);
         match (verdict, issued) {
             (Verdict::Revoke(addr), Issued::Entry(id)) => {
+                let id = id.min(latest_at(now_ms));
                 if !is_over(id, now_ms, window) {
                     self.insert(addr, id);
                 }
@@ -167,13 +222,18 @@ impl Tombstones {
                 let Some(&revoked) = self.by_addr.get(&normalize(addr)) else {
                     return Some(verdict);
                 };
-                match issued {
-                    Issued::Entry(id) if id > revoked => {
-                        self.remove(normalize(addr));
-                        Some(verdict)
+                let after = match issued {
+                    Issued::Entry(id) => id > revoked,
+                    Issued::Key { expires_ms } => {
+                        let issued_by = expires_ms.saturating_sub(millis(window));
+                        issued_by > revoked.ms.saturating_add(KEY_MARGIN_MS)
                     }
-                    _ => None,
+                };
+                if !after {
+                    return None;
                 }
+                self.remove(normalize(addr));
+                Some(verdict)
             }
             _ => Some(verdict),
         }
@@ -238,9 +298,20 @@ impl Tombstones {
 
 /// True if a window has passed since `id`'s time at `now_ms`.
 fn is_over(id: StreamId, now_ms: u64, window: Duration) -> bool {
-    id.ms
-        .saturating_add(window.as_millis().min(u64::MAX as u128) as u64)
-        <= now_ms
+    id.ms.saturating_add(millis(window)) <= now_ms
+}
+
+fn millis(window: Duration) -> u64 {
+    window.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// The latest a tombstone made at `now_ms` may be: every id of that
+/// millisecond.
+fn latest_at(now_ms: u64) -> StreamId {
+    StreamId {
+        ms: now_ms,
+        seq: u64::MAX,
+    }
 }
 
 /// `ADDRESS ENTRY-ID`, as [`Tombstones::save`] writes it.
@@ -257,6 +328,9 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(900);
     const NOW: u64 = 1_764_546_300_000;
+
+    /// A key of a login a window before the revokes at `NOW`.
+    const KEY_BEFORE: Issued = Issued::Key { expires_ms: NOW };
 
     fn id(ms: u64) -> StreamId {
         StreamId { ms, seq: 0 }
@@ -303,7 +377,7 @@ mod tests {
             None
         );
         assert_eq!(
-            screen(&mut tombstones, grant("192.0.2.7"), Issued::Key),
+            screen(&mut tombstones, grant("192.0.2.7"), KEY_BEFORE),
             None
         );
         assert_eq!(
@@ -312,11 +386,11 @@ mod tests {
         );
         // Other addresses and what is no grant: as they are.
         assert_eq!(
-            screen(&mut tombstones, grant("192.0.2.8"), Issued::Key),
+            screen(&mut tombstones, grant("192.0.2.8"), KEY_BEFORE),
             Some(grant("192.0.2.8"))
         );
         assert_eq!(
-            screen(&mut tombstones, Verdict::Expired, Issued::Key),
+            screen(&mut tombstones, Verdict::Expired, KEY_BEFORE),
             Some(Verdict::Expired)
         );
         // A login after the revoke: applied, and the keys are trusted
@@ -328,7 +402,7 @@ mod tests {
         );
         assert!(tombstones.is_empty());
         assert_eq!(
-            screen(&mut tombstones, grant("192.0.2.7"), Issued::Key),
+            screen(&mut tombstones, grant("192.0.2.7"), KEY_BEFORE),
             Some(grant("192.0.2.7"))
         );
     }
@@ -343,7 +417,7 @@ mod tests {
             NOW,
             WINDOW,
         );
-        let key = |t: &mut Tombstones, now| t.screen(grant("192.0.2.7"), Issued::Key, now, WINDOW);
+        let key = |t: &mut Tombstones, now| t.screen(grant("192.0.2.7"), KEY_BEFORE, now, WINDOW);
         assert_eq!(key(&mut tombstones, NOW + window_ms - 1), None);
         assert!(key(&mut tombstones, NOW + window_ms).is_some());
         assert!(tombstones.is_empty());
@@ -371,10 +445,106 @@ mod tests {
             0x2001_0db8_u128 << 96 | (MOST_TOMBSTONES as u128 + 4),
         ));
         let keyed = |t: &mut Tombstones, addr| {
-            t.screen(Verdict::Grant(addr, WINDOW), Issued::Key, NOW, WINDOW)
+            t.screen(Verdict::Grant(addr, WINDOW), KEY_BEFORE, NOW, WINDOW)
         };
         assert!(keyed(&mut tombstones, first).is_some(), "forgotten");
         assert!(keyed(&mut tombstones, last).is_none(), "kept");
+    }
+
+    #[test]
+    fn a_revoke_id_far_ahead_leaves_a_tombstone_of_the_edges_time_that_ages() {
+        // Attack review bus2, F1: a revoke XADDed with an id a year ahead
+        // (or the last possible id) made a tombstone that never aged; once
+        // the stream was deleted, new ids were back at the present, and
+        // every later login of the address was held back, for good.
+        let window_ms = WINDOW.as_millis() as u64;
+        let year = 365 * 86_400_000;
+        for far in [id(NOW + year), StreamId::MAX] {
+            let mut tombstones = Tombstones::new(PathBuf::from("/nonexistent"));
+            let revoked = Verdict::Revoke(addr("192.0.2.7"));
+            assert_eq!(
+                tombstones.screen(revoked, Issued::Entry(far), NOW, WINDOW),
+                Some(revoked),
+                "the revoke itself is applied"
+            );
+            assert_eq!(tombstones.len(), 1);
+            // Logins before it are held back as for any revoke.
+            let login =
+                |t: &mut Tombstones, issued, now| t.screen(grant("192.0.2.7"), issued, now, WINDOW);
+            assert_eq!(login(&mut tombstones, Issued::Entry(id(NOW)), NOW), None);
+            // The stream deleted: new ids at the present, after the edge's
+            // time of the revoke, end the tombstone.
+            assert!(login(&mut tombstones, Issued::Entry(id(NOW + 1)), NOW + 1).is_some());
+            assert!(tombstones.is_empty());
+            // Or it ages a window after the edge applied it.
+            tombstones.screen(revoked, Issued::Entry(far), NOW, WINDOW);
+            assert_eq!(
+                login(&mut tombstones, KEY_BEFORE, NOW + window_ms - 1),
+                None
+            );
+            assert!(login(&mut tombstones, KEY_BEFORE, NOW + window_ms).is_some());
+            assert!(tombstones.is_empty());
+        }
+    }
+
+    #[test]
+    fn tombstones_read_back_far_ahead_are_dropped_none_outlives_a_window() {
+        let dir = scratch("ahead");
+        let path = file_beside(&dir.join("bus-position"));
+        fs::write(
+            &path,
+            format!(
+                "192.0.2.7 18446744073709551615-18446744073709551615\n\
+                 192.0.2.8 {}-0\n192.0.2.9 {}-3\n192.0.2.10 {NOW}-0\n",
+                NOW + MOST_AHEAD_ID_MS + 1,
+                NOW + MOST_AHEAD_ID_MS,
+            ),
+        )
+        .unwrap();
+        let (mut read, why) = Tombstones::load(path.clone());
+        assert_eq!((read.len(), why), (4, None));
+        let why = read.settle(NOW).unwrap();
+        assert!(why.contains("2 tombstone(s)"), "{why}");
+        assert_eq!(read.len(), 2);
+        assert_eq!(read.settle(NOW), None, "once");
+        let window_ms = WINDOW.as_millis() as u64;
+        let key = |t: &mut Tombstones, text, now| t.screen(grant(text), KEY_BEFORE, now, WINDOW);
+        assert_eq!(key(&mut read, "192.0.2.9", NOW + window_ms - 1), None);
+        assert!(key(&mut read, "192.0.2.7", NOW).is_some(), "dropped");
+        // The one a little ahead is held to the edge's time: a window.
+        assert!(key(&mut read, "192.0.2.9", NOW + window_ms).is_some());
+        assert!(key(&mut read, "192.0.2.10", NOW + window_ms).is_some());
+        assert!(read.is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_of_a_login_after_the_revoke_is_applied_and_ends_the_tombstone() {
+        // Attack review bus2, F4: a user revoked and then logged in again
+        // was refused by an edge that took the new login from the keys (a
+        // full load), for up to a window.
+        let window_ms = WINDOW.as_millis() as u64;
+        let mut tombstones = Tombstones::new(PathBuf::from("/nonexistent"));
+        let revoked = Verdict::Revoke(addr("192.0.2.7"));
+        tombstones.screen(revoked, Issued::Entry(id(NOW)), NOW, WINDOW);
+        let key = |t: &mut Tombstones, expires_ms| {
+            t.screen(
+                grant("192.0.2.7"),
+                Issued::Key { expires_ms },
+                NOW + 5_000,
+                WINDOW,
+            )
+        };
+        // Issued at the revoke, or within the margin after it: held back.
+        assert_eq!(key(&mut tombstones, NOW + window_ms), None);
+        assert_eq!(key(&mut tombstones, NOW + window_ms + KEY_MARGIN_MS), None);
+        assert_eq!(tombstones.len(), 1);
+        // Issued after it: applied, and the tombstone is over.
+        assert_eq!(
+            key(&mut tombstones, NOW + window_ms + KEY_MARGIN_MS + 1),
+            Some(grant("192.0.2.7"))
+        );
+        assert!(tombstones.is_empty());
     }
 
     #[test]
@@ -388,7 +558,7 @@ mod tests {
             tombstones.screen(
                 Verdict::Revoke(addr(text)),
                 Issued::Entry(id(ms)),
-                NOW,
+                NOW + 1,
                 WINDOW,
             );
         }
@@ -402,7 +572,7 @@ mod tests {
         assert_eq!(why, None);
         assert_eq!(read.len(), 2);
         assert_eq!(
-            read.screen(grant("2001:db8::7"), Issued::Key, NOW, WINDOW),
+            read.screen(grant("2001:db8::7"), KEY_BEFORE, NOW, WINDOW),
             None
         );
         // Nothing changed, nothing written (the file may even go).
