@@ -15,11 +15,12 @@
 //! hands them back with the census through a oneshot channel (atomics).
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use log::{info, warn};
 use tokio::sync::{oneshot, Notify};
 
@@ -54,6 +55,9 @@ struct Inner {
     state: Mutex<State>,
     /// Told when a walk ends.
     walked: Notify,
+    /// The next walk panics (the tests').
+    #[cfg(test)]
+    panic_next_walk: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -80,6 +84,8 @@ impl CensusCache {
                     ..State::default()
                 }),
                 walked: Notify::new(),
+                #[cfg(test)]
+                panic_next_walk: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -110,6 +116,11 @@ impl CensusCache {
     /// the maps back. Gives the maps back if no thread could start.
     fn start_walk(&self, maps: GateMaps) -> Option<GateMaps> {
         let (done, walked) = oneshot::channel::<Walked>();
+        #[cfg(test)]
+        let panic_now = self
+            .inner
+            .panic_next_walk
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
         // Taken by the thread while it still runs at normal priority; left
         // there if no thread starts.
         let handover = Arc::new(Mutex::new(Some(maps)));
@@ -123,7 +134,17 @@ impl CensusCache {
                     };
                     idle_priority();
                     let started = Instant::now();
-                    let census = maps.census();
+                    // A panic in the walk must not keep the maps: without
+                    // them no later scrape could walk, and each would wait
+                    // [`WAIT`] for nothing. It is a failure like another.
+                    let census = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        #[cfg(test)]
+                        assert!(!panic_now, "a panic injected into the walk");
+                        maps.census()
+                    }))
+                    .unwrap_or_else(|panic| {
+                        Err(anyhow!("the walk panicked: {}", panic_text(&*panic)))
+                    });
                     let _ = done.send((maps, census, started.elapsed()));
                 }
             });
@@ -134,8 +155,11 @@ impl CensusCache {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let Ok((maps, census, took)) = walked.await else {
-                // The thread died with the maps: no census from now on.
+                // The thread died with the maps (a panic is caught: this
+                // should not be). Handles on new maps, if any came, are
+                // used from now on; the scrapes waiting are let go.
                 warn!("metrics: the thread counting the grant and ban maps ended without a word");
+                inner.walk_lost();
                 return;
             };
             inner.walk_ended(maps, census, took);
@@ -171,6 +195,25 @@ impl Inner {
         }
         self.walked.notify_waiters();
     }
+}
+
+impl Inner {
+    fn walk_lost(&self) {
+        {
+            let mut state = lock(&self.state);
+            state.maps = state.newer_maps.take();
+        }
+        self.walked.notify_waiters();
+    }
+}
+
+/// A panic's message, where it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 impl MapUser for CensusCache {
@@ -267,6 +310,40 @@ mod tests {
         }
         assert!(taken.iter().all(|t| *t == taken[0]), "one walk: {taken:?}");
         assert!(taken[0] > renewed.taken);
+    }
+
+    /// A walk that panics gives the maps back, as a failure: the scrape is
+    /// answered at once with the census there was, and the next one walks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_that_panics_gives_the_maps_back() {
+        let (_ebpf, cache) = cache();
+        grant(&cache, 0);
+        let first = cache.reading().await.expect("a census");
+        age(&cache);
+        let aged = lock(&cache.inner.state).last.expect("a census").taken;
+        cache
+            .inner
+            .panic_next_walk
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let asked = Instant::now();
+        let after_panic = cache.reading().await.expect("the census there was");
+        assert!(
+            asked.elapsed() < WAIT,
+            "not left waiting: {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(after_panic.taken, aged, "the census there was");
+        {
+            let state = lock(&cache.inner.state);
+            assert!(state.maps.is_some(), "the maps are back");
+            let failure = state.failure.as_deref().expect("the failure, logged");
+            assert!(failure.contains("panicked"), "{failure}");
+        }
+        grant(&cache, 1);
+        let renewed = cache.reading().await.expect("a census");
+        assert!(renewed.taken > first.taken, "walked again");
+        assert_eq!(renewed.census.grants_v4.live, 2);
+        assert!(lock(&cache.inner.state).failure.is_none());
     }
 
     /// The walking thread is at SCHED_IDLE: it takes only idle CPU.

@@ -4,8 +4,11 @@
 //! bound at start with the daemon's others, before systemd hears READY=1,
 //! so a ready daemon answers scrapes. Connections are kept alive (a
 //! scraper reuses its own), bounded in number as the hooks' are (the one
-//! idle longest makes room for a new one), in header time and size; a
-//! request with a body is refused unread.
+//! idle longest makes room for a new one, but one with a request in
+//! progress is never closed: with all busy, a new connection is closed at
+//! once), in header time and size; a request with a body is refused
+//! unread. However many requests come, the page is rendered at most about
+//! 100 times a second (renders.rs).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,12 +26,13 @@ use log::{debug, info, warn};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{exposition::CONTENT_TYPE as EXPOSITION, page::Page};
+use super::{exposition::CONTENT_TYPE as EXPOSITION, page::Page, renders::Renders};
 use crate::policy::slots::{ConnectionSlots, Slot};
 
 /// Where the page is.
 pub const PATH: &str = "/metrics";
-/// Connections open at once; more close the one idle longest.
+/// Connections open at once; more close the one idle longest (not one
+/// with a request in progress).
 const MAX_CONNECTIONS: usize = 16;
 /// A request's header must be whole within this, and a kept-alive
 /// connection without a request is closed after it.
@@ -80,6 +84,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `page` on `listeners` until `stop`; then lets the answers
 /// under way end, and returns.
 pub async fn serve(listeners: MetricsListeners, page: Arc<Page>, stop: CancellationToken) {
+    let page = Arc::new(Pages {
+        page,
+        renders: Renders::default(),
+    });
     let slots = ConnectionSlots::new("the metrics endpoint", MAX_CONNECTIONS);
     let connections = TaskTracker::new();
     let mut loops = Vec::new();
@@ -104,7 +112,7 @@ pub async fn serve(listeners: MetricsListeners, page: Arc<Page>, stop: Cancellat
 
 async fn accept_loop(
     listener: TcpListener,
-    page: Arc<Page>,
+    page: Arc<Pages>,
     slots: Arc<ConnectionSlots>,
     connections: TaskTracker,
     stop: CancellationToken,
@@ -124,7 +132,11 @@ async fn accept_loop(
                 }
             }
         };
-        let (slot, _made_room) = slots.admit(&peer.to_string());
+        let Some((slot, _made_room)) = slots.admit_sparing_busy(&peer.to_string()) else {
+            debug!("metrics: connection from {peer} closed: every slot has a request in progress");
+            drop(stream);
+            continue;
+        };
         connections.spawn(connection(
             stream,
             peer,
@@ -137,11 +149,17 @@ async fn accept_loop(
 
 type Answer = Response<Full<Bytes>>;
 
+/// The page, and its renders shared by the requests.
+struct Pages {
+    page: Arc<Page>,
+    renders: Renders,
+}
+
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     slot: Slot,
-    page: Arc<Page>,
+    page: Arc<Pages>,
     stop: CancellationToken,
 ) {
     let closed_for_room = slot.closed_for_room.clone();
@@ -150,9 +168,8 @@ async fn connection(
         let page = Arc::clone(&page);
         let slot = Arc::clone(&slot);
         async move {
-            let answer = answer(request, &page).await;
-            slot.answered();
-            Ok::<_, Infallible>(answer)
+            let _in_progress = slot.request();
+            Ok::<_, Infallible>(answer(request, &page).await)
         }
     });
     let mut http = http1::Builder::new();
@@ -182,7 +199,7 @@ async fn connection(
 }
 
 /// The page for `GET /metrics`; the refusal of anything else.
-async fn answer(request: Request<Incoming>, page: &Page) -> Answer {
+async fn answer(request: Request<Incoming>, page: &Pages) -> Answer {
     if request.uri().path() != PATH {
         return plain(
             StatusCode::NOT_FOUND,
@@ -210,7 +227,8 @@ async fn answer(request: Request<Incoming>, page: &Page) -> Answer {
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return answer;
     }
-    let mut answer = Response::new(Full::new(Bytes::from(page.render().await)));
+    let text = page.renders.page(|| page.page.render()).await;
+    let mut answer = Response::new(Full::new(text));
     answer
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(EXPOSITION));

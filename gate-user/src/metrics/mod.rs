@@ -19,6 +19,7 @@ pub mod gate;
 mod page;
 mod policy;
 mod pop3;
+mod renders;
 
 pub use config::MetricsKeys;
 pub use endpoint::MetricsListeners;

@@ -7,6 +7,9 @@
 //! connections are the ones most recently answered, and a connection
 //! closed while idle costs them only a reconnection (Postfix notices a
 //! closed connection before it writes; Dovecot's HTTP client retries).
+//! The metrics endpoint, whose requests may wait seconds, spares the
+//! connections with a request in progress and refuses a newcomer when all
+//! are (`admit_sparing_busy`).
 
 use std::{
     collections::HashMap,
@@ -31,11 +34,15 @@ struct Table {
     open: HashMap<u64, Open>,
     /// Whether "all slots taken" was logged since the table last had room.
     warned_full: bool,
+    /// Whether "all slots busy" was logged since the table last had room.
+    warned_busy: bool,
 }
 
 struct Open {
     peer: String,
     last_answered: Instant,
+    /// Requests in progress (see [`Slot::request`]).
+    requests: u32,
     close: CancellationToken,
 }
 
@@ -59,15 +66,43 @@ impl ConnectionSlots {
     /// A slot for a new connection from `peer`, and whether an open one was
     /// told to close to make room for it.
     pub fn admit(self: &Arc<Self>, peer: &str) -> (Slot, bool) {
+        self.admit_closing(peer, false)
+            .expect("a slot is always made when busy ones may close")
+    }
+
+    /// As [`Self::admit`], but never closes a connection with a request in
+    /// progress (see [`Slot::request`]): `None` when every slot is taken by
+    /// one, and the new connection is to be closed at once. For a server
+    /// whose requests may take a while (a scrape waits up to seconds for
+    /// the census): closing one midway fails it.
+    pub fn admit_sparing_busy(self: &Arc<Self>, peer: &str) -> Option<(Slot, bool)> {
+        self.admit_closing(peer, true)
+    }
+
+    fn admit_closing(self: &Arc<Self>, peer: &str, spare_busy: bool) -> Option<(Slot, bool)> {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let mut made_room = false;
         if table.open.len() >= self.capacity {
             let longest_idle = table
                 .open
                 .iter()
+                .filter(|(_, open)| !(spare_busy && open.requests > 0))
                 .min_by_key(|(id, open)| (open.last_answered, **id))
                 .map(|(id, _)| *id);
-            if let Some(open) = longest_idle.and_then(|id| table.open.remove(&id)) {
+            let Some(id) = longest_idle else {
+                if !table.warned_busy {
+                    table.warned_busy = true;
+                    warn!(
+                        "{} has {} connections open, each with a request in progress: new ones \
+                         are closed at once (first: peer={})",
+                        self.hook,
+                        self.capacity,
+                        pop3::log_text::LogText::of(peer)
+                    );
+                }
+                return None;
+            };
+            if let Some(open) = table.open.remove(&id) {
                 open.close.cancel();
                 made_room = true;
                 if !table.warned_full {
@@ -83,6 +118,7 @@ impl ConnectionSlots {
             }
         } else if table.open.len() < self.capacity / 2 {
             table.warned_full = false;
+            table.warned_busy = false;
         }
         let id = table.next_id;
         table.next_id += 1;
@@ -92,6 +128,7 @@ impl ConnectionSlots {
             Open {
                 peer: peer.to_owned(),
                 last_answered: Instant::now(),
+                requests: 0,
                 close: close.clone(),
             },
         );
@@ -100,7 +137,7 @@ impl ConnectionSlots {
             slots: Arc::clone(self),
             closed_for_room: close,
         };
-        (slot, made_room)
+        Some((slot, made_room))
     }
 
     /// How many connections hold a slot.
@@ -124,6 +161,37 @@ impl Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(open) = table.open.get_mut(&self.id) {
+            open.last_answered = Instant::now();
+        }
+    }
+}
+
+impl Slot {
+    /// A request is in progress until the guard is dropped, and the
+    /// connection is answered then. Under [`ConnectionSlots::admit_sparing_busy`]
+    /// it is not closed for room meanwhile.
+    pub fn request(&self) -> Request<'_> {
+        if let Some(open) = self.table().open.get_mut(&self.id) {
+            open.requests += 1;
+        }
+        Request(self)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.slots
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A request in progress on a connection.
+pub struct Request<'a>(&'a Slot);
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        if let Some(open) = self.0.table().open.get_mut(&self.0.id) {
+            open.requests -= 1;
             open.last_answered = Instant::now();
         }
     }
@@ -169,6 +237,53 @@ mod tests {
         drop(idle_first);
         drop(idle_second);
         assert_eq!(slots.open(), 3);
+    }
+
+    /// Sparing busy connections: only one with no request in progress is
+    /// closed for room, the one idle longest; with all busy, none is, and
+    /// the newcomer gets no slot.
+    #[tokio::test]
+    async fn sparing_busy_closes_only_an_idle_connection_or_refuses_the_newcomer() {
+        let slots = ConnectionSlots::new("test", 3);
+        let (oldest_busy, _) = slots.admit_sparing_busy("oldest-busy").unwrap();
+        let (idle, _) = slots.admit_sparing_busy("idle").unwrap();
+        let (busy, _) = slots.admit_sparing_busy("busy").unwrap();
+        let oldest_request = oldest_busy.request();
+        let request = busy.request();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (newcomer, made_room) = slots.admit_sparing_busy("newcomer").unwrap();
+        assert!(made_room);
+        assert!(
+            idle.closed_for_room.is_cancelled(),
+            "the idle one made room"
+        );
+        assert!(
+            !oldest_busy.closed_for_room.is_cancelled(),
+            "idle longest, but busy"
+        );
+        assert!(!busy.closed_for_room.is_cancelled());
+        let newcomer_request = newcomer.request();
+        assert!(
+            slots.admit_sparing_busy("refused").is_none(),
+            "all three busy: no room"
+        );
+        assert_eq!(slots.open(), 3);
+        assert!(!oldest_busy.closed_for_room.is_cancelled());
+        assert!(!busy.closed_for_room.is_cancelled());
+        assert!(!newcomer.closed_for_room.is_cancelled());
+        // Answered: idle again, and the one to close next.
+        drop(request);
+        drop(newcomer_request);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        drop(oldest_request);
+        let (_next, made_room) = slots.admit_sparing_busy("next").unwrap();
+        assert!(made_room);
+        assert!(
+            busy.closed_for_room.is_cancelled(),
+            "answered first of the idle"
+        );
+        assert!(!oldest_busy.closed_for_room.is_cancelled());
+        assert!(!newcomer.closed_for_room.is_cancelled());
     }
 
     #[test]
