@@ -169,6 +169,45 @@ impl BusLab {
         self.engine.connection()
     }
 
+    /// Adds an entry of the id `id` (the engine's time of its XADD, as
+    /// the test wants it) straight into the stream.
+    fn add_entry(&self, id: &str, fields: &[(&str, &str)]) {
+        let mut command = client::cmd("XADD");
+        command.arg(EVENTS).arg(id);
+        for (name, value) in fields {
+            command.arg(*name).arg(*value);
+        }
+        command
+            .query::<String>(&mut self.engine())
+            .expect("XADD with an id");
+    }
+
+    /// At `added` (ms): a revoke of another address (id `added`-0, where
+    /// a test puts the edge's position), then a grant of `client` until
+    /// `expires` (`added`-1), both from `origin`.
+    fn add_revoke_then_grant(&self, added: u64, client: &str, expires: &str, origin: &str) {
+        let issued = added.to_string();
+        self.add_entry(
+            &format!("{added}-0"),
+            &[
+                ("op", "revoke"),
+                ("addr", "192.0.2.99"),
+                ("issued", &issued),
+                ("origin", origin),
+            ],
+        );
+        self.add_entry(
+            &format!("{added}-1"),
+            &[
+                ("op", "grant"),
+                ("addr", client),
+                ("expires", expires),
+                ("issued", &issued),
+                ("origin", origin),
+            ],
+        );
+    }
+
     /// A connection as the publishers' user of deploy/redis-acl.conf.
     fn publisher(&self) -> client::Connection {
         let mut connection = self.engine.connection();
@@ -775,36 +814,7 @@ fn an_entry_replayed_later_grants_no_more_than_a_window_after_it_was_added() {
     // there rather than loading the keys.
     let added = now_ms() - 300_000;
     let expires = (now_ms() + 3_600_000).to_string();
-    let issued = added.to_string();
-    let entry = |id: String, fields: &[(&str, &str)]| {
-        let mut command = client::cmd("XADD");
-        command.arg(EVENTS).arg(id);
-        for (name, value) in fields {
-            command.arg(*name).arg(*value);
-        }
-        command
-            .query::<String>(&mut bus.engine())
-            .expect("XADD with an id");
-    };
-    entry(
-        format!("{added}-0"),
-        &[
-            ("op", "revoke"),
-            ("addr", "192.0.2.99"),
-            ("issued", &issued),
-            ("origin", "pop-ahead"),
-        ],
-    );
-    entry(
-        format!("{added}-1"),
-        &[
-            ("op", "grant"),
-            ("addr", &client),
-            ("expires", &expires),
-            ("issued", &issued),
-            ("origin", "pop-ahead"),
-        ],
-    );
+    bus.add_revoke_then_grant(added, &client, &expires, "pop-ahead");
     bus.position_at(&format!("{added}-0"));
     let (_agent, _) = bus.start_agent();
     // Window 120 s, added 300 s ago: over, whatever it claims.
@@ -1529,39 +1539,10 @@ fn an_engine_clock_behind_its_entry_ids_replays_no_grant_that_is_over() {
     // the engine's last entry before its clock went back, now.
     let added = now_ms() + hour - 10_000;
     let expires = (added + 3_000).to_string();
-    let issued = added.to_string();
-    let entry = |id: String, fields: &[(&str, &str)]| {
-        let mut command = client::cmd("XADD");
-        command.arg(EVENTS).arg(id);
-        for (name, value) in fields {
-            command.arg(*name).arg(*value);
-        }
-        command
-            .query::<String>(&mut bus.engine())
-            .expect("XADD with an id");
-    };
-    entry(
-        format!("{added}-0"),
-        &[
-            ("op", "revoke"),
-            ("addr", "192.0.2.99"),
-            ("issued", &issued),
-            ("origin", "pop1"),
-        ],
-    );
-    entry(
-        format!("{added}-1"),
-        &[
-            ("op", "grant"),
-            ("addr", &client),
-            ("expires", &expires),
-            ("issued", &issued),
-            ("origin", "pop1"),
-        ],
-    );
+    bus.add_revoke_then_grant(added, &client, &expires, "pop1");
     let last = now_ms() + hour;
-    entry(
-        format!("{last}-0"),
+    bus.add_entry(
+        &format!("{last}-0"),
         &[
             ("op", "revoke"),
             ("addr", "192.0.2.98"),

@@ -495,21 +495,7 @@ mod tests {
             _ => Answer::Now(b"-ERR unknown\r\n".to_vec()),
         })
         .await;
-        let link = Link::new(LinkSettings {
-            url: format!("redis://127.0.0.1:{}", engine.port)
-                .parse()
-                .unwrap(),
-            password: None,
-            response_timeout: Duration::from_millis(300),
-            role: "test",
-        })
-        .unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(link.clone().keep(stop.clone()));
-        let connection = tokio::time::timeout(Duration::from_secs(30), link.wait_connected(&stop))
-            .await
-            .expect("the link connects")
-            .unwrap();
+        let (link, stop, connection) = kept_link(engine.port, Duration::from_millis(300)).await;
         let mut reading = link.for_blocking_read(&connection, HELD);
         let read = tokio::spawn(async move {
             redis::cmd("XREAD")
@@ -548,22 +534,7 @@ mod tests {
             _ => Answer::Now(b"-ERR unknown\r\n".to_vec()),
         })
         .await;
-        let link = Link::new(LinkSettings {
-            url: format!("redis://127.0.0.1:{}", engine.port)
-                .parse()
-                .unwrap(),
-            password: None,
-            response_timeout: Duration::from_secs(10),
-            role: "test",
-        })
-        .unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(link.clone().keep(stop.clone()));
-        let mut connection =
-            tokio::time::timeout(Duration::from_secs(30), link.wait_connected(&stop))
-                .await
-                .expect("the link connects")
-                .unwrap();
+        let (link, stop, mut connection) = kept_link(engine.port, Duration::from_secs(10)).await;
         let near = |skew: Option<i64>| skew.is_some_and(|s| s.abs_diff(AHEAD as i64) < 50);
         // Read at the connect, on the new connection before anyone used
         // it: the best of the samples.
@@ -692,6 +663,22 @@ mod tests {
             }
         });
         port
+    }
+
+    /// A link to the engine on `port`, kept up by its task until the
+    /// token is cancelled, and its first connection.
+    async fn kept_link(
+        port: u16,
+        response_timeout: Duration,
+    ) -> (Link, CancellationToken, MultiplexedConnection) {
+        let link = link(port, response_timeout);
+        let stop = CancellationToken::new();
+        tokio::spawn(link.clone().keep(stop.clone()));
+        let connection = tokio::time::timeout(Duration::from_secs(30), link.wait_connected(&stop))
+            .await
+            .expect("the link connects")
+            .unwrap();
+        (link, stop, connection)
     }
 
     fn link(port: u16, response_timeout: Duration) -> Link {
