@@ -496,20 +496,8 @@ mod tests {
         })
         .await;
         let (link, stop, connection) = kept_link(engine.port, Duration::from_millis(300)).await;
-        let mut reading = link.for_blocking_read(&connection, HELD);
-        let read = tokio::spawn(async move {
-            redis::cmd("XREAD")
-                .arg("BLOCK")
-                .arg(HELD.as_millis() as u64)
-                .arg("STREAMS")
-                .arg("s")
-                .arg("0-0")
-                .query_async::<redis::Value>(&mut reading)
-                .await
-        });
-        while engine.sent("XREAD").is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let read =
+            blocking_read_sent(&engine, link.for_blocking_read(&connection, HELD), HELD).await;
         link.refresh().await;
         assert_eq!(link.last_error(), None);
         assert!(link.is_up() && link.connection().is_some());
@@ -534,25 +522,13 @@ mod tests {
             _ => Answer::Now(b"-ERR unknown\r\n".to_vec()),
         })
         .await;
-        let (link, stop, mut connection) = kept_link(engine.port, Duration::from_secs(10)).await;
+        let (link, stop, connection) = kept_link(engine.port, Duration::from_secs(10)).await;
         let near = |skew: Option<i64>| skew.is_some_and(|s| s.abs_diff(AHEAD as i64) < 50);
         // Read at the connect, on the new connection before anyone used
         // it: the best of the samples.
         assert!(near(link.clock().skew_ms()), "{:?}", link.clock().skew_ms());
 
-        let read = tokio::spawn(async move {
-            redis::cmd("XREAD")
-                .arg("BLOCK")
-                .arg(HELD.as_millis() as u64)
-                .arg("STREAMS")
-                .arg("s")
-                .arg("0-0")
-                .query_async::<redis::Value>(&mut connection)
-                .await
-        });
-        while engine.sent("XREAD").is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let read = blocking_read_sent(&engine, connection, HELD).await;
         link.refresh().await;
         let skew = link.clock().skew_ms();
         assert!(near(skew), "the reading waited behind the read: {skew:?}");
@@ -663,6 +639,28 @@ mod tests {
             }
         });
         port
+    }
+
+    /// An XREAD BLOCK of `held` on `connection`, once the engine has it.
+    async fn blocking_read_sent(
+        engine: &FakeEngine,
+        mut connection: MultiplexedConnection,
+        held: Duration,
+    ) -> tokio::task::JoinHandle<redis::RedisResult<redis::Value>> {
+        let read = tokio::spawn(async move {
+            redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(held.as_millis() as u64)
+                .arg("STREAMS")
+                .arg("s")
+                .arg("0-0")
+                .query_async::<redis::Value>(&mut connection)
+                .await
+        });
+        while engine.sent("XREAD").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        read
     }
 
     /// A link to the engine on `port`, kept up by its task until the

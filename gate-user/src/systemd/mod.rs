@@ -475,6 +475,22 @@ mod tests {
         );
     }
 
+    /// A manager whose notify socket (in a fresh directory named after
+    /// `tag`) this test reads, with the watchdog of `usec`.
+    fn manager_listened_to(
+        tag: &str,
+        usec: &str,
+    ) -> (std::path::PathBuf, UnixDatagram, ServiceManager) {
+        let dir = std::env::temp_dir().join(format!("smtp-gate-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        let manager =
+            ServiceManager::from_values(Some(path.into_os_string()), Some(usec.into()), None, 1);
+        (dir, listener, manager)
+    }
+
     fn received(socket: &UnixDatagram) -> Vec<String> {
         socket.set_nonblocking(true).unwrap();
         let mut all = Vec::new();
@@ -490,17 +506,7 @@ mod tests {
     /// happens.
     #[test]
     fn messages_are_spelled_as_systemd_reads_them() {
-        let dir = std::env::temp_dir().join(format!("smtp-gate-sm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify");
-        let listener = UnixDatagram::bind(&path).unwrap();
-        let manager = ServiceManager::from_values(
-            Some(path.clone().into_os_string()),
-            Some("3000000".into()),
-            None,
-            1,
-        );
+        let (dir, listener, manager) = manager_listened_to("sm", "3000000");
         assert!(manager.problem.is_none());
         assert_eq!(manager.watchdog_every(), Some(Duration::from_millis(1500)));
         let before = monotonic_usec();
@@ -554,17 +560,7 @@ mod tests {
     /// interval; a loop that ended no longer holds it back.
     #[test]
     fn the_watchdog_waits_for_every_loop_to_check_in() {
-        let dir = std::env::temp_dir().join(format!("smtp-gate-sm-wd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify");
-        let listener = UnixDatagram::bind(&path).unwrap();
-        let manager = ServiceManager::from_values(
-            Some(path.clone().into_os_string()),
-            Some("400000".into()),
-            None,
-            1,
-        );
+        let (dir, listener, manager) = manager_listened_to("sm-wd", "400000");
         let every = manager.watchdog_every().unwrap();
         assert_eq!(every, Duration::from_millis(200));
         manager.feed_watchdog(every);
